@@ -1,0 +1,38 @@
+//! The command line of `fedlnm-node`, written for the hospital IT person who runs it.
+
+use crate::commands;
+use clap::{Parser, Subcommand};
+
+/// fedlnm site node: runs inside a hospital, keeps every patient record local, and only ever dials out
+/// to the study's aggregator.
+#[derive(Debug, Parser)]
+#[command(name = "fedlnm-node", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compute the study's statistics from a CSV file (AUC with CI, Youden sensitivity/specificity,
+    /// weighted kappa, adjusted odds ratios). Prints one JSON object to standard output.
+    #[command(subcommand)]
+    Stats(commands::stats::StatsCommand),
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Stats(command) => commands::stats::run(command),
+    }
+}
+
+/// Exit code for an error: 2 when the input (a file, a column, a value) is at fault, 1 otherwise.
+#[must_use]
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let input_fault = error.chain().any(|cause| {
+        cause.is::<crate::table::InputError>() || cause.is::<fedlnm_shared::stats::StatsError>()
+    });
+    if input_fault { 2 } else { 1 }
+}

@@ -1,0 +1,3 @@
+//! One module per `fedlnm-node` subcommand.
+
+pub mod stats;

@@ -1,0 +1,165 @@
+//! A CSV table read whole, with typed column accessors whose errors name the file, line and column.
+//!
+//! Used by the `stats` commands; every value is checked once here so that the statistics engine only
+//! ever sees clean numbers.
+
+use std::path::{Path, PathBuf};
+
+/// Bad tabular input. Every variant says where: file, line (the header is line 1) and column.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot read {}: {source}", file.display())]
+    Unreadable { file: PathBuf, source: std::io::Error },
+    #[error("{}: the file is empty (expected a header row and at least one data row)", file.display())]
+    Empty { file: PathBuf },
+    #[error("{}: malformed CSV at line {line}: {message}", file.display())]
+    Malformed { file: PathBuf, line: u64, message: String },
+    #[error("{}: no column named '{column}' (columns: {available})", file.display())]
+    MissingColumn { file: PathBuf, column: String, available: String },
+    #[error("{}, line {line}, column '{column}': {problem} (value: '{value}')", file.display())]
+    BadValue { file: PathBuf, line: u64, column: String, value: String, problem: String },
+    #[error("{}, column '{column}': {problem}", file.display())]
+    BadColumn { file: PathBuf, column: String, problem: String },
+}
+
+/// A CSV file held in memory: a header and rows of text cells.
+#[derive(Debug, Clone)]
+pub struct Table {
+    file: PathBuf,
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Reads a comma-separated file with a header row. Fails on an unreadable, empty or ragged file.
+    pub fn read(file: &Path) -> Result<Self, InputError> {
+        let malformed = |line: u64, message: String| InputError::Malformed { file: file.to_path_buf(), line, message };
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .trim(csv::Trim::All)
+            .from_path(file)
+            .map_err(|e| match e.into_kind() {
+                csv::ErrorKind::Io(source) => InputError::Unreadable { file: file.to_path_buf(), source },
+                other => malformed(1, format!("{other:?}")),
+            })?;
+        let headers: Vec<String> = reader
+            .headers()
+            .map_err(|e| malformed(1, e.to_string()))?
+            .iter()
+            .map(str::to_owned)
+            .collect();
+        if headers.iter().all(String::is_empty) {
+            return Err(InputError::Empty { file: file.to_path_buf() });
+        }
+        let mut rows = Vec::new();
+        for (index, record) in reader.records().enumerate() {
+            let line = index as u64 + 2;
+            let record = record.map_err(|e| malformed(line, e.to_string()))?;
+            rows.push(record.iter().map(str::to_owned).collect());
+        }
+        if rows.is_empty() {
+            return Err(InputError::Empty { file: file.to_path_buf() });
+        }
+        Ok(Self { file: file.to_path_buf(), headers, rows })
+    }
+
+    /// The file this table came from.
+    #[must_use]
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Number of data rows.
+    #[must_use]
+    pub fn n_rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The position of a column, or an error listing the columns that exist.
+    pub fn column_index(&self, column: &str) -> Result<usize, InputError> {
+        self.headers.iter().position(|h| h == column).ok_or_else(|| InputError::MissingColumn {
+            file: self.file.clone(),
+            column: column.to_owned(),
+            available: self.headers.join(", "),
+        })
+    }
+
+    /// The raw text cells of a column.
+    pub fn text_column(&self, column: &str) -> Result<Vec<&str>, InputError> {
+        let index = self.column_index(column)?;
+        Ok(self.rows.iter().map(|row| row[index].as_str()).collect())
+    }
+
+    /// A column parsed by `parse`, which returns the value or a description of the problem.
+    pub fn parsed_column<T>(
+        &self,
+        column: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Vec<T>, InputError> {
+        let index = self.column_index(column)?;
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(row_index, row)| {
+                parse(&row[index]).map_err(|problem| InputError::BadValue {
+                    file: self.file.clone(),
+                    line: row_index as u64 + 2,
+                    column: column.to_owned(),
+                    value: row[index].clone(),
+                    problem,
+                })
+            })
+            .collect()
+    }
+
+    /// A column of finite numbers.
+    pub fn numeric_column(&self, column: &str) -> Result<Vec<f64>, InputError> {
+        self.parsed_column(column, parse_finite)
+    }
+
+    /// A column of 0/1 outcomes.
+    pub fn binary_column(&self, column: &str) -> Result<Vec<bool>, InputError> {
+        self.parsed_column(column, |cell| match parse_finite(cell)? {
+            0.0 => Ok(false),
+            1.0 => Ok(true),
+            _ => Err("expected 0 or 1".to_owned()),
+        })
+    }
+
+    /// A column of predicted probabilities: finite and within [0, 1].
+    pub fn probability_column(&self, column: &str) -> Result<Vec<f64>, InputError> {
+        self.parsed_column(column, |cell| {
+            let value = parse_finite(cell)?;
+            if (0.0..=1.0).contains(&value) { Ok(value) } else { Err("expected a probability in [0, 1]".to_owned()) }
+        })
+    }
+
+    /// A column of ordinal codes on the declared scale 0..k-1.
+    pub fn code_column(&self, column: &str, k: usize) -> Result<Vec<usize>, InputError> {
+        self.parsed_column(column, |cell| {
+            let value = parse_finite(cell)?;
+            let in_scale = value >= 0.0 && value.fract() == 0.0 && value < k as f64;
+            // The cast is exact: value is a non-negative integer below k.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let code = value as usize;
+            if in_scale { Ok(code) } else { Err(format!("expected an integer code in 0..{}", k.saturating_sub(1))) }
+        })
+    }
+
+    /// An error about a whole column (for example an outcome with a single level).
+    #[must_use]
+    pub fn column_error(&self, column: &str, problem: impl Into<String>) -> InputError {
+        InputError::BadColumn { file: self.file.clone(), column: column.to_owned(), problem: problem.into() }
+    }
+}
+
+fn parse_finite(cell: &str) -> Result<f64, String> {
+    if cell.is_empty() {
+        return Err("missing value".to_owned());
+    }
+    match cell.parse::<f64>() {
+        Ok(value) if value.is_finite() => Ok(value),
+        Ok(_) => Err("not a finite number".to_owned()),
+        Err(_) => Err("not a number".to_owned()),
+    }
+}

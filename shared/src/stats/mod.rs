@@ -1,0 +1,33 @@
+//! The exact clinical statistics engine: every number the study reports, as `../shared/spec/statistics.md`
+//! defines it (the choices of scikit-learn, statsmodels and pROC).
+//!
+//! Pure functions over slices, f64 throughout, no I/O. Undefined values are `None`, never a number.
+
+pub mod normal;
+mod ranks;
+mod sum;
+
+pub use normal::{Z_95, normal_two_sided_p, wilson_interval};
+
+/// What can be wrong with the input of a statistic. Each variant names the offending position.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StatsError {
+    /// No rows at all.
+    #[error("no rows: the statistic needs at least one observation")]
+    Empty,
+    /// Two columns that must pair up row by row have different lengths.
+    #[error("length mismatch: {left_name} has {left} rows but {right_name} has {right}")]
+    LengthMismatch { left_name: &'static str, left: usize, right_name: &'static str, right: usize },
+    /// A score is NaN or outside [0, 1].
+    #[error("score at row {row} is {value}, expected a finite number in [0, 1]")]
+    ScoreOutOfRange { row: usize, value: f64 },
+    /// A value that must be finite is not.
+    #[error("{what} at row {row} is not a finite number")]
+    NotFinite { what: &'static str, row: usize },
+    /// An ordinal code outside the declared scale 0..k-1.
+    #[error("{what} at row {row} is {value}, outside the declared scale 0..{k}")]
+    CodeOutOfRange { what: &'static str, row: usize, value: usize, k: usize },
+    /// A declared ordinal scale with fewer than two categories.
+    #[error("the declared scale has k = {k} categories; kappa needs k >= 2")]
+    ScaleTooSmall { k: usize },
+}

@@ -1,0 +1,1 @@
+//! Helpers for fedlnm's end-to-end tests.
