@@ -3,6 +3,8 @@
 //!
 //! Pure functions over slices, f64 throughout, no I/O. Undefined values are `None`, never a number.
 
+pub mod binary;
+pub mod kappa;
 pub mod normal;
 mod ranks;
 mod sum;

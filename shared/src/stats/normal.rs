@@ -31,7 +31,10 @@ pub fn wilson_interval(successes: u64, n: u64) -> Option<(f64, f64)> {
     let denom = 1.0 + z2 / n_f;
     let centre = (p + z2 / (2.0 * n_f)) / denom;
     let half = Z_95 * (p * (1.0 - p) / n_f + z2 / (4.0 * n_f * n_f)).sqrt() / denom;
-    Some((centre - half, centre + half))
+    // At k = 0 (k = n) the lower (upper) bound is exactly 0 (1); the formula only gets there up to rounding.
+    let lower = if successes == 0 { 0.0 } else { centre - half };
+    let upper = if successes == n { 1.0 } else { centre + half };
+    Some((lower, upper))
 }
 
 #[cfg(test)]

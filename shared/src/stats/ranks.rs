@@ -1,9 +1,8 @@
 //! Midranks (average ranks of ties), the O(n log n) building block of AUC and DeLong.
 
 /// Midranks (1-based, ties get the mean of the ranks they span) of `values`, in input order.
-///
-/// One sort of indices; callers pass finite values (checked at the API boundary).
-pub(crate) fn midranks(values: &[f64]) -> Vec<f64> {
+#[cfg(test)]
+fn midranks(values: &[f64]) -> Vec<f64> {
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_unstable_by(|&a, &b| values[a].total_cmp(&values[b]));
     midranks_of_sorted(values, &order)
