@@ -1,12 +1,132 @@
 //! `fedlnm-node stats`: the statistics engine over CSV files, one JSON object on standard output.
+//!
+//! The output keys are a stable contract (README, "stats"); undefined values are JSON `null`.
 
-use clap::Subcommand;
+use crate::table::Table;
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use fedlnm_shared::stats::binary;
+use fedlnm_shared::stats::kappa;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// The statistics subcommands.
 #[derive(Debug, Subcommand)]
-pub enum StatsCommand {}
+pub enum StatsCommand {
+    /// Discrimination of a score for a 0/1 outcome: AUC with DeLong 95% CI, the Youden-optimal
+    /// threshold with its sensitivity and specificity, average precision, Brier score, 2×2 tables.
+    Binary(BinaryArgs),
+    /// Agreement of predicted and true stage codes: Cohen's kappa (unweighted, linear, quadratic)
+    /// with standard errors and 95% CIs, and the confusion matrix.
+    Kappa(KappaArgs),
+}
 
-/// Runs one `stats` subcommand.
+/// Arguments of `stats binary`.
+#[derive(Debug, Args)]
+pub struct BinaryArgs {
+    /// CSV file with a header row.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Column holding the true outcome (0 or 1).
+    #[arg(long, default_value = "y_true")]
+    pub truth: String,
+    /// Column holding the predicted probability (0 to 1; higher means more likely positive).
+    #[arg(long, default_value = "y_score")]
+    pub score: String,
+    /// Column naming each row's site: adds per-site results under "sites".
+    #[arg(long)]
+    pub site: Option<String>,
+    /// A second score column on the same patients: adds the paired DeLong test of the two AUCs.
+    #[arg(long, value_name = "COLUMN")]
+    pub compare: Option<String>,
+    /// Also output the ROC curve points and the decision curve (net benefit at 1%..99%).
+    #[arg(long)]
+    pub curves: bool,
+}
+
+/// Arguments of `stats kappa`.
+#[derive(Debug, Args)]
+pub struct KappaArgs {
+    /// CSV file with a header row.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Number of categories of the declared scale; codes run 0..K-1 (T: 7, N: 3, overall stage: 5).
+    #[arg(long)]
+    pub k: usize,
+    /// Column holding the true (pathological) code.
+    #[arg(long, default_value = "y_true")]
+    pub truth: String,
+    /// Column holding the predicted code.
+    #[arg(long, default_value = "y_pred")]
+    pub pred: String,
+}
+
+/// Runs one `stats` subcommand and prints its JSON.
 pub fn run(command: StatsCommand) -> anyhow::Result<()> {
-    match command {}
+    let output = match command {
+        StatsCommand::Binary(args) => binary_report(&args)?,
+        StatsCommand::Kappa(args) => kappa_report(&args)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
+/// The JSON of `stats binary`.
+pub fn binary_report(args: &BinaryArgs) -> anyhow::Result<Value> {
+    let table = Table::read(&args.input)?;
+    let truth = table.binary_column(&args.truth)?;
+    let score = table.probability_column(&args.score)?;
+    let compare = args
+        .compare
+        .as_deref()
+        .map(|column| table.probability_column(column))
+        .transpose()?;
+    let describe = |rows: &[usize]| -> anyhow::Result<Value> {
+        let y: Vec<bool> = rows.iter().map(|&i| truth[i]).collect();
+        let s: Vec<f64> = rows.iter().map(|&i| score[i]).collect();
+        let mut object = serde_json::to_value(binary::binary_metrics(&y, &s)?)?;
+        if let Some(other) = &compare {
+            let b: Vec<f64> = rows.iter().map(|&i| other[i]).collect();
+            object["paired_delong"] = serde_json::to_value(binary::paired_delong(&y, &s, &b)?)?;
+        }
+        if args.curves {
+            object["roc"] = serde_json::to_value(binary::roc_curve(&y, &s)?)?;
+            let thresholds: Vec<f64> = (1..100).map(|percent| f64::from(percent) / 100.0).collect();
+            object["decision_curve"] = serde_json::to_value(binary::net_benefit(&y, &s, &thresholds)?)?;
+        }
+        Ok(object)
+    };
+    let all_rows: Vec<usize> = (0..table.n_rows()).collect();
+    let mut output = json!({ "pooled": describe(&all_rows)? });
+    if let Some(site_column) = &args.site {
+        let mut sites = serde_json::Map::new();
+        for (site, rows) in rows_by_site(&table, site_column)? {
+            sites.insert(
+                site.clone(),
+                describe(&rows).with_context(|| format!("site '{site}'"))?,
+            );
+        }
+        output["sites"] = Value::Object(sites);
+    }
+    Ok(output)
+}
+
+/// The JSON of `stats kappa`.
+pub fn kappa_report(args: &KappaArgs) -> anyhow::Result<Value> {
+    let table = Table::read(&args.input)?;
+    let truth = table.code_column(&args.truth, args.k)?;
+    let predicted = table.code_column(&args.pred, args.k)?;
+    Ok(serde_json::to_value(kappa::cohen_kappa(
+        &truth, &predicted, args.k,
+    )?)?)
+}
+
+/// Row indices grouped by the text of a site column, sites in sorted order.
+pub fn rows_by_site(table: &Table, site_column: &str) -> anyhow::Result<BTreeMap<String, Vec<usize>>> {
+    let mut sites: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (row, site) in table.text_column(site_column)?.into_iter().enumerate() {
+        sites.entry(site.to_owned()).or_default().push(row);
+    }
+    Ok(sites)
 }

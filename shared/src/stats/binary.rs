@@ -123,7 +123,8 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
     let total = p + n;
     let auc = sorted.auc();
     let youden = sorted.youden_table();
-    let youden_rate = |table: &ConfusionTable, f: fn(&ConfusionTable) -> Option<Proportion>| f(table).map(|x| x.value);
+    let youden_rate =
+        |table: &ConfusionTable, f: fn(&ConfusionTable) -> Option<Proportion>| f(table).map(|x| x.value);
     let table_at_half = sorted.table_at(0.5);
     Ok(BinaryMetrics {
         n: total,
@@ -140,9 +141,15 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
         youden_sensitivity: youden.as_ref().and_then(|t| youden_rate(t, |t| t.sensitivity)),
         youden_specificity: youden.as_ref().and_then(|t| youden_rate(t, |t| t.specificity)),
         youden_accuracy: youden.as_ref().and_then(|t| youden_rate(t, |t| t.accuracy)),
-        youden_j: youden.as_ref().map(|t| t.tp as f64 / p as f64 + t.tn as f64 / n as f64 - 1.0),
+        youden_j: youden
+            .as_ref()
+            .map(|t| t.tp as f64 / p as f64 + t.tn as f64 / n as f64 - 1.0),
         average_precision: sorted.average_precision(),
-        brier: sum(y.iter().zip(s).map(|(&yi, &si)| (si - f64::from(u8::from(yi))).powi(2))) / total as f64,
+        brier: sum(y
+            .iter()
+            .zip(s)
+            .map(|(&yi, &si)| (si - f64::from(u8::from(yi))).powi(2)))
+            / total as f64,
         sensitivity_at_half: table_at_half.sensitivity.map(|x| x.value),
         specificity_at_half: table_at_half.specificity.map(|x| x.value),
         // total > 0, so accuracy is defined.
@@ -163,19 +170,29 @@ pub fn roc_curve(y: &[bool], s: &[f64]) -> Result<Vec<RocPoint>, StatsError> {
     let sorted = SortedScores::new(y, s)?;
     let (p, n) = (sorted.n_pos as f64, sorted.n_neg as f64);
     let rate = |count: u64, of: f64| if of > 0.0 { count as f64 / of } else { f64::NAN };
-    let mut points = vec![RocPoint { threshold: None, fpr: 0.0, tpr: 0.0 }];
+    let mut points = vec![RocPoint {
+        threshold: None,
+        fpr: 0.0,
+        tpr: 0.0,
+    }];
     points.extend(
-        sorted.cumulative_at_distinct_scores().map(|(t, tp, fp)| RocPoint {
-            threshold: Some(t),
-            fpr: rate(fp, n),
-            tpr: rate(tp, p),
-        }),
+        sorted
+            .cumulative_at_distinct_scores()
+            .map(|(t, tp, fp)| RocPoint {
+                threshold: Some(t),
+                fpr: rate(fp, n),
+                tpr: rate(tp, p),
+            }),
     );
     Ok(points)
 }
 
 /// The paired DeLong test comparing two scores on the same patients.
-pub fn paired_delong(y: &[bool], score_a: &[f64], score_b: &[f64]) -> Result<Option<PairedDelong>, StatsError> {
+pub fn paired_delong(
+    y: &[bool],
+    score_a: &[f64],
+    score_b: &[f64],
+) -> Result<Option<PairedDelong>, StatsError> {
     check_lengths("score_a", score_a.len(), "score_b", score_b.len())?;
     let a = SortedScores::new(y, score_a)?;
     let b = SortedScores::new(y, score_b)?;
@@ -196,7 +213,10 @@ pub fn paired_delong(y: &[bool], score_a: &[f64], score_b: &[f64]) -> Result<Opt
         (Some(va), Some(vb), Some(cab)) => {
             let var_delta = (va + vb - 2.0 * cab).max(0.0);
             let sd_product = (va * vb).sqrt();
-            (Some(var_delta.sqrt()), (sd_product > 0.0).then(|| cab / sd_product))
+            (
+                Some(var_delta.sqrt()),
+                (sd_product > 0.0).then(|| cab / sd_product),
+            )
         }
         _ => (None, None),
     };
@@ -256,7 +276,13 @@ impl<'a> SortedScores<'a> {
         let mut order: Vec<usize> = (0..s.len()).collect();
         order.sort_by(|&a, &b| s[a].total_cmp(&s[b]));
         let n_pos = y.iter().filter(|&&v| v).count() as u64;
-        Ok(Self { y, s, order, n_pos, n_neg: y.len() as u64 - n_pos })
+        Ok(Self {
+            y,
+            s,
+            order,
+            n_pos,
+            n_neg: y.len() as u64 - n_pos,
+        })
     }
 
     /// AUC = (R₊ − m(m+1)/2)/(m·n) from the pooled midrank sum of positives; computed on doubled
@@ -268,8 +294,10 @@ impl<'a> SortedScores<'a> {
         let ranks = midranks_of_sorted(self.s, &self.order);
         // 2·midrank is an integer below 2^54 for any realistic n; the sum fits u128.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let doubled_rank_sum: u128 =
-            (0..self.y.len()).filter(|&i| self.y[i]).map(|i| (2.0 * ranks[i]) as u128).sum();
+        let doubled_rank_sum: u128 = (0..self.y.len())
+            .filter(|&i| self.y[i])
+            .map(|i| (2.0 * ranks[i]) as u128)
+            .sum();
         let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
         let numerator = doubled_rank_sum - m * (m + 1);
         let auc = numerator as f64 / (2 * m * n) as f64;
@@ -283,7 +311,8 @@ impl<'a> SortedScores<'a> {
         })
     }
 
-    /// DeLong placement values (Sun & Xu 2014): V10 for each positive, V01 for each negative.
+    /// DeLong placement values (Sun & Xu 2014): V10 for each positive, V01 for each negative, both in
+    /// input order (so that two scores of the same patients pair up in the paired test).
     fn placements(&self) -> (Vec<f64>, Vec<f64>) {
         let pooled = midranks_of_sorted(self.s, &self.order);
         self.placements_with(&pooled)
@@ -291,16 +320,29 @@ impl<'a> SortedScores<'a> {
 
     fn placements_with(&self, pooled: &[f64]) -> (Vec<f64>, Vec<f64>) {
         // Within-class midranks come from the same sort: filtering a sorted order keeps it sorted.
-        let within = |class: bool| -> Vec<(usize, f64)> {
-            let class_order: Vec<usize> = self.order.iter().copied().filter(|&i| self.y[i] == class).collect();
-            let class_values: Vec<f64> = class_order.iter().map(|&i| self.s[i]).collect();
-            let positions: Vec<usize> = (0..class_order.len()).collect();
-            let ranks = midranks_of_sorted(&class_values, &positions);
-            class_order.into_iter().zip(ranks).collect()
-        };
+        let mut within = vec![0.0; self.s.len()];
+        for class in [true, false] {
+            let class_order: Vec<usize> = self
+                .order
+                .iter()
+                .copied()
+                .filter(|&i| self.y[i] == class)
+                .collect();
+            let class_ranks = midranks_of_sorted(self.s, &class_order);
+            for &i in &class_order {
+                within[i] = class_ranks[i];
+            }
+        }
         let (m, n) = (self.n_pos as f64, self.n_neg as f64);
-        let v10 = within(true).into_iter().map(|(i, t_x)| (pooled[i] - t_x) / n).collect();
-        let v01 = within(false).into_iter().map(|(j, t_y)| 1.0 - (pooled[j] - t_y) / m).collect();
+        let placement = |i: usize| {
+            if self.y[i] {
+                (pooled[i] - within[i]) / n
+            } else {
+                1.0 - (pooled[i] - within[i]) / m
+            }
+        };
+        let v10 = (0..self.y.len()).filter(|&i| self.y[i]).map(placement).collect();
+        let v01 = (0..self.y.len()).filter(|&i| !self.y[i]).map(placement).collect();
         (v10, v01)
     }
 
@@ -398,11 +440,29 @@ impl<'a> SortedScores<'a> {
 
 fn proportion(k: u64, n: u64) -> Option<Proportion> {
     let (ci_lower, ci_upper) = wilson_interval(k, n)?;
-    Some(Proportion { value: k as f64 / n as f64, ci_lower, ci_upper })
+    Some(Proportion {
+        value: k as f64 / n as f64,
+        ci_lower,
+        ci_upper,
+    })
 }
 
-fn check_lengths(left_name: &'static str, left: usize, right_name: &'static str, right: usize) -> Result<(), StatsError> {
-    if left == right { Ok(()) } else { Err(StatsError::LengthMismatch { left_name, left, right_name, right }) }
+fn check_lengths(
+    left_name: &'static str,
+    left: usize,
+    right_name: &'static str,
+    right: usize,
+) -> Result<(), StatsError> {
+    if left == right {
+        Ok(())
+    } else {
+        Err(StatsError::LengthMismatch {
+            left_name,
+            left,
+            right_name,
+            right,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -432,9 +492,23 @@ mod tests {
     fn delong_variance_by_pairs(y: &[bool], s: &[f64]) -> f64 {
         let pos: Vec<f64> = y.iter().zip(s).filter(|(y, _)| **y).map(|(_, s)| *s).collect();
         let neg: Vec<f64> = y.iter().zip(s).filter(|(y, _)| !**y).map(|(_, s)| *s).collect();
-        let psi = |x: f64, y: f64| if x > y { 1.0 } else if x == y { 0.5 } else { 0.0 };
-        let v10: Vec<f64> = pos.iter().map(|&x| neg.iter().map(|&yv| psi(x, yv)).sum::<f64>() / neg.len() as f64).collect();
-        let v01: Vec<f64> = neg.iter().map(|&yv| pos.iter().map(|&x| psi(x, yv)).sum::<f64>() / pos.len() as f64).collect();
+        let psi = |x: f64, y: f64| {
+            if x > y {
+                1.0
+            } else if x == y {
+                0.5
+            } else {
+                0.0
+            }
+        };
+        let v10: Vec<f64> = pos
+            .iter()
+            .map(|&x| neg.iter().map(|&yv| psi(x, yv)).sum::<f64>() / neg.len() as f64)
+            .collect();
+        let v01: Vec<f64> = neg
+            .iter()
+            .map(|&yv| pos.iter().map(|&x| psi(x, yv)).sum::<f64>() / pos.len() as f64)
+            .collect();
         sample_variance(&v10).unwrap() / pos.len() as f64 + sample_variance(&v01).unwrap() / neg.len() as f64
     }
 
@@ -451,13 +525,38 @@ mod tests {
             youden_threshold: Option<f64>,
         }
         let cases = [
-            Case { name: "perfect", rows: &[(0, 0.1), (0, 0.2), (1, 0.8), (1, 0.9)], auc: Some(1.0), youden_threshold: Some(0.8) },
+            Case {
+                name: "perfect",
+                rows: &[(0, 0.1), (0, 0.2), (1, 0.8), (1, 0.9)],
+                auc: Some(1.0),
+                youden_threshold: Some(0.8),
+            },
             // Every threshold has J <= 0; predicting all positive (t = 0.1) reaches J = 0.
-            Case { name: "reversed", rows: &[(1, 0.1), (1, 0.2), (0, 0.8), (0, 0.9)], auc: Some(0.0), youden_threshold: Some(0.1) },
-            Case { name: "all tied", rows: &[(1, 0.5), (0, 0.5), (1, 0.5), (0, 0.5)], auc: Some(0.5), youden_threshold: Some(0.5) },
-            Case { name: "one class", rows: &[(1, 0.3), (1, 0.7)], auc: None, youden_threshold: None },
+            Case {
+                name: "reversed",
+                rows: &[(1, 0.1), (1, 0.2), (0, 0.8), (0, 0.9)],
+                auc: Some(0.0),
+                youden_threshold: Some(0.1),
+            },
+            Case {
+                name: "all tied",
+                rows: &[(1, 0.5), (0, 0.5), (1, 0.5), (0, 0.5)],
+                auc: Some(0.5),
+                youden_threshold: Some(0.5),
+            },
+            Case {
+                name: "one class",
+                rows: &[(1, 0.3), (1, 0.7)],
+                auc: None,
+                youden_threshold: None,
+            },
             // J at 0.6 is 1/2 + 1 − 1 = 0.5; at 0.4 it is 1 + 1/2 − 1 = 0.5: the largest threshold wins.
-            Case { name: "youden tie", rows: &[(0, 0.2), (1, 0.4), (0, 0.5), (1, 0.6)], auc: Some(0.75), youden_threshold: Some(0.6) },
+            Case {
+                name: "youden tie",
+                rows: &[(0, 0.2), (1, 0.4), (0, 0.5), (1, 0.6)],
+                auc: Some(0.75),
+                youden_threshold: Some(0.6),
+            },
         ];
         for case in cases {
             let (y, s) = labelled(case.rows);
@@ -469,7 +568,10 @@ mod tests {
 
     #[test]
     fn delong_variance_is_exactly_zero_when_separated_or_constant() {
-        for rows in [&[(0, 0.1), (0, 0.2), (1, 0.8), (1, 0.9)][..], &[(1, 0.5), (0, 0.5), (1, 0.5), (0, 0.5)]] {
+        for rows in [
+            &[(0, 0.1), (0, 0.2), (1, 0.8), (1, 0.9)][..],
+            &[(1, 0.5), (0, 0.5), (1, 0.5), (0, 0.5)],
+        ] {
             let (y, s) = labelled(rows);
             let auc = auc_delong(&y, &s).unwrap().unwrap();
             assert_eq!(auc.variance, Some(0.0));
@@ -485,16 +587,32 @@ mod tests {
         assert_eq!(metrics.auc_var, None, "one positive: DeLong variance undefined");
         let (y, s) = labelled(&[(0, 0.9), (0, 0.1)]);
         let metrics = binary_metrics(&y, &s).unwrap();
-        assert_eq!((metrics.auc, metrics.average_precision, metrics.sensitivity_at_half), (None, None, None));
+        assert_eq!(
+            (
+                metrics.auc,
+                metrics.average_precision,
+                metrics.sensitivity_at_half
+            ),
+            (None, None, None)
+        );
         assert_eq!(metrics.specificity_at_half, Some(0.5));
     }
 
     #[test]
     fn bad_input_names_the_row() {
         assert_eq!(binary_metrics(&[], &[]), Err(StatsError::Empty));
-        assert_eq!(binary_metrics(&[true, false], &[0.5, 1.5]), Err(StatsError::ScoreOutOfRange { row: 1, value: 1.5 }));
-        assert!(matches!(binary_metrics(&[true], &[f64::NAN]), Err(StatsError::ScoreOutOfRange { row: 0, .. })));
-        assert!(matches!(binary_metrics(&[true], &[0.1, 0.2]), Err(StatsError::LengthMismatch { .. })));
+        assert_eq!(
+            binary_metrics(&[true, false], &[0.5, 1.5]),
+            Err(StatsError::ScoreOutOfRange { row: 1, value: 1.5 })
+        );
+        assert!(matches!(
+            binary_metrics(&[true], &[f64::NAN]),
+            Err(StatsError::ScoreOutOfRange { row: 0, .. })
+        ));
+        assert!(matches!(
+            binary_metrics(&[true], &[0.1, 0.2]),
+            Err(StatsError::LengthMismatch { .. })
+        ));
     }
 
     #[test]

@@ -124,14 +124,24 @@ pub fn kappa_from_confusion(confusion: &[Vec<u64>], weighting: Weighting) -> Kap
     let row_totals: Vec<u64> = confusion.iter().map(|row| row.iter().sum()).collect();
     let col_totals: Vec<u64> = (0..k).map(|j| confusion.iter().map(|row| row[j]).sum()).collect();
     let n: u64 = row_totals.iter().sum();
-    let undefined = KappaEstimate { kappa: None, se: None, se0: None, ci_lower: None, ci_upper: None, z: None, p: None };
+    let undefined = KappaEstimate {
+        kappa: None,
+        se: None,
+        se0: None,
+        ci_lower: None,
+        ci_upper: None,
+        z: None,
+        p: None,
+    };
     if k < 2 || n == 0 {
         return undefined;
     }
 
     // Exact κ from integers: observed and chance-expected disagreement.
     let cells = || (0..k).flat_map(|i| (0..k).map(move |j| (i, j)));
-    let observed: u128 = cells().map(|(i, j)| weighting.disagreement(i, j) * u128::from(confusion[i][j])).sum();
+    let observed: u128 = cells()
+        .map(|(i, j)| weighting.disagreement(i, j) * u128::from(confusion[i][j]))
+        .sum();
     let expected: u128 = cells()
         .map(|(i, j)| weighting.disagreement(i, j) * u128::from(row_totals[i]) * u128::from(col_totals[j]))
         .sum();
@@ -147,14 +157,16 @@ pub fn kappa_from_confusion(confusion: &[Vec<u64>], weighting: Weighting) -> Kap
     let p_row: Vec<f64> = row_totals.iter().map(|&r| r as f64 / n_f).collect();
     let p_col: Vec<f64> = col_totals.iter().map(|&c| c as f64 / n_f).collect();
     let w = |i: usize, j: usize| weighting.agreement(i, j, k);
-    let p_e = sum(cells().map(|(i, j)| w(i, j) * (row_totals[i] as f64 * col_totals[j] as f64))) / (n_f * n_f);
+    let p_e =
+        sum(cells().map(|(i, j)| w(i, j) * (row_totals[i] as f64 * col_totals[j] as f64))) / (n_f * n_f);
     let w_row: Vec<f64> = (0..k).map(|i| sum((0..k).map(|j| p_col[j] * w(i, j)))).collect(); // w̄_i.
     let w_col: Vec<f64> = (0..k).map(|j| sum((0..k).map(|i| p_row[i] * w(i, j)))).collect(); // w̄_.j
     let scale = 1.0 / (n_f * (1.0 - p_e).powi(2));
-    let var = (sum(cells().map(|(i, j)| count(i, j) * (w(i, j) - (w_row[i] + w_col[j]) * (1.0 - kappa)).powi(2)))
-        / n_f
-        - (kappa - p_e * (1.0 - kappa)).powi(2))
-        * scale;
+    let var =
+        (sum(cells().map(|(i, j)| count(i, j) * (w(i, j) - (w_row[i] + w_col[j]) * (1.0 - kappa)).powi(2)))
+            / n_f
+            - (kappa - p_e * (1.0 - kappa)).powi(2))
+            * scale;
     let var0 = (sum(cells().map(|(i, j)| p_row[i] * p_col[j] * (w(i, j) - (w_row[i] + w_col[j])).powi(2)))
         - p_e * p_e)
         * scale;
@@ -181,7 +193,8 @@ mod tests {
     #[test]
     fn hand_computed_cases() {
         // (truth, predicted, k, expected unweighted κ)
-        let cases: &[(&[usize], &[usize], usize, Option<f64>)] = &[
+        type Case = (&'static [usize], &'static [usize], usize, Option<f64>);
+        let cases: &[Case] = &[
             (&[0, 1, 2, 0, 1, 2], &[0, 1, 2, 0, 1, 2], 3, Some(1.0)),
             // 2×2 table [[2,1],[1,2]]: p_o = 4/6, p_e = 1/2, κ = 1/3.
             (&[0, 0, 0, 1, 1, 1], &[0, 0, 1, 0, 1, 1], 2, Some(1.0 / 3.0)),
@@ -204,13 +217,21 @@ mod tests {
         // Ratings on {0, 1, 3} of a 4-point scale, and the same ratings squeezed onto {0, 1, 2} (what
         // sklearn does without `labels`): the distance 1→3 is 2 on the declared scale, 1 once squeezed.
         let (truth, predicted) = ([0, 1, 3, 3, 1, 0, 3], [1, 1, 3, 0, 0, 0, 1]);
-        let squeeze = |codes: &[usize]| codes.iter().map(|&c| if c == 3 { 2 } else { c }).collect::<Vec<_>>();
+        let squeeze = |codes: &[usize]| {
+            codes
+                .iter()
+                .map(|&c| if c == 3 { 2 } else { c })
+                .collect::<Vec<_>>()
+        };
         let declared = cohen_kappa(&truth, &predicted, 4).unwrap();
         let squeezed = cohen_kappa(&squeeze(&truth), &squeeze(&predicted), 3).unwrap();
         assert_eq!(declared.confusion.len(), 4);
         assert_ne!(declared.linear.kappa, squeezed.linear.kappa);
         assert_ne!(declared.quadratic.kappa, squeezed.quadratic.kappa);
-        assert_eq!(declared.none.kappa, squeezed.none.kappa, "unweighted κ ignores distances");
+        assert_eq!(
+            declared.none.kappa, squeezed.none.kappa,
+            "unweighted κ ignores distances"
+        );
         // Unused categories beyond the last used one change no distance between used ones.
         let wider = cohen_kappa(&truth, &predicted, 6).unwrap();
         assert_eq!(wider.quadratic.kappa, declared.quadratic.kappa);
@@ -220,9 +241,17 @@ mod tests {
     fn out_of_scale_codes_are_named() {
         assert_eq!(
             cohen_kappa(&[0, 3], &[0, 1], 3),
-            Err(StatsError::CodeOutOfRange { what: "truth", row: 1, value: 3, k: 3 })
+            Err(StatsError::CodeOutOfRange {
+                what: "truth",
+                row: 1,
+                value: 3,
+                k: 3
+            })
         );
-        assert_eq!(cohen_kappa(&[0], &[0], 1), Err(StatsError::ScaleTooSmall { k: 1 }));
+        assert_eq!(
+            cohen_kappa(&[0], &[0], 1),
+            Err(StatsError::ScaleTooSmall { k: 1 })
+        );
         assert_eq!(cohen_kappa(&[], &[], 3), Err(StatsError::Empty));
     }
 
