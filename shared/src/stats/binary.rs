@@ -2,14 +2,17 @@
 //! DeLong variance and CI, the Youden-optimal threshold, average precision, Brier score, 2×2 tables
 //! with PPV/NPV and Wilson intervals, ROC points, the paired DeLong test and decision-curve net benefit.
 //!
-//! Every definition is the one of `statistics.md`. AUC and DeLong are O(n log n): one sort of the
-//! pooled scores, midranks, no pair loop. Integer quantities (rank sums, confusion counts, Youden's
-//! criterion) are computed exactly in integers before the one final division.
+//! Every definition is the one of `statistics.md`. AUC and DeLong are O(n log n): one radix sort of
+//! each class's scores, then a merge walk of the tie groups, which gives the midrank quantities of
+//! Sun & Xu (2014) directly (T_Z − T_X for a positive = negatives below + ½ negatives tied); no pair
+//! loop. Integer quantities (win counts, confusion counts, Youden's criterion) are exact integers
+//! until the one final division.
 
 use super::StatsError;
 use super::normal::{Z_95, normal_two_sided_p, wilson_interval};
-use super::ranks::midranks_of_sorted;
-use super::sum::{sample_covariance, sample_variance, sum};
+use super::sum::{sample_covariance, sum};
+#[cfg(test)]
+use super::sum::sample_variance;
 use serde::Serialize;
 
 /// Everything `stats binary` reports for one set of rows (one site, or pooled).
@@ -159,7 +162,7 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
     })
 }
 
-/// AUC (Mann–Whitney with midranks) with the DeLong variance and clipped CI; `None` when only one
+/// AUC (Mann–Whitney, ties counted ½) with the DeLong variance and clipped CI; `None` when only one
 /// class is present.
 pub fn auc_delong(y: &[bool], s: &[f64]) -> Result<Option<AucEstimate>, StatsError> {
     Ok(SortedScores::new(y, s)?.auc())
@@ -254,14 +257,28 @@ pub fn net_benefit(y: &[bool], s: &[f64], thresholds: &[f64]) -> Result<Vec<NetB
         .collect())
 }
 
-/// Scores sorted once, with the class of each; every metric above is a sweep over this.
+/// The scores of each class, radix-sorted once; every metric above is a walk over their tie groups.
+///
+/// Only the sorted values of each class are needed: a positive's DeLong placement V10 is the share
+/// of negatives below its score (ties count ½), which a merge walk of the two sorted arrays gives
+/// for a whole tie group at once. No index permutation, no pair loop.
 struct SortedScores<'a> {
     y: &'a [bool],
     s: &'a [f64],
-    /// Indices sorting `s` ascending (ties in input order).
-    order: Vec<usize>,
+    /// Scores of the positives, ascending.
+    positives: Vec<f64>,
+    /// Scores of the negatives, ascending.
+    negatives: Vec<f64>,
     n_pos: u64,
     n_neg: u64,
+}
+
+/// All rows sharing one score value.
+#[derive(Debug, Clone, Copy)]
+struct TieGroup {
+    score: f64,
+    positives: u64,
+    negatives: u64,
 }
 
 impl<'a> SortedScores<'a> {
@@ -273,35 +290,57 @@ impl<'a> SortedScores<'a> {
         if let Some((row, &value)) = s.iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
             return Err(StatsError::ScoreOutOfRange { row, value });
         }
-        let mut order: Vec<usize> = (0..s.len()).collect();
-        order.sort_by(|&a, &b| s[a].total_cmp(&s[b]));
-        let n_pos = y.iter().filter(|&&v| v).count() as u64;
-        Ok(Self {
-            y,
-            s,
-            order,
-            n_pos,
-            n_neg: y.len() as u64 - n_pos,
-        })
+        // `+ 0.0` turns -0.0 into 0.0, so that the radix sort's total order agrees with `==`.
+        let class_scores = |class: bool| -> Vec<f64> {
+            let mut scores: Vec<f64> = y.iter().zip(s).filter(|(yi, _)| **yi == class).map(|(_, si)| si + 0.0).collect();
+            radsort::sort(&mut scores);
+            scores
+        };
+        let (positives, negatives) = (class_scores(true), class_scores(false));
+        let (n_pos, n_neg) = (positives.len() as u64, negatives.len() as u64);
+        Ok(Self { y, s, positives, negatives, n_pos, n_neg })
     }
 
-    /// AUC = (R₊ − m(m+1)/2)/(m·n) from the pooled midrank sum of positives; computed on doubled
-    /// ranks, which are integers, so the only rounding is the final division.
+    /// Tie groups in ascending score order (a merge walk of the two sorted arrays).
+    fn groups(&self) -> Vec<TieGroup> {
+        let (pos, neg) = (&self.positives, &self.negatives);
+        let (mut i, mut j) = (0, 0);
+        let mut groups = Vec::new();
+        while i < pos.len() || j < neg.len() {
+            let score = match (pos.get(i), neg.get(j)) {
+                (Some(&a), Some(&b)) => a.min(b),
+                (Some(&a), None) => a,
+                (None, Some(&b)) => b,
+                (None, None) => break,
+            };
+            let (start_i, start_j) = (i, j);
+            while i < pos.len() && pos[i] == score {
+                i += 1;
+            }
+            while j < neg.len() && neg[j] == score {
+                j += 1;
+            }
+            groups.push(TieGroup { score, positives: (i - start_i) as u64, negatives: (j - start_j) as u64 });
+        }
+        groups
+    }
+
+    /// AUC = Σ over positives of (negatives below + ½ negatives tied) / (m·n), summed exactly in
+    /// integers (doubled), so the only rounding is the final division.
     fn auc(&self) -> Option<AucEstimate> {
         if self.n_pos == 0 || self.n_neg == 0 {
             return None;
         }
-        let ranks = midranks_of_sorted(self.s, &self.order);
-        // 2·midrank is an integer below 2^54 for any realistic n; the sum fits u128.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let doubled_rank_sum: u128 = (0..self.y.len())
-            .filter(|&i| self.y[i])
-            .map(|i| (2.0 * ranks[i]) as u128)
-            .sum();
+        let groups = self.groups();
+        let mut negatives_below = 0_u128;
+        let mut doubled_wins = 0_u128;
+        for group in &groups {
+            doubled_wins += u128::from(group.positives) * (2 * negatives_below + u128::from(group.negatives));
+            negatives_below += u128::from(group.negatives);
+        }
         let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
-        let numerator = doubled_rank_sum - m * (m + 1);
-        let auc = numerator as f64 / (2 * m * n) as f64;
-        let variance = self.delong_variance(&ranks);
+        let auc = doubled_wins as f64 / (2 * m * n) as f64;
+        let variance = self.delong_variance(&groups);
         let half_width = variance.map(|v| Z_95 * v.sqrt());
         Some(AucEstimate {
             auc,
@@ -311,68 +350,67 @@ impl<'a> SortedScores<'a> {
         })
     }
 
-    /// DeLong placement values (Sun & Xu 2014): V10 for each positive, V01 for each negative, both in
-    /// input order (so that two scores of the same patients pair up in the paired test).
-    fn placements(&self) -> (Vec<f64>, Vec<f64>) {
-        let pooled = midranks_of_sorted(self.s, &self.order);
-        self.placements_with(&pooled)
-    }
-
-    fn placements_with(&self, pooled: &[f64]) -> (Vec<f64>, Vec<f64>) {
-        // Within-class midranks come from the same sort: filtering a sorted order keeps it sorted.
-        let mut within = vec![0.0; self.s.len()];
-        for class in [true, false] {
-            let class_order: Vec<usize> = self
-                .order
-                .iter()
-                .copied()
-                .filter(|&i| self.y[i] == class)
-                .collect();
-            let class_ranks = midranks_of_sorted(self.s, &class_order);
-            for &i in &class_order {
-                within[i] = class_ranks[i];
-            }
-        }
-        let (m, n) = (self.n_pos as f64, self.n_neg as f64);
-        let placement = |i: usize| {
-            if self.y[i] {
-                (pooled[i] - within[i]) / n
-            } else {
-                1.0 - (pooled[i] - within[i]) / m
-            }
-        };
-        let v10 = (0..self.y.len()).filter(|&i| self.y[i]).map(placement).collect();
-        let v01 = (0..self.y.len()).filter(|&i| !self.y[i]).map(placement).collect();
-        (v10, v01)
-    }
-
-    /// Var = S10/m + S01/n; `None` with fewer than two positives or negatives.
-    fn delong_variance(&self, pooled: &[f64]) -> Option<f64> {
+    /// DeLong (Sun & Xu 2014): Var = S10/m + S01/n over the placements V10 (positives) and V01
+    /// (negatives), which are constant within a tie group; `None` with fewer than two of a class.
+    fn delong_variance(&self, groups: &[TieGroup]) -> Option<f64> {
         if self.n_pos < 2 || self.n_neg < 2 {
             return None;
         }
-        let (v10, v01) = self.placements_with(pooled);
-        Some(sample_variance(&v10)? / self.n_pos as f64 + sample_variance(&v01)? / self.n_neg as f64)
+        let (m, n) = (self.n_pos as f64, self.n_neg as f64);
+        // (placement value, how many rows share it) for each class.
+        let mut v10 = Vec::with_capacity(groups.len());
+        let mut v01 = Vec::with_capacity(groups.len());
+        let (mut negatives_below, mut positives_below) = (0_u64, 0_u64);
+        for group in groups {
+            let (gp, gn) = (group.positives, group.negatives);
+            if gp > 0 {
+                v10.push(((negatives_below as f64 + 0.5 * gn as f64) / n, gp as f64));
+            }
+            if gn > 0 {
+                let positives_above = self.n_pos - positives_below - gp;
+                v01.push(((positives_above as f64 + 0.5 * gp as f64) / m, gn as f64));
+            }
+            negatives_below += gn;
+            positives_below += gp;
+        }
+        let weighted_variance = |values: &[(f64, f64)], count: f64| {
+            let mean = sum(values.iter().map(|(v, w)| v * w)) / count;
+            sum(values.iter().map(|(v, w)| w * (v - mean) * (v - mean))) / (count - 1.0)
+        };
+        Some(weighted_variance(&v10, m) / m + weighted_variance(&v01, n) / n)
+    }
+
+    /// DeLong placements of every patient, in input order (the paired test needs patients aligned):
+    /// V10 for each positive, V01 for each negative.
+    fn placements(&self) -> (Vec<f64>, Vec<f64>) {
+        let (m, n) = (self.n_pos as f64, self.n_neg as f64);
+        let below_and_tied = |sorted: &[f64], score: f64| {
+            let below = sorted.partition_point(|&x| x < score);
+            let tied = sorted.partition_point(|&x| x <= score) - below;
+            (below as f64, tied as f64)
+        };
+        let mut v10 = Vec::with_capacity(self.positives.len());
+        let mut v01 = Vec::with_capacity(self.negatives.len());
+        for (&yi, &si) in self.y.iter().zip(self.s) {
+            let score = si + 0.0;
+            if yi {
+                let (below, tied) = below_and_tied(&self.negatives, score);
+                v10.push((below + 0.5 * tied) / n);
+            } else {
+                let (below, tied) = below_and_tied(&self.positives, score);
+                v01.push((m - below - tied + 0.5 * tied) / m);
+            }
+        }
+        (v10, v01)
     }
 
     /// (threshold, TP, FP) at every distinct score, from the largest down: predict positive iff s ≥ t.
-    fn cumulative_at_distinct_scores(&self) -> impl Iterator<Item = (f64, u64, u64)> + '_ {
-        let mut position = self.order.len();
+    fn cumulative_at_distinct_scores(&self) -> impl Iterator<Item = (f64, u64, u64)> {
         let (mut tp, mut fp) = (0_u64, 0_u64);
-        std::iter::from_fn(move || {
-            if position == 0 {
-                return None;
-            }
-            let threshold = self.s[self.order[position - 1]];
-            while position > 0 && self.s[self.order[position - 1]] == threshold {
-                position -= 1;
-                if self.y[self.order[position]] {
-                    tp += 1;
-                } else {
-                    fp += 1;
-                }
-            }
-            Some((threshold, tp, fp))
+        self.groups().into_iter().rev().map(move |group| {
+            tp += group.positives;
+            fp += group.negatives;
+            (group.score, tp, fp)
         })
     }
 
@@ -394,18 +432,10 @@ impl<'a> SortedScores<'a> {
         best.map(|(_, threshold)| self.table_at(threshold))
     }
 
-    /// The 2×2 table at `threshold`.
+    /// The 2×2 table at `threshold` (two binary searches).
     fn table_at(&self, threshold: f64) -> ConfusionTable {
-        let (mut tp, mut fp) = (0_u64, 0_u64);
-        for (&yi, &si) in self.y.iter().zip(self.s) {
-            if si >= threshold {
-                if yi {
-                    tp += 1;
-                } else {
-                    fp += 1;
-                }
-            }
-        }
+        let at_or_above = |sorted: &[f64]| (sorted.len() - sorted.partition_point(|&x| x < threshold)) as u64;
+        let (tp, fp) = (at_or_above(&self.positives), at_or_above(&self.negatives));
         let (fn_, tn) = (self.n_pos - tp, self.n_neg - fp);
         ConfusionTable {
             threshold,
@@ -434,7 +464,7 @@ impl<'a> SortedScores<'a> {
             previous_tp = tp;
             recall_step * (tp as f64 / (tp + fp) as f64)
         });
-        Some(sum(terms.collect::<Vec<_>>()))
+        Some(sum(terms))
     }
 }
 

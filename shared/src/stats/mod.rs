@@ -6,7 +6,6 @@
 pub mod binary;
 pub mod kappa;
 pub mod normal;
-mod ranks;
 mod sum;
 
 pub use normal::{Z_95, normal_two_sided_p, wilson_interval};

@@ -39,6 +39,7 @@ pub(crate) fn mean(values: &[f64]) -> Option<f64> {
 }
 
 /// Sample variance with ddof = 1 (two-pass, compensated); `None` with fewer than two values.
+#[cfg(test)]
 pub(crate) fn sample_variance(values: &[f64]) -> Option<f64> {
     if values.len() < 2 {
         return None;
