@@ -17,11 +17,20 @@ const REPEATS: usize = 3;
 
 fn main() {
     let sizes: Vec<usize> = match std::env::var("FEDLNM_BENCH_ROWS") {
-        Ok(list) => list.split(',').map(|n| n.trim().parse().expect("FEDLNM_BENCH_ROWS: comma-separated row counts")).collect(),
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("FEDLNM_BENCH_ROWS: comma-separated row counts")
+            })
+            .collect(),
         Err(_) => vec![1_000_000, 10_000_000],
     };
     let dir = tempfile::tempdir().unwrap();
-    println!("| rows | fedlnm AUC + DeLong CI (s) | fedlnm all binary metrics (s) | sklearn roc_auc_score (s) | speed-up, AUC + CI vs sklearn |");
+    println!(
+        "| rows | fedlnm AUC + DeLong CI (s) | fedlnm all binary metrics (s) | sklearn roc_auc_score (s) | speed-up, AUC + CI vs sklearn |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for n in sizes {
         let (y, s) = cohort(n);
@@ -68,16 +77,32 @@ fn best_of(mut run: impl FnMut()) -> f64 {
 fn sklearn_seconds(dir: &Path, y: &[bool], s: &[f64], our_auc: f64) -> Option<f64> {
     let (y_file, s_file) = (dir.join("y.u8"), dir.join("s.f64"));
     std::fs::write(&y_file, y.iter().map(|&v| u8::from(v)).collect::<Vec<u8>>()).unwrap();
-    std::fs::write(&s_file, s.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &s_file,
+        s.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sklearn_auc_timing.py");
     let python = std::env::var("FEDLNM_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let output = Command::new(python).arg(script).arg(&y_file).arg(&s_file).arg(REPEATS.to_string()).output().ok()?;
+    let output = Command::new(python)
+        .arg(script)
+        .arg(&y_file)
+        .arg(&s_file)
+        .arg(REPEATS.to_string())
+        .output()
+        .ok()?;
     if !output.status.success() {
-        eprintln!("sklearn baseline failed: {}", String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "sklearn baseline failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         return None;
     }
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
     let sklearn_auc = result["auc"].as_f64()?;
-    assert!((sklearn_auc - our_auc).abs() < 1e-9, "AUC disagrees with sklearn: {our_auc} vs {sklearn_auc}");
+    assert!(
+        (sklearn_auc - our_auc).abs() < 1e-9,
+        "AUC disagrees with sklearn: {our_auc} vs {sklearn_auc}"
+    );
     result["seconds"].as_f64()
 }

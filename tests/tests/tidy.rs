@@ -4,11 +4,16 @@
 use std::path::{Path, PathBuf};
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -34,7 +39,9 @@ fn read(path: &Path) -> String {
 /// The `[dependencies]` section of a crate's manifest (not dev-dependencies).
 fn normal_dependencies(krate: &str) -> String {
     let manifest = read(&workspace_root().join(krate).join("Cargo.toml"));
-    let start = manifest.find("\n[dependencies]").unwrap_or_else(|| panic!("{krate}/Cargo.toml has no [dependencies]"));
+    let start = manifest
+        .find("\n[dependencies]")
+        .unwrap_or_else(|| panic!("{krate}/Cargo.toml has no [dependencies]"));
     let rest = &manifest[start + 1..];
     let end = rest[1..].find("\n[").map_or(rest.len(), |i| i + 1);
     rest[..end].to_owned()
@@ -45,7 +52,11 @@ fn every_module_starts_with_a_doc_line() {
     for krate in ["shared", "node", "aggregator", "tests"] {
         for file in crate_sources(krate) {
             let text = read(&file);
-            assert!(text.starts_with("//!"), "{} must start with a `//!` line saying what it is for", file.display());
+            assert!(
+                text.starts_with("//!"),
+                "{} must start with a `//!` line saying what it is for",
+                file.display()
+            );
         }
     }
 }
@@ -53,7 +64,10 @@ fn every_module_starts_with_a_doc_line() {
 #[test]
 fn aggregator_never_depends_on_burn() {
     let deps = normal_dependencies("aggregator");
-    assert!(!deps.lines().any(|l| l.trim_start().starts_with("burn")), "aggregator/Cargo.toml depends on burn:\n{deps}");
+    assert!(
+        !deps.lines().any(|l| l.trim_start().starts_with("burn")),
+        "aggregator/Cargo.toml depends on burn:\n{deps}"
+    );
 }
 
 #[test]
@@ -67,7 +81,11 @@ fn shared_does_no_network_io() {
     }
     for file in crate_sources("shared/src") {
         let text = read(&file);
-        assert!(!text.contains("std::net"), "{} uses std::net, but shared does no network I/O", file.display());
+        assert!(
+            !text.contains("std::net"),
+            "{} uses std::net, but shared does no network I/O",
+            file.display()
+        );
     }
 }
 

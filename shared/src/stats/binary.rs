@@ -10,9 +10,9 @@
 
 use super::StatsError;
 use super::normal::{Z_95, normal_two_sided_p, wilson_interval};
-use super::sum::{sample_covariance, sum};
 #[cfg(test)]
 use super::sum::sample_variance;
+use super::sum::{CompensatedSum, sample_covariance, sum};
 use serde::Serialize;
 
 /// Everything `stats binary` reports for one set of rows (one site, or pooled).
@@ -257,28 +257,31 @@ pub fn net_benefit(y: &[bool], s: &[f64], thresholds: &[f64]) -> Result<Vec<NetB
         .collect())
 }
 
-/// The scores of each class, radix-sorted once; every metric above is a walk over their tie groups.
+/// The scores sorted once, with their classes; every metric above is a walk over the tie groups of
+/// this sorted array, or a binary search in it.
 ///
-/// Only the sorted values of each class are needed: a positive's DeLong placement V10 is the share
-/// of negatives below its score (ties count ½), which a merge walk of the two sorted arrays gives
-/// for a whole tie group at once. No index permutation, no pair loop.
+/// One sort of packed keys: a score in [0, 1] is a non-negative f64 whose bit pattern is below 2^62
+/// and ordered like the value, so `bits << 1 | class` sorts by score and fits a u64 (8 bytes a row,
+/// sorted with pattern-defeating quicksort). A positive's DeLong placement V10 is the share of
+/// negatives below its score (ties count ½), the same for its whole tie group: no index
+/// permutation, no pair loop.
 struct SortedScores<'a> {
     y: &'a [bool],
     s: &'a [f64],
-    /// Scores of the positives, ascending.
-    positives: Vec<f64>,
-    /// Scores of the negatives, ascending.
-    negatives: Vec<f64>,
+    /// `score bits << 1 | class`, ascending.
+    keys: Vec<u64>,
     n_pos: u64,
     n_neg: u64,
 }
 
-/// All rows sharing one score value.
+/// All rows sharing one score value, and how many rows of each class score strictly below it.
 #[derive(Debug, Clone, Copy)]
 struct TieGroup {
     score: f64,
     positives: u64,
     negatives: u64,
+    positives_below: u64,
+    negatives_below: u64,
 }
 
 impl<'a> SortedScores<'a> {
@@ -290,39 +293,40 @@ impl<'a> SortedScores<'a> {
         if let Some((row, &value)) = s.iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
             return Err(StatsError::ScoreOutOfRange { row, value });
         }
-        // `+ 0.0` turns -0.0 into 0.0, so that the radix sort's total order agrees with `==`.
-        let class_scores = |class: bool| -> Vec<f64> {
-            let mut scores: Vec<f64> = y.iter().zip(s).filter(|(yi, _)| **yi == class).map(|(_, si)| si + 0.0).collect();
-            radsort::sort(&mut scores);
-            scores
-        };
-        let (positives, negatives) = (class_scores(true), class_scores(false));
-        let (n_pos, n_neg) = (positives.len() as u64, negatives.len() as u64);
-        Ok(Self { y, s, positives, negatives, n_pos, n_neg })
+        // `+ 0.0` turns -0.0 into 0.0; every score is now in [0, 1], so its bits fit 62 bits.
+        let mut keys: Vec<u64> = y
+            .iter()
+            .zip(s)
+            .map(|(&yi, &si)| (score_bits(si) << 1) | u64::from(yi))
+            .collect();
+        keys.sort_unstable();
+        let n_pos = y.iter().filter(|&&yi| yi).count() as u64;
+        Ok(Self {
+            y,
+            s,
+            keys,
+            n_pos,
+            n_neg: y.len() as u64 - n_pos,
+        })
     }
 
-    /// Tie groups in ascending score order (a merge walk of the two sorted arrays).
-    fn groups(&self) -> Vec<TieGroup> {
-        let (pos, neg) = (&self.positives, &self.negatives);
-        let (mut i, mut j) = (0, 0);
-        let mut groups = Vec::new();
-        while i < pos.len() || j < neg.len() {
-            let score = match (pos.get(i), neg.get(j)) {
-                (Some(&a), Some(&b)) => a.min(b),
-                (Some(&a), None) => a,
-                (None, Some(&b)) => b,
-                (None, None) => break,
+    /// Tie groups in ascending score order.
+    fn groups(&self) -> impl Iterator<Item = TieGroup> + '_ {
+        let (mut positives_below, mut negatives_below) = (0, 0);
+        self.keys.chunk_by(|a, b| a >> 1 == b >> 1).map(move |chunk| {
+            let positives = chunk.iter().filter(|&&key| key & 1 == 1).count() as u64;
+            let negatives = chunk.len() as u64 - positives;
+            let group = TieGroup {
+                score: f64::from_bits(chunk[0] >> 1),
+                positives,
+                negatives,
+                positives_below,
+                negatives_below,
             };
-            let (start_i, start_j) = (i, j);
-            while i < pos.len() && pos[i] == score {
-                i += 1;
-            }
-            while j < neg.len() && neg[j] == score {
-                j += 1;
-            }
-            groups.push(TieGroup { score, positives: (i - start_i) as u64, negatives: (j - start_j) as u64 });
-        }
-        groups
+            positives_below += positives;
+            negatives_below += negatives;
+            group
+        })
     }
 
     /// AUC = Σ over positives of (negatives below + ½ negatives tied) / (m·n), summed exactly in
@@ -331,16 +335,13 @@ impl<'a> SortedScores<'a> {
         if self.n_pos == 0 || self.n_neg == 0 {
             return None;
         }
-        let groups = self.groups();
-        let mut negatives_below = 0_u128;
-        let mut doubled_wins = 0_u128;
-        for group in &groups {
-            doubled_wins += u128::from(group.positives) * (2 * negatives_below + u128::from(group.negatives));
-            negatives_below += u128::from(group.negatives);
-        }
+        let doubled_wins: u128 = self
+            .groups()
+            .map(|g| u128::from(g.positives) * (2 * u128::from(g.negatives_below) + u128::from(g.negatives)))
+            .sum();
         let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
         let auc = doubled_wins as f64 / (2 * m * n) as f64;
-        let variance = self.delong_variance(&groups);
+        let variance = self.delong_variance(auc);
         let half_width = variance.map(|v| Z_95 * v.sqrt());
         Some(AucEstimate {
             auc,
@@ -350,68 +351,70 @@ impl<'a> SortedScores<'a> {
         })
     }
 
+    /// V10 of a positive scoring in `group`: negatives below plus half the negatives tied, over n.
+    fn v10(&self, group: &TieGroup) -> f64 {
+        (group.negatives_below as f64 + 0.5 * group.negatives as f64) / self.n_neg as f64
+    }
+
+    /// V01 of a negative scoring in `group`: positives above plus half the positives tied, over m.
+    fn v01(&self, group: &TieGroup) -> f64 {
+        let positives_above = self.n_pos - group.positives_below - group.positives;
+        (positives_above as f64 + 0.5 * group.positives as f64) / self.n_pos as f64
+    }
+
     /// DeLong (Sun & Xu 2014): Var = S10/m + S01/n over the placements V10 (positives) and V01
-    /// (negatives), which are constant within a tie group; `None` with fewer than two of a class.
-    fn delong_variance(&self, groups: &[TieGroup]) -> Option<f64> {
+    /// (negatives), constant within a tie group; `None` with fewer than two of a class. Both
+    /// placement means equal the AUC exactly, so one compensated pass gives both sums of squares.
+    fn delong_variance(&self, auc: f64) -> Option<f64> {
         if self.n_pos < 2 || self.n_neg < 2 {
             return None;
         }
-        let (m, n) = (self.n_pos as f64, self.n_neg as f64);
-        // (placement value, how many rows share it) for each class.
-        let mut v10 = Vec::with_capacity(groups.len());
-        let mut v01 = Vec::with_capacity(groups.len());
-        let (mut negatives_below, mut positives_below) = (0_u64, 0_u64);
-        for group in groups {
-            let (gp, gn) = (group.positives, group.negatives);
-            if gp > 0 {
-                v10.push(((negatives_below as f64 + 0.5 * gn as f64) / n, gp as f64));
+        let (mut squares10, mut squares01) = (CompensatedSum::default(), CompensatedSum::default());
+        for g in self.groups() {
+            if g.positives > 0 {
+                squares10.add(g.positives as f64 * (self.v10(&g) - auc).powi(2));
             }
-            if gn > 0 {
-                let positives_above = self.n_pos - positives_below - gp;
-                v01.push(((positives_above as f64 + 0.5 * gp as f64) / m, gn as f64));
+            if g.negatives > 0 {
+                squares01.add(g.negatives as f64 * (self.v01(&g) - auc).powi(2));
             }
-            negatives_below += gn;
-            positives_below += gp;
         }
-        let weighted_variance = |values: &[(f64, f64)], count: f64| {
-            let mean = sum(values.iter().map(|(v, w)| v * w)) / count;
-            sum(values.iter().map(|(v, w)| w * (v - mean) * (v - mean))) / (count - 1.0)
-        };
-        Some(weighted_variance(&v10, m) / m + weighted_variance(&v01, n) / n)
+        let (m, n) = (self.n_pos as f64, self.n_neg as f64);
+        Some(squares10.total() / (m - 1.0) / m + squares01.total() / (n - 1.0) / n)
     }
 
     /// DeLong placements of every patient, in input order (the paired test needs patients aligned):
     /// V10 for each positive, V01 for each negative.
     fn placements(&self) -> (Vec<f64>, Vec<f64>) {
-        let (m, n) = (self.n_pos as f64, self.n_neg as f64);
-        let below_and_tied = |sorted: &[f64], score: f64| {
-            let below = sorted.partition_point(|&x| x < score);
-            let tied = sorted.partition_point(|&x| x <= score) - below;
-            (below as f64, tied as f64)
+        let groups: Vec<TieGroup> = self.groups().collect();
+        let group_of = |score: f64| {
+            let index = groups.partition_point(|g| g.score < score + 0.0);
+            // Every observed score has its group, so `index` is in range; `min` only guards the bound.
+            &groups[index.min(groups.len() - 1)]
         };
-        let mut v10 = Vec::with_capacity(self.positives.len());
-        let mut v01 = Vec::with_capacity(self.negatives.len());
+        let mut v10 = Vec::with_capacity(self.keys.len());
+        let mut v01 = Vec::with_capacity(self.keys.len());
         for (&yi, &si) in self.y.iter().zip(self.s) {
-            let score = si + 0.0;
             if yi {
-                let (below, tied) = below_and_tied(&self.negatives, score);
-                v10.push((below + 0.5 * tied) / n);
+                v10.push(self.v10(group_of(si)));
             } else {
-                let (below, tied) = below_and_tied(&self.positives, score);
-                v01.push((m - below - tied + 0.5 * tied) / m);
+                v01.push(self.v01(group_of(si)));
             }
         }
         (v10, v01)
     }
 
     /// (threshold, TP, FP) at every distinct score, from the largest down: predict positive iff s ≥ t.
-    fn cumulative_at_distinct_scores(&self) -> impl Iterator<Item = (f64, u64, u64)> {
-        let (mut tp, mut fp) = (0_u64, 0_u64);
-        self.groups().into_iter().rev().map(move |group| {
-            tp += group.positives;
-            fp += group.negatives;
-            (group.score, tp, fp)
-        })
+    fn cumulative_at_distinct_scores(&self) -> impl Iterator<Item = (f64, u64, u64)> + '_ {
+        let (mut tp, mut fp) = (0, 0);
+        self.keys
+            .chunk_by(|a, b| a >> 1 == b >> 1)
+            .rev()
+            .map(move |chunk| {
+                let positives = chunk.iter().filter(|&&key| key & 1 == 1).count() as u64;
+                tp += positives;
+                fp += chunk.len() as u64 - positives;
+                (f64::from_bits(chunk[0] >> 1), tp, fp)
+            })
     }
 
     /// The Youden-optimal threshold: maximise TP·N + TN·P exactly (integers), the largest threshold
@@ -432,10 +435,12 @@ impl<'a> SortedScores<'a> {
         best.map(|(_, threshold)| self.table_at(threshold))
     }
 
-    /// The 2×2 table at `threshold` (two binary searches).
+    /// The 2×2 table at `threshold`: a binary search, then a count of the classes above it.
     fn table_at(&self, threshold: f64) -> ConfusionTable {
-        let at_or_above = |sorted: &[f64]| (sorted.len() - sorted.partition_point(|&x| x < threshold)) as u64;
-        let (tp, fp) = (at_or_above(&self.positives), at_or_above(&self.negatives));
+        let first_at_or_above = self.keys.partition_point(|&key| key >> 1 < score_bits(threshold));
+        let above = &self.keys[first_at_or_above..];
+        let tp = above.iter().filter(|&&key| key & 1 == 1).count() as u64;
+        let fp = above.len() as u64 - tp;
         let (fn_, tn) = (self.n_pos - tp, self.n_neg - fp);
         ConfusionTable {
             threshold,
@@ -466,6 +471,11 @@ impl<'a> SortedScores<'a> {
         });
         Some(sum(terms))
     }
+}
+
+/// The bit pattern of a score in [0, 1], ordered like the value (-0.0 folded into 0.0).
+fn score_bits(score: f64) -> u64 {
+    (score + 0.0).to_bits()
 }
 
 fn proportion(k: u64, n: u64) -> Option<Proportion> {
