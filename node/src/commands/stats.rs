@@ -4,9 +4,15 @@ use clap::Subcommand;
 
 /// The statistics subcommands.
 #[derive(Debug, Subcommand)]
-pub enum StatsCommand {}
+pub enum StatsCommand {
+    /// Adjusted odds ratios: logistic regression of a 0/1 outcome (LNM) on covariates, optionally
+    /// pooled across hospitals the federated way.
+    Logistic(super::stats_logistic::LogisticArgs),
+}
 
 /// Runs one `stats` subcommand.
 pub fn run(command: StatsCommand) -> anyhow::Result<()> {
-    match command {}
+    match command {
+        StatsCommand::Logistic(args) => super::stats_logistic::run(&args),
+    }
 }

@@ -87,7 +87,7 @@ pub enum LogisticError {
     #[error("the fit has already finished")]
     Finished,
     /// Something went wrong at one named site.
-    #[error("site '{site}': {source}")]
+    #[error("site '{site}'")]
     Site {
         site: String,
         source: Box<LogisticError>,
