@@ -12,7 +12,10 @@ pub fn python() -> String {
 
 /// Path of a reference script under `node/tests/reference/`.
 pub fn reference_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("reference").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("reference")
+        .join(name)
 }
 
 /// Runs `python3 node/tests/reference/<script> <args...>` and parses the JSON it prints.
@@ -33,7 +36,10 @@ pub fn python_reference(script: &str, args: &[&Path]) -> serde_json::Value {
 
 /// Runs the real `fedlnm-node` binary with `args`.
 pub fn fedlnm_node(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedlnm-node")).args(args).output().expect("cannot start fedlnm-node")
+    Command::new(env!("CARGO_BIN_EXE_fedlnm-node"))
+        .args(args)
+        .output()
+        .expect("cannot start fedlnm-node")
 }
 
 /// Runs `fedlnm-node` and parses its standard output as JSON; panics with stderr on a non-zero exit.
@@ -53,28 +59,52 @@ pub fn fedlnm_node_json(args: &[&str]) -> serde_json::Value {
 pub fn assert_input_error(args: &[&str], needles: &[&str]) {
     let output = fedlnm_node(args);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "expected exit code 2 for {args:?}; stderr:\n{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "expected exit code 2 for {args:?}; stderr:\n{stderr}"
+    );
     for needle in needles {
-        assert!(stderr.contains(needle), "error for {args:?} does not mention '{needle}':\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "error for {args:?} does not mention '{needle}':\n{stderr}"
+        );
     }
 }
 
 /// `|actual - expected| <= tolerance`, treating JSON null as "undefined" that must match null.
 pub fn assert_close(what: &str, actual: &serde_json::Value, expected: &serde_json::Value, tolerance: f64) {
     match (actual.as_f64(), expected.as_f64()) {
-        (Some(a), Some(e)) => assert!((a - e).abs() <= tolerance, "{what}: ours {a} vs reference {e} (tol {tolerance})"),
-        (None, None) => assert!(actual.is_null() && expected.is_null(), "{what}: {actual} vs {expected}"),
+        (Some(a), Some(e)) => assert!(
+            (a - e).abs() <= tolerance,
+            "{what}: ours {a} vs reference {e} (tol {tolerance})"
+        ),
+        (None, None) => assert!(
+            actual.is_null() && expected.is_null(),
+            "{what}: {actual} vs {expected}"
+        ),
         _ => panic!("{what}: ours {actual} vs reference {expected}"),
     }
 }
 
 /// Relative closeness: `|a - e| <= tolerance * max(|e|, 1e-300)`; nulls must match.
-pub fn assert_close_relative(what: &str, actual: &serde_json::Value, expected: &serde_json::Value, tolerance: f64) {
+pub fn assert_close_relative(
+    what: &str,
+    actual: &serde_json::Value,
+    expected: &serde_json::Value,
+    tolerance: f64,
+) {
     match (actual.as_f64(), expected.as_f64()) {
         (Some(a), Some(e)) => {
-            assert!((a - e).abs() <= tolerance * e.abs().max(1e-300), "{what}: ours {a} vs reference {e} (rel tol {tolerance})");
+            assert!(
+                (a - e).abs() <= tolerance * e.abs().max(1e-300),
+                "{what}: ours {a} vs reference {e} (rel tol {tolerance})"
+            );
         }
-        (None, None) => assert!(actual.is_null() && expected.is_null(), "{what}: {actual} vs {expected}"),
+        (None, None) => assert!(
+            actual.is_null() && expected.is_null(),
+            "{what}: {actual} vs {expected}"
+        ),
         _ => panic!("{what}: ours {actual} vs reference {expected}"),
     }
 }
