@@ -1,6 +1,7 @@
 //! `fedlnm-node stats logistic` against statsmodels `Logit` (node/tests/reference/logistic_reference.py)
 //! on generated cohorts: an ordinary fit, complete and quasi-complete separation, a federated pooled fit
 //! with a site that has no upper-pole tumour, and input errors that must name file, line and column.
+#![allow(clippy::unwrap_used)] // Test helpers: a panic is a failed test.
 
 mod common;
 
@@ -117,6 +118,11 @@ fn assert_matches_statsmodels(ours: &Value, reference: &Value) {
         reference["converged"],
         json!(true),
         "statsmodels did not converge: {reference}"
+    );
+    assert_eq!(
+        reference["lp_separated"],
+        json!(false),
+        "the linear program finds separation: {reference}"
     );
     assert_eq!(ours["status"], "ok", "{ours}");
     assert_eq!(ours["separation"], Value::Null);
@@ -601,4 +607,65 @@ fn bad_input_names_file_line_and_column_with_exit_code_2() {
     ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("COLUMN=LEVEL"));
+}
+
+/// Small cohorts with strong effects, many of them separated: our status agrees with the exact linear
+/// programming check on every one, and the fits that are `ok` agree with statsmodels.
+#[test]
+fn status_agrees_with_the_exact_separation_check_on_small_cohorts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(314);
+    let normal = Normal::new(0.0, 1.0).unwrap();
+    let (mut n_ok, mut n_separated) = (0, 0);
+    for case in 0..14 {
+        let n = rng.random_range(15..60);
+        let slopes = [rng.random_range(-6.0..6.0), rng.random_range(-4.0..4.0)];
+        let mut text = String::from("y,score,flag\n");
+        let mut outcomes = Vec::new();
+        for _ in 0..n {
+            let score: f64 = normal.sample(&mut rng);
+            let flag = u8::from(rng.random_bool(0.4));
+            let eta = 0.3 + slopes[0] * score + slopes[1] * f64::from(flag);
+            let y = u8::from(rng.random_bool(1.0 / (1.0 + (-eta).exp())));
+            outcomes.push(y);
+            text.push_str(&format!("{y},{score},{flag}\n"));
+        }
+        if outcomes.iter().all(|&y| y == outcomes[0]) {
+            continue;
+        }
+        let csv = dir.path().join(format!("small{case}.csv"));
+        std::fs::write(&csv, text).unwrap();
+        let ours = fedlnm_node_json(&[
+            "stats",
+            "logistic",
+            "--input",
+            path_str(&csv),
+            "--outcome",
+            "y",
+            "--terms",
+            "score,flag",
+        ]);
+        let reference = statsmodels(
+            dir.path(),
+            &csv,
+            &json!({"outcome": "y", "terms": ["score", "flag"]}),
+        );
+        if reference["lp_separated"] == json!(true) {
+            n_separated += 1;
+            let kind = if reference["lp_complete"] == json!(true) {
+                "complete"
+            } else {
+                "quasi_complete"
+            };
+            assert_separation_where_statsmodels_is_fooled(&ours, &reference, kind);
+        } else {
+            n_ok += 1;
+            assert_matches_statsmodels(&ours, &reference);
+        }
+    }
+    // The seed gives both kinds of case; if not, this test would prove nothing.
+    assert!(
+        n_ok >= 3 && n_separated >= 3,
+        "ok {n_ok}, separated {n_separated}"
+    );
 }

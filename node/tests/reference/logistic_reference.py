@@ -8,7 +8,9 @@ other level, levels in sorted order (as patsy's Treatment coding). Other terms a
 
 Prints JSON: params, bse, z, pvalues, or, or_ci (exp of conf_int), llf, converged, iterations,
 warnings (category and message of each warning), error (an exception's type and message) and
-max_abs_coef, so that a test can see when statsmodels is fooled by or fails on separation.
+max_abs_coef, so that a test can see when statsmodels is fooled by or fails on separation; and an exact
+separation check by linear programming (Konis 2007, scipy HiGHS): lp_separated (complete or
+quasi-complete) and lp_complete.
 Non-finite numbers are printed as null.
 """
 import json
@@ -19,6 +21,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
+from scipy.optimize import linprog
 
 
 def finite(value):
@@ -40,6 +43,27 @@ def design(frame, spec):
     return pd.DataFrame(columns)
 
 
+def separation_lp(x, y):
+    """(separated, complete): is there β ≠ 0 with (2y−1)·xβ ≥ 0 on every row (strictly > 0 for complete)?"""
+    signed = x * (2 * y - 1)[:, None]
+    n, p = signed.shape
+    # Quasi-complete or complete: maximise Σ (2y−1) xβ subject to (2y−1) xβ ≥ 0 and |β_j| ≤ 1.
+    weak = linprog(-signed.sum(axis=0), A_ub=-signed, b_ub=np.zeros(n), bounds=[(-1, 1)] * p, method="highs")
+    separated = weak.status == 0 and -weak.fun > 1e-7
+    # Complete: maximise a common margin t ≤ 1 with (2y−1) xβ ≥ t and |β_j| ≤ 1; complete iff t > 0.
+    margin = np.zeros(p + 1)
+    margin[-1] = -1.0
+    strict = linprog(
+        margin,
+        A_ub=np.column_stack([-signed, np.ones(n)]),
+        b_ub=np.zeros(n),
+        bounds=[(-1, 1)] * p + [(None, 1)],
+        method="highs",
+    )
+    complete = strict.status == 0 and -strict.fun > 1e-9
+    return bool(separated or complete), bool(complete)
+
+
 def main():
     frame = pd.read_csv(sys.argv[1], dtype=str, keep_default_na=False)
     with open(sys.argv[2]) as handle:
@@ -47,6 +71,7 @@ def main():
     y = frame[spec["outcome"]].astype(float).to_numpy()
     x = design(frame, spec)
     out = {"names": list(x.columns), "warnings": [], "error": None}
+    out["lp_separated"], out["lp_complete"] = separation_lp(x.to_numpy(), y)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
