@@ -330,6 +330,8 @@ impl NewtonCoordinator {
                 .collect();
         }
         if self.converged {
+            // Steps below the tolerance mean a finite maximiser: under separation the diverging
+            // coefficients move by a roughly constant amount per step and never get here.
             return Ok(self.finish_converged(&pooled));
         }
         if pooled.n_boundary > 0 && self.stalled_with_boundary >= SEPARATION_WINDOW {
