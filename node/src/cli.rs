@@ -32,7 +32,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 #[must_use]
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     let input_fault = error.chain().any(|cause| {
-        cause.is::<crate::table::InputError>() || cause.is::<fedlnm_shared::stats::StatsError>()
+        cause.is::<crate::table::InputError>()
+            || cause.is::<fedlnm_shared::stats::StatsError>()
+            || cause.is::<fedlnm_shared::stats::logistic::LogisticError>()
     });
     if input_fault { 2 } else { 1 }
 }

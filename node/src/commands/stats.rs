@@ -20,6 +20,9 @@ pub enum StatsCommand {
     /// Agreement of predicted and true stage codes: Cohen's kappa (unweighted, linear, quadratic)
     /// with standard errors and 95% CIs, and the confusion matrix.
     Kappa(KappaArgs),
+    /// Adjusted odds ratios: logistic regression of a 0/1 outcome (LNM) on covariates, optionally
+    /// pooled across hospitals the federated way.
+    Logistic(super::stats_logistic::LogisticArgs),
 }
 
 /// Arguments of `stats binary`.
@@ -67,6 +70,7 @@ pub fn run(command: StatsCommand) -> anyhow::Result<()> {
     let output = match command {
         StatsCommand::Binary(args) => binary_report(&args)?,
         StatsCommand::Kappa(args) => kappa_report(&args)?,
+        StatsCommand::Logistic(args) => super::stats_logistic::report(&args)?,
     };
     println!("{}", serde_json::to_string_pretty(&output)?);
     Ok(())

@@ -4,7 +4,9 @@
 //! Pure functions over slices, f64 throughout, no I/O. Undefined values are `None`, never a number.
 
 pub mod binary;
+pub mod design;
 pub mod kappa;
+pub mod logistic;
 pub mod normal;
 mod sum;
 
