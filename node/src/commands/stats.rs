@@ -5,8 +5,8 @@
 use crate::table::Table;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use fedlnm_shared::stats::binary;
 use fedlnm_shared::stats::kappa;
+use fedlnm_shared::stats::{binary, calibration};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,7 +43,8 @@ pub struct BinaryArgs {
     /// A second score column on the same patients: adds the paired DeLong test of the two AUCs.
     #[arg(long, value_name = "COLUMN")]
     pub compare: Option<String>,
-    /// Also output the ROC curve points and the decision curve (net benefit at 1%..99%).
+    /// Also output the ROC curve points, the decision curve (net benefit at 1%..99%) and the
+    /// calibration plot's points (10 groups of equal size by predicted risk).
     #[arg(long)]
     pub curves: bool,
 }
@@ -98,6 +99,7 @@ pub fn binary_report(args: &BinaryArgs) -> anyhow::Result<Value> {
             object["roc"] = serde_json::to_value(binary::roc_curve(&y, &s)?)?;
             let thresholds: Vec<f64> = (1..100).map(|percent| f64::from(percent) / 100.0).collect();
             object["decision_curve"] = serde_json::to_value(binary::net_benefit(&y, &s, &thresholds)?)?;
+            object["calibration_bins"] = serde_json::to_value(calibration::calibration_bins(&y, &s, 10))?;
         }
         Ok(object)
     };

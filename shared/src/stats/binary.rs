@@ -9,6 +9,7 @@
 //! until the one final division.
 
 use super::StatsError;
+use super::calibration::{Calibration, calibration};
 use super::normal::{Z_95, normal_two_sided_p, wilson_interval};
 #[cfg(test)]
 use super::sum::sample_variance;
@@ -46,6 +47,9 @@ pub struct BinaryMetrics {
     pub youden_table: Option<ConfusionTable>,
     /// The 2×2 table at the fixed threshold 0.5.
     pub table_at_half: ConfusionTable,
+    /// Calibration intercept and slope (logistic recalibration of logit(s)), calibration-in-the-large.
+    #[serde(flatten)]
+    pub calibration: Calibration,
 }
 
 /// A 2×2 table at a threshold (predict positive iff score ≥ threshold) with the proportions clinical
@@ -159,6 +163,7 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
         accuracy_at_half: table_at_half.accuracy.map_or(0.0, |x| x.value),
         youden_table: youden,
         table_at_half,
+        calibration: calibration(y, s),
     })
 }
 

@@ -4,6 +4,7 @@
 //! Pure functions over slices, f64 throughout, no I/O. Undefined values are `None`, never a number.
 
 pub mod binary;
+pub mod calibration;
 pub mod design;
 pub mod kappa;
 pub mod logistic;
