@@ -1,0 +1,213 @@
+//! Typed configuration files: the aggregator's `aggregator.toml` and each site's `node.toml`.
+//!
+//! Both are validated once at load; an unknown, missing or invalid key is an error that names the key
+//! and the file. Relative paths inside a file are resolved against the file's own folder, so that a
+//! startup kit can be moved as a whole.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A configuration file that cannot be used. Names the file and, where it can, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", file.display())]
+    Unreadable { file: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", file.display())]
+    Syntax { file: PathBuf, message: String },
+    #[error("{}: key '{key}': {problem}", file.display())]
+    Invalid { file: PathBuf, key: String, problem: String },
+    #[error("cannot write {}: {source}", file.display())]
+    Unwritable { file: PathBuf, source: std::io::Error },
+}
+
+/// What a site does in the study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteRole {
+    /// Trains on its patients each round and validates every global model.
+    Train,
+    /// External validation centre: never trains, scores every global model on its own patients.
+    Validate,
+}
+
+/// One site as the study knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteEntry {
+    pub id: String,
+    pub role: SiteRole,
+}
+
+/// TLS material: this party's certificate and key, and the study CA that must have signed the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// `aggregator.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// The study's id (also in every site's config; salts the secure-aggregation keys).
+    pub study: String,
+    /// Address to listen on for nodes, e.g. "0.0.0.0:50051".
+    pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint, e.g. "127.0.0.1:9100"; absent = off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Folder where committed rounds (global models, state, metrics) are kept.
+    pub state_dir: PathBuf,
+    pub tls: TlsFiles,
+    /// Every site of the study and its role.
+    pub sites: Vec<SiteEntry>,
+}
+
+/// `node.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This site's id; must match the id in its certificate.
+    pub site: String,
+    pub study: String,
+    /// The aggregator's URL, e.g. "https://aggregator.example.org:50051".
+    pub aggregator: String,
+    /// The host name in the aggregator's certificate, when it differs from the URL's host.
+    #[serde(default)]
+    pub aggregator_name: Option<String>,
+    pub tls: TlsFiles,
+    /// Folder of this site's patients (the site dataset format, `docs/dataset-format.md`).
+    pub data: PathBuf,
+    /// Folder where the node keeps its own state (downloaded models, logs).
+    pub work_dir: PathBuf,
+}
+
+/// A site id: 1 to 64 of ASCII letters, digits, '-' and '_'.
+pub fn validate_site_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(format!("'{id}' is not a valid site id (1-64 letters, digits, '-' or '_')")) }
+}
+
+impl AggregatorConfig {
+    /// Reads and validates `aggregator.toml`; relative paths become relative to its folder.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = read_toml(file)?;
+        let invalid = |key: &str, problem: String| ConfigError::Invalid { file: file.to_path_buf(), key: key.to_owned(), problem };
+        validate_site_id(&config.study).map_err(|p| invalid("study", p))?;
+        config.listen.parse::<std::net::SocketAddr>().map_err(|e| invalid("listen", e.to_string()))?;
+        if let Some(metrics) = &config.metrics_listen {
+            metrics.parse::<std::net::SocketAddr>().map_err(|e| invalid("metrics_listen", e.to_string()))?;
+        }
+        if config.sites.is_empty() {
+            return Err(invalid("sites", "the study lists no site".to_owned()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, site) in config.sites.iter().enumerate() {
+            validate_site_id(&site.id).map_err(|p| invalid(&format!("sites[{index}].id"), p))?;
+            if !seen.insert(site.id.clone()) {
+                return Err(invalid(&format!("sites[{index}].id"), format!("site '{}' is listed twice", site.id)));
+            }
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        config.state_dir = base.join(&config.state_dir);
+        config.tls = config.tls.relative_to(base);
+        Ok(config)
+    }
+
+    /// The role of a site, if the study knows it.
+    #[must_use]
+    pub fn role_of(&self, site: &str) -> Option<SiteRole> {
+        self.sites.iter().find(|s| s.id == site).map(|s| s.role)
+    }
+}
+
+impl NodeConfig {
+    /// Reads and validates `node.toml`; relative paths become relative to its folder.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = read_toml(file)?;
+        let invalid = |key: &str, problem: String| ConfigError::Invalid { file: file.to_path_buf(), key: key.to_owned(), problem };
+        validate_site_id(&config.site).map_err(|p| invalid("site", p))?;
+        validate_site_id(&config.study).map_err(|p| invalid("study", p))?;
+        if !(config.aggregator.starts_with("https://")) {
+            return Err(invalid("aggregator", format!("'{}' must be an https:// URL", config.aggregator)));
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        config.tls = config.tls.relative_to(base);
+        config.data = base.join(&config.data);
+        config.work_dir = base.join(&config.work_dir);
+        Ok(config)
+    }
+}
+
+impl TlsFiles {
+    fn relative_to(self, base: &Path) -> Self {
+        Self { certificate: base.join(self.certificate), key: base.join(self.key), ca: base.join(self.ca) }
+    }
+}
+
+/// Writes a configuration as TOML.
+pub fn write_toml(file: &Path, value: &impl Serialize) -> Result<(), ConfigError> {
+    let text = toml::to_string_pretty(value)
+        .map_err(|e| ConfigError::Syntax { file: file.to_path_buf(), message: e.to_string() })?;
+    std::fs::write(file, text).map_err(|source| ConfigError::Unwritable { file: file.to_path_buf(), source })
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Unreadable { file: file.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Syntax { file: file.to_path_buf(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const AGGREGATOR: &str = r#"
+study = "thyroid"
+listen = "127.0.0.1:50051"
+state_dir = "state"
+[tls]
+certificate = "server.pem"
+key = "server.key"
+ca = "ca.pem"
+[[sites]]
+id = "S1"
+role = "train"
+[[sites]]
+id = "S4"
+role = "validate"
+"#;
+
+    #[test]
+    fn loads_and_resolves_paths_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AggregatorConfig::load(&write(dir.path(), "aggregator.toml", AGGREGATOR)).unwrap();
+        assert_eq!(config.state_dir, dir.path().join("state"));
+        assert_eq!(config.tls.ca, dir.path().join("ca.pem"));
+        assert_eq!(config.role_of("S4"), Some(SiteRole::Validate));
+        assert_eq!(config.role_of("S9"), None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (AGGREGATOR.replace("127.0.0.1:50051", "nowhere"), "key 'listen'"),
+            (AGGREGATOR.replace("id = \"S4\"", "id = \"S1\""), "key 'sites[1].id'"),
+            (AGGREGATOR.replace("id = \"S4\"", "id = \"S 4\""), "not a valid site id"),
+            (AGGREGATOR.replace("role = \"validate\"", "role = \"observer\""), "unknown variant `observer`"),
+            (AGGREGATOR.replace("state_dir", "state_folder"), "unknown field `state_folder`"),
+        ];
+        for (text, expected) in cases {
+            let error = AggregatorConfig::load(&write(dir.path(), "bad.toml", &text)).unwrap_err().to_string();
+            assert!(error.contains(expected) && error.contains("bad.toml"), "{error}");
+        }
+    }
+}
