@@ -33,6 +33,12 @@ macro_rules! ordinal_category {
             }
         }
 
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.label())
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = $crate::category::UnknownCategory;
             /// Parses a canonical label, ignoring case and surrounding spaces.

@@ -1,3 +1,4 @@
 //! One module per `fedlnm-node` subcommand.
 
 pub mod stats;
+pub mod synth;
