@@ -13,13 +13,31 @@ pub enum InputError {
     #[error("{}: the file is empty (expected a header row and at least one data row)", file.display())]
     Empty { file: PathBuf },
     #[error("{}: malformed CSV at line {line}: {message}", file.display())]
-    Malformed { file: PathBuf, line: u64, message: String },
+    Malformed {
+        file: PathBuf,
+        line: u64,
+        message: String,
+    },
     #[error("{}: no column named '{column}' (columns: {available})", file.display())]
-    MissingColumn { file: PathBuf, column: String, available: String },
+    MissingColumn {
+        file: PathBuf,
+        column: String,
+        available: String,
+    },
     #[error("{}, line {line}, column '{column}': {problem} (value: '{value}')", file.display())]
-    BadValue { file: PathBuf, line: u64, column: String, value: String, problem: String },
+    BadValue {
+        file: PathBuf,
+        line: u64,
+        column: String,
+        value: String,
+        problem: String,
+    },
     #[error("{}, column '{column}': {problem}", file.display())]
-    BadColumn { file: PathBuf, column: String, problem: String },
+    BadColumn {
+        file: PathBuf,
+        column: String,
+        problem: String,
+    },
 }
 
 /// A CSV file held in memory: a header and rows of text cells.
@@ -33,13 +51,20 @@ pub struct Table {
 impl Table {
     /// Reads a comma-separated file with a header row. Fails on an unreadable, empty or ragged file.
     pub fn read(file: &Path) -> Result<Self, InputError> {
-        let malformed = |line: u64, message: String| InputError::Malformed { file: file.to_path_buf(), line, message };
+        let malformed = |line: u64, message: String| InputError::Malformed {
+            file: file.to_path_buf(),
+            line,
+            message,
+        };
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .trim(csv::Trim::All)
             .from_path(file)
             .map_err(|e| match e.into_kind() {
-                csv::ErrorKind::Io(source) => InputError::Unreadable { file: file.to_path_buf(), source },
+                csv::ErrorKind::Io(source) => InputError::Unreadable {
+                    file: file.to_path_buf(),
+                    source,
+                },
                 other => malformed(1, format!("{other:?}")),
             })?;
         let headers: Vec<String> = reader
@@ -49,7 +74,9 @@ impl Table {
             .map(str::to_owned)
             .collect();
         if headers.iter().all(String::is_empty) {
-            return Err(InputError::Empty { file: file.to_path_buf() });
+            return Err(InputError::Empty {
+                file: file.to_path_buf(),
+            });
         }
         let mut rows = Vec::new();
         for (index, record) in reader.records().enumerate() {
@@ -58,9 +85,15 @@ impl Table {
             rows.push(record.iter().map(str::to_owned).collect());
         }
         if rows.is_empty() {
-            return Err(InputError::Empty { file: file.to_path_buf() });
+            return Err(InputError::Empty {
+                file: file.to_path_buf(),
+            });
         }
-        Ok(Self { file: file.to_path_buf(), headers, rows })
+        Ok(Self {
+            file: file.to_path_buf(),
+            headers,
+            rows,
+        })
     }
 
     /// The file this table came from.
@@ -77,11 +110,14 @@ impl Table {
 
     /// The position of a column, or an error listing the columns that exist.
     pub fn column_index(&self, column: &str) -> Result<usize, InputError> {
-        self.headers.iter().position(|h| h == column).ok_or_else(|| InputError::MissingColumn {
-            file: self.file.clone(),
-            column: column.to_owned(),
-            available: self.headers.join(", "),
-        })
+        self.headers
+            .iter()
+            .position(|h| h == column)
+            .ok_or_else(|| InputError::MissingColumn {
+                file: self.file.clone(),
+                column: column.to_owned(),
+                available: self.headers.join(", "),
+            })
     }
 
     /// The raw text cells of a column.
@@ -130,7 +166,11 @@ impl Table {
     pub fn probability_column(&self, column: &str) -> Result<Vec<f64>, InputError> {
         self.parsed_column(column, |cell| {
             let value = parse_finite(cell)?;
-            if (0.0..=1.0).contains(&value) { Ok(value) } else { Err("expected a probability in [0, 1]".to_owned()) }
+            if (0.0..=1.0).contains(&value) {
+                Ok(value)
+            } else {
+                Err("expected a probability in [0, 1]".to_owned())
+            }
         })
     }
 
@@ -142,14 +182,22 @@ impl Table {
             // The cast is exact: value is a non-negative integer below k.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let code = value as usize;
-            if in_scale { Ok(code) } else { Err(format!("expected an integer code in 0..{}", k.saturating_sub(1))) }
+            if in_scale {
+                Ok(code)
+            } else {
+                Err(format!("expected an integer code in 0..{}", k.saturating_sub(1)))
+            }
         })
     }
 
     /// An error about a whole column (for example an outcome with a single level).
     #[must_use]
     pub fn column_error(&self, column: &str, problem: impl Into<String>) -> InputError {
-        InputError::BadColumn { file: self.file.clone(), column: column.to_owned(), problem: problem.into() }
+        InputError::BadColumn {
+            file: self.file.clone(),
+            column: column.to_owned(),
+            problem: problem.into(),
+        }
     }
 }
 

@@ -66,13 +66,23 @@ pub enum SynthAction {
 
 /// Runs `synth`.
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
-    if let Some(SynthAction::ContactSheet { out, seed, image_size }) = args.action {
-        let profiles: Vec<SiteProfile> = PROFILE_NAMES.iter().filter_map(|name| SiteProfile::named(name)).collect();
+    if let Some(SynthAction::ContactSheet {
+        out,
+        seed,
+        image_size,
+    }) = args.action
+    {
+        let profiles: Vec<SiteProfile> = PROFILE_NAMES
+            .iter()
+            .filter_map(|name| SiteProfile::named(name))
+            .collect();
         let sheet = synth::contact_sheet(&profiles, 3, image_size, seed);
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        sheet.save_with_format(&out, image::ImageFormat::Png).with_context(|| format!("cannot write {}", out.display()))?;
+        sheet
+            .save_with_format(&out, image::ImageFormat::Png)
+            .with_context(|| format!("cannot write {}", out.display()))?;
         tracing::info!(file = %out.display(), "contact sheet written");
         return Ok(());
     }
@@ -85,11 +95,16 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
             problem: "both are required".to_owned(),
         });
     };
-    let profile = SiteProfile::named(&site_args.profile).ok_or_else(|| crate::table::InputError::BadColumn {
-        file: PathBuf::from("<command line>"),
-        column: "--profile".to_owned(),
-        problem: format!("unknown profile '{}' (known: {})", site_args.profile, PROFILE_NAMES.join(", ")),
-    })?;
+    let profile =
+        SiteProfile::named(&site_args.profile).ok_or_else(|| crate::table::InputError::BadColumn {
+            file: PathBuf::from("<command line>"),
+            column: "--profile".to_owned(),
+            problem: format!(
+                "unknown profile '{}' (known: {})",
+                site_args.profile,
+                PROFILE_NAMES.join(", ")
+            ),
+        })?;
     let config = SynthConfig {
         site,
         n_patients: site_args.patients,
@@ -101,7 +116,11 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         },
         image_size: site_args.image_size,
     };
-    let summary = synth::write_site(&config, &out).with_context(|| format!("generating site {}", config.site))?;
-    println!("{}", serde_json::to_string_pretty(&summary).context("serialising the summary")?);
+    let summary =
+        synth::write_site(&config, &out).with_context(|| format!("generating site {}", config.site))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&summary).context("serialising the summary")?
+    );
     Ok(())
 }

@@ -17,7 +17,12 @@ pub enum StatsError {
     Empty,
     /// Two columns that must pair up row by row have different lengths.
     #[error("length mismatch: {left_name} has {left} rows but {right_name} has {right}")]
-    LengthMismatch { left_name: &'static str, left: usize, right_name: &'static str, right: usize },
+    LengthMismatch {
+        left_name: &'static str,
+        left: usize,
+        right_name: &'static str,
+        right: usize,
+    },
     /// A score is NaN or outside [0, 1].
     #[error("score at row {row} is {value}, expected a finite number in [0, 1]")]
     ScoreOutOfRange { row: usize, value: f64 },
@@ -26,7 +31,12 @@ pub enum StatsError {
     NotFinite { what: &'static str, row: usize },
     /// An ordinal code outside the declared scale 0..k-1.
     #[error("{what} at row {row} is {value}, outside the declared scale 0..{k}")]
-    CodeOutOfRange { what: &'static str, row: usize, value: usize, k: usize },
+    CodeOutOfRange {
+        what: &'static str,
+        row: usize,
+        value: usize,
+        k: usize,
+    },
     /// A declared ordinal scale with fewer than two categories.
     #[error("the declared scale has k = {k} categories; kappa needs k >= 2")]
     ScaleTooSmall { k: usize },

@@ -54,7 +54,10 @@ mod tests {
         for (k, n) in [(0_u64, 10_u64), (10, 10), (3, 10), (1, 1), (500, 1000)] {
             let (lo, hi) = wilson_interval(k, n).unwrap();
             let p = k as f64 / n as f64;
-            assert!((0.0..=p).contains(&lo) && (p..=1.0).contains(&hi), "{k}/{n}: {lo} {hi}");
+            assert!(
+                (0.0..=p).contains(&lo) && (p..=1.0).contains(&hi),
+                "{k}/{n}: {lo} {hi}"
+            );
         }
         assert_eq!(wilson_interval(0, 0), None);
     }

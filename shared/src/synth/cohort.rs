@@ -83,7 +83,10 @@ impl Covariate {
             | Self::MarginIrregularity
             | Self::Aggressiveness => (false, true),
         };
-        Visibility { report_or_clinical, image }
+        Visibility {
+            report_or_clinical,
+            image,
+        }
     }
 }
 
@@ -121,7 +124,10 @@ impl TrueLnmModel {
     /// The coefficient of one covariate.
     #[must_use]
     pub fn coefficient(&self, covariate: Covariate) -> f64 {
-        self.coefficients.iter().find(|(c, _)| *c == covariate).map_or(0.0, |(_, beta)| *beta)
+        self.coefficients
+            .iter()
+            .find(|(c, _)| *c == covariate)
+            .map_or(0.0, |(_, beta)| *beta)
     }
 
     /// The odds ratio of one covariate (per unit for the continuous ones).
@@ -202,13 +208,20 @@ pub fn covariate_values(truth: &PatientTruth) -> [f64; 10] {
 }
 
 /// Draws one patient's truth.
-pub fn draw_truth(patient_id: String, profile: &SiteProfile, model: &TrueLnmModel, rng: &mut ChaCha8Rng) -> PatientTruth {
+pub fn draw_truth(
+    patient_id: String,
+    profile: &SiteProfile,
+    model: &TrueLnmModel,
+    rng: &mut ChaCha8Rng,
+) -> PatientTruth {
     let normal = |mean: f64, sd: f64, rng: &mut ChaCha8Rng| {
         // sd > 0 and finite by construction: Normal::new cannot fail here.
         Normal::new(mean, sd).map_or(mean, |d| d.sample(rng))
     };
     let male = rng.random_bool(profile.male_fraction);
-    let age_years = normal(profile.mean_age_years, 13.0, rng).clamp(18.0, 80.0).round();
+    let age_years = normal(profile.mean_age_years, 13.0, rng)
+        .clamp(18.0, 80.0)
+        .round();
     let size_mm = LogNormal::new(profile.median_size_mm.ln(), 0.55)
         .map_or(profile.median_size_mm, |d| d.sample(rng))
         .clamp(3.0, 60.0);
@@ -226,12 +239,20 @@ pub fn draw_truth(patient_id: String, profile: &SiteProfile, model: &TrueLnmMode
     let multifocal = rng.random_bool(profile.multifocal_fraction);
     let p_contact = sigmoid(-1.0 + 0.09 * (size_mm - 10.0));
     let capsule_contact = if rng.random_bool(p_contact) {
-        if rng.random_bool(0.55) { CapsuleContact::Over25 } else { CapsuleContact::Under25 }
+        if rng.random_bool(0.55) {
+            CapsuleContact::Over25
+        } else {
+            CapsuleContact::Under25
+        }
     } else {
         CapsuleContact::None
     };
     let extrathyroidal_extension = capsule_contact == CapsuleContact::Over25 && rng.random_bool(0.3);
-    let microcalcifications = if rng.random_bool(0.45) { rng.random_range(3..=12) } else { 0 };
+    let microcalcifications = if rng.random_bool(0.45) {
+        rng.random_range(3..=12)
+    } else {
+        0
+    };
     let margin_irregularity = Beta::new(1.5, 2.5).map_or(0.4, |d| d.sample(rng));
     let aggressiveness = normal(0.0, 1.0, rng);
     let taller_than_wide = rng.random_bool(if size_mm < 15.0 { 0.35 } else { 0.15 });
@@ -283,10 +304,18 @@ impl PatientTruth {
     /// The pathology labels: T from size and gross ETE, N from the compartments, stage by age 55.
     #[must_use]
     pub fn labels(&self) -> PathologyLabels {
-        let extension = if self.extrathyroidal_extension { Extension::StrapMuscles } else { Extension::None };
+        let extension = if self.extrathyroidal_extension {
+            Extension::StrapMuscles
+        } else {
+            Extension::None
+        };
         let t = staging::t_category(self.size_mm, extension);
         let n = staging::n_category(self.lnm_central, self.lnm_lateral);
-        let m = if self.distant_metastasis { MCategory::M1 } else { MCategory::M0 };
+        let m = if self.distant_metastasis {
+            MCategory::M1
+        } else {
+            MCategory::M0
+        };
         PathologyLabels {
             lnm: self.lnm,
             lnm_central: self.lnm_central,
@@ -313,7 +342,8 @@ impl PatientTruth {
 /// foci, misjudged margins, measurement error, an adjacent capsule-contact category).
 pub fn write_report(truth: &PatientTruth, profile: &SiteProfile, rng: &mut ChaCha8Rng) -> UltrasoundReport {
     let max_diameter_mm = ((truth.size_mm + rng.random_range(-1.5..1.5)).max(2.0) * 10.0).round() / 10.0;
-    let echogenic_foci = if truth.microcalcifications > 0 && rng.random_bool(profile.reader_foci_sensitivity) {
+    let echogenic_foci = if truth.microcalcifications > 0 && rng.random_bool(profile.reader_foci_sensitivity)
+    {
         EchogenicFoci::Punctate
     } else {
         match rng.random_range(0..100) {
@@ -339,7 +369,11 @@ pub fn write_report(truth: &PatientTruth, profile: &SiteProfile, rng: &mut ChaCh
         match truth.capsule_contact {
             CapsuleContact::None | CapsuleContact::Over25 => CapsuleContact::Under25,
             CapsuleContact::Under25 => {
-                if rng.random_bool(0.5) { CapsuleContact::None } else { CapsuleContact::Over25 }
+                if rng.random_bool(0.5) {
+                    CapsuleContact::None
+                } else {
+                    CapsuleContact::Over25
+                }
             }
         }
     };
@@ -350,15 +384,31 @@ pub fn write_report(truth: &PatientTruth, profile: &SiteProfile, rng: &mut ChaCh
     } else {
         Echogenicity::Hypoechoic
     };
-    let reported_taller = if rng.random_bool(0.88) { truth.taller_than_wide } else { !truth.taller_than_wide };
+    let reported_taller = if rng.random_bool(0.88) {
+        truth.taller_than_wide
+    } else {
+        !truth.taller_than_wide
+    };
     let shape = if reported_taller {
         Shape::TallerThanWide
     } else {
         Shape::WiderThanTall
     };
-    let composition = if rng.random_bool(0.94) { Composition::Solid } else { Composition::Mixed };
-    let vascularity = if rng.random_bool(0.8) { truth.vascularity } else { Vascularity::Peripheral };
-    let language = if rng.random_bool(profile.chinese_fraction) { Language::Chinese } else { Language::English };
+    let composition = if rng.random_bool(0.94) {
+        Composition::Solid
+    } else {
+        Composition::Mixed
+    };
+    let vascularity = if rng.random_bool(0.8) {
+        truth.vascularity
+    } else {
+        Vascularity::Peripheral
+    };
+    let language = if rng.random_bool(profile.chinese_fraction) {
+        Language::Chinese
+    } else {
+        Language::English
+    };
     let mut report = UltrasoundReport {
         composition,
         echogenicity,

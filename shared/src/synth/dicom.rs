@@ -36,7 +36,11 @@ pub fn write_dicom(file: &Path, picture: &RgbImage, pseudonym: &str, uid_seed: u
         short(tags::BITS_STORED, 8),
         short(tags::HIGH_BIT, 7),
         short(tags::PIXEL_REPRESENTATION, 0),
-        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(picture.as_raw().clone())),
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::from(picture.as_raw().clone()),
+        ),
     ]);
     let meta = FileMetaTableBuilder::new()
         .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)

@@ -16,8 +16,8 @@ pub use cohort::{Covariate, PatientTruth, TrueLnmModel, covariate_values};
 pub use oracle::{OracleAucs, auc};
 pub use profile::{PROFILE_NAMES, SiteProfile};
 
-use crate::data::manifest::{IMAGES_DIR, PatientRecord, write_manifest};
 use crate::data::ManifestError;
+use crate::data::manifest::{IMAGES_DIR, PatientRecord, write_manifest};
 use image::RgbImage;
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
@@ -56,7 +56,9 @@ pub enum SynthError {
     Manifest(#[from] ManifestError),
     #[error("cannot encode {}: {message}", path.display())]
     Encode { path: PathBuf, message: String },
-    #[error("the cohort of {n_patients} patients has a single LNM class; oracle AUCs are undefined (use more patients)")]
+    #[error(
+        "the cohort of {n_patients} patients has a single LNM class; oracle AUCs are undefined (use more patients)"
+    )]
     SingleClass { n_patients: usize },
 }
 
@@ -80,7 +82,10 @@ impl Cohort {
     /// regression recovers [`TrueLnmModel::coefficients`].
     #[must_use]
     pub fn design(&self) -> (Vec<[f64; 10]>, Vec<bool>) {
-        self.patients.iter().map(|p| (covariate_values(&p.truth), p.truth.lnm)).unzip()
+        self.patients
+            .iter()
+            .map(|p| (covariate_values(&p.truth), p.truth.lnm))
+            .unzip()
     }
 }
 
@@ -144,18 +149,29 @@ pub fn write_site(config: &SynthConfig, out_dir: &Path) -> Result<SynthSummary, 
     let cohort = generate_cohort(config);
     let summary = summarise(config, &cohort)?;
     let images_dir = out_dir.join(IMAGES_DIR);
-    std::fs::create_dir_all(&images_dir).map_err(|source| SynthError::Io { path: images_dir.clone(), source })?;
+    std::fs::create_dir_all(&images_dir).map_err(|source| SynthError::Io {
+        path: images_dir.clone(),
+        source,
+    })?;
     for patient in &cohort.patients {
         let picture = render_patient(patient, config);
         let path = images_dir.join(&patient.record.image_files[0]);
         match config.format {
             OutputFormat::Png => picture
                 .save_with_format(&path, image::ImageFormat::Png)
-                .map_err(|e| SynthError::Encode { path: path.clone(), message: e.to_string() })?,
+                .map_err(|e| SynthError::Encode {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?,
             OutputFormat::Dicom => {
-                let uid_seed = (u128::from(patient.truth.render_seed) << 32) | u128::from(fnv1a(config.site.as_bytes()) as u32);
-                dicom::write_dicom(&path, &picture, &patient.record.patient_id, uid_seed)
-                    .map_err(|message| SynthError::Encode { path: path.clone(), message })?;
+                let uid_seed = (u128::from(patient.truth.render_seed) << 32)
+                    | u128::from(fnv1a(config.site.as_bytes()) as u32);
+                dicom::write_dicom(&path, &picture, &patient.record.patient_id, uid_seed).map_err(
+                    |message| SynthError::Encode {
+                        path: path.clone(),
+                        message,
+                    },
+                )?;
             }
         }
     }
@@ -166,7 +182,10 @@ pub fn write_site(config: &SynthConfig, out_dir: &Path) -> Result<SynthSummary, 
         path: summary_path.clone(),
         message: e.to_string(),
     })?;
-    std::fs::write(&summary_path, json + "\n").map_err(|source| SynthError::Io { path: summary_path, source })?;
+    std::fs::write(&summary_path, json + "\n").map_err(|source| SynthError::Io {
+        path: summary_path,
+        source,
+    })?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         site = %config.site,
@@ -184,10 +203,14 @@ pub fn write_site(config: &SynthConfig, out_dir: &Path) -> Result<SynthSummary, 
 
 /// The summary of a cohort (rates, oracle AUCs, the true model).
 pub fn summarise(config: &SynthConfig, cohort: &Cohort) -> Result<SynthSummary, SynthError> {
-    let pairs: Vec<(PatientTruth, crate::data::report::UltrasoundReport)> =
-        cohort.patients.iter().map(|p| (p.truth.clone(), p.record.report.clone())).collect();
-    let oracle_auc = oracle::oracle_aucs(&cohort.model, &pairs)
-        .ok_or(SynthError::SingleClass { n_patients: config.n_patients })?;
+    let pairs: Vec<(PatientTruth, crate::data::report::UltrasoundReport)> = cohort
+        .patients
+        .iter()
+        .map(|p| (p.truth.clone(), p.record.report.clone()))
+        .collect();
+    let oracle_auc = oracle::oracle_aucs(&cohort.model, &pairs).ok_or(SynthError::SingleClass {
+        n_patients: config.n_patients,
+    })?;
     let rate = |f: fn(&PatientTruth) -> bool| {
         cohort.patients.iter().filter(|p| f(&p.truth)).count() as f64 / cohort.patients.len().max(1) as f64
     };
@@ -203,8 +226,18 @@ pub fn summarise(config: &SynthConfig, cohort: &Cohort) -> Result<SynthSummary, 
         lateral_lnm_rate: rate(|t| t.lnm_lateral),
         oracle_auc,
         true_model_intercept: cohort.model.intercept,
-        true_model_coefficients: cohort.model.coefficients.iter().map(|(c, b)| (c.name(), *b)).collect(),
-        true_model_odds_ratios: cohort.model.coefficients.iter().map(|(c, b)| (c.name(), b.exp())).collect(),
+        true_model_coefficients: cohort
+            .model
+            .coefficients
+            .iter()
+            .map(|(c, b)| (c.name(), *b))
+            .collect(),
+        true_model_odds_ratios: cohort
+            .model
+            .coefficients
+            .iter()
+            .map(|(c, b)| (c.name(), b.exp()))
+            .collect(),
         auc_method: "local Mann-Whitney (midranks); to be swapped for stats::binary",
     })
 }
@@ -235,7 +268,12 @@ pub fn contact_sheet(profiles: &[SiteProfile], per_class: usize, tile: u32, seed
             let extra_gap = if column >= per_class as u32 { 2 * gap } else { gap };
             let x = gap + column * (tile + gap) + extra_gap - gap;
             let y = gap + row as u32 * (tile + gap);
-            image::imageops::replace(&mut sheet, &render_patient(patient, &config), i64::from(x), i64::from(y));
+            image::imageops::replace(
+                &mut sheet,
+                &render_patient(patient, &config),
+                i64::from(x),
+                i64::from(y),
+            );
         }
     }
     sheet
@@ -243,7 +281,9 @@ pub fn contact_sheet(profiles: &[SiteProfile], per_class: usize, tile: u32, seed
 
 /// FNV-1a, to derive a per-site stream from one seed.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Draws a fresh seed from a stream (used by callers that need independent sub-streams).

@@ -62,7 +62,11 @@ pub fn reported_covariates(truth: &PatientTruth, report: &UltrasoundReport) -> [
         Margin::IllDefined => 0.45,
         Margin::LobulatedIrregular | Margin::ExtrathyroidalExtension => 0.65,
     };
-    values[9] = if report.echogenicity == Echogenicity::VeryHypoechoic { 1.0 } else { 0.0 };
+    values[9] = if report.echogenicity == Echogenicity::VeryHypoechoic {
+        1.0
+    } else {
+        0.0
+    };
     values
 }
 
@@ -79,7 +83,11 @@ pub fn oracle_aucs(model: &TrueLnmModel, cohort: &[(PatientTruth, UltrasoundRepo
         .iter()
         .map(|(truth, _)| model.partial_logit(&covariate_values(truth), |c: Covariate| c.visibility().image))
         .collect();
-    Some(OracleAucs { multimodal: auc(&full, &labels)?, report_clinical: auc(&report, &labels)?, image: auc(&image, &labels)? })
+    Some(OracleAucs {
+        multimodal: auc(&full, &labels)?,
+        report_clinical: auc(&report, &labels)?,
+        image: auc(&image, &labels)?,
+    })
 }
 
 #[cfg(test)]
@@ -93,7 +101,13 @@ mod tests {
             for (j, &lj) in labels.iter().enumerate() {
                 if li && !lj {
                     pairs += 1.0;
-                    wins += if scores[i] > scores[j] { 1.0 } else if scores[i] == scores[j] { 0.5 } else { 0.0 };
+                    wins += if scores[i] > scores[j] {
+                        1.0
+                    } else if scores[i] == scores[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

@@ -66,7 +66,7 @@ impl SiteProfile {
                 mean_age_years: 44.0,
                 median_size_mm: 10.0,
                 multifocal_fraction: 0.32,
-                reader_foci_sensitivity: 0.6,
+                reader_foci_sensitivity: 0.5,
                 chinese_fraction: 0.5,
             }),
             "community" => Some(Self {

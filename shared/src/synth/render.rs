@@ -28,7 +28,11 @@ struct Plane {
 
 impl Plane {
     fn new(width: usize, height: usize, value: f64) -> Self {
-        Self { width, height, values: vec![value; width * height] }
+        Self {
+            width,
+            height,
+            values: vec![value; width * height],
+        }
     }
 }
 
@@ -44,7 +48,11 @@ struct Nodule {
 impl Nodule {
     /// Radius scale at angle `theta` (1 = the ellipse; lobulation and spiculation add to it).
     fn radius_scale(&self, theta: f64) -> f64 {
-        1.0 + self.harmonics.iter().map(|&(k, amplitude, phase)| amplitude * (k * theta + phase).sin()).sum::<f64>()
+        1.0 + self
+            .harmonics
+            .iter()
+            .map(|&(k, amplitude, phase)| amplitude * (k * theta + phase).sin())
+            .sum::<f64>()
     }
 
     /// Signed normalised distance: < 1 inside, 1 on the margin.
@@ -119,8 +127,20 @@ struct Field {
 impl Field {
     fn new(n: usize) -> Self {
         let size = n as f64;
-        let (left, right, top, bottom) = (FIELD_LEFT * size, FIELD_RIGHT * size, BAND_TOP * size + 2.0, size - 1.0);
-        Self { left, right, top, bottom, width: right - left, height: bottom - top }
+        let (left, right, top, bottom) = (
+            FIELD_LEFT * size,
+            FIELD_RIGHT * size,
+            BAND_TOP * size + 2.0,
+            size - 1.0,
+        );
+        Self {
+            left,
+            right,
+            top,
+            bottom,
+            width: right - left,
+            height: bottom - top,
+        }
     }
 
     fn contains(&self, x: f64, y: f64) -> bool {
@@ -134,35 +154,65 @@ impl Field {
 }
 
 /// Tissue reflectivity (thyroid parenchyma = 1) and the nodule's geometry.
-fn anatomy(field: &Field, truth: &PatientTruth, px_per_mm: f64, medial_right: bool, rng: &mut ChaCha8Rng) -> (Plane, Nodule) {
+fn anatomy(
+    field: &Field,
+    truth: &PatientTruth,
+    px_per_mm: f64,
+    medial_right: bool,
+    rng: &mut ChaCha8Rng,
+) -> (Plane, Nodule) {
     let n = (field.bottom + 1.0) as usize;
     let mut echo = Plane::new(n, n, 0.0);
     let side = |u: f64| if medial_right { u } else { 1.0 - u };
 
     // Nodule size and shape (taller-than-wide means the antero-posterior axis is the longer).
     let radius = 0.5 * truth.size_mm * px_per_mm;
-    let (rx, ry) = if truth.taller_than_wide { (radius * 0.8, radius) } else { (radius, radius * 0.72) };
+    let (rx, ry) = if truth.taller_than_wide {
+        (radius * 0.8, radius)
+    } else {
+        (radius, radius * 0.72)
+    };
     // Thyroid lobe: an ellipse that holds the nodule.
     let (tcx, tcy) = field.at(side(0.46), 0.47);
     let tax = (0.3 * field.width).max(rx * 1.35);
     let tay = (0.2 * field.height).max(ry * 1.3);
     // Nodule position: deep inside, touching, or breaking through the anterior capsule.
     let (ncx, ncy) = match truth.capsule_contact {
-        CapsuleContact::None => (tcx + rng.random_range(-0.25..0.25) * (tax - rx), tcy + 0.1 * (tay - ry)),
+        CapsuleContact::None => (
+            tcx + rng.random_range(-0.25..0.25) * (tax - rx),
+            tcy + 0.1 * (tay - ry),
+        ),
         CapsuleContact::Under25 => (tcx + rng.random_range(-0.2..0.2) * tax, tcy - tay + ry * 1.02),
         CapsuleContact::Over25 => {
-            let protrusion = if truth.extrathyroidal_extension { 0.55 } else { 0.85 };
-            (tcx + rng.random_range(-0.15..0.15) * tax, tcy - tay + ry * protrusion)
+            let protrusion = if truth.extrathyroidal_extension {
+                0.55
+            } else {
+                0.85
+            };
+            (
+                tcx + rng.random_range(-0.15..0.15) * tax,
+                tcy - tay + ry * protrusion,
+            )
         }
     };
     let amplitude = 0.02 + 0.2 * truth.margin_irregularity;
     let harmonics = (0..4)
         .map(|i| {
             let k = f64::from(3 + 2 * i) + f64::from(rng.random_range(0..2_u8));
-            (k, amplitude * rng.random_range(0.4..1.0) / (1.0 + 0.25 * f64::from(i)), rng.random_range(0.0..2.0 * PI))
+            (
+                k,
+                amplitude * rng.random_range(0.4..1.0) / (1.0 + 0.25 * f64::from(i)),
+                rng.random_range(0.0..2.0 * PI),
+            )
         })
         .collect();
-    let nodule = Nodule { cx: ncx, cy: ncy, rx, ry, harmonics };
+    let nodule = Nodule {
+        cx: ncx,
+        cy: ncy,
+        rx,
+        ry,
+        harmonics,
+    };
 
     let (trx, try_) = field.at(side(0.97), 0.34);
     let trachea_r = 0.12 * field.height;
@@ -191,8 +241,20 @@ fn anatomy(field: &Field, truth: &PatientTruth, px_per_mm: f64, medial_right: bo
                 0.55
             };
             // Strap muscles over the thyroid, sternocleidomastoid laterally: hypoechoic, fibrillar.
-            let strap = ellipse(xf, yf, field.at(side(0.5), 0.155), 0.42 * field.width, 0.055 * field.height);
-            let scm = ellipse(xf, yf, field.at(side(0.08), 0.2), 0.2 * field.width, 0.08 * field.height);
+            let strap = ellipse(
+                xf,
+                yf,
+                field.at(side(0.5), 0.155),
+                0.42 * field.width,
+                0.055 * field.height,
+            );
+            let scm = ellipse(
+                xf,
+                yf,
+                field.at(side(0.08), 0.2),
+                0.2 * field.width,
+                0.08 * field.height,
+            );
             if strap < 1.0 || scm < 1.0 {
                 r = 0.3 + 0.18 * (yf * 1.3 / field.height.max(1.0) * 60.0).sin().abs();
             }
@@ -248,7 +310,10 @@ fn anatomy(field: &Field, truth: &PatientTruth, px_per_mm: f64, medial_right: bo
     for _ in 0..truth.microcalcifications {
         let angle = rng.random_range(0.0..2.0 * PI);
         let distance = rng.random_range(0.0..0.7_f64).sqrt();
-        let (fx, fy) = (nodule.cx + distance * rx * angle.cos(), nodule.cy + distance * ry * angle.sin());
+        let (fx, fy) = (
+            nodule.cx + distance * rx * angle.cos(),
+            nodule.cy + distance * ry * angle.sin(),
+        );
         add_spot(&mut echo, fx, fy, sigma, 7.0);
     }
     (echo, nodule)
@@ -329,10 +394,15 @@ fn gaussian_blur(plane: &Plane, sigma_x: f64, sigma_y: f64) -> Plane {
 
 fn blur_pass(plane: &Plane, sigma: f64, horizontal: bool) -> Plane {
     if sigma < 0.25 {
-        return Plane { values: plane.values.clone(), ..*plane };
+        return Plane {
+            values: plane.values.clone(),
+            ..*plane
+        };
     }
     let radius = (3.0 * sigma).ceil() as i64;
-    let kernel: Vec<f64> = (-radius..=radius).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp()).collect();
+    let kernel: Vec<f64> = (-radius..=radius)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp())
+        .collect();
     let total: f64 = kernel.iter().sum();
     let (w, h) = (plane.width as i64, plane.height as i64);
     let mut out = Plane::new(plane.width, plane.height, 0.0);
@@ -341,7 +411,11 @@ fn blur_pass(plane: &Plane, sigma: f64, horizontal: bool) -> Plane {
             let mut acc = 0.0;
             for (k, weight) in kernel.iter().enumerate() {
                 let offset = k as i64 - radius;
-                let (sx, sy) = if horizontal { ((x + offset).clamp(0, w - 1), y) } else { (x, (y + offset).clamp(0, h - 1)) };
+                let (sx, sy) = if horizontal {
+                    ((x + offset).clamp(0, w - 1), y)
+                } else {
+                    (x, (y + offset).clamp(0, h - 1))
+                };
                 acc += weight * plane.values[(sy * w + sx) as usize];
             }
             out.values[(y * w + x) as usize] = acc / total;
@@ -370,17 +444,24 @@ fn doppler(
     let thickness = 1.7 * scale.max(0.5);
     let vessel = |points: &[(f64, f64)], velocity: f64, flow: &mut Plane| {
         for pair in points.windows(2) {
-            let steps = (((pair[1].0 - pair[0].0).powi(2) + (pair[1].1 - pair[0].1).powi(2)).sqrt() * 2.0).ceil() as usize;
+            let steps = (((pair[1].0 - pair[0].0).powi(2) + (pair[1].1 - pair[0].1).powi(2)).sqrt() * 2.0)
+                .ceil() as usize;
             for s in 0..=steps.max(1) {
                 let t = s as f64 / steps.max(1) as f64;
-                let (px, py) = (pair[0].0 + t * (pair[1].0 - pair[0].0), pair[0].1 + t * (pair[1].1 - pair[0].1));
+                let (px, py) = (
+                    pair[0].0 + t * (pair[1].0 - pair[0].0),
+                    pair[0].1 + t * (pair[1].1 - pair[0].1),
+                );
                 stamp(flow, px, py, thickness, velocity);
             }
         }
     };
     let rim = |theta: f64, factor: f64| {
         let r = nodule.radius_scale(theta) * factor;
-        (nodule.cx + r * nodule.rx * theta.cos(), nodule.cy + r * nodule.ry * theta.sin())
+        (
+            nodule.cx + r * nodule.rx * theta.cos(),
+            nodule.cy + r * nodule.ry * theta.sin(),
+        )
     };
     let peripheral = matches!(truth.vascularity, Vascularity::Peripheral | Vascularity::Mixed);
     let internal = matches!(truth.vascularity, Vascularity::Intranodular | Vascularity::Mixed);
@@ -388,7 +469,9 @@ fn doppler(
         for _ in 0..rng.random_range(2..5) {
             let start = rng.random_range(0.0..2.0 * PI);
             let span = rng.random_range(0.5..1.4);
-            let points: Vec<(f64, f64)> = (0..=12).map(|i| rim(start + span * f64::from(i) / 12.0, 1.1)).collect();
+            let points: Vec<(f64, f64)> = (0..=12)
+                .map(|i| rim(start + span * f64::from(i) / 12.0, 1.1))
+                .collect();
             let velocity = if rng.random_bool(0.5) { 1.0 } else { -1.0 } * rng.random_range(0.4..1.0);
             vessel(&points, velocity, &mut flow);
         }
@@ -397,15 +480,19 @@ fn doppler(
         for _ in 0..rng.random_range(2..5) {
             let theta = rng.random_range(0.0..2.0 * PI);
             let bend = rng.random_range(-0.5..0.5);
-            let points: Vec<(f64, f64)> =
-                (0..=8).map(|i| rim(theta + bend * f64::from(i) / 8.0, 1.05 - 0.09 * f64::from(i))).collect();
+            let points: Vec<(f64, f64)> = (0..=8)
+                .map(|i| rim(theta + bend * f64::from(i) / 8.0, 1.05 - 0.09 * f64::from(i)))
+                .collect();
             let velocity = if rng.random_bool(0.5) { 1.0 } else { -1.0 } * rng.random_range(0.3..0.9);
             vessel(&points, velocity, &mut flow);
         }
     }
     // A few small parenchymal vessels in the box, outside the nodule.
     for _ in 0..rng.random_range(1..4) {
-        let (sx, sy) = (rng.random_range(x0..x1.max(x0 + 1.0)), rng.random_range(y0..y1.max(y0 + 1.0)));
+        let (sx, sy) = (
+            rng.random_range(x0..x1.max(x0 + 1.0)),
+            rng.random_range(y0..y1.max(y0 + 1.0)),
+        );
         let angle = rng.random_range(0.0..PI);
         let length = rng.random_range(4.0..10.0) * scale;
         let points = [(sx, sy), (sx + length * angle.cos(), sy + length * angle.sin())];
@@ -425,7 +512,11 @@ fn doppler(
                 (ColourMap::Velocity, true) => [170.0 + 85.0 * v, 30.0 + 200.0 * v * v, 10.0],
                 (ColourMap::Velocity, false) => [10.0, 40.0 + 190.0 * v * v, 170.0 + 85.0 * v],
             };
-            picture.put_pixel(x, y, Rgb([to_byte(colour[0]), to_byte(colour[1]), to_byte(colour[2])]));
+            picture.put_pixel(
+                x,
+                y,
+                Rgb([to_byte(colour[0]), to_byte(colour[1]), to_byte(colour[2])]),
+            );
         }
     }
     // The box outline.
@@ -463,7 +554,15 @@ fn stamp(flow: &mut Plane, cx: f64, cy: f64, radius: f64, velocity: f64) {
 
 /// Burned-in annotations: scanner, preset and settings on top (no identifiers), depth ticks and the
 /// colour bar on the right.
-fn annotate(picture: &mut RgbImage, field: &Field, truth: &PatientTruth, profile: &SiteProfile, site: &str, depth_mm: f64, scale: f64) {
+fn annotate(
+    picture: &mut RgbImage,
+    field: &Field,
+    truth: &PatientTruth,
+    profile: &SiteProfile,
+    site: &str,
+    depth_mm: f64,
+    scale: f64,
+) {
     let glyph = (scale.round() as u32).max(1);
     let text = Rgb([215, 215, 215]);
     let lobe = match truth.lobe {
@@ -474,11 +573,22 @@ fn annotate(picture: &mut RgbImage, field: &Field, truth: &PatientTruth, profile
     let line_height = 7 * glyph;
     let lines = [
         format!("{} {}", site.to_uppercase(), profile.scanner),
-        format!("THYROID {lobe} TRANS  GN {:.0}  DR {:.0}", profile.gain * 50.0, profile.dynamic_range * 5.0),
+        format!(
+            "THYROID {lobe} TRANS  GN {:.0}  DR {:.0}",
+            profile.gain * 50.0,
+            profile.dynamic_range * 5.0
+        ),
         format!("CF 6.0MHZ PRF 1.0K  D {:.1}CM", depth_mm / 10.0),
     ];
     for (i, line) in lines.iter().enumerate() {
-        font::draw_text(picture, line, 2 * glyph, 2 * glyph + i as u32 * line_height, glyph, text);
+        font::draw_text(
+            picture,
+            line,
+            2 * glyph,
+            2 * glyph + i as u32 * line_height,
+            glyph,
+            text,
+        );
     }
     // Depth ticks every 5 mm (long every 10 mm) and a focus marker.
     let tick_x = field.right as u32 + 2 * glyph;
@@ -497,7 +607,9 @@ fn annotate(picture: &mut RgbImage, field: &Field, truth: &PatientTruth, profile
     let focus_y = (field.top + 0.5 * field.height) as u32;
     for d in 0..(3 * glyph) {
         for x in (tick_x + 5 * glyph + d)..(tick_x + 8 * glyph).min(picture.width()) {
-            for y in focus_y.saturating_sub(3 * glyph - d)..=(focus_y + 3 * glyph - d).min(picture.height() - 1) {
+            for y in
+                focus_y.saturating_sub(3 * glyph - d)..=(focus_y + 3 * glyph - d).min(picture.height() - 1)
+            {
                 picture.put_pixel(x.min(picture.width() - 1), y, Rgb([230, 200, 60]));
             }
         }
@@ -509,10 +621,26 @@ fn annotate(picture: &mut RgbImage, field: &Field, truth: &PatientTruth, profile
     for dy in 0..bar_height {
         let v = 1.0 - 2.0 * f64::from(dy) / f64::from(bar_height.max(1));
         let colour = if v >= 0.0 {
-            Rgb([to_byte(60.0 + 195.0 * v), to_byte(if profile.colour_map == ColourMap::Velocity { 220.0 * v * v } else { 30.0 * v }), 0])
+            Rgb([
+                to_byte(60.0 + 195.0 * v),
+                to_byte(if profile.colour_map == ColourMap::Velocity {
+                    220.0 * v * v
+                } else {
+                    30.0 * v
+                }),
+                0,
+            ])
         } else {
             let w = -v;
-            Rgb([0, to_byte(if profile.colour_map == ColourMap::Velocity { 220.0 * w * w } else { 50.0 * w }), to_byte(60.0 + 195.0 * w)])
+            Rgb([
+                0,
+                to_byte(if profile.colour_map == ColourMap::Velocity {
+                    220.0 * w * w
+                } else {
+                    50.0 * w
+                }),
+                to_byte(60.0 + 195.0 * w),
+            ])
         };
         for x in bar_x..(bar_x + 3 * glyph).min(picture.width()) {
             picture.put_pixel(x, bar_top + dy, colour);

@@ -20,7 +20,11 @@ pub fn tirads_points(report: &UltrasoundReport) -> u32 {
         Echogenicity::Hypoechoic => 2,
         Echogenicity::VeryHypoechoic => 3,
     };
-    let shape = if report.shape == Shape::TallerThanWide { 3 } else { 0 };
+    let shape = if report.shape == Shape::TallerThanWide {
+        3
+    } else {
+        0
+    };
     let margin = match report.margin {
         Margin::Smooth | Margin::IllDefined => 0,
         Margin::LobulatedIrregular => 2,
@@ -75,8 +79,16 @@ fn english(r: &UltrasoundReport, level: u32) -> String {
         Echogenicity::Hypoechoic => "hypoechoic",
         Echogenicity::VeryHypoechoic => "markedly hypoechoic",
     };
-    let composition = if r.composition == Composition::Solid { "solid" } else { "mixed cystic-solid" };
-    let shape = if r.shape == Shape::TallerThanWide { "taller than wide" } else { "wider than tall" };
+    let composition = if r.composition == Composition::Solid {
+        "solid"
+    } else {
+        "mixed cystic-solid"
+    };
+    let shape = if r.shape == Shape::TallerThanWide {
+        "taller than wide"
+    } else {
+        "wider than tall"
+    };
     let margin = match r.margin {
         Margin::Smooth => "smooth margins",
         Margin::IllDefined => "ill-defined margins",
@@ -126,8 +138,16 @@ fn chinese(r: &UltrasoundReport, level: u32) -> String {
         Echogenicity::Hypoechoic => "低回声",
         Echogenicity::VeryHypoechoic => "极低回声",
     };
-    let composition = if r.composition == Composition::Solid { "实性" } else { "囊实性" };
-    let shape = if r.shape == Shape::TallerThanWide { "纵横比>1" } else { "纵横比<1" };
+    let composition = if r.composition == Composition::Solid {
+        "实性"
+    } else {
+        "囊实性"
+    };
+    let shape = if r.shape == Shape::TallerThanWide {
+        "纵横比>1"
+    } else {
+        "纵横比<1"
+    };
     let margin = match r.margin {
         Margin::Smooth => "边缘光整",
         Margin::IllDefined => "边界欠清",
