@@ -1,6 +1,7 @@
 //! Integration tests of the site data loader and the synthetic generator: determinism, round trips
 //! (PNG and DICOM), every bad-input case excluded with its named error, the deid-data DICOM fixtures,
 //! stratified splits, and the oracle AUCs of the site profiles.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
 
 use fedlnm_shared::data::{
     self, CropFractions, LoadOptions, PatientError, Preprocess, image::to_tensor, stratified_k_fold,

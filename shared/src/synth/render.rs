@@ -276,7 +276,10 @@ fn anatomy(
             if tr < 1.0 {
                 r = if tr > 0.85 { 0.3 } else { 0.08 };
             }
-            if yf > try_ - 0.62 * trachea_r && (xf - trx).abs() < 0.75 * trachea_r && tr >= 0.6 && tr < 0.75 {
+            if yf > try_ - 0.62 * trachea_r
+                && (xf - trx).abs() < 0.75 * trachea_r
+                && (0.6..0.75).contains(&tr)
+            {
                 r = 2.5;
             }
             if yf > try_ - 0.3 * trachea_r && (xf - trx).abs() < 0.55 * trachea_r * (1.0 - 0.3 * depth) {
