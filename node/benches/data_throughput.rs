@@ -41,10 +41,25 @@ fn main() {
     rows.push(("raw PNG decode (baseline, image::open)", baseline));
     rows.push(("generate PNG site (256 px)", generate_png));
     rows.push(("generate DICOM site (256 px)", generate_dcm));
-    for (size, name_png, name_dcm) in
-        [(64, "load PNG site -> 64 px tensors", "load DICOM site -> 64 px tensors"), (224, "load PNG site -> 224 px tensors", "load DICOM site -> 224 px tensors")]
-    {
-        let options = LoadOptions { preprocess: Preprocess { size, crop: CropFractions::SYNTHETIC }, require_labels: true };
+    for (size, name_png, name_dcm) in [
+        (
+            64,
+            "load PNG site -> 64 px tensors",
+            "load DICOM site -> 64 px tensors",
+        ),
+        (
+            224,
+            "load PNG site -> 224 px tensors",
+            "load DICOM site -> 224 px tensors",
+        ),
+    ] {
+        let options = LoadOptions {
+            preprocess: Preprocess {
+                size,
+                crop: CropFractions::SYNTHETIC,
+            },
+            require_labels: true,
+        };
         let png = timed(&mut || {
             let site = data::load_site("B1", png_dir.path(), &options).unwrap();
             assert_eq!(site.flow.included, PATIENTS);

@@ -8,8 +8,21 @@ fn synth_writes_a_site_and_prints_its_summary() {
     let out = dir.path().join("S9");
     let out_text = out.to_str().unwrap();
     let summary = common::fedlnm_node_json(&[
-        "synth", "--site", "S9", "--patients", "40", "--seed", "3", "--out", out_text, "--profile", "rural",
-        "--format", "dicom", "--image-size", "64",
+        "synth",
+        "--site",
+        "S9",
+        "--patients",
+        "40",
+        "--seed",
+        "3",
+        "--out",
+        out_text,
+        "--profile",
+        "rural",
+        "--format",
+        "dicom",
+        "--image-size",
+        "64",
     ]);
     assert_eq!(summary["n_patients"], 40);
     assert_eq!(summary["profile"]["name"], "rural");
@@ -24,7 +37,17 @@ fn an_unknown_profile_is_an_input_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("X");
     common::assert_input_error(
-        &["synth", "--site", "X", "--patients", "5", "--out", out.to_str().unwrap(), "--profile", "urban"],
+        &[
+            "synth",
+            "--site",
+            "X",
+            "--patients",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+            "--profile",
+            "urban",
+        ],
         &["urban", "tertiary", "--profile"],
     );
 }
