@@ -19,12 +19,16 @@ pub enum Command {
     /// weighted kappa, adjusted odds ratios). Prints one JSON object to standard output.
     #[command(subcommand)]
     Stats(commands::stats::StatsCommand),
+    /// Generate a synthetic site (patients.csv, images/, synth_summary.json) from a named site profile,
+    /// or a contact sheet of generated pictures (`synth contact-sheet`).
+    Synth(commands::synth::SynthArgs),
 }
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Stats(command) => commands::stats::run(command),
+        Command::Synth(args) => commands::synth::run(args),
     }
 }
 

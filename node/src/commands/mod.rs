@@ -2,3 +2,4 @@
 
 pub mod stats;
 pub mod stats_logistic;
+pub mod synth;
