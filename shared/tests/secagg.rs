@@ -1,6 +1,7 @@
 //! Secure aggregation end to end, in process: every message is relayed as JSON bytes, as the
 //! transport will relay them. Correctness against plain FedAvg, exact mask cancellation, dropouts on
 //! both sides of the upload, aborts, rejected messages, FedBN, and the statistics of a masked upload.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
 
 use std::collections::BTreeMap;
 
@@ -20,9 +21,15 @@ fn config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
     let mut tensors: Vec<TensorSpec> = lens
         .iter()
         .enumerate()
-        .map(|(i, &len)| TensorSpec { name: format!("layer{i}.weight"), shape: vec![len] })
+        .map(|(i, &len)| TensorSpec {
+            name: format!("layer{i}.weight"),
+            shape: vec![len],
+        })
         .collect();
-    tensors.push(TensorSpec { name: "layer0.bn.running_mean".into(), shape: vec![4] });
+    tensors.push(TensorSpec {
+        name: "layer0.bn.running_mean".into(),
+        shape: vec![4],
+    });
     SecAggConfig {
         study_id: "lnm-study".into(),
         round,
@@ -56,11 +63,24 @@ fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
             let mut tensors: Vec<(String, Vec<f32>)> = config
                 .aggregated_tensors()
                 .iter()
-                .map(|s| (s.name.clone(), (0..s.len()).map(|_| rng.random_range(-512i32..=512) as f32 / 256.0).collect()))
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        (0..s.len())
+                            .map(|_| rng.random_range(-512i32..=512) as f32 / 256.0)
+                            .collect(),
+                    )
+                })
                 .collect();
             // FedBN tensor: local only, absurd values that would fail every check if it were used.
             tensors.push(("layer0.bn.running_mean".into(), vec![f32::NAN, 1e30, -1e30, 0.0]));
-            (site, (NamedTensors::from_pairs(tensors), rng.random_range(1..=100_000u64)))
+            (
+                site,
+                (
+                    NamedTensors::from_pairs(tensors),
+                    rng.random_range(1..=100_000u64),
+                ),
+            )
         })
         .collect()
 }
@@ -91,7 +111,11 @@ impl Round {
         (Self { server, clients }, directory)
     }
 
-    fn share(&mut self, directory: &KeyDirectory, drops: &[SiteId]) -> Result<Vec<ShareDelivery>, SecAggError> {
+    fn share(
+        &mut self,
+        directory: &KeyDirectory,
+        drops: &[SiteId],
+    ) -> Result<Vec<ShareDelivery>, SecAggError> {
         for (site, client) in &mut self.clients {
             if !drops.contains(site) {
                 let msg = client.share_keys(directory).unwrap();
@@ -101,10 +125,20 @@ impl Round {
         Ok(relay(&self.server.close_shares()?))
     }
 
-    fn upload(&mut self, deliveries: &[ShareDelivery], inputs: &Inputs, drops: &[SiteId]) -> Result<UnmaskRequest, SecAggError> {
+    fn upload(
+        &mut self,
+        deliveries: &[ShareDelivery],
+        inputs: &Inputs,
+        drops: &[SiteId],
+    ) -> Result<UnmaskRequest, SecAggError> {
         for delivery in deliveries.iter().filter(|d| !drops.contains(&d.to)) {
             let (delta, n) = &inputs[&delivery.to];
-            let msg = self.clients.get_mut(&delivery.to).unwrap().masked_input(delivery, delta, *n).unwrap();
+            let msg = self
+                .clients
+                .get_mut(&delivery.to)
+                .unwrap()
+                .masked_input(delivery, delta, *n)
+                .unwrap();
             self.server.receive_masked_input(relay(&msg)).unwrap();
         }
         Ok(relay(&self.server.close_masked_inputs()?))
@@ -131,7 +165,10 @@ fn exact_fixed_point_sum(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]
     let mut sum = vec![0i64; config.vector_len()];
     for site in sites {
         let (delta, n) = &inputs[site];
-        let flat = config.aggregated_tensors().iter().flat_map(|s| delta.get(&s.name).unwrap().iter());
+        let flat = config
+            .aggregated_tensors()
+            .iter()
+            .flat_map(|s| delta.get(&s.name).unwrap().iter());
         for (acc, &d) in sum.iter_mut().zip(flat) {
             *acc += (*n as f64 * f64::from(d) * 2f64.powi(32)) as i64;
         }
@@ -146,7 +183,10 @@ fn plain_fedavg(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]) -> (Vec
     let mut avg = vec![0f64; config.vector_len() - 1];
     for site in sites {
         let (delta, n) = &inputs[site];
-        let flat = config.aggregated_tensors().iter().flat_map(|s| delta.get(&s.name).unwrap().iter());
+        let flat = config
+            .aggregated_tensors()
+            .iter()
+            .flat_map(|s| delta.get(&s.name).unwrap().iter());
         for (a, &d) in avg.iter_mut().zip(flat) {
             *a += *n as f64 * f64::from(d);
         }
@@ -201,7 +241,12 @@ proptest! {
 fn fedavg_of_identical_deltas_is_that_delta() {
     let config = config(4, 3, 1, &[5]);
     let delta = NamedTensors::from_pairs([("layer0.weight", vec![0.25f32, -0.5, 0.125, 1.0, -2.0])]);
-    let inputs: Inputs = config.participants().iter().zip([3u64, 70, 1, 999]).map(|(&s, n)| (s, (delta.clone(), n))).collect();
+    let inputs: Inputs = config
+        .participants()
+        .iter()
+        .zip([3u64, 70, 1, 999])
+        .map(|(&s, n)| (s, (delta.clone(), n)))
+        .collect();
     let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
     assert_eq!(aggregate.fedavg_delta, delta);
     assert_eq!(aggregate.total_samples, 3 + 70 + 1 + 999);
@@ -217,12 +262,18 @@ fn sites(ids: &[u32]) -> Vec<SiteId> {
 fn dropout_before_upload_leaves_the_exact_sum_of_the_others() {
     let config = config(5, 3, 4, &[300, 7]);
     let inputs = dyadic_inputs(&config, 1);
-    let drops = Dropouts { before_upload: sites(&[20, 40]), ..Dropouts::default() };
+    let drops = Dropouts {
+        before_upload: sites(&[20, 40]),
+        ..Dropouts::default()
+    };
     let aggregate = run(&config, &inputs, &drops).unwrap();
     let survivors = sites(&[10, 30, 50]);
     assert_eq!(aggregate.survivors, survivors);
     assert_eq!(aggregate.dropped, sites(&[20, 40]));
-    assert_eq!(aggregate.fixed_point_sum, exact_fixed_point_sum(&config, &inputs, &survivors));
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, &survivors)
+    );
 }
 
 #[test]
@@ -230,11 +281,17 @@ fn dropout_after_upload_keeps_that_upload_in_the_exact_sum() {
     // Bonawitz: a site that uploaded is in U3; its b_u is rebuilt from the survivors' shares.
     let config = config(5, 3, 4, &[300, 7]);
     let inputs = dyadic_inputs(&config, 2);
-    let drops = Dropouts { before_unmask: sites(&[20, 50]), ..Dropouts::default() };
+    let drops = Dropouts {
+        before_unmask: sites(&[20, 50]),
+        ..Dropouts::default()
+    };
     let aggregate = run(&config, &inputs, &drops).unwrap();
     assert_eq!(aggregate.survivors, config.participants());
     assert!(aggregate.dropped.is_empty());
-    assert_eq!(aggregate.fixed_point_sum, exact_fixed_point_sum(&config, &inputs, config.participants()));
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, config.participants())
+    );
 }
 
 #[test]
@@ -250,7 +307,10 @@ fn dropouts_at_every_stage_at_once() {
     let in_sum = sites(&[20, 30, 50, 60, 70]);
     assert_eq!(aggregate.survivors, in_sum);
     assert_eq!(aggregate.dropped, sites(&[40]));
-    assert_eq!(aggregate.fixed_point_sum, exact_fixed_point_sum(&config, &inputs, &in_sum));
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, &in_sum)
+    );
     let (expected, _) = plain_fedavg(&config, &inputs, &in_sum);
     for (got, want) in flat(&aggregate.fedavg_delta).iter().zip(&expected) {
         assert!((f64::from(*got) - want).abs() <= want.abs() * 2f64.powi(-24) + 1e-12);
@@ -265,16 +325,39 @@ fn fewer_survivors_than_the_threshold_abort_at_every_stage() {
     // Keys: only two sites advertise.
     let mut server = SecAggServer::new(config.clone());
     for &site in &config.participants()[..2] {
-        server.receive_keys(SecAggClient::new(config.clone(), site).unwrap().1).unwrap();
+        server
+            .receive_keys(SecAggClient::new(config.clone(), site).unwrap().1)
+            .unwrap();
     }
     assert!(too_few(Stage::AdvertiseKeys)(server.close_keys().unwrap_err()));
     assert_eq!(server.stage(), Stage::Aborted);
-    assert!(matches!(server.close_keys(), Err(SecAggError::Aborted { round: 4 })));
+    assert!(matches!(
+        server.close_keys(),
+        Err(SecAggError::Aborted { round: 4 })
+    ));
     // Shares, uploads, unmasking.
     let cases = [
-        (Dropouts { before_shares: sites(&[10, 20, 30]), ..Dropouts::default() }, Stage::ShareKeys),
-        (Dropouts { before_upload: sites(&[10, 20, 30]), ..Dropouts::default() }, Stage::MaskedInputCollection),
-        (Dropouts { before_unmask: sites(&[10, 20, 30]), ..Dropouts::default() }, Stage::Unmasking),
+        (
+            Dropouts {
+                before_shares: sites(&[10, 20, 30]),
+                ..Dropouts::default()
+            },
+            Stage::ShareKeys,
+        ),
+        (
+            Dropouts {
+                before_upload: sites(&[10, 20, 30]),
+                ..Dropouts::default()
+            },
+            Stage::MaskedInputCollection,
+        ),
+        (
+            Dropouts {
+                before_unmask: sites(&[10, 20, 30]),
+                ..Dropouts::default()
+            },
+            Stage::Unmasking,
+        ),
     ];
     for (drops, stage) in cases {
         let err = run(&config, &inputs, &drops).unwrap_err();
@@ -291,8 +374,23 @@ fn a_client_refuses_a_request_with_fewer_survivors_than_the_threshold() {
     let mut request = round.upload(&deliveries, &inputs, &[]).unwrap();
     request.survivors = sites(&[10, 20]);
     request.dropped = sites(&[30, 40, 50]);
-    let err = round.clients.get_mut(&SiteId(10)).unwrap().unmask(&request).unwrap_err();
-    assert!(matches!(err, SecAggError::TooFewSurvivors { stage: Stage::Unmasking, survivors: 2, .. }), "{err:?}");
+    let err = round
+        .clients
+        .get_mut(&SiteId(10))
+        .unwrap()
+        .unmask(&request)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecAggError::TooFewSurvivors {
+                stage: Stage::Unmasking,
+                survivors: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 // ---------------------------------------------------------------- rejected messages
@@ -308,8 +406,20 @@ fn a_tampered_share_is_rejected_by_its_recipient() {
     let last = delivery.shares[0].ciphertext.len() - 1;
     delivery.shares[0].ciphertext[last] ^= 1;
     let (delta, n) = &inputs[&to];
-    let err = round.clients.get_mut(&to).unwrap().masked_input(delivery, delta, *n).unwrap_err();
-    assert_eq!(err, SecAggError::ShareDecryption { site: to, from, round: 4 });
+    let err = round
+        .clients
+        .get_mut(&to)
+        .unwrap()
+        .masked_input(delivery, delta, *n)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SecAggError::ShareDecryption {
+            site: to,
+            from,
+            round: 4
+        }
+    );
 }
 
 #[test]
@@ -324,16 +434,40 @@ fn a_share_from_another_round_is_rejected() {
     let site = deliveries4[0].to;
     let (delta, n) = &inputs[&site];
     // The whole round-5 delivery: its header names round 5.
-    let err = r4.clients.get_mut(&site).unwrap().masked_input(&deliveries5[0], delta, *n).unwrap_err();
-    assert!(matches!(err, SecAggError::WrongRound { round: 4, got_round: 5, .. }), "{err:?}");
+    let err = r4
+        .clients
+        .get_mut(&site)
+        .unwrap()
+        .masked_input(&deliveries5[0], delta, *n)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecAggError::WrongRound {
+                round: 4,
+                got_round: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // A round-5 ciphertext spliced into the round-4 delivery: fails authentication.
     let mut spliced = deliveries4[0].clone();
     spliced.shares[0].ciphertext = deliveries5[0].shares[0].ciphertext.clone();
     let from = spliced.shares[0].from;
-    let err = r4.clients.get_mut(&site).unwrap().masked_input(&spliced, delta, *n).unwrap_err();
+    let err = r4
+        .clients
+        .get_mut(&site)
+        .unwrap()
+        .masked_input(&spliced, delta, *n)
+        .unwrap_err();
     assert_eq!(err, SecAggError::ShareDecryption { site, from, round: 4 });
     // The client is unchanged by both rejections: the genuine delivery still works.
-    r4.clients.get_mut(&site).unwrap().masked_input(&deliveries4[0], delta, *n).unwrap();
+    r4.clients
+        .get_mut(&site)
+        .unwrap()
+        .masked_input(&deliveries4[0], delta, *n)
+        .unwrap();
 }
 
 #[test]
@@ -345,41 +479,102 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
     let (mut old, old_directory) = Round::start(&previous);
     let old_deliveries = old.share(&old_directory, &[]).unwrap();
     let (delta, n) = &inputs[&SiteId(10)];
-    let old_upload = old.clients.get_mut(&SiteId(10)).unwrap().masked_input(&old_deliveries[0], delta, *n).unwrap();
+    let old_upload = old
+        .clients
+        .get_mut(&SiteId(10))
+        .unwrap()
+        .masked_input(&old_deliveries[0], delta, *n)
+        .unwrap();
 
     let (mut round, directory) = Round::start(&config);
     let deliveries = round.share(&directory, &[]).unwrap();
     let mut uploads: Vec<MaskedInput> = Vec::new();
     for delivery in &deliveries {
         let (delta, n) = &inputs[&delivery.to];
-        uploads.push(round.clients.get_mut(&delivery.to).unwrap().masked_input(delivery, delta, *n).unwrap());
+        uploads.push(
+            round
+                .clients
+                .get_mut(&delivery.to)
+                .unwrap()
+                .masked_input(delivery, delta, *n)
+                .unwrap(),
+        );
     }
     round.server.receive_masked_input(uploads[0].clone()).unwrap();
     let replay = round.server.receive_masked_input(uploads[0].clone()).unwrap_err();
-    assert_eq!(replay, SecAggError::Duplicate { site: SiteId(10), round: 4, stage: Stage::MaskedInputCollection });
+    assert_eq!(
+        replay,
+        SecAggError::Duplicate {
+            site: SiteId(10),
+            round: 4,
+            stage: Stage::MaskedInputCollection
+        }
+    );
     let stale = round.server.receive_masked_input(old_upload).unwrap_err();
-    assert!(matches!(stale, SecAggError::WrongRound { site: SiteId(10), round: 4, got_round: 3, .. }), "{stale:?}");
+    assert!(
+        matches!(
+            stale,
+            SecAggError::WrongRound {
+                site: SiteId(10),
+                round: 4,
+                got_round: 3,
+                ..
+            }
+        ),
+        "{stale:?}"
+    );
     let mut stranger = uploads[1].clone();
     stranger.header.site = SiteId(99);
     let err = round.server.receive_masked_input(stranger).unwrap_err();
-    assert_eq!(err, SecAggError::NotInRound { site: SiteId(99), round: 4, stage: Stage::MaskedInputCollection });
+    assert_eq!(
+        err,
+        SecAggError::NotInRound {
+            site: SiteId(99),
+            round: 4,
+            stage: Stage::MaskedInputCollection
+        }
+    );
     let mut short = uploads[1].clone();
     short.masked.pop();
     let err = round.server.receive_masked_input(short).unwrap_err();
-    assert_eq!(err, SecAggError::WrongLength { site: SiteId(20), round: 4, expected: 51, got: 50 });
+    assert_eq!(
+        err,
+        SecAggError::WrongLength {
+            site: SiteId(20),
+            round: 4,
+            expected: 51,
+            got: 50
+        }
+    );
     let mut other_config = uploads[1].clone();
     other_config.header.config_hash[0] ^= 1;
     let err = round.server.receive_masked_input(other_config).unwrap_err();
-    assert_eq!(err, SecAggError::ConfigMismatch { site: SiteId(20), round: 4 });
+    assert_eq!(
+        err,
+        SecAggError::ConfigMismatch {
+            site: SiteId(20),
+            round: 4
+        }
+    );
     // None of the rejected messages touched the state: the round completes with the exact sum.
     round.server.receive_masked_input(uploads[1].clone()).unwrap();
     round.server.receive_masked_input(uploads[2].clone()).unwrap();
     let request = round.server.close_masked_inputs().unwrap();
     // A late upload after the stage closed is rejected too.
     let late = round.server.receive_masked_input(uploads[2].clone()).unwrap_err();
-    assert!(matches!(late, SecAggError::WrongStage { got: Stage::MaskedInputCollection, current: Stage::Unmasking, .. }));
+    assert!(matches!(
+        late,
+        SecAggError::WrongStage {
+            got: Stage::MaskedInputCollection,
+            current: Stage::Unmasking,
+            ..
+        }
+    ));
     let aggregate = round.unmask(&request, &[]).unwrap();
-    assert_eq!(aggregate.fixed_point_sum, exact_fixed_point_sum(&config, &inputs, config.participants()));
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, config.participants())
+    );
 }
 
 #[test]
@@ -394,13 +589,31 @@ fn a_site_never_reveals_both_shares_of_one_peer() {
     // A site listed as both survivor and dropped.
     let mut both = request.clone();
     both.dropped = sites(&[30, 50]);
-    assert_eq!(client.unmask(&both).unwrap_err(), SecAggError::RefuseBothShares { site: SiteId(10), peer: SiteId(30), round: 4 });
+    assert_eq!(
+        client.unmask(&both).unwrap_err(),
+        SecAggError::RefuseBothShares {
+            site: SiteId(10),
+            peer: SiteId(30),
+            round: 4
+        }
+    );
     // An honest request, then one that declares a revealed survivor dropped (and vice versa).
     let response = client.unmask(&request).unwrap();
     assert_eq!(response.self_mask_shares.len(), 4);
     assert_eq!(response.mask_key_shares.len(), 1);
-    let flipped = UnmaskRequest { survivors: sites(&[10, 20, 50]), dropped: sites(&[30, 40]), ..request.clone() };
-    assert_eq!(client.unmask(&flipped).unwrap_err(), SecAggError::RefuseBothShares { site: SiteId(10), peer: SiteId(50), round: 4 });
+    let flipped = UnmaskRequest {
+        survivors: sites(&[10, 20, 50]),
+        dropped: sites(&[30, 40]),
+        ..request.clone()
+    };
+    assert_eq!(
+        client.unmask(&flipped).unwrap_err(),
+        SecAggError::RefuseBothShares {
+            site: SiteId(10),
+            peer: SiteId(50),
+            round: 4
+        }
+    );
     // Repeating the honest request is fine (a retry reveals nothing new).
     assert_eq!(client.unmask(&request).unwrap(), response);
 }
@@ -412,13 +625,33 @@ fn messages_from_outside_the_round_or_stage_are_rejected() {
     let (_, mut advertise) = SecAggClient::new(config.clone(), SiteId(10)).unwrap();
     let good = advertise.clone();
     advertise.header.site = SiteId(11);
-    assert_eq!(server.receive_keys(advertise).unwrap_err(), SecAggError::NotInRound { site: SiteId(11), round: 4, stage: Stage::AdvertiseKeys });
+    assert_eq!(
+        server.receive_keys(advertise).unwrap_err(),
+        SecAggError::NotInRound {
+            site: SiteId(11),
+            round: 4,
+            stage: Stage::AdvertiseKeys
+        }
+    );
     let mut other_study = good.clone();
     other_study.header.study_id = "other".into();
-    assert!(matches!(server.receive_keys(other_study).unwrap_err(), SecAggError::WrongRound { site: SiteId(10), .. }));
+    assert!(matches!(
+        server.receive_keys(other_study).unwrap_err(),
+        SecAggError::WrongRound { site: SiteId(10), .. }
+    ));
     server.receive_keys(good.clone()).unwrap();
-    assert_eq!(server.receive_keys(good).unwrap_err(), SecAggError::Duplicate { site: SiteId(10), round: 4, stage: Stage::AdvertiseKeys });
-    assert!(matches!(SecAggClient::new(config, SiteId(12)), Err(SecAggError::NotInRound { site: SiteId(12), .. })));
+    assert_eq!(
+        server.receive_keys(good).unwrap_err(),
+        SecAggError::Duplicate {
+            site: SiteId(10),
+            round: 4,
+            stage: Stage::AdvertiseKeys
+        }
+    );
+    assert!(matches!(
+        SecAggClient::new(config, SiteId(12)),
+        Err(SecAggError::NotInRound { site: SiteId(12), .. })
+    ));
 }
 
 // ---------------------------------------------------------------- node checks and FedBN
@@ -427,19 +660,41 @@ fn messages_from_outside_the_round_or_stage_are_rejected() {
 fn fedbn_tensors_are_never_masked_or_sent() {
     let config = config(3, 2, 4, &[6, 2]);
     assert_eq!(config.vector_len(), 6 + 2 + 1);
-    assert!(config.aggregated_tensors().iter().all(|t| !t.name.contains(".bn.")));
+    assert!(
+        config
+            .aggregated_tensors()
+            .iter()
+            .all(|t| !t.name.contains(".bn."))
+    );
     // dyadic_inputs gives every site a NaN/±1e30 BN tensor: the round still succeeds, without it.
     let inputs = dyadic_inputs(&config, 10);
     let (mut round, directory) = Round::start(&config);
     let deliveries = round.share(&directory, &[]).unwrap();
     let (delta, n) = &inputs[&deliveries[0].to];
-    let upload = round.clients.get_mut(&deliveries[0].to).unwrap().masked_input(&deliveries[0], delta, *n).unwrap();
+    let upload = round
+        .clients
+        .get_mut(&deliveries[0].to)
+        .unwrap()
+        .masked_input(&deliveries[0], delta, *n)
+        .unwrap();
     assert_eq!(upload.masked.len(), config.vector_len());
     let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
-    let names: Vec<&str> = aggregate.fedavg_delta.tensors.iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<&str> = aggregate
+        .fedavg_delta
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
     assert_eq!(names, ["layer0.weight", "layer1.weight"]);
     // A delta without its BN tensor is as good.
-    let without_bn = NamedTensors { tensors: delta.tensors.iter().filter(|t| !t.name.contains(".bn.")).cloned().collect() };
+    let without_bn = NamedTensors {
+        tensors: delta
+            .tensors
+            .iter()
+            .filter(|t| !t.name.contains(".bn."))
+            .cloned()
+            .collect(),
+    };
     config.check_delta(SiteId(10), &without_bn, *n).unwrap();
 }
 
@@ -453,20 +708,37 @@ fn a_node_rejects_its_own_bad_delta_before_masking() {
     let site = deliveries[0].to;
     let client = round.clients.get_mut(&site).unwrap();
     let delta = |v: Vec<f32>| NamedTensors::from_pairs([("layer0.weight", v)]);
-    let cases: Vec<(NamedTensors, u64, fn(&SecAggError) -> bool)> = vec![
-        (delta(vec![0.1, f32::NAN, 0.0]), 5, |e| matches!(e, SecAggError::DeltaNotFinite { index: 1, .. })),
-        (delta(vec![0.1, f32::INFINITY, 0.0]), 5, |e| matches!(e, SecAggError::DeltaNotFinite { index: 1, .. })),
-        (delta(vec![0.8, 0.8, 0.0]), 5, |e| matches!(e, SecAggError::DeltaNormTooLarge { .. })),
-        (delta(vec![0.1, 0.1]), 5, |e| matches!(e, SecAggError::DeltaShape { .. })),
-        (NamedTensors::default(), 5, |e| matches!(e, SecAggError::DeltaShape { .. })),
-        (delta(vec![0.1, 0.1, 0.1]), 0, |e| matches!(e, SecAggError::SampleCount { n_samples: 0, .. })),
-        (delta(vec![0.1, 0.1, 0.1]), 2_000_000, |e| matches!(e, SecAggError::SampleCount { .. })),
+    type Check = fn(&SecAggError) -> bool;
+    let cases: Vec<(NamedTensors, u64, Check)> = vec![
+        (delta(vec![0.1, f32::NAN, 0.0]), 5, |e| {
+            matches!(e, SecAggError::DeltaNotFinite { index: 1, .. })
+        }),
+        (delta(vec![0.1, f32::INFINITY, 0.0]), 5, |e| {
+            matches!(e, SecAggError::DeltaNotFinite { index: 1, .. })
+        }),
+        (delta(vec![0.8, 0.8, 0.0]), 5, |e| {
+            matches!(e, SecAggError::DeltaNormTooLarge { .. })
+        }),
+        (delta(vec![0.1, 0.1]), 5, |e| {
+            matches!(e, SecAggError::DeltaShape { .. })
+        }),
+        (NamedTensors::default(), 5, |e| {
+            matches!(e, SecAggError::DeltaShape { .. })
+        }),
+        (delta(vec![0.1, 0.1, 0.1]), 0, |e| {
+            matches!(e, SecAggError::SampleCount { n_samples: 0, .. })
+        }),
+        (delta(vec![0.1, 0.1, 0.1]), 2_000_000, |e| {
+            matches!(e, SecAggError::SampleCount { .. })
+        }),
     ];
     for (d, n, check) in cases {
         let err = client.masked_input(&deliveries[0], &d, n).unwrap_err();
         assert!(check(&err), "{err:?}");
     }
-    client.masked_input(&deliveries[0], &delta(vec![0.5, -0.5, 0.5]), 5).unwrap();
+    client
+        .masked_input(&deliveries[0], &delta(vec![0.5, -0.5, 0.5]), 5)
+        .unwrap();
 }
 
 // ---------------------------------------------------------------- statistics of one masked upload
@@ -488,10 +760,12 @@ fn ks_uniform_p(values: &mut [f64]) -> f64 {
         .map(|(i, &x)| (x - i as f64 / n).max((i as f64 + 1.0) / n - x))
         .fold(0.0, f64::max);
     let lambda = (n.sqrt() + 0.12 + 0.11 / n.sqrt()) * d;
-    let q: f64 = (1..=100).map(|j| {
-        let j = f64::from(j);
-        (if j as u64 % 2 == 1 { 2.0 } else { -2.0 }) * (-2.0 * j * j * lambda * lambda).exp()
-    }).sum();
+    let q: f64 = (1..=100)
+        .map(|j| {
+            let j = f64::from(j);
+            (if j as u64 % 2 == 1 { 2.0 } else { -2.0 }) * (-2.0 * j * j * lambda * lambda).exp()
+        })
+        .sum();
     q.clamp(0.0, 1.0)
 }
 
@@ -501,7 +775,10 @@ fn byte_chi_square_p(values: &[u64], byte: u32) -> f64 {
         counts[((v >> (8 * byte)) & 0xff) as usize] += 1;
     }
     let expected = values.len() as f64 / 256.0;
-    let statistic: f64 = counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
+    let statistic: f64 = counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
     chi_square_p(statistic, 255.0)
 }
 
@@ -531,18 +808,36 @@ fn one_masked_upload_is_indistinguishable_from_uniform_and_uncorrelated_with_its
     let m = 1 << 17;
     let config = config(3, 2, 4, &[m]);
     // A strongly structured delta: a ramp plus a sine, mostly small values.
-    let values: Vec<f32> = (0..m).map(|i| (i as f32 / m as f32 - 0.5) * 0.01 + (i as f32 * 0.001).sin() * 0.001).collect();
+    let values: Vec<f32> = (0..m)
+        .map(|i| (i as f32 / m as f32 - 0.5) * 0.01 + (i as f32 * 0.001).sin() * 0.001)
+        .collect();
     let delta = NamedTensors::from_pairs([("layer0.weight", values.clone())]);
-    let inputs: Inputs = config.participants().iter().map(|&s| (s, (delta.clone(), 1000))).collect();
+    let inputs: Inputs = config
+        .participants()
+        .iter()
+        .map(|&s| (s, (delta.clone(), 1000)))
+        .collect();
     let (mut round, directory) = Round::start(&config);
     let deliveries = round.share(&directory, &[]).unwrap();
     let (delta, n) = &inputs[&deliveries[0].to];
-    let upload = round.clients.get_mut(&deliveries[0].to).unwrap().masked_input(&deliveries[0], delta, *n).unwrap();
+    let upload = round
+        .clients
+        .get_mut(&deliveries[0].to)
+        .unwrap()
+        .masked_input(&deliveries[0], delta, *n)
+        .unwrap();
     let y = &upload.masked[..m];
 
     // Control: the same tests reject the unmasked quantized input outright.
     let mut q = vec![0u64; m];
-    quantize_weighted(&values, 1000, 1e6, 32, &mut RoundingSource::from_seed(&[0; 32]), &mut q);
+    quantize_weighted(
+        &values,
+        1000,
+        1e6,
+        32,
+        &mut RoundingSource::from_seed(&[0; 32]),
+        &mut q,
+    );
     assert!(byte_chi_square_p(&q, 7) < ALPHA && byte_chi_square_p(&q, 4) < ALPHA);
     assert!(ks_uniform_p(&mut q.iter().map(|&v| unit(v)).collect::<Vec<_>>()) < ALPHA);
 

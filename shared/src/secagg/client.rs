@@ -8,7 +8,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use super::crypto::{ShareContext, channel_key, open_shares, pairwise_mask_seed, seal_shares, self_mask_seed};
+use super::crypto::{
+    ShareContext, channel_key, open_shares, pairwise_mask_seed, seal_shares, self_mask_seed,
+};
 use super::messages::{
     AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader,
     ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
@@ -62,22 +64,30 @@ impl SecAggClient {
     pub fn new(config: RoundConfig, site: SiteId) -> Result<(Self, AdvertiseKeys), SecAggError> {
         let round = config.round();
         if !config.is_participant(site) {
-            return Err(SecAggError::NotInRound { site, round, stage: Stage::AdvertiseKeys });
+            return Err(SecAggError::NotInRound {
+                site,
+                round,
+                stage: Stage::AdvertiseKeys,
+            });
         }
         let crypto = |what| SecAggError::Crypto { site, round, what };
         let rng = SystemRandom::new();
         let mut mask_bytes = Zeroizing::new([0u8; 32]);
-        rng.fill(mask_bytes.as_mut()).map_err(|_| crypto("mask key generation"))?;
+        rng.fill(mask_bytes.as_mut())
+            .map_err(|_| crypto("mask key generation"))?;
         let mask_secret = StaticSecret::from(*mask_bytes);
         let mask_public = PublicKey::from(&mask_secret).to_bytes();
         let mut self_secret = Zeroizing::new([0u8; 32]);
-        rng.fill(self_secret.as_mut()).map_err(|_| crypto("self-mask seed generation"))?;
+        rng.fill(self_secret.as_mut())
+            .map_err(|_| crypto("self-mask seed generation"))?;
         let mut channel_secrets = BTreeMap::new();
         let mut channel_publics = Vec::new();
         for &peer in config.participants().iter().filter(|&&p| p != site) {
             let secret =
                 EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| crypto("channel key generation"))?;
-            let public = secret.compute_public_key().map_err(|_| crypto("channel key generation"))?;
+            let public = secret
+                .compute_public_key()
+                .map_err(|_| crypto("channel key generation"))?;
             let mut public_key = [0u8; 32];
             public_key.copy_from_slice(public.as_ref());
             channel_secrets.insert(peer, secret);
@@ -126,19 +136,37 @@ impl SecAggClient {
         let mut u1 = Vec::with_capacity(directory.sites.len());
         for entry in &directory.sites {
             let v = entry.header.site;
-            check_header_fields(&self.config, v, &entry.header.study_id, entry.header.round, &entry.header.config_hash)?;
+            check_header_fields(
+                &self.config,
+                v,
+                &entry.header.study_id,
+                entry.header.round,
+                &entry.header.config_hash,
+            )?;
             if !self.config.is_participant(v) {
-                return Err(SecAggError::NotInRound { site: v, round, stage: Stage::AdvertiseKeys });
+                return Err(SecAggError::NotInRound {
+                    site: v,
+                    round,
+                    stage: Stage::AdvertiseKeys,
+                });
             }
             if u1.last().is_some_and(|&last| last >= v) {
                 return Err(self.malformed("key directory is not sorted by site, or repeats a site".into()));
             }
             u1.push(v);
             if v == site {
-                if entry.mask_public_key != self.mask_public || entry.channel_public_keys != self.channel_publics {
+                if entry.mask_public_key != self.mask_public
+                    || entry.channel_public_keys != self.channel_publics
+                {
                     return Err(self.malformed("the directory substitutes this site's own keys".into()));
                 }
-            } else if entry.channel_public_keys.iter().filter(|k| k.peer == site).count() != 1 {
+            } else if entry
+                .channel_public_keys
+                .iter()
+                .filter(|k| k.peer == site)
+                .count()
+                != 1
+            {
                 return Err(self.malformed(format!("{v} does not advertise exactly one channel key for us")));
             }
         }
@@ -150,17 +178,26 @@ impl SecAggClient {
         let mut seeds = BTreeMap::new();
         for entry in directory.sites.iter().filter(|e| e.header.site != site) {
             let v = entry.header.site;
-            let shared = self.mask_secret.diffie_hellman(&PublicKey::from(entry.mask_public_key));
+            let shared = self
+                .mask_secret
+                .diffie_hellman(&PublicKey::from(entry.mask_public_key));
             if !shared.was_contributory() {
                 return Err(SecAggError::InvalidPeerKey { site, peer: v, round });
             }
-            seeds.insert(v, pairwise_mask_seed(shared.as_bytes(), self.config.salt(), site, v));
+            seeds.insert(
+                v,
+                pairwise_mask_seed(shared.as_bytes(), self.config.salt(), site, v),
+            );
         }
         // Channel keys: each ring ephemeral key is consumed by its one agreement.
         let mut channel_keys = BTreeMap::new();
         for entry in directory.sites.iter().filter(|e| e.header.site != site) {
             let v = entry.header.site;
-            let peer_key = entry.channel_public_keys.iter().find(|k| k.peer == site).map(|k| k.public_key);
+            let peer_key = entry
+                .channel_public_keys
+                .iter()
+                .find(|k| k.peer == site)
+                .map(|k| k.public_key);
             let secret = self.channel_secrets.remove(&v);
             let (Some(peer_key), Some(secret)) = (peer_key, secret) else {
                 self.stage = Stage::Aborted;
@@ -178,7 +215,11 @@ impl SecAggClient {
         }
         let points: Vec<u8> = u1.iter().filter_map(|&v| self.config.share_point(v)).collect();
         let t = self.config.threshold();
-        let split_error = |_| SecAggError::Crypto { site, round, what: "Shamir split" };
+        let split_error = |_| SecAggError::Crypto {
+            site,
+            round,
+            what: "Shamir split",
+        };
         let mask_key_bytes = Zeroizing::new(self.mask_secret.to_bytes());
         let key_shares = shamir::split(&mask_key_bytes, t, &points, &self.rng).map_err(split_error)?;
         let seed_shares = shamir::split(&self.self_secret, t, &points, &self.rng).map_err(split_error)?;
@@ -189,16 +230,29 @@ impl SecAggClient {
                 self.held.insert(site, (key_share.clone(), seed_share.clone()));
                 continue;
             }
-            let ctx = ShareContext { study_id: self.config.study_id(), round, config_hash: &hash, from: site, to: v };
+            let ctx = ShareContext {
+                study_id: self.config.study_id(),
+                round,
+                config_hash: &hash,
+                from: site,
+                to: v,
+            };
             // channel_keys has an entry for every v of U1 other than this site (built just above).
             let Some(key) = channel_keys.get(&v) else { continue };
             let ciphertext = seal_shares(key, &ctx, key_share, seed_share);
-            encrypted_shares.push(EncryptedShare { from: site, to: v, ciphertext });
+            encrypted_shares.push(EncryptedShare {
+                from: site,
+                to: v,
+                ciphertext,
+            });
         }
         self.pairwise_seeds = seeds;
         self.channel_keys = channel_keys;
         self.stage = Stage::ShareKeys;
-        Ok(ShareKeys { header: site_header(&self.config, site), encrypted_shares })
+        Ok(ShareKeys {
+            header: site_header(&self.config, site),
+            encrypted_shares,
+        })
     }
 
     /// Round 2: checks U2 and decrypts the shares addressed to this site, checks the site's own delta
@@ -226,8 +280,15 @@ impl SecAggClient {
         if senders.windows(2).any(|w| w[0] >= w[1]) {
             return Err(self.malformed("U2 is not sorted or repeats a site".into()));
         }
-        if let Some(&v) = senders.iter().find(|&&v| v != site && !self.pairwise_seeds.contains_key(&v)) {
-            return Err(SecAggError::NotInRound { site: v, round, stage: Stage::ShareKeys });
+        if let Some(&v) = senders
+            .iter()
+            .find(|&&v| v != site && !self.pairwise_seeds.contains_key(&v))
+        {
+            return Err(SecAggError::NotInRound {
+                site: v,
+                round,
+                stage: Stage::ShareKeys,
+            });
         }
         if !senders.contains(&site) {
             return Err(self.malformed("U2 leaves this site out".into()));
@@ -248,8 +309,17 @@ impl SecAggClient {
             if share.to != site || v == site || !senders.contains(&v) || received.contains_key(&v) {
                 return Err(self.malformed(format!("unexpected share from {v} to {}", share.to)));
             }
-            let ctx = ShareContext { study_id: self.config.study_id(), round, config_hash: &hash, from: v, to: site };
-            let opened = self.channel_keys.get(&v).and_then(|key| open_shares(key, &ctx, &share.ciphertext));
+            let ctx = ShareContext {
+                study_id: self.config.study_id(),
+                round,
+                config_hash: &hash,
+                from: v,
+                to: site,
+            };
+            let opened = self
+                .channel_keys
+                .get(&v)
+                .and_then(|key| open_shares(key, &ctx, &share.ciphertext));
             let Some((key_share, seed_share)) = opened else {
                 return Err(SecAggError::ShareDecryption { site, from: v, round });
             };
@@ -263,7 +333,10 @@ impl SecAggClient {
         self.held.extend(received);
         self.senders = senders.clone();
         self.stage = Stage::MaskedInputCollection;
-        Ok(MaskedInput { header: site_header(&self.config, site), masked })
+        Ok(MaskedInput {
+            header: site_header(&self.config, site),
+            masked,
+        })
     }
 
     /// Round 4: reveals the share of b_v for every survivor v and of s_v^sk for every dropped v, after
@@ -294,11 +367,24 @@ impl SecAggClient {
                 return Err(SecAggError::RefuseBothShares { site, peer: v, round });
             }
         }
-        if let Some(&v) = request.survivors.iter().chain(&request.dropped).find(|v| !self.senders.contains(v)) {
-            return Err(SecAggError::NotInRound { site: v, round, stage: Stage::Unmasking });
+        if let Some(&v) = request
+            .survivors
+            .iter()
+            .chain(&request.dropped)
+            .find(|v| !self.senders.contains(v))
+        {
+            return Err(SecAggError::NotInRound {
+                site: v,
+                round,
+                stage: Stage::Unmasking,
+            });
         }
-        let expected_dropped: Vec<SiteId> =
-            self.senders.iter().copied().filter(|v| !request.survivors.contains(v)).collect();
+        let expected_dropped: Vec<SiteId> = self
+            .senders
+            .iter()
+            .copied()
+            .filter(|v| !request.survivors.contains(v))
+            .collect();
         if expected_dropped != request.dropped {
             return Err(self.malformed("dropped list is not U2 minus the survivors".into()));
         }
@@ -308,9 +394,13 @@ impl SecAggClient {
         self.check_survivors(request.survivors.len(), Stage::Unmasking)?;
 
         let reveal = |v: &SiteId, pick: fn(&(Share, Share)) -> &Share| {
-            self.held.get(v).map(|pair| RevealedShare { owner: *v, share: pick(pair).clone() })
+            self.held.get(v).map(|pair| RevealedShare {
+                owner: *v,
+                share: pick(pair).clone(),
+            })
         };
-        let self_mask_shares: Option<Vec<_>> = request.survivors.iter().map(|v| reveal(v, |p| &p.1)).collect();
+        let self_mask_shares: Option<Vec<_>> =
+            request.survivors.iter().map(|v| reveal(v, |p| &p.1)).collect();
         let mask_key_shares: Option<Vec<_>> = request.dropped.iter().map(|v| reveal(v, |p| &p.0)).collect();
         // `held` has a share pair for every member of U2 (checked above that both lists are within U2).
         let (Some(self_mask_shares), Some(mask_key_shares)) = (self_mask_shares, mask_key_shares) else {
@@ -323,15 +413,27 @@ impl SecAggClient {
             self.revealed.insert(v, Revealed::MaskKey);
         }
         self.stage = Stage::Unmasking;
-        Ok(UnmaskResponse { header: site_header(&self.config, site), self_mask_shares, mask_key_shares })
+        Ok(UnmaskResponse {
+            header: site_header(&self.config, site),
+            self_mask_shares,
+            mask_key_shares,
+        })
     }
 
     /// Quantizes [n·Δ, n] and adds the self mask and the pairwise masks of `senders` (U2).
-    fn mask(&self, delta: &NamedTensors, n_samples: u64, senders: &[SiteId]) -> Result<Vec<u64>, SecAggError> {
+    fn mask(
+        &self,
+        delta: &NamedTensors,
+        n_samples: u64,
+        senders: &[SiteId],
+    ) -> Result<Vec<u64>, SecAggError> {
         let (site, round) = (self.site, self.config.round());
         let q = &self.config.config().quantization;
-        let mut rounding = RoundingSource::from_os(&self.rng)
-            .map_err(|_| SecAggError::Crypto { site, round, what: "rounding seed" })?;
+        let mut rounding = RoundingSource::from_os(&self.rng).map_err(|_| SecAggError::Crypto {
+            site,
+            round,
+            what: "rounding seed",
+        })?;
         let mut vector = vec![0u64; self.config.vector_len()];
         let mut offset = 0;
         for spec in self.config.aggregated_tensors() {
@@ -339,7 +441,14 @@ impl SecAggClient {
             // check_delta guaranteed that every aggregated tensor is present with this length.
             let values = delta.get(&spec.name).unwrap_or(&[]);
             let out = &mut vector[offset..offset + len];
-            quantize_weighted(values, n_samples, q.clip_bound, q.fractional_bits, &mut rounding, out);
+            quantize_weighted(
+                values,
+                n_samples,
+                q.clip_bound,
+                q.fractional_bits,
+                &mut rounding,
+                out,
+            );
             offset += len;
         }
         vector[offset] = n_samples;
@@ -356,7 +465,9 @@ impl SecAggClient {
 
     fn expect_stage(&self, expected: Stage) -> Result<(), SecAggError> {
         if self.stage == Stage::Aborted {
-            return Err(SecAggError::Aborted { round: self.config.round() });
+            return Err(SecAggError::Aborted {
+                round: self.config.round(),
+            });
         }
         if self.stage != expected {
             return Err(SecAggError::WrongStage {
@@ -376,13 +487,22 @@ impl SecAggClient {
     fn check_survivors(&self, survivors: usize, stage: Stage) -> Result<(), SecAggError> {
         let threshold = self.config.threshold();
         if survivors < threshold {
-            return Err(SecAggError::TooFewSurvivors { round: self.config.round(), stage, survivors, threshold });
+            return Err(SecAggError::TooFewSurvivors {
+                round: self.config.round(),
+                stage,
+                survivors,
+                threshold,
+            });
         }
         Ok(())
     }
 
     fn malformed(&self, reason: String) -> SecAggError {
-        SecAggError::Malformed { site: self.site, round: self.config.round(), reason }
+        SecAggError::Malformed {
+            site: self.site,
+            round: self.config.round(),
+            reason,
+        }
     }
 }
 

@@ -24,7 +24,11 @@ impl Default for QuantizationConfig {
     /// 2^-32 resolution and |n_k·Δ_k| ≤ 2^20 per element: 50 sites use at most 2^57.7 of the 2^63
     /// available, and, e.g., n_k = 10^5 samples with |Δ| ≤ 10 per weight pass unclipped.
     fn default() -> Self {
-        Self { fractional_bits: 32, clip_bound: 1_048_576.0, max_sample_count: 1_000_000 }
+        Self {
+            fractional_bits: 32,
+            clip_bound: 1_048_576.0,
+            max_sample_count: 1_000_000,
+        }
     }
 }
 
@@ -105,7 +109,10 @@ impl SecAggConfig {
         }
         let n = participants.len();
         if !(2..=MAX_PARTICIPANTS).contains(&n) {
-            return Err(invalid("participants", format!("{n} sites, expected 2..={MAX_PARTICIPANTS}")));
+            return Err(invalid(
+                "participants",
+                format!("{n} sites, expected 2..={MAX_PARTICIPANTS}"),
+            ));
         }
         if 2 * self.threshold <= n || self.threshold > n {
             return Err(invalid(
@@ -131,14 +138,23 @@ impl SecAggConfig {
             .cloned()
             .collect();
         if aggregated.is_empty() {
-            return Err(invalid("tensors", "every tensor is excluded by fedbn_exclude".into()));
+            return Err(invalid(
+                "tensors",
+                "every tensor is excluded by fedbn_exclude".into(),
+            ));
         }
         let q = &self.quantization;
         if q.fractional_bits > 62 {
-            return Err(invalid("quantization.fractional_bits", format!("{} > 62", q.fractional_bits)));
+            return Err(invalid(
+                "quantization.fractional_bits",
+                format!("{} > 62", q.fractional_bits),
+            ));
         }
         if !(q.clip_bound.is_finite() && q.clip_bound > 0.0) {
-            return Err(invalid("quantization.clip_bound", format!("{} is not a positive number", q.clip_bound)));
+            return Err(invalid(
+                "quantization.clip_bound",
+                format!("{} is not a positive number", q.clip_bound),
+            ));
         }
         if !(1..=MAX_EXACT_COUNT).contains(&q.max_sample_count) {
             return Err(invalid(
@@ -148,7 +164,10 @@ impl SecAggConfig {
         }
         check_headroom(n, q)?;
         if !(self.max_delta_norm.is_finite() && self.max_delta_norm > 0.0) {
-            return Err(invalid("max_delta_norm", format!("{} is not a positive number", self.max_delta_norm)));
+            return Err(invalid(
+                "max_delta_norm",
+                format!("{} is not a positive number", self.max_delta_norm),
+            ));
         }
         // One element per aggregated weight, plus one for n_k.
         let vector_len = aggregated.iter().map(TensorSpec::len).sum::<usize>() + 1;
@@ -249,7 +268,11 @@ impl RoundConfig {
     /// Whether a tensor name is excluded from aggregation by FedBN.
     #[must_use]
     pub fn is_excluded(&self, name: &str) -> bool {
-        self.inner.config.fedbn_exclude.iter().any(|p| glob_match(p, name))
+        self.inner
+            .config
+            .fedbn_exclude
+            .iter()
+            .any(|p| glob_match(p, name))
     }
     /// The Shamir evaluation point of a site: its 1-based index in the sorted participant list.
     #[must_use]
@@ -274,7 +297,12 @@ impl RoundConfig {
         let round = self.round();
         let max = self.config().quantization.max_sample_count;
         if n_samples == 0 || n_samples > max {
-            return Err(SecAggError::SampleCount { site, round, n_samples, max });
+            return Err(SecAggError::SampleCount {
+                site,
+                round,
+                n_samples,
+                max,
+            });
         }
         let shape_error = |reason: String| SecAggError::DeltaShape { site, round, reason };
         for t in &delta.tensors {
@@ -288,7 +316,9 @@ impl RoundConfig {
         let mut sum_sq = 0.0f64;
         for spec in self.aggregated_tensors() {
             let mut found = delta.tensors.iter().filter(|t| t.name == spec.name);
-            let tensor = found.next().ok_or_else(|| shape_error(format!("missing tensor `{}`", spec.name)))?;
+            let tensor = found
+                .next()
+                .ok_or_else(|| shape_error(format!("missing tensor `{}`", spec.name)))?;
             if found.next().is_some() {
                 return Err(shape_error(format!("tensor `{}` appears twice", spec.name)));
             }
@@ -303,7 +333,12 @@ impl RoundConfig {
             }
             for (index, &v) in tensor.values.iter().enumerate() {
                 if !v.is_finite() {
-                    return Err(SecAggError::DeltaNotFinite { site, round, tensor: spec.name.clone(), index });
+                    return Err(SecAggError::DeltaNotFinite {
+                        site,
+                        round,
+                        tensor: spec.name.clone(),
+                        index,
+                    });
                 }
                 sum_sq += f64::from(v) * f64::from(v);
             }
@@ -311,7 +346,12 @@ impl RoundConfig {
         let norm = sum_sq.sqrt();
         let bound = self.config().max_delta_norm;
         if norm > bound {
-            return Err(SecAggError::DeltaNormTooLarge { site, round, norm, bound });
+            return Err(SecAggError::DeltaNormTooLarge {
+                site,
+                round,
+                norm,
+                bound,
+            });
         }
         Ok(())
     }
@@ -407,8 +447,14 @@ mod tests {
             participants: (1..=n).map(SiteId).collect(),
             threshold: t,
             tensors: vec![
-                TensorSpec { name: "conv.weight".into(), shape: vec![2, 3] },
-                TensorSpec { name: "bn.weight".into(), shape: vec![3] },
+                TensorSpec {
+                    name: "conv.weight".into(),
+                    shape: vec![2, 3],
+                },
+                TensorSpec {
+                    name: "bn.weight".into(),
+                    shape: vec![3],
+                },
             ],
             fedbn_exclude: vec!["bn.*".into()],
             quantization: QuantizationConfig::default(),
@@ -466,7 +512,10 @@ mod tests {
         // 50 sites x 2^20 x 2^40 = 2^65.6: could wrap.
         let mut c = config(50, 26);
         c.quantization.fractional_bits = 40;
-        assert!(matches!(c.validate(), Err(SecAggError::QuantizationHeadroom { sites: 50, .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(SecAggError::QuantizationHeadroom { sites: 50, .. })
+        ));
         // The defaults leave 5 bits of headroom at 50 sites.
         config(50, 26).validate().unwrap();
         // The boundary: n · (C·2^f + 1) ≤ 2^63 − 1 with C·2^f = 2^62 − 2 at n = 2 is exactly allowed.
@@ -477,13 +526,17 @@ mod tests {
         let mut c = config(2, 2);
         c.quantization.fractional_bits = 0;
         c.quantization.clip_bound = 2f64.powi(62);
-        assert!(matches!(c.validate(), Err(SecAggError::QuantizationHeadroom { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(SecAggError::QuantizationHeadroom { .. })
+        ));
     }
 
     #[test]
     fn config_hash_covers_every_field() {
         let base = config(3, 2).validate().unwrap().config_hash();
-        let variants: Vec<Box<dyn Fn(&mut SecAggConfig)>> = vec![
+        type Change = Box<dyn Fn(&mut SecAggConfig)>;
+        let variants: Vec<Change> = vec![
             Box::new(|c| c.study_id.push('x')),
             Box::new(|c| c.round += 1),
             Box::new(|c| c.model_version.push('x')),

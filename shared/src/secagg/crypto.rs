@@ -38,7 +38,13 @@ pub(crate) fn self_mask_seed(b: &[u8; 32], salt: &[u8; 32], u: SiteId) -> MaskSe
 }
 
 /// K_uv = HKDF(X25519(c_u, c_v), salt, "enc" ‖ round ‖ min(u,v) ‖ max(u,v)).
-pub(crate) fn channel_key(shared: &[u8], salt: &[u8; 32], round: u64, u: SiteId, v: SiteId) -> Zeroizing<[u8; 32]> {
+pub(crate) fn channel_key(
+    shared: &[u8],
+    salt: &[u8; 32],
+    round: u64,
+    u: SiteId,
+    v: SiteId,
+) -> Zeroizing<[u8; 32]> {
     let (lo, hi) = ordered(u, v);
     hkdf32(shared, salt, &[b"enc", &round.to_be_bytes(), &lo, &hi])
 }
@@ -79,7 +85,12 @@ const SHARE_BYTES: usize = 2 * (1 + SECRET_LEN);
 
 /// Encrypts (share of s_u^sk, share of b_u) from `ctx.from` to `ctx.to`; the plaintext repeats the
 /// context (u, v, study, round, config hash) after the shares, and the same context is the AAD.
-pub(crate) fn seal_shares(key: &[u8; 32], ctx: &ShareContext<'_>, mask_key: &Share, self_mask: &Share) -> Vec<u8> {
+pub(crate) fn seal_shares(
+    key: &[u8; 32],
+    ctx: &ShareContext<'_>,
+    mask_key: &Share,
+    self_mask: &Share,
+) -> Vec<u8> {
     let header = ctx.header();
     let mut buf = Zeroizing::new(Vec::with_capacity(SHARE_BYTES + header.len() + 16));
     buf.push(mask_key.x);
@@ -92,7 +103,9 @@ pub(crate) fn seal_shares(key: &[u8; 32], ctx: &ShareContext<'_>, mask_key: &Sha
     // length limit: sealing cannot fail. On an impossible failure the (wiped) empty ciphertext simply
     // fails to open at the recipient.
     let sealed = UnboundKey::new(&CHACHA20_POLY1305, key).is_ok_and(|k| {
-        LessSafeKey::new(k).seal_in_place_append_tag(ctx.nonce(), Aad::from(&header), &mut out).is_ok()
+        LessSafeKey::new(k)
+            .seal_in_place_append_tag(ctx.nonce(), Aad::from(&header), &mut out)
+            .is_ok()
     });
     if !sealed {
         out.zeroize();
@@ -102,7 +115,11 @@ pub(crate) fn seal_shares(key: &[u8; 32], ctx: &ShareContext<'_>, mask_key: &Sha
 
 /// Decrypts and checks a share message; `None` if authentication fails or the embedded context differs
 /// from `ctx`.
-pub(crate) fn open_shares(key: &[u8; 32], ctx: &ShareContext<'_>, ciphertext: &[u8]) -> Option<(Share, Share)> {
+pub(crate) fn open_shares(
+    key: &[u8; 32],
+    ctx: &ShareContext<'_>,
+    ciphertext: &[u8],
+) -> Option<(Share, Share)> {
     let header = ctx.header();
     let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).ok()?);
     let mut buf = Zeroizing::new(ciphertext.to_vec());
@@ -110,9 +127,15 @@ pub(crate) fn open_shares(key: &[u8; 32], ctx: &ShareContext<'_>, ciphertext: &[
     if plain.len() != SHARE_BYTES + header.len() || plain[SHARE_BYTES..] != header[..] {
         return None;
     }
-    let mut a = Share { x: plain[0], y: [0; SECRET_LEN] };
+    let mut a = Share {
+        x: plain[0],
+        y: [0; SECRET_LEN],
+    };
     a.y.copy_from_slice(&plain[1..=SECRET_LEN]);
-    let mut b = Share { x: plain[1 + SECRET_LEN], y: [0; SECRET_LEN] };
+    let mut b = Share {
+        x: plain[1 + SECRET_LEN],
+        y: [0; SECRET_LEN],
+    };
     b.y.copy_from_slice(&plain[2 + SECRET_LEN..SHARE_BYTES]);
     Some((a, b))
 }
@@ -122,7 +145,13 @@ mod tests {
     use super::*;
 
     fn ctx<'a>(hash: &'a [u8; 32], round: u64, from: u32, to: u32) -> ShareContext<'a> {
-        ShareContext { study_id: "s", round, config_hash: hash, from: SiteId(from), to: SiteId(to) }
+        ShareContext {
+            study_id: "s",
+            round,
+            config_hash: hash,
+            from: SiteId(from),
+            to: SiteId(to),
+        }
     }
 
     #[test]
@@ -134,15 +163,33 @@ mod tests {
         let c = seal_shares(&key, &ctx(&hash, 4, 1, 2), &a, &b);
         let (a2, b2) = open_shares(&key, &ctx(&hash, 4, 1, 2), &c).unwrap();
         assert_eq!((a2, b2), (a, b));
-        assert!(open_shares(&key, &ctx(&hash, 5, 1, 2), &c).is_none(), "other round");
-        assert!(open_shares(&key, &ctx(&hash, 4, 2, 1), &c).is_none(), "other direction");
-        assert!(open_shares(&key, &ctx(&hash, 4, 1, 3), &c).is_none(), "other recipient");
-        assert!(open_shares(&key, &ctx(&[8; 32], 4, 1, 2), &c).is_none(), "other config");
-        assert!(open_shares(&[1; 32], &ctx(&hash, 4, 1, 2), &c).is_none(), "other key");
+        assert!(
+            open_shares(&key, &ctx(&hash, 5, 1, 2), &c).is_none(),
+            "other round"
+        );
+        assert!(
+            open_shares(&key, &ctx(&hash, 4, 2, 1), &c).is_none(),
+            "other direction"
+        );
+        assert!(
+            open_shares(&key, &ctx(&hash, 4, 1, 3), &c).is_none(),
+            "other recipient"
+        );
+        assert!(
+            open_shares(&key, &ctx(&[8; 32], 4, 1, 2), &c).is_none(),
+            "other config"
+        );
+        assert!(
+            open_shares(&[1; 32], &ctx(&hash, 4, 1, 2), &c).is_none(),
+            "other key"
+        );
         for i in 0..c.len() {
             let mut t = c.clone();
             t[i] ^= 0x40;
-            assert!(open_shares(&key, &ctx(&hash, 4, 1, 2), &t).is_none(), "flip at byte {i}");
+            assert!(
+                open_shares(&key, &ctx(&hash, 4, 1, 2), &t).is_none(),
+                "flip at byte {i}"
+            );
         }
     }
 
@@ -151,7 +198,10 @@ mod tests {
         let salt = [3u8; 32];
         let z = [5u8; 32];
         let (u, v) = (SiteId(2), SiteId(9));
-        assert_eq!(pairwise_mask_seed(&z, &salt, u, v).0, pairwise_mask_seed(&z, &salt, v, u).0);
+        assert_eq!(
+            pairwise_mask_seed(&z, &salt, u, v).0,
+            pairwise_mask_seed(&z, &salt, v, u).0
+        );
         assert_eq!(*channel_key(&z, &salt, 1, u, v), *channel_key(&z, &salt, 1, v, u));
         let all = [
             pairwise_mask_seed(&z, &salt, u, v).0,

@@ -38,13 +38,23 @@ pub enum SecAggError {
         "quantization could wrap: {sites} sites x (ceil(clip_bound {clip_bound} x 2^{fractional_bits}) + 1) \
          exceeds 2^63 - 1; lower `clip_bound` or `fractional_bits`"
     )]
-    QuantizationHeadroom { sites: usize, clip_bound: f64, fractional_bits: u32 },
+    QuantizationHeadroom {
+        sites: usize,
+        clip_bound: f64,
+        fractional_bits: u32,
+    },
     /// A message names another study or round (a relay or replay from another instance).
     #[error(
         "{site}, round {round}: message is for study {got_study:?} round {got_round}, \
          expected study {expected_study:?}"
     )]
-    WrongRound { site: SiteId, round: u64, got_study: String, got_round: u64, expected_study: String },
+    WrongRound {
+        site: SiteId,
+        round: u64,
+        got_study: String,
+        got_round: u64,
+        expected_study: String,
+    },
     /// A message was produced under another configuration (shapes, threshold, participants, ...).
     #[error("{site}, round {round}: message was made under a different configuration hash")]
     ConfigMismatch { site: SiteId, round: u64 },
@@ -56,19 +66,42 @@ pub enum SecAggError {
     Duplicate { site: SiteId, round: u64, stage: Stage },
     /// A message arrived at a state machine that is at another stage.
     #[error("{site}, round {round}: message for stage {got} but the instance is at stage {current}")]
-    WrongStage { site: SiteId, round: u64, got: Stage, current: Stage },
+    WrongStage {
+        site: SiteId,
+        round: u64,
+        got: Stage,
+        current: Stage,
+    },
     /// A state machine was asked to close a stage it is not at.
     #[error("round {round}: cannot close stage {requested}, the instance is at stage {current}")]
-    OutOfOrder { round: u64, requested: Stage, current: Stage },
+    OutOfOrder {
+        round: u64,
+        requested: Stage,
+        current: Stage,
+    },
     /// A masked input of the wrong length.
     #[error("{site}, round {round}: masked input has {got} elements, expected {expected}")]
-    WrongLength { site: SiteId, round: u64, expected: usize, got: usize },
+    WrongLength {
+        site: SiteId,
+        round: u64,
+        expected: usize,
+        got: usize,
+    },
     /// A message is structurally wrong (missing or extra entries).
     #[error("{site}, round {round}: malformed message: {reason}")]
-    Malformed { site: SiteId, round: u64, reason: String },
+    Malformed {
+        site: SiteId,
+        round: u64,
+        reason: String,
+    },
     /// Fewer than `threshold` sites are left: the instance aborts and yields no partial result.
     #[error("round {round}: only {survivors} sites left at stage {stage}, threshold is {threshold}; aborted")]
-    TooFewSurvivors { round: u64, stage: Stage, survivors: usize, threshold: usize },
+    TooFewSurvivors {
+        round: u64,
+        stage: Stage,
+        survivors: usize,
+        threshold: usize,
+    },
     /// The instance aborted earlier; it accepts nothing more.
     #[error("round {round}: the secure-aggregation instance was aborted")]
     Aborted { round: u64 },
@@ -79,29 +112,54 @@ pub enum SecAggError {
     #[error("{site}, round {round}: public key of {peer} is invalid")]
     InvalidPeerKey { site: SiteId, peer: SiteId, round: u64 },
     /// The server asked a site to reveal both the self-mask share and the mask-key share of one peer.
-    #[error(
-        "{site}, round {round}: refusing to reveal both the self-mask and the mask-key share of {peer}"
-    )]
+    #[error("{site}, round {round}: refusing to reveal both the self-mask and the mask-key share of {peer}")]
     RefuseBothShares { site: SiteId, peer: SiteId, round: u64 },
     /// A site's own delta is not finite (checked by the node before masking).
     #[error("{site}, round {round}: delta `{tensor}`[{index}] is not finite")]
-    DeltaNotFinite { site: SiteId, round: u64, tensor: String, index: usize },
+    DeltaNotFinite {
+        site: SiteId,
+        round: u64,
+        tensor: String,
+        index: usize,
+    },
     /// A site's own delta exceeds the configured L2 norm bound.
     #[error("{site}, round {round}: delta L2 norm {norm} exceeds the bound {bound}")]
-    DeltaNormTooLarge { site: SiteId, round: u64, norm: f64, bound: f64 },
+    DeltaNormTooLarge {
+        site: SiteId,
+        round: u64,
+        norm: f64,
+        bound: f64,
+    },
     /// A site's delta does not have the configured tensors and shapes.
     #[error("{site}, round {round}: delta does not match the model: {reason}")]
-    DeltaShape { site: SiteId, round: u64, reason: String },
+    DeltaShape {
+        site: SiteId,
+        round: u64,
+        reason: String,
+    },
     /// A site's sample count is zero or above the configured maximum.
     #[error("{site}, round {round}: sample count {n_samples} is outside 1..={max}")]
-    SampleCount { site: SiteId, round: u64, n_samples: u64, max: u64 },
+    SampleCount {
+        site: SiteId,
+        round: u64,
+        n_samples: u64,
+        max: u64,
+    },
     /// The server could not reconstruct a site's secret from the revealed shares.
     #[error("{site}, round {round}: cannot reconstruct its secret: {reason}")]
-    Reconstruction { site: SiteId, round: u64, reason: String },
+    Reconstruction {
+        site: SiteId,
+        round: u64,
+        reason: String,
+    },
     /// The decoded aggregate is not finite or not of the expected shape.
     #[error("round {round}: decoded aggregate is invalid: {reason}")]
     InvalidAggregate { round: u64, reason: String },
     /// The operating system's random generator or a primitive failed.
     #[error("{site}, round {round}: cryptographic failure in {what}")]
-    Crypto { site: SiteId, round: u64, what: &'static str },
+    Crypto {
+        site: SiteId,
+        round: u64,
+        what: &'static str,
+    },
 }

@@ -78,8 +78,8 @@ pub use client::SecAggClient;
 pub use config::{MAX_PARTICIPANTS, QuantizationConfig, RoundConfig, SecAggConfig, TensorSpec, glob_match};
 pub use error::{SecAggError, Stage};
 pub use messages::{
-    AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader, ShareDelivery,
-    ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader,
+    ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
 };
 pub use server::{Aggregate, SecAggServer};
 pub use tensors::{NamedTensor, NamedTensors};

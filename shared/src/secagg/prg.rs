@@ -31,8 +31,10 @@ pub enum Sign {
     Subtract,
 }
 
-/// Elements per keystream buffer (32 KiB: stays in L1 while each mask is added).
-const CHUNK: usize = 4096;
+/// Elements per keystream buffer (8 KiB: the buffer and the target slice stay in L1).
+const CHUNK: usize = 1024;
+/// The keystream is XORed onto zeros (`apply_keystream_b2b`), which saves clearing the buffer.
+static ZEROS: [u8; CHUNK * 8] = [0; CHUNK * 8];
 /// Below this many elements per thread, a thread costs more than it saves.
 const MIN_PER_THREAD: usize = 1 << 16;
 
@@ -72,8 +74,11 @@ fn apply_masks_serial(target: &mut [u64], first_element: u64, masks: &[(&MaskSee
     for block in target.chunks_mut(CHUNK) {
         let bytes = &mut buffer[..block.len() * 8];
         for (cipher, sign) in &mut ciphers {
-            bytes.fill(0);
-            cipher.apply_keystream(bytes);
+            if cipher.apply_keystream_b2b(&ZEROS[..bytes.len()], bytes).is_err() {
+                // Unreachable: both slices have the same length. Fall back to the in-place form.
+                bytes.fill(0);
+                cipher.apply_keystream(bytes);
+            }
             match sign {
                 Sign::Add => {
                     for (t, w) in block.iter_mut().zip(bytes.chunks_exact(8)) {
@@ -116,8 +121,14 @@ mod tests {
         // all-zero key/nonce (RFC 8439 A.1, test vector 1, counter 0) applies.
         let mut v = vec![0u64; 2];
         apply_masks(&mut v, 0, &[(&MaskSeed([0; 32]), Sign::Add)], 1);
-        assert_eq!(v[0].to_le_bytes(), [0x76, 0xb8, 0xe0, 0xad, 0xa0, 0xf1, 0x3d, 0x90]);
-        assert_eq!(v[1].to_le_bytes(), [0x40, 0x5d, 0x6a, 0xe5, 0x53, 0x86, 0xbd, 0x28]);
+        assert_eq!(
+            v[0].to_le_bytes(),
+            [0x76, 0xb8, 0xe0, 0xad, 0xa0, 0xf1, 0x3d, 0x90]
+        );
+        assert_eq!(
+            v[1].to_le_bytes(),
+            [0x40, 0x5d, 0x6a, 0xe5, 0x53, 0x86, 0xbd, 0x28]
+        );
     }
 
     proptest! {

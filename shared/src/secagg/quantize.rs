@@ -16,7 +16,6 @@ use ring::rand::SecureRandom;
 pub struct RoundingSource {
     cipher: ChaCha20,
     buffer: Vec<u8>,
-    position: usize,
 }
 
 const ROUNDING_BUFFER: usize = 4096;
@@ -38,21 +37,21 @@ impl RoundingSource {
         Self {
             cipher: ChaCha20::new(seed.into(), &[0u8; 12].into()),
             buffer: vec![0u8; ROUNDING_BUFFER],
-            position: ROUNDING_BUFFER,
         }
     }
 
-    /// A uniform draw in [0, 1) with 53 random bits.
-    pub fn next_unit(&mut self) -> f64 {
-        if self.position == self.buffer.len() {
-            self.buffer.fill(0);
-            self.cipher.apply_keystream(&mut self.buffer);
-            self.position = 0;
+    /// Fills `out` with uniform draws in [0, 1), 53 random bits each.
+    pub fn fill_units(&mut self, out: &mut [f64]) {
+        for block in out.chunks_mut(ROUNDING_BUFFER / 8) {
+            let bytes = &mut self.buffer[..block.len() * 8];
+            bytes.fill(0);
+            self.cipher.apply_keystream(bytes);
+            for (u, w) in block.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(w);
+                *u = (u64::from_le_bytes(word) >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0);
+            }
         }
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&self.buffer[self.position..self.position + 8]);
-        self.position += 8;
-        (u64::from_le_bytes(word) >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0)
     }
 }
 
@@ -69,11 +68,16 @@ pub fn quantize_weighted(
 ) {
     let scale = super::config::scale(fractional_bits);
     let n = n_samples as f64;
-    for (o, &d) in out.iter_mut().zip(delta) {
-        let x = (n * f64::from(d)).clamp(-clip_bound, clip_bound);
-        // NaN cannot occur after a finite check; map it to 0 rather than to an arbitrary value.
-        let x = if x.is_nan() { 0.0 } else { x };
-        *o = stochastic_round(x * scale, rounding.next_unit()) as u64;
+    let mut units = [0f64; ROUNDING_BUFFER / 8];
+    for (out_block, delta_block) in out.chunks_mut(units.len()).zip(delta.chunks(units.len())) {
+        let units = &mut units[..out_block.len()];
+        rounding.fill_units(units);
+        for ((o, &d), &u) in out_block.iter_mut().zip(delta_block).zip(units.iter()) {
+            let x = (n * f64::from(d)).clamp(-clip_bound, clip_bound);
+            // NaN cannot occur after a finite check; map it to 0 rather than to an arbitrary value.
+            let x = if x.is_nan() { 0.0 } else { x };
+            *o = stochastic_round(x * scale, u) as u64;
+        }
     }
 }
 

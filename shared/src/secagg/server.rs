@@ -8,8 +8,8 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use super::client::check_header_fields;
 use super::crypto::{pairwise_mask_seed, self_mask_seed};
 use super::messages::{
-    AdvertiseKeys, KeyDirectory, MaskedInput, RoundHeader, ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest,
-    UnmaskResponse,
+    AdvertiseKeys, KeyDirectory, MaskedInput, RoundHeader, ShareDelivery, ShareKeys, SiteHeader,
+    UnmaskRequest, UnmaskResponse,
 };
 use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::dequantize;
@@ -83,12 +83,26 @@ impl SecAggServer {
     /// not name every other participant exactly once. The state is unchanged on error.
     pub fn receive_keys(&mut self, msg: AdvertiseKeys) -> Result<(), SecAggError> {
         let site = msg.header.site;
-        self.check_message(&msg.header, Stage::AdvertiseKeys, self.config.participants(), self.keys.contains_key(&site))?;
+        self.check_message(
+            &msg.header,
+            Stage::AdvertiseKeys,
+            self.config.participants(),
+            self.keys.contains_key(&site),
+        )?;
         let mut peers: Vec<SiteId> = msg.channel_public_keys.iter().map(|k| k.peer).collect();
         peers.sort_unstable();
-        let expected: Vec<SiteId> = self.config.participants().iter().copied().filter(|&p| p != site).collect();
+        let expected: Vec<SiteId> = self
+            .config
+            .participants()
+            .iter()
+            .copied()
+            .filter(|&p| p != site)
+            .collect();
         if peers != expected {
-            return Err(self.malformed(site, "channel keys must name every other participant exactly once"));
+            return Err(self.malformed(
+                site,
+                "channel keys must name every other participant exactly once",
+            ));
         }
         self.keys.insert(site, msg);
         Ok(())
@@ -103,7 +117,10 @@ impl SecAggServer {
         self.check_quorum(self.keys.len(), Stage::AdvertiseKeys)?;
         self.u1 = self.keys.keys().copied().collect();
         self.stage = Stage::ShareKeys;
-        Ok(KeyDirectory { header: self.round_header(), sites: self.keys.values().cloned().collect() })
+        Ok(KeyDirectory {
+            header: self.round_header(),
+            sites: self.keys.values().cloned().collect(),
+        })
     }
 
     /// Round 1: records a site's encrypted shares (one for every other member of U1).
@@ -113,7 +130,12 @@ impl SecAggServer {
     /// does not address every other member of U1 exactly once. The state is unchanged on error.
     pub fn receive_shares(&mut self, msg: ShareKeys) -> Result<(), SecAggError> {
         let site = msg.header.site;
-        self.check_message(&msg.header, Stage::ShareKeys, &self.u1, self.shares.contains_key(&site))?;
+        self.check_message(
+            &msg.header,
+            Stage::ShareKeys,
+            &self.u1,
+            self.shares.contains_key(&site),
+        )?;
         if msg.encrypted_shares.iter().any(|s| s.from != site) {
             return Err(self.malformed(site, "a share's sender is not the message's sender"));
         }
@@ -161,7 +183,12 @@ impl SecAggServer {
     /// site; a vector of the wrong length. The state is unchanged on error.
     pub fn receive_masked_input(&mut self, msg: MaskedInput) -> Result<(), SecAggError> {
         let site = msg.header.site;
-        self.check_message(&msg.header, Stage::MaskedInputCollection, &self.u2, self.u3.contains(&site))?;
+        self.check_message(
+            &msg.header,
+            Stage::MaskedInputCollection,
+            &self.u2,
+            self.u3.contains(&site),
+        )?;
         if msg.masked.len() != self.masked_sum.len() {
             return Err(SecAggError::WrongLength {
                 site,
@@ -202,13 +229,27 @@ impl SecAggServer {
     /// site's evaluation point. The state is unchanged on error.
     pub fn receive_unmask_response(&mut self, msg: UnmaskResponse) -> Result<(), SecAggError> {
         let site = msg.header.site;
-        self.check_message(&msg.header, Stage::Unmasking, &self.survivors, self.responses.contains_key(&site))?;
+        self.check_message(
+            &msg.header,
+            Stage::Unmasking,
+            &self.survivors,
+            self.responses.contains_key(&site),
+        )?;
         let point = self.config.share_point(site);
-        let owners = |list: &[super::messages::RevealedShare]| list.iter().map(|r| r.owner).collect::<Vec<_>>();
+        let owners =
+            |list: &[super::messages::RevealedShare]| list.iter().map(|r| r.owner).collect::<Vec<_>>();
         if owners(&msg.self_mask_shares) != self.survivors || owners(&msg.mask_key_shares) != self.dropped {
-            return Err(self.malformed(site, "revealed shares must cover U3 (self masks) and U2 \\ U3 (mask keys)"));
+            return Err(self.malformed(
+                site,
+                "revealed shares must cover U3 (self masks) and U2 \\ U3 (mask keys)",
+            ));
         }
-        if msg.self_mask_shares.iter().chain(&msg.mask_key_shares).any(|r| Some(r.share.x) != point) {
+        if msg
+            .self_mask_shares
+            .iter()
+            .chain(&msg.mask_key_shares)
+            .any(|r| Some(r.share.x) != point)
+        {
             return Err(self.malformed(site, "a revealed share is not at the site's evaluation point"));
         }
         self.responses.insert(site, msg);
@@ -225,7 +266,11 @@ impl SecAggServer {
         self.expect_stage(Stage::Unmasking)?;
         self.check_quorum(self.responses.len(), Stage::Unmasking)?;
         let result = self.unmask_and_decode();
-        self.stage = if result.is_ok() { Stage::Done } else { Stage::Aborted };
+        self.stage = if result.is_ok() {
+            Stage::Done
+        } else {
+            Stage::Aborted
+        };
         self.masked_sum = Vec::new();
         result
     }
@@ -247,11 +292,13 @@ impl SecAggServer {
         };
         let mut seeds: Vec<(MaskSeed, Sign)> = Vec::new();
         for &v in &self.survivors {
-            let b = shamir::combine(&collect(v, |r| &r.self_mask_shares), t).map_err(|e| reconstruction(v, e))?;
+            let b =
+                shamir::combine(&collect(v, |r| &r.self_mask_shares), t).map_err(|e| reconstruction(v, e))?;
             seeds.push((self_mask_seed(&b, &salt, v), Sign::Subtract));
         }
         for &v in &self.dropped {
-            let bytes = shamir::combine(&collect(v, |r| &r.mask_key_shares), t).map_err(|e| reconstruction(v, e))?;
+            let bytes =
+                shamir::combine(&collect(v, |r| &r.mask_key_shares), t).map_err(|e| reconstruction(v, e))?;
             let secret = StaticSecret::from(*bytes);
             // Every dropped site is in U2 ⊆ U1, whose keys were all recorded in round 0.
             let advertised = self.keys.get(&v).map(|k| k.mask_public_key);
@@ -263,7 +310,9 @@ impl SecAggServer {
                 });
             }
             for &u in &self.survivors {
-                let Some(pk) = self.keys.get(&u).map(|k| k.mask_public_key) else { continue };
+                let Some(pk) = self.keys.get(&u).map(|k| k.mask_public_key) else {
+                    continue;
+                };
                 let shared = secret.diffie_hellman(&PublicKey::from(pk));
                 // y_u holds +PRG(s_uv) if v > u and −PRG(s_uv) if v < u: take it out.
                 let sign = if v > u { Sign::Subtract } else { Sign::Add };
@@ -281,7 +330,11 @@ impl SecAggServer {
         let q = &self.config.config().quantization;
         let sum = std::mem::take(&mut self.masked_sum);
         if sum.len() != self.config.vector_len() {
-            return Err(invalid(format!("{} elements, expected {}", sum.len(), self.config.vector_len())));
+            return Err(invalid(format!(
+                "{} elements, expected {}",
+                sum.len(),
+                self.config.vector_len()
+            )));
         }
         let total = sum[sum.len() - 1] as i64;
         let max_total = q.max_sample_count.saturating_mul(self.survivors.len() as u64);
@@ -305,8 +358,14 @@ impl SecAggServer {
                 weighted.push(w32);
                 average.push(a32);
             }
-            weighted_sum.tensors.push(super::NamedTensor { name: spec.name.clone(), values: weighted });
-            fedavg_delta.tensors.push(super::NamedTensor { name: spec.name.clone(), values: average });
+            weighted_sum.tensors.push(super::NamedTensor {
+                name: spec.name.clone(),
+                values: weighted,
+            });
+            fedavg_delta.tensors.push(super::NamedTensor {
+                name: spec.name.clone(),
+                values: average,
+            });
             offset += len;
         }
         Ok(Aggregate {
@@ -331,9 +390,20 @@ impl SecAggServer {
         if self.stage == Stage::Aborted {
             return Err(SecAggError::Aborted { round });
         }
-        check_header_fields(&self.config, site, &header.study_id, header.round, &header.config_hash)?;
+        check_header_fields(
+            &self.config,
+            site,
+            &header.study_id,
+            header.round,
+            &header.config_hash,
+        )?;
         if self.stage != stage {
-            return Err(SecAggError::WrongStage { site, round, got: stage, current: self.stage });
+            return Err(SecAggError::WrongStage {
+                site,
+                round,
+                got: stage,
+                current: self.stage,
+            });
         }
         if !members.contains(&site) {
             return Err(SecAggError::NotInRound { site, round, stage });
@@ -348,7 +418,11 @@ impl SecAggServer {
         let round = self.config.round();
         match self.stage {
             Stage::Aborted => Err(SecAggError::Aborted { round }),
-            current if current != stage => Err(SecAggError::OutOfOrder { round, requested: stage, current }),
+            current if current != stage => Err(SecAggError::OutOfOrder {
+                round,
+                requested: stage,
+                current,
+            }),
             _ => Ok(()),
         }
     }
@@ -358,7 +432,12 @@ impl SecAggServer {
         if survivors < threshold {
             self.stage = Stage::Aborted;
             self.masked_sum = Vec::new();
-            return Err(SecAggError::TooFewSurvivors { round: self.config.round(), stage, survivors, threshold });
+            return Err(SecAggError::TooFewSurvivors {
+                round: self.config.round(),
+                stage,
+                survivors,
+                threshold,
+            });
         }
         Ok(())
     }
@@ -372,6 +451,10 @@ impl SecAggServer {
     }
 
     fn malformed(&self, site: SiteId, reason: &str) -> SecAggError {
-        SecAggError::Malformed { site, round: self.config.round(), reason: reason.to_owned() }
+        SecAggError::Malformed {
+            site,
+            round: self.config.round(),
+            reason: reason.to_owned(),
+        }
     }
 }

@@ -22,7 +22,9 @@ pub struct Share {
 
 impl std::fmt::Debug for Share {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Share").field("x", &self.x).finish_non_exhaustive()
+        f.debug_struct("Share")
+            .field("x", &self.x)
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,7 +63,10 @@ pub fn split(
     rng: &dyn SecureRandom,
 ) -> Result<Vec<Share>, ShamirError> {
     if threshold == 0 || threshold > points.len() {
-        return Err(ShamirError::BadThreshold { threshold, shares: points.len() });
+        return Err(ShamirError::BadThreshold {
+            threshold,
+            shares: points.len(),
+        });
     }
     check_points(points.iter().copied())?;
     // coefficients[k] holds the degree-(k+1) coefficient of all 32 byte polynomials.
@@ -96,10 +101,16 @@ pub fn split(
 /// Too few shares, a zero or repeated point, or an inconsistent extra share.
 pub fn combine(shares: &[Share], threshold: usize) -> Result<Zeroizing<[u8; SECRET_LEN]>, ShamirError> {
     if threshold == 0 {
-        return Err(ShamirError::BadThreshold { threshold, shares: shares.len() });
+        return Err(ShamirError::BadThreshold {
+            threshold,
+            shares: shares.len(),
+        });
     }
     if shares.len() < threshold {
-        return Err(ShamirError::NotEnoughShares { got: shares.len(), threshold });
+        return Err(ShamirError::NotEnoughShares {
+            got: shares.len(),
+            threshold,
+        });
     }
     check_points(shares.iter().map(|s| s.x))?;
     let (basis, extra) = shares.split_at(threshold);
@@ -212,12 +223,27 @@ mod tests {
     fn bad_inputs_are_typed_errors() {
         let rng = SystemRandom::new();
         let s = [7u8; 32];
-        assert_eq!(split(&s, 0, &[1, 2], &rng), Err(ShamirError::BadThreshold { threshold: 0, shares: 2 }));
-        assert_eq!(split(&s, 3, &[1, 2], &rng), Err(ShamirError::BadThreshold { threshold: 3, shares: 2 }));
+        assert_eq!(
+            split(&s, 0, &[1, 2], &rng),
+            Err(ShamirError::BadThreshold {
+                threshold: 0,
+                shares: 2
+            })
+        );
+        assert_eq!(
+            split(&s, 3, &[1, 2], &rng),
+            Err(ShamirError::BadThreshold {
+                threshold: 3,
+                shares: 2
+            })
+        );
         assert_eq!(split(&s, 2, &[0, 2], &rng), Err(ShamirError::ZeroPoint));
         assert_eq!(split(&s, 2, &[2, 2], &rng), Err(ShamirError::DuplicatePoint(2)));
         let shares = split(&s, 2, &[1, 2, 3], &rng).unwrap();
-        assert_eq!(combine(&shares[..1], 2).unwrap_err(), ShamirError::NotEnoughShares { got: 1, threshold: 2 });
+        assert_eq!(
+            combine(&shares[..1], 2).unwrap_err(),
+            ShamirError::NotEnoughShares { got: 1, threshold: 2 }
+        );
         let dup = vec![shares[0].clone(), shares[0].clone()];
         assert_eq!(combine(&dup, 2).unwrap_err(), ShamirError::DuplicatePoint(1));
         let mut bad = shares.clone();

@@ -22,7 +22,10 @@ impl NamedTensors {
         Self {
             tensors: pairs
                 .into_iter()
-                .map(|(name, values)| NamedTensor { name: name.into(), values })
+                .map(|(name, values)| NamedTensor {
+                    name: name.into(),
+                    values,
+                })
                 .collect(),
         }
     }
@@ -30,7 +33,10 @@ impl NamedTensors {
     /// The values of the tensor called `name`, if any.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&[f32]> {
-        self.tensors.iter().find(|t| t.name == name).map(|t| t.values.as_slice())
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.values.as_slice())
     }
 
     /// Total number of elements over all tensors.
