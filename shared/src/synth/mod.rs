@@ -13,7 +13,7 @@ pub mod render;
 pub mod text;
 
 pub use cohort::{Covariate, PatientTruth, TrueLnmModel, covariate_values};
-pub use oracle::{OracleAucs, auc};
+pub use oracle::OracleAucs;
 pub use profile::{PROFILE_NAMES, SiteProfile};
 
 use crate::data::ManifestError;
@@ -105,7 +105,7 @@ pub struct SynthSummary {
     pub true_model_intercept: f64,
     pub true_model_coefficients: BTreeMap<&'static str, f64>,
     pub true_model_odds_ratios: BTreeMap<&'static str, f64>,
-    /// What the AUC implementation is (to be replaced by the statistics engine's).
+    /// Which AUC implementation computed `oracle_auc`.
     pub auc_method: &'static str,
 }
 
@@ -238,7 +238,7 @@ pub fn summarise(config: &SynthConfig, cohort: &Cohort) -> Result<SynthSummary, 
             .iter()
             .map(|(c, b)| (c.name(), b.exp()))
             .collect(),
-        auc_method: "local Mann-Whitney (midranks); to be swapped for stats::binary",
+        auc_method: "stats::binary::auc_delong (Mann-Whitney, ties count one half)",
     })
 }
 
