@@ -51,3 +51,56 @@ fn an_unknown_profile_is_an_input_error() {
         &["urban", "tertiary", "--profile"],
     );
 }
+
+#[test]
+fn check_data_reports_the_patient_flow_and_names_each_exclusion() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("S7");
+    let site_text = site.to_str().unwrap();
+    common::fedlnm_node_json(&[
+        "synth",
+        "--site",
+        "S7",
+        "--patients",
+        "20",
+        "--seed",
+        "5",
+        "--out",
+        site_text,
+        "--image-size",
+        "64",
+    ]);
+    // One truncated PNG, one missing image: both patients are excluded with their reason, the rest load.
+    let truncated = site.join("images").join("S7-00003.png");
+    let bytes = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::remove_file(site.join("images").join("S7-00011.png")).unwrap();
+
+    let output = common::fedlnm_node(&["check-data", "--data", site_text, "--image-size", "32"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "| read from the manifest | 20 |",
+        "| excluded | 2 |",
+        "| included | 18 |",
+        "S7-00003",
+        "S7-00011",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "check-data output lacks '{expected}':\n{stdout}"
+        );
+    }
+
+    // A folder without a manifest is unusable as a whole: exit code 2, naming the file.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    common::assert_input_error(
+        &["check-data", "--data", empty.to_str().unwrap()],
+        &["patients.csv"],
+    );
+}
