@@ -19,12 +19,21 @@ pub enum Command {
     /// weighted kappa, adjusted odds ratios). Prints one JSON object to standard output.
     #[command(subcommand)]
     Stats(commands::stats::StatsCommand),
+    /// Generate a synthetic site (patients.csv, images/, synth_summary.json) from a named site profile,
+    /// or a contact sheet of generated pictures (`synth contact-sheet`).
+    Synth(commands::synth::SynthArgs),
+    /// Check a site folder before the study starts: reads patients.csv and every image exactly as
+    /// training will, and prints the patient flow (read, included, excluded by reason) and each
+    /// excluded patient with the file, line and field at fault.
+    CheckData(commands::check_data::CheckDataArgs),
 }
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Stats(command) => commands::stats::run(command),
+        Command::Synth(args) => commands::synth::run(args),
+        Command::CheckData(args) => commands::check_data::run(&args),
     }
 }
 
@@ -35,6 +44,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         cause.is::<crate::table::InputError>()
             || cause.is::<fedlnm_shared::stats::StatsError>()
             || cause.is::<fedlnm_shared::stats::logistic::LogisticError>()
+            || cause.is::<fedlnm_shared::data::ManifestError>()
     });
     if input_fault { 2 } else { 1 }
 }

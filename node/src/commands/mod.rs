@@ -1,4 +1,6 @@
 //! One module per `fedlnm-node` subcommand.
 
+pub mod check_data;
 pub mod stats;
 pub mod stats_logistic;
+pub mod synth;

@@ -1,0 +1,549 @@
+//! The site's side of the protocol: one state machine per round that turns server messages and the
+//! site's delta into its replies.
+
+use std::collections::BTreeMap;
+
+use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+use ring::rand::{SecureRandom, SystemRandom};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use super::crypto::{
+    ShareContext, channel_key, open_shares, pairwise_mask_seed, seal_shares, self_mask_seed,
+};
+use super::messages::{
+    AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader,
+    ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
+};
+use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
+use super::quantize::{RoundingSource, quantize_weighted};
+use super::shamir::{self, Share};
+use super::{NamedTensors, RoundConfig, SecAggError, SiteId, Stage};
+
+/// One site's state for one round. Create it with [`SecAggClient::new`], then feed it the server's
+/// messages in order: [`share_keys`](Self::share_keys), [`masked_input`](Self::masked_input),
+/// [`unmask`](Self::unmask).
+pub struct SecAggClient {
+    config: RoundConfig,
+    site: SiteId,
+    /// The stage whose server message the client expects next.
+    stage: Stage,
+    rng: SystemRandom,
+    mask_secret: StaticSecret,
+    mask_public: [u8; 32],
+    /// b_u, the self-mask secret.
+    self_secret: Zeroizing<[u8; 32]>,
+    /// One ring ephemeral key per peer, consumed by the single agreement it serves.
+    channel_secrets: BTreeMap<SiteId, EphemeralPrivateKey>,
+    channel_publics: Vec<PeerKey>,
+    /// K_uv for every peer of U1.
+    channel_keys: BTreeMap<SiteId, Zeroizing<[u8; 32]>>,
+    /// s_uv for every peer of U1.
+    pairwise_seeds: BTreeMap<SiteId, MaskSeed>,
+    /// U2, once known.
+    senders: Vec<SiteId>,
+    /// The shares this site holds: (share of s_v^sk, share of b_v) for every v of U2, itself included.
+    held: BTreeMap<SiteId, (Share, Share)>,
+    /// Which secret of each peer this site has revealed: it never reveals both.
+    revealed: BTreeMap<SiteId, Revealed>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Revealed {
+    SelfMask,
+    MaskKey,
+}
+
+impl SecAggClient {
+    /// Starts round 0: makes the mask key pair (x25519-dalek, Shamir-shareable), one ring X25519 channel
+    /// key pair per peer, and the self-mask seed b_u, and returns the [`AdvertiseKeys`] message.
+    ///
+    /// # Errors
+    /// [`SecAggError::NotInRound`] if `site` is not a participant; [`SecAggError::Crypto`] if the OS
+    /// generator fails.
+    pub fn new(config: RoundConfig, site: SiteId) -> Result<(Self, AdvertiseKeys), SecAggError> {
+        let round = config.round();
+        if !config.is_participant(site) {
+            return Err(SecAggError::NotInRound {
+                site,
+                round,
+                stage: Stage::AdvertiseKeys,
+            });
+        }
+        let crypto = |what| SecAggError::Crypto { site, round, what };
+        let rng = SystemRandom::new();
+        let mut mask_bytes = Zeroizing::new([0u8; 32]);
+        rng.fill(mask_bytes.as_mut())
+            .map_err(|_| crypto("mask key generation"))?;
+        let mask_secret = StaticSecret::from(*mask_bytes);
+        let mask_public = PublicKey::from(&mask_secret).to_bytes();
+        let mut self_secret = Zeroizing::new([0u8; 32]);
+        rng.fill(self_secret.as_mut())
+            .map_err(|_| crypto("self-mask seed generation"))?;
+        let mut channel_secrets = BTreeMap::new();
+        let mut channel_publics = Vec::new();
+        for &peer in config.participants().iter().filter(|&&p| p != site) {
+            let secret =
+                EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| crypto("channel key generation"))?;
+            let public = secret
+                .compute_public_key()
+                .map_err(|_| crypto("channel key generation"))?;
+            let mut public_key = [0u8; 32];
+            public_key.copy_from_slice(public.as_ref());
+            channel_secrets.insert(peer, secret);
+            channel_publics.push(PeerKey { peer, public_key });
+        }
+        let advertise = AdvertiseKeys {
+            header: site_header(&config, site),
+            mask_public_key: mask_public,
+            channel_public_keys: channel_publics.clone(),
+        };
+        let client = Self {
+            config,
+            site,
+            stage: Stage::AdvertiseKeys,
+            rng,
+            mask_secret,
+            mask_public,
+            self_secret,
+            channel_secrets,
+            channel_publics,
+            channel_keys: BTreeMap::new(),
+            pairwise_seeds: BTreeMap::new(),
+            senders: Vec::new(),
+            held: BTreeMap::new(),
+            revealed: BTreeMap::new(),
+        };
+        Ok((client, advertise))
+    }
+
+    /// This site's id.
+    #[must_use]
+    pub fn site(&self) -> SiteId {
+        self.site
+    }
+
+    /// Round 1: checks the key directory (U1), agrees the pairwise mask seeds and channel keys,
+    /// Shamir-shares s_u^sk and b_u (t-of-|U1|) and encrypts one share pair to every peer.
+    ///
+    /// # Errors
+    /// A directory for another round/study/configuration, with a foreign, duplicated or malformed
+    /// entry, with substituted own keys, or with fewer than t sites; an invalid peer key.
+    pub fn share_keys(&mut self, directory: &KeyDirectory) -> Result<ShareKeys, SecAggError> {
+        self.expect_stage(Stage::AdvertiseKeys)?;
+        self.check_round_header(&directory.header)?;
+        let (site, round) = (self.site, self.config.round());
+        let mut u1 = Vec::with_capacity(directory.sites.len());
+        for entry in &directory.sites {
+            let v = entry.header.site;
+            check_header_fields(
+                &self.config,
+                v,
+                &entry.header.study_id,
+                entry.header.round,
+                &entry.header.config_hash,
+            )?;
+            if !self.config.is_participant(v) {
+                return Err(SecAggError::NotInRound {
+                    site: v,
+                    round,
+                    stage: Stage::AdvertiseKeys,
+                });
+            }
+            if u1.last().is_some_and(|&last| last >= v) {
+                return Err(self.malformed("key directory is not sorted by site, or repeats a site".into()));
+            }
+            u1.push(v);
+            if v == site {
+                if entry.mask_public_key != self.mask_public
+                    || entry.channel_public_keys != self.channel_publics
+                {
+                    return Err(self.malformed("the directory substitutes this site's own keys".into()));
+                }
+            } else if entry
+                .channel_public_keys
+                .iter()
+                .filter(|k| k.peer == site)
+                .count()
+                != 1
+            {
+                return Err(self.malformed(format!("{v} does not advertise exactly one channel key for us")));
+            }
+        }
+        self.check_survivors(u1.len(), Stage::ShareKeys)?;
+        if !u1.contains(&site) {
+            return Err(self.malformed("the key directory leaves this site out".into()));
+        }
+        // Pairwise mask seeds first: they do not consume anything, so a bad key leaves the state intact.
+        let mut seeds = BTreeMap::new();
+        for entry in directory.sites.iter().filter(|e| e.header.site != site) {
+            let v = entry.header.site;
+            let shared = self
+                .mask_secret
+                .diffie_hellman(&PublicKey::from(entry.mask_public_key));
+            if !shared.was_contributory() {
+                return Err(SecAggError::InvalidPeerKey { site, peer: v, round });
+            }
+            seeds.insert(
+                v,
+                pairwise_mask_seed(shared.as_bytes(), self.config.salt(), site, v),
+            );
+        }
+        // Channel keys: each ring ephemeral key is consumed by its one agreement.
+        let mut channel_keys = BTreeMap::new();
+        for entry in directory.sites.iter().filter(|e| e.header.site != site) {
+            let v = entry.header.site;
+            let peer_key = entry
+                .channel_public_keys
+                .iter()
+                .find(|k| k.peer == site)
+                .map(|k| k.public_key);
+            let secret = self.channel_secrets.remove(&v);
+            let (Some(peer_key), Some(secret)) = (peer_key, secret) else {
+                self.stage = Stage::Aborted;
+                return Err(self.malformed(format!("no channel key pair with {v}")));
+            };
+            let salt = *self.config.salt();
+            let key = agreement::agree_ephemeral(secret, &UnparsedPublicKey::new(&X25519, peer_key), |z| {
+                channel_key(z, &salt, round, site, v)
+            })
+            .map_err(|_| {
+                self.stage = Stage::Aborted;
+                SecAggError::InvalidPeerKey { site, peer: v, round }
+            })?;
+            channel_keys.insert(v, key);
+        }
+        let points: Vec<u8> = u1.iter().filter_map(|&v| self.config.share_point(v)).collect();
+        let t = self.config.threshold();
+        let split_error = |_| SecAggError::Crypto {
+            site,
+            round,
+            what: "Shamir split",
+        };
+        let mask_key_bytes = Zeroizing::new(self.mask_secret.to_bytes());
+        let key_shares = shamir::split(&mask_key_bytes, t, &points, &self.rng).map_err(split_error)?;
+        let seed_shares = shamir::split(&self.self_secret, t, &points, &self.rng).map_err(split_error)?;
+        let hash = self.config.config_hash();
+        let mut encrypted_shares = Vec::with_capacity(u1.len() - 1);
+        for ((&v, key_share), seed_share) in u1.iter().zip(&key_shares).zip(&seed_shares) {
+            if v == site {
+                self.held.insert(site, (key_share.clone(), seed_share.clone()));
+                continue;
+            }
+            let ctx = ShareContext {
+                study_id: self.config.study_id(),
+                round,
+                config_hash: &hash,
+                from: site,
+                to: v,
+            };
+            // channel_keys has an entry for every v of U1 other than this site (built just above).
+            let Some(key) = channel_keys.get(&v) else { continue };
+            let ciphertext = seal_shares(key, &ctx, key_share, seed_share);
+            encrypted_shares.push(EncryptedShare {
+                from: site,
+                to: v,
+                ciphertext,
+            });
+        }
+        self.pairwise_seeds = seeds;
+        self.channel_keys = channel_keys;
+        self.stage = Stage::ShareKeys;
+        Ok(ShareKeys {
+            header: site_header(&self.config, site),
+            encrypted_shares,
+        })
+    }
+
+    /// Round 2: checks U2 and decrypts the shares addressed to this site, checks the site's own delta
+    /// (finite, L2 norm, shapes, sample count), quantizes n_u·Δ_u and n_u, and masks them:
+    /// y_u = q + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv) over v in U2 (mod 2^64).
+    /// FedBN-excluded tensors of `delta` are ignored: they are never quantized, masked or sent.
+    ///
+    /// # Errors
+    /// A bad delta or sample count; a delivery for another round/study/site; U2 with a foreign site or
+    /// fewer than t sites; a missing, extra or tampered share.
+    pub fn masked_input(
+        &mut self,
+        delivery: &ShareDelivery,
+        delta: &NamedTensors,
+        n_samples: u64,
+    ) -> Result<MaskedInput, SecAggError> {
+        self.expect_stage(Stage::ShareKeys)?;
+        self.check_round_header(&delivery.header)?;
+        let (site, round) = (self.site, self.config.round());
+        self.config.check_delta(site, delta, n_samples)?;
+        if delivery.to != site {
+            return Err(self.malformed(format!("share delivery addressed to {}", delivery.to)));
+        }
+        let senders = &delivery.senders;
+        if senders.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(self.malformed("U2 is not sorted or repeats a site".into()));
+        }
+        if let Some(&v) = senders
+            .iter()
+            .find(|&&v| v != site && !self.pairwise_seeds.contains_key(&v))
+        {
+            return Err(SecAggError::NotInRound {
+                site: v,
+                round,
+                stage: Stage::ShareKeys,
+            });
+        }
+        if !senders.contains(&site) {
+            return Err(self.malformed("U2 leaves this site out".into()));
+        }
+        self.check_survivors(senders.len(), Stage::MaskedInputCollection)?;
+        if delivery.shares.len() != senders.len() - 1 {
+            return Err(self.malformed(format!(
+                "{} shares delivered for {} other senders",
+                delivery.shares.len(),
+                senders.len() - 1
+            )));
+        }
+        let hash = self.config.config_hash();
+        let my_point = self.config.share_point(site);
+        let mut received = BTreeMap::new();
+        for share in &delivery.shares {
+            let v = share.from;
+            if share.to != site || v == site || !senders.contains(&v) || received.contains_key(&v) {
+                return Err(self.malformed(format!("unexpected share from {v} to {}", share.to)));
+            }
+            let ctx = ShareContext {
+                study_id: self.config.study_id(),
+                round,
+                config_hash: &hash,
+                from: v,
+                to: site,
+            };
+            let opened = self
+                .channel_keys
+                .get(&v)
+                .and_then(|key| open_shares(key, &ctx, &share.ciphertext));
+            let Some((key_share, seed_share)) = opened else {
+                return Err(SecAggError::ShareDecryption { site, from: v, round });
+            };
+            if Some(key_share.x) != my_point || Some(seed_share.x) != my_point {
+                return Err(SecAggError::ShareDecryption { site, from: v, round });
+            }
+            received.insert(v, (key_share, seed_share));
+        }
+
+        let masked = self.mask(delta, n_samples, senders)?;
+        self.held.extend(received);
+        self.senders = senders.clone();
+        self.stage = Stage::MaskedInputCollection;
+        Ok(MaskedInput {
+            header: site_header(&self.config, site),
+            masked,
+        })
+    }
+
+    /// Round 4: reveals the share of b_v for every survivor v and of s_v^sk for every dropped v, after
+    /// checking that the request is consistent with U2, that |U3| ≥ t and that no peer would have both
+    /// of its secrets revealed (in this request or together with an earlier one).
+    ///
+    /// # Errors
+    /// [`SecAggError::RefuseBothShares`] if a peer would have both secrets revealed; a request for
+    /// another round/study, with sites outside U2, or with fewer than t survivors.
+    pub fn unmask(&mut self, request: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
+        if self.stage != Stage::Unmasking {
+            self.expect_stage(Stage::MaskedInputCollection)?;
+        }
+        self.check_round_header(&request.header)?;
+        let (site, round) = (self.site, self.config.round());
+        for list in [&request.survivors, &request.dropped] {
+            if list.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(self.malformed("survivor or dropped list is not sorted or repeats a site".into()));
+            }
+        }
+        for &v in &request.survivors {
+            if request.dropped.contains(&v) || self.revealed.get(&v) == Some(&Revealed::MaskKey) {
+                return Err(SecAggError::RefuseBothShares { site, peer: v, round });
+            }
+        }
+        for &v in &request.dropped {
+            if self.revealed.get(&v) == Some(&Revealed::SelfMask) {
+                return Err(SecAggError::RefuseBothShares { site, peer: v, round });
+            }
+        }
+        if let Some(&v) = request
+            .survivors
+            .iter()
+            .chain(&request.dropped)
+            .find(|v| !self.senders.contains(v))
+        {
+            return Err(SecAggError::NotInRound {
+                site: v,
+                round,
+                stage: Stage::Unmasking,
+            });
+        }
+        let expected_dropped: Vec<SiteId> = self
+            .senders
+            .iter()
+            .copied()
+            .filter(|v| !request.survivors.contains(v))
+            .collect();
+        if expected_dropped != request.dropped {
+            return Err(self.malformed("dropped list is not U2 minus the survivors".into()));
+        }
+        if !request.survivors.contains(&site) {
+            return Err(self.malformed("survivor list leaves this site out".into()));
+        }
+        self.check_survivors(request.survivors.len(), Stage::Unmasking)?;
+
+        let reveal = |v: &SiteId, pick: fn(&(Share, Share)) -> &Share| {
+            self.held.get(v).map(|pair| RevealedShare {
+                owner: *v,
+                share: pick(pair).clone(),
+            })
+        };
+        let self_mask_shares: Option<Vec<_>> =
+            request.survivors.iter().map(|v| reveal(v, |p| &p.1)).collect();
+        let mask_key_shares: Option<Vec<_>> = request.dropped.iter().map(|v| reveal(v, |p| &p.0)).collect();
+        // `held` has a share pair for every member of U2 (checked above that both lists are within U2).
+        let (Some(self_mask_shares), Some(mask_key_shares)) = (self_mask_shares, mask_key_shares) else {
+            return Err(self.malformed("no share held for a listed site".into()));
+        };
+        for &v in &request.survivors {
+            self.revealed.insert(v, Revealed::SelfMask);
+        }
+        for &v in &request.dropped {
+            self.revealed.insert(v, Revealed::MaskKey);
+        }
+        self.stage = Stage::Unmasking;
+        Ok(UnmaskResponse {
+            header: site_header(&self.config, site),
+            self_mask_shares,
+            mask_key_shares,
+        })
+    }
+
+    /// Quantizes [n·Δ, n] and adds the self mask and the pairwise masks of `senders` (U2).
+    fn mask(
+        &self,
+        delta: &NamedTensors,
+        n_samples: u64,
+        senders: &[SiteId],
+    ) -> Result<Vec<u64>, SecAggError> {
+        let (site, round) = (self.site, self.config.round());
+        let q = &self.config.config().quantization;
+        let mut rounding = RoundingSource::from_os(&self.rng).map_err(|_| SecAggError::Crypto {
+            site,
+            round,
+            what: "rounding seed",
+        })?;
+        let mut vector = vec![0u64; self.config.vector_len()];
+        let mut offset = 0;
+        for spec in self.config.aggregated_tensors() {
+            let len = spec.len();
+            // check_delta guaranteed that every aggregated tensor is present with this length.
+            let values = delta.get(&spec.name).unwrap_or(&[]);
+            let out = &mut vector[offset..offset + len];
+            quantize_weighted(
+                values,
+                n_samples,
+                q.clip_bound,
+                q.fractional_bits,
+                &mut rounding,
+                out,
+            );
+            offset += len;
+        }
+        vector[offset] = n_samples;
+        let self_seed = self_mask_seed(&self.self_secret, self.config.salt(), site);
+        let mut masks = vec![(&self_seed, Sign::Add)];
+        for &v in senders.iter().filter(|&&v| v != site) {
+            if let Some(seed) = self.pairwise_seeds.get(&v) {
+                masks.push((seed, if v > site { Sign::Add } else { Sign::Subtract }));
+            }
+        }
+        apply_masks(&mut vector, 0, &masks, default_threads());
+        Ok(vector)
+    }
+
+    fn expect_stage(&self, expected: Stage) -> Result<(), SecAggError> {
+        if self.stage == Stage::Aborted {
+            return Err(SecAggError::Aborted {
+                round: self.config.round(),
+            });
+        }
+        if self.stage != expected {
+            return Err(SecAggError::WrongStage {
+                site: self.site,
+                round: self.config.round(),
+                got: next_stage(expected),
+                current: next_stage(self.stage),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_round_header(&self, h: &RoundHeader) -> Result<(), SecAggError> {
+        check_header_fields(&self.config, self.site, &h.study_id, h.round, &h.config_hash)
+    }
+
+    fn check_survivors(&self, survivors: usize, stage: Stage) -> Result<(), SecAggError> {
+        let threshold = self.config.threshold();
+        if survivors < threshold {
+            return Err(SecAggError::TooFewSurvivors {
+                round: self.config.round(),
+                stage,
+                survivors,
+                threshold,
+            });
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, reason: String) -> SecAggError {
+        SecAggError::Malformed {
+            site: self.site,
+            round: self.config.round(),
+            reason,
+        }
+    }
+}
+
+/// The stage of the server message that a client waiting at `stage` consumes.
+fn next_stage(stage: Stage) -> Stage {
+    match stage {
+        Stage::AdvertiseKeys => Stage::ShareKeys,
+        Stage::ShareKeys => Stage::MaskedInputCollection,
+        Stage::MaskedInputCollection | Stage::Unmasking => Stage::Unmasking,
+        other => other,
+    }
+}
+
+pub(crate) fn site_header(config: &RoundConfig, site: SiteId) -> SiteHeader {
+    SiteHeader {
+        study_id: config.study_id().to_owned(),
+        round: config.round(),
+        config_hash: config.config_hash(),
+        site,
+    }
+}
+
+/// Checks the study, round and configuration hash of a message; errors name `site`.
+pub(crate) fn check_header_fields(
+    config: &RoundConfig,
+    site: SiteId,
+    study_id: &str,
+    round: u64,
+    config_hash: &[u8; 32],
+) -> Result<(), SecAggError> {
+    if study_id != config.study_id() || round != config.round() {
+        return Err(SecAggError::WrongRound {
+            site,
+            round: config.round(),
+            got_study: study_id.to_owned(),
+            got_round: round,
+            expected_study: config.study_id().to_owned(),
+        });
+    }
+    if *config_hash != config.config_hash() {
+        return Err(SecAggError::ConfigMismatch { site, round });
+    }
+    Ok(())
+}

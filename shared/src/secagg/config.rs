@@ -1,0 +1,563 @@
+//! The configuration of one secure-aggregation instance, validated once, and the values derived from it
+//! (aggregated layout, configuration hash, HKDF salt).
+
+use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
+
+use super::{NamedTensors, SecAggError, SiteId};
+
+/// Most participants a round may have: Shamir over GF(2^8) has 255 non-zero evaluation points.
+pub const MAX_PARTICIPANTS: usize = 255;
+
+/// Fixed-point quantization of n_k·Δ_k into the ring Z_2^64 (two's complement).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationConfig {
+    /// Scale 2^fractional_bits: one unit in the ring is 2^-fractional_bits of n_k·Δ_k.
+    pub fractional_bits: u32,
+    /// Each element of n_k·Δ_k is clipped to [−clip_bound, clip_bound] before quantization.
+    pub clip_bound: f64,
+    /// Largest sample count n_k a site may declare.
+    pub max_sample_count: u64,
+}
+
+impl Default for QuantizationConfig {
+    /// 2^-32 resolution and |n_k·Δ_k| ≤ 2^20 per element: 50 sites use at most 2^57.7 of the 2^63
+    /// available, and, e.g., n_k = 10^5 samples with |Δ| ≤ 10 per weight pass unclipped.
+    fn default() -> Self {
+        Self {
+            fractional_bits: 32,
+            clip_bound: 1_048_576.0,
+            max_sample_count: 1_000_000,
+        }
+    }
+}
+
+/// One tensor of the model: its name and shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Number of elements (product of the shape).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the tensor has no element.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything the server and all sites must agree on for one round (one instance of the protocol).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecAggConfig {
+    pub study_id: String,
+    pub round: u64,
+    /// Version of the global model the deltas are relative to.
+    pub model_version: String,
+    /// The sites invited to the round (any order; duplicates are an error).
+    pub participants: Vec<SiteId>,
+    /// Shamir threshold t: the server needs t sites at every stage; n/2 < t ≤ n.
+    pub threshold: usize,
+    /// All tensors of the model, in order.
+    pub tensors: Vec<TensorSpec>,
+    /// FedBN: tensors whose name matches one of these patterns (`*` matches any run of characters) stay
+    /// local: they are never quantized, masked or sent.
+    pub fedbn_exclude: Vec<String>,
+    pub quantization: QuantizationConfig,
+    /// Bound on the L2 norm of a site's Δ_k over the aggregated tensors, checked by the site itself.
+    pub max_delta_norm: f64,
+}
+
+/// A validated [`SecAggConfig`] with its derived values. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RoundConfig {
+    inner: std::sync::Arc<Derived>,
+}
+
+#[derive(Debug)]
+struct Derived {
+    config: SecAggConfig,
+    participants: Vec<SiteId>,
+    aggregated: Vec<TensorSpec>,
+    vector_len: usize,
+    config_hash: [u8; 32],
+    salt: [u8; 32],
+}
+
+impl SecAggConfig {
+    /// Validates the configuration once (threshold, shapes, quantization headroom) and derives the
+    /// aggregated layout, the configuration hash and the HKDF salt.
+    ///
+    /// # Errors
+    /// [`SecAggError::InvalidConfig`] naming the field, or [`SecAggError::QuantizationHeadroom`] when
+    /// the sum of all participants' quantized inputs could wrap.
+    pub fn validate(self) -> Result<RoundConfig, SecAggError> {
+        let invalid = |field: &'static str, reason: String| SecAggError::InvalidConfig { field, reason };
+        if self.study_id.is_empty() {
+            return Err(invalid("study_id", "empty".into()));
+        }
+        let mut participants = self.participants.clone();
+        participants.sort_unstable();
+        if let Some(w) = participants.windows(2).find(|w| w[0] == w[1]) {
+            return Err(invalid("participants", format!("{} appears twice", w[0])));
+        }
+        let n = participants.len();
+        if !(2..=MAX_PARTICIPANTS).contains(&n) {
+            return Err(invalid(
+                "participants",
+                format!("{n} sites, expected 2..={MAX_PARTICIPANTS}"),
+            ));
+        }
+        if 2 * self.threshold <= n || self.threshold > n {
+            return Err(invalid(
+                "threshold",
+                format!("{} with {n} participants, expected n/2 < t <= n", self.threshold),
+            ));
+        }
+        let mut names: Vec<&str> = self.tensors.iter().map(|t| t.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(invalid("tensors", format!("`{}` appears twice", w[0])));
+        }
+        if let Some(t) = self.tensors.iter().find(|t| t.is_empty()) {
+            return Err(invalid("tensors", format!("`{}` has no element", t.name)));
+        }
+        if self.fedbn_exclude.iter().any(String::is_empty) {
+            return Err(invalid("fedbn_exclude", "empty pattern".into()));
+        }
+        let aggregated: Vec<TensorSpec> = self
+            .tensors
+            .iter()
+            .filter(|t| !self.fedbn_exclude.iter().any(|p| glob_match(p, &t.name)))
+            .cloned()
+            .collect();
+        if aggregated.is_empty() {
+            return Err(invalid(
+                "tensors",
+                "every tensor is excluded by fedbn_exclude".into(),
+            ));
+        }
+        let q = &self.quantization;
+        if q.fractional_bits > 62 {
+            return Err(invalid(
+                "quantization.fractional_bits",
+                format!("{} > 62", q.fractional_bits),
+            ));
+        }
+        if !(q.clip_bound.is_finite() && q.clip_bound > 0.0) {
+            return Err(invalid(
+                "quantization.clip_bound",
+                format!("{} is not a positive number", q.clip_bound),
+            ));
+        }
+        if !(1..=MAX_EXACT_COUNT).contains(&q.max_sample_count) {
+            return Err(invalid(
+                "quantization.max_sample_count",
+                format!("{} not in 1..=2^53", q.max_sample_count),
+            ));
+        }
+        check_headroom(n, q)?;
+        if !(self.max_delta_norm.is_finite() && self.max_delta_norm > 0.0) {
+            return Err(invalid(
+                "max_delta_norm",
+                format!("{} is not a positive number", self.max_delta_norm),
+            ));
+        }
+        // One element per aggregated weight, plus one for n_k.
+        let vector_len = aggregated.iter().map(TensorSpec::len).sum::<usize>() + 1;
+        let config_hash = config_hash(&self, &participants);
+        let salt = {
+            let mut t = Transcript::new(b"fedlnm-secagg-salt-v1");
+            t.bytes(self.study_id.as_bytes());
+            t.u64(self.round);
+            t.bytes(&config_hash);
+            t.finish()
+        };
+        Ok(RoundConfig {
+            inner: std::sync::Arc::new(Derived {
+                config: self,
+                participants,
+                aggregated,
+                vector_len,
+                config_hash,
+                salt,
+            }),
+        })
+    }
+}
+
+/// Largest integer such that it and all smaller ones are exact in f64.
+const MAX_EXACT_COUNT: u64 = 1 << 53;
+
+/// The worst-case |Σ_k q_k| over all participants must stay below 2^63 (two's complement in Z_2^64):
+/// n · (ceil(C·2^f) + 1) ≤ 2^63 − 1 (the +1 is stochastic rounding up), and n · max_count likewise.
+fn check_headroom(n: usize, q: &QuantizationConfig) -> Result<(), SecAggError> {
+    let headroom = SecAggError::QuantizationHeadroom {
+        sites: n,
+        clip_bound: q.clip_bound,
+        fractional_bits: q.fractional_bits,
+    };
+    let per_site = (q.clip_bound * scale(q.fractional_bits)).ceil() + 1.0;
+    if per_site >= 9_223_372_036_854_775_808.0 {
+        return Err(headroom);
+    }
+    // per_site is an integer-valued f64 below 2^63: the conversion is exact.
+    let worst = per_site as u128 * n as u128;
+    let worst_count = u128::from(q.max_sample_count) * n as u128;
+    if worst > i64::MAX as u128 || worst_count > i64::MAX as u128 {
+        return Err(headroom);
+    }
+    Ok(())
+}
+
+/// 2^bits as f64 (exact for bits ≤ 1023).
+pub(crate) fn scale(bits: u32) -> f64 {
+    f64::from(2u32).powi(bits as i32)
+}
+
+impl RoundConfig {
+    /// The configuration as given.
+    #[must_use]
+    pub fn config(&self) -> &SecAggConfig {
+        &self.inner.config
+    }
+    #[must_use]
+    pub fn study_id(&self) -> &str {
+        &self.inner.config.study_id
+    }
+    #[must_use]
+    pub fn round(&self) -> u64 {
+        self.inner.config.round
+    }
+    #[must_use]
+    pub fn threshold(&self) -> usize {
+        self.inner.config.threshold
+    }
+    /// The participants, sorted.
+    #[must_use]
+    pub fn participants(&self) -> &[SiteId] {
+        &self.inner.participants
+    }
+    /// The tensors that are aggregated (all minus the FedBN exclusions), in model order.
+    #[must_use]
+    pub fn aggregated_tensors(&self) -> &[TensorSpec] {
+        &self.inner.aggregated
+    }
+    /// Length of the masked vector: the aggregated weights plus one element for n_k.
+    #[must_use]
+    pub fn vector_len(&self) -> usize {
+        self.inner.vector_len
+    }
+    /// SHA-256 over every field of the configuration (shapes, quantization, threshold, participants,
+    /// model version, study, round).
+    #[must_use]
+    pub fn config_hash(&self) -> [u8; 32] {
+        self.inner.config_hash
+    }
+    /// HKDF salt: SHA-256(study id ‖ round ‖ config hash).
+    #[must_use]
+    pub fn salt(&self) -> &[u8; 32] {
+        &self.inner.salt
+    }
+    /// Whether a tensor name is excluded from aggregation by FedBN.
+    #[must_use]
+    pub fn is_excluded(&self, name: &str) -> bool {
+        self.inner
+            .config
+            .fedbn_exclude
+            .iter()
+            .any(|p| glob_match(p, name))
+    }
+    /// The Shamir evaluation point of a site: its 1-based index in the sorted participant list.
+    #[must_use]
+    pub fn share_point(&self, site: SiteId) -> Option<u8> {
+        let index = self.inner.participants.binary_search(&site).ok()?;
+        // validate() caps participants at 255, so index + 1 fits in u8.
+        u8::try_from(index + 1).ok()
+    }
+    #[must_use]
+    pub fn is_participant(&self, site: SiteId) -> bool {
+        self.inner.participants.binary_search(&site).is_ok()
+    }
+
+    /// The checks a node runs on its own delta before masking: every aggregated tensor present once
+    /// with its configured length, no unknown tensor, all values finite, L2 norm within the bound, and
+    /// 1 ≤ n_samples ≤ max_sample_count. FedBN-excluded tensors are ignored (they may be absent).
+    ///
+    /// # Errors
+    /// [`SecAggError::DeltaShape`], [`SecAggError::DeltaNotFinite`], [`SecAggError::DeltaNormTooLarge`]
+    /// or [`SecAggError::SampleCount`].
+    pub fn check_delta(&self, site: SiteId, delta: &NamedTensors, n_samples: u64) -> Result<(), SecAggError> {
+        let round = self.round();
+        let max = self.config().quantization.max_sample_count;
+        if n_samples == 0 || n_samples > max {
+            return Err(SecAggError::SampleCount {
+                site,
+                round,
+                n_samples,
+                max,
+            });
+        }
+        let shape_error = |reason: String| SecAggError::DeltaShape { site, round, reason };
+        for t in &delta.tensors {
+            if self.is_excluded(&t.name) {
+                continue;
+            }
+            if !self.aggregated_tensors().iter().any(|s| s.name == t.name) {
+                return Err(shape_error(format!("unknown tensor `{}`", t.name)));
+            }
+        }
+        let mut sum_sq = 0.0f64;
+        for spec in self.aggregated_tensors() {
+            let mut found = delta.tensors.iter().filter(|t| t.name == spec.name);
+            let tensor = found
+                .next()
+                .ok_or_else(|| shape_error(format!("missing tensor `{}`", spec.name)))?;
+            if found.next().is_some() {
+                return Err(shape_error(format!("tensor `{}` appears twice", spec.name)));
+            }
+            if tensor.values.len() != spec.len() {
+                return Err(shape_error(format!(
+                    "tensor `{}` has {} elements, expected {} (shape {:?})",
+                    spec.name,
+                    tensor.values.len(),
+                    spec.len(),
+                    spec.shape
+                )));
+            }
+            for (index, &v) in tensor.values.iter().enumerate() {
+                if !v.is_finite() {
+                    return Err(SecAggError::DeltaNotFinite {
+                        site,
+                        round,
+                        tensor: spec.name.clone(),
+                        index,
+                    });
+                }
+                sum_sq += f64::from(v) * f64::from(v);
+            }
+        }
+        let norm = sum_sq.sqrt();
+        let bound = self.config().max_delta_norm;
+        if norm > bound {
+            return Err(SecAggError::DeltaNormTooLarge {
+                site,
+                round,
+                norm,
+                bound,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [u8; 32] {
+    let mut t = Transcript::new(b"fedlnm-secagg-config-v1");
+    t.bytes(c.study_id.as_bytes());
+    t.u64(c.round);
+    t.bytes(c.model_version.as_bytes());
+    t.u64(sorted_participants.len() as u64);
+    for p in sorted_participants {
+        t.u64(u64::from(p.0));
+    }
+    t.u64(c.threshold as u64);
+    t.u64(c.tensors.len() as u64);
+    for spec in &c.tensors {
+        t.bytes(spec.name.as_bytes());
+        t.u64(spec.shape.len() as u64);
+        for &d in &spec.shape {
+            t.u64(d as u64);
+        }
+    }
+    t.u64(c.fedbn_exclude.len() as u64);
+    for p in &c.fedbn_exclude {
+        t.bytes(p.as_bytes());
+    }
+    t.u64(u64::from(c.quantization.fractional_bits));
+    t.u64(c.quantization.clip_bound.to_bits());
+    t.u64(c.quantization.max_sample_count);
+    t.u64(c.max_delta_norm.to_bits());
+    t.u64(64); // ring bits
+    t.finish()
+}
+
+/// An unambiguous SHA-256 transcript: a domain tag, then length-prefixed byte strings and u64s.
+pub(crate) struct Transcript(Context);
+
+impl Transcript {
+    pub(crate) fn new(domain: &[u8]) -> Self {
+        let mut t = Self(Context::new(&SHA256));
+        t.bytes(domain);
+        t
+    }
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
+        self.0.update(&(b.len() as u64).to_be_bytes());
+        self.0.update(b);
+    }
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.0.update(&v.to_be_bytes());
+    }
+    pub(crate) fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+}
+
+/// Glob matching with `*` (any run of characters, possibly empty); every other character is literal.
+#[must_use]
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = name.chars().collect();
+    let (mut pi, mut si) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == '*' {
+            backtrack = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((star, matched)) = backtrack {
+            pi = star + 1;
+            si = matched + 1;
+            backtrack = Some((star, matched + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn config(n: u32, t: usize) -> SecAggConfig {
+        SecAggConfig {
+            study_id: "study".into(),
+            round: 3,
+            model_version: "v1".into(),
+            participants: (1..=n).map(SiteId).collect(),
+            threshold: t,
+            tensors: vec![
+                TensorSpec {
+                    name: "conv.weight".into(),
+                    shape: vec![2, 3],
+                },
+                TensorSpec {
+                    name: "bn.weight".into(),
+                    shape: vec![3],
+                },
+            ],
+            fedbn_exclude: vec!["bn.*".into()],
+            quantization: QuantizationConfig::default(),
+            max_delta_norm: 10.0,
+        }
+    }
+
+    #[test]
+    fn glob_table() {
+        for (pattern, name, expected) in [
+            ("bn.*", "bn.weight", true),
+            ("*norm*", "layer1.batchnorm.bias", true),
+            ("*.bn", "layer.bn", true),
+            ("*.bn", "layer.bn.x", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("exact", "exact", true),
+            ("exact", "exact2", false),
+            ("*", "", true),
+        ] {
+            assert_eq!(glob_match(pattern, name), expected, "{pattern} vs {name}");
+        }
+    }
+
+    #[test]
+    fn validation_table() {
+        let ok = config(5, 3).validate().unwrap();
+        assert_eq!(ok.vector_len(), 6 + 1, "bn excluded, one element for n_k");
+        assert_eq!(ok.share_point(SiteId(1)), Some(1));
+        assert_eq!(ok.share_point(SiteId(5)), Some(5));
+        assert_eq!(ok.share_point(SiteId(6)), None);
+        let field = |c: SecAggConfig| match c.validate() {
+            Err(SecAggError::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        assert_eq!(field(config(4, 2)), "threshold", "t must exceed n/2");
+        assert_eq!(field(config(4, 5)), "threshold");
+        assert_eq!(field(config(1, 1)), "participants");
+        let mut c = config(3, 2);
+        c.participants.push(SiteId(2));
+        assert_eq!(field(c), "participants");
+        let mut c = config(3, 2);
+        c.fedbn_exclude = vec!["*".into()];
+        assert_eq!(field(c), "tensors");
+        let mut c = config(3, 2);
+        c.max_delta_norm = f64::NAN;
+        assert_eq!(field(c), "max_delta_norm");
+        let mut c = config(3, 2);
+        c.quantization.clip_bound = 0.0;
+        assert_eq!(field(c), "quantization.clip_bound");
+    }
+
+    #[test]
+    fn headroom_is_enforced() {
+        // 50 sites x 2^20 x 2^40 = 2^65.6: could wrap.
+        let mut c = config(50, 26);
+        c.quantization.fractional_bits = 40;
+        assert!(matches!(
+            c.validate(),
+            Err(SecAggError::QuantizationHeadroom { sites: 50, .. })
+        ));
+        // The defaults leave 5 bits of headroom at 50 sites.
+        config(50, 26).validate().unwrap();
+        // The boundary: n · (C·2^f + 1) ≤ 2^63 − 1 with C·2^f = 2^62 − 2 at n = 2 is exactly allowed.
+        let mut c = config(2, 2);
+        c.quantization.fractional_bits = 0;
+        c.quantization.clip_bound = (2f64.powi(62)) - 4096.0;
+        c.validate().unwrap();
+        let mut c = config(2, 2);
+        c.quantization.fractional_bits = 0;
+        c.quantization.clip_bound = 2f64.powi(62);
+        assert!(matches!(
+            c.validate(),
+            Err(SecAggError::QuantizationHeadroom { .. })
+        ));
+    }
+
+    #[test]
+    fn config_hash_covers_every_field() {
+        let base = config(3, 2).validate().unwrap().config_hash();
+        type Change = Box<dyn Fn(&mut SecAggConfig)>;
+        let variants: Vec<Change> = vec![
+            Box::new(|c| c.study_id.push('x')),
+            Box::new(|c| c.round += 1),
+            Box::new(|c| c.model_version.push('x')),
+            Box::new(|c| c.participants[2] = SiteId(9)),
+            Box::new(|c| c.threshold = 3),
+            Box::new(|c| c.tensors[0].shape = vec![3, 2]),
+            Box::new(|c| c.tensors[0].name.push('x')),
+            Box::new(|c| c.fedbn_exclude.push("zz".into())),
+            Box::new(|c| c.quantization.fractional_bits = 31),
+            Box::new(|c| c.quantization.clip_bound = 1000.0),
+            Box::new(|c| c.quantization.max_sample_count = 7),
+            Box::new(|c| c.max_delta_norm = 11.0),
+        ];
+        for (i, change) in variants.iter().enumerate() {
+            let mut c = config(3, 2);
+            change(&mut c);
+            assert_ne!(c.validate().unwrap().config_hash(), base, "variant {i}");
+        }
+        // Participant order does not matter.
+        let mut c = config(3, 2);
+        c.participants.reverse();
+        assert_eq!(c.validate().unwrap().config_hash(), base);
+    }
+}

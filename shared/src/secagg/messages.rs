@@ -1,0 +1,104 @@
+//! The plain, serializable messages of the protocol. The transport only relays them; every message
+//! carries the study, round, configuration hash and (for site messages) the sender's site id, so a
+//! message relayed from another round, study, configuration or site is detected by its receiver.
+
+use serde::{Deserialize, Serialize};
+
+use super::SiteId;
+use super::shamir::Share;
+
+/// Identifies the instance a server message belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundHeader {
+    pub study_id: String,
+    pub round: u64,
+    pub config_hash: [u8; 32],
+}
+
+/// Identifies the instance and the sending site of a site message. The transport checks that `site`
+/// is the sender's mTLS identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteHeader {
+    pub study_id: String,
+    pub round: u64,
+    pub config_hash: [u8; 32],
+    pub site: SiteId,
+}
+
+/// A public key for the share channel with one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerKey {
+    pub peer: SiteId,
+    pub public_key: [u8; 32],
+}
+
+/// Round 0, site → server: the site's X25519 mask public key s_u^pk and, for every other participant,
+/// a one-use X25519 channel public key (ring's ephemeral keys agree once each; see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertiseKeys {
+    pub header: SiteHeader,
+    pub mask_public_key: [u8; 32],
+    pub channel_public_keys: Vec<PeerKey>,
+}
+
+/// Round 0, server → every site of U1: the advertised keys of U1, sorted by site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDirectory {
+    pub header: RoundHeader,
+    pub sites: Vec<AdvertiseKeys>,
+}
+
+/// One encrypted pair of Shamir shares (of s_from^sk and b_from) for site `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedShare {
+    pub from: SiteId,
+    pub to: SiteId,
+    pub ciphertext: Vec<u8>,
+}
+
+/// Round 1, site → server: one encrypted share pair for every other site of U1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareKeys {
+    pub header: SiteHeader,
+    pub encrypted_shares: Vec<EncryptedShare>,
+}
+
+/// Round 1, server → each site of U2: U2 and the encrypted shares other members of U2 sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareDelivery {
+    pub header: RoundHeader,
+    pub to: SiteId,
+    /// U2: the sites that sent their shares, sorted.
+    pub senders: Vec<SiteId>,
+    pub shares: Vec<EncryptedShare>,
+}
+
+/// Round 2, site → server: y_u, the masked quantized vector [q(n_u·Δ_u), n_u] in Z_2^64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedInput {
+    pub header: SiteHeader,
+    pub masked: Vec<u64>,
+}
+
+/// Round 4, server → each site of U3: who uploaded (U3) and who dropped after sharing (U2 \ U3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskRequest {
+    pub header: RoundHeader,
+    pub survivors: Vec<SiteId>,
+    pub dropped: Vec<SiteId>,
+}
+
+/// One revealed share of a secret belonging to `owner`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevealedShare {
+    pub owner: SiteId,
+    pub share: Share,
+}
+
+/// Round 4, site → server: shares of b_v for every survivor v, of s_v^sk for every dropped v.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskResponse {
+    pub header: SiteHeader,
+    pub self_mask_shares: Vec<RevealedShare>,
+    pub mask_key_shares: Vec<RevealedShare>,
+}

@@ -1,0 +1,95 @@
+//! Secure aggregation of weighted model deltas (Bonawitz et al., CCS 2017), as pure in-process state
+//! machines exchanging plain serializable messages; the transport only relays them.
+//!
+//! # Protocol
+//! One instance per federated round, full communication graph (2–255 sites; the study has 2–50),
+//! honest-but-curious server, dropouts at any stage. [`SecAggClient`] (one per site) and
+//! [`SecAggServer`] run Bonawitz's rounds 0, 1, 2 and 4:
+//!
+//! 0. **AdvertiseKeys**: each site u sends its mask public key s_u^pk and channel public keys
+//!    ([`AdvertiseKeys`]); the server closes the stage with U1 ([`KeyDirectory`]).
+//! 1. **ShareKeys**: u Shamir-shares (t-of-|U1|) its mask secret key s_u^sk and its self-mask seed b_u
+//!    and sends each peer v its share pair encrypted under K_uv ([`ShareKeys`]); the server routes
+//!    them ([`ShareDelivery`], U2).
+//! 2. **MaskedInputCollection**: u uploads y_u = q(n_u·Δ_u) ‖ n_u + PRG(b_u) + Σ_{v>u} PRG(s_uv)
+//!    − Σ_{v<u} PRG(s_uv) (mod 2^64, v over U2) ([`MaskedInput`]); the server adds the uploads and
+//!    closes with U3 ([`UnmaskRequest`]).
+//! 3. **ConsistencyCheck is omitted**: it only matters against a *malicious* server that sends
+//!    different U3 to different sites. Even then, with t > n/2 and every honest site revealing at most
+//!    one secret per peer, the server cannot gather t shares of both secrets of one site. Full
+//!    malicious security would also need signatures on the round-0 keys (the transport's mTLS identity
+//!    authenticates the sender of each message; signing the keys with it is future work).
+//! 4. **Unmasking**: each survivor reveals shares of b_v for v ∈ U3 and of s_v^sk for v ∈ U2 \ U3,
+//!    never both for the same v (enforced by the client, also across repeated requests)
+//!    ([`UnmaskResponse`]). The server reconstructs the secrets (checking a reconstructed s_v^sk
+//!    against s_v^pk, and extra shares against the polynomial), removes the self masks of U3 and the
+//!    dangling pairwise masks between U3 and the dropped sites, and decodes [`Aggregate`]. A site that
+//!    uploaded and then vanished stays in the sum (it is in U3; its b_u is rebuilt from the others).
+//!
+//! Any stage with fewer than t sites aborts the instance ([`SecAggError::TooFewSurvivors`]): no partial
+//! result. A bad message is rejected with a typed error naming the site and round, and leaves the
+//! receiving state unchanged.
+//!
+//! # Primitives
+//! * **Mask key pair: x25519-dalek** `StaticSecret`. ring's `agreement` keys are `EphemeralPrivateKey`s
+//!   that can be neither exported nor used twice, but s_u^sk must be Shamir-shared (the server rebuilds
+//!   it when u drops) and agrees with every peer; ring has no API for a raw X25519 scalar.
+//! * **Channel keys: ring** `agreement::X25519`. Because a ring ephemeral key agrees exactly once, each
+//!   site advertises one channel public key per peer (n − 1 keys of 32 bytes); K_uv =
+//!   HKDF(X25519(c_u→v, c_v→u), salt, "enc" ‖ round ‖ min(u,v) ‖ max(u,v)).
+//! * **KDF: HKDF-SHA256 (ring)**, salt = SHA-256(study id ‖ round ‖ config hash), with the domains
+//!   "mask" (s_uv, info "mask" ‖ min ‖ max), "enc" and "self" (the PRG seed of the self mask is
+//!   HKDF(b_u, salt, "self" ‖ u)). The config hash covers tensor names and shapes, FedBN patterns,
+//!   quantization, threshold, participants, model version, study, round ([`RoundConfig::config_hash`]).
+//! * **AEAD: ChaCha20-Poly1305 (ring)**. The plaintext is the two shares followed by (u, v, round,
+//!   config hash, study), which are also the AAD; K_uv carries one message each way, so the nonce is
+//!   the direction.
+//! * **PRG: ChaCha20 (`chacha20` crate)**, key = seed, nonce = 0; mask element i = keystream bytes
+//!   8i..8i+8 as a little-endian u64; seekable, so slices are masked on scoped threads ([`prg`]).
+//! * **Secret sharing**: Shamir over GF(2^8), byte-wise, constant-time ([`shamir`]); evaluation point
+//!   of a site = its 1-based index in the sorted participant list.
+//! * **Randomness**: `ring::rand::SystemRandom` (keys, b_u, Shamir coefficients, the key of the
+//!   stochastic-rounding stream). Secrets are zeroized on drop (`zeroize`; x25519-dalek's own).
+//!
+//! # Quantization (defaults in [`QuantizationConfig`])
+//! Ring Z_2^64, signed two's-complement fixed point with f = 32 fractional bits; each element of
+//! n_k·Δ_k is clipped to ±C, C = 2^20, and rounded stochastically (unbiased, error < 2^-32 per site
+//! and element); n_k is one more element, as an exact integer. Headroom is checked at configuration
+//! time: n·(⌈C·2^f⌉ + 1) ≤ 2^63 − 1 (defaults: 50·(2^52 + 1) < 2^57.7) and n·max_sample_count too;
+//! otherwise [`SecAggError::QuantizationHeadroom`]. The decoded FedAvg delta Σ n_kΔ_k / Σ n_k is within
+//! |U3|·2^-f / Σ n_k of the exact average of the clipped inputs per element (then rounded to f32).
+//!
+//! # FedBN
+//! Tensors matching a `fedbn_exclude` pattern are never quantized, masked or sent; the aggregate
+//! does not contain them.
+
+mod client;
+mod config;
+mod crypto;
+mod error;
+mod messages;
+pub mod prg;
+pub mod quantize;
+mod server;
+pub mod shamir;
+mod tensors;
+
+pub use client::SecAggClient;
+pub use config::{MAX_PARTICIPANTS, QuantizationConfig, RoundConfig, SecAggConfig, TensorSpec, glob_match};
+pub use error::{SecAggError, Stage};
+pub use messages::{
+    AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader,
+    ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
+};
+pub use server::{Aggregate, SecAggServer};
+pub use tensors::{NamedTensor, NamedTensors};
+
+/// A site's identity in a study (the transport maps its mTLS identity to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SiteId(pub u32);
+
+impl std::fmt::Display for SiteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "site {}", self.0)
+    }
+}

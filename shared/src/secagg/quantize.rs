@@ -1,0 +1,148 @@
+//! Signed fixed-point quantization of n_k·Δ_k into Z_2^64 with unbiased stochastic rounding, and its
+//! decoding.
+//!
+//! An element x = n_k·Δ_k[i] is computed in f64 (exact: a 24-bit f32 mantissa times a count below 2^29
+//! fits in 53 bits), clipped to [−C, C], scaled by S = 2^f (exact), and rounded to ⌊xS⌋ + 1 with
+//! probability frac(xS), else ⌊xS⌋: E[q] = xS (up to the 2^-53 granularity of the uniform draw) and
+//! |q − xS| < 1. The integer is stored in two's complement. Decoding a sum over K sites gives
+//! Σ_k clip(n_k·Δ_k) with an absolute error below K·2^-f per element, and the FedAvg average
+//! Σ n_kΔ_k / Σ n_k with an error below K·2^-f / Σ n_k (plus the final f32 rounding, 2^-24 relative).
+
+use chacha20::ChaCha20;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use ring::rand::SecureRandom;
+
+/// A source of uniform [0, 1) draws for stochastic rounding: a ChaCha20 keystream under a random key.
+pub struct RoundingSource {
+    cipher: ChaCha20,
+    buffer: Vec<u8>,
+}
+
+const ROUNDING_BUFFER: usize = 4096;
+
+impl RoundingSource {
+    /// A source keyed from the operating system's generator.
+    ///
+    /// # Errors
+    /// When the OS generator fails.
+    pub fn from_os(rng: &dyn SecureRandom) -> Result<Self, ring::error::Unspecified> {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill(key.as_mut())?;
+        Ok(Self::from_seed(&key))
+    }
+
+    /// A reproducible source (tests and benchmarks).
+    #[must_use]
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self {
+            cipher: ChaCha20::new(seed.into(), &[0u8; 12].into()),
+            buffer: vec![0u8; ROUNDING_BUFFER],
+        }
+    }
+
+    /// Fills `out` with uniform draws in [0, 1), 53 random bits each.
+    pub fn fill_units(&mut self, out: &mut [f64]) {
+        for block in out.chunks_mut(ROUNDING_BUFFER / 8) {
+            let bytes = &mut self.buffer[..block.len() * 8];
+            bytes.fill(0);
+            self.cipher.apply_keystream(bytes);
+            for (u, w) in block.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(w);
+                *u = (u64::from_le_bytes(word) >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0);
+            }
+        }
+    }
+}
+
+/// Quantizes `n_samples · delta[i]` into `out[i]` (same length): clip to ±`clip_bound`, scale by
+/// 2^`fractional_bits`, round stochastically, two's complement. Inputs must be finite (the node checks
+/// its delta first); a non-finite value is clipped like an out-of-range one.
+pub fn quantize_weighted(
+    delta: &[f32],
+    n_samples: u64,
+    clip_bound: f64,
+    fractional_bits: u32,
+    rounding: &mut RoundingSource,
+    out: &mut [u64],
+) {
+    let scale = super::config::scale(fractional_bits);
+    let n = n_samples as f64;
+    let mut units = [0f64; ROUNDING_BUFFER / 8];
+    for (out_block, delta_block) in out.chunks_mut(units.len()).zip(delta.chunks(units.len())) {
+        let units = &mut units[..out_block.len()];
+        rounding.fill_units(units);
+        for ((o, &d), &u) in out_block.iter_mut().zip(delta_block).zip(units.iter()) {
+            let x = (n * f64::from(d)).clamp(-clip_bound, clip_bound);
+            // NaN cannot occur after a finite check; map it to 0 rather than to an arbitrary value.
+            let x = if x.is_nan() { 0.0 } else { x };
+            *o = stochastic_round(x * scale, u) as u64;
+        }
+    }
+}
+
+/// ⌊v⌋ + [u < v − ⌊v⌋]. The configuration's headroom check keeps |v| < 2^62, so the cast is exact.
+fn stochastic_round(v: f64, u: f64) -> i64 {
+    let floor = v.floor();
+    let frac = v - floor;
+    floor as i64 + i64::from(u < frac)
+}
+
+/// Decodes a ring element (a sum of quantized values) back to a real number.
+#[must_use]
+pub fn dequantize(value: u64, fractional_bits: u32) -> f64 {
+    value as i64 as f64 / super::config::scale(fractional_bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn exact_dyadic_values_round_trip_and_negatives_are_twos_complement() {
+        let mut r = RoundingSource::from_seed(&[1; 32]);
+        let mut out = [0u64; 4];
+        quantize_weighted(&[0.5, -0.25, 0.0, -3.0], 2, 100.0, 8, &mut r, &mut out);
+        assert_eq!(out, [256, (-128i64) as u64, 0, (-1536i64) as u64]);
+        assert_eq!(dequantize(out[3], 8), -6.0);
+        // Clipping at ±C.
+        quantize_weighted(&[1e30, -1e30, 7.0, -7.0], 1, 5.0, 0, &mut r, &mut out);
+        assert_eq!(out, [5, (-5i64) as u64, 5, (-5i64) as u64]);
+    }
+
+    #[test]
+    fn stochastic_rounding_is_unbiased() {
+        // 0.3 at f = 0 rounds to 1 with probability 0.3: over N draws the mean is 0.3 ± 6σ.
+        let mut r = RoundingSource::from_seed(&[9; 32]);
+        let n = 200_000;
+        let mut out = vec![0u64; n];
+        quantize_weighted(&vec![-0.3f32; n], 1, 10.0, 0, &mut r, &mut out);
+        let mean = out.iter().map(|&q| q as i64 as f64).sum::<f64>() / n as f64;
+        let x = f64::from(-0.3f32);
+        let sigma = (0.3 * 0.7 / n as f64).sqrt();
+        assert!((mean - x).abs() < 6.0 * sigma, "mean {mean} vs {x}");
+        assert!(out.iter().all(|&q| q as i64 == 0 || q as i64 == -1));
+    }
+
+    proptest! {
+        /// Every quantized element lies within one unit (2^-f) of the clipped input.
+        #[test]
+        fn error_is_below_one_unit(
+            values in proptest::collection::vec(-1e3f32..1e3, 1..64),
+            n in 1u64..100_000,
+            bits in 0u32..40,
+            seed in any::<[u8; 32]>(),
+        ) {
+            let clip = 1e6;
+            let mut r = RoundingSource::from_seed(&seed);
+            let mut out = vec![0u64; values.len()];
+            quantize_weighted(&values, n, clip, bits, &mut r, &mut out);
+            for (&q, &d) in out.iter().zip(&values) {
+                let x = (n as f64 * f64::from(d)).clamp(-clip, clip);
+                let err = (dequantize(q, bits) - x).abs();
+                prop_assert!(err < super::super::config::scale(bits).recip(), "{q} vs {x}");
+            }
+        }
+    }
+}

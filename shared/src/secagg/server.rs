@@ -1,0 +1,460 @@
+//! The aggregator's side of the protocol: collects each stage's messages, decides who dropped, and
+//! after unmasking decodes Σ n_k·Δ_k, Σ n_k and the FedAvg delta. It never sees one site's input.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use super::client::check_header_fields;
+use super::crypto::{pairwise_mask_seed, self_mask_seed};
+use super::messages::{
+    AdvertiseKeys, KeyDirectory, MaskedInput, RoundHeader, ShareDelivery, ShareKeys, SiteHeader,
+    UnmaskRequest, UnmaskResponse,
+};
+use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
+use super::quantize::dequantize;
+use super::shamir::{self, Share};
+use super::{NamedTensors, RoundConfig, SecAggError, SiteId, Stage};
+
+/// The decoded result of one round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregate {
+    pub round: u64,
+    /// Σ_k n_k·Δ_k over the survivors U3 (aggregated tensors only; FedBN tensors are absent).
+    pub weighted_sum: NamedTensors,
+    /// Σ_k n_k over U3.
+    pub total_samples: u64,
+    /// The FedAvg delta Σ n_k Δ_k / Σ n_k.
+    pub fedavg_delta: NamedTensors,
+    /// The exact ring sum Σ q(n_k·Δ_k) in fixed point (last element: Σ n_k), for audit.
+    pub fixed_point_sum: Vec<i64>,
+    /// U3: the sites whose inputs are in the sum.
+    pub survivors: Vec<SiteId>,
+    /// U2 \ U3: sites that shared keys but did not upload; their pairwise masks were removed.
+    pub dropped: Vec<SiteId>,
+}
+
+/// The server's state for one round. Feed it each stage's messages with `receive_*`; close a stage
+/// (deadline reached or everyone answered) with `close_*`; the decision of who dropped is final.
+pub struct SecAggServer {
+    config: RoundConfig,
+    stage: Stage,
+    keys: BTreeMap<SiteId, AdvertiseKeys>,
+    u1: Vec<SiteId>,
+    shares: BTreeMap<SiteId, ShareKeys>,
+    u2: Vec<SiteId>,
+    /// Σ y_u over the uploads received so far (mod 2^64): O(m) memory whatever the site count.
+    masked_sum: Vec<u64>,
+    u3: BTreeSet<SiteId>,
+    survivors: Vec<SiteId>,
+    dropped: Vec<SiteId>,
+    responses: BTreeMap<SiteId, UnmaskResponse>,
+}
+
+impl SecAggServer {
+    /// A server waiting for round 0 (AdvertiseKeys).
+    #[must_use]
+    pub fn new(config: RoundConfig) -> Self {
+        Self {
+            config,
+            stage: Stage::AdvertiseKeys,
+            keys: BTreeMap::new(),
+            u1: Vec::new(),
+            shares: BTreeMap::new(),
+            u2: Vec::new(),
+            masked_sum: Vec::new(),
+            u3: BTreeSet::new(),
+            survivors: Vec::new(),
+            dropped: Vec::new(),
+            responses: BTreeMap::new(),
+        }
+    }
+
+    /// The current stage.
+    #[must_use]
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Round 0: records a site's advertised keys.
+    ///
+    /// # Errors
+    /// Wrong stage, round, study or configuration; a non-participant; a duplicate; a key list that does
+    /// not name every other participant exactly once. The state is unchanged on error.
+    pub fn receive_keys(&mut self, msg: AdvertiseKeys) -> Result<(), SecAggError> {
+        let site = msg.header.site;
+        self.check_message(
+            &msg.header,
+            Stage::AdvertiseKeys,
+            self.config.participants(),
+            self.keys.contains_key(&site),
+        )?;
+        let mut peers: Vec<SiteId> = msg.channel_public_keys.iter().map(|k| k.peer).collect();
+        peers.sort_unstable();
+        let expected: Vec<SiteId> = self
+            .config
+            .participants()
+            .iter()
+            .copied()
+            .filter(|&p| p != site)
+            .collect();
+        if peers != expected {
+            return Err(self.malformed(
+                site,
+                "channel keys must name every other participant exactly once",
+            ));
+        }
+        self.keys.insert(site, msg);
+        Ok(())
+    }
+
+    /// Closes round 0: U1 is whoever advertised; aborts below the threshold.
+    ///
+    /// # Errors
+    /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
+    pub fn close_keys(&mut self) -> Result<KeyDirectory, SecAggError> {
+        self.expect_stage(Stage::AdvertiseKeys)?;
+        self.check_quorum(self.keys.len(), Stage::AdvertiseKeys)?;
+        self.u1 = self.keys.keys().copied().collect();
+        self.stage = Stage::ShareKeys;
+        Ok(KeyDirectory {
+            header: self.round_header(),
+            sites: self.keys.values().cloned().collect(),
+        })
+    }
+
+    /// Round 1: records a site's encrypted shares (one for every other member of U1).
+    ///
+    /// # Errors
+    /// Wrong stage, round, study or configuration; a site outside U1; a duplicate; a share list that
+    /// does not address every other member of U1 exactly once. The state is unchanged on error.
+    pub fn receive_shares(&mut self, msg: ShareKeys) -> Result<(), SecAggError> {
+        let site = msg.header.site;
+        self.check_message(
+            &msg.header,
+            Stage::ShareKeys,
+            &self.u1,
+            self.shares.contains_key(&site),
+        )?;
+        if msg.encrypted_shares.iter().any(|s| s.from != site) {
+            return Err(self.malformed(site, "a share's sender is not the message's sender"));
+        }
+        let mut recipients: Vec<SiteId> = msg.encrypted_shares.iter().map(|s| s.to).collect();
+        recipients.sort_unstable();
+        let expected: Vec<SiteId> = self.u1.iter().copied().filter(|&p| p != site).collect();
+        if recipients != expected {
+            return Err(self.malformed(site, "shares must address every other member of U1 exactly once"));
+        }
+        self.shares.insert(site, msg);
+        Ok(())
+    }
+
+    /// Closes round 1: U2 is whoever sent shares; returns one delivery per member of U2.
+    ///
+    /// # Errors
+    /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
+    pub fn close_shares(&mut self) -> Result<Vec<ShareDelivery>, SecAggError> {
+        self.expect_stage(Stage::ShareKeys)?;
+        self.check_quorum(self.shares.len(), Stage::ShareKeys)?;
+        self.u2 = self.shares.keys().copied().collect();
+        let deliveries = self
+            .u2
+            .iter()
+            .map(|&to| ShareDelivery {
+                header: self.round_header(),
+                to,
+                senders: self.u2.clone(),
+                shares: self
+                    .shares
+                    .values()
+                    .flat_map(|m| m.encrypted_shares.iter().filter(|s| s.to == to).cloned())
+                    .collect(),
+            })
+            .collect();
+        self.masked_sum = vec![0; self.config.vector_len()];
+        self.stage = Stage::MaskedInputCollection;
+        Ok(deliveries)
+    }
+
+    /// Round 2: adds a site's masked input to the running sum.
+    ///
+    /// # Errors
+    /// Wrong stage, round, study or configuration; a site outside U2; a second upload from the same
+    /// site; a vector of the wrong length. The state is unchanged on error.
+    pub fn receive_masked_input(&mut self, msg: MaskedInput) -> Result<(), SecAggError> {
+        let site = msg.header.site;
+        self.check_message(
+            &msg.header,
+            Stage::MaskedInputCollection,
+            &self.u2,
+            self.u3.contains(&site),
+        )?;
+        if msg.masked.len() != self.masked_sum.len() {
+            return Err(SecAggError::WrongLength {
+                site,
+                round: self.config.round(),
+                expected: self.masked_sum.len(),
+                got: msg.masked.len(),
+            });
+        }
+        for (s, y) in self.masked_sum.iter_mut().zip(&msg.masked) {
+            *s = s.wrapping_add(*y);
+        }
+        self.u3.insert(site);
+        Ok(())
+    }
+
+    /// Closes round 2: U3 is whoever uploaded; the request names U3 and U2 \ U3.
+    ///
+    /// # Errors
+    /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
+    pub fn close_masked_inputs(&mut self) -> Result<UnmaskRequest, SecAggError> {
+        self.expect_stage(Stage::MaskedInputCollection)?;
+        self.check_quorum(self.u3.len(), Stage::MaskedInputCollection)?;
+        self.survivors = self.u3.iter().copied().collect();
+        self.dropped = self.u2.iter().copied().filter(|v| !self.u3.contains(v)).collect();
+        self.stage = Stage::Unmasking;
+        Ok(UnmaskRequest {
+            header: self.round_header(),
+            survivors: self.survivors.clone(),
+            dropped: self.dropped.clone(),
+        })
+    }
+
+    /// Round 4: records a survivor's revealed shares.
+    ///
+    /// # Errors
+    /// Wrong stage, round, study or configuration; a site outside U3; a duplicate; shares that do not
+    /// cover exactly the survivors (self-mask) and the dropped sites (mask key), or carry another
+    /// site's evaluation point. The state is unchanged on error.
+    pub fn receive_unmask_response(&mut self, msg: UnmaskResponse) -> Result<(), SecAggError> {
+        let site = msg.header.site;
+        self.check_message(
+            &msg.header,
+            Stage::Unmasking,
+            &self.survivors,
+            self.responses.contains_key(&site),
+        )?;
+        let point = self.config.share_point(site);
+        let owners =
+            |list: &[super::messages::RevealedShare]| list.iter().map(|r| r.owner).collect::<Vec<_>>();
+        if owners(&msg.self_mask_shares) != self.survivors || owners(&msg.mask_key_shares) != self.dropped {
+            return Err(self.malformed(
+                site,
+                "revealed shares must cover U3 (self masks) and U2 \\ U3 (mask keys)",
+            ));
+        }
+        if msg
+            .self_mask_shares
+            .iter()
+            .chain(&msg.mask_key_shares)
+            .any(|r| Some(r.share.x) != point)
+        {
+            return Err(self.malformed(site, "a revealed share is not at the site's evaluation point"));
+        }
+        self.responses.insert(site, msg);
+        Ok(())
+    }
+
+    /// Closes round 4 and decodes: reconstructs b_v of every survivor and s_v^sk of every dropped site
+    /// (checked against its advertised public key), removes all masks, decodes and checks the sum.
+    ///
+    /// # Errors
+    /// [`SecAggError::TooFewSurvivors`]; a secret that cannot be reconstructed (inconsistent shares);
+    /// an invalid aggregate. Any error aborts the instance: there is never a partial result.
+    pub fn finish(&mut self) -> Result<Aggregate, SecAggError> {
+        self.expect_stage(Stage::Unmasking)?;
+        self.check_quorum(self.responses.len(), Stage::Unmasking)?;
+        let result = self.unmask_and_decode();
+        self.stage = if result.is_ok() {
+            Stage::Done
+        } else {
+            Stage::Aborted
+        };
+        self.masked_sum = Vec::new();
+        result
+    }
+
+    fn unmask_and_decode(&mut self) -> Result<Aggregate, SecAggError> {
+        let round = self.config.round();
+        let t = self.config.threshold();
+        let salt = *self.config.salt();
+        let collect = |owner: SiteId, pick: fn(&UnmaskResponse) -> &[super::messages::RevealedShare]| {
+            self.responses
+                .values()
+                .filter_map(|r| pick(r).iter().find(|s| s.owner == owner).map(|s| s.share.clone()))
+                .collect::<Vec<Share>>()
+        };
+        let reconstruction = |site, e: shamir::ShamirError| SecAggError::Reconstruction {
+            site,
+            round,
+            reason: e.to_string(),
+        };
+        let mut seeds: Vec<(MaskSeed, Sign)> = Vec::new();
+        for &v in &self.survivors {
+            let b =
+                shamir::combine(&collect(v, |r| &r.self_mask_shares), t).map_err(|e| reconstruction(v, e))?;
+            seeds.push((self_mask_seed(&b, &salt, v), Sign::Subtract));
+        }
+        for &v in &self.dropped {
+            let bytes =
+                shamir::combine(&collect(v, |r| &r.mask_key_shares), t).map_err(|e| reconstruction(v, e))?;
+            let secret = StaticSecret::from(*bytes);
+            // Every dropped site is in U2 ⊆ U1, whose keys were all recorded in round 0.
+            let advertised = self.keys.get(&v).map(|k| k.mask_public_key);
+            if Some(PublicKey::from(&secret).to_bytes()) != advertised {
+                return Err(SecAggError::Reconstruction {
+                    site: v,
+                    round,
+                    reason: "reconstructed mask key does not match the advertised public key".into(),
+                });
+            }
+            for &u in &self.survivors {
+                let Some(pk) = self.keys.get(&u).map(|k| k.mask_public_key) else {
+                    continue;
+                };
+                let shared = secret.diffie_hellman(&PublicKey::from(pk));
+                // y_u holds +PRG(s_uv) if v > u and −PRG(s_uv) if v < u: take it out.
+                let sign = if v > u { Sign::Subtract } else { Sign::Add };
+                seeds.push((pairwise_mask_seed(shared.as_bytes(), &salt, u, v), sign));
+            }
+        }
+        let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
+        apply_masks(&mut self.masked_sum, 0, &masks, default_threads());
+        self.decode()
+    }
+
+    fn decode(&mut self) -> Result<Aggregate, SecAggError> {
+        let round = self.config.round();
+        let invalid = |reason: String| SecAggError::InvalidAggregate { round, reason };
+        let q = &self.config.config().quantization;
+        let sum = std::mem::take(&mut self.masked_sum);
+        if sum.len() != self.config.vector_len() {
+            return Err(invalid(format!(
+                "{} elements, expected {}",
+                sum.len(),
+                self.config.vector_len()
+            )));
+        }
+        let total = sum[sum.len() - 1] as i64;
+        let max_total = q.max_sample_count.saturating_mul(self.survivors.len() as u64);
+        let total_samples = u64::try_from(total)
+            .ok()
+            .filter(|&n| n >= self.survivors.len() as u64 && n <= max_total)
+            .ok_or_else(|| invalid(format!("total sample count {total} is impossible")))?;
+        let mut weighted_sum = NamedTensors::default();
+        let mut fedavg_delta = NamedTensors::default();
+        let mut offset = 0;
+        for spec in self.config.aggregated_tensors() {
+            let len = spec.len();
+            let mut weighted = Vec::with_capacity(len);
+            let mut average = Vec::with_capacity(len);
+            for (i, &s) in sum[offset..offset + len].iter().enumerate() {
+                let w = dequantize(s, q.fractional_bits);
+                let (w32, a32) = (w as f32, (w / total_samples as f64) as f32);
+                if !(w32.is_finite() && a32.is_finite()) {
+                    return Err(invalid(format!("`{}`[{i}] = {w} is not a finite f32", spec.name)));
+                }
+                weighted.push(w32);
+                average.push(a32);
+            }
+            weighted_sum.tensors.push(super::NamedTensor {
+                name: spec.name.clone(),
+                values: weighted,
+            });
+            fedavg_delta.tensors.push(super::NamedTensor {
+                name: spec.name.clone(),
+                values: average,
+            });
+            offset += len;
+        }
+        Ok(Aggregate {
+            round,
+            weighted_sum,
+            total_samples,
+            fedavg_delta,
+            fixed_point_sum: sum.into_iter().map(|s| s as i64).collect(),
+            survivors: self.survivors.clone(),
+            dropped: self.dropped.clone(),
+        })
+    }
+
+    fn check_message(
+        &self,
+        header: &SiteHeader,
+        stage: Stage,
+        members: &[SiteId],
+        duplicate: bool,
+    ) -> Result<(), SecAggError> {
+        let (site, round) = (header.site, self.config.round());
+        if self.stage == Stage::Aborted {
+            return Err(SecAggError::Aborted { round });
+        }
+        check_header_fields(
+            &self.config,
+            site,
+            &header.study_id,
+            header.round,
+            &header.config_hash,
+        )?;
+        if self.stage != stage {
+            return Err(SecAggError::WrongStage {
+                site,
+                round,
+                got: stage,
+                current: self.stage,
+            });
+        }
+        if !members.contains(&site) {
+            return Err(SecAggError::NotInRound { site, round, stage });
+        }
+        if duplicate {
+            return Err(SecAggError::Duplicate { site, round, stage });
+        }
+        Ok(())
+    }
+
+    fn expect_stage(&self, stage: Stage) -> Result<(), SecAggError> {
+        let round = self.config.round();
+        match self.stage {
+            Stage::Aborted => Err(SecAggError::Aborted { round }),
+            current if current != stage => Err(SecAggError::OutOfOrder {
+                round,
+                requested: stage,
+                current,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_quorum(&mut self, survivors: usize, stage: Stage) -> Result<(), SecAggError> {
+        let threshold = self.config.threshold();
+        if survivors < threshold {
+            self.stage = Stage::Aborted;
+            self.masked_sum = Vec::new();
+            return Err(SecAggError::TooFewSurvivors {
+                round: self.config.round(),
+                stage,
+                survivors,
+                threshold,
+            });
+        }
+        Ok(())
+    }
+
+    fn round_header(&self) -> RoundHeader {
+        RoundHeader {
+            study_id: self.config.study_id().to_owned(),
+            round: self.config.round(),
+            config_hash: self.config.config_hash(),
+        }
+    }
+
+    fn malformed(&self, site: SiteId, reason: &str) -> SecAggError {
+        SecAggError::Malformed {
+            site,
+            round: self.config.round(),
+            reason: reason.to_owned(),
+        }
+    }
+}

@@ -1,0 +1,858 @@
+//! Secure aggregation end to end, in process: every message is relayed as JSON bytes, as the
+//! transport will relay them. Correctness against plain FedAvg, exact mask cancellation, dropouts on
+//! both sides of the upload, aborts, rejected messages, FedBN, and the statistics of a masked upload.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
+
+use std::collections::BTreeMap;
+
+use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
+use fedlnm_shared::secagg::{
+    Aggregate, KeyDirectory, MaskedInput, NamedTensors, QuantizationConfig, RoundConfig, SecAggClient,
+    SecAggConfig, SecAggError, SecAggServer, ShareDelivery, SiteId, Stage, TensorSpec, UnmaskRequest,
+};
+use fedlnm_shared::stats::normal::normal_cdf;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+// ---------------------------------------------------------------- harness
+
+fn config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
+    let mut tensors: Vec<TensorSpec> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| TensorSpec {
+            name: format!("layer{i}.weight"),
+            shape: vec![len],
+        })
+        .collect();
+    tensors.push(TensorSpec {
+        name: "layer0.bn.running_mean".into(),
+        shape: vec![4],
+    });
+    SecAggConfig {
+        study_id: "lnm-study".into(),
+        round,
+        model_version: "model-v7".into(),
+        participants: (1..=n).map(|i| SiteId(10 * i)).collect(),
+        threshold,
+        tensors,
+        fedbn_exclude: vec!["*.bn.*".into()],
+        quantization: QuantizationConfig::default(),
+        max_delta_norm: 1e6,
+    }
+    .validate()
+    .unwrap()
+}
+
+/// Relays a message as the transport will: serialized to bytes and back.
+fn relay<T: serde::Serialize + serde::de::DeserializeOwned>(message: &T) -> T {
+    serde_json::from_slice(&serde_json::to_vec(message).unwrap()).unwrap()
+}
+
+type Inputs = BTreeMap<SiteId, (NamedTensors, u64)>;
+
+/// Deltas whose weighted values n·Δ are exact multiples of 2^-8: quantization is exact, so the
+/// decoded fixed-point sum must equal the plain integer sum bit for bit.
+fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    config
+        .participants()
+        .iter()
+        .map(|&site| {
+            let mut tensors: Vec<(String, Vec<f32>)> = config
+                .aggregated_tensors()
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        (0..s.len())
+                            .map(|_| rng.random_range(-512i32..=512) as f32 / 256.0)
+                            .collect(),
+                    )
+                })
+                .collect();
+            // FedBN tensor: local only, absurd values that would fail every check if it were used.
+            tensors.push(("layer0.bn.running_mean".into(), vec![f32::NAN, 1e30, -1e30, 0.0]));
+            (
+                site,
+                (
+                    NamedTensors::from_pairs(tensors),
+                    rng.random_range(1..=100_000u64),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Which sites vanish before which stage.
+#[derive(Default, Clone)]
+struct Dropouts {
+    before_shares: Vec<SiteId>,
+    before_upload: Vec<SiteId>,
+    before_unmask: Vec<SiteId>,
+}
+
+struct Round {
+    server: SecAggServer,
+    clients: BTreeMap<SiteId, SecAggClient>,
+}
+
+impl Round {
+    fn start(config: &RoundConfig) -> (Self, KeyDirectory) {
+        let mut server = SecAggServer::new(config.clone());
+        let mut clients = BTreeMap::new();
+        for &site in config.participants() {
+            let (client, advertise) = SecAggClient::new(config.clone(), site).unwrap();
+            server.receive_keys(relay(&advertise)).unwrap();
+            clients.insert(site, client);
+        }
+        let directory = relay(&server.close_keys().unwrap());
+        (Self { server, clients }, directory)
+    }
+
+    fn share(
+        &mut self,
+        directory: &KeyDirectory,
+        drops: &[SiteId],
+    ) -> Result<Vec<ShareDelivery>, SecAggError> {
+        for (site, client) in &mut self.clients {
+            if !drops.contains(site) {
+                let msg = client.share_keys(directory).unwrap();
+                self.server.receive_shares(relay(&msg)).unwrap();
+            }
+        }
+        Ok(relay(&self.server.close_shares()?))
+    }
+
+    fn upload(
+        &mut self,
+        deliveries: &[ShareDelivery],
+        inputs: &Inputs,
+        drops: &[SiteId],
+    ) -> Result<UnmaskRequest, SecAggError> {
+        for delivery in deliveries.iter().filter(|d| !drops.contains(&d.to)) {
+            let (delta, n) = &inputs[&delivery.to];
+            let msg = self
+                .clients
+                .get_mut(&delivery.to)
+                .unwrap()
+                .masked_input(delivery, delta, *n)
+                .unwrap();
+            self.server.receive_masked_input(relay(&msg)).unwrap();
+        }
+        Ok(relay(&self.server.close_masked_inputs()?))
+    }
+
+    fn unmask(&mut self, request: &UnmaskRequest, drops: &[SiteId]) -> Result<Aggregate, SecAggError> {
+        for site in request.survivors.iter().filter(|s| !drops.contains(s)) {
+            let msg = self.clients.get_mut(site).unwrap().unmask(request).unwrap();
+            self.server.receive_unmask_response(relay(&msg)).unwrap();
+        }
+        self.server.finish()
+    }
+}
+
+fn run(config: &RoundConfig, inputs: &Inputs, drops: &Dropouts) -> Result<Aggregate, SecAggError> {
+    let (mut round, directory) = Round::start(config);
+    let deliveries = round.share(&directory, &drops.before_shares)?;
+    let request = round.upload(&deliveries, inputs, &drops.before_upload)?;
+    round.unmask(&request, &drops.before_unmask)
+}
+
+/// The exact fixed-point sum Σ_k n_k·Δ_k·2^32 over `sites` (valid for dyadic inputs), then Σ n_k.
+fn exact_fixed_point_sum(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]) -> Vec<i64> {
+    let mut sum = vec![0i64; config.vector_len()];
+    for site in sites {
+        let (delta, n) = &inputs[site];
+        let flat = config
+            .aggregated_tensors()
+            .iter()
+            .flat_map(|s| delta.get(&s.name).unwrap().iter());
+        for (acc, &d) in sum.iter_mut().zip(flat) {
+            *acc += (*n as f64 * f64::from(d) * 2f64.powi(32)) as i64;
+        }
+        *sum.last_mut().unwrap() += *n as i64;
+    }
+    sum
+}
+
+/// Plain FedAvg in f64 over `sites`: Σ n_k Δ_k / Σ n_k, flattened.
+fn plain_fedavg(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]) -> (Vec<f64>, u64) {
+    let total: u64 = sites.iter().map(|s| inputs[s].1).sum();
+    let mut avg = vec![0f64; config.vector_len() - 1];
+    for site in sites {
+        let (delta, n) = &inputs[site];
+        let flat = config
+            .aggregated_tensors()
+            .iter()
+            .flat_map(|s| delta.get(&s.name).unwrap().iter());
+        for (a, &d) in avg.iter_mut().zip(flat) {
+            *a += *n as f64 * f64::from(d);
+        }
+    }
+    avg.iter_mut().for_each(|a| *a /= total as f64);
+    (avg, total)
+}
+
+fn flat(t: &NamedTensors) -> Vec<f32> {
+    t.tensors.iter().flat_map(|t| t.values.iter().copied()).collect()
+}
+
+// ---------------------------------------------------------------- correctness
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The decoded FedAvg delta equals plain FedAvg within the stated bound
+    /// |U3|·2^-32 / Σ n_k (quantization) + 2^-24 relative (the final f32 rounding).
+    #[test]
+    fn decoded_average_equals_plain_fedavg(n in 2u32..=8, seed in any::<u64>(), len in 1usize..40, scale in 0.0f32..2.0) {
+        let config = config(n, n as usize / 2 + 1, 1, &[len, 3]);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let inputs: Inputs = config.participants().iter().map(|&site| {
+            let tensors = config.aggregated_tensors().iter()
+                .map(|s| (s.name.clone(), (0..s.len()).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect()))
+                .collect::<Vec<_>>();
+            (site, (NamedTensors::from_pairs(tensors), rng.random_range(1..=100_000u64)))
+        }).collect();
+        let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
+        let (expected, total) = plain_fedavg(&config, &inputs, config.participants());
+        prop_assert_eq!(aggregate.total_samples, total);
+        let quantization_bound = f64::from(n) * 2f64.powi(-32) / total as f64;
+        for (got, want) in flat(&aggregate.fedavg_delta).iter().zip(&expected) {
+            let err = (f64::from(*got) - want).abs();
+            prop_assert!(err <= quantization_bound + want.abs() * 2f64.powi(-24), "{got} vs {want}");
+        }
+    }
+
+    /// With no dropouts the masks cancel exactly: Σ y_u − Σ PRG(b_u) = Σ q_u (mod 2^64), checked bit for
+    /// bit on inputs whose quantization is exact.
+    #[test]
+    fn masks_cancel_exactly(n in 2u32..=8, seed in any::<u64>(), len in 1usize..64) {
+        let config = config(n, n as usize / 2 + 1, 2, &[len, 5]);
+        let inputs = dyadic_inputs(&config, seed);
+        let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
+        prop_assert_eq!(aggregate.fixed_point_sum, exact_fixed_point_sum(&config, &inputs, config.participants()));
+    }
+}
+
+#[test]
+fn fedavg_of_identical_deltas_is_that_delta() {
+    let config = config(4, 3, 1, &[5]);
+    let delta = NamedTensors::from_pairs([("layer0.weight", vec![0.25f32, -0.5, 0.125, 1.0, -2.0])]);
+    let inputs: Inputs = config
+        .participants()
+        .iter()
+        .zip([3u64, 70, 1, 999])
+        .map(|(&s, n)| (s, (delta.clone(), n)))
+        .collect();
+    let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
+    assert_eq!(aggregate.fedavg_delta, delta);
+    assert_eq!(aggregate.total_samples, 3 + 70 + 1 + 999);
+}
+
+// ---------------------------------------------------------------- dropouts
+
+fn sites(ids: &[u32]) -> Vec<SiteId> {
+    ids.iter().map(|&i| SiteId(i)).collect()
+}
+
+#[test]
+fn dropout_before_upload_leaves_the_exact_sum_of_the_others() {
+    let config = config(5, 3, 4, &[300, 7]);
+    let inputs = dyadic_inputs(&config, 1);
+    let drops = Dropouts {
+        before_upload: sites(&[20, 40]),
+        ..Dropouts::default()
+    };
+    let aggregate = run(&config, &inputs, &drops).unwrap();
+    let survivors = sites(&[10, 30, 50]);
+    assert_eq!(aggregate.survivors, survivors);
+    assert_eq!(aggregate.dropped, sites(&[20, 40]));
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, &survivors)
+    );
+}
+
+#[test]
+fn dropout_after_upload_keeps_that_upload_in_the_exact_sum() {
+    // Bonawitz: a site that uploaded is in U3; its b_u is rebuilt from the survivors' shares.
+    let config = config(5, 3, 4, &[300, 7]);
+    let inputs = dyadic_inputs(&config, 2);
+    let drops = Dropouts {
+        before_unmask: sites(&[20, 50]),
+        ..Dropouts::default()
+    };
+    let aggregate = run(&config, &inputs, &drops).unwrap();
+    assert_eq!(aggregate.survivors, config.participants());
+    assert!(aggregate.dropped.is_empty());
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, config.participants())
+    );
+}
+
+#[test]
+fn dropouts_at_every_stage_at_once() {
+    let config = config(7, 4, 4, &[100]);
+    let inputs = dyadic_inputs(&config, 3);
+    let drops = Dropouts {
+        before_shares: sites(&[10]),
+        before_upload: sites(&[40]),
+        before_unmask: sites(&[70]),
+    };
+    let aggregate = run(&config, &inputs, &drops).unwrap();
+    let in_sum = sites(&[20, 30, 50, 60, 70]);
+    assert_eq!(aggregate.survivors, in_sum);
+    assert_eq!(aggregate.dropped, sites(&[40]));
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, &in_sum)
+    );
+    let (expected, _) = plain_fedavg(&config, &inputs, &in_sum);
+    for (got, want) in flat(&aggregate.fedavg_delta).iter().zip(&expected) {
+        assert!((f64::from(*got) - want).abs() <= want.abs() * 2f64.powi(-24) + 1e-12);
+    }
+}
+
+#[test]
+fn fewer_survivors_than_the_threshold_abort_at_every_stage() {
+    let config = config(5, 3, 4, &[10]);
+    let inputs = dyadic_inputs(&config, 4);
+    let too_few = |stage| move |e: SecAggError| matches!(e, SecAggError::TooFewSurvivors { stage: s, survivors: 2, threshold: 3, round: 4 } if s == stage);
+    // Keys: only two sites advertise.
+    let mut server = SecAggServer::new(config.clone());
+    for &site in &config.participants()[..2] {
+        server
+            .receive_keys(SecAggClient::new(config.clone(), site).unwrap().1)
+            .unwrap();
+    }
+    assert!(too_few(Stage::AdvertiseKeys)(server.close_keys().unwrap_err()));
+    assert_eq!(server.stage(), Stage::Aborted);
+    assert!(matches!(
+        server.close_keys(),
+        Err(SecAggError::Aborted { round: 4 })
+    ));
+    // Shares, uploads, unmasking.
+    let cases = [
+        (
+            Dropouts {
+                before_shares: sites(&[10, 20, 30]),
+                ..Dropouts::default()
+            },
+            Stage::ShareKeys,
+        ),
+        (
+            Dropouts {
+                before_upload: sites(&[10, 20, 30]),
+                ..Dropouts::default()
+            },
+            Stage::MaskedInputCollection,
+        ),
+        (
+            Dropouts {
+                before_unmask: sites(&[10, 20, 30]),
+                ..Dropouts::default()
+            },
+            Stage::Unmasking,
+        ),
+    ];
+    for (drops, stage) in cases {
+        let err = run(&config, &inputs, &drops).unwrap_err();
+        assert!(too_few(stage)(err.clone()), "{stage}: {err:?}");
+    }
+}
+
+#[test]
+fn a_client_refuses_a_request_with_fewer_survivors_than_the_threshold() {
+    let config = config(5, 3, 4, &[10]);
+    let inputs = dyadic_inputs(&config, 5);
+    let (mut round, directory) = Round::start(&config);
+    let deliveries = round.share(&directory, &[]).unwrap();
+    let mut request = round.upload(&deliveries, &inputs, &[]).unwrap();
+    request.survivors = sites(&[10, 20]);
+    request.dropped = sites(&[30, 40, 50]);
+    let err = round
+        .clients
+        .get_mut(&SiteId(10))
+        .unwrap()
+        .unmask(&request)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecAggError::TooFewSurvivors {
+                stage: Stage::Unmasking,
+                survivors: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------- rejected messages
+
+#[test]
+fn a_tampered_share_is_rejected_by_its_recipient() {
+    let config = config(3, 2, 4, &[10]);
+    let inputs = dyadic_inputs(&config, 6);
+    let (mut round, directory) = Round::start(&config);
+    let mut deliveries = round.share(&directory, &[]).unwrap();
+    let delivery = &mut deliveries[1];
+    let (to, from) = (delivery.to, delivery.shares[0].from);
+    let last = delivery.shares[0].ciphertext.len() - 1;
+    delivery.shares[0].ciphertext[last] ^= 1;
+    let (delta, n) = &inputs[&to];
+    let err = round
+        .clients
+        .get_mut(&to)
+        .unwrap()
+        .masked_input(delivery, delta, *n)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SecAggError::ShareDecryption {
+            site: to,
+            from,
+            round: 4
+        }
+    );
+}
+
+#[test]
+fn a_share_from_another_round_is_rejected() {
+    let round4 = config(3, 2, 4, &[10]);
+    let round5 = config(3, 2, 5, &[10]);
+    let inputs = dyadic_inputs(&round4, 7);
+    let (mut r4, d4) = Round::start(&round4);
+    let (mut r5, d5) = Round::start(&round5);
+    let deliveries4 = r4.share(&d4, &[]).unwrap();
+    let deliveries5 = r5.share(&d5, &[]).unwrap();
+    let site = deliveries4[0].to;
+    let (delta, n) = &inputs[&site];
+    // The whole round-5 delivery: its header names round 5.
+    let err = r4
+        .clients
+        .get_mut(&site)
+        .unwrap()
+        .masked_input(&deliveries5[0], delta, *n)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecAggError::WrongRound {
+                round: 4,
+                got_round: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A round-5 ciphertext spliced into the round-4 delivery: fails authentication.
+    let mut spliced = deliveries4[0].clone();
+    spliced.shares[0].ciphertext = deliveries5[0].shares[0].ciphertext.clone();
+    let from = spliced.shares[0].from;
+    let err = r4
+        .clients
+        .get_mut(&site)
+        .unwrap()
+        .masked_input(&spliced, delta, *n)
+        .unwrap_err();
+    assert_eq!(err, SecAggError::ShareDecryption { site, from, round: 4 });
+    // The client is unchanged by both rejections: the genuine delivery still works.
+    r4.clients
+        .get_mut(&site)
+        .unwrap()
+        .masked_input(&deliveries4[0], delta, *n)
+        .unwrap();
+}
+
+#[test]
+fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unchanged() {
+    let config = config(3, 2, 4, &[50]);
+    let previous = self::config(3, 2, 3, &[50]);
+    let inputs = dyadic_inputs(&config, 8);
+    // An upload from the previous round, by the same site.
+    let (mut old, old_directory) = Round::start(&previous);
+    let old_deliveries = old.share(&old_directory, &[]).unwrap();
+    let (delta, n) = &inputs[&SiteId(10)];
+    let old_upload = old
+        .clients
+        .get_mut(&SiteId(10))
+        .unwrap()
+        .masked_input(&old_deliveries[0], delta, *n)
+        .unwrap();
+
+    let (mut round, directory) = Round::start(&config);
+    let deliveries = round.share(&directory, &[]).unwrap();
+    let mut uploads: Vec<MaskedInput> = Vec::new();
+    for delivery in &deliveries {
+        let (delta, n) = &inputs[&delivery.to];
+        uploads.push(
+            round
+                .clients
+                .get_mut(&delivery.to)
+                .unwrap()
+                .masked_input(delivery, delta, *n)
+                .unwrap(),
+        );
+    }
+    round.server.receive_masked_input(uploads[0].clone()).unwrap();
+    let replay = round.server.receive_masked_input(uploads[0].clone()).unwrap_err();
+    assert_eq!(
+        replay,
+        SecAggError::Duplicate {
+            site: SiteId(10),
+            round: 4,
+            stage: Stage::MaskedInputCollection
+        }
+    );
+    let stale = round.server.receive_masked_input(old_upload).unwrap_err();
+    assert!(
+        matches!(
+            stale,
+            SecAggError::WrongRound {
+                site: SiteId(10),
+                round: 4,
+                got_round: 3,
+                ..
+            }
+        ),
+        "{stale:?}"
+    );
+    let mut stranger = uploads[1].clone();
+    stranger.header.site = SiteId(99);
+    let err = round.server.receive_masked_input(stranger).unwrap_err();
+    assert_eq!(
+        err,
+        SecAggError::NotInRound {
+            site: SiteId(99),
+            round: 4,
+            stage: Stage::MaskedInputCollection
+        }
+    );
+    let mut short = uploads[1].clone();
+    short.masked.pop();
+    let err = round.server.receive_masked_input(short).unwrap_err();
+    assert_eq!(
+        err,
+        SecAggError::WrongLength {
+            site: SiteId(20),
+            round: 4,
+            expected: 51,
+            got: 50
+        }
+    );
+    let mut other_config = uploads[1].clone();
+    other_config.header.config_hash[0] ^= 1;
+    let err = round.server.receive_masked_input(other_config).unwrap_err();
+    assert_eq!(
+        err,
+        SecAggError::ConfigMismatch {
+            site: SiteId(20),
+            round: 4
+        }
+    );
+    // None of the rejected messages touched the state: the round completes with the exact sum.
+    round.server.receive_masked_input(uploads[1].clone()).unwrap();
+    round.server.receive_masked_input(uploads[2].clone()).unwrap();
+    let request = round.server.close_masked_inputs().unwrap();
+    // A late upload after the stage closed is rejected too.
+    let late = round.server.receive_masked_input(uploads[2].clone()).unwrap_err();
+    assert!(matches!(
+        late,
+        SecAggError::WrongStage {
+            got: Stage::MaskedInputCollection,
+            current: Stage::Unmasking,
+            ..
+        }
+    ));
+    let aggregate = round.unmask(&request, &[]).unwrap();
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, config.participants())
+    );
+}
+
+#[test]
+fn a_site_never_reveals_both_shares_of_one_peer() {
+    let config = config(5, 3, 4, &[10]);
+    let inputs = dyadic_inputs(&config, 9);
+    let (mut round, directory) = Round::start(&config);
+    let deliveries = round.share(&directory, &[]).unwrap();
+    let request = round.upload(&deliveries, &inputs, &[SiteId(50)]).unwrap();
+    assert_eq!(request.dropped, sites(&[50]));
+    let client = round.clients.get_mut(&SiteId(10)).unwrap();
+    // A site listed as both survivor and dropped.
+    let mut both = request.clone();
+    both.dropped = sites(&[30, 50]);
+    assert_eq!(
+        client.unmask(&both).unwrap_err(),
+        SecAggError::RefuseBothShares {
+            site: SiteId(10),
+            peer: SiteId(30),
+            round: 4
+        }
+    );
+    // An honest request, then one that declares a revealed survivor dropped (and vice versa).
+    let response = client.unmask(&request).unwrap();
+    assert_eq!(response.self_mask_shares.len(), 4);
+    assert_eq!(response.mask_key_shares.len(), 1);
+    let flipped = UnmaskRequest {
+        survivors: sites(&[10, 20, 50]),
+        dropped: sites(&[30, 40]),
+        ..request.clone()
+    };
+    assert_eq!(
+        client.unmask(&flipped).unwrap_err(),
+        SecAggError::RefuseBothShares {
+            site: SiteId(10),
+            peer: SiteId(50),
+            round: 4
+        }
+    );
+    // Repeating the honest request is fine (a retry reveals nothing new).
+    assert_eq!(client.unmask(&request).unwrap(), response);
+}
+
+#[test]
+fn messages_from_outside_the_round_or_stage_are_rejected() {
+    let config = config(3, 2, 4, &[10]);
+    let mut server = SecAggServer::new(config.clone());
+    let (_, mut advertise) = SecAggClient::new(config.clone(), SiteId(10)).unwrap();
+    let good = advertise.clone();
+    advertise.header.site = SiteId(11);
+    assert_eq!(
+        server.receive_keys(advertise).unwrap_err(),
+        SecAggError::NotInRound {
+            site: SiteId(11),
+            round: 4,
+            stage: Stage::AdvertiseKeys
+        }
+    );
+    let mut other_study = good.clone();
+    other_study.header.study_id = "other".into();
+    assert!(matches!(
+        server.receive_keys(other_study).unwrap_err(),
+        SecAggError::WrongRound { site: SiteId(10), .. }
+    ));
+    server.receive_keys(good.clone()).unwrap();
+    assert_eq!(
+        server.receive_keys(good).unwrap_err(),
+        SecAggError::Duplicate {
+            site: SiteId(10),
+            round: 4,
+            stage: Stage::AdvertiseKeys
+        }
+    );
+    assert!(matches!(
+        SecAggClient::new(config, SiteId(12)),
+        Err(SecAggError::NotInRound { site: SiteId(12), .. })
+    ));
+}
+
+// ---------------------------------------------------------------- node checks and FedBN
+
+#[test]
+fn fedbn_tensors_are_never_masked_or_sent() {
+    let config = config(3, 2, 4, &[6, 2]);
+    assert_eq!(config.vector_len(), 6 + 2 + 1);
+    assert!(
+        config
+            .aggregated_tensors()
+            .iter()
+            .all(|t| !t.name.contains(".bn."))
+    );
+    // dyadic_inputs gives every site a NaN/±1e30 BN tensor: the round still succeeds, without it.
+    let inputs = dyadic_inputs(&config, 10);
+    let (mut round, directory) = Round::start(&config);
+    let deliveries = round.share(&directory, &[]).unwrap();
+    let (delta, n) = &inputs[&deliveries[0].to];
+    let upload = round
+        .clients
+        .get_mut(&deliveries[0].to)
+        .unwrap()
+        .masked_input(&deliveries[0], delta, *n)
+        .unwrap();
+    assert_eq!(upload.masked.len(), config.vector_len());
+    let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
+    let names: Vec<&str> = aggregate
+        .fedavg_delta
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(names, ["layer0.weight", "layer1.weight"]);
+    // A delta without its BN tensor is as good.
+    let without_bn = NamedTensors {
+        tensors: delta
+            .tensors
+            .iter()
+            .filter(|t| !t.name.contains(".bn."))
+            .cloned()
+            .collect(),
+    };
+    config.check_delta(SiteId(10), &without_bn, *n).unwrap();
+}
+
+#[test]
+fn a_node_rejects_its_own_bad_delta_before_masking() {
+    let mut raw = config(3, 2, 4, &[3]).config().clone();
+    raw.max_delta_norm = 1.0;
+    let config = raw.validate().unwrap();
+    let (mut round, directory) = Round::start(&config);
+    let deliveries = round.share(&directory, &[]).unwrap();
+    let site = deliveries[0].to;
+    let client = round.clients.get_mut(&site).unwrap();
+    let delta = |v: Vec<f32>| NamedTensors::from_pairs([("layer0.weight", v)]);
+    type Check = fn(&SecAggError) -> bool;
+    let cases: Vec<(NamedTensors, u64, Check)> = vec![
+        (delta(vec![0.1, f32::NAN, 0.0]), 5, |e| {
+            matches!(e, SecAggError::DeltaNotFinite { index: 1, .. })
+        }),
+        (delta(vec![0.1, f32::INFINITY, 0.0]), 5, |e| {
+            matches!(e, SecAggError::DeltaNotFinite { index: 1, .. })
+        }),
+        (delta(vec![0.8, 0.8, 0.0]), 5, |e| {
+            matches!(e, SecAggError::DeltaNormTooLarge { .. })
+        }),
+        (delta(vec![0.1, 0.1]), 5, |e| {
+            matches!(e, SecAggError::DeltaShape { .. })
+        }),
+        (NamedTensors::default(), 5, |e| {
+            matches!(e, SecAggError::DeltaShape { .. })
+        }),
+        (delta(vec![0.1, 0.1, 0.1]), 0, |e| {
+            matches!(e, SecAggError::SampleCount { n_samples: 0, .. })
+        }),
+        (delta(vec![0.1, 0.1, 0.1]), 2_000_000, |e| {
+            matches!(e, SecAggError::SampleCount { .. })
+        }),
+    ];
+    for (d, n, check) in cases {
+        let err = client.masked_input(&deliveries[0], &d, n).unwrap_err();
+        assert!(check(&err), "{err:?}");
+    }
+    client
+        .masked_input(&deliveries[0], &delta(vec![0.5, -0.5, 0.5]), 5)
+        .unwrap();
+}
+
+// ---------------------------------------------------------------- statistics of one masked upload
+
+/// Upper-tail p-value of a chi-square statistic with k degrees of freedom (Wilson–Hilferty; accurate
+/// to a few percent of p at k = 255, far inside the margin between 1e-6 and a real failure).
+fn chi_square_p(statistic: f64, k: f64) -> f64 {
+    let z = ((statistic / k).cbrt() - (1.0 - 2.0 / (9.0 * k))) / (2.0 / (9.0 * k)).sqrt();
+    normal_cdf(-z)
+}
+
+/// Asymptotic p-value of the one-sample KS statistic D for n uniforms (Stephens' correction).
+fn ks_uniform_p(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len() as f64;
+    let d = values
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x - i as f64 / n).max((i as f64 + 1.0) / n - x))
+        .fold(0.0, f64::max);
+    let lambda = (n.sqrt() + 0.12 + 0.11 / n.sqrt()) * d;
+    let q: f64 = (1..=100)
+        .map(|j| {
+            let j = f64::from(j);
+            (if j as u64 % 2 == 1 { 2.0 } else { -2.0 }) * (-2.0 * j * j * lambda * lambda).exp()
+        })
+        .sum();
+    q.clamp(0.0, 1.0)
+}
+
+fn byte_chi_square_p(values: &[u64], byte: u32) -> f64 {
+    let mut counts = [0u64; 256];
+    for v in values {
+        counts[((v >> (8 * byte)) & 0xff) as usize] += 1;
+    }
+    let expected = values.len() as f64 / 256.0;
+    let statistic: f64 = counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
+    chi_square_p(statistic, 255.0)
+}
+
+fn unit(v: u64) -> f64 {
+    (v >> 11) as f64 * 2f64.powi(-53)
+}
+
+fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx).powi(2);
+        syy += (b - my).powi(2);
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+/// The significance level of every test below: each p-value must exceed it. Under uniformity the
+/// 10 tests together fail with probability below 1e-5 per run (masks come from the OS generator), while
+/// a structured vector gives p-values of 0 (checked as a control on the unmasked input).
+const ALPHA: f64 = 1e-6;
+
+#[test]
+fn one_masked_upload_is_indistinguishable_from_uniform_and_uncorrelated_with_its_delta() {
+    let m = 1 << 17;
+    let config = config(3, 2, 4, &[m]);
+    // A strongly structured delta: a ramp plus a sine, mostly small values.
+    let values: Vec<f32> = (0..m)
+        .map(|i| (i as f32 / m as f32 - 0.5) * 0.01 + (i as f32 * 0.001).sin() * 0.001)
+        .collect();
+    let delta = NamedTensors::from_pairs([("layer0.weight", values.clone())]);
+    let inputs: Inputs = config
+        .participants()
+        .iter()
+        .map(|&s| (s, (delta.clone(), 1000)))
+        .collect();
+    let (mut round, directory) = Round::start(&config);
+    let deliveries = round.share(&directory, &[]).unwrap();
+    let (delta, n) = &inputs[&deliveries[0].to];
+    let upload = round
+        .clients
+        .get_mut(&deliveries[0].to)
+        .unwrap()
+        .masked_input(&deliveries[0], delta, *n)
+        .unwrap();
+    let y = &upload.masked[..m];
+
+    // Control: the same tests reject the unmasked quantized input outright.
+    let mut q = vec![0u64; m];
+    quantize_weighted(
+        &values,
+        1000,
+        1e6,
+        32,
+        &mut RoundingSource::from_seed(&[0; 32]),
+        &mut q,
+    );
+    assert!(byte_chi_square_p(&q, 7) < ALPHA && byte_chi_square_p(&q, 4) < ALPHA);
+    assert!(ks_uniform_p(&mut q.iter().map(|&v| unit(v)).collect::<Vec<_>>()) < ALPHA);
+
+    for byte in 0..8 {
+        let p = byte_chi_square_p(y, byte);
+        assert!(p > ALPHA, "byte {byte}: chi-square p = {p}");
+    }
+    let uniform: Vec<f64> = y.iter().map(|&v| unit(v)).collect();
+    let p = ks_uniform_p(&mut uniform.clone());
+    assert!(p > ALPHA, "KS p = {p}");
+    // Under independence r·√m is standard normal: |r| < 5.5/√m fails with probability 4e-8.
+    let d: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+    let r = pearson(&uniform, &d);
+    assert!(r.abs() < 5.5 / (m as f64).sqrt(), "correlation {r}");
+    // The control correlation of the unmasked input with the delta is ~1.
+    let r_control = pearson(&q.iter().map(|&v| v as i64 as f64).collect::<Vec<_>>(), &d);
+    assert!(r_control > 0.99, "{r_control}");
+}
