@@ -1,13 +1,146 @@
-//! The `fedlnm-aggregator` binary (the federation server arrives with the federation issue).
+//! The `fedlnm-aggregator` binary: parse the command line, run, turn any error into a one-line message
+//! and an exit code (2: bad input or usage, 1: anything else).
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fedlnm_aggregator::provision::{self, ProvisionOptions};
+use fedlnm_shared::config::SiteRole;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// fedlnm aggregator: the study's only server. It combines the sites' masked model updates and never
 /// sees a patient record.
 #[derive(Debug, Parser)]
 #[command(name = "fedlnm-aggregator", version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new study: its certificate authority, the aggregator's certificate and one startup kit
+    /// per site (certificate, private key, CA certificate, ready node.toml) under OUT/sites/<site>/.
+    /// Hand each kit to its hospital over a secure channel; keep OUT/ca/ca.key offline.
+    Provision {
+        /// Study id (letters, digits, '-', '_').
+        #[arg(long)]
+        study: String,
+        /// Training sites, comma-separated (e.g. S1,S2,S3).
+        #[arg(long, value_delimiter = ',', required = true)]
+        sites: Vec<String>,
+        /// External-validation sites, comma-separated: they never train, only score each model.
+        #[arg(long, value_delimiter = ',')]
+        validate_sites: Vec<String>,
+        /// Host names or IP addresses of the aggregator as nodes will dial it (the first goes in node.toml).
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        aggregator_hosts: Vec<String>,
+        /// TCP port the aggregator will listen on.
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// How long the certificates stay valid, in days.
+        #[arg(long, default_value_t = 365)]
+        valid_days: i64,
+        /// Folder to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue one more startup kit in an existing study folder and add the site to aggregator.toml,
+    /// touching no other site's files. Restart the aggregator to admit the new site.
+    AddSite {
+        /// The study folder made by `provision`.
+        #[arg(long)]
+        study_dir: PathBuf,
+        /// The new site's id.
+        #[arg(long)]
+        site: String,
+        /// `train` or `validate`.
+        #[arg(long, default_value = "train", value_parser = parse_role)]
+        role: SiteRole,
+        /// How long the certificate stays valid, in days.
+        #[arg(long, default_value_t = 365)]
+        valid_days: i64,
+    },
+}
+
+fn parse_role(text: &str) -> Result<SiteRole, String> {
+    match text {
+        "train" => Ok(SiteRole::Train),
+        "validate" => Ok(SiteRole::Validate),
+        other => Err(format!("'{other}' is not a role: use train or validate")),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FEDLNM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fedlnm-aggregator: error: {error:#}");
+            let input_fault = error.chain().any(|cause| cause.is::<provision::ProvisionError>());
+            ExitCode::from(if input_fault { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Provision {
+            study,
+            sites,
+            validate_sites,
+            aggregator_hosts,
+            port,
+            valid_days,
+            out,
+        } => {
+            let options = ProvisionOptions {
+                study,
+                train_sites: sites,
+                validate_sites,
+                aggregator_hosts,
+                port,
+                valid_days,
+                out: out.clone(),
+            };
+            let config = provision::provision(&options)
+                .with_context(|| format!("cannot provision {}", out.display()))?;
+            println!("study '{}' provisioned in {}", config.study, out.display());
+            println!(
+                "  aggregator: {}",
+                out.join(provision::AGGREGATOR_DIR)
+                    .join("aggregator.toml")
+                    .display()
+            );
+            for site in &config.sites {
+                println!(
+                    "  site {} ({:?}): {}",
+                    site.id,
+                    site.role,
+                    out.join(provision::SITES_DIR).join(&site.id).display()
+                );
+            }
+            println!(
+                "Keep {} offline: it signs every certificate of the study.",
+                out.join(provision::CA_KEY).display()
+            );
+        }
+        Command::AddSite {
+            study_dir,
+            site,
+            role,
+            valid_days,
+        } => {
+            let kit = provision::add_site(&study_dir, &site, role, valid_days)
+                .with_context(|| format!("cannot add site '{site}' to {}", study_dir.display()))?;
+            println!("startup kit for site '{site}' written to {}", kit.display());
+        }
+    }
+    Ok(())
 }

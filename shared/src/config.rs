@@ -15,7 +15,11 @@ pub enum ConfigError {
     #[error("{}: {message}", file.display())]
     Syntax { file: PathBuf, message: String },
     #[error("{}: key '{key}': {problem}", file.display())]
-    Invalid { file: PathBuf, key: String, problem: String },
+    Invalid {
+        file: PathBuf,
+        key: String,
+        problem: String,
+    },
     #[error("cannot write {}: {source}", file.display())]
     Unwritable { file: PathBuf, source: std::io::Error },
 }
@@ -28,6 +32,15 @@ pub enum SiteRole {
     Train,
     /// External validation centre: never trains, scores every global model on its own patients.
     Validate,
+}
+
+impl std::fmt::Display for SiteRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Train => "train",
+            Self::Validate => "validate",
+        })
+    }
 }
 
 /// One site as the study knows it.
@@ -86,19 +99,38 @@ pub struct NodeConfig {
 
 /// A site id: 1 to 64 of ASCII letters, digits, '-' and '_'.
 pub fn validate_site_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok { Ok(()) } else { Err(format!("'{id}' is not a valid site id (1-64 letters, digits, '-' or '_')")) }
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{id}' is not a valid site id (1-64 letters, digits, '-' or '_')"
+        ))
+    }
 }
 
 impl AggregatorConfig {
     /// Reads and validates `aggregator.toml`; relative paths become relative to its folder.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let mut config: Self = read_toml(file)?;
-        let invalid = |key: &str, problem: String| ConfigError::Invalid { file: file.to_path_buf(), key: key.to_owned(), problem };
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.to_owned(),
+            problem,
+        };
         validate_site_id(&config.study).map_err(|p| invalid("study", p))?;
-        config.listen.parse::<std::net::SocketAddr>().map_err(|e| invalid("listen", e.to_string()))?;
+        config
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| invalid("listen", e.to_string()))?;
         if let Some(metrics) = &config.metrics_listen {
-            metrics.parse::<std::net::SocketAddr>().map_err(|e| invalid("metrics_listen", e.to_string()))?;
+            metrics
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("metrics_listen", e.to_string()))?;
         }
         if config.sites.is_empty() {
             return Err(invalid("sites", "the study lists no site".to_owned()));
@@ -107,7 +139,10 @@ impl AggregatorConfig {
         for (index, site) in config.sites.iter().enumerate() {
             validate_site_id(&site.id).map_err(|p| invalid(&format!("sites[{index}].id"), p))?;
             if !seen.insert(site.id.clone()) {
-                return Err(invalid(&format!("sites[{index}].id"), format!("site '{}' is listed twice", site.id)));
+                return Err(invalid(
+                    &format!("sites[{index}].id"),
+                    format!("site '{}' is listed twice", site.id),
+                ));
             }
         }
         let base = file.parent().unwrap_or(Path::new("."));
@@ -127,11 +162,18 @@ impl NodeConfig {
     /// Reads and validates `node.toml`; relative paths become relative to its folder.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let mut config: Self = read_toml(file)?;
-        let invalid = |key: &str, problem: String| ConfigError::Invalid { file: file.to_path_buf(), key: key.to_owned(), problem };
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.to_owned(),
+            problem,
+        };
         validate_site_id(&config.site).map_err(|p| invalid("site", p))?;
         validate_site_id(&config.study).map_err(|p| invalid("study", p))?;
         if !(config.aggregator.starts_with("https://")) {
-            return Err(invalid("aggregator", format!("'{}' must be an https:// URL", config.aggregator)));
+            return Err(invalid(
+                "aggregator",
+                format!("'{}' must be an https:// URL", config.aggregator),
+            ));
         }
         let base = file.parent().unwrap_or(Path::new("."));
         config.tls = config.tls.relative_to(base);
@@ -143,20 +185,35 @@ impl NodeConfig {
 
 impl TlsFiles {
     fn relative_to(self, base: &Path) -> Self {
-        Self { certificate: base.join(self.certificate), key: base.join(self.key), ca: base.join(self.ca) }
+        Self {
+            certificate: base.join(self.certificate),
+            key: base.join(self.key),
+            ca: base.join(self.ca),
+        }
     }
 }
 
 /// Writes a configuration as TOML.
 pub fn write_toml(file: &Path, value: &impl Serialize) -> Result<(), ConfigError> {
-    let text = toml::to_string_pretty(value)
-        .map_err(|e| ConfigError::Syntax { file: file.to_path_buf(), message: e.to_string() })?;
-    std::fs::write(file, text).map_err(|source| ConfigError::Unwritable { file: file.to_path_buf(), source })
+    let text = toml::to_string_pretty(value).map_err(|e| ConfigError::Syntax {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(file, text).map_err(|source| ConfigError::Unwritable {
+        file: file.to_path_buf(),
+        source,
+    })
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Unreadable { file: file.to_path_buf(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Syntax { file: file.to_path_buf(), message: e.to_string() })
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Unreadable {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -200,13 +257,27 @@ role = "validate"
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             (AGGREGATOR.replace("127.0.0.1:50051", "nowhere"), "key 'listen'"),
-            (AGGREGATOR.replace("id = \"S4\"", "id = \"S1\""), "key 'sites[1].id'"),
-            (AGGREGATOR.replace("id = \"S4\"", "id = \"S 4\""), "not a valid site id"),
-            (AGGREGATOR.replace("role = \"validate\"", "role = \"observer\""), "unknown variant `observer`"),
-            (AGGREGATOR.replace("state_dir", "state_folder"), "unknown field `state_folder`"),
+            (
+                AGGREGATOR.replace("id = \"S4\"", "id = \"S1\""),
+                "key 'sites[1].id'",
+            ),
+            (
+                AGGREGATOR.replace("id = \"S4\"", "id = \"S 4\""),
+                "not a valid site id",
+            ),
+            (
+                AGGREGATOR.replace("role = \"validate\"", "role = \"observer\""),
+                "unknown variant `observer`",
+            ),
+            (
+                AGGREGATOR.replace("state_dir", "state_folder"),
+                "unknown field `state_folder`",
+            ),
         ];
         for (text, expected) in cases {
-            let error = AggregatorConfig::load(&write(dir.path(), "bad.toml", &text)).unwrap_err().to_string();
+            let error = AggregatorConfig::load(&write(dir.path(), "bad.toml", &text))
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected) && error.contains("bad.toml"), "{error}");
         }
     }

@@ -1,0 +1,476 @@
+//! Provisioning a study: its certificate authority, the aggregator's server certificate and one startup
+//! kit per site (certificate with the site id, private key with mode 0600, CA certificate, `node.toml`).
+//!
+//! Keys are ECDSA P-256 made with ring (through rcgen). A site's id is in its certificate's subject CN
+//! and in a URI SAN `urn:fedlnm:site:<id>`; the aggregator authorizes every call by that id. Nothing is
+//! ever overwritten: provisioning into a non-empty folder, or adding a site that exists, is an error.
+
+use fedlnm_shared::config::{
+    AggregatorConfig, NodeConfig, SiteEntry, SiteRole, TlsFiles, validate_site_id, write_toml,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+
+/// The URI SAN prefix that carries a site id.
+pub const SITE_URI_PREFIX: &str = "urn:fedlnm:site:";
+
+/// File names inside a study folder.
+pub const CA_CERT: &str = "ca/ca.pem";
+pub const CA_KEY: &str = "ca/ca.key";
+pub const AGGREGATOR_DIR: &str = "aggregator";
+pub const SITES_DIR: &str = "sites";
+
+/// What can go wrong while provisioning. Names the file or the site.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{0}")]
+    InvalidSite(String),
+    #[error("site '{0}' is listed twice")]
+    DuplicateSite(String),
+    #[error("{} already exists and is not empty: provisioning never overwrites a study", .0.display())]
+    NotEmpty(PathBuf),
+    #[error("site '{site}' already has a startup kit at {}", dir.display())]
+    SiteExists { site: String, dir: PathBuf },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("certificate generation failed: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error(transparent)]
+    Config(#[from] fedlnm_shared::config::ConfigError),
+}
+
+/// The study certificate authority, loaded or freshly made.
+pub struct StudyCa {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    key_pem: String,
+}
+
+/// A certificate and its private key, PEM-encoded.
+pub struct IssuedCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From an hour ago (clock skew) for `days` days.
+    #[must_use]
+    pub fn days_from_now(days: i64) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            not_before: now - Duration::hours(1),
+            not_after: now + Duration::days(days),
+        }
+    }
+}
+
+impl StudyCa {
+    /// A new CA for `study`, valid for `validity`.
+    pub fn create(study: &str, validity: Validity) -> Result<Self, ProvisionError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("fedlnm study CA: {study}"));
+        params.distinguished_name.push(DnType::OrganizationName, "fedlnm");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        let key = KeyPair::generate()?;
+        let cert_pem = params.self_signed(&key)?.pem();
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+            key_pem,
+        })
+    }
+
+    /// Loads the CA of an existing study folder.
+    pub fn load(study_dir: &Path) -> Result<Self, ProvisionError> {
+        let cert_pem = read(&study_dir.join(CA_CERT))?;
+        let key_pem = read(&study_dir.join(CA_KEY))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        Ok(Self {
+            cert_pem,
+            issuer,
+            key_pem,
+        })
+    }
+
+    /// The CA certificate (PEM), which every party trusts.
+    #[must_use]
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The aggregator's server certificate for the given DNS names and IP addresses.
+    pub fn issue_server(
+        &self,
+        hosts: &[String],
+        validity: Validity,
+    ) -> Result<IssuedCertificate, ProvisionError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for host in hosts {
+            params
+                .subject_alt_names
+                .push(match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(host.as_str().try_into()?),
+                });
+        }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "fedlnm aggregator");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params, validity)
+    }
+
+    /// A site's client certificate: the site id in the CN and in a `urn:fedlnm:site:<id>` URI SAN.
+    pub fn issue_site(&self, site: &str, validity: Validity) -> Result<IssuedCertificate, ProvisionError> {
+        validate_site_id(site).map_err(ProvisionError::InvalidSite)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.subject_alt_names.push(SanType::URI(
+            format!("{SITE_URI_PREFIX}{site}").as_str().try_into()?,
+        ));
+        params.distinguished_name.push(DnType::CommonName, site);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params, validity)
+    }
+
+    fn issue(
+        &self,
+        mut params: CertificateParams,
+        validity: Validity,
+    ) -> Result<IssuedCertificate, ProvisionError> {
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// What `provision` makes.
+#[derive(Debug, Clone)]
+pub struct ProvisionOptions {
+    pub study: String,
+    pub train_sites: Vec<String>,
+    pub validate_sites: Vec<String>,
+    /// Host names / IP addresses in the aggregator's certificate (the first is what nodes dial).
+    pub aggregator_hosts: Vec<String>,
+    pub port: u16,
+    pub valid_days: i64,
+    pub out: PathBuf,
+}
+
+/// Provisions a study into `options.out`: `ca/`, `aggregator/` (certificate, key, CA, `aggregator.toml`)
+/// and `sites/<id>/` startup kits. Fails, writing nothing, if the folder is not empty.
+pub fn provision(options: &ProvisionOptions) -> Result<AggregatorConfig, ProvisionError> {
+    validate_site_id(&options.study).map_err(ProvisionError::InvalidSite)?;
+    let mut sites = Vec::new();
+    for (ids, role) in [
+        (&options.train_sites, SiteRole::Train),
+        (&options.validate_sites, SiteRole::Validate),
+    ] {
+        for id in ids {
+            validate_site_id(id).map_err(ProvisionError::InvalidSite)?;
+            if sites.iter().any(|s: &SiteEntry| &s.id == id) {
+                return Err(ProvisionError::DuplicateSite(id.clone()));
+            }
+            sites.push(SiteEntry { id: id.clone(), role });
+        }
+    }
+    if options.out.exists()
+        && std::fs::read_dir(&options.out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(ProvisionError::NotEmpty(options.out.clone()));
+    }
+    let validity = Validity::days_from_now(options.valid_days);
+    let ca = StudyCa::create(&options.study, validity)?;
+    write_file(&options.out.join(CA_CERT), ca.cert_pem(), false)?;
+    write_file(&options.out.join(CA_KEY), &ca.key_pem, true)?;
+
+    let server = ca.issue_server(&options.aggregator_hosts, validity)?;
+    let aggregator_dir = options.out.join(AGGREGATOR_DIR);
+    write_file(&aggregator_dir.join("server.pem"), &server.cert_pem, false)?;
+    write_file(&aggregator_dir.join("server.key"), &server.key_pem, true)?;
+    write_file(&aggregator_dir.join("ca.pem"), ca.cert_pem(), false)?;
+    let config = AggregatorConfig {
+        study: options.study.clone(),
+        listen: format!("0.0.0.0:{}", options.port),
+        metrics_listen: None,
+        state_dir: PathBuf::from("state"),
+        tls: TlsFiles {
+            certificate: "server.pem".into(),
+            key: "server.key".into(),
+            ca: "ca.pem".into(),
+        },
+        sites: sites.clone(),
+    };
+    write_toml(&aggregator_dir.join("aggregator.toml"), &config)?;
+    let url = aggregator_url(options);
+    for site in &sites {
+        write_site_kit(&ca, &options.out, &options.study, &site.id, &url, validity)?;
+    }
+    Ok(config)
+}
+
+/// Issues one more startup kit in an existing study folder and adds the site to `aggregator.toml`.
+/// Touches no other site's files.
+pub fn add_site(
+    study_dir: &Path,
+    site: &str,
+    role: SiteRole,
+    valid_days: i64,
+) -> Result<PathBuf, ProvisionError> {
+    validate_site_id(site).map_err(ProvisionError::InvalidSite)?;
+    let config_file = study_dir.join(AGGREGATOR_DIR).join("aggregator.toml");
+    let mut config = AggregatorConfig::load(&config_file)?;
+    let kit = study_dir.join(SITES_DIR).join(site);
+    if config.role_of(site).is_some() || kit.exists() {
+        return Err(ProvisionError::SiteExists {
+            site: site.to_owned(),
+            dir: kit,
+        });
+    }
+    // The URL the other kits use, from any existing node.toml, so the new site dials the same address.
+    let url = existing_aggregator_url(study_dir, &config)
+        .unwrap_or_else(|| format!("https://localhost:{}", port_of(&config.listen)));
+    let ca = StudyCa::load(study_dir)?;
+    write_site_kit(
+        &ca,
+        study_dir,
+        &config.study,
+        site,
+        &url,
+        Validity::days_from_now(valid_days),
+    )?;
+    // `load` resolved paths against the file; write them back relative, as provisioned.
+    config.sites.push(SiteEntry {
+        id: site.to_owned(),
+        role,
+    });
+    config.state_dir = PathBuf::from("state");
+    config.tls = TlsFiles {
+        certificate: "server.pem".into(),
+        key: "server.key".into(),
+        ca: "ca.pem".into(),
+    };
+    write_toml(&config_file, &config)?;
+    Ok(kit)
+}
+
+fn write_site_kit(
+    ca: &StudyCa,
+    study_dir: &Path,
+    study: &str,
+    site: &str,
+    url: &str,
+    validity: Validity,
+) -> Result<(), ProvisionError> {
+    let kit = study_dir.join(SITES_DIR).join(site);
+    let issued = ca.issue_site(site, validity)?;
+    write_file(&kit.join("site.pem"), &issued.cert_pem, false)?;
+    write_file(&kit.join("site.key"), &issued.key_pem, true)?;
+    write_file(&kit.join("ca.pem"), ca.cert_pem(), false)?;
+    let node = NodeConfig {
+        site: site.to_owned(),
+        study: study.to_owned(),
+        aggregator: url.to_owned(),
+        aggregator_name: None,
+        tls: TlsFiles {
+            certificate: "site.pem".into(),
+            key: "site.key".into(),
+            ca: "ca.pem".into(),
+        },
+        data: PathBuf::from("data"),
+        work_dir: PathBuf::from("work"),
+    };
+    write_toml(&kit.join("node.toml"), &node)?;
+    tracing::info!(site, kit = %kit.display(), "startup kit written");
+    Ok(())
+}
+
+fn aggregator_url(options: &ProvisionOptions) -> String {
+    let host = options
+        .aggregator_hosts
+        .first()
+        .map_or("localhost", String::as_str);
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    format!("https://{host}:{}", options.port)
+}
+
+fn existing_aggregator_url(study_dir: &Path, config: &AggregatorConfig) -> Option<String> {
+    config
+        .sites
+        .iter()
+        .find_map(|s| NodeConfig::load(&study_dir.join(SITES_DIR).join(&s.id).join("node.toml")).ok())
+        .map(|node| node.aggregator)
+}
+
+fn port_of(listen: &str) -> u16 {
+    listen.parse::<std::net::SocketAddr>().map_or(50051, |a| a.port())
+}
+
+/// Writes a new file (never overwriting), creating its folder; private keys get mode 0600.
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), ProvisionError> {
+    let error = |source| ProvisionError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(error)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(path).map_err(error)?;
+    file.write_all(contents.as_bytes()).map_err(error)?;
+    file.sync_all().map_err(error)
+}
+
+fn read(path: &Path) -> Result<String, ProvisionError> {
+    std::fs::read_to_string(path).map_err(|source| ProvisionError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(out: PathBuf) -> ProvisionOptions {
+        ProvisionOptions {
+            study: "thyroid".into(),
+            train_sites: vec!["S1".into(), "S2".into()],
+            validate_sites: vec!["S4".into()],
+            aggregator_hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            port: 50051,
+            valid_days: 30,
+            out,
+        }
+    }
+
+    #[test]
+    fn provisions_kits_with_private_keys_and_loadable_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("study");
+        let config = provision(&options(out.clone())).unwrap();
+        assert_eq!(config.role_of("S4"), Some(SiteRole::Validate));
+        let loaded = AggregatorConfig::load(&out.join("aggregator/aggregator.toml")).unwrap();
+        assert_eq!(loaded.sites, config.sites);
+        for site in ["S1", "S2", "S4"] {
+            let kit = out.join("sites").join(site);
+            let node = NodeConfig::load(&kit.join("node.toml")).unwrap();
+            assert_eq!(
+                (node.site.as_str(), node.aggregator.as_str()),
+                (site, "https://localhost:50051")
+            );
+            let cert = std::fs::read_to_string(kit.join("site.pem")).unwrap();
+            let der = pem_to_der(&cert);
+            let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let uri = format!("{SITE_URI_PREFIX}{site}");
+            let sans = parsed.subject_alternative_name().unwrap().unwrap();
+            assert!(
+                sans.value
+                    .general_names
+                    .iter()
+                    .any(|n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == uri))
+            );
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(kit.join("site.key"))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                assert_eq!(
+                    mode, 0o600,
+                    "{site}'s private key must be readable by its owner only"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn never_overwrites_and_adds_one_site_without_touching_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("study");
+        provision(&options(out.clone())).unwrap();
+        assert!(matches!(
+            provision(&options(out.clone())),
+            Err(ProvisionError::NotEmpty(_))
+        ));
+        let s1_before = std::fs::read(out.join("sites/S1/site.pem")).unwrap();
+        let kit = add_site(&out, "S5", SiteRole::Train, 30).unwrap();
+        assert!(kit.join("site.key").is_file());
+        assert_eq!(std::fs::read(out.join("sites/S1/site.pem")).unwrap(), s1_before);
+        let config = AggregatorConfig::load(&out.join("aggregator/aggregator.toml")).unwrap();
+        assert_eq!(config.role_of("S5"), Some(SiteRole::Train));
+        assert!(matches!(
+            add_site(&out, "S5", SiteRole::Train, 30),
+            Err(ProvisionError::SiteExists { .. })
+        ));
+        assert!(matches!(
+            add_site(&out, "bad id", SiteRole::Train, 30),
+            Err(ProvisionError::InvalidSite(_))
+        ));
+    }
+
+    #[test]
+    fn duplicate_and_invalid_site_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut duplicate = options(dir.path().join("a"));
+        duplicate.validate_sites = vec!["S1".into()];
+        assert!(matches!(provision(&duplicate), Err(ProvisionError::DuplicateSite(s)) if s == "S1"));
+        let mut invalid = options(dir.path().join("b"));
+        invalid.train_sites = vec!["S1/../x".into()];
+        assert!(matches!(provision(&invalid), Err(ProvisionError::InvalidSite(_))));
+        assert!(
+            !dir.path().join("a").exists() && !dir.path().join("b").exists(),
+            "nothing written on refusal"
+        );
+    }
+
+    fn pem_to_der(pem: &str) -> Vec<u8> {
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        parsed.contents
+    }
+}
