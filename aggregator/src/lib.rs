@@ -1,4 +1,12 @@
 //! fedlnm-aggregator: the study's only server. Today: provisioning of the study's certificates and
-//! startup kits; the federation rounds build on it.
+//! startup kits, and the mutual-TLS gRPC service that authorizes every site by its certificate; the
+//! federation rounds build on it.
 
 pub mod provision;
+pub mod server;
+
+/// The generated gRPC types of `shared/proto/fedlnm.proto` (server, and a client for tests).
+#[allow(clippy::all, clippy::pedantic, unused_qualifications)]
+pub mod proto {
+    tonic::include_proto!("fedlnm.v1");
+}

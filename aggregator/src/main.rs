@@ -4,7 +4,8 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fedlnm_aggregator::provision::{self, ProvisionOptions};
-use fedlnm_shared::config::SiteRole;
+use fedlnm_aggregator::server;
+use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,6 +20,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the aggregator: listen for the study's sites over mutual TLS 1.3 (one TCP port; it never
+    /// opens a connection to a hospital). Stops cleanly on Ctrl-C.
+    Serve {
+        /// The aggregator's configuration (made by `provision`).
+        #[arg(long, default_value = "aggregator.toml")]
+        config: PathBuf,
+    },
     /// Create a new study: its certificate authority, the aggregator's certificate and one startup kit
     /// per site (certificate, private key, CA certificate, ready node.toml) under OUT/sites/<site>/.
     /// Hand each kit to its hospital over a secure channel; keep OUT/ca/ca.key offline.
@@ -83,7 +91,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("fedlnm-aggregator: error: {error:#}");
-            let input_fault = error.chain().any(|cause| cause.is::<provision::ProvisionError>());
+            let input_fault = error.chain().any(|cause| {
+                cause.is::<provision::ProvisionError>() || cause.is::<fedlnm_shared::config::ConfigError>()
+            });
             ExitCode::from(if input_fault { 2 } else { 1 })
         }
     }
@@ -91,6 +101,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve { config } => {
+            let config = AggregatorConfig::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&config.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", config.listen))?;
+                println!("listening on {}", listener.local_addr()?);
+                let shutdown = async {
+                    // If the signal cannot be watched, serve until killed.
+                    if tokio::signal::ctrl_c().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                server::serve(config, listener, shutdown)
+                    .await
+                    .context("the aggregator stopped")
+            })?;
+        }
         Command::Provision {
             study,
             sites,

@@ -16,8 +16,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
-/// The URI SAN prefix that carries a site id.
-pub const SITE_URI_PREFIX: &str = "urn:fedlnm:site:";
+pub use fedlnm_shared::tls::SITE_URI_PREFIX;
 
 /// File names inside a study folder.
 pub const CA_CERT: &str = "ca/ca.pem";
@@ -404,15 +403,7 @@ mod tests {
             );
             let cert = std::fs::read_to_string(kit.join("site.pem")).unwrap();
             let der = pem_to_der(&cert);
-            let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
-            let uri = format!("{SITE_URI_PREFIX}{site}");
-            let sans = parsed.subject_alternative_name().unwrap().unwrap();
-            assert!(
-                sans.value
-                    .general_names
-                    .iter()
-                    .any(|n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == uri))
-            );
+            assert_eq!(fedlnm_shared::tls::site_of_certificate(&der).unwrap(), site);
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt as _;

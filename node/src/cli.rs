@@ -26,6 +26,9 @@ pub enum Command {
     /// training will, and prints the patient flow (read, included, excluded by reason) and each
     /// excluded patient with the file, line and field at fault.
     CheckData(commands::check_data::CheckDataArgs),
+    /// Check that this hospital can reach the study's aggregator with its startup kit: network path
+    /// (outbound only), mutual TLS, certificate identity and study membership. Prints the site's role.
+    CheckIn(commands::check_in::CheckInArgs),
 }
 
 /// Runs one parsed command line.
@@ -34,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(command) => commands::stats::run(command),
         Command::Synth(args) => commands::synth::run(args),
         Command::CheckData(args) => commands::check_data::run(&args),
+        Command::CheckIn(args) => commands::check_in::run(&args),
     }
 }
 
@@ -45,6 +49,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause.is::<fedlnm_shared::stats::StatsError>()
             || cause.is::<fedlnm_shared::stats::logistic::LogisticError>()
             || cause.is::<fedlnm_shared::data::ManifestError>()
+            || cause.is::<fedlnm_shared::config::ConfigError>()
     });
     if input_fault { 2 } else { 1 }
 }

@@ -1,8 +1,16 @@
-//! fedlnm-node: what runs at a hospital. Today: the `stats` commands over CSV files; the synthetic
-//! data generator, local training and the federation client join as they are built.
+//! fedlnm-node: what runs at a hospital. The `stats` commands over CSV files, the site-data check and
+//! the synthetic generator, and the client side of the federation (today: `check-in`, proving the
+//! mutual-TLS path to the aggregator); local training and the federated rounds join as they are built.
 
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod table;
 
 pub use cli::{Cli, run};
+
+/// The generated gRPC client of `shared/proto/fedlnm.proto` (a node is only ever a client).
+#[allow(clippy::all, clippy::pedantic, unused_qualifications)]
+pub mod proto {
+    tonic::include_proto!("fedlnm.v1");
+}

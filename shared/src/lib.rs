@@ -12,3 +12,4 @@ pub mod secagg;
 pub mod staging;
 pub mod stats;
 pub mod synth;
+pub mod tls;

@@ -1,0 +1,231 @@
+//! Mutual TLS and authorization end to end: a real aggregator on 127.0.0.1:0 (in-process, real rustls
+//! handshakes, real gRPC) and the node's real client, with the kits that `provision` writes. Every
+//! identity failure of federation.md is refused: no certificate, another study's CA, an expired
+//! certificate, a site the study does not know, a site speaking for another, the wrong study.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
+use fedlnm_aggregator::provision::{self, ProvisionOptions, StudyCa, Validity};
+use fedlnm_node::client::{self, ClientError};
+use fedlnm_shared::config::{AggregatorConfig, NodeConfig};
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+use tokio::sync::oneshot;
+
+fn provision_study(out: &Path, study: &str) -> AggregatorConfig {
+    provision::provision(&ProvisionOptions {
+        study: study.into(),
+        train_sites: vec!["S1".into(), "S2".into(), "S3".into()],
+        validate_sites: vec!["S4".into()],
+        aggregator_hosts: vec!["localhost".into(), "127.0.0.1".into()],
+        port: 0,
+        valid_days: 30,
+        out: out.to_path_buf(),
+    })
+    .unwrap();
+    AggregatorConfig::load(&out.join("aggregator/aggregator.toml")).unwrap()
+}
+
+/// A running aggregator; dropping the guard stops it.
+struct RunningAggregator {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningAggregator {
+    async fn start(config: AggregatorConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            fedlnm_aggregator::server::serve(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            url: format!("https://localhost:{port}"),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn shut_down(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+/// A node config pointing at `url` with the given key material.
+fn node_config(kit: &Path, url: &str, site: &str, study: &str, cert: PathBuf, key: PathBuf) -> NodeConfig {
+    let mut config = NodeConfig::load(&kit.join("node.toml")).unwrap();
+    config.aggregator = url.to_owned();
+    config.site = site.to_owned();
+    config.study = study.to_owned();
+    config.tls.certificate = cert;
+    config.tls.key = key;
+    config
+}
+
+fn write_issued(dir: &Path, name: &str, issued: &provision::IssuedCertificate) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_site_checks_in_and_every_wrong_identity_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let study_dir = dir.path().join("study");
+    let config = provision_study(&study_dir, "thyroid");
+    let aggregator = RunningAggregator::start(config).await;
+    let url = aggregator.url.clone();
+    let kit = |site: &str| study_dir.join("sites").join(site);
+    let own = |site: &str| (kit(site).join("site.pem"), kit(site).join("site.key"));
+
+    // Every provisioned site checks in and learns its role.
+    for (site, role) in [
+        ("S1", "train"),
+        ("S2", "train"),
+        ("S3", "train"),
+        ("S4", "validate"),
+    ] {
+        let (cert, key) = own(site);
+        let answer = client::check_in(&node_config(&kit(site), &url, site, "thyroid", cert, key))
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.site.as_str(), answer.role.as_str(), answer.study.as_str()),
+            (site, role, "thyroid")
+        );
+    }
+
+    // A certificate from another study's CA: the TLS handshake fails, no handler runs.
+    let other_study = dir.path().join("other");
+    provision_study(&other_study, "other");
+    let foreign = other_study.join("sites/S1");
+    let result = client::check_in(&node_config(
+        &kit("S1"),
+        &url,
+        "S1",
+        "thyroid",
+        foreign.join("site.pem"),
+        foreign.join("site.key"),
+    ))
+    .await;
+    assert_transport_refusal("certificate from another CA", result);
+
+    // An expired certificate of this study's CA.
+    let ca = StudyCa::load(&study_dir).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let expired = ca
+        .issue_site(
+            "S1",
+            Validity {
+                not_before: now - Duration::days(30),
+                not_after: now - Duration::days(1),
+            },
+        )
+        .unwrap();
+    let (cert, key) = write_issued(dir.path(), "expired", &expired);
+    let result = client::check_in(&node_config(&kit("S1"), &url, "S1", "thyroid", cert, key)).await;
+    assert_transport_refusal("expired certificate", result);
+
+    // A valid certificate for a site the study does not list.
+    let stranger = ca.issue_site("S9", Validity::days_from_now(5)).unwrap();
+    let (cert, key) = write_issued(dir.path(), "stranger", &stranger);
+    let result = client::check_in(&node_config(&kit("S1"), &url, "S9", "thyroid", cert, key)).await;
+    assert_refused(
+        "unknown site",
+        result,
+        tonic::Code::PermissionDenied,
+        "'S9' is not part of study 'thyroid'",
+    );
+
+    // S1's own certificate speaking for S2.
+    let (cert, key) = own("S1");
+    let result = client::check_in(&node_config(&kit("S1"), &url, "S2", "thyroid", cert, key)).await;
+    assert_refused(
+        "impersonation",
+        result,
+        tonic::Code::PermissionDenied,
+        "certificate is for site 'S1'",
+    );
+
+    // The right site with the wrong study in its config.
+    let (cert, key) = own("S2");
+    let result = client::check_in(&node_config(&kit("S2"), &url, "S2", "other", cert, key)).await;
+    assert_refused(
+        "wrong study",
+        result,
+        tonic::Code::FailedPrecondition,
+        "runs study 'thyroid'",
+    );
+
+    // No client certificate at all (a plain TLS client that trusts the CA).
+    fedlnm_shared::tls::install_crypto_provider();
+    let ca_pem = std::fs::read(kit("S1").join("ca.pem")).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+    let anonymous = async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        let mut client = fedlnm_aggregator::proto::federation_client::FederationClient::new(channel);
+        let request = fedlnm_aggregator::proto::CheckInRequest {
+            site: "S1".into(),
+            study: "thyroid".into(),
+            node_version: String::new(),
+        };
+        Ok::<_, Box<dyn std::error::Error>>(client.check_in(request).await?)
+    };
+    assert!(
+        anonymous.await.is_err(),
+        "a client without a certificate must be refused"
+    );
+
+    // After all refusals the aggregator still serves the legitimate sites.
+    let (cert, key) = own("S3");
+    client::check_in(&node_config(&kit("S3"), &url, "S3", "thyroid", cert, key))
+        .await
+        .unwrap();
+    aggregator.shut_down().await;
+}
+
+/// Refused at the TLS layer: the connection fails, or (TLS 1.3 checks the client certificate after the
+/// client has sent its first flight) the first call fails with a transport status,
+/// never with an application answer.
+fn assert_transport_refusal<T: std::fmt::Debug>(case: &str, result: Result<T, ClientError>) {
+    match result {
+        Err(ClientError::Connect { .. }) => {}
+        Err(ClientError::Refused { code, .. }) => assert!(
+            matches!(
+                code,
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::Cancelled
+            ),
+            "{case}: refused by the application ({code:?}), expected the TLS layer to refuse"
+        ),
+        other => panic!("{case}: expected a TLS refusal, got {other:?}"),
+    }
+}
+
+fn assert_refused<T: std::fmt::Debug>(
+    case: &str,
+    result: Result<T, ClientError>,
+    expected: tonic::Code,
+    needle: &str,
+) {
+    match result {
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, expected, "{case}: {message}");
+            assert!(message.contains(needle), "{case}: '{message}' lacks '{needle}'");
+        }
+        other => panic!("{case}: expected {expected:?}, got {other:?}"),
+    }
+}
