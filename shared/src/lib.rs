@@ -1,6 +1,11 @@
 //! fedlnm-shared: the library that the site node and the aggregator both use.
 //!
-//! Today it holds the exact clinical statistics engine ([`stats`]); the data, model, protocol and
-//! crypto modules join it as the federation is built. It does no network I/O.
+//! It holds the exact clinical statistics engine ([`stats`]), AJCC staging ([`staging`]), the site data
+//! format and loader ([`data`]) and the synthetic multicentre cohort generator ([`synth`]); the model,
+//! protocol and crypto modules join it as the federation is built. It does no network I/O.
 
+mod category;
+pub mod data;
+pub mod staging;
 pub mod stats;
+pub mod synth;

@@ -1,0 +1,1 @@
+//! Synthetic multicentre cohorts (placeholder while being written).
