@@ -19,12 +19,26 @@ pub enum Command {
     /// weighted kappa, adjusted odds ratios). Prints one JSON object to standard output.
     #[command(subcommand)]
     Stats(commands::stats::StatsCommand),
+    /// Train the LNM model centrally on one or more site folders (pooled); writes the checkpoint
+    /// (safetensors), the config and the training log.
+    Train(commands::model::TrainArgs),
+    /// Score a site folder with a checkpoint: predictions CSV and the study's metrics JSON (AUC with
+    /// CI, Youden sensitivity/specificity, Brier, calibration, kappa for T, N and stage).
+    Evaluate(commands::model::EvaluateArgs),
+    /// Grad-CAM overlays (PNG) of the image branch for chosen patients.
+    Explain(commands::model::ExplainArgs),
+    /// Training speed benchmark: images/s of training and inference per model size (markdown table).
+    Bench(commands::model::BenchArgs),
 }
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Stats(command) => commands::stats::run(command),
+        Command::Train(args) => commands::model::train(&args),
+        Command::Evaluate(args) => commands::model::evaluate(&args),
+        Command::Explain(args) => commands::model::explain(&args),
+        Command::Bench(args) => commands::model::bench(&args),
     }
 }
 
@@ -35,6 +49,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         cause.is::<crate::table::InputError>()
             || cause.is::<fedlnm_shared::stats::StatsError>()
             || cause.is::<fedlnm_shared::stats::logistic::LogisticError>()
+            || cause.is::<fedlnm_shared::model_config::ConfigError>()
+            || cause.is::<fedlnm_shared::data::ManifestError>()
+            || cause.is::<fedlnm_shared::weights::WeightsError>()
     });
     if input_fault { 2 } else { 1 }
 }

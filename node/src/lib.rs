@@ -1,5 +1,5 @@
-//! fedlnm-node: what runs at a hospital. Today: the `stats` commands over CSV files; the synthetic
-//! data generator, local training and the federation client join as they are built.
+//! fedlnm-node: what runs at a hospital. Today: the `stats` commands over CSV files and the model
+//! commands (`train`, `evaluate`, `explain`, `bench`); the federation client joins as it is built.
 
 pub mod cli;
 pub mod commands;

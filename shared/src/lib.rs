@@ -1,11 +1,22 @@
 //! fedlnm-shared: the library that the site node and the aggregator both use.
 //!
 //! It holds the exact clinical statistics engine ([`stats`]), AJCC staging ([`staging`]), the site data
-//! format and loader ([`data`]) and the synthetic multicentre cohort generator ([`synth`]); the model,
-//! protocol and crypto modules join it as the federation is built. It does no network I/O.
+//! format and loader ([`data`]) and the synthetic multicentre cohort generator ([`synth`]), the model's plain-data side (configs and
+//! digest in [`model_config`], named f32 weights and safetensors in [`weights`], input encoding in
+//! [`features`], metrics in [`evaluation`]) and, behind the `model` feature, the burn model ([`model`])
+//! and its training ([`train`]). The protocol and crypto modules join it as the federation is built.
+//! It does no network I/O.
 
 mod category;
 pub mod data;
+pub mod evaluation;
+pub mod features;
+#[cfg(feature = "model")]
+pub mod model;
+pub mod model_config;
 pub mod staging;
 pub mod stats;
 pub mod synth;
+#[cfg(feature = "model")]
+pub mod train;
+pub mod weights;

@@ -1,4 +1,5 @@
 //! One module per `fedlnm-node` subcommand.
 
+pub mod model;
 pub mod stats;
 pub mod stats_logistic;

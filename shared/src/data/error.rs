@@ -10,9 +10,17 @@ pub enum ManifestError {
     #[error("cannot read the manifest {}: {source}", file.display())]
     Unreadable { file: PathBuf, source: std::io::Error },
     #[error("{}: malformed CSV at line {line}: {message}", file.display())]
-    Malformed { file: PathBuf, line: u64, message: String },
+    Malformed {
+        file: PathBuf,
+        line: u64,
+        message: String,
+    },
     #[error("{}: no column named '{column}' (columns: {available})", file.display())]
-    MissingColumn { file: PathBuf, column: &'static str, available: String },
+    MissingColumn {
+        file: PathBuf,
+        column: &'static str,
+        available: String,
+    },
     #[error("cannot write {}: {message}", file.display())]
     Write { file: PathBuf, message: String },
 }
@@ -35,17 +43,47 @@ pub enum FieldProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum PatientError {
     #[error("{}, line {line}: the row has {found} fields but the header has {expected}", file.display())]
-    RaggedRow { file: PathBuf, line: u64, found: usize, expected: usize },
+    RaggedRow {
+        file: PathBuf,
+        line: u64,
+        found: usize,
+        expected: usize,
+    },
     #[error("{}, line {line}, patient '{patient_id}', field '{field}': {problem} (value: '{value}')", file.display())]
-    BadField { file: PathBuf, line: u64, patient_id: String, field: &'static str, value: String, problem: FieldProblem },
+    BadField {
+        file: PathBuf,
+        line: u64,
+        patient_id: String,
+        field: &'static str,
+        value: String,
+        problem: FieldProblem,
+    },
     #[error("{}, line {line}: duplicated patient id '{patient_id}' (first seen on line {first_line})", file.display())]
-    DuplicatePatient { file: PathBuf, line: u64, patient_id: String, first_line: u64 },
+    DuplicatePatient {
+        file: PathBuf,
+        line: u64,
+        patient_id: String,
+        first_line: u64,
+    },
     #[error("{}, line {line}, patient '{patient_id}': inconsistent labels: {problem}", file.display())]
-    InconsistentLabels { file: PathBuf, line: u64, patient_id: String, problem: String },
+    InconsistentLabels {
+        file: PathBuf,
+        line: u64,
+        patient_id: String,
+        problem: String,
+    },
     #[error("{}, line {line}, patient '{patient_id}': no pathology labels (this run needs them)", file.display())]
-    LabelsMissing { file: PathBuf, line: u64, patient_id: String },
+    LabelsMissing {
+        file: PathBuf,
+        line: u64,
+        patient_id: String,
+    },
     #[error("line {line}, patient '{patient_id}', field 'image_files': {source}")]
-    Image { line: u64, patient_id: String, source: ImageError },
+    Image {
+        line: u64,
+        patient_id: String,
+        source: ImageError,
+    },
 }
 
 /// An image file that cannot be turned into a tensor. Every variant names the file.
@@ -58,13 +96,25 @@ pub enum ImageError {
     #[error("image file {} is neither PNG, JPEG nor DICOM", file.display())]
     UnknownFormat { file: PathBuf },
     #[error("corrupt or truncated {format} file {}: {message}", file.display())]
-    Corrupt { file: PathBuf, format: &'static str, message: String },
+    Corrupt {
+        file: PathBuf,
+        format: &'static str,
+        message: String,
+    },
     #[error("DICOM file {} has no pixel data", file.display())]
     DicomNoPixelData { file: PathBuf },
     #[error("DICOM file {}: unsupported {attribute} '{value}'", file.display())]
-    DicomUnsupported { file: PathBuf, attribute: &'static str, value: String },
+    DicomUnsupported {
+        file: PathBuf,
+        attribute: &'static str,
+        value: String,
+    },
     #[error("DICOM file {}: frame {frame} requested but it has {n_frames} frame(s)", file.display())]
-    FrameOutOfRange { file: PathBuf, frame: u32, n_frames: u32 },
+    FrameOutOfRange {
+        file: PathBuf,
+        frame: u32,
+        n_frames: u32,
+    },
     #[error("image file {}: {width}x{height} pixels is too small after cropping the annotation bands", file.display())]
     TooSmall { file: PathBuf, width: u32, height: u32 },
 }

@@ -24,9 +24,19 @@ pub struct CropFractions {
 
 impl CropFractions {
     /// No cropping.
-    pub const NONE: Self = Self { top: 0.0, bottom: 0.0, left: 0.0, right: 0.0 };
+    pub const NONE: Self = Self {
+        top: 0.0,
+        bottom: 0.0,
+        left: 0.0,
+        right: 0.0,
+    };
     /// The layout the synthetic generator writes: a text band on top, a depth scale on the right.
-    pub const SYNTHETIC: Self = Self { top: 0.11, bottom: 0.0, left: 0.0, right: 0.07 };
+    pub const SYNTHETIC: Self = Self {
+        top: 0.11,
+        bottom: 0.0,
+        left: 0.0,
+        right: 0.07,
+    };
 }
 
 impl Default for CropFractions {
@@ -45,7 +55,10 @@ pub struct Preprocess {
 
 impl Default for Preprocess {
     fn default() -> Self {
-        Self { size: 224, crop: CropFractions::default() }
+        Self {
+            size: 224,
+            crop: CropFractions::default(),
+        }
     }
 }
 
@@ -94,8 +107,14 @@ pub fn to_tensor(picture: &RgbImage, preprocess: &Preprocess) -> Result<ImageTen
         let pixels = (fraction.clamp(0.0, 0.45) * extent as f32).round() as u32;
         pixels
     };
-    let (x0, x1) = (cut(crop.left, width), width.saturating_sub(cut(crop.right, width)));
-    let (y0, y1) = (cut(crop.top, height), height.saturating_sub(cut(crop.bottom, height)));
+    let (x0, x1) = (
+        cut(crop.left, width),
+        width.saturating_sub(cut(crop.right, width)),
+    );
+    let (y0, y1) = (
+        cut(crop.top, height),
+        height.saturating_sub(cut(crop.bottom, height)),
+    );
     let (crop_width, crop_height) = (x1.saturating_sub(x0), y1.saturating_sub(y0));
     if crop_width < 8 || crop_height < 8 || preprocess.size == 0 {
         return Err((crop_width, crop_height));
@@ -121,7 +140,10 @@ pub fn sniff_format(file: &Path) -> Result<ImageFormat, ImageError> {
         .by_ref()
         .take(132)
         .read_to_end(&mut head)
-        .map_err(|source| ImageError::Unreadable { file: file.to_path_buf(), source })?;
+        .map_err(|source| ImageError::Unreadable {
+            file: file.to_path_buf(),
+            source,
+        })?;
     if head.starts_with(b"\x89PNG\r\n\x1a\n") {
         Ok(ImageFormat::Png)
     } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
@@ -129,23 +151,38 @@ pub fn sniff_format(file: &Path) -> Result<ImageFormat, ImageError> {
     } else if head.len() == 132 && &head[128..132] == b"DICM" {
         Ok(ImageFormat::Dicom)
     } else {
-        Err(ImageError::UnknownFormat { file: file.to_path_buf() })
+        Err(ImageError::UnknownFormat {
+            file: file.to_path_buf(),
+        })
     }
 }
 
 fn open_error(file: &Path, source: std::io::Error) -> ImageError {
     if source.kind() == std::io::ErrorKind::NotFound {
-        ImageError::Missing { file: file.to_path_buf() }
+        ImageError::Missing {
+            file: file.to_path_buf(),
+        }
     } else {
-        ImageError::Unreadable { file: file.to_path_buf(), source }
+        ImageError::Unreadable {
+            file: file.to_path_buf(),
+            source,
+        }
     }
 }
 
-fn decode_raster(file: &Path, format: image::ImageFormat, name: &'static str) -> Result<RgbImage, ImageError> {
+fn decode_raster(
+    file: &Path,
+    format: image::ImageFormat,
+    name: &'static str,
+) -> Result<RgbImage, ImageError> {
     let bytes = std::fs::read(file).map_err(|source| open_error(file, source))?;
-    image::load_from_memory_with_format(&bytes, format).map(|picture| picture.to_rgb8()).map_err(|error| {
-        ImageError::Corrupt { file: file.to_path_buf(), format: name, message: error.to_string() }
-    })
+    image::load_from_memory_with_format(&bytes, format)
+        .map(|picture| picture.to_rgb8())
+        .map_err(|error| ImageError::Corrupt {
+            file: file.to_path_buf(),
+            format: name,
+            message: error.to_string(),
+        })
 }
 
 /// The few attributes needed to interpret the pixels; nothing else is copied out of the object.
@@ -160,20 +197,32 @@ struct PixelLayout {
 }
 
 fn read_dicom_frame(file: &Path, frame: u32) -> Result<RgbImage, ImageError> {
-    let corrupt = |message: String| ImageError::Corrupt { file: file.to_path_buf(), format: "DICOM", message };
+    let corrupt = |message: String| ImageError::Corrupt {
+        file: file.to_path_buf(),
+        format: "DICOM",
+        message,
+    };
     let unsupported = |attribute: &'static str, value: String| ImageError::DicomUnsupported {
         file: file.to_path_buf(),
         attribute,
         value,
     };
-    let object = dicom_object::OpenFileOptions::new().open_file(file).map_err(|e| corrupt(e.to_string()))?;
+    let object = dicom_object::OpenFileOptions::new()
+        .open_file(file)
+        .map_err(|e| corrupt(e.to_string()))?;
     if object.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
-        return Err(ImageError::DicomNoPixelData { file: file.to_path_buf() });
+        return Err(ImageError::DicomNoPixelData {
+            file: file.to_path_buf(),
+        });
     }
     let decoded = object.decode_pixel_data().map_err(|e| corrupt(e.to_string()))?;
     let n_frames = decoded.number_of_frames();
     if frame >= n_frames {
-        return Err(ImageError::FrameOutOfRange { file: file.to_path_buf(), frame, n_frames });
+        return Err(ImageError::FrameOutOfRange {
+            file: file.to_path_buf(),
+            frame,
+            n_frames,
+        });
     }
     let layout = PixelLayout {
         rows: decoded.rows(),
@@ -190,7 +239,8 @@ fn read_dicom_frame(file: &Path, frame: u32) -> Result<RgbImage, ImageError> {
     let raw = decoded.frame_data(frame).map_err(|e| corrupt(e.to_string()))?;
     let rgb = samples_to_rgb(raw, &layout).map_err(|(attribute, value)| unsupported(attribute, value))?;
     let (columns, rows) = (layout.columns, layout.rows);
-    RgbImage::from_raw(columns, rows, rgb).ok_or_else(|| corrupt("pixel data shorter than rows x columns".to_owned()))
+    RgbImage::from_raw(columns, rows, rgb)
+        .ok_or_else(|| corrupt("pixel data shorter than rows x columns".to_owned()))
 }
 
 /// Interleaved 8-bit RGB from one frame's raw samples, or the attribute that cannot be handled.
@@ -213,7 +263,10 @@ fn samples_to_rgb(raw: &[u8], layout: &PixelLayout) -> Result<Vec<u8>, (&'static
         other => return Err(("BitsAllocated", other.to_string())),
     };
     if values.len() < n_pixels * samples {
-        return Err(("pixel data length", format!("{} samples for {n_pixels} pixels x {samples}", values.len())));
+        return Err((
+            "pixel data length",
+            format!("{} samples for {n_pixels} pixels x {samples}", values.len()),
+        ));
     }
     let mut rgb = Vec::with_capacity(n_pixels * 3);
     match (layout.photometric.as_str(), samples) {
@@ -222,14 +275,25 @@ fn samples_to_rgb(raw: &[u8], layout: &PixelLayout) -> Result<Vec<u8>, (&'static
         ("RGB" | "YBR_FULL", 3) => {
             for pixel in 0..n_pixels {
                 let sample = |channel: usize| {
-                    if layout.planar_by_plane { values[channel * n_pixels + pixel] } else { values[pixel * 3 + channel] }
+                    if layout.planar_by_plane {
+                        values[channel * n_pixels + pixel]
+                    } else {
+                        values[pixel * 3 + channel]
+                    }
                 };
                 let (a, b, c) = (sample(0), sample(1), sample(2));
-                if layout.photometric == "RGB" { rgb.extend([a, b, c]) } else { rgb.extend(ybr_to_rgb(a, b, c)) }
+                if layout.photometric == "RGB" {
+                    rgb.extend([a, b, c])
+                } else {
+                    rgb.extend(ybr_to_rgb(a, b, c))
+                }
             }
         }
         (photometric, samples) => {
-            return Err(("PhotometricInterpretation", format!("{photometric} with {samples} sample(s) per pixel")));
+            return Err((
+                "PhotometricInterpretation",
+                format!("{photometric} with {samples} sample(s) per pixel"),
+            ));
         }
     }
     Ok(rgb)
@@ -241,5 +305,9 @@ fn ybr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
     // Clamped to [0, 255] and rounded: the cast is exact.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let channel = |value: f32| value.round().clamp(0.0, 255.0) as u8;
-    [channel(y + 1.402 * cr), channel(y - 0.344_136 * cb - 0.714_136 * cr), channel(y + 1.772 * cb)]
+    [
+        channel(y + 1.402 * cr),
+        channel(y - 0.344_136 * cb - 0.714_136 * cr),
+        channel(y + 1.772 * cb),
+    ]
 }

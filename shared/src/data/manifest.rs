@@ -49,8 +49,15 @@ pub const COLUMNS: &[&str] = &[
 ];
 
 /// The label columns: all empty means "no labels" (inference only); all filled means labelled.
-pub const LABEL_COLUMNS: &[&str] =
-    &["lnm", "lnm_central", "lnm_lateral", "t_category", "n_category", "m_category", "ajcc_stage"];
+pub const LABEL_COLUMNS: &[&str] = &[
+    "lnm",
+    "lnm_central",
+    "lnm_lateral",
+    "t_category",
+    "n_category",
+    "m_category",
+    "ajcc_stage",
+];
 
 /// One patient as the manifest describes them. Holds a pseudonym only, never an identifier.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,26 +96,48 @@ pub struct Exclusion {
 /// Reads and checks `dir/patients.csv`.
 pub fn read_manifest(dir: &Path) -> Result<ManifestRead, ManifestError> {
     let file = dir.join(MANIFEST_FILE);
-    let malformed = |line: u64, message: String| ManifestError::Malformed { file: file.clone(), line, message };
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_path(&file).map_err(
-        |error| match error.into_kind() {
-            csv::ErrorKind::Io(source) => ManifestError::Unreadable { file: file.clone(), source },
+    let malformed = |line: u64, message: String| ManifestError::Malformed {
+        file: file.clone(),
+        line,
+        message,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_path(&file)
+        .map_err(|error| match error.into_kind() {
+            csv::ErrorKind::Io(source) => ManifestError::Unreadable {
+                file: file.clone(),
+                source,
+            },
             other => malformed(1, format!("{other:?}")),
-        },
-    )?;
-    let headers: Vec<String> =
-        reader.headers().map_err(|e| malformed(1, e.to_string()))?.iter().map(|h| h.trim().to_owned()).collect();
+        })?;
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| malformed(1, e.to_string()))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
     let mut index = HashMap::new();
     for &column in COLUMNS {
-        let position = headers.iter().position(|h| h == column).ok_or_else(|| ManifestError::MissingColumn {
-            file: file.clone(),
-            column,
-            available: headers.join(", "),
-        })?;
+        let position =
+            headers
+                .iter()
+                .position(|h| h == column)
+                .ok_or_else(|| ManifestError::MissingColumn {
+                    file: file.clone(),
+                    column,
+                    available: headers.join(", "),
+                })?;
         index.insert(column, position);
     }
 
-    let mut read = ManifestRead { file: file.clone(), n_read: 0, records: Vec::new(), exclusions: Vec::new() };
+    let mut read = ManifestRead {
+        file: file.clone(),
+        n_read: 0,
+        records: Vec::new(),
+        exclusions: Vec::new(),
+    };
     let mut first_line_of: HashMap<String, u64> = HashMap::new();
     for (row_index, record) in reader.records().enumerate() {
         let line = row_index as u64 + 2;
@@ -118,21 +147,33 @@ pub fn read_manifest(dir: &Path) -> Result<ManifestRead, ManifestError> {
             read.exclusions.push(Exclusion {
                 line,
                 patient_id: None,
-                error: PatientError::RaggedRow { file: file.clone(), line, found: record.len(), expected: headers.len() },
+                error: PatientError::RaggedRow {
+                    file: file.clone(),
+                    line,
+                    found: record.len(),
+                    expected: headers.len(),
+                },
             });
             continue;
         }
-        let row = Row { file: &file, line, cells: &record, index: &index };
+        let row = Row {
+            file: &file,
+            line,
+            cells: &record,
+            index: &index,
+        };
         let patient_id = row.cell("patient_id").to_owned();
-        let parsed = row.parse_patient().and_then(|patient| match first_line_of.get(&patient.patient_id) {
-            Some(&first_line) => Err(PatientError::DuplicatePatient {
-                file: file.clone(),
-                line,
-                patient_id: patient.patient_id.clone(),
-                first_line,
-            }),
-            None => Ok(patient),
-        });
+        let parsed = row
+            .parse_patient()
+            .and_then(|patient| match first_line_of.get(&patient.patient_id) {
+                Some(&first_line) => Err(PatientError::DuplicatePatient {
+                    file: file.clone(),
+                    line,
+                    patient_id: patient.patient_id.clone(),
+                    first_line,
+                }),
+                None => Ok(patient),
+            });
         match parsed {
             Ok(patient) => {
                 first_line_of.insert(patient.patient_id.clone(), line);
@@ -151,11 +192,18 @@ pub fn read_manifest(dir: &Path) -> Result<ManifestRead, ManifestError> {
 /// Writes records as `dir/patients.csv` (the generator's writer; the same columns the reader expects).
 pub fn write_manifest(dir: &Path, records: &[PatientRecord]) -> Result<(), ManifestError> {
     let file = dir.join(MANIFEST_FILE);
-    let write_error = |message: String| ManifestError::Write { file: file.clone(), message };
+    let write_error = |message: String| ManifestError::Write {
+        file: file.clone(),
+        message,
+    };
     let mut writer = csv::Writer::from_path(&file).map_err(|e| write_error(e.to_string()))?;
-    writer.write_record(COLUMNS).map_err(|e| write_error(e.to_string()))?;
+    writer
+        .write_record(COLUMNS)
+        .map_err(|e| write_error(e.to_string()))?;
     for record in records {
-        writer.write_record(record.to_cells()).map_err(|e| write_error(e.to_string()))?;
+        writer
+            .write_record(record.to_cells())
+            .map_err(|e| write_error(e.to_string()))?;
     }
     writer.flush().map_err(|e| write_error(e.to_string()))
 }
@@ -213,7 +261,10 @@ struct Row<'a> {
 impl Row<'_> {
     fn cell(&self, column: &'static str) -> &str {
         // Every column in COLUMNS was found in the header and the row length equals the header's.
-        self.index.get(column).and_then(|&i| self.cells.get(i)).map_or("", str::trim)
+        self.index
+            .get(column)
+            .and_then(|&i| self.cells.get(i))
+            .map_or("", str::trim)
     }
 
     fn error(&self, field: &'static str, problem: FieldProblem) -> PatientError {
@@ -229,15 +280,29 @@ impl Row<'_> {
 
     fn required(&self, field: &'static str) -> Result<&str, PatientError> {
         let value = self.cell(field);
-        if value.is_empty() { Err(self.error(field, FieldProblem::Missing)) } else { Ok(value) }
+        if value.is_empty() {
+            Err(self.error(field, FieldProblem::Missing))
+        } else {
+            Ok(value)
+        }
     }
 
     fn category<T: FromStr<Err = UnknownCategory>>(&self, field: &'static str) -> Result<T, PatientError> {
-        self.required(field)?.parse::<T>().map_err(|e| self.error(field, FieldProblem::UnknownCategory(e)))
+        self.required(field)?
+            .parse::<T>()
+            .map_err(|e| self.error(field, FieldProblem::UnknownCategory(e)))
     }
 
-    fn number(&self, field: &'static str, range: (f64, f64), expected: &'static str) -> Result<f64, PatientError> {
-        let value: f64 = self.required(field)?.parse().map_err(|_| self.error(field, FieldProblem::NotANumber))?;
+    fn number(
+        &self,
+        field: &'static str,
+        range: (f64, f64),
+        expected: &'static str,
+    ) -> Result<f64, PatientError> {
+        let value: f64 = self
+            .required(field)?
+            .parse()
+            .map_err(|_| self.error(field, FieldProblem::NotANumber))?;
         if !value.is_finite() {
             return Err(self.error(field, FieldProblem::NotANumber));
         }
@@ -270,10 +335,15 @@ impl Row<'_> {
         if image_files.is_empty() {
             return Err(self.error("image_files", FieldProblem::Missing));
         }
-        if image_files.iter().any(|name| name.contains("..") || Path::new(name).is_absolute()) {
+        if image_files
+            .iter()
+            .any(|name| name.contains("..") || Path::new(name).is_absolute())
+        {
             return Err(self.error(
                 "image_files",
-                FieldProblem::OutOfRange { expected: "file names inside the images/ folder" },
+                FieldProblem::OutOfRange {
+                    expected: "file names inside the images/ folder",
+                },
             ));
         }
         let image_frame = if self.cell("image_frame").is_empty() {
@@ -281,7 +351,12 @@ impl Row<'_> {
         } else {
             let frame = self.number("image_frame", (0.0, 65_535.0), "a whole frame number 0..65535")?;
             if frame.fract() != 0.0 {
-                return Err(self.error("image_frame", FieldProblem::OutOfRange { expected: "a whole frame number" }));
+                return Err(self.error(
+                    "image_frame",
+                    FieldProblem::OutOfRange {
+                        expected: "a whole frame number",
+                    },
+                ));
             }
             // The range and whole-number checks make the cast exact.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -308,10 +383,21 @@ impl Row<'_> {
             text: self.cell("report_text").to_owned(),
         };
         let labels = self.parse_labels(&patient_id, clinical.age_years)?;
-        Ok(PatientRecord { patient_id, image_files, image_frame, clinical, report, labels })
+        Ok(PatientRecord {
+            patient_id,
+            image_files,
+            image_frame,
+            clinical,
+            report,
+            labels,
+        })
     }
 
-    fn parse_labels(&self, patient_id: &str, age_years: f64) -> Result<Option<PathologyLabels>, PatientError> {
+    fn parse_labels(
+        &self,
+        patient_id: &str,
+        age_years: f64,
+    ) -> Result<Option<PathologyLabels>, PatientError> {
         if LABEL_COLUMNS.iter().all(|column| self.cell(column).is_empty()) {
             return Ok(None);
         }
@@ -340,7 +426,10 @@ impl Row<'_> {
         }
         let n = staging::n_category(labels.lnm_central, labels.lnm_lateral);
         if n != labels.n {
-            return Err(inconsistent(format!("n_category is {} but the compartments give {n}", labels.n)));
+            return Err(inconsistent(format!(
+                "n_category is {} but the compartments give {n}",
+                labels.n
+            )));
         }
         let stage = staging::overall_stage(age_years, labels.t, labels.n, labels.m);
         if stage != labels.stage {

@@ -46,7 +46,10 @@ impl SiteData {
     /// The LNM label of each included patient (`None` where unlabelled).
     #[must_use]
     pub fn lnm_labels(&self) -> Vec<Option<bool>> {
-        self.patients.iter().map(|p| p.record.labels.map(|labels| labels.lnm)).collect()
+        self.patients
+            .iter()
+            .map(|p| p.record.labels.map(|labels| labels.lnm))
+            .collect()
     }
 }
 
@@ -55,7 +58,11 @@ pub fn load_site(site: &str, site_dir: &Path, options: &LoadOptions) -> Result<S
     let started = std::time::Instant::now();
     let manifest = read_manifest(site_dir)?;
     let images_dir = site_dir.join(IMAGES_DIR);
-    let mut flow = PatientFlow { site: site.to_owned(), read: manifest.n_read, ..PatientFlow::default() };
+    let mut flow = PatientFlow {
+        site: site.to_owned(),
+        read: manifest.n_read,
+        ..PatientFlow::default()
+    };
     let mut exclusions = manifest.exclusions;
     let mut patients = Vec::with_capacity(manifest.records.len());
     for (line, record) in manifest.records {
@@ -69,19 +76,34 @@ pub fn load_site(site: &str, site_dir: &Path, options: &LoadOptions) -> Result<S
             record
                 .image_files
                 .iter()
-                .map(|name| image::load_tensor(&images_dir.join(name), record.image_frame, &options.preprocess))
+                .map(|name| {
+                    image::load_tensor(&images_dir.join(name), record.image_frame, &options.preprocess)
+                })
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| PatientError::Image { line, patient_id: record.patient_id.clone(), source })
+                .map_err(|source| PatientError::Image {
+                    line,
+                    patient_id: record.patient_id.clone(),
+                    source,
+                })
         };
         match loaded {
             Ok(images) => patients.push(LoadedPatient { record, images }),
-            Err(error) => exclusions.push(Exclusion { line, patient_id: Some(record.patient_id), error }),
+            Err(error) => exclusions.push(Exclusion {
+                line,
+                patient_id: Some(record.patient_id),
+                error,
+            }),
         }
     }
     exclusions.sort_by_key(|exclusion| exclusion.line);
     for exclusion in &exclusions {
         flow.exclude(exclusion.error.reason());
-        tracing::warn!(site, line = exclusion.line, "patient excluded: {}", exclusion.error);
+        tracing::warn!(
+            site,
+            line = exclusion.line,
+            "patient excluded: {}",
+            exclusion.error
+        );
     }
     flow.included = patients.len();
     tracing::info!(
@@ -92,5 +114,9 @@ pub fn load_site(site: &str, site_dir: &Path, options: &LoadOptions) -> Result<S
         seconds = started.elapsed().as_secs_f64(),
         "site data loaded"
     );
-    Ok(SiteData { patients, exclusions, flow })
+    Ok(SiteData {
+        patients,
+        exclusions,
+        flow,
+    })
 }

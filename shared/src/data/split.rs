@@ -19,8 +19,14 @@ pub struct Split {
 pub enum SplitError {
     #[error("validation fraction {0} is not strictly between 0 and 1")]
     BadFraction(f64),
-    #[error("k = {k} folds need 2 <= k <= the number of patients of each class ({positives} LNM+, {negatives} LNM-)")]
-    BadFoldCount { k: usize, positives: usize, negatives: usize },
+    #[error(
+        "k = {k} folds need 2 <= k <= the number of patients of each class ({positives} LNM+, {negatives} LNM-)"
+    )]
+    BadFoldCount {
+        k: usize,
+        positives: usize,
+        negatives: usize,
+    },
 }
 
 /// A train/validation split keeping the LNM proportion: `round(fraction * n_class)` of each class go to
@@ -30,7 +36,10 @@ pub fn stratified_split(labels: &[bool], validation_fraction: f64, seed: u64) ->
         return Err(SplitError::BadFraction(validation_fraction));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut split = Split { train: Vec::new(), validation: Vec::new() };
+    let mut split = Split {
+        train: Vec::new(),
+        validation: Vec::new(),
+    };
     for class in shuffled_classes(labels, &mut rng) {
         // Rounded and clamped to the class size: the cast is exact.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -49,7 +58,11 @@ pub fn stratified_k_fold(labels: &[bool], k: usize, seed: u64) -> Result<Vec<Spl
     let positives = labels.iter().filter(|&&label| label).count();
     let negatives = labels.len() - positives;
     if k < 2 || k > positives || k > negatives {
-        return Err(SplitError::BadFoldCount { k, positives, negatives });
+        return Err(SplitError::BadFoldCount {
+            k,
+            positives,
+            negatives,
+        });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut fold_of = vec![0_usize; labels.len()];
