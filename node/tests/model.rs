@@ -2,6 +2,9 @@
 //! exactly through named tensors and safetensors, modality switches decide which inputs matter, the
 //! FedBN names are found, and the CLI trains, evaluates and explains end to end.
 
+// Test helpers outside `#[test]` functions may unwrap too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod fixture;
 
 use fedlnm_shared::features::{Example, encode_patient};
@@ -83,6 +86,15 @@ fn image_branch_learns_the_foci_loss_falls_and_validation_auc_rises() {
     let first = &outcome.history[0];
     let last = outcome.history.last().unwrap();
     let best_auc = outcome.history[outcome.best_epoch - 1].val_auc.unwrap();
+    for e in &outcome.history {
+        eprintln!(
+            "epoch {:2}: train loss {:.3} (LNM {:.3}), val AUC {:.3}",
+            e.epoch,
+            e.train_loss,
+            e.train_lnm_loss,
+            e.val_auc.unwrap()
+        );
+    }
     eprintln!(
         "initial AUC {chance:.3}; loss {:.3} -> {:.3}; best val AUC {best_auc:.3} at epoch {}",
         first.train_loss, last.train_loss, outcome.best_epoch
@@ -107,7 +119,7 @@ fn named_tensors_and_safetensors_round_trip_exactly_to_identical_predictions() {
     let config = ModelConfig::tiny(Modality::Multimodal);
     // Named tensors -> model -> named tensors is the identity (bit for bit, same order).
     let initial = train::initial_weights(&config, 1);
-    let round = fedlnm_shared::train::round_trip(&config, &initial).unwrap();
+    let round = train::round_trip(&config, &initial).unwrap();
     assert_eq!(
         round.names().collect::<Vec<_>>(),
         initial.names().collect::<Vec<_>>()
