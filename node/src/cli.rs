@@ -29,6 +29,16 @@ pub enum Command {
     /// Check that this hospital can reach the study's aggregator with its startup kit: network path
     /// (outbound only), mutual TLS, certificate identity and study membership. Prints the site's role.
     CheckIn(commands::check_in::CheckInArgs),
+    /// Train the LNM model centrally on one or more site folders (pooled); writes the checkpoint
+    /// (safetensors), the config and the training log.
+    Train(commands::model::TrainArgs),
+    /// Score a site folder with a checkpoint: predictions CSV and the study's metrics JSON (AUC with
+    /// CI, Youden sensitivity/specificity, Brier, calibration, kappa for T, N and stage).
+    Evaluate(commands::model::EvaluateArgs),
+    /// Grad-CAM overlays (PNG) of the image branch for chosen patients.
+    Explain(commands::model::ExplainArgs),
+    /// Training speed benchmark: images/s of training and inference per model size (markdown table).
+    Bench(commands::model::BenchArgs),
 }
 
 /// Runs one parsed command line.
@@ -38,6 +48,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(args) => commands::synth::run(args),
         Command::CheckData(args) => commands::check_data::run(&args),
         Command::CheckIn(args) => commands::check_in::run(&args),
+        Command::Train(args) => commands::model::train(&args),
+        Command::Evaluate(args) => commands::model::evaluate(&args),
+        Command::Explain(args) => commands::model::explain(&args),
+        Command::Bench(args) => commands::model::bench(&args),
     }
 }
 
@@ -50,6 +64,8 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause.is::<fedlnm_shared::stats::logistic::LogisticError>()
             || cause.is::<fedlnm_shared::data::ManifestError>()
             || cause.is::<fedlnm_shared::config::ConfigError>()
+            || cause.is::<fedlnm_shared::model_config::ConfigError>()
+            || cause.is::<fedlnm_shared::weights::WeightsError>()
     });
     if input_fault { 2 } else { 1 }
 }

@@ -1,6 +1,7 @@
 //! fedlnm-node: what runs at a hospital. The `stats` commands over CSV files, the site-data check and
-//! the synthetic generator, and the client side of the federation (today: `check-in`, proving the
-//! mutual-TLS path to the aggregator); local training and the federated rounds join as they are built.
+//! the synthetic generator, the model commands (`train`, `evaluate`, `explain`, `bench`), and the client
+//! side of the federation (today: `check-in`, proving the mutual-TLS path to the aggregator); the
+//! federated rounds join as they are built.
 
 pub mod cli;
 pub mod client;

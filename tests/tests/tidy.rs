@@ -105,3 +105,38 @@ fn library_code_logs_with_tracing_not_print() {
         }
     }
 }
+
+#[test]
+fn aggregator_never_enables_the_model_feature() {
+    let deps = normal_dependencies("aggregator");
+    let shared = deps
+        .lines()
+        .find(|l| l.trim_start().starts_with("fedlnm-shared"))
+        .unwrap_or_default();
+    assert!(
+        !shared.contains("model") && !shared.contains("cuda"),
+        "aggregator/Cargo.toml enables the burn model in fedlnm-shared: {shared}"
+    );
+}
+
+#[test]
+fn burn_is_named_only_in_the_model_and_training_modules() {
+    for file in crate_sources("shared/src")
+        .into_iter()
+        .chain(crate_sources("node/src"))
+    {
+        let path = file.to_string_lossy().replace('\\', "/");
+        let allowed = path.contains("/shared/src/model/") || path.contains("/shared/src/train/");
+        if allowed {
+            continue;
+        }
+        for (number, line) in read(&file).lines().enumerate() {
+            assert!(
+                !line.contains("burn::"),
+                "{}:{}: burn types belong in shared/src/model or shared/src/train only",
+                file.display(),
+                number + 1
+            );
+        }
+    }
+}

@@ -598,7 +598,7 @@ fn annotate(
     let mut mm = 0.0;
     while mm <= depth_mm {
         let y = (field.top + mm / depth_mm * field.height) as u32;
-        let long = (mm as u32) % 10 == 0;
+        let long = (mm as u32).is_multiple_of(10);
         let length = if long { 4 * glyph } else { 2 * glyph };
         for x in tick_x..(tick_x + length).min(picture.width()) {
             if y < picture.height() {

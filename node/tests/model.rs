@@ -1,0 +1,366 @@
+//! The model and its training on a tiny synthetic site (CPU, seconds): it learns, its weights round-trip
+//! exactly through named tensors and safetensors, modality switches decide which inputs matter, the
+//! FedBN names are found, and the CLI trains, evaluates and explains end to end.
+
+// Test helpers outside `#[test]` functions may unwrap too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod fixture;
+
+use fedlnm_shared::features::{Example, encode_patient};
+use fedlnm_shared::model_config::{AugmentConfig, Modality, ModelConfig, ResNetVariant, TrainPlan};
+use fedlnm_shared::train::{self, Device, Progress};
+use fedlnm_shared::weights::{NamedTensors, is_local_norm};
+use std::collections::BTreeMap;
+
+fn examples(config: &ModelConfig, n: usize, seed: u64) -> Vec<Example> {
+    fixture::patients(n, config.image.input_size, seed)
+        .iter()
+        .map(|p| {
+            encode_patient(
+                p,
+                config.image.input_size,
+                config.report.text_buckets,
+                config.report.max_ngram,
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn scores(config: &ModelConfig, weights: &NamedTensors, examples: &[Example]) -> Vec<f64> {
+    train::predict(Device::Cpu, config, weights, examples, 16)
+        .unwrap()
+        .iter()
+        .map(|p| p.lnm_probability)
+        .collect()
+}
+
+fn quick_plan(epochs: usize) -> TrainPlan {
+    TrainPlan {
+        epochs,
+        batch_size: 8,
+        learning_rate: 3e-3,
+        patience: 0,
+        augment: AugmentConfig {
+            speckle_sigma: 0.05,
+            ..AugmentConfig::default()
+        },
+        ..TrainPlan::default()
+    }
+}
+
+#[test]
+fn image_branch_learns_the_foci_loss_falls_and_validation_auc_rises() {
+    let config = ModelConfig::tiny(Modality::ImageOnly);
+    let train_set = examples(&config, 64, 1);
+    let validation = examples(&config, 40, 2);
+    let initial = train::initial_weights(&config, 5);
+    let chance = fedlnm_shared::stats::binary::auc_delong(
+        &validation
+            .iter()
+            .map(|e| e.targets.unwrap().lnm)
+            .collect::<Vec<_>>(),
+        &scores(&config, &initial, &validation),
+    )
+    .unwrap()
+    .unwrap()
+    .auc;
+    let mut epochs_seen = 0;
+    let outcome = train::train_local(
+        Device::Cpu,
+        &config,
+        &initial,
+        &train_set,
+        &validation,
+        &quick_plan(12),
+        &mut |p| {
+            if let Progress::Epoch(_) = p {
+                epochs_seen += 1;
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(epochs_seen, 12);
+    assert_eq!(outcome.n_samples, 64);
+    let first = &outcome.history[0];
+    let last = outcome.history.last().unwrap();
+    let best_auc = outcome.history[outcome.best_epoch - 1].val_auc.unwrap();
+    for e in &outcome.history {
+        eprintln!(
+            "epoch {:2}: train loss {:.3} (LNM {:.3}), val AUC {:.3}",
+            e.epoch,
+            e.train_loss,
+            e.train_lnm_loss,
+            e.val_auc.unwrap()
+        );
+    }
+    eprintln!(
+        "initial AUC {chance:.3}; loss {:.3} -> {:.3}; best val AUC {best_auc:.3} at epoch {}",
+        first.train_loss, last.train_loss, outcome.best_epoch
+    );
+    assert!(
+        last.train_loss < 0.8 * first.train_loss,
+        "loss did not fall: {:?}",
+        outcome.history
+    );
+    assert!(best_auc >= 0.85, "validation AUC {best_auc} (initial {chance})");
+    // The kept weights are the best epoch's: predicting with them reproduces its validation AUC.
+    let y: Vec<bool> = validation.iter().map(|e| e.targets.unwrap().lnm).collect();
+    let kept = fedlnm_shared::stats::binary::auc_delong(&y, &scores(&config, &outcome.weights, &validation))
+        .unwrap()
+        .unwrap()
+        .auc;
+    assert!((kept - best_auc).abs() < 1e-9, "{kept} vs {best_auc}");
+}
+
+#[test]
+fn named_tensors_and_safetensors_round_trip_exactly_to_identical_predictions() {
+    let config = ModelConfig::tiny(Modality::Multimodal);
+    // Named tensors -> model -> named tensors is the identity (bit for bit, same order).
+    let initial = train::initial_weights(&config, 1);
+    let round = train::round_trip(&config, &initial).unwrap();
+    assert_eq!(
+        round.names().collect::<Vec<_>>(),
+        initial.names().collect::<Vec<_>>()
+    );
+    let bits = |w: &NamedTensors| {
+        w.tensors
+            .iter()
+            .flat_map(|t| t.values.iter().map(|v| v.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&round), bits(&initial));
+    let train_set = examples(&config, 16, 3);
+    // Two short epochs so that running statistics and every parameter differ from initialisation.
+    let outcome = train::train_local(
+        Device::Cpu,
+        &config,
+        &train::initial_weights(&config, 1),
+        &train_set,
+        &[],
+        &quick_plan(2),
+        &mut |_| {},
+    )
+    .unwrap();
+    let weights = outcome.weights;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.safetensors");
+    fedlnm_node::commands::model::write_checkpoint(&file, &config, &weights).unwrap();
+    let (config_back, weights_back) = fedlnm_node::commands::model::read_checkpoint(&file).unwrap();
+    assert_eq!(config_back, config);
+    weights_back.check_same_layout(&weights).unwrap();
+    for b in &weights.tensors {
+        let a = weights_back.get(&b.name).unwrap();
+        assert!(
+            a.values
+                .iter()
+                .zip(&b.values)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{}",
+            a.name
+        );
+    }
+    let before = scores(&config, &weights, &train_set);
+    let after = scores(&config, &weights_back, &train_set);
+    assert_eq!(
+        before.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+        after.iter().map(|s| s.to_bits()).collect::<Vec<_>>()
+    );
+    // A running statistic moved away from its initial value (so the round trip carried real state).
+    let initial = train::initial_weights(&config, 1);
+    let var = |w: &NamedTensors| w.get("image.stem_bn.running_var").unwrap().values.clone();
+    assert_ne!(var(&initial), var(&weights));
+}
+
+#[test]
+fn modality_switches_decide_which_inputs_matter() {
+    let cases = [
+        (Modality::ImageOnly, true, false),
+        (Modality::ReportOnly, false, true),
+        (Modality::Multimodal, true, true),
+    ];
+    for (modality, image_matters, report_matters) in cases {
+        let config = ModelConfig::tiny(modality);
+        let weights = train::initial_weights(&config, 11);
+        let base = examples(&config, 6, 4);
+        let mut other_image = base.clone();
+        let mut other_report = base.clone();
+        let donors = examples(&config, 6, 99);
+        for ((image_changed, report_changed), donor) in
+            other_image.iter_mut().zip(&mut other_report).zip(&donors)
+        {
+            image_changed.inputs.image = donor.inputs.image.clone();
+            report_changed.inputs.structured = donor.inputs.structured.clone();
+            report_changed.inputs.text = donor.inputs.text.clone();
+            report_changed.inputs.report_numbers = donor.inputs.report_numbers;
+            report_changed.inputs.clinical = donor.inputs.clinical;
+        }
+        let s = scores(&config, &weights, &base);
+        let differs = |other: &[Example]| {
+            scores(&config, &weights, other)
+                .iter()
+                .zip(&s)
+                .any(|(a, b)| (a - b).abs() > 1e-7)
+        };
+        assert_eq!(differs(&other_image), image_matters, "{modality:?}: image");
+        assert_eq!(differs(&other_report), report_matters, "{modality:?}: report");
+    }
+}
+
+#[test]
+fn fedbn_names_cover_exactly_the_normalisation_layers() {
+    let config = ModelConfig::tiny(Modality::Multimodal);
+    let weights = train::initial_weights(&config, 0);
+    let local: Vec<&str> = weights.local_norm_names().collect();
+    // Tiny ResNet: stem + 4 blocks × 2 + 3 projection shortcuts = 12 batch norms × 4 tensors.
+    assert_eq!(local.len(), 12 * 4, "{local:?}");
+    for suffix in ["gamma", "beta", "running_mean", "running_var"] {
+        assert_eq!(local.iter().filter(|n| n.ends_with(suffix)).count(), 12);
+    }
+    assert!(
+        weights
+            .names()
+            .filter(|n| n.contains("running"))
+            .all(is_local_norm)
+    );
+    assert!(
+        weights.get("report.text_embedding.weight").is_some() && weights.get("lnm_head.weight").is_some()
+    );
+    // ResNet-50 has bottleneck blocks: a third batch norm per block.
+    let mut deep = ModelConfig::tiny(Modality::ImageOnly);
+    deep.image.variant = ResNetVariant::Resnet50;
+    let names: Vec<String> = train::initial_weights(&deep, 0)
+        .names()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "image.blocks.15.bn3.gamma"),
+        "{:?}",
+        &names[names.len() - 12..]
+    );
+    assert!(!names.iter().any(|n| n.starts_with("report.")));
+}
+
+#[test]
+fn different_architectures_have_different_digests_and_layouts() {
+    let a = ModelConfig::tiny(Modality::Multimodal);
+    let mut b = a.clone();
+    b.image.base_width = 16;
+    assert_ne!(a.digest(), b.digest());
+    let error = train::initial_weights(&b, 0)
+        .check_same_layout(&train::initial_weights(&a, 0))
+        .unwrap_err();
+    assert!(error.to_string().contains("shape"), "{error}");
+    let wrong = train::predict(
+        Device::Cpu,
+        &a,
+        &train::initial_weights(&b, 0),
+        &examples(&a, 2, 0),
+        2,
+    );
+    assert!(wrong.is_err());
+}
+
+#[test]
+fn cli_trains_evaluates_and_explains_a_site_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site_a");
+    fixture::write_site(&site, &fixture::patients(48, 40, 8));
+    let config_file = dir.path().join("model.toml");
+    let config = fedlnm_shared::model_config::ConfigFile {
+        model: ModelConfig::tiny(Modality::Multimodal),
+        train: quick_plan(6),
+    };
+    std::fs::write(&config_file, config.to_toml()).unwrap();
+    let out = dir.path().join("run");
+    let node = env!("CARGO_BIN_EXE_fedlnm-node");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(node).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    };
+    let site_arg = site.to_str().unwrap();
+    let out_arg = out.to_str().unwrap();
+    run(&[
+        "train",
+        "--data",
+        site_arg,
+        "--out",
+        out_arg,
+        "--config",
+        config_file.to_str().unwrap(),
+        "--val-fraction",
+        "0.25",
+    ]);
+    let log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("training.json")).unwrap()).unwrap();
+    assert_eq!(log["n_train"], 36);
+    assert_eq!(
+        log["config_digest"],
+        ModelConfig::tiny(Modality::Multimodal).digest()
+    );
+    let checkpoint = out.join("model.safetensors");
+    let eval_out = dir.path().join("eval");
+    run(&[
+        "evaluate",
+        "--data",
+        site_arg,
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--out",
+        eval_out.to_str().unwrap(),
+    ]);
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_out.join("metrics.json")).unwrap()).unwrap();
+    let m = &metrics["metrics"];
+    assert_eq!(m["n_patients"], 48);
+    assert!(m["lnm"]["auc"].as_f64().unwrap() > 0.5);
+    assert_eq!(m["t_kappa"]["k"], 7);
+    assert_eq!(m["n_kappa"]["k"], 3);
+    assert_eq!(m["stage_kappa"]["k"], 5);
+    let predictions = std::fs::read_to_string(eval_out.join("predictions.csv")).unwrap();
+    assert_eq!(predictions.lines().count(), 49);
+    assert!(predictions.starts_with("patient_id,lnm_score,t_pred,n_pred,stage_pred"));
+    let explain_out = dir.path().join("cam");
+    run(&[
+        "explain",
+        "--data",
+        site_arg,
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--patients",
+        "P0000,P0001",
+        "--out",
+        explain_out.to_str().unwrap(),
+    ]);
+    for id in ["P0000", "P0001"] {
+        let picture = image::open(explain_out.join(format!("{id}_gradcam.png"))).unwrap();
+        assert_eq!(picture.width(), 32);
+    }
+    // The config digest stored in the checkpoint is checked on load.
+    let (weights, mut metadata) = NamedTensors::load_safetensors(&checkpoint).unwrap();
+    metadata.insert("fedlnm.config_digest".to_owned(), "0".repeat(64));
+    let tampered = dir.path().join("tampered.safetensors");
+    weights
+        .save_safetensors(&tampered, &metadata.into_iter().collect::<BTreeMap<_, _>>())
+        .unwrap();
+    let output = std::process::Command::new(node)
+        .args([
+            "evaluate",
+            "--data",
+            site_arg,
+            "--checkpoint",
+            tampered.to_str().unwrap(),
+            "--out",
+            eval_out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("digest"));
+}

@@ -1,0 +1,470 @@
+//! The model's architecture ([`ModelConfig`]) and training plan ([`TrainPlan`]) as typed TOML, validated
+//! once at load, and the architecture's stable SHA-256 digest that sites compare before a federation.
+//!
+//! Burn-free: the aggregator reads and digests configs without building the model.
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+/// Which branches the model has (the study compares the three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Modality {
+    /// Image, report (structured fields and free text) and clinical branches.
+    #[default]
+    Multimodal,
+    /// The ultrasound image only.
+    ImageOnly,
+    /// Everything known before surgery except the image: the report and the clinical fields.
+    ReportOnly,
+}
+
+impl Modality {
+    /// Whether the image branch exists.
+    #[must_use]
+    pub fn uses_image(self) -> bool {
+        matches!(self, Self::Multimodal | Self::ImageOnly)
+    }
+
+    /// Whether the report and clinical branches exist.
+    #[must_use]
+    pub fn uses_report(self) -> bool {
+        matches!(self, Self::Multimodal | Self::ReportOnly)
+    }
+}
+
+/// The ResNet layout of the image branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResNetVariant {
+    /// One basic block per stage: trains on 2 CPU cores in tests.
+    Tiny,
+    Resnet18,
+    Resnet34,
+    /// Bottleneck blocks (expansion 4).
+    Resnet50,
+    Resnet101,
+}
+
+impl ResNetVariant {
+    /// Blocks per stage (4 stages).
+    #[must_use]
+    pub fn blocks(self) -> [usize; 4] {
+        match self {
+            Self::Tiny => [1, 1, 1, 1],
+            Self::Resnet18 => [2, 2, 2, 2],
+            Self::Resnet34 | Self::Resnet50 => [3, 4, 6, 3],
+            Self::Resnet101 => [3, 4, 23, 3],
+        }
+    }
+
+    /// Whether the stages use bottleneck blocks.
+    #[must_use]
+    pub fn bottleneck(self) -> bool {
+        matches!(self, Self::Resnet50 | Self::Resnet101)
+    }
+}
+
+/// The image branch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    pub variant: ResNetVariant,
+    /// Channels of the first stage (64 in the standard ResNets); doubled at each later stage.
+    pub base_width: usize,
+    /// Side of the square input in pixels (64 in tests, 224 for real runs).
+    pub input_size: u32,
+}
+
+/// The report branch: TI-RADS field embeddings and the hashed character n-gram text encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Embedding width of each structured field.
+    pub field_dim: usize,
+    /// Hash buckets of the text encoder (sites share no vocabulary: a bucket is a hash, not a word).
+    pub text_buckets: usize,
+    /// Embedding width of the text encoder.
+    pub text_dim: usize,
+    /// Longest character n-gram (1..=max) hashed from the free text.
+    pub max_ngram: usize,
+}
+
+/// The whole architecture. Everything here changes the weights' layout or meaning, so it is digested.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub modality: Modality,
+    pub image: ImageConfig,
+    pub report: ReportConfig,
+    /// Width of the clinical branch's embedding.
+    pub clinical_dim: usize,
+    /// Width of the fusion MLP's hidden layer.
+    pub fusion_hidden: usize,
+    /// Dropout before the heads (training only).
+    pub dropout: f64,
+}
+
+/// A config that cannot be used; names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", file.display())]
+    Unreadable {
+        file: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {}: {message}", file.display())]
+    Parse {
+        file: std::path::PathBuf,
+        message: String,
+    },
+    #[error("config key '{key}': {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl ModelConfig {
+    /// A model small enough to train in seconds on 2 CPU cores (tests): tiny ResNet, 32 px.
+    #[must_use]
+    pub fn tiny(modality: Modality) -> Self {
+        Self {
+            modality,
+            image: ImageConfig {
+                variant: ResNetVariant::Tiny,
+                base_width: 8,
+                input_size: 32,
+            },
+            report: ReportConfig {
+                field_dim: 4,
+                text_buckets: 512,
+                text_dim: 8,
+                max_ngram: 3,
+            },
+            clinical_dim: 4,
+            fusion_hidden: 32,
+            dropout: 0.0,
+        }
+    }
+
+    /// The study's default: ResNet-18 at 224 px.
+    #[must_use]
+    pub fn resnet18() -> Self {
+        Self {
+            modality: Modality::Multimodal,
+            image: ImageConfig {
+                variant: ResNetVariant::Resnet18,
+                base_width: 64,
+                input_size: 224,
+            },
+            report: ReportConfig {
+                field_dim: 8,
+                text_buckets: 16_384,
+                text_dim: 32,
+                max_ngram: 3,
+            },
+            clinical_dim: 8,
+            fusion_hidden: 128,
+            dropout: 0.2,
+        }
+    }
+
+    /// Checks every value once; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &'static str, value: usize| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    problem: "must be at least 1".to_owned(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("image.base_width", self.image.base_width)?;
+        positive("report.field_dim", self.report.field_dim)?;
+        positive("report.text_buckets", self.report.text_buckets)?;
+        positive("report.text_dim", self.report.text_dim)?;
+        positive("report.max_ngram", self.report.max_ngram)?;
+        positive("clinical_dim", self.clinical_dim)?;
+        positive("fusion_hidden", self.fusion_hidden)?;
+        if self.image.input_size < 32 {
+            return Err(ConfigError::Invalid {
+                key: "image.input_size",
+                problem: "must be at least 32 pixels".into(),
+            });
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ConfigError::Invalid {
+                key: "dropout",
+                problem: "must be in [0, 1)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The SHA-256 (hex) of the canonical serialization: a version tag and the config as compact JSON
+    /// with fields in declaration order. Equal digests mean the same architecture.
+    #[must_use]
+    pub fn digest(&self) -> String {
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"fedlnm-model-config-v1\n");
+        // Serializing a plain struct of numbers, strings and enums to JSON cannot fail.
+        hasher.update(serde_json::to_vec(self).unwrap_or_default());
+        hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
+    /// The canonical JSON that [`Self::digest`] hashes (stored in checkpoints).
+    #[must_use]
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Data augmentation suited to ultrasound (applied to training images only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Probability of a horizontal flip (left and right lobes are mirror images).
+    pub flip_probability: f64,
+    /// Largest shift, as a fraction of the side.
+    pub max_shift: f64,
+    /// Largest relative zoom in or out.
+    pub max_scale: f64,
+    /// Largest relative change of overall gain (brightness).
+    pub max_gain: f64,
+    /// Standard deviation of the multiplicative speckle noise.
+    pub speckle_sigma: f64,
+}
+
+impl AugmentConfig {
+    /// No augmentation.
+    pub const NONE: Self = Self {
+        flip_probability: 0.0,
+        max_shift: 0.0,
+        max_scale: 0.0,
+        max_gain: 0.0,
+        speckle_sigma: 0.0,
+    };
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            flip_probability: 0.5,
+            max_shift: 0.06,
+            max_scale: 0.08,
+            max_gain: 0.15,
+            speckle_sigma: 0.08,
+        }
+    }
+}
+
+/// How to train: optimiser, schedule, loss weights, early stopping, seed. Not part of the digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainPlan {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate of AdamW.
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Linear warm-up over this fraction of all steps, then cosine decay to `min_lr_fraction × peak`.
+    pub warmup_fraction: f64,
+    pub min_lr_fraction: f64,
+    /// Weights of the multi-task loss: LNM binary cross-entropy, T and N cross-entropies.
+    pub lnm_weight: f64,
+    pub t_weight: f64,
+    pub n_weight: f64,
+    /// Weight LNM-positive patients by negatives/positives of the training set.
+    pub balance_lnm: bool,
+    /// Stop after this many epochs without a better validation AUC (0: never stop early).
+    pub patience: usize,
+    pub seed: u64,
+    pub augment: AugmentConfig,
+}
+
+impl Default for TrainPlan {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 16,
+            learning_rate: 1e-3,
+            weight_decay: 1e-4,
+            warmup_fraction: 0.05,
+            min_lr_fraction: 0.01,
+            lnm_weight: 1.0,
+            t_weight: 0.5,
+            n_weight: 0.5,
+            balance_lnm: true,
+            patience: 8,
+            seed: 42,
+            augment: AugmentConfig::default(),
+        }
+    }
+}
+
+impl TrainPlan {
+    /// Checks every value once; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.epochs == 0 {
+            return invalid("train.epochs", "must be at least 1");
+        }
+        if self.batch_size < 2 {
+            return invalid("train.batch_size", "must be at least 2 (batch normalisation)");
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return invalid("train.learning_rate", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.warmup_fraction) {
+            return invalid("train.warmup_fraction", "must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_fraction) {
+            return invalid("train.min_lr_fraction", "must be in [0, 1]");
+        }
+        Ok(())
+    }
+
+    /// The learning rate at `step` of `total_steps`: linear warm-up, then cosine decay.
+    #[must_use]
+    pub fn learning_rate_at(&self, step: usize, total_steps: usize) -> f64 {
+        let total = total_steps.max(1) as f64;
+        let warmup = (self.warmup_fraction * total).ceil().max(1.0);
+        let step = step as f64;
+        if step < warmup {
+            return self.learning_rate * (step + 1.0) / warmup;
+        }
+        let progress = ((step - warmup) / (total - warmup).max(1.0)).clamp(0.0, 1.0);
+        let floor = self.learning_rate * self.min_lr_fraction;
+        floor + (self.learning_rate - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// The file `model.toml`: `[model]` (digested) and `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainPlan,
+}
+
+impl ConfigFile {
+    /// Reads and validates a TOML config file.
+    pub fn read(file: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Unreadable {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.model.validate()?;
+        config.train.validate()?;
+        Ok(config)
+    }
+
+    /// The TOML text of this config.
+    #[must_use]
+    pub fn to_toml(&self) -> String {
+        // A struct of numbers, strings and enums always serializes to TOML.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_stable_and_changes_with_the_architecture() {
+        let base = ModelConfig::tiny(Modality::Multimodal);
+        assert_eq!(base.digest(), ModelConfig::tiny(Modality::Multimodal).digest());
+        assert_eq!(base.digest().len(), 64);
+        let mut changes: Vec<ModelConfig> = Vec::new();
+        let mut c = base.clone();
+        c.image.variant = ResNetVariant::Resnet18;
+        changes.push(c);
+        let mut c = base.clone();
+        c.image.base_width = 16;
+        changes.push(c);
+        let mut c = base.clone();
+        c.report.text_buckets = 1024;
+        changes.push(c);
+        changes.push(ModelConfig::tiny(Modality::ImageOnly));
+        let mut c = base.clone();
+        c.image.input_size = 64;
+        changes.push(c);
+        for changed in &changes {
+            assert_ne!(changed.digest(), base.digest(), "{changed:?}");
+        }
+        // A TOML round trip gives the same digest (the digest does not depend on the file's layout).
+        let file = ConfigFile {
+            model: base.clone(),
+            train: TrainPlan::default(),
+        };
+        let back: ConfigFile = toml::from_str(&file.to_toml()).unwrap();
+        assert_eq!(back.model.digest(), base.digest());
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let mut c = ModelConfig::tiny(Modality::Multimodal);
+        c.report.text_buckets = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("report.text_buckets")
+        );
+        let plan = TrainPlan {
+            batch_size: 1,
+            ..TrainPlan::default()
+        };
+        assert!(
+            plan.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("train.batch_size")
+        );
+        let parsed: Result<ConfigFile, _> = toml::from_str("[model]\nmodality = \"video\"\n");
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn example_config_files_parse_and_match_the_presets() {
+        let tiny: ConfigFile = toml::from_str(include_str!("../../configs/model-tiny.toml")).unwrap();
+        let resnet18: ConfigFile = toml::from_str(include_str!("../../configs/model-resnet18.toml")).unwrap();
+        for config in [&tiny, &resnet18] {
+            config.model.validate().unwrap();
+            config.train.validate().unwrap();
+        }
+        assert_eq!(tiny.model, ModelConfig::tiny(Modality::Multimodal));
+        assert_eq!(resnet18.model, ModelConfig::resnet18());
+        assert_eq!(resnet18.train, TrainPlan::default());
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays() {
+        let plan = TrainPlan {
+            learning_rate: 1.0,
+            warmup_fraction: 0.1,
+            min_lr_fraction: 0.0,
+            ..TrainPlan::default()
+        };
+        let lrs: Vec<f64> = (0..100).map(|s| plan.learning_rate_at(s, 100)).collect();
+        assert!((lrs[9] - 1.0).abs() < 1e-12);
+        assert!(lrs[0] < lrs[5] && lrs[5] < lrs[9]);
+        assert!(lrs[10..].windows(2).all(|w| w[1] <= w[0]));
+        assert!(lrs[99] < 1e-3);
+    }
+}

@@ -1,0 +1,293 @@
+//! Model weights as plain data: named f32 tensors (the federation's wire representation) and their
+//! `safetensors` checkpoint files (readable from PyTorch with `safetensors.torch.load_file`).
+//!
+//! No burn type appears here: the aggregator and the federation protocol use this module without the
+//! `model` feature. Names are the module paths of the parameters (`image.blocks.3.bn1.gamma`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One named tensor: row-major f32 values of the given shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// All the weights of a model (parameters and normalisation running statistics), in module order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NamedTensors {
+    pub tensors: Vec<NamedTensor>,
+}
+
+/// Weights that cannot be read, written or matched to a model.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("cannot read checkpoint {}: {source}", file.display())]
+    Unreadable { file: PathBuf, source: std::io::Error },
+    #[error("cannot write checkpoint {}: {message}", file.display())]
+    Write { file: PathBuf, message: String },
+    #[error("checkpoint {} is not a valid safetensors file: {message}", file.display())]
+    Malformed { file: PathBuf, message: String },
+    #[error("tensor '{name}' has dtype {dtype}; only F32 is supported")]
+    NotF32 { name: String, dtype: String },
+    #[error("tensor '{name}': shape {shape:?} needs {expected} values but {found} were given")]
+    ShapeMismatch {
+        name: String,
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
+    #[error("the weights lack tensor '{name}' that the model needs")]
+    Missing { name: String },
+    #[error("tensor '{name}' is not part of this model (unexpected name)")]
+    Unexpected { name: String },
+    #[error("tensor '{name}' has shape {found:?} but the model expects {expected:?}")]
+    WrongShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor '{name}' appears twice")]
+    Duplicate { name: String },
+}
+
+impl NamedTensor {
+    /// A tensor, checking that the values fill the shape exactly.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) -> Result<Self, WeightsError> {
+        let name = name.into();
+        let expected = shape.iter().product::<usize>();
+        if expected != values.len() {
+            return Err(WeightsError::ShapeMismatch {
+                name,
+                shape,
+                expected,
+                found: values.len(),
+            });
+        }
+        Ok(Self { name, shape, values })
+    }
+}
+
+impl NamedTensors {
+    /// The tensor called `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&NamedTensor> {
+        self.tensors.iter().find(|tensor| tensor.name == name)
+    }
+
+    /// The names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.iter().map(|tensor| tensor.name.as_str())
+    }
+
+    /// The total number of scalar values.
+    #[must_use]
+    pub fn n_values(&self) -> usize {
+        self.tensors.iter().map(|tensor| tensor.values.len()).sum()
+    }
+
+    /// The names of the normalisation tensors a FedBN federation keeps local to each site.
+    pub fn local_norm_names(&self) -> impl Iterator<Item = &str> {
+        self.names().filter(|name| is_local_norm(name))
+    }
+
+    /// Checks that `self` has exactly the names and shapes of `reference` (in any order).
+    pub fn check_same_layout(&self, reference: &Self) -> Result<(), WeightsError> {
+        let mut ours: BTreeMap<&str, &NamedTensor> = BTreeMap::new();
+        for tensor in &self.tensors {
+            if ours.insert(tensor.name.as_str(), tensor).is_some() {
+                return Err(WeightsError::Duplicate {
+                    name: tensor.name.clone(),
+                });
+            }
+        }
+        for expected in &reference.tensors {
+            let found = ours
+                .remove(expected.name.as_str())
+                .ok_or_else(|| WeightsError::Missing {
+                    name: expected.name.clone(),
+                })?;
+            if found.shape != expected.shape {
+                return Err(WeightsError::WrongShape {
+                    name: expected.name.clone(),
+                    expected: expected.shape.clone(),
+                    found: found.shape.clone(),
+                });
+            }
+        }
+        match ours.into_keys().next() {
+            Some(name) => Err(WeightsError::Unexpected {
+                name: name.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a safetensors file with string metadata (config, digest). Values are little-endian F32.
+    pub fn save_safetensors(
+        &self,
+        file: &Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), WeightsError> {
+        let write_error = |message: String| WeightsError::Write {
+            file: file.to_path_buf(),
+            message,
+        };
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|tensor| {
+                let data = tensor
+                    .values
+                    .iter()
+                    .flat_map(|value| value.to_le_bytes())
+                    .collect();
+                (tensor.name.clone(), data, tensor.shape.clone())
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(name, data, shape)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .map(|view| (name.clone(), view))
+                    .map_err(|e| write_error(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metadata: std::collections::HashMap<String, String> =
+            metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let serialized =
+            safetensors::serialize(views, Some(metadata)).map_err(|e| write_error(e.to_string()))?;
+        std::fs::write(file, serialized).map_err(|e| write_error(e.to_string()))
+    }
+
+    /// Reads a safetensors file of F32 tensors; returns the tensors sorted by name (safetensors itself
+    /// keeps no order; models look tensors up by name) and the metadata.
+    pub fn load_safetensors(file: &Path) -> Result<(Self, BTreeMap<String, String>), WeightsError> {
+        let bytes = std::fs::read(file).map_err(|source| WeightsError::Unreadable {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let malformed = |message: String| WeightsError::Malformed {
+            file: file.to_path_buf(),
+            message,
+        };
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| malformed(e.to_string()))?;
+        let metadata: BTreeMap<String, String> = header
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let parsed = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| malformed(e.to_string()))?;
+        let mut entries: Vec<(String, safetensors::tensor::TensorView<'_>)> = parsed.tensors();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = Vec::with_capacity(entries.len());
+        for (name, view) in entries {
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(WeightsError::NotF32 {
+                    name,
+                    dtype: format!("{:?}", view.dtype()),
+                });
+            }
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+                .collect();
+            tensors.push(NamedTensor::new(name, view.shape().to_vec(), values)?);
+        }
+        Ok((Self { tensors }, metadata))
+    }
+}
+
+/// Whether a tensor belongs to a normalisation layer (FedBN keeps these local): any path component
+/// named `bn…`, `…_bn` or containing `norm`.
+#[must_use]
+pub fn is_local_norm(name: &str) -> bool {
+    name.split('.')
+        .any(|part| part.starts_with("bn") || part.ends_with("_bn") || part.contains("norm"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NamedTensors {
+        NamedTensors {
+            tensors: vec![
+                NamedTensor::new(
+                    "image.stem_conv.weight",
+                    vec![2, 1, 1, 2],
+                    vec![1.0, -0.5, f32::MIN_POSITIVE, 3.25e-8],
+                )
+                .unwrap(),
+                NamedTensor::new("image.stem_bn.running_var", vec![2], vec![0.1, 7.0]).unwrap(),
+                NamedTensor::new("heads.lnm.bias", vec![1], vec![-0.0]).unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn safetensors_round_trip_is_bit_exact_and_keeps_names_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.safetensors");
+        let metadata = BTreeMap::from([("fedlnm.digest".to_owned(), "abc".to_owned())]);
+        sample().save_safetensors(&file, &metadata).unwrap();
+        let (back, meta) = NamedTensors::load_safetensors(&file).unwrap();
+        assert_eq!(meta, metadata);
+        assert_eq!(
+            back.names().collect::<Vec<_>>(),
+            [
+                "heads.lnm.bias",
+                "image.stem_bn.running_var",
+                "image.stem_conv.weight"
+            ]
+        );
+        back.check_same_layout(&sample()).unwrap();
+        for b in &sample().tensors {
+            let a = back.get(&b.name).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.values), bits(&b.values));
+        }
+    }
+
+    #[test]
+    fn layout_check_names_the_problem() {
+        let reference = sample();
+        assert!(reference.check_same_layout(&reference).is_ok());
+        let mut missing = sample();
+        missing.tensors.pop();
+        assert!(matches!(
+            missing.check_same_layout(&reference),
+            Err(WeightsError::Missing { .. })
+        ));
+        let mut wrong = sample();
+        wrong.tensors[1] = NamedTensor::new("image.stem_bn.running_var", vec![1, 2], vec![0.1, 7.0]).unwrap();
+        assert!(matches!(
+            wrong.check_same_layout(&reference),
+            Err(WeightsError::WrongShape { .. })
+        ));
+        assert!(NamedTensor::new("x", vec![3], vec![1.0]).is_err());
+    }
+
+    #[test]
+    fn normalisation_names_are_recognised() {
+        for name in [
+            "image.stem_bn.gamma",
+            "image.blocks.0.bn2.running_mean",
+            "image.blocks.1.downsample_bn.beta",
+            "report.layer_norm.gamma",
+        ] {
+            assert!(is_local_norm(name), "{name}");
+        }
+        for name in [
+            "image.blocks.0.conv1.weight",
+            "fusion.hidden.weight",
+            "report.text_embedding.weight",
+        ] {
+            assert!(!is_local_norm(name), "{name}");
+        }
+    }
+}
