@@ -224,7 +224,6 @@ pub fn provision(options: &ProvisionOptions) -> Result<AggregatorConfig, Provisi
     let config = AggregatorConfig {
         study: options.study.clone(),
         listen: format!("0.0.0.0:{}", options.port),
-        metrics_listen: None,
         state_dir: PathBuf::from("state"),
         tls: TlsFiles {
             certificate: "server.pem".into(),

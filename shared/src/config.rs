@@ -68,9 +68,6 @@ pub struct AggregatorConfig {
     pub study: String,
     /// Address to listen on for nodes, e.g. "0.0.0.0:50051".
     pub listen: String,
-    /// Address of the Prometheus `/metrics` endpoint, e.g. "127.0.0.1:9100"; absent = off.
-    #[serde(default)]
-    pub metrics_listen: Option<String>,
     /// Folder where committed rounds (global models, state, metrics) are kept.
     pub state_dir: PathBuf,
     pub tls: TlsFiles,
@@ -127,11 +124,6 @@ impl AggregatorConfig {
             .listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| invalid("listen", e.to_string()))?;
-        if let Some(metrics) = &config.metrics_listen {
-            metrics
-                .parse::<std::net::SocketAddr>()
-                .map_err(|e| invalid("metrics_listen", e.to_string()))?;
-        }
         if config.sites.is_empty() {
             return Err(invalid("sites", "the study lists no site".to_owned()));
         }
@@ -250,6 +242,18 @@ role = "validate"
         assert_eq!(config.tls.ca, dir.path().join("ca.pem"));
         assert_eq!(config.role_of("S4"), Some(SiteRole::Validate));
         assert_eq!(config.role_of("S9"), None);
+    }
+
+    #[test]
+    fn the_example_configs_load() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let aggregator = AggregatorConfig::load(&configs.join("aggregator.toml")).unwrap();
+        assert_eq!(aggregator.role_of("S4"), Some(SiteRole::Validate));
+        let node = NodeConfig::load(&configs.join("node.toml")).unwrap();
+        assert_eq!(
+            (node.site.as_str(), node.study.as_str()),
+            ("S1", aggregator.study.as_str())
+        );
     }
 
     #[test]
