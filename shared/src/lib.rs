@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod evaluation;
 pub mod features;
+pub mod federation;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod model_config;

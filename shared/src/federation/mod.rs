@@ -1,0 +1,11 @@
+//! The plain-data side of federated rounds, shared by the node and the aggregator: what a site reports
+//! after scoring a global model ([`SiteRoundMetrics`], with class-conditional score histograms on a
+//! fixed grid for the pooled AUC, [`ScoreHistogram`]), what the aggregator commits per round
+//! ([`RoundRecord`]), and weighted FedAvg over named tensors ([`fedavg`]). No network I/O, no burn.
+
+pub mod fedavg;
+mod histogram;
+mod record;
+
+pub use histogram::{HISTOGRAM_BINS, HistogramError, ScoreHistogram};
+pub use record::{AggregationKind, PooledMetrics, RoundRecord, SiteRoundMetrics};

@@ -1,0 +1,112 @@
+//! What a site reports after scoring a global model, and what the aggregator commits for each round.
+//! These are the files of the aggregator's state folder (`rounds/round-NNNN/round.json`) and the input
+//! of the study report; they hold aggregate numbers only, never a patient-level value.
+
+use super::ScoreHistogram;
+use crate::config::SiteRole;
+use serde::{Deserialize, Serialize};
+
+/// One site's validation of one global model (statistics.md definitions, through the stats engine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteRoundMetrics {
+    pub site: String,
+    pub role: SiteRole,
+    /// Validation patients scored (labelled).
+    pub n_patients: u64,
+    pub n_positive: u64,
+    /// Pathologically confirmed LNM rate among them.
+    pub lnm_rate: f64,
+    /// AUC with its DeLong 95% CI; `None` without both classes.
+    pub auc: Option<f64>,
+    pub auc_ci_lower: Option<f64>,
+    pub auc_ci_upper: Option<f64>,
+    pub youden_threshold: Option<f64>,
+    pub sensitivity: Option<f64>,
+    pub specificity: Option<f64>,
+    pub brier: f64,
+    /// Quadratic-weighted kappa of predicted vs pathological T, N and overall stage.
+    pub kappa_t: Option<f64>,
+    pub kappa_n: Option<f64>,
+    pub kappa_stage: Option<f64>,
+    /// Class-conditional score histogram on the study grid (for the pooled AUC).
+    pub histogram: ScoreHistogram,
+}
+
+/// The pooled AUC across sites, from the merged histograms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PooledMetrics {
+    /// Which sites are pooled.
+    pub sites: Vec<String>,
+    pub n_patients: u64,
+    pub n_positive: u64,
+    pub auc: Option<f64>,
+    pub auc_ci_lower: Option<f64>,
+    pub auc_ci_upper: Option<f64>,
+}
+
+/// How the round's updates were combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AggregationKind {
+    /// The aggregator saw each site's delta (plain FedAvg).
+    Plain,
+    /// Bonawitz secure aggregation: the aggregator saw only Σ n_k Δ_k and Σ n_k.
+    Secure,
+}
+
+/// One committed round: `rounds/round-NNNN/round.json` next to `global.safetensors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub study: String,
+    /// 0 is the initial model; round r ≥ 1 trained from version r − 1 and produced version r.
+    pub round: u64,
+    /// SHA-256 (hex) of `global.safetensors` of this round.
+    pub model_digest: String,
+    /// The digest of the model configuration (the same in every round of a study).
+    pub model_config_digest: String,
+    pub aggregation: AggregationKind,
+    /// Training sites whose updates are in this model, and their total patient count Σ n_k.
+    pub contributors: Vec<String>,
+    pub total_samples: u64,
+    /// Training sites invited but not in the sum (missed the deadline or dropped).
+    pub dropped: Vec<String>,
+    /// Seconds from the round's start to the aggregate, and to the commit.
+    pub aggregation_seconds: f64,
+    pub round_seconds: f64,
+    /// RFC 3339 time of the commit.
+    pub committed_at: String,
+    /// Every site's validation of this round's model (round 0 included: the untrained baseline).
+    pub sites: Vec<SiteRoundMetrics>,
+    /// Pooled over the training sites' validation patients, and over the validate-only sites'.
+    pub pooled_train_sites: Option<PooledMetrics>,
+    pub pooled_validation_sites: Option<PooledMetrics>,
+}
+
+impl PooledMetrics {
+    /// Pools the histograms of `sites`; `None` when there is none.
+    ///
+    /// # Errors
+    /// A histogram not on the study grid.
+    pub fn pool<'a>(
+        sites: impl IntoIterator<Item = &'a SiteRoundMetrics>,
+    ) -> Result<Option<Self>, super::HistogramError> {
+        let mut histogram = ScoreHistogram::empty();
+        let mut names = Vec::new();
+        for site in sites {
+            histogram.merge(&site.histogram)?;
+            names.push(site.site.clone());
+        }
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let estimate = histogram.auc().ok().flatten();
+        Ok(Some(Self {
+            sites: names,
+            n_patients: histogram.n_positive() + histogram.n_negative(),
+            n_positive: histogram.n_positive(),
+            auc: estimate.map(|e| e.auc),
+            auc_ci_lower: estimate.and_then(|e| e.ci_lower),
+            auc_ci_upper: estimate.and_then(|e| e.ci_upper),
+        }))
+    }
+}
