@@ -1,9 +1,16 @@
-//! fedlnm-aggregator: the study's only server. Today: provisioning of the study's certificates and
-//! startup kits, and the mutual-TLS gRPC service that authorizes every site by its certificate; the
-//! federation rounds build on it.
+//! fedlnm-aggregator: the study's only server. Provisioning of the study's certificates and startup
+//! kits ([`provision`]); the mutual-TLS gRPC service that authorizes every site by its certificate
+//! ([`server`]); the round logic ([`study`]) with its pluggable aggregation ([`aggregation`]: plain
+//! FedAvg, or [`secure`] aggregation by default); the atomic round store ([`store`]); Prometheus
+//! metrics ([`telemetry`]).
 
+pub mod aggregation;
 pub mod provision;
+pub mod secure;
 pub mod server;
+pub mod store;
+pub mod study;
+pub mod telemetry;
 
 /// The generated gRPC types of `shared/proto/fedlnm.proto` (server, and a client for tests).
 #[allow(clippy::all, clippy::pedantic, unused_qualifications)]

@@ -115,7 +115,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         std::future::pending::<()>().await;
                     }
                 };
-                server::serve(config, listener, shutdown)
+                let service =
+                    server::FederationService::open(config).context("cannot open the study's state")?;
+                server::serve(service, listener, shutdown)
                     .await
                     .context("the aggregator stopped")
             })?;

@@ -187,6 +187,16 @@ pub struct ProvisionOptions {
     pub out: PathBuf,
 }
 
+/// Round settings for a new study: secure aggregation with the smallest majority of the training
+/// sites as threshold and quorum (plain FedAvg when there is a single training site).
+fn default_rounds(n_train: usize) -> fedlnm_shared::config::RoundSettings {
+    fedlnm_shared::config::RoundSettings {
+        min_sites: n_train / 2 + 1,
+        secure_aggregation: n_train >= 2,
+        ..fedlnm_shared::config::RoundSettings::default()
+    }
+}
+
 /// Provisions a study into `options.out`: `ca/`, `aggregator/` (certificate, key, CA, `aggregator.toml`)
 /// and `sites/<id>/` startup kits. Fails, writing nothing, if the folder is not empty.
 pub fn provision(options: &ProvisionOptions) -> Result<AggregatorConfig, ProvisionError> {
@@ -231,6 +241,10 @@ pub fn provision(options: &ProvisionOptions) -> Result<AggregatorConfig, Provisi
             ca: "ca.pem".into(),
         },
         sites: sites.clone(),
+        initial_model: None,
+        metrics_listen: None,
+        rounds: default_rounds(options.train_sites.len()),
+        train: fedlnm_shared::model_config::TrainPlan::default(),
     };
     write_toml(&aggregator_dir.join("aggregator.toml"), &config)?;
     let url = aggregator_url(options);
@@ -310,6 +324,9 @@ fn write_site_kit(
         },
         data: PathBuf::from("data"),
         work_dir: PathBuf::from("work"),
+        validation_fraction: 0.2,
+        device: fedlnm_shared::config::ComputeDevice::Cpu,
+        model_config_digest: None,
     };
     write_toml(&kit.join("node.toml"), &node)?;
     tracing::info!(site, kit = %kit.display(), "startup kit written");

@@ -29,6 +29,16 @@ pub enum Command {
     /// Check that this hospital can reach the study's aggregator with its startup kit: network path
     /// (outbound only), mutual TLS, certificate identity and study membership. Prints the site's role.
     CheckIn(commands::check_in::CheckInArgs),
+    /// Take part in the study: connect to the aggregator (outbound only), train on this site's
+    /// patients when asked, upload only the (masked) weight update, validate each new global model and
+    /// report aggregate metrics. Runs until the study is finished; safe to stop and restart.
+    Run(commands::federate::RunArgs),
+    /// Run a whole simulated multicentre study on this machine: a throw-away certificate authority,
+    /// synthetic sites with different scanners and case mix, the aggregator and every node talking
+    /// real mutual-TLS gRPC on loopback, then a results folder (tables and ROC plots).
+    Simulate(commands::simulate::SimulateArgs),
+    /// Write the study's initial global model (fresh weights of a model.toml) for the aggregator.
+    InitModel(commands::federate::InitModelArgs),
     /// Train the LNM model centrally on one or more site folders (pooled); writes the checkpoint
     /// (safetensors), the config and the training log.
     Train(commands::model::TrainArgs),
@@ -48,6 +58,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(args) => commands::synth::run(args),
         Command::CheckData(args) => commands::check_data::run(&args),
         Command::CheckIn(args) => commands::check_in::run(&args),
+        Command::Run(args) => commands::federate::run(&args),
+        Command::Simulate(args) => commands::simulate::run(&args),
+        Command::InitModel(args) => commands::federate::init_model(&args),
         Command::Train(args) => commands::model::train(&args),
         Command::Evaluate(args) => commands::model::evaluate(&args),
         Command::Explain(args) => commands::model::explain(&args),

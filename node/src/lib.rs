@@ -1,11 +1,11 @@
 //! fedlnm-node: what runs at a hospital. The `stats` commands over CSV files, the site-data check and
 //! the synthetic generator, the model commands (`train`, `evaluate`, `explain`, `bench`), and the client
-//! side of the federation (today: `check-in`, proving the mutual-TLS path to the aggregator); the
-//! federated rounds join as they are built.
+//! side of the federation (`check-in`, and `run`: the federated rounds, [`federation`]).
 
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod federation;
 pub mod table;
 
 pub use cli::{Cli, run};

@@ -364,3 +364,46 @@ fn cli_trains_evaluates_and_explains_a_site_folder() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("digest"));
 }
+
+/// FedProx: the proximal pull keeps local training close to the round's global model; at lr·μ = 1 the
+/// trainable weights cannot leave it at all (running statistics still follow the data).
+#[test]
+fn fedprox_keeps_local_weights_near_the_global_model() {
+    let config = ModelConfig::tiny(Modality::Multimodal);
+    let train_set = examples(&config, 32, 11);
+    let global = train::initial_weights(&config, 3);
+    let distance = |mu: f64| {
+        let plan = TrainPlan {
+            proximal_mu: mu,
+            warmup_fraction: 0.0,
+            min_lr_fraction: 1.0,
+            ..quick_plan(1)
+        };
+        let outcome =
+            train::train_local(Device::Cpu, &config, &global, &train_set, &[], &plan, &mut |_| {}).unwrap();
+        let mut trainable = 0.0_f64;
+        let mut running = 0.0_f64;
+        for tensor in &outcome.weights.tensors {
+            let before = global.get(&tensor.name).unwrap();
+            let d: f64 = tensor
+                .values
+                .iter()
+                .zip(&before.values)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            if tensor.name.contains("running_") {
+                running += d;
+            } else {
+                trainable += d;
+            }
+        }
+        (trainable.sqrt(), running.sqrt())
+    };
+    let (plain, plain_running) = distance(0.0);
+    let (prox, _) = distance(30.0);
+    let (frozen, frozen_running) = distance(1.0 / 3e-3);
+    assert!(plain > 0.0 && plain_running > 0.0);
+    assert!(prox < 0.8 * plain, "FedProx distance {prox} vs plain {plain}");
+    assert!(frozen < 1e-6, "lr·μ = 1 left the global model by {frozen}");
+    assert!(frozen_running > 0.0);
+}

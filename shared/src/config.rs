@@ -73,6 +73,59 @@ pub struct AggregatorConfig {
     pub tls: TlsFiles,
     /// Every site of the study and its role.
     pub sites: Vec<SiteEntry>,
+    /// The initial global model (a checkpoint from `fedlnm-node init-model`, or one pretrained
+    /// elsewhere), committed as version 0 when the state folder has no committed round yet.
+    #[serde(default)]
+    pub initial_model: Option<PathBuf>,
+    /// Address of the plain-HTTP Prometheus `/metrics` endpoint (keep it on an internal interface),
+    /// e.g. "127.0.0.1:9464"; none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub rounds: RoundSettings,
+    /// The training plan sent to every training site each round (`[train]`, the same keys as in a
+    /// model.toml; `epochs` are the local epochs per round).
+    #[serde(default)]
+    pub train: crate::model_config::TrainPlan,
+}
+
+/// `[rounds]` of `aggregator.toml`: how the study runs its rounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoundSettings {
+    /// Number of federated rounds.
+    pub rounds: u64,
+    /// A round needs at least this many training sites' updates, or it is abandoned (nothing
+    /// committed) and started again.
+    pub min_sites: usize,
+    /// Seconds from a round's start until the aggregator stops waiting for training updates; a site
+    /// that misses it is left out of that round and rejoins at the next.
+    pub round_deadline_s: u64,
+    /// Seconds each secure-aggregation stage (keys, shares, unmasking) waits for missing sites.
+    pub stage_timeout_s: u64,
+    /// Seconds the aggregator waits for the sites' validation metrics of a new model.
+    pub validation_deadline_s: u64,
+    /// Secure aggregation (Bonawitz et al.): the aggregator only sees the sum of masked updates.
+    pub secure_aggregation: bool,
+    /// FedBN: normalisation layers stay local to each site (never uploaded, never averaged).
+    pub fedbn: bool,
+    /// Largest L2 norm of a site's weight delta (each node checks its own before masking).
+    pub max_delta_norm: f64,
+}
+
+impl Default for RoundSettings {
+    fn default() -> Self {
+        Self {
+            rounds: 10,
+            min_sites: 2,
+            round_deadline_s: 6 * 3600,
+            stage_timeout_s: 600,
+            validation_deadline_s: 3600,
+            secure_aggregation: true,
+            fedbn: false,
+            max_delta_norm: 1.0e4,
+        }
+    }
 }
 
 /// `node.toml`.
@@ -92,6 +145,30 @@ pub struct NodeConfig {
     pub data: PathBuf,
     /// Folder where the node keeps its own state (downloaded models, logs).
     pub work_dir: PathBuf,
+    /// Fraction of this site's patients held out (stratified by LNM, fixed seed) to validate each
+    /// global model; a `validate` site scores all its patients.
+    #[serde(default = "default_validation_fraction")]
+    pub validation_fraction: f64,
+    /// "cpu" (default) or "cuda" (a node built with `--features cuda`).
+    #[serde(default)]
+    pub device: ComputeDevice,
+    /// The study's model configuration digest, when the study announced it: the node refuses a model
+    /// whose configuration has another digest.
+    #[serde(default)]
+    pub model_config_digest: Option<String>,
+}
+
+/// Where the node trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDevice {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+fn default_validation_fraction() -> f64 {
+    0.2
 }
 
 /// A site id: 1 to 64 of ASCII letters, digits, '-' and '_'.
@@ -137,9 +214,61 @@ impl AggregatorConfig {
                 ));
             }
         }
+        if config.sites.iter().all(|site| site.role != SiteRole::Train) {
+            return Err(invalid("sites", "the study has no training site".to_owned()));
+        }
+        if let Some(address) = &config.metrics_listen {
+            address
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("metrics_listen", e.to_string()))?;
+        }
+        let rounds = &config.rounds;
+        let n_train = config.sites.iter().filter(|s| s.role == SiteRole::Train).count();
+        if rounds.rounds == 0 {
+            return Err(invalid("rounds.rounds", "must be at least 1".to_owned()));
+        }
+        if rounds.min_sites == 0 || rounds.min_sites > n_train {
+            return Err(invalid(
+                "rounds.min_sites",
+                format!(
+                    "{} with {n_train} training sites: must be 1..={n_train}",
+                    rounds.min_sites
+                ),
+            ));
+        }
+        if rounds.secure_aggregation && (n_train < 2 || 2 * rounds.min_sites <= n_train) {
+            return Err(invalid(
+                "rounds.min_sites",
+                format!(
+                    "secure aggregation needs at least 2 training sites and min_sites > half of them \
+                     (the Shamir threshold): {} of {n_train}",
+                    rounds.min_sites
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("rounds.round_deadline_s", rounds.round_deadline_s),
+            ("rounds.stage_timeout_s", rounds.stage_timeout_s),
+            ("rounds.validation_deadline_s", rounds.validation_deadline_s),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1 second".to_owned()));
+            }
+        }
+        if !(rounds.max_delta_norm > 0.0 && rounds.max_delta_norm.is_finite()) {
+            return Err(invalid(
+                "rounds.max_delta_norm",
+                "must be a positive number".to_owned(),
+            ));
+        }
+        config
+            .train
+            .validate()
+            .map_err(|e| invalid("train", e.to_string()))?;
         let base = file.parent().unwrap_or(Path::new("."));
         config.state_dir = base.join(&config.state_dir);
         config.tls = config.tls.relative_to(base);
+        config.initial_model = config.initial_model.map(|path| base.join(path));
         Ok(config)
     }
 
@@ -165,6 +294,12 @@ impl NodeConfig {
             return Err(invalid(
                 "aggregator",
                 format!("'{}' must be an https:// URL", config.aggregator),
+            ));
+        }
+        if !(config.validation_fraction > 0.0 && config.validation_fraction < 1.0) {
+            return Err(invalid(
+                "validation_fraction",
+                format!("{} must be in (0, 1)", config.validation_fraction),
             ));
         }
         let base = file.parent().unwrap_or(Path::new("."));
@@ -232,6 +367,9 @@ role = "train"
 [[sites]]
 id = "S4"
 role = "validate"
+[[sites]]
+id = "S2"
+role = "train"
 "#;
 
     #[test]
@@ -276,6 +414,19 @@ role = "validate"
             (
                 AGGREGATOR.replace("state_dir", "state_folder"),
                 "unknown field `state_folder`",
+            ),
+            (
+                format!("{AGGREGATOR}\n[rounds]\nmin_sites = 3\n"),
+                "key 'rounds.min_sites'",
+            ),
+            (
+                format!("{AGGREGATOR}\n[rounds]\nround_deadline_s = 0\n"),
+                "key 'rounds.round_deadline_s'",
+            ),
+            (format!("{AGGREGATOR}\n[train]\nbatch_size = 1\n"), "key 'train'"),
+            (
+                format!("metrics_listen = \"x\"\n{AGGREGATOR}"),
+                "key 'metrics_listen'",
             ),
         ];
         for (text, expected) in cases {

@@ -223,6 +223,46 @@ impl ModelConfig {
     }
 }
 
+/// Checkpoint metadata keys: the model config (canonical JSON) and its digest travel with the weights.
+pub const META_CONFIG: &str = "fedlnm.model_config";
+pub const META_DIGEST: &str = "fedlnm.config_digest";
+
+impl ModelConfig {
+    /// The safetensors metadata of a checkpoint of this model.
+    #[must_use]
+    pub fn checkpoint_metadata(&self) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::from([
+            (META_CONFIG.to_owned(), self.canonical_json()),
+            (META_DIGEST.to_owned(), self.digest()),
+        ])
+    }
+
+    /// The config stored in a checkpoint's metadata, checked: valid, and its digest the stored one.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the metadata key at fault.
+    pub fn from_checkpoint_metadata(
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let json = metadata.get(META_CONFIG).ok_or_else(|| ConfigError::Invalid {
+            key: META_CONFIG,
+            problem: "absent: not a fedlnm checkpoint".to_owned(),
+        })?;
+        let config: Self = serde_json::from_str(json).map_err(|e| ConfigError::Invalid {
+            key: META_CONFIG,
+            problem: format!("unreadable model config: {e}"),
+        })?;
+        config.validate()?;
+        if metadata.get(META_DIGEST) != Some(&config.digest()) {
+            return Err(ConfigError::Invalid {
+                key: META_DIGEST,
+                problem: "does not match the stored model config".to_owned(),
+            });
+        }
+        Ok(config)
+    }
+}
+
 /// Data augmentation suited to ultrasound (applied to training images only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -284,6 +324,10 @@ pub struct TrainPlan {
     pub patience: usize,
     pub seed: u64,
     pub augment: AugmentConfig,
+    /// FedProx proximal coefficient μ (0: plain FedAvg local training). After each optimiser step the
+    /// weights are pulled towards the round's global model: w ← w − lr·μ·(w − w_global), the
+    /// decoupled form of the proximal term μ/2·‖w − w_global‖² (as AdamW decouples weight decay).
+    pub proximal_mu: f64,
 }
 
 impl Default for TrainPlan {
@@ -302,6 +346,7 @@ impl Default for TrainPlan {
             patience: 8,
             seed: 42,
             augment: AugmentConfig::default(),
+            proximal_mu: 0.0,
         }
     }
 }
@@ -329,6 +374,9 @@ impl TrainPlan {
         }
         if !(0.0..=1.0).contains(&self.min_lr_fraction) {
             return invalid("train.min_lr_fraction", "must be in [0, 1]");
+        }
+        if !(self.proximal_mu >= 0.0 && self.proximal_mu.is_finite()) {
+            return invalid("train.proximal_mu", "must be a number >= 0");
         }
         Ok(())
     }

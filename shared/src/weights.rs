@@ -135,6 +135,15 @@ impl NamedTensors {
             file: file.to_path_buf(),
             message,
         };
+        let serialized = self.to_safetensors_bytes(metadata).map_err(write_error)?;
+        std::fs::write(file, serialized).map_err(|e| write_error(e.to_string()))
+    }
+
+    /// The safetensors serialization (the file's bytes; also the wire format of models and updates).
+    ///
+    /// # Errors
+    /// A tensor whose values do not fill its shape (safetensors' message).
+    pub fn to_safetensors_bytes(&self, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .tensors
             .iter()
@@ -152,14 +161,12 @@ impl NamedTensors {
             .map(|(name, data, shape)| {
                 safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
                     .map(|view| (name.clone(), view))
-                    .map_err(|e| write_error(e.to_string()))
+                    .map_err(|e| e.to_string())
             })
             .collect::<Result<Vec<_>, _>>()?;
         let metadata: std::collections::HashMap<String, String> =
             metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let serialized =
-            safetensors::serialize(views, Some(metadata)).map_err(|e| write_error(e.to_string()))?;
-        std::fs::write(file, serialized).map_err(|e| write_error(e.to_string()))
+        safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
     }
 
     /// Reads a safetensors file of F32 tensors; returns the tensors sorted by name (safetensors itself
@@ -169,18 +176,27 @@ impl NamedTensors {
             file: file.to_path_buf(),
             source,
         })?;
+        Self::from_safetensors_bytes(&bytes, file)
+    }
+
+    /// Parses safetensors bytes (F32 tensors only) as [`Self::load_safetensors`] does; `origin` names
+    /// where they came from in errors (a file, or e.g. `upload from site S1`).
+    pub fn from_safetensors_bytes(
+        bytes: &[u8],
+        origin: &Path,
+    ) -> Result<(Self, BTreeMap<String, String>), WeightsError> {
         let malformed = |message: String| WeightsError::Malformed {
-            file: file.to_path_buf(),
+            file: origin.to_path_buf(),
             message,
         };
         let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| malformed(e.to_string()))?;
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| malformed(e.to_string()))?;
         let metadata: BTreeMap<String, String> = header
             .metadata()
             .as_ref()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        let parsed = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| malformed(e.to_string()))?;
+        let parsed = safetensors::SafeTensors::deserialize(bytes).map_err(|e| malformed(e.to_string()))?;
         let mut entries: Vec<(String, safetensors::tensor::TensorView<'_>)> = parsed.tensors();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut tensors = Vec::with_capacity(entries.len());
@@ -200,6 +216,16 @@ impl NamedTensors {
         }
         Ok((Self { tensors }, metadata))
     }
+}
+
+/// SHA-256 of bytes as lower-case hex: the digest of a model file on the wire and on disk.
+#[must_use]
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Whether a tensor belongs to a normalisation layer (FedBN keeps these local): any path component

@@ -1,2 +1,115 @@
 //! fedlnm's end-to-end test crate: its tests (under `tests/`) read the source tree for architecture
-//! invariants today, and will start a real aggregator and real nodes on loopback with the federation.
+//! invariants, and start real aggregators and nodes on loopback (real rustls handshakes, real gRPC,
+//! real files). This library is their shared harness: provisioning a study with a known small initial
+//! model, and an in-process aggregator that can be stopped cleanly or killed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a panic is a failed test.
+
+use fedlnm_aggregator::provision::{self, ProvisionOptions};
+use fedlnm_aggregator::server::{self, FederationService};
+use fedlnm_aggregator::store::ModelBlob;
+use fedlnm_shared::config::{AggregatorConfig, NodeConfig, RoundSettings};
+use fedlnm_shared::model_config::{Modality, ModelConfig};
+use fedlnm_shared::weights::{NamedTensor, NamedTensors};
+use std::path::{Path, PathBuf};
+use tokio::sync::oneshot;
+
+/// A small model layout with a FedBN-style normalisation tensor: enough for the aggregator, which
+/// never builds the network (it only checks names, shapes and finiteness).
+#[must_use]
+pub fn small_model() -> NamedTensors {
+    NamedTensors {
+        tensors: vec![
+            NamedTensor::new("head.weight", vec![2, 3], vec![0.5, -1.0, 2.0, 0.0, 1.5, -0.25]).unwrap(),
+            NamedTensor::new("head.bias", vec![2], vec![0.1, -0.1]).unwrap(),
+            NamedTensor::new("image.bn1.gamma", vec![2], vec![1.0, 1.0]).unwrap(),
+        ],
+    }
+}
+
+/// Provisions a study (S1–S3 train, S4 validate) in `out` with `small_model()` as the initial model
+/// and the given round settings; returns the loaded aggregator config.
+#[must_use]
+pub fn provision_study(out: &Path, study: &str, rounds: RoundSettings) -> AggregatorConfig {
+    provision::provision(&ProvisionOptions {
+        study: study.into(),
+        train_sites: vec!["S1".into(), "S2".into(), "S3".into()],
+        validate_sites: vec!["S4".into()],
+        aggregator_hosts: vec!["localhost".into(), "127.0.0.1".into()],
+        port: 0,
+        valid_days: 30,
+        out: out.to_path_buf(),
+    })
+    .unwrap();
+    let file = out.join("aggregator/aggregator.toml");
+    let mut config = AggregatorConfig::load(&file).unwrap();
+    let initial = out.join("aggregator/initial.safetensors");
+    let blob = ModelBlob::new(0, small_model(), ModelConfig::tiny(Modality::Multimodal)).unwrap();
+    std::fs::write(&initial, &blob.bytes).unwrap();
+    config.initial_model = Some(initial);
+    config.rounds = rounds;
+    fedlnm_shared::config::write_toml(&file, &config).unwrap();
+    AggregatorConfig::load(&file).unwrap()
+}
+
+/// A running in-process aggregator (the same service as `fedlnm-aggregator serve`).
+pub struct RunningAggregator {
+    pub url: String,
+    pub port: u16,
+    pub service: FederationService,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningAggregator {
+    /// Opens the study's state and serves it on 127.0.0.1 (`port` 0: any free port).
+    pub async fn start(config: AggregatorConfig, port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let service = FederationService::open(config).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = service.clone();
+        let task = tokio::spawn(async move {
+            server::serve(serving, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            url: format!("https://localhost:{port}"),
+            port,
+            service,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving cleanly.
+    pub async fn shut_down(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap();
+    }
+
+    /// Kills the aggregator: the serving task is aborted mid-flight and every in-memory state is
+    /// dropped; only what was committed to disk survives (as after `kill -9`).
+    pub async fn kill(mut self) {
+        let task = self.task.take().unwrap();
+        task.abort();
+        let _ = task.await;
+        drop(self.service);
+    }
+}
+
+/// The node config of a provisioned site, pointed at `url`.
+#[must_use]
+pub fn site_config(study_dir: &Path, site: &str, url: &str) -> NodeConfig {
+    let mut config = NodeConfig::load(&kit(study_dir, site).join("node.toml")).unwrap();
+    config.aggregator = url.to_owned();
+    config
+}
+
+/// The startup kit folder of a site.
+#[must_use]
+pub fn kit(study_dir: &Path, site: &str) -> PathBuf {
+    study_dir.join(provision::SITES_DIR).join(site)
+}

@@ -4,58 +4,13 @@
 //! certificate, a site the study does not know, a site speaking for another, the wrong study.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
-use fedlnm_aggregator::provision::{self, ProvisionOptions, StudyCa, Validity};
+use fedlnm_aggregator::provision::{self, StudyCa, Validity};
+use fedlnm_e2e::{RunningAggregator, provision_study};
 use fedlnm_node::client::{self, ClientError};
-use fedlnm_shared::config::{AggregatorConfig, NodeConfig};
+use fedlnm_shared::config::NodeConfig;
+use fedlnm_shared::config::RoundSettings;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
-use tokio::sync::oneshot;
-
-fn provision_study(out: &Path, study: &str) -> AggregatorConfig {
-    provision::provision(&ProvisionOptions {
-        study: study.into(),
-        train_sites: vec!["S1".into(), "S2".into(), "S3".into()],
-        validate_sites: vec!["S4".into()],
-        aggregator_hosts: vec!["localhost".into(), "127.0.0.1".into()],
-        port: 0,
-        valid_days: 30,
-        out: out.to_path_buf(),
-    })
-    .unwrap();
-    AggregatorConfig::load(&out.join("aggregator/aggregator.toml")).unwrap()
-}
-
-/// A running aggregator; dropping the guard stops it.
-struct RunningAggregator {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl RunningAggregator {
-    async fn start(config: AggregatorConfig) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            fedlnm_aggregator::server::serve(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        Self {
-            url: format!("https://localhost:{port}"),
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn shut_down(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.take().unwrap().await.unwrap();
-    }
-}
 
 /// A node config pointing at `url` with the given key material.
 fn node_config(kit: &Path, url: &str, site: &str, study: &str, cert: PathBuf, key: PathBuf) -> NodeConfig {
@@ -79,8 +34,8 @@ fn write_issued(dir: &Path, name: &str, issued: &provision::IssuedCertificate) -
 async fn every_site_checks_in_and_every_wrong_identity_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let study_dir = dir.path().join("study");
-    let config = provision_study(&study_dir, "thyroid");
-    let aggregator = RunningAggregator::start(config).await;
+    let config = provision_study(&study_dir, "thyroid", RoundSettings::default());
+    let aggregator = RunningAggregator::start(config, 0).await;
     let url = aggregator.url.clone();
     let kit = |site: &str| study_dir.join("sites").join(site);
     let own = |site: &str| (kit(site).join("site.pem"), kit(site).join("site.key"));
@@ -104,7 +59,7 @@ async fn every_site_checks_in_and_every_wrong_identity_is_refused() {
 
     // A certificate from another study's CA: the TLS handshake fails, no handler runs.
     let other_study = dir.path().join("other");
-    provision_study(&other_study, "other");
+    let _ = provision_study(&other_study, "other", RoundSettings::default());
     let foreign = other_study.join("sites/S1");
     let result = client::check_in(&node_config(
         &kit("S1"),

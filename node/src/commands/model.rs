@@ -12,7 +12,6 @@ use fedlnm_shared::model_config::{ConfigFile, ModelConfig, ResNetVariant, TrainP
 use fedlnm_shared::staging::Stage;
 use fedlnm_shared::train::{self, Device, Progress};
 use fedlnm_shared::weights::NamedTensors;
-use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,9 +20,6 @@ use std::time::Instant;
 pub const CHECKPOINT_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "model.toml";
 pub const LOG_FILE: &str = "training.json";
-/// Checkpoint metadata keys.
-pub const META_CONFIG: &str = "fedlnm.model_config";
-pub const META_DIGEST: &str = "fedlnm.config_digest";
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -32,6 +28,15 @@ pub enum DeviceArg {
     Cpu,
     /// An NVIDIA GPU (needs a build with `--features cuda`).
     Cuda,
+}
+
+impl From<DeviceArg> for fedlnm_shared::config::ComputeDevice {
+    fn from(device: DeviceArg) -> Self {
+        match device {
+            DeviceArg::Cpu => Self::Cpu,
+            DeviceArg::Cuda => Self::Cuda,
+        }
+    }
 }
 
 impl From<DeviceArg> for Device {
@@ -335,7 +340,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Loads a site and encodes its patients for `config`; with `prefix`, ids become `site/id` (pooling).
 /// Returns the examples and each one's pathological stage (when labelled).
-fn load_examples(
+pub fn load_examples(
     dir: &Path,
     config: &ModelConfig,
     require_labels: bool,
@@ -380,32 +385,15 @@ fn load_examples(
 
 /// Writes weights with the config (canonical JSON) and its digest in the safetensors metadata.
 pub fn write_checkpoint(file: &Path, config: &ModelConfig, weights: &NamedTensors) -> anyhow::Result<()> {
-    let metadata = BTreeMap::from([
-        (META_CONFIG.to_owned(), config.canonical_json()),
-        (META_DIGEST.to_owned(), config.digest()),
-    ]);
-    weights.save_safetensors(file, &metadata)?;
+    weights.save_safetensors(file, &config.checkpoint_metadata())?;
     Ok(())
 }
 
 /// Reads a checkpoint and its config; checks that the stored digest matches the stored config.
 pub fn read_checkpoint(file: &Path) -> anyhow::Result<(ModelConfig, NamedTensors)> {
     let (weights, metadata) = NamedTensors::load_safetensors(file)?;
-    let json = metadata.get(META_CONFIG).with_context(|| {
-        format!(
-            "{} has no '{META_CONFIG}' metadata: not a fedlnm checkpoint",
-            file.display()
-        )
-    })?;
-    let config: ModelConfig =
-        serde_json::from_str(json).with_context(|| format!("{}: unreadable model config", file.display()))?;
-    config.validate()?;
-    if metadata.get(META_DIGEST) != Some(&config.digest()) {
-        bail!(
-            "{}: the stored config digest does not match the stored config",
-            file.display()
-        );
-    }
+    let config = ModelConfig::from_checkpoint_metadata(&metadata)
+        .with_context(|| format!("{} is not a usable fedlnm checkpoint", file.display()))?;
     Ok((config, weights))
 }
 

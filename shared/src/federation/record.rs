@@ -110,3 +110,47 @@ impl PooledMetrics {
         }))
     }
 }
+
+impl SiteRoundMetrics {
+    /// The metrics of one site's labelled validation patients (statistics.md through the stats engine:
+    /// AUC with DeLong CI, Youden sensitivity/specificity, Brier, quadratic-weighted kappa for T, N and
+    /// stage) and the score histogram for pooling.
+    ///
+    /// # Errors
+    /// The statistics engine or the histogram rejects the data (e.g. a score outside [0, 1]).
+    pub fn from_predictions(
+        site: &str,
+        role: SiteRole,
+        examples: &[crate::features::Example],
+        predictions: &[crate::evaluation::Prediction],
+        truth_stages: &[crate::staging::Stage],
+    ) -> Result<Self, String> {
+        let report =
+            crate::evaluation::evaluate(examples, predictions, truth_stages).map_err(|e| e.to_string())?;
+        let (y, s): (Vec<bool>, Vec<f64>) = examples
+            .iter()
+            .zip(predictions)
+            .filter_map(|(e, p)| e.targets.map(|t| (t.lnm, p.lnm_probability)))
+            .unzip();
+        let histogram = ScoreHistogram::from_scores(&y, &s).map_err(|e| e.to_string())?;
+        let lnm = &report.lnm;
+        Ok(Self {
+            site: site.to_owned(),
+            role,
+            n_patients: lnm.n,
+            n_positive: lnm.n_pos,
+            lnm_rate: lnm.lnm_rate,
+            auc: lnm.auc,
+            auc_ci_lower: lnm.auc_ci_lower,
+            auc_ci_upper: lnm.auc_ci_upper,
+            youden_threshold: lnm.youden_threshold,
+            sensitivity: lnm.youden_sensitivity,
+            specificity: lnm.youden_specificity,
+            brier: lnm.brier,
+            kappa_t: report.t_kappa.quadratic.kappa,
+            kappa_n: report.n_kappa.quadratic.kappa,
+            kappa_stage: report.stage_kappa.quadratic.kappa,
+            histogram,
+        })
+    }
+}

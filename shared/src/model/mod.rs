@@ -13,7 +13,7 @@ use crate::model_config::ModelConfig;
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-pub use named::{from_named, to_named};
+pub use named::{Anchor, from_named, pull_towards, to_named};
 use resnet::{ResNet, global_average_pool};
 
 /// The report branch: one embedding table for all TI-RADS fields (each field its own rows), a linear

@@ -4,6 +4,7 @@
 use crate::weights::{NamedTensor, NamedTensors, WeightsError};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 
 /// All float tensors of `module`, named by path.
 pub fn to_named<B: Backend, M: Module<B>>(module: &M) -> NamedTensors {
@@ -89,5 +90,73 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
             tensor = tensor.require_grad();
         }
         Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// Fixed weights (the round's global model) kept on the device, by name, for the FedProx pull.
+pub struct Anchor<B: AutodiffBackend> {
+    tensors: std::collections::HashMap<String, Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> Anchor<B> {
+    /// Copies `weights` to `device` once.
+    #[must_use]
+    pub fn new(weights: &NamedTensors, device: &B::Device) -> Self {
+        let tensors = weights
+            .tensors
+            .iter()
+            .map(|t| {
+                let data = TensorData::new(t.values.clone(), [t.values.len()]);
+                (
+                    t.name.clone(),
+                    Tensor::<B::InnerBackend, 1>::from_data(data, device),
+                )
+            })
+            .collect();
+        Self { tensors }
+    }
+}
+
+/// `module` with every trainable float parameter pulled towards the anchor:
+/// w ← (1 − factor)·w + factor·w_anchor (the decoupled FedProx step with factor = lr·μ), computed
+/// outside the autodiff graph. Tensors the anchor lacks and running statistics are left as they are.
+pub fn pull_towards<B: AutodiffBackend, M: Module<B>>(module: M, anchor: &Anchor<B>, factor: f64) -> M {
+    let mut puller = Puller {
+        path: Vec::new(),
+        anchor,
+        factor,
+    };
+    module.map(&mut puller)
+}
+
+struct Puller<'a, B: AutodiffBackend> {
+    path: Vec<String>,
+    anchor: &'a Anchor<B>,
+    factor: f64,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Puller<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, old, mapper) = param.consume();
+        let name = self.path.join(".");
+        // Trainable parameters only: running statistics follow the data, not the optimiser.
+        let anchor = match self.anchor.tensors.get(&name) {
+            Some(anchor) if old.is_require_grad() => anchor,
+            _ => return Param::from_mapped_value(id, old, mapper),
+        };
+        let inner = old.inner();
+        let target = anchor.clone().reshape(inner.shape());
+        let pulled = inner
+            .mul_scalar(1.0 - self.factor)
+            .add(target.mul_scalar(self.factor));
+        Param::from_mapped_value(id, Tensor::<B, D>::from_inner(pulled).require_grad(), mapper)
     }
 }

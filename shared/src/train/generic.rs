@@ -3,7 +3,7 @@
 
 use super::{EpochLog, Prediction, Progress, TrainError, TrainOutcome};
 use crate::features::{Example, N_N, N_T, PatientInputs, augment_image};
-use crate::model::{Batch, LnmModel, Outputs, from_named, to_named};
+use crate::model::{Anchor, Batch, LnmModel, Outputs, from_named, pull_towards, to_named};
 use crate::model_config::{ModelConfig, TrainPlan};
 use crate::stats::binary::auc_delong;
 use crate::weights::NamedTensors;
@@ -46,6 +46,8 @@ pub fn train_local<B: AutodiffBackend>(
     B::seed(device, plan.seed);
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
     let mut model = from_named(LnmModel::<B>::new(config, device), initial)?;
+    // FedProx: the round's global model, on the device once.
+    let anchor = (plan.proximal_mu > 0.0).then(|| Anchor::<B>::new(initial, device));
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(plan.weight_decay as f32)
         .init();
@@ -103,6 +105,9 @@ pub fn train_local<B: AutodiffBackend>(
             let learning_rate = plan.learning_rate_at(step, total_steps);
             let grads = GradientsParams::from_grads(total.backward(), &model);
             model = optimizer.step(learning_rate, model, grads);
+            if let Some(anchor) = &anchor {
+                model = pull_towards(model, anchor, (learning_rate * plan.proximal_mu).min(1.0));
+            }
             step += 1;
             progress(&Progress::Step {
                 epoch,

@@ -1,0 +1,231 @@
+//! How a round's training updates are combined: a small interface ([`Aggregation`]) that the round
+//! logic drives without knowing whether updates arrive in the clear ([`PlainAggregation`]) or masked
+//! ([`crate::secure::SecureAggregation`], the default). Both produce the same thing: the FedAvg delta
+//! Σ n_k Δ_k / Σ n_k over the sites that made it, which the round logic checks and applies.
+
+use fedlnm_shared::federation::AggregationKind;
+use fedlnm_shared::federation::fedavg::FedAvg;
+use fedlnm_shared::weights::NamedTensors;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Instant;
+
+/// A refused update or protocol message. The code tells the node whether retrying can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AggregationError {
+    /// The message is malformed or does not fit the round (the node's fault).
+    #[error("{0}")]
+    Invalid(String),
+    /// The message comes at the wrong time (a closed stage, a second upload).
+    #[error("{0}")]
+    WrongTime(String),
+}
+
+/// What a training site is told about the aggregation of its round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFields {
+    /// "plain" or "secure".
+    pub aggregation: String,
+    pub secagg_config_json: String,
+    pub secagg_site_id: u32,
+}
+
+/// The header of an upload, as far as the aggregation cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload<'a> {
+    pub site: &'a str,
+    pub format: &'a str,
+    pub n_samples: u64,
+    pub payload: &'a [u8],
+}
+
+/// The combined update of a round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundAggregate {
+    /// Σ n_k Δ_k / Σ n_k over the aggregated tensors (FedBN tensors absent).
+    pub average_delta: NamedTensors,
+    pub total_samples: u64,
+    /// Sites in the sum, and invited sites that are not.
+    pub contributors: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+/// Where an aggregation stands after [`Aggregation::advance`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Poll {
+    Pending,
+    Ready(RoundAggregate),
+    /// The round cannot complete (too few sites, a protocol failure): nothing is committed.
+    Failed(String),
+}
+
+/// One round's aggregation. All calls come from the round logic under its lock, with the caller's
+/// identity already authenticated (mTLS) and authorized (a training site of the study).
+pub trait Aggregation: Send {
+    fn kind(&self) -> AggregationKind;
+
+    /// What `site`'s training task says about this aggregation; `None` when the site can no longer
+    /// join this round (for instance the secure key exchange closed without it).
+    fn task_fields(&self, site: &str) -> Option<TaskFields>;
+
+    /// The largest upload payload accepted (checked before reading it).
+    fn max_upload_bytes(&self) -> u64;
+
+    /// A complete, digest-checked upload. A refused upload changes nothing.
+    ///
+    /// # Errors
+    /// [`AggregationError`] naming what is wrong.
+    fn accept_upload(&mut self, upload: &Upload<'_>) -> Result<(), AggregationError>;
+
+    /// A protocol message of stage `stage` (secure aggregation only).
+    ///
+    /// # Errors
+    /// [`AggregationError`]; always for plain aggregation.
+    fn accept_message(&mut self, site: &str, stage: &str, payload: &[u8]) -> Result<(), AggregationError>;
+
+    /// The reply to `site` for `stage` once that stage has closed; `None` while it is open.
+    fn reply(&self, site: &str, stage: &str) -> Option<Result<Vec<u8>, AggregationError>>;
+
+    /// Closes the stages that are complete or past their deadline and reports where the round stands.
+    fn advance(&mut self, now: Instant) -> Poll;
+
+    /// The next instant at which [`Self::advance`] may close a stage on time alone.
+    fn next_deadline(&self) -> Option<Instant>;
+
+    /// Whether `site` has uploaded its update in this round.
+    fn has_uploaded(&self, site: &str) -> bool;
+}
+
+/// FedAvg of updates sent in the clear (safetensors of Δ_k plus n_k): the aggregator sees each
+/// site's delta. For studies that opt out of secure aggregation, and the baseline it is compared with.
+pub struct PlainAggregation {
+    fedavg: FedAvg,
+    invited: BTreeSet<String>,
+    min_sites: usize,
+    deadline: Instant,
+    max_bytes: u64,
+    result: Option<Poll>,
+}
+
+impl PlainAggregation {
+    /// Waits for `invited` sites until `deadline`; needs `min_sites` updates over the tensors of
+    /// `global` for which `aggregated(name)` holds.
+    #[must_use]
+    pub fn new(
+        global: &NamedTensors,
+        aggregated: impl Fn(&str) -> bool,
+        invited: impl IntoIterator<Item = String>,
+        min_sites: usize,
+        deadline: Instant,
+    ) -> Self {
+        let fedavg = FedAvg::new(global, aggregated);
+        // The exact size of a delta file plus generous room for its header and metadata.
+        let values = fedavg
+            .layout()
+            .tensors
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum::<usize>();
+        let header: usize = fedavg.layout().tensors.iter().map(|t| t.name.len() + 96).sum();
+        Self {
+            fedavg,
+            invited: invited.into_iter().collect(),
+            min_sites,
+            deadline,
+            max_bytes: (4 * values + header + 64 * 1024) as u64,
+            result: None,
+        }
+    }
+}
+
+impl Aggregation for PlainAggregation {
+    fn kind(&self) -> AggregationKind {
+        AggregationKind::Plain
+    }
+
+    fn task_fields(&self, _site: &str) -> Option<TaskFields> {
+        Some(TaskFields {
+            aggregation: "plain".to_owned(),
+            ..TaskFields::default()
+        })
+    }
+
+    fn max_upload_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    fn accept_upload(&mut self, upload: &Upload<'_>) -> Result<(), AggregationError> {
+        if self.result.is_some() {
+            return Err(AggregationError::WrongTime(
+                "the round's uploads are closed".to_owned(),
+            ));
+        }
+        if upload.format != "plain" {
+            return Err(AggregationError::Invalid(format!(
+                "this round takes plain updates, not '{}'",
+                upload.format
+            )));
+        }
+        let origin = format!("update from site {}", upload.site);
+        let (delta, _) = NamedTensors::from_safetensors_bytes(upload.payload, Path::new(&origin))
+            .map_err(|e| AggregationError::Invalid(e.to_string()))?;
+        self.fedavg
+            .add(upload.site, &delta, upload.n_samples)
+            .map_err(|e| AggregationError::Invalid(e.to_string()))
+    }
+
+    fn accept_message(&mut self, site: &str, stage: &str, _payload: &[u8]) -> Result<(), AggregationError> {
+        Err(AggregationError::Invalid(format!(
+            "site {site} sent a secure-aggregation message ({stage}) but this round uses plain aggregation"
+        )))
+    }
+
+    fn reply(&self, _site: &str, stage: &str) -> Option<Result<Vec<u8>, AggregationError>> {
+        Some(Err(AggregationError::Invalid(format!(
+            "no '{stage}' stage: this round uses plain aggregation"
+        ))))
+    }
+
+    fn advance(&mut self, now: Instant) -> Poll {
+        if let Some(result) = &self.result {
+            return result.clone();
+        }
+        let all_in = self.fedavg.contributors().len() == self.invited.len();
+        if !all_in && now < self.deadline {
+            return Poll::Pending;
+        }
+        let contributors = self.fedavg.contributors().to_vec();
+        let result = if contributors.len() < self.min_sites {
+            Poll::Failed(format!(
+                "{} of the {} required training sites uploaded before the deadline",
+                contributors.len(),
+                self.min_sites
+            ))
+        } else {
+            match self.fedavg.average() {
+                Ok(average_delta) => Poll::Ready(RoundAggregate {
+                    average_delta,
+                    total_samples: self.fedavg.total_samples(),
+                    dropped: self
+                        .invited
+                        .iter()
+                        .filter(|s| !contributors.contains(s))
+                        .cloned()
+                        .collect(),
+                    contributors,
+                }),
+                Err(error) => Poll::Failed(error.to_string()),
+            }
+        };
+        self.result = Some(result.clone());
+        result
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.result.is_none().then_some(self.deadline)
+    }
+
+    fn has_uploaded(&self, site: &str) -> bool {
+        self.fedavg.contributors().iter().any(|c| c == site)
+    }
+}

@@ -1,0 +1,629 @@
+//! The round logic of a study (federation.md, steps 0–6), as a synchronous state machine that the
+//! gRPC service drives under one lock: who gets which task, which uploads and metrics are accepted,
+//! when a round aggregates, validates and commits.
+//!
+//! Phases: `Training(r)` (training sites download version r − 1, train, upload; the [`Aggregation`]
+//! combines the updates) → `Validating(r)` (every site scores the new model r and reports aggregate
+//! metrics) → commit of round r (model, record and metrics, atomically, [`RoundStore`]) → `Training(r+1)`
+//! or `Finished`. A round that cannot aggregate (too few sites by the deadline, a protocol failure) is
+//! abandoned without a commit and started again. Nothing in memory survives a restart: the study
+//! resumes from the last committed round.
+
+use crate::aggregation::{Aggregation, AggregationError, PlainAggregation, Poll, RoundAggregate, Upload};
+use crate::secure::SecureAggregation;
+use crate::store::{Committed, ModelBlob, RoundStore, StoreError};
+use crate::telemetry::Telemetry;
+use fedlnm_shared::config::{AggregatorConfig, SiteRole};
+use fedlnm_shared::federation::fedavg::apply_delta;
+use fedlnm_shared::federation::{AggregationKind, PooledMetrics, RoundRecord, SiteRoundMetrics};
+use fedlnm_shared::weights::is_local_norm;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::Status;
+
+/// The study cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StudyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "the state folder has no committed round and aggregator.toml names no `initial_model`: create one \
+         with `fedlnm-node init-model` and set `initial_model`"
+    )]
+    NoInitialModel,
+    #[error("cannot read the initial model {}: {source}", path.display())]
+    InitialModel {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the initial model's configuration (digest {initial}) is not the one of the committed rounds \
+         ({committed}): a state folder belongs to one model"
+    )]
+    ConfigChanged { initial: String, committed: String },
+}
+
+/// What a site should do next.
+#[derive(Debug, Clone)]
+pub enum TaskDecision {
+    Wait { reason: String },
+    Train(TrainAssignment),
+    Validate { round: u64, model: Arc<ModelBlob> },
+    Finished { rounds: u64, model: Arc<ModelBlob> },
+}
+
+/// A training task.
+#[derive(Debug, Clone)]
+pub struct TrainAssignment {
+    pub round: u64,
+    pub model: Arc<ModelBlob>,
+    pub plan_json: String,
+    pub local_tensor_patterns: Vec<String>,
+    pub fields: crate::aggregation::TaskFields,
+}
+
+struct Training {
+    round: u64,
+    started: Instant,
+    aggregation: Box<dyn Aggregation>,
+}
+
+struct Validating {
+    round: u64,
+    training_started: Instant,
+    aggregation_seconds: f64,
+    kind: AggregationKind,
+    aggregate: RoundAggregate,
+    model: Arc<ModelBlob>,
+    deadline: Instant,
+    metrics: BTreeMap<String, SiteRoundMetrics>,
+}
+
+enum Phase {
+    Training(Training),
+    Validating(Validating),
+    Finished,
+}
+
+/// The state of one study.
+pub struct Study {
+    config: Arc<AggregatorConfig>,
+    store: RoundStore,
+    committed: Committed,
+    phase: Phase,
+    telemetry: Arc<Telemetry>,
+    /// Training sites, sorted: a site's secure-aggregation id is its 1-based position.
+    train_sites: Vec<String>,
+    plan_json: String,
+}
+
+impl Study {
+    /// Opens the state folder: resumes after the last committed round, or commits the initial model
+    /// as round 0.
+    ///
+    /// # Errors
+    /// [`StudyError`] naming the file or setting at fault.
+    pub fn open(config: Arc<AggregatorConfig>, telemetry: Arc<Telemetry>) -> Result<Self, StudyError> {
+        let store = RoundStore::open(&config.state_dir)?;
+        let committed = match store.latest()? {
+            Some(committed) => {
+                tracing::info!(
+                    round = committed.record.round,
+                    digest = committed.record.model_digest,
+                    "resuming after the last committed round"
+                );
+                committed
+            }
+            None => {
+                let path = config.initial_model.clone().ok_or(StudyError::NoInitialModel)?;
+                let bytes = std::fs::read(&path).map_err(|source| StudyError::InitialModel {
+                    path: path.clone(),
+                    source,
+                })?;
+                let model = ModelBlob::parse(0, bytes, &path)?;
+                let record = RoundRecord {
+                    study: config.study.clone(),
+                    round: 0,
+                    model_digest: model.digest.clone(),
+                    model_config_digest: model.config_digest.clone(),
+                    aggregation: aggregation_kind(&config),
+                    contributors: Vec::new(),
+                    total_samples: 0,
+                    dropped: Vec::new(),
+                    aggregation_seconds: 0.0,
+                    round_seconds: 0.0,
+                    committed_at: now_rfc3339(),
+                    sites: Vec::new(),
+                    pooled_train_sites: None,
+                    pooled_validation_sites: None,
+                };
+                store.commit(&record, &model)?;
+                tracing::info!(digest = model.digest, "initial model committed as version 0");
+                Committed {
+                    record,
+                    model: Arc::new(model),
+                }
+            }
+        };
+        if let Some(path) = &config.initial_model
+            && let Ok(bytes) = std::fs::read(path)
+            && let Ok(initial) = ModelBlob::parse(0, bytes, path)
+            && initial.config_digest != committed.model.config_digest
+        {
+            return Err(StudyError::ConfigChanged {
+                initial: initial.config_digest,
+                committed: committed.model.config_digest.clone(),
+            });
+        }
+        let mut train_sites: Vec<String> = config
+            .sites
+            .iter()
+            .filter(|s| s.role == SiteRole::Train)
+            .map(|s| s.id.clone())
+            .collect();
+        train_sites.sort();
+        let plan_json = serde_json::to_string(&config.train).unwrap_or_default();
+        let mut study = Self {
+            config,
+            store,
+            committed,
+            phase: Phase::Finished,
+            telemetry,
+            train_sites,
+            plan_json,
+        };
+        study.start_next_round(Instant::now());
+        Ok(study)
+    }
+
+    /// The last committed round's number and model digest.
+    #[must_use]
+    pub fn committed(&self) -> (u64, &str) {
+        (self.committed.record.round, &self.committed.model.digest)
+    }
+
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    fn start_next_round(&mut self, now: Instant) {
+        let round = self.committed.record.round + 1;
+        if round > self.config.rounds.rounds {
+            tracing::info!(rounds = self.committed.record.round, "study finished");
+            self.telemetry.round.set(0);
+            self.phase = Phase::Finished;
+            return;
+        }
+        let settings = &self.config.rounds;
+        let global = &self.committed.model;
+        let deadline = now + Duration::from_secs(settings.round_deadline_s);
+        let fedbn = settings.fedbn;
+        let aggregated = move |name: &str| !(fedbn && is_local_norm(name));
+        let aggregation: Box<dyn Aggregation> = if settings.secure_aggregation {
+            match SecureAggregation::new(
+                &self.config,
+                round,
+                global,
+                &aggregated,
+                &self.train_sites,
+                now,
+                deadline,
+            ) {
+                Ok(secure) => Box::new(secure),
+                Err(error) => {
+                    // The configuration was validated at load; this is a bug or a model that breaks
+                    // the quantization headroom. Stop rather than fall back to plain aggregation.
+                    tracing::error!(%error, "cannot configure secure aggregation; the study stops");
+                    self.phase = Phase::Finished;
+                    return;
+                }
+            }
+        } else {
+            Box::new(PlainAggregation::new(
+                &global.weights,
+                aggregated,
+                self.train_sites.iter().cloned(),
+                settings.min_sites,
+                deadline,
+            ))
+        };
+        tracing::info!(round, aggregation = ?aggregation.kind(), "round started");
+        self.telemetry.round.set(i64::try_from(round).unwrap_or(i64::MAX));
+        self.phase = Phase::Training(Training {
+            round,
+            started: now,
+            aggregation,
+        });
+    }
+
+    fn local_tensor_patterns(&self) -> Vec<String> {
+        if self.config.rounds.fedbn {
+            self.committed
+                .model
+                .weights
+                .local_norm_names()
+                .map(str::to_owned)
+                .collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The next task of `site` (already authorized, with its role).
+    #[must_use]
+    pub fn task_for(&self, site: &str, role: SiteRole) -> TaskDecision {
+        match &self.phase {
+            Phase::Finished => TaskDecision::Finished {
+                rounds: self.committed.record.round,
+                model: self.committed.model.clone(),
+            },
+            Phase::Training(training) => {
+                if role != SiteRole::Train {
+                    return TaskDecision::Wait {
+                        reason: format!("round {} is training; validation comes next", training.round),
+                    };
+                }
+                if training.aggregation.has_uploaded(site) {
+                    return TaskDecision::Wait {
+                        reason: format!(
+                            "update for round {} received; waiting for the others",
+                            training.round
+                        ),
+                    };
+                }
+                match training.aggregation.task_fields(site) {
+                    Some(fields) => TaskDecision::Train(TrainAssignment {
+                        round: training.round,
+                        model: self.committed.model.clone(),
+                        plan_json: self.plan_json.clone(),
+                        local_tensor_patterns: self.local_tensor_patterns(),
+                        fields,
+                    }),
+                    None => TaskDecision::Wait {
+                        reason: format!(
+                            "round {} started without this site; it joins the next round",
+                            training.round
+                        ),
+                    },
+                }
+            }
+            Phase::Validating(validating) => {
+                if validating.metrics.contains_key(site) {
+                    TaskDecision::Wait {
+                        reason: format!(
+                            "metrics of round {} received; waiting for the others",
+                            validating.round
+                        ),
+                    }
+                } else {
+                    TaskDecision::Validate {
+                        round: validating.round,
+                        model: validating.model.clone(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The model of `version`: the committed one, or the one under validation.
+    #[must_use]
+    pub fn model(&self, version: u64) -> Option<Arc<ModelBlob>> {
+        if version == self.committed.model.version {
+            return Some(self.committed.model.clone());
+        }
+        match &self.phase {
+            Phase::Validating(v) if v.model.version == version => Some(v.model.clone()),
+            _ => None,
+        }
+    }
+
+    fn training_round(&mut self, round: u64) -> Result<&mut Training, Status> {
+        let refusal = match &self.phase {
+            Phase::Training(training) if training.round == round => None,
+            Phase::Training(training) => Some(format!(
+                "round {round} is not open: the study is training round {}",
+                training.round
+            )),
+            Phase::Validating(v) => Some(format!(
+                "round {round} is not open for training: round {} is being validated",
+                v.round
+            )),
+            Phase::Finished => Some("the study is finished".to_owned()),
+        };
+        match (&mut self.phase, refusal) {
+            (Phase::Training(training), None) => Ok(training),
+            (_, refusal) => Err(Status::failed_precondition(refusal.unwrap_or_default())),
+        }
+    }
+
+    /// The largest payload `site` may upload for `round` (checked before the upload is read).
+    ///
+    /// # Errors
+    /// The round is not open, or the site already uploaded.
+    pub fn upload_limit(&mut self, site: &str, round: u64) -> Result<u64, Status> {
+        let training = self.training_round(round)?;
+        if training.aggregation.has_uploaded(site) {
+            return Err(Status::already_exists(format!(
+                "site {site} already uploaded its update for round {round}"
+            )));
+        }
+        Ok(training.aggregation.max_upload_bytes())
+    }
+
+    /// A complete upload.
+    ///
+    /// # Errors
+    /// The round is not open, or the aggregation refuses the update (named reason).
+    pub fn accept_upload(&mut self, round: u64, upload: &Upload<'_>) -> Result<(), Status> {
+        let training = self.training_round(round)?;
+        training.aggregation.accept_upload(upload).map_err(to_status)?;
+        tracing::info!(
+            site = upload.site,
+            round,
+            bytes = upload.payload.len(),
+            "update accepted"
+        );
+        Ok(())
+    }
+
+    /// A secure-aggregation message.
+    ///
+    /// # Errors
+    /// As [`Self::accept_upload`].
+    pub fn accept_message(
+        &mut self,
+        site: &str,
+        round: u64,
+        stage: &str,
+        payload: &[u8],
+    ) -> Result<(), Status> {
+        let training = self.training_round(round)?;
+        training
+            .aggregation
+            .accept_message(site, stage, payload)
+            .map_err(to_status)
+    }
+
+    /// The reply of a closed secure-aggregation stage; `None` while it is open.
+    #[must_use]
+    pub fn reply(&self, site: &str, round: u64, stage: &str) -> Option<Result<Vec<u8>, Status>> {
+        match &self.phase {
+            Phase::Training(training) if training.round == round => training
+                .aggregation
+                .reply(site, stage)
+                .map(|reply| reply.map_err(to_status)),
+            _ => Some(Err(Status::aborted(format!(
+                "round {round} is no longer aggregating (finished, abandoned or restarted); the node \
+                 rejoins with its next task"
+            )))),
+        }
+    }
+
+    /// A site's validation metrics of the model of `round`.
+    ///
+    /// # Errors
+    /// Not the round under validation, another model's digest, a second report, a bad histogram.
+    pub fn accept_metrics(
+        &mut self,
+        site: &str,
+        role: SiteRole,
+        round: u64,
+        model_digest: &str,
+        mut metrics: SiteRoundMetrics,
+    ) -> Result<(), Status> {
+        let Phase::Validating(validating) = &mut self.phase else {
+            return Err(Status::failed_precondition(format!(
+                "no model is being validated (metrics for round {round} refused)"
+            )));
+        };
+        if validating.round != round {
+            return Err(Status::failed_precondition(format!(
+                "round {} is being validated, not round {round}",
+                validating.round
+            )));
+        }
+        if model_digest != validating.model.digest {
+            return Err(Status::invalid_argument(format!(
+                "the metrics are of model {model_digest}, not of round {round}'s model {}",
+                validating.model.digest
+            )));
+        }
+        if validating.metrics.contains_key(site) {
+            return Err(Status::already_exists(format!(
+                "site {site} already reported metrics for round {round}"
+            )));
+        }
+        metrics
+            .histogram
+            .check()
+            .map_err(|e| Status::invalid_argument(format!("metrics of site {site}: {e}")))?;
+        if metrics.histogram.n_positive() + metrics.histogram.n_negative() != metrics.n_patients {
+            return Err(Status::invalid_argument(format!(
+                "metrics of site {site}: the histogram counts {} patients, the report {}",
+                metrics.histogram.n_positive() + metrics.histogram.n_negative(),
+                metrics.n_patients
+            )));
+        }
+        metrics.site = site.to_owned();
+        metrics.role = role;
+        tracing::info!(site, round, auc = ?metrics.auc, n = metrics.n_patients, "validation metrics received");
+        validating.metrics.insert(site.to_owned(), metrics);
+        Ok(())
+    }
+
+    /// Moves the study on: closes stages and phases that are complete or past their deadline, commits
+    /// finished rounds. Returns whether anything changed.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        match &mut self.phase {
+            Phase::Finished => false,
+            Phase::Training(training) => match training.aggregation.advance(now) {
+                Poll::Pending => false,
+                Poll::Failed(reason) => {
+                    tracing::warn!(
+                        round = training.round,
+                        reason,
+                        "round abandoned; nothing committed; starting it again"
+                    );
+                    self.telemetry.rounds_failed.inc();
+                    self.start_next_round(now);
+                    true
+                }
+                Poll::Ready(aggregate) => {
+                    let round = training.round;
+                    let kind = training.aggregation.kind();
+                    let training_started = training.started;
+                    self.aggregated(round, kind, training_started, aggregate, now);
+                    true
+                }
+            },
+            Phase::Validating(validating) => {
+                let all_in = self
+                    .config
+                    .sites
+                    .iter()
+                    .all(|s| validating.metrics.contains_key(&s.id));
+                if !all_in && now < validating.deadline {
+                    return false;
+                }
+                self.commit_validated(now);
+                true
+            }
+        }
+    }
+
+    fn aggregated(
+        &mut self,
+        round: u64,
+        kind: AggregationKind,
+        training_started: Instant,
+        aggregate: RoundAggregate,
+        now: Instant,
+    ) {
+        let global = &self.committed.model;
+        let next = apply_delta(&global.weights, &aggregate.average_delta)
+            .map_err(|e| e.to_string())
+            .and_then(|weights| ModelBlob::new(round, weights, global.config.clone()));
+        match next {
+            Ok(model) => {
+                tracing::info!(
+                    round,
+                    contributors = ?aggregate.contributors,
+                    dropped = ?aggregate.dropped,
+                    total_samples = aggregate.total_samples,
+                    digest = model.digest,
+                    "round aggregated; validating the new model"
+                );
+                self.phase = Phase::Validating(Validating {
+                    round,
+                    training_started,
+                    aggregation_seconds: now.duration_since(training_started).as_secs_f64(),
+                    kind,
+                    aggregate,
+                    model: Arc::new(model),
+                    deadline: now + Duration::from_secs(self.config.rounds.validation_deadline_s),
+                    metrics: BTreeMap::new(),
+                });
+            }
+            Err(error) => {
+                tracing::error!(
+                    round,
+                    error,
+                    "the aggregate is not a valid model; round abandoned"
+                );
+                self.telemetry.rounds_failed.inc();
+                self.start_next_round(now);
+            }
+        }
+    }
+
+    fn commit_validated(&mut self, now: Instant) {
+        let Phase::Validating(validating) = std::mem::replace(&mut self.phase, Phase::Finished) else {
+            return;
+        };
+        let sites: Vec<SiteRoundMetrics> = validating.metrics.into_values().collect();
+        let pool = |role: SiteRole| {
+            PooledMetrics::pool(sites.iter().filter(|s| s.role == role)).unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot pool the histograms");
+                None
+            })
+        };
+        let record = RoundRecord {
+            study: self.config.study.clone(),
+            round: validating.round,
+            model_digest: validating.model.digest.clone(),
+            model_config_digest: validating.model.config_digest.clone(),
+            aggregation: validating.kind,
+            contributors: validating.aggregate.contributors.clone(),
+            total_samples: validating.aggregate.total_samples,
+            dropped: validating.aggregate.dropped.clone(),
+            aggregation_seconds: validating.aggregation_seconds,
+            round_seconds: now.duration_since(validating.training_started).as_secs_f64(),
+            committed_at: now_rfc3339(),
+            pooled_train_sites: pool(SiteRole::Train),
+            pooled_validation_sites: pool(SiteRole::Validate),
+            sites,
+        };
+        match self.store.commit(&record, &validating.model) {
+            Ok(path) => {
+                tracing::info!(
+                    round = record.round,
+                    path = %path.display(),
+                    pooled_train_auc = ?record.pooled_train_sites.as_ref().and_then(|p| p.auc),
+                    pooled_validation_auc = ?record.pooled_validation_sites.as_ref().and_then(|p| p.auc),
+                    "round committed"
+                );
+                self.telemetry.rounds_committed.inc();
+                self.telemetry
+                    .contributing_sites
+                    .set(i64::try_from(record.contributors.len()).unwrap_or(0));
+                self.telemetry.round_seconds.set(record.round_seconds);
+                self.telemetry.aggregation_seconds.set(record.aggregation_seconds);
+                self.committed = Committed {
+                    record,
+                    model: validating.model,
+                };
+            }
+            Err(error) => {
+                // Nothing was committed: the round is trained again from the last committed model.
+                tracing::error!(%error, round = record.round, "cannot commit the round; it will be run again");
+                self.telemetry.rounds_failed.inc();
+            }
+        }
+        self.start_next_round(now);
+    }
+
+    /// The next instant at which [`Self::tick`] may change something on time alone.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Training(training) => training.aggregation.next_deadline(),
+            Phase::Validating(validating) => Some(validating.deadline),
+            Phase::Finished => None,
+        }
+    }
+}
+
+fn aggregation_kind(config: &AggregatorConfig) -> AggregationKind {
+    if config.rounds.secure_aggregation {
+        AggregationKind::Secure
+    } else {
+        AggregationKind::Plain
+    }
+}
+
+fn to_status(error: AggregationError) -> Status {
+    match error {
+        AggregationError::Invalid(message) => Status::invalid_argument(message),
+        AggregationError::WrongTime(message) => Status::failed_precondition(message),
+    }
+}
+
+/// The current UTC time as RFC 3339.
+#[must_use]
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

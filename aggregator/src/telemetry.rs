@@ -1,0 +1,166 @@
+//! The aggregator's Prometheus metrics (`/metrics` on `metrics_listen`, plain HTTP: keep it on an
+//! internal interface): rounds, sites, bytes and durations. Counts and timings only, never a model or
+//! patient value.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+
+type Labels = Vec<(String, String)>;
+
+/// The metrics, cheap to update from any task.
+pub struct Telemetry {
+    registry: Registry,
+    pub round: Gauge,
+    pub rounds_committed: Counter,
+    pub rounds_failed: Counter,
+    pub contributing_sites: Gauge,
+    pub round_seconds: Gauge<f64, AtomicU64>,
+    pub aggregation_seconds: Gauge<f64, AtomicU64>,
+    pub bytes_received: Family<Labels, Counter>,
+    pub bytes_sent: Family<Labels, Counter>,
+    pub site_last_seen: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub refused: Family<Labels, Counter>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("fedlnm");
+        let telemetry = Self {
+            round: Gauge::default(),
+            rounds_committed: Counter::default(),
+            rounds_failed: Counter::default(),
+            contributing_sites: Gauge::default(),
+            round_seconds: Gauge::default(),
+            aggregation_seconds: Gauge::default(),
+            bytes_received: Family::default(),
+            bytes_sent: Family::default(),
+            site_last_seen: Family::default(),
+            refused: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "round",
+            "Round in progress (0 before the first)",
+            telemetry.round.clone(),
+        );
+        registry.register(
+            "rounds_committed",
+            "Rounds committed since start",
+            telemetry.rounds_committed.clone(),
+        );
+        registry.register(
+            "rounds_failed",
+            "Rounds abandoned (too few sites, protocol failure) since start",
+            telemetry.rounds_failed.clone(),
+        );
+        registry.register(
+            "contributing_sites",
+            "Training sites in the last committed round's aggregate",
+            telemetry.contributing_sites.clone(),
+        );
+        registry.register(
+            "round_duration_seconds",
+            "Duration of the last committed round",
+            telemetry.round_seconds.clone(),
+        );
+        registry.register(
+            "aggregation_duration_seconds",
+            "Time from the round's start to its aggregate, last committed round",
+            telemetry.aggregation_seconds.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Payload bytes received from sites, by kind",
+            telemetry.bytes_received.clone(),
+        );
+        registry.register(
+            "sent_bytes",
+            "Payload bytes sent to sites, by kind",
+            telemetry.bytes_sent.clone(),
+        );
+        registry.register(
+            "site_last_seen_timestamp_seconds",
+            "Unix time of each site's last authorized request",
+            telemetry.site_last_seen.clone(),
+        );
+        registry.register(
+            "refused_requests",
+            "Requests refused, by reason",
+            telemetry.refused.clone(),
+        );
+        Self {
+            registry,
+            ..telemetry
+        }
+    }
+}
+
+impl Telemetry {
+    /// The OpenMetrics text exposition.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    pub fn received(&self, kind: &str, bytes: usize) {
+        self.bytes_received
+            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
+            .inc_by(bytes as u64);
+    }
+
+    pub fn sent(&self, kind: &str, bytes: usize) {
+        self.bytes_sent
+            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
+            .inc_by(bytes as u64);
+    }
+
+    pub fn seen(&self, site: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.site_last_seen
+            .get_or_create(&vec![("site".to_owned(), site.to_owned())])
+            .set(now);
+    }
+
+    pub fn refuse(&self, reason: &str) {
+        self.refused
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// The HTTP server fails.
+pub async fn serve_metrics(
+    telemetry: std::sync::Arc<Telemetry>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let telemetry = telemetry.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    telemetry.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,245 @@
+//! `fedlnm-node simulate`: the researcher's one command. A whole multicentre study on this machine,
+//! through the production code paths: a throw-away study CA and startup kits (`provision`),
+//! synthetic sites with different scanners and case mix, the aggregator (in-process, the same service
+//! as `fedlnm-aggregator serve`) and one node per site (the same loop as `fedlnm-node run`), talking
+//! real gRPC over mutual TLS 1.3 on loopback; then the study report (`fedlnm-aggregator report`).
+
+use super::model::{DeviceArg, write_checkpoint};
+use anyhow::{Context as _, bail};
+use clap::Args;
+use fedlnm_aggregator::provision::{self, ProvisionOptions};
+use fedlnm_aggregator::server::{self, FederationService};
+use fedlnm_shared::config::{AggregatorConfig, NodeConfig, write_toml};
+use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
+use fedlnm_shared::synth::{self, OutputFormat, PROFILE_NAMES, SiteProfile, SynthConfig};
+use fedlnm_shared::train;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `simulate`.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Output folder (created; must not exist or be empty): study/ (CA, kits, aggregator state),
+    /// data/ (synthetic sites), results/ (tables and plots).
+    #[arg(long, default_value = "fedlnm-simulation")]
+    pub out: PathBuf,
+    /// Federated rounds.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u64,
+    /// Training sites (profiles cycle through tertiary, community, rural).
+    #[arg(long, default_value_t = 3)]
+    pub train_sites: usize,
+    /// External-validation sites (rural profile: another scanner and case mix; they never train).
+    #[arg(long, default_value_t = 1)]
+    pub validate_sites: usize,
+    /// Patients per synthetic site.
+    #[arg(long, default_value_t = 300)]
+    pub patients: usize,
+    /// Model input size in pixels (the tiny ResNet; 64 trains in minutes on 2 cores).
+    #[arg(long, default_value_t = 64)]
+    pub image_size: u32,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 2)]
+    pub local_epochs: usize,
+    /// Plain FedAvg: the aggregator sees each site's delta (default: secure aggregation).
+    #[arg(long)]
+    pub plain: bool,
+    /// FedBN: normalisation layers stay local to each training site.
+    #[arg(long)]
+    pub fedbn: bool,
+    /// FedProx proximal coefficient μ (0: FedAvg local training).
+    #[arg(long, default_value_t = 0.0)]
+    pub proximal_mu: f64,
+    /// Seed of the synthetic data, the initial model and training.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+}
+
+/// What a simulation produced.
+#[derive(Debug, Clone)]
+pub struct SimulationOutcome {
+    pub state_dir: PathBuf,
+    pub results_dir: PathBuf,
+    pub rounds: u64,
+    pub final_digest: String,
+    pub seconds: f64,
+}
+
+/// `simulate`.
+pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(simulate(args))?;
+    println!(
+        "simulated study finished: {} rounds in {:.0} s; final model SHA-256 {}\nresults: {}",
+        outcome.rounds,
+        outcome.seconds,
+        outcome.final_digest,
+        outcome.results_dir.display()
+    );
+    let summary = outcome.results_dir.join("summary.md");
+    if let Ok(text) = std::fs::read_to_string(&summary) {
+        println!("\n{text}");
+    }
+    Ok(())
+}
+
+/// Site ids and profiles of a simulation.
+fn sites(args: &SimulateArgs) -> Vec<(String, &'static str, bool)> {
+    let mut sites = Vec::new();
+    for k in 0..args.train_sites {
+        sites.push((
+            format!("S{}", k + 1),
+            PROFILE_NAMES[k % PROFILE_NAMES.len()],
+            true,
+        ));
+    }
+    for k in 0..args.validate_sites {
+        sites.push((format!("S{}", args.train_sites + k + 1), "rural", false));
+    }
+    sites
+}
+
+/// Runs the simulated study (see the module doc) and writes the report.
+///
+/// # Errors
+/// A non-empty output folder, bad arguments, or any failure of the study (named).
+pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> {
+    let started = Instant::now();
+    if args.train_sites < 2 {
+        bail!("--train-sites must be at least 2 (FedAvg needs sites to average)");
+    }
+    if args.out.exists() && std::fs::read_dir(&args.out)?.next().is_some() {
+        bail!(
+            "{} is not empty: choose a new --out folder (a simulation never overwrites results)",
+            args.out.display()
+        );
+    }
+    let out = std::fs::canonicalize({
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
+        &args.out
+    })?;
+    let sites = sites(args);
+
+    // Synthetic sites.
+    let data_dir = out.join("data");
+    let mut generation = Vec::new();
+    for (k, (id, profile, _)) in sites.iter().enumerate() {
+        let config = SynthConfig {
+            site: id.clone(),
+            n_patients: args.patients,
+            seed: args.seed.wrapping_mul(1000).wrapping_add(k as u64),
+            profile: SiteProfile::named(profile).with_context(|| format!("unknown profile {profile}"))?,
+            format: OutputFormat::Png,
+            image_size: (2 * args.image_size).max(128),
+        };
+        let dir = data_dir.join(id);
+        generation.push(tokio::task::spawn_blocking(move || {
+            synth::write_site(&config, &dir).map(|summary| (config.site, summary))
+        }));
+    }
+    for handle in generation {
+        let (site, summary) = handle.await?.context("generating a synthetic site")?;
+        tracing::info!(
+            site,
+            lnm_rate = summary.lnm_rate,
+            oracle_auc = ?summary.oracle_auc,
+            "synthetic site generated"
+        );
+    }
+
+    // A throw-away study CA and kits, for the port we actually got.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let study_dir = out.join("study");
+    let (train_ids, validate_ids): (Vec<_>, Vec<_>) = sites.iter().partition(|(_, _, train)| *train);
+    provision::provision(&ProvisionOptions {
+        study: "simulated-lnm".to_owned(),
+        train_sites: train_ids.iter().map(|s| s.0.clone()).collect(),
+        validate_sites: validate_ids.iter().map(|s| s.0.clone()).collect(),
+        aggregator_hosts: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+        port,
+        valid_days: 7,
+        out: study_dir.clone(),
+    })?;
+
+    // The study's model and plan.
+    let aggregator_dir = study_dir.join(provision::AGGREGATOR_DIR);
+    let mut model = ModelConfig::tiny(Modality::Multimodal);
+    model.image.input_size = args.image_size;
+    let initial = aggregator_dir.join("initial-model.safetensors");
+    write_checkpoint(&initial, &model, &train::initial_weights(&model, args.seed))?;
+    let aggregator_toml = aggregator_dir.join("aggregator.toml");
+    let mut config = AggregatorConfig::load(&aggregator_toml)?;
+    config.initial_model = Some(initial);
+    config.listen = format!("127.0.0.1:{port}");
+    config.rounds.rounds = args.rounds;
+    config.rounds.min_sites = args.train_sites / 2 + 1;
+    config.rounds.secure_aggregation = !args.plain;
+    config.rounds.fedbn = args.fedbn;
+    config.rounds.round_deadline_s = 3600;
+    config.rounds.stage_timeout_s = 600;
+    config.rounds.validation_deadline_s = 1800;
+    config.train = TrainPlan {
+        epochs: args.local_epochs,
+        batch_size: 16,
+        learning_rate: 2e-3,
+        warmup_fraction: 0.0,
+        patience: 0,
+        proximal_mu: args.proximal_mu,
+        seed: args.seed,
+        ..TrainPlan::default()
+    };
+    write_toml(&aggregator_toml, &config)?;
+    let config = AggregatorConfig::load(&aggregator_toml)?;
+    let state_dir = config.state_dir.clone();
+
+    let mut nodes = Vec::new();
+    for (id, _, _) in &sites {
+        let kit = study_dir.join(provision::SITES_DIR).join(id);
+        let node_toml = kit.join("node.toml");
+        let mut node: NodeConfig = NodeConfig::load(&node_toml)?;
+        node.data = data_dir.join(id);
+        node.work_dir = kit.join("work");
+        node.device = args.device.into();
+        write_toml(&node_toml, &node)?;
+        nodes.push(NodeConfig::load(&node_toml)?);
+    }
+
+    // The aggregator and the nodes, over mutual TLS on loopback.
+    let service = FederationService::open(config)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(service.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let node_tasks: Vec<_> = nodes
+        .into_iter()
+        .map(|node| tokio::spawn(crate::federation::Node::new(node).run()))
+        .collect();
+    let mut failure = None;
+    for task in node_tasks {
+        match task.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => failure = Some(error),
+            Err(error) => failure = Some(anyhow::Error::new(error)),
+        }
+    }
+    let _ = stop.send(());
+    server.await??;
+    if let Some(error) = failure {
+        return Err(error.context("a node of the simulated study failed"));
+    }
+    let (rounds, final_digest) = service.committed();
+
+    let results_dir = out.join("results");
+    fedlnm_aggregator::report::write_report(&state_dir, &results_dir)?;
+    Ok(SimulationOutcome {
+        state_dir,
+        results_dir,
+        rounds,
+        final_digest,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,340 @@
+//! Federated rounds end to end with sites that upload *known* deltas over the real mutual-TLS gRPC
+//! service (no training, so the FedAvg arithmetic can be checked exactly): the committed model equals
+//! w + Σ n_k Δ_k / Σ n_k; every site's metrics are in the committed round; bad uploads (oversized,
+//! corrupted, malformed, from a validation site, impersonating) are refused and change nothing; the
+//! aggregator killed after round 2 resumes at round 3 from the same model digest, and an uncommitted
+//! round is forgotten.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
+use fedlnm_aggregator::store::{MODEL_FILE, RECORD_FILE, RoundStore};
+use fedlnm_e2e::{RunningAggregator, provision_study, site_config, small_model};
+use fedlnm_node::client;
+use fedlnm_node::proto::federation_client::FederationClient;
+use fedlnm_node::proto::{MetricsReport, ModelRequest, TaskRequest, UpdateChunk, UpdateHeader, task};
+use fedlnm_shared::config::{RoundSettings, SiteRole};
+use fedlnm_shared::federation::{RoundRecord, ScoreHistogram, SiteRoundMetrics};
+use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tonic::transport::Channel;
+
+const STUDY: &str = "thyroid";
+
+async fn connect(study_dir: &Path, site: &str, url: &str) -> FederationClient<Channel> {
+    client::connect(&site_config(study_dir, site, url)).await.unwrap()
+}
+
+async fn next_task(client: &mut FederationClient<Channel>, site: &str) -> task::Kind {
+    loop {
+        let task = client
+            .get_task(TaskRequest {
+                site: site.into(),
+                study: STUDY.into(),
+                node_version: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .kind
+            .unwrap();
+        if !matches!(task, task::Kind::Wait(_)) {
+            return task;
+        }
+    }
+}
+
+async fn download(client: &mut FederationClient<Channel>, site: &str, version: u64) -> Vec<u8> {
+    let mut stream = client
+        .download_model(ModelRequest {
+            site: site.into(),
+            study: STUDY.into(),
+            version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    bytes
+}
+
+/// The delta a site uploads: head.* scaled by `k` (the FedBN tensor is left out: FedBN is on).
+fn delta(k: f32) -> NamedTensors {
+    NamedTensors {
+        tensors: vec![
+            NamedTensor::new("head.weight", vec![2, 3], vec![k, 0.0, -k, 2.0 * k, 0.5, 1.0]).unwrap(),
+            NamedTensor::new("head.bias", vec![2], vec![k, -k]).unwrap(),
+        ],
+    }
+}
+
+async fn upload(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    round: u64,
+    payload: Vec<u8>,
+    n_samples: u64,
+    tamper: impl FnOnce(&mut UpdateHeader),
+) -> Result<(), tonic::Status> {
+    let mut header = UpdateHeader {
+        site: site.into(),
+        study: STUDY.into(),
+        round,
+        format: "plain".into(),
+        n_samples,
+        total_size: payload.len() as u64,
+        digest: sha256_hex(&payload),
+    };
+    tamper(&mut header);
+    let chunks: Vec<UpdateChunk> = payload
+        .chunks(7)
+        .enumerate()
+        .map(|(i, data)| UpdateChunk {
+            header: (i == 0).then(|| header.clone()),
+            data: data.to_vec(),
+        })
+        .collect();
+    client.upload_update(tokio_stream::iter(chunks)).await.map(|_| ())
+}
+
+fn metrics(site: &str, k: u64) -> String {
+    let y: Vec<bool> = (0..20).map(|i| i % 3 == 0).collect();
+    let s: Vec<f64> = (0..20)
+        .map(|i| ((i * 7 + k as usize) % 20) as f64 / 20.0)
+        .collect();
+    let metrics = SiteRoundMetrics {
+        site: site.into(),
+        role: SiteRole::Train,
+        n_patients: 20,
+        n_positive: 7,
+        lnm_rate: 0.35,
+        auc: Some(0.6),
+        auc_ci_lower: Some(0.4),
+        auc_ci_upper: Some(0.8),
+        youden_threshold: Some(0.5),
+        sensitivity: Some(0.5),
+        specificity: Some(0.5),
+        brier: 0.2,
+        kappa_t: Some(0.3),
+        kappa_n: Some(0.2),
+        kappa_stage: Some(0.1),
+        histogram: ScoreHistogram::from_scores(&y, &s).unwrap(),
+    };
+    serde_json::to_string(&metrics).unwrap()
+}
+
+/// Runs one round with known deltas from all three training sites and metrics from all four sites;
+/// returns the model digest of the round.
+async fn run_round(study_dir: &Path, url: &str, round: u64) -> String {
+    let weights = [(1.0_f32, 100_u64), (2.0, 300), (-1.0, 600)];
+    for (k, site) in ["S1", "S2", "S3"].iter().enumerate() {
+        let mut client = connect(study_dir, site, url).await;
+        let task::Kind::Train(train) = next_task(&mut client, site).await else {
+            panic!("{site}: expected a training task in round {round}");
+        };
+        assert_eq!(train.round, round);
+        assert_eq!(train.aggregation, "plain");
+        assert_eq!(train.local_tensor_patterns, vec!["image.bn1.gamma".to_owned()]);
+        let model = train.model.unwrap();
+        let bytes = download(&mut client, site, model.version).await;
+        assert_eq!(
+            sha256_hex(&bytes),
+            model.digest,
+            "{site}: downloaded model digest"
+        );
+        let (scale, n) = weights[k];
+        let payload = delta(scale).to_safetensors_bytes(&BTreeMap::new()).unwrap();
+        upload(&mut client, site, round, payload, n, |_| {})
+            .await
+            .unwrap();
+    }
+    let mut digest = String::new();
+    for (k, site) in ["S1", "S2", "S3", "S4"].iter().enumerate() {
+        let mut client = connect(study_dir, site, url).await;
+        let task::Kind::Validate(validate) = next_task(&mut client, site).await else {
+            panic!("{site}: expected a validation task in round {round}");
+        };
+        let model = validate.model.unwrap();
+        digest.clone_from(&model.digest);
+        client
+            .report_metrics(MetricsReport {
+                site: (*site).into(),
+                study: STUDY.into(),
+                round,
+                model_digest: model.digest,
+                metrics_json: metrics(site, k as u64),
+            })
+            .await
+            .unwrap();
+    }
+    digest
+}
+
+fn expected_after(rounds: u32) -> NamedTensors {
+    // Σ n_k Δ_k / Σ n_k with n = 100, 300, 600 and scales 1, 2, -1: (100 + 600 - 600) / 1000 = 0.1.
+    let mean_k = 0.1_f32;
+    let mut model = small_model();
+    for _ in 0..rounds {
+        let step = delta(mean_k);
+        for t in &mut model.tensors {
+            if let Some(d) = step.get(&t.name) {
+                for (w, dv) in t.values.iter_mut().zip(&d.values) {
+                    *w += dv;
+                }
+            }
+        }
+    }
+    model
+}
+
+fn assert_close(actual: &NamedTensors, expected: &NamedTensors) {
+    for e in &expected.tensors {
+        let a = actual.get(&e.name).unwrap();
+        assert_eq!(a.shape, e.shape, "{}", e.name);
+        for (x, y) in a.values.iter().zip(&e.values) {
+            assert!(
+                (x - y).abs() < 1e-5,
+                "{}: {:?} vs {:?}",
+                e.name,
+                a.values,
+                e.values
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let study_dir = dir.path().join("study");
+    let settings = RoundSettings {
+        rounds: 4,
+        min_sites: 3,
+        secure_aggregation: false,
+        fedbn: true,
+        ..RoundSettings::default()
+    };
+    let config = provision_study(&study_dir, STUDY, settings);
+    let state_dir = config.state_dir.clone();
+    let aggregator = RunningAggregator::start(config.clone(), 0).await;
+    let url = aggregator.url.clone();
+
+    // Refused uploads in round 1, before any legitimate one: each leaves the round untouched.
+    let good = delta(1.0).to_safetensors_bytes(&BTreeMap::new()).unwrap();
+    let mut s1 = connect(&study_dir, "S1", &url).await;
+    let refusal = upload(&mut s1, "S1", 1, good.clone(), 100, |h| h.total_size = 1 << 40)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code(), tonic::Code::ResourceExhausted, "{refusal:?}");
+    let refusal = upload(&mut s1, "S1", 1, good.clone(), 100, |h| h.digest = "0".repeat(64))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code(), tonic::Code::DataLoss, "{refusal:?}");
+    let refusal = upload(&mut s1, "S1", 1, b"not a safetensors file".to_vec(), 100, |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code(), tonic::Code::InvalidArgument, "{refusal:?}");
+    assert!(
+        refusal.message().contains("update from site S1"),
+        "{}",
+        refusal.message()
+    );
+    let refusal = upload(&mut s1, "S1", 2, good.clone(), 100, |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::FailedPrecondition,
+        "wrong round: {refusal:?}"
+    );
+    let mut s4 = connect(&study_dir, "S4", &url).await;
+    let refusal = upload(&mut s4, "S4", 1, good.clone(), 100, |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::PermissionDenied,
+        "validation site: {refusal:?}"
+    );
+    let refusal = upload(&mut s1, "S2", 1, good.clone(), 100, |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::PermissionDenied,
+        "impersonation: {refusal:?}"
+    );
+    let mut nan = delta(1.0);
+    nan.tensors[1].values[0] = f32::NAN;
+    let refusal = upload(
+        &mut s1,
+        "S1",
+        1,
+        nan.to_safetensors_bytes(&BTreeMap::new()).unwrap(),
+        100,
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::InvalidArgument,
+        "NaN delta: {refusal:?}"
+    );
+    assert_eq!(aggregator.service.committed().0, 0, "refusals changed the state");
+
+    // Rounds 1 and 2: FedAvg of the known deltas, committed with every site's metrics.
+    let digest1 = run_round(&study_dir, &url, 1).await;
+    let digest2 = run_round(&study_dir, &url, 2).await;
+    assert_ne!(digest1, digest2);
+    let store = RoundStore::open(&state_dir).unwrap();
+    assert_eq!(store.committed_rounds().unwrap(), vec![0, 1, 2]);
+    for round in 1..=2_u32 {
+        let committed = store.load(u64::from(round)).unwrap();
+        assert_close(&committed.model.weights, &expected_after(round));
+        // FedBN: the normalisation tensor never moves.
+        assert_eq!(
+            committed.model.weights.get("image.bn1.gamma").unwrap().values,
+            vec![1.0, 1.0]
+        );
+        let record: RoundRecord = serde_json::from_str(
+            &std::fs::read_to_string(store.round_dir(u64::from(round)).join(RECORD_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(record.contributors, ["S1", "S2", "S3"]);
+        assert_eq!(record.total_samples, 1000);
+        let sites: Vec<&str> = record.sites.iter().map(|s| s.site.as_str()).collect();
+        assert_eq!(sites, ["S1", "S2", "S3", "S4"]);
+        assert_eq!(record.sites[3].role, SiteRole::Validate);
+        assert_eq!(record.pooled_train_sites.as_ref().unwrap().n_patients, 60);
+        assert_eq!(record.pooled_validation_sites.as_ref().unwrap().n_patients, 20);
+        assert!(store.round_dir(u64::from(round)).join(MODEL_FILE).exists());
+    }
+
+    // Round 3 starts: S1 uploads, then the aggregator is killed before the round completes.
+    let mut s1 = connect(&study_dir, "S1", &url).await;
+    let task::Kind::Train(train) = next_task(&mut s1, "S1").await else {
+        panic!("round 3 task")
+    };
+    assert_eq!((train.round, train.model.unwrap().digest), (3, digest2.clone()));
+    upload(&mut s1, "S1", 3, good.clone(), 100, |_| {}).await.unwrap();
+    let port = aggregator.port;
+    aggregator.kill().await;
+
+    // Restarted on the same state folder and port: round 3 again, from round 2's model; S1's upload
+    // of the killed round is gone, so S1 trains round 3 again; a node that reconnects just rejoins.
+    let aggregator = RunningAggregator::start(config, port).await;
+    assert_eq!(aggregator.service.committed(), (2, digest2.clone()));
+    let mut s1 = connect(&study_dir, "S1", &aggregator.url).await;
+    let task::Kind::Train(train) = next_task(&mut s1, "S1").await else {
+        panic!("round 3 after restart")
+    };
+    assert_eq!((train.round, train.model.unwrap().digest), (3, digest2));
+    let digest3 = run_round(&study_dir, &aggregator.url, 3).await;
+    let committed = RoundStore::open(&state_dir).unwrap().load(3).unwrap();
+    assert_eq!(committed.model.digest, digest3);
+    assert_close(&committed.model.weights, &expected_after(3));
+    aggregator.shut_down().await;
+}
