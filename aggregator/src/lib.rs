@@ -2,10 +2,11 @@
 //! kits ([`provision`]); the mutual-TLS gRPC service that authorizes every site by its certificate
 //! ([`server`]); the round logic ([`study`]) with its pluggable aggregation ([`aggregation`]: plain
 //! FedAvg, or [`secure`] aggregation by default); the atomic round store ([`store`]); Prometheus
-//! metrics ([`telemetry`]).
+//! metrics ([`telemetry`]); the study report written from the committed rounds ([`report`]).
 
 pub mod aggregation;
 pub mod provision;
+pub mod report;
 pub mod secure;
 pub mod server;
 pub mod store;

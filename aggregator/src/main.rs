@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fedlnm_aggregator::provision::{self, ProvisionOptions};
+use fedlnm_aggregator::report::{self, ReportError};
 use fedlnm_aggregator::server;
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use std::path::PathBuf;
@@ -69,6 +70,18 @@ enum Command {
         #[arg(long, default_value_t = 365)]
         valid_days: i64,
     },
+    /// Write the study report from the rounds the aggregator has saved: tables (rounds.csv,
+    /// final_sites.csv, rounds.json), figures (roc_final.png, auc_by_round.png) and summary.md. It only
+    /// reads the state folder, so it can run while the aggregator is serving; it reports the rounds
+    /// completed so far. Contains aggregate numbers only, no patient data.
+    Report {
+        /// The aggregator's state folder (the one holding `rounds/`).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Folder to write the report into (created if missing; files already there are replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn parse_role(text: &str) -> Result<SiteRole, String> {
@@ -92,7 +105,11 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("fedlnm-aggregator: error: {error:#}");
             let input_fault = error.chain().any(|cause| {
-                cause.is::<provision::ProvisionError>() || cause.is::<fedlnm_shared::config::ConfigError>()
+                cause.is::<provision::ProvisionError>()
+                    || cause.is::<fedlnm_shared::config::ConfigError>()
+                    || cause
+                        .downcast_ref::<ReportError>()
+                        .is_some_and(ReportError::is_bad_input)
             });
             ExitCode::from(if input_fault { 2 } else { 1 })
         }
@@ -171,6 +188,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let kit = provision::add_site(&study_dir, &site, role, valid_days)
                 .with_context(|| format!("cannot add site '{site}' to {}", study_dir.display()))?;
             println!("startup kit for site '{site}' written to {}", kit.display());
+        }
+        Command::Report { state_dir, out } => {
+            let summary = report::write_report(&state_dir, &out)
+                .with_context(|| format!("cannot write the study report from {}", state_dir.display()))?;
+            println!(
+                "report of {} rounds (final round {}) written to {}:",
+                summary.rounds_found,
+                summary.final_round,
+                out.display()
+            );
+            for file in &summary.files_written {
+                println!("  {}", file.display());
+            }
         }
     }
     Ok(())

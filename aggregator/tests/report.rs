@@ -1,0 +1,583 @@
+//! The study report on a state folder of three committed rounds (two training sites, one external
+//! validation site) whose metrics come from the statistics engine on generated scores: the tables read
+//! back to the records, the JSON is the records without histograms, the figures are real PNGs,
+//! uncommitted rounds are ignored and a bad round file is named and changes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
+
+use fedlnm_aggregator::report::{self, ReportError};
+use fedlnm_shared::config::SiteRole;
+use fedlnm_shared::federation::{
+    AggregationKind, PooledMetrics, RoundRecord, ScoreHistogram, SiteRoundMetrics,
+};
+use fedlnm_shared::stats::binary::binary_metrics;
+use rand::{Rng as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution as _, Normal};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+// ---------------------------------------------------------------------------------------------------
+// Fixture
+
+/// One site's validation of a model whose scores separate the classes by `separation` (logit scale).
+fn site_metrics(
+    seed: u64,
+    site: &str,
+    role: SiteRole,
+    n_patients: usize,
+    lnm_prevalence: f64,
+    separation: f64,
+) -> SiteRoundMetrics {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let noise = Normal::new(0.0, 1.0).unwrap();
+    let y: Vec<bool> = (0..n_patients)
+        .map(|_| rng.random::<f64>() < lnm_prevalence)
+        .collect();
+    let scores: Vec<f64> = y
+        .iter()
+        .map(|&positive| {
+            let logit = -0.8 + if positive { separation } else { 0.0 } + noise.sample(&mut rng);
+            1.0 / (1.0 + (-logit).exp())
+        })
+        .collect();
+    let metrics = binary_metrics(&y, &scores).unwrap();
+    let kappa = |base: f64| (separation > 0.0).then(|| (base * separation / 2.0).min(0.95));
+    SiteRoundMetrics {
+        site: site.to_owned(),
+        role,
+        n_patients: metrics.n,
+        n_positive: metrics.n_pos,
+        lnm_rate: metrics.lnm_rate,
+        auc: metrics.auc,
+        auc_ci_lower: metrics.auc_ci_lower,
+        auc_ci_upper: metrics.auc_ci_upper,
+        youden_threshold: metrics.youden_threshold,
+        sensitivity: metrics.youden_sensitivity,
+        specificity: metrics.youden_specificity,
+        brier: metrics.brier,
+        kappa_t: kappa(0.41),
+        kappa_n: kappa(0.37),
+        kappa_stage: kappa(0.45),
+        histogram: ScoreHistogram::from_scores(&y, &scores).unwrap(),
+    }
+}
+
+fn round_record(round: u64, sites: Vec<SiteRoundMetrics>) -> RoundRecord {
+    let pooled = |role: SiteRole| PooledMetrics::pool(sites.iter().filter(|site| site.role == role)).unwrap();
+    let training: Vec<&SiteRoundMetrics> = sites.iter().filter(|site| site.role == SiteRole::Train).collect();
+    RoundRecord {
+        study: "lnm-synthetic".to_owned(),
+        round,
+        model_digest: format!("{:064x}", 0xabc0 + round),
+        model_config_digest: format!("{:064x}", 0xc0f1),
+        aggregation: if round == 0 {
+            AggregationKind::Plain
+        } else {
+            AggregationKind::Secure
+        },
+        contributors: if round == 0 {
+            Vec::new()
+        } else {
+            training.iter().map(|site| site.site.clone()).collect()
+        },
+        total_samples: if round == 0 {
+            0
+        } else {
+            training.iter().map(|site| 4 * site.n_patients).sum()
+        },
+        dropped: Vec::new(),
+        aggregation_seconds: 1.5 * round as f64,
+        round_seconds: 30.0 * round as f64,
+        committed_at: format!("2026-03-0{}T10:00:00Z", round + 1),
+        pooled_train_sites: pooled(SiteRole::Train),
+        pooled_validation_sites: pooled(SiteRole::Validate),
+        sites,
+    }
+}
+
+/// Rounds 0 (untrained: no separation; the validation site saw only LNM-negative patients), 1 and 2.
+fn study_rounds() -> Vec<RoundRecord> {
+    (0..3_u64)
+        .map(|round| {
+            let separation = 0.9 * round as f64;
+            let validation_prevalence = if round == 0 { 0.0 } else { 0.35 };
+            round_record(
+                round,
+                vec![
+                    site_metrics(10 + round, "S1", SiteRole::Train, 240, 0.30, separation),
+                    site_metrics(20 + round, "S2", SiteRole::Train, 180, 0.42, separation * 0.8),
+                    site_metrics(
+                        30 + round,
+                        "V1",
+                        SiteRole::Validate,
+                        150,
+                        validation_prevalence,
+                        separation,
+                    ),
+                ],
+            )
+        })
+        .collect()
+}
+
+fn round_dir(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(report::ROUNDS_DIR).join(name)
+}
+
+/// Writes the rounds as the aggregator commits them.
+fn write_round(state_dir: &Path, folder_name: &str, record: &RoundRecord) {
+    let folder = round_dir(state_dir, folder_name);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join(report::ROUND_FILE),
+        serde_json::to_vec(record).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(folder.join("global.safetensors"), b"not read by the report").unwrap();
+}
+
+fn committed_study(records: &[RoundRecord]) -> tempfile::TempDir {
+    let state = tempfile::tempdir().unwrap();
+    for record in records {
+        write_round(state.path(), &format!("round-{:04}", record.round), record);
+    }
+    state
+}
+
+fn read_csv(path: &Path) -> Vec<BTreeMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    assert_eq!(headers.iter().collect::<Vec<_>>(), report::CSV_COLUMNS);
+    reader
+        .records()
+        .map(|row| {
+            let row = row.unwrap();
+            headers
+                .iter()
+                .map(str::to_owned)
+                .zip(row.iter().map(str::to_owned))
+                .collect()
+        })
+        .collect()
+}
+
+/// The cell as a number; `None` for an empty cell.
+fn cell(row: &BTreeMap<String, String>, column: &str) -> Option<f64> {
+    let text = &row[column];
+    (!text.is_empty()).then(|| text.parse().unwrap())
+}
+
+/// Checks one CSV row against its record, column by column.
+fn assert_row_matches(row: &BTreeMap<String, String>, record: &RoundRecord) {
+    let site_name = row["site"].as_str();
+    assert_eq!(row["round"], record.round.to_string());
+    assert_eq!(row["contributors"], record.contributors.join(";"));
+    assert_eq!(row["total_samples"], record.total_samples.to_string());
+    assert_eq!(row["model_digest"], record.model_digest);
+    let aggregation = serde_json::to_value(record.aggregation).unwrap();
+    assert_eq!(row["aggregation"], aggregation.as_str().unwrap());
+    let expected: Vec<(&str, Option<f64>)> =
+        if let Some(site) = record.sites.iter().find(|s| s.site == site_name) {
+            assert_eq!(row["role"], site.role.to_string());
+            vec![
+                ("n_patients", Some(site.n_patients as f64)),
+                ("n_positive", Some(site.n_positive as f64)),
+                ("lnm_rate", Some(site.lnm_rate)),
+                ("auc", site.auc),
+                ("auc_ci_lower", site.auc_ci_lower),
+                ("auc_ci_upper", site.auc_ci_upper),
+                ("youden_threshold", site.youden_threshold),
+                ("sensitivity", site.sensitivity),
+                ("specificity", site.specificity),
+                ("brier", Some(site.brier)),
+                ("kappa_t", site.kappa_t),
+                ("kappa_n", site.kappa_n),
+                ("kappa_stage", site.kappa_stage),
+            ]
+        } else {
+            let (pool, role) = match site_name {
+                report::POOLED_TRAIN => (record.pooled_train_sites.as_ref().unwrap(), "train"),
+                report::POOLED_VALIDATION => (record.pooled_validation_sites.as_ref().unwrap(), "validate"),
+                other => panic!("row for unknown site {other}"),
+            };
+            assert_eq!(row["role"], role);
+            vec![
+                ("n_patients", Some(pool.n_patients as f64)),
+                ("n_positive", Some(pool.n_positive as f64)),
+                ("lnm_rate", Some(pool.n_positive as f64 / pool.n_patients as f64)),
+                ("auc", pool.auc),
+                ("auc_ci_lower", pool.auc_ci_lower),
+                ("auc_ci_upper", pool.auc_ci_upper),
+                ("youden_threshold", None),
+                ("sensitivity", None),
+                ("specificity", None),
+                ("brier", None),
+                ("kappa_t", None),
+                ("kappa_n", None),
+                ("kappa_stage", None),
+            ]
+        };
+    for (column, value) in expected {
+        assert_eq!(
+            cell(row, column),
+            value,
+            "round {} site {site_name} column {column}",
+            record.round
+        );
+    }
+}
+
+/// Every (round, site) the records hold, pools included, in report order.
+fn expected_keys(records: &[RoundRecord]) -> Vec<(String, String)> {
+    let mut keys = Vec::new();
+    for record in records {
+        for site in &record.sites {
+            keys.push((record.round.to_string(), site.site.clone()));
+        }
+        if record.pooled_train_sites.is_some() {
+            keys.push((record.round.to_string(), report::POOLED_TRAIN.to_owned()));
+        }
+        if record.pooled_validation_sites.is_some() {
+            keys.push((record.round.to_string(), report::POOLED_VALIDATION.to_owned()));
+        }
+    }
+    keys
+}
+
+fn row_keys(rows: &[BTreeMap<String, String>]) -> Vec<(String, String)> {
+    rows.iter()
+        .map(|row| (row["round"].clone(), row["site"].clone()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn the_fixture_is_realistic() {
+    // The checks below are only as good as their data: the model learns, round 0 has an undefined AUC.
+    let records = study_rounds();
+    let last = records.last().unwrap();
+    assert!(last.sites.iter().all(|site| site.auc.unwrap() > 0.7));
+    assert!(records[0].sites[2].auc.is_none());
+    assert!(records[0].pooled_validation_sites.as_ref().unwrap().auc.is_none());
+    assert!(last.pooled_train_sites.as_ref().unwrap().auc.unwrap() > 0.7);
+}
+
+#[test]
+fn rounds_csv_has_a_row_per_round_site_and_pool_with_the_records_values() {
+    let records = study_rounds();
+    let state = committed_study(&records);
+    let out = tempfile::tempdir().unwrap();
+    let summary = report::write_report(state.path(), out.path()).unwrap();
+    assert_eq!(summary.rounds_found, 3);
+    assert_eq!(summary.final_round, 2);
+
+    let rows = read_csv(&out.path().join(report::ROUNDS_CSV));
+    assert_eq!(row_keys(&rows), expected_keys(&records));
+    for row in &rows {
+        let record = &records[row["round"].parse::<usize>().unwrap()];
+        assert_row_matches(row, record);
+    }
+    // Undefined values are empty cells, never 0 or NaN.
+    let v1_round0 = rows
+        .iter()
+        .find(|row| row["round"] == "0" && row["site"] == "V1")
+        .unwrap();
+    assert_eq!(v1_round0["auc"], "");
+    assert_eq!(v1_round0["sensitivity"], "");
+}
+
+#[test]
+fn final_sites_csv_holds_the_last_round_only() {
+    let records = study_rounds();
+    let state = committed_study(&records);
+    let out = tempfile::tempdir().unwrap();
+    report::write_report(state.path(), out.path()).unwrap();
+
+    let rows = read_csv(&out.path().join(report::FINAL_SITES_CSV));
+    assert_eq!(row_keys(&rows), expected_keys(&records[2..]));
+    for row in &rows {
+        assert_row_matches(row, &records[2]);
+    }
+}
+
+#[test]
+fn rounds_json_is_the_records_without_their_histograms() {
+    let records = study_rounds();
+    let state = committed_study(&records);
+    let out = tempfile::tempdir().unwrap();
+    report::write_report(state.path(), out.path()).unwrap();
+
+    let text = std::fs::read_to_string(out.path().join(report::ROUNDS_JSON)).unwrap();
+    assert!(!text.contains("histogram"));
+    assert!(text.contains("\n  {"), "pretty-printed");
+    let mut rounds: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(rounds.len(), records.len());
+    // Putting the histograms back gives the records exactly: nothing else was dropped or changed.
+    for (value, record) in rounds.iter_mut().zip(&records) {
+        let sites = value["sites"].as_array_mut().unwrap();
+        assert_eq!(sites.len(), record.sites.len());
+        for (site, metrics) in sites.iter_mut().zip(&record.sites) {
+            site.as_object_mut().unwrap().insert(
+                "histogram".to_owned(),
+                serde_json::to_value(&metrics.histogram).unwrap(),
+            );
+        }
+        let restored: RoundRecord = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(&restored, record);
+    }
+}
+
+#[test]
+fn figures_are_pngs_of_the_documented_size_with_curves_and_text() {
+    let records = study_rounds();
+    let state = committed_study(&records);
+    let out = tempfile::tempdir().unwrap();
+    report::write_report(state.path(), out.path()).unwrap();
+
+    for (file, size) in [
+        (report::ROC_FIGURE, report::ROC_FIGURE_SIZE),
+        (report::AUC_FIGURE, report::AUC_FIGURE_SIZE),
+    ] {
+        let bytes = std::fs::read(out.path().join(file)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{file}");
+        let picture = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(picture.dimensions(), size, "{file}");
+        // Coloured pixels (the site curves: neither white, grey nor black) and, in the legend panel on
+        // the right, black pixels (its text: the embedded font was used).
+        let coloured = picture
+            .pixels()
+            .filter(|pixel| {
+                let [r, g, b] = pixel.0;
+                r.max(g).max(b) - r.min(g).min(b) > 60
+            })
+            .count();
+        assert!(coloured > 2_000, "{file}: {coloured} coloured pixels");
+        let legend_text = picture
+            .enumerate_pixels()
+            .filter(|(x, _, pixel)| *x > size.1.min(size.0 * 2 / 3) + 60 && pixel.0.iter().all(|&c| c < 80))
+            .count();
+        assert!(
+            legend_text > 300,
+            "{file}: {legend_text} dark pixels in the legend"
+        );
+    }
+}
+
+#[test]
+fn summary_markdown_has_the_final_table_and_a_line_per_round() {
+    let records = study_rounds();
+    let state = committed_study(&records);
+    let out = tempfile::tempdir().unwrap();
+    report::write_report(state.path(), out.path()).unwrap();
+
+    let summary = std::fs::read_to_string(out.path().join(report::SUMMARY_MD)).unwrap();
+    let last = &records[2];
+    for site in &last.sites {
+        let row = summary
+            .lines()
+            .find(|line| line.starts_with(&format!("| {} |", site.site)))
+            .unwrap_or_else(|| panic!("no table row for {}", site.site));
+        let auc = format!(
+            "{:.3} ({:.3}–{:.3})",
+            site.auc.unwrap(),
+            site.auc_ci_lower.unwrap(),
+            site.auc_ci_upper.unwrap()
+        );
+        assert!(row.contains(&auc), "{row} lacks {auc}");
+        assert!(row.contains(&format!("| {} |", site.n_patients)), "{row}");
+    }
+    for pool in [report::POOLED_TRAIN, report::POOLED_VALIDATION] {
+        assert!(summary.contains(&format!("| **{pool}**")), "no row for {pool}");
+    }
+    let round_lines: Vec<&str> = summary
+        .lines()
+        .filter(|line| line.starts_with("- round "))
+        .collect();
+    assert_eq!(round_lines.len(), records.len());
+    for (line, record) in round_lines.iter().zip(&records) {
+        let train = record.pooled_train_sites.as_ref().unwrap().auc.unwrap();
+        assert!(line.starts_with(&format!("- round {}:", record.round)), "{line}");
+        assert!(line.contains(&format!("training sites {train:.3} (")), "{line}");
+    }
+    assert!(
+        round_lines[0].contains("validation sites undefined"),
+        "{}",
+        round_lines[0]
+    );
+}
+
+#[test]
+fn uncommitted_round_folders_are_ignored() {
+    let records = study_rounds();
+    let state = committed_study(&records);
+    // A round being written: a valid record under a dot-name, and a half-written one.
+    let mut next = records[2].clone();
+    next.round = 3;
+    write_round(state.path(), ".round-0003.partial", &next);
+    let half_written = round_dir(state.path(), ".round-0004.partial");
+    std::fs::create_dir_all(&half_written).unwrap();
+    std::fs::write(half_written.join(report::ROUND_FILE), b"{\"study\": \"lnm-syn").unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let summary = report::write_report(state.path(), out.path()).unwrap();
+    assert_eq!((summary.rounds_found, summary.final_round), (3, 2));
+    let rows = read_csv(&out.path().join(report::ROUNDS_CSV));
+    assert!(rows.iter().all(|row| row["round"] != "3"));
+    assert_eq!(row_keys(&rows), expected_keys(&records));
+}
+
+#[test]
+fn a_corrupt_round_file_is_named_and_nothing_is_written() {
+    let records = study_rounds();
+    let state = committed_study(&records);
+    let previous = tempfile::tempdir().unwrap();
+    report::write_report(state.path(), previous.path()).unwrap();
+    let before: Vec<Vec<u8>> = [report::ROUNDS_CSV, report::SUMMARY_MD]
+        .iter()
+        .map(|file| std::fs::read(previous.path().join(file)).unwrap())
+        .collect();
+
+    let corrupt = round_dir(state.path(), "round-0001").join(report::ROUND_FILE);
+    let text = std::fs::read(&corrupt).unwrap();
+    std::fs::write(&corrupt, &text[..text.len() / 2]).unwrap();
+
+    // A new folder is not even created...
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_out = fresh.path().join("report");
+    let error = report::write_report(state.path(), &fresh_out).unwrap_err();
+    assert!(matches!(error, ReportError::ParseRound { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains(&corrupt.display().to_string()),
+        "{error}"
+    );
+    assert!(error.is_bad_input());
+    assert!(!fresh_out.exists());
+    // ...and an earlier report is left as it was, not half replaced.
+    report::write_report(state.path(), previous.path()).unwrap_err();
+    for (file, bytes) in [report::ROUNDS_CSV, report::SUMMARY_MD].iter().zip(before) {
+        assert_eq!(
+            std::fs::read(previous.path().join(file)).unwrap(),
+            bytes,
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn bad_state_folders_are_refused_with_the_file_named() {
+    let records = study_rounds();
+    /// Makes a bad state folder and returns the path the error must name.
+    type Setup = fn(&Path, &[RoundRecord]) -> PathBuf;
+    type Expected = fn(&ReportError) -> bool;
+    let cases: [(&str, Setup, Expected); 5] = [
+        (
+            "no rounds folder",
+            |state, _| state.join(report::ROUNDS_DIR),
+            |error| matches!(error, ReportError::ListRounds { .. }),
+        ),
+        (
+            "only uncommitted rounds",
+            |state, records| {
+                write_round(state, ".round-0000.partial", &records[0]);
+                state.join(report::ROUNDS_DIR)
+            },
+            |error| matches!(error, ReportError::NoRounds { .. }),
+        ),
+        (
+            "a record in the wrong folder",
+            |state, records| {
+                write_round(state, "round-0000", &records[0]);
+                write_round(state, "round-0001", &records[2]);
+                round_dir(state, "round-0001").join(report::ROUND_FILE)
+            },
+            |error| {
+                matches!(
+                    error,
+                    ReportError::RoundMismatch {
+                        recorded: 2,
+                        expected: 1,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a committed folder without its record",
+            |state, records| {
+                write_round(state, "round-0000", &records[0]);
+                std::fs::create_dir_all(round_dir(state, "round-0001")).unwrap();
+                round_dir(state, "round-0001").join(report::ROUND_FILE)
+            },
+            |error| matches!(error, ReportError::ReadRound { .. }),
+        ),
+        (
+            "the same round in two folders",
+            |state, records| {
+                write_round(state, "round-0001", &records[1]);
+                write_round(state, "round-00001", &records[1]);
+                round_dir(state, "round-00001")
+            },
+            |error| matches!(error, ReportError::DuplicateRound { round: 1, .. }),
+        ),
+    ];
+    for (case, setup, expected) in cases {
+        let state = tempfile::tempdir().unwrap();
+        let named = setup(state.path(), &records);
+        let out = state.path().join("report");
+        let error = report::write_report(state.path(), &out).unwrap_err();
+        assert!(expected(&error), "{case}: {error:?}");
+        assert!(
+            error.to_string().contains(&named.display().to_string()),
+            "{case}: {error}"
+        );
+        assert!(error.is_bad_input(), "{case}");
+        assert!(!out.exists(), "{case}");
+    }
+}
+
+#[test]
+fn the_report_command_writes_the_report_and_exits_2_on_a_bad_round() {
+    let records = study_rounds();
+    let state = committed_study(&records);
+    let out = tempfile::tempdir().unwrap();
+    let run = |out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fedlnm-aggregator"))
+            .arg("report")
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--out")
+            .arg(out)
+            .env("FEDLNM_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let output = run(out.path());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("report of 3 rounds (final round 2)"), "{stdout}");
+    for file in [
+        report::ROUNDS_CSV,
+        report::FINAL_SITES_CSV,
+        report::ROUNDS_JSON,
+        report::ROC_FIGURE,
+        report::AUC_FIGURE,
+        report::SUMMARY_MD,
+    ] {
+        assert!(out.path().join(file).is_file(), "{file}");
+    }
+
+    let corrupt = round_dir(state.path(), "round-0002").join(report::ROUND_FILE);
+    std::fs::write(&corrupt, b"[]").unwrap();
+    let output = run(&out.path().join("again"));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains(&corrupt.display().to_string()), "{stderr}");
+}
