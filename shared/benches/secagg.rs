@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use fedlnm_shared::secagg::prg::{MaskSeed, Sign, apply_masks};
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
-    NamedTensors, QuantizationConfig, SecAggClient, SecAggConfig, SecAggServer, SiteId, TensorSpec,
+    QuantizationConfig, SecAggClient, SecAggConfig, SecAggServer, SiteId, TensorSpec,
 };
+use fedlnm_shared::weights::NamedTensors;
 
 const PARAMS: usize = 11_000_000;
 
@@ -166,7 +167,7 @@ fn main() {
         "| sites | plain FedAvg (ms) | one client (ms) | server (ms) | critical path / plain | all clients + server / plain |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
-    let delta = NamedTensors::from_pairs([("w", values.clone())]);
+    let delta = NamedTensors::from_vectors([("w", values.clone())]);
     for &n in &sites {
         let deltas: Vec<&[f32]> = (0..n).map(|_| values.as_slice()).collect();
         let weights = vec![1000u64; n as usize];

@@ -18,7 +18,8 @@ use super::messages::{
 use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::{RoundingSource, quantize_weighted};
 use super::shamir::{self, Share};
-use super::{NamedTensors, RoundConfig, SecAggError, SiteId, Stage};
+use super::{RoundConfig, SecAggError, SiteId, Stage};
+use crate::weights::NamedTensors;
 
 /// One site's state for one round. Create it with [`SecAggClient::new`], then feed it the server's
 /// messages in order: [`share_keys`](Self::share_keys), [`masked_input`](Self::masked_input),
@@ -439,7 +440,7 @@ impl SecAggClient {
         for spec in self.config.aggregated_tensors() {
             let len = spec.len();
             // check_delta guaranteed that every aggregated tensor is present with this length.
-            let values = delta.get(&spec.name).unwrap_or(&[]);
+            let values = delta.get(&spec.name).map_or(&[][..], |t| t.values.as_slice());
             let out = &mut vector[offset..offset + len];
             quantize_weighted(
                 values,
