@@ -253,6 +253,28 @@ fn fedavg_of_identical_deltas_is_that_delta() {
     assert_eq!(aggregate.total_samples, 3 + 70 + 1 + 999);
 }
 
+/// Masking and unmasking split long vectors over threads; how many must not change a bit of the sum.
+#[test]
+fn thread_counts_do_not_change_the_sum() {
+    let config = config(3, 2, 1, &[(1 << 18) + 3]);
+    let inputs = dyadic_inputs(&config, 5);
+    let exact = exact_fixed_point_sum(&config, &inputs, config.participants());
+    for (client_threads, server_threads) in [(1, 3), (4, 1), (2, 2)] {
+        let (mut round, directory) = Round::start(&config);
+        round.server.set_threads(server_threads);
+        for client in round.clients.values_mut() {
+            client.set_threads(client_threads);
+        }
+        let deliveries = round.share(&directory, &[]).unwrap();
+        let request = round.upload(&deliveries, &inputs, &[]).unwrap();
+        let aggregate = round.unmask(&request, &[]).unwrap();
+        assert_eq!(
+            aggregate.fixed_point_sum, exact,
+            "{client_threads} / {server_threads} threads"
+        );
+    }
+}
+
 /// The federation's path: a round configured from the global model (`tensor_specs`), deltas of real
 /// multi-dimensional tensors (`federation::fedavg::delta`), and an aggregate with the model's shapes
 /// that `apply_delta` accepts; the result matches plain FedAvg over the same deltas.

@@ -47,6 +47,8 @@ pub struct SecAggClient {
     held: BTreeMap<SiteId, (Share, Share)>,
     /// Which secret of each peer this site has revealed: it never reveals both.
     revealed: BTreeMap<SiteId, Revealed>,
+    /// Threads that masking may use.
+    threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +116,7 @@ impl SecAggClient {
             senders: Vec::new(),
             held: BTreeMap::new(),
             revealed: BTreeMap::new(),
+            threads: default_threads(),
         };
         Ok((client, advertise))
     }
@@ -122,6 +125,12 @@ impl SecAggClient {
     #[must_use]
     pub fn site(&self) -> SiteId {
         self.site
+    }
+
+    /// Limits the threads that masking uses (default: the machine's available parallelism; at least
+    /// 1), e.g. to leave cores to training. The masked input does not depend on it.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// Round 1: checks the key directory (U1), agrees the pairwise mask seeds and channel keys,
@@ -460,7 +469,7 @@ impl SecAggClient {
                 masks.push((seed, if v > site { Sign::Add } else { Sign::Subtract }));
             }
         }
-        apply_masks(&mut vector, 0, &masks, default_threads());
+        apply_masks(&mut vector, 0, &masks, self.threads);
         Ok(vector)
     }
 

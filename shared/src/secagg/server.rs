@@ -51,6 +51,8 @@ pub struct SecAggServer {
     survivors: Vec<SiteId>,
     dropped: Vec<SiteId>,
     responses: BTreeMap<SiteId, UnmaskResponse>,
+    /// Threads that unmasking may use.
+    threads: usize,
 }
 
 impl SecAggServer {
@@ -69,7 +71,14 @@ impl SecAggServer {
             survivors: Vec::new(),
             dropped: Vec::new(),
             responses: BTreeMap::new(),
+            threads: default_threads(),
         }
+    }
+
+    /// Limits the threads that unmasking uses (default: the machine's available parallelism; at
+    /// least 1). The aggregate does not depend on it.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// The current stage.
@@ -322,7 +331,7 @@ impl SecAggServer {
             }
         }
         let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
-        apply_masks(&mut self.masked_sum, 0, &masks, default_threads());
+        apply_masks(&mut self.masked_sum, 0, &masks, self.threads);
         self.decode()
     }
 
