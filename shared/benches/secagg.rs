@@ -1,17 +1,25 @@
 //! Secure-aggregation benchmark: mask generation and unmasking throughput per core for an 11M-parameter
 //! vector, and the round overhead against plain FedAvg on the same vectors, as a markdown table.
 //!
-//! Run with `cargo bench -p fedlnm-shared --bench secagg` (set `SECAGG_BENCH_SITES=3,10` to trim).
+//! With `FLWR_PYTHON` naming a Python that has `flwr` installed, the same run also times Flower's
+//! SecAgg+ (`flower_secaggplus.py`, next to this file) on the same vector length and site counts and
+//! prints the ratios, one core on each side; without it that part is skipped with a note.
+//!
+//! Run with `cargo bench -p fedlnm-shared --bench secagg` (set `SECAGG_BENCH_SITES=3,10` to trim), or
+//! `FLWR_PYTHON=/tmp/flwr-venv/bin/python cargo bench -p fedlnm-shared --bench secagg`
+//! (`SECAGG_FLOWER_REPEATS`, default 2: rounds per site count on each side of the comparison).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark harness: a panic is a failed run.
 
 use std::hint::black_box;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fedlnm_shared::secagg::prg::{MaskSeed, Sign, apply_masks};
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
-    NamedTensors, QuantizationConfig, SecAggClient, SecAggConfig, SecAggServer, SiteId, TensorSpec,
+    QuantizationConfig, SecAggClient, SecAggConfig, SecAggServer, SiteId, tensor_specs,
 };
+use fedlnm_shared::weights::NamedTensors;
 
 const PARAMS: usize = 11_000_000;
 
@@ -44,22 +52,36 @@ fn plain_fedavg(deltas: &[&[f32]], weights: &[u64]) -> Vec<f32> {
 }
 
 struct RoundTiming {
-    one_client: Duration,
-    all_clients: Duration,
-    server: Duration,
+    /// `masked_input` of every site (opening the shares, checking the delta, quantizing, masking).
+    clients: Vec<Duration>,
+    /// The server adding the uploads.
+    server_sum: Duration,
+    /// The server's `finish`: rebuilding the self-mask seeds, removing the masks, decoding.
+    server_unmask: Duration,
 }
 
-fn secagg_round(n: u32, delta: &NamedTensors) -> RoundTiming {
+impl RoundTiming {
+    fn slowest_client(&self) -> Duration {
+        self.clients.iter().copied().max().unwrap_or_default()
+    }
+    fn fastest_client(&self) -> Duration {
+        self.clients.iter().copied().min().unwrap_or_default()
+    }
+    fn server(&self) -> Duration {
+        self.server_sum + self.server_unmask
+    }
+}
+
+/// One full round of n sites on `delta`; `threads` limits every client and the server (None: all
+/// available).
+fn secagg_round(n: u32, delta: &NamedTensors, threads: Option<usize>) -> RoundTiming {
     let config = SecAggConfig {
         study_id: "bench".into(),
         round: 1,
         model_version: "v1".into(),
         participants: (1..=n).map(SiteId).collect(),
         threshold: n as usize / 2 + 1,
-        tensors: vec![TensorSpec {
-            name: "w".into(),
-            shape: vec![PARAMS],
-        }],
+        tensors: tensor_specs(delta),
         fedbn_exclude: vec![],
         quantization: QuantizationConfig::default(),
         max_delta_norm: 1e9,
@@ -68,27 +90,31 @@ fn secagg_round(n: u32, delta: &NamedTensors) -> RoundTiming {
     .unwrap();
     let mut server = SecAggServer::new(config.clone());
     let mut clients = Vec::new();
-    let mut server_time = Duration::ZERO;
     for &site in config.participants() {
-        let (client, msg) = SecAggClient::new(config.clone(), site).unwrap();
+        let (mut client, msg) = SecAggClient::new(config.clone(), site).unwrap();
+        if let Some(threads) = threads {
+            client.set_threads(threads);
+        }
         server.receive_keys(msg).unwrap();
         clients.push(client);
+    }
+    if let Some(threads) = threads {
+        server.set_threads(threads);
     }
     let directory = server.close_keys().unwrap();
     for c in &mut clients {
         server.receive_shares(c.share_keys(&directory).unwrap()).unwrap();
     }
     let deliveries = server.close_shares().unwrap();
-    let (mut one_client, mut all_clients) = (Duration::ZERO, Duration::ZERO);
+    let mut client_times = Vec::new();
+    let mut server_sum = Duration::ZERO;
     for (c, d) in clients.iter_mut().zip(&deliveries) {
         let start = Instant::now();
         let upload = c.masked_input(d, delta, 1000).unwrap();
-        let t = start.elapsed();
-        one_client = one_client.max(t);
-        all_clients += t;
+        client_times.push(start.elapsed());
         let start = Instant::now();
         server.receive_masked_input(upload).unwrap();
-        server_time += start.elapsed();
+        server_sum += start.elapsed();
     }
     let request = server.close_masked_inputs().unwrap();
     for c in &mut clients {
@@ -98,13 +124,19 @@ fn secagg_round(n: u32, delta: &NamedTensors) -> RoundTiming {
     }
     let start = Instant::now();
     let aggregate = server.finish().unwrap();
-    server_time += start.elapsed();
+    let server_unmask = start.elapsed();
     assert_eq!(aggregate.total_samples, 1000 * u64::from(n));
     RoundTiming {
-        one_client,
-        all_clients,
-        server: server_time,
+        clients: client_times,
+        server_sum,
+        server_unmask,
     }
+}
+
+/// Our one-core figures for the primitives, reused by the Flower comparison.
+struct Primitives {
+    mask: Duration,
+    quantize: Duration,
 }
 
 fn main() {
@@ -122,11 +154,11 @@ fn main() {
     println!("|---|---:|---:|");
     let seed = MaskSeed::from_bytes([7; 32]);
     let mut target = vec![0u64; PARAMS];
-    let t = best_of(5, || apply_masks(&mut target, 0, &[(&seed, Sign::Add)], 1));
+    let mask = best_of(5, || apply_masks(&mut target, 0, &[(&seed, Sign::Add)], 1));
     println!(
         "| mask generation: ChaCha20 PRG + add, Z_2^64 | {:.1} | {:.2} GB/s of mask |",
-        t.as_secs_f64() * 1e3,
-        gb_per_s(bytes, t)
+        mask.as_secs_f64() * 1e3,
+        gb_per_s(bytes, mask)
     );
     let t = best_of(5, || apply_masks(&mut target, 0, &[(&seed, Sign::Subtract)], 1));
     println!(
@@ -135,13 +167,13 @@ fn main() {
         gb_per_s(bytes, t)
     );
     let mut rounding = RoundingSource::from_seed(&[1; 32]);
-    let t = best_of(5, || {
+    let quantize = best_of(5, || {
         quantize_weighted(&values, 1000, 1_048_576.0, 32, &mut rounding, &mut target)
     });
     println!(
         "| quantization n·Δ → Z_2^64, stochastic rounding | {:.1} | {:.0} M elements/s |",
-        t.as_secs_f64() * 1e3,
-        PARAMS as f64 / t.as_secs_f64() / 1e6
+        quantize.as_secs_f64() * 1e3,
+        PARAMS as f64 / quantize.as_secs_f64() / 1e6
     );
     if threads > 1 {
         let t = best_of(5, || apply_masks(&mut target, 0, &[(&seed, Sign::Add)], threads));
@@ -166,20 +198,151 @@ fn main() {
         "| sites | plain FedAvg (ms) | one client (ms) | server (ms) | critical path / plain | all clients + server / plain |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
-    let delta = NamedTensors::from_pairs([("w", values.clone())]);
+    let delta = NamedTensors::from_vectors([("w", values.clone())]);
     for &n in &sites {
         let deltas: Vec<&[f32]> = (0..n).map(|_| values.as_slice()).collect();
         let weights = vec![1000u64; n as usize];
         let plain = best_of(3, || plain_fedavg(&deltas, &weights));
-        let r = secagg_round(n, &delta);
-        let critical = r.one_client + r.server;
+        let r = secagg_round(n, &delta, None);
+        let critical = r.slowest_client() + r.server();
+        let all_clients: Duration = r.clients.iter().sum();
         println!(
             "| {n} | {:.0} | {:.0} | {:.0} | {:.1}x | {:.1}x |",
             plain.as_secs_f64() * 1e3,
-            r.one_client.as_secs_f64() * 1e3,
-            r.server.as_secs_f64() * 1e3,
+            r.slowest_client().as_secs_f64() * 1e3,
+            r.server().as_secs_f64() * 1e3,
             critical.as_secs_f64() / plain.as_secs_f64(),
-            (r.all_clients + r.server).as_secs_f64() / plain.as_secs_f64(),
+            (all_clients + r.server()).as_secs_f64() / plain.as_secs_f64(),
         );
     }
+
+    flower_comparison(&sites, &delta, &Primitives { mask, quantize });
+}
+
+/// Flower's SecAgg+ against ours, one core each, interleaved site count by site count so that both
+/// sides meet the same machine load. Skipped with a note unless `FLWR_PYTHON` is set.
+fn flower_comparison(sites: &[u32], delta: &NamedTensors, ours: &Primitives) {
+    println!("\n### Against Flower's SecAgg+ (same vector, same site counts, same run, one core each)\n");
+    let Some(python) = std::env::var_os("FLWR_PYTHON") else {
+        println!(
+            "Skipped: set FLWR_PYTHON to a Python with `flwr` installed (e.g. `python3 -m venv /tmp/flwr-venv && \
+             /tmp/flwr-venv/bin/pip install flwr numpy`) to time Flower's SecAgg+ in the same run."
+        );
+        return;
+    };
+    let flower_run = |sites: &str, round_repeats: usize| -> serde_json::Value {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/flower_secaggplus.py");
+        let output = Command::new(&python)
+            .arg(script)
+            .args(["--params", &PARAMS.to_string(), "--sites", sites])
+            .args(["--round-repeats", &round_repeats.to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("FLWR_PYTHON cannot be started");
+        assert!(output.status.success(), "{script} failed: {}", output.status);
+        serde_json::from_slice(&output.stdout).expect("flower_secaggplus.py prints one JSON object")
+    };
+    let secs = |v: &serde_json::Value| Duration::from_secs_f64(v.as_f64().expect("a number of seconds"));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ratio = |flower: Duration, ours: Duration| flower.as_secs_f64() / ours.as_secs_f64();
+
+    let primitives = flower_run("", 1);
+    let p = &primitives["primitives"];
+    println!(
+        "Flower {} (numpy {}, Python {}), its SecAggPlusWorkflow defaults (clip 8, quantization range 2^22, \
+         modulus 2^32, max weight 1000); n_k = 1000 and the same delta on both sides. {}.\n",
+        primitives["flwr"].as_str().unwrap_or("?"),
+        primitives["numpy"].as_str().unwrap_or("?"),
+        primitives["python"].as_str().unwrap_or("?"),
+        cpu_model(),
+    );
+    let bytes = PARAMS * 8;
+    println!("| operation ({PARAMS} elements, one core) | ours (ms) | Flower (ms) | Flower / ours |");
+    println!("|---|---:|---:|---:|");
+    let flower_mask = secs(&p["mask_add_s"]);
+    println!(
+        "| one mask, PRG + add (ours {:.2} GB/s, Flower {:.2} GB/s of 8-byte words) | {:.1} | {:.1} | {:.1}x |",
+        gb_per_s(bytes, ours.mask),
+        gb_per_s(bytes, flower_mask),
+        ms(ours.mask),
+        ms(flower_mask),
+        ratio(flower_mask, ours.mask),
+    );
+    let flower_quantize = secs(&p["quantize_s"]);
+    println!(
+        "| weighting + clipping + stochastic quantization | {:.1} | {:.1} | {:.1}x |",
+        ms(ours.quantize),
+        ms(flower_quantize),
+        ratio(flower_quantize, ours.quantize),
+    );
+
+    let repeats: usize = std::env::var("SECAGG_FLOWER_REPEATS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2)
+        .max(1);
+    println!(
+        "\nPer-site masking: one site's upload work (ours: `masked_input`; Flower: `_collect_masked_vectors` \
+         without its wire (de)serialization), fastest over the sites of {repeats} rounds (every site does the \
+         same work). Unmasking: the server after the shares arrive (rebuild every self-mask seed, remove the \
+         masks, decode). Sum: adding the uploads. Server figures: fastest of the {repeats} rounds. No site \
+         drops out.\n"
+    );
+    println!(
+        "| sites | masking, ours (ms) | Flower (ms) | Flower / ours | unmasking, ours (ms) | Flower (ms) | Flower / ours | sum of uploads, ours (ms) | Flower (ms) | Flower / ours |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut notes = Vec::new();
+    for &n in sites {
+        let rounds: Vec<RoundTiming> = (0..repeats).map(|_| secagg_round(n, delta, Some(1))).collect();
+        let fastest = |f: fn(&RoundTiming) -> Duration| rounds.iter().map(f).min().unwrap_or_default();
+        let (mask, unmask, sum) = (
+            fastest(RoundTiming::fastest_client),
+            fastest(|r| r.server_unmask),
+            fastest(|r| r.server_sum),
+        );
+        let report = flower_run(&n.to_string(), repeats);
+        let f = &report["rounds"][0];
+        let (f_mask, f_unmask, f_sum) = (
+            secs(&f["client_mask_min_s"]),
+            secs(&f["server_unmask_s"]),
+            secs(&f["server_sum_s"]),
+        );
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.1}x | {:.0} | {:.0} | {:.1}x | {:.0} | {:.0} | {:.1}x |",
+            ms(mask),
+            ms(f_mask),
+            ratio(f_mask, mask),
+            ms(unmask),
+            ms(f_unmask),
+            ratio(f_unmask, unmask),
+            ms(sum),
+            ms(f_sum),
+            ratio(f_sum, sum),
+        );
+        notes.push(format!(
+            "{n} sites: Flower's own `_collect_masked_vectors` (with (de)serialization) took {:.0} ms on one site and \
+             gave the same masked vector bit for bit: {}; Flower's decoded average is within {:.1e} of the delta.",
+            ms(secs(&f["client_stage_fn_s"])),
+            f["stage_fn_matches"],
+            f["max_abs_error"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    println!();
+    for note in notes {
+        println!("- {note}");
+    }
+}
+
+/// The CPU's model name from /proc/cpuinfo, for the record (Linux; "CPU model unknown" elsewhere).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| format!("CPU: {}", name.trim()))
+        })
+        .unwrap_or_else(|| "CPU model unknown".to_owned())
 }

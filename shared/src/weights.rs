@@ -71,6 +71,22 @@ impl NamedTensor {
 }
 
 impl NamedTensors {
+    /// One-dimensional tensors (shape `[values.len()]`) from (name, values) pairs, in the given order.
+    /// Meant for tests and benchmarks, where the shape does not matter; real weights keep their shapes.
+    #[must_use]
+    pub fn from_vectors<S: Into<String>>(pairs: impl IntoIterator<Item = (S, Vec<f32>)>) -> Self {
+        Self {
+            tensors: pairs
+                .into_iter()
+                .map(|(name, values)| NamedTensor {
+                    name: name.into(),
+                    shape: vec![values.len()],
+                    values,
+                })
+                .collect(),
+        }
+    }
+
     /// The tensor called `name`.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&NamedTensor> {

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
-    Aggregate, KeyDirectory, MaskedInput, NamedTensors, QuantizationConfig, RoundConfig, SecAggClient,
-    SecAggConfig, SecAggError, SecAggServer, ShareDelivery, SiteId, Stage, TensorSpec, UnmaskRequest,
+    Aggregate, KeyDirectory, MaskedInput, QuantizationConfig, RoundConfig, SecAggClient, SecAggConfig,
+    SecAggError, SecAggServer, ShareDelivery, SiteId, Stage, TensorSpec, UnmaskRequest,
 };
 use fedlnm_shared::stats::normal::normal_cdf;
+use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -77,7 +78,7 @@ fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
             (
                 site,
                 (
-                    NamedTensors::from_pairs(tensors),
+                    NamedTensors::from_vectors(tensors),
                     rng.random_range(1..=100_000u64),
                 ),
             )
@@ -168,7 +169,7 @@ fn exact_fixed_point_sum(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]
         let flat = config
             .aggregated_tensors()
             .iter()
-            .flat_map(|s| delta.get(&s.name).unwrap().iter());
+            .flat_map(|s| delta.get(&s.name).unwrap().values.iter());
         for (acc, &d) in sum.iter_mut().zip(flat) {
             *acc += (*n as f64 * f64::from(d) * 2f64.powi(32)) as i64;
         }
@@ -186,7 +187,7 @@ fn plain_fedavg(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]) -> (Vec
         let flat = config
             .aggregated_tensors()
             .iter()
-            .flat_map(|s| delta.get(&s.name).unwrap().iter());
+            .flat_map(|s| delta.get(&s.name).unwrap().values.iter());
         for (a, &d) in avg.iter_mut().zip(flat) {
             *a += *n as f64 * f64::from(d);
         }
@@ -214,7 +215,7 @@ proptest! {
             let tensors = config.aggregated_tensors().iter()
                 .map(|s| (s.name.clone(), (0..s.len()).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect()))
                 .collect::<Vec<_>>();
-            (site, (NamedTensors::from_pairs(tensors), rng.random_range(1..=100_000u64)))
+            (site, (NamedTensors::from_vectors(tensors), rng.random_range(1..=100_000u64)))
         }).collect();
         let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
         let (expected, total) = plain_fedavg(&config, &inputs, config.participants());
@@ -240,7 +241,7 @@ proptest! {
 #[test]
 fn fedavg_of_identical_deltas_is_that_delta() {
     let config = config(4, 3, 1, &[5]);
-    let delta = NamedTensors::from_pairs([("layer0.weight", vec![0.25f32, -0.5, 0.125, 1.0, -2.0])]);
+    let delta = NamedTensors::from_vectors([("layer0.weight", vec![0.25f32, -0.5, 0.125, 1.0, -2.0])]);
     let inputs: Inputs = config
         .participants()
         .iter()
@@ -250,6 +251,94 @@ fn fedavg_of_identical_deltas_is_that_delta() {
     let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
     assert_eq!(aggregate.fedavg_delta, delta);
     assert_eq!(aggregate.total_samples, 3 + 70 + 1 + 999);
+}
+
+/// Masking and unmasking split long vectors over threads; how many must not change a bit of the sum.
+#[test]
+fn thread_counts_do_not_change_the_sum() {
+    let config = config(3, 2, 1, &[(1 << 18) + 3]);
+    let inputs = dyadic_inputs(&config, 5);
+    let exact = exact_fixed_point_sum(&config, &inputs, config.participants());
+    for (client_threads, server_threads) in [(1, 3), (4, 1), (2, 2)] {
+        let (mut round, directory) = Round::start(&config);
+        round.server.set_threads(server_threads);
+        for client in round.clients.values_mut() {
+            client.set_threads(client_threads);
+        }
+        let deliveries = round.share(&directory, &[]).unwrap();
+        let request = round.upload(&deliveries, &inputs, &[]).unwrap();
+        let aggregate = round.unmask(&request, &[]).unwrap();
+        assert_eq!(
+            aggregate.fixed_point_sum, exact,
+            "{client_threads} / {server_threads} threads"
+        );
+    }
+}
+
+/// The federation's path: a round configured from the global model (`tensor_specs`), deltas of real
+/// multi-dimensional tensors (`federation::fedavg::delta`), and an aggregate with the model's shapes
+/// that `apply_delta` accepts; the result matches plain FedAvg over the same deltas.
+#[test]
+fn a_round_configured_from_a_global_model_returns_its_shapes() {
+    use fedlnm_shared::federation::fedavg::{FedAvg, apply_delta, delta};
+    use fedlnm_shared::secagg::tensor_specs;
+    let tensor = |name: &str, shape: Vec<usize>, offset: f32| {
+        let len = shape.iter().product::<usize>();
+        NamedTensor::new(name, shape, (0..len).map(|i| offset + i as f32 * 0.125).collect()).unwrap()
+    };
+    let model = |offset: f32| NamedTensors {
+        tensors: vec![
+            tensor("image.stem_conv.weight", vec![2, 1, 3, 3], offset),
+            tensor("image.stem_bn.running_mean", vec![2], offset),
+            tensor("heads.lnm.weight", vec![1, 4], offset),
+        ],
+    };
+    let global = model(0.0);
+    let specs = tensor_specs(&global);
+    assert_eq!(
+        specs[0],
+        TensorSpec {
+            name: "image.stem_conv.weight".into(),
+            shape: vec![2, 1, 3, 3]
+        }
+    );
+    let config = SecAggConfig {
+        study_id: "lnm-study".into(),
+        round: 1,
+        model_version: "model-v7".into(),
+        participants: (1..=3).map(SiteId).collect(),
+        threshold: 2,
+        tensors: specs,
+        fedbn_exclude: vec!["*_bn.*".into()],
+        quantization: QuantizationConfig::default(),
+        max_delta_norm: 1e3,
+    }
+    .validate()
+    .unwrap();
+    let aggregated = |name: &str| !config.is_excluded(name);
+    let mut plain = FedAvg::new(&global, aggregated);
+    let mut inputs = Inputs::new();
+    for (&site, (offset, n)) in config
+        .participants()
+        .iter()
+        .zip([(0.5f32, 10u64), (-0.25, 30), (1.0, 60)])
+    {
+        let site_delta = delta(&model(offset), &global, aggregated).unwrap();
+        plain.add(&site.to_string(), &site_delta, n).unwrap();
+        inputs.insert(site, (site_delta, n));
+    }
+    let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
+    let expected = plain.average().unwrap();
+    aggregate.fedavg_delta.check_same_layout(&expected).unwrap();
+    aggregate.weighted_sum.check_same_layout(&expected).unwrap();
+    for (got, want) in aggregate.fedavg_delta.tensors.iter().zip(&expected.tensors) {
+        assert_eq!(got.name, want.name, "model order is kept");
+        for (g, w) in got.values.iter().zip(&want.values) {
+            assert!((g - w).abs() <= 1e-6, "{}: {g} vs {w}", got.name);
+        }
+    }
+    let next = apply_delta(&global, &aggregate.fedavg_delta).unwrap();
+    next.check_same_layout(&global).unwrap();
 }
 
 // ---------------------------------------------------------------- dropouts
@@ -707,7 +796,14 @@ fn a_node_rejects_its_own_bad_delta_before_masking() {
     let deliveries = round.share(&directory, &[]).unwrap();
     let site = deliveries[0].to;
     let client = round.clients.get_mut(&site).unwrap();
-    let delta = |v: Vec<f32>| NamedTensors::from_pairs([("layer0.weight", v)]);
+    let delta = |v: Vec<f32>| NamedTensors::from_vectors([("layer0.weight", v)]);
+    let shaped = |shape: Vec<usize>, values: Vec<f32>| NamedTensors {
+        tensors: vec![NamedTensor {
+            name: "layer0.weight".into(),
+            shape,
+            values,
+        }],
+    };
     type Check = fn(&SecAggError) -> bool;
     let cases: Vec<(NamedTensors, u64, Check)> = vec![
         (delta(vec![0.1, f32::NAN, 0.0]), 5, |e| {
@@ -725,6 +821,18 @@ fn a_node_rejects_its_own_bad_delta_before_masking() {
         (NamedTensors::default(), 5, |e| {
             matches!(e, SecAggError::DeltaShape { .. })
         }),
+        // The right number of values in the wrong shape.
+        (
+            shaped(vec![1, 3], vec![0.1, 0.1, 0.1]),
+            5,
+            |e| matches!(e, SecAggError::DeltaShape { reason, .. } if reason.contains("shape [1, 3]")),
+        ),
+        // The configured shape, but values that do not fill it (the fields are public).
+        (
+            shaped(vec![3], vec![0.1, 0.1]),
+            5,
+            |e| matches!(e, SecAggError::DeltaShape { reason, .. } if reason.contains("2 elements")),
+        ),
         (delta(vec![0.1, 0.1, 0.1]), 0, |e| {
             matches!(e, SecAggError::SampleCount { n_samples: 0, .. })
         }),
@@ -811,7 +919,7 @@ fn one_masked_upload_is_indistinguishable_from_uniform_and_uncorrelated_with_its
     let values: Vec<f32> = (0..m)
         .map(|i| (i as f32 / m as f32 - 0.5) * 0.01 + (i as f32 * 0.001).sin() * 0.001)
         .collect();
-    let delta = NamedTensors::from_pairs([("layer0.weight", values.clone())]);
+    let delta = NamedTensors::from_vectors([("layer0.weight", values.clone())]);
     let inputs: Inputs = config
         .participants()
         .iter()

@@ -18,7 +18,8 @@ use super::messages::{
 use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::{RoundingSource, quantize_weighted};
 use super::shamir::{self, Share};
-use super::{NamedTensors, RoundConfig, SecAggError, SiteId, Stage};
+use super::{RoundConfig, SecAggError, SiteId, Stage};
+use crate::weights::NamedTensors;
 
 /// One site's state for one round. Create it with [`SecAggClient::new`], then feed it the server's
 /// messages in order: [`share_keys`](Self::share_keys), [`masked_input`](Self::masked_input),
@@ -46,6 +47,8 @@ pub struct SecAggClient {
     held: BTreeMap<SiteId, (Share, Share)>,
     /// Which secret of each peer this site has revealed: it never reveals both.
     revealed: BTreeMap<SiteId, Revealed>,
+    /// Threads that masking may use.
+    threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +116,7 @@ impl SecAggClient {
             senders: Vec::new(),
             held: BTreeMap::new(),
             revealed: BTreeMap::new(),
+            threads: default_threads(),
         };
         Ok((client, advertise))
     }
@@ -121,6 +125,12 @@ impl SecAggClient {
     #[must_use]
     pub fn site(&self) -> SiteId {
         self.site
+    }
+
+    /// Limits the threads that masking uses (default: the machine's available parallelism; at least
+    /// 1), e.g. to leave cores to training. The masked input does not depend on it.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// Round 1: checks the key directory (U1), agrees the pairwise mask seeds and channel keys,
@@ -439,7 +449,7 @@ impl SecAggClient {
         for spec in self.config.aggregated_tensors() {
             let len = spec.len();
             // check_delta guaranteed that every aggregated tensor is present with this length.
-            let values = delta.get(&spec.name).unwrap_or(&[]);
+            let values = delta.get(&spec.name).map_or(&[][..], |t| t.values.as_slice());
             let out = &mut vector[offset..offset + len];
             quantize_weighted(
                 values,
@@ -459,7 +469,7 @@ impl SecAggClient {
                 masks.push((seed, if v > site { Sign::Add } else { Sign::Subtract }));
             }
         }
-        apply_masks(&mut vector, 0, &masks, default_threads());
+        apply_masks(&mut vector, 0, &masks, self.threads);
         Ok(vector)
     }
 

@@ -4,7 +4,8 @@
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
-use super::{NamedTensors, SecAggError, SiteId};
+use super::{SecAggError, SiteId};
+use crate::weights::NamedTensors;
 
 /// Most participants a round may have: Shamir over GF(2^8) has 255 non-zero evaluation points.
 pub const MAX_PARTICIPANTS: usize = 255;
@@ -51,6 +52,20 @@ impl TensorSpec {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The [`TensorSpec`]s of a model, in its order: what [`SecAggConfig::tensors`] needs to aggregate
+/// deltas of `model` (typically the round's global model).
+#[must_use]
+pub fn tensor_specs(model: &NamedTensors) -> Vec<TensorSpec> {
+    model
+        .tensors
+        .iter()
+        .map(|tensor| TensorSpec {
+            name: tensor.name.clone(),
+            shape: tensor.shape.clone(),
+        })
+        .collect()
 }
 
 /// Everything the server and all sites must agree on for one round (one instance of the protocol).
@@ -287,7 +302,7 @@ impl RoundConfig {
     }
 
     /// The checks a node runs on its own delta before masking: every aggregated tensor present once
-    /// with its configured length, no unknown tensor, all values finite, L2 norm within the bound, and
+    /// with its configured shape (and as many values as the shape holds), no unknown tensor, all values finite, L2 norm within the bound, and
     /// 1 ≤ n_samples ≤ max_sample_count. FedBN-excluded tensors are ignored (they may be absent).
     ///
     /// # Errors
@@ -321,6 +336,12 @@ impl RoundConfig {
                 .ok_or_else(|| shape_error(format!("missing tensor `{}`", spec.name)))?;
             if found.next().is_some() {
                 return Err(shape_error(format!("tensor `{}` appears twice", spec.name)));
+            }
+            if tensor.shape != spec.shape {
+                return Err(shape_error(format!(
+                    "tensor `{}` has shape {:?}, expected {:?}",
+                    spec.name, tensor.shape, spec.shape
+                )));
             }
             if tensor.values.len() != spec.len() {
                 return Err(shape_error(format!(
@@ -460,6 +481,33 @@ mod tests {
             quantization: QuantizationConfig::default(),
             max_delta_norm: 10.0,
         }
+    }
+
+    #[test]
+    fn tensor_specs_keep_the_model_order_and_shapes() {
+        use crate::weights::NamedTensor;
+        let model = NamedTensors {
+            tensors: vec![
+                NamedTensor::new("conv.weight", vec![2, 1, 2], vec![0.0; 4]).unwrap(),
+                NamedTensor::new("bn.weight", vec![3], vec![1.0; 3]).unwrap(),
+            ],
+        };
+        let mut c = config(3, 2);
+        c.tensors = tensor_specs(&model);
+        assert_eq!(
+            c.tensors,
+            [
+                TensorSpec {
+                    name: "conv.weight".into(),
+                    shape: vec![2, 1, 2]
+                },
+                TensorSpec {
+                    name: "bn.weight".into(),
+                    shape: vec![3]
+                }
+            ]
+        );
+        assert_eq!(c.validate().unwrap().vector_len(), 4 + 1);
     }
 
     #[test]

@@ -26,6 +26,10 @@
 //!    dangling pairwise masks between U3 and the dropped sites, and decodes [`Aggregate`]. A site that
 //!    uploaded and then vanished stays in the sum (it is in U3; its b_u is rebuilt from the others).
 //!
+//! Deltas go in and aggregates come out as [`crate::weights::NamedTensors`], the project's one weights
+//! type; the round's layout ([`TensorSpec`]s, checked name by name and shape by shape) is taken from
+//! the global model with [`tensor_specs`].
+//!
 //! Any stage with fewer than t sites aborts the instance ([`SecAggError::TooFewSurvivors`]): no partial
 //! result. A bad message is rejected with a typed error naming the site and round, and leaves the
 //! receiving state unchanged.
@@ -72,17 +76,17 @@ pub mod prg;
 pub mod quantize;
 mod server;
 pub mod shamir;
-mod tensors;
 
 pub use client::SecAggClient;
-pub use config::{MAX_PARTICIPANTS, QuantizationConfig, RoundConfig, SecAggConfig, TensorSpec, glob_match};
+pub use config::{
+    MAX_PARTICIPANTS, QuantizationConfig, RoundConfig, SecAggConfig, TensorSpec, glob_match, tensor_specs,
+};
 pub use error::{SecAggError, Stage};
 pub use messages::{
     AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader,
     ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
 };
 pub use server::{Aggregate, SecAggServer};
-pub use tensors::{NamedTensor, NamedTensors};
 
 /// A site's identity in a study (the transport maps its mTLS identity to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]

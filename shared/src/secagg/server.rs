@@ -14,17 +14,19 @@ use super::messages::{
 use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::dequantize;
 use super::shamir::{self, Share};
-use super::{NamedTensors, RoundConfig, SecAggError, SiteId, Stage};
+use super::{RoundConfig, SecAggError, SiteId, Stage};
+use crate::weights::{NamedTensor, NamedTensors};
 
 /// The decoded result of one round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aggregate {
     pub round: u64,
-    /// Σ_k n_k·Δ_k over the survivors U3 (aggregated tensors only; FedBN tensors are absent).
+    /// Σ_k n_k·Δ_k over the survivors U3 (aggregated tensors only, in model order, with their configured
+    /// shapes; FedBN tensors are absent).
     pub weighted_sum: NamedTensors,
     /// Σ_k n_k over U3.
     pub total_samples: u64,
-    /// The FedAvg delta Σ n_k Δ_k / Σ n_k.
+    /// The FedAvg delta Σ n_k Δ_k / Σ n_k (same tensors and shapes as `weighted_sum`).
     pub fedavg_delta: NamedTensors,
     /// The exact ring sum Σ q(n_k·Δ_k) in fixed point (last element: Σ n_k), for audit.
     pub fixed_point_sum: Vec<i64>,
@@ -49,6 +51,8 @@ pub struct SecAggServer {
     survivors: Vec<SiteId>,
     dropped: Vec<SiteId>,
     responses: BTreeMap<SiteId, UnmaskResponse>,
+    /// Threads that unmasking may use.
+    threads: usize,
 }
 
 impl SecAggServer {
@@ -67,7 +71,14 @@ impl SecAggServer {
             survivors: Vec::new(),
             dropped: Vec::new(),
             responses: BTreeMap::new(),
+            threads: default_threads(),
         }
+    }
+
+    /// Limits the threads that unmasking uses (default: the machine's available parallelism; at
+    /// least 1). The aggregate does not depend on it.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// The current stage.
@@ -320,7 +331,7 @@ impl SecAggServer {
             }
         }
         let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
-        apply_masks(&mut self.masked_sum, 0, &masks, default_threads());
+        apply_masks(&mut self.masked_sum, 0, &masks, self.threads);
         self.decode()
     }
 
@@ -358,12 +369,14 @@ impl SecAggServer {
                 weighted.push(w32);
                 average.push(a32);
             }
-            weighted_sum.tensors.push(super::NamedTensor {
+            weighted_sum.tensors.push(NamedTensor {
                 name: spec.name.clone(),
+                shape: spec.shape.clone(),
                 values: weighted,
             });
-            fedavg_delta.tensors.push(super::NamedTensor {
+            fedavg_delta.tensors.push(NamedTensor {
                 name: spec.name.clone(),
+                shape: spec.shape.clone(),
                 values: average,
             });
             offset += len;
