@@ -14,9 +14,8 @@ use fedlnm_shared::federation::AggregationKind;
 use fedlnm_shared::federation::wire::{decode, encode};
 use fedlnm_shared::secagg::{
     self, AdvertiseKeys, KeyDirectory, MaskedInput, QuantizationConfig, RoundConfig, SecAggConfig,
-    SecAggServer, ShareDelivery, ShareKeys, SiteId, Stage, TensorSpec, UnmaskRequest, UnmaskResponse,
+    SecAggServer, ShareDelivery, ShareKeys, SiteId, Stage, UnmaskRequest, UnmaskResponse,
 };
-use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -45,7 +44,6 @@ pub struct SecureAggregation {
     u1: Vec<SiteId>,
     u2: Vec<SiteId>,
     u3: Vec<SiteId>,
-    aggregated_layout: NamedTensors,
 }
 
 impl SecureAggregation {
@@ -74,7 +72,7 @@ impl SecureAggregation {
             model_version: global.digest.clone(),
             participants: ids.values().copied().collect(),
             threshold: config.rounds.min_sites,
-            tensors: tensor_specs(&global.weights),
+            tensors: secagg::tensor_specs(&global.weights),
             fedbn_exclude: global
                 .weights
                 .names()
@@ -86,15 +84,6 @@ impl SecureAggregation {
         };
         let config_json = serde_json::to_string(&secagg_config).unwrap_or_default();
         let round_config = secagg_config.validate()?;
-        let aggregated_layout = NamedTensors {
-            tensors: global
-                .weights
-                .tensors
-                .iter()
-                .filter(|t| aggregated(&t.name))
-                .cloned()
-                .collect(),
-        };
         let stage_timeout = Duration::from_secs(config.rounds.stage_timeout_s);
         Ok(Self {
             server: SecAggServer::new(round_config.clone()),
@@ -115,7 +104,6 @@ impl SecureAggregation {
             u1: Vec::new(),
             u2: Vec::new(),
             u3: Vec::new(),
-            aggregated_layout,
         })
     }
 
@@ -148,18 +136,6 @@ impl SecureAggregation {
         self.result = Some(poll.clone());
         poll
     }
-}
-
-/// The protocol's view of a model layout: every tensor's name and shape, in order.
-fn tensor_specs(weights: &NamedTensors) -> Vec<TensorSpec> {
-    weights
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-        })
-        .collect()
 }
 
 fn protocol_error(error: &secagg::SecAggError) -> AggregationError {
@@ -357,21 +333,7 @@ impl Aggregation for SecureAggregation {
                                 .filter(|site| !contributors.contains(site))
                                 .cloned()
                                 .collect();
-                            let average_delta = NamedTensors {
-                                tensors: aggregate
-                                    .fedavg_delta
-                                    .tensors
-                                    .into_iter()
-                                    .map(|t| NamedTensor {
-                                        shape: self
-                                            .aggregated_layout
-                                            .get(&t.name)
-                                            .map_or_else(|| vec![t.values.len()], |spec| spec.shape.clone()),
-                                        name: t.name,
-                                        values: t.values,
-                                    })
-                                    .collect(),
-                            };
+                            let average_delta = aggregate.fedavg_delta;
                             let poll = Poll::Ready(RoundAggregate {
                                 average_delta,
                                 total_samples: aggregate.total_samples,
