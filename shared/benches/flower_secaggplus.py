@@ -30,8 +30,9 @@ is one core, as our side of the comparison):
   Flower's function minus those two calls is checked: on one site per run, the real
   `_collect_masked_vectors` is called with the same numpy random state and must give the same masked
   vector bit for bit (`stage_fn_matches`); its full time is reported as `client_stage_fn_s`.
-- `server_sum_s`: adding the n deserialized uploads (`parameters_addition`) and the `parameters_mod`
-  after them (`bytes_to_ndarray` left out).
+- `server_sum_s`: adding the n deserialized uploads (`parameters_addition`; the first upload becomes
+  the sum, as in the workflow), freeing each, and the `parameters_mod` after them (`bytes_to_ndarray`
+  left out).
 - `server_unmask_s`: `unmask_stage` after the shares have arrived: for every site `combine_shares` of its
   self-mask seed, `pseudo_rand_gen` + `parameters_subtraction`; then `parameters_mod`, `factor_extract`,
   `dequantize`, the offset and the division by the total weight. No site drops out (as in our benchmark),
@@ -242,10 +243,11 @@ def run_round(n: int, delta: np.ndarray, check_stage_fn: bool) -> dict[str, Any]
                 np.array_equal(a, b) for a, b in zip(real, masked)
             )
             del real, res, serialized
+        # Freeing the upload is timed too, as our server frees each upload once it is added.
         start = time.perf_counter()
         masked_sum = masked if masked_sum is None else parameters_addition(masked_sum, masked)
-        server_sum_s += time.perf_counter() - start
         del masked
+        server_sum_s += time.perf_counter() - start
         log(f"flower: {n} sites: site {nid} masked in {client_times[-1]:.2f} s")
     start = time.perf_counter()
     masked_sum = parameters_mod(masked_sum, MODULUS_RANGE)
