@@ -92,6 +92,10 @@ pub trait Aggregation: Send {
     /// The next instant at which [`Self::advance`] may close a stage on time alone.
     fn next_deadline(&self) -> Option<Instant>;
 
+    /// A counter that grows whenever a stage closes, so that the round logic can wake the sites
+    /// waiting for that stage's replies.
+    fn closed_stages(&self) -> u64;
+
     /// Whether `site` has uploaded its update in this round.
     fn has_uploaded(&self, site: &str) -> bool;
 }
@@ -227,5 +231,9 @@ impl Aggregation for PlainAggregation {
 
     fn has_uploaded(&self, site: &str) -> bool {
         self.fedavg.contributors().iter().any(|c| c == site)
+    }
+
+    fn closed_stages(&self) -> u64 {
+        u64::from(self.result.is_some())
     }
 }

@@ -47,7 +47,7 @@ pub struct SecureAggregation {
 }
 
 impl SecureAggregation {
-    /// Configures round `round` over the tensors of `global` for which `aggregated(name)` holds, for
+    /// Configures attempt `attempt` of round `round` over the tensors of `global` for which `aggregated(name)` holds, for
     /// the training sites `sites` (sorted; site k gets protocol id k + 1), threshold `min_sites`.
     ///
     /// # Errors
@@ -55,6 +55,7 @@ impl SecureAggregation {
     pub fn new(
         config: &AggregatorConfig,
         round: u64,
+        attempt: u64,
         global: &crate::store::ModelBlob,
         aggregated: &dyn Fn(&str) -> bool,
         sites: &[String],
@@ -69,7 +70,9 @@ impl SecureAggregation {
         let secagg_config = SecAggConfig {
             study_id: config.study.clone(),
             round,
-            model_version: global.digest.clone(),
+            // The attempt makes every start of a round a distinct instance (its own configuration
+            // hash): nothing from an abandoned attempt is accepted by the next.
+            model_version: format!("{}#{attempt}", global.digest),
             participants: ids.values().copied().collect(),
             threshold: config.rounds.min_sites,
             tensors: secagg::tensor_specs(&global.weights),
@@ -361,6 +364,13 @@ impl Aggregation for SecureAggregation {
             Stage::MaskedInputCollection => self.round_deadline,
             _ => self.stage_deadline,
         })
+    }
+
+    fn closed_stages(&self) -> u64 {
+        u64::from(self.directory.is_some())
+            + u64::from(!self.deliveries.is_empty())
+            + u64::from(self.unmask_request.is_some())
+            + u64::from(self.result.is_some())
     }
 
     fn has_uploaded(&self, site: &str) -> bool {

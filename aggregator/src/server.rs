@@ -425,7 +425,8 @@ impl Federation for FederationService {
         self.shared
             .telemetry
             .received("secure-aggregation", request.payload.len());
-        self.mutate(|study| study.accept_message(&site, request.round, &request.stage, &request.payload))
+        let attempt = self
+            .mutate(|study| study.accept_message(&site, request.round, &request.stage, &request.payload))
             .inspect_err(|status| {
                 tracing::warn!(
                     site,
@@ -435,11 +436,18 @@ impl Federation for FederationService {
                 );
                 self.shared.telemetry.refuse("secure-aggregation-message");
             })?;
+        // The last stage has no reply: accepting the shares is the answer (and the round may already
+        // have moved on to validation because of them).
+        if request.stage == fedlnm_shared::federation::STAGE_UNMASK_RESPONSE {
+            return Ok(Response::new(SecAggReply { payload: Vec::new() }));
+        }
         let limit = Duration::from_secs(
             self.shared.config.rounds.round_deadline_s + 2 * self.shared.config.rounds.stage_timeout_s,
         );
         let reply = self
-            .wait_for(limit, |study| study.reply(&site, request.round, &request.stage))
+            .wait_for(limit, |study| {
+                study.reply(&site, request.round, attempt, &request.stage)
+            })
             .await
             .unwrap_or_else(|| Err(Status::deadline_exceeded("the stage did not close in time")))?;
         self.shared.telemetry.sent("secure-aggregation", reply.len());

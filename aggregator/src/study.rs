@@ -65,6 +65,8 @@ pub struct TrainAssignment {
 
 struct Training {
     round: u64,
+    /// Counts every start of a round in this process (restarts of an abandoned round included).
+    attempt: u64,
     started: Instant,
     aggregation: Box<dyn Aggregation>,
 }
@@ -96,6 +98,7 @@ pub struct Study {
     /// Training sites, sorted: a site's secure-aggregation id is its 1-based position.
     train_sites: Vec<String>,
     plan_json: String,
+    attempts: u64,
 }
 
 impl Study {
@@ -172,6 +175,7 @@ impl Study {
             telemetry,
             train_sites,
             plan_json,
+            attempts: 0,
         };
         study.start_next_round(Instant::now());
         Ok(study)
@@ -205,6 +209,7 @@ impl Study {
             match SecureAggregation::new(
                 &self.config,
                 round,
+                self.attempts + 1,
                 global,
                 &aggregated,
                 &self.train_sites,
@@ -231,8 +236,10 @@ impl Study {
         };
         tracing::info!(round, aggregation = ?aggregation.kind(), "round started");
         self.telemetry.round.set(i64::try_from(round).unwrap_or(i64::MAX));
+        self.attempts += 1;
         self.phase = Phase::Training(Training {
             round,
+            attempt: self.attempts,
             started: now,
             aggregation,
         });
@@ -368,7 +375,8 @@ impl Study {
         Ok(())
     }
 
-    /// A secure-aggregation message.
+    /// A secure-aggregation message; returns the attempt of the round it went to (a round that is
+    /// abandoned and started again is a new attempt, with a new protocol instance).
     ///
     /// # Errors
     /// As [`Self::accept_upload`].
@@ -378,19 +386,26 @@ impl Study {
         round: u64,
         stage: &str,
         payload: &[u8],
-    ) -> Result<(), Status> {
+    ) -> Result<u64, Status> {
         let training = self.training_round(round)?;
         training
             .aggregation
             .accept_message(site, stage, payload)
-            .map_err(to_status)
+            .map_err(to_status)?;
+        Ok(training.attempt)
     }
 
-    /// The reply of a closed secure-aggregation stage; `None` while it is open.
+    /// The reply of a closed secure-aggregation stage of `attempt`; `None` while it is open.
     #[must_use]
-    pub fn reply(&self, site: &str, round: u64, stage: &str) -> Option<Result<Vec<u8>, Status>> {
+    pub fn reply(
+        &self,
+        site: &str,
+        round: u64,
+        attempt: u64,
+        stage: &str,
+    ) -> Option<Result<Vec<u8>, Status>> {
         match &self.phase {
-            Phase::Training(training) if training.round == round => training
+            Phase::Training(training) if training.round == round && training.attempt == attempt => training
                 .aggregation
                 .reply(site, stage)
                 .map(|reply| reply.map_err(to_status)),
@@ -458,26 +473,29 @@ impl Study {
     pub fn tick(&mut self, now: Instant) -> bool {
         match &mut self.phase {
             Phase::Finished => false,
-            Phase::Training(training) => match training.aggregation.advance(now) {
-                Poll::Pending => false,
-                Poll::Failed(reason) => {
-                    tracing::warn!(
-                        round = training.round,
-                        reason,
-                        "round abandoned; nothing committed; starting it again"
-                    );
-                    self.telemetry.rounds_failed.inc();
-                    self.start_next_round(now);
-                    true
+            Phase::Training(training) => {
+                let before = training.aggregation.closed_stages();
+                match training.aggregation.advance(now) {
+                    Poll::Pending => training.aggregation.closed_stages() != before,
+                    Poll::Failed(reason) => {
+                        tracing::warn!(
+                            round = training.round,
+                            reason,
+                            "round abandoned; nothing committed; starting it again"
+                        );
+                        self.telemetry.rounds_failed.inc();
+                        self.start_next_round(now);
+                        true
+                    }
+                    Poll::Ready(aggregate) => {
+                        let round = training.round;
+                        let kind = training.aggregation.kind();
+                        let training_started = training.started;
+                        self.aggregated(round, kind, training_started, aggregate, now);
+                        true
+                    }
                 }
-                Poll::Ready(aggregate) => {
-                    let round = training.round;
-                    let kind = training.aggregation.kind();
-                    let training_started = training.started;
-                    self.aggregated(round, kind, training_started, aggregate, now);
-                    true
-                }
-            },
+            }
             Phase::Validating(validating) => {
                 let all_in = self
                     .config

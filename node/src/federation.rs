@@ -332,7 +332,7 @@ impl Node {
                 .context("unreadable secure-aggregation config")?;
             if config.study_id != self.config.study
                 || config.round != round
-                || config.model_version != model_ref.digest
+                || config.model_version.split('#').next() != Some(model_ref.digest.as_str())
             {
                 bail!("the secure-aggregation configuration is for another study, round or model");
             }

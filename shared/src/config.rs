@@ -387,7 +387,15 @@ role = "train"
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let aggregator = AggregatorConfig::load(&configs.join("aggregator.toml")).unwrap();
         assert_eq!(aggregator.role_of("S4"), Some(SiteRole::Validate));
+        // The example documents the defaults.
+        assert_eq!(aggregator.rounds, RoundSettings::default());
+        assert_eq!(
+            aggregator.initial_model,
+            Some(configs.join("initial-model.safetensors"))
+        );
+        assert_eq!(aggregator.train.epochs, 2);
         let node = NodeConfig::load(&configs.join("node.toml")).unwrap();
+        assert_eq!((node.validation_fraction, node.device), (0.2, ComputeDevice::Cpu));
         assert_eq!(
             (node.site.as_str(), node.study.as_str()),
             ("S1", aggregator.study.as_str())

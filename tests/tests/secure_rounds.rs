@@ -1,0 +1,353 @@
+//! Secure aggregation as the rounds run it, over the real mutual-TLS gRPC service, with sites that
+//! drive the protocol by hand so that they can drop out at chosen moments and upload *known* deltas:
+//! a site that vanishes after uploading stays in the sum (its self mask is rebuilt from the others'
+//! shares), a site that vanishes before uploading is left out (its pairwise masks are removed), and
+//! in both cases the committed model is the FedAvg of the sum within the quantization bound; with fewer
+//! sites than the Shamir threshold the round is abandoned and nothing is committed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
+use fedlnm_aggregator::store::RoundStore;
+use fedlnm_e2e::{RunningAggregator, provision_study, site_config, small_model};
+use fedlnm_node::client;
+use fedlnm_node::proto::federation_client::FederationClient;
+use fedlnm_node::proto::{
+    MetricsReport, SecAggRequest, TaskRequest, TrainTask, UpdateChunk, UpdateHeader, task,
+};
+use fedlnm_shared::config::{RoundSettings, SiteRole};
+use fedlnm_shared::federation::{
+    STAGE_ADVERTISE_KEYS, STAGE_SHARE_KEYS, STAGE_UNMASK_REQUEST, STAGE_UNMASK_RESPONSE, ScoreHistogram,
+    SiteRoundMetrics, wire,
+};
+use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest};
+use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
+use std::path::{Path, PathBuf};
+use tonic::transport::Channel;
+
+const STUDY: &str = "thyroid";
+
+/// How far a site goes in a round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Behaviour {
+    Complete,
+    VanishAfterUpload,
+    VanishBeforeUpload,
+}
+
+fn delta(k: f32) -> NamedTensors {
+    NamedTensors {
+        tensors: vec![
+            NamedTensor::new("head.weight", vec![2, 3], vec![k, 0.0, -k, 2.0 * k, 0.5, 1.0]).unwrap(),
+            NamedTensor::new("head.bias", vec![2], vec![k, -k]).unwrap(),
+            NamedTensor::new("image.bn1.gamma", vec![2], vec![k, k]).unwrap(),
+        ],
+    }
+}
+
+async fn connect(study_dir: &Path, site: &str, url: &str) -> FederationClient<Channel> {
+    client::connect(&site_config(study_dir, site, url)).await.unwrap()
+}
+
+async fn train_task(client: &mut FederationClient<Channel>, site: &str) -> TrainTask {
+    loop {
+        let kind = client
+            .get_task(TaskRequest {
+                site: site.into(),
+                study: STUDY.into(),
+                node_version: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .kind
+            .unwrap();
+        match kind {
+            task::Kind::Train(train) => return train,
+            task::Kind::Wait(_) => {}
+            other => panic!("{site}: expected a training task, got {other:?}"),
+        }
+    }
+}
+
+async fn exchange(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    round: u64,
+    stage: &str,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    client
+        .secure_aggregation(SecAggRequest {
+            site: site.into(),
+            study: STUDY.into(),
+            round,
+            stage: stage.into(),
+            payload,
+        })
+        .await
+        .map(|reply| reply.into_inner().payload)
+}
+
+/// One site's part of a secure round, stopping where `behaviour` says.
+async fn site_round(
+    study_dir: PathBuf,
+    url: String,
+    site: &'static str,
+    scale: f32,
+    n: u64,
+    behaviour: Behaviour,
+) {
+    let mut client = connect(&study_dir, site, &url).await;
+    let train = train_task(&mut client, site).await;
+    assert_eq!(train.aggregation, "secure");
+    let config: SecAggConfig = serde_json::from_str(&train.secagg_config_json).unwrap();
+    let round = train.round;
+    let (mut secagg, advertise) =
+        SecAggClient::new(config.validate().unwrap(), SiteId(train.secagg_site_id)).unwrap();
+    let directory: KeyDirectory = wire::decode(
+        &exchange(
+            &mut client,
+            site,
+            round,
+            STAGE_ADVERTISE_KEYS,
+            wire::encode(&advertise),
+        )
+        .await
+        .unwrap(),
+        "directory",
+    )
+    .unwrap();
+    let shares = secagg.share_keys(&directory).unwrap();
+    let delivery: ShareDelivery = wire::decode(
+        &exchange(&mut client, site, round, STAGE_SHARE_KEYS, wire::encode(&shares))
+            .await
+            .unwrap(),
+        "delivery",
+    )
+    .unwrap();
+    if behaviour == Behaviour::VanishBeforeUpload {
+        return;
+    }
+    let masked = secagg.masked_input(&delivery, &delta(scale), n).unwrap();
+    let payload = wire::encode(&masked);
+    let header = UpdateHeader {
+        site: site.into(),
+        study: STUDY.into(),
+        round,
+        format: "secure".into(),
+        n_samples: 0,
+        total_size: payload.len() as u64,
+        digest: sha256_hex(&payload),
+    };
+    let chunks = vec![UpdateChunk {
+        header: Some(header),
+        data: payload,
+    }];
+    client.upload_update(tokio_stream::iter(chunks)).await.unwrap();
+    if behaviour == Behaviour::VanishAfterUpload {
+        return;
+    }
+    let request: UnmaskRequest = wire::decode(
+        &exchange(&mut client, site, round, STAGE_UNMASK_REQUEST, Vec::new())
+            .await
+            .unwrap(),
+        "unmask request",
+    )
+    .unwrap();
+    let response = secagg.unmask(&request).unwrap();
+    exchange(
+        &mut client,
+        site,
+        round,
+        STAGE_UNMASK_RESPONSE,
+        wire::encode(&response),
+    )
+    .await
+    .unwrap();
+}
+
+/// Every site reports (synthetic) metrics for the model under validation; returns its digest.
+async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
+    let mut digest = String::new();
+    for site in ["S1", "S2", "S3", "S4"] {
+        let mut client = connect(study_dir, site, url).await;
+        let model = loop {
+            let kind = client
+                .get_task(TaskRequest {
+                    site: site.into(),
+                    study: STUDY.into(),
+                    node_version: "test".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .kind
+                .unwrap();
+            if let task::Kind::Validate(validate) = kind {
+                assert_eq!(validate.round, round);
+                break validate.model.unwrap();
+            }
+        };
+        let y: Vec<bool> = (0..10).map(|i| i % 2 == 0).collect();
+        let s: Vec<f64> = (0..10).map(|i| f64::from(i) / 10.0).collect();
+        let metrics = SiteRoundMetrics {
+            site: site.into(),
+            role: if site == "S4" {
+                SiteRole::Validate
+            } else {
+                SiteRole::Train
+            },
+            n_patients: 10,
+            n_positive: 5,
+            lnm_rate: 0.5,
+            auc: Some(0.5),
+            auc_ci_lower: None,
+            auc_ci_upper: None,
+            youden_threshold: None,
+            sensitivity: None,
+            specificity: None,
+            brier: 0.25,
+            kappa_t: None,
+            kappa_n: None,
+            kappa_stage: None,
+            histogram: ScoreHistogram::from_scores(&y, &s).unwrap(),
+        };
+        digest.clone_from(&model.digest);
+        client
+            .report_metrics(MetricsReport {
+                site: site.into(),
+                study: STUDY.into(),
+                round,
+                model_digest: model.digest,
+                metrics_json: serde_json::to_string(&metrics).unwrap(),
+            })
+            .await
+            .unwrap();
+    }
+    digest
+}
+
+/// global + Σ n_k Δ_k / Σ n_k over `sites` (FedBN: `image.bn1.gamma` stays).
+fn fedavg(global: &NamedTensors, sites: &[(f32, u64)]) -> NamedTensors {
+    let total: u64 = sites.iter().map(|s| s.1).sum();
+    let mut next = global.clone();
+    for tensor in next.tensors.iter_mut().filter(|t| !t.name.contains("bn1")) {
+        for (i, w) in tensor.values.iter_mut().enumerate() {
+            let sum: f64 = sites
+                .iter()
+                .map(|&(k, n)| n as f64 * f64::from(delta(k).get(&tensor.name).unwrap().values[i]))
+                .sum();
+            *w += (sum / total as f64) as f32;
+        }
+    }
+    next
+}
+
+fn assert_close(actual: &NamedTensors, expected: &NamedTensors) {
+    for e in &expected.tensors {
+        let a = actual.get(&e.name).unwrap();
+        for (x, y) in a.values.iter().zip(&e.values) {
+            // Quantization: |U3|·2^-32 / Σ n_k per element, then f32 rounding of the sum.
+            assert!(
+                (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+                "{}: {:?} vs {:?}",
+                e.name,
+                a.values,
+                e.values
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let study_dir = dir.path().join("study");
+    let settings = RoundSettings {
+        rounds: 3,
+        min_sites: 2,
+        secure_aggregation: true,
+        fedbn: true,
+        round_deadline_s: 4,
+        stage_timeout_s: 2,
+        validation_deadline_s: 60,
+        ..RoundSettings::default()
+    };
+    let config = provision_study(&study_dir, STUDY, settings);
+    let state_dir = config.state_dir.clone();
+    let aggregator = RunningAggregator::start(config, 0).await;
+    let url = aggregator.url.clone();
+    let run = |site: &'static str, scale: f32, n: u64, behaviour: Behaviour| {
+        tokio::spawn(site_round(
+            study_dir.clone(),
+            url.clone(),
+            site,
+            scale,
+            n,
+            behaviour,
+        ))
+    };
+
+    // Round 1: S3 uploads, then vanishes before unmasking: it stays in the sum.
+    let sites = [
+        run("S1", 1.0, 100, Behaviour::Complete),
+        run("S2", 2.0, 300, Behaviour::Complete),
+        run("S3", -1.0, 600, Behaviour::VanishAfterUpload),
+    ];
+    for site in sites {
+        site.await.unwrap();
+    }
+    validate_all(&study_dir, &url, 1).await;
+    let store = RoundStore::open(&state_dir).unwrap();
+    let round1 = store.load(1).unwrap();
+    assert_eq!(round1.record.contributors, ["S1", "S2", "S3"]);
+    let expected1 = fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600)]);
+    assert_close(&round1.model.weights, &expected1);
+    assert_eq!(
+        round1.model.weights.get("image.bn1.gamma").unwrap().values,
+        vec![1.0, 1.0]
+    );
+
+    // Round 2: S3 shares its keys, then vanishes before uploading: its masks are removed.
+    let sites = [
+        run("S1", 0.5, 200, Behaviour::Complete),
+        run("S2", -0.5, 200, Behaviour::Complete),
+        run("S3", 9.0, 600, Behaviour::VanishBeforeUpload),
+    ];
+    for site in sites {
+        site.await.unwrap();
+    }
+    validate_all(&study_dir, &url, 2).await;
+    let round2 = store.load(2).unwrap();
+    assert_eq!(
+        (round2.record.contributors.clone(), round2.record.dropped.clone()),
+        (vec!["S1".to_owned(), "S2".to_owned()], vec!["S3".to_owned()])
+    );
+    assert_close(
+        &round2.model.weights,
+        &fedavg(&round1.model.weights, &[(0.5, 200), (-0.5, 200)]),
+    );
+
+    // Round 3: only S1 turns up: below the threshold of 2 the round is abandoned, nothing committed.
+    let mut s1 = connect(&study_dir, "S1", &url).await;
+    let train = train_task(&mut s1, "S1").await;
+    assert_eq!(train.round, 3);
+    let config: SecAggConfig = serde_json::from_str(&train.secagg_config_json).unwrap();
+    let (_, advertise) = SecAggClient::new(config.validate().unwrap(), SiteId(train.secagg_site_id)).unwrap();
+    let refusal = exchange(&mut s1, "S1", 3, STAGE_ADVERTISE_KEYS, wire::encode(&advertise))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refusal.code(),
+            tonic::Code::Aborted | tonic::Code::FailedPrecondition
+        ),
+        "{refusal:?}"
+    );
+    assert_eq!(store.committed_rounds().unwrap(), vec![0, 1, 2]);
+    assert_eq!(aggregator.service.committed().0, 2);
+    aggregator.shut_down().await;
+}
