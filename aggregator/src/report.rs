@@ -451,6 +451,19 @@ fn summary_markdown(records: &[&RoundRecord]) -> String {
     }
     text.push_str("\nPooled AUC (95% CI) by round:\n\n");
     for record in records {
+        if record.sites.is_empty() {
+            let _ = writeln!(
+                text,
+                "- round {}: {} (no site validated it)",
+                record.round,
+                if record.round == 0 {
+                    "the initial model"
+                } else {
+                    "model"
+                }
+            );
+            continue;
+        }
         let pooled = |pool: Option<&PooledMetrics>| {
             pool.map_or_else(
                 || "no site".to_owned(),

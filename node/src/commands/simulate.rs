@@ -24,7 +24,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "fedlnm-simulation")]
     pub out: PathBuf,
     /// Federated rounds.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 8)]
     pub rounds: u64,
     /// Training sites (profiles cycle through tertiary, community, rural).
     #[arg(long, default_value_t = 3)]
@@ -33,14 +33,20 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1)]
     pub validate_sites: usize,
     /// Patients per synthetic site.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 500)]
     pub patients: usize,
     /// Model input size in pixels (the tiny ResNet; 64 trains in minutes on 2 cores).
     #[arg(long, default_value_t = 64)]
     pub image_size: u32,
+    /// Width of the tiny ResNet's first stage (channels double per stage).
+    #[arg(long, default_value_t = 8)]
+    pub base_width: usize,
     /// Local epochs per round.
     #[arg(long, default_value_t = 2)]
     pub local_epochs: usize,
+    /// Peak learning rate of the local AdamW.
+    #[arg(long, default_value_t = 2e-3)]
+    pub learning_rate: f64,
     /// Plain FedAvg: the aggregator sees each site's delta (default: secure aggregation).
     #[arg(long)]
     pub plain: bool,
@@ -169,6 +175,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     let aggregator_dir = study_dir.join(provision::AGGREGATOR_DIR);
     let mut model = ModelConfig::tiny(Modality::Multimodal);
     model.image.input_size = args.image_size;
+    model.image.base_width = args.base_width;
     let initial = aggregator_dir.join("initial-model.safetensors");
     write_checkpoint(&initial, &model, &train::initial_weights(&model, args.seed))?;
     let aggregator_toml = aggregator_dir.join("aggregator.toml");
@@ -185,7 +192,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     config.train = TrainPlan {
         epochs: args.local_epochs,
         batch_size: 16,
-        learning_rate: 2e-3,
+        learning_rate: args.learning_rate,
         warmup_fraction: 0.0,
         patience: 0,
         proximal_mu: args.proximal_mu,
