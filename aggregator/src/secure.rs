@@ -24,6 +24,16 @@ use fedlnm_shared::federation::{
     STAGE_UNMASK_REQUEST as UNMASK_REQUEST, STAGE_UNMASK_RESPONSE as UNMASK_RESPONSE,
 };
 
+/// One start of a round: its number, which start it is (an abandoned round starts again as a new
+/// attempt, with its own protocol instance), when it opened and its upload deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub round: u64,
+    pub attempt: u64,
+    pub opened: Instant,
+    pub deadline: Instant,
+}
+
 /// The secure aggregation of one round.
 pub struct SecureAggregation {
     config: RoundConfig,
@@ -47,21 +57,25 @@ pub struct SecureAggregation {
 }
 
 impl SecureAggregation {
-    /// Configures attempt `attempt` of round `round` over the tensors of `global` for which `aggregated(name)` holds, for
-    /// the training sites `sites` (sorted; site k gets protocol id k + 1), threshold `min_sites`.
+    /// Configures one attempt of a round over the tensors of `global` for which `aggregated(name)`
+    /// holds, for the training sites `sites` (sorted; site k gets protocol id k + 1), threshold
+    /// `min_sites`.
     ///
     /// # Errors
     /// The protocol configuration is invalid (e.g. quantization headroom), named.
     pub fn new(
         config: &AggregatorConfig,
-        round: u64,
-        attempt: u64,
+        attempt: &Attempt,
         global: &crate::store::ModelBlob,
         aggregated: &dyn Fn(&str) -> bool,
         sites: &[String],
-        now: Instant,
-        round_deadline: Instant,
     ) -> Result<Self, secagg::SecAggError> {
+        let Attempt {
+            round,
+            attempt,
+            opened: now,
+            deadline: round_deadline,
+        } = *attempt;
         let ids: BTreeMap<String, SiteId> = sites
             .iter()
             .enumerate()

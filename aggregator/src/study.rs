@@ -10,7 +10,7 @@
 //! resumes from the last committed round.
 
 use crate::aggregation::{Aggregation, AggregationError, PlainAggregation, Poll, RoundAggregate, Upload};
-use crate::secure::SecureAggregation;
+use crate::secure::{Attempt, SecureAggregation};
 use crate::store::{Committed, ModelBlob, RoundStore, StoreError};
 use crate::telemetry::Telemetry;
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
@@ -206,16 +206,13 @@ impl Study {
         let fedbn = settings.fedbn;
         let aggregated = move |name: &str| !(fedbn && is_local_norm(name));
         let aggregation: Box<dyn Aggregation> = if settings.secure_aggregation {
-            match SecureAggregation::new(
-                &self.config,
+            let attempt = Attempt {
                 round,
-                self.attempts + 1,
-                global,
-                &aggregated,
-                &self.train_sites,
-                now,
+                attempt: self.attempts + 1,
+                opened: now,
                 deadline,
-            ) {
+            };
+            match SecureAggregation::new(&self.config, &attempt, global, &aggregated, &self.train_sites) {
                 Ok(secure) => Box::new(secure),
                 Err(error) => {
                     // The configuration was validated at load; this is a bug or a model that breaks
