@@ -172,6 +172,20 @@ async fn run_round(study_dir: &Path, url: &str, round: u64) -> String {
     digest
 }
 
+/// `GET /metrics` over plain HTTP.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
 fn expected_after(rounds: u32) -> NamedTensors {
     // Σ n_k Δ_k / Σ n_k with n = 100, 300, 600 and scales 1, 2, -1: (100 + 600 - 600) / 1000 = 0.1.
     let mean_k = 0.1_f32;
@@ -216,7 +230,9 @@ async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates()
         fedbn: true,
         ..RoundSettings::default()
     };
-    let config = provision_study(&study_dir, STUDY, settings);
+    let mut config = provision_study(&study_dir, STUDY, settings);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    config.metrics_listen = Some(format!("127.0.0.1:{metrics_port}"));
     let state_dir = config.state_dir.clone();
     let aggregator = RunningAggregator::start(config.clone(), 0).await;
     let url = aggregator.url.clone();
@@ -311,6 +327,19 @@ async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates()
         assert_eq!(record.pooled_train_sites.as_ref().unwrap().n_patients, 60);
         assert_eq!(record.pooled_validation_sites.as_ref().unwrap().n_patients, 20);
         assert!(store.round_dir(u64::from(round)).join(MODEL_FILE).exists());
+    }
+
+    // Prometheus: rounds, bytes and refusals are counted.
+    let metrics = scrape(metrics_port).await;
+    for needle in [
+        "fedlnm_rounds_committed_total 2",
+        "fedlnm_round 3",
+        "fedlnm_contributing_sites 3",
+        "fedlnm_received_bytes_total{kind=\"update\"}",
+        "fedlnm_refused_requests_total{reason=\"oversized-update\"} 1",
+        "fedlnm_site_last_seen_timestamp_seconds{site=\"S4\"}",
+    ] {
+        assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
     }
 
     // Round 3 starts: S1 uploads, then the aggregator is killed before the round completes.
