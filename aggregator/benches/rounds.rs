@@ -30,7 +30,9 @@ use fedlnm_shared::federation::{
     STAGE_UNMASK_RESPONSE,
 };
 use fedlnm_shared::model_config::{ModelConfig, TrainPlan};
-use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest};
+use fedlnm_shared::secagg::{
+    KeyDirectory, MaskedInput, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
+};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 
 const MILLION: usize = 1_000_000;
@@ -108,7 +110,8 @@ struct PlainRow {
     memcpy: Duration,
     /// Where the aggregate time goes (medians of each part).
     accept: Duration,
-    parse: Duration,
+    /// The first `accept_upload` alone: it also touches the fresh f64 accumulator first.
+    first_upload: Duration,
     average: Duration,
     apply: Duration,
     serialize: Duration,
@@ -147,6 +150,7 @@ fn plain_round(
             n / 2 + 1,
             Instant::now() + Duration::from_secs(3600),
         );
+        let mut first_upload = Duration::ZERO;
         for (site, payload) in names.iter().zip(payloads) {
             let upload = Upload {
                 site,
@@ -155,6 +159,9 @@ fn plain_round(
                 payload,
             };
             aggregation.accept_upload(&upload).unwrap();
+            if first_upload.is_zero() {
+                first_upload = start.elapsed();
+            }
         }
         let accepted = Instant::now();
         let aggregate = ready(aggregation.advance(Instant::now()));
@@ -168,15 +175,8 @@ fn plain_round(
         store.commit(&round_record, &model).unwrap();
         let commit = before_commit.elapsed();
 
-        // The parts measured on their own: parsing alone, SHA-256 alone (of the new model, and of the
-        // uploads, which the gRPC service hashes before `accept_upload`).
-        let parse = time(|| {
-            for payload in payloads {
-                black_box(
-                    NamedTensors::from_safetensors_bytes(payload, std::path::Path::new("bench")).unwrap(),
-                );
-            }
-        });
+        // SHA-256 on its own: of the new model, and of the uploads, which the gRPC service hashes
+        // before `accept_upload`.
         let model_sha = time(|| sha256_hex(&model.bytes));
         let upload_sha = time(|| payloads.iter().map(|p| sha256_hex(p)).collect::<Vec<_>>());
         runs.push([
@@ -184,7 +184,7 @@ fn plain_round(
             serialized - start,
             commit,
             accepted - start,
-            parse,
+            first_upload,
             averaged - accepted,
             applied - averaged,
             serialized - applied,
@@ -208,7 +208,7 @@ fn plain_round(
         aggregate: median_of(1),
         commit: median_of(2),
         accept: median_of(3),
-        parse: median_of(4),
+        first_upload: median_of(4),
         average: median_of(5),
         apply: median_of(6),
         serialize: median_of(7),
@@ -236,7 +236,7 @@ fn copy_all(payloads: &[Vec<u8>], target: &mut [u8]) {
 fn print_plain(rows: &[PlainRow]) {
     println!("### Plain FedAvg round (aggregator side, one thread)\n");
     println!(
-        "Aggregate = `accept_upload` for every site (parse, checks, f64 accumulation) + `advance` (average) + \
+        "Aggregate = `accept_upload` for every site (read in place, checks, f64 accumulation) + `advance` (average) + \
          `apply_delta` + `ModelBlob::new` (serialize + SHA-256). Commit = `RoundStore::commit` (write, fsync, \
          rename, fsync). Memcpy bound = `copy_from_slice` of the same total upload bytes, one thread, warm \
          buffers. Download = model size × (n training downloads + (n + 1) validation downloads, one \
@@ -277,12 +277,13 @@ fn print_plain(rows: &[PlainRow]) {
     }
     println!("\n#### Where the plain round's time goes (ms, medians)\n");
     println!(
-        "Parse = `NamedTensors::from_safetensors_bytes` of every upload on its own; accept − parse ≈ layout and \
-         finiteness checks + f64 accumulation. Upload SHA-256 is what the gRPC service spends checking each \
-         upload's digest before `accept_upload` (not in the aggregate column).\n"
+        "`accept_upload` reads each upload in place: safetensors header, layout check, finiteness check and \
+         f64 accumulation. The first upload also touches the freshly allocated f64 accumulator (8 bytes per \
+         parameter) for the first time. Upload SHA-256 is what the gRPC service spends checking each upload's \
+         digest before `accept_upload` (not in the aggregate column).\n"
     );
     println!(
-        "| params | sites | accept_upload × n | of which parse | average | apply_delta | serialize + SHA-256 | of which SHA-256 | upload SHA-256 |"
+        "| params | sites | accept_upload × n | of which the first | average | apply_delta | serialize + SHA-256 | of which SHA-256 | upload SHA-256 |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
@@ -291,7 +292,7 @@ fn print_plain(rows: &[PlainRow]) {
             params_label(r.params),
             r.sites,
             ms(r.accept),
-            ms(r.parse),
+            ms(r.first_upload),
             ms(r.average),
             ms(r.apply),
             ms(r.serialize),
@@ -326,6 +327,8 @@ struct SecureRow {
     /// Every `SecureAggregation` call of the round (keys to decoded average), median.
     server: Duration,
     sum: Duration,
+    /// Decoding the masked inputs alone (bincode), measured on its own.
+    decode: Duration,
     unmask: Duration,
     /// apply_delta + ModelBlob::new after it, median.
     apply_serialize: Duration,
@@ -406,7 +409,12 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
         protocol_down_bytes = down;
 
         let memcpy = time(|| copy_masked(&messages, &mut copy_target));
-        runs.push([server, sum, unmask, apply_serialize, memcpy]);
+        let decode_only = time(|| {
+            for m in &messages {
+                black_box(decode::<MaskedInput>(&m.masked_input, "masked input").unwrap());
+            }
+        });
+        runs.push([server, sum, unmask, apply_serialize, memcpy, decode_only]);
     }
     let median_of = |i: usize| median(runs.iter().map(|r| r[i]).collect());
     let row = SecureRow {
@@ -422,6 +430,7 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
         model_bytes: global.bytes.len(),
         server: median_of(0),
         sum: median_of(1),
+        decode: median_of(5),
         unmask: median_of(2),
         apply_serialize: median_of(3),
         memcpy: median_of(4),
@@ -539,16 +548,18 @@ fn print_secure(rows: &[SecureRow]) {
          the aggregator. Apply + serialize = `apply_delta` + `ModelBlob::new` as in the plain round; commit is the \
          same as plain. Upload = masked inputs + keys, shares and unmask responses; download = protocol replies + \
          model downloads as for plain. Ratio to plain = (server + apply + serialize) / the plain aggregate \
-         column of the same size and sites; memcpy bound of the masked inputs, same run.\n"
+         column of the same size and sites; memcpy bound of the masked inputs, same run. Decoding = \
+         `wire::decode` of every masked input (bincode into a `MaskedInput`) measured on its own; the rest of \
+         the sum of uploads is the checks and the Z_2^64 additions.\n"
     );
     println!(
-        "| params | sites | replays | upload MB | download MB | server (ms) | of which sum of uploads | of which unmasking | apply + serialize (ms) | memcpy bound (ms) | ratio to memcpy | ratio to plain |"
+        "| params | sites | replays | upload MB | download MB | server (ms) | of which sum of uploads | of which decoding them | of which unmasking | apply + serialize (ms) | memcpy bound (ms) | ratio to memcpy | ratio to plain |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let total = r.server + r.apply_serialize;
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0}× | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0}× | {} |",
             params_label(r.params),
             r.sites,
             r.repeats,
@@ -556,6 +567,7 @@ fn print_secure(rows: &[SecureRow]) {
             mb(r.protocol_down_bytes + r.model_bytes * (2 * r.sites + 1)),
             ms(r.server),
             ms(r.sum),
+            ms(r.decode),
             ms(r.unmask),
             ms(r.apply_serialize),
             ms(r.memcpy),
