@@ -171,10 +171,11 @@ impl Aggregation for PlainAggregation {
             )));
         }
         let origin = format!("update from site {}", upload.site);
-        let (delta, _) = NamedTensors::from_safetensors_bytes(upload.payload, Path::new(&origin))
+        // Read in place: the delta's values are decoded where they are checked and added, never copied.
+        let (delta, _) = NamedTensors::borrow_safetensors_bytes(upload.payload, Path::new(&origin))
             .map_err(|e| AggregationError::Invalid(e.to_string()))?;
         self.fedavg
-            .add(upload.site, &delta, upload.n_samples)
+            .add_f32_bytes(upload.site, &delta, upload.n_samples)
             .map_err(|e| AggregationError::Invalid(e.to_string()))
     }
 

@@ -15,6 +15,25 @@ pub struct NamedTensor {
     pub values: Vec<f32>,
 }
 
+/// One F32 tensor borrowed from safetensors bytes: its name, shape and little-endian values, not
+/// decoded (an upload is read once, where it is used, instead of being copied into a [`NamedTensor`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct F32TensorBytes<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// 4 bytes per value, exactly the number of values the shape needs.
+    pub data: &'a [u8],
+}
+
+impl F32TensorBytes<'_> {
+    /// The values, decoded as they are read.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = f32> + '_ {
+        self.data
+            .chunks_exact(4)
+            .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+    }
+}
+
 /// All the weights of a model (parameters and normalisation running statistics), in module order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NamedTensors {
@@ -201,6 +220,23 @@ impl NamedTensors {
         bytes: &[u8],
         origin: &Path,
     ) -> Result<(Self, BTreeMap<String, String>), WeightsError> {
+        let (borrowed, metadata) = Self::borrow_safetensors_bytes(bytes, origin)?;
+        let tensors = borrowed
+            .into_iter()
+            .map(|tensor| {
+                let values = tensor.values().collect();
+                NamedTensor::new(tensor.name, tensor.shape, values)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((Self { tensors }, metadata))
+    }
+
+    /// The tensors of safetensors bytes (F32 only) without decoding their values: sorted by name,
+    /// with the metadata, checked as [`Self::from_safetensors_bytes`] checks them.
+    pub fn borrow_safetensors_bytes<'a>(
+        bytes: &'a [u8],
+        origin: &Path,
+    ) -> Result<(Vec<F32TensorBytes<'a>>, BTreeMap<String, String>), WeightsError> {
         let malformed = |message: String| WeightsError::Malformed {
             file: origin.to_path_buf(),
             message,
@@ -213,7 +249,7 @@ impl NamedTensors {
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         let parsed = safetensors::SafeTensors::deserialize(bytes).map_err(|e| malformed(e.to_string()))?;
-        let mut entries: Vec<(String, safetensors::tensor::TensorView<'_>)> = parsed.tensors();
+        let mut entries: Vec<(String, safetensors::tensor::TensorView<'a>)> = parsed.tensors();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut tensors = Vec::with_capacity(entries.len());
         for (name, view) in entries {
@@ -223,14 +259,23 @@ impl NamedTensors {
                     dtype: format!("{:?}", view.dtype()),
                 });
             }
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
-                .collect();
-            tensors.push(NamedTensor::new(name, view.shape().to_vec(), values)?);
+            let shape = view.shape().to_vec();
+            let expected = shape.iter().product::<usize>();
+            if view.data().len() != 4 * expected {
+                return Err(WeightsError::ShapeMismatch {
+                    name,
+                    shape,
+                    expected,
+                    found: view.data().len() / 4,
+                });
+            }
+            tensors.push(F32TensorBytes {
+                name,
+                shape,
+                data: view.data(),
+            });
         }
-        Ok((Self { tensors }, metadata))
+        Ok((tensors, metadata))
     }
 }
 

@@ -5,7 +5,7 @@
 //! the aggregate (finite, right names and shapes) before it may become the next global model.
 //! Tensors kept local (FedBN) are neither accumulated nor changed.
 
-use crate::weights::{NamedTensor, NamedTensors, WeightsError};
+use crate::weights::{F32TensorBytes, NamedTensor, NamedTensors, WeightsError};
 
 /// An update or aggregate that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,45 @@ impl FedAvg {
     /// # Errors
     /// Wrong names or shapes, a non-finite value, n_k = 0, or a second update from the same site.
     pub fn add(&mut self, site: &str, delta: &NamedTensors, n_samples: u64) -> Result<(), FedAvgError> {
+        self.add_checked(site, n_samples, delta, |k| {
+            delta.tensors[k].values.iter().copied()
+        })
+    }
+
+    /// [`Self::add`] of a delta read straight from its upload (safetensors bytes, see
+    /// [`NamedTensors::borrow_safetensors_bytes`]): the same checks and the same sum, without decoding
+    /// the delta into memory first.
+    ///
+    /// # Errors
+    /// As [`Self::add`].
+    pub fn add_f32_bytes(
+        &mut self,
+        site: &str,
+        delta: &[F32TensorBytes<'_>],
+        n_samples: u64,
+    ) -> Result<(), FedAvgError> {
+        let layout = NamedTensors {
+            tensors: delta
+                .iter()
+                .map(|t| NamedTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    values: Vec::new(),
+                })
+                .collect(),
+        };
+        self.add_checked(site, n_samples, &layout, |k| delta[k].values())
+    }
+
+    /// The one implementation of [`Self::add`]: `update` gives the names and shapes of the update's
+    /// tensors, `values(k)` the values of its tensor k.
+    fn add_checked<I: Iterator<Item = f32>>(
+        &mut self,
+        site: &str,
+        n_samples: u64,
+        update: &NamedTensors,
+        values: impl Fn(usize) -> I,
+    ) -> Result<(), FedAvgError> {
         if self.contributors.iter().any(|c| c == site) {
             return Err(FedAvgError::Duplicate {
                 site: site.to_owned(),
@@ -91,27 +130,26 @@ impl FedAvg {
                 n_samples,
             });
         }
-        delta
+        update
             .check_same_layout(&self.layout)
             .map_err(|source| FedAvgError::Layout {
                 site: site.to_owned(),
                 source,
             })?;
-        if let Some(bad) = delta
-            .tensors
-            .iter()
-            .find(|t| t.values.iter().any(|v| !v.is_finite()))
+        // Without early exit, so that the check vectorizes; a bad update is rare.
+        if let Some(bad) =
+            (0..update.tensors.len()).find(|&k| !values(k).fold(true, |ok, v| ok & v.is_finite()))
         {
             return Err(FedAvgError::NotFinite {
                 site: site.to_owned(),
-                tensor: bad.name.clone(),
+                tensor: update.tensors[bad].name.clone(),
             });
         }
         let weight = n_samples as f64;
         for (spec, sum) in self.layout.tensors.iter().zip(&mut self.sums) {
             // The layout check above guarantees presence and length.
-            if let Some(tensor) = delta.get(&spec.name) {
-                for (s, &v) in sum.iter_mut().zip(&tensor.values) {
+            if let Some(k) = update.tensors.iter().position(|t| t.name == spec.name) {
+                for (s, v) in sum.iter_mut().zip(values(k)) {
                     *s += weight * f64::from(v);
                 }
             }
@@ -275,6 +313,40 @@ mod tests {
         ));
         assert_eq!(fedavg.average().unwrap(), before);
         assert_eq!(fedavg.contributors(), ["S1"]);
+    }
+
+    #[test]
+    fn an_update_read_from_its_bytes_adds_exactly_what_the_parsed_update_adds() {
+        let global = model(&[1.0, 2.0, -3.0]);
+        let local = model(&[1.5, -2.0, 0.25]);
+        let update = delta(&local, &global, |_| true).unwrap();
+        let bytes = update
+            .to_safetensors_bytes(&std::collections::BTreeMap::new())
+            .unwrap();
+        let (borrowed, _) =
+            NamedTensors::borrow_safetensors_bytes(&bytes, std::path::Path::new("S1")).unwrap();
+        let mut parsed = FedAvg::new(&global, |_| true);
+        let mut read = FedAvg::new(&global, |_| true);
+        parsed.add("S1", &update, 7).unwrap();
+        read.add_f32_bytes("S1", &borrowed, 7).unwrap();
+        assert_eq!(read.average().unwrap(), parsed.average().unwrap());
+        assert_eq!(read.contributors(), parsed.contributors());
+
+        // A non-finite value anywhere refuses the whole update, naming the tensor.
+        let mut nan = update.clone();
+        nan.tensors[0].values[2] = f32::INFINITY;
+        let bytes = nan
+            .to_safetensors_bytes(&std::collections::BTreeMap::new())
+            .unwrap();
+        let (borrowed, _) =
+            NamedTensors::borrow_safetensors_bytes(&bytes, std::path::Path::new("S2")).unwrap();
+        let before = read.average().unwrap();
+        assert!(matches!(
+            read.add_f32_bytes("S2", &borrowed, 7),
+            Err(FedAvgError::NotFinite { ref tensor, .. }) if tensor == "head.weight"
+        ));
+        assert_eq!(read.average().unwrap(), before);
+        assert_eq!(read.contributors(), ["S1"]);
     }
 
     proptest! {
