@@ -20,7 +20,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use fedlnm_aggregator::aggregation::{Aggregation, PlainAggregation, Poll, RoundAggregate, Upload};
-use fedlnm_aggregator::secure::SecureAggregation;
+use fedlnm_aggregator::secure::{Attempt, SecureAggregation};
 use fedlnm_aggregator::store::{ModelBlob, RoundStore};
 use fedlnm_shared::config::{AggregatorConfig, RoundSettings, SiteEntry, SiteRole, TlsFiles};
 use fedlnm_shared::federation::fedavg::apply_delta;
@@ -595,16 +595,13 @@ fn print_secure(rows: &[SecureRow]) {
 
 fn new_secure(config: &AggregatorConfig, global: &ModelBlob, names: &[String]) -> SecureAggregation {
     let now = Instant::now();
-    SecureAggregation::new(
-        config,
-        1,
-        global,
-        &|_| true,
-        names,
-        now,
-        now + Duration::from_secs(3600),
-    )
-    .unwrap()
+    let attempt = Attempt {
+        round: 1,
+        attempt: 1,
+        opened: now,
+        deadline: now + Duration::from_secs(3600),
+    };
+    SecureAggregation::new(config, &attempt, global, &|_| true, names).unwrap()
 }
 
 fn reply(aggregation: &SecureAggregation, site: &str, stage: &str) -> Vec<u8> {
