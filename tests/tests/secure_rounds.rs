@@ -271,8 +271,10 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
         min_sites: 2,
         secure_aggregation: true,
         fedbn: true,
-        round_deadline_s: 4,
-        stage_timeout_s: 2,
+        // Short enough to test dropouts in seconds, long enough for a slow CI machine to have all
+        // three sites advertise and share within one stage.
+        round_deadline_s: 10,
+        stage_timeout_s: 5,
         validation_deadline_s: 60,
         ..RoundSettings::default()
     };
