@@ -6,7 +6,7 @@
 //! reconnects with back-off and takes whatever task the aggregator has now.
 
 use crate::client::{self, ClientError};
-use crate::commands::model::load_examples;
+use crate::commands::model::{load_examples, prepare_autotune_cache};
 use crate::proto::federation_client::FederationClient;
 use crate::proto::{
     MetricsReport, ModelRef, ModelRequest, SecAggRequest, TaskRequest, TrainTask, UpdateChunk, UpdateHeader,
@@ -36,6 +36,8 @@ const SPLIT_SEED: u64 = 20_261_123;
 /// Where the node keeps its copy of the models and its local normalisation layers (FedBN).
 const LOCAL_NORM_FILE: &str = "local-norm.safetensors";
 const FINAL_MODEL_FILE: &str = "final-global.safetensors";
+/// cubecl's CUDA autotune results, inside the work folder (kept between runs).
+pub const AUTOTUNE_CACHE_DIR: &str = "cubecl-autotune";
 
 /// What a node did in a study.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,6 +91,10 @@ impl Node {
     pub async fn run(mut self) -> anyhow::Result<RunSummary> {
         std::fs::create_dir_all(&self.config.work_dir)
             .with_context(|| format!("cannot create {}", self.config.work_dir.display()))?;
+        if self.device() == Device::Cuda {
+            // Kernel choices stay with the site's state, so that its next run starts warm.
+            prepare_autotune_cache(&self.config.work_dir.join(AUTOTUNE_CACHE_DIR));
+        }
         let mut backoff = Duration::from_secs(1);
         loop {
             let mut client = match client::connect(&self.config).await {

@@ -12,6 +12,7 @@ use fedlnm_shared::model_config::{ConfigFile, ModelConfig, ResNetVariant, TrainP
 use fedlnm_shared::staging::Stage;
 use fedlnm_shared::train::{self, Device, Progress};
 use fedlnm_shared::weights::NamedTensors;
+use std::ffi::OsString;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -48,6 +49,59 @@ impl From<DeviceArg> for Device {
     }
 }
 
+/// Where the model runs, and where CUDA keeps its autotune results (shared by `train`, `evaluate`,
+/// `explain` and `bench`).
+#[derive(Debug, Clone, Args)]
+pub struct ComputeArgs {
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// With `--device cuda`: the folder that keeps cubecl's kernel autotune results between runs
+    /// [default: $XDG_CACHE_HOME/fedlnm/cubecl-autotune, else ~/.cache/fedlnm/cubecl-autotune, else
+    /// ./.fedlnm-autotune].
+    #[arg(long, value_name = "DIR")]
+    pub autotune_cache: Option<PathBuf>,
+}
+
+impl ComputeArgs {
+    /// The device, after pointing cubecl's autotune cache at its folder when it is CUDA (before any
+    /// CUDA work). A cache that cannot be set is logged and skipped: it only saves time.
+    pub fn prepare(&self) -> Device {
+        if self.device == DeviceArg::Cuda {
+            let dir = self.autotune_cache.clone().unwrap_or_else(|| {
+                default_autotune_cache_dir(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+            });
+            prepare_autotune_cache(&dir);
+        }
+        self.device.into()
+    }
+}
+
+/// Points cubecl's autotune cache at `dir` (see [`train::use_autotune_cache`]); on failure, a warning:
+/// the run goes on (tuning what the cache cubecl already uses does not hold).
+pub fn prepare_autotune_cache(dir: &Path) {
+    match train::use_autotune_cache(dir) {
+        // Without the `cuda` feature nothing was set (and `--device cuda` fails next, saying why).
+        Ok(()) if cfg!(feature = "cuda") => tracing::info!(dir = %dir.display(), "CUDA autotune cache"),
+        Ok(()) => {}
+        Err(error) => tracing::warn!(%error, "CUDA autotune cache folder not used"),
+    }
+}
+
+/// The per-user default of `--autotune-cache`, from the values of `XDG_CACHE_HOME` and `HOME`: the XDG
+/// cache folder when set to an absolute path (the XDG rule), else `~/.cache`, else the working
+/// directory's `.fedlnm-autotune`.
+#[must_use]
+pub fn default_autotune_cache_dir(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> PathBuf {
+    let absolute = |value: Option<OsString>| value.map(PathBuf::from).filter(|path| path.is_absolute());
+    if let Some(cache) = absolute(xdg_cache_home) {
+        cache.join("fedlnm").join("cubecl-autotune")
+    } else if let Some(home) = absolute(home) {
+        home.join(".cache").join("fedlnm").join("cubecl-autotune")
+    } else {
+        PathBuf::from(".fedlnm-autotune")
+    }
+}
+
 /// Arguments of `train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -72,8 +126,8 @@ pub struct TrainArgs {
     /// Override the config's seed (initialisation, split, shuffling, augmentation).
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// Arguments of `evaluate`.
@@ -88,8 +142,8 @@ pub struct EvaluateArgs {
     /// Output folder: predictions.csv and metrics.json.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// Arguments of `explain`.
@@ -105,8 +159,8 @@ pub struct ExplainArgs {
     /// Output folder: one `<id>_gradcam.png` per patient.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// Arguments of `bench`.
@@ -120,8 +174,8 @@ pub struct BenchArgs {
     /// Timed steps per configuration (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// `train`: loads and pools the sites, splits, trains, writes the checkpoint, config and log.
@@ -167,10 +221,11 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         Some(file) => read_checkpoint(file)?.1,
         None => train::initial_weights(model, plan.seed),
     };
+    let device = args.compute.prepare();
     let started = Instant::now();
     let mut reporter = ProgressReporter::new();
     let outcome = train::train_local(
-        args.device.into(),
+        device,
         model,
         &initial,
         &train_set,
@@ -192,7 +247,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         "best_epoch": outcome.best_epoch,
         "best_val_auc": outcome.history.get(outcome.best_epoch.wrapping_sub(1)).and_then(|e| e.val_auc),
         "seconds": seconds,
-        "device": format!("{:?}", args.device),
+        "device": format!("{:?}", args.compute.device),
         "epochs": outcome.history,
     });
     std::fs::write(args.out.join(LOG_FILE), serde_json::to_string_pretty(&log)?)
@@ -205,7 +260,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
 pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
     let (config, weights) = read_checkpoint(&args.checkpoint)?;
     let (examples, stages) = load_examples(&args.data, &config, false, false)?;
-    let predictions = train::predict(args.device.into(), &config, &weights, &examples, 32)?;
+    let predictions = train::predict(args.compute.prepare(), &config, &weights, &examples, 32)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let csv_file = args.out.join("predictions.csv");
     let mut writer =
@@ -293,7 +348,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         })?;
         chosen.push(example.clone());
     }
-    let maps = train::grad_cam(args.device.into(), &config, &weights, &chosen)?.unwrap_or_default();
+    let maps = train::grad_cam(args.compute.prepare(), &config, &weights, &chosen)?.unwrap_or_default();
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let size = config.image.input_size;
     for (example, map) in chosen.iter().zip(&maps) {
@@ -311,6 +366,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
 
 /// `bench`: training and inference images/s per configuration, as a markdown table on stdout.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let device = args.compute.prepare();
     println!("| model | input | batch | parameters | train img/s | inference img/s | train / inference |");
     println!("|---|---|---|---|---|---|---|");
     for spec in &args.models {
@@ -325,7 +381,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             };
             config.image.base_width = 8;
         }
-        let result = train::bench(args.device.into(), &config, args.batch, args.steps)?;
+        let result = train::bench(device, &config, args.batch, args.steps)?;
         println!(
             "| {spec} | {size}×{size} | {} | {} | {:.2} | {:.2} | {:.2} |",
             args.batch,
@@ -501,4 +557,37 @@ fn sanitize(id: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_autotune_cache_dir_follows_xdg_then_home_then_working_directory() {
+        let cases: [(Option<&str>, Option<&str>, &str); 6] = [
+            (Some("/xdg"), Some("/home/it"), "/xdg/fedlnm/cubecl-autotune"),
+            (None, Some("/home/it"), "/home/it/.cache/fedlnm/cubecl-autotune"),
+            // The XDG rule: a relative XDG_CACHE_HOME is ignored; so are empty values.
+            (
+                Some("relative"),
+                Some("/home/it"),
+                "/home/it/.cache/fedlnm/cubecl-autotune",
+            ),
+            (
+                Some(""),
+                Some("/home/it"),
+                "/home/it/.cache/fedlnm/cubecl-autotune",
+            ),
+            (None, Some(""), ".fedlnm-autotune"),
+            (None, None, ".fedlnm-autotune"),
+        ];
+        for (xdg, home, expected) in cases {
+            assert_eq!(
+                default_autotune_cache_dir(xdg.map(OsString::from), home.map(OsString::from)),
+                PathBuf::from(expected),
+                "XDG_CACHE_HOME={xdg:?} HOME={home:?}"
+            );
+        }
+    }
 }

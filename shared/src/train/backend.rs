@@ -1,10 +1,14 @@
 //! The one place that names concrete burn backends: Flex on the CPU, burn-cuda behind the `cuda`
 //! feature. Each function dispatches a [`Device`] to the generic implementation.
 //!
-//! cubecl's autotune cache for CUDA (kernel choices, slow to find) is not yet persisted on purpose:
-//! cubecl 0.10 reads `cubecl.toml` from the working directory upwards, whose `[autotune] cache` takes
-//! `local`, `target` (default: `target/` of the nearest Cargo project, else the user cache dir) or
-//! `{ file = PATH }`; a node would point it at its state directory (see docs/model.md).
+//! cubecl's autotune cache for CUDA (which kernel variant is fastest for each operation and shape,
+//! found by benchmarking them: minutes on a first run) is persisted where the caller says, through
+//! [`use_autotune_cache`]: the node points it at `<work_dir>/cubecl-autotune` (federated rounds) or
+//! `--autotune-cache DIR` (the `train`, `evaluate`, `explain` and `bench` commands), so that a
+//! hospital's GPU tunes once and later runs start warm. cubecl 0.10 fixes its configuration at the
+//! first CUDA use in a process, so the call must come before any [`Device::Cuda`] work. Measuring the
+//! warm start needs a GPU (docs/model.md, "CUDA": run `fedlnm-node bench --device cuda` twice with the
+//! same cache folder); it has not been measured on the development machine, which has none.
 
 use super::{Prediction, Progress, TrainError, TrainOutcome, generic};
 use crate::features::Example;
@@ -12,6 +16,7 @@ use crate::model_config::{ModelConfig, TrainPlan};
 use crate::weights::NamedTensors;
 use burn::backend::Autodiff;
 use burn::backend::flex::{Flex, FlexDevice};
+use std::path::Path;
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,6 +26,44 @@ pub enum Device {
     Cpu,
     /// The first NVIDIA GPU (burn-cuda; needs the `cuda` feature).
     Cuda,
+}
+
+/// Keeps cubecl's CUDA autotune results in `dir` (created if missing), so that a later process with
+/// the same `dir` reuses them instead of benchmarking kernels again.
+///
+/// On builds without the `cuda` feature this is a no-op that returns `Ok(())` and creates nothing
+/// (there is no autotuning on the CPU backend).
+///
+/// With `cuda`, it installs cubecl's process-wide runtime configuration: the one cubecl would load
+/// itself at its first use (`cubecl.toml` or `CubeCL.toml`, else the `[cubecl]` section of
+/// `burn.toml`, searched from the working directory upwards; else the defaults; then the
+/// `CUBECL_DEBUG_LOG`, `CUBECL_DEBUG_OPTION` and `CUBECL_AUTOTUNE_LEVEL` environment overrides) with
+/// only `autotune.cache` replaced by `dir` (made absolute, so that a later change of the working
+/// directory does not move it). A `[autotune] cache` in such a file is therefore overridden; every
+/// other key is kept. cubecl stores the results under `dir/autotune/<cubecl version>/<device>/`, one
+/// append-only `*.json.log` file per tuned operation, and reads them when it creates that
+/// operation's tuner (its first use on a device). Each entry carries a checksum of the candidate
+/// kernels, so entries written by another build of the kernels are tuned again, never misused.
+///
+/// Call it before any [`Device::Cuda`] work: cubecl reads its configuration once and keeps it for the
+/// life of the process. Calling it again with the same `dir` is a no-op returning `Ok(())`, from any
+/// thread.
+///
+/// # Errors
+/// [`TrainError::AutotuneCacheDir`] when `dir` cannot be created or made absolute;
+/// [`TrainError::AutotuneCacheFixed`] when cubecl's configuration is already fixed with another cache
+/// location (CUDA was used before this call, or an earlier call named another folder). Nothing
+/// changes then; the cache only saves time, so a caller may log the error and go on.
+pub fn use_autotune_cache(dir: &Path) -> Result<(), TrainError> {
+    #[cfg(feature = "cuda")]
+    {
+        autotune::use_cache(dir)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 /// Expands `$body` with `B` bound to the inner backend and `device` to its device for `$device`.
@@ -110,4 +153,120 @@ pub fn bench(
 pub fn round_trip(config: &ModelConfig, weights: &NamedTensors) -> Result<NamedTensors, TrainError> {
     let model = crate::model::from_named(crate::model::LnmModel::<Flex>::new(config, &FlexDevice), weights)?;
     Ok(crate::model::to_named(&model))
+}
+
+/// cubecl's global runtime configuration, read and written without its panicking `set`.
+#[cfg(feature = "cuda")]
+mod autotune {
+    use super::TrainError;
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig as _};
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    /// See [`super::use_autotune_cache`].
+    ///
+    /// `RuntimeConfig::set` panics once the configuration is set or was read, and checking first
+    /// would race with another thread's first CUDA use. So this takes cubecl's own slot
+    /// (`RuntimeConfig::storage`, the mutex that `get` and `set` lock) and fills it only while it is
+    /// still empty, under that lock: the same effect as `set`, without the panic. The configuration
+    /// is loaded before the lock is taken (file reads), so the slot is checked again afterwards.
+    pub(super) fn use_cache(dir: &Path) -> Result<(), TrainError> {
+        let dir_error = |source| TrainError::AutotuneCacheDir {
+            dir: dir.to_owned(),
+            source,
+        };
+        let dir = std::path::absolute(dir).map_err(dir_error)?;
+        let current = CubeClRuntimeConfig::storage().lock().clone();
+        if let Some(current) = current {
+            return accept_fixed(&current, dir);
+        }
+        std::fs::create_dir_all(&dir).map_err(dir_error)?;
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        config.autotune.cache = CacheConfig::File(dir.clone());
+        let mut slot = CubeClRuntimeConfig::storage().lock();
+        match slot.as_ref() {
+            Some(current) => accept_fixed(current, dir),
+            None => {
+                *slot = Some(Arc::new(config));
+                drop(slot);
+                tracing::debug!(dir = %dir.display(), "cubecl autotune cache set");
+                Ok(())
+            }
+        }
+    }
+
+    /// `Ok` when the fixed configuration already keeps the autotune cache in `dir`.
+    fn accept_fixed(current: &CubeClRuntimeConfig, dir: PathBuf) -> Result<(), TrainError> {
+        let current = match &current.autotune.cache {
+            CacheConfig::File(path) if std::path::absolute(path).is_ok_and(|path| path == dir) => {
+                return Ok(());
+            }
+            CacheConfig::File(path) => path.display().to_string(),
+            CacheConfig::Local => "the working directory (`local`)".to_owned(),
+            CacheConfig::Target => {
+                "cubecl's default (`target`: the nearest Cargo `target/`, else the user cache folder)"
+                    .to_owned()
+            }
+            CacheConfig::Global => "the user configuration folder (`global`)".to_owned(),
+        };
+        Err(TrainError::AutotuneCacheFixed {
+            requested: dir,
+            current,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without `cuda` there is nothing to tune: `Ok`, and no folder appears.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn autotune_cache_is_a_no_op_without_cuda() -> Result<(), Box<dyn std::error::Error>> {
+        let root = tempfile::tempdir()?;
+        let dir = root.path().join("state").join("cubecl-autotune");
+        use_autotune_cache(&dir)?;
+        use_autotune_cache(&dir)?;
+        assert!(!dir.exists(), "{} was created", dir.display());
+        Ok(())
+    }
+
+    /// The one test of this binary that touches cubecl's process-wide configuration: it fixes it.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn autotune_cache_is_set_once_and_read_back() -> Result<(), Box<dyn std::error::Error>> {
+        use cubecl_runtime::config::cache::CacheConfig;
+        use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig as _};
+
+        let root = tempfile::tempdir()?;
+        let dir = root.path().join("state").join("cubecl-autotune");
+        use_autotune_cache(&dir)?;
+        assert!(dir.is_dir(), "{} was not created", dir.display());
+
+        let config = CubeClRuntimeConfig::get();
+        assert!(
+            matches!(&config.autotune.cache, CacheConfig::File(path) if *path == dir),
+            "autotune cache is {:?}",
+            config.autotune.cache
+        );
+        assert_eq!(config.autotune.cache.root(), dir);
+        // Every other setting as cubecl loads it by itself.
+        let mut expected = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        expected.autotune.cache = CacheConfig::File(dir.clone());
+        assert_eq!(toml::to_string(&*config)?, toml::to_string(&expected)?);
+
+        // Idempotent; another folder is refused without creating it or changing the configuration.
+        use_autotune_cache(&dir)?;
+        let other = root.path().join("other");
+        let refused = use_autotune_cache(&other);
+        assert!(
+            matches!(&refused, Err(TrainError::AutotuneCacheFixed { requested, .. }) if *requested == other),
+            "{refused:?}"
+        );
+        assert!(!other.exists());
+        assert_eq!(CubeClRuntimeConfig::get().autotune.cache.root(), dir);
+        Ok(())
+    }
 }

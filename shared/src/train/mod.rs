@@ -7,7 +7,9 @@ mod generic;
 
 pub use crate::evaluation::Prediction;
 pub use crate::features::Targets;
-pub use backend::{Device, bench, grad_cam, initial_weights, predict, round_trip, train_local};
+pub use backend::{
+    Device, bench, grad_cam, initial_weights, predict, round_trip, train_local, use_autotune_cache,
+};
 
 use crate::weights::{NamedTensors, WeightsError};
 use serde::Serialize;
@@ -61,6 +63,20 @@ pub enum TrainError {
     Weights(#[from] WeightsError),
     #[error("this fedlnm-node was built without CUDA support (rebuild with `--features cuda`)")]
     CudaNotBuilt,
+    #[error("cannot create the autotune cache folder {}: {source}", dir.display())]
+    AutotuneCacheDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cubecl's configuration is already fixed in this process (autotune cache: {current}); \
+         cannot move the autotune cache to {}",
+        requested.display()
+    )]
+    AutotuneCacheFixed {
+        requested: std::path::PathBuf,
+        current: String,
+    },
 }
 
 /// Throughput of one model configuration on one device.
