@@ -185,8 +185,8 @@ impl Node {
                 }
                 Some(task::Kind::Finished(finished)) => {
                     let model = finished.model.context("the final task names no model")?;
-                    let (config, weights, bytes) = self.download(client, &model).await?;
-                    let _ = (config, weights);
+                    // Downloaded like any model: size, digest and configuration checked.
+                    let (_, _, bytes) = self.download(client, &model).await?;
                     let file = self.config.work_dir.join(FINAL_MODEL_FILE);
                     write_atomically(&file, &bytes)?;
                     tracing::info!(site = self.config.site, rounds = finished.rounds, file = %file.display(), "study finished; final model saved");

@@ -7,10 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_aggregator::store::{MODEL_FILE, RECORD_FILE, RoundStore};
-use fedlnm_e2e::{RunningAggregator, provision_study, site_config, small_model};
-use fedlnm_node::client;
+use fedlnm_e2e::{RunningAggregator, provision_study, small_model};
 use fedlnm_node::proto::federation_client::FederationClient;
-use fedlnm_node::proto::{MetricsReport, ModelRequest, TaskRequest, UpdateChunk, UpdateHeader, task};
+use fedlnm_node::proto::{MetricsReport, ModelRequest, UpdateChunk, UpdateHeader, task};
 use fedlnm_shared::config::{RoundSettings, SiteRole};
 use fedlnm_shared::federation::{RoundRecord, ScoreHistogram, SiteRoundMetrics};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
@@ -18,30 +17,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tonic::transport::Channel;
 
-const STUDY: &str = "thyroid";
+mod common;
 
-async fn connect(study_dir: &Path, site: &str, url: &str) -> FederationClient<Channel> {
-    client::connect(&site_config(study_dir, site, url)).await.unwrap()
-}
-
-async fn next_task(client: &mut FederationClient<Channel>, site: &str) -> task::Kind {
-    loop {
-        let task = client
-            .get_task(TaskRequest {
-                site: site.into(),
-                study: STUDY.into(),
-                node_version: "test".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .kind
-            .unwrap();
-        if !matches!(task, task::Kind::Wait(_)) {
-            return task;
-        }
-    }
-}
+use common::{STUDY, connect, next_task};
 
 async fn download(client: &mut FederationClient<Channel>, site: &str, version: u64) -> Vec<u8> {
     let mut stream = client

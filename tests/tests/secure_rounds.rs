@@ -7,12 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_aggregator::store::RoundStore;
-use fedlnm_e2e::{RunningAggregator, provision_study, site_config, small_model};
-use fedlnm_node::client;
+use fedlnm_e2e::{RunningAggregator, provision_study, small_model};
 use fedlnm_node::proto::federation_client::FederationClient;
-use fedlnm_node::proto::{
-    MetricsReport, SecAggRequest, TaskRequest, TrainTask, UpdateChunk, UpdateHeader, task,
-};
+use fedlnm_node::proto::{MetricsReport, SecAggRequest, TrainTask, UpdateChunk, UpdateHeader, task};
 use fedlnm_shared::config::{RoundSettings, SiteRole};
 use fedlnm_shared::federation::{
     STAGE_ADVERTISE_KEYS, STAGE_SHARE_KEYS, STAGE_UNMASK_REQUEST, STAGE_UNMASK_RESPONSE, ScoreHistogram,
@@ -23,7 +20,9 @@ use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
 
-const STUDY: &str = "thyroid";
+mod common;
+
+use common::{STUDY, connect, next_task};
 
 /// How far a site goes in a round.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,28 +42,10 @@ fn delta(k: f32) -> NamedTensors {
     }
 }
 
-async fn connect(study_dir: &Path, site: &str, url: &str) -> FederationClient<Channel> {
-    client::connect(&site_config(study_dir, site, url)).await.unwrap()
-}
-
 async fn train_task(client: &mut FederationClient<Channel>, site: &str) -> TrainTask {
-    loop {
-        let kind = client
-            .get_task(TaskRequest {
-                site: site.into(),
-                study: STUDY.into(),
-                node_version: "test".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .kind
-            .unwrap();
-        match kind {
-            task::Kind::Train(train) => return train,
-            task::Kind::Wait(_) => {}
-            other => panic!("{site}: expected a training task, got {other:?}"),
-        }
+    match next_task(client, site).await {
+        task::Kind::Train(train) => train,
+        other => panic!("{site}: expected a training task, got {other:?}"),
     }
 }
 
@@ -170,23 +151,11 @@ async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
     let mut digest = String::new();
     for site in ["S1", "S2", "S3", "S4"] {
         let mut client = connect(study_dir, site, url).await;
-        let model = loop {
-            let kind = client
-                .get_task(TaskRequest {
-                    site: site.into(),
-                    study: STUDY.into(),
-                    node_version: "test".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .kind
-                .unwrap();
-            if let task::Kind::Validate(validate) = kind {
-                assert_eq!(validate.round, round);
-                break validate.model.unwrap();
-            }
+        let task::Kind::Validate(validate) = next_task(&mut client, site).await else {
+            panic!("{site}: expected a validation task in round {round}");
         };
+        assert_eq!(validate.round, round);
+        let model = validate.model.unwrap();
         let y: Vec<bool> = (0..10).map(|i| i % 2 == 0).collect();
         let s: Vec<f64> = (0..10).map(|i| f64::from(i) / 10.0).collect();
         let metrics = SiteRoundMetrics {

@@ -1,0 +1,36 @@
+//! Helpers of the round tests that act as hand-driven sites: connect with a provisioned kit, and ask
+//! for the next task that is not `Wait`.
+
+use fedlnm_e2e::site_config;
+use fedlnm_node::client;
+use fedlnm_node::proto::federation_client::FederationClient;
+use fedlnm_node::proto::{TaskRequest, task};
+use std::path::Path;
+use tonic::transport::Channel;
+
+pub const STUDY: &str = "thyroid";
+
+/// A mutual-TLS client of `site` (its own startup kit) to the aggregator at `url`.
+pub async fn connect(study_dir: &Path, site: &str, url: &str) -> FederationClient<Channel> {
+    client::connect(&site_config(study_dir, site, url)).await.unwrap()
+}
+
+/// The site's next task, long-polling through `Wait`s.
+pub async fn next_task(client: &mut FederationClient<Channel>, site: &str) -> task::Kind {
+    loop {
+        let task = client
+            .get_task(TaskRequest {
+                site: site.into(),
+                study: STUDY.into(),
+                node_version: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .kind
+            .unwrap();
+        if !matches!(task, task::Kind::Wait(_)) {
+            return task;
+        }
+    }
+}
