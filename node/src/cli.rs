@@ -49,6 +49,10 @@ pub enum Command {
     Explain(commands::model::ExplainArgs),
     /// Training speed benchmark: images/s of training and inference per model size (markdown table).
     Bench(commands::model::BenchArgs),
+    /// The model's quality check on synthetic data, in one command: generates three training sites and
+    /// an external one, trains each modality centrally, and compares its external AUC with the
+    /// generator's oracle AUC and the modalities with one another (paired DeLong). Writes quality.md.
+    Quality(commands::quality::QualityArgs),
 }
 
 /// Runs one parsed command line.
@@ -65,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(args) => commands::model::evaluate(&args),
         Command::Explain(args) => commands::model::explain(&args),
         Command::Bench(args) => commands::model::bench(&args),
+        Command::Quality(args) => commands::quality::run(&args),
     }
 }
 

@@ -407,3 +407,184 @@ fn fedprox_keeps_local_weights_near_the_global_model() {
     assert!(frozen < 1e-6, "lr·μ = 1 left the global model by {frozen}");
     assert!(frozen_running > 0.0);
 }
+
+#[test]
+fn report_supervision_trains_a_findings_head_that_predictions_ignore() {
+    let plain = ModelConfig::tiny(Modality::ImageOnly);
+    let config = ModelConfig {
+        report_supervision: true,
+        ..plain.clone()
+    };
+    assert_ne!(config.digest(), plain.digest());
+    let train_set = examples(&config, 48, 21);
+    let initial = train::initial_weights(&config, 4);
+    let mut head: Vec<&str> = initial
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|name| name.starts_with("findings_head."))
+        .collect();
+    head.sort_unstable();
+    assert_eq!(head, ["findings_head.bias", "findings_head.weight"]);
+    let bias = initial.get("findings_head.bias").unwrap();
+    assert_eq!(bias.values.len(), fedlnm_shared::features::n_finding_outputs());
+    assert!(
+        train::initial_weights(&plain, 4)
+            .tensors
+            .iter()
+            .all(|t| !t.name.starts_with("findings_head"))
+    );
+
+    let outcome = train::train_local(
+        Device::Cpu,
+        &config,
+        &initial,
+        &train_set,
+        &[],
+        &quick_plan(6),
+        &mut |_| {},
+    )
+    .unwrap();
+    let findings: Vec<f64> = outcome
+        .history
+        .iter()
+        .map(|e| e.train_findings_loss.unwrap())
+        .collect();
+    eprintln!("findings loss by epoch: {findings:?}");
+    assert!(
+        findings[findings.len() - 1] < 0.8 * findings[0],
+        "findings loss did not fall: {findings:?}"
+    );
+    let without = train::train_local(
+        Device::Cpu,
+        &plain,
+        &train::initial_weights(&plain, 4),
+        &train_set,
+        &[],
+        &quick_plan(1),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(without.history[0].train_findings_loss, None);
+
+    // Predictions never read the head: scrambling it changes no score.
+    let before = scores(&config, &outcome.weights, &train_set);
+    let mut scrambled = outcome.weights.clone();
+    for tensor in &mut scrambled.tensors {
+        if tensor.name.starts_with("findings_head.") {
+            for (i, value) in tensor.values.iter_mut().enumerate() {
+                *value = (i as f32 * 0.37).sin() * 5.0;
+            }
+        }
+    }
+    assert_eq!(scores(&config, &scrambled, &train_set), before);
+
+    // The option needs the image branch; the error names it.
+    let report_only = ModelConfig {
+        report_supervision: true,
+        ..ModelConfig::tiny(Modality::ReportOnly)
+    };
+    assert!(
+        report_only
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("report_supervision")
+    );
+}
+
+#[test]
+fn cli_quality_check_compares_each_modality_with_the_oracle_and_with_multimodal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("quality.toml");
+    let config = fedlnm_shared::model_config::ConfigFile {
+        model: ModelConfig {
+            report_supervision: true,
+            ..ModelConfig::tiny(Modality::Multimodal)
+        },
+        train: quick_plan(2),
+    };
+    std::fs::write(&config_file, config.to_toml()).unwrap();
+    let out = dir.path().join("quality");
+    let args = [
+        "quality",
+        "--out",
+        out.to_str().unwrap(),
+        "--patients",
+        "40",
+        "--external-patients",
+        "60",
+        "--image-size",
+        "64",
+        "--config",
+        config_file.to_str().unwrap(),
+    ];
+    let node = env!("CARGO_BIN_EXE_fedlnm-node");
+    let output = std::process::Command::new(node).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    for row in [
+        "| multimodal |",
+        "| image-only |",
+        "| report-only |",
+        "Target (external AUC",
+    ] {
+        assert!(printed.contains(row), "{row} missing from:\n{printed}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("quality.json")).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results[0]["vs_reference"].is_null());
+    let oracle = &report["external_site"]["oracle_auc"];
+    for (result, oracle_key) in results.iter().zip(["multimodal", "image", "report_clinical"]) {
+        let auc = result["auc"].as_f64().unwrap();
+        let oracle_auc = oracle[oracle_key].as_f64().unwrap();
+        assert_eq!(result["oracle_auc"].as_f64().unwrap(), oracle_auc);
+        assert!((result["gap_to_oracle"].as_f64().unwrap() - (oracle_auc - auc)).abs() < 1e-12);
+    }
+    // The reported AUC is the one of the written predictions; the paired Δ is the difference of AUCs.
+    let predictions = |modality: &str| {
+        let mut reader = csv::Reader::from_path(out.join(modality).join("external/predictions.csv")).unwrap();
+        reader
+            .deserialize::<BTreeMap<String, String>>()
+            .map(|row| {
+                let row = row.unwrap();
+                (row["lnm_true"] == "1", row["lnm_score"].parse::<f64>().unwrap())
+            })
+            .unzip::<_, _, Vec<bool>, Vec<f64>>()
+    };
+    let (y, multimodal) = predictions("multimodal");
+    assert_eq!(y.len(), 60);
+    let recomputed = fedlnm_shared::stats::binary::auc_delong(&y, &multimodal)
+        .unwrap()
+        .unwrap()
+        .auc;
+    assert!((recomputed - results[0]["auc"].as_f64().unwrap()).abs() < 1e-6);
+    let delta = results[1]["vs_reference"]["delta"].as_f64().unwrap();
+    let (_, image_only) = predictions("image-only");
+    let image_auc = fedlnm_shared::stats::binary::auc_delong(&y, &image_only)
+        .unwrap()
+        .unwrap()
+        .auc;
+    assert!(
+        (delta - (recomputed - image_auc)).abs() < 1e-6,
+        "{delta} vs {recomputed} - {image_auc}"
+    );
+    // Report supervision needs the image branch: the report-only run trains without it.
+    let report_only = std::fs::read_to_string(out.join("report-only/config.toml")).unwrap();
+    assert!(!report_only.contains("report_supervision = true"), "{report_only}");
+    assert!(
+        std::fs::read_to_string(out.join("image-only/config.toml"))
+            .unwrap()
+            .contains("report_supervision = true")
+    );
+    // A second run never overwrites the first one's results.
+    let again = std::process::Command::new(node).args(args).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+}

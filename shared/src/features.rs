@@ -33,6 +33,37 @@ pub fn structured_vocabulary() -> usize {
     STRUCTURED_FIELDS.iter().map(|(_, n)| n).sum()
 }
 
+/// The report's image findings that report supervision teaches the image branch to see (names in
+/// [`STRUCTURED_FIELDS`]); the findings head also regresses the scaled maximum diameter.
+pub const IMAGE_FINDINGS: [&str; 6] = [
+    "echogenicity",
+    "shape",
+    "margin",
+    "echogenic_foci",
+    "capsule_contact",
+    "vascularity",
+];
+
+/// Each image finding as `(index in STRUCTURED_FIELDS, first row in the embedding table, categories)`.
+#[must_use]
+pub fn image_finding_fields() -> Vec<(usize, usize, usize)> {
+    let mut offset = 0;
+    let mut fields = Vec::new();
+    for (index, &(name, n)) in STRUCTURED_FIELDS.iter().enumerate() {
+        if IMAGE_FINDINGS.contains(&name) {
+            fields.push((index, offset, n));
+        }
+        offset += n;
+    }
+    fields
+}
+
+/// Outputs of the findings head: every category of every image finding, then the scaled diameter.
+#[must_use]
+pub fn n_finding_outputs() -> usize {
+    image_finding_fields().iter().map(|&(_, _, n)| n).sum::<usize>() + 1
+}
+
 /// Number of scaled numeric inputs of the report branch (log maximum diameter).
 pub const N_REPORT_NUMBERS: usize = 1;
 /// Number of clinical inputs: scaled age, male sex, multifocality.

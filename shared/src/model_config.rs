@@ -103,6 +103,14 @@ pub struct ModelConfig {
     pub fusion_hidden: usize,
     /// Dropout before the heads (training only).
     pub dropout: f64,
+    /// Report supervision of the image branch: a small extra head on the image features learns to
+    /// predict the report's image findings (echogenicity, shape, margin, echogenic foci, capsule
+    /// contact, vascularity, diameter) during training, weighted by `train.report_supervision_weight`.
+    /// The radiologist's reading is dense, low-noise supervision of what the image shows, where the
+    /// LNM label is one noisy bit per patient. Predictions never use the head. Off by default; left
+    /// out of the canonical JSON when off, so older configs keep their digest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report_supervision: bool,
 }
 
 /// A config that cannot be used; names the key.
@@ -142,6 +150,7 @@ impl ModelConfig {
             clinical_dim: 4,
             fusion_hidden: 32,
             dropout: 0.0,
+            report_supervision: false,
         }
     }
 
@@ -164,6 +173,7 @@ impl ModelConfig {
             clinical_dim: 8,
             fusion_hidden: 128,
             dropout: 0.2,
+            report_supervision: false,
         }
     }
 
@@ -190,6 +200,12 @@ impl ModelConfig {
             return Err(ConfigError::Invalid {
                 key: "image.input_size",
                 problem: "must be at least 32 pixels".into(),
+            });
+        }
+        if self.report_supervision && !self.modality.uses_image() {
+            return Err(ConfigError::Invalid {
+                key: "report_supervision",
+                problem: "needs the image branch (modality \"multimodal\" or \"image-only\")".into(),
             });
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -318,6 +334,9 @@ pub struct TrainPlan {
     pub lnm_weight: f64,
     pub t_weight: f64,
     pub n_weight: f64,
+    /// Weight of the report-supervision loss (mean over the findings; used when the model has
+    /// `report_supervision`).
+    pub report_supervision_weight: f64,
     /// Weight LNM-positive patients by negatives/positives of the training set.
     pub balance_lnm: bool,
     /// Stop after this many epochs without a better validation AUC (0: never stop early).
@@ -342,6 +361,7 @@ impl Default for TrainPlan {
             lnm_weight: 1.0,
             t_weight: 0.5,
             n_weight: 0.5,
+            report_supervision_weight: 0.5,
             balance_lnm: true,
             patience: 8,
             seed: 42,
@@ -374,6 +394,9 @@ impl TrainPlan {
         }
         if !(0.0..=1.0).contains(&self.min_lr_fraction) {
             return invalid("train.min_lr_fraction", "must be in [0, 1]");
+        }
+        if !(self.report_supervision_weight >= 0.0 && self.report_supervision_weight.is_finite()) {
+            return invalid("train.report_supervision_weight", "must be a number >= 0");
         }
         if !(self.proximal_mu >= 0.0 && self.proximal_mu.is_finite()) {
             return invalid("train.proximal_mu", "must be a number >= 0");
@@ -452,9 +475,14 @@ mod tests {
         let mut c = base.clone();
         c.image.input_size = 64;
         changes.push(c);
+        let mut c = base.clone();
+        c.report_supervision = true;
+        changes.push(c);
         for changed in &changes {
             assert_ne!(changed.digest(), base.digest(), "{changed:?}");
         }
+        // Off, report supervision is left out of the canonical JSON: older checkpoints keep their digest.
+        assert!(!base.canonical_json().contains("report_supervision"));
         // A TOML round trip gives the same digest (the digest does not depend on the file's layout).
         let file = ConfigFile {
             model: base.clone(),

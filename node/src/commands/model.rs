@@ -178,8 +178,26 @@ pub struct BenchArgs {
     pub compute: ComputeArgs,
 }
 
+/// What `train` produced.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub n_parameters: usize,
+    pub n_train: usize,
+    pub n_validation: usize,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub best_val_auc: Option<f64>,
+    pub seconds: f64,
+    pub checkpoint: PathBuf,
+}
+
 /// `train`: loads and pools the sites, splits, trains, writes the checkpoint, config and log.
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    train_model(args).map(|_| ())
+}
+
+/// [`train`], returning what it wrote.
+pub fn train_model(args: &TrainArgs) -> anyhow::Result<TrainSummary> {
     let mut config = match &args.config {
         Some(file) => ConfigFile::read(file)?,
         None => ConfigFile {
@@ -239,13 +257,26 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     write_checkpoint(&args.out.join(CHECKPOINT_FILE), model, &outcome.weights)?;
     std::fs::write(args.out.join(CONFIG_FILE), config.to_toml())
         .with_context(|| format!("cannot write {}", args.out.join(CONFIG_FILE).display()))?;
+    let summary = TrainSummary {
+        n_parameters: outcome.weights.n_values(),
+        n_train: outcome.n_samples,
+        n_validation: validation_set.len(),
+        best_epoch: outcome.best_epoch,
+        epochs_run: outcome.history.len(),
+        best_val_auc: outcome
+            .history
+            .get(outcome.best_epoch.wrapping_sub(1))
+            .and_then(|e| e.val_auc),
+        seconds,
+        checkpoint: args.out.join(CHECKPOINT_FILE),
+    };
     let log = serde_json::json!({
         "config_digest": model.digest(),
-        "n_parameters": outcome.weights.n_values(),
-        "n_train": outcome.n_samples,
-        "n_validation": validation_set.len(),
-        "best_epoch": outcome.best_epoch,
-        "best_val_auc": outcome.history.get(outcome.best_epoch.wrapping_sub(1)).and_then(|e| e.val_auc),
+        "n_parameters": summary.n_parameters,
+        "n_train": summary.n_train,
+        "n_validation": summary.n_validation,
+        "best_epoch": summary.best_epoch,
+        "best_val_auc": summary.best_val_auc,
         "seconds": seconds,
         "device": format!("{:?}", args.compute.device),
         "epochs": outcome.history,
@@ -253,11 +284,25 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     std::fs::write(args.out.join(LOG_FILE), serde_json::to_string_pretty(&log)?)
         .with_context(|| format!("cannot write {}", args.out.join(LOG_FILE).display()))?;
     tracing::info!(best_epoch = outcome.best_epoch, seconds, out = %args.out.display(), "training done");
-    Ok(())
+    Ok(summary)
+}
+
+/// What `evaluate` computed for the labelled patients (`None` when no patient is labelled).
+#[derive(Debug, Clone)]
+pub struct EvaluationSummary {
+    pub report: evaluation::EvaluationReport,
+    /// The labelled patients' LNM truth and predicted probability, in file order.
+    pub lnm_true: Vec<bool>,
+    pub lnm_score: Vec<f64>,
 }
 
 /// `evaluate`: predictions CSV and the metrics JSON of the statistics engine.
 pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
+    evaluate_site(args).map(|_| ())
+}
+
+/// [`evaluate`], returning the metrics and the labelled patients' scores.
+pub fn evaluate_site(args: &EvaluateArgs) -> anyhow::Result<Option<EvaluationSummary>> {
     let (config, weights) = read_checkpoint(&args.checkpoint)?;
     let (examples, stages) = load_examples(&args.data, &config, false, false)?;
     let predictions = train::predict(args.compute.prepare(), &config, &weights, &examples, 32)?;
@@ -304,7 +349,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
         .collect();
     if labelled.is_empty() {
         tracing::warn!("no labelled patients: predictions written, no metrics");
-        return Ok(());
+        return Ok(None);
     }
     let pick = |i: &usize| examples[*i].clone();
     let labelled_examples: Vec<Example> = labelled.iter().map(pick).collect();
@@ -325,7 +370,14 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
         "evaluation written to {}",
         args.out.display()
     );
-    Ok(())
+    Ok(Some(EvaluationSummary {
+        report,
+        lnm_true: labelled_examples
+            .iter()
+            .map(|e| e.targets.is_some_and(|t| t.lnm))
+            .collect(),
+        lnm_score: labelled_predictions.iter().map(|p| p.lnm_probability).collect(),
+    }))
 }
 
 /// `explain`: Grad-CAM overlays of the image branch for the chosen patients.
@@ -500,8 +552,11 @@ impl ProgressReporter {
                 }
             }
             Progress::Epoch(log) => {
+                let findings = log
+                    .train_findings_loss
+                    .map_or_else(String::new, |loss| format!(", findings {loss:.4}"));
                 let message = format!(
-                    "epoch {}: loss {:.4} (LNM {:.4}, T {:.4}, N {:.4}), val AUC {}, {:.1} img/s",
+                    "epoch {}: loss {:.4} (LNM {:.4}, T {:.4}, N {:.4}{findings}), val AUC {}, {:.1} img/s",
                     log.epoch,
                     log.train_loss,
                     log.train_lnm_loss,

@@ -7,7 +7,8 @@ pub mod named;
 pub mod resnet;
 
 use crate::features::{
-    N_CLINICAL, N_N, N_REPORT_NUMBERS, N_T, PatientInputs, STRUCTURED_FIELDS, structured_vocabulary,
+    N_CLINICAL, N_N, N_REPORT_NUMBERS, N_T, PatientInputs, STRUCTURED_FIELDS, n_finding_outputs,
+    structured_vocabulary,
 };
 use crate::model_config::ModelConfig;
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig};
@@ -36,6 +37,8 @@ pub struct LnmModel<B: Backend> {
     lnm_head: Linear<B>,
     t_head: Linear<B>,
     n_head: Linear<B>,
+    /// Report supervision (training only): the report's image findings from the image features.
+    findings_head: Option<Linear<B>>,
 }
 
 /// A batch of inputs on the device; tensors of absent branches are not built.
@@ -62,16 +65,22 @@ pub struct Outputs<B: Backend> {
     pub t: Tensor<B, 2>,
     /// `[batch, 3]` N logits.
     pub n: Tensor<B, 2>,
+    /// `[batch, n_finding_outputs()]` report findings from the image alone (models with a findings
+    /// head): each finding's category logits, then the scaled diameter.
+    pub findings: Option<Tensor<B, 2>>,
 }
 
 impl<B: Backend> LnmModel<B> {
     /// A freshly initialised model (seed the backend first for reproducible weights).
     pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
         let mut fused = 0;
+        let image_features = ResNet::<B>::out_channels(&config.image);
         let image = config.modality.uses_image().then(|| {
-            fused += ResNet::<B>::out_channels(&config.image);
+            fused += image_features;
             ResNet::new(&config.image, device)
         });
+        let findings_head = (config.modality.uses_image() && config.report_supervision)
+            .then(|| LinearConfig::new(image_features, n_finding_outputs()).init(device));
         let report = config.modality.uses_report().then(|| {
             let r = &config.report;
             fused += STRUCTURED_FIELDS.len() * r.field_dim + r.field_dim + r.text_dim;
@@ -95,6 +104,7 @@ impl<B: Backend> LnmModel<B> {
             lnm_head: LinearConfig::new(hidden, 1).init(device),
             t_head: LinearConfig::new(hidden, N_T).init(device),
             n_head: LinearConfig::new(hidden, N_N).init(device),
+            findings_head,
         }
     }
 
@@ -117,13 +127,19 @@ impl<B: Backend> LnmModel<B> {
     ) -> (Outputs<B>, Option<Tensor<B, 4>>) {
         let mut parts = Vec::new();
         let mut feature_map = None;
+        let mut findings = None;
         if let (Some(image), Some(images)) = (&self.image, &batch.images) {
             let mut map = image.feature_map(images.clone());
             if cam {
                 map = map.detach().require_grad();
                 feature_map = Some(map.clone());
             }
-            parts.push(global_average_pool(map));
+            let pooled = global_average_pool(map);
+            findings = self
+                .findings_head
+                .as_ref()
+                .map(|head| head.forward(pooled.clone()));
+            parts.push(pooled);
         }
         if let (Some(report), Some(structured), Some(numbers), Some(text)) = (
             &self.report,
@@ -150,6 +166,7 @@ impl<B: Backend> LnmModel<B> {
             lnm: lnm.reshape([n_batch]),
             t: self.t_head.forward(hidden.clone()),
             n: self.n_head.forward(hidden),
+            findings,
         };
         (outputs, feature_map)
     }

@@ -2,7 +2,7 @@
 //! names concrete backends; callers outside use the plain-data facade in [`super`].
 
 use super::{EpochLog, Prediction, Progress, TrainError, TrainOutcome};
-use crate::features::{Example, N_N, N_T, PatientInputs, augment_image};
+use crate::features::{Example, N_N, N_T, PatientInputs, augment_image, image_finding_fields};
 use crate::model::{Anchor, Batch, LnmModel, Outputs, from_named, pull_towards, to_named};
 use crate::model_config::{ModelConfig, TrainPlan};
 use crate::stats::binary::auc_delong;
@@ -74,7 +74,7 @@ pub fn train_local<B: AutodiffBackend>(
     for epoch in 1..=plan.epochs {
         let started = Instant::now();
         order.shuffle(&mut rng);
-        let mut sums = [0.0_f64; 4];
+        let mut sums = [0.0_f64; 5];
         // Whole batches only: batch normalisation needs at least two patients per batch.
         for chunk in order.chunks_exact(batch_size) {
             let inputs: Vec<&PatientInputs> = chunk.iter().map(|&i| labelled[i].0).collect();
@@ -91,13 +91,14 @@ pub fn train_local<B: AutodiffBackend>(
             });
             let batch = Batch::<B>::new(config, &inputs, images.as_deref(), device);
             let outputs = model.forward(&batch);
-            let losses = multitask_loss(&outputs, &targets, positive_weight, device);
+            let losses = multitask_loss(&outputs, &inputs, &targets, positive_weight, device);
             let total = losses.total(plan);
             let values = [
                 scalar(&total),
                 scalar(&losses.lnm),
                 scalar(&losses.t),
                 scalar(&losses.n),
+                losses.findings.as_ref().map_or(0.0, scalar),
             ];
             for (sum, value) in sums.iter_mut().zip(values) {
                 *sum += value;
@@ -131,6 +132,7 @@ pub fn train_local<B: AutodiffBackend>(
             train_lnm_loss: sums[1] / n_steps,
             train_t_loss: sums[2] / n_steps,
             train_n_loss: sums[3] / n_steps,
+            train_findings_loss: config.report_supervision.then(|| sums[4] / n_steps),
             val_auc,
             val_lnm_loss: val_loss,
             seconds,
@@ -214,17 +216,27 @@ struct Losses<B: Backend> {
     lnm: Tensor<B, 1>,
     t: Tensor<B, 1>,
     n: Tensor<B, 1>,
+    /// Report supervision (models with a findings head).
+    findings: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> Losses<B> {
     fn total(&self, plan: &TrainPlan) -> Tensor<B, 1> {
-        self.lnm.clone() * plan.lnm_weight + self.t.clone() * plan.t_weight + self.n.clone() * plan.n_weight
+        let heads = self.lnm.clone() * plan.lnm_weight
+            + self.t.clone() * plan.t_weight
+            + self.n.clone() * plan.n_weight;
+        match &self.findings {
+            Some(findings) => heads + findings.clone() * plan.report_supervision_weight,
+            None => heads,
+        }
     }
 }
 
-/// Class-weighted LNM binary cross-entropy (weighted mean) plus T and N cross-entropies.
+/// Class-weighted LNM binary cross-entropy (weighted mean) plus T and N cross-entropies, plus the
+/// report-supervision loss when the model predicts findings.
 fn multitask_loss<B: Backend>(
     outputs: &Outputs<B>,
+    inputs: &[&PatientInputs],
     targets: &[super::Targets],
     positive_weight: f64,
     device: &B::Device,
@@ -244,7 +256,48 @@ fn multitask_loss<B: Backend>(
     let lnm = (bce * w).sum() / weight_sum;
     let t = cross_entropy(outputs.t.clone(), targets.iter().map(|t| t.t), N_T, device);
     let n_loss = cross_entropy(outputs.n.clone(), targets.iter().map(|t| t.n), N_N, device);
-    Losses { lnm, t, n: n_loss }
+    let findings = outputs
+        .findings
+        .as_ref()
+        .map(|logits| findings_loss(logits.clone(), inputs, device));
+    Losses {
+        lnm,
+        t,
+        n: n_loss,
+        findings,
+    }
+}
+
+/// Report supervision: the mean over the image findings of each one's cross-entropy against the
+/// category the radiologist reported, and of the squared error of the scaled diameter (the last output).
+fn findings_loss<B: Backend>(
+    logits: Tensor<B, 2>,
+    inputs: &[&PatientInputs],
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let fields = image_finding_fields();
+    let mut start = 0;
+    let mut total: Option<Tensor<B, 1>> = None;
+    for &(field, first_row, categories) in &fields {
+        let classes = inputs
+            .iter()
+            .map(|p| (p.structured[field] as usize).saturating_sub(first_row));
+        let loss = cross_entropy(
+            logits.clone().narrow(1, start, categories),
+            classes,
+            categories,
+            device,
+        );
+        total = Some(total.map_or(loss.clone(), |sum| sum + loss));
+        start += categories;
+    }
+    let n = inputs.len();
+    let diameters: Vec<f32> = inputs.iter().map(|p| p.report_numbers[0]).collect();
+    let diameters = Tensor::<B, 1>::from_data(TensorData::new(diameters, [n]), device);
+    let predicted = logits.narrow(1, start, 1).reshape([n]);
+    let squared_error = (predicted - diameters).powi_scalar(2).mean();
+    let sum = total.map_or(squared_error.clone(), |sum| sum + squared_error);
+    sum / (fields.len() + 1) as f64
 }
 
 fn cross_entropy<B: Backend>(
@@ -386,7 +439,7 @@ pub fn bench<B: AutodiffBackend>(
     let mut optimizer = AdamWConfig::new().init();
     let mut train_step = |model: LnmModel<B>| {
         let batch = Batch::<B>::new(config, &inputs, None, device);
-        let losses = multitask_loss(&model.forward(&batch), &targets, 1.0, device);
+        let losses = multitask_loss(&model.forward(&batch), &inputs, &targets, 1.0, device);
         let total = losses.total(&plan);
         let grads = GradientsParams::from_grads(total.backward(), &model);
         let model = optimizer.step(1e-4, model, grads);

@@ -35,6 +35,9 @@ pub struct EpochLog {
     pub train_lnm_loss: f64,
     pub train_t_loss: f64,
     pub train_n_loss: f64,
+    /// Report-supervision loss (models with `report_supervision`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_findings_loss: Option<f64>,
     pub val_auc: Option<f64>,
     pub val_lnm_loss: Option<f64>,
     pub seconds: f64,
