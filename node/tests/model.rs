@@ -577,7 +577,10 @@ fn cli_quality_check_compares_each_modality_with_the_oracle_and_with_multimodal(
     );
     // Report supervision needs the image branch: the report-only run trains without it.
     let report_only = std::fs::read_to_string(out.join("report-only/config.toml")).unwrap();
-    assert!(!report_only.contains("report_supervision = true"), "{report_only}");
+    assert!(
+        !report_only.contains("report_supervision = true"),
+        "{report_only}"
+    );
     assert!(
         std::fs::read_to_string(out.join("image-only/config.toml"))
             .unwrap()

@@ -219,8 +219,11 @@ fn anatomy(
     let (car_x, car_y) = field.at(side(0.1), 0.64);
     let carotid_r = 0.085 * field.height;
     let (jug_x, jug_y) = field.at(side(0.02), 0.45);
-    let nodule_echo = (0.36 - 0.09 * truth.aggressiveness).clamp(0.1, 0.6);
-    let heterogeneity = 0.12 + 0.1 * truth.aggressiveness.max(0.0);
+    // Aggressiveness darkens the nodule exponentially, i.e. linearly in the log-compressed grey levels,
+    // with little texture noise, so that it stays legible at a 64-px model input
+    // (`tests/synth_legibility.rs`): it carries the largest image-borne effect of the true model.
+    let nodule_echo = (0.36 * (-0.45 * truth.aggressiveness).exp()).clamp(0.03, 1.0);
+    let heterogeneity = 0.06 + 0.05 * truth.aggressiveness.max(0.0);
     let texture = smooth_noise(n, 3.5 * px_per_mm.max(1.0), rng);
     let septa = smooth_noise(n, 2.0, rng);
 
