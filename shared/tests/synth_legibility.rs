@@ -84,8 +84,9 @@ fn least_squares_fit<const K: usize>(x: &[[f64; K]], y: &[f64]) -> Vec<f64> {
         for row in 0..K {
             if row != column {
                 let factor = system[row][column] / system[column][column];
-                for j in column..K {
-                    system[row][j] -= factor * system[column][j];
+                let pivot_row = system[column];
+                for (value, pivot_value) in system[row].iter_mut().zip(pivot_row).skip(column) {
+                    *value -= factor * pivot_value;
                 }
                 rhs[row] -= factor * rhs[column];
             }
