@@ -175,6 +175,7 @@ impl NamedTensors {
     }
 
     /// The safetensors serialization (the file's bytes; also the wire format of models and updates).
+    /// Deterministic: the same tensors and metadata always give the same bytes (and SHA-256).
     ///
     /// # Errors
     /// A tensor whose values do not fill its shape (safetensors' message).
@@ -201,9 +202,51 @@ impl NamedTensors {
             .collect::<Result<Vec<_>, _>>()?;
         let metadata: std::collections::HashMap<String, String> =
             metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+        let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
+        canonicalise_header(&mut bytes);
+        Ok(bytes)
     }
+}
 
+/// Rewrites a safetensors header with its JSON keys sorted. safetensors writes the metadata from a
+/// `HashMap`, whose order changes from one process (or map) to the next, so the same model would get
+/// different bytes and digests. The sorted header has the same keys, values and compact separators,
+/// hence the same length, and the data offsets are absolute: only the order of the header's keys
+/// changes. A header that would not keep its length is left as it is.
+fn canonicalise_header(bytes: &mut [u8]) {
+    let Some(length) = bytes
+        .get(..8)
+        .and_then(|prefix| <[u8; 8]>::try_from(prefix).ok())
+        .and_then(|prefix| usize::try_from(u64::from_le_bytes(prefix)).ok())
+    else {
+        return;
+    };
+    let Some(header) = bytes.get(8..8 + length) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(header);
+    let json = text.trim_end_matches(' ');
+    let Ok(sorted) = serde_json::from_str::<serde_json::Value>(json).map(|v| sort_keys(v).to_string()) else {
+        return;
+    };
+    if sorted.len() == json.len() {
+        bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    }
+}
+
+/// The JSON value with every object's keys in sorted order (whether or not serde_json preserves order).
+fn sort_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sort_keys(v))).collect())
+        }
+        other => other,
+    }
+}
+
+impl NamedTensors {
     /// Reads a safetensors file of F32 tensors; returns the tensors sorted by name (safetensors itself
     /// keeps no order; models look tensors up by name) and the metadata.
     pub fn load_safetensors(file: &Path) -> Result<(Self, BTreeMap<String, String>), WeightsError> {
@@ -300,6 +343,30 @@ pub fn is_local_norm(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serialization_is_byte_deterministic_and_reads_back() {
+        let weights = sample();
+        let metadata = BTreeMap::from([
+            (
+                "fedlnm.model_config".to_owned(),
+                r#"{"a":"ü \"q\"","b":[1,2]}"#.to_owned(),
+            ),
+            ("fedlnm.config_digest".to_owned(), "ab".repeat(32)),
+            ("z".to_owned(), String::new()),
+        ]);
+        // Each call builds a new HashMap for safetensors, with its own iteration order.
+        let first = weights.to_safetensors_bytes(&metadata).unwrap();
+        for _ in 0..16 {
+            assert_eq!(weights.to_safetensors_bytes(&metadata).unwrap(), first);
+        }
+        let (back, read_metadata) =
+            NamedTensors::from_safetensors_bytes(&first, Path::new("memory")).unwrap();
+        assert_eq!(read_metadata, metadata);
+        let mut sorted = weights.clone();
+        sorted.tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back, sorted);
+    }
 
     fn sample() -> NamedTensors {
         NamedTensors {
