@@ -288,7 +288,7 @@ fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
         "Trained centrally on {} pooled training sites ({n_train} patients: {}; 20% held out for early \
          stopping), validated on the external site {} ({} profile, {} patients, LNM rate {:.1}%, never \
          trained on). Model: {:?} ResNet, base width {}, {} px input{}; up to {} epochs (patience {}), \
-         batch {}, AdamW peak learning rate {}; device {:?}; {:.1} min in all.\n",
+         batch {}, AdamW peak learning rate {}; device {}; {} in all.\n",
         report.training_sites.len(),
         report
             .training_sites
@@ -312,13 +312,16 @@ fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
         plan.patience,
         plan.batch_size,
         plan.learning_rate,
-        compute.device,
-        report.seconds / 60.0,
+        match compute.device {
+            model::DeviceArg::Cpu => "CPU",
+            model::DeviceArg::Cuda => "CUDA",
+        },
+        duration(report.seconds),
     );
     let _ = writeln!(
         text,
         "| modality | parameters | external AUC (95% CI) | oracle AUC | gap | Youden sens / spec | quadratic \
-         kappa T / N / stage | Δ AUC vs {}, paired DeLong | best / run epochs | training min |",
+         kappa T / N / stage | Δ AUC vs {}, paired DeLong | best / run epochs | training time |",
         modality_name(report.results[0].modality)
     );
     let _ = writeln!(text, "|---|---:|---|---:|---:|---|---|---|---|---:|");
@@ -333,7 +336,7 @@ fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
         });
         let _ = writeln!(
             text,
-            "| {} | {} | {:.3} ({:.3}–{:.3}) | {:.3} | {:.3} | {} / {} | {} / {} / {} | {} | {} / {} | {:.1} |",
+            "| {} | {} | {:.3} ({:.3}–{:.3}) | {:.3} | {:.3} | {} / {} | {} / {} / {} | {} | {} / {} | {} |",
             modality_name(r.modality),
             r.n_parameters,
             r.auc,
@@ -349,7 +352,7 @@ fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
             comparison,
             r.best_epoch,
             r.epochs_run,
-            r.training_seconds / 60.0,
+            duration(r.training_seconds),
         );
     }
     let reference = &report.results[0];
@@ -363,6 +366,14 @@ fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
         reference.gap_to_oracle
     );
     text
+}
+
+fn duration(seconds: f64) -> String {
+    if seconds < 90.0 {
+        format!("{seconds:.0} s")
+    } else {
+        format!("{:.1} min", seconds / 60.0)
+    }
 }
 
 fn three(value: Option<f64>) -> String {
