@@ -387,3 +387,27 @@ fn format_p(p: f64) -> String {
         format!("{p:.4}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_config_is_the_documented_one_and_valid() {
+        let config: ConfigFile = toml::from_str(DEFAULT_CONFIG).unwrap();
+        config.model.validate().unwrap();
+        config.train.validate().unwrap();
+        assert_eq!(config.model.modality, Modality::Multimodal);
+        assert!(config.model.report_supervision);
+        assert_eq!(
+            (config.model.image.base_width, config.model.image.input_size, config.train.epochs),
+            (16, 64, 20)
+        );
+    }
+
+    #[test]
+    fn durations_read_in_seconds_then_minutes() {
+        assert_eq!(duration(2.2), "2 s");
+        assert_eq!(duration(1208.2), "20.1 min");
+    }
+}
