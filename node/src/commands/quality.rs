@@ -400,7 +400,11 @@ mod tests {
         assert_eq!(config.model.modality, Modality::Multimodal);
         assert!(config.model.report_supervision);
         assert_eq!(
-            (config.model.image.base_width, config.model.image.input_size, config.train.epochs),
+            (
+                config.model.image.base_width,
+                config.model.image.input_size,
+                config.train.epochs
+            ),
             (16, 64, 20)
         );
     }
