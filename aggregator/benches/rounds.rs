@@ -29,6 +29,7 @@ use fedlnm_shared::federation::{
     AggregationKind, RoundRecord, STAGE_ADVERTISE_KEYS, STAGE_SHARE_KEYS, STAGE_UNMASK_REQUEST,
     STAGE_UNMASK_RESPONSE,
 };
+use fedlnm_shared::host::{cpu_model, load_average};
 use fedlnm_shared::model_config::{ModelConfig, TrainPlan};
 use fedlnm_shared::secagg::{
     KeyDirectory, MaskedInput, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
@@ -820,24 +821,4 @@ fn mb(bytes: usize) -> f64 {
 
 fn params_label(params: usize) -> String {
     format!("{:.0}M", params as f64 / MILLION as f64)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(
-        |_| "unknown".to_owned(),
-        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-    )
-}
-
-/// The CPU's model name from /proc/cpuinfo (Linux; "CPU model unknown" elsewhere).
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|name| format!("CPU: {}", name.trim()))
-        })
-        .unwrap_or_else(|| "CPU model unknown".to_owned())
 }

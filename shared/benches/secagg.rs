@@ -14,6 +14,7 @@ use std::hint::black_box;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fedlnm_shared::host::cpu_model;
 use fedlnm_shared::secagg::prg::{MaskSeed, Sign, apply_masks};
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
@@ -332,17 +333,4 @@ fn flower_comparison(sites: &[u32], delta: &NamedTensors, ours: &Primitives) {
     for note in notes {
         println!("- {note}");
     }
-}
-
-/// The CPU's model name from /proc/cpuinfo, for the record (Linux; "CPU model unknown" elsewhere).
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|name| format!("CPU: {}", name.trim()))
-        })
-        .unwrap_or_else(|| "CPU model unknown".to_owned())
 }

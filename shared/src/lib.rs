@@ -13,6 +13,7 @@ pub mod data;
 pub mod evaluation;
 pub mod features;
 pub mod federation;
+pub mod host;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod model_config;
