@@ -36,6 +36,16 @@ fn scores(config: &ModelConfig, weights: &NamedTensors, examples: &[Example]) ->
         .collect()
 }
 
+/// Trains on the CPU without a validation set or progress reports.
+fn train_quietly(
+    config: &ModelConfig,
+    initial: &NamedTensors,
+    train_set: &[Example],
+    plan: &TrainPlan,
+) -> train::TrainOutcome {
+    train::train_local(Device::Cpu, config, initial, train_set, &[], plan, &mut |_| {}).unwrap()
+}
+
 fn quick_plan(epochs: usize) -> TrainPlan {
     TrainPlan {
         epochs,
@@ -133,16 +143,12 @@ fn named_tensors_and_safetensors_round_trip_exactly_to_identical_predictions() {
     assert_eq!(bits(&round), bits(&initial));
     let train_set = examples(&config, 16, 3);
     // Two short epochs so that running statistics and every parameter differ from initialisation.
-    let outcome = train::train_local(
-        Device::Cpu,
+    let outcome = train_quietly(
         &config,
         &train::initial_weights(&config, 1),
         &train_set,
-        &[],
         &quick_plan(2),
-        &mut |_| {},
-    )
-    .unwrap();
+    );
     let weights = outcome.weights;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("model.safetensors");
@@ -379,8 +385,7 @@ fn fedprox_keeps_local_weights_near_the_global_model() {
             min_lr_fraction: 1.0,
             ..quick_plan(1)
         };
-        let outcome =
-            train::train_local(Device::Cpu, &config, &global, &train_set, &[], &plan, &mut |_| {}).unwrap();
+        let outcome = train_quietly(&config, &global, &train_set, &plan);
         let mut trainable = 0.0_f64;
         let mut running = 0.0_f64;
         for tensor in &outcome.weights.tensors {
@@ -435,16 +440,7 @@ fn report_supervision_trains_a_findings_head_that_predictions_ignore() {
             .all(|t| !t.name.starts_with("findings_head"))
     );
 
-    let outcome = train::train_local(
-        Device::Cpu,
-        &config,
-        &initial,
-        &train_set,
-        &[],
-        &quick_plan(6),
-        &mut |_| {},
-    )
-    .unwrap();
+    let outcome = train_quietly(&config, &initial, &train_set, &quick_plan(6));
     let findings: Vec<f64> = outcome
         .history
         .iter()
@@ -455,16 +451,12 @@ fn report_supervision_trains_a_findings_head_that_predictions_ignore() {
         findings[findings.len() - 1] < 0.8 * findings[0],
         "findings loss did not fall: {findings:?}"
     );
-    let without = train::train_local(
-        Device::Cpu,
+    let without = train_quietly(
         &plain,
         &train::initial_weights(&plain, 4),
         &train_set,
-        &[],
         &quick_plan(1),
-        &mut |_| {},
-    )
-    .unwrap();
+    );
     assert_eq!(without.history[0].train_findings_loss, None);
 
     // Predictions never read the head: scrambling it changes no score.

@@ -31,6 +31,16 @@ impl Modality {
     pub fn uses_report(self) -> bool {
         matches!(self, Self::Multimodal | Self::ReportOnly)
     }
+
+    /// The name in configs and on the command line (its serde name).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Multimodal => "multimodal",
+            Self::ImageOnly => "image-only",
+            Self::ReportOnly => "report-only",
+        }
+    }
 }
 
 /// The ResNet layout of the image branch.
@@ -490,6 +500,13 @@ mod tests {
         };
         let back: ConfigFile = toml::from_str(&file.to_toml()).unwrap();
         assert_eq!(back.model.digest(), base.digest());
+    }
+
+    #[test]
+    fn modality_names_are_the_serde_names() {
+        for modality in [Modality::Multimodal, Modality::ImageOnly, Modality::ReportOnly] {
+            assert_eq!(serde_json::to_value(modality).unwrap(), modality.name());
+        }
     }
 
     #[test]

@@ -254,7 +254,8 @@ pub fn train_model(args: &TrainArgs) -> anyhow::Result<TrainSummary> {
     reporter.finish();
     let seconds = started.elapsed().as_secs_f64();
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    write_checkpoint(&args.out.join(CHECKPOINT_FILE), model, &outcome.weights)?;
+    let checkpoint = args.out.join(CHECKPOINT_FILE);
+    write_checkpoint(&checkpoint, model, &outcome.weights)?;
     std::fs::write(args.out.join(CONFIG_FILE), config.to_toml())
         .with_context(|| format!("cannot write {}", args.out.join(CONFIG_FILE).display()))?;
     let summary = TrainSummary {
@@ -268,7 +269,7 @@ pub fn train_model(args: &TrainArgs) -> anyhow::Result<TrainSummary> {
             .get(outcome.best_epoch.wrapping_sub(1))
             .and_then(|e| e.val_auc),
         seconds,
-        checkpoint: args.out.join(CHECKPOINT_FILE),
+        checkpoint,
     };
     let log = serde_json::json!({
         "config_digest": model.digest(),

@@ -9,11 +9,11 @@ use super::model::{self, ComputeArgs, EvaluateArgs, TrainArgs};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use fedlnm_shared::model_config::{ConfigFile, Modality};
-use fedlnm_shared::stats::binary::paired_delong;
+use fedlnm_shared::stats::binary::{PairedDelong, paired_delong};
 use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig, SynthSummary};
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The default model and training plan of the quality check (also `configs/model-quality.toml`).
@@ -72,16 +72,9 @@ pub struct ModalityResult {
     /// The generator's oracle AUC for what this modality sees, and the gap to it.
     pub oracle_auc: f64,
     pub gap_to_oracle: f64,
-    /// Paired DeLong test against the reference modality (absent for the reference itself).
-    pub vs_reference: Option<PairedComparison>,
-}
-
-/// A paired DeLong comparison with the reference modality: Δ = reference AUC − this AUC.
-#[derive(Debug, Clone, Serialize)]
-pub struct PairedComparison {
-    pub delta: f64,
-    pub se: Option<f64>,
-    pub p: Option<f64>,
+    /// Paired DeLong test of the reference modality (a) against this one (b): Δ = AUC(a) − AUC(b).
+    /// Absent for the reference itself.
+    pub vs_reference: Option<PairedDelong>,
 }
 
 /// `quality.json`.
@@ -101,8 +94,7 @@ pub const ORACLE_TOLERANCE: f64 = 0.03;
 
 /// Runs `quality`.
 pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
-    let report = quality(args)?;
-    let markdown = std::fs::read_to_string(args.out.join("quality.md")).unwrap_or_default();
+    let (report, markdown) = quality(args)?;
     println!("{markdown}");
     if !report.target_met {
         tracing::warn!("the reference modality is more than {ORACLE_TOLERANCE} below the oracle AUC");
@@ -110,11 +102,11 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The quality check (see the module doc).
+/// The quality check (see the module doc): the report and its markdown (both also written to --out).
 ///
 /// # Errors
 /// A non-empty output folder, an unknown modality, an unusable config, or a failed step (named).
-pub fn quality(args: &QualityArgs) -> anyhow::Result<QualityReport> {
+pub fn quality(args: &QualityArgs) -> anyhow::Result<(QualityReport, String)> {
     let started = Instant::now();
     let modalities = args
         .modalities
@@ -133,13 +125,7 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<QualityReport> {
         None => toml::from_str(DEFAULT_CONFIG).context("the built-in quality config")?,
     };
     base.train.validate()?;
-    if args.out.exists() && std::fs::read_dir(&args.out)?.next().is_some() {
-        bail!(
-            "{} is not empty: choose a new --out folder (the quality check never overwrites results)",
-            args.out.display()
-        );
-    }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    super::create_output_dir(&args.out, "the quality check")?;
 
     let profiles = ["tertiary", "community", "rural", "rural"];
     let mut summaries = Vec::new();
@@ -175,7 +161,7 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<QualityReport> {
         config.model.modality = modality;
         config.model.report_supervision &= modality.uses_image();
         config.model.validate()?;
-        let name = modality_name(modality);
+        let name = modality.name();
         let dir = args.out.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let config_file = dir.join("config.toml");
@@ -215,11 +201,7 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<QualityReport> {
                 if *y != evaluated.lnm_true {
                     bail!("the external site's patients differ between modalities");
                 }
-                paired_delong(y, reference, &evaluated.lnm_score)?.map(|test| PairedComparison {
-                    delta: test.delta,
-                    se: test.se,
-                    p: test.p,
-                })
+                paired_delong(y, reference, &evaluated.lnm_score)?
             }
         };
         if reference_scores.is_none() {
@@ -255,24 +237,13 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<QualityReport> {
         target_met,
         seconds: started.elapsed().as_secs_f64(),
     };
-    write_json(&args.out.join("quality.json"), &report)?;
+    let json_file = args.out.join("quality.json");
+    std::fs::write(&json_file, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", json_file.display()))?;
     let markdown = markdown(&report, &args.compute);
     let file = args.out.join("quality.md");
-    std::fs::write(&file, markdown).with_context(|| format!("cannot write {}", file.display()))?;
-    Ok(report)
-}
-
-fn modality_name(modality: Modality) -> &'static str {
-    match modality {
-        Modality::Multimodal => "multimodal",
-        Modality::ImageOnly => "image-only",
-        Modality::ReportOnly => "report-only",
-    }
-}
-
-fn write_json(file: &Path, report: &QualityReport) -> anyhow::Result<()> {
-    std::fs::write(file, serde_json::to_string_pretty(report)?)
-        .with_context(|| format!("cannot write {}", file.display()))
+    std::fs::write(&file, &markdown).with_context(|| format!("cannot write {}", file.display()))?;
+    Ok((report, markdown))
 }
 
 /// `quality.md`: the setting, one row per modality, and whether the oracle target is met.
@@ -322,7 +293,7 @@ fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
         text,
         "| modality | parameters | external AUC (95% CI) | oracle AUC | gap | Youden sens / spec | quadratic \
          kappa T / N / stage | Δ AUC vs {}, paired DeLong | best / run epochs | training time |",
-        modality_name(report.results[0].modality)
+        report.results[0].modality.name()
     );
     let _ = writeln!(text, "|---|---:|---|---:|---:|---|---|---|---|---:|");
     for r in &report.results {
@@ -337,7 +308,7 @@ fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
         let _ = writeln!(
             text,
             "| {} | {} | {:.3} ({:.3}–{:.3}) | {:.3} | {:.3} | {} / {} | {} / {} / {} | {} | {} / {} | {} |",
-            modality_name(r.modality),
+            r.modality.name(),
             r.n_parameters,
             r.auc,
             r.auc_ci.0,

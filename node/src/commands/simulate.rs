@@ -116,17 +116,8 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     if args.train_sites < 2 {
         bail!("--train-sites must be at least 2 (FedAvg needs sites to average)");
     }
-    if args.out.exists() && std::fs::read_dir(&args.out)?.next().is_some() {
-        bail!(
-            "{} is not empty: choose a new --out folder (a simulation never overwrites results)",
-            args.out.display()
-        );
-    }
-    let out = std::fs::canonicalize({
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("cannot create {}", args.out.display()))?;
-        &args.out
-    })?;
+    super::create_output_dir(&args.out, "a simulation")?;
+    let out = std::fs::canonicalize(&args.out)?;
     let sites = sites(args);
 
     // Synthetic sites.
