@@ -22,18 +22,14 @@ use std::time::{Duration, Instant};
 use fedlnm_aggregator::aggregation::{Aggregation, PlainAggregation, Poll, RoundAggregate, Upload};
 use fedlnm_aggregator::secure::{Attempt, SecureAggregation};
 use fedlnm_aggregator::store::{ModelBlob, RoundStore};
+use fedlnm_protocol::payload::{decode, encode};
+use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, RoundSettings, SiteEntry, SiteRole, TlsFiles};
 use fedlnm_shared::federation::fedavg::apply_delta;
-use fedlnm_shared::federation::wire::{decode, encode};
-use fedlnm_shared::federation::{
-    AggregationKind, RoundRecord, STAGE_ADVERTISE_KEYS, STAGE_SHARE_KEYS, STAGE_UNMASK_REQUEST,
-    STAGE_UNMASK_RESPONSE,
-};
+use fedlnm_shared::federation::{AggregationKind, LocalTensors, RoundRecord};
 use fedlnm_shared::host::{cpu_model, load_average};
 use fedlnm_shared::model_config::{ModelConfig, TrainPlan};
-use fedlnm_shared::secagg::{
-    KeyDirectory, MaskedInput, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
-};
+use fedlnm_shared::secagg::{KeyDirectory, MaskedInput, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 
 const MILLION: usize = 1_000_000;
@@ -155,7 +151,7 @@ fn plain_round(
         for (site, payload) in names.iter().zip(payloads) {
             let upload = Upload {
                 site,
-                format: "plain",
+                format: UpdateFormat::SafetensorsDelta,
                 n_samples: N_SAMPLES,
                 payload,
             };
@@ -368,23 +364,23 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
         let mut down = 0;
         for (site, m) in names.iter().zip(&messages) {
             aggregation
-                .accept_message(site, STAGE_ADVERTISE_KEYS, &m.advertise)
+                .accept_message(site, SecAggStage::AdvertiseKeys, &m.advertise)
                 .unwrap();
         }
         pending(aggregation.advance(Instant::now()));
         for (site, m) in names.iter().zip(&messages) {
-            down += reply(&aggregation, site, STAGE_ADVERTISE_KEYS).len();
+            down += reply(&aggregation, site, SecAggStage::AdvertiseKeys).len();
             aggregation
-                .accept_message(site, STAGE_SHARE_KEYS, &m.share_keys)
+                .accept_message(site, SecAggStage::ShareKeys, &m.share_keys)
                 .unwrap();
         }
         pending(aggregation.advance(Instant::now()));
         let before_sum = Instant::now();
         for (site, m) in names.iter().zip(&messages) {
-            down += reply(&aggregation, site, STAGE_SHARE_KEYS).len();
+            down += reply(&aggregation, site, SecAggStage::ShareKeys).len();
             let upload = Upload {
                 site,
-                format: "secure",
+                format: UpdateFormat::MaskedInput,
                 n_samples: N_SAMPLES,
                 payload: &m.masked_input,
             };
@@ -394,9 +390,9 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
         pending(aggregation.advance(Instant::now()));
         let before_unmask = Instant::now();
         for (site, m) in names.iter().zip(&messages) {
-            down += reply(&aggregation, site, STAGE_UNMASK_REQUEST).len();
+            down += reply(&aggregation, site, SecAggStage::UnmaskRequest).len();
             aggregation
-                .accept_message(site, STAGE_UNMASK_RESPONSE, &m.unmask_response)
+                .accept_message(site, SecAggStage::UnmaskResponse, &m.unmask_response)
                 .unwrap();
         }
         let aggregate = ready(aggregation.advance(Instant::now()));
@@ -460,13 +456,17 @@ fn record_secure_round(
     let mut clients = Vec::new();
     let mut advertised = Vec::new();
     for site in names {
-        let fields = aggregation.task_fields(site).unwrap();
-        let secagg: SecAggConfig = serde_json::from_str(&fields.secagg_config_json).unwrap();
-        let (client, advertise) =
-            SecAggClient::new(secagg.validate().unwrap(), SiteId(fields.secagg_site_id)).unwrap();
+        let Some(RoundAggregation::Secure {
+            config: secagg,
+            site_id,
+        }) = aggregation.task_fields(site)
+        else {
+            panic!("{site} is not invited to the secure round");
+        };
+        let (client, advertise) = SecAggClient::new(secagg.validate().unwrap(), site_id).unwrap();
         let bytes = encode(&advertise);
         aggregation
-            .accept_message(site, STAGE_ADVERTISE_KEYS, &bytes)
+            .accept_message(site, SecAggStage::AdvertiseKeys, &bytes)
             .unwrap();
         advertised.push(bytes);
         clients.push(client);
@@ -474,11 +474,14 @@ fn record_secure_round(
     pending(aggregation.advance(Instant::now()));
     let mut shared = Vec::new();
     for (site, client) in names.iter().zip(&mut clients) {
-        let directory: KeyDirectory =
-            decode(&reply(&aggregation, site, STAGE_ADVERTISE_KEYS), "key directory").unwrap();
+        let directory: KeyDirectory = decode(
+            &reply(&aggregation, site, SecAggStage::AdvertiseKeys),
+            "key directory",
+        )
+        .unwrap();
         let bytes = encode(&client.share_keys(&directory).unwrap());
         aggregation
-            .accept_message(site, STAGE_SHARE_KEYS, &bytes)
+            .accept_message(site, SecAggStage::ShareKeys, &bytes)
             .unwrap();
         shared.push(bytes);
     }
@@ -486,14 +489,17 @@ fn record_secure_round(
     let mut masked = Vec::new();
     let mut plain = fedlnm_shared::federation::fedavg::FedAvg::new(&global.weights, |_| true);
     for (k, (site, client)) in names.iter().zip(&mut clients).enumerate() {
-        let delivery: ShareDelivery =
-            decode(&reply(&aggregation, site, STAGE_SHARE_KEYS), "share delivery").unwrap();
+        let delivery: ShareDelivery = decode(
+            &reply(&aggregation, site, SecAggStage::ShareKeys),
+            "share delivery",
+        )
+        .unwrap();
         let delta = layout_values(layout, k as u64 + 1);
         let bytes = encode(&client.masked_input(&delivery, &delta, N_SAMPLES).unwrap());
         plain.add(site, &delta, N_SAMPLES).unwrap();
         let upload = Upload {
             site,
-            format: "secure",
+            format: UpdateFormat::MaskedInput,
             n_samples: N_SAMPLES,
             payload: &bytes,
         };
@@ -503,11 +509,14 @@ fn record_secure_round(
     pending(aggregation.advance(Instant::now()));
     let mut responses = Vec::new();
     for (site, client) in names.iter().zip(&mut clients) {
-        let request: UnmaskRequest =
-            decode(&reply(&aggregation, site, STAGE_UNMASK_REQUEST), "unmask request").unwrap();
+        let request: UnmaskRequest = decode(
+            &reply(&aggregation, site, SecAggStage::UnmaskRequest),
+            "unmask request",
+        )
+        .unwrap();
         let bytes = encode(&client.unmask(&request).unwrap());
         aggregation
-            .accept_message(site, STAGE_UNMASK_RESPONSE, &bytes)
+            .accept_message(site, SecAggStage::UnmaskResponse, &bytes)
             .unwrap();
         responses.push(bytes);
     }
@@ -550,7 +559,7 @@ fn print_secure(rows: &[SecureRow]) {
          same as plain. Upload = masked inputs + keys, shares and unmask responses; download = protocol replies + \
          model downloads as for plain. Ratio to plain = (server + apply + serialize) / the plain aggregate \
          column of the same size and sites; memcpy bound of the masked inputs, same run. Decoding = \
-         `wire::decode` of every masked input (bincode into a `MaskedInput`) measured on its own; the rest of \
+         `payload::decode` of every masked input (bincode into a `MaskedInput`) measured on its own; the rest of \
          the sum of uploads is the checks and the Z_2^64 additions.\n"
     );
     println!(
@@ -602,10 +611,10 @@ fn new_secure(config: &AggregatorConfig, global: &ModelBlob, names: &[String]) -
         opened: now,
         deadline: now + Duration::from_secs(3600),
     };
-    SecureAggregation::new(config, &attempt, global, &|_| true, names).unwrap()
+    SecureAggregation::new(config, &attempt, global, &LocalTensors::default(), names).unwrap()
 }
 
-fn reply(aggregation: &SecureAggregation, site: &str, stage: &str) -> Vec<u8> {
+fn reply(aggregation: &SecureAggregation, site: &str, stage: SecAggStage) -> Vec<u8> {
     aggregation.reply(site, stage).unwrap().unwrap()
 }
 
@@ -760,7 +769,8 @@ fn plain_repeats(millions: usize, sites: usize) -> usize {
 
 fn ready(poll: Poll) -> RoundAggregate {
     match poll {
-        Poll::Ready(aggregate) => aggregate,
+        // The finisher (averaging, or unmasking and decoding) is part of the measured aggregation.
+        Poll::Ready(finish) => finish().unwrap(),
         Poll::Pending => panic!("the round is still pending with every site in"),
         Poll::Failed(reason) => panic!("the round failed: {reason}"),
     }

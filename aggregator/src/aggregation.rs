@@ -2,7 +2,11 @@
 //! logic drives without knowing whether updates arrive in the clear ([`PlainAggregation`]) or masked
 //! ([`crate::secure::SecureAggregation`], the default). Both produce the same thing: the FedAvg delta
 //! Σ n_k Δ_k / Σ n_k over the sites that made it, which the round logic checks and applies.
+//!
+//! Receiving is cheap and happens under the study lock; the expensive end of a round (averaging,
+//! unmasking) is handed out as a [`Finisher`] that the round logic runs on a blocking thread.
 
+use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::federation::AggregationKind;
 use fedlnm_shared::federation::fedavg::FedAvg;
 use fedlnm_shared::weights::NamedTensors;
@@ -21,20 +25,11 @@ pub enum AggregationError {
     WrongTime(String),
 }
 
-/// What a training site is told about the aggregation of its round.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TaskFields {
-    /// "plain" or "secure".
-    pub aggregation: String,
-    pub secagg_config_json: String,
-    pub secagg_site_id: u32,
-}
-
 /// The header of an upload, as far as the aggregation cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upload<'a> {
     pub site: &'a str,
-    pub format: &'a str,
+    pub format: UpdateFormat,
     pub n_samples: u64,
     pub payload: &'a [u8],
 }
@@ -50,11 +45,16 @@ pub struct RoundAggregate {
     pub dropped: Vec<String>,
 }
 
+/// The expensive end of a round (averaging, or unmasking and decoding), run off the study lock: the
+/// aggregate, or why the round cannot complete.
+pub type Finisher = Box<dyn FnOnce() -> Result<RoundAggregate, String> + Send>;
+
 /// Where an aggregation stands after [`Aggregation::advance`].
-#[derive(Debug, Clone, PartialEq)]
 pub enum Poll {
     Pending,
-    Ready(RoundAggregate),
+    /// Every update the round waits for is in (or its deadline passed): run the finisher. Returned
+    /// once; the aggregation takes no message after it.
+    Ready(Finisher),
     /// The round cannot complete (too few sites, a protocol failure): nothing is committed.
     Failed(String),
 }
@@ -66,7 +66,7 @@ pub trait Aggregation: Send {
 
     /// What `site`'s training task says about this aggregation; `None` when the site can no longer
     /// join this round (for instance the secure key exchange closed without it).
-    fn task_fields(&self, site: &str) -> Option<TaskFields>;
+    fn task_fields(&self, site: &str) -> Option<RoundAggregation>;
 
     /// The largest upload payload accepted (checked before reading it).
     fn max_upload_bytes(&self) -> u64;
@@ -81,10 +81,15 @@ pub trait Aggregation: Send {
     ///
     /// # Errors
     /// [`AggregationError`]; always for plain aggregation.
-    fn accept_message(&mut self, site: &str, stage: &str, payload: &[u8]) -> Result<(), AggregationError>;
+    fn accept_message(
+        &mut self,
+        site: &str,
+        stage: SecAggStage,
+        payload: &[u8],
+    ) -> Result<(), AggregationError>;
 
     /// The reply to `site` for `stage` once that stage has closed; `None` while it is open.
-    fn reply(&self, site: &str, stage: &str) -> Option<Result<Vec<u8>, AggregationError>>;
+    fn reply(&self, site: &str, stage: SecAggStage) -> Option<Result<Vec<u8>, AggregationError>>;
 
     /// Closes the stages that are complete or past their deadline and reports where the round stands.
     fn advance(&mut self, now: Instant) -> Poll;
@@ -103,12 +108,15 @@ pub trait Aggregation: Send {
 /// FedAvg of updates sent in the clear (safetensors of Δ_k plus n_k): the aggregator sees each
 /// site's delta. For studies that opt out of secure aggregation, and the baseline it is compared with.
 pub struct PlainAggregation {
-    fedavg: FedAvg,
+    /// Taken by the finisher when the round closes.
+    fedavg: Option<FedAvg>,
+    /// Who uploaded, kept when the accumulator is handed to the finisher.
+    contributors: Vec<String>,
     invited: BTreeSet<String>,
     min_sites: usize,
     deadline: Instant,
     max_bytes: u64,
-    result: Option<Poll>,
+    closed: bool,
 }
 
 impl PlainAggregation {
@@ -132,12 +140,13 @@ impl PlainAggregation {
             .sum::<usize>();
         let header: usize = fedavg.layout().tensors.iter().map(|t| t.name.len() + 96).sum();
         Self {
-            fedavg,
+            fedavg: Some(fedavg),
+            contributors: Vec::new(),
             invited: invited.into_iter().collect(),
             min_sites,
             deadline,
             max_bytes: (4 * values + header + 64 * 1024) as u64,
-            result: None,
+            closed: false,
         }
     }
 }
@@ -147,11 +156,8 @@ impl Aggregation for PlainAggregation {
         AggregationKind::Plain
     }
 
-    fn task_fields(&self, _site: &str) -> Option<TaskFields> {
-        Some(TaskFields {
-            aggregation: "plain".to_owned(),
-            ..TaskFields::default()
-        })
+    fn task_fields(&self, _site: &str) -> Option<RoundAggregation> {
+        (!self.closed).then_some(RoundAggregation::Plain)
     }
 
     fn max_upload_bytes(&self) -> u64 {
@@ -159,14 +165,14 @@ impl Aggregation for PlainAggregation {
     }
 
     fn accept_upload(&mut self, upload: &Upload<'_>) -> Result<(), AggregationError> {
-        if self.result.is_some() {
+        let Some(fedavg) = self.fedavg.as_mut().filter(|_| !self.closed) else {
             return Err(AggregationError::WrongTime(
                 "the round's uploads are closed".to_owned(),
             ));
-        }
-        if upload.format != "plain" {
+        };
+        if upload.format != UpdateFormat::SafetensorsDelta {
             return Err(AggregationError::Invalid(format!(
-                "this round takes plain updates, not '{}'",
+                "this round takes plain updates (safetensors deltas), not {:?}",
                 upload.format
             )));
         }
@@ -174,67 +180,76 @@ impl Aggregation for PlainAggregation {
         // Read in place: the delta's values are decoded where they are checked and added, never copied.
         let (delta, _) = NamedTensors::borrow_safetensors_bytes(upload.payload, Path::new(&origin))
             .map_err(|e| AggregationError::Invalid(e.to_string()))?;
-        self.fedavg
+        fedavg
             .add_f32_bytes(upload.site, &delta, upload.n_samples)
-            .map_err(|e| AggregationError::Invalid(e.to_string()))
+            .map_err(|e| AggregationError::Invalid(e.to_string()))?;
+        self.contributors.push(upload.site.to_owned());
+        Ok(())
     }
 
-    fn accept_message(&mut self, site: &str, stage: &str, _payload: &[u8]) -> Result<(), AggregationError> {
+    fn accept_message(
+        &mut self,
+        site: &str,
+        stage: SecAggStage,
+        _payload: &[u8],
+    ) -> Result<(), AggregationError> {
         Err(AggregationError::Invalid(format!(
             "site {site} sent a secure-aggregation message ({stage}) but this round uses plain aggregation"
         )))
     }
 
-    fn reply(&self, _site: &str, stage: &str) -> Option<Result<Vec<u8>, AggregationError>> {
+    fn reply(&self, _site: &str, stage: SecAggStage) -> Option<Result<Vec<u8>, AggregationError>> {
         Some(Err(AggregationError::Invalid(format!(
             "no '{stage}' stage: this round uses plain aggregation"
         ))))
     }
 
     fn advance(&mut self, now: Instant) -> Poll {
-        if let Some(result) = &self.result {
-            return result.clone();
+        if self.closed {
+            return Poll::Pending;
         }
-        let all_in = self.fedavg.contributors().len() == self.invited.len();
+        let all_in = self.contributors.len() == self.invited.len();
         if !all_in && now < self.deadline {
             return Poll::Pending;
         }
-        let contributors = self.fedavg.contributors().to_vec();
-        let result = if contributors.len() < self.min_sites {
-            Poll::Failed(format!(
+        self.closed = true;
+        let contributors = self.contributors.clone();
+        if contributors.len() < self.min_sites {
+            return Poll::Failed(format!(
                 "{} of the {} required training sites uploaded before the deadline",
                 contributors.len(),
                 self.min_sites
-            ))
-        } else {
-            match self.fedavg.average() {
-                Ok(average_delta) => Poll::Ready(RoundAggregate {
-                    average_delta,
-                    total_samples: self.fedavg.total_samples(),
-                    dropped: self
-                        .invited
-                        .iter()
-                        .filter(|s| !contributors.contains(s))
-                        .cloned()
-                        .collect(),
-                    contributors,
-                }),
-                Err(error) => Poll::Failed(error.to_string()),
-            }
+            ));
+        }
+        let Some(fedavg) = self.fedavg.take() else {
+            return Poll::Failed("the round's accumulator is gone".to_owned());
         };
-        self.result = Some(result.clone());
-        result
+        let dropped = self
+            .invited
+            .iter()
+            .filter(|s| !contributors.contains(s))
+            .cloned()
+            .collect();
+        Poll::Ready(Box::new(move || {
+            let average_delta = fedavg.average().map_err(|e| e.to_string())?;
+            Ok(RoundAggregate {
+                average_delta,
+                total_samples: fedavg.total_samples(),
+                contributors,
+                dropped,
+            })
+        }))
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.result.is_none().then_some(self.deadline)
+        (!self.closed).then_some(self.deadline)
     }
 
     fn has_uploaded(&self, site: &str) -> bool {
-        self.fedavg.contributors().iter().any(|c| c == site)
+        self.contributors.iter().any(|c| c == site)
     }
 
     fn closed_stages(&self) -> u64 {
-        u64::from(self.result.is_some())
+        u64::from(self.closed)
     }
 }

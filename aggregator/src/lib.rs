@@ -12,9 +12,3 @@ pub mod server;
 pub mod store;
 pub mod study;
 pub mod telemetry;
-
-/// The generated gRPC types of `shared/proto/fedlnm.proto` (server, and a client for tests).
-#[allow(clippy::all, clippy::pedantic, unused_qualifications)]
-pub mod proto {
-    tonic::include_proto!("fedlnm.v1");
-}

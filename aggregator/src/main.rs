@@ -64,7 +64,7 @@ enum Command {
         #[arg(long)]
         site: String,
         /// `train` or `validate`.
-        #[arg(long, default_value = "train", value_parser = parse_role)]
+        #[arg(long, default_value = "train")]
         role: SiteRole,
         /// How long the certificate stays valid, in days.
         #[arg(long, default_value_t = 365)]
@@ -84,34 +84,18 @@ enum Command {
     },
 }
 
-fn parse_role(text: &str) -> Result<SiteRole, String> {
-    match text {
-        "train" => Ok(SiteRole::Train),
-        "validate" => Ok(SiteRole::Validate),
-        other => Err(format!("'{other}' is not a role: use train or validate")),
-    }
-}
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FEDLNM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    fedlnm_shared::process::init_logging();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("fedlnm-aggregator: error: {error:#}");
-            let input_fault = error.chain().any(|cause| {
+            ExitCode::from(fedlnm_shared::process::exit_code(&error, |cause| {
                 cause.is::<provision::ProvisionError>()
-                    || cause.is::<fedlnm_shared::config::ConfigError>()
                     || cause
                         .downcast_ref::<ReportError>()
                         .is_some_and(ReportError::is_bad_input)
-            });
-            ExitCode::from(if input_fault { 2 } else { 1 })
+            }))
         }
     }
 }
@@ -122,7 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = AggregatorConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind(&config.listen)
+                let listener = fedlnm_protocol::server::bind(&config.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.listen))?;
                 println!("listening on {}", listener.local_addr()?);

@@ -5,24 +5,21 @@
 //! Stages and when they close (all invited sites answered, or the deadline):
 //! keys and shares: `stage_timeout_s` after the stage opened; masked inputs: the round deadline;
 //! unmasking: `stage_timeout_s` after the survivors were announced. Messages are encoded by
-//! `fedlnm_shared::federation::wire`; each names its study, round, configuration hash and site, and the
-//! site must be the caller's certificate identity.
+//! `fedlnm_protocol::payload`; each names its study, round, configuration hash and site, and the
+//! site must be the caller's certificate identity. Unmasking and decoding the sum run in the round's
+//! [`crate::aggregation::Finisher`], off the study lock.
 
-use crate::aggregation::{Aggregation, AggregationError, Poll, RoundAggregate, TaskFields, Upload};
+use crate::aggregation::{Aggregation, AggregationError, Poll, RoundAggregate, Upload};
+use fedlnm_protocol::payload::{decode, encode};
+use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::AggregatorConfig;
-use fedlnm_shared::federation::AggregationKind;
-use fedlnm_shared::federation::wire::{decode, encode};
+use fedlnm_shared::federation::{AggregationKind, LocalTensors};
 use fedlnm_shared::secagg::{
-    self, AdvertiseKeys, KeyDirectory, MaskedInput, QuantizationConfig, RoundConfig, SecAggConfig,
-    SecAggServer, ShareDelivery, ShareKeys, SiteId, Stage, UnmaskRequest, UnmaskResponse,
+    self, AdvertiseKeys, KeyDirectory, MaskedInput, ModelVersion, QuantizationConfig, RoundConfig,
+    RoundStage, SecAggConfig, SecAggServer, ShareDelivery, ShareKeys, SiteId, UnmaskRequest, UnmaskResponse,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-
-use fedlnm_shared::federation::{
-    STAGE_ADVERTISE_KEYS as ADVERTISE_KEYS, STAGE_SHARE_KEYS as SHARE_KEYS,
-    STAGE_UNMASK_REQUEST as UNMASK_REQUEST, STAGE_UNMASK_RESPONSE as UNMASK_RESPONSE,
-};
 
 /// One start of a round: its number, which start it is (an abandoned round starts again as a new
 /// attempt, with its own protocol instance), when it opened and its upload deadline.
@@ -37,8 +34,12 @@ pub struct Attempt {
 /// The secure aggregation of one round.
 pub struct SecureAggregation {
     config: RoundConfig,
-    config_json: String,
+    /// What every training task of this attempt carries.
+    secagg_config: SecAggConfig,
     server: SecAggServer,
+    /// The server was handed to the finisher (unmasking).
+    finishing: bool,
+    failed: Option<String>,
     ids: BTreeMap<String, SiteId>,
     stage_timeout: Duration,
     stage_deadline: Instant,
@@ -50,16 +51,14 @@ pub struct SecureAggregation {
     directory: Option<Vec<u8>>,
     deliveries: BTreeMap<SiteId, Vec<u8>>,
     unmask_request: Option<Vec<u8>>,
-    result: Option<Poll>,
     u1: Vec<SiteId>,
     u2: Vec<SiteId>,
     u3: Vec<SiteId>,
 }
 
 impl SecureAggregation {
-    /// Configures one attempt of a round over the tensors of `global` for which `aggregated(name)`
-    /// holds, for the training sites `sites` (sorted; site k gets protocol id k + 1), threshold
-    /// `min_sites`.
+    /// Configures one attempt of a round over the tensors of `global` that are not `local_tensors`,
+    /// for the training sites `sites` (sorted; site k gets protocol id k + 1), threshold `min_sites`.
     ///
     /// # Errors
     /// The protocol configuration is invalid (e.g. quantization headroom), named.
@@ -67,7 +66,7 @@ impl SecureAggregation {
         config: &AggregatorConfig,
         attempt: &Attempt,
         global: &crate::store::ModelBlob,
-        aggregated: &dyn Fn(&str) -> bool,
+        local_tensors: &LocalTensors,
         sites: &[String],
     ) -> Result<Self, secagg::SecAggError> {
         let Attempt {
@@ -86,26 +85,22 @@ impl SecureAggregation {
             round,
             // The attempt makes every start of a round a distinct instance (its own configuration
             // hash): nothing from an abandoned attempt is accepted by the next.
-            model_version: format!("{}#{attempt}", global.digest),
+            model_version: ModelVersion::new(global.digest.clone(), attempt),
             participants: ids.values().copied().collect(),
             threshold: config.rounds.min_sites,
             tensors: secagg::tensor_specs(&global.weights),
-            fedbn_exclude: global
-                .weights
-                .names()
-                .filter(|name| !aggregated(name))
-                .map(str::to_owned)
-                .collect(),
+            fedbn_exclude: local_tensors.clone().into_names(),
             quantization: QuantizationConfig::default(),
             max_delta_norm: config.rounds.max_delta_norm,
         };
-        let config_json = serde_json::to_string(&secagg_config).unwrap_or_default();
-        let round_config = secagg_config.validate()?;
+        let round_config = secagg_config.clone().validate()?;
         let stage_timeout = Duration::from_secs(config.rounds.stage_timeout_s);
         Ok(Self {
             server: SecAggServer::new(round_config.clone()),
             config: round_config,
-            config_json,
+            secagg_config,
+            finishing: false,
+            failed: None,
             ids,
             stage_timeout,
             stage_deadline: now + stage_timeout,
@@ -117,7 +112,6 @@ impl SecureAggregation {
             directory: None,
             deliveries: BTreeMap::new(),
             unmask_request: None,
-            result: None,
             u1: Vec::new(),
             u2: Vec::new(),
             u3: Vec::new(),
@@ -141,18 +135,27 @@ impl SecureAggregation {
         }
     }
 
-    fn name_of(&self, id: SiteId) -> String {
-        self.ids
-            .iter()
-            .find(|(_, v)| **v == id)
-            .map_or_else(|| id.to_string(), |(name, _)| name.clone())
+    fn fail(&mut self, reason: String) -> Poll {
+        self.failed = Some(reason.clone());
+        Poll::Failed(reason)
     }
 
-    fn fail(&mut self, reason: String) -> Poll {
-        let poll = Poll::Failed(reason);
-        self.result = Some(poll.clone());
-        poll
+    /// The protocol's stage (`Done` once the server went to the finisher).
+    fn stage(&self) -> RoundStage {
+        if self.finishing {
+            RoundStage::Done
+        } else {
+            self.server.stage()
+        }
     }
+
+    fn is_closed(&self) -> bool {
+        self.finishing || self.failed.is_some()
+    }
+}
+
+fn invalid(error: fedlnm_protocol::payload::PayloadError) -> AggregationError {
+    AggregationError::Invalid(error.to_string())
 }
 
 fn protocol_error(error: &secagg::SecAggError) -> AggregationError {
@@ -164,19 +167,18 @@ impl Aggregation for SecureAggregation {
         AggregationKind::Secure
     }
 
-    fn task_fields(&self, site: &str) -> Option<TaskFields> {
+    fn task_fields(&self, site: &str) -> Option<RoundAggregation> {
         let id = *self.ids.get(site)?;
+        if self.is_closed() {
+            return None;
+        }
         // After the key stage a site that did not advertise cannot take part any more.
-        if self.server.stage() != Stage::AdvertiseKeys && !self.u1.contains(&id) {
+        if self.stage() != RoundStage::AdvertiseKeys && !self.u1.contains(&id) {
             return None;
         }
-        if self.result.is_some() {
-            return None;
-        }
-        Some(TaskFields {
-            aggregation: "secure".to_owned(),
-            secagg_config_json: self.config_json.clone(),
-            secagg_site_id: id.0,
+        Some(RoundAggregation::Secure {
+            config: Box::new(self.secagg_config.clone()),
+            site_id: id,
         })
     }
 
@@ -187,14 +189,18 @@ impl Aggregation for SecureAggregation {
 
     fn accept_upload(&mut self, upload: &Upload<'_>) -> Result<(), AggregationError> {
         let id = self.id(upload.site)?;
-        if upload.format != "secure" {
+        if upload.format != UpdateFormat::MaskedInput {
             return Err(AggregationError::Invalid(format!(
-                "this round takes masked updates (secure aggregation), not '{}'",
+                "this round takes masked updates (secure aggregation), not {:?}",
                 upload.format
             )));
         }
-        let message: MaskedInput =
-            decode(upload.payload, "masked input").map_err(AggregationError::Invalid)?;
+        if self.is_closed() {
+            return Err(AggregationError::WrongTime(
+                "the round's uploads are closed".to_owned(),
+            ));
+        }
+        let message: MaskedInput = decode(upload.payload, "masked input").map_err(invalid)?;
         Self::check_sender(upload.site, id, message.header.site)?;
         self.server
             .receive_masked_input(message)
@@ -203,47 +209,49 @@ impl Aggregation for SecureAggregation {
         Ok(())
     }
 
-    fn accept_message(&mut self, site: &str, stage: &str, payload: &[u8]) -> Result<(), AggregationError> {
+    fn accept_message(
+        &mut self,
+        site: &str,
+        stage: SecAggStage,
+        payload: &[u8],
+    ) -> Result<(), AggregationError> {
         let id = self.id(site)?;
+        if self.is_closed() {
+            return Err(AggregationError::WrongTime(format!(
+                "the {stage} stage is closed: this round's secure aggregation has ended"
+            )));
+        }
         match stage {
-            ADVERTISE_KEYS => {
-                let message: AdvertiseKeys =
-                    decode(payload, "key advertisement").map_err(AggregationError::Invalid)?;
+            SecAggStage::AdvertiseKeys => {
+                let message: AdvertiseKeys = decode(payload, "key advertisement").map_err(invalid)?;
                 Self::check_sender(site, id, message.header.site)?;
                 self.server
                     .receive_keys(message)
                     .map_err(|e| protocol_error(&e))?;
                 self.advertised.insert(id);
             }
-            SHARE_KEYS => {
-                let message: ShareKeys =
-                    decode(payload, "encrypted shares").map_err(AggregationError::Invalid)?;
+            SecAggStage::ShareKeys => {
+                let message: ShareKeys = decode(payload, "encrypted shares").map_err(invalid)?;
                 Self::check_sender(site, id, message.header.site)?;
                 self.server
                     .receive_shares(message)
                     .map_err(|e| protocol_error(&e))?;
                 self.shared.insert(id);
             }
-            UNMASK_RESPONSE => {
-                let message: UnmaskResponse =
-                    decode(payload, "unmasking shares").map_err(AggregationError::Invalid)?;
+            SecAggStage::UnmaskResponse => {
+                let message: UnmaskResponse = decode(payload, "unmasking shares").map_err(invalid)?;
                 Self::check_sender(site, id, message.header.site)?;
                 self.server
                     .receive_unmask_response(message)
                     .map_err(|e| protocol_error(&e))?;
                 self.responded.insert(id);
             }
-            UNMASK_REQUEST => {}
-            other => {
-                return Err(AggregationError::Invalid(format!(
-                    "unknown secure-aggregation stage '{other}'"
-                )));
-            }
+            SecAggStage::UnmaskRequest => {}
         }
         Ok(())
     }
 
-    fn reply(&self, site: &str, stage: &str) -> Option<Result<Vec<u8>, AggregationError>> {
+    fn reply(&self, site: &str, stage: SecAggStage) -> Option<Result<Vec<u8>, AggregationError>> {
         let id = match self.id(site) {
             Ok(id) => id,
             Err(error) => return Some(Err(error)),
@@ -253,7 +261,7 @@ impl Aggregation for SecureAggregation {
                 "the secure aggregation of this round was abandoned".to_owned(),
             )))
         };
-        if matches!(self.result, Some(Poll::Failed(_))) {
+        if self.failed.is_some() {
             return aborted();
         }
         let left_out = |stage: &str| {
@@ -262,40 +270,40 @@ impl Aggregation for SecureAggregation {
             ))))
         };
         match stage {
-            ADVERTISE_KEYS => match &self.directory {
-                Some(_) if !self.u1.contains(&id) => left_out(stage),
+            SecAggStage::AdvertiseKeys => match &self.directory {
+                Some(_) if !self.u1.contains(&id) => left_out(stage.name()),
                 Some(directory) => Some(Ok(directory.clone())),
                 None => None,
             },
-            SHARE_KEYS => {
-                if self.server.stage() == Stage::AdvertiseKeys || self.server.stage() == Stage::ShareKeys {
+            SecAggStage::ShareKeys => {
+                if matches!(self.stage(), RoundStage::AdvertiseKeys | RoundStage::ShareKeys) {
                     return None;
                 }
                 match self.deliveries.get(&id) {
                     Some(delivery) => Some(Ok(delivery.clone())),
-                    None => left_out(stage),
+                    None => left_out(stage.name()),
                 }
             }
-            UNMASK_REQUEST => match &self.unmask_request {
+            SecAggStage::UnmaskRequest => match &self.unmask_request {
                 Some(_) if !self.u3.contains(&id) => left_out("masked-input"),
                 Some(request) => Some(Ok(request.clone())),
                 None => None,
             },
-            UNMASK_RESPONSE => Some(Ok(Vec::new())),
-            other => Some(Err(AggregationError::Invalid(format!(
-                "unknown secure-aggregation stage '{other}'"
-            )))),
+            SecAggStage::UnmaskResponse => Some(Ok(Vec::new())),
         }
     }
 
     fn advance(&mut self, now: Instant) -> Poll {
-        if let Some(result) = &self.result {
-            return result.clone();
+        if let Some(reason) = &self.failed {
+            return Poll::Failed(reason.clone());
+        }
+        if self.finishing {
+            return Poll::Pending;
         }
         let n = self.ids.len();
         loop {
-            match self.server.stage() {
-                Stage::AdvertiseKeys => {
+            match self.stage() {
+                RoundStage::AdvertiseKeys => {
                     if self.advertised.len() < n && now < self.stage_deadline {
                         return Poll::Pending;
                     }
@@ -308,7 +316,7 @@ impl Aggregation for SecureAggregation {
                         Err(error) => return self.fail(format!("key stage: {error}")),
                     }
                 }
-                Stage::ShareKeys => {
+                RoundStage::ShareKeys => {
                     if self.shared.len() < self.u1.len() && now < self.stage_deadline {
                         return Poll::Pending;
                     }
@@ -323,7 +331,7 @@ impl Aggregation for SecureAggregation {
                         Err(error) => return self.fail(format!("share stage: {error}")),
                     }
                 }
-                Stage::MaskedInputCollection => {
+                RoundStage::MaskedInputCollection => {
                     if self.uploaded.len() < self.u2.len() && now < self.round_deadline {
                         return Poll::Pending;
                     }
@@ -336,34 +344,38 @@ impl Aggregation for SecureAggregation {
                         Err(error) => return self.fail(format!("masked-input stage: {error}")),
                     }
                 }
-                Stage::Unmasking => {
+                RoundStage::Unmasking => {
                     if self.responded.len() < self.u3.len() && now < self.stage_deadline {
                         return Poll::Pending;
                     }
-                    match self.server.finish() {
-                        Ok(aggregate) => {
-                            let contributors: Vec<String> =
-                                aggregate.survivors.iter().map(|&id| self.name_of(id)).collect();
-                            let dropped = self
-                                .ids
-                                .keys()
-                                .filter(|site| !contributors.contains(site))
-                                .cloned()
-                                .collect();
-                            let average_delta = aggregate.fedavg_delta;
-                            let poll = Poll::Ready(RoundAggregate {
-                                average_delta,
-                                total_samples: aggregate.total_samples,
-                                contributors,
-                                dropped,
-                            });
-                            self.result = Some(poll.clone());
-                            return poll;
-                        }
-                        Err(error) => return self.fail(format!("unmasking: {error}")),
-                    }
+                    // Unmasking regenerates every mask stream: the finisher does it, off the lock.
+                    self.finishing = true;
+                    let mut server =
+                        std::mem::replace(&mut self.server, SecAggServer::new(self.config.clone()));
+                    let ids = self.ids.clone();
+                    return Poll::Ready(Box::new(move || {
+                        let aggregate = server.finish().map_err(|e| format!("unmasking: {e}"))?;
+                        let name_of = |id: SiteId| {
+                            ids.iter()
+                                .find(|(_, v)| **v == id)
+                                .map_or_else(|| id.to_string(), |(name, _)| name.clone())
+                        };
+                        let contributors: Vec<String> =
+                            aggregate.survivors.iter().map(|&id| name_of(id)).collect();
+                        let dropped = ids
+                            .keys()
+                            .filter(|site| !contributors.contains(site))
+                            .cloned()
+                            .collect();
+                        Ok(RoundAggregate {
+                            average_delta: aggregate.fedavg_delta,
+                            total_samples: aggregate.total_samples,
+                            contributors,
+                            dropped,
+                        })
+                    }));
                 }
-                Stage::Done | Stage::Aborted => {
+                RoundStage::Done | RoundStage::Aborted => {
                     return self.fail("the protocol instance ended without an aggregate".to_owned());
                 }
             }
@@ -371,11 +383,11 @@ impl Aggregation for SecureAggregation {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        if self.result.is_some() {
+        if self.is_closed() {
             return None;
         }
-        Some(match self.server.stage() {
-            Stage::MaskedInputCollection => self.round_deadline,
+        Some(match self.stage() {
+            RoundStage::MaskedInputCollection => self.round_deadline,
             _ => self.stage_deadline,
         })
     }
@@ -384,7 +396,7 @@ impl Aggregation for SecureAggregation {
         u64::from(self.directory.is_some())
             + u64::from(!self.deliveries.is_empty())
             + u64::from(self.unmask_request.is_some())
-            + u64::from(self.result.is_some())
+            + u64::from(self.is_closed())
     }
 
     fn has_uploaded(&self, site: &str) -> bool {

@@ -1,6 +1,8 @@
 //! The aggregator's gRPC service over mutual TLS: every call is authorized by the site id in the client
 //! certificate (chain-verified against the study CA by rustls), checked against the study config, then
-//! handed to the round logic ([`Study`]) under one lock.
+//! handed to the round logic ([`Study`]) under one lock, which is held only for quick state changes: the
+//! slow steps of a round (unmasking, applying, serializing and hashing a model, committing it) run on
+//! blocking threads ([`Study::take_job`]) while every call is still answered.
 //!
 //! Refusals are logged with the site and reason, counted in `/metrics`, change no state, and reach the
 //! node as a gRPC status that says what to fix. Long polls (`GetTask`, secure-aggregation stages) wait
@@ -8,57 +10,47 @@
 //! per-chunk idle timeout, so a slow link that keeps making progress is never cut off.
 
 use crate::aggregation::Upload;
-use crate::proto::federation_server::{Federation, FederationServer};
-use crate::proto::{
-    CheckInRequest, CheckInResponse, MetricsReceipt, MetricsReport, ModelChunk, ModelRef, ModelRequest,
-    SecAggReply, SecAggRequest, StudyFinished, Task, TaskRequest, TrainTask, UpdateChunk, UploadReceipt,
-    ValidateTask, Wait, task,
-};
 use crate::store::ModelBlob;
-use crate::study::{Study, StudyError, TaskDecision};
+use crate::study::{JobKind, Study, StudyError, StudyJob, TaskDecision};
 use crate::telemetry::Telemetry;
+use fedlnm_protocol::server::{self as wire, Caller, Download, FederationHandler, IncomingUpload};
+use fedlnm_protocol::transfer::TransferError;
+use fedlnm_protocol::{
+    CheckIn, CheckInReply, Claim, MetricsReport, ModelRef, SecAggMessage, SecAggStage, Status, Task,
+    TrainTask, UploadReceipt, ValidateTask,
+};
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::SiteRoundMetrics;
-use fedlnm_shared::weights::sha256_hex;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::{Request, Response, Status, Streaming};
 
-/// Size of the chunks of a model download.
-pub const CHUNK_BYTES: usize = 1 << 20;
-/// How long a `GetTask` long poll waits before answering `Wait`.
-const LONG_POLL: Duration = Duration::from_secs(20);
-/// Longest silence between two chunks of an upload.
-const CHUNK_IDLE: Duration = Duration::from_secs(120);
+/// How long a `Wait` tells a site to pause before asking again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// What can stop the server from starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Study(#[from] StudyError),
-    #[error("TLS configuration: {0}")]
-    Tls(#[source] tonic::transport::Error),
-    #[error("the gRPC server stopped: {0}")]
-    Transport(#[source] tonic::transport::Error),
+    #[error(transparent)]
+    Wire(#[from] wire::ServeError),
     #[error("cannot serve /metrics on {address}: {source}")]
     Metrics { address: String, source: std::io::Error },
 }
+
+/// Called on the blocking thread at the start of each slow study step, before its work: for
+/// instrumentation, and for tests that must observe what the service answers meanwhile.
+pub type JobObserver = Arc<dyn Fn(JobKind) + Send + Sync>;
 
 struct Shared {
     config: Arc<AggregatorConfig>,
     study: Mutex<Study>,
     changed: watch::Sender<u64>,
     telemetry: Arc<Telemetry>,
+    job_observer: Mutex<Option<JobObserver>>,
 }
 
 /// The federation service of one study.
@@ -83,6 +75,7 @@ impl FederationService {
                 study: Mutex::new(study),
                 changed,
                 telemetry,
+                job_observer: Mutex::new(None),
             }),
         })
     }
@@ -102,32 +95,83 @@ impl FederationService {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs `f` on the study, then lets it move on (closing complete stages) and wakes waiters.
+    /// Sets the [`JobObserver`] of the study's slow steps.
+    pub fn observe_jobs(&self, observer: JobObserver) {
+        *self
+            .shared
+            .job_observer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(observer);
+    }
+
+    /// Runs `f` on the study, then lets it move on (closing complete stages), starts the slow step a
+    /// transition left, and wakes waiters.
     fn mutate<R>(&self, f: impl FnOnce(&mut Study) -> R) -> R {
-        let result = {
+        let (result, job) = {
             let mut study = self.lock();
             let result = f(&mut study);
             while study.tick(Instant::now()) {}
-            result
+            (result, study.take_job())
         };
         self.shared.changed.send_modify(|n| *n += 1);
+        if let Some(job) = job {
+            self.run_job(job);
+        }
         result
     }
 
     /// Closes whatever is past its deadline; returns the next deadline.
     fn tick(&self) -> Option<Instant> {
         let mut changed = false;
-        let next = {
+        let (next, job) = {
             let mut study = self.lock();
             while study.tick(Instant::now()) {
                 changed = true;
             }
-            study.next_deadline()
+            (study.next_deadline(), study.take_job())
         };
         if changed {
             self.shared.changed.send_modify(|n| *n += 1);
         }
+        if let Some(job) = job {
+            self.run_job(job);
+        }
         next
+    }
+
+    /// Runs a slow step on a blocking thread, never under the lock, and hands its result back.
+    fn run_job(&self, job: StudyJob) {
+        let service = self.clone();
+        let observer = self
+            .shared
+            .job_observer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        tokio::spawn(async move {
+            let kind = job.kind;
+            let started = Instant::now();
+            let outcome = tokio::task::spawn_blocking(move || {
+                if let Some(observer) = observer {
+                    observer(kind);
+                }
+                job.run()
+            })
+            .await;
+            match outcome {
+                Ok(result) => {
+                    tracing::debug!(
+                        ?kind,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "study step done"
+                    );
+                    service.mutate(|study| study.job_done(result, Instant::now()));
+                }
+                // A panic in a job is a bug; the phase stays until the process restarts and resumes
+                // from the last committed round.
+                Err(error) => tracing::error!(?kind, %error, "a study step failed"),
+            }
+        });
     }
 
     /// Whether the study has run all its rounds.
@@ -171,15 +215,11 @@ impl FederationService {
 
     /// The calling site and its role, from the client certificate; checks that the request speaks for
     /// that site and study.
-    fn authorize(
-        &self,
-        certificate_site: Option<String>,
-        claimed_site: &str,
-        claimed_study: &str,
-    ) -> Result<(String, SiteRole), Status> {
+    fn authorize(&self, caller: Caller, claim: &Claim) -> Result<(String, SiteRole), Status> {
+        let (claimed_site, claimed_study) = (claim.site.as_str(), claim.study.as_str());
         let config = &self.shared.config;
         let telemetry = &self.shared.telemetry;
-        let Some(site) = certificate_site else {
+        let Some(site) = caller.certificate_site else {
             tracing::warn!("refused: no usable client certificate");
             telemetry.refuse("no-certificate");
             return Err(Status::unauthenticated(
@@ -225,19 +265,6 @@ impl FederationService {
     }
 }
 
-/// The site id of the client certificate of a request, if any.
-fn certificate_site<T>(request: &Request<T>) -> Option<String> {
-    let certificates = request.peer_certs()?;
-    let leaf = certificates.first()?;
-    match fedlnm_shared::tls::site_of_certificate(leaf.as_ref()) {
-        Ok(site) => Some(site),
-        Err(error) => {
-            tracing::warn!(%error, "client certificate without a site identity");
-            None
-        }
-    }
-}
-
 fn model_ref(model: &ModelBlob) -> ModelRef {
     ModelRef {
         version: model.version,
@@ -248,76 +275,91 @@ fn model_ref(model: &ModelBlob) -> ModelRef {
 }
 
 fn task_message(decision: TaskDecision) -> Task {
-    let kind = match decision {
-        TaskDecision::Wait { reason } => task::Kind::Wait(Wait {
-            retry_after_ms: 500,
+    match decision {
+        TaskDecision::Wait { reason } => Task::Wait {
+            retry_after: RETRY_AFTER,
             reason,
-        }),
-        TaskDecision::Train(assignment) => task::Kind::Train(TrainTask {
+        },
+        TaskDecision::Train(assignment) => Task::Train(TrainTask {
             round: assignment.round,
-            model: Some(model_ref(&assignment.model)),
-            plan_json: assignment.plan_json,
-            local_tensor_patterns: assignment.local_tensor_patterns,
-            aggregation: assignment.fields.aggregation,
-            secagg_config_json: assignment.fields.secagg_config_json,
-            secagg_site_id: assignment.fields.secagg_site_id,
+            model: model_ref(&assignment.model),
+            plan: assignment.plan,
+            local_tensors: assignment.local_tensors,
+            aggregation: assignment.aggregation,
         }),
-        TaskDecision::Validate { round, model } => task::Kind::Validate(ValidateTask {
+        TaskDecision::Validate {
             round,
-            model: Some(model_ref(&model)),
+            model,
+            local_tensors,
+        } => Task::Validate(ValidateTask {
+            round,
+            model: model_ref(&model),
+            local_tensors,
         }),
-        TaskDecision::Finished { rounds, model } => task::Kind::Finished(StudyFinished {
+        TaskDecision::Finished { rounds, model } => Task::Finished {
             rounds,
-            model: Some(model_ref(&model)),
-        }),
-    };
-    Task { kind: Some(kind) }
+            model: model_ref(&model),
+        },
+    }
 }
 
-type ModelStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ModelChunk, Status>> + Send>>;
+/// The `/metrics` label of a refused upload transfer.
+fn refusal_label(error: &TransferError) -> &'static str {
+    match error {
+        TransferError::TooLarge { .. } => "oversized-update",
+        TransferError::WrongSize { .. } => "truncated-or-oversized-update",
+        TransferError::Digest { .. } => "update-digest",
+        TransferError::Idle { .. } => "idle-update",
+        TransferError::OutOfOrder { .. } | TransferError::MisplacedHeader { .. } => "malformed-update",
+    }
+}
 
-#[tonic::async_trait]
-impl Federation for FederationService {
-    async fn check_in(&self, request: Request<CheckInRequest>) -> Result<Response<CheckInResponse>, Status> {
-        let certificate_site = certificate_site(&request);
-        let request = request.into_inner();
-        let (site, role) = self.authorize(certificate_site, &request.site, &request.study)?;
-        tracing::info!(site, %role, node_version = request.node_version, "site checked in");
-        Ok(Response::new(CheckInResponse {
-            study: self.shared.config.study.clone(),
-            site,
-            role: role.to_string(),
-            aggregator_version: env!("CARGO_PKG_VERSION").to_owned(),
-        }))
+impl Download for ModelBlob {
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
-    async fn get_task(&self, request: Request<TaskRequest>) -> Result<Response<Task>, Status> {
-        let certificate_site = certificate_site(&request);
-        let request = request.into_inner();
-        let (site, role) = self.authorize(certificate_site, &request.site, &request.study)?;
+    fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+#[fedlnm_protocol::server::async_trait]
+impl FederationHandler for FederationService {
+    async fn check_in(&self, caller: Caller, request: CheckIn) -> Result<CheckInReply, Status> {
+        let (site, role) = self.authorize(caller, &request.claim)?;
+        tracing::info!(site, %role, node_version = request.node_version, "site checked in");
+        Ok(CheckInReply {
+            study: self.shared.config.study.clone(),
+            site,
+            role,
+            aggregator_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
+
+    async fn get_task(&self, caller: Caller, claim: Claim) -> Result<Task, Status> {
+        let (site, role) = self.authorize(caller, &claim)?;
+        let long_poll = Duration::from_secs(self.shared.config.rounds.long_poll_s);
         let decision = self
-            .wait_for(LONG_POLL, |study| match study.task_for(&site, role) {
+            .wait_for(long_poll, |study| match study.task_for(&site, role) {
                 TaskDecision::Wait { .. } => None,
                 decision => Some(decision),
             })
             .await
             .unwrap_or_else(|| self.lock().task_for(&site, role));
-        Ok(Response::new(task_message(decision)))
+        Ok(task_message(decision))
     }
-
-    type DownloadModelStream = ModelStream;
 
     async fn download_model(
         &self,
-        request: Request<ModelRequest>,
-    ) -> Result<Response<Self::DownloadModelStream>, Status> {
-        let certificate_site = certificate_site(&request);
-        let request = request.into_inner();
-        let (site, _) = self.authorize(certificate_site, &request.site, &request.study)?;
-        let model = self.lock().model(request.version).ok_or_else(|| {
+        caller: Caller,
+        claim: Claim,
+        version: u64,
+    ) -> Result<Arc<dyn Download>, Status> {
+        let (site, _) = self.authorize(caller, &claim)?;
+        let model = self.lock().model(version).ok_or_else(|| {
             Status::not_found(format!(
-                "model version {} is not available (only the committed and the validated one are)",
-                request.version
+                "model version {version} is not available (only the committed and the validated one are)"
             ))
         })?;
         tracing::debug!(
@@ -327,74 +369,23 @@ impl Federation for FederationService {
             "model download"
         );
         self.shared.telemetry.sent("model", model.bytes.len());
-        let total_size = model.bytes.len() as u64;
-        let chunks = (0..model.bytes.len().div_ceil(CHUNK_BYTES).max(1)).map(move |index| {
-            let start = index * CHUNK_BYTES;
-            let end = (start + CHUNK_BYTES).min(model.bytes.len());
-            Ok(ModelChunk {
-                offset: start as u64,
-                data: model.bytes[start..end].to_vec(),
-                total_size,
-                digest: model.digest.clone(),
-            })
-        });
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(model)
     }
 
-    async fn upload_update(
-        &self,
-        request: Request<Streaming<UpdateChunk>>,
-    ) -> Result<Response<UploadReceipt>, Status> {
-        let certificate_site = certificate_site(&request);
-        let mut stream = request.into_inner();
-        let first = next_chunk(&mut stream)
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
-        let header = first
-            .header
-            .ok_or_else(|| Status::invalid_argument("the first chunk of an upload must carry its header"))?;
-        let (site, role) = self.authorize(certificate_site, &header.site, &header.study)?;
+    async fn upload_update(&self, caller: Caller, upload: IncomingUpload) -> Result<UploadReceipt, Status> {
+        let header = upload.header.clone();
+        let (site, role) = self.authorize(caller, &header.claim)?;
         self.require_training_site(&site, role)?;
         let limit = self.mutate(|study| study.upload_limit(&site, header.round))?;
-        if header.total_size > limit {
-            self.shared.telemetry.refuse("oversized-update");
-            tracing::warn!(site, size = header.total_size, limit, "refused: oversized update");
-            return Err(Status::resource_exhausted(format!(
-                "an update of {} bytes exceeds this round's limit of {limit} bytes",
-                header.total_size
-            )));
-        }
-        let total = usize::try_from(header.total_size).unwrap_or(usize::MAX);
-        let mut payload = Vec::with_capacity(total);
-        payload.extend_from_slice(&first.data);
-        while payload.len() <= total {
-            let Some(chunk) = next_chunk(&mut stream).await? else {
-                break;
-            };
-            if chunk.header.is_some() {
-                return Err(Status::invalid_argument(
-                    "only the first chunk may carry a header",
-                ));
-            }
-            payload.extend_from_slice(&chunk.data);
-        }
-        if payload.len() != total {
-            self.shared.telemetry.refuse("truncated-or-oversized-update");
-            return Err(Status::invalid_argument(format!(
-                "the update declared {total} bytes but {} arrived",
-                payload.len()
-            )));
-        }
-        if sha256_hex(&payload) != header.digest {
-            self.shared.telemetry.refuse("update-digest");
-            return Err(Status::data_loss(
-                "the update's SHA-256 does not match its header: corrupted in transit",
-            ));
-        }
+        let payload = upload.receive(limit).await.map_err(|error| {
+            tracing::warn!(site, round = header.round, %error, "refused: upload");
+            self.shared.telemetry.refuse(refusal_label(&error));
+            error.status()
+        })?;
         self.shared.telemetry.received("update", payload.len());
         let upload = Upload {
             site: &site,
-            format: &header.format,
+            format: header.format,
             n_samples: header.n_samples,
             payload: &payload,
         };
@@ -408,79 +399,61 @@ impl Federation for FederationService {
                 );
                 self.shared.telemetry.refuse("update-refused");
             })?;
-        Ok(Response::new(UploadReceipt {
+        Ok(UploadReceipt {
             round: header.round,
             bytes: payload.len() as u64,
-        }))
+        })
     }
 
-    async fn secure_aggregation(
-        &self,
-        request: Request<SecAggRequest>,
-    ) -> Result<Response<SecAggReply>, Status> {
-        let certificate_site = certificate_site(&request);
-        let request = request.into_inner();
-        let (site, role) = self.authorize(certificate_site, &request.site, &request.study)?;
+    async fn secure_aggregation(&self, caller: Caller, message: SecAggMessage) -> Result<Vec<u8>, Status> {
+        let (site, role) = self.authorize(caller, &message.claim)?;
         self.require_training_site(&site, role)?;
         self.shared
             .telemetry
-            .received("secure-aggregation", request.payload.len());
+            .received("secure-aggregation", message.payload.len());
+        let stage = message.stage;
         let attempt = self
-            .mutate(|study| study.accept_message(&site, request.round, &request.stage, &request.payload))
+            .mutate(|study| study.accept_message(&site, message.round, stage, &message.payload))
             .inspect_err(|status| {
                 tracing::warn!(
                     site,
-                    stage = request.stage,
+                    %stage,
                     reason = status.message(),
                     "protocol message refused"
                 );
                 self.shared.telemetry.refuse("secure-aggregation-message");
             })?;
         // The last stage has no reply: accepting the shares is the answer (and the round may already
-        // have moved on to validation because of them).
-        if request.stage == fedlnm_shared::federation::STAGE_UNMASK_RESPONSE {
-            return Ok(Response::new(SecAggReply { payload: Vec::new() }));
+        // have moved on to aggregation because of them).
+        if stage == SecAggStage::UnmaskResponse {
+            return Ok(Vec::new());
         }
         let limit = Duration::from_secs(
             self.shared.config.rounds.round_deadline_s + 2 * self.shared.config.rounds.stage_timeout_s,
         );
         let reply = self
-            .wait_for(limit, |study| {
-                study.reply(&site, request.round, attempt, &request.stage)
-            })
+            .wait_for(limit, |study| study.reply(&site, message.round, attempt, stage))
             .await
             .unwrap_or_else(|| Err(Status::deadline_exceeded("the stage did not close in time")))?;
         self.shared.telemetry.sent("secure-aggregation", reply.len());
-        Ok(Response::new(SecAggReply { payload: reply }))
+        Ok(reply)
     }
 
-    async fn report_metrics(
-        &self,
-        request: Request<MetricsReport>,
-    ) -> Result<Response<MetricsReceipt>, Status> {
-        let certificate_site = certificate_site(&request);
-        let request = request.into_inner();
-        let (site, role) = self.authorize(certificate_site, &request.site, &request.study)?;
-        let metrics: SiteRoundMetrics = serde_json::from_str(&request.metrics_json)
+    async fn report_metrics(&self, caller: Caller, report: MetricsReport) -> Result<(), Status> {
+        let (site, role) = self.authorize(caller, &report.claim)?;
+        let metrics: SiteRoundMetrics = report
+            .metrics
+            .decode()
             .map_err(|e| Status::invalid_argument(format!("malformed metrics of site {site}: {e}")))?;
-        self.shared
-            .telemetry
-            .received("metrics", request.metrics_json.len());
-        self.mutate(|study| {
-            study.accept_metrics(&site, role, request.round, &request.model_digest, metrics)
-        })?;
-        Ok(Response::new(MetricsReceipt { round: request.round }))
-    }
-}
-
-/// The next chunk of an upload, or `None` at its end; an idle link times out per chunk only.
-async fn next_chunk(stream: &mut Streaming<UpdateChunk>) -> Result<Option<UpdateChunk>, Status> {
-    match tokio::time::timeout(CHUNK_IDLE, stream.message()).await {
-        Ok(result) => result,
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no data for {} s during an upload",
-            CHUNK_IDLE.as_secs()
-        ))),
+        self.shared.telemetry.received("metrics", report.metrics.len());
+        self.mutate(|study| study.accept_metrics(&site, role, report.round, &report.model_digest, metrics))?;
+        // The report that completes a round is answered once the round is on disk (the commit runs off
+        // the lock meanwhile), so a site that hears "received" knows its metrics are committed.
+        let limit = Duration::from_secs(self.shared.config.rounds.validation_deadline_s);
+        let _committed = self
+            .wait_for(limit, |study| (!study.is_committing(report.round)).then_some(()))
+            .await;
+        Ok(())
     }
 }
 
@@ -494,20 +467,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    fedlnm_shared::tls::install_crypto_provider();
     let config = service.shared.config.clone();
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| ServeError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            read(&config.tls.certificate)?,
-            read(&config.tls.key)?,
-        ))
-        .client_ca_root(Certificate::from_pem(read(&config.tls.ca)?));
     let address = listener.local_addr().ok();
     let (stop, stopped) = watch::channel(false);
     let stop_signal = move |mut rx: watch::Receiver<bool>| async move {
@@ -515,13 +475,12 @@ pub async fn serve(
     };
     let mut metrics_task = None;
     if let Some(metrics_address) = &config.metrics_listen {
-        let metrics_listener =
-            TcpListener::bind(metrics_address)
-                .await
-                .map_err(|source| ServeError::Metrics {
-                    address: metrics_address.clone(),
-                    source,
-                })?;
+        let metrics_listener = wire::bind(metrics_address)
+            .await
+            .map_err(|source| ServeError::Metrics {
+                address: metrics_address.clone(),
+                source,
+            })?;
         tracing::info!(
             address = metrics_address,
             "Prometheus metrics on /metrics (plain HTTP)"
@@ -559,17 +518,9 @@ pub async fn serve(
         sites = config.sites.len(),
         "aggregator listening (mutual TLS 1.3)"
     );
-    let result = Server::builder()
-        .tls_config(tls)
-        .map_err(ServeError::Tls)?
-        .add_service(
-            FederationServer::new(service)
-                .max_decoding_message_size(8 << 20)
-                .max_encoding_message_size(8 << 20),
-        )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+    let result = wire::serve(Arc::new(service), listener, &config.tls, shutdown)
         .await
-        .map_err(ServeError::Transport);
+        .map_err(ServeError::from);
     let _ = stop.send(true);
     drop(ticker);
     drop(metrics_task);

@@ -11,6 +11,7 @@
 //! commit) are removed at start. A committed round is never overwritten. On start the latest round is
 //! loaded and its model checked against the digest recorded with it.
 
+use fedlnm_shared::checkpoint::{Checkpoint, CheckpointError};
 use fedlnm_shared::federation::RoundRecord;
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::weights::{NamedTensors, sha256_hex};
@@ -58,8 +59,10 @@ impl ModelBlob {
     ///
     /// # Errors
     /// The weights cannot be serialized (a tensor whose values do not fill its shape).
-    pub fn new(version: u64, weights: NamedTensors, config: ModelConfig) -> Result<Self, String> {
-        let bytes = weights.to_safetensors_bytes(&config.checkpoint_metadata())?;
+    pub fn new(version: u64, weights: NamedTensors, config: ModelConfig) -> Result<Self, CheckpointError> {
+        let checkpoint = Checkpoint { config, weights };
+        let bytes = checkpoint.to_bytes()?;
+        let Checkpoint { config, weights } = checkpoint;
         Ok(Self {
             version,
             digest: sha256_hex(&bytes),
@@ -75,13 +78,11 @@ impl ModelBlob {
     /// # Errors
     /// [`StoreError::Corrupt`] naming `origin`.
     pub fn parse(version: u64, bytes: Vec<u8>, origin: &Path) -> Result<Self, StoreError> {
-        let corrupt = |problem: String| StoreError::Corrupt {
-            path: origin.to_path_buf(),
-            problem,
-        };
-        let (weights, metadata) =
-            NamedTensors::from_safetensors_bytes(&bytes, origin).map_err(|e| corrupt(e.to_string()))?;
-        let config = ModelConfig::from_checkpoint_metadata(&metadata).map_err(|e| corrupt(e.to_string()))?;
+        let Checkpoint { config, weights } =
+            Checkpoint::from_bytes(&bytes, origin).map_err(|e| StoreError::Corrupt {
+                path: origin.to_path_buf(),
+                problem: e.to_string(),
+            })?;
         Ok(Self {
             version,
             digest: sha256_hex(&bytes),

@@ -3,24 +3,32 @@
 //! when a round aggregates, validates and commits.
 //!
 //! Phases: `Training(r)` (training sites download version r − 1, train, upload; the [`Aggregation`]
-//! combines the updates) → `Validating(r)` (every site scores the new model r and reports aggregate
-//! metrics) → commit of round r (model, record and metrics, atomically, [`RoundStore`]) → `Training(r+1)`
-//! or `Finished`. A round that cannot aggregate (too few sites by the deadline, a protocol failure) is
-//! abandoned without a commit and started again. Nothing in memory survives a restart: the study
-//! resumes from the last committed round.
+//! combines the updates) → `Aggregating(r)` (the expensive end: average or unmask, apply, serialize
+//! and hash the new model) → `Validating(r)` (every site scores the new model r and reports aggregate
+//! metrics) → `Committing(r)` (model, record and metrics written atomically, [`RoundStore`]) →
+//! `Training(r+1)` or `Finished`. A round that cannot aggregate (too few sites by the deadline, a
+//! protocol failure, an invalid aggregate) is abandoned without a commit and started again. Nothing in
+//! memory survives a restart: the study resumes from the last committed round.
+//!
+//! The two slow steps never run under the lock: a transition into `Aggregating` or `Committing` leaves
+//! a [`StudyJob`] that the service takes ([`Study::take_job`]) and runs on a blocking thread, and the
+//! job's result comes back through [`Study::job_done`]. Meanwhile every call is answered (sites wait).
 
 use crate::aggregation::{Aggregation, AggregationError, PlainAggregation, Poll, RoundAggregate, Upload};
 use crate::secure::{Attempt, SecureAggregation};
 use crate::store::{Committed, ModelBlob, RoundStore, StoreError};
 use crate::telemetry::Telemetry;
+use fedlnm_protocol::{RoundAggregation, SecAggStage, Status};
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::fedavg::apply_delta;
-use fedlnm_shared::federation::{AggregationKind, PooledMetrics, RoundRecord, SiteRoundMetrics};
-use fedlnm_shared::weights::is_local_norm;
+use fedlnm_shared::federation::{
+    AggregationKind, LocalTensors, PooledMetrics, RoundRecord, SiteRoundMetrics,
+};
+use fedlnm_shared::model_config::TrainPlan;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::Status;
 
 /// The study cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +41,7 @@ pub enum StudyError {
     )]
     NoInitialModel,
     #[error("cannot read the initial model {}: {source}", path.display())]
-    InitialModel {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    InitialModel { path: PathBuf, source: std::io::Error },
     #[error(
         "the initial model's configuration (digest {initial}) is not the one of the committed rounds \
          ({committed}): a state folder belongs to one model"
@@ -47,10 +52,19 @@ pub enum StudyError {
 /// What a site should do next.
 #[derive(Debug, Clone)]
 pub enum TaskDecision {
-    Wait { reason: String },
+    Wait {
+        reason: String,
+    },
     Train(TrainAssignment),
-    Validate { round: u64, model: Arc<ModelBlob> },
-    Finished { rounds: u64, model: Arc<ModelBlob> },
+    Validate {
+        round: u64,
+        model: Arc<ModelBlob>,
+        local_tensors: LocalTensors,
+    },
+    Finished {
+        rounds: u64,
+        model: Arc<ModelBlob>,
+    },
 }
 
 /// A training task.
@@ -58,9 +72,47 @@ pub enum TaskDecision {
 pub struct TrainAssignment {
     pub round: u64,
     pub model: Arc<ModelBlob>,
-    pub plan_json: String,
-    pub local_tensor_patterns: Vec<String>,
-    pub fields: crate::aggregation::TaskFields,
+    pub plan: TrainPlan,
+    pub local_tensors: LocalTensors,
+    pub aggregation: RoundAggregation,
+}
+
+/// Which slow step a [`StudyJob`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Average or unmask the round's updates, apply them, serialize and hash the new model.
+    Aggregate { round: u64 },
+    /// Write the validated round to disk (fsync, rename).
+    Commit { round: u64 },
+}
+
+/// A slow step of the study, to run off the lock ([`Study::take_job`]).
+pub struct StudyJob {
+    pub kind: JobKind,
+    id: u64,
+    work: Box<dyn FnOnce() -> JobOutcome + Send>,
+}
+
+impl StudyJob {
+    /// Does the work (blocking); hand the result to [`Study::job_done`].
+    #[must_use]
+    pub fn run(self) -> JobResult {
+        JobResult {
+            id: self.id,
+            outcome: (self.work)(),
+        }
+    }
+}
+
+/// What a [`StudyJob`] produced.
+pub struct JobResult {
+    id: u64,
+    outcome: JobOutcome,
+}
+
+enum JobOutcome {
+    Aggregated(Result<(RoundAggregate, ModelBlob), String>),
+    Committed(Result<PathBuf, StoreError>),
 }
 
 struct Training {
@@ -69,6 +121,19 @@ struct Training {
     attempt: u64,
     started: Instant,
     aggregation: Box<dyn Aggregation>,
+}
+
+struct Aggregating {
+    round: u64,
+    training_started: Instant,
+    kind: AggregationKind,
+    job: u64,
+}
+
+struct Committing {
+    record: RoundRecord,
+    model: Arc<ModelBlob>,
+    job: u64,
 }
 
 struct Validating {
@@ -84,7 +149,9 @@ struct Validating {
 
 enum Phase {
     Training(Training),
+    Aggregating(Aggregating),
     Validating(Validating),
+    Committing(Committing),
     Finished,
 }
 
@@ -97,8 +164,11 @@ pub struct Study {
     telemetry: Arc<Telemetry>,
     /// Training sites, sorted: a site's secure-aggregation id is its 1-based position.
     train_sites: Vec<String>,
-    plan_json: String,
+    /// FedBN: decided once for the study (its `fedbn` setting and the model's layout).
+    local_tensors: LocalTensors,
     attempts: u64,
+    jobs: u64,
+    pending_job: Option<StudyJob>,
 }
 
 impl Study {
@@ -166,7 +236,7 @@ impl Study {
             .map(|s| s.id.clone())
             .collect();
         train_sites.sort();
-        let plan_json = serde_json::to_string(&config.train).unwrap_or_default();
+        let local_tensors = LocalTensors::for_study(&committed.model.weights, config.rounds.fedbn);
         let mut study = Self {
             config,
             store,
@@ -174,8 +244,10 @@ impl Study {
             phase: Phase::Finished,
             telemetry,
             train_sites,
-            plan_json,
+            local_tensors,
             attempts: 0,
+            jobs: 0,
+            pending_job: None,
         };
         study.start_next_round(Instant::now());
         Ok(study)
@@ -203,8 +275,6 @@ impl Study {
         let settings = &self.config.rounds;
         let global = &self.committed.model;
         let deadline = now + Duration::from_secs(settings.round_deadline_s);
-        let fedbn = settings.fedbn;
-        let aggregated = move |name: &str| !(fedbn && is_local_norm(name));
         let aggregation: Box<dyn Aggregation> = if settings.secure_aggregation {
             let attempt = Attempt {
                 round,
@@ -212,7 +282,13 @@ impl Study {
                 opened: now,
                 deadline,
             };
-            match SecureAggregation::new(&self.config, &attempt, global, &aggregated, &self.train_sites) {
+            match SecureAggregation::new(
+                &self.config,
+                &attempt,
+                global,
+                &self.local_tensors,
+                &self.train_sites,
+            ) {
                 Ok(secure) => Box::new(secure),
                 Err(error) => {
                     // The configuration was validated at load; this is a bug or a model that breaks
@@ -223,9 +299,10 @@ impl Study {
                 }
             }
         } else {
+            let local = self.local_tensors.clone();
             Box::new(PlainAggregation::new(
                 &global.weights,
-                aggregated,
+                move |name| local.is_aggregated(name),
                 self.train_sites.iter().cloned(),
                 settings.min_sites,
                 deadline,
@@ -240,19 +317,6 @@ impl Study {
             started: now,
             aggregation,
         });
-    }
-
-    fn local_tensor_patterns(&self) -> Vec<String> {
-        if self.config.rounds.fedbn {
-            self.committed
-                .model
-                .weights
-                .local_norm_names()
-                .map(str::to_owned)
-                .collect()
-        } else {
-            Vec::new()
-        }
     }
 
     /// The next task of `site` (already authorized, with its role).
@@ -278,12 +342,12 @@ impl Study {
                     };
                 }
                 match training.aggregation.task_fields(site) {
-                    Some(fields) => TaskDecision::Train(TrainAssignment {
+                    Some(aggregation) => TaskDecision::Train(TrainAssignment {
                         round: training.round,
                         model: self.committed.model.clone(),
-                        plan_json: self.plan_json.clone(),
-                        local_tensor_patterns: self.local_tensor_patterns(),
-                        fields,
+                        plan: self.config.train.clone(),
+                        local_tensors: self.local_tensors.clone(),
+                        aggregation,
                     }),
                     None => TaskDecision::Wait {
                         reason: format!(
@@ -305,9 +369,16 @@ impl Study {
                     TaskDecision::Validate {
                         round: validating.round,
                         model: validating.model.clone(),
+                        local_tensors: self.local_tensors.clone(),
                     }
                 }
             }
+            Phase::Aggregating(aggregating) => TaskDecision::Wait {
+                reason: format!("round {} is being aggregated", aggregating.round),
+            },
+            Phase::Committing(committing) => TaskDecision::Wait {
+                reason: format!("round {} is being committed", committing.record.round),
+            },
         }
     }
 
@@ -319,6 +390,7 @@ impl Study {
         }
         match &self.phase {
             Phase::Validating(v) if v.model.version == version => Some(v.model.clone()),
+            Phase::Committing(c) if c.model.version == version => Some(c.model.clone()),
             _ => None,
         }
     }
@@ -330,9 +402,17 @@ impl Study {
                 "round {round} is not open: the study is training round {}",
                 training.round
             )),
+            Phase::Aggregating(a) => Some(format!(
+                "round {round} is not open for training: round {} is being aggregated",
+                a.round
+            )),
             Phase::Validating(v) => Some(format!(
                 "round {round} is not open for training: round {} is being validated",
                 v.round
+            )),
+            Phase::Committing(c) => Some(format!(
+                "round {round} is not open for training: round {} is being committed",
+                c.record.round
             )),
             Phase::Finished => Some("the study is finished".to_owned()),
         };
@@ -381,7 +461,7 @@ impl Study {
         &mut self,
         site: &str,
         round: u64,
-        stage: &str,
+        stage: SecAggStage,
         payload: &[u8],
     ) -> Result<u64, Status> {
         let training = self.training_round(round)?;
@@ -399,7 +479,7 @@ impl Study {
         site: &str,
         round: u64,
         attempt: u64,
-        stage: &str,
+        stage: SecAggStage,
     ) -> Option<Result<Vec<u8>, Status>> {
         match &self.phase {
             Phase::Training(training) if training.round == round && training.attempt == attempt => training
@@ -465,11 +545,12 @@ impl Study {
         Ok(())
     }
 
-    /// Moves the study on: closes stages and phases that are complete or past their deadline, commits
-    /// finished rounds. Returns whether anything changed.
+    /// Moves the study on: closes stages and phases that are complete or past their deadline, and
+    /// starts the slow steps of finished ones (as jobs, [`Self::take_job`]). Returns whether anything
+    /// changed.
     pub fn tick(&mut self, now: Instant) -> bool {
         match &mut self.phase {
-            Phase::Finished => false,
+            Phase::Finished | Phase::Aggregating(_) | Phase::Committing(_) => false,
             Phase::Training(training) => {
                 let before = training.aggregation.closed_stages();
                 match training.aggregation.advance(now) {
@@ -484,11 +565,27 @@ impl Study {
                         self.start_next_round(now);
                         true
                     }
-                    Poll::Ready(aggregate) => {
+                    Poll::Ready(finisher) => {
                         let round = training.round;
-                        let kind = training.aggregation.kind();
-                        let training_started = training.started;
-                        self.aggregated(round, kind, training_started, aggregate, now);
+                        let aggregating = Aggregating {
+                            round,
+                            training_started: training.started,
+                            kind: training.aggregation.kind(),
+                            job: self.jobs + 1,
+                        };
+                        let global = self.committed.model.clone();
+                        let work = move || {
+                            let result = finisher().and_then(|aggregate| {
+                                let weights = apply_delta(&global.weights, &aggregate.average_delta)
+                                    .map_err(|e| e.to_string())?;
+                                let model = ModelBlob::new(round, weights, global.config.clone())
+                                    .map_err(|e| e.to_string())?;
+                                Ok((aggregate, model))
+                            });
+                            JobOutcome::Aggregated(result)
+                        };
+                        self.schedule(JobKind::Aggregate { round }, Box::new(work));
+                        self.phase = Phase::Aggregating(aggregating);
                         true
                     }
                 }
@@ -508,20 +605,57 @@ impl Study {
         }
     }
 
+    /// The slow step the last transition started, for the caller to run off the lock (once).
+    pub fn take_job(&mut self) -> Option<StudyJob> {
+        self.pending_job.take()
+    }
+
+    /// The result of a job from [`Self::take_job`]; one of an earlier, abandoned phase is ignored.
+    pub fn job_done(&mut self, result: JobResult, now: Instant) {
+        match (&self.phase, result.outcome) {
+            (Phase::Aggregating(aggregating), JobOutcome::Aggregated(outcome))
+                if aggregating.job == result.id =>
+            {
+                let Phase::Aggregating(aggregating) = std::mem::replace(&mut self.phase, Phase::Finished)
+                else {
+                    return;
+                };
+                self.aggregated(aggregating, outcome, now);
+            }
+            (Phase::Committing(committing), JobOutcome::Committed(outcome))
+                if committing.job == result.id =>
+            {
+                let Phase::Committing(committing) = std::mem::replace(&mut self.phase, Phase::Finished)
+                else {
+                    return;
+                };
+                self.commit_done(committing, outcome, now);
+            }
+            _ => tracing::warn!(
+                job = result.id,
+                "the result of a job of an earlier phase was ignored"
+            ),
+        }
+    }
+
+    fn schedule(&mut self, kind: JobKind, work: Box<dyn FnOnce() -> JobOutcome + Send>) {
+        self.jobs += 1;
+        self.pending_job = Some(StudyJob {
+            kind,
+            id: self.jobs,
+            work,
+        });
+    }
+
     fn aggregated(
         &mut self,
-        round: u64,
-        kind: AggregationKind,
-        training_started: Instant,
-        aggregate: RoundAggregate,
+        aggregating: Aggregating,
+        outcome: Result<(RoundAggregate, ModelBlob), String>,
         now: Instant,
     ) {
-        let global = &self.committed.model;
-        let next = apply_delta(&global.weights, &aggregate.average_delta)
-            .map_err(|e| e.to_string())
-            .and_then(|weights| ModelBlob::new(round, weights, global.config.clone()));
-        match next {
-            Ok(model) => {
+        let round = aggregating.round;
+        match outcome {
+            Ok((aggregate, model)) => {
                 tracing::info!(
                     round,
                     contributors = ?aggregate.contributors,
@@ -532,9 +666,9 @@ impl Study {
                 );
                 self.phase = Phase::Validating(Validating {
                     round,
-                    training_started,
-                    aggregation_seconds: now.duration_since(training_started).as_secs_f64(),
-                    kind,
+                    training_started: aggregating.training_started,
+                    aggregation_seconds: now.duration_since(aggregating.training_started).as_secs_f64(),
+                    kind: aggregating.kind,
                     aggregate,
                     model: Arc::new(model),
                     deadline: now + Duration::from_secs(self.config.rounds.validation_deadline_s),
@@ -580,7 +714,20 @@ impl Study {
             pooled_validation_sites: pool(SiteRole::Validate),
             sites,
         };
-        match self.store.commit(&record, &validating.model) {
+        let store = self.store.clone();
+        let (job_record, job_model) = (record.clone(), validating.model.clone());
+        let work = move || JobOutcome::Committed(store.commit(&job_record, &job_model));
+        self.schedule(JobKind::Commit { round: record.round }, Box::new(work));
+        self.phase = Phase::Committing(Committing {
+            record,
+            model: validating.model,
+            job: self.jobs,
+        });
+    }
+
+    fn commit_done(&mut self, committing: Committing, outcome: Result<PathBuf, StoreError>, now: Instant) {
+        let Committing { record, model, .. } = committing;
+        match outcome {
             Ok(path) => {
                 tracing::info!(
                     round = record.round,
@@ -595,10 +742,7 @@ impl Study {
                     .set(i64::try_from(record.contributors.len()).unwrap_or(0));
                 self.telemetry.round_seconds.set(record.round_seconds);
                 self.telemetry.aggregation_seconds.set(record.aggregation_seconds);
-                self.committed = Committed {
-                    record,
-                    model: validating.model,
-                };
+                self.committed = Committed { record, model };
             }
             Err(error) => {
                 // Nothing was committed: the round is trained again from the last committed model.
@@ -609,13 +753,19 @@ impl Study {
         self.start_next_round(now);
     }
 
+    /// Whether round `round` is being written to disk.
+    #[must_use]
+    pub fn is_committing(&self, round: u64) -> bool {
+        matches!(&self.phase, Phase::Committing(c) if c.record.round == round)
+    }
+
     /// The next instant at which [`Self::tick`] may change something on time alone.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Training(training) => training.aggregation.next_deadline(),
             Phase::Validating(validating) => Some(validating.deadline),
-            Phase::Finished => None,
+            Phase::Aggregating(_) | Phase::Committing(_) | Phase::Finished => None,
         }
     }
 }

@@ -147,20 +147,12 @@ pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
+    fedlnm_protocol::http::serve_text(
+        listener,
         "/metrics",
-        axum::routing::get(move || {
-            let telemetry = telemetry.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    telemetry.render(),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        move || telemetry.render(),
+        shutdown,
+    )
+    .await
 }

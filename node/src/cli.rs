@@ -33,10 +33,6 @@ pub enum Command {
     /// patients when asked, upload only the (masked) weight update, validate each new global model and
     /// report aggregate metrics. Runs until the study is finished; safe to stop and restart.
     Run(commands::federate::RunArgs),
-    /// Run a whole simulated multicentre study on this machine: a throw-away certificate authority,
-    /// synthetic sites with different scanners and case mix, the aggregator and every node talking
-    /// real mutual-TLS gRPC on loopback, then a results folder (tables and ROC plots).
-    Simulate(commands::simulate::SimulateArgs),
     /// Write the study's initial global model (fresh weights of a model.toml) for the aggregator.
     InitModel(commands::federate::InitModelArgs),
     /// Train the LNM model centrally on one or more site folders (pooled); writes the checkpoint
@@ -63,7 +59,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckData(args) => commands::check_data::run(&args),
         Command::CheckIn(args) => commands::check_in::run(&args),
         Command::Run(args) => commands::federate::run(&args),
-        Command::Simulate(args) => commands::simulate::run(&args),
         Command::InitModel(args) => commands::federate::init_model(&args),
         Command::Train(args) => commands::model::train(&args),
         Command::Evaluate(args) => commands::model::evaluate(&args),
@@ -76,14 +71,5 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Exit code for an error: 2 when the input (a file, a column, a value) is at fault, 1 otherwise.
 #[must_use]
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    let input_fault = error.chain().any(|cause| {
-        cause.is::<crate::table::InputError>()
-            || cause.is::<fedlnm_shared::stats::StatsError>()
-            || cause.is::<fedlnm_shared::stats::logistic::LogisticError>()
-            || cause.is::<fedlnm_shared::data::ManifestError>()
-            || cause.is::<fedlnm_shared::config::ConfigError>()
-            || cause.is::<fedlnm_shared::model_config::ConfigError>()
-            || cause.is::<fedlnm_shared::weights::WeightsError>()
-    });
-    if input_fault { 2 } else { 1 }
+    fedlnm_shared::process::exit_code(error, |cause| cause.is::<crate::table::InputError>())
 }

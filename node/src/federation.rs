@@ -5,32 +5,25 @@
 //! aggregate metrics only. A lost connection or a restart of either side is not an error: the node
 //! reconnects with back-off and takes whatever task the aggregator has now.
 
-use crate::client::{self, ClientError};
 use crate::commands::model::{load_examples, prepare_autotune_cache};
-use crate::proto::federation_client::FederationClient;
-use crate::proto::{
-    MetricsReport, ModelRef, ModelRequest, SecAggRequest, TaskRequest, TrainTask, UpdateChunk, UpdateHeader,
-    ValidateTask, task,
-};
 use anyhow::{Context as _, bail};
+use fedlnm_protocol::payload;
+use fedlnm_protocol::{
+    Client, ClientError, ModelRef, RoundAggregation, SecAggStage, Task, TrainTask, ValidateTask,
+};
+use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{ComputeDevice, NodeConfig, SiteRole};
 use fedlnm_shared::data;
 use fedlnm_shared::features::Example;
-use fedlnm_shared::federation::fedavg;
-use fedlnm_shared::federation::{SiteRoundMetrics, wire};
-use fedlnm_shared::model_config::{ModelConfig, TrainPlan};
-use fedlnm_shared::secagg::{
-    KeyDirectory, RoundConfig, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
-};
+use fedlnm_shared::federation::{LocalTensors, SiteRoundMetrics, fedavg};
+use fedlnm_shared::model_config::ModelConfig;
+use fedlnm_shared::secagg::{KeyDirectory, RoundConfig, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::staging::Stage;
 use fedlnm_shared::train::{self, Device, Progress};
-use fedlnm_shared::weights::{NamedTensors, sha256_hex};
+use fedlnm_shared::weights::NamedTensors;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::transport::Channel;
 
-/// Size of the chunks of an upload.
-const CHUNK_BYTES: usize = 1 << 20;
 /// Seed of the node's train/validation split (fixed: the same patients validate every round).
 const SPLIT_SEED: u64 = 20_261_123;
 /// Where the node keeps its copy of the models and its local normalisation layers (FedBN).
@@ -97,7 +90,7 @@ impl Node {
         }
         let mut backoff = Duration::from_secs(1);
         loop {
-            let mut client = match client::connect(&self.config).await {
+            let mut client = match Client::connect(&self.config).await {
                 Ok(client) => client,
                 Err(error) => {
                     tracing::warn!(site = self.config.site, %error, "cannot reach the aggregator; retrying in {backoff:?}");
@@ -107,11 +100,7 @@ impl Node {
                 }
             };
             if self.role.is_none() {
-                let response = client::check_in(&self.config).await?;
-                let role = match response.role.as_str() {
-                    "validate" => SiteRole::Validate,
-                    _ => SiteRole::Train,
-                };
+                let role = client.check_in().await?.role;
                 tracing::info!(site = self.config.site, %role, "checked in");
                 self.role = Some(role);
             }
@@ -119,15 +108,12 @@ impl Node {
                 Ok(true) => return Ok(self.summary),
                 Ok(false) => backoff = Duration::from_secs(1),
                 Err(error) => {
-                    if let Some(status) = error.downcast_ref::<tonic::Status>()
-                        && is_fatal(status.code())
-                    {
-                        return Err(error.context("the aggregator refused this node"));
-                    }
-                    if error.downcast_ref::<tonic::Status>().is_none()
-                        && error.downcast_ref::<ClientError>().is_none()
-                    {
-                        return Err(error);
+                    match error.downcast_ref::<ClientError>() {
+                        Some(client_error) if client_error.is_fatal() => {
+                            return Err(error.context("the aggregator refused this node"));
+                        }
+                        Some(_) => {}
+                        None => return Err(error),
                     }
                     tracing::warn!(
                         site = self.config.site,
@@ -142,35 +128,23 @@ impl Node {
     }
 
     /// Takes tasks on one connection; `Ok(true)` when the study is finished.
-    async fn session(&mut self, client: &mut FederationClient<Channel>) -> anyhow::Result<bool> {
+    async fn session(&mut self, client: &mut Client) -> anyhow::Result<bool> {
         loop {
-            let task = client
-                .get_task(TaskRequest {
-                    site: self.config.site.clone(),
-                    study: self.config.study.clone(),
-                    node_version: env!("CARGO_PKG_VERSION").to_owned(),
-                })
-                .await?
-                .into_inner();
-            match task.kind {
-                None => bail!("the aggregator sent an empty task"),
-                Some(task::Kind::Wait(wait)) => {
-                    tracing::debug!(site = self.config.site, reason = wait.reason, "waiting");
-                    tokio::time::sleep(Duration::from_millis(u64::from(wait.retry_after_ms))).await;
+            match client.get_task().await? {
+                Task::Wait { retry_after, reason } => {
+                    tracing::debug!(site = self.config.site, reason, "waiting");
+                    tokio::time::sleep(retry_after).await;
                 }
-                Some(task::Kind::Train(train)) => {
+                Task::Train(train) => {
                     if let Err(error) = self.train_round(client, &train).await {
                         // A secure-aggregation round that went on without this site is not fatal.
-                        if let Some(status) = error.downcast_ref::<tonic::Status>()
-                            && matches!(
-                                status.code(),
-                                tonic::Code::FailedPrecondition | tonic::Code::Aborted
-                            )
+                        if let Some(left_out) = error.downcast_ref::<ClientError>()
+                            && left_out.is_left_out()
                         {
                             tracing::warn!(
                                 site = self.config.site,
                                 round = train.round,
-                                reason = status.message(),
+                                reason = %left_out,
                                 "left out of this round"
                             );
                             continue;
@@ -179,17 +153,16 @@ impl Node {
                     }
                     self.summary.rounds_trained.push(train.round);
                 }
-                Some(task::Kind::Validate(validate)) => {
+                Task::Validate(validate) => {
                     self.validate_round(client, &validate).await?;
                     self.summary.rounds_validated.push(validate.round);
                 }
-                Some(task::Kind::Finished(finished)) => {
-                    let model = finished.model.context("the final task names no model")?;
+                Task::Finished { rounds, model } => {
                     // Downloaded like any model: size, digest and configuration checked.
-                    let (_, _, bytes) = self.download(client, &model).await?;
+                    let (_, bytes) = self.download(client, &model).await?;
                     let file = self.config.work_dir.join(FINAL_MODEL_FILE);
                     write_atomically(&file, &bytes)?;
-                    tracing::info!(site = self.config.site, rounds = finished.rounds, file = %file.display(), "study finished; final model saved");
+                    tracing::info!(site = self.config.site, rounds, file = %file.display(), "study finished; final model saved");
                     self.summary.final_model = Some((file, model.digest));
                     return Ok(true);
                 }
@@ -197,12 +170,9 @@ impl Node {
         }
     }
 
-    /// Downloads a model version in chunks and checks its size, digest and configuration.
-    async fn download(
-        &self,
-        client: &mut FederationClient<Channel>,
-        model: &ModelRef,
-    ) -> anyhow::Result<(ModelConfig, NamedTensors, Vec<u8>)> {
+    /// Downloads a model version (size and digest checked by the transfer) and checks its
+    /// configuration against the announced and the pinned digest.
+    async fn download(&self, client: &mut Client, model: &ModelRef) -> anyhow::Result<(Checkpoint, Vec<u8>)> {
         if let Some(pinned) = &self.config.model_config_digest
             && pinned != &model.config_digest
         {
@@ -211,40 +181,13 @@ impl Node {
                 model.config_digest
             );
         }
-        let mut stream = client
-            .download_model(ModelRequest {
-                site: self.config.site.clone(),
-                study: self.config.study.clone(),
-                version: model.version,
-            })
-            .await?
-            .into_inner();
-        let expected = usize::try_from(model.size_bytes).unwrap_or(usize::MAX);
-        let mut bytes = Vec::with_capacity(expected.min(1 << 30));
-        while let Some(chunk) = stream.message().await? {
-            if chunk.offset != bytes.len() as u64 || bytes.len() + chunk.data.len() > expected {
-                bail!(
-                    "model download out of order or larger than announced ({} bytes)",
-                    model.size_bytes
-                );
-            }
-            bytes.extend_from_slice(&chunk.data);
-        }
-        if bytes.len() != expected || sha256_hex(&bytes) != model.digest {
-            bail!(
-                "model version {} arrived corrupted ({} of {} bytes, digest mismatch)",
-                model.version,
-                bytes.len(),
-                model.size_bytes
-            );
-        }
+        let bytes = client.download_model(model).await?;
         let origin = PathBuf::from(format!("global model version {}", model.version));
-        let (weights, metadata) = NamedTensors::from_safetensors_bytes(&bytes, &origin)?;
-        let config = ModelConfig::from_checkpoint_metadata(&metadata)?;
-        if config.digest() != model.config_digest {
+        let checkpoint = Checkpoint::from_bytes(&bytes, &origin)?;
+        if checkpoint.config.digest() != model.config_digest {
             bail!("the model's stored configuration does not match the digest the aggregator announced");
         }
-        Ok((config, weights, bytes))
+        Ok((checkpoint, bytes))
     }
 
     /// Loads, encodes and splits the site's patients for `config` (once per configuration).
@@ -297,15 +240,16 @@ impl Node {
     fn with_local_norm(
         &self,
         mut weights: NamedTensors,
-        patterns: &[String],
+        local_tensors: &LocalTensors,
     ) -> anyhow::Result<NamedTensors> {
         let file = self.config.work_dir.join(LOCAL_NORM_FILE);
-        if patterns.is_empty() || !file.exists() {
+        if local_tensors.is_empty() || !file.exists() {
             return Ok(weights);
         }
         let (local, _) = NamedTensors::load_safetensors(&file)?;
         for tensor in &mut weights.tensors {
-            if let Some(own) = local.get(&tensor.name)
+            if local_tensors.contains(&tensor.name)
+                && let Some(own) = local.get(&tensor.name)
                 && own.shape == tensor.shape
             {
                 tensor.values.clone_from(&own.values);
@@ -314,15 +258,10 @@ impl Node {
         Ok(weights)
     }
 
-    async fn train_round(
-        &mut self,
-        client: &mut FederationClient<Channel>,
-        task: &TrainTask,
-    ) -> anyhow::Result<()> {
+    async fn train_round(&mut self, client: &mut Client, task: &TrainTask) -> anyhow::Result<()> {
         let round = task.round;
-        let model_ref = task.model.clone().context("the training task names no model")?;
-        let mut plan: TrainPlan =
-            serde_json::from_str(&task.plan_json).context("unreadable training plan")?;
+        let model_ref = &task.model;
+        let mut plan = task.plan.clone();
         plan.validate()?;
         // Each round shuffles and augments differently, reproducibly.
         plan.seed = plan
@@ -330,46 +269,43 @@ impl Node {
             .wrapping_add(round.wrapping_mul(1_000_003))
             .wrapping_add(seed_of(&self.config.site));
         let site = self.config.site.clone();
-        tracing::info!(site, round, aggregation = task.aggregation, "training task");
+        let local_tensors = &task.local_tensors;
+        tracing::info!(site, round, aggregation = ?task.aggregation.kind(), "training task");
 
         // Secure aggregation, rounds 0 and 1 (keys, encrypted shares) before the expensive training.
-        let mut secure = if task.aggregation == "secure" {
-            let config: SecAggConfig = serde_json::from_str(&task.secagg_config_json)
-                .context("unreadable secure-aggregation config")?;
-            if config.study_id != self.config.study
-                || config.round != round
-                || config.model_version.split('#').next() != Some(model_ref.digest.as_str())
-            {
-                bail!("the secure-aggregation configuration is for another study, round or model");
+        let mut secure = match &task.aggregation {
+            RoundAggregation::Secure { config, site_id } => {
+                if config.study_id != self.config.study
+                    || config.round != round
+                    || config.model_version.model_digest != model_ref.digest
+                {
+                    bail!("the secure-aggregation configuration is for another study, round or model");
+                }
+                let round_config: RoundConfig = config.as_ref().clone().validate()?;
+                let (mut secagg, advertise) = SecAggClient::new(round_config, *site_id)?;
+                let directory: KeyDirectory = self
+                    .exchange(
+                        client,
+                        round,
+                        SecAggStage::AdvertiseKeys,
+                        payload::encode(&advertise),
+                    )
+                    .await?;
+                let shares = secagg.share_keys(&directory)?;
+                let delivery: ShareDelivery = self
+                    .exchange(client, round, SecAggStage::ShareKeys, payload::encode(&shares))
+                    .await?;
+                Some((secagg, delivery))
             }
-            let round_config: RoundConfig = config.validate()?;
-            let (mut secagg, advertise) = SecAggClient::new(round_config, SiteId(task.secagg_site_id))?;
-            let directory: KeyDirectory = self
-                .exchange(
-                    client,
-                    round,
-                    fedlnm_shared::federation::STAGE_ADVERTISE_KEYS,
-                    &advertise,
-                )
-                .await?;
-            let shares = secagg.share_keys(&directory)?;
-            let delivery: ShareDelivery = self
-                .exchange(
-                    client,
-                    round,
-                    fedlnm_shared::federation::STAGE_SHARE_KEYS,
-                    &shares,
-                )
-                .await?;
-            Some((secagg, delivery))
-        } else if task.aggregation == "plain" {
-            None
-        } else {
-            bail!("unknown aggregation '{}'", task.aggregation);
+            RoundAggregation::Plain => None,
         };
 
-        let (config, global, _) = self.download(client, &model_ref).await?;
-        let start = self.with_local_norm(global.clone(), &task.local_tensor_patterns)?;
+        let (global, _) = self.download(client, model_ref).await?;
+        let Checkpoint {
+            config,
+            weights: global,
+        } = global;
+        let start = self.with_local_norm(global.clone(), local_tensors)?;
         let device = self.device();
         let examples = self.examples_for(&config).await?;
         let train_set = examples.train.clone();
@@ -398,19 +334,13 @@ impl Node {
             )
         })
         .await??;
-        let patterns = task.local_tensor_patterns.clone();
-        let is_local = |name: &str| {
-            patterns
-                .iter()
-                .any(|p| fedlnm_shared::secagg::glob_match(p, name))
-        };
-        if !patterns.is_empty() {
+        if !local_tensors.is_empty() {
             let local = NamedTensors {
                 tensors: outcome
                     .weights
                     .tensors
                     .iter()
-                    .filter(|t| is_local(&t.name))
+                    .filter(|t| local_tensors.contains(&t.name))
                     .cloned()
                     .collect(),
             };
@@ -419,137 +349,47 @@ impl Node {
                 &std::collections::BTreeMap::new(),
             )?;
         }
-        let delta = fedavg::delta(&outcome.weights, &global, |name| !is_local(name))?;
+        let delta = fedavg::delta(&outcome.weights, &global, |name| {
+            local_tensors.is_aggregated(name)
+        })?;
         let n_samples = outcome.n_samples as u64;
 
-        let (format, payload) = match &mut secure {
-            Some((secagg, delivery)) => {
-                let masked = secagg.masked_input(delivery, &delta, n_samples)?;
-                ("secure", wire::encode(&masked))
-            }
-            None => (
-                "plain",
-                delta
-                    .to_safetensors_bytes(&std::collections::BTreeMap::new())
-                    .map_err(|e| anyhow::anyhow!("cannot serialize the delta: {e}"))?,
-            ),
+        let format = task.aggregation.update_format();
+        let payload = match &mut secure {
+            Some((secagg, delivery)) => payload::encode(&secagg.masked_input(delivery, &delta, n_samples)?),
+            None => delta.to_safetensors_bytes(&std::collections::BTreeMap::new())?,
         };
-        self.upload(client, round, format, n_samples, payload).await?;
-        tracing::info!(site, round, n_samples, format, "update uploaded");
+        client.upload_update(round, format, n_samples, &payload).await?;
+        tracing::info!(site, round, n_samples, ?format, "update uploaded");
 
         if let Some((mut secagg, _)) = secure {
             let request: UnmaskRequest = self
-                .exchange_raw(
-                    client,
-                    round,
-                    fedlnm_shared::federation::STAGE_UNMASK_REQUEST,
-                    Vec::new(),
-                )
+                .exchange(client, round, SecAggStage::UnmaskRequest, Vec::new())
                 .await?;
             let response = secagg.unmask(&request)?;
-            let _: Vec<u8> = self
-                .exchange_bytes(
-                    client,
-                    round,
-                    fedlnm_shared::federation::STAGE_UNMASK_RESPONSE,
-                    wire::encode(&response),
-                )
+            client
+                .secure_aggregation(round, SecAggStage::UnmaskResponse, payload::encode(&response))
                 .await?;
         }
         Ok(())
     }
 
     /// Sends a protocol message and decodes the aggregator's reply for this site.
-    async fn exchange<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+    async fn exchange<R: serde::de::DeserializeOwned>(
         &self,
-        client: &mut FederationClient<Channel>,
+        client: &mut Client,
         round: u64,
-        stage: &str,
-        message: &T,
+        stage: SecAggStage,
+        message: Vec<u8>,
     ) -> anyhow::Result<R> {
-        self.exchange_raw(client, round, stage, wire::encode(message))
-            .await
+        let reply = client.secure_aggregation(round, stage, message).await?;
+        Ok(payload::decode(&reply, stage.name())?)
     }
 
-    async fn exchange_raw<R: serde::de::DeserializeOwned>(
-        &self,
-        client: &mut FederationClient<Channel>,
-        round: u64,
-        stage: &str,
-        payload: Vec<u8>,
-    ) -> anyhow::Result<R> {
-        let reply = self.exchange_bytes(client, round, stage, payload).await?;
-        wire::decode(&reply, stage).map_err(anyhow::Error::msg)
-    }
-
-    async fn exchange_bytes(
-        &self,
-        client: &mut FederationClient<Channel>,
-        round: u64,
-        stage: &str,
-        payload: Vec<u8>,
-    ) -> anyhow::Result<Vec<u8>> {
-        let reply = client
-            .secure_aggregation(SecAggRequest {
-                site: self.config.site.clone(),
-                study: self.config.study.clone(),
-                round,
-                stage: stage.to_owned(),
-                payload,
-            })
-            .await?
-            .into_inner();
-        Ok(reply.payload)
-    }
-
-    /// Streams an update in chunks; the header goes first.
-    async fn upload(
-        &self,
-        client: &mut FederationClient<Channel>,
-        round: u64,
-        format: &str,
-        n_samples: u64,
-        payload: Vec<u8>,
-    ) -> anyhow::Result<()> {
-        let header = UpdateHeader {
-            site: self.config.site.clone(),
-            study: self.config.study.clone(),
-            round,
-            format: format.to_owned(),
-            n_samples: if format == "plain" { n_samples } else { 0 },
-            total_size: payload.len() as u64,
-            digest: sha256_hex(&payload),
-        };
-        let chunks: Vec<UpdateChunk> = payload
-            .chunks(CHUNK_BYTES)
-            .enumerate()
-            .map(|(index, data)| UpdateChunk {
-                header: (index == 0).then(|| header.clone()),
-                data: data.to_vec(),
-            })
-            .collect();
-        let chunks = if chunks.is_empty() {
-            vec![UpdateChunk {
-                header: Some(header),
-                data: Vec::new(),
-            }]
-        } else {
-            chunks
-        };
-        client.upload_update(tokio_stream::iter(chunks)).await?;
-        Ok(())
-    }
-
-    async fn validate_round(
-        &mut self,
-        client: &mut FederationClient<Channel>,
-        task: &ValidateTask,
-    ) -> anyhow::Result<()> {
-        let model_ref = task.model.clone().context("the validation task names no model")?;
-        let (config, global, _) = self.download(client, &model_ref).await?;
+    async fn validate_round(&mut self, client: &mut Client, task: &ValidateTask) -> anyhow::Result<()> {
+        let (Checkpoint { config, weights }, _) = self.download(client, &task.model).await?;
         let role = self.role.unwrap_or(SiteRole::Train);
-        let patterns: Vec<String> = global.local_norm_names().map(str::to_owned).collect();
-        let weights = self.with_local_norm(global, &patterns)?;
+        let weights = self.with_local_norm(weights, &task.local_tensors)?;
         let device = self.device();
         let examples = self.examples_for(&config).await?;
         let validation = examples.validation.clone();
@@ -563,24 +403,10 @@ impl Node {
         .await??;
         tracing::info!(site = self.config.site, round = task.round, auc = ?metrics.auc, "validation of the new global model");
         client
-            .report_metrics(MetricsReport {
-                site: self.config.site.clone(),
-                study: self.config.study.clone(),
-                round: task.round,
-                model_digest: model_ref.digest,
-                metrics_json: serde_json::to_string(&metrics)?,
-            })
+            .report_metrics(task.round, &task.model.digest, &metrics)
             .await?;
         Ok(())
     }
-}
-
-/// Codes that retrying cannot fix.
-fn is_fatal(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
-    )
 }
 
 /// A stable per-site seed offset (sites must not shuffle identically).

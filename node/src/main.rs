@@ -5,15 +5,8 @@ use clap::Parser as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FEDLNM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let cli = fedlnm_node::Cli::parse();
-    match fedlnm_node::run(cli) {
+    fedlnm_shared::process::init_logging();
+    match fedlnm_node::run(fedlnm_node::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("fedlnm-node: error: {error:#}");

@@ -79,7 +79,7 @@ fn secagg_round(n: u32, delta: &NamedTensors, threads: Option<usize>) -> RoundTi
     let config = SecAggConfig {
         study_id: "bench".into(),
         round: 1,
-        model_version: "v1".into(),
+        model_version: fedlnm_shared::secagg::ModelVersion::new("v1", 1),
         participants: (1..=n).map(SiteId).collect(),
         threshold: n as usize / 2 + 1,
         tensors: tensor_specs(delta),

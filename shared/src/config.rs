@@ -34,6 +34,19 @@ pub enum SiteRole {
     Validate,
 }
 
+impl std::str::FromStr for SiteRole {
+    type Err = String;
+
+    /// `train` or `validate` (the TOML and command-line spelling).
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "train" => Ok(Self::Train),
+            "validate" => Ok(Self::Validate),
+            other => Err(format!("'{other}' is not a role: use train or validate")),
+        }
+    }
+}
+
 impl std::fmt::Display for SiteRole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -105,6 +118,9 @@ pub struct RoundSettings {
     pub stage_timeout_s: u64,
     /// Seconds the aggregator waits for the sites' validation metrics of a new model.
     pub validation_deadline_s: u64,
+    /// Seconds a node's request for its next task waits for one before the answer is "wait, ask
+    /// again" (keep it below the idle timeout of any proxy between the sites and the aggregator).
+    pub long_poll_s: u64,
     /// Secure aggregation (Bonawitz et al.): the aggregator only sees the sum of masked updates.
     pub secure_aggregation: bool,
     /// FedBN: normalisation layers stay local to each site (never uploaded, never averaged).
@@ -121,6 +137,7 @@ impl Default for RoundSettings {
             round_deadline_s: 6 * 3600,
             stage_timeout_s: 600,
             validation_deadline_s: 3600,
+            long_poll_s: 20,
             secure_aggregation: true,
             fedbn: false,
             max_delta_norm: 1.0e4,
@@ -250,6 +267,7 @@ impl AggregatorConfig {
             ("rounds.round_deadline_s", rounds.round_deadline_s),
             ("rounds.stage_timeout_s", rounds.stage_timeout_s),
             ("rounds.validation_deadline_s", rounds.validation_deadline_s),
+            ("rounds.long_poll_s", rounds.long_poll_s),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1 second".to_owned()));

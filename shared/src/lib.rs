@@ -8,6 +8,7 @@
 //! `model` feature, the burn model (`model`) and its training (`train`). It does no network I/O.
 
 mod category;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod evaluation;
@@ -17,6 +18,7 @@ pub mod host;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod model_config;
+pub mod process;
 pub mod secagg;
 pub mod staging;
 pub mod stats;

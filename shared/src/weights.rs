@@ -47,6 +47,8 @@ pub enum WeightsError {
     Unreadable { file: PathBuf, source: std::io::Error },
     #[error("cannot write checkpoint {}: {message}", file.display())]
     Write { file: PathBuf, message: String },
+    #[error("cannot serialize the weights: {message}")]
+    Serialize { message: String },
     #[error("checkpoint {} is not a valid safetensors file: {message}", file.display())]
     Malformed { file: PathBuf, message: String },
     #[error("tensor '{name}' has dtype {dtype}; only F32 is supported")]
@@ -166,12 +168,11 @@ impl NamedTensors {
         file: &Path,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), WeightsError> {
-        let write_error = |message: String| WeightsError::Write {
+        let serialized = self.to_safetensors_bytes(metadata)?;
+        std::fs::write(file, serialized).map_err(|e| WeightsError::Write {
             file: file.to_path_buf(),
-            message,
-        };
-        let serialized = self.to_safetensors_bytes(metadata).map_err(write_error)?;
-        std::fs::write(file, serialized).map_err(|e| write_error(e.to_string()))
+            message: e.to_string(),
+        })
     }
 
     /// The safetensors serialization (the file's bytes; also the wire format of models and updates).
@@ -179,7 +180,10 @@ impl NamedTensors {
     ///
     /// # Errors
     /// A tensor whose values do not fill its shape (safetensors' message).
-    pub fn to_safetensors_bytes(&self, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+    pub fn to_safetensors_bytes(&self, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>, WeightsError> {
+        let serialize = |e: safetensors::SafeTensorError| WeightsError::Serialize {
+            message: e.to_string(),
+        };
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .tensors
             .iter()
@@ -197,12 +201,12 @@ impl NamedTensors {
             .map(|(name, data, shape)| {
                 safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
                     .map(|view| (name.clone(), view))
-                    .map_err(|e| e.to_string())
+                    .map_err(serialize)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let metadata: std::collections::HashMap<String, String> =
             metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
+        let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(serialize)?;
         canonicalise_header(&mut bytes);
         Ok(bytes)
     }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
-    Aggregate, KeyDirectory, MaskedInput, QuantizationConfig, RoundConfig, SecAggClient, SecAggConfig,
-    SecAggError, SecAggServer, ShareDelivery, SiteId, Stage, TensorSpec, UnmaskRequest,
+    Aggregate, KeyDirectory, MaskedInput, QuantizationConfig, RoundConfig, RoundStage, SecAggClient,
+    SecAggConfig, SecAggError, SecAggServer, ShareDelivery, SiteId, TensorSpec, UnmaskRequest,
 };
 use fedlnm_shared::stats::normal::normal_cdf;
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
@@ -34,7 +34,7 @@ fn config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
     SecAggConfig {
         study_id: "lnm-study".into(),
         round,
-        model_version: "model-v7".into(),
+        model_version: fedlnm_shared::secagg::ModelVersion::new("model-v7", 1),
         participants: (1..=n).map(|i| SiteId(10 * i)).collect(),
         threshold,
         tensors,
@@ -305,7 +305,7 @@ fn a_round_configured_from_a_global_model_returns_its_shapes() {
     let config = SecAggConfig {
         study_id: "lnm-study".into(),
         round: 1,
-        model_version: "model-v7".into(),
+        model_version: fedlnm_shared::secagg::ModelVersion::new("model-v7", 1),
         participants: (1..=3).map(SiteId).collect(),
         threshold: 2,
         tensors: specs,
@@ -418,8 +418,10 @@ fn fewer_survivors_than_the_threshold_abort_at_every_stage() {
             .receive_keys(SecAggClient::new(config.clone(), site).unwrap().1)
             .unwrap();
     }
-    assert!(too_few(Stage::AdvertiseKeys)(server.close_keys().unwrap_err()));
-    assert_eq!(server.stage(), Stage::Aborted);
+    assert!(too_few(RoundStage::AdvertiseKeys)(
+        server.close_keys().unwrap_err()
+    ));
+    assert_eq!(server.stage(), RoundStage::Aborted);
     assert!(matches!(
         server.close_keys(),
         Err(SecAggError::Aborted { round: 4 })
@@ -431,21 +433,21 @@ fn fewer_survivors_than_the_threshold_abort_at_every_stage() {
                 before_shares: sites(&[10, 20, 30]),
                 ..Dropouts::default()
             },
-            Stage::ShareKeys,
+            RoundStage::ShareKeys,
         ),
         (
             Dropouts {
                 before_upload: sites(&[10, 20, 30]),
                 ..Dropouts::default()
             },
-            Stage::MaskedInputCollection,
+            RoundStage::MaskedInputCollection,
         ),
         (
             Dropouts {
                 before_unmask: sites(&[10, 20, 30]),
                 ..Dropouts::default()
             },
-            Stage::Unmasking,
+            RoundStage::Unmasking,
         ),
     ];
     for (drops, stage) in cases {
@@ -473,7 +475,7 @@ fn a_client_refuses_a_request_with_fewer_survivors_than_the_threshold() {
         matches!(
             err,
             SecAggError::TooFewSurvivors {
-                stage: Stage::Unmasking,
+                stage: RoundStage::Unmasking,
                 survivors: 2,
                 ..
             }
@@ -596,7 +598,7 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
         SecAggError::Duplicate {
             site: SiteId(10),
             round: 4,
-            stage: Stage::MaskedInputCollection
+            stage: RoundStage::MaskedInputCollection
         }
     );
     let stale = round.server.receive_masked_input(old_upload).unwrap_err();
@@ -620,7 +622,7 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
         SecAggError::NotInRound {
             site: SiteId(99),
             round: 4,
-            stage: Stage::MaskedInputCollection
+            stage: RoundStage::MaskedInputCollection
         }
     );
     let mut short = uploads[1].clone();
@@ -654,8 +656,8 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
     assert!(matches!(
         late,
         SecAggError::WrongStage {
-            got: Stage::MaskedInputCollection,
-            current: Stage::Unmasking,
+            got: RoundStage::MaskedInputCollection,
+            current: RoundStage::Unmasking,
             ..
         }
     ));
@@ -719,7 +721,7 @@ fn messages_from_outside_the_round_or_stage_are_rejected() {
         SecAggError::NotInRound {
             site: SiteId(11),
             round: 4,
-            stage: Stage::AdvertiseKeys
+            stage: RoundStage::AdvertiseKeys
         }
     );
     let mut other_study = good.clone();
@@ -734,7 +736,7 @@ fn messages_from_outside_the_round_or_stage_are_rejected() {
         SecAggError::Duplicate {
             site: SiteId(10),
             round: 4,
-            stage: Stage::AdvertiseKeys
+            stage: RoundStage::AdvertiseKeys
         }
     );
     assert!(matches!(

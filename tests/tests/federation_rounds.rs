@@ -8,8 +8,11 @@
 
 use fedlnm_aggregator::store::{MODEL_FILE, RECORD_FILE, RoundStore};
 use fedlnm_e2e::{RunningAggregator, provision_study, small_model};
-use fedlnm_node::proto::federation_client::FederationClient;
-use fedlnm_node::proto::{MetricsReport, ModelRequest, UpdateChunk, UpdateHeader, task};
+use fedlnm_protocol::generated::federation_client::FederationClient;
+use fedlnm_protocol::generated::{
+    AggregationKind, MetricsReport, ModelRequest, UpdateChunk, UpdateFormat, UpdateHeader, task,
+};
+use fedlnm_protocol::payload;
 use fedlnm_shared::config::{RoundSettings, SiteRole};
 use fedlnm_shared::federation::{RoundRecord, ScoreHistogram, SiteRoundMetrics};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
@@ -60,7 +63,7 @@ async fn upload(
         site: site.into(),
         study: STUDY.into(),
         round,
-        format: "plain".into(),
+        format: UpdateFormat::SafetensorsDelta.into(),
         n_samples,
         total_size: payload.len() as u64,
         digest: sha256_hex(&payload),
@@ -77,7 +80,7 @@ async fn upload(
     client.upload_update(tokio_stream::iter(chunks)).await.map(|_| ())
 }
 
-fn metrics(site: &str, k: u64) -> String {
+fn metrics(site: &str, k: u64) -> Vec<u8> {
     let y: Vec<bool> = (0..20).map(|i| i % 3 == 0).collect();
     let s: Vec<f64> = (0..20)
         .map(|i| ((i * 7 + k as usize) % 20) as f64 / 20.0)
@@ -100,7 +103,7 @@ fn metrics(site: &str, k: u64) -> String {
         kappa_stage: Some(0.1),
         histogram: ScoreHistogram::from_scores(&y, &s).unwrap(),
     };
-    serde_json::to_string(&metrics).unwrap()
+    payload::encode(&metrics)
 }
 
 /// Runs one round with known deltas from all three training sites and metrics from all four sites;
@@ -113,8 +116,8 @@ async fn run_round(study_dir: &Path, url: &str, round: u64) -> String {
             panic!("{site}: expected a training task in round {round}");
         };
         assert_eq!(train.round, round);
-        assert_eq!(train.aggregation, "plain");
-        assert_eq!(train.local_tensor_patterns, vec!["image.bn1.gamma".to_owned()]);
+        assert_eq!(train.aggregation(), AggregationKind::Plain);
+        assert_eq!(train.local_tensors, vec!["image.bn1.gamma".to_owned()]);
         let model = train.model.unwrap();
         let bytes = download(&mut client, site, model.version).await;
         assert_eq!(
@@ -142,7 +145,7 @@ async fn run_round(study_dir: &Path, url: &str, round: u64) -> String {
                 study: STUDY.into(),
                 round,
                 model_digest: model.digest,
-                metrics_json: metrics(site, k as u64),
+                metrics: metrics(site, k as u64),
             })
             .await
             .unwrap();

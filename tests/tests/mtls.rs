@@ -6,7 +6,7 @@
 
 use fedlnm_aggregator::provision::{self, StudyCa, Validity};
 use fedlnm_e2e::{RunningAggregator, provision_study};
-use fedlnm_node::client::{self, ClientError};
+use fedlnm_protocol::client::{self, ClientError};
 use fedlnm_shared::config::NodeConfig;
 use fedlnm_shared::config::RoundSettings;
 use std::path::{Path, PathBuf};
@@ -51,8 +51,13 @@ async fn every_site_checks_in_and_every_wrong_identity_is_refused() {
         let answer = client::check_in(&node_config(&kit(site), &url, site, "thyroid", cert, key))
             .await
             .unwrap();
+        let answered_role = answer.role.to_string();
         assert_eq!(
-            (answer.site.as_str(), answer.role.as_str(), answer.study.as_str()),
+            (
+                answer.site.as_str(),
+                answered_role.as_str(),
+                answer.study.as_str()
+            ),
             (site, role, "thyroid")
         );
     }
@@ -129,8 +134,8 @@ async fn every_site_checks_in_and_every_wrong_identity_is_refused() {
             .tls_config(tls)?
             .connect()
             .await?;
-        let mut client = fedlnm_aggregator::proto::federation_client::FederationClient::new(channel);
-        let request = fedlnm_aggregator::proto::CheckInRequest {
+        let mut client = fedlnm_protocol::generated::federation_client::FederationClient::new(channel);
+        let request = fedlnm_protocol::generated::CheckInRequest {
             site: "S1".into(),
             study: "thyroid".into(),
             node_version: String::new(),

@@ -8,13 +8,14 @@
 
 use fedlnm_aggregator::store::RoundStore;
 use fedlnm_e2e::{RunningAggregator, provision_study, small_model};
-use fedlnm_node::proto::federation_client::FederationClient;
-use fedlnm_node::proto::{MetricsReport, SecAggRequest, TrainTask, UpdateChunk, UpdateHeader, task};
-use fedlnm_shared::config::{RoundSettings, SiteRole};
-use fedlnm_shared::federation::{
-    STAGE_ADVERTISE_KEYS, STAGE_SHARE_KEYS, STAGE_UNMASK_REQUEST, STAGE_UNMASK_RESPONSE, ScoreHistogram,
-    SiteRoundMetrics, wire,
+use fedlnm_protocol::generated::federation_client::FederationClient;
+use fedlnm_protocol::generated::{
+    AggregationKind, MetricsReport, SecAggRequest, SecAggStage, TrainTask, UpdateChunk, UpdateFormat,
+    UpdateHeader, task,
 };
+use fedlnm_protocol::payload as wire;
+use fedlnm_shared::config::{RoundSettings, SiteRole};
+use fedlnm_shared::federation::{ScoreHistogram, SiteRoundMetrics};
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 use std::path::{Path, PathBuf};
@@ -53,7 +54,7 @@ async fn exchange(
     client: &mut FederationClient<Channel>,
     site: &str,
     round: u64,
-    stage: &str,
+    stage: SecAggStage,
     payload: Vec<u8>,
 ) -> Result<Vec<u8>, tonic::Status> {
     client
@@ -79,8 +80,8 @@ async fn site_round(
 ) {
     let mut client = connect(&study_dir, site, &url).await;
     let train = train_task(&mut client, site).await;
-    assert_eq!(train.aggregation, "secure");
-    let config: SecAggConfig = serde_json::from_str(&train.secagg_config_json).unwrap();
+    assert_eq!(train.aggregation(), AggregationKind::Secure);
+    let config: SecAggConfig = wire::decode(&train.secagg_config, "config").unwrap();
     let round = train.round;
     let (mut secagg, advertise) =
         SecAggClient::new(config.validate().unwrap(), SiteId(train.secagg_site_id)).unwrap();
@@ -89,7 +90,7 @@ async fn site_round(
             &mut client,
             site,
             round,
-            STAGE_ADVERTISE_KEYS,
+            SecAggStage::AdvertiseKeys,
             wire::encode(&advertise),
         )
         .await
@@ -99,9 +100,15 @@ async fn site_round(
     .unwrap();
     let shares = secagg.share_keys(&directory).unwrap();
     let delivery: ShareDelivery = wire::decode(
-        &exchange(&mut client, site, round, STAGE_SHARE_KEYS, wire::encode(&shares))
-            .await
-            .unwrap(),
+        &exchange(
+            &mut client,
+            site,
+            round,
+            SecAggStage::ShareKeys,
+            wire::encode(&shares),
+        )
+        .await
+        .unwrap(),
         "delivery",
     )
     .unwrap();
@@ -114,7 +121,7 @@ async fn site_round(
         site: site.into(),
         study: STUDY.into(),
         round,
-        format: "secure".into(),
+        format: UpdateFormat::MaskedInput.into(),
         n_samples: 0,
         total_size: payload.len() as u64,
         digest: sha256_hex(&payload),
@@ -128,7 +135,7 @@ async fn site_round(
         return;
     }
     let request: UnmaskRequest = wire::decode(
-        &exchange(&mut client, site, round, STAGE_UNMASK_REQUEST, Vec::new())
+        &exchange(&mut client, site, round, SecAggStage::UnmaskRequest, Vec::new())
             .await
             .unwrap(),
         "unmask request",
@@ -139,7 +146,7 @@ async fn site_round(
         &mut client,
         site,
         round,
-        STAGE_UNMASK_RESPONSE,
+        SecAggStage::UnmaskResponse,
         wire::encode(&response),
     )
     .await
@@ -187,7 +194,7 @@ async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
                 study: STUDY.into(),
                 round,
                 model_digest: model.digest,
-                metrics_json: serde_json::to_string(&metrics).unwrap(),
+                metrics: wire::encode(&metrics),
             })
             .await
             .unwrap();
@@ -306,11 +313,17 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     let mut s1 = connect(&study_dir, "S1", &url).await;
     let train = train_task(&mut s1, "S1").await;
     assert_eq!(train.round, 3);
-    let config: SecAggConfig = serde_json::from_str(&train.secagg_config_json).unwrap();
+    let config: SecAggConfig = wire::decode(&train.secagg_config, "config").unwrap();
     let (_, advertise) = SecAggClient::new(config.validate().unwrap(), SiteId(train.secagg_site_id)).unwrap();
-    let refusal = exchange(&mut s1, "S1", 3, STAGE_ADVERTISE_KEYS, wire::encode(&advertise))
-        .await
-        .unwrap_err();
+    let refusal = exchange(
+        &mut s1,
+        "S1",
+        3,
+        SecAggStage::AdvertiseKeys,
+        wire::encode(&advertise),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(
             refusal.code(),

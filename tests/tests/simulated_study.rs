@@ -1,4 +1,4 @@
-//! The researcher's main job end to end: `fedlnm-node simulate` (throw-away CA, synthetic sites with
+//! The researcher's main job end to end: `fedlnm-sim` (throw-away CA, synthetic sites with
 //! different scanners and case mix, the aggregator and four real nodes over mutual-TLS gRPC on
 //! loopback, tiny model) with secure aggregation (the default), and the same study with plain FedAvg:
 //! the global model changes every round, every site reports metrics every round, the round files and
@@ -7,9 +7,9 @@
 
 use fedlnm_aggregator::store::RoundStore;
 use fedlnm_node::commands::model::DeviceArg;
-use fedlnm_node::commands::simulate::{SimulateArgs, SimulationOutcome, simulate};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{AggregationKind, RoundRecord};
+use fedlnm_sim::{SimulateArgs, SimulationOutcome, simulate};
 use std::path::Path;
 
 fn args(out: &Path, plain: bool) -> SimulateArgs {

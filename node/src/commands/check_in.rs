@@ -18,7 +18,7 @@ pub struct CheckInArgs {
 pub fn run(args: &CheckInArgs) -> anyhow::Result<()> {
     let config = NodeConfig::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let answer = runtime.block_on(crate::client::check_in(&config))?;
+    let answer = runtime.block_on(fedlnm_protocol::client::check_in(&config))?;
     println!(
         "checked in: site '{}' is a {} site of study '{}' (aggregator {} at {})",
         answer.site, answer.role, answer.study, answer.aggregator_version, config.aggregator

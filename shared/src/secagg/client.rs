@@ -18,7 +18,7 @@ use super::messages::{
 use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::{RoundingSource, quantize_weighted};
 use super::shamir::{self, Share};
-use super::{RoundConfig, SecAggError, SiteId, Stage};
+use super::{RoundConfig, RoundStage, SecAggError, SiteId};
 use crate::weights::NamedTensors;
 
 /// One site's state for one round. Create it with [`SecAggClient::new`], then feed it the server's
@@ -28,7 +28,7 @@ pub struct SecAggClient {
     config: RoundConfig,
     site: SiteId,
     /// The stage whose server message the client expects next.
-    stage: Stage,
+    stage: RoundStage,
     rng: SystemRandom,
     mask_secret: StaticSecret,
     mask_public: [u8; 32],
@@ -70,7 +70,7 @@ impl SecAggClient {
             return Err(SecAggError::NotInRound {
                 site,
                 round,
-                stage: Stage::AdvertiseKeys,
+                stage: RoundStage::AdvertiseKeys,
             });
         }
         let crypto = |what| SecAggError::Crypto { site, round, what };
@@ -104,7 +104,7 @@ impl SecAggClient {
         let client = Self {
             config,
             site,
-            stage: Stage::AdvertiseKeys,
+            stage: RoundStage::AdvertiseKeys,
             rng,
             mask_secret,
             mask_public,
@@ -140,7 +140,7 @@ impl SecAggClient {
     /// A directory for another round/study/configuration, with a foreign, duplicated or malformed
     /// entry, with substituted own keys, or with fewer than t sites; an invalid peer key.
     pub fn share_keys(&mut self, directory: &KeyDirectory) -> Result<ShareKeys, SecAggError> {
-        self.expect_stage(Stage::AdvertiseKeys)?;
+        self.expect_stage(RoundStage::AdvertiseKeys)?;
         self.check_round_header(&directory.header)?;
         let (site, round) = (self.site, self.config.round());
         let mut u1 = Vec::with_capacity(directory.sites.len());
@@ -157,7 +157,7 @@ impl SecAggClient {
                 return Err(SecAggError::NotInRound {
                     site: v,
                     round,
-                    stage: Stage::AdvertiseKeys,
+                    stage: RoundStage::AdvertiseKeys,
                 });
             }
             if u1.last().is_some_and(|&last| last >= v) {
@@ -180,7 +180,7 @@ impl SecAggClient {
                 return Err(self.malformed(format!("{v} does not advertise exactly one channel key for us")));
             }
         }
-        self.check_survivors(u1.len(), Stage::ShareKeys)?;
+        self.check_survivors(u1.len(), RoundStage::ShareKeys)?;
         if !u1.contains(&site) {
             return Err(self.malformed("the key directory leaves this site out".into()));
         }
@@ -210,7 +210,7 @@ impl SecAggClient {
                 .map(|k| k.public_key);
             let secret = self.channel_secrets.remove(&v);
             let (Some(peer_key), Some(secret)) = (peer_key, secret) else {
-                self.stage = Stage::Aborted;
+                self.stage = RoundStage::Aborted;
                 return Err(self.malformed(format!("no channel key pair with {v}")));
             };
             let salt = *self.config.salt();
@@ -218,7 +218,7 @@ impl SecAggClient {
                 channel_key(z, &salt, round, site, v)
             })
             .map_err(|_| {
-                self.stage = Stage::Aborted;
+                self.stage = RoundStage::Aborted;
                 SecAggError::InvalidPeerKey { site, peer: v, round }
             })?;
             channel_keys.insert(v, key);
@@ -258,7 +258,7 @@ impl SecAggClient {
         }
         self.pairwise_seeds = seeds;
         self.channel_keys = channel_keys;
-        self.stage = Stage::ShareKeys;
+        self.stage = RoundStage::ShareKeys;
         Ok(ShareKeys {
             header: site_header(&self.config, site),
             encrypted_shares,
@@ -279,7 +279,7 @@ impl SecAggClient {
         delta: &NamedTensors,
         n_samples: u64,
     ) -> Result<MaskedInput, SecAggError> {
-        self.expect_stage(Stage::ShareKeys)?;
+        self.expect_stage(RoundStage::ShareKeys)?;
         self.check_round_header(&delivery.header)?;
         let (site, round) = (self.site, self.config.round());
         self.config.check_delta(site, delta, n_samples)?;
@@ -297,13 +297,13 @@ impl SecAggClient {
             return Err(SecAggError::NotInRound {
                 site: v,
                 round,
-                stage: Stage::ShareKeys,
+                stage: RoundStage::ShareKeys,
             });
         }
         if !senders.contains(&site) {
             return Err(self.malformed("U2 leaves this site out".into()));
         }
-        self.check_survivors(senders.len(), Stage::MaskedInputCollection)?;
+        self.check_survivors(senders.len(), RoundStage::MaskedInputCollection)?;
         if delivery.shares.len() != senders.len() - 1 {
             return Err(self.malformed(format!(
                 "{} shares delivered for {} other senders",
@@ -342,7 +342,7 @@ impl SecAggClient {
         let masked = self.mask(delta, n_samples, senders)?;
         self.held.extend(received);
         self.senders = senders.clone();
-        self.stage = Stage::MaskedInputCollection;
+        self.stage = RoundStage::MaskedInputCollection;
         Ok(MaskedInput {
             header: site_header(&self.config, site),
             masked,
@@ -357,8 +357,8 @@ impl SecAggClient {
     /// [`SecAggError::RefuseBothShares`] if a peer would have both secrets revealed; a request for
     /// another round/study, with sites outside U2, or with fewer than t survivors.
     pub fn unmask(&mut self, request: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
-        if self.stage != Stage::Unmasking {
-            self.expect_stage(Stage::MaskedInputCollection)?;
+        if self.stage != RoundStage::Unmasking {
+            self.expect_stage(RoundStage::MaskedInputCollection)?;
         }
         self.check_round_header(&request.header)?;
         let (site, round) = (self.site, self.config.round());
@@ -386,7 +386,7 @@ impl SecAggClient {
             return Err(SecAggError::NotInRound {
                 site: v,
                 round,
-                stage: Stage::Unmasking,
+                stage: RoundStage::Unmasking,
             });
         }
         let expected_dropped: Vec<SiteId> = self
@@ -401,7 +401,7 @@ impl SecAggClient {
         if !request.survivors.contains(&site) {
             return Err(self.malformed("survivor list leaves this site out".into()));
         }
-        self.check_survivors(request.survivors.len(), Stage::Unmasking)?;
+        self.check_survivors(request.survivors.len(), RoundStage::Unmasking)?;
 
         let reveal = |v: &SiteId, pick: fn(&(Share, Share)) -> &Share| {
             self.held.get(v).map(|pair| RevealedShare {
@@ -422,7 +422,7 @@ impl SecAggClient {
         for &v in &request.dropped {
             self.revealed.insert(v, Revealed::MaskKey);
         }
-        self.stage = Stage::Unmasking;
+        self.stage = RoundStage::Unmasking;
         Ok(UnmaskResponse {
             header: site_header(&self.config, site),
             self_mask_shares,
@@ -473,8 +473,8 @@ impl SecAggClient {
         Ok(vector)
     }
 
-    fn expect_stage(&self, expected: Stage) -> Result<(), SecAggError> {
-        if self.stage == Stage::Aborted {
+    fn expect_stage(&self, expected: RoundStage) -> Result<(), SecAggError> {
+        if self.stage == RoundStage::Aborted {
             return Err(SecAggError::Aborted {
                 round: self.config.round(),
             });
@@ -494,7 +494,7 @@ impl SecAggClient {
         check_header_fields(&self.config, self.site, &h.study_id, h.round, &h.config_hash)
     }
 
-    fn check_survivors(&self, survivors: usize, stage: Stage) -> Result<(), SecAggError> {
+    fn check_survivors(&self, survivors: usize, stage: RoundStage) -> Result<(), SecAggError> {
         let threshold = self.config.threshold();
         if survivors < threshold {
             return Err(SecAggError::TooFewSurvivors {
@@ -517,11 +517,11 @@ impl SecAggClient {
 }
 
 /// The stage of the server message that a client waiting at `stage` consumes.
-fn next_stage(stage: Stage) -> Stage {
+fn next_stage(stage: RoundStage) -> RoundStage {
     match stage {
-        Stage::AdvertiseKeys => Stage::ShareKeys,
-        Stage::ShareKeys => Stage::MaskedInputCollection,
-        Stage::MaskedInputCollection | Stage::Unmasking => Stage::Unmasking,
+        RoundStage::AdvertiseKeys => RoundStage::ShareKeys,
+        RoundStage::ShareKeys => RoundStage::MaskedInputCollection,
+        RoundStage::MaskedInputCollection | RoundStage::Unmasking => RoundStage::Unmasking,
         other => other,
     }
 }

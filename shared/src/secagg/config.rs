@@ -68,13 +68,32 @@ pub fn tensor_specs(model: &NamedTensors) -> Vec<TensorSpec> {
         .collect()
 }
 
+/// The global model a round's deltas are relative to (its SHA-256, hex) and the attempt of the round
+/// (an abandoned round starts again as a new attempt: a distinct protocol instance, with its own
+/// configuration hash, so that nothing from an abandoned attempt is accepted by the next).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    pub model_digest: String,
+    pub attempt: u64,
+}
+
+impl ModelVersion {
+    #[must_use]
+    pub fn new(model_digest: impl Into<String>, attempt: u64) -> Self {
+        Self {
+            model_digest: model_digest.into(),
+            attempt,
+        }
+    }
+}
+
 /// Everything the server and all sites must agree on for one round (one instance of the protocol).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecAggConfig {
     pub study_id: String,
     pub round: u64,
-    /// Version of the global model the deltas are relative to.
-    pub model_version: String,
+    /// The global model the deltas are relative to, and which start of the round this is.
+    pub model_version: ModelVersion,
     /// The sites invited to the round (any order; duplicates are an error).
     pub participants: Vec<SiteId>,
     /// Shamir threshold t: the server needs t sites at every stage; n/2 < t ≤ n.
@@ -379,10 +398,11 @@ impl RoundConfig {
 }
 
 fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [u8; 32] {
-    let mut t = Transcript::new(b"fedlnm-secagg-config-v1");
+    let mut t = Transcript::new(b"fedlnm-secagg-config-v2");
     t.bytes(c.study_id.as_bytes());
     t.u64(c.round);
-    t.bytes(c.model_version.as_bytes());
+    t.bytes(c.model_version.model_digest.as_bytes());
+    t.u64(c.model_version.attempt);
     t.u64(sorted_participants.len() as u64);
     for p in sorted_participants {
         t.u64(u64::from(p.0));
@@ -464,7 +484,7 @@ mod tests {
         SecAggConfig {
             study_id: "study".into(),
             round: 3,
-            model_version: "v1".into(),
+            model_version: ModelVersion::new("v1", 1),
             participants: (1..=n).map(SiteId).collect(),
             threshold: t,
             tensors: vec![
@@ -587,7 +607,8 @@ mod tests {
         let variants: Vec<Change> = vec![
             Box::new(|c| c.study_id.push('x')),
             Box::new(|c| c.round += 1),
-            Box::new(|c| c.model_version.push('x')),
+            Box::new(|c| c.model_version.model_digest.push('x')),
+            Box::new(|c| c.model_version.attempt += 1),
             Box::new(|c| c.participants[2] = SiteId(9)),
             Box::new(|c| c.threshold = 3),
             Box::new(|c| c.tensors[0].shape = vec![3, 2]),

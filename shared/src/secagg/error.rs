@@ -4,7 +4,7 @@ use super::SiteId;
 
 /// The protocol stage a message or a check belongs to (Bonawitz et al. 2017 rounds 0, 1, 2 and 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Stage {
+pub enum RoundStage {
     /// Round 0: every site advertises its public keys.
     AdvertiseKeys,
     /// Round 1: every site sends encrypted Shamir shares of its secrets to every other site.
@@ -19,7 +19,7 @@ pub enum Stage {
     Aborted,
 }
 
-impl std::fmt::Display for Stage {
+impl std::fmt::Display for RoundStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self, f)
     }
@@ -60,24 +60,32 @@ pub enum SecAggError {
     ConfigMismatch { site: SiteId, round: u64 },
     /// A message from (or about) a site that is not a member of the round at this stage.
     #[error("{site}, round {round}: not a member of the round at stage {stage}")]
-    NotInRound { site: SiteId, round: u64, stage: Stage },
+    NotInRound {
+        site: SiteId,
+        round: u64,
+        stage: RoundStage,
+    },
     /// A second message of the same stage from the same site (a replay).
     #[error("{site}, round {round}: duplicate message at stage {stage} (replay?)")]
-    Duplicate { site: SiteId, round: u64, stage: Stage },
+    Duplicate {
+        site: SiteId,
+        round: u64,
+        stage: RoundStage,
+    },
     /// A message arrived at a state machine that is at another stage.
     #[error("{site}, round {round}: message for stage {got} but the instance is at stage {current}")]
     WrongStage {
         site: SiteId,
         round: u64,
-        got: Stage,
-        current: Stage,
+        got: RoundStage,
+        current: RoundStage,
     },
     /// A state machine was asked to close a stage it is not at.
     #[error("round {round}: cannot close stage {requested}, the instance is at stage {current}")]
     OutOfOrder {
         round: u64,
-        requested: Stage,
-        current: Stage,
+        requested: RoundStage,
+        current: RoundStage,
     },
     /// A masked input of the wrong length.
     #[error("{site}, round {round}: masked input has {got} elements, expected {expected}")]
@@ -98,7 +106,7 @@ pub enum SecAggError {
     #[error("round {round}: only {survivors} sites left at stage {stage}, threshold is {threshold}; aborted")]
     TooFewSurvivors {
         round: u64,
-        stage: Stage,
+        stage: RoundStage,
         survivors: usize,
         threshold: usize,
     },

@@ -79,9 +79,10 @@ pub mod shamir;
 
 pub use client::SecAggClient;
 pub use config::{
-    MAX_PARTICIPANTS, QuantizationConfig, RoundConfig, SecAggConfig, TensorSpec, glob_match, tensor_specs,
+    MAX_PARTICIPANTS, ModelVersion, QuantizationConfig, RoundConfig, SecAggConfig, TensorSpec, glob_match,
+    tensor_specs,
 };
-pub use error::{SecAggError, Stage};
+pub use error::{RoundStage, SecAggError};
 pub use messages::{
     AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader,
     ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,

@@ -14,7 +14,7 @@ use super::messages::{
 use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::dequantize;
 use super::shamir::{self, Share};
-use super::{RoundConfig, SecAggError, SiteId, Stage};
+use super::{RoundConfig, RoundStage, SecAggError, SiteId};
 use crate::weights::{NamedTensor, NamedTensors};
 
 /// The decoded result of one round.
@@ -40,7 +40,7 @@ pub struct Aggregate {
 /// (deadline reached or everyone answered) with `close_*`; the decision of who dropped is final.
 pub struct SecAggServer {
     config: RoundConfig,
-    stage: Stage,
+    stage: RoundStage,
     keys: BTreeMap<SiteId, AdvertiseKeys>,
     u1: Vec<SiteId>,
     shares: BTreeMap<SiteId, ShareKeys>,
@@ -61,7 +61,7 @@ impl SecAggServer {
     pub fn new(config: RoundConfig) -> Self {
         Self {
             config,
-            stage: Stage::AdvertiseKeys,
+            stage: RoundStage::AdvertiseKeys,
             keys: BTreeMap::new(),
             u1: Vec::new(),
             shares: BTreeMap::new(),
@@ -83,7 +83,7 @@ impl SecAggServer {
 
     /// The current stage.
     #[must_use]
-    pub fn stage(&self) -> Stage {
+    pub fn stage(&self) -> RoundStage {
         self.stage
     }
 
@@ -96,7 +96,7 @@ impl SecAggServer {
         let site = msg.header.site;
         self.check_message(
             &msg.header,
-            Stage::AdvertiseKeys,
+            RoundStage::AdvertiseKeys,
             self.config.participants(),
             self.keys.contains_key(&site),
         )?;
@@ -124,10 +124,10 @@ impl SecAggServer {
     /// # Errors
     /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
     pub fn close_keys(&mut self) -> Result<KeyDirectory, SecAggError> {
-        self.expect_stage(Stage::AdvertiseKeys)?;
-        self.check_quorum(self.keys.len(), Stage::AdvertiseKeys)?;
+        self.expect_stage(RoundStage::AdvertiseKeys)?;
+        self.check_quorum(self.keys.len(), RoundStage::AdvertiseKeys)?;
         self.u1 = self.keys.keys().copied().collect();
-        self.stage = Stage::ShareKeys;
+        self.stage = RoundStage::ShareKeys;
         Ok(KeyDirectory {
             header: self.round_header(),
             sites: self.keys.values().cloned().collect(),
@@ -143,7 +143,7 @@ impl SecAggServer {
         let site = msg.header.site;
         self.check_message(
             &msg.header,
-            Stage::ShareKeys,
+            RoundStage::ShareKeys,
             &self.u1,
             self.shares.contains_key(&site),
         )?;
@@ -165,8 +165,8 @@ impl SecAggServer {
     /// # Errors
     /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
     pub fn close_shares(&mut self) -> Result<Vec<ShareDelivery>, SecAggError> {
-        self.expect_stage(Stage::ShareKeys)?;
-        self.check_quorum(self.shares.len(), Stage::ShareKeys)?;
+        self.expect_stage(RoundStage::ShareKeys)?;
+        self.check_quorum(self.shares.len(), RoundStage::ShareKeys)?;
         self.u2 = self.shares.keys().copied().collect();
         let deliveries = self
             .u2
@@ -183,7 +183,7 @@ impl SecAggServer {
             })
             .collect();
         self.masked_sum = vec![0; self.config.vector_len()];
-        self.stage = Stage::MaskedInputCollection;
+        self.stage = RoundStage::MaskedInputCollection;
         Ok(deliveries)
     }
 
@@ -196,7 +196,7 @@ impl SecAggServer {
         let site = msg.header.site;
         self.check_message(
             &msg.header,
-            Stage::MaskedInputCollection,
+            RoundStage::MaskedInputCollection,
             &self.u2,
             self.u3.contains(&site),
         )?;
@@ -220,11 +220,11 @@ impl SecAggServer {
     /// # Errors
     /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
     pub fn close_masked_inputs(&mut self) -> Result<UnmaskRequest, SecAggError> {
-        self.expect_stage(Stage::MaskedInputCollection)?;
-        self.check_quorum(self.u3.len(), Stage::MaskedInputCollection)?;
+        self.expect_stage(RoundStage::MaskedInputCollection)?;
+        self.check_quorum(self.u3.len(), RoundStage::MaskedInputCollection)?;
         self.survivors = self.u3.iter().copied().collect();
         self.dropped = self.u2.iter().copied().filter(|v| !self.u3.contains(v)).collect();
-        self.stage = Stage::Unmasking;
+        self.stage = RoundStage::Unmasking;
         Ok(UnmaskRequest {
             header: self.round_header(),
             survivors: self.survivors.clone(),
@@ -242,7 +242,7 @@ impl SecAggServer {
         let site = msg.header.site;
         self.check_message(
             &msg.header,
-            Stage::Unmasking,
+            RoundStage::Unmasking,
             &self.survivors,
             self.responses.contains_key(&site),
         )?;
@@ -274,13 +274,13 @@ impl SecAggServer {
     /// [`SecAggError::TooFewSurvivors`]; a secret that cannot be reconstructed (inconsistent shares);
     /// an invalid aggregate. Any error aborts the instance: there is never a partial result.
     pub fn finish(&mut self) -> Result<Aggregate, SecAggError> {
-        self.expect_stage(Stage::Unmasking)?;
-        self.check_quorum(self.responses.len(), Stage::Unmasking)?;
+        self.expect_stage(RoundStage::Unmasking)?;
+        self.check_quorum(self.responses.len(), RoundStage::Unmasking)?;
         let result = self.unmask_and_decode();
         self.stage = if result.is_ok() {
-            Stage::Done
+            RoundStage::Done
         } else {
-            Stage::Aborted
+            RoundStage::Aborted
         };
         self.masked_sum = Vec::new();
         result
@@ -395,12 +395,12 @@ impl SecAggServer {
     fn check_message(
         &self,
         header: &SiteHeader,
-        stage: Stage,
+        stage: RoundStage,
         members: &[SiteId],
         duplicate: bool,
     ) -> Result<(), SecAggError> {
         let (site, round) = (header.site, self.config.round());
-        if self.stage == Stage::Aborted {
+        if self.stage == RoundStage::Aborted {
             return Err(SecAggError::Aborted { round });
         }
         check_header_fields(
@@ -427,10 +427,10 @@ impl SecAggServer {
         Ok(())
     }
 
-    fn expect_stage(&self, stage: Stage) -> Result<(), SecAggError> {
+    fn expect_stage(&self, stage: RoundStage) -> Result<(), SecAggError> {
         let round = self.config.round();
         match self.stage {
-            Stage::Aborted => Err(SecAggError::Aborted { round }),
+            RoundStage::Aborted => Err(SecAggError::Aborted { round }),
             current if current != stage => Err(SecAggError::OutOfOrder {
                 round,
                 requested: stage,
@@ -440,10 +440,10 @@ impl SecAggServer {
         }
     }
 
-    fn check_quorum(&mut self, survivors: usize, stage: Stage) -> Result<(), SecAggError> {
+    fn check_quorum(&mut self, survivors: usize, stage: RoundStage) -> Result<(), SecAggError> {
         let threshold = self.config.threshold();
         if survivors < threshold {
-            self.stage = Stage::Aborted;
+            self.stage = RoundStage::Aborted;
             self.masked_sum = Vec::new();
             return Err(SecAggError::TooFewSurvivors {
                 round: self.config.round(),

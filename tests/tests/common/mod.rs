@@ -2,9 +2,9 @@
 //! for the next task that is not `Wait`.
 
 use fedlnm_e2e::site_config;
-use fedlnm_node::client;
-use fedlnm_node::proto::federation_client::FederationClient;
-use fedlnm_node::proto::{TaskRequest, task};
+use fedlnm_protocol::Client;
+use fedlnm_protocol::generated::federation_client::FederationClient;
+use fedlnm_protocol::generated::{TaskRequest, task};
 use std::path::Path;
 use tonic::transport::Channel;
 
@@ -12,7 +12,10 @@ pub const STUDY: &str = "thyroid";
 
 /// A mutual-TLS client of `site` (its own startup kit) to the aggregator at `url`.
 pub async fn connect(study_dir: &Path, site: &str, url: &str) -> FederationClient<Channel> {
-    client::connect(&site_config(study_dir, site, url)).await.unwrap()
+    Client::connect(&site_config(study_dir, site, url))
+        .await
+        .unwrap()
+        .into_generated()
 }
 
 /// The site's next task, long-polling through `Wait`s.

@@ -1,14 +1,17 @@
-//! `fedlnm-node simulate`: the researcher's one command. A whole multicentre study on this machine,
-//! through the production code paths: a throw-away study CA and startup kits (`provision`),
-//! synthetic sites with different scanners and case mix, the aggregator (in-process, the same service
-//! as `fedlnm-aggregator serve`) and one node per site (the same loop as `fedlnm-node run`), talking
-//! real gRPC over mutual TLS 1.3 on loopback; then the study report (`fedlnm-aggregator report`).
+//! `fedlnm-sim`: the researcher's one command. A whole multicentre study on this machine, through the
+//! production code paths: a throw-away study CA and startup kits (`provision`), synthetic sites with
+//! different scanners and case mix, the aggregator (in-process, the same service as
+//! `fedlnm-aggregator serve`) and one node per site (the same loop as `fedlnm-node run`), talking real
+//! gRPC over mutual TLS 1.3 on loopback; then the study report (`fedlnm-aggregator report`).
+//!
+//! This is the one crate that links both sides of the federation; the node a hospital installs does
+//! not.
 
-use super::model::{DeviceArg, write_checkpoint};
 use anyhow::{Context as _, bail};
-use clap::Args;
+use clap::Parser;
 use fedlnm_aggregator::provision::{self, ProvisionOptions};
 use fedlnm_aggregator::server::{self, FederationService};
+use fedlnm_node::commands::model::{DeviceArg, write_checkpoint};
 use fedlnm_shared::config::{AggregatorConfig, NodeConfig, write_toml};
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::synth::{self, OutputFormat, PROFILE_NAMES, SiteProfile, SynthConfig};
@@ -16,8 +19,11 @@ use fedlnm_shared::train;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Arguments of `simulate`.
-#[derive(Debug, Clone, Args)]
+/// fedlnm-sim: run a whole simulated multicentre study on this machine: a throw-away certificate
+/// authority, synthetic sites with different scanners and case mix, the aggregator and every node
+/// talking real mutual-TLS gRPC on loopback, then a results folder (tables and ROC plots).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fedlnm-sim", version, about, long_about = None)]
 pub struct SimulateArgs {
     /// Output folder (created; must not exist or be empty): study/ (CA, kits, aggregator state),
     /// data/ (synthetic sites), results/ (tables and plots).
@@ -73,7 +79,10 @@ pub struct SimulationOutcome {
     pub seconds: f64,
 }
 
-/// `simulate`.
+/// Runs the simulation and prints where its results are.
+///
+/// # Errors
+/// As [`simulate`].
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let outcome = runtime.block_on(simulate(args))?;
@@ -116,7 +125,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     if args.train_sites < 2 {
         bail!("--train-sites must be at least 2 (FedAvg needs sites to average)");
     }
-    super::create_output_dir(&args.out, "a simulation")?;
+    fedlnm_node::commands::create_output_dir(&args.out, "a simulation")?;
     let out = std::fs::canonicalize(&args.out)?;
     let sites = sites(args);
 
@@ -148,7 +157,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     }
 
     // A throw-away study CA and kits, for the port we actually got.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = fedlnm_protocol::server::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let study_dir = out.join("study");
     let (train_ids, validate_ids): (Vec<_>, Vec<_>) = sites.iter().partition(|(_, _, train)| *train);
@@ -214,7 +223,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     }));
     let node_tasks: Vec<_> = nodes
         .into_iter()
-        .map(|node| tokio::spawn(crate::federation::Node::new(node).run()))
+        .map(|node| tokio::spawn(fedlnm_node::federation::Node::new(node).run()))
         .collect();
     let mut failure = None;
     for task in node_tasks {

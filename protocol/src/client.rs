@@ -1,0 +1,296 @@
+//! The node's connection to the aggregator: gRPC over mutual TLS 1.3, always dialled out from the
+//! hospital (the node never listens), with typed calls. Downloads and uploads go through the one
+//! chunked transfer ([`crate::transfer`]). Errors say what a hospital IT person can check.
+
+use crate::generated as pb;
+use crate::generated::federation_client::FederationClient;
+use crate::messages::{
+    CheckInReply, Claim, MetricsReport, ModelRef, ProtocolError, SecAggMessage, SecAggStage, Task,
+    UpdateFormat, UpdateHeader, UploadReceipt,
+};
+use crate::transfer::{self, Assembler, TransferError};
+use fedlnm_shared::config::NodeConfig;
+use fedlnm_shared::federation::SiteRoundMetrics;
+use fedlnm_shared::weights::sha256_hex;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Why the node could not talk to the aggregator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("'{url}' is not a usable aggregator address: {source}")]
+    Address {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error(
+        "cannot connect to the aggregator at {url}: {source}. Check that the aggregator is running, that \
+         outbound connections to its port are allowed by the firewall, and that site.pem/site.key/ca.pem \
+         come from this study's startup kit and have not expired"
+    )]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the aggregator refused the request ({code:?}): {message}")]
+    Refused { code: tonic::Code, message: String },
+    #[error("the aggregator sent a message this node cannot read: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Refused {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+impl ClientError {
+    /// A refusal that retrying cannot fix (wrong study, unknown site, a message the aggregator calls
+    /// invalid): the node stops and says why.
+    #[must_use]
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused {
+                code: tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument,
+                ..
+            } | Self::Read { .. }
+                | Self::Address { .. }
+        )
+    }
+
+    /// The round went on without this site (a stage closed, the round was abandoned or restarted):
+    /// not an error, the node takes its next task.
+    #[must_use]
+    pub fn is_left_out(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused {
+                code: tonic::Code::FailedPrecondition | tonic::Code::Aborted,
+                ..
+            }
+        )
+    }
+}
+
+/// A mutual-TLS connection of one site to the aggregator.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: FederationClient<Channel>,
+    claim: Claim,
+}
+
+impl Client {
+    /// Opens a mutual-TLS channel to the aggregator named in `config`, speaking for its site.
+    ///
+    /// # Errors
+    /// Unreadable TLS files, a bad address, or no connection (named, with what to check).
+    pub async fn connect(config: &NodeConfig) -> Result<Self, ClientError> {
+        fedlnm_shared::tls::install_crypto_provider();
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| ClientError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&config.tls.ca)?))
+            .identity(Identity::from_pem(
+                read(&config.tls.certificate)?,
+                read(&config.tls.key)?,
+            ));
+        if let Some(name) = &config.aggregator_name {
+            tls = tls.domain_name(name.clone());
+        }
+        let url = config.aggregator.clone();
+        let endpoint = Endpoint::from_shared(url.clone())
+            .and_then(|e| e.tls_config(tls))
+            .map_err(|source| ClientError::Address {
+                url: url.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(20))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect { url, source })?;
+        Ok(Self {
+            inner: FederationClient::new(channel)
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
+            claim: Claim {
+                site: config.site.clone(),
+                study: config.study.clone(),
+            },
+        })
+    }
+
+    /// Proves the network path, mutual TLS and this site's identity; returns the site's role.
+    ///
+    /// # Errors
+    /// A refusal or an unreadable answer.
+    pub async fn check_in(&mut self) -> Result<CheckInReply, ClientError> {
+        let reply = self
+            .inner
+            .check_in(pb::CheckInRequest {
+                site: self.claim.site.clone(),
+                study: self.claim.study.clone(),
+                node_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(CheckInReply::try_from(reply)?)
+    }
+
+    /// The site's next task (a long poll: the aggregator answers when it has one, or with `Wait`).
+    ///
+    /// # Errors
+    /// A refusal or an unreadable task.
+    pub async fn get_task(&mut self) -> Result<Task, ClientError> {
+        let task = self
+            .inner
+            .get_task(pb::TaskRequest {
+                site: self.claim.site.clone(),
+                study: self.claim.study.clone(),
+                node_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(Task::try_from(task)?)
+    }
+
+    /// Downloads the safetensors bytes of `model`, checked against its announced size and digest.
+    ///
+    /// # Errors
+    /// A refusal, or a transfer out of order, larger than announced or corrupted.
+    pub async fn download_model(&mut self, model: &ModelRef) -> Result<Vec<u8>, ClientError> {
+        let mut stream = self
+            .inner
+            .download_model(pb::ModelRequest {
+                site: self.claim.site.clone(),
+                study: self.claim.study.clone(),
+                version: model.version,
+            })
+            .await?
+            .into_inner();
+        let mut assembler = Assembler::new("model download", model.size_bytes, model.size_bytes)?;
+        while let Some(chunk) = stream.message().await? {
+            assembler.push(Some(chunk.offset), &chunk.data)?;
+        }
+        Ok(assembler.finish(&model.digest)?)
+    }
+
+    /// Uploads an update for `round` in chunks, the header first.
+    ///
+    /// # Errors
+    /// A refusal (the status says what the aggregator did not accept).
+    pub async fn upload_update(
+        &mut self,
+        round: u64,
+        format: UpdateFormat,
+        n_samples: u64,
+        payload: &[u8],
+    ) -> Result<UploadReceipt, ClientError> {
+        let header = UpdateHeader {
+            claim: self.claim.clone(),
+            round,
+            format,
+            n_samples: if format == UpdateFormat::SafetensorsDelta {
+                n_samples
+            } else {
+                0
+            },
+            total_size: payload.len() as u64,
+            digest: sha256_hex(payload),
+        };
+        let mut header = Some(pb::UpdateHeader::from(header));
+        let chunks: Vec<pb::UpdateChunk> = transfer::chunks(payload)
+            .map(|(_, data)| pb::UpdateChunk {
+                header: header.take(),
+                data: data.to_vec(),
+            })
+            .collect();
+        let receipt = self
+            .inner
+            .upload_update(tokio_stream::iter(chunks))
+            .await?
+            .into_inner();
+        Ok(UploadReceipt {
+            round: receipt.round,
+            bytes: receipt.bytes,
+        })
+    }
+
+    /// Sends one secure-aggregation message and returns the aggregator's reply for this site (which
+    /// comes when the stage closes).
+    ///
+    /// # Errors
+    /// A refusal: a stage that closed without this site is [`ClientError::is_left_out`].
+    pub async fn secure_aggregation(
+        &mut self,
+        round: u64,
+        stage: SecAggStage,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let message = SecAggMessage {
+            claim: self.claim.clone(),
+            round,
+            stage,
+            payload,
+        };
+        let reply = self
+            .inner
+            .secure_aggregation(pb::SecAggRequest::from(message))
+            .await?
+            .into_inner();
+        Ok(reply.payload)
+    }
+
+    /// Reports the site's validation metrics of the model `model_digest` of `round`.
+    ///
+    /// # Errors
+    /// A refusal.
+    pub async fn report_metrics(
+        &mut self,
+        round: u64,
+        model_digest: &str,
+        metrics: &SiteRoundMetrics,
+    ) -> Result<(), ClientError> {
+        let report = MetricsReport {
+            claim: self.claim.clone(),
+            round,
+            model_digest: model_digest.to_owned(),
+            metrics: crate::messages::Encoded::new(metrics, "validation metrics"),
+        };
+        self.inner.report_metrics(pb::MetricsReport::from(report)).await?;
+        Ok(())
+    }
+}
+
+impl Client {
+    /// The generated client underneath, for tests that must send hand-made (hostile) messages.
+    #[must_use]
+    pub fn into_generated(self) -> FederationClient<Channel> {
+        self.inner
+    }
+}
+
+/// Connects with `config` and checks in (`fedlnm-node check-in`).
+///
+/// # Errors
+/// As [`Client::connect`] and [`Client::check_in`].
+pub async fn check_in(config: &NodeConfig) -> Result<CheckInReply, ClientError> {
+    Client::connect(config).await?.check_in().await
+}

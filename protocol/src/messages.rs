@@ -1,0 +1,644 @@
+//! The typed messages of the protocol: what the node and the aggregator speak. Each converts to its
+//! generated protobuf message in one place (`From`), and back (`TryFrom`), where an unknown enum value,
+//! a missing field or a malformed payload becomes a [`ProtocolError`] naming the field.
+
+use crate::generated as pb;
+use crate::payload::{self, PayloadError};
+use fedlnm_shared::config::SiteRole;
+use fedlnm_shared::federation::{AggregationKind, LocalTensors, SiteRoundMetrics};
+use fedlnm_shared::model_config::TrainPlan;
+use fedlnm_shared::secagg::{SecAggConfig, SiteId};
+use std::marker::PhantomData;
+use std::time::Duration;
+
+/// A message that does not follow the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("the message has no {0}")]
+    Missing(&'static str),
+    #[error("{field} has the unknown value {value}")]
+    UnknownValue { field: &'static str, value: i32 },
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+}
+
+impl ProtocolError {
+    /// The status a server answers a malformed request with.
+    #[must_use]
+    pub fn status(&self) -> tonic::Status {
+        tonic::Status::invalid_argument(self.to_string())
+    }
+}
+
+/// A value of type `T` carried in its payload encoding, decoded only when the receiver asks (after it
+/// has authorized the sender), and only as the type the field declares.
+#[derive(Debug)]
+pub struct Encoded<T> {
+    bytes: Vec<u8>,
+    what: &'static str,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Encoded<T> {
+    fn clone(&self) -> Self {
+        Self {
+            bytes: self.bytes.clone(),
+            what: self.what,
+            _type: PhantomData,
+        }
+    }
+}
+
+/// Equal encodings: the same bytes.
+impl<T> PartialEq for Encoded<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl<T> Eq for Encoded<T> {}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> Encoded<T> {
+    /// Encodes `value`.
+    #[must_use]
+    pub fn new(value: &T, what: &'static str) -> Self {
+        Self::from_bytes(payload::encode(value), what)
+    }
+
+    fn from_bytes(bytes: Vec<u8>, what: &'static str) -> Self {
+        Self {
+            bytes,
+            what,
+            _type: PhantomData,
+        }
+    }
+
+    /// The encoded size in bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the payload is empty (never a valid value).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The value.
+    ///
+    /// # Errors
+    /// A malformed payload, named.
+    pub fn decode(&self) -> Result<T, PayloadError> {
+        payload::decode(&self.bytes, self.what)
+    }
+}
+
+/// Who a request says it comes from; the server checks it against the client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub site: String,
+    pub study: String,
+}
+
+/// A global model version: its number, the SHA-256 (hex) and size of its safetensors file, and the
+/// digest of its model configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    pub version: u64,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub config_digest: String,
+}
+
+/// What a site should do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    /// Nothing now: ask again after `retry_after`.
+    Wait {
+        retry_after: Duration,
+        reason: String,
+    },
+    Train(TrainTask),
+    Validate(ValidateTask),
+    /// The study is over: `model` is the final global model.
+    Finished {
+        rounds: u64,
+        model: ModelRef,
+    },
+}
+
+/// Train round `round` from `model` and upload the delta.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainTask {
+    pub round: u64,
+    pub model: ModelRef,
+    pub plan: TrainPlan,
+    /// FedBN: tensors that stay at the site.
+    pub local_tensors: LocalTensors,
+    pub aggregation: RoundAggregation,
+}
+
+/// How this round's update is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoundAggregation {
+    /// The delta travels as safetensors ([`UpdateFormat::SafetensorsDelta`]).
+    Plain,
+    /// Masked by secure aggregation: the round's protocol configuration and this site's id.
+    Secure {
+        config: Box<SecAggConfig>,
+        site_id: SiteId,
+    },
+}
+
+impl RoundAggregation {
+    #[must_use]
+    pub fn kind(&self) -> AggregationKind {
+        match self {
+            Self::Plain => AggregationKind::Plain,
+            Self::Secure { .. } => AggregationKind::Secure,
+        }
+    }
+
+    /// The upload format of this aggregation.
+    #[must_use]
+    pub fn update_format(&self) -> UpdateFormat {
+        match self {
+            Self::Plain => UpdateFormat::SafetensorsDelta,
+            Self::Secure { .. } => UpdateFormat::MaskedInput,
+        }
+    }
+}
+
+/// Score `model` on the site's validation patients and report the metrics of round `round`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidateTask {
+    pub round: u64,
+    pub model: ModelRef,
+    pub local_tensors: LocalTensors,
+}
+
+/// The content of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateFormat {
+    /// A safetensors file of the delta tensors (plain aggregation).
+    SafetensorsDelta,
+    /// A masked input of the secure-aggregation protocol.
+    MaskedInput,
+}
+
+/// The header of an upload (its first chunk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateHeader {
+    pub claim: Claim,
+    pub round: u64,
+    pub format: UpdateFormat,
+    /// Patients the site trained on (plain only: secure aggregation masks it inside the payload).
+    pub n_samples: u64,
+    pub total_size: u64,
+    /// SHA-256 (hex) of the whole payload.
+    pub digest: String,
+}
+
+/// The stages of the secure-aggregation protocol that a site sends a message for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SecAggStage {
+    AdvertiseKeys,
+    ShareKeys,
+    /// No payload: waits for the survivors.
+    UnmaskRequest,
+    /// The last stage: its reply is empty.
+    UnmaskResponse,
+}
+
+impl SecAggStage {
+    /// The stage's name in logs and error messages.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AdvertiseKeys => "advertise-keys",
+            Self::ShareKeys => "share-keys",
+            Self::UnmaskRequest => "unmask-request",
+            Self::UnmaskResponse => "unmask-response",
+        }
+    }
+}
+
+impl std::fmt::Display for SecAggStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One secure-aggregation message of a site (payload: the stage's protocol message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecAggMessage {
+    pub claim: Claim,
+    pub round: u64,
+    pub stage: SecAggStage,
+    pub payload: Vec<u8>,
+}
+
+/// A site's aggregate validation metrics of a global model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsReport {
+    pub claim: Claim,
+    pub round: u64,
+    /// The digest of the model that was scored.
+    pub model_digest: String,
+    pub metrics: Encoded<SiteRoundMetrics>,
+}
+
+/// A site's check-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckIn {
+    pub claim: Claim,
+    pub node_version: String,
+}
+
+/// The aggregator's answer to a check-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckInReply {
+    pub study: String,
+    pub site: String,
+    pub role: SiteRole,
+    pub aggregator_version: String,
+}
+
+/// The aggregator's receipt of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadReceipt {
+    pub round: u64,
+    pub bytes: u64,
+}
+
+// ---- Conversions to and from the generated messages (the only place that names both). ----
+
+fn required<T>(value: Option<T>, field: &'static str) -> Result<T, ProtocolError> {
+    value.ok_or(ProtocolError::Missing(field))
+}
+
+fn known<T: TryFrom<i32>>(value: i32, field: &'static str) -> Result<T, ProtocolError> {
+    T::try_from(value).map_err(|_| ProtocolError::UnknownValue { field, value })
+}
+
+impl From<SiteRole> for pb::SiteRole {
+    fn from(role: SiteRole) -> Self {
+        match role {
+            SiteRole::Train => Self::Train,
+            SiteRole::Validate => Self::Validate,
+        }
+    }
+}
+
+pub(crate) fn site_role(value: i32) -> Result<SiteRole, ProtocolError> {
+    match known::<pb::SiteRole>(value, "role")? {
+        pb::SiteRole::Train => Ok(SiteRole::Train),
+        pb::SiteRole::Validate => Ok(SiteRole::Validate),
+        pb::SiteRole::Unspecified => Err(ProtocolError::Missing("role")),
+    }
+}
+
+impl From<UpdateFormat> for pb::UpdateFormat {
+    fn from(format: UpdateFormat) -> Self {
+        match format {
+            UpdateFormat::SafetensorsDelta => Self::SafetensorsDelta,
+            UpdateFormat::MaskedInput => Self::MaskedInput,
+        }
+    }
+}
+
+fn update_format(value: i32) -> Result<UpdateFormat, ProtocolError> {
+    match known::<pb::UpdateFormat>(value, "format")? {
+        pb::UpdateFormat::SafetensorsDelta => Ok(UpdateFormat::SafetensorsDelta),
+        pb::UpdateFormat::MaskedInput => Ok(UpdateFormat::MaskedInput),
+        pb::UpdateFormat::Unspecified => Err(ProtocolError::Missing("format")),
+    }
+}
+
+impl From<SecAggStage> for pb::SecAggStage {
+    fn from(stage: SecAggStage) -> Self {
+        match stage {
+            SecAggStage::AdvertiseKeys => Self::AdvertiseKeys,
+            SecAggStage::ShareKeys => Self::ShareKeys,
+            SecAggStage::UnmaskRequest => Self::UnmaskRequest,
+            SecAggStage::UnmaskResponse => Self::UnmaskResponse,
+        }
+    }
+}
+
+fn sec_agg_stage(value: i32) -> Result<SecAggStage, ProtocolError> {
+    match known::<pb::SecAggStage>(value, "stage")? {
+        pb::SecAggStage::AdvertiseKeys => Ok(SecAggStage::AdvertiseKeys),
+        pb::SecAggStage::ShareKeys => Ok(SecAggStage::ShareKeys),
+        pb::SecAggStage::UnmaskRequest => Ok(SecAggStage::UnmaskRequest),
+        pb::SecAggStage::UnmaskResponse => Ok(SecAggStage::UnmaskResponse),
+        pb::SecAggStage::Unspecified => Err(ProtocolError::Missing("stage")),
+    }
+}
+
+impl From<ModelRef> for pb::ModelRef {
+    fn from(model: ModelRef) -> Self {
+        Self {
+            version: model.version,
+            digest: model.digest,
+            size_bytes: model.size_bytes,
+            config_digest: model.config_digest,
+        }
+    }
+}
+
+impl From<pb::ModelRef> for ModelRef {
+    fn from(model: pb::ModelRef) -> Self {
+        Self {
+            version: model.version,
+            digest: model.digest,
+            size_bytes: model.size_bytes,
+            config_digest: model.config_digest,
+        }
+    }
+}
+
+fn model_ref(model: Option<pb::ModelRef>) -> Result<ModelRef, ProtocolError> {
+    required(model, "model").map(ModelRef::from)
+}
+
+impl From<Task> for pb::Task {
+    fn from(task: Task) -> Self {
+        use pb::task::Kind;
+        let kind = match task {
+            Task::Wait { retry_after, reason } => Kind::Wait(pb::Wait {
+                retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX),
+                reason,
+            }),
+            Task::Train(train) => {
+                let (secagg_config, secagg_site_id) = match &train.aggregation {
+                    RoundAggregation::Plain => (Vec::new(), 0),
+                    RoundAggregation::Secure { config, site_id } => (payload::encode(config), site_id.0),
+                };
+                Kind::Train(pb::TrainTask {
+                    round: train.round,
+                    model: Some(train.model.into()),
+                    plan: payload::encode(&train.plan),
+                    local_tensors: train.local_tensors.into_names(),
+                    aggregation: pb::AggregationKind::from(train.aggregation.kind()).into(),
+                    secagg_config,
+                    secagg_site_id,
+                })
+            }
+            Task::Validate(validate) => Kind::Validate(pb::ValidateTask {
+                round: validate.round,
+                model: Some(validate.model.into()),
+                local_tensors: validate.local_tensors.into_names(),
+            }),
+            Task::Finished { rounds, model } => Kind::Finished(pb::StudyFinished {
+                rounds,
+                model: Some(model.into()),
+            }),
+        };
+        Self { kind: Some(kind) }
+    }
+}
+
+impl From<AggregationKind> for pb::AggregationKind {
+    fn from(kind: AggregationKind) -> Self {
+        match kind {
+            AggregationKind::Plain => Self::Plain,
+            AggregationKind::Secure => Self::Secure,
+        }
+    }
+}
+
+impl TryFrom<pb::Task> for Task {
+    type Error = ProtocolError;
+
+    fn try_from(task: pb::Task) -> Result<Self, ProtocolError> {
+        use pb::task::Kind;
+        Ok(match required(task.kind, "task")? {
+            Kind::Wait(wait) => Self::Wait {
+                retry_after: Duration::from_millis(u64::from(wait.retry_after_ms)),
+                reason: wait.reason,
+            },
+            Kind::Train(train) => {
+                let aggregation = match known::<pb::AggregationKind>(train.aggregation, "aggregation")? {
+                    pb::AggregationKind::Plain => RoundAggregation::Plain,
+                    pb::AggregationKind::Secure => RoundAggregation::Secure {
+                        config: Box::new(payload::decode(
+                            &train.secagg_config,
+                            "secure-aggregation configuration",
+                        )?),
+                        site_id: SiteId(train.secagg_site_id),
+                    },
+                    pb::AggregationKind::Unspecified => return Err(ProtocolError::Missing("aggregation")),
+                };
+                Self::Train(TrainTask {
+                    round: train.round,
+                    model: model_ref(train.model)?,
+                    plan: payload::decode(&train.plan, "training plan")?,
+                    local_tensors: LocalTensors::from_names(train.local_tensors),
+                    aggregation,
+                })
+            }
+            Kind::Validate(validate) => Self::Validate(ValidateTask {
+                round: validate.round,
+                model: model_ref(validate.model)?,
+                local_tensors: LocalTensors::from_names(validate.local_tensors),
+            }),
+            Kind::Finished(finished) => Self::Finished {
+                rounds: finished.rounds,
+                model: model_ref(finished.model)?,
+            },
+        })
+    }
+}
+
+impl From<UpdateHeader> for pb::UpdateHeader {
+    fn from(header: UpdateHeader) -> Self {
+        Self {
+            site: header.claim.site,
+            study: header.claim.study,
+            round: header.round,
+            format: pb::UpdateFormat::from(header.format).into(),
+            n_samples: header.n_samples,
+            total_size: header.total_size,
+            digest: header.digest,
+        }
+    }
+}
+
+impl TryFrom<pb::UpdateHeader> for UpdateHeader {
+    type Error = ProtocolError;
+
+    fn try_from(header: pb::UpdateHeader) -> Result<Self, ProtocolError> {
+        Ok(Self {
+            format: update_format(header.format)?,
+            claim: Claim {
+                site: header.site,
+                study: header.study,
+            },
+            round: header.round,
+            n_samples: header.n_samples,
+            total_size: header.total_size,
+            digest: header.digest,
+        })
+    }
+}
+
+impl From<SecAggMessage> for pb::SecAggRequest {
+    fn from(message: SecAggMessage) -> Self {
+        Self {
+            site: message.claim.site,
+            study: message.claim.study,
+            round: message.round,
+            stage: pb::SecAggStage::from(message.stage).into(),
+            payload: message.payload,
+        }
+    }
+}
+
+impl TryFrom<pb::SecAggRequest> for SecAggMessage {
+    type Error = ProtocolError;
+
+    fn try_from(request: pb::SecAggRequest) -> Result<Self, ProtocolError> {
+        Ok(Self {
+            stage: sec_agg_stage(request.stage)?,
+            claim: Claim {
+                site: request.site,
+                study: request.study,
+            },
+            round: request.round,
+            payload: request.payload,
+        })
+    }
+}
+
+impl From<MetricsReport> for pb::MetricsReport {
+    fn from(report: MetricsReport) -> Self {
+        Self {
+            site: report.claim.site,
+            study: report.claim.study,
+            round: report.round,
+            model_digest: report.model_digest,
+            metrics: report.metrics.bytes,
+        }
+    }
+}
+
+impl From<pb::MetricsReport> for MetricsReport {
+    fn from(report: pb::MetricsReport) -> Self {
+        Self {
+            claim: Claim {
+                site: report.site,
+                study: report.study,
+            },
+            round: report.round,
+            model_digest: report.model_digest,
+            metrics: Encoded::from_bytes(report.metrics, "validation metrics"),
+        }
+    }
+}
+
+impl From<CheckInReply> for pb::CheckInResponse {
+    fn from(reply: CheckInReply) -> Self {
+        Self {
+            study: reply.study,
+            site: reply.site,
+            role: pb::SiteRole::from(reply.role).into(),
+            aggregator_version: reply.aggregator_version,
+        }
+    }
+}
+
+impl TryFrom<pb::CheckInResponse> for CheckInReply {
+    type Error = ProtocolError;
+
+    fn try_from(reply: pb::CheckInResponse) -> Result<Self, ProtocolError> {
+        Ok(Self {
+            role: site_role(reply.role)?,
+            study: reply.study,
+            site: reply.site,
+            aggregator_version: reply.aggregator_version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn model() -> ModelRef {
+        ModelRef {
+            version: 3,
+            digest: "ab".repeat(32),
+            size_bytes: 1234,
+            config_digest: "cd".repeat(32),
+        }
+    }
+
+    #[test]
+    fn tasks_survive_the_wire_unchanged() {
+        let tasks = [
+            Task::Wait {
+                retry_after: Duration::from_millis(500),
+                reason: "waiting".into(),
+            },
+            Task::Train(TrainTask {
+                round: 4,
+                model: model(),
+                plan: TrainPlan::default(),
+                local_tensors: LocalTensors::from_names(vec!["image.bn1.gamma".into()]),
+                aggregation: RoundAggregation::Plain,
+            }),
+            Task::Validate(ValidateTask {
+                round: 4,
+                model: model(),
+                local_tensors: LocalTensors::default(),
+            }),
+            Task::Finished {
+                rounds: 8,
+                model: model(),
+            },
+        ];
+        for task in tasks {
+            let wire = pb::Task::from(task.clone());
+            assert_eq!(Task::try_from(wire).unwrap(), task);
+        }
+    }
+
+    #[test]
+    fn unknown_enum_values_and_missing_fields_are_named() {
+        let mut wire = pb::Task::from(Task::Train(TrainTask {
+            round: 1,
+            model: model(),
+            plan: TrainPlan::default(),
+            local_tensors: LocalTensors::default(),
+            aggregation: RoundAggregation::Plain,
+        }));
+        if let Some(pb::task::Kind::Train(train)) = &mut wire.kind {
+            train.aggregation = 9;
+        }
+        assert_eq!(
+            Task::try_from(wire.clone()).unwrap_err(),
+            ProtocolError::UnknownValue {
+                field: "aggregation",
+                value: 9
+            }
+        );
+        if let Some(pb::task::Kind::Train(train)) = &mut wire.kind {
+            train.aggregation = pb::AggregationKind::Plain.into();
+            train.plan.truncate(3);
+        }
+        let error = Task::try_from(wire).unwrap_err().to_string();
+        assert!(error.contains("training plan"), "{error}");
+        assert_eq!(
+            Task::try_from(pb::Task { kind: None }).unwrap_err(),
+            ProtocolError::Missing("task")
+        );
+        let header = pb::UpdateHeader::default();
+        assert_eq!(
+            UpdateHeader::try_from(header).unwrap_err(),
+            ProtocolError::Missing("format")
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! The aggregator's end of the wire: a typed service trait ([`FederationHandler`]) that the round
+//! logic implements, the adapter that turns generated gRPC calls into its typed calls (reading the
+//! caller's certificate identity, converting and checking messages, streaming downloads and receiving
+//! uploads through the one chunked transfer), and [`serve`]: tonic over mutual TLS 1.3.
+
+use crate::generated as pb;
+use crate::generated::federation_server::{Federation, FederationServer};
+use crate::messages::{
+    CheckIn, CheckInReply, Claim, MetricsReport, ProtocolError, SecAggMessage, Task, UpdateHeader,
+    UploadReceipt,
+};
+use crate::transfer::{self, Assembler, TransferError};
+use fedlnm_shared::config::TlsFiles;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The attribute that makes a [`FederationHandler`] implementation's `async fn`s object-safe.
+pub use tonic::async_trait;
+
+/// Longest silence between two chunks of an upload.
+pub const CHUNK_IDLE: Duration = Duration::from_secs(120);
+
+/// The site id in the caller's (chain-verified) client certificate, or `None` when it names none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub certificate_site: Option<String>,
+}
+
+/// Bytes the server streams to a site as one transfer (a global model's safetensors file).
+pub trait Download: Send + Sync + 'static {
+    fn bytes(&self) -> &[u8];
+    /// SHA-256 (hex) of [`Self::bytes`].
+    fn digest(&self) -> &str;
+}
+
+/// An upload whose header has arrived: the handler authorizes it, then receives the payload with the
+/// limit it allows.
+pub struct IncomingUpload {
+    pub header: UpdateHeader,
+    first: Vec<u8>,
+    stream: Streaming<pb::UpdateChunk>,
+}
+
+impl IncomingUpload {
+    /// Receives the whole payload: refused before reading when the announced size exceeds `limit`,
+    /// checked chunk by chunk (an idle link times out per chunk, [`CHUNK_IDLE`]) and by SHA-256.
+    ///
+    /// # Errors
+    /// [`TransferError`] naming what is wrong; its `status()` is the answer to the site.
+    pub async fn receive(mut self, limit: u64) -> Result<Vec<u8>, TransferError> {
+        const WHAT: &str = "update";
+        let mut assembler = Assembler::new(WHAT, self.header.total_size, limit)?;
+        assembler.push(None, &self.first)?;
+        loop {
+            let chunk = match tokio::time::timeout(CHUNK_IDLE, self.stream.message()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                // A stream that ends (or breaks) early is a truncated transfer: `finish` names it.
+                Ok(Ok(None) | Err(_)) => break,
+                Err(_) => {
+                    return Err(TransferError::Idle {
+                        what: WHAT,
+                        idle: CHUNK_IDLE,
+                    });
+                }
+            };
+            if chunk.header.is_some() {
+                return Err(TransferError::MisplacedHeader { what: WHAT });
+            }
+            assembler.push(None, &chunk.data)?;
+        }
+        assembler.finish(&self.header.digest)
+    }
+}
+
+/// The study's side of every call, in typed Rust. Each call receives the caller's certificate
+/// identity; authorization is the handler's.
+#[tonic::async_trait]
+pub trait FederationHandler: Send + Sync + 'static {
+    async fn check_in(&self, caller: Caller, request: CheckIn) -> Result<CheckInReply, Status>;
+    async fn get_task(&self, caller: Caller, claim: Claim) -> Result<Task, Status>;
+    async fn download_model(
+        &self,
+        caller: Caller,
+        claim: Claim,
+        version: u64,
+    ) -> Result<Arc<dyn Download>, Status>;
+    async fn upload_update(&self, caller: Caller, upload: IncomingUpload) -> Result<UploadReceipt, Status>;
+    /// Returns the reply payload for the caller.
+    async fn secure_aggregation(&self, caller: Caller, message: SecAggMessage) -> Result<Vec<u8>, Status>;
+    async fn report_metrics(&self, caller: Caller, report: MetricsReport) -> Result<(), Status>;
+}
+
+/// What can stop the server from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("the gRPC server stopped: {0}")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Serves `handler` on `listener` with mutual TLS 1.3 (`tls`: the server's certificate and key, and
+/// the study CA that must have signed every client) until `shutdown` resolves.
+///
+/// # Errors
+/// [`ServeError`]: unreadable TLS files, transport failures.
+pub async fn serve(
+    handler: Arc<impl FederationHandler>,
+    listener: TcpListener,
+    tls: &TlsFiles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    fedlnm_shared::tls::install_crypto_provider();
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| ServeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.certificate)?, read(&tls.key)?))
+        .client_ca_root(Certificate::from_pem(read(&tls.ca)?));
+    Server::builder()
+        .tls_config(tls)
+        .map_err(ServeError::Tls)?
+        .add_service(
+            FederationServer::new(Adapter { handler })
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(ServeError::Transport)
+}
+
+/// Binds a TCP listener (for the gRPC service or `/metrics`).
+///
+/// # Errors
+/// The address is malformed, taken, or not ours.
+pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Turns generated calls into typed handler calls.
+struct Adapter<H> {
+    handler: Arc<H>,
+}
+
+/// The site id of the client certificate of a request, if any.
+fn caller<T>(request: &Request<T>) -> Caller {
+    let certificate_site = request.peer_certs().and_then(|certificates| {
+        let leaf = certificates.first()?;
+        match fedlnm_shared::tls::site_of_certificate(leaf.as_ref()) {
+            Ok(site) => Some(site),
+            Err(error) => {
+                tracing::warn!(%error, "client certificate without a site identity");
+                None
+            }
+        }
+    });
+    Caller { certificate_site }
+}
+
+fn invalid(error: &ProtocolError) -> Status {
+    error.status()
+}
+
+type ModelStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ModelChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<H: FederationHandler> Federation for Adapter<H> {
+    async fn check_in(
+        &self,
+        request: Request<pb::CheckInRequest>,
+    ) -> Result<Response<pb::CheckInResponse>, Status> {
+        let caller = caller(&request);
+        let request = request.into_inner();
+        let check_in = CheckIn {
+            claim: Claim {
+                site: request.site,
+                study: request.study,
+            },
+            node_version: request.node_version,
+        };
+        let reply = self.handler.check_in(caller, check_in).await?;
+        Ok(Response::new(reply.into()))
+    }
+
+    async fn get_task(&self, request: Request<pb::TaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let caller = caller(&request);
+        let request = request.into_inner();
+        let claim = Claim {
+            site: request.site,
+            study: request.study,
+        };
+        let task = self.handler.get_task(caller, claim).await?;
+        Ok(Response::new(task.into()))
+    }
+
+    type DownloadModelStream = ModelStream;
+
+    async fn download_model(
+        &self,
+        request: Request<pb::ModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let caller = caller(&request);
+        let request = request.into_inner();
+        let claim = Claim {
+            site: request.site,
+            study: request.study,
+        };
+        let download = self
+            .handler
+            .download_model(caller, claim, request.version)
+            .await?;
+        let total_size = download.bytes().len() as u64;
+        // Each chunk is copied out of the shared bytes only when the stream is polled for it.
+        let chunks = (0..transfer::chunk_count(download.bytes().len())).map(move |index| {
+            let (offset, data) = transfer::chunk(download.bytes(), index);
+            Ok(pb::ModelChunk {
+                offset,
+                data: data.to_vec(),
+                total_size,
+                digest: download.digest().to_owned(),
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn upload_update(
+        &self,
+        request: Request<Streaming<pb::UpdateChunk>>,
+    ) -> Result<Response<pb::UploadReceipt>, Status> {
+        let caller = caller(&request);
+        let mut stream = request.into_inner();
+        let first = match tokio::time::timeout(CHUNK_IDLE, stream.message()).await {
+            Ok(first) => first?.ok_or_else(|| Status::invalid_argument("empty upload"))?,
+            Err(_) => {
+                return Err(TransferError::Idle {
+                    what: "update",
+                    idle: CHUNK_IDLE,
+                }
+                .status());
+            }
+        };
+        let header = first
+            .header
+            .ok_or_else(|| Status::invalid_argument("the first chunk of an upload must carry its header"))?;
+        let header = UpdateHeader::try_from(header).map_err(|e| invalid(&e))?;
+        let upload = IncomingUpload {
+            header,
+            first: first.data,
+            stream,
+        };
+        let receipt = self.handler.upload_update(caller, upload).await?;
+        Ok(Response::new(pb::UploadReceipt {
+            round: receipt.round,
+            bytes: receipt.bytes,
+        }))
+    }
+
+    async fn secure_aggregation(
+        &self,
+        request: Request<pb::SecAggRequest>,
+    ) -> Result<Response<pb::SecAggReply>, Status> {
+        let caller = caller(&request);
+        let message = SecAggMessage::try_from(request.into_inner()).map_err(|e| invalid(&e))?;
+        let payload = self.handler.secure_aggregation(caller, message).await?;
+        Ok(Response::new(pb::SecAggReply { payload }))
+    }
+
+    async fn report_metrics(
+        &self,
+        request: Request<pb::MetricsReport>,
+    ) -> Result<Response<pb::MetricsReceipt>, Status> {
+        let caller = caller(&request);
+        let report = MetricsReport::from(request.into_inner());
+        let round = report.round;
+        self.handler.report_metrics(caller, report).await?;
+        Ok(Response::new(pb::MetricsReceipt { round }))
+    }
+}
