@@ -13,14 +13,16 @@
 //! - `auc_by_round.png` ([`AUC_FIGURE_SIZE`]): AUC per round for each site and pool.
 //! - `summary.md`: the last round as a markdown table and the pooled AUCs of every round.
 //!
-//! Only committed rounds are read: entries whose name starts with `.` (rounds being written) are
-//! skipped, so the report can run beside a serving aggregator. Every round is read and every output
+//! Only committed rounds are read, through the aggregator's own [`RoundStore`](crate::store::RoundStore)
+//! opened read-only: which folders are committed rounds and how a `round.json` is parsed is decided
+//! there, once. Rounds being written (dot-named folders) are skipped and nothing in the state folder is
+//! changed, so the report can run beside a serving aggregator. Every round is read and every output
 //! rendered in memory before the first file is written: a bad round file leaves `out` untouched.
 //! Figures use an embedded font (DejaVu Sans) and need no font installed on the machine.
 //! The input holds aggregate numbers only, and so does every output.
 //!
 //! This file reads the rounds, renders each output and writes them; each output has its own module
-//! (`tables`, `json`, `markdown`, `figures`), over shared pieces: `rounds` (reading the state folder),
+//! (`tables`, `json`, `markdown`, `figures`), over shared pieces: `rounds` (reading the rounds),
 //! `pools`, `format` (how values are written), `chart` (drawing with plotters) and `font`.
 
 mod chart;
@@ -33,19 +35,13 @@ mod pools;
 mod rounds;
 mod tables;
 
-pub use rounds::committed_round_number;
+pub use crate::store::{RECORD_FILE as ROUND_FILE, ROUND_DIR_PREFIX, ROUNDS_DIR, committed_round_number};
 pub use tables::CSV_COLUMNS;
 
+use crate::store::StoreError;
 use fedlnm_shared::federation::{HistogramError, RoundRecord};
 use fedlnm_shared::stats::StatsError;
 use std::path::{Path, PathBuf};
-
-/// The folder of committed rounds inside the aggregator's state folder.
-pub const ROUNDS_DIR: &str = "rounds";
-/// A committed round's record inside its `round-NNNN` folder.
-pub const ROUND_FILE: &str = "round.json";
-/// The prefix of a committed round's folder (followed by at least 4 digits).
-pub const ROUND_DIR_PREFIX: &str = "round-";
 
 /// Output file names.
 pub const ROUNDS_CSV: &str = "rounds.csv";
@@ -122,6 +118,10 @@ pub enum ReportError {
         pool: &'static str,
         site: String,
     },
+    /// Another problem of the state folder that the round store found, such as a misnamed round
+    /// folder (its message names the path).
+    #[error(transparent)]
+    Store(StoreError),
     #[error("cannot make the table {file}: {message}")]
     Table { file: &'static str, message: String },
     #[error("cannot make {file}")]
@@ -160,6 +160,7 @@ impl ReportError {
                 | Self::Histogram { .. }
                 | Self::Roc { .. }
                 | Self::UnknownPooledSite { .. }
+                | Self::Store(_)
         )
     }
 }
@@ -172,7 +173,7 @@ impl ReportError {
 /// every round has been read and every output rendered.
 pub fn write_report(state_dir: &Path, out: &Path) -> Result<ReportSummary, ReportError> {
     let started = std::time::Instant::now();
-    let rounds = rounds::read_committed_rounds(&state_dir.join(ROUNDS_DIR))?;
+    let rounds = rounds::read_committed_rounds(state_dir)?;
     let Some(last) = rounds.last() else {
         return Err(ReportError::NoRounds {
             path: state_dir.join(ROUNDS_DIR),

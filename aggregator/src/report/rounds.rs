@@ -1,19 +1,9 @@
-//! Reads the committed rounds of the aggregator's state folder, in round order, for the report.
+//! Reads the committed rounds for the report through [`RoundStore`], without changing the state folder.
 
-use super::{ROUND_DIR_PREFIX, ROUND_FILE, ReportError};
+use super::ReportError;
+use crate::store::{RECORD_FILE, RoundStore, StoreError};
 use fedlnm_shared::federation::{RoundRecord, ScoreHistogram};
 use std::path::{Path, PathBuf};
-
-/// The round number of a committed round's folder name: `round-` and at least 4 digits.
-/// `None` for anything else, including `.round-0003.partial` (a round being written).
-#[must_use]
-pub fn committed_round_number(folder_name: &str) -> Option<u64> {
-    let digits = folder_name.strip_prefix(ROUND_DIR_PREFIX)?;
-    if digits.len() < 4 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
 
 /// One committed round as read from disk.
 pub(super) struct CommittedRound {
@@ -24,56 +14,19 @@ pub(super) struct CommittedRound {
     pub(super) record: RoundRecord,
 }
 
-/// Every committed round under `rounds_dir`, in round order.
-pub(super) fn read_committed_rounds(rounds_dir: &Path) -> Result<Vec<CommittedRound>, ReportError> {
-    let list_error = |source| ReportError::ListRounds {
-        path: rounds_dir.to_path_buf(),
-        source,
-    };
-    let mut folders: Vec<(u64, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(rounds_dir).map_err(list_error)? {
-        let entry = entry.map_err(list_error)?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') {
-            tracing::debug!(entry = %name, "skipping an uncommitted round");
-            continue;
-        }
-        match committed_round_number(&name) {
-            Some(round) if entry.path().is_dir() => folders.push((round, entry.path())),
-            _ => tracing::warn!(entry = %entry.path().display(), "not a committed round folder: skipped"),
-        }
-    }
-    folders.sort();
-    if let Some(pair) = folders.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-        return Err(ReportError::DuplicateRound {
-            round: pair[0].0,
-            first: pair[0].1.clone(),
-            second: pair[1].1.clone(),
-        });
-    }
-
-    let last_index = folders.len().saturating_sub(1);
-    let mut rounds = Vec::with_capacity(folders.len());
-    for (index, (round, folder)) in folders.into_iter().enumerate() {
-        let path = folder.join(ROUND_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| ReportError::ReadRound {
-            path: path.clone(),
-            source,
-        })?;
-        let mut record: RoundRecord =
-            serde_json::from_slice(&bytes).map_err(|source| ReportError::ParseRound {
-                path: path.clone(),
-                source,
-            })?;
-        if record.round != round {
-            return Err(ReportError::RoundMismatch {
-                path,
-                recorded: record.round,
-                expected: round,
-            });
-        }
-        if index != last_index {
+/// Every committed round of `state_dir`, in round order. The folder is opened read-only
+/// ([`RoundStore::open_existing`]): uncommitted rounds are skipped, not removed, and nothing is created.
+pub(super) fn read_committed_rounds(state_dir: &Path) -> Result<Vec<CommittedRound>, ReportError> {
+    let listing = |error| report_error(error, |path, source| ReportError::ListRounds { path, source });
+    let store = RoundStore::open_existing(state_dir).map_err(listing)?;
+    let numbers = store.committed_rounds().map_err(listing)?;
+    let last = numbers.last().copied();
+    let mut rounds = Vec::with_capacity(numbers.len());
+    for round in numbers {
+        let mut record = store
+            .load_record(round)
+            .map_err(|error| report_error(error, |path, source| ReportError::ReadRound { path, source }))?;
+        if Some(round) != last {
             for site in &mut record.sites {
                 site.histogram = ScoreHistogram {
                     positive: Vec::new(),
@@ -81,30 +34,32 @@ pub(super) fn read_committed_rounds(rounds_dir: &Path) -> Result<Vec<CommittedRo
                 };
             }
         }
-        rounds.push(CommittedRound { path, record });
+        rounds.push(CommittedRound {
+            path: store.round_dir(round).join(RECORD_FILE),
+            record,
+        });
     }
     Ok(rounds)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn committed_round_folders_are_recognised_by_name() {
-        let cases: [(&str, Option<u64>); 9] = [
-            ("round-0000", Some(0)),
-            ("round-0012", Some(12)),
-            ("round-12345", Some(12_345)),
-            ("round-012", None),
-            ("round-12", None),
-            (".round-0003.partial", None),
-            ("round-0003.partial", None),
-            ("round-+123", None),
-            ("global.safetensors", None),
-        ];
-        for (name, expected) in cases {
-            assert_eq!(committed_round_number(name), expected, "{name}");
+/// The report's error for what the store reported; `io` makes the error of a failed read or listing
+/// (which of the two depends on the call). Each keeps the path the store named.
+fn report_error(error: StoreError, io: fn(PathBuf, std::io::Error) -> ReportError) -> ReportError {
+    match error {
+        StoreError::Io { path, source } => io(path, source),
+        StoreError::InvalidRecord { path, source } => ReportError::ParseRound { path, source },
+        StoreError::RoundMismatch {
+            path,
+            recorded,
+            expected,
+        } => ReportError::RoundMismatch {
+            path,
+            recorded,
+            expected,
+        },
+        StoreError::DuplicateRound { round, first, second } => {
+            ReportError::DuplicateRound { round, first, second }
         }
+        other => ReportError::Store(other),
     }
 }
