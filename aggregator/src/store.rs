@@ -10,6 +10,10 @@
 //! is either complete or absent, never half written. Leftover `.partial` directories (a crash during a
 //! commit) are removed at start. A committed round is never overwritten. On start the latest round is
 //! loaded and its model checked against the digest recorded with it.
+//!
+//! A committed round's folder is named `round-` and at least 4 digits ([`committed_round_number`]);
+//! this is the one rule for it, used by the aggregator and by the study report, which reads the folder
+//! without changing it ([`RoundStore::open_existing`], [`RoundStore::load_record`]).
 
 use fedlnm_shared::checkpoint::{Checkpoint, CheckpointError};
 use fedlnm_shared::federation::RoundRecord;
@@ -20,9 +24,14 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The folder of committed rounds inside the state folder.
 pub const ROUNDS_DIR: &str = "rounds";
+/// A committed round's model inside its `round-NNNN` folder.
 pub const MODEL_FILE: &str = "global.safetensors";
+/// A committed round's record ([`RoundRecord`]) inside its `round-NNNN` folder.
 pub const RECORD_FILE: &str = "round.json";
+/// The prefix of a committed round's folder name (followed by at least 4 digits).
+pub const ROUND_DIR_PREFIX: &str = "round-";
 
 /// The state folder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +42,34 @@ pub enum StoreError {
     Corrupt { path: PathBuf, problem: String },
     #[error("round {round} is already committed in {}; refusing to overwrite it", path.display())]
     AlreadyCommitted { round: u64, path: PathBuf },
+    #[error("{} is not a valid round record: {source}", path.display())]
+    InvalidRecord {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{} records round {recorded}, but its folder is that of round {expected}", path.display())]
+    RoundMismatch {
+        path: PathBuf,
+        recorded: u64,
+        expected: u64,
+    },
+    #[error("{} and {} are both round {round}", first.display(), second.display())]
+    DuplicateRound {
+        round: u64,
+        first: PathBuf,
+        second: PathBuf,
+    },
+}
+
+/// The round number of a committed round's folder name: `round-` and at least 4 digits.
+/// `None` for anything else, including `.round-0003.partial` (a round being written).
+#[must_use]
+pub fn committed_round_number(folder_name: &str) -> Option<u64> {
+    let digits = folder_name.strip_prefix(ROUND_DIR_PREFIX)?;
+    if digits.len() < 4 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -129,29 +166,66 @@ impl RoundStore {
         Ok(Self { rounds })
     }
 
+    /// Opens `state_dir/rounds` for reading only: creates nothing and removes nothing, so that it can
+    /// be read beside a serving aggregator (uncommitted rounds are skipped, not removed).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] naming the rounds folder: missing, or cannot be listed.
+    pub fn open_existing(state_dir: &Path) -> Result<Self, StoreError> {
+        let rounds = state_dir.join(ROUNDS_DIR);
+        std::fs::read_dir(&rounds).map_err(io(&rounds))?;
+        Ok(Self { rounds })
+    }
+
     /// The directory of round `round`.
     #[must_use]
     pub fn round_dir(&self, round: u64) -> PathBuf {
         self.rounds.join(format!("round-{round:04}"))
     }
 
-    /// The numbers of the committed rounds, ascending.
+    /// The numbers of the committed rounds, ascending: the directories named by
+    /// [`committed_round_number`]. Dot-named entries (rounds being written) and anything else are
+    /// skipped.
     ///
     /// # Errors
-    /// The folder cannot be listed.
+    /// The folder cannot be listed ([`StoreError::Io`]); two folders are the same round
+    /// ([`StoreError::DuplicateRound`]); a round's folder is not named as [`RoundStore::round_dir`]
+    /// names it, e.g. `round-00007` ([`StoreError::Corrupt`]).
     pub fn committed_rounds(&self) -> Result<Vec<u64>, StoreError> {
-        let mut rounds = Vec::new();
+        let mut folders: Vec<(u64, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(&self.rounds).map_err(io(&self.rounds))? {
-            let entry = entry.map_err(io(&self.rounds))?;
-            let name = entry.file_name();
-            if let Some(number) = name.to_str().and_then(|n| n.strip_prefix("round-"))
-                && let Ok(round) = number.parse::<u64>()
-            {
-                rounds.push(round);
+            let path = entry.map_err(io(&self.rounds))?.path();
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy())
+                .unwrap_or_default();
+            if name.starts_with('.') {
+                tracing::debug!(entry = %path.display(), "skipping an uncommitted round");
+                continue;
+            }
+            match committed_round_number(&name) {
+                Some(round) if path.is_dir() => folders.push((round, path)),
+                _ => tracing::warn!(entry = %path.display(), "not a committed round folder: skipped"),
             }
         }
-        rounds.sort_unstable();
-        Ok(rounds)
+        folders.sort();
+        if let Some(pair) = folders.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(StoreError::DuplicateRound {
+                round: pair[0].0,
+                first: pair[0].1.clone(),
+                second: pair[1].1.clone(),
+            });
+        }
+        for (round, folder) in &folders {
+            let expected = self.round_dir(*round);
+            if *folder != expected {
+                return Err(StoreError::Corrupt {
+                    path: folder.clone(),
+                    problem: format!("the folder of round {round} must be named {}", expected.display()),
+                });
+            }
+        }
+        Ok(folders.into_iter().map(|(round, _)| round).collect())
     }
 
     /// The latest committed round, with its model checked against the recorded digest.
@@ -172,11 +246,7 @@ impl RoundStore {
     pub fn load(&self, round: u64) -> Result<Committed, StoreError> {
         let dir = self.round_dir(round);
         let record_path = dir.join(RECORD_FILE);
-        let text = std::fs::read_to_string(&record_path).map_err(io(&record_path))?;
-        let record: RoundRecord = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-            path: record_path.clone(),
-            problem: e.to_string(),
-        })?;
+        let record = self.load_record(round)?;
         let model_path = dir.join(MODEL_FILE);
         let bytes = std::fs::read(&model_path).map_err(io(&model_path))?;
         let model = ModelBlob::parse(round, bytes, &model_path)?;
@@ -196,6 +266,29 @@ impl RoundStore {
             record,
             model: Arc::new(model),
         })
+    }
+
+    /// Reads the record of committed round `round` (its `round.json`), without its model.
+    ///
+    /// # Errors
+    /// The file cannot be read ([`StoreError::Io`]), is not a round record
+    /// ([`StoreError::InvalidRecord`]) or records another round ([`StoreError::RoundMismatch`]); each
+    /// names the file.
+    pub fn load_record(&self, round: u64) -> Result<RoundRecord, StoreError> {
+        let path = self.round_dir(round).join(RECORD_FILE);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let record: RoundRecord = match serde_json::from_slice(&bytes) {
+            Ok(record) => record,
+            Err(source) => return Err(StoreError::InvalidRecord { path, source }),
+        };
+        if record.round != round {
+            return Err(StoreError::RoundMismatch {
+                path,
+                recorded: record.round,
+                expected: round,
+            });
+        }
+        Ok(record)
     }
 
     /// Commits a round atomically (see the module doc). The record's digest must be the model's.
@@ -310,6 +403,70 @@ mod tests {
             Err(StoreError::AlreadyCommitted { round: 2, .. })
         ));
         assert_eq!(store.load(2).unwrap().model.digest, latest.model.digest);
+    }
+
+    #[test]
+    fn committed_round_folders_are_recognised_by_name() {
+        let cases: [(&str, Option<u64>); 9] = [
+            ("round-0000", Some(0)),
+            ("round-0012", Some(12)),
+            ("round-12345", Some(12_345)),
+            ("round-012", None),
+            ("round-12", None),
+            (".round-0003.partial", None),
+            ("round-0003.partial", None),
+            ("round-+123", None),
+            ("global.safetensors", None),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(committed_round_number(name), expected, "{name}");
+        }
+    }
+
+    /// What the report relies on: opening for reading creates nothing and removes nothing, and a
+    /// record is read without its model.
+    #[test]
+    fn open_existing_reads_without_changing_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            RoundStore::open_existing(dir.path()),
+            Err(StoreError::Io { .. })
+        ));
+        assert!(!dir.path().join(ROUNDS_DIR).exists());
+
+        let store = RoundStore::open(dir.path()).unwrap();
+        for round in 0..2 {
+            let model = blob(round, round as f32);
+            store.commit(&record(round, &model), &model).unwrap();
+        }
+        let partial = dir.path().join("rounds/.round-0002.partial");
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(store.round_dir(1).join(MODEL_FILE), b"not a model").unwrap();
+
+        let reader = RoundStore::open_existing(dir.path()).unwrap();
+        assert!(partial.exists());
+        assert_eq!(reader.committed_rounds().unwrap(), vec![0, 1]);
+        assert_eq!(reader.load_record(1).unwrap().round, 1);
+        assert!(partial.exists());
+    }
+
+    #[test]
+    fn a_round_in_two_folders_or_under_another_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RoundStore::open(dir.path()).unwrap();
+        let model = blob(0, 0.5);
+        store.commit(&record(0, &model), &model).unwrap();
+        let misnamed = dir.path().join("rounds/round-00001");
+        std::fs::create_dir_all(&misnamed).unwrap();
+        let error = store.committed_rounds().unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+        assert!(error.to_string().contains("round-00001"), "{error}");
+
+        std::fs::create_dir_all(store.round_dir(1)).unwrap();
+        assert!(matches!(
+            store.committed_rounds(),
+            Err(StoreError::DuplicateRound { round: 1, .. })
+        ));
     }
 
     #[test]

@@ -430,6 +430,36 @@ fn uncommitted_round_folders_are_ignored() {
     assert_eq!(row_keys(&rows), expected_keys(&records));
 }
 
+/// The report may run beside a serving aggregator: it creates, removes and rewrites nothing in the
+/// state folder, not even the leftovers of a round being written.
+#[test]
+fn the_state_folder_is_left_as_it_was() {
+    fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.push((path.clone(), Vec::new()));
+                files.extend(listing(&path));
+            } else {
+                files.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+        files.sort();
+        files
+    }
+    let records = study_rounds();
+    let state = committed_study(&records);
+    let mut next = records[2].clone();
+    next.round = 3;
+    write_round(state.path(), ".round-0003.partial", &next);
+    let before = listing(state.path());
+
+    let out = tempfile::tempdir().unwrap();
+    report::write_report(state.path(), out.path()).unwrap();
+    assert_eq!(listing(state.path()), before);
+}
+
 #[test]
 fn a_corrupt_round_file_is_named_and_nothing_is_written() {
     let records = study_rounds();
