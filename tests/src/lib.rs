@@ -30,6 +30,17 @@ pub fn small_model() -> NamedTensors {
 /// and the given round settings; returns the loaded aggregator config.
 #[must_use]
 pub fn provision_study(out: &Path, study: &str, rounds: RoundSettings) -> AggregatorConfig {
+    provision_study_with(out, study, rounds, small_model())
+}
+
+/// [`provision_study`] with `initial` as the initial model.
+#[must_use]
+pub fn provision_study_with(
+    out: &Path,
+    study: &str,
+    rounds: RoundSettings,
+    initial_model: NamedTensors,
+) -> AggregatorConfig {
     provision::provision(&ProvisionOptions {
         study: study.into(),
         train_sites: vec!["S1".into(), "S2".into(), "S3".into()],
@@ -43,7 +54,7 @@ pub fn provision_study(out: &Path, study: &str, rounds: RoundSettings) -> Aggreg
     let file = out.join("aggregator/aggregator.toml");
     let mut config = AggregatorConfig::load(&file).unwrap();
     let initial = out.join("aggregator/initial.safetensors");
-    let blob = ModelBlob::new(0, small_model(), ModelConfig::tiny(Modality::Multimodal)).unwrap();
+    let blob = ModelBlob::new(0, initial_model, ModelConfig::tiny(Modality::Multimodal)).unwrap();
     std::fs::write(&initial, &blob.bytes).unwrap();
     config.initial_model = Some(initial);
     config.rounds = rounds;

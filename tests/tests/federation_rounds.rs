@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 mod common;
 
-use common::{STUDY, connect, next_task};
+use common::{STUDY, connect, next_task, scrape};
 
 async fn download(client: &mut FederationClient<Channel>, site: &str, version: u64) -> Vec<u8> {
     let mut stream = client
@@ -151,20 +151,6 @@ async fn run_round(study_dir: &Path, url: &str, round: u64) -> String {
             .unwrap();
     }
     digest
-}
-
-/// `GET /metrics` over plain HTTP.
-async fn scrape(port: u16) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }
 
 fn expected_after(rounds: u32) -> NamedTensors {
