@@ -23,7 +23,7 @@ use fedlnm_shared::secagg::{
     KeyDirectory, RoundConfig, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
 };
 use fedlnm_shared::staging::Stage;
-use fedlnm_shared::train::{self, Device, Progress};
+use fedlnm_shared::train::{self, Device, TrainingEvent};
 use fedlnm_shared::weights::{NamedTensors, sha256_hex};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -384,7 +384,7 @@ impl Node {
                 &[],
                 &plan,
                 &mut |event| {
-                    if let Progress::Epoch(log) = event {
+                    if let TrainingEvent::Epoch(log) = event {
                         tracing::info!(
                             site = progress_site,
                             round,

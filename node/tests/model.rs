@@ -9,7 +9,7 @@ mod fixture;
 
 use fedlnm_shared::features::{Example, encode_patient};
 use fedlnm_shared::model_config::{AugmentConfig, Modality, ModelConfig, ResNetVariant, TrainPlan};
-use fedlnm_shared::train::{self, Device, Progress};
+use fedlnm_shared::train::{self, Device, TrainingEvent};
 use fedlnm_shared::weights::{NamedTensors, is_local_norm};
 use std::collections::BTreeMap;
 
@@ -85,7 +85,7 @@ fn image_branch_learns_the_foci_loss_falls_and_validation_auc_rises() {
         &validation,
         &quick_plan(12),
         &mut |p| {
-            if let Progress::Epoch(_) = p {
+            if let TrainingEvent::Epoch(_) = p {
                 epochs_seen += 1;
             }
         },

@@ -10,7 +10,7 @@ use fedlnm_shared::evaluation;
 use fedlnm_shared::features::{Example, encode_patient};
 use fedlnm_shared::model_config::{ConfigFile, ModelConfig, ResNetVariant, TrainPlan};
 use fedlnm_shared::staging::Stage;
-use fedlnm_shared::train::{self, Device, Progress};
+use fedlnm_shared::train::{self, Device, TrainingEvent};
 use fedlnm_shared::weights::NamedTensors;
 use std::ffi::OsString;
 use std::io::IsTerminal as _;
@@ -530,9 +530,9 @@ impl ProgressReporter {
         Self { bar: None }
     }
 
-    fn report(&mut self, event: &Progress) {
+    fn report(&mut self, event: &TrainingEvent) {
         match event {
-            Progress::Step {
+            TrainingEvent::Step {
                 step,
                 total_steps,
                 loss,
@@ -552,7 +552,7 @@ impl ProgressReporter {
                     bar.set_message(format!("epoch {epoch}, loss {loss:.4}"));
                 }
             }
-            Progress::Epoch(log) => {
+            TrainingEvent::Epoch(log) => {
                 let findings = log
                     .train_findings_loss
                     .map_or_else(String::new, |loss| format!(", findings {loss:.4}"));

@@ -10,7 +10,7 @@
 //! warm start needs a GPU (docs/model.md, "CUDA": run `fedlnm-node bench --device cuda` twice with the
 //! same cache folder); it has not been measured on the development machine, which has none.
 
-use super::{Prediction, Progress, TrainError, TrainOutcome, generic};
+use super::{Prediction, TrainError, TrainOutcome, TrainingEvent, generic};
 use crate::features::Example;
 use crate::model_config::{ModelConfig, TrainPlan};
 use crate::weights::NamedTensors;
@@ -102,7 +102,7 @@ pub fn train_local(
     train: &[Example],
     validation: &[Example],
     plan: &TrainPlan,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut dyn FnMut(&TrainingEvent),
 ) -> Result<TrainOutcome, TrainError> {
     dispatch!(device, |B, dev| generic::train_local::<Autodiff<B>>(
         config, initial, train, validation, plan, &dev, progress

@@ -45,9 +45,10 @@ pub struct EpochLog {
     pub images_per_second: f64,
 }
 
-/// Progress reported to the caller (a progress bar or log lines).
+/// What training reports to its caller as it goes (for a progress bar or log lines): each optimiser
+/// step and each finished epoch.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Progress {
+pub enum TrainingEvent {
     Step {
         epoch: usize,
         step: usize,
