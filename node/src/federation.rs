@@ -23,7 +23,7 @@ use fedlnm_shared::secagg::{
     KeyDirectory, RoundConfig, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
 };
 use fedlnm_shared::staging::Stage;
-use fedlnm_shared::train::{self, Device, TrainingEvent};
+use fedlnm_shared::train::{self, TrainingEvent};
 use fedlnm_shared::weights::{NamedTensors, sha256_hex};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,13 +75,6 @@ impl Node {
         }
     }
 
-    fn device(&self) -> Device {
-        match self.config.device {
-            ComputeDevice::Cpu => Device::Cpu,
-            ComputeDevice::Cuda => Device::Cuda,
-        }
-    }
-
     /// Takes part in the study until the aggregator says it is finished. Transport failures are
     /// retried with back-off (1 s doubling to 30 s); a refusal that retrying cannot fix (wrong study,
     /// unknown site, a model whose configuration differs from the study's) ends the run with an error.
@@ -91,7 +84,7 @@ impl Node {
     pub async fn run(mut self) -> anyhow::Result<RunSummary> {
         std::fs::create_dir_all(&self.config.work_dir)
             .with_context(|| format!("cannot create {}", self.config.work_dir.display()))?;
-        if self.device() == Device::Cuda {
+        if self.config.device == ComputeDevice::Cuda {
             // Kernel choices stay with the site's state, so that its next run starts warm.
             prepare_autotune_cache(&self.config.work_dir.join(AUTOTUNE_CACHE_DIR));
         }
@@ -370,7 +363,7 @@ impl Node {
 
         let (config, global, _) = self.download(client, &model_ref).await?;
         let start = self.with_local_norm(global.clone(), &task.local_tensor_patterns)?;
-        let device = self.device();
+        let device = self.config.device;
         let examples = self.examples_for(&config).await?;
         let train_set = examples.train.clone();
         let train_config = config.clone();
@@ -550,7 +543,7 @@ impl Node {
         let role = self.role.unwrap_or(SiteRole::Train);
         let patterns: Vec<String> = global.local_norm_names().map(str::to_owned).collect();
         let weights = self.with_local_norm(global, &patterns)?;
-        let device = self.device();
+        let device = self.config.device;
         let examples = self.examples_for(&config).await?;
         let validation = examples.validation.clone();
         let stages = examples.validation_stages.clone();

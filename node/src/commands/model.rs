@@ -4,13 +4,15 @@
 //! The backend is chosen here once, from `--device`; everything else is plain data.
 
 use anyhow::{Context as _, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::data::{self, LoadOptions, Preprocess};
 use fedlnm_shared::evaluation;
 use fedlnm_shared::features::{Example, encode_patient};
 use fedlnm_shared::model_config::{ConfigFile, ModelConfig, ResNetVariant, TrainPlan};
 use fedlnm_shared::staging::Stage;
-use fedlnm_shared::train::{self, Device, TrainingEvent};
+use fedlnm_shared::train::{self, TrainingEvent};
 use fedlnm_shared::weights::NamedTensors;
 use std::ffi::OsString;
 use std::io::IsTerminal as _;
@@ -22,39 +24,21 @@ pub const CHECKPOINT_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "model.toml";
 pub const LOG_FILE: &str = "training.json";
 
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    /// The CPU (burn Flex backend).
-    Cpu,
-    /// An NVIDIA GPU (needs a build with `--features cuda`).
-    Cuda,
-}
-
-impl From<DeviceArg> for fedlnm_shared::config::ComputeDevice {
-    fn from(device: DeviceArg) -> Self {
-        match device {
-            DeviceArg::Cpu => Self::Cpu,
-            DeviceArg::Cuda => Self::Cuda,
-        }
-    }
-}
-
-impl From<DeviceArg> for Device {
-    fn from(device: DeviceArg) -> Self {
-        match device {
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::Cuda,
-        }
-    }
+/// The parser of a `--device` argument: "cpu" or "cuda", each listed with a line in `--help`.
+#[must_use]
+pub fn device_parser() -> impl TypedValueParser<Value = ComputeDevice> {
+    PossibleValuesParser::new(
+        ComputeDevice::ALL.map(|device| PossibleValue::new(device.name()).help(device_help(device))),
+    )
+    .try_map(|name| name.parse::<ComputeDevice>())
 }
 
 /// Where the model runs, and where CUDA keeps its autotune results (shared by `train`, `evaluate`,
 /// `explain` and `bench`).
 #[derive(Debug, Clone, Args)]
 pub struct ComputeArgs {
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[arg(long, value_parser = device_parser(), default_value_t = ComputeDevice::Cpu)]
+    pub device: ComputeDevice,
     /// With `--device cuda`: the folder that keeps cubecl's kernel autotune results between runs
     /// [default: $XDG_CACHE_HOME/fedlnm/cubecl-autotune, else ~/.cache/fedlnm/cubecl-autotune, else
     /// ./.fedlnm-autotune].
@@ -65,14 +49,14 @@ pub struct ComputeArgs {
 impl ComputeArgs {
     /// The device, after pointing cubecl's autotune cache at its folder when it is CUDA (before any
     /// CUDA work). A cache that cannot be set is logged and skipped: it only saves time.
-    pub fn prepare(&self) -> Device {
-        if self.device == DeviceArg::Cuda {
+    pub fn prepare(&self) -> ComputeDevice {
+        if self.device == ComputeDevice::Cuda {
             let dir = self.autotune_cache.clone().unwrap_or_else(|| {
                 default_autotune_cache_dir(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
             });
             prepare_autotune_cache(&dir);
         }
-        self.device.into()
+        self.device
     }
 }
 
@@ -279,6 +263,7 @@ pub fn train_model(args: &TrainArgs) -> anyhow::Result<TrainSummary> {
         "best_epoch": summary.best_epoch,
         "best_val_auc": summary.best_val_auc,
         "seconds": seconds,
+        // "Cpu" or "Cuda", as training.json has always said.
         "device": format!("{:?}", args.compute.device),
         "epochs": outcome.history,
     });
@@ -600,6 +585,14 @@ fn overlay(image: &[f32], map: &[f32], size: u32) -> image::RgbImage {
         };
         image::Rgb([channel(0), channel(1), channel(2)])
     })
+}
+
+/// The `--help` line of a device.
+fn device_help(device: ComputeDevice) -> &'static str {
+    match device {
+        ComputeDevice::Cpu => "The CPU (burn Flex backend)",
+        ComputeDevice::Cuda => "An NVIDIA GPU (needs a build with `--features cuda`)",
+    }
 }
 
 /// A patient id made safe as a file name.

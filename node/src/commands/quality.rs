@@ -8,6 +8,7 @@
 use super::model::{self, ComputeArgs, EvaluateArgs, TrainArgs};
 use anyhow::{Context as _, bail};
 use clap::Args;
+use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::model_config::{ConfigFile, Modality};
 use fedlnm_shared::stats::binary::{PairedDelong, paired_delong};
 use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig, SynthSummary};
@@ -284,8 +285,8 @@ fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
         plan.batch_size,
         plan.learning_rate,
         match compute.device {
-            model::DeviceArg::Cpu => "CPU",
-            model::DeviceArg::Cuda => "CUDA",
+            ComputeDevice::Cpu => "CPU",
+            ComputeDevice::Cuda => "CUDA",
         },
         duration(report.seconds),
     );

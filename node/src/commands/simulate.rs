@@ -4,12 +4,12 @@
 //! as `fedlnm-aggregator serve`) and one node per site (the same loop as `fedlnm-node run`), talking
 //! real gRPC over mutual TLS 1.3 on loopback; then the study report (`fedlnm-aggregator report`).
 
-use super::model::{DeviceArg, write_checkpoint};
+use super::model::{device_parser, write_checkpoint};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use fedlnm_aggregator::provision::{self, ProvisionOptions};
 use fedlnm_aggregator::server::{self, FederationService};
-use fedlnm_shared::config::{AggregatorConfig, NodeConfig, write_toml};
+use fedlnm_shared::config::{AggregatorConfig, ComputeDevice, NodeConfig, write_toml};
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::synth::{self, OutputFormat, PROFILE_NAMES, SiteProfile, SynthConfig};
 use fedlnm_shared::train;
@@ -59,8 +59,8 @@ pub struct SimulateArgs {
     /// Seed of the synthetic data, the initial model and training.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[arg(long, value_parser = device_parser(), default_value_t = ComputeDevice::Cpu)]
+    pub device: ComputeDevice,
 }
 
 /// What a simulation produced.
@@ -201,7 +201,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
         let mut node: NodeConfig = NodeConfig::load(&node_toml)?;
         node.data = data_dir.join(id);
         node.work_dir = kit.join("work");
-        node.device = args.device.into();
+        node.device = args.device;
         write_toml(&node_toml, &node)?;
         nodes.push(NodeConfig::load(&node_toml)?);
     }
