@@ -111,7 +111,7 @@ pub struct JobResult {
 }
 
 enum JobOutcome {
-    Aggregated(Result<(RoundAggregate, ModelBlob), String>),
+    Aggregated(Result<Box<(RoundAggregate, ModelBlob)>, String>),
     Committed(Result<PathBuf, StoreError>),
 }
 
@@ -150,8 +150,8 @@ struct Validating {
 enum Phase {
     Training(Training),
     Aggregating(Aggregating),
-    Validating(Validating),
-    Committing(Committing),
+    Validating(Box<Validating>),
+    Committing(Box<Committing>),
     Finished,
 }
 
@@ -580,7 +580,7 @@ impl Study {
                                     .map_err(|e| e.to_string())?;
                                 let model = ModelBlob::new(round, weights, global.config.clone())
                                     .map_err(|e| e.to_string())?;
-                                Ok((aggregate, model))
+                                Ok(Box::new((aggregate, model)))
                             });
                             JobOutcome::Aggregated(result)
                         };
@@ -650,12 +650,13 @@ impl Study {
     fn aggregated(
         &mut self,
         aggregating: Aggregating,
-        outcome: Result<(RoundAggregate, ModelBlob), String>,
+        outcome: Result<Box<(RoundAggregate, ModelBlob)>, String>,
         now: Instant,
     ) {
         let round = aggregating.round;
         match outcome {
-            Ok((aggregate, model)) => {
+            Ok(aggregated) => {
+                let (aggregate, model) = *aggregated;
                 tracing::info!(
                     round,
                     contributors = ?aggregate.contributors,
@@ -664,7 +665,7 @@ impl Study {
                     digest = model.digest,
                     "round aggregated; validating the new model"
                 );
-                self.phase = Phase::Validating(Validating {
+                self.phase = Phase::Validating(Box::new(Validating {
                     round,
                     training_started: aggregating.training_started,
                     aggregation_seconds: now.duration_since(aggregating.training_started).as_secs_f64(),
@@ -673,7 +674,7 @@ impl Study {
                     model: Arc::new(model),
                     deadline: now + Duration::from_secs(self.config.rounds.validation_deadline_s),
                     metrics: BTreeMap::new(),
-                });
+                }));
             }
             Err(error) => {
                 tracing::error!(
@@ -718,15 +719,15 @@ impl Study {
         let (job_record, job_model) = (record.clone(), validating.model.clone());
         let work = move || JobOutcome::Committed(store.commit(&job_record, &job_model));
         self.schedule(JobKind::Commit { round: record.round }, Box::new(work));
-        self.phase = Phase::Committing(Committing {
+        self.phase = Phase::Committing(Box::new(Committing {
             record,
             model: validating.model,
             job: self.jobs,
-        });
+        }));
     }
 
-    fn commit_done(&mut self, committing: Committing, outcome: Result<PathBuf, StoreError>, now: Instant) {
-        let Committing { record, model, .. } = committing;
+    fn commit_done(&mut self, committing: Box<Committing>, outcome: Result<PathBuf, StoreError>, now: Instant) {
+        let Committing { record, model, .. } = *committing;
         match outcome {
             Ok(path) => {
                 tracing::info!(

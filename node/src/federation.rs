@@ -19,7 +19,7 @@ use fedlnm_shared::federation::{LocalTensors, SiteRoundMetrics, fedavg};
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{KeyDirectory, RoundConfig, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::staging::Stage;
-use fedlnm_shared::train::{self, Device, Progress};
+use fedlnm_shared::train::{self, TrainingEvent};
 use fedlnm_shared::weights::NamedTensors;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,13 +68,6 @@ impl Node {
         }
     }
 
-    fn device(&self) -> Device {
-        match self.config.device {
-            ComputeDevice::Cpu => Device::Cpu,
-            ComputeDevice::Cuda => Device::Cuda,
-        }
-    }
-
     /// Takes part in the study until the aggregator says it is finished. Transport failures are
     /// retried with back-off (1 s doubling to 30 s); a refusal that retrying cannot fix (wrong study,
     /// unknown site, a model whose configuration differs from the study's) ends the run with an error.
@@ -84,7 +77,7 @@ impl Node {
     pub async fn run(mut self) -> anyhow::Result<RunSummary> {
         std::fs::create_dir_all(&self.config.work_dir)
             .with_context(|| format!("cannot create {}", self.config.work_dir.display()))?;
-        if self.device() == Device::Cuda {
+        if self.config.device == ComputeDevice::Cuda {
             // Kernel choices stay with the site's state, so that its next run starts warm.
             prepare_autotune_cache(&self.config.work_dir.join(AUTOTUNE_CACHE_DIR));
         }
@@ -306,7 +299,7 @@ impl Node {
             weights: global,
         } = global;
         let start = self.with_local_norm(global.clone(), local_tensors)?;
-        let device = self.device();
+        let device = self.config.device;
         let examples = self.examples_for(&config).await?;
         let train_set = examples.train.clone();
         let train_config = config.clone();
@@ -320,7 +313,7 @@ impl Node {
                 &[],
                 &plan,
                 &mut |event| {
-                    if let Progress::Epoch(log) = event {
+                    if let TrainingEvent::Epoch(log) = event {
                         tracing::info!(
                             site = progress_site,
                             round,
@@ -390,7 +383,7 @@ impl Node {
         let (Checkpoint { config, weights }, _) = self.download(client, &task.model).await?;
         let role = self.role.unwrap_or(SiteRole::Train);
         let weights = self.with_local_norm(weights, &task.local_tensors)?;
-        let device = self.device();
+        let device = self.config.device;
         let examples = self.examples_for(&config).await?;
         let validation = examples.validation.clone();
         let stages = examples.validation_stages.clone();

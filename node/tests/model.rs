@@ -7,9 +7,10 @@
 
 mod fixture;
 
+use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::features::{Example, encode_patient};
 use fedlnm_shared::model_config::{AugmentConfig, Modality, ModelConfig, ResNetVariant, TrainPlan};
-use fedlnm_shared::train::{self, Device, Progress};
+use fedlnm_shared::train::{self, TrainingEvent};
 use fedlnm_shared::weights::{NamedTensors, is_local_norm};
 use std::collections::BTreeMap;
 
@@ -29,7 +30,7 @@ fn examples(config: &ModelConfig, n: usize, seed: u64) -> Vec<Example> {
 }
 
 fn scores(config: &ModelConfig, weights: &NamedTensors, examples: &[Example]) -> Vec<f64> {
-    train::predict(Device::Cpu, config, weights, examples, 16)
+    train::predict(ComputeDevice::Cpu, config, weights, examples, 16)
         .unwrap()
         .iter()
         .map(|p| p.lnm_probability)
@@ -43,7 +44,16 @@ fn train_quietly(
     train_set: &[Example],
     plan: &TrainPlan,
 ) -> train::TrainOutcome {
-    train::train_local(Device::Cpu, config, initial, train_set, &[], plan, &mut |_| {}).unwrap()
+    train::train_local(
+        ComputeDevice::Cpu,
+        config,
+        initial,
+        train_set,
+        &[],
+        plan,
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 fn quick_plan(epochs: usize) -> TrainPlan {
@@ -78,14 +88,14 @@ fn image_branch_learns_the_foci_loss_falls_and_validation_auc_rises() {
     .auc;
     let mut epochs_seen = 0;
     let outcome = train::train_local(
-        Device::Cpu,
+        ComputeDevice::Cpu,
         &config,
         &initial,
         &train_set,
         &validation,
         &quick_plan(12),
         &mut |p| {
-            if let Progress::Epoch(_) = p {
+            if let TrainingEvent::Epoch(_) = p {
                 epochs_seen += 1;
             }
         },
@@ -259,7 +269,7 @@ fn different_architectures_have_different_digests_and_layouts() {
         .unwrap_err();
     assert!(error.to_string().contains("shape"), "{error}");
     let wrong = train::predict(
-        Device::Cpu,
+        ComputeDevice::Cpu,
         &a,
         &train::initial_weights(&b, 0),
         &examples(&a, 2, 0),

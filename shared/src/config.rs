@@ -175,14 +175,53 @@ pub struct NodeConfig {
     pub model_config_digest: Option<String>,
 }
 
-/// Where the node trains.
+/// Where the model runs: `device` in node.toml and `--device` on the node's command line, and the
+/// backend that `train` dispatches to. Written "cpu" or "cuda" (TOML, `Display`, `FromStr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDevice {
+    /// The CPU (burn's Flex backend, all cores).
     #[default]
     Cpu,
+    /// The first NVIDIA GPU (burn-cuda; needs a node built with the `cuda` feature).
     Cuda,
 }
+
+impl ComputeDevice {
+    /// Every device, in the order a help text lists them.
+    pub const ALL: [Self; 2] = [Self::Cpu, Self::Cuda];
+
+    /// The device's name in node.toml and on the command line.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ComputeDevice {
+    type Err = UnknownDevice;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|device| device.name() == name)
+            .ok_or_else(|| UnknownDevice(name.to_owned()))
+    }
+}
+
+/// A device name that is neither "cpu" nor "cuda".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown device '{0}' (expected cpu or cuda)")]
+pub struct UnknownDevice(pub String);
 
 fn default_validation_fraction() -> f64 {
     0.2
@@ -461,5 +500,22 @@ role = "train"
                 .to_string();
             assert!(error.contains(expected) && error.contains("bad.toml"), "{error}");
         }
+    }
+
+    #[test]
+    fn device_names_agree_between_toml_display_and_from_str() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Holder {
+            device: ComputeDevice,
+        }
+        for (device, name) in [(ComputeDevice::Cpu, "cpu"), (ComputeDevice::Cuda, "cuda")] {
+            assert_eq!(device.to_string(), name);
+            assert_eq!(name.parse::<ComputeDevice>(), Ok(device));
+            let text = format!("device = \"{name}\"\n");
+            assert_eq!(toml::to_string(&Holder { device }).unwrap(), text);
+            assert_eq!(toml::from_str::<Holder>(&text).unwrap(), Holder { device });
+        }
+        let error = "gpu".parse::<ComputeDevice>().unwrap_err();
+        assert_eq!(error.to_string(), "unknown device 'gpu' (expected cpu or cuda)");
     }
 }

@@ -11,8 +11,8 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use fedlnm_aggregator::provision::{self, ProvisionOptions};
 use fedlnm_aggregator::server::{self, FederationService};
-use fedlnm_node::commands::model::{DeviceArg, write_checkpoint};
-use fedlnm_shared::config::{AggregatorConfig, NodeConfig, write_toml};
+use fedlnm_node::commands::model::{device_parser, write_checkpoint};
+use fedlnm_shared::config::{AggregatorConfig, ComputeDevice, NodeConfig, write_toml};
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::synth::{self, OutputFormat, PROFILE_NAMES, SiteProfile, SynthConfig};
 use fedlnm_shared::train;
@@ -65,8 +65,8 @@ pub struct SimulateArgs {
     /// Seed of the synthetic data, the initial model and training.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    #[arg(long, value_parser = device_parser(), default_value_t = ComputeDevice::Cpu)]
+    pub device: ComputeDevice,
 }
 
 /// What a simulation produced.
@@ -210,7 +210,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
         let mut node: NodeConfig = NodeConfig::load(&node_toml)?;
         node.data = data_dir.join(id);
         node.work_dir = kit.join("work");
-        node.device = args.device.into();
+        node.device = args.device;
         write_toml(&node_toml, &node)?;
         nodes.push(NodeConfig::load(&node_toml)?);
     }

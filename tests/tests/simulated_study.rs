@@ -6,8 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_aggregator::store::RoundStore;
-use fedlnm_node::commands::model::DeviceArg;
-use fedlnm_shared::config::SiteRole;
+use fedlnm_shared::config::{ComputeDevice, SiteRole};
 use fedlnm_shared::federation::{AggregationKind, RoundRecord};
 use fedlnm_sim::{SimulateArgs, SimulationOutcome, simulate};
 use std::path::Path;
@@ -27,7 +26,7 @@ fn args(out: &Path, plain: bool) -> SimulateArgs {
         fedbn: false,
         proximal_mu: 0.0,
         seed: 11,
-        device: DeviceArg::Cpu,
+        device: ComputeDevice::Cpu,
     }
 }
 

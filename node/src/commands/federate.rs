@@ -1,10 +1,10 @@
 //! `fedlnm-node run` (take part in the study: the federated rounds) and `fedlnm-node init-model` (the
 //! study's initial global model, made once by the central team before round 1).
 
-use super::model::{DeviceArg, write_checkpoint};
+use super::model::{device_parser, write_checkpoint};
 use anyhow::Context as _;
 use clap::Args;
-use fedlnm_shared::config::NodeConfig;
+use fedlnm_shared::config::{ComputeDevice, NodeConfig};
 use fedlnm_shared::model_config::{ConfigFile, ModelConfig, TrainPlan};
 use fedlnm_shared::train;
 use std::path::PathBuf;
@@ -16,8 +16,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "node.toml")]
     pub config: PathBuf,
     /// Overrides the `device` of node.toml.
-    #[arg(long, value_enum)]
-    pub device: Option<DeviceArg>,
+    #[arg(long, value_parser = device_parser())]
+    pub device: Option<ComputeDevice>,
 }
 
 /// Arguments of `init-model`.
@@ -38,7 +38,7 @@ pub struct InitModelArgs {
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut config = NodeConfig::load(&args.config)?;
     if let Some(device) = args.device {
-        config.device = device.into();
+        config.device = device;
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let summary = runtime.block_on(crate::federation::Node::new(config).run())?;

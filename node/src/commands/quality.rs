@@ -5,9 +5,10 @@
 //! same patients and the modalities with one another by the paired DeLong test. Writes `quality.md`
 //! (printed too) and `quality.json`.
 
-use super::model::{self, ComputeArgs, EvaluateArgs, TrainArgs};
+use super::model::{self, ComputeArgs, EvaluationJob, TrainJob};
 use anyhow::{Context as _, bail};
 use clap::Args;
+use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::model_config::{ConfigFile, Modality};
 use fedlnm_shared::stats::binary::{PairedDelong, paired_delong};
 use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig, SynthSummary};
@@ -126,6 +127,7 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<(QualityReport, String)> {
     };
     base.train.validate()?;
     super::create_output_dir(&args.out, "the quality check")?;
+    let device = args.compute.prepare();
 
     let profiles = ["tertiary", "community", "rural", "rural"];
     let mut summaries = Vec::new();
@@ -164,25 +166,24 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<(QualityReport, String)> {
         let name = modality.name();
         let dir = args.out.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // A record of what this modality trained with (the model folder has it too, as model.toml).
         let config_file = dir.join("config.toml");
         std::fs::write(&config_file, config.to_toml())
             .with_context(|| format!("cannot write {}", config_file.display()))?;
         tracing::info!(modality = name, "training on the pooled training sites");
-        let trained = model::train_model(&TrainArgs {
+        let trained = model::train_model(&TrainJob {
+            config,
             data: site_dirs.clone(),
             out: dir.join("model"),
-            config: Some(config_file),
             val_fraction: 0.2,
             init: None,
-            epochs: None,
-            seed: None,
-            compute: args.compute.clone(),
+            device,
         })?;
-        let evaluated = model::evaluate_site(&EvaluateArgs {
-            data: external_dir.clone(),
+        let evaluated = model::evaluate_site(&EvaluationJob {
             checkpoint: trained.checkpoint.clone(),
+            data: external_dir.clone(),
             out: dir.join("external"),
-            compute: args.compute.clone(),
+            device,
         })?
         .context("the external site has no labelled patient")?;
         let lnm = &evaluated.report.lnm;
@@ -240,14 +241,14 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<(QualityReport, String)> {
     let json_file = args.out.join("quality.json");
     std::fs::write(&json_file, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", json_file.display()))?;
-    let markdown = markdown(&report, &args.compute);
+    let markdown = markdown(&report, device);
     let file = args.out.join("quality.md");
     std::fs::write(&file, &markdown).with_context(|| format!("cannot write {}", file.display()))?;
     Ok((report, markdown))
 }
 
 /// `quality.md`: the setting, one row per modality, and whether the oracle target is met.
-fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
+fn markdown(report: &QualityReport, device: ComputeDevice) -> String {
     let model = &report.config.model;
     let plan = &report.config.train;
     let n_train: usize = report.training_sites.iter().map(|s| s.n_patients).sum();
@@ -283,9 +284,9 @@ fn markdown(report: &QualityReport, compute: &ComputeArgs) -> String {
         plan.patience,
         plan.batch_size,
         plan.learning_rate,
-        match compute.device {
-            model::DeviceArg::Cpu => "CPU",
-            model::DeviceArg::Cuda => "CUDA",
+        match device {
+            ComputeDevice::Cpu => "CPU",
+            ComputeDevice::Cuda => "CUDA",
         },
         duration(report.seconds),
     );

@@ -263,9 +263,9 @@ pub struct LogisticFit {
     pub separation: Option<Separation>,
 }
 
-/// What the coordinator says after receiving the contributions for the current β.
+/// What the coordinator says after a Newton iteration: the β of the next one, or the finished fit.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Progress {
+pub enum NewtonStep {
     /// Send this β to every site and call [`NewtonCoordinator::update`] with their contributions.
     Continue(Vec<f64>),
     /// The fit is over.
@@ -316,7 +316,7 @@ impl NewtonCoordinator {
     }
 
     /// Adds the sites' contributions at [`Self::beta`] and either takes a Newton step or finishes.
-    pub fn update(&mut self, contributions: &[SiteContribution]) -> Result<Progress, LogisticError> {
+    pub fn update(&mut self, contributions: &[SiteContribution]) -> Result<NewtonStep, LogisticError> {
         if self.finished {
             return Err(LogisticError::Finished);
         }
@@ -359,7 +359,7 @@ impl NewtonCoordinator {
         self.iterations += 1;
         self.converged = step.iter().all(|d| d.abs() <= self.options.tolerance);
         self.last_step = Some(step);
-        Ok(Progress::Continue(self.beta.clone()))
+        Ok(NewtonStep::Continue(self.beta.clone()))
     }
 
     fn pool(&mut self, contributions: &[SiteContribution]) -> Result<SiteContribution, LogisticError> {
@@ -434,7 +434,7 @@ impl NewtonCoordinator {
         Ok(pooled)
     }
 
-    fn finish_converged(&mut self, pooled: &SiteContribution) -> Progress {
+    fn finish_converged(&mut self, pooled: &SiteContribution) -> NewtonStep {
         let p = self.names.len();
         let information = DMatrix::from_row_slice(p, p, &pooled.information);
         let Some(inverse) = information.cholesky().map(|c| c.inverse()) else {
@@ -457,10 +457,10 @@ impl NewtonCoordinator {
                 term.or_ci_upper = Some((coef + Z_95 * se).exp());
             }
         }
-        Progress::Finished(Box::new(fit))
+        NewtonStep::Finished(Box::new(fit))
     }
 
-    fn finish_unconverged(&mut self, pooled: &SiteContribution) -> Progress {
+    fn finish_unconverged(&mut self, pooled: &SiteContribution) -> NewtonStep {
         let status = if pooled.n_boundary > 0 {
             FitStatus::Separation
         } else {
@@ -469,8 +469,8 @@ impl NewtonCoordinator {
         self.finish(status, pooled)
     }
 
-    fn finish(&mut self, status: FitStatus, pooled: &SiteContribution) -> Progress {
-        Progress::Finished(Box::new(self.finish_fit(status, pooled)))
+    fn finish(&mut self, status: FitStatus, pooled: &SiteContribution) -> NewtonStep {
+        NewtonStep::Finished(Box::new(self.finish_fit(status, pooled)))
     }
 
     fn finish_fit(&mut self, status: FitStatus, pooled: &SiteContribution) -> LogisticFit {
@@ -599,7 +599,7 @@ pub fn fit_federated(
                 })
                 .collect();
         }
-        if let Progress::Finished(pooled) = coordinator.update(&contributions)? {
+        if let NewtonStep::Finished(pooled) = coordinator.update(&contributions)? {
             return Ok(FederatedFit {
                 pooled: *pooled,
                 sites: summaries,

@@ -1,32 +1,24 @@
 //! The one place that names concrete burn backends: Flex on the CPU, burn-cuda behind the `cuda`
-//! feature. Each function dispatches a [`Device`] to the generic implementation.
+//! feature. Each function dispatches a [`ComputeDevice`] to the generic implementation.
 //!
 //! cubecl's autotune cache for CUDA (which kernel variant is fastest for each operation and shape,
 //! found by benchmarking them: minutes on a first run) is persisted where the caller says, through
 //! [`use_autotune_cache`]: the node points it at `<work_dir>/cubecl-autotune` (federated rounds) or
 //! `--autotune-cache DIR` (the `train`, `evaluate`, `explain` and `bench` commands), so that a
 //! hospital's GPU tunes once and later runs start warm. cubecl 0.10 fixes its configuration at the
-//! first CUDA use in a process, so the call must come before any [`Device::Cuda`] work. Measuring the
-//! warm start needs a GPU (docs/model.md, "CUDA": run `fedlnm-node bench --device cuda` twice with the
-//! same cache folder); it has not been measured on the development machine, which has none.
+//! first CUDA use in a process, so the call must come before any [`ComputeDevice::Cuda`] work.
+//! Measuring the warm start needs a GPU (docs/model.md, "CUDA": run `fedlnm-node bench --device cuda`
+//! twice with the same cache folder); it has not been measured on the development machine, which has
+//! none.
 
-use super::{Prediction, Progress, TrainError, TrainOutcome, generic};
+use super::{Prediction, TrainError, TrainOutcome, TrainingEvent, generic};
+use crate::config::ComputeDevice;
 use crate::features::Example;
 use crate::model_config::{ModelConfig, TrainPlan};
 use crate::weights::NamedTensors;
 use burn::backend::Autodiff;
 use burn::backend::flex::{Flex, FlexDevice};
 use std::path::Path;
-
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Device {
-    /// The CPU (burn's Flex backend, all cores).
-    #[default]
-    Cpu,
-    /// The first NVIDIA GPU (burn-cuda; needs the `cuda` feature).
-    Cuda,
-}
 
 /// Keeps cubecl's CUDA autotune results in `dir` (created if missing), so that a later process with
 /// the same `dir` reuses them instead of benchmarking kernels again.
@@ -45,9 +37,9 @@ pub enum Device {
 /// operation's tuner (its first use on a device). Each entry carries a checksum of the candidate
 /// kernels, so entries written by another build of the kernels are tuned again, never misused.
 ///
-/// Call it before any [`Device::Cuda`] work: cubecl reads its configuration once and keeps it for the
-/// life of the process. Calling it again with the same `dir` is a no-op returning `Ok(())`, from any
-/// thread.
+/// Call it before any [`ComputeDevice::Cuda`] work: cubecl reads its configuration once and keeps it
+/// for the life of the process. Calling it again with the same `dir` is a no-op returning `Ok(())`,
+/// from any thread.
 ///
 /// # Errors
 /// [`TrainError::AutotuneCacheDir`] when `dir` cannot be created or made absolute;
@@ -70,19 +62,19 @@ pub fn use_autotune_cache(dir: &Path) -> Result<(), TrainError> {
 macro_rules! dispatch {
     ($device:expr, |$backend:ident, $dev:ident| $body:expr) => {
         match $device {
-            Device::Cpu => {
+            ComputeDevice::Cpu => {
                 type $backend = Flex;
                 let $dev = FlexDevice;
                 $body
             }
             #[cfg(feature = "cuda")]
-            Device::Cuda => {
+            ComputeDevice::Cuda => {
                 type $backend = burn::backend::Cuda;
                 let $dev = burn::backend::cuda::CudaDevice::default();
                 $body
             }
             #[cfg(not(feature = "cuda"))]
-            Device::Cuda => Err(TrainError::CudaNotBuilt),
+            ComputeDevice::Cuda => Err(TrainError::CudaNotBuilt),
         }
     };
 }
@@ -96,13 +88,13 @@ pub fn initial_weights(config: &ModelConfig, seed: u64) -> NamedTensors {
 /// Trains from `initial` weights; returns the new weights, the number of training patients and the
 /// log. `progress` is called after each step and each epoch.
 pub fn train_local(
-    device: Device,
+    device: ComputeDevice,
     config: &ModelConfig,
     initial: &NamedTensors,
     train: &[Example],
     validation: &[Example],
     plan: &TrainPlan,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut dyn FnMut(&TrainingEvent),
 ) -> Result<TrainOutcome, TrainError> {
     dispatch!(device, |B, dev| generic::train_local::<Autodiff<B>>(
         config, initial, train, validation, plan, &dev, progress
@@ -111,7 +103,7 @@ pub fn train_local(
 
 /// Predictions for `examples` (inference mode).
 pub fn predict(
-    device: Device,
+    device: ComputeDevice,
     config: &ModelConfig,
     weights: &NamedTensors,
     examples: &[Example],
@@ -125,7 +117,7 @@ pub fn predict(
 /// Grad-CAM heat maps (side `image.input_size`, values in [0, 1]) of the LNM logit for each example;
 /// `None` when the model has no image branch.
 pub fn grad_cam(
-    device: Device,
+    device: ComputeDevice,
     config: &ModelConfig,
     weights: &NamedTensors,
     examples: &[Example],
@@ -138,7 +130,7 @@ pub fn grad_cam(
 /// Training and inference throughput of `config` with random inputs (`steps` timed steps after one
 /// warm-up step).
 pub fn bench(
-    device: Device,
+    device: ComputeDevice,
     config: &ModelConfig,
     batch_size: usize,
     steps: usize,

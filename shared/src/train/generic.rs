@@ -1,7 +1,7 @@
 //! The training loop, prediction and Grad-CAM, generic over the burn backend. Only [`super::backend`]
 //! names concrete backends; callers outside use the plain-data facade in [`super`].
 
-use super::{EpochLog, Prediction, Progress, TrainError, TrainOutcome};
+use super::{EpochLog, Prediction, TrainError, TrainOutcome, TrainingEvent};
 use crate::features::{Example, N_N, N_T, PatientInputs, augment_image, image_finding_fields};
 use crate::model::{Anchor, Batch, LnmModel, Outputs, from_named, pull_towards, to_named};
 use crate::model_config::{ModelConfig, TrainPlan};
@@ -32,7 +32,7 @@ pub fn train_local<B: AutodiffBackend>(
     validation: &[Example],
     plan: &TrainPlan,
     device: &B::Device,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut dyn FnMut(&TrainingEvent),
 ) -> Result<TrainOutcome, TrainError> {
     let labelled: Vec<(&PatientInputs, super::Targets)> = train
         .iter()
@@ -110,7 +110,7 @@ pub fn train_local<B: AutodiffBackend>(
                 model = pull_towards(model, anchor, (learning_rate * plan.proximal_mu).min(1.0));
             }
             step += 1;
-            progress(&Progress::Step {
+            progress(&TrainingEvent::Step {
                 epoch,
                 step,
                 total_steps,
@@ -138,7 +138,7 @@ pub fn train_local<B: AutodiffBackend>(
             seconds,
             images_per_second: (steps_per_epoch * batch_size) as f64 / seconds.max(1e-9),
         };
-        progress(&Progress::Epoch(log.clone()));
+        progress(&TrainingEvent::Epoch(log.clone()));
         outcome.history.push(log);
         let score = val_auc.unwrap_or(f64::NEG_INFINITY);
         if validation.is_empty() || score > best_auc {

@@ -1,5 +1,6 @@
 //! Training, prediction and Grad-CAM (feature `model`) behind a plain-data facade: weights in and out
-//! as [`NamedTensors`], patients as [`Example`]s, the backend named by [`Device`]. The federation's
+//! as [`NamedTensors`], patients as [`Example`]s, the backend named by a
+//! [`ComputeDevice`](crate::config::ComputeDevice). The federation's
 //! `train_local(model_weights, data, plan) -> (new_weights, n)` is [`train_local`].
 
 mod backend;
@@ -7,9 +8,7 @@ mod generic;
 
 pub use crate::evaluation::Prediction;
 pub use crate::features::Targets;
-pub use backend::{
-    Device, bench, grad_cam, initial_weights, predict, round_trip, train_local, use_autotune_cache,
-};
+pub use backend::{bench, grad_cam, initial_weights, predict, round_trip, train_local, use_autotune_cache};
 
 use crate::weights::{NamedTensors, WeightsError};
 use serde::Serialize;
@@ -45,9 +44,10 @@ pub struct EpochLog {
     pub images_per_second: f64,
 }
 
-/// Progress reported to the caller (a progress bar or log lines).
+/// What training reports to its caller as it goes (for a progress bar or log lines): each optimiser
+/// step and each finished epoch.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Progress {
+pub enum TrainingEvent {
     Step {
         epoch: usize,
         step: usize,

@@ -39,6 +39,7 @@ pub async fn next_task(client: &mut FederationClient<Channel>, site: &str) -> ta
 }
 
 /// `GET /metrics` over plain HTTP.
+#[allow(dead_code)] // Each test binary that includes this module uses some of its helpers.
 pub async fn scrape(port: u16) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();

@@ -302,7 +302,7 @@ fn the_coordinator_rejects_malformed_or_inconsistent_contributions() {
     assert!(matches!(coordinator.update(&[]), Err(LogisticError::NoSites)));
     assert!(matches!(
         coordinator.update(std::slice::from_ref(&good)),
-        Ok(Progress::Continue(_))
+        Ok(NewtonStep::Continue(_))
     ));
     let grown = SiteContribution { n: 11, ..good };
     assert!(matches!(

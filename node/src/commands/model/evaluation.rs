@@ -1,0 +1,119 @@
+//! Scoring a site folder with a checkpoint: the predictions CSV and the metrics JSON of the statistics
+//! engine.
+
+use super::checkpoint::read_checkpoint;
+use super::examples::load_examples;
+use anyhow::Context as _;
+use fedlnm_shared::config::ComputeDevice;
+use fedlnm_shared::evaluation::{self, EvaluationReport};
+use fedlnm_shared::features::Example;
+use fedlnm_shared::staging::Stage;
+use fedlnm_shared::train;
+use std::path::PathBuf;
+
+/// One evaluation, as plain data (what `evaluate` builds from its command line).
+#[derive(Debug, Clone)]
+pub struct EvaluationJob {
+    /// A checkpoint written by training (its config is stored inside).
+    pub checkpoint: PathBuf,
+    /// The site folder to score.
+    pub data: PathBuf,
+    /// Output folder (created): predictions.csv and, with labelled patients, metrics.json.
+    pub out: PathBuf,
+    /// Where to predict; for CUDA, prepared with [`super::prepare_device`] to keep its autotune cache.
+    pub device: ComputeDevice,
+}
+
+/// What an evaluation computed for the labelled patients.
+#[derive(Debug, Clone)]
+pub struct EvaluationSummary {
+    pub report: EvaluationReport,
+    /// The labelled patients' LNM truth and predicted probability, in file order.
+    pub lnm_true: Vec<bool>,
+    pub lnm_score: Vec<f64>,
+}
+
+/// Writes `predictions.csv` for every patient and `metrics.json` for the labelled ones; returns the
+/// metrics and the labelled patients' scores (`None` when no patient is labelled).
+///
+/// # Errors
+/// An unusable checkpoint or site folder, a device this build cannot use, or an output file that
+/// cannot be written (named).
+pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSummary>> {
+    let (config, weights) = read_checkpoint(&job.checkpoint)?;
+    let (examples, stages) = load_examples(&job.data, &config, false, false)?;
+    let predictions = train::predict(job.device, &config, &weights, &examples, 32)?;
+    let out = &job.out;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let csv_file = out.join("predictions.csv");
+    let mut writer =
+        csv::Writer::from_path(&csv_file).with_context(|| format!("cannot write {}", csv_file.display()))?;
+    writer.write_record([
+        "patient_id",
+        "lnm_score",
+        "t_pred",
+        "n_pred",
+        "stage_pred",
+        "lnm_true",
+        "t_true",
+        "n_true",
+        "stage_true",
+    ])?;
+    for ((example, prediction), stage) in examples.iter().zip(&predictions).zip(&stages) {
+        let truth = example.targets.map(|t| {
+            [
+                u8::from(t.lnm).to_string(),
+                t.t.to_string(),
+                t.n.to_string(),
+                stage.map_or(String::new(), |s| s.code().to_string()),
+            ]
+        });
+        let [lnm_true, t_true, n_true, stage_true] = truth.unwrap_or_default();
+        writer.write_record([
+            prediction.patient_id.clone(),
+            format!("{:.6}", prediction.lnm_probability),
+            prediction.t.code().to_string(),
+            prediction.n.code().to_string(),
+            prediction.stage.code().to_string(),
+            lnm_true,
+            t_true,
+            n_true,
+            stage_true,
+        ])?;
+    }
+    writer.flush()?;
+    let labelled: Vec<usize> = (0..examples.len())
+        .filter(|&i| examples[i].targets.is_some())
+        .collect();
+    if labelled.is_empty() {
+        tracing::warn!("no labelled patients: predictions written, no metrics");
+        return Ok(None);
+    }
+    let pick = |i: &usize| examples[*i].clone();
+    let labelled_examples: Vec<Example> = labelled.iter().map(pick).collect();
+    let labelled_predictions: Vec<_> = labelled.iter().map(|&i| predictions[i].clone()).collect();
+    let labelled_stages: Vec<Stage> = labelled.iter().filter_map(|&i| stages[i]).collect();
+    let report = evaluation::evaluate(&labelled_examples, &labelled_predictions, &labelled_stages)?;
+    let metrics = serde_json::json!({
+        "checkpoint": job.checkpoint.display().to_string(),
+        "config_digest": config.digest(),
+        "metrics": report,
+    });
+    let metrics_file = out.join("metrics.json");
+    std::fs::write(&metrics_file, serde_json::to_string_pretty(&metrics)?)
+        .with_context(|| format!("cannot write {}", metrics_file.display()))?;
+    tracing::info!(
+        n = report.n_patients,
+        auc = report.lnm.auc,
+        "evaluation written to {}",
+        out.display()
+    );
+    Ok(Some(EvaluationSummary {
+        report,
+        lnm_true: labelled_examples
+            .iter()
+            .map(|e| e.targets.is_some_and(|t| t.lnm))
+            .collect(),
+        lnm_score: labelled_predictions.iter().map(|p| p.lnm_probability).collect(),
+    }))
+}
