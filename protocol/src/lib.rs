@@ -7,13 +7,16 @@
 //!   generated ones in one place.
 //! - [`payload`]: the one serde encoding of Rust values inside `bytes` fields.
 //! - [`transfer`]: the one chunked transfer (size announced and checked first, SHA-256 at the end).
-//! - [`client`]: the node's mutual-TLS client; [`server`]: the typed handler trait and `serve`;
-//!   [`http`]: the plain-HTTP text endpoint (`/metrics`).
+//! - [`client`]: the node's mutual-TLS client; behind the `server` feature (the aggregator's),
+//!   `server`: the typed handler trait and `serve`, and `http`: the plain-HTTP text endpoint
+//!   (`/metrics`).
 
 pub mod client;
+#[cfg(feature = "server")]
 pub mod http;
 pub mod messages;
 pub mod payload;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod transfer;
 
@@ -28,6 +31,7 @@ pub use messages::{
     CheckIn, CheckInReply, Claim, Encoded, MetricsReport, ModelRef, ProtocolError, RoundAggregation,
     SecAggMessage, SecAggStage, Task, TrainTask, UpdateFormat, UpdateHeader, UploadReceipt, ValidateTask,
 };
+#[cfg(feature = "server")]
 pub use server::{Caller, Download, FederationHandler, IncomingUpload, ServeError};
 /// The refusal of a call, with the code that tells the caller whether retrying can help.
 pub use tonic::{Code, Status};

@@ -1,5 +1,6 @@
-//! Architecture invariants that can be checked by reading the source tree (in the spirit of
-//! rust-analyzer's `tidy`): each is a line of ARCHITECTURE.md, each failure names the file.
+//! Architecture invariants that can be checked by reading the source tree and the dependency graph
+//! (in the spirit of rust-analyzer's `tidy`): each is a line of ARCHITECTURE.md, each failure names the
+//! file or the crate. What a crate may depend on is read from `cargo tree`, as cargo resolves it.
 
 use std::path::{Path, PathBuf};
 
@@ -49,7 +50,7 @@ fn normal_dependencies(krate: &str) -> String {
 
 #[test]
 fn every_module_starts_with_a_doc_line() {
-    for krate in ["shared", "node", "aggregator", "tests"] {
+    for krate in ["shared", "protocol", "node", "aggregator", "sim", "tests"] {
         for file in crate_sources(krate) {
             let text = read(&file);
             assert!(
@@ -93,7 +94,10 @@ fn shared_does_no_network_io() {
 
 #[test]
 fn library_code_logs_with_tracing_not_print() {
-    for file in crate_sources("shared/src") {
+    for file in crate_sources("shared/src")
+        .into_iter()
+        .chain(crate_sources("protocol/src"))
+    {
         for (number, line) in read(&file).lines().enumerate() {
             let code = line.trim_start();
             assert!(
@@ -136,6 +140,146 @@ fn burn_is_named_only_in_the_model_and_training_modules() {
                 "{}:{}: burn types belong in shared/src/model or shared/src/train only",
                 file.display(),
                 number + 1
+            );
+        }
+    }
+}
+
+/// The crates (names) that `krate` builds with, as `cargo tree` resolves its normal dependencies when
+/// it is built on its own (feature unification included).
+fn dependency_closure(krate: &str) -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = std::process::Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "tree", "--locked", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo tree: {e}"));
+    assert!(
+        output.status.success(),
+        "cargo tree -p {krate} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut crates: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    crates.sort();
+    crates.dedup();
+    crates
+}
+
+#[test]
+fn the_hospital_binary_holds_no_server_code() {
+    let node = dependency_closure("fedlnm-node");
+    assert!(node.iter().any(|c| c == "fedlnm-protocol"), "{node:?}");
+    for server in [
+        "fedlnm-aggregator",
+        "fedlnm-sim",
+        "rcgen",
+        "plotters",
+        "prometheus-client",
+        "axum",
+    ] {
+        assert!(
+            !node.iter().any(|c| c == server),
+            "fedlnm-node builds {server}: server code belongs to the aggregator or the simulation"
+        );
+    }
+}
+
+#[test]
+fn the_aggregator_never_builds_burn() {
+    let aggregator = dependency_closure("fedlnm-aggregator");
+    assert!(aggregator.iter().any(|c| c == "fedlnm-shared"), "{aggregator:?}");
+    for crate_name in &aggregator {
+        assert!(
+            !crate_name.starts_with("burn") && !crate_name.starts_with("cubecl"),
+            "fedlnm-aggregator builds {crate_name}"
+        );
+    }
+    let protocol = dependency_closure("fedlnm-protocol");
+    assert!(
+        !protocol.iter().any(|c| c.starts_with("burn")),
+        "fedlnm-protocol builds burn: {protocol:?}"
+    );
+}
+
+#[test]
+fn only_the_protocol_crate_depends_on_the_grpc_stack() {
+    for krate in ["shared", "node", "aggregator", "sim"] {
+        let deps = normal_dependencies(krate);
+        for forbidden in ["tonic", "prost", "axum", "hyper"] {
+            assert!(
+                !deps.lines().any(|l| l.trim_start().starts_with(forbidden)),
+                "{krate}/Cargo.toml depends on {forbidden}: only fedlnm-protocol speaks gRPC/HTTP"
+            );
+        }
+    }
+    for file in ["shared/src", "node/src", "aggregator/src", "sim/src"]
+        .into_iter()
+        .flat_map(crate_sources)
+    {
+        let text = read(&file);
+        for generated in ["tonic::", "prost::", "generated::"] {
+            assert!(
+                !text.contains(generated),
+                "{} names {generated}: the binaries and the round logic speak fedlnm-protocol's typed messages",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn one_build_script_compiles_the_protocol() {
+    let mut scripts = Vec::new();
+    for krate in ["shared", "protocol", "node", "aggregator", "sim", "tests"] {
+        let script = workspace_root().join(krate).join("build.rs");
+        if script.exists() {
+            scripts.push(script);
+        }
+    }
+    assert_eq!(
+        scripts,
+        [workspace_root().join("protocol/build.rs")],
+        "only fedlnm-protocol has a build script"
+    );
+    assert!(read(&scripts[0]).contains("fedlnm.proto"));
+}
+
+/// Files allowed past the length limit, each with the reason.
+const LONG_FILES: &[(&str, &str)] = &[
+    (
+        "shared/src/stats/logistic.rs",
+        "one Newton-Raphson engine for the local and the federated fit: the invariant that both diagnose \
+         separation from the same sums is easier to keep in one file",
+    ),
+    (
+        "shared/src/synth/render.rs",
+        "one picture generator whose drawing steps share the same random stream, in order",
+    ),
+];
+
+#[test]
+fn no_source_file_is_longer_than_600_lines_without_a_reason() {
+    for krate in ["shared", "protocol", "node", "aggregator", "sim"] {
+        for file in crate_sources(&format!("{krate}/src")) {
+            let path = file.to_string_lossy().replace('\\', "/");
+            if LONG_FILES.iter().any(|(long, _)| path.ends_with(long)) {
+                continue;
+            }
+            // Unit tests at the end of a file do not count.
+            let lines = read(&file)
+                .lines()
+                .take_while(|line| !line.starts_with("#[cfg(test)]"))
+                .count();
+            assert!(
+                lines <= 600,
+                "{} has {lines} lines of code: split it by job, or state why in LONG_FILES",
+                file.display()
             );
         }
     }

@@ -1,0 +1,284 @@
+//! How a round ends: closing stages and phases as they complete or pass their deadline, and the slow
+//! steps of a round (aggregating and committing) as jobs that the service runs off the study lock and
+//! hands back to [`Study::job_done`].
+
+use super::{Aggregating, Committing, Phase, Study, Validating, now_rfc3339};
+use crate::aggregation::{Poll, RoundAggregate};
+use crate::store::{Committed, ModelBlob, StoreError};
+use fedlnm_shared::config::SiteRole;
+use fedlnm_shared::federation::fedavg::apply_delta;
+use fedlnm_shared::federation::{PooledMetrics, RoundRecord, SiteRoundMetrics};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which slow step a [`StudyJob`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Average or unmask the round's updates, apply them, serialize and hash the new model.
+    Aggregate { round: u64 },
+    /// Write the validated round to disk (fsync, rename).
+    Commit { round: u64 },
+}
+
+/// A slow step of the study, to run off the lock ([`Study::take_job`]).
+pub struct StudyJob {
+    pub kind: JobKind,
+    id: u64,
+    work: Box<dyn FnOnce() -> JobOutcome + Send>,
+}
+
+impl StudyJob {
+    /// Does the work (blocking); hand the result to [`Study::job_done`].
+    #[must_use]
+    pub fn run(self) -> JobResult {
+        JobResult {
+            id: self.id,
+            outcome: (self.work)(),
+        }
+    }
+}
+
+/// What a [`StudyJob`] produced.
+pub struct JobResult {
+    id: u64,
+    outcome: JobOutcome,
+}
+
+pub(super) enum JobOutcome {
+    Aggregated(Result<Box<(RoundAggregate, ModelBlob)>, String>),
+    Committed(Result<PathBuf, StoreError>),
+}
+
+impl Study {
+    /// Moves the study on: closes stages and phases that are complete or past their deadline, and
+    /// starts the slow steps of finished ones (as jobs, [`Self::take_job`]). Returns whether anything
+    /// changed.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        match &mut self.phase {
+            Phase::Finished | Phase::Aggregating(_) | Phase::Committing(_) => false,
+            Phase::Training(training) => {
+                let before = training.aggregation.closed_stages();
+                match training.aggregation.advance(now) {
+                    Poll::Pending => training.aggregation.closed_stages() != before,
+                    Poll::Failed(reason) => {
+                        tracing::warn!(
+                            round = training.round,
+                            reason,
+                            "round abandoned; nothing committed; starting it again"
+                        );
+                        self.telemetry.rounds_failed.inc();
+                        self.start_next_round(now);
+                        true
+                    }
+                    Poll::Ready(finisher) => {
+                        let round = training.round;
+                        let aggregating = Aggregating {
+                            round,
+                            training_started: training.started,
+                            kind: training.aggregation.kind(),
+                            job: self.jobs + 1,
+                        };
+                        let global = self.committed.model.clone();
+                        let work = move || {
+                            let result = finisher().and_then(|aggregate| {
+                                let weights = apply_delta(&global.weights, &aggregate.average_delta)
+                                    .map_err(|e| e.to_string())?;
+                                let model = ModelBlob::new(round, weights, global.config.clone())
+                                    .map_err(|e| e.to_string())?;
+                                Ok(Box::new((aggregate, model)))
+                            });
+                            JobOutcome::Aggregated(result)
+                        };
+                        self.schedule(JobKind::Aggregate { round }, Box::new(work));
+                        self.phase = Phase::Aggregating(aggregating);
+                        true
+                    }
+                }
+            }
+            Phase::Validating(validating) => {
+                let all_in = self
+                    .config
+                    .sites
+                    .iter()
+                    .all(|s| validating.metrics.contains_key(&s.id));
+                if !all_in && now < validating.deadline {
+                    return false;
+                }
+                self.commit_validated(now);
+                true
+            }
+        }
+    }
+
+    /// The slow step the last transition started, for the caller to run off the lock (once).
+    pub fn take_job(&mut self) -> Option<StudyJob> {
+        self.pending_job.take()
+    }
+
+    /// The result of a job from [`Self::take_job`]; one of an earlier, abandoned phase is ignored.
+    pub fn job_done(&mut self, result: JobResult, now: Instant) {
+        match (&self.phase, result.outcome) {
+            (Phase::Aggregating(aggregating), JobOutcome::Aggregated(outcome))
+                if aggregating.job == result.id =>
+            {
+                let Phase::Aggregating(aggregating) = std::mem::replace(&mut self.phase, Phase::Finished)
+                else {
+                    return;
+                };
+                self.aggregated(aggregating, outcome, now);
+            }
+            (Phase::Committing(committing), JobOutcome::Committed(outcome))
+                if committing.job == result.id =>
+            {
+                let Phase::Committing(committing) = std::mem::replace(&mut self.phase, Phase::Finished)
+                else {
+                    return;
+                };
+                self.commit_done(committing, outcome, now);
+            }
+            _ => tracing::warn!(
+                job = result.id,
+                "the result of a job of an earlier phase was ignored"
+            ),
+        }
+    }
+
+    fn schedule(&mut self, kind: JobKind, work: Box<dyn FnOnce() -> JobOutcome + Send>) {
+        self.jobs += 1;
+        self.pending_job = Some(StudyJob {
+            kind,
+            id: self.jobs,
+            work,
+        });
+    }
+
+    fn aggregated(
+        &mut self,
+        aggregating: Aggregating,
+        outcome: Result<Box<(RoundAggregate, ModelBlob)>, String>,
+        now: Instant,
+    ) {
+        let round = aggregating.round;
+        match outcome {
+            Ok(aggregated) => {
+                let (aggregate, model) = *aggregated;
+                tracing::info!(
+                    round,
+                    contributors = ?aggregate.contributors,
+                    dropped = ?aggregate.dropped,
+                    total_samples = aggregate.total_samples,
+                    digest = model.digest,
+                    "round aggregated; validating the new model"
+                );
+                self.phase = Phase::Validating(Box::new(Validating {
+                    round,
+                    training_started: aggregating.training_started,
+                    aggregation_seconds: now.duration_since(aggregating.training_started).as_secs_f64(),
+                    kind: aggregating.kind,
+                    aggregate,
+                    model: Arc::new(model),
+                    deadline: now + Duration::from_secs(self.config.rounds.validation_deadline_s),
+                    metrics: BTreeMap::new(),
+                }));
+            }
+            Err(error) => {
+                tracing::error!(
+                    round,
+                    error,
+                    "the aggregate is not a valid model; round abandoned"
+                );
+                self.telemetry.rounds_failed.inc();
+                self.start_next_round(now);
+            }
+        }
+    }
+
+    fn commit_validated(&mut self, now: Instant) {
+        let Phase::Validating(validating) = std::mem::replace(&mut self.phase, Phase::Finished) else {
+            return;
+        };
+        let sites: Vec<SiteRoundMetrics> = validating.metrics.into_values().collect();
+        let pool = |role: SiteRole| {
+            PooledMetrics::pool(sites.iter().filter(|s| s.role == role)).unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot pool the histograms");
+                None
+            })
+        };
+        let record = RoundRecord {
+            study: self.config.study.clone(),
+            round: validating.round,
+            model_digest: validating.model.digest.clone(),
+            model_config_digest: validating.model.config_digest.clone(),
+            aggregation: validating.kind,
+            contributors: validating.aggregate.contributors.clone(),
+            total_samples: validating.aggregate.total_samples,
+            dropped: validating.aggregate.dropped.clone(),
+            aggregation_seconds: validating.aggregation_seconds,
+            round_seconds: now.duration_since(validating.training_started).as_secs_f64(),
+            committed_at: now_rfc3339(),
+            pooled_train_sites: pool(SiteRole::Train),
+            pooled_validation_sites: pool(SiteRole::Validate),
+            sites,
+        };
+        let store = self.store.clone();
+        let (job_record, job_model) = (record.clone(), validating.model.clone());
+        let work = move || JobOutcome::Committed(store.commit(&job_record, &job_model));
+        self.schedule(JobKind::Commit { round: record.round }, Box::new(work));
+        self.phase = Phase::Committing(Box::new(Committing {
+            record,
+            model: validating.model,
+            job: self.jobs,
+        }));
+    }
+
+    fn commit_done(
+        &mut self,
+        committing: Box<Committing>,
+        outcome: Result<PathBuf, StoreError>,
+        now: Instant,
+    ) {
+        let Committing { record, model, .. } = *committing;
+        match outcome {
+            Ok(path) => {
+                tracing::info!(
+                    round = record.round,
+                    path = %path.display(),
+                    pooled_train_auc = ?record.pooled_train_sites.as_ref().and_then(|p| p.auc),
+                    pooled_validation_auc = ?record.pooled_validation_sites.as_ref().and_then(|p| p.auc),
+                    "round committed"
+                );
+                self.telemetry.rounds_committed.inc();
+                self.telemetry
+                    .contributing_sites
+                    .set(i64::try_from(record.contributors.len()).unwrap_or(0));
+                self.telemetry.round_seconds.set(record.round_seconds);
+                self.telemetry.aggregation_seconds.set(record.aggregation_seconds);
+                self.committed = Committed { record, model };
+            }
+            Err(error) => {
+                // Nothing was committed: the round is trained again from the last committed model.
+                tracing::error!(%error, round = record.round, "cannot commit the round; it will be run again");
+                self.telemetry.rounds_failed.inc();
+            }
+        }
+        self.start_next_round(now);
+    }
+
+    /// Whether round `round` is being written to disk.
+    #[must_use]
+    pub fn is_committing(&self, round: u64) -> bool {
+        matches!(&self.phase, Phase::Committing(c) if c.record.round == round)
+    }
+
+    /// The next instant at which [`Self::tick`] may change something on time alone.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Training(training) => training.aggregation.next_deadline(),
+            Phase::Validating(validating) => Some(validating.deadline),
+            Phase::Aggregating(_) | Phase::Committing(_) | Phase::Finished => None,
+        }
+    }
+}
