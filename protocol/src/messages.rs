@@ -282,60 +282,45 @@ fn known<T: TryFrom<i32>>(value: i32, field: &'static str) -> Result<T, Protocol
     T::try_from(value).map_err(|_| ProtocolError::UnknownValue { field, value })
 }
 
-impl From<SiteRole> for pb::SiteRole {
-    fn from(role: SiteRole) -> Self {
-        match role {
-            SiteRole::Train => Self::Train,
-            SiteRole::Validate => Self::Validate,
+/// A typed enum and its generated twin, converted both ways; the generated `Unspecified` (a field the
+/// sender left unset) is refused as missing.
+macro_rules! wire_enum {
+    ($typed:ty, $generated:ty, $field:literal, $parse:ident, { $($variant:ident => $wire:ident),+ $(,)? }) => {
+        impl From<$typed> for $generated {
+            fn from(value: $typed) -> Self {
+                match value {
+                    $(<$typed>::$variant => Self::$wire,)+
+                }
+            }
         }
-    }
-}
 
-pub(crate) fn site_role(value: i32) -> Result<SiteRole, ProtocolError> {
-    match known::<pb::SiteRole>(value, "role")? {
-        pb::SiteRole::Train => Ok(SiteRole::Train),
-        pb::SiteRole::Validate => Ok(SiteRole::Validate),
-        pb::SiteRole::Unspecified => Err(ProtocolError::Missing("role")),
-    }
-}
-
-impl From<UpdateFormat> for pb::UpdateFormat {
-    fn from(format: UpdateFormat) -> Self {
-        match format {
-            UpdateFormat::SafetensorsDelta => Self::SafetensorsDelta,
-            UpdateFormat::MaskedInput => Self::MaskedInput,
+        fn $parse(value: i32) -> Result<$typed, ProtocolError> {
+            match known::<$generated>(value, $field)? {
+                $(<$generated>::$wire => Ok(<$typed>::$variant),)+
+                <$generated>::Unspecified => Err(ProtocolError::Missing($field)),
+            }
         }
-    }
+    };
 }
 
-fn update_format(value: i32) -> Result<UpdateFormat, ProtocolError> {
-    match known::<pb::UpdateFormat>(value, "format")? {
-        pb::UpdateFormat::SafetensorsDelta => Ok(UpdateFormat::SafetensorsDelta),
-        pb::UpdateFormat::MaskedInput => Ok(UpdateFormat::MaskedInput),
-        pb::UpdateFormat::Unspecified => Err(ProtocolError::Missing("format")),
-    }
-}
-
-impl From<SecAggStage> for pb::SecAggStage {
-    fn from(stage: SecAggStage) -> Self {
-        match stage {
-            SecAggStage::AdvertiseKeys => Self::AdvertiseKeys,
-            SecAggStage::ShareKeys => Self::ShareKeys,
-            SecAggStage::UnmaskRequest => Self::UnmaskRequest,
-            SecAggStage::UnmaskResponse => Self::UnmaskResponse,
-        }
-    }
-}
-
-fn sec_agg_stage(value: i32) -> Result<SecAggStage, ProtocolError> {
-    match known::<pb::SecAggStage>(value, "stage")? {
-        pb::SecAggStage::AdvertiseKeys => Ok(SecAggStage::AdvertiseKeys),
-        pb::SecAggStage::ShareKeys => Ok(SecAggStage::ShareKeys),
-        pb::SecAggStage::UnmaskRequest => Ok(SecAggStage::UnmaskRequest),
-        pb::SecAggStage::UnmaskResponse => Ok(SecAggStage::UnmaskResponse),
-        pb::SecAggStage::Unspecified => Err(ProtocolError::Missing("stage")),
-    }
-}
+wire_enum!(SiteRole, pb::SiteRole, "role", site_role, {
+    Train => Train,
+    Validate => Validate,
+});
+wire_enum!(UpdateFormat, pb::UpdateFormat, "format", update_format, {
+    SafetensorsDelta => SafetensorsDelta,
+    MaskedInput => MaskedInput,
+});
+wire_enum!(SecAggStage, pb::SecAggStage, "stage", sec_agg_stage, {
+    AdvertiseKeys => AdvertiseKeys,
+    ShareKeys => ShareKeys,
+    UnmaskRequest => UnmaskRequest,
+    UnmaskResponse => UnmaskResponse,
+});
+wire_enum!(AggregationKind, pb::AggregationKind, "aggregation", aggregation_kind, {
+    Plain => Plain,
+    Secure => Secure,
+});
 
 impl From<ModelRef> for pb::ModelRef {
     fn from(model: ModelRef) -> Self {
@@ -400,15 +385,6 @@ impl From<Task> for pb::Task {
     }
 }
 
-impl From<AggregationKind> for pb::AggregationKind {
-    fn from(kind: AggregationKind) -> Self {
-        match kind {
-            AggregationKind::Plain => Self::Plain,
-            AggregationKind::Secure => Self::Secure,
-        }
-    }
-}
-
 impl TryFrom<pb::Task> for Task {
     type Error = ProtocolError;
 
@@ -420,16 +396,15 @@ impl TryFrom<pb::Task> for Task {
                 reason: wait.reason,
             },
             Kind::Train(train) => {
-                let aggregation = match known::<pb::AggregationKind>(train.aggregation, "aggregation")? {
-                    pb::AggregationKind::Plain => RoundAggregation::Plain,
-                    pb::AggregationKind::Secure => RoundAggregation::Secure {
+                let aggregation = match aggregation_kind(train.aggregation)? {
+                    AggregationKind::Plain => RoundAggregation::Plain,
+                    AggregationKind::Secure => RoundAggregation::Secure {
                         config: Box::new(payload::decode(
                             &train.secagg_config,
                             "secure-aggregation configuration",
                         )?),
                         site_id: SiteId(train.secagg_site_id),
                     },
-                    pb::AggregationKind::Unspecified => return Err(ProtocolError::Missing("aggregation")),
                 };
                 Self::Train(TrainTask {
                     round: train.round,
