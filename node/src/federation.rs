@@ -7,6 +7,7 @@
 
 use crate::commands::model::{load_examples, prepare_autotune_cache};
 use anyhow::{Context as _, bail};
+use fedlnm_model::train::{self, TrainingEvent};
 use fedlnm_protocol::payload;
 use fedlnm_protocol::{
     Client, ClientError, ModelRef, RoundAggregation, SecAggStage, Task, TrainTask, ValidateTask,
@@ -19,7 +20,6 @@ use fedlnm_shared::federation::{LocalTensors, SiteRoundMetrics, fedavg};
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{KeyDirectory, RoundConfig, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::staging::Stage;
-use fedlnm_shared::train::{self, TrainingEvent};
 use fedlnm_shared::weights::NamedTensors;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -7,10 +7,10 @@
 
 mod fixture;
 
+use fedlnm_model::train::{self, TrainingEvent};
 use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::features::{Example, encode_patient};
 use fedlnm_shared::model_config::{AugmentConfig, Modality, ModelConfig, ResNetVariant, TrainPlan};
-use fedlnm_shared::train::{self, TrainingEvent};
 use fedlnm_shared::weights::{NamedTensors, is_local_norm};
 use std::collections::BTreeMap;
 

@@ -1,11 +1,16 @@
-//! fedlnm-shared: the library that the site node and the aggregator both use.
+//! fedlnm-shared: the plain data that the site node and the aggregator both use. No network I/O, no
+//! burn.
 //!
-//! It holds the exact clinical statistics engine ([`stats`]), AJCC staging ([`staging`]), the site data
-//! format and loader ([`data`]), the synthetic multicentre cohort generator ([`synth`]), the
-//! secure-aggregation protocol core ([`secagg`]), typed configuration files ([`config`]) and TLS policy
-//! ([`tls`]); the model's plain-data side (configs and digest in [`model_config`], named f32 weights and
-//! safetensors in [`weights`], input encoding in [`features`], metrics in [`evaluation`]) and, behind the
-//! `model` feature, the burn model (`model`) and its training (`train`). It does no network I/O.
+//! It holds AJCC staging ([`staging`]), the site data format and loader ([`data`]), the synthetic
+//! multicentre cohort generator ([`synth`]), typed configuration files ([`config`]), TLS policy
+//! ([`tls`]), the model's plain-data side (configs and digest in [`model_config`], checkpoints in
+//! [`checkpoint`], input encoding in [`features`], metrics in [`evaluation`]), the federation's plain
+//! data ([`federation`]) and what every binary does around `run` ([`process`]).
+//!
+//! Three seams are crates of their own, re-exported here under their module names so that a path
+//! reads the same everywhere: the statistics engine ([`stats`], `fedlnm-stats`: pure, no I/O), named
+//! f32 weights ([`weights`], `fedlnm-tensors`) and secure aggregation ([`secagg`], `fedlnm-secagg`: no
+//! transport). The burn model is `fedlnm-model`, which depends on this crate, never the reverse.
 
 mod category;
 pub mod checkpoint;
@@ -15,15 +20,12 @@ pub mod evaluation;
 pub mod features;
 pub mod federation;
 pub mod host;
-#[cfg(feature = "model")]
-pub mod model;
 pub mod model_config;
 pub mod process;
-pub mod secagg;
 pub mod staging;
-pub mod stats;
 pub mod synth;
 pub mod tls;
-#[cfg(feature = "model")]
-pub mod train;
-pub mod weights;
+
+pub use fedlnm_secagg as secagg;
+pub use fedlnm_stats as stats;
+pub use fedlnm_tensors as weights;

@@ -11,11 +11,11 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use fedlnm_aggregator::provision::{self, ProvisionOptions};
 use fedlnm_aggregator::server::{self, FederationService};
+use fedlnm_model::train;
 use fedlnm_node::commands::model::{device_parser, write_checkpoint};
 use fedlnm_shared::config::{AggregatorConfig, ComputeDevice, NodeConfig, write_toml};
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::synth::{self, OutputFormat, PROFILE_NAMES, SiteProfile, SynthConfig};
-use fedlnm_shared::train;
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -48,9 +48,26 @@ fn normal_dependencies(krate: &str) -> String {
     rest[..end].to_owned()
 }
 
+/// Every member crate's folder.
+const WORKSPACE: [&str; 10] = [
+    "stats",
+    "tensors",
+    "secagg",
+    "shared",
+    "model",
+    "protocol",
+    "node",
+    "aggregator",
+    "sim",
+    "tests",
+];
+
+/// The library crates below the wire: none of them does network I/O or prints.
+const PLAIN_LIBRARIES: [&str; 5] = ["stats", "tensors", "secagg", "shared", "model"];
+
 #[test]
 fn every_module_starts_with_a_doc_line() {
-    for krate in ["shared", "protocol", "node", "aggregator", "sim", "tests"] {
+    for krate in WORKSPACE {
         for file in crate_sources(krate) {
             let text = read(&file);
             assert!(
@@ -73,19 +90,47 @@ fn aggregator_never_depends_on_burn() {
 
 #[test]
 fn shared_does_no_network_io() {
-    let deps = normal_dependencies("shared");
-    for forbidden in ["tokio", "tonic", "hyper", "reqwest"] {
-        assert!(
-            !deps.lines().any(|l| l.trim_start().starts_with(forbidden)),
-            "shared/Cargo.toml depends on {forbidden}, but shared does no network I/O"
-        );
-    }
-    for file in crate_sources("shared/src") {
-        let text = read(&file);
-        for socket in ["TcpStream", "TcpListener", "UdpSocket"] {
+    for krate in PLAIN_LIBRARIES {
+        let closure = dependency_closure(&format!("fedlnm-{krate}"));
+        for forbidden in ["tokio", "tonic", "hyper", "reqwest", "axum", "fedlnm-protocol"] {
             assert!(
-                !text.contains(socket),
-                "{} uses {socket}, but shared does no network I/O",
+                !closure.iter().any(|c| c == forbidden),
+                "fedlnm-{krate} builds {forbidden}, but it does no network I/O"
+            );
+        }
+        for file in crate_sources(&format!("{krate}/src")) {
+            let text = read(&file);
+            for socket in ["TcpStream", "TcpListener", "UdpSocket"] {
+                assert!(
+                    !text.contains(socket),
+                    "{} uses {socket}, but {krate} does no network I/O",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn statistics_do_no_io() {
+    let deps: Vec<String> = normal_dependencies("stats")
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(['.', ' ', '=']).next())
+        .filter(|name| !name.is_empty() && !name.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        deps,
+        ["thiserror", "serde", "libm", "nalgebra"],
+        "fedlnm-stats depends on numerics and serde only"
+    );
+    for file in crate_sources("stats/src") {
+        let text = read(&file);
+        for io in ["std::fs", "std::net", "std::io", "std::process", "std::env"] {
+            assert!(
+                !text.contains(io),
+                "{} uses {io}: the statistics engine does no I/O",
                 file.display()
             );
         }
@@ -94,9 +139,10 @@ fn shared_does_no_network_io() {
 
 #[test]
 fn library_code_logs_with_tracing_not_print() {
-    for file in crate_sources("shared/src")
+    for file in PLAIN_LIBRARIES
         .into_iter()
-        .chain(crate_sources("protocol/src"))
+        .chain(["protocol"])
+        .flat_map(|krate| crate_sources(&format!("{krate}/src")))
     {
         for (number, line) in read(&file).lines().enumerate() {
             let code = line.trim_start();
@@ -111,33 +157,38 @@ fn library_code_logs_with_tracing_not_print() {
 }
 
 #[test]
-fn aggregator_never_enables_the_model_feature() {
-    let deps = normal_dependencies("aggregator");
-    let shared = deps
-        .lines()
-        .find(|l| l.trim_start().starts_with("fedlnm-shared"))
-        .unwrap_or_default();
-    assert!(
-        !shared.contains("model") && !shared.contains("cuda"),
-        "aggregator/Cargo.toml enables the burn model in fedlnm-shared: {shared}"
-    );
+fn only_the_model_crate_depends_on_burn() {
+    for krate in WORKSPACE.into_iter().filter(|k| *k != "model") {
+        let deps = normal_dependencies(krate);
+        assert!(
+            !deps
+                .lines()
+                .any(|l| l.trim_start().starts_with("burn") || l.trim_start().starts_with("cubecl")),
+            "{krate}/Cargo.toml depends on burn: only fedlnm-model may"
+        );
+    }
+    for krate in ["stats", "tensors", "secagg", "shared", "protocol", "aggregator"] {
+        let closure = dependency_closure(&format!("fedlnm-{krate}"));
+        assert!(
+            !closure
+                .iter()
+                .any(|c| c.starts_with("burn") || c == "fedlnm-model"),
+            "fedlnm-{krate} builds burn"
+        );
+    }
 }
 
 #[test]
-fn burn_is_named_only_in_the_model_and_training_modules() {
-    for file in crate_sources("shared/src")
+fn burn_is_named_only_in_the_model_crate() {
+    for file in WORKSPACE
         .into_iter()
-        .chain(crate_sources("node/src"))
+        .filter(|k| *k != "model" && *k != "tests")
+        .flat_map(|krate| crate_sources(&format!("{krate}/src")))
     {
-        let path = file.to_string_lossy().replace('\\', "/");
-        let allowed = path.contains("/shared/src/model/") || path.contains("/shared/src/train/");
-        if allowed {
-            continue;
-        }
         for (number, line) in read(&file).lines().enumerate() {
             assert!(
                 !line.contains("burn::"),
-                "{}:{}: burn types belong in shared/src/model or shared/src/train only",
+                "{}:{}: burn types belong in fedlnm-model only",
                 file.display(),
                 number + 1
             );
@@ -209,7 +260,10 @@ fn the_aggregator_never_builds_burn() {
 
 #[test]
 fn only_the_protocol_crate_depends_on_the_grpc_stack() {
-    for krate in ["shared", "node", "aggregator", "sim"] {
+    for krate in WORKSPACE
+        .into_iter()
+        .filter(|k| *k != "protocol" && *k != "tests")
+    {
         let deps = normal_dependencies(krate);
         for forbidden in ["tonic", "prost", "axum", "hyper"] {
             assert!(
@@ -218,9 +272,10 @@ fn only_the_protocol_crate_depends_on_the_grpc_stack() {
             );
         }
     }
-    for file in ["shared/src", "node/src", "aggregator/src", "sim/src"]
+    for file in WORKSPACE
         .into_iter()
-        .flat_map(crate_sources)
+        .filter(|k| *k != "protocol" && *k != "tests")
+        .flat_map(|krate| crate_sources(&format!("{krate}/src")))
     {
         let text = read(&file);
         for generated in ["tonic::", "prost::", "generated::"] {
@@ -236,7 +291,7 @@ fn only_the_protocol_crate_depends_on_the_grpc_stack() {
 #[test]
 fn one_build_script_compiles_the_protocol() {
     let mut scripts = Vec::new();
-    for krate in ["shared", "protocol", "node", "aggregator", "sim", "tests"] {
+    for krate in WORKSPACE {
         let script = workspace_root().join(krate).join("build.rs");
         if script.exists() {
             scripts.push(script);
@@ -253,7 +308,7 @@ fn one_build_script_compiles_the_protocol() {
 /// Files allowed past the length limit, each with the reason.
 const LONG_FILES: &[(&str, &str)] = &[
     (
-        "shared/src/stats/logistic.rs",
+        "stats/src/logistic.rs",
         "one Newton-Raphson engine for the local and the federated fit: the invariant that both diagnose \
          separation from the same sums is easier to keep in one file",
     ),
@@ -265,7 +320,7 @@ const LONG_FILES: &[(&str, &str)] = &[
 
 #[test]
 fn no_source_file_is_longer_than_600_lines_without_a_reason() {
-    for krate in ["shared", "protocol", "node", "aggregator", "sim"] {
+    for krate in WORKSPACE.into_iter().filter(|k| *k != "tests") {
         for file in crate_sources(&format!("{krate}/src")) {
             let path = file.to_string_lossy().replace('\\', "/");
             if LONG_FILES.iter().any(|(long, _)| path.ends_with(long)) {

@@ -4,9 +4,9 @@
 use super::model::{device_parser, write_checkpoint};
 use anyhow::Context as _;
 use clap::Args;
+use fedlnm_model::train;
 use fedlnm_shared::config::{ComputeDevice, NodeConfig};
 use fedlnm_shared::model_config::{ConfigFile, ModelConfig, TrainPlan};
-use fedlnm_shared::train;
 use std::path::PathBuf;
 
 /// Arguments of `run`.

@@ -2,9 +2,9 @@
 //! markdown table.
 
 use anyhow::Context as _;
+use fedlnm_model::train;
 use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::model_config::{ModelConfig, ResNetVariant};
-use fedlnm_shared::train;
 
 /// Prints the table on stdout, one row per `VARIANT@SIZE` of `specs`, each timed over `steps` steps
 /// of `batch` random inputs (after one warm-up step).

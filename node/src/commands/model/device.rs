@@ -2,8 +2,8 @@
 //! any CUDA work).
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use fedlnm_model::train;
 use fedlnm_shared::config::ComputeDevice;
-use fedlnm_shared::train;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 

@@ -4,11 +4,11 @@
 use super::checkpoint::read_checkpoint;
 use super::examples::load_examples;
 use anyhow::Context as _;
+use fedlnm_model::train;
 use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::evaluation::{self, EvaluationReport};
 use fedlnm_shared::features::Example;
 use fedlnm_shared::staging::Stage;
-use fedlnm_shared::train;
 use std::path::PathBuf;
 
 /// One evaluation, as plain data (what `evaluate` builds from its command line).

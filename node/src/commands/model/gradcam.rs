@@ -4,8 +4,8 @@
 use super::checkpoint::read_checkpoint;
 use super::examples::load_examples;
 use anyhow::{Context as _, bail};
+use fedlnm_model::train;
 use fedlnm_shared::config::ComputeDevice;
-use fedlnm_shared::train;
 use std::path::PathBuf;
 
 /// One set of Grad-CAM overlays, as plain data (what `explain` builds from its command line).

@@ -1,7 +1,7 @@
 //! Training progress for a person: a progress bar (indicatif) when stderr is a terminal, one log line
 //! per epoch otherwise.
 
-use fedlnm_shared::train::TrainingEvent;
+use fedlnm_model::train::TrainingEvent;
 use std::io::IsTerminal as _;
 
 /// Shows [`TrainingEvent`]s: steps move the bar (terminal only), epochs print a line above it or log.

@@ -5,10 +5,10 @@ use super::checkpoint::{read_checkpoint, write_checkpoint};
 use super::examples::load_examples;
 use super::progress::ProgressReporter;
 use anyhow::Context as _;
+use fedlnm_model::train;
 use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::data;
 use fedlnm_shared::model_config::ConfigFile;
-use fedlnm_shared::train;
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -4,12 +4,12 @@
 //! Layout and parameter names follow torchvision (`stem_conv`, `blocks.N.conv1`, `blocks.N.bn1`,
 //! `downsample_conv`), flattened into one list of blocks.
 
-use crate::model_config::ImageConfig;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
+use fedlnm_shared::model_config::ImageConfig;
 
 /// A residual block: basic (two 3×3 convolutions) or bottleneck (1×1, 3×3, 1×1 with expansion 4).
 #[derive(Module, Debug)]

@@ -5,7 +5,7 @@ use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
 use super::{SecAggError, SiteId};
-use crate::weights::NamedTensors;
+use fedlnm_tensors::NamedTensors;
 
 /// Most participants a round may have: Shamir over GF(2^8) has 255 non-zero evaluation points.
 pub const MAX_PARTICIPANTS: usize = 255;
@@ -505,7 +505,7 @@ mod tests {
 
     #[test]
     fn tensor_specs_keep_the_model_order_and_shapes() {
-        use crate::weights::NamedTensor;
+        use fedlnm_tensors::NamedTensor;
         let model = NamedTensors {
             tensors: vec![
                 NamedTensor::new("conv.weight", vec![2, 1, 2], vec![0.0; 4]).unwrap(),

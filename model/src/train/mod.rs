@@ -1,16 +1,16 @@
 //! Training, prediction and Grad-CAM (feature `model`) behind a plain-data facade: weights in and out
 //! as [`NamedTensors`], patients as [`Example`]s, the backend named by a
-//! [`ComputeDevice`](crate::config::ComputeDevice). The federation's
+//! [`ComputeDevice`](fedlnm_shared::config::ComputeDevice). The federation's
 //! `train_local(model_weights, data, plan) -> (new_weights, n)` is [`train_local`].
 
 mod backend;
 mod generic;
 
-pub use crate::evaluation::Prediction;
-pub use crate::features::Targets;
 pub use backend::{bench, grad_cam, initial_weights, predict, round_trip, train_local, use_autotune_cache};
+pub use fedlnm_shared::evaluation::Prediction;
+pub use fedlnm_shared::features::Targets;
 
-use crate::weights::{NamedTensors, WeightsError};
+use fedlnm_shared::weights::{NamedTensors, WeightsError};
 use serde::Serialize;
 
 /// What one training run produced.

@@ -26,7 +26,7 @@
 //!    dangling pairwise masks between U3 and the dropped sites, and decodes [`Aggregate`]. A site that
 //!    uploaded and then vanished stays in the sum (it is in U3; its b_u is rebuilt from the others).
 //!
-//! Deltas go in and aggregates come out as [`crate::weights::NamedTensors`], the project's one weights
+//! Deltas go in and aggregates come out as [`fedlnm_tensors::NamedTensors`], the project's one weights
 //! type; the round's layout ([`TensorSpec`]s, checked name by name and shape by shape) is taken from
 //! the global model with [`tensor_specs`].
 //!

@@ -12,12 +12,12 @@
 //! none.
 
 use super::{Prediction, TrainError, TrainOutcome, TrainingEvent, generic};
-use crate::config::ComputeDevice;
-use crate::features::Example;
-use crate::model_config::{ModelConfig, TrainPlan};
-use crate::weights::NamedTensors;
 use burn::backend::Autodiff;
 use burn::backend::flex::{Flex, FlexDevice};
+use fedlnm_shared::config::ComputeDevice;
+use fedlnm_shared::features::Example;
+use fedlnm_shared::model_config::{ModelConfig, TrainPlan};
+use fedlnm_shared::weights::NamedTensors;
 use std::path::Path;
 
 /// Keeps cubecl's CUDA autotune results in `dir` (created if missing), so that a later process with

@@ -2,7 +2,7 @@
 //! rank deficiency, disclosure threshold, numerical derivatives of the site sums.
 
 use super::*;
-use crate::stats::design::{DesignSpec, TermColumn, TermSpec};
+use crate::design::{DesignSpec, TermColumn, TermSpec};
 use proptest::prelude::*;
 
 fn location_spec() -> DesignSpec {

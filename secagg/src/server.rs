@@ -15,7 +15,7 @@ use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::dequantize;
 use super::shamir::{self, Share};
 use super::{RoundConfig, RoundStage, SecAggError, SiteId};
-use crate::weights::{NamedTensor, NamedTensors};
+use fedlnm_tensors::{NamedTensor, NamedTensors};
 
 /// The decoded result of one round.
 #[derive(Debug, Clone, PartialEq)]

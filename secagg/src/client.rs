@@ -19,7 +19,7 @@ use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::{RoundingSource, quantize_weighted};
 use super::shamir::{self, Share};
 use super::{RoundConfig, RoundStage, SecAggError, SiteId};
-use crate::weights::NamedTensors;
+use fedlnm_tensors::NamedTensors;
 
 /// One site's state for one round. Create it with [`SecAggClient::new`], then feed it the server's
 /// messages in order: [`share_keys`](Self::share_keys), [`masked_input`](Self::masked_input),

@@ -1,10 +1,10 @@
 //! Burn modules to and from [`NamedTensors`]: every float parameter and running statistic, named by its
 //! module path (`image.blocks.0.bn1.running_var`), in visiting order. The round trip is bit-exact.
 
-use crate::weights::{NamedTensor, NamedTensors, WeightsError};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use fedlnm_shared::weights::{NamedTensor, NamedTensors, WeightsError};
 
 /// All float tensors of `module`, named by path.
 pub fn to_named<B: Backend, M: Module<B>>(module: &M) -> NamedTensors {

@@ -2,16 +2,16 @@
 //! names concrete backends; callers outside use the plain-data facade in [`super`].
 
 use super::{EpochLog, Prediction, TrainError, TrainOutcome, TrainingEvent};
-use crate::features::{Example, N_N, N_T, PatientInputs, augment_image, image_finding_fields};
 use crate::model::{Anchor, Batch, LnmModel, Outputs, from_named, pull_towards, to_named};
-use crate::model_config::{ModelConfig, TrainPlan};
-use crate::stats::binary::auc_delong;
-use crate::weights::NamedTensors;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::backend::AutodiffBackend;
+use fedlnm_shared::features::{Example, N_N, N_T, PatientInputs, augment_image, image_finding_fields};
+use fedlnm_shared::model_config::{ModelConfig, TrainPlan};
+use fedlnm_shared::stats::binary::auc_delong;
+use fedlnm_shared::weights::NamedTensors;
 use rand::SeedableRng as _;
 use rand::seq::SliceRandom as _;
 use rand_chacha::ChaCha8Rng;
@@ -418,10 +418,14 @@ pub fn bench<B: AutodiffBackend>(
         .map(|_| PatientInputs {
             image: (0..3 * size * size).map(|_| rng.random::<f32>()).collect(),
             image_size: config.image.input_size,
-            structured: vec![0; crate::features::STRUCTURED_FIELDS.len()],
+            structured: vec![0; fedlnm_shared::features::STRUCTURED_FIELDS.len()],
             report_numbers: [0.0],
             clinical: [0.0, 1.0, 0.0],
-            text: crate::features::hash_text("hypoechoic solid nodule", config.report.text_buckets, 3),
+            text: fedlnm_shared::features::hash_text(
+                "hypoechoic solid nodule",
+                config.report.text_buckets,
+                3,
+            ),
             age_years: 40.0,
         })
         .collect();

@@ -6,14 +6,14 @@
 pub mod named;
 pub mod resnet;
 
-use crate::features::{
-    N_CLINICAL, N_N, N_REPORT_NUMBERS, N_T, PatientInputs, STRUCTURED_FIELDS, n_finding_outputs,
-    structured_vocabulary,
-};
-use crate::model_config::ModelConfig;
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+use fedlnm_shared::features::{
+    N_CLINICAL, N_N, N_REPORT_NUMBERS, N_T, PatientInputs, STRUCTURED_FIELDS, n_finding_outputs,
+    structured_vocabulary,
+};
+use fedlnm_shared::model_config::ModelConfig;
 pub use named::{Anchor, from_named, pull_towards, to_named};
 use resnet::{ResNet, global_average_pool};
 
@@ -26,7 +26,7 @@ pub struct ReportBranch<B: Backend> {
     text_embedding: Embedding<B>,
 }
 
-/// The whole model. Absent branches (by [`crate::model_config::Modality`]) have no parameters at all.
+/// The whole model. Absent branches (by [`fedlnm_shared::model_config::Modality`]) have no parameters at all.
 #[derive(Module, Debug)]
 pub struct LnmModel<B: Backend> {
     image: Option<ResNet<B>>,
