@@ -45,9 +45,20 @@ pub struct RoundAggregate {
     pub dropped: Vec<String>,
 }
 
+/// Why the end of a round produced no new model (the round is abandoned, nothing committed).
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    #[error("the average of the updates: {0}")]
+    Average(#[from] fedlnm_shared::federation::fedavg::FedAvgError),
+    #[error("unmasking: {0}")]
+    Unmasking(#[from] fedlnm_shared::secagg::SecAggError),
+    #[error("the new model: {0}")]
+    Model(#[from] fedlnm_shared::checkpoint::CheckpointError),
+}
+
 /// The expensive end of a round (averaging, or unmasking and decoding), run off the study lock: the
 /// aggregate, or why the round cannot complete.
-pub type Finisher = Box<dyn FnOnce() -> Result<RoundAggregate, String> + Send>;
+pub type Finisher = Box<dyn FnOnce() -> Result<RoundAggregate, FinishError> + Send>;
 
 /// Where an aggregation stands after [`Aggregation::advance`].
 pub enum Poll {
@@ -231,7 +242,7 @@ impl Aggregation for PlainAggregation {
             .cloned()
             .collect();
         Poll::Ready(Box::new(move || {
-            let average_delta = fedavg.average().map_err(|e| e.to_string())?;
+            let average_delta = fedavg.average()?;
             Ok(RoundAggregate {
                 average_delta,
                 total_samples: fedavg.total_samples(),

@@ -27,8 +27,8 @@ pub const SITES_DIR: &str = "sites";
 /// What can go wrong while provisioning. Names the file or the site.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
-    #[error("{0}")]
-    InvalidSite(String),
+    #[error(transparent)]
+    InvalidSite(#[from] fedlnm_shared::config::InvalidSiteId),
     #[error("site '{0}' is listed twice")]
     DuplicateSite(String),
     #[error("{} already exists and is not empty: provisioning never overwrites a study", .0.display())]

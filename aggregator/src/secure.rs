@@ -354,7 +354,7 @@ impl Aggregation for SecureAggregation {
                         std::mem::replace(&mut self.server, SecAggServer::new(self.config.clone()));
                     let ids = self.ids.clone();
                     return Poll::Ready(Box::new(move || {
-                        let aggregate = server.finish().map_err(|e| format!("unmasking: {e}"))?;
+                        let aggregate = server.finish()?;
                         let name_of = |id: SiteId| {
                             ids.iter()
                                 .find(|(_, v)| **v == id)

@@ -71,5 +71,5 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Exit code for an error: 2 when the input (a file, a column, a value) is at fault, 1 otherwise.
 #[must_use]
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    fedlnm_shared::process::exit_code(error, |cause| cause.is::<crate::table::InputError>())
+    fedlnm_shared::process::exit_code(error, |_| false)
 }

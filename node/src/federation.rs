@@ -390,8 +390,13 @@ impl Node {
         let site = self.config.site.clone();
         let metrics = tokio::task::spawn_blocking(move || -> anyhow::Result<SiteRoundMetrics> {
             let predictions = train::predict(device, &config, &weights, &validation, 32)?;
-            SiteRoundMetrics::from_predictions(&site, role, &validation, &predictions, &stages)
-                .map_err(anyhow::Error::msg)
+            Ok(SiteRoundMetrics::from_predictions(
+                &site,
+                role,
+                &validation,
+                &predictions,
+                &stages,
+            )?)
         })
         .await??;
         tracing::info!(site = self.config.site, round = task.round, auc = ?metrics.auc, "validation of the new global model");

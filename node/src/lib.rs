@@ -7,6 +7,5 @@
 pub mod cli;
 pub mod commands;
 pub mod federation;
-pub mod table;
 
 pub use cli::{Cli, run};

@@ -163,7 +163,10 @@ fn named_tensors_and_safetensors_round_trip_exactly_to_identical_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("model.safetensors");
     fedlnm_node::commands::model::write_checkpoint(&file, &config, &weights).unwrap();
-    let (config_back, weights_back) = fedlnm_node::commands::model::read_checkpoint(&file).unwrap();
+    let fedlnm_shared::checkpoint::Checkpoint {
+        config: config_back,
+        weights: weights_back,
+    } = fedlnm_shared::checkpoint::Checkpoint::read(&file).unwrap();
     assert_eq!(config_back, config);
     weights_back.check_same_layout(&weights).unwrap();
     for b in &weights.tensors {

@@ -59,9 +59,7 @@ impl Checkpoint {
     /// # Errors
     /// A tensor whose values do not fill its shape.
     pub fn to_bytes(&self) -> Result<Vec<u8>, CheckpointError> {
-        Ok(self
-            .weights
-            .to_safetensors_bytes(&self.config.checkpoint_metadata())?)
+        to_bytes(&self.config, &self.weights)
     }
 
     /// Writes the checkpoint to `file`.
@@ -69,10 +67,7 @@ impl Checkpoint {
     /// # Errors
     /// As [`Self::to_bytes`], or the file cannot be written.
     pub fn write(&self, file: &Path) -> Result<(), CheckpointError> {
-        std::fs::write(file, self.to_bytes()?).map_err(|source| CheckpointError::Unwritable {
-            file: file.to_path_buf(),
-            source,
-        })
+        write(file, &self.config, &self.weights)
     }
 
     /// The SHA-256 (hex) of [`Self::to_bytes`].
@@ -82,6 +77,25 @@ impl Checkpoint {
     pub fn digest(&self) -> Result<String, CheckpointError> {
         self.to_bytes().map(|bytes| sha256_hex(&bytes))
     }
+}
+
+/// The checkpoint bytes of `weights` with `config` (as [`Checkpoint::to_bytes`], without owning them).
+///
+/// # Errors
+/// A tensor whose values do not fill its shape.
+pub fn to_bytes(config: &ModelConfig, weights: &NamedTensors) -> Result<Vec<u8>, CheckpointError> {
+    Ok(weights.to_safetensors_bytes(&config.checkpoint_metadata())?)
+}
+
+/// Writes `weights` with `config` as the checkpoint file `file`.
+///
+/// # Errors
+/// As [`to_bytes`], or the file cannot be written.
+pub fn write(file: &Path, config: &ModelConfig, weights: &NamedTensors) -> Result<(), CheckpointError> {
+    std::fs::write(file, to_bytes(config, weights)?).map_err(|source| CheckpointError::Unwritable {
+        file: file.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -7,21 +7,58 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// A configuration file that cannot be used. Names the file and, where it can, the key.
+/// A configuration that cannot be used: the one error of every configuration (`aggregator.toml`,
+/// `node.toml`, `model.toml`, a model configuration in a checkpoint). Names the file, where the
+/// configuration came from one, and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", file.display())]
     Unreadable { file: PathBuf, source: std::io::Error },
     #[error("{}: {message}", file.display())]
     Syntax { file: PathBuf, message: String },
-    #[error("{}: key '{key}': {problem}", file.display())]
+    #[error("{}key '{key}': {problem}", location(file.as_deref()))]
     Invalid {
-        file: PathBuf,
+        /// `None` for a configuration checked in memory (then the caller knows where it came from).
+        file: Option<PathBuf>,
         key: String,
         problem: String,
     },
     #[error("cannot write {}: {source}", file.display())]
     Unwritable { file: PathBuf, source: std::io::Error },
+}
+
+impl ConfigError {
+    /// A value that is not allowed, in a configuration checked in memory.
+    #[must_use]
+    pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            file: None,
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The same error, naming `file` if it named no file yet.
+    #[must_use]
+    pub fn in_file(self, file: &Path) -> Self {
+        match self {
+            Self::Invalid {
+                file: None,
+                key,
+                problem,
+            } => Self::Invalid {
+                file: Some(file.to_path_buf()),
+                key,
+                problem,
+            },
+            other => other,
+        }
+    }
+}
+
+fn location(file: Option<&Path>) -> String {
+    file.map(|file| format!("{}: ", file.display()))
+        .unwrap_or_default()
 }
 
 /// What a site does in the study.
@@ -227,8 +264,16 @@ fn default_validation_fraction() -> f64 {
     0.2
 }
 
+/// A site or study id that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a valid site id (1-64 letters, digits, '-' or '_')")]
+pub struct InvalidSiteId(pub String);
+
 /// A site id: 1 to 64 of ASCII letters, digits, '-' and '_'.
-pub fn validate_site_id(id: &str) -> Result<(), String> {
+///
+/// # Errors
+/// [`InvalidSiteId`].
+pub fn validate_site_id(id: &str) -> Result<(), InvalidSiteId> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -237,9 +282,7 @@ pub fn validate_site_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "'{id}' is not a valid site id (1-64 letters, digits, '-' or '_')"
-        ))
+        Err(InvalidSiteId(id.to_owned()))
     }
 }
 
@@ -247,12 +290,8 @@ impl AggregatorConfig {
     /// Reads and validates `aggregator.toml`; relative paths become relative to its folder.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let mut config: Self = read_toml(file)?;
-        let invalid = |key: &str, problem: String| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            key: key.to_owned(),
-            problem,
-        };
-        validate_site_id(&config.study).map_err(|p| invalid("study", p))?;
+        let invalid = |key: &str, problem: String| ConfigError::invalid(key, problem).in_file(file);
+        validate_site_id(&config.study).map_err(|p| invalid("study", p.to_string()))?;
         config
             .listen
             .parse::<std::net::SocketAddr>()
@@ -262,7 +301,7 @@ impl AggregatorConfig {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (index, site) in config.sites.iter().enumerate() {
-            validate_site_id(&site.id).map_err(|p| invalid(&format!("sites[{index}].id"), p))?;
+            validate_site_id(&site.id).map_err(|p| invalid(&format!("sites[{index}].id"), p.to_string()))?;
             if !seen.insert(site.id.clone()) {
                 return Err(invalid(
                     &format!("sites[{index}].id"),
@@ -318,10 +357,7 @@ impl AggregatorConfig {
                 "must be a positive number".to_owned(),
             ));
         }
-        config
-            .train
-            .validate()
-            .map_err(|e| invalid("train", e.to_string()))?;
+        config.train.validate().map_err(|e| e.in_file(file))?;
         let base = file.parent().unwrap_or(Path::new("."));
         config.state_dir = base.join(&config.state_dir);
         config.tls = config.tls.relative_to(base);
@@ -340,13 +376,9 @@ impl NodeConfig {
     /// Reads and validates `node.toml`; relative paths become relative to its folder.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let mut config: Self = read_toml(file)?;
-        let invalid = |key: &str, problem: String| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            key: key.to_owned(),
-            problem,
-        };
-        validate_site_id(&config.site).map_err(|p| invalid("site", p))?;
-        validate_site_id(&config.study).map_err(|p| invalid("study", p))?;
+        let invalid = |key: &str, problem: String| ConfigError::invalid(key, problem).in_file(file);
+        validate_site_id(&config.site).map_err(|p| invalid("site", p.to_string()))?;
+        validate_site_id(&config.study).map_err(|p| invalid("study", p.to_string()))?;
         if !(config.aggregator.starts_with("https://")) {
             return Err(invalid(
                 "aggregator",

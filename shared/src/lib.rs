@@ -5,7 +5,8 @@
 //! multicentre cohort generator ([`synth`]), typed configuration files ([`config`]), TLS policy
 //! ([`tls`]), the model's plain-data side (configs and digest in [`model_config`], checkpoints in
 //! [`checkpoint`], input encoding in [`features`], metrics in [`evaluation`]), the federation's plain
-//! data ([`federation`]) and what every binary does around `run` ([`process`]).
+//! data ([`federation`]), the one CSV reader ([`table`]) and what every binary does around `run`
+//! ([`process`]).
 //!
 //! Three seams are crates of their own, re-exported here under their module names so that a path
 //! reads the same everywhere: the statistics engine ([`stats`], `fedlnm-stats`: pure, no I/O), named
@@ -24,6 +25,7 @@ pub mod model_config;
 pub mod process;
 pub mod staging;
 pub mod synth;
+pub mod table;
 pub mod tls;
 
 pub use fedlnm_secagg as secagg;

@@ -3,6 +3,7 @@
 //!
 //! Burn-free: the aggregator reads and digests configs without building the model.
 
+pub use crate::config::ConfigError;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
@@ -123,23 +124,6 @@ pub struct ModelConfig {
     pub report_supervision: bool,
 }
 
-/// A config that cannot be used; names the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {}: {source}", file.display())]
-    Unreadable {
-        file: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {}: {message}", file.display())]
-    Parse {
-        file: std::path::PathBuf,
-        message: String,
-    },
-    #[error("config key '{key}': {problem}")]
-    Invalid { key: &'static str, problem: String },
-}
-
 impl ModelConfig {
     /// A model small enough to train in seconds on 2 CPU cores (tests): tiny ResNet, 32 px.
     #[must_use]
@@ -191,10 +175,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = |key: &'static str, value: usize| {
             if value == 0 {
-                Err(ConfigError::Invalid {
-                    key,
-                    problem: "must be at least 1".to_owned(),
-                })
+                Err(ConfigError::invalid(key, "must be at least 1".to_owned()))
             } else {
                 Ok(())
             }
@@ -207,34 +188,31 @@ impl ModelConfig {
         positive("clinical_dim", self.clinical_dim)?;
         positive("fusion_hidden", self.fusion_hidden)?;
         if self.image.input_size < 32 {
-            return Err(ConfigError::Invalid {
-                key: "image.input_size",
-                problem: "must be at least 32 pixels".into(),
-            });
+            return Err(ConfigError::invalid(
+                "image.input_size",
+                "must be at least 32 pixels",
+            ));
         }
         if self.report_supervision && !self.modality.uses_image() {
-            return Err(ConfigError::Invalid {
-                key: "report_supervision",
-                problem: "needs the image branch (modality \"multimodal\" or \"image-only\")".into(),
-            });
+            return Err(ConfigError::invalid(
+                "report_supervision",
+                "needs the image branch (modality \"multimodal\" or \"image-only\")",
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(ConfigError::Invalid {
-                key: "dropout",
-                problem: "must be in [0, 1)".into(),
-            });
+            return Err(ConfigError::invalid("dropout", "must be in [0, 1)"));
         }
         Ok(())
     }
 
     /// The SHA-256 (hex) of the canonical serialization: a version tag and the config as compact JSON
-    /// with fields in declaration order. Equal digests mean the same architecture.
+    /// with fields in declaration order ([`Self::canonical_json`]). Equal digests mean the same
+    /// architecture.
     #[must_use]
     pub fn digest(&self) -> String {
         let mut hasher = sha2::Sha256::new();
         hasher.update(b"fedlnm-model-config-v1\n");
-        // Serializing a plain struct of numbers, strings and enums to JSON cannot fail.
-        hasher.update(serde_json::to_vec(self).unwrap_or_default());
+        hasher.update(self.canonical_json().as_bytes());
         hasher
             .finalize()
             .iter()
@@ -244,8 +222,13 @@ impl ModelConfig {
 
     /// The canonical JSON that [`Self::digest`] hashes (stored in checkpoints).
     #[must_use]
+    #[allow(
+        clippy::expect_used,
+        reason = "a ModelConfig is numbers, strings and unit enums without maps: serde_json cannot fail on \
+                  it, and were it ever to, a panic is right where a default would give a wrong digest"
+    )]
     pub fn canonical_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        serde_json::to_string(self).expect("a ModelConfig always serializes to JSON")
     }
 }
 
@@ -270,20 +253,17 @@ impl ModelConfig {
     pub fn from_checkpoint_metadata(
         metadata: &std::collections::BTreeMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let json = metadata.get(META_CONFIG).ok_or_else(|| ConfigError::Invalid {
-            key: META_CONFIG,
-            problem: "absent: not a fedlnm checkpoint".to_owned(),
-        })?;
-        let config: Self = serde_json::from_str(json).map_err(|e| ConfigError::Invalid {
-            key: META_CONFIG,
-            problem: format!("unreadable model config: {e}"),
-        })?;
+        let json = metadata
+            .get(META_CONFIG)
+            .ok_or_else(|| ConfigError::invalid(META_CONFIG, "absent: not a fedlnm checkpoint".to_owned()))?;
+        let config: Self = serde_json::from_str(json)
+            .map_err(|e| ConfigError::invalid(META_CONFIG, format!("unreadable model config: {e}")))?;
         config.validate()?;
         if metadata.get(META_DIGEST) != Some(&config.digest()) {
-            return Err(ConfigError::Invalid {
-                key: META_DIGEST,
-                problem: "does not match the stored model config".to_owned(),
-            });
+            return Err(ConfigError::invalid(
+                META_DIGEST,
+                "does not match the stored model config".to_owned(),
+            ));
         }
         Ok(config)
     }
@@ -384,12 +364,7 @@ impl Default for TrainPlan {
 impl TrainPlan {
     /// Checks every value once; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, problem: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                problem: problem.to_owned(),
-            })
-        };
+        let invalid = |key: &'static str, problem: &str| Err(ConfigError::invalid(key, problem.to_owned()));
         if self.epochs == 0 {
             return invalid("train.epochs", "must be at least 1");
         }
@@ -445,12 +420,12 @@ impl ConfigFile {
             file: file.to_path_buf(),
             source,
         })?;
-        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             file: file.to_path_buf(),
             message: e.to_string(),
         })?;
-        config.model.validate()?;
-        config.train.validate()?;
+        config.model.validate().map_err(|e| e.in_file(file))?;
+        config.train.validate().map_err(|e| e.in_file(file))?;
         Ok(config)
     }
 

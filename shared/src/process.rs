@@ -22,8 +22,8 @@ pub fn is_input_error(cause: &(dyn Error + 'static)) -> bool {
     cause.is::<crate::stats::StatsError>()
         || cause.is::<crate::stats::logistic::LogisticError>()
         || cause.is::<crate::data::ManifestError>()
+        || cause.is::<crate::table::InputError>()
         || cause.is::<crate::config::ConfigError>()
-        || cause.is::<crate::model_config::ConfigError>()
         || cause.is::<crate::weights::WeightsError>()
         || cause.is::<crate::checkpoint::CheckpointError>()
 }

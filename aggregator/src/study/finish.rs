@@ -3,7 +3,7 @@
 //! hands back to [`Study::job_done`].
 
 use super::{Aggregating, Committing, Phase, Study, Validating, now_rfc3339};
-use crate::aggregation::{Poll, RoundAggregate};
+use crate::aggregation::{FinishError, Poll, RoundAggregate};
 use crate::store::{Committed, ModelBlob, StoreError};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::fedavg::apply_delta;
@@ -47,7 +47,7 @@ pub struct JobResult {
 }
 
 pub(super) enum JobOutcome {
-    Aggregated(Result<Box<(RoundAggregate, ModelBlob)>, String>),
+    Aggregated(Result<Box<(RoundAggregate, ModelBlob)>, FinishError>),
     Committed(Result<PathBuf, StoreError>),
 }
 
@@ -83,10 +83,8 @@ impl Study {
                         let global = self.committed.model.clone();
                         let work = move || {
                             let result = finisher().and_then(|aggregate| {
-                                let weights = apply_delta(&global.weights, &aggregate.average_delta)
-                                    .map_err(|e| e.to_string())?;
-                                let model = ModelBlob::new(round, weights, global.config.clone())
-                                    .map_err(|e| e.to_string())?;
+                                let weights = apply_delta(&global.weights, &aggregate.average_delta)?;
+                                let model = ModelBlob::new(round, weights, global.config.clone())?;
                                 Ok(Box::new((aggregate, model)))
                             });
                             JobOutcome::Aggregated(result)
@@ -157,7 +155,7 @@ impl Study {
     fn aggregated(
         &mut self,
         aggregating: Aggregating,
-        outcome: Result<Box<(RoundAggregate, ModelBlob)>, String>,
+        outcome: Result<Box<(RoundAggregate, ModelBlob)>, FinishError>,
         now: Instant,
     ) {
         let round = aggregating.round;
@@ -186,7 +184,7 @@ impl Study {
             Err(error) => {
                 tracing::error!(
                     round,
-                    error,
+                    %error,
                     "the aggregate is not a valid model; round abandoned"
                 );
                 self.telemetry.rounds_failed.inc();

@@ -2,11 +2,11 @@
 //!
 //! The output keys are a stable contract (README, "stats"); undefined values are JSON `null`.
 
-use crate::table::Table;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use fedlnm_shared::stats::kappa;
 use fedlnm_shared::stats::{binary, calibration};
+use fedlnm_shared::table::Table;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

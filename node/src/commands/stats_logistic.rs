@@ -1,10 +1,10 @@
 //! `fedlnm-node stats logistic`: adjusted odds ratios by logistic regression on a CSV file, either on
 //! all rows at once or, with `--site`, by the federated algorithm (sites only share sums).
 
-use crate::table::{InputError, Table};
 use anyhow::Context as _;
 use fedlnm_shared::stats::design::{DesignSpec, TermColumn, TermSpec};
 use fedlnm_shared::stats::logistic::{self, FitOptions, LogisticFit, SiteRows, SiteSummary};
+use fedlnm_shared::table::{InputError, Table};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

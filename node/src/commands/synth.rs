@@ -89,14 +89,14 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let site_args = args.site;
     // clap enforces both when no subcommand is given.
     let (Some(site), Some(out)) = (site_args.site, site_args.out) else {
-        anyhow::bail!(crate::table::InputError::BadColumn {
+        anyhow::bail!(fedlnm_shared::table::InputError::BadColumn {
             file: PathBuf::from("<command line>"),
             column: "--site/--out".to_owned(),
             problem: "both are required".to_owned(),
         });
     };
-    let profile =
-        SiteProfile::named(&site_args.profile).ok_or_else(|| crate::table::InputError::BadColumn {
+    let profile = SiteProfile::named(&site_args.profile).ok_or_else(|| {
+        fedlnm_shared::table::InputError::BadColumn {
             file: PathBuf::from("<command line>"),
             column: "--profile".to_owned(),
             problem: format!(
@@ -104,7 +104,8 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
                 site_args.profile,
                 PROFILE_NAMES.join(", ")
             ),
-        })?;
+        }
+    })?;
     let config = SynthConfig {
         site,
         n_patients: site_args.patients,

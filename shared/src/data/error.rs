@@ -7,20 +7,9 @@ use std::path::PathBuf;
 /// The manifest as a whole cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read the manifest {}: {source}", file.display())]
-    Unreadable { file: PathBuf, source: std::io::Error },
-    #[error("{}: malformed CSV at line {line}: {message}", file.display())]
-    Malformed {
-        file: PathBuf,
-        line: u64,
-        message: String,
-    },
-    #[error("{}: no column named '{column}' (columns: {available})", file.display())]
-    MissingColumn {
-        file: PathBuf,
-        column: &'static str,
-        available: String,
-    },
+    /// Unreadable, not CSV, or without a column the format requires (the one CSV reader's error).
+    #[error(transparent)]
+    Csv(#[from] crate::table::InputError),
     #[error("cannot write {}: {message}", file.display())]
     Write { file: PathBuf, message: String },
 }

@@ -10,6 +10,7 @@ use super::report::{
 };
 use crate::category::UnknownCategory;
 use crate::staging::{self, MCategory, NCategory, Stage, TCategory};
+use crate::table::CsvReader;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -96,41 +97,12 @@ pub struct Exclusion {
 /// Reads and checks `dir/patients.csv`.
 pub fn read_manifest(dir: &Path) -> Result<ManifestRead, ManifestError> {
     let file = dir.join(MANIFEST_FILE);
-    let malformed = |line: u64, message: String| ManifestError::Malformed {
-        file: file.clone(),
-        line,
-        message,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_path(&file)
-        .map_err(|error| match error.into_kind() {
-            csv::ErrorKind::Io(source) => ManifestError::Unreadable {
-                file: file.clone(),
-                source,
-            },
-            other => malformed(1, format!("{other:?}")),
-        })?;
-    let headers: Vec<String> = reader
-        .headers()
-        .map_err(|e| malformed(1, e.to_string()))?
-        .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
+    let mut reader = CsvReader::open(&file, "the manifest", false)?;
     let mut index = HashMap::new();
     for &column in COLUMNS {
-        let position =
-            headers
-                .iter()
-                .position(|h| h == column)
-                .ok_or_else(|| ManifestError::MissingColumn {
-                    file: file.clone(),
-                    column,
-                    available: headers.join(", "),
-                })?;
-        index.insert(column, position);
+        index.insert(column, reader.column_index(column)?);
     }
+    let n_columns = reader.headers().len();
 
     let mut read = ManifestRead {
         file: file.clone(),
@@ -139,11 +111,10 @@ pub fn read_manifest(dir: &Path) -> Result<ManifestRead, ManifestError> {
         exclusions: Vec::new(),
     };
     let mut first_line_of: HashMap<String, u64> = HashMap::new();
-    for (row_index, record) in reader.records().enumerate() {
-        let line = row_index as u64 + 2;
-        let record = record.map_err(|e| malformed(line, e.to_string()))?;
+    for record in reader.records() {
+        let (line, record) = record?;
         read.n_read += 1;
-        if record.len() != headers.len() {
+        if record.len() != n_columns {
             read.exclusions.push(Exclusion {
                 line,
                 patient_id: None,
@@ -151,7 +122,7 @@ pub fn read_manifest(dir: &Path) -> Result<ManifestRead, ManifestError> {
                     file: file.clone(),
                     line,
                     found: record.len(),
-                    expected: headers.len(),
+                    expected: n_columns,
                 },
             });
             continue;

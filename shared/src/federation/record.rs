@@ -111,6 +111,15 @@ impl PooledMetrics {
     }
 }
 
+/// Why a site's validation metrics cannot be computed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Statistics(#[from] crate::stats::StatsError),
+    #[error(transparent)]
+    Histogram(#[from] super::HistogramError),
+}
+
 impl SiteRoundMetrics {
     /// The metrics of one site's labelled validation patients (statistics.md through the stats engine:
     /// AUC with DeLong CI, Youden sensitivity/specificity, Brier, quadratic-weighted kappa for T, N and
@@ -124,15 +133,14 @@ impl SiteRoundMetrics {
         examples: &[crate::features::Example],
         predictions: &[crate::evaluation::Prediction],
         truth_stages: &[crate::staging::Stage],
-    ) -> Result<Self, String> {
-        let report =
-            crate::evaluation::evaluate(examples, predictions, truth_stages).map_err(|e| e.to_string())?;
+    ) -> Result<Self, MetricsError> {
+        let report = crate::evaluation::evaluate(examples, predictions, truth_stages)?;
         let (y, s): (Vec<bool>, Vec<f64>) = examples
             .iter()
             .zip(predictions)
             .filter_map(|(e, p)| e.targets.map(|t| (t.lnm, p.lnm_probability)))
             .unzip();
-        let histogram = ScoreHistogram::from_scores(&y, &s).map_err(|e| e.to_string())?;
+        let histogram = ScoreHistogram::from_scores(&y, &s)?;
         let lnm = &report.lnm;
         Ok(Self {
             site: site.to_owned(),

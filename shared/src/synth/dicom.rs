@@ -7,14 +7,37 @@ use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use image::RgbImage;
 use std::path::Path;
 
+/// Why a DICOM file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DicomWriteError {
+    #[error("a picture of {columns}×{rows} pixels does not fit DICOM's 65535×65535")]
+    TooLarge { columns: u32, rows: u32 },
+    #[error("cannot build the DICOM file meta group: {0}")]
+    Meta(String),
+    #[error("cannot write the DICOM file: {0}")]
+    Write(String),
+}
+
 /// Writes `picture` to `file` as a DICOM Ultrasound Image. `uid_seed` makes the UIDs deterministic.
-pub fn write_dicom(file: &Path, picture: &RgbImage, pseudonym: &str, uid_seed: u128) -> Result<(), String> {
+///
+/// # Errors
+/// [`DicomWriteError`].
+pub fn write_dicom(
+    file: &Path,
+    picture: &RgbImage,
+    pseudonym: &str,
+    uid_seed: u128,
+) -> Result<(), DicomWriteError> {
     let instance_uid = format!("2.25.{uid_seed}");
     let study_uid = format!("2.25.{}", uid_seed.wrapping_add(1));
     let series_uid = format!("2.25.{}", uid_seed.wrapping_add(2));
-    let (columns, rows) = picture.dimensions();
-    let rows = u16::try_from(rows).map_err(|_| "picture taller than 65535 rows".to_owned())?;
-    let columns = u16::try_from(columns).map_err(|_| "picture wider than 65535 columns".to_owned())?;
+    let (width, height) = picture.dimensions();
+    let too_large = || DicomWriteError::TooLarge {
+        columns: width,
+        rows: height,
+    };
+    let rows = u16::try_from(height).map_err(|_| too_large())?;
+    let columns = u16::try_from(width).map_err(|_| too_large())?;
     let text = |tag, vr, value: &str| DataElement::new(tag, vr, PrimitiveValue::from(value));
     let short = |tag, value: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(value));
     let object = InMemDicomObject::from_element_iter([
@@ -48,6 +71,10 @@ pub fn write_dicom(file: &Path, picture: &RgbImage, pseudonym: &str, uid_seed: u
         .media_storage_sop_instance_uid(instance_uid.as_str())
         .implementation_class_uid("2.25.1234567890")
         .implementation_version_name("FEDLNM_SYNTH");
-    let file_object = object.with_meta(meta).map_err(|e| e.to_string())?;
-    file_object.write_to_file(file).map_err(|e| e.to_string())
+    let file_object = object
+        .with_meta(meta)
+        .map_err(|e| DicomWriteError::Meta(e.to_string()))?;
+    file_object
+        .write_to_file(file)
+        .map_err(|e| DicomWriteError::Write(e.to_string()))
 }

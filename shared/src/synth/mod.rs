@@ -167,9 +167,9 @@ pub fn write_site(config: &SynthConfig, out_dir: &Path) -> Result<SynthSummary, 
                 let uid_seed = (u128::from(patient.truth.render_seed) << 32)
                     | u128::from(fnv1a(config.site.as_bytes()) as u32);
                 dicom::write_dicom(&path, &picture, &patient.record.patient_id, uid_seed).map_err(
-                    |message| SynthError::Encode {
+                    |error| SynthError::Encode {
                         path: path.clone(),
-                        message,
+                        message: error.to_string(),
                     },
                 )?;
             }

@@ -1,10 +1,10 @@
 //! Scoring a site folder with a checkpoint: the predictions CSV and the metrics JSON of the statistics
 //! engine.
 
-use super::checkpoint::read_checkpoint;
 use super::examples::load_examples;
 use anyhow::Context as _;
 use fedlnm_model::train;
+use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::evaluation::{self, EvaluationReport};
 use fedlnm_shared::features::Example;
@@ -40,7 +40,7 @@ pub struct EvaluationSummary {
 /// An unusable checkpoint or site folder, a device this build cannot use, or an output file that
 /// cannot be written (named).
 pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSummary>> {
-    let (config, weights) = read_checkpoint(&job.checkpoint)?;
+    let Checkpoint { config, weights } = Checkpoint::read(&job.checkpoint)?;
     let (examples, stages) = load_examples(&job.data, &config, false, false)?;
     let predictions = train::predict(job.device, &config, &weights, &examples, 32)?;
     let out = &job.out;

@@ -1,10 +1,10 @@
 //! Grad-CAM overlays of the image branch: one PNG per chosen patient, the heat map blended into the
 //! picture the model saw.
 
-use super::checkpoint::read_checkpoint;
 use super::examples::load_examples;
 use anyhow::{Context as _, bail};
 use fedlnm_model::train;
+use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::ComputeDevice;
 use std::path::PathBuf;
 
@@ -29,7 +29,7 @@ pub struct ExplainJob {
 /// An unusable checkpoint or site folder, a model without an image branch, a patient not among the
 /// included ones, a device this build cannot use, or a file that cannot be written (named).
 pub fn explain_patients(job: &ExplainJob) -> anyhow::Result<Vec<PathBuf>> {
-    let (config, weights) = read_checkpoint(&job.checkpoint)?;
+    let Checkpoint { config, weights } = Checkpoint::read(&job.checkpoint)?;
     if !config.modality.uses_image() {
         bail!(
             "the checkpoint's model ({:?}) has no image branch to explain",

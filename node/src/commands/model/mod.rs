@@ -6,7 +6,6 @@
 //! The backend is named here once, from `--device`; everything else is plain data.
 
 mod benchmark;
-mod checkpoint;
 mod device;
 mod evaluation;
 mod examples;
@@ -14,10 +13,10 @@ mod gradcam;
 mod progress;
 mod training;
 
-pub use checkpoint::{read_checkpoint, write_checkpoint};
 pub use device::{default_autotune_cache_dir, device_parser, prepare_autotune_cache, prepare_device};
 pub use evaluation::{EvaluationJob, EvaluationSummary, evaluate_site};
 pub use examples::load_examples;
+pub use fedlnm_shared::checkpoint::write as write_checkpoint;
 pub use gradcam::{ExplainJob, explain_patients};
 pub use training::{CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, TrainJob, TrainSummary, train_model};
 

@@ -1,11 +1,11 @@
 //! Central training on one or more site folders: pool, split, train, and write the checkpoint, the
 //! config and the training log.
 
-use super::checkpoint::{read_checkpoint, write_checkpoint};
 use super::examples::load_examples;
 use super::progress::ProgressReporter;
 use anyhow::Context as _;
 use fedlnm_model::train;
+use fedlnm_shared::checkpoint::{Checkpoint, write as write_checkpoint};
 use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::data;
 use fedlnm_shared::model_config::ConfigFile;
@@ -80,7 +80,7 @@ pub fn train_model(job: &TrainJob) -> anyhow::Result<TrainSummary> {
         model.image.input_size
     );
     let initial = match &job.init {
-        Some(file) => read_checkpoint(file)?.1,
+        Some(file) => Checkpoint::read(file)?.weights,
         None => train::initial_weights(model, plan.seed),
     };
     let started = Instant::now();

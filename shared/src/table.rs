@@ -1,15 +1,21 @@
-//! A CSV table read whole, with typed column accessors whose errors name the file, line and column.
-//!
-//! Used by the `stats` commands; every value is checked once here so that the statistics engine only
-//! ever sees clean numbers.
+//! The one CSV reader: [`CsvReader`] opens a file with a header row and streams its records with their
+//! line numbers (the site manifest reads it so, and keeps a bad row as an excluded patient), and
+//! [`Table`] reads a file whole with typed column accessors (the `stats` commands: every value is
+//! checked once here, so that the statistics engine only ever sees clean numbers). Every error names
+//! the file, the line (the header is line 1) and the column.
 
 use std::path::{Path, PathBuf};
 
 /// Bad tabular input. Every variant says where: file, line (the header is line 1) and column.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("cannot read {}: {source}", file.display())]
-    Unreadable { file: PathBuf, source: std::io::Error },
+    #[error("cannot read {what} {}: {source}", file.display())]
+    Unreadable {
+        /// What the file is ("the manifest", "the table").
+        what: &'static str,
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: the file is empty (expected a header row and at least one data row)", file.display())]
     Empty { file: PathBuf },
     #[error("{}: malformed CSV at line {line}: {message}", file.display())]
@@ -40,6 +46,100 @@ pub enum InputError {
     },
 }
 
+/// An open CSV file with a header row: the header, then its records one by one. Rows may have any
+/// number of fields (the caller decides what a ragged row means); cells are trimmed when asked.
+pub struct CsvReader {
+    file: PathBuf,
+    headers: Vec<String>,
+    reader: csv::Reader<std::fs::File>,
+}
+
+impl CsvReader {
+    /// Opens `file` (`what` it is, for the error of an unreadable file) and reads its header.
+    ///
+    /// # Errors
+    /// An unreadable file, or a header that is not CSV.
+    pub fn open(file: &Path, what: &'static str, trim_cells: bool) -> Result<Self, InputError> {
+        let malformed = |message: String| InputError::Malformed {
+            file: file.to_path_buf(),
+            line: 1,
+            message,
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .trim(if trim_cells {
+                csv::Trim::All
+            } else {
+                csv::Trim::Headers
+            })
+            .from_path(file)
+            .map_err(|e| match e.into_kind() {
+                csv::ErrorKind::Io(source) => InputError::Unreadable {
+                    what,
+                    file: file.to_path_buf(),
+                    source,
+                },
+                other => malformed(format!("{other:?}")),
+            })?;
+        let headers = reader
+            .headers()
+            .map_err(|e| malformed(e.to_string()))?
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .collect();
+        Ok(Self {
+            file: file.to_path_buf(),
+            headers,
+            reader,
+        })
+    }
+
+    #[must_use]
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    #[must_use]
+    pub fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
+    /// The position of a column, or an error listing the columns that exist.
+    ///
+    /// # Errors
+    /// [`InputError::MissingColumn`].
+    pub fn column_index(&self, column: &str) -> Result<usize, InputError> {
+        column_index(&self.file, &self.headers, column)
+    }
+
+    /// The records with their line numbers; a record that is not CSV ends the file with an error.
+    pub fn records(&mut self) -> impl Iterator<Item = Result<(u64, csv::StringRecord), InputError>> + '_ {
+        let file = &self.file;
+        self.reader.records().enumerate().map(move |(index, record)| {
+            let line = index as u64 + 2;
+            record
+                .map(|record| (line, record))
+                .map_err(|e| InputError::Malformed {
+                    file: file.clone(),
+                    line,
+                    message: e.to_string(),
+                })
+        })
+    }
+}
+
+fn column_index(file: &Path, headers: &[String], column: &str) -> Result<usize, InputError> {
+    headers
+        .iter()
+        .position(|h| h == column)
+        .ok_or_else(|| InputError::MissingColumn {
+            file: file.to_path_buf(),
+            column: column.to_owned(),
+            available: headers.join(", "),
+        })
+}
+
 /// A CSV file held in memory: a header and rows of text cells.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -50,38 +150,31 @@ pub struct Table {
 
 impl Table {
     /// Reads a comma-separated file with a header row. Fails on an unreadable, empty or ragged file.
+    ///
+    /// # Errors
+    /// [`InputError`] naming the file and line.
     pub fn read(file: &Path) -> Result<Self, InputError> {
-        let malformed = |line: u64, message: String| InputError::Malformed {
-            file: file.to_path_buf(),
-            line,
-            message,
-        };
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .trim(csv::Trim::All)
-            .from_path(file)
-            .map_err(|e| match e.into_kind() {
-                csv::ErrorKind::Io(source) => InputError::Unreadable {
-                    file: file.to_path_buf(),
-                    source,
-                },
-                other => malformed(1, format!("{other:?}")),
-            })?;
-        let headers: Vec<String> = reader
-            .headers()
-            .map_err(|e| malformed(1, e.to_string()))?
-            .iter()
-            .map(str::to_owned)
-            .collect();
+        let mut reader = CsvReader::open(file, "the table", true)?;
+        let headers = reader.headers().to_vec();
         if headers.iter().all(String::is_empty) {
             return Err(InputError::Empty {
                 file: file.to_path_buf(),
             });
         }
         let mut rows = Vec::new();
-        for (index, record) in reader.records().enumerate() {
-            let line = index as u64 + 2;
-            let record = record.map_err(|e| malformed(line, e.to_string()))?;
+        for record in reader.records() {
+            let (line, record) = record?;
+            if record.len() != headers.len() {
+                return Err(InputError::Malformed {
+                    file: file.to_path_buf(),
+                    line,
+                    message: format!(
+                        "the row has {} fields but the header has {}",
+                        record.len(),
+                        headers.len()
+                    ),
+                });
+            }
             rows.push(record.iter().map(str::to_owned).collect());
         }
         if rows.is_empty() {
@@ -109,15 +202,11 @@ impl Table {
     }
 
     /// The position of a column, or an error listing the columns that exist.
+    ///
+    /// # Errors
+    /// [`InputError::MissingColumn`].
     pub fn column_index(&self, column: &str) -> Result<usize, InputError> {
-        self.headers
-            .iter()
-            .position(|h| h == column)
-            .ok_or_else(|| InputError::MissingColumn {
-                file: self.file.clone(),
-                column: column.to_owned(),
-                available: self.headers.join(", "),
-            })
+        column_index(&self.file, &self.headers, column)
     }
 
     /// The raw text cells of a column.
