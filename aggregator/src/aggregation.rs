@@ -114,6 +114,10 @@ pub trait Aggregation: Send {
 
     /// Whether `site` has uploaded its update in this round.
     fn has_uploaded(&self, site: &str) -> bool;
+
+    /// `site`'s node started afresh (it checked in again) and lost whatever it held of this round:
+    /// stop waiting for it and do not offer it the round again. Returns whether that changed anything.
+    fn forget(&mut self, site: &str) -> bool;
 }
 
 /// FedAvg of updates sent in the clear (safetensors of Δ_k plus n_k): the aggregator sees each
@@ -262,5 +266,10 @@ impl Aggregation for PlainAggregation {
 
     fn closed_stages(&self) -> u64 {
         u64::from(self.closed)
+    }
+
+    fn forget(&mut self, _site: &str) -> bool {
+        // A plain update carries no secret: a restarted site trains again and uploads, once.
+        false
     }
 }

@@ -48,6 +48,9 @@ pub struct SecureAggregation {
     shared: BTreeSet<SiteId>,
     uploaded: BTreeSet<SiteId>,
     responded: BTreeSet<SiteId>,
+    /// Sites that lost this attempt's secrets (their node restarted after it took part): no stage
+    /// waits for them, and they are not offered the round again.
+    lost: BTreeSet<SiteId>,
     directory: Option<Vec<u8>>,
     deliveries: BTreeMap<SiteId, Vec<u8>>,
     unmask_request: Option<Vec<u8>>,
@@ -109,6 +112,7 @@ impl SecureAggregation {
             shared: BTreeSet::new(),
             uploaded: BTreeSet::new(),
             responded: BTreeSet::new(),
+            lost: BTreeSet::new(),
             directory: None,
             deliveries: BTreeMap::new(),
             unmask_request: None,
@@ -152,14 +156,28 @@ impl SecureAggregation {
     fn is_closed(&self) -> bool {
         self.finishing || self.failed.is_some()
     }
+
+    /// Whether a stage over `members` still waits for one of them (not `done`, not lost).
+    fn waits_for(&self, members: &[SiteId], done: &BTreeSet<SiteId>) -> bool {
+        members
+            .iter()
+            .any(|id| !done.contains(id) && !self.lost.contains(id))
+    }
 }
 
 fn invalid(error: fedlnm_protocol::payload::PayloadError) -> AggregationError {
     AggregationError::Invalid(error.to_string())
 }
 
+/// A protocol refusal: a message at the wrong stage, from a site no longer in the round or sent twice
+/// is a matter of timing (the site rejoins at the next round); anything else is the message's fault.
 fn protocol_error(error: &secagg::SecAggError) -> AggregationError {
-    AggregationError::Invalid(error.to_string())
+    match error {
+        secagg::SecAggError::WrongStage { .. }
+        | secagg::SecAggError::NotInRound { .. }
+        | secagg::SecAggError::Duplicate { .. } => AggregationError::WrongTime(error.to_string()),
+        _ => AggregationError::Invalid(error.to_string()),
+    }
 }
 
 impl Aggregation for SecureAggregation {
@@ -169,7 +187,7 @@ impl Aggregation for SecureAggregation {
 
     fn task_fields(&self, site: &str) -> Option<RoundAggregation> {
         let id = *self.ids.get(site)?;
-        if self.is_closed() {
+        if self.is_closed() || self.lost.contains(&id) {
             return None;
         }
         // After the key stage a site that did not advertise cannot take part any more.
@@ -300,11 +318,11 @@ impl Aggregation for SecureAggregation {
         if self.finishing {
             return Poll::Pending;
         }
-        let n = self.ids.len();
+        let invited: Vec<SiteId> = self.ids.values().copied().collect();
         loop {
             match self.stage() {
                 RoundStage::AdvertiseKeys => {
-                    if self.advertised.len() < n && now < self.stage_deadline {
+                    if self.waits_for(&invited, &self.advertised) && now < self.stage_deadline {
                         return Poll::Pending;
                     }
                     match self.server.close_keys() {
@@ -317,7 +335,7 @@ impl Aggregation for SecureAggregation {
                     }
                 }
                 RoundStage::ShareKeys => {
-                    if self.shared.len() < self.u1.len() && now < self.stage_deadline {
+                    if self.waits_for(&self.u1, &self.shared) && now < self.stage_deadline {
                         return Poll::Pending;
                     }
                     match self.server.close_shares() {
@@ -332,7 +350,7 @@ impl Aggregation for SecureAggregation {
                     }
                 }
                 RoundStage::MaskedInputCollection => {
-                    if self.uploaded.len() < self.u2.len() && now < self.round_deadline {
+                    if self.waits_for(&self.u2, &self.uploaded) && now < self.round_deadline {
                         return Poll::Pending;
                     }
                     match self.server.close_masked_inputs() {
@@ -345,7 +363,7 @@ impl Aggregation for SecureAggregation {
                     }
                 }
                 RoundStage::Unmasking => {
-                    if self.responded.len() < self.u3.len() && now < self.stage_deadline {
+                    if self.waits_for(&self.u3, &self.responded) && now < self.stage_deadline {
                         return Poll::Pending;
                     }
                     // Unmasking regenerates every mask stream: the finisher does it, off the lock.
@@ -401,5 +419,17 @@ impl Aggregation for SecureAggregation {
 
     fn has_uploaded(&self, site: &str) -> bool {
         self.ids.get(site).is_some_and(|id| self.uploaded.contains(id))
+    }
+
+    fn forget(&mut self, site: &str) -> bool {
+        let Some(&id) = self.ids.get(site) else {
+            return false;
+        };
+        // A site that has not advertised keys yet has no secrets to lose: it can still join.
+        if self.is_closed() || !self.advertised.contains(&id) || self.lost.contains(&id) {
+            return false;
+        }
+        self.lost.insert(id);
+        true
     }
 }

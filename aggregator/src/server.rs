@@ -329,6 +329,7 @@ impl FederationHandler for FederationService {
     async fn check_in(&self, caller: Caller, request: CheckIn) -> Result<CheckInReply, Status> {
         let (site, role) = self.authorize(caller, &request.claim)?;
         tracing::info!(site, %role, node_version = request.node_version, "site checked in");
+        self.mutate(|study| study.site_checked_in(&site));
         Ok(CheckInReply {
             study: self.shared.config.study.clone(),
             site,

@@ -290,7 +290,11 @@ impl Table {
     }
 }
 
-fn parse_finite(cell: &str) -> Result<f64, String> {
+/// A cell as a finite number, or what is wrong with it ("missing value", "not a number", ...).
+///
+/// # Errors
+/// The problem, in words, for [`InputError::BadValue`].
+pub fn parse_finite(cell: &str) -> Result<f64, String> {
     if cell.is_empty() {
         return Err("missing value".to_owned());
     }

@@ -335,3 +335,96 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     assert_eq!(aggregator.service.committed().0, 2);
     aggregator.shut_down().await;
 }
+
+/// A node killed mid-round and started again (it checks in afresh) has lost its round secrets: the
+/// round goes on at once without it, instead of waiting out the stage and round deadlines (an hour
+/// here, so a round that waited would never finish within the test's bound), the restarted node is
+/// never offered the round it lost nor refused as invalid, and it trains again at the next round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let study_dir = dir.path().join("study");
+    let settings = RoundSettings {
+        rounds: 2,
+        min_sites: 2,
+        secure_aggregation: true,
+        fedbn: true,
+        round_deadline_s: 3600,
+        stage_timeout_s: 3600,
+        validation_deadline_s: 3600,
+        ..RoundSettings::default()
+    };
+    let config = provision_study(&study_dir, STUDY, settings);
+    let state_dir = config.state_dir.clone();
+    let aggregator = RunningAggregator::start(config, 0).await;
+    let url = aggregator.url.clone();
+    let run = |site: &'static str, scale: f32, n: u64, behaviour: Behaviour| {
+        tokio::spawn(site_round(
+            study_dir.clone(),
+            url.clone(),
+            site,
+            scale,
+            n,
+            behaviour,
+        ))
+    };
+    let bound = std::time::Duration::from_secs(120);
+
+    // Round 1: S2 advertises and shares its keys, then its process dies; it starts again and checks in.
+    let s1 = run("S1", 1.0, 100, Behaviour::Complete);
+    let s3 = run("S3", -1.0, 300, Behaviour::Complete);
+    run("S2", 5.0, 600, Behaviour::VanishBeforeUpload).await.unwrap();
+    let restarted = fedlnm_e2e::site_config(&study_dir, "S2", &url);
+    let mut s2 = fedlnm_protocol::Client::connect(&restarted).await.unwrap();
+    assert_eq!(s2.check_in().await.unwrap().role, SiteRole::Train);
+    // S1 and S3 finish the round without waiting for S2's upload.
+    tokio::time::timeout(bound, async {
+        s1.await.unwrap();
+        s3.await.unwrap();
+    })
+    .await
+    .expect("the round waited for the restarted site");
+    // The restarted node is told to wait or to validate, never to train round 1 again.
+    let next = loop {
+        match s2.get_task().await.unwrap() {
+            fedlnm_protocol::Task::Wait { .. } => {}
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(&next, fedlnm_protocol::Task::Validate(v) if v.round == 1),
+        "{next:?}"
+    );
+    tokio::time::timeout(bound, validate_all(&study_dir, &url, 1))
+        .await
+        .expect("round 1 was not validated");
+    let store = RoundStore::open(&state_dir).unwrap();
+    let round1 = store.load(1).unwrap();
+    assert_eq!(
+        (round1.record.contributors.clone(), round1.record.dropped.clone()),
+        (vec!["S1".to_owned(), "S3".to_owned()], vec!["S2".to_owned()])
+    );
+    assert_close(
+        &round1.model.weights,
+        &fedavg(&small_model(), &[(1.0, 100), (-1.0, 300)]),
+    );
+
+    // Round 2: the restarted site trains again with the others.
+    let sites = [
+        run("S1", 0.5, 100, Behaviour::Complete),
+        run("S2", 0.25, 100, Behaviour::Complete),
+        run("S3", -0.5, 100, Behaviour::Complete),
+    ];
+    tokio::time::timeout(bound, async {
+        for site in sites {
+            site.await.unwrap();
+        }
+    })
+    .await
+    .expect("round 2 did not complete");
+    tokio::time::timeout(bound, validate_all(&study_dir, &url, 2))
+        .await
+        .expect("round 2 was not validated");
+    assert_eq!(store.load(2).unwrap().record.contributors, ["S1", "S2", "S3"]);
+    aggregator.shut_down().await;
+}

@@ -344,6 +344,20 @@ impl Study {
         }
     }
 
+    /// `site` checked in: its node started afresh. A secure round it took part in goes on without it
+    /// at once (its round secrets died with the old process); it rejoins at the next round.
+    pub fn site_checked_in(&mut self, site: &str) {
+        if let Phase::Training(training) = &mut self.phase
+            && training.aggregation.forget(site)
+        {
+            tracing::warn!(
+                site,
+                round = training.round,
+                "the site restarted during the round: it is left out of this round and rejoins at the next"
+            );
+        }
+    }
+
     /// The model of `version`: the committed one, or the one under validation.
     #[must_use]
     pub fn model(&self, version: u64) -> Option<Arc<ModelBlob>> {

@@ -196,7 +196,7 @@ impl<'t> ModelColumns<'t> {
                 model.level_refs.push(levels);
             } else {
                 let numbers = table.parsed_column(column, |cell| {
-                    parse_number(cell).map_err(|problem| {
+                    fedlnm_shared::table::parse_finite(cell).map_err(|problem| {
                         format!("{problem} (if this column holds categories, list it in --categorical)")
                     })
                 })?;
@@ -268,16 +268,5 @@ fn non_empty(cell: &str) -> Result<(), String> {
         Err("missing value".to_owned())
     } else {
         Ok(())
-    }
-}
-
-fn parse_number(cell: &str) -> Result<f64, String> {
-    if cell.is_empty() {
-        return Err("missing value".to_owned());
-    }
-    match cell.parse::<f64>() {
-        Ok(value) if value.is_finite() => Ok(value),
-        Ok(_) => Err("not a finite number".to_owned()),
-        Err(_) => Err("not a number".to_owned()),
     }
 }
