@@ -357,7 +357,10 @@ impl AggregatorConfig {
                 "must be a positive number".to_owned(),
             ));
         }
-        config.train.validate().map_err(|e| e.in_file(file))?;
+        config
+            .train
+            .validate()
+            .map_err(|e| invalid("train", e.to_string()))?;
         let base = file.parent().unwrap_or(Path::new("."));
         config.state_dir = base.join(&config.state_dir);
         config.tls = config.tls.relative_to(base);
