@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the aggregator: listen for the study's sites over mutual TLS 1.3 (one TCP port; it never
-    /// opens a connection to a hospital). Stops cleanly on Ctrl-C.
+    /// opens a connection to a hospital). Stops cleanly on Ctrl-C or SIGTERM.
     Serve {
         /// The aggregator's configuration (made by `provision`).
         #[arg(long, default_value = "aggregator.toml")]
@@ -100,6 +100,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// SIGINT (Ctrl-C) and SIGTERM (a service manager's stop), watched from the moment this is made: made
+/// before the aggregator says it listens, so that no stop request finds the default action (death
+/// without a word) in place.
+struct StopSignals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn watch() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves at the first of them, with its name; a signal that cannot be watched never resolves.
+    async fn first(self) -> &'static str {
+        #[cfg(unix)]
+        {
+            let wait = |signal: Option<tokio::signal::unix::Signal>, name: &'static str| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                        name
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                name = wait(self.interrupt, "SIGINT") => name,
+                name = wait(self.terminate, "SIGTERM") => name,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
@@ -109,12 +159,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let listener = fedlnm_protocol::server::bind(&config.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.listen))?;
+                let signals = StopSignals::watch();
                 println!("listening on {}", listener.local_addr()?);
                 let shutdown = async {
-                    // If the signal cannot be watched, serve until killed.
-                    if tokio::signal::ctrl_c().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
+                    let signal = signals.first().await;
+                    tracing::info!(
+                        signal,
+                        "stopping: the round in progress is not committed; the next start resumes after \
+                         the last committed round"
+                    );
                 };
                 let service =
                     server::FederationService::open(config).context("cannot open the study's state")?;

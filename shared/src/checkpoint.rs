@@ -47,7 +47,7 @@ impl Checkpoint {
     /// # Errors
     /// As [`Self::from_bytes`], or an unreadable file.
     pub fn read(file: &Path) -> Result<Self, CheckpointError> {
-        let bytes = std::fs::read(file).map_err(|source| CheckpointError::Unreadable {
+        let bytes = crate::files::read_regular(file).map_err(|source| CheckpointError::Unreadable {
             file: file.to_path_buf(),
             source,
         })?;

@@ -425,9 +425,13 @@ pub fn write_toml(file: &Path, value: &impl Serialize) -> Result<(), ConfigError
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Unreadable {
+    let bytes = crate::files::read_regular(file).map_err(|source| ConfigError::Unreadable {
         file: file.to_path_buf(),
         source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::Syntax {
+        file: file.to_path_buf(),
+        message: "not UTF-8 text".to_owned(),
     })?;
     toml::from_str(&text).map_err(|e| ConfigError::Syntax {
         file: file.to_path_buf(),

@@ -20,6 +20,7 @@ pub mod data;
 pub mod evaluation;
 pub mod features;
 pub mod federation;
+pub mod files;
 pub mod host;
 pub mod model_config;
 pub mod process;

@@ -180,13 +180,34 @@ impl ModelConfig {
                 Ok(())
             }
         };
-        positive("image.base_width", self.image.base_width)?;
-        positive("report.field_dim", self.report.field_dim)?;
-        positive("report.text_buckets", self.report.text_buckets)?;
-        positive("report.text_dim", self.report.text_dim)?;
-        positive("report.max_ngram", self.report.max_ngram)?;
-        positive("clinical_dim", self.clinical_dim)?;
-        positive("fusion_hidden", self.fusion_hidden)?;
+        // Upper bounds too: a configuration (one read from a checkpoint included, whose digest vouches
+        // only for itself) must not be able to ask for more memory than any real model needs.
+        for (key, value, max) in [
+            ("image.base_width", self.image.base_width, MAX_BASE_WIDTH),
+            ("report.field_dim", self.report.field_dim, MAX_EMBEDDING_DIM),
+            ("report.text_buckets", self.report.text_buckets, MAX_TEXT_BUCKETS),
+            ("report.text_dim", self.report.text_dim, MAX_EMBEDDING_DIM),
+            ("report.max_ngram", self.report.max_ngram, MAX_NGRAM),
+            ("clinical_dim", self.clinical_dim, MAX_EMBEDDING_DIM),
+            ("fusion_hidden", self.fusion_hidden, MAX_FUSION_HIDDEN),
+        ] {
+            positive(key, value)?;
+            if value > max {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{value} is more than the largest allowed, {max}"),
+                ));
+            }
+        }
+        if self.image.input_size > MAX_INPUT_SIZE {
+            return Err(ConfigError::invalid(
+                "image.input_size",
+                format!(
+                    "{} pixels is more than the largest allowed, {MAX_INPUT_SIZE}",
+                    self.image.input_size
+                ),
+            ));
+        }
         if self.image.input_size < 32 {
             return Err(ConfigError::invalid(
                 "image.input_size",
@@ -231,6 +252,15 @@ impl ModelConfig {
         serde_json::to_string(self).expect("a ModelConfig always serializes to JSON")
     }
 }
+
+/// The largest architecture values a configuration may ask for (a ResNet at 16 times the standard
+/// width is about 1.6 GB of weights; 1024-pixel inputs; a 256k-bucket text encoder).
+pub const MAX_BASE_WIDTH: usize = 256;
+pub const MAX_INPUT_SIZE: u32 = 1024;
+pub const MAX_TEXT_BUCKETS: usize = 1 << 18;
+pub const MAX_EMBEDDING_DIM: usize = 512;
+pub const MAX_NGRAM: usize = 8;
+pub const MAX_FUSION_HIDDEN: usize = 4096;
 
 /// Checkpoint metadata keys: the model config (canonical JSON) and its digest travel with the weights.
 pub const META_CONFIG: &str = "fedlnm.model_config";
@@ -416,9 +446,13 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and validates a TOML config file.
     pub fn read(file: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Unreadable {
+        let bytes = crate::files::read_regular(file).map_err(|source| ConfigError::Unreadable {
             file: file.to_path_buf(),
             source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            message: "not UTF-8 text".to_owned(),
         })?;
         let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             file: file.to_path_buf(),

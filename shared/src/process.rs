@@ -4,11 +4,14 @@
 //! anything else.
 
 use std::error::Error;
+use std::io::IsTerminal as _;
 
-/// Installs the `tracing` subscriber of a binary.
+/// Installs the `tracing` subscriber of a binary: colours on a terminal only, so that a log written to
+/// a file or a journal has no escape codes.
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FEDLNM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

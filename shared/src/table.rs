@@ -24,6 +24,8 @@ pub enum InputError {
         line: u64,
         message: String,
     },
+    #[error("{}: the header names column '{column}' twice", file.display())]
+    DuplicateColumn { file: PathBuf, column: String },
     #[error("{}: no column named '{column}' (columns: {available})", file.display())]
     MissingColumn {
         file: PathBuf,
@@ -65,29 +67,40 @@ impl CsvReader {
             line: 1,
             message,
         };
+        let unreadable = |source| InputError::Unreadable {
+            what,
+            file: file.to_path_buf(),
+            source,
+        };
+        let handle = crate::files::open_regular(file).map_err(unreadable)?;
+        let trim = if trim_cells {
+            csv::Trim::All
+        } else {
+            csv::Trim::Headers
+        };
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .flexible(true)
-            .trim(if trim_cells {
-                csv::Trim::All
-            } else {
-                csv::Trim::Headers
-            })
-            .from_path(file)
-            .map_err(|e| match e.into_kind() {
-                csv::ErrorKind::Io(source) => InputError::Unreadable {
-                    what,
-                    file: file.to_path_buf(),
-                    source,
-                },
-                other => malformed(format!("{other:?}")),
-            })?;
-        let headers = reader
+            .trim(trim)
+            .from_reader(handle);
+        let headers: Vec<String> = reader
             .headers()
             .map_err(|e| malformed(e.to_string()))?
             .iter()
             .map(|h| h.trim().to_owned())
             .collect();
+        // A repeated column would be read from its first occurrence only: refuse the ambiguity.
+        if let Some((index, column)) = headers
+            .iter()
+            .enumerate()
+            .find(|(index, h)| !h.is_empty() && headers[..*index].contains(h))
+        {
+            let _ = index;
+            return Err(InputError::DuplicateColumn {
+                file: file.to_path_buf(),
+                column: column.clone(),
+            });
+        }
         Ok(Self {
             file: file.to_path_buf(),
             headers,

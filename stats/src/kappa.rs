@@ -89,8 +89,18 @@ pub fn cohen_kappa(truth: &[usize], predicted: &[usize], k: usize) -> Result<Kap
     })
 }
 
+/// The largest declared scale: its k×k tables stay a few megabytes (ordinal clinical scales have a
+/// handful of categories).
+pub const MAX_CATEGORIES: usize = 1000;
+
 /// The k×k confusion matrix (row = truth, column = prediction), checking every code against the scale.
 pub fn confusion_matrix(truth: &[usize], predicted: &[usize], k: usize) -> Result<Vec<Vec<u64>>, StatsError> {
+    if k > MAX_CATEGORIES {
+        return Err(StatsError::ScaleTooLarge {
+            k,
+            max: MAX_CATEGORIES,
+        });
+    }
     if k < 2 {
         return Err(StatsError::ScaleTooSmall { k });
     }

@@ -44,4 +44,7 @@ pub enum StatsError {
     /// A declared ordinal scale with fewer than two categories.
     #[error("the declared scale has k = {k} categories; kappa needs k >= 2")]
     ScaleTooSmall { k: usize },
+    /// A declared ordinal scale too large to hold its k×k agreement tables.
+    #[error("the declared scale has k = {k} categories; at most {max} are supported")]
+    ScaleTooLarge { k: usize, max: usize },
 }

@@ -15,8 +15,8 @@ pub struct CheckDataArgs {
     /// Site label for the report (default: the folder's name).
     #[arg(long)]
     pub site: Option<String>,
-    /// Side of the square model input the images are resized to, in pixels.
-    #[arg(long, default_value_t = 224)]
+    /// Side of the square model input the images are resized to, in pixels (32 to 1024).
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..=1024))]
     pub image_size: u32,
     /// Accept patients without pathology labels (for sites that only run predictions).
     #[arg(long)]

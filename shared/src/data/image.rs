@@ -134,7 +134,7 @@ pub fn to_tensor(picture: &RgbImage, preprocess: &Preprocess) -> Result<ImageTen
 
 /// Recognises PNG, JPEG and DICOM (the `DICM` marker after the 128-byte preamble) by their first bytes.
 pub fn sniff_format(file: &Path) -> Result<ImageFormat, ImageError> {
-    let mut handle = std::fs::File::open(file).map_err(|source| open_error(file, source))?;
+    let mut handle = crate::files::open_regular(file).map_err(|source| open_error(file, source))?;
     let mut head = Vec::with_capacity(132);
     handle
         .by_ref()
@@ -175,7 +175,7 @@ fn decode_raster(
     format: image::ImageFormat,
     name: &'static str,
 ) -> Result<RgbImage, ImageError> {
-    let bytes = std::fs::read(file).map_err(|source| open_error(file, source))?;
+    let bytes = crate::files::read_regular(file).map_err(|source| open_error(file, source))?;
     image::load_from_memory_with_format(&bytes, format)
         .map(|picture| picture.to_rgb8())
         .map_err(|error| ImageError::Corrupt {

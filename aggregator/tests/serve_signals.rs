@@ -1,0 +1,83 @@
+//! `fedlnm-aggregator serve` as a service manager runs it: a separate process, logging to a pipe.
+//! SIGTERM (a service manager's stop) ends it cleanly with exit code 0 and a line that says what
+//! happens to the round in progress, and its log has no terminal colour codes.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
+use fedlnm_aggregator::provision::{self, ProvisionOptions};
+use fedlnm_aggregator::store::ModelBlob;
+use fedlnm_shared::config::{AggregatorConfig, write_toml};
+use fedlnm_shared::model_config::{Modality, ModelConfig};
+use fedlnm_shared::weights::{NamedTensor, NamedTensors};
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+#[test]
+fn sigterm_stops_the_aggregator_cleanly_with_a_plain_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study");
+    provision::provision(&ProvisionOptions {
+        study: "thyroid".into(),
+        train_sites: vec!["S1".into(), "S2".into(), "S3".into()],
+        validate_sites: vec![],
+        aggregator_hosts: vec!["localhost".into()],
+        port: 0,
+        valid_days: 1,
+        out: study.clone(),
+    })
+    .unwrap();
+    let file = study.join(provision::AGGREGATOR_DIR).join("aggregator.toml");
+    let mut config = AggregatorConfig::load(&file).unwrap();
+    let initial = study.join(provision::AGGREGATOR_DIR).join("initial.safetensors");
+    let weights = NamedTensors {
+        tensors: vec![NamedTensor::new("head.bias", vec![2], vec![0.1, -0.1]).unwrap()],
+    };
+    let model = ModelBlob::new(0, weights, ModelConfig::tiny(Modality::Multimodal)).unwrap();
+    std::fs::write(&initial, &model.bytes).unwrap();
+    config.initial_model = Some(initial);
+    config.listen = "127.0.0.1:0".into();
+    write_toml(&file, &config).unwrap();
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_fedlnm-aggregator"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("FEDLNM_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the aggregator to say it listens.
+    let stdout = server.stdout.take().unwrap();
+    let (listening, said) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            if line.starts_with("listening on") {
+                let _ = listening.send(line);
+            }
+        }
+    });
+    said.recv_timeout(Duration::from_secs(60))
+        .expect("the aggregator did not start listening");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (exited, exit) = mpsc::channel();
+    let mut stderr = server.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        let _ = exited.send((server.wait().unwrap(), log));
+    });
+    let (status, log) = exit
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the aggregator did not stop on SIGTERM");
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(log.contains("SIGTERM") && log.contains("stopping"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a piped log:\n{log}");
+}

@@ -1,0 +1,110 @@
+//! Hostile files a site or a study could hand over, each refused with an error that names it instead
+//! of hanging or exhausting memory: a FIFO where a manifest, a table, a configuration, a checkpoint
+//! or an image should be; a header that names a column twice; a checkpoint whose embedded model
+//! configuration asks for an absurd architecture (its digest vouches only for itself); an ordinal
+//! scale too large for its agreement tables.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
+use fedlnm_shared::checkpoint::Checkpoint;
+use fedlnm_shared::config::AggregatorConfig;
+use fedlnm_shared::model_config::{Modality, ModelConfig};
+use fedlnm_shared::stats::{StatsError, kappa};
+use fedlnm_shared::table::{InputError, Table};
+use fedlnm_shared::weights::{NamedTensor, NamedTensors};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Runs `read` on another thread and returns its error message; fails if it does not return (a bound,
+/// not a timing claim: reading a FIFO with no writer never returns).
+fn refused(read: impl FnOnce() -> Option<String> + Send + 'static) -> String {
+    let (sender, answer) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(read());
+    });
+    answer
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the reader blocked on the file")
+        .expect("the file was accepted")
+}
+
+fn fifo(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let status = std::process::Command::new("mkfifo").arg(&path).status().unwrap();
+    assert!(status.success(), "mkfifo failed");
+    path
+}
+
+#[test]
+fn a_fifo_is_refused_wherever_a_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = fifo(dir.path(), "scores.csv");
+    let message = refused(move || Table::read(&table).err().map(|e| e.to_string()));
+    assert!(
+        message.contains("scores.csv") && message.contains("not a regular file"),
+        "{message}"
+    );
+    let config = fifo(dir.path(), "aggregator.toml");
+    let message = refused(move || AggregatorConfig::load(&config).err().map(|e| e.to_string()));
+    assert!(message.contains("aggregator.toml"), "{message}");
+    let checkpoint = fifo(dir.path(), "model.safetensors");
+    let message = refused(move || Checkpoint::read(&checkpoint).err().map(|e| e.to_string()));
+    assert!(message.contains("model.safetensors"), "{message}");
+    let image = fifo(dir.path(), "image.png");
+    let message = refused(move || {
+        fedlnm_shared::data::image::sniff_format(&image)
+            .err()
+            .map(|e| e.to_string())
+    });
+    assert!(message.contains("image.png"), "{message}");
+}
+
+#[test]
+fn a_header_that_names_a_column_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scores.csv");
+    std::fs::write(&file, "y_true,y_score,y_score\n1,0.5,0.25\n").unwrap();
+    let error = Table::read(&file).unwrap_err();
+    assert!(
+        matches!(&error, InputError::DuplicateColumn { column, .. } if column == "y_score"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("scores.csv"), "{error}");
+}
+
+#[test]
+fn a_checkpoint_asking_for_an_absurd_architecture_is_refused_by_key() {
+    let weights = NamedTensors {
+        tensors: vec![NamedTensor::new("head.bias", vec![1], vec![0.0]).unwrap()],
+    };
+    type Forgery = fn(&mut ModelConfig);
+    let cases: [(&str, Forgery); 3] = [
+        ("report.text_buckets", |c| c.report.text_buckets = 4_000_000_000),
+        ("image.input_size", |c| c.image.input_size = 60_000),
+        ("image.base_width", |c| c.image.base_width = 100_000),
+    ];
+    for (key, forge) in cases {
+        let mut config = ModelConfig::tiny(Modality::Multimodal);
+        forge(&mut config);
+        // The digest is recomputed over the forged configuration, as an attacker would.
+        let bytes = weights
+            .to_safetensors_bytes(&config.checkpoint_metadata())
+            .unwrap();
+        let error = Checkpoint::from_bytes(&bytes, Path::new("forged.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(key) && error.contains("forged.safetensors"),
+            "{key}: {error}"
+        );
+    }
+}
+
+#[test]
+fn an_ordinal_scale_too_large_for_its_tables_is_refused() {
+    assert!(matches!(
+        kappa::cohen_kappa(&[0, 1], &[1, 0], 100_000),
+        Err(StatsError::ScaleTooLarge { k: 100_000, .. })
+    ));
+    assert!(kappa::cohen_kappa(&[0, 1], &[1, 0], kappa::MAX_CATEGORIES).is_ok());
+}
