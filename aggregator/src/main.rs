@@ -197,6 +197,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = provision::provision(&options)
                 .with_context(|| format!("cannot provision {}", out.display()))?;
             println!("study '{}' provisioned in {}", config.study, out.display());
+            for warning in provision::warnings(&config) {
+                println!("warning: {warning}");
+            }
             println!(
                 "  aggregator: {}",
                 out.join(provision::AGGREGATOR_DIR)
@@ -205,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             for site in &config.sites {
                 println!(
-                    "  site {} ({:?}): {}",
+                    "  site {} ({}): {}",
                     site.id,
                     site.role,
                     out.join(provision::SITES_DIR).join(&site.id).display()

@@ -6,7 +6,7 @@
 //! ever overwritten: provisioning into a non-empty folder, or adding a site that exists, is an error.
 
 use fedlnm_shared::config::{
-    AggregatorConfig, NodeConfig, SiteEntry, SiteRole, TlsFiles, validate_site_id, write_toml,
+    AggregatorConfig, ConfigError, NodeConfig, SiteEntry, SiteRole, TlsFiles, validate_site_id, write_toml,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -42,7 +42,7 @@ pub enum ProvisionError {
     #[error("certificate generation failed: {0}")]
     Certificate(#[from] rcgen::Error),
     #[error(transparent)]
-    Config(#[from] fedlnm_shared::config::ConfigError),
+    Config(#[from] ConfigError),
 }
 
 /// The study certificate authority, loaded or freshly made.
@@ -188,13 +188,202 @@ pub struct ProvisionOptions {
 }
 
 /// Round settings for a new study: secure aggregation with the smallest majority of the training
-/// sites as threshold and quorum (plain FedAvg when there is a single training site).
+/// sites as threshold and quorum (plain FedAvg when there is a single training site), which tolerates
+/// one dropout from three training sites on; deadlines in minutes, for the small models and few local
+/// epochs of a first study (`aggregator.toml` says how to scale them).
 fn default_rounds(n_train: usize) -> fedlnm_shared::config::RoundSettings {
     fedlnm_shared::config::RoundSettings {
         min_sites: n_train / 2 + 1,
         secure_aggregation: n_train >= 2,
+        round_deadline_s: 3600,
+        stage_timeout_s: 300,
+        validation_deadline_s: 1800,
         ..fedlnm_shared::config::RoundSettings::default()
     }
+}
+
+/// Local epochs per round in a new study (the training plan's default is for central training).
+const DEFAULT_LOCAL_EPOCHS: usize = 2;
+
+/// Where a new study's aggregator serves `/metrics`: loopback only (no TLS on that port).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+/// What the operator should know about a study's configuration (printed by `provision`).
+#[must_use]
+pub fn warnings(config: &AggregatorConfig) -> Vec<String> {
+    let n_train = config.sites.iter().filter(|s| s.role == SiteRole::Train).count();
+    let mut warnings = Vec::new();
+    if n_train >= 1 && config.rounds.min_sites >= n_train {
+        warnings.push(format!(
+            "with {n_train} training site(s) every round needs all of them (min_sites = {}): a single \
+             site that drops out stops the round; three or more training sites tolerate one dropout",
+            config.rounds.min_sites
+        ));
+    }
+    if config.initial_model.is_none() {
+        warnings.push(
+            "aggregator.toml names no initial_model yet: create one with `fedlnm-node init-model` and set \
+             `initial_model` before `serve`"
+                .to_owned(),
+        );
+    }
+    warnings
+}
+
+/// Writes `aggregator.toml` with a comment above each setting saying what it does.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_aggregator_toml(file: &Path, config: &AggregatorConfig) -> Result<(), ProvisionError> {
+    let text = toml::to_string_pretty(config).map_err(|e| ConfigError::Syntax {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(file, commented(&text)).map_err(|source| {
+        ProvisionError::Config(ConfigError::Unwritable {
+            file: file.to_path_buf(),
+            source,
+        })
+    })
+}
+
+/// The comment above each key (section, key; an empty key comments the section header).
+const COMMENTS: &[(&str, &str, &str)] = &[
+    ("", "study", "The study's id (in every site's node.toml too)."),
+    (
+        "",
+        "listen",
+        "Address for the sites' gRPC over mutual TLS: the interface that faces the hospitals (0.0.0.0: all).",
+    ),
+    (
+        "",
+        "state_dir",
+        "Committed rounds (global models, records, metrics), relative to this file.",
+    ),
+    (
+        "",
+        "initial_model",
+        "The initial global model (`fedlnm-node init-model`), committed as round 0.",
+    ),
+    (
+        "",
+        "metrics_listen",
+        "Prometheus /metrics over plain HTTP: keep it on loopback or an internal interface.",
+    ),
+    (
+        "tls",
+        "",
+        "This server's certificate and key, and the study CA every site certificate must come from.",
+    ),
+    (
+        "sites",
+        "",
+        "A site of the study and its role (train, or validate: scores every model, never trains).",
+    ),
+    ("rounds", "", "How the study runs its rounds."),
+    ("rounds", "rounds", "Federated rounds."),
+    (
+        "rounds",
+        "min_sites",
+        "Training sites a round needs (with secure aggregation also the Shamir threshold: more than half).",
+    ),
+    (
+        "rounds",
+        "round_deadline_s",
+        "Seconds a round waits for training updates; scale with the model size and local epochs.",
+    ),
+    (
+        "rounds",
+        "stage_timeout_s",
+        "Seconds each secure-aggregation stage waits for missing sites.",
+    ),
+    (
+        "rounds",
+        "validation_deadline_s",
+        "Seconds the aggregator waits for the sites' validation metrics.",
+    ),
+    (
+        "rounds",
+        "long_poll_s",
+        "Seconds a site's request for a task waits (below any proxy idle timeout).",
+    ),
+    (
+        "rounds",
+        "secure_aggregation",
+        "The aggregator only ever sees the sum of masked updates.",
+    ),
+    (
+        "rounds",
+        "fedbn",
+        "FedBN: normalisation layers stay at each site.",
+    ),
+    (
+        "rounds",
+        "max_delta_norm",
+        "Largest L2 norm of a site's weight delta (each node checks its own).",
+    ),
+    (
+        "train",
+        "",
+        "The training plan sent to every training site each round.",
+    ),
+    ("train", "epochs", "Local epochs per round."),
+    ("train", "batch_size", "Patients per step."),
+    ("train", "learning_rate", "Peak learning rate of AdamW."),
+    (
+        "train",
+        "proximal_mu",
+        "FedProx proximal coefficient (0: FedAvg local training).",
+    ),
+    (
+        "train",
+        "seed",
+        "Seed of shuffling and augmentation (each site and round derives its own).",
+    ),
+];
+
+fn commented(text: &str) -> String {
+    let mut section = String::new();
+    let mut out = String::from(
+        "# fedlnm aggregator configuration, written by `fedlnm-aggregator provision`.\n# Each setting is \
+         checked at start; an error names the key.\n\n",
+    );
+    for line in text.lines() {
+        let trimmed = line.trim();
+        let (header, key) = if let Some(name) = trimmed.strip_prefix("[[").and_then(|l| l.strip_suffix("]]"))
+        {
+            (Some(name.to_owned()), "")
+        } else if let Some(name) = trimmed.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            (Some(name.to_owned()), "")
+        } else {
+            (None, trimmed.split(" =").next().unwrap_or_default())
+        };
+        if let Some(name) = header {
+            // A table of an array is commented once, at its first entry.
+            let repeated = name == section && trimmed.starts_with("[[");
+            section = name;
+            if repeated {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+        }
+        if let Some((_, _, comment)) = COMMENTS
+            .iter()
+            .find(|(s, k, _)| *s == section && *k == key && (header_line(trimmed) == key.is_empty()))
+        {
+            out.push_str("# ");
+            out.push_str(comment);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn header_line(line: &str) -> bool {
+    line.starts_with('[')
 }
 
 /// Provisions a study into `options.out`: `ca/`, `aggregator/` (certificate, key, CA, `aggregator.toml`)
@@ -242,11 +431,14 @@ pub fn provision(options: &ProvisionOptions) -> Result<AggregatorConfig, Provisi
         },
         sites: sites.clone(),
         initial_model: None,
-        metrics_listen: None,
+        metrics_listen: Some(DEFAULT_METRICS_LISTEN.to_owned()),
         rounds: default_rounds(options.train_sites.len()),
-        train: fedlnm_shared::model_config::TrainPlan::default(),
+        train: fedlnm_shared::model_config::TrainPlan {
+            epochs: DEFAULT_LOCAL_EPOCHS,
+            ..fedlnm_shared::model_config::TrainPlan::default()
+        },
     };
-    write_toml(&aggregator_dir.join("aggregator.toml"), &config)?;
+    write_aggregator_toml(&aggregator_dir.join("aggregator.toml"), &config)?;
     let url = aggregator_url(options);
     for site in &sites {
         write_site_kit(&ca, &options.out, &options.study, &site.id, &url, validity)?;
@@ -295,7 +487,7 @@ pub fn add_site(
         key: "server.key".into(),
         ca: "ca.pem".into(),
     };
-    write_toml(&config_file, &config)?;
+    write_aggregator_toml(&config_file, &config)?;
     Ok(kit)
 }
 
@@ -400,6 +592,44 @@ mod tests {
             valid_days: 30,
             out,
         }
+    }
+
+    #[test]
+    fn the_provisioned_aggregator_toml_is_commented_and_loads_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("study");
+        let mut three = options(out.clone());
+        three.train_sites.push("S3".into());
+        let config = provision(&three).unwrap();
+        let file = out.join(AGGREGATOR_DIR).join("aggregator.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (section, key, comment) in COMMENTS {
+            let written = config.initial_model.is_some() || *key != "initial_model";
+            assert!(
+                !written || text.contains(&format!("# {comment}\n")),
+                "[{section}] {key}: no comment in\n{text}"
+            );
+        }
+        let mut loaded = AggregatorConfig::load(&file).unwrap();
+        let base = file.parent().unwrap();
+        assert_eq!(loaded.state_dir, base.join("state"));
+        loaded.state_dir = config.state_dir.clone();
+        loaded.tls = config.tls.clone();
+        assert_eq!(
+            loaded, config,
+            "the commented file loads as the config it was written from"
+        );
+        assert_eq!(config.train.epochs, DEFAULT_LOCAL_EPOCHS);
+        assert_eq!(config.metrics_listen.as_deref(), Some(DEFAULT_METRICS_LISTEN));
+        // Three training sites: one may drop out; two: none may, and provisioning says so.
+        assert_eq!(config.rounds.min_sites, 2);
+        assert!(warnings(&config).iter().all(|w| !w.contains("drops out")));
+        let config = provision(&options(dir.path().join("two"))).unwrap();
+        assert!(
+            warnings(&config).iter().any(|w| w.contains("drops out")),
+            "{:?}",
+            warnings(&config)
+        );
     }
 
     #[test]

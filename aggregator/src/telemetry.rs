@@ -16,6 +16,12 @@ type Labels = Vec<(String, String)>;
 pub struct Telemetry {
     registry: Registry,
     pub round: Gauge,
+    /// The last committed round (set at start from the state folder, so it survives a restart).
+    pub last_committed_round: Gauge,
+    /// 1 once the study has run all its rounds.
+    pub study_finished: Gauge,
+    /// Sites the study lists, by role (set at start).
+    pub sites: Family<Labels, Gauge>,
     pub rounds_committed: Counter,
     pub rounds_failed: Counter,
     pub contributing_sites: Gauge,
@@ -32,6 +38,9 @@ impl Default for Telemetry {
         let mut registry = Registry::with_prefix("fedlnm");
         let telemetry = Self {
             round: Gauge::default(),
+            last_committed_round: Gauge::default(),
+            study_finished: Gauge::default(),
+            sites: Family::default(),
             rounds_committed: Counter::default(),
             rounds_failed: Counter::default(),
             contributing_sites: Gauge::default(),
@@ -48,6 +57,17 @@ impl Default for Telemetry {
             "Round in progress (0 before the first)",
             telemetry.round.clone(),
         );
+        registry.register(
+            "last_committed_round",
+            "The last committed round (0: only the initial model), read from the state folder at start",
+            telemetry.last_committed_round.clone(),
+        );
+        registry.register(
+            "study_finished",
+            "1 once the study has run all its rounds",
+            telemetry.study_finished.clone(),
+        );
+        registry.register("sites", "Sites in the study, by role", telemetry.sites.clone());
         registry.register(
             "rounds_committed",
             "Rounds committed since start",

@@ -38,6 +38,7 @@ fn sigterm_stops_the_aggregator_cleanly_with_a_plain_log_line() {
     std::fs::write(&initial, &model.bytes).unwrap();
     config.initial_model = Some(initial);
     config.listen = "127.0.0.1:0".into();
+    config.metrics_listen = None;
     write_toml(&file, &config).unwrap();
 
     let mut server = Command::new(env!("CARGO_BIN_EXE_fedlnm-aggregator"))

@@ -182,6 +182,8 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     let mut config = AggregatorConfig::load(&aggregator_toml)?;
     config.initial_model = Some(initial);
     config.listen = format!("127.0.0.1:{port}");
+    // A simulation serves no /metrics (two simulations at once would clash on the provisioned port).
+    config.metrics_listen = None;
     config.rounds.rounds = args.rounds;
     config.rounds.min_sites = args.train_sites / 2 + 1;
     config.rounds.secure_aggregation = !args.plain;

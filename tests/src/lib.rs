@@ -57,6 +57,8 @@ pub fn provision_study_with(
     let blob = ModelBlob::new(0, initial_model, ModelConfig::tiny(Modality::Multimodal)).unwrap();
     std::fs::write(&initial, &blob.bytes).unwrap();
     config.initial_model = Some(initial);
+    // Tests that want /metrics choose a free port; the provisioned default would clash between tests.
+    config.metrics_listen = None;
     config.rounds = rounds;
     fedlnm_shared::config::write_toml(&file, &config).unwrap();
     AggregatorConfig::load(&file).unwrap()

@@ -332,6 +332,20 @@ async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates()
         panic!("round 3 after restart")
     };
     assert_eq!((train.round, train.model.unwrap().digest), (3, digest2));
+    // The restarted aggregator's gauges tell the study's state, read from the state folder (its
+    // /metrics is bound before the gRPC service that just answered).
+    let metrics = scrape(metrics_port).await;
+    for needle in [
+        "fedlnm_last_committed_round 2",
+        "fedlnm_study_finished 0",
+        "fedlnm_sites{role=\"train\"} 3",
+        "fedlnm_sites{role=\"validate\"} 1",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "/metrics after a restart lacks {needle}:\n{metrics}"
+        );
+    }
     let digest3 = run_round(&study_dir, &aggregator.url, 3).await;
     let committed = RoundStore::open(&state_dir).unwrap().load(3).unwrap();
     assert_eq!(committed.model.digest, digest3);

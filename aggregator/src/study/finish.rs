@@ -249,6 +249,9 @@ impl Study {
                 );
                 self.telemetry.rounds_committed.inc();
                 self.telemetry
+                    .last_committed_round
+                    .set(i64::try_from(record.round).unwrap_or(i64::MAX));
+                self.telemetry
                     .contributing_sites
                     .set(i64::try_from(record.contributors.len()).unwrap_or(0));
                 self.telemetry.round_seconds.set(record.round_seconds);

@@ -211,6 +211,18 @@ impl Study {
             jobs: 0,
             pending_job: None,
         };
+        for role in [SiteRole::Train, SiteRole::Validate] {
+            let count = study.config.sites.iter().filter(|s| s.role == role).count();
+            study
+                .telemetry
+                .sites
+                .get_or_create(&vec![("role".to_owned(), role.to_string())])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        study
+            .telemetry
+            .last_committed_round
+            .set(i64::try_from(study.committed.record.round).unwrap_or(i64::MAX));
         study.start_next_round(Instant::now());
         Ok(study)
     }
@@ -231,6 +243,7 @@ impl Study {
         if round > self.config.rounds.rounds {
             tracing::info!(rounds = self.committed.record.round, "study finished");
             self.telemetry.round.set(0);
+            self.telemetry.study_finished.set(1);
             self.phase = Phase::Finished;
             return;
         }
