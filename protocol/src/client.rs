@@ -26,13 +26,11 @@ pub enum ClientError {
         url: String,
         source: tonic::transport::Error,
     },
-    #[error(
-        "cannot connect to the aggregator at {url}: {source}. Check that the aggregator is running, that \
-         outbound connections to its port are allowed by the firewall, and that site.pem/site.key/ca.pem \
-         come from this study's startup kit and have not expired"
-    )]
+    #[error("cannot connect to the aggregator at {url}: {hint}")]
     Connect {
         url: String,
+        /// What to check, read from the failure (which certificate, the address, the firewall).
+        hint: &'static str,
         source: tonic::transport::Error,
     },
     #[error("the aggregator refused the request ({code:?}): {message}")]
@@ -45,11 +43,97 @@ pub enum ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
+        // TLS 1.3 checks the client certificate after the client's first flight: a refused site
+        // certificate surfaces at the first call, as a transport status.
+        let message = match tls_hint(&status) {
+            Some(hint) => format!("{hint} ({})", status.message()),
+            None => status.message().to_owned(),
+        };
         Self::Refused {
             code: status.code(),
-            message: status.message().to_owned(),
+            message,
         }
     }
+}
+
+/// What a hospital should check, read from a connection failure's causes.
+fn connect_hint(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    if let Some(hint) = tls_hint(error) {
+        return hint;
+    }
+    let io_kind =
+        causes(error).find_map(|cause| cause.downcast_ref::<std::io::Error>().map(std::io::Error::kind));
+    match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            "nothing accepts connections at that address: check that the aggregator is running and that \
+             `aggregator` in node.toml names its host and port"
+        }
+        Some(std::io::ErrorKind::TimedOut) => {
+            "no answer: check that the firewall allows outbound connections to the aggregator's port"
+        }
+        _ => {
+            "check that the aggregator is running, that outbound connections to its port are allowed by \
+             the firewall, and that site.pem, site.key and ca.pem come from this study's startup kit and \
+             have not expired"
+        }
+    }
+}
+
+/// A certificate problem among the causes of `error`, said as what to check. rustls's error reaches
+/// us either as itself or, through hyper, only as its text inside an I/O error ("received fatal alert:
+/// UnknownCA", "invalid peer certificate: UnknownIssuer"): both are read.
+fn tls_hint(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    causes(error).find_map(|cause| {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return tls_error_hint(&tls.to_string());
+        }
+        let inner = cause.downcast_ref::<std::io::Error>()?.get_ref()?;
+        tls_error_hint(&inner.to_string())
+    })
+}
+
+/// The hint for rustls's description of a failure.
+fn tls_error_hint(text: &str) -> Option<&'static str> {
+    if let Some(alert) = text.strip_prefix("received fatal alert: ") {
+        return match alert.trim() {
+            "UnknownCA"
+            | "BadCertificate"
+            | "CertificateExpired"
+            | "CertificateRevoked"
+            | "CertificateUnknown"
+            | "CertificateRequired"
+            | "AccessDenied"
+            | "UnsupportedCertificate" => Some(
+                "the aggregator refused this site's certificate: site.pem and site.key must come from this \
+                 study's startup kit and must not have expired",
+            ),
+            "ProtocolVersion" => {
+                Some("the aggregator and this node share no TLS version (TLS 1.3 is required)")
+            }
+            _ => None,
+        };
+    }
+    let problem = text.strip_prefix("invalid peer certificate: ")?.trim();
+    Some(
+        if problem.starts_with("UnknownIssuer") || problem.starts_with("BadSignature") {
+            "the aggregator's certificate is not signed by this kit's CA (ca.pem): is this startup kit from \
+         this study?"
+        } else if problem.starts_with("Expired") || problem.contains("expired") {
+            "the aggregator's certificate has expired: ask the study's central team to renew it"
+        } else if problem.starts_with("NotValidForName") || problem.contains("not valid for name") {
+            "the aggregator's certificate does not name the host this node dials: check `aggregator` (and \
+         `aggregator_name`) in node.toml against the study's provisioning"
+        } else {
+            "the aggregator's certificate is not valid for this study"
+        },
+    )
+}
+
+/// `error` and its sources, in order.
+fn causes<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |cause| cause.source())
 }
 
 impl ClientError {
@@ -122,10 +206,11 @@ impl Client {
             .connect_timeout(Duration::from_secs(20))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect { url, source })?;
+        let channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
+            url,
+            hint: connect_hint(&source),
+            source,
+        })?;
         Ok(Self {
             inner: FederationClient::new(channel)
                 .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
