@@ -440,6 +440,10 @@ impl FederationHandler for FederationService {
         Ok(reply)
     }
 
+    fn handshake_refused(&self, _peer: std::net::SocketAddr, reason: &'static str) {
+        self.shared.telemetry.refuse(reason);
+    }
+
     async fn report_metrics(&self, caller: Caller, report: MetricsReport) -> Result<(), Status> {
         let (site, role) = self.authorize(caller, &report.claim)?;
         let metrics: SiteRoundMetrics = report

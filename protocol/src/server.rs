@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The attribute that makes a [`FederationHandler`] implementation's `async fn`s object-safe.
@@ -94,6 +94,11 @@ pub trait FederationHandler: Send + Sync + 'static {
     /// Returns the reply payload for the caller.
     async fn secure_aggregation(&self, caller: Caller, message: SecAggMessage) -> Result<Vec<u8>, Status>;
     async fn report_metrics(&self, caller: Caller, report: MetricsReport) -> Result<(), Status>;
+
+    /// A connection from `peer` failed its TLS handshake for `reason` (already logged); no call ran.
+    fn handshake_refused(&self, peer: std::net::SocketAddr, reason: &'static str) {
+        let _ = (peer, reason);
+    }
 }
 
 /// What can stop the server from starting or serving.
@@ -101,14 +106,23 @@ pub trait FederationHandler: Send + Sync + 'static {
 pub enum ServeError {
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {problem}", path.display())]
+    Pem { path: PathBuf, problem: String },
     #[error("TLS configuration: {0}")]
-    Tls(#[source] tonic::transport::Error),
+    Tls(#[source] rustls::Error),
     #[error("the gRPC server stopped: {0}")]
     Transport(#[source] tonic::transport::Error),
 }
 
+/// Longest a TLS handshake may take before the connection is dropped (a peer that opens connections
+/// and sends nothing holds no server resource for longer).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Serves `handler` on `listener` with mutual TLS 1.3 (`tls`: the server's certificate and key, and
-/// the study CA that must have signed every client) until `shutdown` resolves.
+/// the study CA that must have signed every client) until `shutdown` resolves. Each connection's
+/// handshake runs on its own task; one that fails (no client certificate, another CA, an expired one,
+/// an older TLS version, silence) is logged with the peer's address and reason and reported to
+/// [`FederationHandler::handshake_refused`].
 ///
 /// # Errors
 /// [`ServeError`]: unreadable TLS files, transport failures.
@@ -119,26 +133,116 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     fedlnm_shared::tls::install_crypto_provider();
+    let acceptor = tls_acceptor(tls)?;
+    let (connections, incoming) = tokio::sync::mpsc::channel(64);
+    let accepting = {
+        let handler = handler.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot accept a connection");
+                        continue;
+                    }
+                };
+                let (acceptor, connections, handler) =
+                    (acceptor.clone(), connections.clone(), handler.clone());
+                tokio::spawn(async move {
+                    let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = connections.send(Ok::<_, std::io::Error>(stream)).await;
+                            return;
+                        }
+                        Ok(Err(error)) => {
+                            let reason = handshake_refusal(&error);
+                            tracing::warn!(%peer, reason, %error, "refused: TLS handshake");
+                            reason
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, seconds = HANDSHAKE_TIMEOUT.as_secs(), "refused: TLS handshake timed out");
+                            "tls-handshake-timeout"
+                        }
+                    };
+                    handler.handshake_refused(peer, reason);
+                });
+            }
+        }))
+    };
+    let result = Server::builder()
+        .add_service(
+            FederationServer::new(Adapter { handler })
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(incoming), shutdown)
+        .await
+        .map_err(ServeError::Transport);
+    drop(accepting);
+    result
+}
+
+/// The rustls acceptor of the study: TLS 1.3 only (the process's provider), a client certificate from
+/// the study CA required, HTTP/2 by ALPN.
+fn tls_acceptor(tls: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| ServeError::Read {
             path: path.to_path_buf(),
             source,
         })
     };
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&tls.certificate)?, read(&tls.key)?))
-        .client_ca_root(Certificate::from_pem(read(&tls.ca)?));
-    Server::builder()
-        .tls_config(tls)
-        .map_err(ServeError::Tls)?
-        .add_service(
-            FederationServer::new(Adapter { handler })
-                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(ServeError::Transport)
+    let pem = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error: rustls::pki_types::pem::Error| ServeError::Pem {
+            path,
+            problem: error.to_string(),
+        }
+    };
+    let certificates = |path: &Path| -> Result<Vec<CertificateDer<'static>>, ServeError> {
+        CertificateDer::pem_slice_iter(&read(path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem(path))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certificates(&tls.ca)?);
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .map_err(|e| ServeError::Tls(rustls::Error::General(e.to_string())))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key)?).map_err(pem(&tls.key))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certificates(&tls.certificate)?, key)
+        .map_err(ServeError::Tls)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A short label for a refused handshake (`/metrics`), read from rustls's error.
+fn handshake_refusal(error: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as Tls};
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<Tls>()) {
+        Some(Tls::NoCertificatesPresented) => "tls-no-client-certificate",
+        Some(Tls::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature)) => {
+            "tls-client-certificate-unknown-issuer"
+        }
+        Some(Tls::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "tls-client-certificate-expired",
+        Some(Tls::InvalidCertificate(_)) => "tls-client-certificate-invalid",
+        Some(Tls::PeerIncompatible(_)) => "tls-incompatible-peer",
+        _ => "tls-handshake",
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Binds a TCP listener (for the gRPC service or `/metrics`).

@@ -156,6 +156,28 @@ async fn every_site_checks_in_and_every_wrong_identity_is_refused() {
         "a client without a certificate must be refused"
     );
 
+    // Every refused handshake was logged and counted with its reason (each counter is bumped by the
+    // handshake's own task; wait, bounded, for those tasks to have run).
+    for reason in [
+        "tls-client-certificate-unknown-issuer",
+        "tls-client-certificate-expired",
+        "tls-no-client-certificate",
+    ] {
+        let needle = format!("fedlnm_refused_requests_total{{reason=\"{reason}\"}}");
+        let counted = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while !aggregator.service.telemetry().render().contains(&needle) {
+                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            counted.is_ok(),
+            "{needle} missing:\n{}",
+            aggregator.service.telemetry().render()
+        );
+    }
+
     // After all refusals the aggregator still serves the legitimate sites.
     let (cert, key) = own("S3");
     client::check_in(&node_config(&kit("S3"), &url, "S3", "thyroid", cert, key))
