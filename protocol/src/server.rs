@@ -6,8 +6,7 @@
 use crate::generated as pb;
 use crate::generated::federation_server::{Federation, FederationServer};
 use crate::messages::{
-    CheckIn, CheckInReply, Claim, MetricsReport, ProtocolError, SecAggMessage, Task, UpdateHeader,
-    UploadReceipt,
+    CheckIn, CheckInReply, Claim, MetricsReport, SecAggMessage, Task, UpdateHeader, UploadReceipt,
 };
 use crate::transfer::{self, Assembler, TransferError};
 use fedlnm_shared::config::TlsFiles;
@@ -273,10 +272,6 @@ fn caller<T>(request: &Request<T>) -> Caller {
     Caller { certificate_site }
 }
 
-fn invalid(error: &ProtocolError) -> Status {
-    error.status()
-}
-
 type ModelStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ModelChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -358,7 +353,7 @@ impl<H: FederationHandler> Federation for Adapter<H> {
         let header = first
             .header
             .ok_or_else(|| Status::invalid_argument("the first chunk of an upload must carry its header"))?;
-        let header = UpdateHeader::try_from(header).map_err(|e| invalid(&e))?;
+        let header = UpdateHeader::try_from(header).map_err(|e| e.status())?;
         let upload = IncomingUpload {
             header,
             first: first.data,
@@ -376,7 +371,7 @@ impl<H: FederationHandler> Federation for Adapter<H> {
         request: Request<pb::SecAggRequest>,
     ) -> Result<Response<pb::SecAggReply>, Status> {
         let caller = caller(&request);
-        let message = SecAggMessage::try_from(request.into_inner()).map_err(|e| invalid(&e))?;
+        let message = SecAggMessage::try_from(request.into_inner()).map_err(|e| e.status())?;
         let payload = self.handler.secure_aggregation(caller, message).await?;
         Ok(Response::new(pb::SecAggReply { payload }))
     }
