@@ -48,7 +48,7 @@ macro_rules! ordinal_category {
                     .iter()
                     .copied()
                     .find(|category| category.label().eq_ignore_ascii_case(wanted))
-                    .ok_or_else(|| $crate::category::UnknownCategory { value: text.to_owned(), allowed: Self::LABELS })
+                    .ok_or_else(|| $crate::category::UnknownCategory { value: $crate::table::excerpt(text), allowed: Self::LABELS })
             }
         }
     };

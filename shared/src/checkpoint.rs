@@ -18,6 +18,8 @@ pub enum CheckpointError {
     Weights(#[from] WeightsError),
     #[error("{}: {source}", origin.display())]
     Config { origin: PathBuf, source: ConfigError },
+    #[error("{}: tensor '{tensor}' holds a non-finite value (NaN or infinity): not a usable model", origin.display())]
+    NonFinite { origin: PathBuf, tensor: String },
 }
 
 /// A model: its configuration and its weights.
@@ -31,7 +33,8 @@ impl Checkpoint {
     /// Parses checkpoint bytes; `origin` names where they came from (a file, `global model version 3`).
     ///
     /// # Errors
-    /// Not safetensors of F32 tensors, or no valid configuration whose digest is the stored one.
+    /// Not safetensors of F32 tensors, no valid configuration whose digest is the stored one, or a
+    /// non-finite weight.
     pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self, CheckpointError> {
         let (weights, metadata) = NamedTensors::from_safetensors_bytes(bytes, origin)?;
         let config =
@@ -39,6 +42,16 @@ impl Checkpoint {
                 origin: origin.to_path_buf(),
                 source,
             })?;
+        if let Some(tensor) = weights
+            .tensors
+            .iter()
+            .find(|t| t.values.iter().any(|v| !v.is_finite()))
+        {
+            return Err(CheckpointError::NonFinite {
+                origin: origin.to_path_buf(),
+                tensor: tensor.name.clone(),
+            });
+        }
         Ok(Self { config, weights })
     }
 

@@ -6,6 +6,18 @@
 
 use std::path::{Path, PathBuf};
 
+/// A cell's value as an error message shows it: whole when short, else its start and its length (a
+/// 50 MB value is not echoed back).
+#[must_use]
+pub fn excerpt(value: &str) -> String {
+    const SHOWN: usize = 64;
+    if value.chars().count() <= SHOWN {
+        return value.to_owned();
+    }
+    let start: String = value.chars().take(SHOWN).collect();
+    format!("{start}… ({} bytes)", value.len())
+}
+
 /// Bad tabular input. Every variant says where: file, line (the header is line 1) and column.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
@@ -243,7 +255,7 @@ impl Table {
                     file: self.file.clone(),
                     line: row_index as u64 + 2,
                     column: column.to_owned(),
-                    value: row[index].clone(),
+                    value: excerpt(&row[index]),
                     problem,
                 })
             })

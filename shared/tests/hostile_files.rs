@@ -108,3 +108,59 @@ fn an_ordinal_scale_too_large_for_its_tables_is_refused() {
     ));
     assert!(kappa::cohen_kappa(&[0, 1], &[1, 0], kappa::MAX_CATEGORIES).is_ok());
 }
+
+#[test]
+fn a_checkpoint_with_non_finite_weights_is_refused_by_tensor_name() {
+    let config = ModelConfig::tiny(Modality::Multimodal);
+    let weights = NamedTensors {
+        tensors: vec![
+            NamedTensor::new("head.bias", vec![2], vec![0.0, 1.0]).unwrap(),
+            NamedTensor::new("head.weight", vec![2], vec![f32::NAN, 1.0]).unwrap(),
+        ],
+    };
+    let bytes = weights
+        .to_safetensors_bytes(&config.checkpoint_metadata())
+        .unwrap();
+    let error = Checkpoint::from_bytes(&bytes, Path::new("nan.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("nan.safetensors") && error.contains("head.weight") && error.contains("non-finite"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_truncated_jpeg_is_corrupt_not_a_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let picture = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 128]));
+    let mut jpeg = Vec::new();
+    picture
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+    let whole = dir.path().join("whole.jpg");
+    std::fs::write(&whole, &jpeg).unwrap();
+    fedlnm_shared::data::image::read_rgb(&whole, 0).unwrap();
+    for (name, keep) in [("third.jpg", jpeg.len() / 3), ("most.jpg", jpeg.len() * 9 / 10)] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, &jpeg[..keep]).unwrap();
+        let error = fedlnm_shared::data::image::read_rgb(&file, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(name) && error.contains("truncated"), "{error}");
+    }
+}
+
+#[test]
+fn a_huge_bad_value_is_not_echoed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scores.csv");
+    let huge = "x".repeat(1 << 20);
+    std::fs::write(&file, format!("y_true,y_score\n1,{huge}\n")).unwrap();
+    let table = Table::read(&file).unwrap();
+    let error = table.numeric_column("y_score").unwrap_err().to_string();
+    assert!(
+        error.len() < 400 && error.contains("1048576 bytes"),
+        "{error:.400}"
+    );
+}

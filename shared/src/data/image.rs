@@ -170,12 +170,27 @@ fn open_error(file: &Path, source: std::io::Error) -> ImageError {
     }
 }
 
+/// Whether JPEG bytes end with the end-of-image marker `FF D9`, after any zero padding.
+fn ends_with_jpeg_eoi(bytes: &[u8]) -> bool {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes[..end].ends_with(&[0xFF, 0xD9])
+}
+
 fn decode_raster(
     file: &Path,
     format: image::ImageFormat,
     name: &'static str,
 ) -> Result<RgbImage, ImageError> {
     let bytes = crate::files::read_regular(file).map_err(|source| open_error(file, source))?;
+    // The JPEG decoder fills a truncated scan with grey instead of failing: a JPEG must end with its
+    // end-of-image marker (trailing zero padding allowed).
+    if format == image::ImageFormat::Jpeg && !ends_with_jpeg_eoi(&bytes) {
+        return Err(ImageError::Corrupt {
+            file: file.to_path_buf(),
+            format: name,
+            message: "truncated: no end-of-image marker".to_owned(),
+        });
+    }
     image::load_from_memory_with_format(&bytes, format)
         .map(|picture| picture.to_rgb8())
         .map_err(|error| ImageError::Corrupt {

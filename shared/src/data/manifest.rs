@@ -246,7 +246,7 @@ impl Row<'_> {
             line: self.line,
             patient_id: self.cell("patient_id").to_owned(),
             field,
-            value: self.cell(field).to_owned(),
+            value: crate::table::excerpt(self.cell(field)),
             problem,
         }
     }
