@@ -247,100 +247,45 @@ pub fn write_aggregator_toml(file: &Path, config: &AggregatorConfig) -> Result<(
     })
 }
 
-/// The comment above each key (section, key; an empty key comments the section header).
-const COMMENTS: &[(&str, &str, &str)] = &[
-    ("", "study", "The study's id (in every site's node.toml too)."),
-    (
-        "",
-        "listen",
-        "Address for the sites' gRPC over mutual TLS: the interface that faces the hospitals (0.0.0.0: all).",
-    ),
-    (
-        "",
-        "state_dir",
-        "Committed rounds (global models, records, metrics), relative to this file.",
-    ),
-    (
-        "",
-        "initial_model",
-        "The initial global model (`fedlnm-node init-model`), committed as round 0.",
-    ),
-    (
-        "",
-        "metrics_listen",
-        "Prometheus /metrics over plain HTTP: keep it on loopback or an internal interface.",
-    ),
-    (
-        "tls",
-        "",
-        "This server's certificate and key, and the study CA every site certificate must come from.",
-    ),
-    (
-        "sites",
-        "",
-        "A site of the study and its role (train, or validate: scores every model, never trains).",
-    ),
-    ("rounds", "", "How the study runs its rounds."),
-    ("rounds", "rounds", "Federated rounds."),
-    (
-        "rounds",
-        "min_sites",
-        "Training sites a round needs (with secure aggregation also the Shamir threshold: more than half).",
-    ),
-    (
-        "rounds",
-        "round_deadline_s",
-        "Seconds a round waits for training updates; scale with the model size and local epochs.",
-    ),
-    (
-        "rounds",
-        "stage_timeout_s",
-        "Seconds each secure-aggregation stage waits for missing sites.",
-    ),
-    (
-        "rounds",
-        "validation_deadline_s",
-        "Seconds the aggregator waits for the sites' validation metrics.",
-    ),
-    (
-        "rounds",
-        "long_poll_s",
-        "Seconds a site's request for a task waits (below any proxy idle timeout).",
-    ),
-    (
-        "rounds",
-        "secure_aggregation",
-        "The aggregator only ever sees the sum of masked updates.",
-    ),
-    (
-        "rounds",
-        "fedbn",
-        "FedBN: normalisation layers stay at each site.",
-    ),
-    (
-        "rounds",
-        "max_delta_norm",
-        "Largest L2 norm of a site's weight delta (each node checks its own).",
-    ),
-    (
-        "train",
-        "",
-        "The training plan sent to every training site each round.",
-    ),
-    ("train", "epochs", "Local epochs per round."),
-    ("train", "batch_size", "Patients per step."),
-    ("train", "learning_rate", "Peak learning rate of AdamW."),
-    (
-        "train",
-        "proximal_mu",
-        "FedProx proximal coefficient (0: FedAvg local training).",
-    ),
-    (
-        "train",
-        "seed",
-        "Seed of shuffling and augmentation (each site and round derives its own).",
-    ),
-];
+/// The comment above each setting of a provisioned `aggregator.toml`, one per line: `key`, `section.key`
+/// or `[section]` (its header), a colon, the comment.
+const COMMENTS: &str = "\
+study: The study's id (in every site's node.toml too).
+listen: Address for the sites' gRPC over mutual TLS: the interface that faces the hospitals (0.0.0.0: all).
+state_dir: Committed rounds (global models, records, metrics), relative to this file.
+initial_model: The initial global model (`fedlnm-node init-model`), committed as round 0.
+metrics_listen: Prometheus /metrics over plain HTTP: keep it on loopback or an internal interface.
+[tls]: This server's certificate and key, and the study CA every site certificate must come from.
+[sites]: A site of the study and its role (train, or validate: scores every model, never trains).
+[rounds]: How the study runs its rounds.
+rounds.rounds: Federated rounds.
+rounds.min_sites: Training sites a round needs (with secure aggregation also the Shamir threshold: > half).
+rounds.round_deadline_s: Seconds a round waits for training updates (scale with model size and epochs).
+rounds.stage_timeout_s: Seconds each secure-aggregation stage waits for missing sites.
+rounds.validation_deadline_s: Seconds the aggregator waits for the sites' validation metrics.
+rounds.long_poll_s: Seconds a site's request for a task waits (below any proxy idle timeout).
+rounds.secure_aggregation: The aggregator only ever sees the sum of masked updates.
+rounds.fedbn: FedBN: normalisation layers stay at each site.
+rounds.max_delta_norm: Largest L2 norm of a site's weight delta (each node checks its own).
+[train]: The training plan sent to every training site each round.
+train.epochs: Local epochs per round.
+train.batch_size: Patients per step.
+train.learning_rate: Peak learning rate of AdamW.
+train.proximal_mu: FedProx proximal coefficient (0: FedAvg local training).
+train.seed: Seed of shuffling and augmentation (each site and round derives its own).
+";
+
+/// The entries of [`COMMENTS`]: (section, key, comment), key empty for a section header.
+fn comments() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    COMMENTS.lines().filter_map(|line| {
+        let (label, comment) = line.split_once(": ")?;
+        let (section, key) = match label.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            Some(section) => (section, ""),
+            None => label.rsplit_once('.').unwrap_or(("", label)),
+        };
+        Some((section, key, comment))
+    })
+}
 
 fn commented(text: &str) -> String {
     let mut section = String::new();
@@ -368,9 +313,8 @@ fn commented(text: &str) -> String {
                 continue;
             }
         }
-        if let Some((_, _, comment)) = COMMENTS
-            .iter()
-            .find(|(s, k, _)| *s == section && *k == key && (header_line(trimmed) == key.is_empty()))
+        if let Some((_, _, comment)) =
+            comments().find(|(s, k, _)| *s == section && *k == key && (header_line(trimmed) == k.is_empty()))
         {
             out.push_str("# ");
             out.push_str(comment);
@@ -603,8 +547,13 @@ mod tests {
         let config = provision(&three).unwrap();
         let file = out.join(AGGREGATOR_DIR).join("aggregator.toml");
         let text = std::fs::read_to_string(&file).unwrap();
-        for (section, key, comment) in COMMENTS {
-            let written = config.initial_model.is_some() || *key != "initial_model";
+        assert_eq!(
+            comments().count(),
+            COMMENTS.lines().count(),
+            "every line is an entry"
+        );
+        for (section, key, comment) in comments() {
+            let written = config.initial_model.is_some() || key != "initial_model";
             assert!(
                 !written || text.contains(&format!("# {comment}\n")),
                 "[{section}] {key}: no comment in\n{text}"

@@ -97,17 +97,8 @@ impl ModelBlob {
     /// # Errors
     /// The weights cannot be serialized (a tensor whose values do not fill its shape).
     pub fn new(version: u64, weights: NamedTensors, config: ModelConfig) -> Result<Self, CheckpointError> {
-        let checkpoint = Checkpoint { config, weights };
-        let bytes = checkpoint.to_bytes()?;
-        let Checkpoint { config, weights } = checkpoint;
-        Ok(Self {
-            version,
-            digest: sha256_hex(&bytes),
-            config_digest: config.digest(),
-            bytes,
-            weights,
-            config,
-        })
+        let bytes = fedlnm_shared::checkpoint::to_bytes(&config, &weights)?;
+        Ok(Self::assemble(version, bytes, Checkpoint { config, weights }))
     }
 
     /// Parses a checkpoint's bytes: safetensors of F32 tensors with the model config in the metadata.
@@ -115,19 +106,23 @@ impl ModelBlob {
     /// # Errors
     /// [`StoreError::Corrupt`] naming `origin`.
     pub fn parse(version: u64, bytes: Vec<u8>, origin: &Path) -> Result<Self, StoreError> {
-        let Checkpoint { config, weights } =
-            Checkpoint::from_bytes(&bytes, origin).map_err(|e| StoreError::Corrupt {
-                path: origin.to_path_buf(),
-                problem: e.to_string(),
-            })?;
-        Ok(Self {
+        let checkpoint = Checkpoint::from_bytes(&bytes, origin).map_err(|e| StoreError::Corrupt {
+            path: origin.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+        Ok(Self::assemble(version, bytes, checkpoint))
+    }
+
+    /// A version from its checkpoint and that checkpoint's bytes.
+    fn assemble(version: u64, bytes: Vec<u8>, checkpoint: Checkpoint) -> Self {
+        Self {
             version,
             digest: sha256_hex(&bytes),
-            config_digest: config.digest(),
+            config_digest: checkpoint.config.digest(),
             bytes,
-            weights,
-            config,
-        })
+            weights: checkpoint.weights,
+            config: checkpoint.config,
+        }
     }
 }
 

@@ -52,67 +52,40 @@ impl Default for Telemetry {
             refused: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "round",
-            "Round in progress (0 before the first)",
-            telemetry.round.clone(),
-        );
-        registry.register(
-            "last_committed_round",
-            "The last committed round (0: only the initial model), read from the state folder at start",
-            telemetry.last_committed_round.clone(),
-        );
-        registry.register(
-            "study_finished",
-            "1 once the study has run all its rounds",
-            telemetry.study_finished.clone(),
-        );
-        registry.register("sites", "Sites in the study, by role", telemetry.sites.clone());
-        registry.register(
-            "rounds_committed",
-            "Rounds committed since start",
-            telemetry.rounds_committed.clone(),
-        );
-        registry.register(
-            "rounds_failed",
-            "Rounds abandoned (too few sites, protocol failure) since start",
-            telemetry.rounds_failed.clone(),
-        );
-        registry.register(
-            "contributing_sites",
-            "Training sites in the last committed round's aggregate",
-            telemetry.contributing_sites.clone(),
-        );
-        registry.register(
-            "round_duration_seconds",
-            "Duration of the last committed round",
-            telemetry.round_seconds.clone(),
-        );
-        registry.register(
-            "aggregation_duration_seconds",
-            "Time from the round's start to its aggregate, last committed round",
-            telemetry.aggregation_seconds.clone(),
-        );
-        registry.register(
-            "received_bytes",
-            "Payload bytes received from sites, by kind",
-            telemetry.bytes_received.clone(),
-        );
-        registry.register(
-            "sent_bytes",
-            "Payload bytes sent to sites, by kind",
-            telemetry.bytes_sent.clone(),
-        );
-        registry.register(
-            "site_last_seen_timestamp_seconds",
-            "Unix time of each site's last authorized request",
-            telemetry.site_last_seen.clone(),
-        );
-        registry.register(
-            "refused_requests",
-            "Requests refused, by reason",
-            telemetry.refused.clone(),
-        );
+        // Every metric, once: name (prefixed `fedlnm_`), field, help text.
+        macro_rules! register {
+            ($($name:literal => $field:ident: $help:literal;)+) => {
+                $(registry.register($name, $help, telemetry.$field.clone());)+
+            };
+        }
+        register! {
+            "round" => round:
+                "Round in progress (0 before the first)";
+            "last_committed_round" => last_committed_round:
+                "Last committed round, read at start (0: initial model only)";
+            "study_finished" => study_finished:
+                "1 once the study has run all its rounds";
+            "sites" => sites:
+                "Sites in the study, by role";
+            "rounds_committed" => rounds_committed:
+                "Rounds committed since start";
+            "rounds_failed" => rounds_failed:
+                "Rounds abandoned (too few sites, protocol failure) since start";
+            "contributing_sites" => contributing_sites:
+                "Training sites in the last committed round's aggregate";
+            "round_duration_seconds" => round_seconds:
+                "Duration of the last committed round";
+            "aggregation_duration_seconds" => aggregation_seconds:
+                "Time from the round's start to its aggregate, last committed round";
+            "received_bytes" => bytes_received:
+                "Payload bytes received from sites, by kind";
+            "sent_bytes" => bytes_sent:
+                "Payload bytes sent to sites, by kind";
+            "site_last_seen_timestamp_seconds" => site_last_seen:
+                "Unix time of each site's last authorized request";
+            "refused_requests" => refused:
+                "Requests refused, by reason";
+        }
         Self {
             registry,
             ..telemetry

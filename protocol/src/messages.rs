@@ -101,6 +101,13 @@ pub struct Claim {
     pub study: String,
 }
 
+impl Claim {
+    #[must_use]
+    pub fn new(site: String, study: String) -> Self {
+        Self { site, study }
+    }
+}
+
 /// A global model version: its number, the SHA-256 (hex) and size of its safetensors file, and the
 /// digest of its model configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -447,10 +454,7 @@ impl TryFrom<pb::UpdateHeader> for UpdateHeader {
     fn try_from(header: pb::UpdateHeader) -> Result<Self, ProtocolError> {
         Ok(Self {
             format: update_format(header.format)?,
-            claim: Claim {
-                site: header.site,
-                study: header.study,
-            },
+            claim: Claim::new(header.site, header.study),
             round: header.round,
             n_samples: header.n_samples,
             total_size: header.total_size,
@@ -477,10 +481,7 @@ impl TryFrom<pb::SecAggRequest> for SecAggMessage {
     fn try_from(request: pb::SecAggRequest) -> Result<Self, ProtocolError> {
         Ok(Self {
             stage: sec_agg_stage(request.stage)?,
-            claim: Claim {
-                site: request.site,
-                study: request.study,
-            },
+            claim: Claim::new(request.site, request.study),
             round: request.round,
             payload: request.payload,
         })
@@ -502,10 +503,7 @@ impl From<MetricsReport> for pb::MetricsReport {
 impl From<pb::MetricsReport> for MetricsReport {
     fn from(report: pb::MetricsReport) -> Self {
         Self {
-            claim: Claim {
-                site: report.site,
-                study: report.study,
-            },
+            claim: Claim::new(report.site, report.study),
             round: report.round,
             model_digest: report.model_digest,
             metrics: Encoded::from_bytes(report.metrics, "validation metrics"),

@@ -134,9 +134,11 @@ pub async fn serve(
     fedlnm_shared::tls::install_crypto_provider();
     let acceptor = tls_acceptor(tls)?;
     let (connections, incoming) = tokio::sync::mpsc::channel(64);
+    // The accept loop is part of this future (not a task of its own), so that the listener goes when
+    // `serve` is dropped: a restarted server can bind the same port at once.
     let accepting = {
         let handler = handler.clone();
-        AbortOnDrop(tokio::spawn(async move {
+        async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
@@ -166,19 +168,19 @@ pub async fn serve(
                     handler.handshake_refused(peer, reason);
                 });
             }
-        }))
+        }
     };
-    let result = Server::builder()
+    let serving = Server::builder()
         .add_service(
             FederationServer::new(Adapter { handler })
                 .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(incoming), shutdown)
-        .await
-        .map_err(ServeError::Transport);
-    drop(accepting);
-    result
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(incoming), shutdown);
+    tokio::select! {
+        result = serving => result.map_err(ServeError::Transport),
+        () = accepting => Ok(()),
+    }
 }
 
 /// The rustls acceptor of the study: TLS 1.3 only (the process's provider), a client certificate from
@@ -235,15 +237,6 @@ fn handshake_refusal(error: &std::io::Error) -> &'static str {
     }
 }
 
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Binds a TCP listener (for the gRPC service or `/metrics`).
 ///
 /// # Errors
@@ -283,10 +276,7 @@ impl<H: FederationHandler> Federation for Adapter<H> {
         let caller = caller(&request);
         let request = request.into_inner();
         let check_in = CheckIn {
-            claim: Claim {
-                site: request.site,
-                study: request.study,
-            },
+            claim: Claim::new(request.site, request.study),
             node_version: request.node_version,
         };
         let reply = self.handler.check_in(caller, check_in).await?;
@@ -296,10 +286,7 @@ impl<H: FederationHandler> Federation for Adapter<H> {
     async fn get_task(&self, request: Request<pb::TaskRequest>) -> Result<Response<pb::Task>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
-        let claim = Claim {
-            site: request.site,
-            study: request.study,
-        };
+        let claim = Claim::new(request.site, request.study);
         let task = self.handler.get_task(caller, claim).await?;
         Ok(Response::new(task.into()))
     }
@@ -312,10 +299,7 @@ impl<H: FederationHandler> Federation for Adapter<H> {
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
-        let claim = Claim {
-            site: request.site,
-            study: request.study,
-        };
+        let claim = Claim::new(request.site, request.study);
         let download = self
             .handler
             .download_model(caller, claim, request.version)

@@ -424,7 +424,8 @@ pub fn write_toml(file: &Path, value: &impl Serialize) -> Result<(), ConfigError
     })
 }
 
-fn read_toml<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
+/// Reads a TOML file into `T` (a regular file, UTF-8); errors name the file.
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
     let bytes = crate::files::read_regular(file).map_err(|source| ConfigError::Unreadable {
         file: file.to_path_buf(),
         source,

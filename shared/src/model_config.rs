@@ -446,18 +446,7 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and validates a TOML config file.
     pub fn read(file: &std::path::Path) -> Result<Self, ConfigError> {
-        let bytes = crate::files::read_regular(file).map_err(|source| ConfigError::Unreadable {
-            file: file.to_path_buf(),
-            source,
-        })?;
-        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Syntax {
-            file: file.to_path_buf(),
-            message: "not UTF-8 text".to_owned(),
-        })?;
-        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            file: file.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let config: Self = crate::config::read_toml(file)?;
         config.model.validate().map_err(|e| e.in_file(file))?;
         config.train.validate().map_err(|e| e.in_file(file))?;
         Ok(config)

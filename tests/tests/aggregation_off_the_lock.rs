@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, mpsc};
 #[allow(dead_code)] // The hand-driven generated-client helpers are for the other round tests.
 mod common;
 
-use common::scrape;
+use common::{free_port, scrape};
 
 const PARAMETERS: usize = 11_000_000;
 
@@ -87,11 +87,7 @@ async fn long_polls_and_metrics_are_answered_while_a_large_round_is_aggregated()
         ..RoundSettings::default()
     };
     let mut config = provision_study_with(&study_dir, common::STUDY, settings, model(0.5));
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = free_port();
     config.metrics_listen = Some(format!("127.0.0.1:{metrics_port}"));
     let aggregator = RunningAggregator::start(config, 0).await;
 

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 mod common;
 
-use common::{STUDY, connect, next_task, scrape};
+use common::{STUDY, connect, free_port, next_task, scrape};
 
 async fn download(client: &mut FederationClient<Channel>, site: &str, version: u64) -> Vec<u8> {
     let mut stream = client
@@ -198,11 +198,7 @@ async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates()
         ..RoundSettings::default()
     };
     let mut config = provision_study(&study_dir, STUDY, settings);
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = free_port();
     config.metrics_listen = Some(format!("127.0.0.1:{metrics_port}"));
     let state_dir = config.state_dir.clone();
     let aggregator = RunningAggregator::start(config.clone(), 0).await;

@@ -69,6 +69,51 @@ async fn exchange(
         .map(|reply| reply.into_inner().payload)
 }
 
+/// A provisioned study served on loopback, whose hand-driven sites run as tasks.
+struct SecureStudy {
+    _dir: tempfile::TempDir,
+    study_dir: PathBuf,
+    state_dir: PathBuf,
+    aggregator: RunningAggregator,
+    url: String,
+}
+
+impl SecureStudy {
+    async fn start(settings: RoundSettings) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let study_dir = dir.path().join("study");
+        let config = provision_study(&study_dir, STUDY, settings);
+        let state_dir = config.state_dir.clone();
+        let aggregator = RunningAggregator::start(config, 0).await;
+        let url = aggregator.url.clone();
+        Self {
+            _dir: dir,
+            study_dir,
+            state_dir,
+            aggregator,
+            url,
+        }
+    }
+
+    /// One site's part of the current round, as a task.
+    fn run(
+        &self,
+        site: &'static str,
+        scale: f32,
+        n: u64,
+        behaviour: Behaviour,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(site_round(
+            self.study_dir.clone(),
+            self.url.clone(),
+            site,
+            scale,
+            n,
+            behaviour,
+        ))
+    }
+}
+
 /// One site's part of a secure round, stopping where `behaviour` says.
 async fn site_round(
     study_dir: PathBuf,
@@ -240,8 +285,6 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
         .with_env_filter("info")
         .with_test_writer()
         .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let study_dir = dir.path().join("study");
     let settings = RoundSettings {
         rounds: 3,
         min_sites: 2,
@@ -254,20 +297,9 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
         validation_deadline_s: 60,
         ..RoundSettings::default()
     };
-    let config = provision_study(&study_dir, STUDY, settings);
-    let state_dir = config.state_dir.clone();
-    let aggregator = RunningAggregator::start(config, 0).await;
-    let url = aggregator.url.clone();
-    let run = |site: &'static str, scale: f32, n: u64, behaviour: Behaviour| {
-        tokio::spawn(site_round(
-            study_dir.clone(),
-            url.clone(),
-            site,
-            scale,
-            n,
-            behaviour,
-        ))
-    };
+    let study = SecureStudy::start(settings).await;
+    let (study_dir, state_dir, url) = (&study.study_dir, &study.state_dir, &study.url);
+    let run = |site, scale, n, behaviour| study.run(site, scale, n, behaviour);
 
     // Round 1: S3 uploads, then vanishes before unmasking: it stays in the sum.
     let sites = [
@@ -278,8 +310,8 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     for site in sites {
         site.await.unwrap();
     }
-    validate_all(&study_dir, &url, 1).await;
-    let store = RoundStore::open(&state_dir).unwrap();
+    validate_all(study_dir, url, 1).await;
+    let store = RoundStore::open(state_dir).unwrap();
     let round1 = store.load(1).unwrap();
     assert_eq!(round1.record.contributors, ["S1", "S2", "S3"]);
     let expected1 = fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600)]);
@@ -298,7 +330,7 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     for site in sites {
         site.await.unwrap();
     }
-    validate_all(&study_dir, &url, 2).await;
+    validate_all(study_dir, url, 2).await;
     let round2 = store.load(2).unwrap();
     assert_eq!(
         (round2.record.contributors.clone(), round2.record.dropped.clone()),
@@ -310,7 +342,7 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     );
 
     // Round 3: only S1 turns up: below the threshold of 2 the round is abandoned, nothing committed.
-    let mut s1 = connect(&study_dir, "S1", &url).await;
+    let mut s1 = connect(study_dir, "S1", url).await;
     let train = train_task(&mut s1, "S1").await;
     assert_eq!(train.round, 3);
     let config: SecAggConfig = wire::decode(&train.secagg_config, "config").unwrap();
@@ -332,8 +364,8 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
         "{refusal:?}"
     );
     assert_eq!(store.committed_rounds().unwrap(), vec![0, 1, 2]);
-    assert_eq!(aggregator.service.committed().0, 2);
-    aggregator.shut_down().await;
+    assert_eq!(study.aggregator.service.committed().0, 2);
+    study.aggregator.shut_down().await;
 }
 
 /// A node killed mid-round and started again (it checks in afresh) has lost its round secrets: the
@@ -342,8 +374,6 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
 /// never offered the round it lost nor refused as invalid, and it trains again at the next round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_round() {
-    let dir = tempfile::tempdir().unwrap();
-    let study_dir = dir.path().join("study");
     let settings = RoundSettings {
         rounds: 2,
         min_sites: 2,
@@ -354,27 +384,16 @@ async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_roun
         validation_deadline_s: 3600,
         ..RoundSettings::default()
     };
-    let config = provision_study(&study_dir, STUDY, settings);
-    let state_dir = config.state_dir.clone();
-    let aggregator = RunningAggregator::start(config, 0).await;
-    let url = aggregator.url.clone();
-    let run = |site: &'static str, scale: f32, n: u64, behaviour: Behaviour| {
-        tokio::spawn(site_round(
-            study_dir.clone(),
-            url.clone(),
-            site,
-            scale,
-            n,
-            behaviour,
-        ))
-    };
+    let study = SecureStudy::start(settings).await;
+    let (study_dir, state_dir, url) = (&study.study_dir, &study.state_dir, &study.url);
+    let run = |site, scale, n, behaviour| study.run(site, scale, n, behaviour);
     let bound = std::time::Duration::from_secs(120);
 
     // Round 1: S2 advertises and shares its keys, then its process dies; it starts again and checks in.
     let s1 = run("S1", 1.0, 100, Behaviour::Complete);
     let s3 = run("S3", -1.0, 300, Behaviour::Complete);
     run("S2", 5.0, 600, Behaviour::VanishBeforeUpload).await.unwrap();
-    let restarted = fedlnm_e2e::site_config(&study_dir, "S2", &url);
+    let restarted = fedlnm_e2e::site_config(study_dir, "S2", url);
     let mut s2 = fedlnm_protocol::Client::connect(&restarted).await.unwrap();
     assert_eq!(s2.check_in().await.unwrap().role, SiteRole::Train);
     // S1 and S3 finish the round without waiting for S2's upload.
@@ -395,10 +414,10 @@ async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_roun
         matches!(&next, fedlnm_protocol::Task::Validate(v) if v.round == 1),
         "{next:?}"
     );
-    tokio::time::timeout(bound, validate_all(&study_dir, &url, 1))
+    tokio::time::timeout(bound, validate_all(study_dir, url, 1))
         .await
         .expect("round 1 was not validated");
-    let store = RoundStore::open(&state_dir).unwrap();
+    let store = RoundStore::open(state_dir).unwrap();
     let round1 = store.load(1).unwrap();
     assert_eq!(
         (round1.record.contributors.clone(), round1.record.dropped.clone()),
@@ -422,9 +441,9 @@ async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_roun
     })
     .await
     .expect("round 2 did not complete");
-    tokio::time::timeout(bound, validate_all(&study_dir, &url, 2))
+    tokio::time::timeout(bound, validate_all(study_dir, url, 2))
         .await
         .expect("round 2 was not validated");
     assert_eq!(store.load(2).unwrap().record.contributors, ["S1", "S2", "S3"]);
-    aggregator.shut_down().await;
+    study.aggregator.shut_down().await;
 }
