@@ -164,3 +164,56 @@ fn a_huge_bad_value_is_not_echoed_whole() {
         "{error:.400}"
     );
 }
+
+#[test]
+fn an_image_link_out_of_the_site_is_not_followed_and_only_the_index_image_is_decoded() {
+    use fedlnm_shared::data::{self, CropFractions, LoadOptions, Preprocess};
+    use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("S1");
+    let config = SynthConfig {
+        site: "S1".into(),
+        n_patients: 6,
+        seed: 3,
+        profile: SiteProfile::named("tertiary").unwrap(),
+        format: OutputFormat::Png,
+        image_size: 64,
+    };
+    synth::write_site(&config, &site).unwrap();
+    let manifest = site.join(data::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let read = data::read_manifest(&site).unwrap();
+    let (_, first) = &read.records[0];
+    let (_, second) = &read.records[1];
+    // Patient 1's picture becomes a link to a file outside the site folder.
+    let outside = dir.path().join("outside.png");
+    let linked = site.join(data::IMAGES_DIR).join(&first.image_files[0]);
+    std::fs::rename(&linked, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &linked).unwrap();
+    // Patient 2 lists its picture 2,000 times: it is checked, but decoded once.
+    let many = vec![second.image_files[0].clone(); 2000].join(";");
+    std::fs::write(&manifest, text.replacen(&second.image_files[0], &many, 1)).unwrap();
+
+    let options = LoadOptions {
+        preprocess: Preprocess {
+            size: 32,
+            crop: CropFractions::SYNTHETIC,
+        },
+        require_labels: true,
+    };
+    let loaded = data::load_site("S1", &site, &options).unwrap();
+    let excluded: Vec<_> = loaded.exclusions.iter().map(|e| e.error.reason()).collect();
+    assert_eq!(
+        excluded,
+        ["image outside the site folder"],
+        "{:?}",
+        loaded.exclusions
+    );
+    let listed_many = loaded
+        .patients
+        .iter()
+        .find(|p| p.record.patient_id == second.patient_id)
+        .unwrap();
+    assert_eq!(listed_many.record.image_files.len(), 2000);
+    assert_eq!(listed_many.images.len(), 1);
+}

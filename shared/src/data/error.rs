@@ -106,6 +106,8 @@ pub enum ImageError {
     },
     #[error("image file {}: {width}x{height} pixels is too small after cropping the annotation bands", file.display())]
     TooSmall { file: PathBuf, width: u32, height: u32 },
+    #[error("image file {} resolves outside the images folder (a link out of it is not followed)", file.display())]
+    OutsideSite { file: PathBuf },
 }
 
 impl PatientError {
@@ -141,6 +143,7 @@ impl ImageError {
             Self::DicomUnsupported { .. } => "unsupported DICOM encoding",
             Self::FrameOutOfRange { .. } => "requested frame out of range",
             Self::TooSmall { .. } => "image too small",
+            Self::OutsideSite { .. } => "image outside the site folder",
         }
     }
 }

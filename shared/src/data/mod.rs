@@ -31,6 +31,8 @@ pub struct LoadOptions {
 #[derive(Debug, Clone)]
 pub struct LoadedPatient {
     pub record: PatientRecord,
+    /// The index image (the first of `record.image_files`), decoded; the other files are checked to
+    /// exist inside the site folder, not decoded (the model reads the index image only).
     pub images: Vec<ImageTensor>,
 }
 
@@ -53,11 +55,37 @@ impl SiteData {
     }
 }
 
+/// The patient's index image, decoded, once every one of its image files is a regular file inside the
+/// images folder.
+fn load_index_image(
+    images_dir: &Path,
+    site_root: &Path,
+    record: &PatientRecord,
+    preprocess: &Preprocess,
+) -> Result<ImageTensor, ImageError> {
+    for name in &record.image_files {
+        let file = images_dir.join(name);
+        match std::fs::canonicalize(&file) {
+            Ok(resolved) if !resolved.starts_with(site_root) => return Err(ImageError::OutsideSite { file }),
+            Ok(_) => crate::files::check_regular(&file).map_err(|source| ImageError::Unreadable {
+                file: file.clone(),
+                source,
+            })?,
+            Err(_) => return Err(ImageError::Missing { file }),
+        }
+    }
+    let index = record.image_files.first().map(String::as_str).unwrap_or_default();
+    image::load_tensor(&images_dir.join(index), record.image_frame, preprocess)
+}
+
 /// Reads the manifest and every image of `site_dir`; bad patients are excluded with their reason.
 pub fn load_site(site: &str, site_dir: &Path, options: &LoadOptions) -> Result<SiteData, ManifestError> {
     let started = std::time::Instant::now();
     let manifest = read_manifest(site_dir)?;
     let images_dir = site_dir.join(IMAGES_DIR);
+    // Image paths must resolve inside the images folder: a symbolic link in it that points out is not
+    // followed (the folder itself may be a link, to another disk say).
+    let site_root = std::fs::canonicalize(&images_dir).unwrap_or_else(|_| images_dir.clone());
     let mut flow = PatientFlow {
         site: site.to_owned(),
         read: manifest.n_read,
@@ -73,13 +101,8 @@ pub fn load_site(site: &str, site_dir: &Path, options: &LoadOptions) -> Result<S
                 patient_id: record.patient_id.clone(),
             })
         } else {
-            record
-                .image_files
-                .iter()
-                .map(|name| {
-                    image::load_tensor(&images_dir.join(name), record.image_frame, &options.preprocess)
-                })
-                .collect::<Result<Vec<_>, _>>()
+            load_index_image(&images_dir, &site_root, &record, &options.preprocess)
+                .map(|index| vec![index])
                 .map_err(|source| PatientError::Image {
                     line,
                     patient_id: record.patient_id.clone(),
