@@ -36,6 +36,12 @@ pub enum InputError {
         line: u64,
         message: String,
     },
+    #[error("{}, line {line}, column '{column}': not UTF-8 text", file.display())]
+    NotUtf8 {
+        file: PathBuf,
+        line: u64,
+        column: String,
+    },
     #[error("{}: the header names column '{column}' twice", file.display())]
     DuplicateColumn { file: PathBuf, column: String },
     #[error("{}: no column named '{column}' (columns: {available})", file.display())]
@@ -138,17 +144,36 @@ impl CsvReader {
         column_index(&self.file, &self.headers, column)
     }
 
-    /// The records with their line numbers; a record that is not CSV ends the file with an error.
+    /// The records with the file line each starts on (a quoted cell may hold line breaks). A record
+    /// that is not CSV ends the file with [`InputError::Malformed`]; one whose cell is not UTF-8 is
+    /// [`InputError::NotUtf8`], naming the column, and reading goes on with the next.
     pub fn records(&mut self) -> impl Iterator<Item = Result<(u64, csv::StringRecord), InputError>> + '_ {
-        let file = &self.file;
-        self.reader.records().enumerate().map(move |(index, record)| {
-            let line = index as u64 + 2;
-            record
+        let (file, headers) = (&self.file, &self.headers);
+        let mut previous_line = 1;
+        self.reader.byte_records().map(move |record| {
+            let malformed = |line: u64, message: String| InputError::Malformed {
+                file: file.clone(),
+                line,
+                message,
+            };
+            let record = record.map_err(|e| {
+                let line = e.position().map_or(previous_line + 1, csv::Position::line);
+                malformed(line, e.to_string())
+            })?;
+            let line = record.position().map_or(previous_line + 1, csv::Position::line);
+            previous_line = line;
+            csv::StringRecord::from_byte_record(record)
                 .map(|record| (line, record))
-                .map_err(|e| InputError::Malformed {
-                    file: file.clone(),
-                    line,
-                    message: e.to_string(),
+                .map_err(|e| {
+                    let field = e.utf8_error().field();
+                    InputError::NotUtf8 {
+                        file: file.clone(),
+                        line,
+                        column: headers
+                            .get(field)
+                            .cloned()
+                            .unwrap_or_else(|| format!("#{}", field + 1)),
+                    }
                 })
         })
     }
@@ -171,6 +196,8 @@ pub struct Table {
     file: PathBuf,
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
+    /// The file line each row starts on.
+    lines: Vec<u64>,
 }
 
 impl Table {
@@ -187,6 +214,7 @@ impl Table {
             });
         }
         let mut rows = Vec::new();
+        let mut lines = Vec::new();
         for record in reader.records() {
             let (line, record) = record?;
             if record.len() != headers.len() {
@@ -201,6 +229,7 @@ impl Table {
                 });
             }
             rows.push(record.iter().map(str::to_owned).collect());
+            lines.push(line);
         }
         if rows.is_empty() {
             return Err(InputError::Empty {
@@ -211,6 +240,7 @@ impl Table {
             file: file.to_path_buf(),
             headers,
             rows,
+            lines,
         })
     }
 
@@ -253,7 +283,7 @@ impl Table {
             .map(|(row_index, row)| {
                 parse(&row[index]).map_err(|problem| InputError::BadValue {
                     file: self.file.clone(),
-                    line: row_index as u64 + 2,
+                    line: self.lines[row_index],
                     column: column.to_owned(),
                     value: excerpt(&row[index]),
                     problem,

@@ -217,3 +217,65 @@ fn an_image_link_out_of_the_site_is_not_followed_and_only_the_index_image_is_dec
     assert_eq!(listed_many.record.image_files.len(), 2000);
     assert_eq!(listed_many.images.len(), 1);
 }
+
+#[test]
+fn a_cell_that_is_not_utf8_is_named_by_column_and_lines_are_file_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scores.csv");
+    let mut bytes = b"y_true,y_score\n1,0.5\n0,".to_vec();
+    bytes.extend_from_slice(&[0xFF, 0xFE]);
+    bytes.extend_from_slice(b"\n");
+    std::fs::write(&file, &bytes).unwrap();
+    let error = Table::read(&file).unwrap_err();
+    assert!(
+        matches!(&error, InputError::NotUtf8 { line: 3, column, .. } if column == "y_score"),
+        "{error}"
+    );
+    // A quoted cell spanning two lines: the next row's error names its own file line (4), not its
+    // record number (3).
+    std::fs::write(&file, "y_true,y_score\n1,\"0.5\n\"\n0,abc\n").unwrap();
+    let error = Table::read(&file)
+        .unwrap()
+        .numeric_column("y_score")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("line 4"), "{error}");
+}
+
+#[test]
+fn a_patient_row_that_is_not_utf8_excludes_that_patient_only() {
+    use fedlnm_shared::data::{self, CropFractions, LoadOptions, Preprocess};
+    use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("S1");
+    let config = SynthConfig {
+        site: "S1".into(),
+        n_patients: 5,
+        seed: 4,
+        profile: SiteProfile::named("community").unwrap(),
+        format: OutputFormat::Png,
+        image_size: 64,
+    };
+    synth::write_site(&config, &site).unwrap();
+    let manifest = site.join(data::MANIFEST_FILE);
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    // Corrupt one byte of the last row's last cell.
+    let last = bytes.len() - 2;
+    bytes[last] = 0xFF;
+    std::fs::write(&manifest, &bytes).unwrap();
+    let options = LoadOptions {
+        preprocess: Preprocess {
+            size: 32,
+            crop: CropFractions::SYNTHETIC,
+        },
+        require_labels: true,
+    };
+    let loaded = data::load_site("S1", &site, &options).unwrap();
+    assert_eq!((loaded.flow.read, loaded.patients.len()), (5, 4));
+    assert_eq!(loaded.exclusions[0].error.reason(), "text not UTF-8");
+    assert!(
+        loaded.exclusions[0].error.to_string().contains("field '"),
+        "{}",
+        loaded.exclusions[0].error
+    );
+}

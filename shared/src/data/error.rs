@@ -31,6 +31,12 @@ pub enum FieldProblem {
 /// manifest line (the header is line 1) and, where it applies, the patient and the field.
 #[derive(Debug, thiserror::Error)]
 pub enum PatientError {
+    #[error("{}, line {line}, field '{column}': not UTF-8 text", file.display())]
+    NotUtf8 {
+        file: PathBuf,
+        line: u64,
+        column: String,
+    },
     #[error("{}, line {line}: the row has {found} fields but the header has {expected}", file.display())]
     RaggedRow {
         file: PathBuf,
@@ -116,6 +122,7 @@ impl PatientError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::RaggedRow { .. } => "malformed manifest row",
+            Self::NotUtf8 { .. } => "text not UTF-8",
             Self::BadField { problem, .. } => match problem {
                 FieldProblem::Missing => "missing value",
                 FieldProblem::UnknownCategory(_) => "unknown category",

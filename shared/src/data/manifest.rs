@@ -112,7 +112,20 @@ pub fn read_manifest(dir: &Path) -> Result<ManifestRead, ManifestError> {
     };
     let mut first_line_of: HashMap<String, u64> = HashMap::new();
     for record in reader.records() {
-        let (line, record) = record?;
+        let (line, record) = match record {
+            Ok(record) => record,
+            // A row with a cell that is not UTF-8 text excludes that patient, not the site.
+            Err(crate::table::InputError::NotUtf8 { file, line, column }) => {
+                read.n_read += 1;
+                read.exclusions.push(Exclusion {
+                    line,
+                    patient_id: None,
+                    error: PatientError::NotUtf8 { file, line, column },
+                });
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         read.n_read += 1;
         if record.len() != n_columns {
             read.exclusions.push(Exclusion {
