@@ -167,19 +167,9 @@ fn a_huge_bad_value_is_not_echoed_whole() {
 
 #[test]
 fn an_image_link_out_of_the_site_is_not_followed_and_only_the_index_image_is_decoded() {
-    use fedlnm_shared::data::{self, CropFractions, LoadOptions, Preprocess};
-    use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
+    use fedlnm_shared::data;
     let dir = tempfile::tempdir().unwrap();
-    let site = dir.path().join("S1");
-    let config = SynthConfig {
-        site: "S1".into(),
-        n_patients: 6,
-        seed: 3,
-        profile: SiteProfile::named("tertiary").unwrap(),
-        format: OutputFormat::Png,
-        image_size: 64,
-    };
-    synth::write_site(&config, &site).unwrap();
+    let site = synthetic_site(dir.path(), 6, 3, "tertiary");
     let manifest = site.join(data::MANIFEST_FILE);
     let text = std::fs::read_to_string(&manifest).unwrap();
     let read = data::read_manifest(&site).unwrap();
@@ -194,13 +184,7 @@ fn an_image_link_out_of_the_site_is_not_followed_and_only_the_index_image_is_dec
     let many = vec![second.image_files[0].clone(); 2000].join(";");
     std::fs::write(&manifest, text.replacen(&second.image_files[0], &many, 1)).unwrap();
 
-    let options = LoadOptions {
-        preprocess: Preprocess {
-            size: 32,
-            crop: CropFractions::SYNTHETIC,
-        },
-        require_labels: true,
-    };
+    let options = load_options();
     let loaded = data::load_site("S1", &site, &options).unwrap();
     let excluded: Vec<_> = loaded.exclusions.iter().map(|e| e.error.reason()).collect();
     assert_eq!(
@@ -244,32 +228,16 @@ fn a_cell_that_is_not_utf8_is_named_by_column_and_lines_are_file_lines() {
 
 #[test]
 fn a_patient_row_that_is_not_utf8_excludes_that_patient_only() {
-    use fedlnm_shared::data::{self, CropFractions, LoadOptions, Preprocess};
-    use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
+    use fedlnm_shared::data;
     let dir = tempfile::tempdir().unwrap();
-    let site = dir.path().join("S1");
-    let config = SynthConfig {
-        site: "S1".into(),
-        n_patients: 5,
-        seed: 4,
-        profile: SiteProfile::named("community").unwrap(),
-        format: OutputFormat::Png,
-        image_size: 64,
-    };
-    synth::write_site(&config, &site).unwrap();
+    let site = synthetic_site(dir.path(), 5, 4, "community");
     let manifest = site.join(data::MANIFEST_FILE);
     let mut bytes = std::fs::read(&manifest).unwrap();
     // Corrupt one byte of the last row's last cell.
     let last = bytes.len() - 2;
     bytes[last] = 0xFF;
     std::fs::write(&manifest, &bytes).unwrap();
-    let options = LoadOptions {
-        preprocess: Preprocess {
-            size: 32,
-            crop: CropFractions::SYNTHETIC,
-        },
-        require_labels: true,
-    };
+    let options = load_options();
     let loaded = data::load_site("S1", &site, &options).unwrap();
     assert_eq!((loaded.flow.read, loaded.patients.len()), (5, 4));
     assert_eq!(loaded.exclusions[0].error.reason(), "text not UTF-8");
@@ -278,4 +246,32 @@ fn a_patient_row_that_is_not_utf8_excludes_that_patient_only() {
         "{}",
         loaded.exclusions[0].error
     );
+}
+
+/// A synthetic site S1 of `n_patients` PNG patients in `dir`.
+fn synthetic_site(dir: &Path, n_patients: usize, seed: u64, profile: &str) -> PathBuf {
+    use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
+    let site = dir.join("S1");
+    let config = SynthConfig {
+        site: "S1".into(),
+        n_patients,
+        seed,
+        profile: SiteProfile::named(profile).unwrap(),
+        format: OutputFormat::Png,
+        image_size: 64,
+    };
+    synth::write_site(&config, &site).unwrap();
+    site
+}
+
+/// Loading as the tests of the data loader do: 32-px inputs, labels required.
+fn load_options() -> fedlnm_shared::data::LoadOptions {
+    use fedlnm_shared::data::{CropFractions, LoadOptions, Preprocess};
+    LoadOptions {
+        preprocess: Preprocess {
+            size: 32,
+            crop: CropFractions::SYNTHETIC,
+        },
+        require_labels: true,
+    }
 }
