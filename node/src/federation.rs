@@ -293,11 +293,13 @@ impl Node {
             RoundAggregation::Plain => None,
         };
 
-        let (global, _) = self.download(client, model_ref).await?;
-        let Checkpoint {
-            config,
-            weights: global,
-        } = global;
+        let (
+            Checkpoint {
+                config,
+                weights: global,
+            },
+            _,
+        ) = self.download(client, model_ref).await?;
         let start = self.with_local_norm(global.clone(), local_tensors)?;
         let device = self.config.device;
         let examples = self.examples_for(&config).await?;

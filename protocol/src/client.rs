@@ -222,6 +222,12 @@ impl Client {
         })
     }
 
+    /// The generated client underneath, for tests that must send hand-made (hostile) messages.
+    #[must_use]
+    pub fn into_generated(self) -> FederationClient<Channel> {
+        self.inner
+    }
+
     /// Proves the network path, mutual TLS and this site's identity; returns the site's role.
     ///
     /// # Errors
@@ -361,14 +367,6 @@ impl Client {
         };
         self.inner.report_metrics(pb::MetricsReport::from(report)).await?;
         Ok(())
-    }
-}
-
-impl Client {
-    /// The generated client underneath, for tests that must send hand-made (hostile) messages.
-    #[must_use]
-    pub fn into_generated(self) -> FederationClient<Channel> {
-        self.inner
     }
 }
 

@@ -160,21 +160,11 @@ impl Assembler {
                 received: self.received(),
             });
         }
-        if hex(&self.hasher.finalize()) != digest {
+        if fedlnm_shared::weights::hex(&self.hasher.finalize()) != digest {
             return Err(TransferError::Digest { what: self.what });
         }
         Ok(self.received)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(2 * bytes.len()), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
 }
 
 #[cfg(test)]

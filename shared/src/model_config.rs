@@ -234,11 +234,7 @@ impl ModelConfig {
         let mut hasher = sha2::Sha256::new();
         hasher.update(b"fedlnm-model-config-v1\n");
         hasher.update(self.canonical_json().as_bytes());
-        hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        crate::weights::hex(&hasher.finalize())
     }
 
     /// The canonical JSON that [`Self::digest`] hashes (stored in checkpoints).
