@@ -608,6 +608,7 @@ fn new_secure(config: &AggregatorConfig, global: &ModelBlob, names: &[String]) -
     let attempt = Attempt {
         round: 1,
         attempt: 1,
+        instance: 0,
         opened: now,
         deadline: now + Duration::from_secs(3600),
     };

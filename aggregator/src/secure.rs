@@ -22,11 +22,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// One start of a round: its number, which start it is (an abandoned round starts again as a new
-/// attempt, with its own protocol instance), when it opened and its upload deadline.
+/// attempt, with its own protocol instance), the random id of the aggregator process that opened it,
+/// when it opened and its upload deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt {
     pub round: u64,
     pub attempt: u64,
+    pub instance: u64,
     pub opened: Instant,
     pub deadline: Instant,
 }
@@ -75,6 +77,7 @@ impl SecureAggregation {
         let Attempt {
             round,
             attempt,
+            instance,
             opened: now,
             deadline: round_deadline,
         } = *attempt;
@@ -86,9 +89,10 @@ impl SecureAggregation {
         let secagg_config = SecAggConfig {
             study_id: config.study.clone(),
             round,
-            // The attempt makes every start of a round a distinct instance (its own configuration
-            // hash): nothing from an abandoned attempt is accepted by the next.
-            model_version: ModelVersion::new(global.digest.clone(), attempt),
+            // The attempt and the process's instance make every start of a round a distinct protocol
+            // instance (its own configuration hash): nothing from an abandoned attempt, nor from the
+            // aggregator process before a restart, is accepted by the next.
+            model_version: ModelVersion::new(global.digest.clone(), attempt).of_instance(instance),
             participants: ids.values().copied().collect(),
             threshold: config.rounds.min_sites,
             tensors: secagg::tensor_specs(&global.weights),
@@ -169,10 +173,15 @@ fn invalid(error: fedlnm_protocol::payload::PayloadError) -> AggregationError {
     AggregationError::Invalid(error.to_string())
 }
 
-/// A protocol refusal: a message at the wrong stage, from a site no longer in the round or sent twice
-/// is a matter of timing (the site rejoins at the next round); anything else is the message's fault.
+/// A protocol refusal: a message at the wrong stage, from a site no longer in the round, sent twice, or
+/// made for another start of this round (abandoned, or opened by the aggregator process before a
+/// restart) is a matter of timing (the site takes its next task); anything else is the message's fault.
 fn protocol_error(error: &secagg::SecAggError) -> AggregationError {
     match error {
+        secagg::SecAggError::ConfigMismatch { .. } => AggregationError::WrongTime(format!(
+            "{error}: it was made for another start of this round (abandoned, or begun before the \
+             aggregator restarted); take the next task"
+        )),
         secagg::SecAggError::WrongStage { .. }
         | secagg::SecAggError::NotInRound { .. }
         | secagg::SecAggError::Duplicate { .. } => AggregationError::WrongTime(error.to_string()),

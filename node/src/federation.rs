@@ -382,6 +382,7 @@ impl Node {
     }
 
     async fn validate_round(&mut self, client: &mut Client, task: &ValidateTask) -> anyhow::Result<()> {
+        tracing::info!(site = self.config.site, round = task.round, "validation task");
         let (Checkpoint { config, weights }, _) = self.download(client, &task.model).await?;
         let role = self.role.unwrap_or(SiteRole::Train);
         let weights = self.with_local_norm(weights, &task.local_tensors)?;

@@ -75,15 +75,28 @@ pub fn tensor_specs(model: &NamedTensors) -> Vec<TensorSpec> {
 pub struct ModelVersion {
     pub model_digest: String,
     pub attempt: u64,
+    /// Drawn at random by the server process that opened the attempt: attempt numbers start again
+    /// when a server restarts, and this keeps the attempts of two processes (a restarted aggregator
+    /// and the one it replaced) distinct instances too.
+    pub instance: u64,
 }
 
 impl ModelVersion {
+    /// Attempt `attempt` on `model_digest`, of server instance 0 (see [`Self::of_instance`]).
     #[must_use]
     pub fn new(model_digest: impl Into<String>, attempt: u64) -> Self {
         Self {
             model_digest: model_digest.into(),
             attempt,
+            instance: 0,
         }
+    }
+
+    /// The same attempt, opened by the server process `instance`.
+    #[must_use]
+    pub fn of_instance(mut self, instance: u64) -> Self {
+        self.instance = instance;
+        self
     }
 }
 

@@ -129,6 +129,8 @@ pub struct Study {
     /// FedBN: decided once for the study (its `fedbn` setting and the model's layout).
     local_tensors: LocalTensors,
     attempts: u64,
+    /// Random, drawn once per process: see [`fedlnm_shared::secagg::ModelVersion::instance`].
+    instance: u64,
     jobs: u64,
     pending_job: Option<StudyJob>,
 }
@@ -208,6 +210,7 @@ impl Study {
             train_sites,
             local_tensors,
             attempts: 0,
+            instance: rand::random(),
             jobs: 0,
             pending_job: None,
         };
@@ -254,6 +257,7 @@ impl Study {
             let attempt = Attempt {
                 round,
                 attempt: self.attempts + 1,
+                instance: self.instance,
                 opened: now,
                 deadline,
             };
@@ -517,16 +521,8 @@ impl Study {
             )));
         }
         metrics
-            .histogram
             .check()
             .map_err(|e| Status::invalid_argument(format!("metrics of site {site}: {e}")))?;
-        if metrics.histogram.n_positive() + metrics.histogram.n_negative() != metrics.n_patients {
-            return Err(Status::invalid_argument(format!(
-                "metrics of site {site}: the histogram counts {} patients, the report {}",
-                metrics.histogram.n_positive() + metrics.histogram.n_negative(),
-                metrics.n_patients
-            )));
-        }
         metrics.site = site.to_owned();
         metrics.role = role;
         tracing::info!(site, round, auc = ?metrics.auc, n = metrics.n_patients, "validation metrics received");
