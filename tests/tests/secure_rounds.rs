@@ -447,3 +447,385 @@ async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_roun
     assert_eq!(store.load(2).unwrap().record.contributors, ["S1", "S2", "S3"]);
     study.aggregator.shut_down().await;
 }
+
+/// Asserts that `result` is a refusal with `code` whose message names every one of `words`.
+#[track_caller]
+fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, words: &[&str]) {
+    let status = result.expect_err("a hostile message was accepted");
+    assert_eq!(status.code(), code, "{status:?}");
+    for word in words {
+        assert!(status.message().contains(word), "{word:?} not in {status:?}");
+    }
+}
+
+async fn upload_masked(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    round: u64,
+    format: UpdateFormat,
+    payload: Vec<u8>,
+    digest: String,
+) -> Result<(), tonic::Status> {
+    let header = UpdateHeader {
+        site: site.into(),
+        study: STUDY.into(),
+        round,
+        format: format.into(),
+        n_samples: 0,
+        total_size: payload.len() as u64,
+        digest,
+    };
+    let chunks = vec![UpdateChunk {
+        header: Some(header),
+        data: payload,
+    }];
+    client.upload_update(tokio_stream::iter(chunks)).await.map(|_| ())
+}
+
+fn report(site: &str, round: u64, digest: &str, metrics: Vec<u8>) -> MetricsReport {
+    MetricsReport {
+        site: site.into(),
+        study: STUDY.into(),
+        round,
+        model_digest: digest.into(),
+        metrics,
+    }
+}
+
+/// Hostile secure-aggregation messages and validation reports, at every stage of a round, over the
+/// real service: each is refused with a specific status whose message names the problem, and none
+/// changes the round: the honest sites then complete it and the committed model is exactly the
+/// FedAvg of their deltas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_nothing() {
+    use tonic::Code;
+    let settings = RoundSettings {
+        rounds: 1,
+        min_sites: 2,
+        secure_aggregation: true,
+        fedbn: true,
+        round_deadline_s: 3600,
+        stage_timeout_s: 3600,
+        validation_deadline_s: 3600,
+        ..RoundSettings::default()
+    };
+    let study = SecureStudy::start(settings).await;
+    let (study_dir, state_dir, url) = (&study.study_dir, &study.state_dir, &study.url);
+    // S2 and S3 are honest; every stage waits for S1 (hour-long deadlines), which misbehaves first.
+    let honest = [
+        study.run("S2", 2.0, 300, Behaviour::Complete),
+        study.run("S3", -1.0, 600, Behaviour::Complete),
+    ];
+    let mut s1 = connect(study_dir, "S1", url).await;
+    let mut s4 = connect(study_dir, "S4", url).await;
+    let train = train_task(&mut s1, "S1").await;
+    let config: SecAggConfig = wire::decode(&train.secagg_config, "config").unwrap();
+    let (mut secagg, advertise) =
+        SecAggClient::new(config.validate().unwrap(), SiteId(train.secagg_site_id)).unwrap();
+    let keys = SecAggStage::AdvertiseKeys;
+
+    // Key advertisement.
+    refused(
+        exchange(&mut s1, "S1", 1, keys, vec![1, 2, 3]).await,
+        Code::InvalidArgument,
+        &["key advertisement"],
+    );
+    let mut forged = advertise.clone();
+    forged.header.site = SiteId(2);
+    refused(
+        exchange(&mut s1, "S1", 1, keys, wire::encode(&forged)).await,
+        Code::InvalidArgument,
+        &["signed as"],
+    );
+    let mut other_config = advertise.clone();
+    other_config.header.config_hash = [7; 32];
+    refused(
+        exchange(&mut s1, "S1", 1, keys, wire::encode(&other_config)).await,
+        Code::FailedPrecondition,
+        &["configuration hash", "another start of this round"],
+    );
+    refused(
+        exchange(&mut s1, "S1", 2, keys, wire::encode(&advertise)).await,
+        Code::FailedPrecondition,
+        &["round 2 is not open"],
+    );
+    refused(
+        exchange(&mut s1, "S2", 1, keys, wire::encode(&advertise)).await,
+        Code::PermissionDenied,
+        &["speaks for site 'S2'"],
+    );
+    refused(
+        exchange(&mut s4, "S4", 1, keys, wire::encode(&advertise)).await,
+        Code::PermissionDenied,
+        &["validation site"],
+    );
+    let unknown_stage = s1
+        .secure_aggregation(SecAggRequest {
+            site: "S1".into(),
+            study: STUDY.into(),
+            round: 1,
+            stage: 42,
+            payload: wire::encode(&advertise),
+        })
+        .await;
+    refused(unknown_stage, Code::InvalidArgument, &["stage"]);
+    // Past the transport's message limit: tonic refuses it before decoding (OutOfRange), or, when the
+    // refusal reaches the client while it is still sending, the stream is reset (Internal).
+    let oversized = exchange(
+        &mut s1,
+        "S1",
+        1,
+        keys,
+        vec![0; fedlnm_protocol::MAX_MESSAGE_BYTES + 1],
+    )
+    .await;
+    assert!(
+        matches!(
+            oversized.as_ref().map_err(tonic::Status::code),
+            Err(Code::OutOfRange | Code::Internal)
+        ),
+        "{oversized:?}"
+    );
+    let directory: KeyDirectory = wire::decode(
+        &exchange(&mut s1, "S1", 1, keys, wire::encode(&advertise))
+            .await
+            .unwrap(),
+        "directory",
+    )
+    .unwrap();
+    refused(
+        exchange(&mut s1, "S1", 1, keys, wire::encode(&advertise)).await,
+        Code::FailedPrecondition,
+        &[],
+    );
+
+    // Encrypted shares.
+    let shares = secagg.share_keys(&directory).unwrap();
+    let share_stage = SecAggStage::ShareKeys;
+    refused(
+        exchange(&mut s1, "S1", 1, share_stage, wire::encode(&advertise)).await,
+        Code::InvalidArgument,
+        &["encrypted shares"],
+    );
+    let mut forged = shares.clone();
+    forged.header.site = SiteId(3);
+    refused(
+        exchange(&mut s1, "S1", 1, share_stage, wire::encode(&forged)).await,
+        Code::InvalidArgument,
+        &["signed as"],
+    );
+    let delivery: ShareDelivery = wire::decode(
+        &exchange(&mut s1, "S1", 1, share_stage, wire::encode(&shares))
+            .await
+            .unwrap(),
+        "delivery",
+    )
+    .unwrap();
+
+    // Masked input.
+    let masked = secagg.masked_input(&delivery, &delta(1.0), 100).unwrap();
+    let payload = wire::encode(&masked);
+    let mut short = masked.clone();
+    short.masked.truncate(3);
+    let short = wire::encode(&short);
+    refused(
+        upload_masked(
+            &mut s1,
+            "S1",
+            1,
+            UpdateFormat::MaskedInput,
+            short.clone(),
+            sha256_hex(&short),
+        )
+        .await,
+        Code::InvalidArgument,
+        &["has 3 elements"],
+    );
+    refused(
+        upload_masked(
+            &mut s1,
+            "S1",
+            1,
+            UpdateFormat::MaskedInput,
+            payload.clone(),
+            sha256_hex(b"other"),
+        )
+        .await,
+        Code::DataLoss,
+        &["SHA-256"],
+    );
+    refused(
+        upload_masked(
+            &mut s1,
+            "S1",
+            1,
+            UpdateFormat::SafetensorsDelta,
+            payload.clone(),
+            sha256_hex(&payload),
+        )
+        .await,
+        Code::InvalidArgument,
+        &["masked updates"],
+    );
+    upload_masked(
+        &mut s1,
+        "S1",
+        1,
+        UpdateFormat::MaskedInput,
+        payload.clone(),
+        sha256_hex(&payload),
+    )
+    .await
+    .unwrap();
+    refused(
+        upload_masked(
+            &mut s1,
+            "S1",
+            1,
+            UpdateFormat::MaskedInput,
+            payload.clone(),
+            sha256_hex(&payload),
+        )
+        .await,
+        Code::AlreadyExists,
+        &["already uploaded"],
+    );
+
+    // Unmasking.
+    let request: UnmaskRequest = wire::decode(
+        &exchange(&mut s1, "S1", 1, SecAggStage::UnmaskRequest, Vec::new())
+            .await
+            .unwrap(),
+        "unmask request",
+    )
+    .unwrap();
+    let response = secagg.unmask(&request).unwrap();
+    let unmask = SecAggStage::UnmaskResponse;
+    refused(
+        exchange(&mut s1, "S1", 1, unmask, vec![9; 40]).await,
+        Code::InvalidArgument,
+        &["unmasking shares"],
+    );
+    let mut forged = response.clone();
+    forged.header.site = SiteId(2);
+    refused(
+        exchange(&mut s1, "S1", 1, unmask, wire::encode(&forged)).await,
+        Code::InvalidArgument,
+        &["signed as"],
+    );
+    exchange(&mut s1, "S1", 1, unmask, wire::encode(&response))
+        .await
+        .unwrap();
+    for site in honest {
+        site.await.unwrap();
+    }
+
+    // Validation reports.
+    let task::Kind::Validate(validate) = next_task(&mut s1, "S1").await else {
+        panic!("S1: expected the validation task");
+    };
+    let digest = validate.model.unwrap().digest;
+    let y: Vec<bool> = (0..10).map(|i| i % 2 == 0).collect();
+    let s: Vec<f64> = (0..10).map(|i| f64::from(i) / 10.0).collect();
+    let good = SiteRoundMetrics {
+        site: "S1".into(),
+        role: SiteRole::Train,
+        n_patients: 10,
+        n_positive: 5,
+        lnm_rate: 0.5,
+        auc: Some(0.5),
+        auc_ci_lower: Some(0.1),
+        auc_ci_upper: Some(0.9),
+        youden_threshold: Some(0.5),
+        sensitivity: Some(0.6),
+        specificity: Some(0.4),
+        brier: 0.25,
+        kappa_t: Some(0.1),
+        kappa_n: None,
+        kappa_stage: Some(-0.2),
+        histogram: ScoreHistogram::from_scores(&y, &s).unwrap(),
+    };
+    let with = |change: &dyn Fn(&mut SiteRoundMetrics)| {
+        let mut metrics = good.clone();
+        change(&mut metrics);
+        wire::encode(&metrics)
+    };
+    let cases: Vec<(MetricsReport, Code, &[&str])> = vec![
+        (
+            report("S1", 1, &digest, vec![0xff; 17]),
+            Code::InvalidArgument,
+            &["malformed metrics"],
+        ),
+        (
+            report("S1", 1, "0000", wire::encode(&good)),
+            Code::InvalidArgument,
+            &["not of round 1's model"],
+        ),
+        (
+            report("S1", 5, &digest, wire::encode(&good)),
+            Code::FailedPrecondition,
+            &["not round 5"],
+        ),
+        (
+            report("S2", 1, &digest, wire::encode(&good)),
+            Code::PermissionDenied,
+            &["speaks for site 'S2'"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.auc = Some(7.0))),
+            Code::InvalidArgument,
+            &["auc 7"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.brier = f64::NAN)),
+            Code::InvalidArgument,
+            &["brier NaN"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.kappa_n = Some(-3.0))),
+            Code::InvalidArgument,
+            &["kappa_n -3"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.lnm_rate = 0.9)),
+            Code::InvalidArgument,
+            &["lnm_rate 0.9"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.auc_ci_lower = Some(0.7))),
+            Code::InvalidArgument,
+            &["CI"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.n_patients = 11)),
+            Code::InvalidArgument,
+            &["histogram counts"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.n_patients = 1_000_000_000_000)),
+            Code::InvalidArgument,
+            &["exceeds"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.histogram.positive[3] = u64::MAX)),
+            Code::InvalidArgument,
+            &["histogram counts"],
+        ),
+    ];
+    for (hostile, code, words) in cases {
+        refused(s1.report_metrics(hostile).await, code, words);
+    }
+    validate_all(study_dir, url, 1).await;
+
+    // Nothing hostile reached the committed round.
+    let store = RoundStore::open(state_dir).unwrap();
+    let round1 = store.load(1).unwrap();
+    assert_eq!(round1.record.contributors, ["S1", "S2", "S3"]);
+    assert_close(
+        &round1.model.weights,
+        &fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600)]),
+    );
+    let auc_s1 = round1.record.sites.iter().find(|m| m.site == "S1").unwrap().auc;
+    assert_eq!(auc_s1, Some(0.5));
+    study.aggregator.shut_down().await;
+}

@@ -96,22 +96,27 @@ impl ScoreHistogram {
         self.check()?;
         other.check()?;
         for (a, b) in self.positive.iter_mut().zip(&other.positive) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
         for (a, b) in self.negative.iter_mut().zip(&other.negative) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
         Ok(())
     }
 
     #[must_use]
     pub fn n_positive(&self) -> u64 {
-        self.positive.iter().sum()
+        // Saturating: the counts may come from another party (checked against the report after).
+        self.positive
+            .iter()
+            .fold(0, |sum, &count| sum.saturating_add(count))
     }
 
     #[must_use]
     pub fn n_negative(&self) -> u64 {
-        self.negative.iter().sum()
+        self.negative
+            .iter()
+            .fold(0, |sum, &count| sum.saturating_add(count))
     }
 
     /// Labels and bin-centre scores, one per patient (the histogram as rows).

@@ -11,4 +11,4 @@ mod record;
 
 pub use histogram::{HISTOGRAM_BINS, HistogramError, ScoreHistogram};
 pub use local::LocalTensors;
-pub use record::{AggregationKind, MetricsError, PooledMetrics, RoundRecord, SiteRoundMetrics};
+pub use record::{AggregationKind, MAX_SITE_PATIENTS, MetricsError, PooledMetrics, RoundRecord, SiteRoundMetrics};

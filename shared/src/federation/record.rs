@@ -120,7 +120,91 @@ pub enum MetricsError {
     Histogram(#[from] super::HistogramError),
 }
 
+/// The most validation patients one site may report: pooling expands a histogram to one row per
+/// patient, so a report's counts are bounded before anything is allocated for them.
+pub const MAX_SITE_PATIENTS: u64 = 1_000_000;
+
 impl SiteRoundMetrics {
+    /// Checks a report received from a site: counts within [`MAX_SITE_PATIENTS`] and consistent with
+    /// its histogram (on the study grid), the LNM rate the positive fraction, probabilities and AUCs in
+    /// [0, 1] (a CI around its AUC), kappas in [-1, 1], every value finite.
+    ///
+    /// # Errors
+    /// The first field at fault, named, with its value.
+    pub fn check(&self) -> Result<(), String> {
+        self.histogram.check().map_err(|e| e.to_string())?;
+        if self.n_patients > MAX_SITE_PATIENTS {
+            return Err(format!(
+                "n_patients {} exceeds the {MAX_SITE_PATIENTS} one site may report",
+                self.n_patients
+            ));
+        }
+        let (positive, negative) = (self.histogram.n_positive(), self.histogram.n_negative());
+        if positive.saturating_add(negative) != self.n_patients || positive != self.n_positive {
+            return Err(format!(
+                "the histogram counts {positive} positive and {negative} negative patients, the report \
+                 n_patients {} and n_positive {}",
+                self.n_patients, self.n_positive
+            ));
+        }
+        let probability = |name: &str, value: f64| -> Result<(), String> {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("{name} {value} is not in [0, 1]"))
+            }
+        };
+        #[allow(clippy::cast_precision_loss)] // Counts are at most MAX_SITE_PATIENTS.
+        let rate = if self.n_patients == 0 {
+            0.0
+        } else {
+            self.n_positive as f64 / self.n_patients as f64
+        };
+        probability("lnm_rate", self.lnm_rate)?;
+        if (self.lnm_rate - rate).abs() > 1e-9 {
+            return Err(format!(
+                "lnm_rate {} is not n_positive / n_patients = {rate}",
+                self.lnm_rate
+            ));
+        }
+        probability("brier", self.brier)?;
+        for (name, value) in [
+            ("auc", self.auc),
+            ("auc_ci_lower", self.auc_ci_lower),
+            ("auc_ci_upper", self.auc_ci_upper),
+            ("sensitivity", self.sensitivity),
+            ("specificity", self.specificity),
+        ] {
+            if let Some(value) = value {
+                probability(name, value)?;
+            }
+        }
+        if let (Some(auc), Some(lower), Some(upper)) = (self.auc, self.auc_ci_lower, self.auc_ci_upper)
+            && !(lower <= auc && auc <= upper)
+        {
+            return Err(format!(
+                "the AUC CI {lower}–{upper} does not contain the AUC {auc}"
+            ));
+        }
+        if let Some(threshold) = self.youden_threshold
+            && !threshold.is_finite()
+        {
+            return Err(format!("youden_threshold {threshold} is not finite"));
+        }
+        for (name, value) in [
+            ("kappa_t", self.kappa_t),
+            ("kappa_n", self.kappa_n),
+            ("kappa_stage", self.kappa_stage),
+        ] {
+            if let Some(kappa) = value
+                && !(-1.0..=1.0).contains(&kappa)
+            {
+                return Err(format!("{name} {kappa} is not in [-1, 1]"));
+            }
+        }
+        Ok(())
+    }
+
     /// The metrics of one site's labelled validation patients (statistics.md through the stats engine:
     /// AUC with DeLong CI, Youden sensitivity/specificity, Brier, quadratic-weighted kappa for T, N and
     /// stage) and the score histogram for pooling.
