@@ -2,7 +2,8 @@
 //! of hanging or exhausting memory: a FIFO where a manifest, a table, a configuration, a checkpoint
 //! or an image should be; a header that names a column twice; a checkpoint whose embedded model
 //! configuration asks for an absurd architecture (its digest vouches only for itself); an ordinal
-//! scale too large for its agreement tables.
+//! scale too large for its agreement tables; a manifest without its label columns (refused only where
+//! labels are required).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_shared::checkpoint::Checkpoint;
@@ -245,6 +246,75 @@ fn a_patient_row_that_is_not_utf8_excludes_that_patient_only() {
         loaded.exclusions[0].error.to_string().contains("field '"),
         "{}",
         loaded.exclusions[0].error
+    );
+}
+
+/// Rewrites `site`'s manifest without the columns named in `dropped`.
+fn drop_manifest_columns(site: &Path, dropped: &[&str]) {
+    let manifest = site.join(fedlnm_shared::data::MANIFEST_FILE);
+    let mut reader = csv::Reader::from_path(&manifest).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let kept: Vec<usize> = (0..headers.len())
+        .filter(|&i| !dropped.contains(&&headers[i]))
+        .collect();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let mut writer = csv::Writer::from_path(&manifest).unwrap();
+    writer.write_record(kept.iter().map(|&i| &headers[i])).unwrap();
+    for row in rows {
+        writer.write_record(kept.iter().map(|&i| &row[i])).unwrap();
+    }
+    writer.flush().unwrap();
+}
+
+#[test]
+fn label_columns_may_be_absent_only_where_labels_are_not_required() {
+    use fedlnm_shared::data::{self, LoadOptions, ManifestError, manifest::LABEL_COLUMNS};
+    let dir = tempfile::tempdir().unwrap();
+    let site = synthetic_site(dir.path(), 5, 11, "community");
+    drop_manifest_columns(&site, LABEL_COLUMNS);
+    let unlabelled = LoadOptions {
+        require_labels: false,
+        ..load_options()
+    };
+    // Labels not required (check-data --allow-unlabelled): everyone is read, unlabelled.
+    let loaded = data::load_site("S1", &site, &unlabelled).unwrap();
+    assert_eq!(loaded.patients.len(), 5, "{:?}", loaded.exclusions);
+    assert!(loaded.patients.iter().all(|p| p.record.labels.is_none()));
+    // Labels required: the manifest is refused, naming every absent label column.
+    let error = data::load_site("S1", &site, &load_options()).unwrap_err();
+    assert!(
+        matches!(error, ManifestError::LabelColumnsMissing { .. }),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&LABEL_COLUMNS.join(", ")) && message.contains("patients.csv"),
+        "{message}"
+    );
+    assert!(matches!(
+        data::read_manifest(&site).unwrap_err(),
+        ManifestError::LabelColumnsMissing { .. }
+    ));
+
+    // One label column absent while the others hold labels: those patients miss that field.
+    let site = synthetic_site(&dir.path().join("partial"), 5, 11, "community");
+    drop_manifest_columns(&site, &["ajcc_stage"]);
+    let loaded = data::load_site("S1", &site, &unlabelled).unwrap();
+    assert_eq!(loaded.exclusions.len(), 5);
+    for exclusion in &loaded.exclusions {
+        assert_eq!(exclusion.error.reason(), "missing value");
+        assert!(
+            exclusion.error.to_string().contains("field 'ajcc_stage'"),
+            "{}",
+            exclusion.error
+        );
+    }
+    let message = data::load_site("S1", &site, &load_options())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("no label column(s) ajcc_stage in the header"),
+        "{message}"
     );
 }
 

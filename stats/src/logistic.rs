@@ -58,6 +58,13 @@ pub enum LogisticError {
     /// A numeric term's value is NaN or infinite.
     #[error("'{column}' at row {row} is not a finite number")]
     NotFinite { column: String, row: usize },
+    /// A finite value so large that the fit's sums (XᵀWX, Xᵀ(y−μ), the log-likelihood) overflow.
+    /// `row` is 0-based among the rows given (shown 1-based).
+    #[error(
+        "'{column}' is {value:e} in row {} (counting data rows from 1): too large, the fit's sums overflow; rescale the column",
+        row + 1
+    )]
+    TooLarge { column: String, row: usize, value: f64 },
     /// A column has the wrong number of rows.
     #[error("'{what}' has {got} rows, expected {expected}")]
     LengthMismatch {
@@ -173,7 +180,7 @@ pub fn site_contribution(
             information[k * p + j] = information[j * p + k];
         }
     }
-    Ok(SiteContribution {
+    let contribution = SiteContribution {
         gradient: gradient.iter().map(CompensatedSum::total).collect(),
         information,
         loglik: loglik.total(),
@@ -181,6 +188,55 @@ pub fn site_contribution(
         n_positive,
         n_boundary,
         n_misclassified,
+    };
+    match overflowing_value(design, beta, &contribution) {
+        Some(error) => Err(error),
+        None => Ok(contribution),
+    }
+}
+
+/// When a sum of `contribution` is not finite (every input is: the values grew too large), the
+/// largest value of the columns those sums involve, with its column and row.
+fn overflowing_value(
+    design: &DesignMatrix,
+    beta: &[f64],
+    contribution: &SiteContribution,
+) -> Option<LogisticError> {
+    let p = design.n_columns();
+    let mut involved = vec![false; p];
+    for j in 0..p {
+        involved[j] |= !contribution.gradient[j].is_finite();
+        for k in 0..p {
+            if !contribution.information[j * p + k].is_finite() {
+                involved[j] = true;
+                involved[k] = true;
+            }
+        }
+    }
+    if !involved.contains(&true) {
+        if contribution.loglik.is_finite() {
+            return None;
+        }
+        // The log-likelihood overflows through the linear predictor: every column takes part.
+        involved.fill(true);
+    }
+    // The intercept is 1 in every row; it is named only when nothing else is involved.
+    if involved.iter().skip(1).any(|&i| i) {
+        involved[0] = false;
+    }
+    let mut largest: Option<(usize, usize, f64)> = None;
+    for (row, x) in design.rows().enumerate() {
+        for (column, (&value, &b)) in x.iter().zip(beta).enumerate() {
+            let size = value.abs() * b.abs().max(1.0);
+            if involved[column] && largest.is_none_or(|(_, _, best)| size > best) {
+                largest = Some((row, column, size));
+            }
+        }
+    }
+    largest.map(|(row, column, _)| LogisticError::TooLarge {
+        column: design.column_names()[column].clone(),
+        row,
+        value: design.row(row)[column],
     })
 }
 

@@ -10,6 +10,9 @@ pub enum ManifestError {
     /// Unreadable, not CSV, or without a column the format requires (the one CSV reader's error).
     #[error(transparent)]
     Csv(#[from] crate::table::InputError),
+    /// Label columns absent from the header while the run needs pathology labels.
+    #[error("{}: no label column(s) {columns} in the header; this run needs pathology labels (only a site that just runs predictions may leave the label columns out)", file.display())]
+    LabelColumnsMissing { file: PathBuf, columns: String },
     #[error("cannot write {}: {message}", file.display())]
     Write { file: PathBuf, message: String },
 }
@@ -104,6 +107,21 @@ pub enum ImageError {
         attribute: &'static str,
         value: String,
     },
+    /// A transfer syntax the loader cannot decode (named, with its UID).
+    #[error("DICOM file {}: unsupported DICOM encoding {transfer_syntax} (supported: {})", file.display(), super::image::SUPPORTED_DICOM_ENCODINGS)]
+    DicomUnsupportedEncoding { file: PathBuf, transfer_syntax: String },
+    /// Pixel-module attributes that contradict each other or the pixel data (named, with their values).
+    #[error("DICOM file {}: inconsistent pixel description: {problem}", file.display())]
+    DicomInconsistent { file: PathBuf, problem: String },
+    /// A frame over the size limit, refused from the header before its pixels are read.
+    #[error("DICOM file {}: {what} is {bytes} bytes ({detail}), over the limit of {limit} bytes", file.display())]
+    DicomTooLarge {
+        file: PathBuf,
+        what: &'static str,
+        detail: String,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("DICOM file {}: frame {frame} requested but it has {n_frames} frame(s)", file.display())]
     FrameOutOfRange {
         file: PathBuf,
@@ -147,7 +165,11 @@ impl ImageError {
                 "image unreadable or corrupt"
             }
             Self::DicomNoPixelData { .. } => "DICOM without pixel data",
-            Self::DicomUnsupported { .. } => "unsupported DICOM encoding",
+            Self::DicomUnsupported { .. } | Self::DicomUnsupportedEncoding { .. } => {
+                "unsupported DICOM encoding"
+            }
+            Self::DicomInconsistent { .. } => "inconsistent DICOM pixel description",
+            Self::DicomTooLarge { .. } => "DICOM frame too large",
             Self::FrameOutOfRange { .. } => "requested frame out of range",
             Self::TooSmall { .. } => "image too small",
             Self::OutsideSite { .. } => "image outside the site folder",

@@ -1,16 +1,20 @@
-//! Image files to model input: PNG, JPEG or DICOM (RGB, YBR, grey-scale, multi-frame; 8 or 16 bits) to
-//! an RGB picture, burned-in annotation bands cropped, resized to a square, as a CHW `f32` tensor in [0, 1].
+//! Image files to model input: PNG, JPEG or DICOM (RGB, YBR, grey-scale, multi-frame; 8 or 16 bits;
+//! uncompressed, RLE Lossless or JPEG) to an RGB picture, burned-in annotation bands cropped, resized to
+//! a square, as a CHW `f32` tensor in [0, 1].
 //!
-//! DICOM: the parser reads the header transiently; this module copies out only the image geometry and
-//! the pixels of the chosen frame, and drops the object before returning. No identifying attribute
-//! (PatientName, PatientID, dates, institution) is kept in any struct.
+//! DICOM ([`dicom`]): the header is read lazily, without the pixel data, and only the requested
+//! frame's bytes are read and decoded, within [`MAX_DICOM_FRAME_BYTES`]. Only the image geometry and
+//! the pixels of the chosen frame are copied out: no identifying attribute (PatientName, PatientID,
+//! dates, institution) is read into memory at all.
+
+mod dicom;
 
 use super::error::ImageError;
-use dicom_dictionary_std::tags;
-use dicom_pixeldata::PixelDecoder as _;
 use image::{RgbImage, imageops::FilterType};
 use std::io::Read as _;
 use std::path::Path;
+
+pub use dicom::{MAX_FRAME_BYTES as MAX_DICOM_FRAME_BYTES, SUPPORTED_ENCODINGS as SUPPORTED_DICOM_ENCODINGS};
 
 /// Fractions of the picture's height (top, bottom) and width (left, right) to cut away before resizing:
 /// the burned-in annotation bands (scanner name, gain, depth scale).
@@ -82,7 +86,7 @@ pub fn read_rgb(file: &Path, frame: u32) -> Result<RgbImage, ImageError> {
     match sniff_format(file)? {
         ImageFormat::Png => decode_raster(file, image::ImageFormat::Png, "PNG"),
         ImageFormat::Jpeg => decode_raster(file, image::ImageFormat::Jpeg, "JPEG"),
-        ImageFormat::Dicom => read_dicom_frame(file, frame),
+        ImageFormat::Dicom => dicom::read_frame(file, frame),
     }
 }
 
@@ -198,131 +202,4 @@ fn decode_raster(
             format: name,
             message: error.to_string(),
         })
-}
-
-/// The few attributes needed to interpret the pixels; nothing else is copied out of the object.
-struct PixelLayout {
-    rows: u32,
-    columns: u32,
-    samples_per_pixel: u16,
-    bits_allocated: u16,
-    bits_stored: u16,
-    photometric: String,
-    planar_by_plane: bool,
-}
-
-fn read_dicom_frame(file: &Path, frame: u32) -> Result<RgbImage, ImageError> {
-    let corrupt = |message: String| ImageError::Corrupt {
-        file: file.to_path_buf(),
-        format: "DICOM",
-        message,
-    };
-    let unsupported = |attribute: &'static str, value: String| ImageError::DicomUnsupported {
-        file: file.to_path_buf(),
-        attribute,
-        value,
-    };
-    let object = dicom_object::OpenFileOptions::new()
-        .open_file(file)
-        .map_err(|e| corrupt(e.to_string()))?;
-    if object.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
-        return Err(ImageError::DicomNoPixelData {
-            file: file.to_path_buf(),
-        });
-    }
-    let decoded = object.decode_pixel_data().map_err(|e| corrupt(e.to_string()))?;
-    let n_frames = decoded.number_of_frames();
-    if frame >= n_frames {
-        return Err(ImageError::FrameOutOfRange {
-            file: file.to_path_buf(),
-            frame,
-            n_frames,
-        });
-    }
-    let layout = PixelLayout {
-        rows: decoded.rows(),
-        columns: decoded.columns(),
-        samples_per_pixel: decoded.samples_per_pixel(),
-        bits_allocated: decoded.bits_allocated(),
-        bits_stored: decoded.bits_stored(),
-        photometric: decoded.photometric_interpretation().as_str().to_owned(),
-        planar_by_plane: decoded.planar_configuration() == dicom_pixeldata::PlanarConfiguration::PixelFirst,
-    };
-    if decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed {
-        return Err(unsupported("PixelRepresentation", "signed".to_owned()));
-    }
-    let raw = decoded.frame_data(frame).map_err(|e| corrupt(e.to_string()))?;
-    let rgb = samples_to_rgb(raw, &layout).map_err(|(attribute, value)| unsupported(attribute, value))?;
-    let (columns, rows) = (layout.columns, layout.rows);
-    RgbImage::from_raw(columns, rows, rgb)
-        .ok_or_else(|| corrupt("pixel data shorter than rows x columns".to_owned()))
-}
-
-/// Interleaved 8-bit RGB from one frame's raw samples, or the attribute that cannot be handled.
-fn samples_to_rgb(raw: &[u8], layout: &PixelLayout) -> Result<Vec<u8>, (&'static str, String)> {
-    let n_pixels = layout.rows as usize * layout.columns as usize;
-    let samples = usize::from(layout.samples_per_pixel);
-    // 8-bit samples as they are; 16-bit samples scaled from bits_stored down to 8 bits.
-    let values: Vec<u8> = match layout.bits_allocated {
-        8 => raw.to_vec(),
-        16 => {
-            let shift = layout.bits_stored.clamp(8, 16) - 8;
-            raw.chunks_exact(2)
-                .map(|pair| {
-                    let value = u16::from_le_bytes([pair[0], pair[1]]) >> shift;
-                    // Shifting by bits_stored - 8 leaves at most 8 significant bits.
-                    u8::try_from(value.min(255)).unwrap_or(u8::MAX)
-                })
-                .collect()
-        }
-        other => return Err(("BitsAllocated", other.to_string())),
-    };
-    if values.len() < n_pixels * samples {
-        return Err((
-            "pixel data length",
-            format!("{} samples for {n_pixels} pixels x {samples}", values.len()),
-        ));
-    }
-    let mut rgb = Vec::with_capacity(n_pixels * 3);
-    match (layout.photometric.as_str(), samples) {
-        ("MONOCHROME2", 1) => values[..n_pixels].iter().for_each(|&v| rgb.extend([v, v, v])),
-        ("MONOCHROME1", 1) => values[..n_pixels].iter().for_each(|&v| rgb.extend([255 - v; 3])),
-        ("RGB" | "YBR_FULL", 3) => {
-            for pixel in 0..n_pixels {
-                let sample = |channel: usize| {
-                    if layout.planar_by_plane {
-                        values[channel * n_pixels + pixel]
-                    } else {
-                        values[pixel * 3 + channel]
-                    }
-                };
-                let (a, b, c) = (sample(0), sample(1), sample(2));
-                if layout.photometric == "RGB" {
-                    rgb.extend([a, b, c])
-                } else {
-                    rgb.extend(ybr_to_rgb(a, b, c))
-                }
-            }
-        }
-        (photometric, samples) => {
-            return Err((
-                "PhotometricInterpretation",
-                format!("{photometric} with {samples} sample(s) per pixel"),
-            ));
-        }
-    }
-    Ok(rgb)
-}
-
-/// YBR_FULL (ITU-R BT.601 full range) to RGB.
-fn ybr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
-    let (y, cb, cr) = (f32::from(y), f32::from(cb) - 128.0, f32::from(cr) - 128.0);
-    // Clamped to [0, 255] and rounded: the cast is exact.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let channel = |value: f32| value.round().clamp(0.0, 255.0) as u8;
-    [
-        channel(y + 1.402 * cr),
-        channel(y - 0.344_136 * cb - 0.714_136 * cr),
-        channel(y + 1.772 * cb),
-    ]
 }

@@ -1,7 +1,8 @@
 //! The site manifest `patients.csv`: one row per patient, parsed and checked field by field.
 //!
 //! Reading never fails on a bad row: the patient is excluded with a [`PatientError`] that names the file,
-//! line and field. Only an unusable file (unreadable, malformed header, missing column) is fatal.
+//! line and field. Only an unusable file (unreadable, malformed header, missing column) is fatal; the
+//! label columns may be absent where labels are not needed ([`LabelColumns::Optional`]).
 
 use super::error::{FieldProblem, ManifestError, PatientError};
 use super::report::{
@@ -94,13 +95,43 @@ pub struct Exclusion {
     pub error: PatientError,
 }
 
-/// Reads and checks `dir/patients.csv`.
+/// Whether the header of `patients.csv` must hold the [`LABEL_COLUMNS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelColumns {
+    /// Every label column must be in the header (a run that trains or validates).
+    Required,
+    /// Label columns may be left out of the header (a site that only runs predictions); an absent
+    /// column reads as empty cells, so a patient is unlabelled unless some labels are given.
+    Optional,
+}
+
+/// Reads and checks `dir/patients.csv`, whose header must hold every column (labels included).
 pub fn read_manifest(dir: &Path) -> Result<ManifestRead, ManifestError> {
+    read_manifest_with(dir, LabelColumns::Required)
+}
+
+/// Reads and checks `dir/patients.csv`; `label_columns` says whether the label columns may be absent.
+pub fn read_manifest_with(dir: &Path, label_columns: LabelColumns) -> Result<ManifestRead, ManifestError> {
     let file = dir.join(MANIFEST_FILE);
     let mut reader = CsvReader::open(&file, "the manifest", false)?;
     let mut index = HashMap::new();
-    for &column in COLUMNS {
+    for &column in COLUMNS.iter().filter(|column| !LABEL_COLUMNS.contains(column)) {
         index.insert(column, reader.column_index(column)?);
+    }
+    let mut absent_labels = Vec::new();
+    for &column in LABEL_COLUMNS {
+        match reader.column_index(column) {
+            Ok(position) => {
+                index.insert(column, position);
+            }
+            Err(_) => absent_labels.push(column),
+        }
+    }
+    if label_columns == LabelColumns::Required && !absent_labels.is_empty() {
+        return Err(ManifestError::LabelColumnsMissing {
+            file,
+            columns: absent_labels.join(", "),
+        });
     }
     let n_columns = reader.headers().len();
 
@@ -246,7 +277,8 @@ struct Row<'a> {
 #[allow(clippy::result_large_err)]
 impl Row<'_> {
     fn cell(&self, column: &'static str) -> &str {
-        // Every column in COLUMNS was found in the header and the row length equals the header's.
+        // Every column in COLUMNS was found in the header (label columns may be absent: empty) and the
+        // row length equals the header's.
         self.index
             .get(column)
             .and_then(|&i| self.cells.get(i))

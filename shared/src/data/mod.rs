@@ -14,7 +14,10 @@ pub mod split;
 pub use error::{FieldProblem, ImageError, ManifestError, PatientError};
 pub use flow::PatientFlow;
 pub use image::{CropFractions, ImageTensor, Preprocess};
-pub use manifest::{Exclusion, IMAGES_DIR, MANIFEST_FILE, PatientRecord, read_manifest, write_manifest};
+pub use manifest::{
+    Exclusion, IMAGES_DIR, LabelColumns, MANIFEST_FILE, PatientRecord, read_manifest, read_manifest_with,
+    write_manifest,
+};
 pub use split::{Split, SplitError, stratified_k_fold, stratified_split};
 
 use std::path::Path;
@@ -24,6 +27,7 @@ use std::path::Path;
 pub struct LoadOptions {
     pub preprocess: Preprocess,
     /// Exclude patients without pathology labels (training and validation need them; inference does not).
+    /// Without it the label columns may also be absent from the manifest's header.
     pub require_labels: bool,
 }
 
@@ -81,7 +85,12 @@ fn load_index_image(
 /// Reads the manifest and every image of `site_dir`; bad patients are excluded with their reason.
 pub fn load_site(site: &str, site_dir: &Path, options: &LoadOptions) -> Result<SiteData, ManifestError> {
     let started = std::time::Instant::now();
-    let manifest = read_manifest(site_dir)?;
+    let label_columns = if options.require_labels {
+        LabelColumns::Required
+    } else {
+        LabelColumns::Optional
+    };
+    let manifest = read_manifest_with(site_dir, label_columns)?;
     let images_dir = site_dir.join(IMAGES_DIR);
     // Image paths must resolve inside the images folder: a symbolic link in it that points out is not
     // followed (the folder itself may be a link, to another disk say).

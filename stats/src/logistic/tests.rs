@@ -397,3 +397,58 @@ proptest! {
         prop_assert_eq!(federated.sites.iter().map(|s| s.n).sum::<u64>(), 300);
     }
 }
+
+#[test]
+fn a_value_too_large_for_the_sums_is_named_by_column_and_row() {
+    // Data-driven: one value whose square overflows, and values that overflow only when summed (the
+    // largest is named). Rows are 0-based in the error, shown 1-based.
+    let spec = DesignSpec::new(vec![TermSpec::numeric("age"), TermSpec::numeric("size")]).unwrap();
+    let mut one_huge: Vec<f64> = (0..20).map(f64::from).collect();
+    one_huge[6] = 1e300;
+    let mut many_large = vec![8e153; 20];
+    many_large[11] = 9e153;
+    for (size, row, value) in [(one_huge, 6, 1e300), (many_large, 11, 9e153)] {
+        let age: Vec<f64> = (0..20).map(|i| f64::from(30 + i)).collect();
+        let outcome: Vec<bool> = (0..20).map(|i| i % 3 == 0).collect();
+        let design = spec
+            .build(20, &[TermColumn::Numeric(&age), TermColumn::Numeric(&size)])
+            .unwrap();
+        let error = fit(&design, &outcome, FitOptions::default()).unwrap_err();
+        assert_eq!(
+            error,
+            LogisticError::TooLarge {
+                column: "size".into(),
+                row,
+                value
+            }
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("'size'") && message.contains(&format!("in row {}", row + 1)),
+            "{message}"
+        );
+    }
+    // The federated path names the site around the same error.
+    let mut size: Vec<f64> = (0..20).map(f64::from).collect();
+    size[3] = -1e300;
+    let age: Vec<f64> = (0..20).map(|i| f64::from(30 + i)).collect();
+    let design = spec
+        .build(20, &[TermColumn::Numeric(&age), TermColumn::Numeric(&size)])
+        .unwrap();
+    let site = SiteRows {
+        site: "B".into(),
+        design,
+        outcome: (0..20).map(|i| i % 3 == 0).collect(),
+    };
+    let error = fit_federated(&[site], FitOptions::default(), 0).unwrap_err();
+    match error {
+        LogisticError::Site { site, source } => {
+            assert_eq!(site, "B");
+            assert!(
+                matches!(*source, LogisticError::TooLarge { row: 3, .. }),
+                "{source}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+}
