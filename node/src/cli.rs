@@ -1,13 +1,19 @@
 //! The command line of `fedlnm-node`, written for the hospital IT person who runs it.
 
 use crate::commands;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
+use fedlnm_shared::process::LogFormat;
 
 /// fedlnm site node: runs inside a hospital, keeps every patient record local, and only ever dials out
 /// to the study's aggregator.
 #[derive(Debug, Parser)]
 #[command(name = "fedlnm-node", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
+    /// How the log on standard error is written: `text` (the default; colours on a terminal only) or
+    /// `json` (one object per line, for a log collector). Default: $FEDLNM_LOG_FORMAT, else text.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = log_format_parser())]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,6 +72,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => commands::model::bench(&args),
         Command::Quality(args) => commands::quality::run(&args),
     }
+}
+
+/// The parser of `--log-format`: "text" or "json", each listed in `--help`.
+#[must_use]
+pub fn log_format_parser() -> impl TypedValueParser<Value = LogFormat> {
+    PossibleValuesParser::new(LogFormat::ALL.map(|format| PossibleValue::new(format.name())))
+        .try_map(|name| name.parse::<LogFormat>())
 }
 
 /// Exit code for an error: 2 when the input (a file, a column, a value) is at fault, 1 otherwise.
