@@ -130,9 +130,43 @@ pub fn kappa_report(args: &KappaArgs) -> anyhow::Result<Value> {
 
 /// Row indices grouped by the text of a site column, sites in sorted order.
 pub fn rows_by_site(table: &Table, site_column: &str) -> anyhow::Result<BTreeMap<String, Vec<usize>>> {
+    // An empty cell is a missing site, not a site called "": refused, naming the column and line.
+    table.parsed_column(site_column, non_empty)?;
     let mut sites: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (row, site) in table.text_column(site_column)?.into_iter().enumerate() {
         sites.entry(site.to_owned()).or_default().push(row);
     }
     Ok(sites)
+}
+
+/// A cell that must hold a value (a site, a category level).
+pub(crate) fn non_empty(cell: &str) -> Result<(), String> {
+    if cell.is_empty() {
+        Err("missing value".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+    use super::*;
+
+    #[test]
+    fn an_empty_site_cell_is_refused_by_column_and_line_not_taken_as_a_site() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("scores.csv");
+        std::fs::write(&file, "site,y,score\nA,1,0.9\n,0,0.2\nB,0,0.1\n").unwrap();
+        let table = Table::read(&file).unwrap();
+        let error = format!("{:#}", rows_by_site(&table, "site").unwrap_err());
+        assert!(error.contains("'site'") && error.contains("line 3"), "{error}");
+        assert!(error.contains("missing value"), "{error}");
+
+        std::fs::write(&file, "site,y,score\nA,1,0.9\nB,0,0.2\nA,0,0.1\n").unwrap();
+        let table = Table::read(&file).unwrap();
+        let sites = rows_by_site(&table, "site").unwrap();
+        assert_eq!(sites.get("A").unwrap(), &vec![0, 2]);
+        assert_eq!(sites.get("B").unwrap(), &vec![1]);
+    }
 }

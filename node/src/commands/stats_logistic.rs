@@ -1,6 +1,7 @@
 //! `fedlnm-node stats logistic`: adjusted odds ratios by logistic regression on a CSV file, either on
 //! all rows at once or, with `--site`, by the federated algorithm (sites only share sums).
 
+use super::stats::non_empty;
 use anyhow::Context as _;
 use fedlnm_shared::stats::design::{DesignSpec, TermColumn, TermSpec};
 use fedlnm_shared::stats::logistic::{self, FitOptions, LogisticFit, SiteRows, SiteSummary};
@@ -106,17 +107,11 @@ pub fn report(args: &LogisticArgs) -> anyhow::Result<Value> {
             None,
         ),
         Some(site_column) => {
-            table.parsed_column(site_column, non_empty)?;
-            let site_of_row = table.text_column(site_column)?;
-            let mut rows_by_site: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-            for (row, site) in site_of_row.iter().enumerate() {
-                rows_by_site.entry(site).or_default().push(row);
-            }
-            let sites: Vec<SiteRows> = rows_by_site
-                .iter()
+            let sites: Vec<SiteRows> = super::stats::rows_by_site(&table, site_column)?
+                .into_iter()
                 .map(|(site, rows)| SiteRows {
-                    site: (*site).to_owned(),
-                    design: design.select_rows(rows),
+                    site,
+                    design: design.select_rows(&rows),
                     outcome: rows.iter().map(|&row| outcome[row]).collect(),
                 })
                 .collect();
@@ -260,13 +255,5 @@ fn parse_reference(text: &str) -> Result<(String, String), String> {
         _ => Err(format!(
             "expected COLUMN=LEVEL (for example location=lower), got '{text}'"
         )),
-    }
-}
-
-fn non_empty(cell: &str) -> Result<(), String> {
-    if cell.is_empty() {
-        Err("missing value".to_owned())
-    } else {
-        Ok(())
     }
 }
