@@ -339,10 +339,9 @@ impl Node {
                     .cloned()
                     .collect(),
             };
-            local.save_safetensors(
-                &self.config.work_dir.join(LOCAL_NORM_FILE),
-                &std::collections::BTreeMap::new(),
-            )?;
+            // Atomically: a node stopped mid-write must find its previous layers, not half a file.
+            let bytes = local.to_safetensors_bytes(&std::collections::BTreeMap::new())?;
+            write_atomically(&self.config.work_dir.join(LOCAL_NORM_FILE), &bytes)?;
         }
         let delta = fedavg::delta(&outcome.weights, &global, |name| {
             local_tensors.is_aggregated(name)
