@@ -2,11 +2,13 @@
 //! and an exit code (2: bad input or usage, 1: anything else).
 
 use anyhow::Context as _;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use fedlnm_aggregator::provision::{self, ProvisionOptions};
 use fedlnm_aggregator::report::{self, ReportError};
 use fedlnm_aggregator::server;
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
+use fedlnm_shared::process::{self, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,8 +17,18 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "fedlnm-aggregator", version, about, long_about = None)]
 struct Cli {
+    /// How the log on standard error is written: `text` (the default; colours on a terminal only) or
+    /// `json` (one object per line, for a log collector). Default: $FEDLNM_LOG_FORMAT, else text.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = log_format_parser())]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The parser of `--log-format`: "text" or "json", each listed in `--help`.
+fn log_format_parser() -> impl TypedValueParser<Value = LogFormat> {
+    PossibleValuesParser::new(LogFormat::ALL.map(|format| PossibleValue::new(format.name())))
+        .try_map(|name| name.parse::<LogFormat>())
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +39,14 @@ enum Command {
         /// The aggregator's configuration (made by `provision`).
         #[arg(long, default_value = "aggregator.toml")]
         config: PathBuf,
+        /// Exit (code 0) once the study is finished and every site has been sent the final model,
+        /// after `--finished-grace-s` for the last downloads. Without it the aggregator keeps serving
+        /// the finished study (sites that start later still get the final model) until it is stopped.
+        #[arg(long)]
+        exit_when_finished: bool,
+        /// Seconds `--exit-when-finished` keeps serving after the last site was told.
+        #[arg(long, default_value_t = 60, requires = "exit_when_finished")]
+        finished_grace_s: u64,
     },
     /// Create a new study: its certificate authority, the aggregator's certificate and one startup kit
     /// per site (certificate, private key, CA certificate, ready node.toml) under OUT/sites/<site>/.
@@ -85,12 +105,25 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    fedlnm_shared::process::init_logging();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let log_format = match LogFormat::chosen(cli.log_format) {
+        Ok(format) => format,
+        Err(error) => {
+            eprintln!("fedlnm-aggregator: error: {}: {error}", process::LOG_FORMAT_ENV);
+            return ExitCode::from(2);
+        }
+    };
+    process::init_logging_as(log_format);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("fedlnm-aggregator: error: {error:#}");
-            ExitCode::from(fedlnm_shared::process::exit_code(&error, |cause| {
+            // The line that ends the run; as JSON, one more event, so that every line of the log parses.
+            let message = process::one_line(&error);
+            match log_format {
+                LogFormat::Text => eprintln!("fedlnm-aggregator: error: {message}"),
+                LogFormat::Json => tracing::error!("{message}"),
+            }
+            ExitCode::from(process::exit_code(&error, |cause| {
                 cause.is::<provision::ProvisionError>()
                     || cause
                         .downcast_ref::<ReportError>()
@@ -152,7 +185,12 @@ impl StopSignals {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            exit_when_finished,
+            finished_grace_s,
+        } => {
+            let grace = std::time::Duration::from_secs(finished_grace_s);
             let config = AggregatorConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async {
@@ -161,16 +199,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot listen on {}", config.listen))?;
                 let signals = StopSignals::watch();
                 println!("listening on {}", listener.local_addr()?);
-                let shutdown = async {
-                    let signal = signals.first().await;
-                    tracing::info!(
-                        signal,
-                        "stopping: the round in progress is not committed; the next start resumes after \
-                         the last committed round"
-                    );
-                };
                 let service =
                     server::FederationService::open(config).context("cannot open the study's state")?;
+                let finished = {
+                    let service = service.clone();
+                    async move {
+                        if !exit_when_finished {
+                            return std::future::pending().await;
+                        }
+                        service.every_site_finished().await;
+                        tracing::info!(
+                            grace_s = finished_grace_s,
+                            "the study is finished and every site has its final model's reference; \
+                             exiting after the grace period (--exit-when-finished)"
+                        );
+                        tokio::time::sleep(grace).await;
+                    }
+                };
+                let shutdown = async {
+                    tokio::select! {
+                        signal = signals.first() => tracing::info!(
+                            signal,
+                            "stopping: the round in progress is not committed; the next start resumes \
+                             after the last committed round"
+                        ),
+                        () = finished => tracing::info!("study finished; the aggregator exits"),
+                    }
+                };
                 server::serve(service, listener, shutdown)
                     .await
                     .context("the aggregator stopped")

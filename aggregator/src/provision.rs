@@ -267,6 +267,8 @@ rounds.long_poll_s: Seconds a site's request for a task waits (below any proxy i
 rounds.secure_aggregation: The aggregator only ever sees the sum of masked updates.
 rounds.fedbn: FedBN: normalisation layers stay at each site.
 rounds.max_delta_norm: Largest L2 norm of a site's weight delta (each node checks its own).
+rounds.max_concurrent_uploads: Updates received at once (memory: this many updates, whatever the number of sites).
+rounds.transfer_idle_s: Seconds an upload may stall (no data) before it is refused; slow links that keep sending are fine.
 [train]: The training plan sent to every training site each round.
 train.epochs: Local epochs per round.
 train.batch_size: Patients per step.

@@ -51,6 +51,9 @@ struct Shared {
     changed: watch::Sender<u64>,
     telemetry: Arc<Telemetry>,
     job_observer: Mutex<Option<JobObserver>>,
+    /// Uploads being received (`rounds.max_concurrent_uploads`): peak memory is this many updates,
+    /// whatever the number of sites.
+    uploads: tokio::sync::Semaphore,
 }
 
 /// The federation service of one study.
@@ -69,6 +72,7 @@ impl FederationService {
         let telemetry = Arc::new(Telemetry::default());
         let study = Study::open(config.clone(), telemetry.clone())?;
         let (changed, _) = watch::channel(0);
+        let uploads = tokio::sync::Semaphore::new(config.rounds.max_concurrent_uploads);
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -76,8 +80,20 @@ impl FederationService {
                 changed,
                 telemetry,
                 job_observer: Mutex::new(None),
+                uploads,
             }),
         })
+    }
+
+    /// Resolves once the study is finished and every site has been told so, with the final model's
+    /// reference (`serve --exit-when-finished` stops a grace period later, for the last downloads).
+    pub async fn every_site_finished(&self) {
+        let mut changes = self.shared.changed.subscribe();
+        while !self.lock().every_site_told_finished() {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// The metrics of this service.
@@ -348,6 +364,11 @@ impl FederationHandler for FederationService {
             })
             .await
             .unwrap_or_else(|| self.lock().task_for(&site, role));
+        if matches!(decision, TaskDecision::Finished { .. })
+            && self.mutate(|study| study.told_finished(&site))
+        {
+            tracing::info!("study finished: every site has been sent the final model");
+        }
         Ok(task_message(decision))
     }
 
@@ -377,8 +398,18 @@ impl FederationHandler for FederationService {
         let header = upload.header.clone();
         let (site, role) = self.authorize(caller, &header.claim)?;
         self.require_training_site(&site, role)?;
+        self.mutate(|study| study.upload_limit(&site, header.round))?;
+        // Wait for a turn before reading the update (its sender is held back meanwhile), then check
+        // again: the round may have moved on while this site waited.
+        let _turn = self
+            .shared
+            .uploads
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the aggregator is stopping"))?;
         let limit = self.mutate(|study| study.upload_limit(&site, header.round))?;
-        let payload = upload.receive(limit).await.map_err(|error| {
+        let idle = Duration::from_secs(self.shared.config.rounds.transfer_idle_s);
+        let payload = upload.receive(limit, idle).await.map_err(|error| {
             tracing::warn!(site, round = header.round, %error, "refused: upload");
             self.shared.telemetry.refuse(refusal_label(&error));
             error.status()

@@ -129,6 +129,14 @@ impl Telemetry {
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
             .inc();
     }
+
+    /// How many requests were refused for `reason` so far.
+    #[must_use]
+    pub fn refusals(&self, reason: &str) -> u64 {
+        self.refused
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .get()
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.

@@ -280,7 +280,14 @@ fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
         &logs,
         "aggregator",
         &aggregator,
-        &["serve", "--config", aggregator_toml.to_str().unwrap()],
+        &[
+            "serve",
+            "--config",
+            aggregator_toml.to_str().unwrap(),
+            "--exit-when-finished",
+            "--finished-grace-s",
+            "1",
+        ],
     );
     logs.wait_for(0, "aggregator", &["listening on"]);
     let mut nodes: Vec<Service> = ["S1", "S2", "S3", "S4"]
@@ -361,7 +368,10 @@ fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
             "{site}: no final model"
         );
     }
-    drop(server);
+    // The aggregator exits on its own once every site has been sent the final model.
+    let status = server.wait_exit(&mut logs);
+    assert!(status.success(), "the aggregator exited with {status}");
+    logs.wait_for(0, "aggregator", &["every site has been sent the final model"]);
 
     // What was committed: every round once, whole, with the contributors each crash implies.
     let store = RoundStore::open_existing(&state_dir).unwrap();

@@ -22,7 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 /// The attribute that makes a [`FederationHandler`] implementation's `async fn`s object-safe.
 pub use tonic::async_trait;
 
-/// Longest silence between two chunks of an upload.
+/// Longest wait for the first chunk (the header) of an upload; the handler chooses the silence
+/// allowed between the chunks that follow ([`IncomingUpload::receive`]).
 pub const CHUNK_IDLE: Duration = Duration::from_secs(120);
 
 /// The site id in the caller's (chain-verified) client certificate, or `None` when it names none.
@@ -48,25 +49,20 @@ pub struct IncomingUpload {
 
 impl IncomingUpload {
     /// Receives the whole payload: refused before reading when the announced size exceeds `limit`,
-    /// checked chunk by chunk (an idle link times out per chunk, [`CHUNK_IDLE`]) and by SHA-256.
+    /// checked chunk by chunk (a link silent for `idle` between two chunks times out) and by SHA-256.
     ///
     /// # Errors
     /// [`TransferError`] naming what is wrong; its `status()` is the answer to the site.
-    pub async fn receive(mut self, limit: u64) -> Result<Vec<u8>, TransferError> {
+    pub async fn receive(mut self, limit: u64, idle: Duration) -> Result<Vec<u8>, TransferError> {
         const WHAT: &str = "update";
         let mut assembler = Assembler::new(WHAT, self.header.total_size, limit)?;
         assembler.push(None, &self.first)?;
         loop {
-            let chunk = match tokio::time::timeout(CHUNK_IDLE, self.stream.message()).await {
+            let chunk = match tokio::time::timeout(idle, self.stream.message()).await {
                 Ok(Ok(Some(chunk))) => chunk,
                 // A stream that ends (or breaks) early is a truncated transfer: `finish` names it.
                 Ok(Ok(None) | Err(_)) => break,
-                Err(_) => {
-                    return Err(TransferError::Idle {
-                        what: WHAT,
-                        idle: CHUNK_IDLE,
-                    });
-                }
+                Err(_) => return Err(TransferError::Idle { what: WHAT, idle }),
             };
             if chunk.header.is_some() {
                 return Err(TransferError::MisplacedHeader { what: WHAT });
@@ -170,6 +166,24 @@ pub async fn serve(
             }
         }
     };
+    // A stop drains open calls, but never waits on a peer that no longer answers (a stalled link
+    // cannot acknowledge the end of its connection): after `DRAIN_LIMIT` the rest are closed.
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let drain_limit = async move {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(DRAIN_LIMIT).await;
+            tracing::warn!(
+                seconds = DRAIN_LIMIT.as_secs(),
+                "connections still open after the stop was asked; closing them"
+            );
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     let serving = Server::builder()
         .add_service(
             FederationServer::new(Adapter { handler })
@@ -180,8 +194,12 @@ pub async fn serve(
     tokio::select! {
         result = serving => result.map_err(ServeError::Transport),
         () = accepting => Ok(()),
+        () = drain_limit => Ok(()),
     }
 }
+
+/// How long a stop waits for open calls to end before it closes their connections.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// The rustls acceptor of the study: TLS 1.3 only (the process's provider), a client certificate from
 /// the study CA required, HTTP/2 by ALPN.

@@ -164,6 +164,14 @@ pub struct RoundSettings {
     pub fedbn: bool,
     /// Largest L2 norm of a site's weight delta (each node checks its own before masking).
     pub max_delta_norm: f64,
+    /// Uploads received at once; further sites wait (their streams are held back by HTTP/2 flow
+    /// control) until one finishes. Bounds the aggregator's memory by this many updates, whatever the
+    /// number of sites: each update is summed into the round's accumulator as soon as it is complete.
+    pub max_concurrent_uploads: usize,
+    /// Seconds an upload may go without a chunk arriving before it is refused (that site leaves the
+    /// round at its deadline; the others are not held up). A slow link that keeps sending is never
+    /// cut off: this bounds silence, not duration.
+    pub transfer_idle_s: u64,
 }
 
 impl Default for RoundSettings {
@@ -178,6 +186,8 @@ impl Default for RoundSettings {
             secure_aggregation: true,
             fedbn: false,
             max_delta_norm: 1.0e4,
+            max_concurrent_uploads: 4,
+            transfer_idle_s: 120,
         }
     }
 }
@@ -346,10 +356,17 @@ impl AggregatorConfig {
             ("rounds.stage_timeout_s", rounds.stage_timeout_s),
             ("rounds.validation_deadline_s", rounds.validation_deadline_s),
             ("rounds.long_poll_s", rounds.long_poll_s),
+            ("rounds.transfer_idle_s", rounds.transfer_idle_s),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1 second".to_owned()));
             }
+        }
+        if !(1..=1024).contains(&rounds.max_concurrent_uploads) {
+            return Err(invalid(
+                "rounds.max_concurrent_uploads",
+                format!("must be 1 to 1024, not {}", rounds.max_concurrent_uploads),
+            ));
         }
         if !(rounds.max_delta_norm > 0.0 && rounds.max_delta_norm.is_finite()) {
             return Err(invalid(

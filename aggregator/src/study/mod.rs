@@ -133,6 +133,8 @@ pub struct Study {
     instance: u64,
     jobs: u64,
     pending_job: Option<StudyJob>,
+    /// Sites that have been told the study is finished (and given the final model's reference).
+    told_finished: std::collections::BTreeSet<String>,
 }
 
 impl Study {
@@ -213,6 +215,7 @@ impl Study {
             instance: rand::random(),
             jobs: 0,
             pending_job: None,
+            told_finished: std::collections::BTreeSet::new(),
         };
         for role in [SiteRole::Train, SiteRole::Validate] {
             let count = study.config.sites.iter().filter(|s| s.role == role).count();
@@ -239,6 +242,25 @@ impl Study {
     #[must_use]
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Finished)
+    }
+
+    /// `site` was told the study is finished; returns whether that made every site of the study told.
+    pub fn told_finished(&mut self, site: &str) -> bool {
+        let before = self.every_site_told_finished();
+        self.told_finished.insert(site.to_owned());
+        !before && self.every_site_told_finished()
+    }
+
+    /// Whether the study is finished and every one of its sites has been told so (with the final
+    /// model's reference).
+    #[must_use]
+    pub fn every_site_told_finished(&self) -> bool {
+        self.is_finished()
+            && self
+                .config
+                .sites
+                .iter()
+                .all(|site| self.told_finished.contains(&site.id))
     }
 
     fn start_next_round(&mut self, now: Instant) {
