@@ -4,7 +4,8 @@
 //! with a size limit so that a hostile length prefix cannot make the receiver allocate without bound,
 //! and no trailing bytes.
 
-/// The largest payload a length prefix may announce.
+/// The largest payload a length prefix may announce (within a payload, at most 16 times its own size:
+/// see [`decode`]).
 pub const PAYLOAD_LIMIT: usize = 1 << 31;
 
 /// A payload that does not decode to what its field says it holds.
@@ -19,9 +20,14 @@ pub struct PayloadError {
 /// The bincode configuration of every payload.
 #[must_use]
 pub fn config() -> impl bincode::config::Config {
+    config_within::<PAYLOAD_LIMIT>()
+}
+
+/// The payload encoding, with length prefixes limited to `LIMIT` bytes in all.
+fn config_within<const LIMIT: usize>() -> impl bincode::config::Config {
     bincode::config::standard()
         .with_fixed_int_encoding()
-        .with_limit::<PAYLOAD_LIMIT>()
+        .with_limit::<LIMIT>()
 }
 
 /// Encodes a value. Serializing the protocol's plain-data types cannot fail (no maps with non-string
@@ -36,7 +42,17 @@ pub fn encode<T: serde::Serialize>(message: &T) -> Vec<u8> {
 /// # Errors
 /// A malformed or truncated payload, or trailing bytes.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, PayloadError> {
-    let (message, used) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| PayloadError {
+    // A length prefix is honoured (its buffer allocated) before its bytes are read, so the limit on
+    // what prefixes may announce is the payload's own size, rounded up to a step of 16x: a hostile
+    // prefix then costs at most 16 times the bytes received (64 KiB at least), not `PAYLOAD_LIMIT`.
+    let decoded = match bytes.len() {
+        n if n <= 1 << 16 => decode_within::<{ 1 << 16 }, T>(bytes),
+        n if n <= 1 << 20 => decode_within::<{ 1 << 20 }, T>(bytes),
+        n if n <= 1 << 24 => decode_within::<{ 1 << 24 }, T>(bytes),
+        n if n <= 1 << 28 => decode_within::<{ 1 << 28 }, T>(bytes),
+        _ => decode_within::<PAYLOAD_LIMIT, T>(bytes),
+    };
+    let (message, used) = decoded.map_err(|e| PayloadError {
         what,
         problem: e.to_string(),
     })?;
@@ -47,6 +63,13 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) 
         });
     }
     Ok(message)
+}
+
+/// [`decode_from_slice`](bincode::serde::decode_from_slice) with length prefixes limited to `LIMIT`.
+fn decode_within<const LIMIT: usize, T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, config_within::<LIMIT>())
 }
 
 #[cfg(test)]
@@ -69,5 +92,21 @@ mod tests {
             error.contains("masked input") && error.contains("trailing"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_length_prefix_cannot_announce_more_than_the_payload_holds() {
+        // A string announced at 1.5 GiB in a payload of 12 bytes: refused before anything is allocated
+        // for it (the fuzzers' finding, fuzz/regressions/payload/).
+        let mut bytes = (3_u64 << 29).to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"abcd");
+        let error = decode::<String>(&bytes, "study id").unwrap_err().to_string();
+        assert!(
+            error.contains("study id") && error.contains("LimitExceeded"),
+            "{error}"
+        );
+        // Within the payload's size the same prefix is honoured.
+        let big = "x".repeat(100_000);
+        assert_eq!(decode::<String>(&encode(&big), "text"), Ok(big));
     }
 }

@@ -161,7 +161,8 @@ impl SecAggConfig {
                 format!("{n} sites, expected 2..={MAX_PARTICIPANTS}"),
             ));
         }
-        if 2 * self.threshold <= n || self.threshold > n {
+        // t <= n first: a hostile t would overflow 2t.
+        if self.threshold > n || 2 * self.threshold <= n {
             return Err(invalid(
                 "threshold",
                 format!("{} with {n} participants, expected n/2 < t <= n", self.threshold),
@@ -171,6 +172,11 @@ impl SecAggConfig {
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(invalid("tensors", format!("`{}` appears twice", w[0])));
+        }
+        // Shapes come from the wire: an element count that overflows is refused before any is used.
+        let element_count = |t: &TensorSpec| t.shape.iter().try_fold(1_usize, |n, &d| n.checked_mul(d));
+        if let Some(t) = self.tensors.iter().find(|t| element_count(t).is_none()) {
+            return Err(invalid("tensors", format!("`{}` has too many elements", t.name)));
         }
         if let Some(t) = self.tensors.iter().find(|t| t.is_empty()) {
             return Err(invalid("tensors", format!("`{}` has no element", t.name)));
@@ -217,7 +223,10 @@ impl SecAggConfig {
             ));
         }
         // One element per aggregated weight, plus one for n_k.
-        let vector_len = aggregated.iter().map(TensorSpec::len).sum::<usize>() + 1;
+        let vector_len = aggregated
+            .iter()
+            .try_fold(1_usize, |n, t| n.checked_add(t.len()))
+            .ok_or_else(|| invalid("tensors", "too many elements in all".into()))?;
         let config_hash = config_hash(&self, &participants);
         let salt = {
             let mut t = Transcript::new(b"fedlnm-secagg-salt-v1");
