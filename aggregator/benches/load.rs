@@ -21,7 +21,7 @@ use fedlnm_aggregator::store::ModelBlob;
 use fedlnm_protocol::payload;
 use fedlnm_protocol::{Client, RoundAggregation, SecAggStage, Task, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, NodeConfig, SiteRole, write_toml};
-use fedlnm_shared::federation::{ScoreHistogram, SiteRoundMetrics};
+use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::model_config::{Modality, ModelConfig};
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
@@ -121,27 +121,6 @@ fn mark(rounds: &Rounds, round: u64, start: bool) {
     }
 }
 
-fn empty_metrics(site: &str) -> SiteRoundMetrics {
-    SiteRoundMetrics {
-        site: site.into(),
-        role: SiteRole::Train,
-        n_patients: 0,
-        n_positive: 0,
-        lnm_rate: 0.0,
-        auc: None,
-        auc_ci_lower: None,
-        auc_ci_upper: None,
-        youden_threshold: None,
-        sensitivity: None,
-        specificity: None,
-        brier: 0.0,
-        kappa_t: None,
-        kappa_n: None,
-        kappa_stage: None,
-        histogram: ScoreHistogram::empty(),
-    }
-}
-
 /// One simulated site, until the study is finished.
 async fn site(
     config: NodeConfig,
@@ -161,7 +140,7 @@ async fn site(
                     .report_metrics(
                         validate.round,
                         &validate.model.digest,
-                        &empty_metrics(&config.site),
+                        &SiteRoundMetrics::without_patients(&config.site, SiteRole::Train),
                     )
                     .await
                     .unwrap();

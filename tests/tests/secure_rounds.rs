@@ -69,6 +69,21 @@ async fn exchange(
         .map(|reply| reply.into_inner().payload)
 }
 
+/// Secure FedBN rounds with hour-long deadlines: a test that finishes within its bounds proves that no
+/// stage waited for a deadline.
+fn hour_long(rounds: u64) -> RoundSettings {
+    RoundSettings {
+        rounds,
+        min_sites: 2,
+        secure_aggregation: true,
+        fedbn: true,
+        round_deadline_s: 3600,
+        stage_timeout_s: 3600,
+        validation_deadline_s: 3600,
+        ..RoundSettings::default()
+    }
+}
+
 /// A provisioned study served on loopback, whose hand-driven sites run as tasks.
 struct SecureStudy {
     _dir: tempfile::TempDir,
@@ -374,17 +389,7 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
 /// never offered the round it lost nor refused as invalid, and it trains again at the next round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_round() {
-    let settings = RoundSettings {
-        rounds: 2,
-        min_sites: 2,
-        secure_aggregation: true,
-        fedbn: true,
-        round_deadline_s: 3600,
-        stage_timeout_s: 3600,
-        validation_deadline_s: 3600,
-        ..RoundSettings::default()
-    };
-    let study = SecureStudy::start(settings).await;
+    let study = SecureStudy::start(hour_long(2)).await;
     let (study_dir, state_dir, url) = (&study.study_dir, &study.state_dir, &study.url);
     let run = |site, scale, n, behaviour| study.run(site, scale, n, behaviour);
     let bound = std::time::Duration::from_secs(120);
@@ -499,17 +504,7 @@ fn report(site: &str, round: u64, digest: &str, metrics: Vec<u8>) -> MetricsRepo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_nothing() {
     use tonic::Code;
-    let settings = RoundSettings {
-        rounds: 1,
-        min_sites: 2,
-        secure_aggregation: true,
-        fedbn: true,
-        round_deadline_s: 3600,
-        stage_timeout_s: 3600,
-        validation_deadline_s: 3600,
-        ..RoundSettings::default()
-    };
-    let study = SecureStudy::start(settings).await;
+    let study = SecureStudy::start(hour_long(1)).await;
     let (study_dir, state_dir, url) = (&study.study_dir, &study.state_dir, &study.url);
     // S2 and S3 are honest; every stage waits for S1 (hour-long deadlines), which misbehaves first.
     let honest = [

@@ -9,7 +9,7 @@ use fedlnm_aggregator::store::RoundStore;
 use fedlnm_e2e::{RunningAggregator, provision_study_with, site_config};
 use fedlnm_protocol::{Client, Task, UpdateFormat};
 use fedlnm_shared::config::{RoundSettings, SiteRole};
-use fedlnm_shared::federation::{ScoreHistogram, SiteRoundMetrics};
+use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -141,28 +141,12 @@ async fn validate(study_dir: &Path, port: u16, round: u64) {
             panic!("{site}: expected the validation of round {round}");
         };
         assert_eq!(task.round, round);
-        let metrics = SiteRoundMetrics {
-            site: site.into(),
-            role: if site == "S4" {
-                SiteRole::Validate
-            } else {
-                SiteRole::Train
-            },
-            n_patients: 0,
-            n_positive: 0,
-            lnm_rate: 0.0,
-            auc: None,
-            auc_ci_lower: None,
-            auc_ci_upper: None,
-            youden_threshold: None,
-            sensitivity: None,
-            specificity: None,
-            brier: 0.0,
-            kappa_t: None,
-            kappa_n: None,
-            kappa_stage: None,
-            histogram: ScoreHistogram::empty(),
+        let role = if site == "S4" {
+            SiteRole::Validate
+        } else {
+            SiteRole::Train
         };
+        let metrics = SiteRoundMetrics::without_patients(site, role);
         client
             .report_metrics(round, &task.model.digest, &metrics)
             .await

@@ -11,4 +11,6 @@ mod record;
 
 pub use histogram::{HISTOGRAM_BINS, HistogramError, ScoreHistogram};
 pub use local::LocalTensors;
-pub use record::{AggregationKind, MAX_SITE_PATIENTS, MetricsError, PooledMetrics, RoundRecord, SiteRoundMetrics};
+pub use record::{
+    AggregationKind, MAX_SITE_PATIENTS, MetricsError, PooledMetrics, RoundRecord, SiteRoundMetrics,
+};

@@ -125,6 +125,29 @@ pub enum MetricsError {
 pub const MAX_SITE_PATIENTS: u64 = 1_000_000;
 
 impl SiteRoundMetrics {
+    /// The report of a site with no labelled validation patient: counts zero, every estimate absent.
+    #[must_use]
+    pub fn without_patients(site: &str, role: SiteRole) -> Self {
+        Self {
+            site: site.to_owned(),
+            role,
+            n_patients: 0,
+            n_positive: 0,
+            lnm_rate: 0.0,
+            auc: None,
+            auc_ci_lower: None,
+            auc_ci_upper: None,
+            youden_threshold: None,
+            sensitivity: None,
+            specificity: None,
+            brier: 0.0,
+            kappa_t: None,
+            kappa_n: None,
+            kappa_stage: None,
+            histogram: ScoreHistogram::empty(),
+        }
+    }
+
     /// Checks a report received from a site: counts within [`MAX_SITE_PATIENTS`] and consistent with
     /// its histogram (on the study grid), the LNM rate the positive fraction, probabilities and AUCs in
     /// [0, 1] (a CI around its AUC), kappas in [-1, 1], every value finite.
