@@ -198,6 +198,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {}", config.listen))?;
                 let signals = StopSignals::watch();
+                #[cfg(unix)]
+                {
+                    // Past a file-size limit (RLIMIT_FSIZE) a write should fail with an error the
+                    // commit reports, not kill the process: a handler replaces SIGXFSZ's default.
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let _handled = signal(SignalKind::from_raw(libc::SIGXFSZ));
+                }
                 println!("listening on {}", listener.local_addr()?);
                 let service =
                     server::FederationService::open(config).context("cannot open the study's state")?;

@@ -208,99 +208,172 @@ fn round_of(line: &str) -> String {
     format!("round={line}")
 }
 
-#[test]
-fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let study = root.join("study");
-    let port = free_port();
-    let (aggregator, node) = (aggregator_bin(), node_bin());
+/// The walkthrough's study, every process started: the aggregator (`serve --exit-when-finished`) and one
+/// `run` per site (S1–S3 train, S4 validates), on synthetic sites of 40 patients, the tiny model.
+struct Walkthrough {
+    _dir: tempfile::TempDir,
+    study: PathBuf,
+    state_dir: PathBuf,
+    logs: Logs,
+    server: Service,
+    nodes: Vec<Service>,
+}
 
-    // Central team, once.
-    run_ok(
-        Command::new(&aggregator)
-            .args(["provision", "--study", "demo", "--sites", "S1,S2,S3"])
-            .args([
-                "--validate-sites",
-                "S4",
-                "--aggregator-hosts",
-                "localhost",
-                "--port",
-                &port.to_string(),
-                "--out",
-                study.to_str().unwrap(),
-            ]),
-    );
-    let model_toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/model-tiny.toml");
-    let initial = study.join("aggregator/initial-model.safetensors");
-    run_ok(
-        Command::new(&node)
-            .arg("init-model")
-            .arg("--config")
-            .arg(&model_toml)
-            .arg("--out")
-            .arg(&initial),
-    );
-    let aggregator_toml = study.join("aggregator/aggregator.toml");
-    let mut config = AggregatorConfig::load(&aggregator_toml).unwrap();
-    config.initial_model = Some(initial);
-    config.listen = format!("127.0.0.1:{port}");
-    config.metrics_listen = None;
-    config.rounds.rounds = 4;
-    config.rounds.round_deadline_s = 3600;
-    config.rounds.stage_timeout_s = 600;
-    config.rounds.validation_deadline_s = 3600;
-    config.train.epochs = 2;
-    config.train.batch_size = 8;
-    write_toml(&aggregator_toml, &config).unwrap();
-    let state_dir = AggregatorConfig::load(&aggregator_toml).unwrap().state_dir;
-    assert_eq!(
-        config.rounds.min_sites, 2,
-        "provisioning three training sites tolerates one dropout"
-    );
+impl Walkthrough {
+    fn start(rounds: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let study = root.join("study");
+        let port = free_port();
+        let (aggregator, node) = (aggregator_bin(), node_bin());
 
-    // Each hospital: its data and its kit's node.toml.
-    let mut node_tomls = Vec::new();
-    for (k, site) in ["S1", "S2", "S3", "S4"].iter().enumerate() {
-        let data = root.join("data").join(site);
+        // Central team, once.
+        run_ok(
+            Command::new(&aggregator)
+                .args(["provision", "--study", "demo", "--sites", "S1,S2,S3"])
+                .args([
+                    "--validate-sites",
+                    "S4",
+                    "--aggregator-hosts",
+                    "localhost",
+                    "--port",
+                    &port.to_string(),
+                    "--out",
+                    study.to_str().unwrap(),
+                ]),
+        );
+        let model_toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/model-tiny.toml");
+        let initial = study.join("aggregator/initial-model.safetensors");
         run_ok(
             Command::new(&node)
-                .args(["synth", "--site", site, "--patients", "40", "--image-size", "64"])
-                .args(["--seed", &(k + 1).to_string(), "--out", data.to_str().unwrap()]),
+                .arg("init-model")
+                .arg("--config")
+                .arg(&model_toml)
+                .arg("--out")
+                .arg(&initial),
         );
-        let file = study.join("sites").join(site).join("node.toml");
-        let mut node_config = NodeConfig::load(&file).unwrap();
-        node_config.data = data;
-        write_toml(&file, &node_config).unwrap();
-        node_tomls.push(file);
+        let aggregator_toml = study.join("aggregator/aggregator.toml");
+        let mut config = AggregatorConfig::load(&aggregator_toml).unwrap();
+        config.initial_model = Some(initial);
+        config.listen = format!("127.0.0.1:{port}");
+        config.metrics_listen = None;
+        config.rounds.rounds = rounds;
+        config.rounds.round_deadline_s = 3600;
+        config.rounds.stage_timeout_s = 600;
+        config.rounds.validation_deadline_s = 3600;
+        config.train.epochs = 2;
+        config.train.batch_size = 8;
+        write_toml(&aggregator_toml, &config).unwrap();
+        let state_dir = AggregatorConfig::load(&aggregator_toml).unwrap().state_dir;
+        assert_eq!(
+            config.rounds.min_sites, 2,
+            "provisioning three training sites tolerates one dropout"
+        );
+
+        // Each hospital: its data and its kit's node.toml.
+        let mut node_tomls = Vec::new();
+        for (k, site) in ["S1", "S2", "S3", "S4"].iter().enumerate() {
+            let data = root.join("data").join(site);
+            run_ok(
+                Command::new(&node)
+                    .args(["synth", "--site", site, "--patients", "40", "--image-size", "64"])
+                    .args(["--seed", &(k + 1).to_string(), "--out", data.to_str().unwrap()]),
+            );
+            let file = study.join("sites").join(site).join("node.toml");
+            let mut node_config = NodeConfig::load(&file).unwrap();
+            node_config.data = data;
+            write_toml(&file, &node_config).unwrap();
+            node_tomls.push(file);
+        }
+
+        let mut logs = Logs::new();
+        let server = Service::start(
+            &logs,
+            "aggregator",
+            &aggregator,
+            &[
+                "serve",
+                "--config",
+                aggregator_toml.to_str().unwrap(),
+                "--exit-when-finished",
+                "--finished-grace-s",
+                "1",
+            ],
+        );
+        logs.wait_for(0, "aggregator", &["listening on"]);
+        let nodes: Vec<Service> = ["S1", "S2", "S3", "S4"]
+            .iter()
+            .zip(&node_tomls)
+            .map(|(site, file)| {
+                Service::start(&logs, site, &node, &["run", "--config", file.to_str().unwrap()])
+            })
+            .collect();
+        Self {
+            _dir: dir,
+            study,
+            state_dir,
+            logs,
+            server,
+            nodes,
+        }
     }
 
-    let mut logs = Logs::new();
-    let mut server = Service::start(
-        &logs,
-        "aggregator",
-        &aggregator,
-        &[
-            "serve",
-            "--config",
-            aggregator_toml.to_str().unwrap(),
-            "--exit-when-finished",
-            "--finished-grace-s",
-            "1",
-        ],
-    );
-    logs.wait_for(0, "aggregator", &["listening on"]);
-    let mut nodes: Vec<Service> = ["S1", "S2", "S3", "S4"]
-        .iter()
-        .zip(&node_tomls)
-        .map(|(site, file)| Service::start(&logs, site, &node, &["run", "--config", file.to_str().unwrap()]))
-        .collect();
+    /// Every node finishes on its own, with the final model, then the aggregator exits 0.
+    fn finish(&mut self) {
+        let Self {
+            logs,
+            nodes,
+            server,
+            study,
+            ..
+        } = self;
+        for node in nodes.iter_mut() {
+            let status = node.wait_exit(logs);
+            assert!(
+                status.success(),
+                "{} exited with {status}; the logs:\n{}",
+                node.name,
+                {
+                    logs.drain();
+                    logs.dump()
+                }
+            );
+        }
+        logs.drain();
+        for site in ["S1", "S2", "S3", "S4"] {
+            assert!(
+                logs.lines
+                    .iter()
+                    .any(|(name, line)| name == site && line.contains("study finished; final model saved")),
+                "{site} did not save the final model"
+            );
+            let work_dir = NodeConfig::load(&study.join("sites").join(site).join("node.toml"))
+                .unwrap()
+                .work_dir;
+            assert!(
+                work_dir.join("final-global.safetensors").is_file(),
+                "{site}: no final model"
+            );
+        }
+        // The aggregator exits on its own once every site has been sent the final model.
+        let status = server.wait_exit(logs);
+        assert!(status.success(), "the aggregator exited with {status}");
+        logs.wait_for(0, "aggregator", &["every site has been sent the final model"]);
+    }
+}
+
+#[test]
+fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
+    let mut walk = Walkthrough::start(4);
     let mut crash_costs = Vec::new();
+    let Walkthrough {
+        logs, server, nodes, ..
+    } = &mut walk;
 
     // Round 1: the validation site dies while validating.
     let at = logs.wait_for(0, "S4", &["validation task", &round_of("1")]);
     let killed = Instant::now();
-    nodes[3].kill_and_restart(&logs);
+    nodes[3].kill_and_restart(logs);
     let at = logs.wait_for(at, "aggregator", &["round committed", &round_of("1")]);
     crash_costs.push((
         "validation site killed while validating (round 1)",
@@ -310,14 +383,14 @@ fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
     // Round 2: S2 dies in its second local epoch.
     let at = logs.wait_for(at, "S2", &["local epoch", &round_of("2"), "epoch=1"]);
     let killed = Instant::now();
-    nodes[1].kill_and_restart(&logs);
+    nodes[1].kill_and_restart(logs);
     let at = logs.wait_for(at, "aggregator", &["round committed", &round_of("2")]);
     crash_costs.push(("training site killed mid-training (round 2)", killed.elapsed()));
 
     // Round 3: S3 dies right after its masked upload.
     let at = logs.wait_for(at, "S3", &["update uploaded", &round_of("3")]);
     let killed = Instant::now();
-    nodes[2].kill_and_restart(&logs);
+    nodes[2].kill_and_restart(logs);
     let at = logs.wait_for(at, "aggregator", &["round committed", &round_of("3")]);
     crash_costs.push((
         "training site killed after its masked upload (round 3)",
@@ -327,7 +400,7 @@ fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
     // Round 4: the aggregator dies between the uploads and the commit.
     let at = logs.wait_for(at, "aggregator", &["update accepted", &round_of("4")]);
     let killed = Instant::now();
-    server.kill_and_restart(&logs);
+    server.kill_and_restart(logs);
     let at = logs.wait_for(
         at,
         "aggregator",
@@ -339,42 +412,10 @@ fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
         killed.elapsed(),
     ));
 
-    // Every node finishes on its own, with the final model.
-    for node in &mut nodes {
-        let status = node.wait_exit(&mut logs);
-        assert!(
-            status.success(),
-            "{} exited with {status}; the logs:\n{}",
-            node.name,
-            {
-                logs.drain();
-                logs.dump()
-            }
-        );
-    }
-    logs.drain();
-    for site in ["S1", "S2", "S3", "S4"] {
-        assert!(
-            logs.lines
-                .iter()
-                .any(|(name, line)| name == site && line.contains("study finished; final model saved")),
-            "{site} did not save the final model"
-        );
-        let work_dir = NodeConfig::load(&study.join("sites").join(site).join("node.toml"))
-            .unwrap()
-            .work_dir;
-        assert!(
-            work_dir.join("final-global.safetensors").is_file(),
-            "{site}: no final model"
-        );
-    }
-    // The aggregator exits on its own once every site has been sent the final model.
-    let status = server.wait_exit(&mut logs);
-    assert!(status.success(), "the aggregator exited with {status}");
-    logs.wait_for(0, "aggregator", &["every site has been sent the final model"]);
+    walk.finish();
 
     // What was committed: every round once, whole, with the contributors each crash implies.
-    let store = RoundStore::open_existing(&state_dir).unwrap();
+    let store = RoundStore::open_existing(&walk.state_dir).unwrap();
     assert_eq!(store.committed_rounds().unwrap(), vec![0, 1, 2, 3, 4]);
     let records: Vec<_> = (1..=4).map(|round| store.load(round).unwrap().record).collect();
     let sites_of =
@@ -404,7 +445,7 @@ fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
     for record in &records {
         assert_eq!(sites_of(record.round as usize), ["S1", "S2", "S3", "S4"]);
     }
-    let names: Vec<String> = std::fs::read_dir(state_dir.join("rounds"))
+    let names: Vec<String> = std::fs::read_dir(walk.state_dir.join("rounds"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -417,5 +458,58 @@ fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
     println!("| crash | kill → round committed |\n|---|---:|");
     for (case, cost) in crash_costs {
         println!("| {case} | {:.1} s |", cost.as_secs_f64());
+    }
+}
+
+/// Sets the largest file the aggregator process may write (its soft limit, `prlimit`; `None`:
+/// unlimited). The hard limit stays unlimited, so that the soft one may be raised again.
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let soft = bytes.map_or_else(|| "unlimited".to_owned(), |b| b.to_string());
+    let limit = format!("{soft}:unlimited");
+    run_ok(
+        Command::new("prlimit")
+            .arg(format!("--pid={pid}"))
+            .arg(format!("--fsize={limit}")),
+    );
+}
+
+/// The aggregator's disk refuses the round's files (a file-size limit set on the running process, as
+/// a full disk would): the commit fails with an error naming the file, nothing half-written is taken
+/// for a round, the aggregator keeps serving, and once the disk takes writes again the round is run
+/// again and committed, the study finishing as if nothing had happened.
+#[test]
+fn a_disk_that_refuses_the_commit_costs_a_round_never_the_state() {
+    let mut walk = Walkthrough::start(2);
+    let Walkthrough { logs, server, .. } = &mut walk;
+    let at = logs.wait_for(0, "aggregator", &["round started", &round_of("1")]);
+    // Smaller than the model file: its write fails with EFBIG (the aggregator handles SIGXFSZ).
+    limit_file_size(server.child.id(), Some(4096));
+    let at = logs.wait_for(
+        at,
+        "aggregator",
+        &["cannot commit the round; it will be run again", &round_of("1")],
+    );
+    let line = &logs.lines[at].1;
+    assert!(
+        line.contains("global.safetensors") || line.contains("round.json"),
+        "{line}"
+    );
+    let store = RoundStore::open_existing(&walk.state_dir).unwrap();
+    assert_eq!(
+        store.committed_rounds().unwrap(),
+        vec![0],
+        "a failed commit is not a round"
+    );
+    limit_file_size(walk.server.child.id(), None);
+    let at = walk
+        .logs
+        .wait_for(at, "aggregator", &["round committed", &round_of("1")]);
+    walk.logs
+        .wait_for(at, "aggregator", &["round committed", &round_of("2")]);
+    walk.finish();
+    assert_eq!(store.committed_rounds().unwrap(), vec![0, 1, 2]);
+    for round in 1..=2 {
+        let committed = store.load(round).unwrap();
+        assert_eq!(committed.record.contributors, ["S1", "S2", "S3"]);
     }
 }
