@@ -133,56 +133,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM (a service manager's stop), watched from the moment this is made: made
-/// before the aggregator says it listens, so that no stop request finds the default action (death
-/// without a word) in place.
-struct StopSignals {
-    #[cfg(unix)]
-    interrupt: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    terminate: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    fn watch() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Self {
-                interrupt: signal(SignalKind::interrupt()).ok(),
-                terminate: signal(SignalKind::terminate()).ok(),
-            }
-        }
-        #[cfg(not(unix))]
-        Self {}
-    }
-
-    /// Resolves at the first of them, with its name; a signal that cannot be watched never resolves.
-    async fn first(self) -> &'static str {
-        #[cfg(unix)]
-        {
-            let wait = |signal: Option<tokio::signal::unix::Signal>, name: &'static str| async move {
-                match signal {
-                    Some(mut signal) => {
-                        signal.recv().await;
-                        name
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                name = wait(self.interrupt, "SIGINT") => name,
-                name = wait(self.terminate, "SIGTERM") => name,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
-        }
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
@@ -197,7 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let listener = fedlnm_protocol::server::bind(&config.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.listen))?;
-                let signals = StopSignals::watch();
+                let signals = fedlnm_protocol::signals::StopSignals::watch();
                 #[cfg(unix)]
                 {
                     // Past a file-size limit (RLIMIT_FSIZE) a write should fail with an error the

@@ -82,3 +82,78 @@ fn sigterm_stops_the_aggregator_cleanly_with_a_plain_log_line() {
     assert!(log.contains("SIGTERM") && log.contains("stopping"), "{log}");
     assert!(!log.contains('\u{1b}'), "colour codes in a piped log:\n{log}");
 }
+
+/// `fedlnm-node run` as a service manager runs it, stopped with SIGTERM while it waits for an
+/// aggregator that is not up yet (it retries, as behind a firewall that opens later): exit code 0 and
+/// a line saying what the stop does to the round in progress.
+#[test]
+fn sigterm_stops_the_node_cleanly_with_a_line_saying_what_it_leaves() {
+    let node =
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_fedlnm-aggregator")).with_file_name("fedlnm-node");
+    assert!(
+        node.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        node.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study");
+    provision::provision(&ProvisionOptions {
+        study: "thyroid".into(),
+        train_sites: vec!["S1".into(), "S2".into()],
+        validate_sites: vec![],
+        aggregator_hosts: vec!["localhost".into()],
+        // Nothing listens there: the node keeps retrying.
+        port: std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+        valid_days: 1,
+        out: study.clone(),
+    })
+    .unwrap();
+    let mut child = Command::new(node)
+        .args(["run", "--config"])
+        .arg(study.join(provision::SITES_DIR).join("S1").join("node.toml"))
+        .env("FEDLNM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, line) = mpsc::channel();
+    std::thread::spawn(move || {
+        for text in BufReader::new(stderr).lines() {
+            let _ = lines.send(text.unwrap_or_default());
+        }
+    });
+    // It has started and is retrying when it says it cannot reach the aggregator.
+    loop {
+        let text = line
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the node did not try to reach the aggregator");
+        if text.contains("cannot reach the aggregator") {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (exited, exit) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait().unwrap());
+    });
+    let status = exit
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the node did not stop on SIGTERM");
+    assert!(status.success(), "exit {status:?}");
+    // The reader thread ends at the end of the pipe, after the exit: every line is in.
+    let said: Vec<String> = line.iter().collect();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("SIGTERM") && l.contains("leaves the round")),
+        "{said:?}"
+    );
+}

@@ -18,6 +18,7 @@ pub mod messages;
 pub mod payload;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod signals;
 pub mod transfer;
 
 /// The generated gRPC types of `proto/fedlnm.proto`.

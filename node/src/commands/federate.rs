@@ -41,7 +41,26 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         config.device = device;
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let summary = runtime.block_on(crate::federation::Node::new(config).run())?;
+    let outcome = runtime.block_on(async {
+        let signals = fedlnm_protocol::signals::StopSignals::watch();
+        tokio::select! {
+            summary = crate::federation::Node::new(config).run() => Some(summary),
+            signal = signals.first() => {
+                tracing::info!(
+                    signal,
+                    "stopping: this site leaves the round in progress (the aggregator goes on without \
+                     it); `fedlnm-node run` again rejoins the study"
+                );
+                None
+            }
+        }
+    });
+    // Local training may still be running on a blocking thread: it is abandoned with the process.
+    runtime.shutdown_background();
+    let Some(summary) = outcome else {
+        return Ok(());
+    };
+    let summary = summary?;
     println!(
         "study finished: trained {} rounds, validated {} models; final model {}",
         summary.rounds_trained.len(),
