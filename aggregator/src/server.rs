@@ -242,6 +242,21 @@ impl FederationService {
                 "no client certificate naming a site was presented",
             ));
         };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Some(not_after) = caller.certificate_not_after
+            && now > not_after
+        {
+            let expired = time::OffsetDateTime::from_unix_timestamp(not_after)
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .unwrap_or_else(|| not_after.to_string());
+            tracing::warn!(site, expired, "refused: the site's certificate has expired");
+            telemetry.refuse("certificate-expired");
+            return Err(Status::unauthenticated(format!(
+                "the certificate of site '{site}' expired at {expired}: the site needs a renewed certificate \
+                 from the study CA"
+            )));
+        }
         let Some(role) = config.role_of(&site) else {
             tracing::warn!(site, "refused: site not in the study");
             telemetry.refuse("unknown-site");

@@ -26,10 +26,13 @@ pub use tonic::async_trait;
 /// allowed between the chunks that follow ([`IncomingUpload::receive`]).
 pub const CHUNK_IDLE: Duration = Duration::from_secs(120);
 
-/// The site id in the caller's (chain-verified) client certificate, or `None` when it names none.
+/// The site id in the caller's (chain-verified) client certificate, or `None` when it names none, and
+/// when that certificate expires (seconds since the Unix epoch): the handshake checked it once, but a
+/// connection may outlive it, so each call is checked again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub certificate_site: Option<String>,
+    pub certificate_not_after: Option<i64>,
 }
 
 /// Bytes the server streams to a site as one transfer (a global model's safetensors file).
@@ -270,17 +273,26 @@ struct Adapter<H> {
 
 /// The site id of the client certificate of a request, if any.
 fn caller<T>(request: &Request<T>) -> Caller {
-    let certificate_site = request.peer_certs().and_then(|certificates| {
-        let leaf = certificates.first()?;
-        match fedlnm_shared::tls::site_of_certificate(leaf.as_ref()) {
-            Ok(site) => Some(site),
-            Err(error) => {
-                tracing::warn!(%error, "client certificate without a site identity");
-                None
-            }
-        }
-    });
-    Caller { certificate_site }
+    let certificates = request.peer_certs();
+    let leaf = certificates
+        .as_ref()
+        .and_then(|certificates| certificates.first());
+    let certificate_site =
+        leaf.and_then(
+            |leaf| match fedlnm_shared::tls::site_of_certificate(leaf.as_ref()) {
+                Ok(site) => Some(site),
+                Err(error) => {
+                    tracing::warn!(%error, "client certificate without a site identity");
+                    None
+                }
+            },
+        );
+    let certificate_not_after =
+        leaf.and_then(|leaf| fedlnm_shared::tls::certificate_not_after(leaf.as_ref()).ok());
+    Caller {
+        certificate_site,
+        certificate_not_after,
+    }
 }
 
 type ModelStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ModelChunk, Status>> + Send>>;

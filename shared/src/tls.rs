@@ -31,6 +31,15 @@ pub fn install_crypto_provider() {
     let _already_installed = provider.install_default();
 }
 
+/// When a certificate stops being valid (its `notAfter`), as seconds since the Unix epoch.
+///
+/// # Errors
+/// [`IdentityError::Unparsable`].
+pub fn certificate_not_after(der: &[u8]) -> Result<i64, IdentityError> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).map_err(|_| IdentityError::Unparsable)?;
+    Ok(certificate.validity().not_after.timestamp())
+}
+
 /// The site id a (chain-verified) client certificate speaks for: its single `urn:fedlnm:site:<id>` URI
 /// SAN, which must agree with its subject common name.
 pub fn site_of_certificate(der: &[u8]) -> Result<String, IdentityError> {

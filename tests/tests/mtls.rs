@@ -226,3 +226,49 @@ fn assert_refused<T: std::fmt::Debug>(
         other => panic!("{case}: expected {expected:?}, got {other:?}"),
     }
 }
+
+/// A site certificate that expires during the study, on a connection opened while it was valid (the
+/// handshake checked it once; an HTTP/2 connection can live for days): the next call on that same
+/// connection is refused, naming the site and the expiry, and the node stops on it (a refusal that
+/// retrying cannot fix), instead of working on with a lapsed identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_expires_during_the_study_is_refused_on_its_open_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let study_dir = dir.path().join("study");
+    let config = provision_study(&study_dir, "thyroid", RoundSettings::default());
+    let aggregator = RunningAggregator::start(config, 0).await;
+    let kit = study_dir.join("sites").join("S1");
+    let ca = StudyCa::load(&study_dir).unwrap();
+    // Certificate times have whole seconds: valid for the next 8 s or so.
+    let now = OffsetDateTime::now_utc();
+    let expiring = ca
+        .issue_site(
+            "S1",
+            Validity {
+                not_before: now - Duration::days(1),
+                not_after: now + Duration::seconds(8),
+            },
+        )
+        .unwrap();
+    let (cert, key) = write_issued(dir.path(), "expiring", &expiring);
+    let config = node_config(&kit, &aggregator.url, "S1", "thyroid", cert, key);
+    let mut client = fedlnm_protocol::Client::connect(&config).await.unwrap();
+    assert_eq!(client.check_in().await.unwrap().site, "S1");
+    // Let the certificate's validity run out (the scenario, not an assertion).
+    let expiry = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(
+            u64::try_from((now + Duration::seconds(8)).unix_timestamp()).unwrap(),
+        );
+    while std::time::SystemTime::now() <= expiry + std::time::Duration::from_secs(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let refusal = client.get_task().await.unwrap_err();
+    assert!(refusal.is_fatal(), "{refusal}");
+    let message = refusal.to_string();
+    assert!(
+        message.contains("certificate of site 'S1' expired at") && message.contains("renewed certificate"),
+        "{message}"
+    );
+    assert_eq!(aggregator.service.telemetry().refusals("certificate-expired"), 1);
+    aggregator.shut_down().await;
+}
