@@ -90,6 +90,23 @@ enum Command {
         #[arg(long, default_value_t = 365)]
         valid_days: i64,
     },
+    /// Issue a new certificate and key for a site of the study (its certificate expiring or expired, or
+    /// its key lost) into a new folder: site.pem, site.key, ca.pem. The hospital puts them in place of
+    /// the same files of its startup kit and restarts its node; nothing else changes.
+    RenewSite {
+        /// The study folder made by `provision`.
+        #[arg(long)]
+        study_dir: PathBuf,
+        /// The site's id.
+        #[arg(long)]
+        site: String,
+        /// How long the new certificate stays valid, in days.
+        #[arg(long, default_value_t = 365)]
+        valid_days: i64,
+        /// Folder to create for the new files (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write the study report from the rounds the aggregator has saved: tables (rounds.csv,
     /// final_sites.csv, rounds.json), figures (roc_final.png, auc_by_round.png) and summary.md. It only
     /// reads the state folder, so it can run while the aggregator is serving; it reports the rounds
@@ -240,6 +257,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let kit = provision::add_site(&study_dir, &site, role, valid_days)
                 .with_context(|| format!("cannot add site '{site}' to {}", study_dir.display()))?;
             println!("startup kit for site '{site}' written to {}", kit.display());
+        }
+        Command::RenewSite {
+            study_dir,
+            site,
+            valid_days,
+            out,
+        } => {
+            provision::renew_site(&study_dir, &site, valid_days, &out)
+                .with_context(|| format!("cannot renew the certificate of site '{site}'"))?;
+            println!(
+                "new certificate and key of site '{site}' written to {}: replace site.pem and site.key of its \
+                 startup kit with them, then restart its node",
+                out.display()
+            );
         }
         Command::Report { state_dir, out } => {
             let summary = report::write_report(&state_dir, &out)

@@ -35,6 +35,8 @@ pub enum ProvisionError {
     NotEmpty(PathBuf),
     #[error("site '{site}' already has a startup kit at {}", dir.display())]
     SiteExists { site: String, dir: PathBuf },
+    #[error("site '{0}' is not part of this study (see the [[sites]] of aggregator.toml)")]
+    UnknownSite(String),
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot read {}: {source}", path.display())]
@@ -435,6 +437,27 @@ pub fn add_site(
     };
     write_aggregator_toml(&config_file, &config)?;
     Ok(kit)
+}
+
+/// Issues a new certificate and key for a site of the study (its certificate expiring, or its key
+/// lost) into `out`, a new folder: `site.pem`, `site.key` (mode 0600) and `ca.pem`, for the hospital to
+/// put in place of the same files of its kit. The study, its other sites and the old kit are untouched;
+/// the old certificate stays valid until it expires.
+pub fn renew_site(study_dir: &Path, site: &str, valid_days: i64, out: &Path) -> Result<(), ProvisionError> {
+    let config = AggregatorConfig::load(&study_dir.join(AGGREGATOR_DIR).join("aggregator.toml"))?;
+    if config.role_of(site).is_none() {
+        return Err(ProvisionError::UnknownSite(site.to_owned()));
+    }
+    if out.exists() {
+        return Err(ProvisionError::NotEmpty(out.to_path_buf()));
+    }
+    let ca = StudyCa::load(study_dir)?;
+    let issued = ca.issue_site(site, Validity::days_from_now(valid_days))?;
+    write_file(&out.join("site.pem"), &issued.cert_pem, false)?;
+    write_file(&out.join("site.key"), &issued.key_pem, true)?;
+    write_file(&out.join("ca.pem"), ca.cert_pem(), false)?;
+    tracing::info!(site, out = %out.display(), valid_days, "renewed certificate written");
+    Ok(())
 }
 
 fn write_site_kit(

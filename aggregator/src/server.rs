@@ -253,8 +253,8 @@ impl FederationService {
             tracing::warn!(site, expired, "refused: the site's certificate has expired");
             telemetry.refuse("certificate-expired");
             return Err(Status::unauthenticated(format!(
-                "the certificate of site '{site}' expired at {expired}: the site needs a renewed certificate \
-                 from the study CA"
+                "the certificate of site '{site}' expired at {expired}: the study team issues a new one \
+                 with `fedlnm-aggregator renew-site`"
             )));
         }
         let Some(role) = config.role_of(&site) else {

@@ -266,9 +266,29 @@ async fn a_certificate_that_expires_during_the_study_is_refused_on_its_open_conn
     assert!(refusal.is_fatal(), "{refusal}");
     let message = refusal.to_string();
     assert!(
-        message.contains("certificate of site 'S1' expired at") && message.contains("renewed certificate"),
+        message.contains("certificate of site 'S1' expired at") && message.contains("renew-site"),
         "{message}"
     );
     assert_eq!(aggregator.service.telemetry().refusals("certificate-expired"), 1);
+
+    // The study team renews it (a new folder; the kit and the study are untouched): the site is back.
+    let renewed = dir.path().join("renewed");
+    provision::renew_site(&study_dir, "S1", 30, &renewed).unwrap();
+    let config = node_config(
+        &kit,
+        &aggregator.url,
+        "S1",
+        "thyroid",
+        renewed.join("site.pem"),
+        renewed.join("site.key"),
+    );
+    assert_eq!(client::check_in(&config).await.unwrap().site, "S1");
+    let again = provision::renew_site(&study_dir, "S1", 30, &renewed).unwrap_err();
+    assert!(again.to_string().contains("already exists"), "{again}");
+    let stranger = provision::renew_site(&study_dir, "S9", 30, &dir.path().join("s9")).unwrap_err();
+    assert!(
+        stranger.to_string().contains("'S9' is not part of this study"),
+        "{stranger}"
+    );
     aggregator.shut_down().await;
 }
