@@ -263,7 +263,7 @@ metrics_listen: Prometheus /metrics over plain HTTP: keep it on loopback or an i
 rounds.rounds: Federated rounds.
 rounds.min_sites: Training sites a round needs (with secure aggregation also the Shamir threshold: > half).
 rounds.round_deadline_s: Seconds a round waits for training updates (scale with model size and epochs).
-rounds.stage_timeout_s: Seconds each secure-aggregation stage waits for missing sites.
+rounds.stage_timeout_s: Seconds each secure-aggregation stage waits for missing sites (at most round_deadline_s).
 rounds.validation_deadline_s: Seconds the aggregator waits for the sites' validation metrics.
 rounds.long_poll_s: Seconds a site's request for a task waits (below any proxy idle timeout).
 rounds.secure_aggregation: The aggregator only ever sees the sum of masked updates.

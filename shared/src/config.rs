@@ -362,6 +362,22 @@ impl AggregatorConfig {
                 return Err(invalid(key, "must be at least 1 second".to_owned()));
             }
         }
+        // What happens within a round must fit in it: a stage or a silent upload that may outlast the
+        // round's deadline would hold it past that deadline.
+        for (key, value) in [
+            ("rounds.stage_timeout_s", rounds.stage_timeout_s),
+            ("rounds.transfer_idle_s", rounds.transfer_idle_s),
+        ] {
+            if value > rounds.round_deadline_s {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{value} s is longer than the round itself (rounds.round_deadline_s = {} s)",
+                        rounds.round_deadline_s
+                    ),
+                ));
+            }
+        }
         if !(1..=1024).contains(&rounds.max_concurrent_uploads) {
             return Err(invalid(
                 "rounds.max_concurrent_uploads",
@@ -540,6 +556,14 @@ role = "train"
             (
                 format!("{AGGREGATOR}\n[rounds]\nmin_sites = 3\n"),
                 "key 'rounds.min_sites'",
+            ),
+            (
+                format!("{AGGREGATOR}\n[rounds]\nround_deadline_s = 60\nstage_timeout_s = 600\n"),
+                "key 'rounds.stage_timeout_s': 600 s is longer than the round itself",
+            ),
+            (
+                format!("{AGGREGATOR}\n[rounds]\nround_deadline_s = 60\nstage_timeout_s = 30\n"),
+                "key 'rounds.transfer_idle_s': 120 s is longer than the round itself",
             ),
             (
                 format!("{AGGREGATOR}\n[rounds]\nround_deadline_s = 0\n"),

@@ -309,6 +309,7 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
         // three sites advertise and share within one stage.
         round_deadline_s: 10,
         stage_timeout_s: 5,
+        transfer_idle_s: 5,
         validation_deadline_s: 60,
         ..RoundSettings::default()
     };
