@@ -167,6 +167,7 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
         min_sites: 2,
         secure_aggregation: false,
         round_deadline_s: 15,
+        stage_timeout_s: 15,
         transfer_idle_s: 3,
         validation_deadline_s: 600,
         ..RoundSettings::default()
