@@ -161,9 +161,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = AggregatorConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async {
-                let listener = fedlnm_protocol::server::bind(&config.listen)
+                // The state first: "listening" is said only by an aggregator that can serve the study.
+                let listen = config.listen.clone();
+                let service =
+                    server::FederationService::open(config).context("cannot open the study's state")?;
+                let listener = fedlnm_protocol::server::bind(&listen)
                     .await
-                    .with_context(|| format!("cannot listen on {}", config.listen))?;
+                    .with_context(|| format!("cannot listen on {listen}"))?;
                 let signals = fedlnm_protocol::signals::StopSignals::watch();
                 #[cfg(unix)]
                 {
@@ -173,8 +177,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let _handled = signal(SignalKind::from_raw(libc::SIGXFSZ));
                 }
                 println!("listening on {}", listener.local_addr()?);
-                let service =
-                    server::FederationService::open(config).context("cannot open the study's state")?;
                 let finished = {
                     let service = service.clone();
                     async move {

@@ -36,8 +36,12 @@ pub const ROUND_DIR_PREFIX: &str = "round-";
 /// The state folder cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {problem}", path.display())]
     Corrupt { path: PathBuf, problem: String },
     #[error("round {round} is already committed in {}; refusing to overwrite it", path.display())]
@@ -72,8 +76,9 @@ pub fn committed_round_number(folder_name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
+        action,
         path: path.to_path_buf(),
         source,
     }
@@ -146,16 +151,16 @@ impl RoundStore {
     /// The folder cannot be created or listed.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let rounds = state_dir.join(ROUNDS_DIR);
-        std::fs::create_dir_all(&rounds).map_err(io(&rounds))?;
-        for entry in std::fs::read_dir(&rounds).map_err(io(&rounds))? {
-            let path = entry.map_err(io(&rounds))?.path();
+        std::fs::create_dir_all(&rounds).map_err(io("create the state folder", &rounds))?;
+        for entry in std::fs::read_dir(&rounds).map_err(io("list", &rounds))? {
+            let path = entry.map_err(io("list", &rounds))?.path();
             let partial = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with('.') && n.ends_with(".partial"));
             if partial {
                 tracing::warn!(path = %path.display(), "removing an uncommitted round left by a crash");
-                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+                std::fs::remove_dir_all(&path).map_err(io("remove", &path))?;
             }
         }
         Ok(Self { rounds })
@@ -168,7 +173,7 @@ impl RoundStore {
     /// [`StoreError::Io`] naming the rounds folder: missing, or cannot be listed.
     pub fn open_existing(state_dir: &Path) -> Result<Self, StoreError> {
         let rounds = state_dir.join(ROUNDS_DIR);
-        std::fs::read_dir(&rounds).map_err(io(&rounds))?;
+        std::fs::read_dir(&rounds).map_err(io("list", &rounds))?;
         Ok(Self { rounds })
     }
 
@@ -188,8 +193,8 @@ impl RoundStore {
     /// names it, e.g. `round-00007` ([`StoreError::Corrupt`]).
     pub fn committed_rounds(&self) -> Result<Vec<u64>, StoreError> {
         let mut folders: Vec<(u64, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(&self.rounds).map_err(io(&self.rounds))? {
-            let path = entry.map_err(io(&self.rounds))?.path();
+        for entry in std::fs::read_dir(&self.rounds).map_err(io("list", &self.rounds))? {
+            let path = entry.map_err(io("list", &self.rounds))?.path();
             let name = path
                 .file_name()
                 .map(|name| name.to_string_lossy())
@@ -243,7 +248,7 @@ impl RoundStore {
         let record_path = dir.join(RECORD_FILE);
         let record = self.load_record(round)?;
         let model_path = dir.join(MODEL_FILE);
-        let bytes = std::fs::read(&model_path).map_err(io(&model_path))?;
+        let bytes = std::fs::read(&model_path).map_err(io("read", &model_path))?;
         let model = ModelBlob::parse(round, bytes, &model_path)?;
         if model.digest != record.model_digest || record.round != round {
             return Err(StoreError::Corrupt {
@@ -271,7 +276,7 @@ impl RoundStore {
     /// names the file.
     pub fn load_record(&self, round: u64) -> Result<RoundRecord, StoreError> {
         let path = self.round_dir(round).join(RECORD_FILE);
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
         let record: RoundRecord = match serde_json::from_slice(&bytes) {
             Ok(record) => record,
             Err(source) => return Err(StoreError::InvalidRecord { path, source }),
@@ -306,9 +311,9 @@ impl RoundStore {
         }
         let partial = self.rounds.join(format!(".round-{:04}.partial", record.round));
         if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+            std::fs::remove_dir_all(&partial).map_err(io("remove", &partial))?;
         }
-        std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+        std::fs::create_dir_all(&partial).map_err(io("create", &partial))?;
         let json = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Corrupt {
             path: partial.join(RECORD_FILE),
             problem: e.to_string(),
@@ -316,24 +321,25 @@ impl RoundStore {
         write_synced(&partial.join(MODEL_FILE), &model.bytes)?;
         write_synced(&partial.join(RECORD_FILE), &json)?;
         sync_dir(&partial)?;
-        std::fs::rename(&partial, &target).map_err(io(&target))?;
+        std::fs::rename(&partial, &target).map_err(io("commit", &target))?;
         sync_dir(&self.rounds)?;
         Ok(target)
     }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut file = File::create(path).map_err(io(path))?;
-    file.write_all(bytes).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
+    let mut file = File::create(path).map_err(io("create", path))?;
+    file.write_all(bytes).map_err(io("write", path))?;
+    file.sync_all().map_err(io("sync", path))
 }
 
 /// Makes a rename or a new file in `dir` durable (a no-op where directories cannot be opened).
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     match File::open(dir) {
-        Ok(handle) => handle.sync_all().map_err(io(dir)),
+        Ok(handle) => handle.sync_all().map_err(io("sync", dir)),
         Err(_) if cfg!(windows) => Ok(()),
         Err(source) => Err(StoreError::Io {
+            action: "open",
             path: dir.to_path_buf(),
             source,
         }),

@@ -157,3 +157,57 @@ fn sigterm_stops_the_node_cleanly_with_a_line_saying_what_it_leaves() {
         "{said:?}"
     );
 }
+
+/// A state folder the aggregator cannot create or write (here its parent is a regular file, which no
+/// permission, root's included, lets anyone create a folder in): `serve` stops before it says it
+/// listens, with a message naming the folder and what it could not do, and writes nothing.
+#[test]
+fn an_unusable_state_folder_stops_serve_before_it_listens_naming_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study");
+    provision::provision(&ProvisionOptions {
+        study: "thyroid".into(),
+        train_sites: vec!["S1".into(), "S2".into()],
+        validate_sites: vec![],
+        aggregator_hosts: vec!["localhost".into()],
+        port: 0,
+        valid_days: 1,
+        out: study.clone(),
+    })
+    .unwrap();
+    let file = study.join(provision::AGGREGATOR_DIR).join("aggregator.toml");
+    let mut config = AggregatorConfig::load(&file).unwrap();
+    let initial = study.join(provision::AGGREGATOR_DIR).join("initial.safetensors");
+    let weights = NamedTensors {
+        tensors: vec![NamedTensor::new("head.bias", vec![2], vec![0.1, -0.1]).unwrap()],
+    };
+    let model = ModelBlob::new(0, weights, ModelConfig::tiny(Modality::Multimodal)).unwrap();
+    std::fs::write(&initial, &model.bytes).unwrap();
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, b"a file where the state folder's parent should be").unwrap();
+    config.initial_model = Some(initial);
+    config.state_dir = blocker.join("state");
+    config.listen = "127.0.0.1:0".into();
+    config.metrics_listen = None;
+    write_toml(&file, &config).unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_fedlnm-aggregator"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert!(
+        stderr.contains("cannot create the state folder") && stderr.contains("not-a-folder"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&blocker).unwrap(),
+        b"a file where the state folder's parent should be"
+    );
+}

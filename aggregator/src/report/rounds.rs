@@ -46,7 +46,7 @@ pub(super) fn read_committed_rounds(state_dir: &Path) -> Result<Vec<CommittedRou
 /// (which of the two depends on the call). Each keeps the path the store named.
 fn report_error(error: StoreError, io: fn(PathBuf, std::io::Error) -> ReportError) -> ReportError {
     match error {
-        StoreError::Io { path, source } => io(path, source),
+        StoreError::Io { path, source, .. } => io(path, source),
         StoreError::InvalidRecord { path, source } => ReportError::ParseRound { path, source },
         StoreError::RoundMismatch {
             path,
