@@ -105,7 +105,7 @@ fn tls_error_hint(text: &str) -> Option<&'static str> {
             | "AccessDenied"
             | "UnsupportedCertificate" => Some(
                 "the aggregator refused this site's certificate: site.pem and site.key must come from this \
-                 study's startup kit and must not have expired",
+                 study's startup kit, must not have expired, and the aggregator's clock must be right",
             ),
             "ProtocolVersion" => {
                 Some("the aggregator and this node share no TLS version (TLS 1.3 is required)")
@@ -118,8 +118,12 @@ fn tls_error_hint(text: &str) -> Option<&'static str> {
         if problem.starts_with("UnknownIssuer") || problem.starts_with("BadSignature") {
             "the aggregator's certificate is not signed by this kit's CA (ca.pem): is this startup kit from \
          this study?"
+        } else if problem.starts_with("NotValidYet") || problem.contains("not valid yet") {
+            "the aggregator's certificate is not valid yet by this machine's clock: this machine's clock is \
+         probably behind (check its time synchronisation)"
         } else if problem.starts_with("Expired") || problem.contains("expired") {
-            "the aggregator's certificate has expired: ask the study's central team to renew it"
+            "the aggregator's certificate has expired by this machine's clock: ask the study's central team \
+         to renew it, or check this machine's clock"
         } else if problem.starts_with("NotValidForName") || problem.contains("not valid for name") {
             "the aggregator's certificate does not name the host this node dials: check `aggregator` (and \
          `aggregator_name`) in node.toml against the study's provisioning"

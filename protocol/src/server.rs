@@ -252,6 +252,10 @@ fn handshake_refusal(error: &std::io::Error) -> &'static str {
         Some(Tls::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         )) => "tls-client-certificate-expired",
+        // Issued after "now" by this machine's clock: one of the two clocks is wrong.
+        Some(Tls::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        )) => "tls-client-certificate-not-yet-valid",
         Some(Tls::InvalidCertificate(_)) => "tls-client-certificate-invalid",
         Some(Tls::PeerIncompatible(_)) => "tls-incompatible-peer",
         _ => "tls-handshake",

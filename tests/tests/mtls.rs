@@ -292,3 +292,52 @@ async fn a_certificate_that_expires_during_the_study_is_refused_on_its_open_conn
     );
     aggregator.shut_down().await;
 }
+
+/// Clock skew, as the certificates see it (no test can move a machine's clock): a site certificate that
+/// is valid only from two hours on, by the aggregator's clock (the issuing machine's clock ahead, or the
+/// aggregator's behind), is refused at the handshake and counted under its own reason; and an
+/// aggregator certificate not valid yet by the node's clock makes the node say that its clock is
+/// probably behind. Certificates from `provision` start an hour in the past for that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_is_named_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let study_dir = dir.path().join("study");
+    let config = provision_study(&study_dir, "thyroid", RoundSettings::default());
+    let ca = StudyCa::load(&study_dir).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let later = Validity {
+        not_before: now + Duration::hours(2),
+        not_after: now + Duration::days(30),
+    };
+    let kit = study_dir.join("sites").join("S1");
+
+    // A site certificate from the future.
+    let aggregator = RunningAggregator::start(config.clone(), 0).await;
+    let early = ca.issue_site("S1", later).unwrap();
+    let (cert, key) = write_issued(dir.path(), "early", &early);
+    let result = client::check_in(&node_config(&kit, &aggregator.url, "S1", "thyroid", cert, key)).await;
+    let _ = assert_transport_refusal("site certificate not valid yet", result);
+    let needle = "fedlnm_refused_requests_total{reason=\"tls-client-certificate-not-yet-valid\"}";
+    let counted = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !aggregator.service.telemetry().render().contains(needle) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "{needle} not counted");
+    aggregator.shut_down().await;
+
+    // The aggregator's certificate from the future, by the node's clock.
+    let server = ca.issue_server(&["localhost".to_owned()], later).unwrap();
+    std::fs::write(&config.tls.certificate, &server.cert_pem).unwrap();
+    std::fs::write(&config.tls.key, &server.key_pem).unwrap();
+    let aggregator = RunningAggregator::start(config, 0).await;
+    let (cert, key) = (kit.join("site.pem"), kit.join("site.key"));
+    let result = client::check_in(&node_config(&kit, &aggregator.url, "S1", "thyroid", cert, key)).await;
+    let message = assert_transport_refusal("aggregator certificate not valid yet", result);
+    assert!(
+        message.contains("this machine's clock is probably behind"),
+        "{message}"
+    );
+    aggregator.shut_down().await;
+}
