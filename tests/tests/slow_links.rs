@@ -2,7 +2,8 @@
 //! aggregator (real mutual TLS and gRPC pass through it untouched): a site on a slow link that keeps
 //! sending gets its update in, however long it takes; a site whose link stalls mid-upload is refused
 //! after `rounds.transfer_idle_s` of silence and leaves that round alone: the others' round closes at
-//! its deadline and is committed without it, and the site takes part again over a working link.
+//! its deadline and is committed without it, and the site takes part again over a working link; a
+//! site killed in the middle of its model download starts again, downloads again, and is in the round.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_aggregator::store::RoundStore;
@@ -15,13 +16,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The study id `provision_study_with` is given (the other tests' `common::STUDY`).
 const STUDY: &str = "thyroid";
 
-/// What the proxy does to the site's bytes (towards the aggregator) on connections opened from now on.
+/// What the proxy does to a connection's bytes, in one direction, on connections opened from now on.
 #[derive(Debug, Clone, Copy)]
 enum Link {
     /// At most this many bytes per second.
@@ -35,46 +36,61 @@ enum Link {
     Clear,
 }
 
+/// The link towards the aggregator (uploads) and towards the site (downloads).
+#[derive(Debug, Clone, Copy)]
+struct Links {
+    up: Link,
+    down: Link,
+}
+
+const CLEAR: Links = Links {
+    up: Link::Clear,
+    down: Link::Clear,
+};
+
+/// Copies `from` to `to` as `link` lets it.
+async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, link: Link) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut forwarded = 0usize;
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        match link {
+            Link::Throttled { bytes_per_second } => {
+                // The link's speed (a simulated slow line), not a wait for an outcome.
+                let seconds = n as f64 / bytes_per_second as f64;
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            }
+            Link::StallsAfter { bytes } if forwarded + n > bytes => {
+                std::future::pending::<()>().await;
+            }
+            Link::StallsAfter { .. } | Link::Clear => {}
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+        forwarded += n;
+    }
+}
+
 /// A TCP proxy on loopback to `upstream`; returns its port and the switch of its link behaviour.
-async fn proxy(upstream: u16) -> (u16, Arc<Mutex<Link>>) {
+async fn proxy(upstream: u16) -> (u16, Arc<Mutex<Links>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let link = Arc::new(Mutex::new(Link::Clear));
-    let switch = link.clone();
+    let links = Arc::new(Mutex::new(CLEAR));
+    let switch = links.clone();
     tokio::spawn(async move {
         loop {
             let (site, _) = listener.accept().await.unwrap();
-            let mode = *link.lock().unwrap();
+            let Links { up, down } = *links.lock().unwrap();
             tokio::spawn(async move {
                 let aggregator = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
-                let (mut site_read, mut site_write) = site.into_split();
-                let (mut agg_read, mut agg_write) = aggregator.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut agg_read, &mut site_write).await;
-                });
-                let mut buffer = vec![0u8; 16 * 1024];
-                let mut forwarded = 0usize;
-                loop {
-                    let n = match site_read.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    match mode {
-                        Link::Throttled { bytes_per_second } => {
-                            // The link's speed (a simulated slow line), not a wait for an outcome.
-                            let seconds = n as f64 / bytes_per_second as f64;
-                            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-                        }
-                        Link::StallsAfter { bytes } if forwarded + n > bytes => {
-                            std::future::pending::<()>().await;
-                        }
-                        Link::StallsAfter { .. } | Link::Clear => {}
-                    }
-                    if agg_write.write_all(&buffer[..n]).await.is_err() {
-                        break;
-                    }
-                    forwarded += n;
-                }
+                let (site_read, site_write) = site.into_split();
+                let (agg_read, agg_write) = aggregator.into_split();
+                tokio::spawn(pump(agg_read, site_write, down));
+                pump(site_read, agg_write, up).await;
             });
         }
     });
@@ -163,7 +179,7 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
     let dir = tempfile::tempdir().unwrap();
     let study_dir = dir.path().join("study");
     let settings = RoundSettings {
-        rounds: 2,
+        rounds: 3,
         min_sites: 2,
         secure_aggregation: false,
         round_deadline_s: 15,
@@ -179,8 +195,11 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
     let bound = Duration::from_secs(120);
 
     // Round 1: S3's link carries 1 MB/s; its 4 MB upload takes seconds, with no silence of 3 s.
-    *link.lock().unwrap() = Link::Throttled {
-        bytes_per_second: 1_000_000,
+    *link.lock().unwrap() = Links {
+        up: Link::Throttled {
+            bytes_per_second: 1_000_000,
+        },
+        down: Link::Clear,
     };
     let s3 = client(&study_dir, "S3", slow_port).await;
     let uploads = [
@@ -195,7 +214,7 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
     })
     .await
     .expect("round 1's uploads did not complete");
-    *link.lock().unwrap() = Link::Clear;
+    *link.lock().unwrap() = CLEAR;
     tokio::time::timeout(bound, validate(&study_dir, aggregator.port, 1))
         .await
         .expect("round 1 was not validated");
@@ -209,7 +228,10 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
     );
 
     // Round 2: S3's link stalls after 1.5 MB of its upload.
-    *link.lock().unwrap() = Link::StallsAfter { bytes: 1_500_000 };
+    *link.lock().unwrap() = Links {
+        up: Link::StallsAfter { bytes: 1_500_000 },
+        down: Link::Clear,
+    };
     let stalled = tokio::spawn(train(client(&study_dir, "S3", slow_port).await, 2, 3.0));
     let fast = [
         tokio::spawn(train(client(&study_dir, "S1", aggregator.port).await, 2, 1.0)),
@@ -224,7 +246,7 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
     .expect("round 2's uploads over clear links did not complete");
     // The round closes at its deadline without S3 (its stalled transfer refused after 3 s of silence);
     // S3, over a working link again, validates the new model with the others.
-    *link.lock().unwrap() = Link::Clear;
+    *link.lock().unwrap() = CLEAR;
     tokio::time::timeout(bound, validate(&study_dir, slow_port, 2))
         .await
         .expect("round 2 was not validated");
@@ -242,6 +264,54 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
     assert_eq!(
         refused, 1,
         "the stalled upload is counted as refused for its silence"
+    );
+
+    // Round 3: S3 is killed in the middle of its model download (1 MB/s down: 4 s for the model; its
+    // connection dropped after about 1 s), then starts again and checks in: it downloads the model
+    // again and its update is in the round, which waited for nothing else.
+    *link.lock().unwrap() = Links {
+        up: Link::Clear,
+        down: Link::Throttled {
+            bytes_per_second: 1_000_000,
+        },
+    };
+    let mut s3 = client(&study_dir, "S3", slow_port).await;
+    let Task::Train(task) = next(&mut s3).await else {
+        panic!("S3: expected the training task of round 3");
+    };
+    let downloading = tokio::spawn(async move { s3.download_model(&task.model).await });
+    // Time for part of the model to arrive (the scenario), then the kill.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !downloading.is_finished(),
+        "the download was not in progress when the node was killed"
+    );
+    downloading.abort();
+    assert!(downloading.await.unwrap_err().is_cancelled());
+    *link.lock().unwrap() = CLEAR;
+    let mut restarted = client(&study_dir, "S3", slow_port).await;
+    restarted.check_in().await.unwrap();
+    let uploads = [
+        tokio::spawn(train(client(&study_dir, "S1", aggregator.port).await, 3, 1.0)),
+        tokio::spawn(train(client(&study_dir, "S2", aggregator.port).await, 3, 2.0)),
+        tokio::spawn(train(restarted, 3, 3.0)),
+    ];
+    tokio::time::timeout(bound, async {
+        for upload in uploads {
+            upload.await.unwrap().unwrap();
+        }
+    })
+    .await
+    .expect("round 3's uploads did not complete");
+    tokio::time::timeout(bound, validate(&study_dir, aggregator.port, 3))
+        .await
+        .expect("round 3 was not validated");
+    let mut round3 = store.load(3).unwrap().record;
+    round3.contributors.sort();
+    assert_eq!(
+        round3.contributors,
+        ["S1", "S2", "S3"],
+        "the restarted site's update is in"
     );
     aggregator.shut_down().await;
 }
