@@ -112,6 +112,7 @@ pub fn one_line(error: &anyhow::Error) -> String {
 pub fn is_input_error(cause: &(dyn Error + 'static)) -> bool {
     cause.is::<crate::stats::StatsError>()
         || cause.is::<crate::stats::logistic::LogisticError>()
+        || cause.is::<crate::stats::privacy::PrivacyError>()
         || cause.is::<crate::data::ManifestError>()
         || cause.is::<crate::table::InputError>()
         || cause.is::<crate::config::ConfigError>()

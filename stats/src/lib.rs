@@ -9,6 +9,7 @@ pub mod design;
 pub mod kappa;
 pub mod logistic;
 pub mod normal;
+pub mod privacy;
 mod sum;
 
 pub use normal::{Z_95, normal_two_sided_p, wilson_interval};

@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use fedlnm_shared::stats::kappa;
-use fedlnm_shared::stats::{binary, calibration};
+use fedlnm_shared::stats::{binary, calibration, privacy};
 use fedlnm_shared::table::Table;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -23,6 +23,28 @@ pub enum StatsCommand {
     /// Adjusted odds ratios: logistic regression of a 0/1 outcome (LNM) on covariates, optionally
     /// pooled across hospitals the federated way.
     Logistic(super::stats_logistic::LogisticArgs),
+    /// The privacy a differentially private analysis spends: ε at δ of the Gaussian mechanism with
+    /// noise multiplier σ on a Poisson sample at rate q, composed over N steps (Rényi-DP accountant,
+    /// as Google's dp-accounting computes it). A federated round in which every site takes part is
+    /// one step at rate 1.
+    Privacy(PrivacyArgs),
+}
+
+/// Arguments of `stats privacy`.
+#[derive(Debug, Args)]
+pub struct PrivacyArgs {
+    /// Noise standard deviation over the L2 sensitivity (the clipping norm).
+    #[arg(long)]
+    pub noise_multiplier: f64,
+    /// Probability that each record (or site) takes part in a step (1: all of them).
+    #[arg(long, default_value_t = 1.0)]
+    pub sampling_rate: f64,
+    /// Number of steps (rounds) composed.
+    #[arg(long)]
+    pub steps: u64,
+    /// The δ of the (ε, δ) guarantee (below 1 / number of records).
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
 }
 
 /// Arguments of `stats binary`.
@@ -72,9 +94,29 @@ pub fn run(command: StatsCommand) -> anyhow::Result<()> {
         StatsCommand::Binary(args) => binary_report(&args)?,
         StatsCommand::Kappa(args) => kappa_report(&args)?,
         StatsCommand::Logistic(args) => super::stats_logistic::report(&args)?,
+        StatsCommand::Privacy(args) => privacy_report(&args)?,
     };
     println!("{}", serde_json::to_string_pretty(&output)?);
     Ok(())
+}
+
+/// The JSON of `stats privacy`.
+///
+/// # Errors
+/// A parameter outside its range ([`privacy::PrivacyError`]).
+pub fn privacy_report(args: &PrivacyArgs) -> anyhow::Result<Value> {
+    let mut accountant = privacy::RdpAccountant::default();
+    accountant.compose_poisson_gaussian(args.sampling_rate, args.noise_multiplier, args.steps)?;
+    let (epsilon, order) = accountant.epsilon(args.delta)?;
+    Ok(json!({
+        "epsilon": epsilon,
+        "delta": args.delta,
+        "optimal_order": order,
+        "noise_multiplier": args.noise_multiplier,
+        "sampling_rate": args.sampling_rate,
+        "steps": args.steps,
+        "accountant": "Rényi DP of the Poisson-subsampled Gaussian mechanism (Mironov et al. 2019), converted with Canonne, Kamath & Steinke 2020",
+    }))
 }
 
 /// The JSON of `stats binary`.
