@@ -13,6 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The wait before a failed commit's first retry; it doubles up to [`COMMIT_RETRY_MAX`].
+const COMMIT_RETRY_FIRST: Duration = Duration::from_secs(2);
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(300);
+
 /// Which slow step a [`StudyJob`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
@@ -57,6 +61,15 @@ impl Study {
     /// changed.
     pub fn tick(&mut self, now: Instant) -> bool {
         match &mut self.phase {
+            Phase::Committing(committing) if committing.retry_at.is_some_and(|at| now >= at) => {
+                let Phase::Committing(committing) = std::mem::replace(&mut self.phase, Phase::Finished)
+                else {
+                    return false;
+                };
+                tracing::info!(round = committing.record.round, "trying the commit again");
+                self.schedule_commit(*committing);
+                true
+            }
             Phase::Finished | Phase::Aggregating(_) | Phase::Committing(_) => false,
             Phase::Training(training) => {
                 let before = training.aggregation.closed_stages();
@@ -220,14 +233,30 @@ impl Study {
             pooled_validation_sites: pool(SiteRole::Validate),
             sites,
         };
-        let store = self.store.clone();
-        let (job_record, job_model) = (record.clone(), validating.model.clone());
-        let work = move || JobOutcome::Committed(store.commit(&job_record, &job_model));
-        self.schedule(JobKind::Commit { round: record.round }, Box::new(work));
-        self.phase = Phase::Committing(Box::new(Committing {
+        self.schedule_commit(Committing {
             record,
             model: validating.model,
+            job: 0,
+            retry_at: None,
+            failures: 0,
+        });
+    }
+
+    /// Starts the job that writes `committing`'s round to disk.
+    fn schedule_commit(&mut self, committing: Committing) {
+        let store = self.store.clone();
+        let (job_record, job_model) = (committing.record.clone(), committing.model.clone());
+        let work = move || JobOutcome::Committed(store.commit(&job_record, &job_model));
+        self.schedule(
+            JobKind::Commit {
+                round: committing.record.round,
+            },
+            Box::new(work),
+        );
+        self.phase = Phase::Committing(Box::new(Committing {
             job: self.jobs,
+            retry_at: None,
+            ..committing
         }));
     }
 
@@ -237,7 +266,12 @@ impl Study {
         outcome: Result<PathBuf, StoreError>,
         now: Instant,
     ) {
-        let Committing { record, model, .. } = *committing;
+        let Committing {
+            record,
+            model,
+            failures,
+            ..
+        } = *committing;
         match outcome {
             Ok(path) => {
                 tracing::info!(
@@ -257,6 +291,28 @@ impl Study {
                 self.telemetry.round_seconds.set(record.round_seconds);
                 self.telemetry.aggregation_seconds.set(record.aggregation_seconds);
                 self.committed = Committed { record, model };
+            }
+            Err(error @ StoreError::Io { .. }) => {
+                // The disk refused (full, read-only, a file-size limit): the round is validated and
+                // whole in memory, so only its write is tried again, never its training.
+                let wait = COMMIT_RETRY_FIRST
+                    .saturating_mul(1 << failures.min(6))
+                    .min(COMMIT_RETRY_MAX);
+                tracing::error!(
+                    %error,
+                    round = record.round,
+                    retry_in_s = wait.as_secs(),
+                    "cannot commit the round; its write is tried again (the validated round is kept)"
+                );
+                self.telemetry.rounds_failed.inc();
+                self.phase = Phase::Committing(Box::new(Committing {
+                    record,
+                    model,
+                    job: 0,
+                    retry_at: Some(now + wait),
+                    failures: failures + 1,
+                }));
+                return;
             }
             Err(error) => {
                 // Nothing was committed: the round is trained again from the last committed model.
@@ -279,7 +335,8 @@ impl Study {
         match &self.phase {
             Phase::Training(training) => training.aggregation.next_deadline(),
             Phase::Validating(validating) => Some(validating.deadline),
-            Phase::Aggregating(_) | Phase::Committing(_) | Phase::Finished => None,
+            Phase::Committing(committing) => committing.retry_at,
+            Phase::Aggregating(_) | Phase::Finished => None,
         }
     }
 }

@@ -95,7 +95,11 @@ struct Aggregating {
 struct Committing {
     record: RoundRecord,
     model: Arc<ModelBlob>,
+    /// The commit job in flight (0: none, waiting to retry).
     job: u64,
+    /// After a failed write: when to try again (the validated round is kept in memory meanwhile).
+    retry_at: Option<Instant>,
+    failures: u32,
 }
 
 struct Validating {
