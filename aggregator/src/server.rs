@@ -54,6 +54,8 @@ struct Shared {
     /// Uploads being received (`rounds.max_concurrent_uploads`): peak memory is this many updates,
     /// whatever the number of sites.
     uploads: tokio::sync::Semaphore,
+    /// Where `/metrics` is served, once bound (`metrics_listen` may name port 0).
+    metrics_address: Mutex<Option<std::net::SocketAddr>>,
 }
 
 /// The federation service of one study.
@@ -81,6 +83,7 @@ impl FederationService {
                 telemetry,
                 job_observer: Mutex::new(None),
                 uploads,
+                metrics_address: Mutex::new(None),
             }),
         })
     }
@@ -94,6 +97,16 @@ impl FederationService {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// The address `/metrics` is served on, once `serve` has bound it.
+    #[must_use]
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        *self
+            .shared
+            .metrics_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The metrics of this service.
@@ -532,10 +545,13 @@ pub async fn serve(
                 address: metrics_address.clone(),
                 source,
             })?;
-        tracing::info!(
-            address = metrics_address,
-            "Prometheus metrics on /metrics (plain HTTP)"
-        );
+        let bound = metrics_listener.local_addr().ok();
+        *service
+            .shared
+            .metrics_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = bound;
+        tracing::info!(address = ?bound, "Prometheus metrics on /metrics (plain HTTP)");
         let telemetry = service.telemetry();
         let signal = stop_signal(stopped.clone());
         metrics_task = Some(AbortOnDrop(tokio::spawn(async move {

@@ -97,6 +97,18 @@ impl RunningAggregator {
         }
     }
 
+    /// The port of `/metrics` (for a config whose `metrics_listen` names port 0), once bound.
+    pub async fn metrics_port(&self) -> u16 {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(address) = self.service.metrics_address() {
+                return address.port();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "/metrics was not bound");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops serving cleanly.
     pub async fn shut_down(mut self) {
         self.stop.take().unwrap().send(()).unwrap();

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, mpsc};
 #[allow(dead_code)] // The hand-driven generated-client helpers are for the other round tests.
 mod common;
 
-use common::{free_port, scrape};
+use common::scrape;
 
 const PARAMETERS: usize = 11_000_000;
 
@@ -87,9 +87,9 @@ async fn long_polls_and_metrics_are_answered_while_a_large_round_is_aggregated()
         ..RoundSettings::default()
     };
     let mut config = provision_study_with(&study_dir, common::STUDY, settings, model(0.5));
-    let metrics_port = free_port();
-    config.metrics_listen = Some(format!("127.0.0.1:{metrics_port}"));
+    config.metrics_listen = Some("127.0.0.1:0".to_owned());
     let aggregator = RunningAggregator::start(config, 0).await;
+    let metrics_port = aggregator.metrics_port().await;
 
     // The aggregation step reports that it started, then waits to be let go.
     let (started, aggregation_started) = mpsc::channel::<JobKind>();

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 mod common;
 
-use common::{STUDY, connect, free_port, next_task, scrape};
+use common::{STUDY, connect, next_task, scrape};
 
 async fn download(client: &mut FederationClient<Channel>, site: &str, version: u64) -> Vec<u8> {
     let mut stream = client
@@ -198,10 +198,11 @@ async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates()
         ..RoundSettings::default()
     };
     let mut config = provision_study(&study_dir, STUDY, settings);
-    let metrics_port = free_port();
-    config.metrics_listen = Some(format!("127.0.0.1:{metrics_port}"));
+    // Port 0: the endpoint binds a free port itself (a port chosen beforehand may be taken meanwhile).
+    config.metrics_listen = Some("127.0.0.1:0".to_owned());
     let state_dir = config.state_dir.clone();
     let aggregator = RunningAggregator::start(config.clone(), 0).await;
+    let metrics_port = aggregator.metrics_port().await;
     let url = aggregator.url.clone();
 
     // Refused uploads in round 1, before any legitimate one: each leaves the round untouched.
@@ -322,6 +323,7 @@ async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates()
     // Restarted on the same state folder and port: round 3 again, from round 2's model; S1's upload
     // of the killed round is gone, so S1 trains round 3 again; a node that reconnects just rejoins.
     let aggregator = RunningAggregator::start(config, port).await;
+    let metrics_port = aggregator.metrics_port().await;
     assert_eq!(aggregator.service.committed(), (2, digest2.clone()));
     let mut s1 = connect(&study_dir, "S1", &aggregator.url).await;
     let task::Kind::Train(train) = next_task(&mut s1, "S1").await else {

@@ -52,13 +52,3 @@ pub async fn scrape(port: u16) -> String {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
-
-/// A free TCP port on loopback (for a `/metrics` endpoint).
-#[allow(dead_code)] // Each test binary that includes this module uses some of its helpers.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
