@@ -224,8 +224,20 @@ impl Walkthrough {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let study = root.join("study");
-        let port = free_port();
         let (aggregator, node) = (aggregator_bin(), node_bin());
+
+        // Each hospital's data (first: the slow part, before a port is chosen).
+        for (k, site) in ["S1", "S2", "S3", "S4"].iter().enumerate() {
+            let data = root.join("data").join(site);
+            run_ok(
+                Command::new(&node)
+                    .args(["synth", "--site", site, "--patients", "40", "--image-size", "64"])
+                    .args(["--seed", &(k + 1).to_string(), "--out", data.to_str().unwrap()]),
+            );
+        }
+        // The port is chosen as late as it can be (the kits name it), so that no other connection of
+        // this machine takes it before the aggregator listens.
+        let port = free_port();
 
         // Central team, once.
         run_ok(
@@ -270,15 +282,10 @@ impl Walkthrough {
             "provisioning three training sites tolerates one dropout"
         );
 
-        // Each hospital: its data and its kit's node.toml.
+        // Each hospital: its kit's node.toml names its data.
         let mut node_tomls = Vec::new();
-        for (k, site) in ["S1", "S2", "S3", "S4"].iter().enumerate() {
+        for site in ["S1", "S2", "S3", "S4"] {
             let data = root.join("data").join(site);
-            run_ok(
-                Command::new(&node)
-                    .args(["synth", "--site", site, "--patients", "40", "--image-size", "64"])
-                    .args(["--seed", &(k + 1).to_string(), "--out", data.to_str().unwrap()]),
-            );
             let file = study.join("sites").join(site).join("node.toml");
             let mut node_config = NodeConfig::load(&file).unwrap();
             node_config.data = data;
