@@ -281,18 +281,15 @@ fn caller<T>(request: &Request<T>) -> Caller {
     let leaf = certificates
         .as_ref()
         .and_then(|certificates| certificates.first());
-    let certificate_site =
-        leaf.and_then(
-            |leaf| match fedlnm_shared::tls::site_of_certificate(leaf.as_ref()) {
-                Ok(site) => Some(site),
-                Err(error) => {
-                    tracing::warn!(%error, "client certificate without a site identity");
-                    None
-                }
-            },
-        );
-    let certificate_not_after =
-        leaf.and_then(|leaf| fedlnm_shared::tls::certificate_not_after(leaf.as_ref()).ok());
+    let certificate = leaf.and_then(|leaf| match fedlnm_shared::tls::site_certificate(leaf.as_ref()) {
+        Ok(certificate) => Some(certificate),
+        Err(error) => {
+            tracing::warn!(%error, "client certificate without a site identity");
+            None
+        }
+    });
+    let certificate_not_after = certificate.as_ref().map(|c| c.not_after);
+    let certificate_site = certificate.map(|c| c.site);
     Caller {
         certificate_site,
         certificate_not_after,

@@ -31,18 +31,23 @@ pub fn install_crypto_provider() {
     let _already_installed = provider.install_default();
 }
 
-/// When a certificate stops being valid (its `notAfter`), as seconds since the Unix epoch.
-///
-/// # Errors
-/// [`IdentityError::Unparsable`].
-pub fn certificate_not_after(der: &[u8]) -> Result<i64, IdentityError> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(der).map_err(|_| IdentityError::Unparsable)?;
-    Ok(certificate.validity().not_after.timestamp())
+/// What a (chain-verified) client certificate says about its holder, read in one parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteCertificate {
+    /// The site id it speaks for ([`site_of_certificate`]).
+    pub site: String,
+    /// When it stops being valid (its `notAfter`), as seconds since the Unix epoch.
+    pub not_after: i64,
 }
 
 /// The site id a (chain-verified) client certificate speaks for: its single `urn:fedlnm:site:<id>` URI
 /// SAN, which must agree with its subject common name.
 pub fn site_of_certificate(der: &[u8]) -> Result<String, IdentityError> {
+    site_certificate(der).map(|certificate| certificate.site)
+}
+
+/// The site id of a (chain-verified) client certificate, as [`site_of_certificate`], and its expiry.
+pub fn site_certificate(der: &[u8]) -> Result<SiteCertificate, IdentityError> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der).map_err(|_| IdentityError::Unparsable)?;
     let sans = certificate
         .subject_alternative_name()
@@ -70,5 +75,8 @@ pub fn site_of_certificate(der: &[u8]) -> Result<String, IdentityError> {
             common_name: common_name.to_owned(),
         });
     }
-    Ok(site)
+    Ok(SiteCertificate {
+        site,
+        not_after: certificate.validity().not_after.timestamp(),
+    })
 }
