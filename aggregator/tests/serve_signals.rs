@@ -10,24 +10,32 @@ use fedlnm_shared::config::{AggregatorConfig, write_toml};
 use fedlnm_shared::model_config::{Modality, ModelConfig};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-#[test]
-fn sigterm_stops_the_aggregator_cleanly_with_a_plain_log_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let study = dir.path().join("study");
+mod common;
+
+/// Provisions study "thyroid" in `dir/study` with `train_sites`, its kits dialling `port`.
+fn provision_study(dir: &Path, train_sites: &[&str], port: u16) -> PathBuf {
+    let study = dir.join("study");
     provision::provision(&ProvisionOptions {
         study: "thyroid".into(),
-        train_sites: vec!["S1".into(), "S2".into(), "S3".into()],
+        train_sites: train_sites.iter().map(|&s| s.to_owned()).collect(),
         validate_sites: vec![],
         aggregator_hosts: vec!["localhost".into()],
-        port: 0,
+        port,
         valid_days: 1,
         out: study.clone(),
     })
     .unwrap();
+    study
+}
+
+/// The study's `aggregator.toml` and its config, made servable: a small initial model written and
+/// named, any free port on loopback, no `/metrics`. The caller writes the config back.
+fn servable_config(study: &Path) -> (PathBuf, AggregatorConfig) {
     let file = study.join(provision::AGGREGATOR_DIR).join("aggregator.toml");
     let mut config = AggregatorConfig::load(&file).unwrap();
     let initial = study.join(provision::AGGREGATOR_DIR).join("initial.safetensors");
@@ -39,6 +47,14 @@ fn sigterm_stops_the_aggregator_cleanly_with_a_plain_log_line() {
     config.initial_model = Some(initial);
     config.listen = "127.0.0.1:0".into();
     config.metrics_listen = None;
+    (file, config)
+}
+
+#[test]
+fn sigterm_stops_the_aggregator_cleanly_with_a_plain_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = provision_study(dir.path(), &["S1", "S2", "S3"], 0);
+    let (file, config) = servable_config(&study);
     write_toml(&file, &config).unwrap();
 
     let mut server = Command::new(env!("CARGO_BIN_EXE_fedlnm-aggregator"))
@@ -88,30 +104,15 @@ fn sigterm_stops_the_aggregator_cleanly_with_a_plain_log_line() {
 /// a line saying what the stop does to the round in progress.
 #[test]
 fn sigterm_stops_the_node_cleanly_with_a_line_saying_what_it_leaves() {
-    let node =
-        std::path::PathBuf::from(env!("CARGO_BIN_EXE_fedlnm-aggregator")).with_file_name("fedlnm-node");
-    assert!(
-        node.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        node.display()
-    );
+    let node = common::node_bin();
     let dir = tempfile::tempdir().unwrap();
-    let study = dir.path().join("study");
-    provision::provision(&ProvisionOptions {
-        study: "thyroid".into(),
-        train_sites: vec!["S1".into(), "S2".into()],
-        validate_sites: vec![],
-        aggregator_hosts: vec!["localhost".into()],
-        // Nothing listens there: the node keeps retrying.
-        port: std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port(),
-        valid_days: 1,
-        out: study.clone(),
-    })
-    .unwrap();
+    // Nothing listens on that port: the node keeps retrying.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let study = provision_study(dir.path(), &["S1", "S2"], nowhere);
     let mut child = Command::new(node)
         .args(["run", "--config"])
         .arg(study.join(provision::SITES_DIR).join("S1").join("node.toml"))
@@ -164,31 +165,11 @@ fn sigterm_stops_the_node_cleanly_with_a_line_saying_what_it_leaves() {
 #[test]
 fn an_unusable_state_folder_stops_serve_before_it_listens_naming_the_folder() {
     let dir = tempfile::tempdir().unwrap();
-    let study = dir.path().join("study");
-    provision::provision(&ProvisionOptions {
-        study: "thyroid".into(),
-        train_sites: vec!["S1".into(), "S2".into()],
-        validate_sites: vec![],
-        aggregator_hosts: vec!["localhost".into()],
-        port: 0,
-        valid_days: 1,
-        out: study.clone(),
-    })
-    .unwrap();
-    let file = study.join(provision::AGGREGATOR_DIR).join("aggregator.toml");
-    let mut config = AggregatorConfig::load(&file).unwrap();
-    let initial = study.join(provision::AGGREGATOR_DIR).join("initial.safetensors");
-    let weights = NamedTensors {
-        tensors: vec![NamedTensor::new("head.bias", vec![2], vec![0.1, -0.1]).unwrap()],
-    };
-    let model = ModelBlob::new(0, weights, ModelConfig::tiny(Modality::Multimodal)).unwrap();
-    std::fs::write(&initial, &model.bytes).unwrap();
+    let study = provision_study(dir.path(), &["S1", "S2"], 0);
+    let (file, mut config) = servable_config(&study);
     let blocker = dir.path().join("not-a-folder");
     std::fs::write(&blocker, b"a file where the state folder's parent should be").unwrap();
-    config.initial_model = Some(initial);
     config.state_dir = blocker.join("state");
-    config.listen = "127.0.0.1:0".into();
-    config.metrics_listen = None;
     write_toml(&file, &config).unwrap();
 
     let output = Command::new(env!("CARGO_BIN_EXE_fedlnm-aggregator"))

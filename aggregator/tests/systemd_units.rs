@@ -18,6 +18,10 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
+use common::built_binary;
+
 /// The shipped units: file name, the binary their ExecStart runs, the folders they may write.
 const UNITS: [(&str, &str, &str); 2] = [
     ("fedlnm-node.service", "fedlnm-node", "fedlnm-node"),
@@ -395,18 +399,6 @@ fn shipped(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/systemd")
         .join(name)
-}
-
-/// A binary of this workspace, built beside this test's `fedlnm-aggregator`.
-fn built_binary(name: &str) -> PathBuf {
-    let aggregator = PathBuf::from(env!("CARGO_BIN_EXE_fedlnm-aggregator"));
-    let binary = aggregator.with_file_name(name);
-    assert!(
-        binary.is_file(),
-        "{} is not built: `cargo build -p fedlnm-node` (or run `cargo test --workspace`, which builds it)",
-        binary.display()
-    );
-    binary
 }
 
 fn systemd_analyze() -> &'static str {

@@ -27,23 +27,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::node_bin;
+
 /// The longest any one step may take (a round of the tiny model takes seconds).
 const STEP: Duration = Duration::from_secs(240);
 
 fn aggregator_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fedlnm-aggregator"))
-}
-
-/// `fedlnm-node`, built beside the aggregator by `cargo test --workspace` (the node package has
-/// integration tests, so cargo builds its binary).
-fn node_bin() -> PathBuf {
-    let node = aggregator_bin().with_file_name("fedlnm-node");
-    assert!(
-        node.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p fedlnm-node` first)",
-        node.display()
-    );
-    node
 }
 
 /// Runs a one-shot command and returns its standard output; panics with its output if it fails.

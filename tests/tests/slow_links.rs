@@ -149,6 +149,30 @@ async fn train(mut client: Client, round: u64, k: f32) -> Result<(), fedlnm_prot
         .map(|_| ())
 }
 
+/// The longest any step of the test may take.
+const BOUND: Duration = Duration::from_secs(120);
+
+/// Waits (bounded) for every upload task to have succeeded; panics with `what` when they did not.
+async fn all_uploaded(
+    uploads: impl IntoIterator<Item = tokio::task::JoinHandle<Result<(), fedlnm_protocol::ClientError>>>,
+    what: &str,
+) {
+    tokio::time::timeout(BOUND, async {
+        for upload in uploads {
+            upload.await.unwrap().unwrap();
+        }
+    })
+    .await
+    .expect(what);
+}
+
+/// The committed contributors of `round`, sorted (plain rounds record them in arrival order).
+fn sorted_contributors(store: &RoundStore, round: u64) -> Vec<String> {
+    let mut contributors = store.load(round).unwrap().record.contributors;
+    contributors.sort();
+    contributors
+}
+
 /// Every site reports (empty) metrics for `round`'s model.
 async fn validate(study_dir: &Path, port: u16, round: u64) {
     for site in ["S1", "S2", "S3", "S4"] {
@@ -192,7 +216,6 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
     let state_dir = config.state_dir.clone();
     let aggregator = RunningAggregator::start(config, 0).await;
     let (slow_port, link) = proxy(aggregator.port).await;
-    let bound = Duration::from_secs(120);
 
     // Round 1: S3's link carries 1 MB/s; its 4 MB upload takes seconds, with no silence of 3 s.
     *link.lock().unwrap() = Links {
@@ -207,25 +230,14 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
         tokio::spawn(train(client(&study_dir, "S2", aggregator.port).await, 1, 2.0)),
         tokio::spawn(train(s3, 1, 3.0)),
     ];
-    tokio::time::timeout(bound, async {
-        for upload in uploads {
-            upload.await.unwrap().unwrap();
-        }
-    })
-    .await
-    .expect("round 1's uploads did not complete");
+    all_uploaded(uploads, "round 1's uploads did not complete").await;
     *link.lock().unwrap() = CLEAR;
-    tokio::time::timeout(bound, validate(&study_dir, aggregator.port, 1))
+    tokio::time::timeout(BOUND, validate(&study_dir, aggregator.port, 1))
         .await
         .expect("round 1 was not validated");
     let store = RoundStore::open(&state_dir).unwrap();
-    let mut round1 = store.load(1).unwrap().record;
-    round1.contributors.sort();
-    assert_eq!(
-        round1.contributors,
-        ["S1", "S2", "S3"],
-        "the slow site's update is in"
-    );
+    let round1 = sorted_contributors(&store, 1);
+    assert_eq!(round1, ["S1", "S2", "S3"], "the slow site's update is in");
 
     // Round 2: S3's link stalls after 1.5 MB of its upload.
     *link.lock().unwrap() = Links {
@@ -237,24 +249,17 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
         tokio::spawn(train(client(&study_dir, "S1", aggregator.port).await, 2, 1.0)),
         tokio::spawn(train(client(&study_dir, "S2", aggregator.port).await, 2, 2.0)),
     ];
-    tokio::time::timeout(bound, async {
-        for upload in fast {
-            upload.await.unwrap().unwrap();
-        }
-    })
-    .await
-    .expect("round 2's uploads over clear links did not complete");
+    all_uploaded(fast, "round 2's uploads over clear links did not complete").await;
     // The round closes at its deadline without S3 (its stalled transfer refused after 3 s of silence);
     // S3, over a working link again, validates the new model with the others.
     *link.lock().unwrap() = CLEAR;
-    tokio::time::timeout(bound, validate(&study_dir, slow_port, 2))
+    tokio::time::timeout(BOUND, validate(&study_dir, slow_port, 2))
         .await
         .expect("round 2 was not validated");
     stalled.abort();
-    let mut round2 = store.load(2).unwrap().record;
-    round2.contributors.sort();
-    assert_eq!(round2.contributors, ["S1", "S2"]);
-    assert_eq!(round2.dropped, ["S3"]);
+    let round2 = sorted_contributors(&store, 2);
+    assert_eq!(round2, ["S1", "S2"]);
+    assert_eq!(store.load(2).unwrap().record.dropped, ["S3"]);
     let expected = (1.0 * 100.0 + 2.0 * 100.0) / 200.0;
     let committed = store.load(2).unwrap();
     let fc = &committed.model.weights.get("image.fc.weight").unwrap().values;
@@ -296,22 +301,11 @@ async fn a_slow_link_gets_its_update_in_and_a_stalled_one_leaves_only_its_own_ro
         tokio::spawn(train(client(&study_dir, "S2", aggregator.port).await, 3, 2.0)),
         tokio::spawn(train(restarted, 3, 3.0)),
     ];
-    tokio::time::timeout(bound, async {
-        for upload in uploads {
-            upload.await.unwrap().unwrap();
-        }
-    })
-    .await
-    .expect("round 3's uploads did not complete");
-    tokio::time::timeout(bound, validate(&study_dir, aggregator.port, 3))
+    all_uploaded(uploads, "round 3's uploads did not complete").await;
+    tokio::time::timeout(BOUND, validate(&study_dir, aggregator.port, 3))
         .await
         .expect("round 3 was not validated");
-    let mut round3 = store.load(3).unwrap().record;
-    round3.contributors.sort();
-    assert_eq!(
-        round3.contributors,
-        ["S1", "S2", "S3"],
-        "the restarted site's update is in"
-    );
+    let round3 = sorted_contributors(&store, 3);
+    assert_eq!(round3, ["S1", "S2", "S3"], "the restarted site's update is in");
     aggregator.shut_down().await;
 }
