@@ -141,6 +141,7 @@ async fn site(
                         validate.round,
                         &validate.model.digest,
                         &SiteRoundMetrics::without_patients(&config.site, SiteRole::Train),
+                        Vec::new(),
                     )
                     .await
                     .unwrap();

@@ -9,6 +9,7 @@ pub mod provision;
 pub mod report;
 pub mod secure;
 pub mod server;
+pub mod statistics;
 pub mod store;
 pub mod study;
 pub mod telemetry;

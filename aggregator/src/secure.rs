@@ -15,7 +15,7 @@ use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::AggregatorConfig;
 use fedlnm_shared::federation::{AggregationKind, LocalTensors};
 use fedlnm_shared::secagg::{
-    self, AdvertiseKeys, KeyDirectory, MaskedInput, ModelVersion, QuantizationConfig, RoundConfig,
+    self, AdvertiseKeys, InputKind, KeyDirectory, MaskedInput, ModelVersion, QuantizationConfig, RoundConfig,
     RoundStage, SecAggConfig, SecAggServer, ShareDelivery, ShareKeys, SiteId, UnmaskRequest, UnmaskResponse,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +31,29 @@ pub struct Attempt {
     pub instance: u64,
     pub opened: Instant,
     pub deadline: Instant,
+}
+
+impl Attempt {
+    /// The [`ModelVersion`] of this attempt on the model `digest`.
+    #[must_use]
+    pub fn model_version(&self, digest: &str) -> ModelVersion {
+        ModelVersion::new(digest, self.attempt).of_instance(self.instance)
+    }
+}
+
+/// Where the stages of an instance stand ([`SecureAggregation::drive`]).
+pub(crate) enum Drive {
+    Pending,
+    Failed(String),
+    /// Every stage before the end has closed: the server, with the survivors' shares, to finish
+    /// (unmask and decode). Returned once.
+    Unmasked(Box<SecAggServer>),
+}
+
+fn name_of(ids: &BTreeMap<String, SiteId>, id: SiteId) -> String {
+    ids.iter()
+        .find(|(_, v)| **v == id)
+        .map_or_else(|| id.to_string(), |(name, _)| name.clone())
 }
 
 /// The secure aggregation of one round.
@@ -74,13 +97,6 @@ impl SecureAggregation {
         local_tensors: &LocalTensors,
         sites: &[String],
     ) -> Result<Self, secagg::SecAggError> {
-        let Attempt {
-            round,
-            attempt,
-            instance,
-            opened: now,
-            deadline: round_deadline,
-        } = *attempt;
         let ids: BTreeMap<String, SiteId> = sites
             .iter()
             .enumerate()
@@ -88,18 +104,33 @@ impl SecureAggregation {
             .collect();
         let secagg_config = SecAggConfig {
             study_id: config.study.clone(),
-            round,
+            round: attempt.round,
             // The attempt and the process's instance make every start of a round a distinct protocol
             // instance (its own configuration hash): nothing from an abandoned attempt, nor from the
             // aggregator process before a restart, is accepted by the next.
-            model_version: ModelVersion::new(global.digest.clone(), attempt).of_instance(instance),
+            model_version: attempt.model_version(&global.digest),
             participants: ids.values().copied().collect(),
             threshold: config.rounds.min_sites,
             tensors: secagg::tensor_specs(&global.weights),
             fedbn_exclude: local_tensors.clone().into_names(),
             quantization: QuantizationConfig::default(),
             max_delta_norm: config.rounds.max_delta_norm,
+            input: InputKind::WeightedDelta,
         };
+        Self::from_parts(secagg_config, ids, config, attempt)
+    }
+
+    /// An instance of `secagg_config` between the sites `ids` (name → protocol id), with the study's
+    /// stage timeout and `attempt`'s deadline for the masked inputs.
+    ///
+    /// # Errors
+    /// The protocol configuration is invalid, named.
+    pub(crate) fn from_parts(
+        secagg_config: SecAggConfig,
+        ids: BTreeMap<String, SiteId>,
+        config: &AggregatorConfig,
+        attempt: &Attempt,
+    ) -> Result<Self, secagg::SecAggError> {
         let round_config = secagg_config.clone().validate()?;
         let stage_timeout = Duration::from_secs(config.rounds.stage_timeout_s);
         Ok(Self {
@@ -110,8 +141,8 @@ impl SecureAggregation {
             failed: None,
             ids,
             stage_timeout,
-            stage_deadline: now + stage_timeout,
-            round_deadline,
+            stage_deadline: attempt.opened + stage_timeout,
+            round_deadline: attempt.deadline,
             advertised: BTreeSet::new(),
             shared: BTreeSet::new(),
             uploaded: BTreeSet::new(),
@@ -124,6 +155,24 @@ impl SecureAggregation {
             u2: Vec::new(),
             u3: Vec::new(),
         })
+    }
+
+    /// No stage waits for `site` any more (it went on without this instance, e.g. reported its
+    /// metrics without its masked statistics).
+    pub(crate) fn exclude(&mut self, site: &str) {
+        if let Some(&id) = self.ids.get(site) {
+            self.lost.insert(id);
+        }
+    }
+
+    /// The protocol id of each site.
+    pub(crate) fn ids(&self) -> &BTreeMap<String, SiteId> {
+        &self.ids
+    }
+
+    /// The name of a protocol id.
+    pub(crate) fn name_of(&self, id: SiteId) -> String {
+        name_of(&self.ids, id)
     }
 
     fn id(&self, site: &str) -> Result<SiteId, AggregationError> {
@@ -143,11 +192,6 @@ impl SecureAggregation {
         }
     }
 
-    fn fail(&mut self, reason: String) -> Poll {
-        self.failed = Some(reason.clone());
-        Poll::Failed(reason)
-    }
-
     /// The protocol's stage (`Done` once the server went to the finisher).
     fn stage(&self) -> RoundStage {
         if self.finishing {
@@ -157,15 +201,89 @@ impl SecureAggregation {
         }
     }
 
-    fn is_closed(&self) -> bool {
-        self.finishing || self.failed.is_some()
-    }
-
     /// Whether a stage over `members` still waits for one of them (not `done`, not lost).
     fn waits_for(&self, members: &[SiteId], done: &BTreeSet<SiteId>) -> bool {
         members
             .iter()
             .any(|id| !done.contains(id) && !self.lost.contains(id))
+    }
+
+    /// Closes the stages that are complete or past their deadline, up to the end of the unmasking
+    /// stage, when it hands out the server to finish.
+    pub(crate) fn drive(&mut self, now: Instant) -> Drive {
+        if let Some(reason) = &self.failed {
+            return Drive::Failed(reason.clone());
+        }
+        if self.finishing {
+            return Drive::Pending;
+        }
+        let invited: Vec<SiteId> = self.ids.values().copied().collect();
+        loop {
+            match self.stage() {
+                RoundStage::AdvertiseKeys => {
+                    if self.waits_for(&invited, &self.advertised) && now < self.stage_deadline {
+                        return Drive::Pending;
+                    }
+                    match self.server.close_keys() {
+                        Ok(directory) => {
+                            self.u1 = directory.sites.iter().map(|k| k.header.site).collect();
+                            self.directory = Some(encode::<KeyDirectory>(&directory));
+                            self.stage_deadline = now + self.stage_timeout;
+                        }
+                        Err(error) => return self.fail_drive(format!("key stage: {error}")),
+                    }
+                }
+                RoundStage::ShareKeys => {
+                    if self.waits_for(&self.u1, &self.shared) && now < self.stage_deadline {
+                        return Drive::Pending;
+                    }
+                    match self.server.close_shares() {
+                        Ok(deliveries) => {
+                            for delivery in deliveries {
+                                self.u2 = delivery.senders.clone();
+                                self.deliveries
+                                    .insert(delivery.to, encode::<ShareDelivery>(&delivery));
+                            }
+                        }
+                        Err(error) => return self.fail_drive(format!("share stage: {error}")),
+                    }
+                }
+                RoundStage::MaskedInputCollection => {
+                    if self.waits_for(&self.u2, &self.uploaded) && now < self.round_deadline {
+                        return Drive::Pending;
+                    }
+                    match self.server.close_masked_inputs() {
+                        Ok(request) => {
+                            self.u3 = request.survivors.clone();
+                            self.unmask_request = Some(encode::<UnmaskRequest>(&request));
+                            self.stage_deadline = now + self.stage_timeout;
+                        }
+                        Err(error) => return self.fail_drive(format!("masked-input stage: {error}")),
+                    }
+                }
+                RoundStage::Unmasking => {
+                    if self.waits_for(&self.u3, &self.responded) && now < self.stage_deadline {
+                        return Drive::Pending;
+                    }
+                    self.finishing = true;
+                    let server = std::mem::replace(&mut self.server, SecAggServer::new(self.config.clone()));
+                    return Drive::Unmasked(Box::new(server));
+                }
+                RoundStage::Done | RoundStage::Aborted => {
+                    return self.fail_drive("the protocol instance ended without an aggregate".to_owned());
+                }
+            }
+        }
+    }
+
+    fn fail_drive(&mut self, reason: String) -> Drive {
+        self.failed = Some(reason.clone());
+        Drive::Failed(reason)
+    }
+
+    /// Whether the instance has ended (handed out its server, or failed).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.finishing || self.failed.is_some()
     }
 }
 
@@ -321,90 +439,28 @@ impl Aggregation for SecureAggregation {
     }
 
     fn advance(&mut self, now: Instant) -> Poll {
-        if let Some(reason) = &self.failed {
-            return Poll::Failed(reason.clone());
-        }
-        if self.finishing {
-            return Poll::Pending;
-        }
-        let invited: Vec<SiteId> = self.ids.values().copied().collect();
-        loop {
-            match self.stage() {
-                RoundStage::AdvertiseKeys => {
-                    if self.waits_for(&invited, &self.advertised) && now < self.stage_deadline {
-                        return Poll::Pending;
-                    }
-                    match self.server.close_keys() {
-                        Ok(directory) => {
-                            self.u1 = directory.sites.iter().map(|k| k.header.site).collect();
-                            self.directory = Some(encode::<KeyDirectory>(&directory));
-                            self.stage_deadline = now + self.stage_timeout;
-                        }
-                        Err(error) => return self.fail(format!("key stage: {error}")),
-                    }
-                }
-                RoundStage::ShareKeys => {
-                    if self.waits_for(&self.u1, &self.shared) && now < self.stage_deadline {
-                        return Poll::Pending;
-                    }
-                    match self.server.close_shares() {
-                        Ok(deliveries) => {
-                            for delivery in deliveries {
-                                self.u2 = delivery.senders.clone();
-                                self.deliveries
-                                    .insert(delivery.to, encode::<ShareDelivery>(&delivery));
-                            }
-                        }
-                        Err(error) => return self.fail(format!("share stage: {error}")),
-                    }
-                }
-                RoundStage::MaskedInputCollection => {
-                    if self.waits_for(&self.u2, &self.uploaded) && now < self.round_deadline {
-                        return Poll::Pending;
-                    }
-                    match self.server.close_masked_inputs() {
-                        Ok(request) => {
-                            self.u3 = request.survivors.clone();
-                            self.unmask_request = Some(encode::<UnmaskRequest>(&request));
-                            self.stage_deadline = now + self.stage_timeout;
-                        }
-                        Err(error) => return self.fail(format!("masked-input stage: {error}")),
-                    }
-                }
-                RoundStage::Unmasking => {
-                    if self.waits_for(&self.u3, &self.responded) && now < self.stage_deadline {
-                        return Poll::Pending;
-                    }
-                    // Unmasking regenerates every mask stream: the finisher does it, off the lock.
-                    self.finishing = true;
-                    let mut server =
-                        std::mem::replace(&mut self.server, SecAggServer::new(self.config.clone()));
-                    let ids = self.ids.clone();
-                    return Poll::Ready(Box::new(move || {
-                        let aggregate = server.finish()?;
-                        let name_of = |id: SiteId| {
-                            ids.iter()
-                                .find(|(_, v)| **v == id)
-                                .map_or_else(|| id.to_string(), |(name, _)| name.clone())
-                        };
-                        let contributors: Vec<String> =
-                            aggregate.survivors.iter().map(|&id| name_of(id)).collect();
-                        let dropped = ids
-                            .keys()
-                            .filter(|site| !contributors.contains(site))
-                            .cloned()
-                            .collect();
-                        Ok(RoundAggregate {
-                            average_delta: aggregate.fedavg_delta,
-                            total_samples: aggregate.total_samples,
-                            contributors,
-                            dropped,
-                        })
-                    }));
-                }
-                RoundStage::Done | RoundStage::Aborted => {
-                    return self.fail("the protocol instance ended without an aggregate".to_owned());
-                }
+        match self.drive(now) {
+            Drive::Pending => Poll::Pending,
+            Drive::Failed(reason) => Poll::Failed(reason),
+            Drive::Unmasked(mut server) => {
+                // Unmasking regenerates every mask stream: the finisher does it, off the lock.
+                let ids = self.ids.clone();
+                Poll::Ready(Box::new(move || {
+                    let aggregate = server.finish()?;
+                    let contributors: Vec<String> =
+                        aggregate.survivors.iter().map(|&id| name_of(&ids, id)).collect();
+                    let dropped = ids
+                        .keys()
+                        .filter(|site| !contributors.contains(site))
+                        .cloned()
+                        .collect();
+                    Ok(RoundAggregate {
+                        average_delta: aggregate.fedavg_delta,
+                        total_samples: aggregate.total_samples,
+                        contributors,
+                        dropped,
+                    })
+                }))
             }
         }
     }

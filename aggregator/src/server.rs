@@ -336,10 +336,12 @@ fn task_message(decision: TaskDecision) -> Task {
             round,
             model,
             local_tensors,
+            statistics,
         } => Task::Validate(ValidateTask {
             round,
             model: model_ref(&model),
             local_tensors,
+            statistics,
         }),
         TaskDecision::Finished { rounds, model } => Task::Finished {
             rounds,
@@ -468,7 +470,10 @@ impl FederationHandler for FederationService {
 
     async fn secure_aggregation(&self, caller: Caller, message: SecAggMessage) -> Result<Vec<u8>, Status> {
         let (site, role) = self.authorize(caller, &message.claim)?;
-        self.require_training_site(&site, role)?;
+        // Validate-only sites take part in the secure sum of their pool's statistics, never in training.
+        if !self.lock().is_validating(message.round) {
+            self.require_training_site(&site, role)?;
+        }
         self.shared
             .telemetry
             .received("secure-aggregation", message.payload.len());
@@ -511,7 +516,29 @@ impl FederationHandler for FederationService {
             .decode()
             .map_err(|e| Status::invalid_argument(format!("malformed metrics of site {site}: {e}")))?;
         self.shared.telemetry.received("metrics", report.metrics.len());
-        self.mutate(|study| study.accept_metrics(&site, role, report.round, &report.model_digest, metrics))?;
+        if !report.masked_statistics.is_empty() {
+            self.shared
+                .telemetry
+                .received("masked-statistics", report.masked_statistics.len());
+        }
+        self.mutate(|study| {
+            study.accept_metrics(
+                &site,
+                role,
+                report.round,
+                &report.model_digest,
+                metrics,
+                &report.masked_statistics,
+            )
+        })
+        .inspect_err(|status| {
+            tracing::warn!(
+                site,
+                round = report.round,
+                reason = status.message(),
+                "metrics refused"
+            );
+        })?;
         // The report that completes a round is answered once the round is on disk (the commit runs off
         // the lock meanwhile), so a site that hears "received" knows its metrics are committed.
         let limit = Duration::from_secs(self.shared.config.rounds.validation_deadline_s);

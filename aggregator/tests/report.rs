@@ -7,7 +7,7 @@
 use fedlnm_aggregator::report::{self, ReportError};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{
-    AggregationKind, PooledMetrics, RoundRecord, ScoreHistogram, SiteRoundMetrics,
+    AggregationKind, PooledMetrics, RoundRecord, ScoreHistogram, SiteRoundMetrics, SiteValidation,
 };
 use fedlnm_shared::stats::binary::binary_metrics;
 use rand::{Rng as _, SeedableRng as _};
@@ -27,7 +27,7 @@ fn site_metrics(
     n_patients: usize,
     lnm_prevalence: f64,
     separation: f64,
-) -> SiteRoundMetrics {
+) -> SiteValidation {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let noise = Normal::new(0.0, 1.0).unwrap();
     let y: Vec<bool> = (0..n_patients)
@@ -42,7 +42,7 @@ fn site_metrics(
         .collect();
     let metrics = binary_metrics(&y, &scores).unwrap();
     let kappa = |base: f64| (separation > 0.0).then(|| (base * separation / 2.0).min(0.95));
-    SiteRoundMetrics {
+    let metrics = SiteRoundMetrics {
         site: site.to_owned(),
         role,
         n_patients: metrics.n,
@@ -58,12 +58,26 @@ fn site_metrics(
         kappa_t: kappa(0.41),
         kappa_n: kappa(0.37),
         kappa_stage: kappa(0.45),
+    };
+    SiteValidation {
+        metrics,
         histogram: ScoreHistogram::from_scores(&y, &scores).unwrap(),
     }
 }
 
-fn round_record(round: u64, sites: Vec<SiteRoundMetrics>) -> RoundRecord {
-    let pooled = |role: SiteRole| PooledMetrics::pool(sites.iter().filter(|site| site.role == role)).unwrap();
+/// The record of a round whose pools are the sums of their sites' histograms (what the secure sum
+/// yields).
+fn round_record(round: u64, validations: Vec<SiteValidation>) -> RoundRecord {
+    let pooled = |role: SiteRole| {
+        let members: Vec<&SiteValidation> = validations.iter().filter(|v| v.metrics.role == role).collect();
+        let mut histogram = ScoreHistogram::empty();
+        for member in &members {
+            histogram.merge(&member.histogram).unwrap();
+        }
+        let names = members.iter().map(|v| v.metrics.site.clone()).collect();
+        (!members.is_empty()).then(|| PooledMetrics::from_histogram(names, histogram).unwrap())
+    };
+    let sites: Vec<SiteRoundMetrics> = validations.iter().map(|v| v.metrics.clone()).collect();
     let training: Vec<&SiteRoundMetrics> = sites.iter().filter(|site| site.role == SiteRole::Train).collect();
     RoundRecord {
         study: "lnm-synthetic".to_owned(),
@@ -314,15 +328,19 @@ fn rounds_json_is_the_records_without_their_histograms() {
     assert!(text.contains("\n  {"), "pretty-printed");
     let mut rounds: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(rounds.len(), records.len());
-    // Putting the histograms back gives the records exactly: nothing else was dropped or changed.
+    // Putting the pools' histograms back gives the records exactly: nothing else was dropped or changed.
     for (value, record) in rounds.iter_mut().zip(&records) {
-        let sites = value["sites"].as_array_mut().unwrap();
-        assert_eq!(sites.len(), record.sites.len());
-        for (site, metrics) in sites.iter_mut().zip(&record.sites) {
-            site.as_object_mut().unwrap().insert(
-                "histogram".to_owned(),
-                serde_json::to_value(&metrics.histogram).unwrap(),
-            );
+        assert_eq!(value["sites"].as_array().unwrap().len(), record.sites.len());
+        for (name, pool) in [
+            ("pooled_train_sites", &record.pooled_train_sites),
+            ("pooled_validation_sites", &record.pooled_validation_sites),
+        ] {
+            if let Some(pool) = pool {
+                value[name].as_object_mut().unwrap().insert(
+                    "histogram".to_owned(),
+                    serde_json::to_value(&pool.histogram).unwrap(),
+                );
+            }
         }
         let restored: RoundRecord = serde_json::from_value(value.clone()).unwrap();
         assert_eq!(&restored, record);
@@ -346,7 +364,7 @@ fn figures_are_pngs_of_the_documented_size_with_curves_and_text() {
             .unwrap()
             .to_rgb8();
         assert_eq!(picture.dimensions(), size, "{file}");
-        // Coloured pixels (the site curves: neither white, grey nor black) and, in the legend panel on
+        // Coloured pixels (the curves: neither white, grey nor black) and, in the legend panel on
         // the right, black pixels (its text: the embedded font was used).
         let coloured = picture
             .pixels()

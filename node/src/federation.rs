@@ -16,9 +16,11 @@ use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{ComputeDevice, NodeConfig, SiteRole};
 use fedlnm_shared::data;
 use fedlnm_shared::features::Example;
-use fedlnm_shared::federation::{LocalTensors, SiteRoundMetrics, fedavg};
+use fedlnm_shared::federation::{LocalTensors, ScoreHistogram, SiteRoundMetrics, SiteValidation, fedavg};
 use fedlnm_shared::model_config::ModelConfig;
-use fedlnm_shared::secagg::{KeyDirectory, RoundConfig, SecAggClient, ShareDelivery, UnmaskRequest};
+use fedlnm_shared::secagg::{
+    InputKind, KeyDirectory, RoundConfig, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
+};
 use fedlnm_shared::staging::Stage;
 use fedlnm_shared::weights::NamedTensors;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,8 @@ const SPLIT_SEED: u64 = 20_261_123;
 /// Where the node keeps its copy of the models and its local normalisation layers (FedBN).
 const LOCAL_NORM_FILE: &str = "local-norm.safetensors";
 const FINAL_MODEL_FILE: &str = "final-global.safetensors";
+/// The site's own records of each validation (metrics and score histogram), never sent.
+pub const OWN_RECORDS_DIR: &str = "validation";
 /// cubecl's CUDA autotune results, inside the work folder (kept between runs).
 pub const AUTOTUNE_CACHE_DIR: &str = "cubecl-autotune";
 
@@ -131,13 +135,11 @@ impl Node {
                 Task::Train(train) => {
                     if let Err(error) = self.train_round(client, &train).await {
                         // A secure-aggregation round that went on without this site is not fatal.
-                        if let Some(left_out) = error.downcast_ref::<ClientError>()
-                            && left_out.is_left_out()
-                        {
+                        if is_left_out(&error) {
                             tracing::warn!(
                                 site = self.config.site,
                                 round = train.round,
-                                reason = %left_out,
+                                reason = %error,
                                 "left out of this round"
                             );
                             continue;
@@ -381,7 +383,23 @@ impl Node {
     }
 
     async fn validate_round(&mut self, client: &mut Client, task: &ValidateTask) -> anyhow::Result<()> {
-        tracing::info!(site = self.config.site, round = task.round, "validation task");
+        let round = task.round;
+        let site = self.config.site.clone();
+        tracing::info!(site, round, pooled = task.statistics.is_some(), "validation task");
+        // The pool's secure sum, rounds 0 and 1 (keys, encrypted shares), before scoring.
+        let mut pool = match &task.statistics {
+            Some((config, site_id)) => {
+                match self.join_pool(client, round, &task.model, config, *site_id).await {
+                    Ok(joined) => Some(joined),
+                    Err(error) if is_left_out(&error) => {
+                        tracing::warn!(site, round, reason = %error, "left out of the pooled statistics of this round");
+                        None
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            None => None,
+        };
         let (Checkpoint { config, weights }, _) = self.download(client, &task.model).await?;
         let role = self.role.unwrap_or(SiteRole::Train);
         let weights = self.with_local_norm(weights, &task.local_tensors)?;
@@ -389,24 +407,117 @@ impl Node {
         let examples = self.examples_for(&config).await?;
         let validation = examples.validation.clone();
         let stages = examples.validation_stages.clone();
-        let site = self.config.site.clone();
-        let metrics = tokio::task::spawn_blocking(move || -> anyhow::Result<SiteRoundMetrics> {
-            let predictions = train::predict(device, &config, &weights, &validation, 32)?;
-            Ok(SiteRoundMetrics::from_predictions(
-                &site,
-                role,
-                &validation,
-                &predictions,
-                &stages,
-            )?)
-        })
-        .await??;
-        tracing::info!(site = self.config.site, round = task.round, auc = ?metrics.auc, "validation of the new global model");
-        client
-            .report_metrics(task.round, &task.model.digest, &metrics)
-            .await?;
+        let scoring_site = site.clone();
+        let SiteValidation { metrics, histogram } =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<SiteValidation> {
+                let predictions = train::predict(device, &config, &weights, &validation, 32)?;
+                Ok(SiteRoundMetrics::from_predictions(
+                    &scoring_site,
+                    role,
+                    &validation,
+                    &predictions,
+                    &stages,
+                )?)
+            })
+            .await??;
+        self.keep_own_record(round, &metrics, &histogram)?;
+        tracing::info!(site, round, auc = ?metrics.auc, "validation of the new global model");
+        let masked = match &mut pool {
+            Some((secagg, delivery)) => {
+                payload::encode(&secagg.masked_counts(delivery, &[&histogram.positive, &histogram.negative])?)
+            }
+            None => Vec::new(),
+        };
+        let digest = &task.model.digest;
+        match client.report_metrics(round, digest, &metrics, masked).await {
+            Ok(()) => {}
+            // The pool's upload stage closed without this site: the metrics still count on their own.
+            Err(error) if pool.is_some() && error.is_left_out() => {
+                tracing::warn!(site, round, reason = %error, "left out of the pooled statistics; reporting the metrics alone");
+                pool = None;
+                client.report_metrics(round, digest, &metrics, Vec::new()).await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+        if let Some((mut secagg, _)) = pool {
+            let unmasked: anyhow::Result<()> = async {
+                let request: UnmaskRequest = self
+                    .exchange(client, round, SecAggStage::UnmaskRequest, Vec::new())
+                    .await?;
+                let response = secagg.unmask(&request)?;
+                client
+                    .secure_aggregation(round, SecAggStage::UnmaskResponse, payload::encode(&response))
+                    .await?;
+                Ok(())
+            }
+            .await;
+            match unmasked {
+                Err(error) if is_left_out(&error) => {
+                    tracing::warn!(site, round, reason = %error, "the pooled statistics went on without this site");
+                }
+                other => other?,
+            }
+        }
         Ok(())
     }
+
+    /// Joins the secure sum of the site's pool: checks its configuration, advertises the keys and
+    /// shares them; returns the protocol state and the shares delivered to this site.
+    async fn join_pool(
+        &self,
+        client: &mut Client,
+        round: u64,
+        model: &ModelRef,
+        config: &SecAggConfig,
+        site_id: SiteId,
+    ) -> anyhow::Result<(SecAggClient, ShareDelivery)> {
+        if config.study_id != self.config.study
+            || config.round != round
+            || config.model_version.model_digest != model.digest
+            || config.input != InputKind::Counts
+        {
+            bail!("the pooled-statistics configuration is for another study, round, model or input");
+        }
+        let (mut secagg, advertise) = SecAggClient::new(config.clone().validate()?, site_id)?;
+        let directory: KeyDirectory = self
+            .exchange(
+                client,
+                round,
+                SecAggStage::AdvertiseKeys,
+                payload::encode(&advertise),
+            )
+            .await?;
+        let shares = secagg.share_keys(&directory)?;
+        let delivery: ShareDelivery = self
+            .exchange(client, round, SecAggStage::ShareKeys, payload::encode(&shares))
+            .await?;
+        Ok((secagg, delivery))
+    }
+
+    /// Writes the site's own record of a validation (its metrics and its score histogram) to
+    /// `validation/round-NNNN.json` in the work folder: for the hospital only; it is never sent.
+    fn keep_own_record(
+        &self,
+        round: u64,
+        metrics: &SiteRoundMetrics,
+        histogram: &ScoreHistogram,
+    ) -> anyhow::Result<()> {
+        let folder = self.config.work_dir.join(OWN_RECORDS_DIR);
+        std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+        let record = SiteValidation {
+            metrics: metrics.clone(),
+            histogram: histogram.clone(),
+        };
+        let bytes = serde_json::to_vec(&record)?;
+        write_atomically(&folder.join(format!("round-{round:04}.json")), &bytes)
+    }
+}
+
+/// Whether an error is a stage or round that went on without this site (not fatal).
+fn is_left_out(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<ClientError>()
+        .is_some_and(ClientError::is_left_out)
 }
 
 /// A stable per-site seed offset (sites must not shuffle identically).

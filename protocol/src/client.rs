@@ -353,7 +353,8 @@ impl Client {
         Ok(reply.payload)
     }
 
-    /// Reports the site's validation metrics of the model `model_digest` of `round`.
+    /// Reports the site's validation metrics of the model `model_digest` of `round`, with its masked
+    /// input of its pool's secure sum of statistics (empty outside a pool).
     ///
     /// # Errors
     /// A refusal.
@@ -362,12 +363,14 @@ impl Client {
         round: u64,
         model_digest: &str,
         metrics: &SiteRoundMetrics,
+        masked_statistics: Vec<u8>,
     ) -> Result<(), ClientError> {
         let report = MetricsReport {
             claim: self.claim.clone(),
             round,
             model_digest: model_digest.to_owned(),
             metrics: crate::messages::Encoded::new(metrics, "validation metrics"),
+            masked_statistics,
         };
         self.inner.report_metrics(pb::MetricsReport::from(report)).await?;
         Ok(())

@@ -183,6 +183,10 @@ pub struct ValidateTask {
     pub round: u64,
     pub model: ModelRef,
     pub local_tensors: LocalTensors,
+    /// The secure sum of the statistics of the site's pool: its configuration
+    /// ([`fedlnm_shared::secagg::InputKind::Counts`]) and this site's id; `None` when the site is in
+    /// no pool (fewer sites of its role than the threshold).
+    pub statistics: Option<(Box<SecAggConfig>, SiteId)>,
 }
 
 /// The content of an upload.
@@ -254,6 +258,9 @@ pub struct MetricsReport {
     /// The digest of the model that was scored.
     pub model_digest: String,
     pub metrics: Encoded<SiteRoundMetrics>,
+    /// The site's masked input of its pool's secure sum (payload of a
+    /// [`fedlnm_shared::secagg::MaskedInput`]); empty outside a pool.
+    pub masked_statistics: Vec<u8>,
 }
 
 /// A site's check-in.
@@ -378,11 +385,19 @@ impl From<Task> for pb::Task {
                     secagg_site_id,
                 })
             }
-            Task::Validate(validate) => Kind::Validate(pb::ValidateTask {
-                round: validate.round,
-                model: Some(validate.model.into()),
-                local_tensors: validate.local_tensors.into_names(),
-            }),
+            Task::Validate(validate) => {
+                let (statistics_config, statistics_site_id) = match &validate.statistics {
+                    None => (Vec::new(), 0),
+                    Some((config, site_id)) => (payload::encode(config), site_id.0),
+                };
+                Kind::Validate(pb::ValidateTask {
+                    round: validate.round,
+                    model: Some(validate.model.into()),
+                    local_tensors: validate.local_tensors.into_names(),
+                    statistics_config,
+                    statistics_site_id,
+                })
+            }
             Task::Finished { rounds, model } => Kind::Finished(pb::StudyFinished {
                 rounds,
                 model: Some(model.into()),
@@ -425,6 +440,17 @@ impl TryFrom<pb::Task> for Task {
                 round: validate.round,
                 model: model_ref(validate.model)?,
                 local_tensors: LocalTensors::from_names(validate.local_tensors),
+                statistics: if validate.statistics_config.is_empty() {
+                    None
+                } else {
+                    Some((
+                        Box::new(payload::decode(
+                            &validate.statistics_config,
+                            "statistics secure-sum configuration",
+                        )?),
+                        SiteId(validate.statistics_site_id),
+                    ))
+                },
             }),
             Kind::Finished(finished) => Self::Finished {
                 rounds: finished.rounds,
@@ -496,6 +522,7 @@ impl From<MetricsReport> for pb::MetricsReport {
             round: report.round,
             model_digest: report.model_digest,
             metrics: report.metrics.bytes,
+            masked_statistics: report.masked_statistics,
         }
     }
 }
@@ -507,6 +534,7 @@ impl From<pb::MetricsReport> for MetricsReport {
             round: report.round,
             model_digest: report.model_digest,
             metrics: Encoded::from_bytes(report.metrics, "validation metrics"),
+            masked_statistics: report.masked_statistics,
         }
     }
 }
@@ -567,6 +595,30 @@ mod tests {
                 round: 4,
                 model: model(),
                 local_tensors: LocalTensors::default(),
+                statistics: None,
+            }),
+            Task::Validate(ValidateTask {
+                round: 4,
+                model: model(),
+                local_tensors: LocalTensors::default(),
+                statistics: Some((
+                    Box::new(SecAggConfig {
+                        study_id: "study".into(),
+                        round: 4,
+                        model_version: fedlnm_shared::secagg::ModelVersion::new("ab", 1),
+                        participants: vec![SiteId(1), SiteId(2)],
+                        threshold: 2,
+                        tensors: vec![fedlnm_shared::secagg::TensorSpec {
+                            name: "score_histogram.positive".into(),
+                            shape: vec![3],
+                        }],
+                        fedbn_exclude: Vec::new(),
+                        quantization: fedlnm_shared::secagg::QuantizationConfig::default(),
+                        max_delta_norm: 1.0,
+                        input: fedlnm_shared::secagg::InputKind::Counts,
+                    }),
+                    SiteId(2),
+                )),
             }),
             Task::Finished {
                 rounds: 8,

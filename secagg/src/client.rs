@@ -8,18 +8,15 @@ use ring::rand::{SecureRandom, SystemRandom};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use super::crypto::{
-    ShareContext, channel_key, open_shares, pairwise_mask_seed, seal_shares, self_mask_seed,
-};
+use super::crypto::{ShareContext, channel_key, pairwise_mask_seed, seal_shares};
 use super::messages::{
-    AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader,
-    ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, EncryptedShare, KeyDirectory, PeerKey, RevealedShare, RoundHeader, ShareKeys, SiteHeader,
+    UnmaskRequest, UnmaskResponse,
 };
-use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
-use super::quantize::{RoundingSource, quantize_weighted};
+use super::prg::{MaskSeed, default_threads};
 use super::shamir::{self, Share};
 use super::{RoundConfig, RoundStage, SecAggError, SiteId};
-use fedlnm_tensors::NamedTensors;
+mod input;
 
 /// One site's state for one round. Create it with [`SecAggClient::new`], then feed it the server's
 /// messages in order: [`share_keys`](Self::share_keys), [`masked_input`](Self::masked_input),
@@ -265,90 +262,6 @@ impl SecAggClient {
         })
     }
 
-    /// Round 2: checks U2 and decrypts the shares addressed to this site, checks the site's own delta
-    /// (finite, L2 norm, shapes, sample count), quantizes n_u·Δ_u and n_u, and masks them:
-    /// y_u = q + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv) over v in U2 (mod 2^64).
-    /// FedBN-excluded tensors of `delta` are ignored: they are never quantized, masked or sent.
-    ///
-    /// # Errors
-    /// A bad delta or sample count; a delivery for another round/study/site; U2 with a foreign site or
-    /// fewer than t sites; a missing, extra or tampered share.
-    pub fn masked_input(
-        &mut self,
-        delivery: &ShareDelivery,
-        delta: &NamedTensors,
-        n_samples: u64,
-    ) -> Result<MaskedInput, SecAggError> {
-        self.expect_stage(RoundStage::ShareKeys)?;
-        self.check_round_header(&delivery.header)?;
-        let (site, round) = (self.site, self.config.round());
-        self.config.check_delta(site, delta, n_samples)?;
-        if delivery.to != site {
-            return Err(self.malformed(format!("share delivery addressed to {}", delivery.to)));
-        }
-        let senders = &delivery.senders;
-        if senders.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(self.malformed("U2 is not sorted or repeats a site".into()));
-        }
-        if let Some(&v) = senders
-            .iter()
-            .find(|&&v| v != site && !self.pairwise_seeds.contains_key(&v))
-        {
-            return Err(SecAggError::NotInRound {
-                site: v,
-                round,
-                stage: RoundStage::ShareKeys,
-            });
-        }
-        if !senders.contains(&site) {
-            return Err(self.malformed("U2 leaves this site out".into()));
-        }
-        self.check_survivors(senders.len(), RoundStage::MaskedInputCollection)?;
-        if delivery.shares.len() != senders.len() - 1 {
-            return Err(self.malformed(format!(
-                "{} shares delivered for {} other senders",
-                delivery.shares.len(),
-                senders.len() - 1
-            )));
-        }
-        let hash = self.config.config_hash();
-        let my_point = self.config.share_point(site);
-        let mut received = BTreeMap::new();
-        for share in &delivery.shares {
-            let v = share.from;
-            if share.to != site || v == site || !senders.contains(&v) || received.contains_key(&v) {
-                return Err(self.malformed(format!("unexpected share from {v} to {}", share.to)));
-            }
-            let ctx = ShareContext {
-                study_id: self.config.study_id(),
-                round,
-                config_hash: &hash,
-                from: v,
-                to: site,
-            };
-            let opened = self
-                .channel_keys
-                .get(&v)
-                .and_then(|key| open_shares(key, &ctx, &share.ciphertext));
-            let Some((key_share, seed_share)) = opened else {
-                return Err(SecAggError::ShareDecryption { site, from: v, round });
-            };
-            if Some(key_share.x) != my_point || Some(seed_share.x) != my_point {
-                return Err(SecAggError::ShareDecryption { site, from: v, round });
-            }
-            received.insert(v, (key_share, seed_share));
-        }
-
-        let masked = self.mask(delta, n_samples, senders)?;
-        self.held.extend(received);
-        self.senders = senders.clone();
-        self.stage = RoundStage::MaskedInputCollection;
-        Ok(MaskedInput {
-            header: site_header(&self.config, site),
-            masked,
-        })
-    }
-
     /// Round 4: reveals the share of b_v for every survivor v and of s_v^sk for every dropped v, after
     /// checking that the request is consistent with U2, that |U3| ≥ t and that no peer would have both
     /// of its secrets revealed (in this request or together with an earlier one).
@@ -428,49 +341,6 @@ impl SecAggClient {
             self_mask_shares,
             mask_key_shares,
         })
-    }
-
-    /// Quantizes [n·Δ, n] and adds the self mask and the pairwise masks of `senders` (U2).
-    fn mask(
-        &self,
-        delta: &NamedTensors,
-        n_samples: u64,
-        senders: &[SiteId],
-    ) -> Result<Vec<u64>, SecAggError> {
-        let (site, round) = (self.site, self.config.round());
-        let q = &self.config.config().quantization;
-        let mut rounding = RoundingSource::from_os(&self.rng).map_err(|_| SecAggError::Crypto {
-            site,
-            round,
-            what: "rounding seed",
-        })?;
-        let mut vector = vec![0u64; self.config.vector_len()];
-        let mut offset = 0;
-        for spec in self.config.aggregated_tensors() {
-            let len = spec.len();
-            // check_delta guaranteed that every aggregated tensor is present with this length.
-            let values = delta.get(&spec.name).map_or(&[][..], |t| t.values.as_slice());
-            let out = &mut vector[offset..offset + len];
-            quantize_weighted(
-                values,
-                n_samples,
-                q.clip_bound,
-                q.fractional_bits,
-                &mut rounding,
-                out,
-            );
-            offset += len;
-        }
-        vector[offset] = n_samples;
-        let self_seed = self_mask_seed(&self.self_secret, self.config.salt(), site);
-        let mut masks = vec![(&self_seed, Sign::Add)];
-        for &v in senders.iter().filter(|&&v| v != site) {
-            if let Some(seed) = self.pairwise_seeds.get(&v) {
-                masks.push((seed, if v > site { Sign::Add } else { Sign::Subtract }));
-            }
-        }
-        apply_masks(&mut vector, 0, &masks, self.threads);
-        Ok(vector)
     }
 
     fn expect_stage(&self, expected: RoundStage) -> Result<(), SecAggError> {

@@ -100,6 +100,21 @@ impl ModelVersion {
     }
 }
 
+/// What the masked vector of an instance carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputKind {
+    /// A training round: n_k·Δ_k in fixed point (quantized, clipped) and n_k; decoded as FedAvg
+    /// ([`crate::SecAggServer::finish`]).
+    #[default]
+    WeightedDelta,
+    /// Statistics: non-negative integer counts (score histograms, confusion matrices), one vector per
+    /// configured "tensor", summed exactly with no quantization; a site's counts total at most
+    /// `quantization.max_sample_count`, and one more element carries 1 per site (the sum is then the
+    /// number of sites in it, checked). Decoded by [`crate::SecAggServer::finish_counts`].
+    Counts,
+}
+
 /// Everything the server and all sites must agree on for one round (one instance of the protocol).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecAggConfig {
@@ -119,6 +134,8 @@ pub struct SecAggConfig {
     pub quantization: QuantizationConfig,
     /// Bound on the L2 norm of a site's Δ_k over the aggregated tensors, checked by the site itself.
     pub max_delta_norm: f64,
+    /// Weighted deltas (a training round) or integer counts (statistics).
+    pub input: InputKind,
 }
 
 /// A validated [`SecAggConfig`] with its derived values. Cheap to clone.
@@ -183,6 +200,12 @@ impl SecAggConfig {
         }
         if self.fedbn_exclude.iter().any(String::is_empty) {
             return Err(invalid("fedbn_exclude", "empty pattern".into()));
+        }
+        if self.input == InputKind::Counts && !self.fedbn_exclude.is_empty() {
+            return Err(invalid(
+                "fedbn_exclude",
+                "counts have no local tensors: expected no pattern".into(),
+            ));
         }
         let aggregated: Vec<TensorSpec> = self
             .tensors
@@ -305,7 +328,12 @@ impl RoundConfig {
     pub fn aggregated_tensors(&self) -> &[TensorSpec] {
         &self.inner.aggregated
     }
-    /// Length of the masked vector: the aggregated weights plus one element for n_k.
+    /// What the masked vector carries.
+    #[must_use]
+    pub fn input(&self) -> InputKind {
+        self.inner.config.input
+    }
+    /// Length of the masked vector: the aggregated weights (or counts) plus one element for n_k (or 1).
     #[must_use]
     pub fn vector_len(&self) -> usize {
         self.inner.vector_len
@@ -420,11 +448,12 @@ impl RoundConfig {
 }
 
 fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [u8; 32] {
-    let mut t = Transcript::new(b"fedlnm-secagg-config-v2");
+    let mut t = Transcript::new(b"fedlnm-secagg-config-v3");
     t.bytes(c.study_id.as_bytes());
     t.u64(c.round);
     t.bytes(c.model_version.model_digest.as_bytes());
     t.u64(c.model_version.attempt);
+    t.u64(c.model_version.instance);
     t.u64(sorted_participants.len() as u64);
     for p in sorted_participants {
         t.u64(u64::from(p.0));
@@ -446,6 +475,10 @@ fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [u8; 32] {
     t.u64(c.quantization.clip_bound.to_bits());
     t.u64(c.quantization.max_sample_count);
     t.u64(c.max_delta_norm.to_bits());
+    t.u64(match c.input {
+        InputKind::WeightedDelta => 0,
+        InputKind::Counts => 1,
+    });
     t.u64(64); // ring bits
     t.finish()
 }
@@ -522,6 +555,7 @@ mod tests {
             fedbn_exclude: vec!["bn.*".into()],
             quantization: QuantizationConfig::default(),
             max_delta_norm: 10.0,
+            input: InputKind::WeightedDelta,
         }
     }
 
@@ -631,6 +665,7 @@ mod tests {
             Box::new(|c| c.round += 1),
             Box::new(|c| c.model_version.model_digest.push('x')),
             Box::new(|c| c.model_version.attempt += 1),
+            Box::new(|c| c.model_version.instance += 1),
             Box::new(|c| c.participants[2] = SiteId(9)),
             Box::new(|c| c.threshold = 3),
             Box::new(|c| c.tensors[0].shape = vec![3, 2]),
@@ -646,6 +681,15 @@ mod tests {
             change(&mut c);
             assert_ne!(c.validate().unwrap().config_hash(), base, "variant {i}");
         }
+        // The input kind (counts take no FedBN pattern: compare without one).
+        let mut weighted = config(3, 2);
+        weighted.fedbn_exclude.clear();
+        let mut counts = weighted.clone();
+        counts.input = InputKind::Counts;
+        assert_ne!(
+            weighted.validate().unwrap().config_hash(),
+            counts.validate().unwrap().config_hash()
+        );
         // Participant order does not matter.
         let mut c = config(3, 2);
         c.participants.reverse();

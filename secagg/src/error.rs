@@ -153,6 +153,20 @@ pub enum SecAggError {
         n_samples: u64,
         max: u64,
     },
+    /// The instance was configured for the other kind of input (weighted deltas vs counts).
+    #[error("round {round}: this instance sums {configured:?} inputs, not {given:?}")]
+    WrongInputKind {
+        round: u64,
+        configured: super::InputKind,
+        given: super::InputKind,
+    },
+    /// A site's counts do not have the configured layout or exceed the configured total.
+    #[error("{site}, round {round}: counts do not fit the instance: {reason}")]
+    Counts {
+        site: SiteId,
+        round: u64,
+        reason: String,
+    },
     /// The server could not reconstruct a site's secret from the revealed shares.
     #[error("{site}, round {round}: cannot reconstruct its secret: {reason}")]
     Reconstruction {

@@ -79,15 +79,15 @@ pub mod shamir;
 
 pub use client::SecAggClient;
 pub use config::{
-    MAX_PARTICIPANTS, ModelVersion, QuantizationConfig, RoundConfig, SecAggConfig, TensorSpec, glob_match,
-    tensor_specs,
+    InputKind, MAX_PARTICIPANTS, ModelVersion, QuantizationConfig, RoundConfig, SecAggConfig, TensorSpec,
+    glob_match, tensor_specs,
 };
 pub use error::{RoundStage, SecAggError};
 pub use messages::{
     AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader,
     ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
 };
-pub use server::{Aggregate, SecAggServer};
+pub use server::{Aggregate, CountSum, SecAggServer};
 
 /// A site's identity in a study (the transport maps its mTLS identity to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]

@@ -14,7 +14,7 @@ use super::messages::{
 use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::dequantize;
 use super::shamir::{self, Share};
-use super::{RoundConfig, RoundStage, SecAggError, SiteId};
+use super::{InputKind, RoundConfig, RoundStage, SecAggError, SiteId};
 use fedlnm_tensors::{NamedTensor, NamedTensors};
 
 /// The decoded result of one round.
@@ -33,6 +33,18 @@ pub struct Aggregate {
     /// U3: the sites whose inputs are in the sum.
     pub survivors: Vec<SiteId>,
     /// U2 \ U3: sites that shared keys but did not upload; their pairwise masks were removed.
+    pub dropped: Vec<SiteId>,
+}
+
+/// The decoded result of a statistics instance ([`crate::InputKind::Counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountSum {
+    pub round: u64,
+    /// Σ_k counts_k over the survivors U3, one vector per configured tensor, in order.
+    pub counts: Vec<Vec<u64>>,
+    /// U3: the sites whose counts are in the sum.
+    pub survivors: Vec<SiteId>,
+    /// U2 \ U3: sites that shared keys but did not upload.
     pub dropped: Vec<SiteId>,
 }
 
@@ -274,9 +286,33 @@ impl SecAggServer {
     /// [`SecAggError::TooFewSurvivors`]; a secret that cannot be reconstructed (inconsistent shares);
     /// an invalid aggregate. Any error aborts the instance: there is never a partial result.
     pub fn finish(&mut self) -> Result<Aggregate, SecAggError> {
+        self.finish_with(InputKind::WeightedDelta, Self::decode)
+    }
+
+    /// As [`Self::finish`], for a statistics instance: the exact sums of the sites' counts.
+    ///
+    /// # Errors
+    /// As [`Self::finish`]; also a sum whose site element is not |U3| or whose counts exceed what
+    /// |U3| sites may report (then some upload was not made by the protocol).
+    pub fn finish_counts(&mut self) -> Result<CountSum, SecAggError> {
+        self.finish_with(InputKind::Counts, Self::decode_counts)
+    }
+
+    fn finish_with<T>(
+        &mut self,
+        input: InputKind,
+        decode: fn(&mut Self) -> Result<T, SecAggError>,
+    ) -> Result<T, SecAggError> {
+        if self.config.input() != input {
+            return Err(SecAggError::WrongInputKind {
+                round: self.config.round(),
+                configured: self.config.input(),
+                given: input,
+            });
+        }
         self.expect_stage(RoundStage::Unmasking)?;
         self.check_quorum(self.responses.len(), RoundStage::Unmasking)?;
-        let result = self.unmask_and_decode();
+        let result = self.unmask().and_then(|()| decode(self));
         self.stage = if result.is_ok() {
             RoundStage::Done
         } else {
@@ -286,7 +322,8 @@ impl SecAggServer {
         result
     }
 
-    fn unmask_and_decode(&mut self) -> Result<Aggregate, SecAggError> {
+    /// Removes every mask from the running sum.
+    fn unmask(&mut self) -> Result<(), SecAggError> {
         let round = self.config.round();
         let t = self.config.threshold();
         let salt = *self.config.salt();
@@ -332,7 +369,51 @@ impl SecAggServer {
         }
         let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
         apply_masks(&mut self.masked_sum, 0, &masks, self.threads);
-        self.decode()
+        Ok(())
+    }
+
+    fn decode_counts(&mut self) -> Result<CountSum, SecAggError> {
+        let round = self.config.round();
+        let invalid = |reason: String| SecAggError::InvalidAggregate { round, reason };
+        let sum = std::mem::take(&mut self.masked_sum);
+        if sum.len() != self.config.vector_len() {
+            return Err(invalid(format!(
+                "{} elements, expected {}",
+                sum.len(),
+                self.config.vector_len()
+            )));
+        }
+        let sites = self.survivors.len() as u64;
+        if sum[sum.len() - 1] != sites {
+            return Err(invalid(format!(
+                "the sum counts {} sites, but {sites} uploaded",
+                sum[sum.len() - 1] as i64
+            )));
+        }
+        let max_total = self
+            .config
+            .config()
+            .quantization
+            .max_sample_count
+            .saturating_mul(sites);
+        let total = sum[..sum.len() - 1]
+            .iter()
+            .try_fold(0u64, |total, &count| total.checked_add(count))
+            .filter(|&total| total <= max_total)
+            .ok_or_else(|| invalid(format!("the counts exceed what {sites} sites may report")))?;
+        debug_assert!(total <= max_total);
+        let mut counts = Vec::with_capacity(self.config.aggregated_tensors().len());
+        let mut offset = 0;
+        for spec in self.config.aggregated_tensors() {
+            counts.push(sum[offset..offset + spec.len()].to_vec());
+            offset += spec.len();
+        }
+        Ok(CountSum {
+            round,
+            counts,
+            survivors: self.survivors.clone(),
+            dropped: self.dropped.clone(),
+        })
     }
 
     fn decode(&mut self) -> Result<Aggregate, SecAggError> {

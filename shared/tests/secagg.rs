@@ -41,6 +41,7 @@ fn config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
         fedbn_exclude: vec!["*.bn.*".into()],
         quantization: QuantizationConfig::default(),
         max_delta_norm: 1e6,
+        input: fedlnm_shared::secagg::InputKind::WeightedDelta,
     }
     .validate()
     .unwrap()
@@ -312,6 +313,7 @@ fn a_round_configured_from_a_global_model_returns_its_shapes() {
         fedbn_exclude: vec!["*_bn.*".into()],
         quantization: QuantizationConfig::default(),
         max_delta_norm: 1e3,
+        input: fedlnm_shared::secagg::InputKind::WeightedDelta,
     }
     .validate()
     .unwrap();

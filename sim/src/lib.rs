@@ -77,6 +77,8 @@ pub struct SimulationOutcome {
     pub rounds: u64,
     pub final_digest: String,
     pub seconds: f64,
+    /// Each site's node work folder (its own validation records are in `validation/`).
+    pub node_work_dirs: Vec<(String, PathBuf)>,
 }
 
 /// Runs the simulation and prints where its results are.
@@ -206,12 +208,14 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     let state_dir = config.state_dir.clone();
 
     let mut nodes = Vec::new();
+    let mut node_work_dirs = Vec::new();
     for (id, _, _) in &sites {
         let kit = study_dir.join(provision::SITES_DIR).join(id);
         let node_toml = kit.join("node.toml");
         let mut node: NodeConfig = NodeConfig::load(&node_toml)?;
         node.data = data_dir.join(id);
         node.work_dir = kit.join("work");
+        node_work_dirs.push((id.clone(), node.work_dir.clone()));
         node.device = args.device;
         write_toml(&node_toml, &node)?;
         nodes.push(NodeConfig::load(&node_toml)?);
@@ -250,5 +254,6 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
         rounds,
         final_digest,
         seconds: started.elapsed().as_secs_f64(),
+        node_work_dirs,
     })
 }

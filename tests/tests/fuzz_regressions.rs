@@ -21,7 +21,7 @@ use fedlnm_protocol::payload::encode;
 use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::data::{read_manifest, write_manifest};
-use fedlnm_shared::federation::{LocalTensors, ScoreHistogram, SiteRoundMetrics};
+use fedlnm_shared::federation::{LocalTensors, SiteRoundMetrics};
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::secagg::shamir::Share;
 use fedlnm_shared::secagg::{
@@ -270,12 +270,11 @@ fn secagg_config() -> SecAggConfig {
         fedbn_exclude: vec!["*.bn*".into()],
         quantization: QuantizationConfig::default(),
         max_delta_norm: 100.0,
+        input: fedlnm_shared::secagg::InputKind::WeightedDelta,
     }
 }
 
 fn site_metrics() -> SiteRoundMetrics {
-    let y = [true, false, true, false, false];
-    let scores = [0.9, 0.2, 0.6, 0.65, 0.1];
     SiteRoundMetrics {
         site: "S4".into(),
         role: SiteRole::Validate,
@@ -292,7 +291,6 @@ fn site_metrics() -> SiteRoundMetrics {
         kappa_t: Some(0.5),
         kappa_n: None,
         kappa_stage: Some(0.25),
-        histogram: ScoreHistogram::from_scores(&y, &scores).unwrap(),
     }
 }
 
@@ -403,6 +401,7 @@ fn protobuf_seeds() -> Vec<Seed> {
         round: 3,
         model: model_ref(),
         local_tensors: LocalTensors::default(),
+        statistics: None,
     });
     let header = UpdateHeader {
         claim: claim(),
@@ -423,6 +422,7 @@ fn protobuf_seeds() -> Vec<Seed> {
         round: 3,
         model_digest: "ab".repeat(32),
         metrics: Encoded::new(&site_metrics(), "validation metrics"),
+        masked_statistics: (0..40).collect(),
     };
     let reply = CheckInReply {
         study: STUDY.into(),

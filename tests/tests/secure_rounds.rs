@@ -15,7 +15,7 @@ use fedlnm_protocol::generated::{
 };
 use fedlnm_protocol::payload as wire;
 use fedlnm_shared::config::{RoundSettings, SiteRole};
-use fedlnm_shared::federation::{ScoreHistogram, SiteRoundMetrics};
+use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 use std::path::{Path, PathBuf};
@@ -223,8 +223,6 @@ async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
         };
         assert_eq!(validate.round, round);
         let model = validate.model.unwrap();
-        let y: Vec<bool> = (0..10).map(|i| i % 2 == 0).collect();
-        let s: Vec<f64> = (0..10).map(|i| f64::from(i) / 10.0).collect();
         let metrics = SiteRoundMetrics {
             site: site.into(),
             role: if site == "S4" {
@@ -245,7 +243,6 @@ async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
             kappa_t: None,
             kappa_n: None,
             kappa_stage: None,
-            histogram: ScoreHistogram::from_scores(&y, &s).unwrap(),
         };
         digest.clone_from(&model.digest);
         client
@@ -255,6 +252,8 @@ async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
                 round,
                 model_digest: model.digest,
                 metrics: wire::encode(&metrics),
+                // These sites do not join their pool's secure sum: no pooled metrics (checked below).
+                masked_statistics: Vec::new(),
             })
             .await
             .unwrap();
@@ -495,6 +494,7 @@ fn report(site: &str, round: u64, digest: &str, metrics: Vec<u8>) -> MetricsRepo
         round,
         model_digest: digest.into(),
         metrics,
+        masked_statistics: Vec::new(),
     }
 }
 
@@ -721,8 +721,6 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
         panic!("S1: expected the validation task");
     };
     let digest = validate.model.unwrap().digest;
-    let y: Vec<bool> = (0..10).map(|i| i % 2 == 0).collect();
-    let s: Vec<f64> = (0..10).map(|i| f64::from(i) / 10.0).collect();
     let good = SiteRoundMetrics {
         site: "S1".into(),
         role: SiteRole::Train,
@@ -739,7 +737,6 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
         kappa_t: Some(0.1),
         kappa_n: None,
         kappa_stage: Some(-0.2),
-        histogram: ScoreHistogram::from_scores(&y, &s).unwrap(),
     };
     let with = |change: &dyn Fn(&mut SiteRoundMetrics)| {
         let mut metrics = good.clone();
@@ -793,9 +790,9 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
             &["CI"],
         ),
         (
-            report("S1", 1, &digest, with(&|m| m.n_patients = 11)),
+            report("S1", 1, &digest, with(&|m| m.n_positive = 11)),
             Code::InvalidArgument,
-            &["histogram counts"],
+            &["n_positive 11 exceeds n_patients 10"],
         ),
         (
             report("S1", 1, &digest, with(&|m| m.n_patients = 1_000_000_000_000)),
@@ -803,14 +800,27 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
             &["exceeds"],
         ),
         (
-            report("S1", 1, &digest, with(&|m| m.histogram.positive[3] = u64::MAX)),
+            MetricsReport {
+                masked_statistics: vec![0xff; 17],
+                ..report("S1", 1, &digest, wire::encode(&good))
+            },
             Code::InvalidArgument,
-            &["histogram counts"],
+            &["masked input"],
         ),
     ];
     for (hostile, code, words) in cases {
         refused(s1.report_metrics(hostile).await, code, words);
     }
+    // S4, the one validate-only site, is in no pool: masked statistics from it have nowhere to go.
+    refused(
+        s4.report_metrics(MetricsReport {
+            masked_statistics: vec![0; 64],
+            ..report("S4", 1, &digest, with(&|m| m.role = SiteRole::Validate))
+        })
+        .await,
+        Code::InvalidArgument,
+        &["in no pooled sum"],
+    );
     validate_all(study_dir, url, 1).await;
 
     // Nothing hostile reached the committed round.

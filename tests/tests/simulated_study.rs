@@ -7,7 +7,7 @@
 
 use fedlnm_aggregator::store::RoundStore;
 use fedlnm_shared::config::{ComputeDevice, SiteRole};
-use fedlnm_shared::federation::{AggregationKind, RoundRecord};
+use fedlnm_shared::federation::{AggregationKind, RoundRecord, ScoreHistogram, SiteValidation};
 use fedlnm_sim::{SimulateArgs, SimulationOutcome, simulate};
 use std::path::Path;
 
@@ -62,14 +62,52 @@ async fn simulated_study_runs_secure_rounds_and_matches_plain_fedavg() {
         );
         for site in &record.sites {
             assert!(site.auc.is_some_and(|auc| (0.0..=1.0).contains(&auc)), "{site:?}");
+        }
+        // The pooled training sites: the secure sum of their histograms, which is exactly the plain
+        // sum of the histograms each node kept for itself (same integers, hence the same AUC).
+        let pool = record
+            .pooled_train_sites
+            .as_ref()
+            .expect("the training sites are pooled");
+        assert_eq!(pool.sites, ["S1", "S2", "S3"]);
+        let mut plain_sum = ScoreHistogram::empty();
+        for (site, work) in secure.node_work_dirs.iter().filter(|(site, _)| site != "S4") {
+            let file = work
+                .join("validation")
+                .join(format!("round-{:04}.json", record.round));
+            let own: SiteValidation = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            let reported = record.sites.iter().find(|s| &s.site == site).unwrap();
             assert_eq!(
-                site.histogram.n_positive() + site.histogram.n_negative(),
-                site.n_patients
+                &own.metrics, reported,
+                "{site}: the report is the node's own metrics"
+            );
+            plain_sum.merge(&own.histogram).unwrap();
+        }
+        assert_eq!(pool.histogram, plain_sum);
+        let plain_auc = plain_sum.auc().unwrap().unwrap();
+        assert_eq!(pool.auc, Some(plain_auc.auc));
+        assert_eq!(pool.auc_ci_lower, plain_auc.ci_lower);
+        assert_eq!(
+            pool.n_patients,
+            record.sites[..3].iter().map(|s| s.n_patients).sum::<u64>()
+        );
+        // One validate-only site is no pool: a sum over one site would be its histogram.
+        assert!(record.pooled_validation_sites.is_none());
+        assert!(record.total_samples > 0);
+
+        // What the aggregator stored holds no per-site score distribution.
+        let file = RoundStore::open(&secure.state_dir)
+            .unwrap()
+            .round_dir(record.round)
+            .join("round.json");
+        let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        for site in stored["sites"].as_array().unwrap() {
+            let keys: Vec<&String> = site.as_object().unwrap().keys().collect();
+            assert!(
+                keys.iter().all(|key| !key.contains("histogram")),
+                "a site's record holds {keys:?}"
             );
         }
-        // S4 scores all its 64 patients; training sites hold out 20 % for validation.
-        assert_eq!(record.pooled_validation_sites.as_ref().unwrap().n_patients, 64);
-        assert!(record.total_samples > 0);
     }
     for file in [
         "rounds.csv",

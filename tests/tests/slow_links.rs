@@ -188,7 +188,7 @@ async fn validate(study_dir: &Path, port: u16, round: u64) {
         };
         let metrics = SiteRoundMetrics::without_patients(site, role);
         client
-            .report_metrics(round, &task.model.digest, &metrics)
+            .report_metrics(round, &task.model.digest, &metrics, Vec::new())
             .await
             .unwrap();
     }

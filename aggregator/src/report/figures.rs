@@ -10,68 +10,45 @@ use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{RoundRecord, ScoreHistogram};
 use std::path::Path;
 
-/// `roc_final.png`: the last round's ROC curves from the histograms.
+/// `roc_final.png`: the last round's pooled ROC curves, from the secure sums of the pools' score
+/// histograms (a site's own curve never leaves it: its AUC is in the tables).
 pub(super) fn roc_figure(path: &Path, record: &RoundRecord) -> Result<Vec<u8>, ReportError> {
     let mut curves = Vec::new();
-    for (index, site) in record.sites.iter().enumerate() {
-        site.histogram.check().map_err(|source| ReportError::Histogram {
+    for (index, (name, _, pool)) in pools(record).enumerate() {
+        if let Some(site_name) = pool
+            .sites
+            .iter()
+            .find(|site| !record.sites.iter().any(|s| &&s.site == site))
+        {
+            return Err(ReportError::UnknownPooledSite {
+                path: path.to_path_buf(),
+                pool: name,
+                site: site_name.clone(),
+            });
+        }
+        pool.histogram.check().map_err(|source| ReportError::Histogram {
             path: path.to_path_buf(),
-            site: site.site.clone(),
+            site: name.to_owned(),
             source,
         })?;
-        let label = format!(
-            "{} ({}, n = {}): AUC {}",
-            site.site,
-            site.role,
-            site.n_patients,
-            auc_with_ci(site.auc, site.auc_ci_lower, site.auc_ci_upper)
-        );
-        curves.push(Curve {
-            label,
-            colour: site_colour(index),
-            width: 2,
-            dashed: false,
-            runs: roc_runs(path, &site.site, &site.histogram)?,
-        });
-    }
-    for (name, _, pool) in pools(record) {
-        let mut histogram = ScoreHistogram::empty();
-        for site_name in &pool.sites {
-            let site = record
-                .sites
-                .iter()
-                .find(|site| &site.site == site_name)
-                .ok_or_else(|| ReportError::UnknownPooledSite {
-                    path: path.to_path_buf(),
-                    pool: name,
-                    site: site_name.clone(),
-                })?;
-            histogram
-                .merge(&site.histogram)
-                .map_err(|source| ReportError::Histogram {
-                    path: path.to_path_buf(),
-                    site: site_name.clone(),
-                    source,
-                })?;
-        }
         let train = name == POOLED_TRAIN;
         curves.push(Curve {
             label: format!(
-                "{name} (n = {}): AUC {}",
+                "{name} ({} sites, n = {}): AUC {}",
+                pool.sites.len(),
                 pool.n_patients,
                 auc_with_ci(pool.auc, pool.auc_ci_lower, pool.auc_ci_upper)
             ),
-            colour: if train {
-                POOLED_TRAIN_COLOUR
-            } else {
-                POOLED_VALIDATION_COLOUR
-            },
+            colour: site_colour(index),
             width: 3,
             dashed: !train,
-            runs: roc_runs(path, name, &histogram)?,
+            runs: roc_runs(path, name, &pool.histogram)?,
         });
     }
-    let caption = format!("ROC curves, round {} (study {})", record.round, record.study);
+    let caption = format!(
+        "Pooled ROC curves, round {} (study {}; secure sums of the sites' score histograms)",
+        record.round, record.study
+    );
     let figure = Figure {
         file: ROC_FIGURE,
         size: ROC_FIGURE_SIZE,

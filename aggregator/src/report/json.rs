@@ -12,9 +12,9 @@ pub(super) fn rounds_json(records: &[&RoundRecord]) -> Result<Vec<u8>, ReportErr
     let mut rounds = Vec::with_capacity(records.len());
     for record in records {
         let mut value = serde_json::to_value(record).map_err(json_error)?;
-        if let Some(sites) = value.get_mut("sites").and_then(serde_json::Value::as_array_mut) {
-            for site in sites.iter_mut().filter_map(serde_json::Value::as_object_mut) {
-                site.shift_remove("histogram");
+        for pool in ["pooled_train_sites", "pooled_validation_sites"] {
+            if let Some(pool) = value.get_mut(pool).and_then(serde_json::Value::as_object_mut) {
+                pool.shift_remove("histogram");
             }
         }
         rounds.push(value);

@@ -100,7 +100,7 @@ pub enum ReportError {
         first: PathBuf,
         second: PathBuf,
     },
-    #[error("{path}: the score histogram of site '{site}' is unusable")]
+    #[error("{path}: the score histogram of '{site}' is unusable")]
     Histogram {
         path: PathBuf,
         site: String,

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 pub(super) struct CommittedRound {
     /// Its `round.json`, for error messages.
     pub(super) path: PathBuf,
-    /// Only the last round keeps its histograms (the ROC figure needs them; the rest would only take
-    /// memory: 160 kB per site and round).
+    /// Only the last round keeps its pooled histograms (the ROC figure needs them; the rest would only
+    /// take memory: 160 kB per pool and round).
     pub(super) record: RoundRecord,
 }
 
@@ -27,8 +27,14 @@ pub(super) fn read_committed_rounds(state_dir: &Path) -> Result<Vec<CommittedRou
             .load_record(round)
             .map_err(|error| report_error(error, |path, source| ReportError::ReadRound { path, source }))?;
         if Some(round) != last {
-            for site in &mut record.sites {
-                site.histogram = ScoreHistogram {
+            for pool in [
+                &mut record.pooled_train_sites,
+                &mut record.pooled_validation_sites,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                pool.histogram = ScoreHistogram {
                     positive: Vec::new(),
                     negative: Vec::new(),
                 };

@@ -4,6 +4,8 @@
 
 use super::{Aggregating, Committing, Phase, Study, Validating, now_rfc3339};
 use crate::aggregation::{FinishError, Poll, RoundAggregate};
+use crate::secure::Attempt;
+use crate::statistics::PoolSum;
 use crate::store::{Committed, ModelBlob, StoreError};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::fedavg::apply_delta;
@@ -89,6 +91,7 @@ impl Study {
                         let round = training.round;
                         let aggregating = Aggregating {
                             round,
+                            attempt: training.attempt,
                             training_started: training.started,
                             kind: training.aggregation.kind(),
                             job: self.jobs + 1,
@@ -109,16 +112,23 @@ impl Study {
                 }
             }
             Phase::Validating(validating) => {
+                let mut changed = false;
+                for pool in &mut validating.pools {
+                    changed |= pool.advance(now);
+                }
                 let all_in = self
                     .config
                     .sites
                     .iter()
                     .all(|s| validating.metrics.contains_key(&s.id));
-                if !all_in && now < validating.deadline {
-                    return false;
+                let pools_done = validating.pools.iter().all(PoolSum::is_done);
+                // A pool still unmasking at the validation deadline gets one more stage timeout.
+                let hard_stop = validating.deadline + Duration::from_secs(self.config.rounds.stage_timeout_s);
+                if (all_in || now >= validating.deadline) && pools_done || now >= hard_stop {
+                    self.commit_validated(now);
+                    return true;
                 }
-                self.commit_validated(now);
-                true
+                changed
             }
         }
     }
@@ -183,14 +193,38 @@ impl Study {
                     digest = model.digest,
                     "round aggregated; validating the new model"
                 );
+                let deadline = now + Duration::from_secs(self.config.rounds.validation_deadline_s);
+                let attempt = Attempt {
+                    round,
+                    attempt: aggregating.attempt,
+                    instance: self.instance,
+                    opened: now,
+                    deadline,
+                };
+                let mut pools = Vec::new();
+                for role in [SiteRole::Train, SiteRole::Validate] {
+                    match PoolSum::new(&self.config, &attempt, &model.digest, role) {
+                        Ok(Some(pool)) => pools.push(pool),
+                        Ok(None) => tracing::info!(
+                            round,
+                            %role,
+                            "too few sites of this role to pool their statistics: only per-site metrics"
+                        ),
+                        Err(error) => {
+                            tracing::error!(round, %role, %error, "cannot configure the pooled sum")
+                        }
+                    }
+                }
                 self.phase = Phase::Validating(Box::new(Validating {
                     round,
+                    attempt: aggregating.attempt,
+                    pools,
                     training_started: aggregating.training_started,
                     aggregation_seconds: now.duration_since(aggregating.training_started).as_secs_f64(),
                     kind: aggregating.kind,
                     aggregate,
                     model: Arc::new(model),
-                    deadline: now + Duration::from_secs(self.config.rounds.validation_deadline_s),
+                    deadline,
                     metrics: BTreeMap::new(),
                 }));
             }
@@ -211,12 +245,8 @@ impl Study {
             return;
         };
         let sites: Vec<SiteRoundMetrics> = validating.metrics.into_values().collect();
-        let pool = |role: SiteRole| {
-            PooledMetrics::pool(sites.iter().filter(|s| s.role == role)).unwrap_or_else(|error| {
-                tracing::warn!(%error, "cannot pool the histograms");
-                None
-            })
-        };
+        let round = validating.round;
+        let pool = |role: SiteRole| pooled(round, role, &validating.pools, &sites);
         let record = RoundRecord {
             study: self.config.study.clone(),
             round: validating.round,
@@ -334,9 +364,53 @@ impl Study {
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Training(training) => training.aggregation.next_deadline(),
-            Phase::Validating(validating) => Some(validating.deadline),
+            Phase::Validating(validating) => validating
+                .pools
+                .iter()
+                .filter_map(PoolSum::next_deadline)
+                .chain([
+                    validating.deadline,
+                    validating.deadline + Duration::from_secs(self.config.rounds.stage_timeout_s),
+                ])
+                .filter(|&at| at > Instant::now())
+                .min()
+                .or(Some(validating.deadline)),
             Phase::Committing(committing) => committing.retry_at,
             Phase::Aggregating(_) | Phase::Finished => None,
+        }
+    }
+}
+
+/// The pooled metrics of `role` from its pool's secure sum: `None` without a pool, when the sum
+/// failed (too few sites uploaded, a protocol failure), or when it does not match what its sites
+/// reported (each logged).
+fn pooled(
+    round: u64,
+    role: SiteRole,
+    pools: &[PoolSum],
+    reports: &[SiteRoundMetrics],
+) -> Option<PooledMetrics> {
+    let pool = pools.iter().find(|pool| pool.role() == role)?;
+    let (sites, histogram) = match pool.outcome() {
+        Some(Ok(sum)) => sum.clone(),
+        Some(Err(reason)) => {
+            tracing::warn!(round, %role, reason, "the pooled sum of statistics failed: no pooled metrics");
+            return None;
+        }
+        None => {
+            tracing::warn!(round, %role, "the pooled sum of statistics did not end in time: no pooled metrics");
+            return None;
+        }
+    };
+    let pooled = PooledMetrics::from_histogram(sites, histogram)
+        .inspect_err(|error| tracing::warn!(round, %role, %error, "the pooled histogram is unusable"))
+        .ok()?;
+    let members: Vec<&SiteRoundMetrics> = reports.iter().filter(|r| r.role == role).collect();
+    match pooled.check_against(&members) {
+        Ok(()) => Some(pooled),
+        Err(reason) => {
+            tracing::warn!(round, %role, reason, "the pooled sum does not match the sites' reports: not pooled");
+            None
         }
     }
 }

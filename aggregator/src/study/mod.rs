@@ -16,15 +16,17 @@
 
 use crate::aggregation::{Aggregation, AggregationError, PlainAggregation, RoundAggregate, Upload};
 use crate::secure::{Attempt, SecureAggregation};
+use crate::statistics::PoolSum;
 use crate::store::{Committed, ModelBlob, RoundStore, StoreError};
 use crate::telemetry::Telemetry;
-use fedlnm_protocol::{RoundAggregation, SecAggStage, Status};
+use fedlnm_protocol::{RoundAggregation, Status};
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::{AggregationKind, LocalTensors, RoundRecord, SiteRoundMetrics};
 use fedlnm_shared::model_config::TrainPlan;
 pub use finish::{JobKind, JobResult, StudyJob};
 use std::collections::BTreeMap;
 
+mod exchange;
 mod finish;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +62,11 @@ pub enum TaskDecision {
         round: u64,
         model: Arc<ModelBlob>,
         local_tensors: LocalTensors,
+        /// The secure sum of the site's pool: its configuration and the site's id.
+        statistics: Option<(
+            Box<fedlnm_shared::secagg::SecAggConfig>,
+            fedlnm_shared::secagg::SiteId,
+        )>,
     },
     Finished {
         rounds: u64,
@@ -87,6 +94,7 @@ struct Training {
 
 struct Aggregating {
     round: u64,
+    attempt: u64,
     training_started: Instant,
     kind: AggregationKind,
     job: u64,
@@ -104,6 +112,8 @@ struct Committing {
 
 struct Validating {
     round: u64,
+    /// The attempt of the round that trained the model (its pools' protocol instances belong to it).
+    attempt: u64,
     training_started: Instant,
     aggregation_seconds: f64,
     kind: AggregationKind,
@@ -111,6 +121,8 @@ struct Validating {
     model: Arc<ModelBlob>,
     deadline: Instant,
     metrics: BTreeMap<String, SiteRoundMetrics>,
+    /// The secure sums of the pools' statistics (one per role with enough sites).
+    pools: Vec<PoolSum>,
 }
 
 enum Phase {
@@ -375,6 +387,11 @@ impl Study {
                         round: validating.round,
                         model: validating.model.clone(),
                         local_tensors: self.local_tensors.clone(),
+                        statistics: validating
+                            .pools
+                            .iter()
+                            .find(|pool| pool.role() == role)
+                            .and_then(|pool| pool.task_fields(site)),
                     }
                 }
             }
@@ -390,14 +407,29 @@ impl Study {
     /// `site` checked in: its node started afresh. A secure round it took part in goes on without it
     /// at once (its round secrets died with the old process); it rejoins at the next round.
     pub fn site_checked_in(&mut self, site: &str) {
-        if let Phase::Training(training) = &mut self.phase
-            && training.aggregation.forget(site)
-        {
-            tracing::warn!(
-                site,
-                round = training.round,
-                "the site restarted during the round: it is left out of this round and rejoins at the next"
-            );
+        match &mut self.phase {
+            Phase::Training(training) => {
+                let forgotten = training.aggregation.forget(site);
+                if forgotten {
+                    tracing::warn!(
+                        site,
+                        round = training.round,
+                        "the site restarted during the round: it is left out of this round and rejoins at the next"
+                    );
+                }
+            }
+            Phase::Validating(validating) => {
+                for pool in &mut validating.pools {
+                    if pool.forget(site) {
+                        tracing::warn!(
+                            site,
+                            round = validating.round,
+                            "the site restarted during validation: its statistics are left out of the pooled sum"
+                        );
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -468,91 +500,6 @@ impl Study {
             bytes = upload.payload.len(),
             "update accepted"
         );
-        Ok(())
-    }
-
-    /// A secure-aggregation message; returns the attempt of the round it went to (a round that is
-    /// abandoned and started again is a new attempt, with a new protocol instance).
-    ///
-    /// # Errors
-    /// As [`Self::accept_upload`].
-    pub fn accept_message(
-        &mut self,
-        site: &str,
-        round: u64,
-        stage: SecAggStage,
-        payload: &[u8],
-    ) -> Result<u64, Status> {
-        let training = self.training_round(round)?;
-        training
-            .aggregation
-            .accept_message(site, stage, payload)
-            .map_err(to_status)?;
-        Ok(training.attempt)
-    }
-
-    /// The reply of a closed secure-aggregation stage of `attempt`; `None` while it is open.
-    #[must_use]
-    pub fn reply(
-        &self,
-        site: &str,
-        round: u64,
-        attempt: u64,
-        stage: SecAggStage,
-    ) -> Option<Result<Vec<u8>, Status>> {
-        match &self.phase {
-            Phase::Training(training) if training.round == round && training.attempt == attempt => training
-                .aggregation
-                .reply(site, stage)
-                .map(|reply| reply.map_err(to_status)),
-            _ => Some(Err(Status::aborted(format!(
-                "round {round} is no longer aggregating (finished, abandoned or restarted); the node \
-                 rejoins with its next task"
-            )))),
-        }
-    }
-
-    /// A site's validation metrics of the model of `round`.
-    ///
-    /// # Errors
-    /// Not the round under validation, another model's digest, a second report, a bad histogram.
-    pub fn accept_metrics(
-        &mut self,
-        site: &str,
-        role: SiteRole,
-        round: u64,
-        model_digest: &str,
-        mut metrics: SiteRoundMetrics,
-    ) -> Result<(), Status> {
-        let Phase::Validating(validating) = &mut self.phase else {
-            return Err(Status::failed_precondition(format!(
-                "no model is being validated (metrics for round {round} refused)"
-            )));
-        };
-        if validating.round != round {
-            return Err(Status::failed_precondition(format!(
-                "round {} is being validated, not round {round}",
-                validating.round
-            )));
-        }
-        if model_digest != validating.model.digest {
-            return Err(Status::invalid_argument(format!(
-                "the metrics are of model {model_digest}, not of round {round}'s model {}",
-                validating.model.digest
-            )));
-        }
-        if validating.metrics.contains_key(site) {
-            return Err(Status::already_exists(format!(
-                "site {site} already reported metrics for round {round}"
-            )));
-        }
-        metrics
-            .check()
-            .map_err(|e| Status::invalid_argument(format!("metrics of site {site}: {e}")))?;
-        metrics.site = site.to_owned();
-        metrics.role = role;
-        tracing::info!(site, round, auc = ?metrics.auc, n = metrics.n_patients, "validation metrics received");
-        validating.metrics.insert(site.to_owned(), metrics);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The plain-data side of federated rounds, shared by the node and the aggregator: what a site reports
-//! after scoring a global model ([`SiteRoundMetrics`], with class-conditional score histograms on a
-//! fixed grid for the pooled AUC, [`ScoreHistogram`]), what the aggregator commits per round
+//! after scoring a global model ([`SiteRoundMetrics`]; its class-conditional score histogram on a fixed
+//! grid, [`ScoreHistogram`], leaves the site only inside the secure sum of its pool, for the pooled
+//! AUC, [`PooledMetrics`]), what the aggregator commits per round
 //! ([`RoundRecord`]), the FedBN tensors that stay at each site ([`LocalTensors`]), and weighted FedAvg
 //! over named tensors ([`fedavg`]). No network I/O, no burn.
 
@@ -12,5 +13,6 @@ mod record;
 pub use histogram::{HISTOGRAM_BINS, HistogramError, ScoreHistogram};
 pub use local::LocalTensors;
 pub use record::{
-    AggregationKind, MAX_SITE_PATIENTS, MetricsError, PooledMetrics, RoundRecord, SiteRoundMetrics,
+    AggregationKind, MAX_SITE_PATIENTS, MetricsError, PooledMetrics, RoundRecord, STATISTICS_TENSORS,
+    SiteRoundMetrics, SiteValidation,
 };

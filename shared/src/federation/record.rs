@@ -2,7 +2,7 @@
 //! These are the files of the aggregator's state folder (`rounds/round-NNNN/round.json`) and the input
 //! of the study report; they hold aggregate numbers only, never a patient-level value.
 
-use super::ScoreHistogram;
+use super::{HISTOGRAM_BINS, ScoreHistogram};
 use crate::config::SiteRole;
 use serde::{Deserialize, Serialize};
 
@@ -28,20 +28,38 @@ pub struct SiteRoundMetrics {
     pub kappa_t: Option<f64>,
     pub kappa_n: Option<f64>,
     pub kappa_stage: Option<f64>,
-    /// Class-conditional score histogram on the study grid (for the pooled AUC).
+}
+
+/// What a node computes when it scores a model: the metrics it reports, and its class-conditional
+/// score histogram on the study grid, which never leaves the site on its own: it goes into the secure
+/// sum of the site's pool ([`PooledMetrics`]) and into the site's own records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteValidation {
+    pub metrics: SiteRoundMetrics,
     pub histogram: ScoreHistogram,
 }
 
-/// The pooled AUC across sites, from the merged histograms.
+/// The layout of a pool's secure sum of statistics: the positive and the negative score histogram,
+/// [`HISTOGRAM_BINS`] counts each (the names and shapes of the secure-aggregation instance).
+pub const STATISTICS_TENSORS: [(&str, usize); 2] = [
+    ("score_histogram.positive", HISTOGRAM_BINS),
+    ("score_histogram.negative", HISTOGRAM_BINS),
+];
+
+/// The pooled AUC across the sites of one role, from the secure sum of their score histograms: the
+/// aggregator learns the sum over the pool, never one site's histogram.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PooledMetrics {
-    /// Which sites are pooled.
+    /// The sites whose histograms are in the sum.
     pub sites: Vec<String>,
     pub n_patients: u64,
     pub n_positive: u64,
     pub auc: Option<f64>,
     pub auc_ci_lower: Option<f64>,
     pub auc_ci_upper: Option<f64>,
+    /// Σ over `sites` of their score histograms (the secure sum; the pooled ROC curve and decision
+    /// curve come from it).
+    pub histogram: ScoreHistogram,
 }
 
 /// How the round's updates were combined.
@@ -83,31 +101,52 @@ pub struct RoundRecord {
 }
 
 impl PooledMetrics {
-    /// Pools the histograms of `sites`; `None` when there is none.
+    /// The pooled metrics of `sites` from the sum of their histograms.
     ///
     /// # Errors
     /// A histogram not on the study grid.
-    pub fn pool<'a>(
-        sites: impl IntoIterator<Item = &'a SiteRoundMetrics>,
-    ) -> Result<Option<Self>, super::HistogramError> {
-        let mut histogram = ScoreHistogram::empty();
-        let mut names = Vec::new();
-        for site in sites {
-            histogram.merge(&site.histogram)?;
-            names.push(site.site.clone());
-        }
-        if names.is_empty() {
-            return Ok(None);
-        }
+    pub fn from_histogram(
+        sites: Vec<String>,
+        histogram: ScoreHistogram,
+    ) -> Result<Self, super::HistogramError> {
+        histogram.check()?;
         let estimate = histogram.auc().ok().flatten();
-        Ok(Some(Self {
-            sites: names,
-            n_patients: histogram.n_positive() + histogram.n_negative(),
+        Ok(Self {
+            sites,
+            n_patients: histogram.n_positive().saturating_add(histogram.n_negative()),
             n_positive: histogram.n_positive(),
             auc: estimate.map(|e| e.auc),
             auc_ci_lower: estimate.and_then(|e| e.ci_lower),
             auc_ci_upper: estimate.and_then(|e| e.ci_upper),
-        }))
+            histogram,
+        })
+    }
+
+    /// Checks the sum against what its sites reported one by one: Σ n_patients and Σ n_positive of
+    /// `reports` (the sites of the sum) must be the histogram's counts. A site whose masked counts do
+    /// not match its own report would make the pooled figures wrong.
+    ///
+    /// # Errors
+    /// The two totals, when they differ, or a site of the sum without a report.
+    pub fn check_against(&self, reports: &[&SiteRoundMetrics]) -> Result<(), String> {
+        let mut patients = 0u64;
+        let mut positive = 0u64;
+        for site in &self.sites {
+            let report = reports
+                .iter()
+                .find(|r| &r.site == site)
+                .ok_or_else(|| format!("site {site} is in the sum but sent no metrics"))?;
+            patients = patients.saturating_add(report.n_patients);
+            positive = positive.saturating_add(report.n_positive);
+        }
+        if patients == self.n_patients && positive == self.n_positive {
+            Ok(())
+        } else {
+            Err(format!(
+                "the secure sum counts {} patients ({} with LNM), the sites' reports {patients} ({positive})",
+                self.n_patients, self.n_positive
+            ))
+        }
     }
 }
 
@@ -144,30 +183,26 @@ impl SiteRoundMetrics {
             kappa_t: None,
             kappa_n: None,
             kappa_stage: None,
-            histogram: ScoreHistogram::empty(),
         }
     }
 
-    /// Checks a report received from a site: counts within [`MAX_SITE_PATIENTS`] and consistent with
-    /// its histogram (on the study grid), the LNM rate the positive fraction, probabilities and AUCs in
-    /// [0, 1] (a CI around its AUC), kappas in [-1, 1], every value finite.
+    /// Checks a report received from a site: counts within [`MAX_SITE_PATIENTS`] (the positive ones
+    /// among them), the LNM rate the positive fraction, probabilities and AUCs in [0, 1] (a CI around
+    /// its AUC), kappas in [-1, 1], every value finite.
     ///
     /// # Errors
     /// The first field at fault, named, with its value.
     pub fn check(&self) -> Result<(), String> {
-        self.histogram.check().map_err(|e| e.to_string())?;
         if self.n_patients > MAX_SITE_PATIENTS {
             return Err(format!(
                 "n_patients {} exceeds the {MAX_SITE_PATIENTS} one site may report",
                 self.n_patients
             ));
         }
-        let (positive, negative) = (self.histogram.n_positive(), self.histogram.n_negative());
-        if positive.saturating_add(negative) != self.n_patients || positive != self.n_positive {
+        if self.n_positive > self.n_patients {
             return Err(format!(
-                "the histogram counts {positive} positive and {negative} negative patients, the report \
-                 n_patients {} and n_positive {}",
-                self.n_patients, self.n_positive
+                "n_positive {} exceeds n_patients {}",
+                self.n_positive, self.n_patients
             ));
         }
         let probability = |name: &str, value: f64| -> Result<(), String> {
@@ -230,7 +265,7 @@ impl SiteRoundMetrics {
 
     /// The metrics of one site's labelled validation patients (statistics.md through the stats engine:
     /// AUC with DeLong CI, Youden sensitivity/specificity, Brier, quadratic-weighted kappa for T, N and
-    /// stage) and the score histogram for pooling.
+    /// stage), and the site's score histogram (which stays at the site but for the secure sum).
     ///
     /// # Errors
     /// The statistics engine or the histogram rejects the data (e.g. a score outside [0, 1]).
@@ -240,7 +275,7 @@ impl SiteRoundMetrics {
         examples: &[crate::features::Example],
         predictions: &[crate::evaluation::Prediction],
         truth_stages: &[crate::staging::Stage],
-    ) -> Result<Self, MetricsError> {
+    ) -> Result<SiteValidation, MetricsError> {
         let report = crate::evaluation::evaluate(examples, predictions, truth_stages)?;
         let (y, s): (Vec<bool>, Vec<f64>) = examples
             .iter()
@@ -249,7 +284,7 @@ impl SiteRoundMetrics {
             .unzip();
         let histogram = ScoreHistogram::from_scores(&y, &s)?;
         let lnm = &report.lnm;
-        Ok(Self {
+        let metrics = Self {
             site: site.to_owned(),
             role,
             n_patients: lnm.n,
@@ -265,7 +300,50 @@ impl SiteRoundMetrics {
             kappa_t: report.t_kappa.quadratic.kappa,
             kappa_n: report.n_kappa.quadratic.kappa,
             kappa_stage: report.stage_kappa.quadratic.kappa,
-            histogram,
-        })
+        };
+        Ok(SiteValidation { metrics, histogram })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn report(site: &str, n_patients: u64, n_positive: u64) -> SiteRoundMetrics {
+        SiteRoundMetrics {
+            n_patients,
+            n_positive,
+            ..SiteRoundMetrics::without_patients(site, SiteRole::Train)
+        }
+    }
+
+    #[test]
+    fn a_secure_sum_must_count_what_its_sites_reported() {
+        let mut histogram = ScoreHistogram::empty();
+        histogram.positive[10] = 3;
+        histogram.negative[20] = 5;
+        let pooled = PooledMetrics::from_histogram(vec!["A".into(), "B".into()], histogram).unwrap();
+        assert_eq!((pooled.n_patients, pooled.n_positive), (8, 3));
+        let (a, b) = (report("A", 4, 1), report("B", 4, 2));
+        assert_eq!(pooled.check_against(&[&a, &b]), Ok(()));
+        // B's masked counts said 4 patients, 2 with LNM; its report says 5 with 2.
+        let lying = report("B", 5, 2);
+        let error = pooled.check_against(&[&a, &lying]).unwrap_err();
+        assert!(
+            error.contains("8 patients (3 with LNM), the sites' reports 9 (3)"),
+            "{error}"
+        );
+        let error = pooled.check_against(&[&a]).unwrap_err();
+        assert!(
+            error.contains("site B is in the sum but sent no metrics"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_report_cannot_count_more_lnm_patients_than_patients() {
+        let error = report("A", 3, 4).check().unwrap_err();
+        assert!(error.contains("n_positive 4 exceeds n_patients 3"), "{error}");
     }
 }

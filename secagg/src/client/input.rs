@@ -1,0 +1,220 @@
+//! Round 2 of the site's side: what goes into the masked vector (a weighted delta in fixed point, or
+//! integer counts), and the masking itself, after the delivered shares are checked and opened.
+
+use std::collections::BTreeMap;
+
+use super::super::crypto::{ShareContext, open_shares, self_mask_seed};
+use super::super::messages::{MaskedInput, ShareDelivery};
+use super::super::prg::{Sign, apply_masks};
+use super::super::quantize::{RoundingSource, quantize_weighted};
+use super::super::shamir::Share;
+use super::super::{InputKind, RoundStage, SecAggError, SiteId};
+use super::{SecAggClient, site_header};
+use fedlnm_tensors::NamedTensors;
+
+impl SecAggClient {
+    /// Round 2: checks U2 and decrypts the shares addressed to this site, checks the site's own delta
+    /// (finite, L2 norm, shapes, sample count), quantizes n_u·Δ_u and n_u, and masks them:
+    /// y_u = q + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv) over v in U2 (mod 2^64).
+    /// FedBN-excluded tensors of `delta` are ignored: they are never quantized, masked or sent.
+    ///
+    /// # Errors
+    /// A bad delta or sample count; a delivery for another round/study/site; U2 with a foreign site or
+    /// fewer than t sites; a missing, extra or tampered share; an instance configured for counts.
+    pub fn masked_input(
+        &mut self,
+        delivery: &ShareDelivery,
+        delta: &NamedTensors,
+        n_samples: u64,
+    ) -> Result<MaskedInput, SecAggError> {
+        self.expect_input(InputKind::WeightedDelta)?;
+        self.expect_stage(RoundStage::ShareKeys)?;
+        self.config.check_delta(self.site, delta, n_samples)?;
+        let received = self.open_delivery(delivery)?;
+        let vector = self.quantize(delta, n_samples)?;
+        Ok(self.mask(vector, received, &delivery.senders))
+    }
+
+    /// Round 2 of a statistics instance ([`InputKind::Counts`]): as [`Self::masked_input`], for
+    /// non-negative integer counts, one slice per configured tensor in order (e.g. a score histogram's
+    /// positive and negative bins). The counts are summed exactly; no quantization, no weighting.
+    ///
+    /// # Errors
+    /// Counts of the wrong layout, or totalling more than `quantization.max_sample_count`; a delivery
+    /// as for [`Self::masked_input`]; an instance configured for weighted deltas.
+    pub fn masked_counts(
+        &mut self,
+        delivery: &ShareDelivery,
+        counts: &[&[u64]],
+    ) -> Result<MaskedInput, SecAggError> {
+        self.expect_input(InputKind::Counts)?;
+        self.expect_stage(RoundStage::ShareKeys)?;
+        let (site, round) = (self.site, self.config.round());
+        let problem = |reason: String| SecAggError::Counts { site, round, reason };
+        let specs = self.config.aggregated_tensors();
+        if counts.len() != specs.len() {
+            return Err(problem(format!(
+                "{} count vectors, expected {}",
+                counts.len(),
+                specs.len()
+            )));
+        }
+        let mut vector = Vec::with_capacity(self.config.vector_len());
+        let mut total = 0u64;
+        let max = self.config.config().quantization.max_sample_count;
+        for (spec, values) in specs.iter().zip(counts) {
+            if values.len() != spec.len() {
+                return Err(problem(format!(
+                    "`{}` has {} counts, expected {}",
+                    spec.name,
+                    values.len(),
+                    spec.len()
+                )));
+            }
+            for &count in *values {
+                total = total.saturating_add(count);
+            }
+            vector.extend_from_slice(values);
+        }
+        if total > max {
+            return Err(problem(format!("the counts total {total}, more than {max}")));
+        }
+        vector.push(1);
+        let received = self.open_delivery(delivery)?;
+        Ok(self.mask(vector, received, &delivery.senders))
+    }
+
+    /// Checks U2 and decrypts the shares addressed to this site; changes nothing.
+    fn open_delivery(
+        &self,
+        delivery: &ShareDelivery,
+    ) -> Result<BTreeMap<SiteId, (Share, Share)>, SecAggError> {
+        self.check_round_header(&delivery.header)?;
+        let (site, round) = (self.site, self.config.round());
+        if delivery.to != site {
+            return Err(self.malformed(format!("share delivery addressed to {}", delivery.to)));
+        }
+        let senders = &delivery.senders;
+        if senders.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(self.malformed("U2 is not sorted or repeats a site".into()));
+        }
+        if let Some(&v) = senders
+            .iter()
+            .find(|&&v| v != site && !self.pairwise_seeds.contains_key(&v))
+        {
+            return Err(SecAggError::NotInRound {
+                site: v,
+                round,
+                stage: RoundStage::ShareKeys,
+            });
+        }
+        if !senders.contains(&site) {
+            return Err(self.malformed("U2 leaves this site out".into()));
+        }
+        self.check_survivors(senders.len(), RoundStage::MaskedInputCollection)?;
+        if delivery.shares.len() != senders.len() - 1 {
+            return Err(self.malformed(format!(
+                "{} shares delivered for {} other senders",
+                delivery.shares.len(),
+                senders.len() - 1
+            )));
+        }
+        let hash = self.config.config_hash();
+        let my_point = self.config.share_point(site);
+        let mut received = BTreeMap::new();
+        for share in &delivery.shares {
+            let v = share.from;
+            if share.to != site || v == site || !senders.contains(&v) || received.contains_key(&v) {
+                return Err(self.malformed(format!("unexpected share from {v} to {}", share.to)));
+            }
+            let ctx = ShareContext {
+                study_id: self.config.study_id(),
+                round,
+                config_hash: &hash,
+                from: v,
+                to: site,
+            };
+            let opened = self
+                .channel_keys
+                .get(&v)
+                .and_then(|key| open_shares(key, &ctx, &share.ciphertext));
+            let Some((key_share, seed_share)) = opened else {
+                return Err(SecAggError::ShareDecryption { site, from: v, round });
+            };
+            if Some(key_share.x) != my_point || Some(seed_share.x) != my_point {
+                return Err(SecAggError::ShareDecryption { site, from: v, round });
+            }
+            received.insert(v, (key_share, seed_share));
+        }
+        Ok(received)
+    }
+
+    /// [q(n·Δ), n]: the weighted delta in fixed point (stochastic rounding) and the sample count.
+    fn quantize(&self, delta: &NamedTensors, n_samples: u64) -> Result<Vec<u64>, SecAggError> {
+        let (site, round) = (self.site, self.config.round());
+        let q = &self.config.config().quantization;
+        let mut rounding = RoundingSource::from_os(&self.rng).map_err(|_| SecAggError::Crypto {
+            site,
+            round,
+            what: "rounding seed",
+        })?;
+        let mut vector = vec![0u64; self.config.vector_len()];
+        let mut offset = 0;
+        for spec in self.config.aggregated_tensors() {
+            let len = spec.len();
+            // check_delta guaranteed that every aggregated tensor is present with this length.
+            let values = delta.get(&spec.name).map_or(&[][..], |t| t.values.as_slice());
+            let out = &mut vector[offset..offset + len];
+            quantize_weighted(
+                values,
+                n_samples,
+                q.clip_bound,
+                q.fractional_bits,
+                &mut rounding,
+                out,
+            );
+            offset += len;
+        }
+        vector[offset] = n_samples;
+        Ok(vector)
+    }
+
+    /// Adds the self mask and the pairwise masks of `senders` (U2) to `vector` and moves to the
+    /// masked-input stage, keeping the shares `received` for unmasking.
+    fn mask(
+        &mut self,
+        mut vector: Vec<u64>,
+        received: BTreeMap<SiteId, (Share, Share)>,
+        senders: &[SiteId],
+    ) -> MaskedInput {
+        let site = self.site;
+        let self_seed = self_mask_seed(&self.self_secret, self.config.salt(), site);
+        let mut masks = vec![(&self_seed, Sign::Add)];
+        for &v in senders.iter().filter(|&&v| v != site) {
+            if let Some(seed) = self.pairwise_seeds.get(&v) {
+                masks.push((seed, if v > site { Sign::Add } else { Sign::Subtract }));
+            }
+        }
+        apply_masks(&mut vector, 0, &masks, self.threads);
+        self.held.extend(received);
+        self.senders = senders.to_vec();
+        self.stage = RoundStage::MaskedInputCollection;
+        MaskedInput {
+            header: site_header(&self.config, site),
+            masked: vector,
+        }
+    }
+
+    fn expect_input(&self, given: InputKind) -> Result<(), SecAggError> {
+        let configured = self.config.input();
+        if configured == given {
+            Ok(())
+        } else {
+            Err(SecAggError::WrongInputKind {
+                round: self.config.round(),
+                configured,
+                given,
+            })
+        }
+    }
+}
