@@ -642,6 +642,7 @@ fn aggregator_config(names: &[String]) -> AggregatorConfig {
             min_sites: names.len() / 2 + 1,
             ..RoundSettings::default()
         },
+        privacy: fedlnm_shared::config::PrivacySettings::default(),
         train: TrainPlan::default(),
     }
 }
@@ -797,6 +798,7 @@ fn record(model: &ModelBlob, aggregation: AggregationKind, aggregate: &RoundAggr
         sites: Vec::new(),
         pooled_train_sites: None,
         pooled_validation_sites: None,
+        privacy: None,
     }
 }
 

@@ -271,6 +271,10 @@ rounds.fedbn: FedBN: normalisation layers stay at each site.
 rounds.max_delta_norm: Largest L2 norm of a site's weight delta (each node checks its own).
 rounds.max_concurrent_uploads: Updates received at once (memory: this many updates, whatever the number of sites).
 rounds.transfer_idle_s: Seconds an upload may stall (no data) before it is refused; slow links that keep sending are fine.
+[privacy]: Differential privacy of the training rounds (needs secure aggregation).
+privacy.noise_multiplier: Noise on the masked sum over the clipping norm; 0: no noise (the default).
+privacy.clip_norm: L2 norm each training site clips its delta to.
+privacy.delta: The delta of the (epsilon, delta) guarantee the aggregator reports.
 [train]: The training plan sent to every training site each round.
 train.epochs: Local epochs per round.
 train.batch_size: Patients per step.
@@ -381,6 +385,7 @@ pub fn provision(options: &ProvisionOptions) -> Result<AggregatorConfig, Provisi
         initial_model: None,
         metrics_listen: Some(DEFAULT_METRICS_LISTEN.to_owned()),
         rounds: default_rounds(options.train_sites.len()),
+        privacy: fedlnm_shared::config::PrivacySettings::default(),
         train: fedlnm_shared::model_config::TrainPlan {
             epochs: DEFAULT_LOCAL_EPOCHS,
             ..fedlnm_shared::model_config::TrainPlan::default()

@@ -15,8 +15,9 @@ use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::AggregatorConfig;
 use fedlnm_shared::federation::{AggregationKind, LocalTensors};
 use fedlnm_shared::secagg::{
-    self, AdvertiseKeys, InputKind, KeyDirectory, MaskedInput, ModelVersion, QuantizationConfig, RoundConfig,
-    RoundStage, SecAggConfig, SecAggServer, ShareDelivery, ShareKeys, SiteId, UnmaskRequest, UnmaskResponse,
+    self, AdvertiseKeys, DistributedNoise, InputKind, KeyDirectory, MaskedInput, ModelVersion,
+    QuantizationConfig, RoundConfig, RoundStage, SecAggConfig, SecAggServer, ShareDelivery, ShareKeys,
+    SiteId, UnmaskRequest, UnmaskResponse,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -116,6 +117,10 @@ impl SecureAggregation {
             quantization: QuantizationConfig::default(),
             max_delta_norm: config.rounds.max_delta_norm,
             input: InputKind::WeightedDelta,
+            privacy: config.privacy.is_on().then_some(DistributedNoise {
+                clip_norm: config.privacy.clip_norm,
+                noise_multiplier: config.privacy.noise_multiplier,
+            }),
         };
         Self::from_parts(secagg_config, ids, config, attempt)
     }

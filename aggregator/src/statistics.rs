@@ -87,6 +87,7 @@ impl PoolSum {
             },
             max_delta_norm: 1.0,
             input: InputKind::Counts,
+            privacy: None,
         };
         let secure = SecureAggregation::from_parts(secagg_config, ids, config, attempt)?;
         Ok(Some(Self {

@@ -377,6 +377,7 @@ mod tests {
             sites: vec![],
             pooled_train_sites: None,
             pooled_validation_sites: None,
+            privacy: None,
         }
     }
 

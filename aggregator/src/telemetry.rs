@@ -27,6 +27,8 @@ pub struct Telemetry {
     pub contributing_sites: Gauge,
     pub round_seconds: Gauge<f64, AtomicU64>,
     pub aggregation_seconds: Gauge<f64, AtomicU64>,
+    /// ε the study has spent (differential privacy), after the last committed round.
+    pub privacy_epsilon: Gauge<f64, AtomicU64>,
     pub bytes_received: Family<Labels, Counter>,
     pub bytes_sent: Family<Labels, Counter>,
     pub site_last_seen: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -46,6 +48,7 @@ impl Default for Telemetry {
             contributing_sites: Gauge::default(),
             round_seconds: Gauge::default(),
             aggregation_seconds: Gauge::default(),
+            privacy_epsilon: Gauge::default(),
             bytes_received: Family::default(),
             bytes_sent: Family::default(),
             site_last_seen: Family::default(),
@@ -77,6 +80,8 @@ impl Default for Telemetry {
                 "Duration of the last committed round";
             "aggregation_duration_seconds" => aggregation_seconds:
                 "Time from the round's start to its aggregate, last committed round";
+            "privacy_epsilon" => privacy_epsilon:
+                "Epsilon the study has spent at the configured delta (differential privacy; 0: none)";
             "received_bytes" => bytes_received:
                 "Payload bytes received from sites, by kind";
             "sent_bytes" => bytes_sent:

@@ -105,6 +105,7 @@ fn round_record(round: u64, validations: Vec<SiteValidation>) -> RoundRecord {
         committed_at: format!("2026-03-0{}T10:00:00Z", round + 1),
         pooled_train_sites: pooled(SiteRole::Train),
         pooled_validation_sites: pooled(SiteRole::Validate),
+        privacy: None,
         sites,
     }
 }

@@ -616,6 +616,7 @@ mod tests {
                         quantization: fedlnm_shared::secagg::QuantizationConfig::default(),
                         max_delta_norm: 1.0,
                         input: fedlnm_shared::secagg::InputKind::Counts,
+                        privacy: None,
                     }),
                     SiteId(2),
                 )),

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::{SecAggError, SiteId};
 use fedlnm_tensors::NamedTensors;
 
+mod delta;
+
 /// Most participants a round may have: Shamir over GF(2^8) has 255 non-zero evaluation points.
 pub const MAX_PARTICIPANTS: usize = 255;
 
@@ -115,6 +117,18 @@ pub enum InputKind {
     Counts,
 }
 
+/// Distributed differential-privacy noise of a training instance (Kairouz, Liu & Steinke 2021):
+/// each site clips its delta to L2 norm `clip_norm` (C), takes weight n_k = 1 (equal weights: with
+/// sample-count weights the sensitivity would be max n_k · C), and adds discrete Gaussian noise of
+/// standard deviation z·C/√t (t = the threshold) to every fixed-point element before masking, so that
+/// the sum of the |U3| ≥ t survivors carries noise of standard deviation at least z·C ([`crate::noise`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DistributedNoise {
+    pub clip_norm: f64,
+    /// z: the noise standard deviation on the sum over `clip_norm`.
+    pub noise_multiplier: f64,
+}
+
 /// Everything the server and all sites must agree on for one round (one instance of the protocol).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecAggConfig {
@@ -136,6 +150,8 @@ pub struct SecAggConfig {
     pub max_delta_norm: f64,
     /// Weighted deltas (a training round) or integer counts (statistics).
     pub input: InputKind,
+    /// Differential privacy: clipping and distributed noise (training instances only).
+    pub privacy: Option<DistributedNoise>,
 }
 
 /// A validated [`SecAggConfig`] with its derived values. Cheap to clone.
@@ -239,6 +255,40 @@ impl SecAggConfig {
             ));
         }
         check_headroom(n, q)?;
+        if let Some(noise) = &self.privacy {
+            if self.input != InputKind::WeightedDelta {
+                return Err(invalid(
+                    "privacy",
+                    "noise is added to weighted deltas only".into(),
+                ));
+            }
+            if !(noise.clip_norm.is_finite() && noise.clip_norm > 0.0) {
+                return Err(invalid(
+                    "privacy.clip_norm",
+                    format!("{} is not a positive number", noise.clip_norm),
+                ));
+            }
+            if !(noise.noise_multiplier.is_finite() && noise.noise_multiplier > 0.0) {
+                return Err(invalid(
+                    "privacy.noise_multiplier",
+                    format!("{} is not a positive number", noise.noise_multiplier),
+                ));
+            }
+            // An element is at most C (clipped) plus its noise; a draw beyond 64 standard deviations
+            // has probability below 2^-2900. The sum of n sites must stay below 2^63.
+            let sigma = site_noise_sigma(noise, self.threshold, q.fractional_bits);
+            let per_site = noise.clip_norm * scale(q.fractional_bits) + 1.0 + 64.0 * sigma;
+            if per_site * n as f64 >= 9.2e18 {
+                return Err(invalid(
+                    "privacy",
+                    format!(
+                        "{n} sites x (clip_norm {} + 64 noise deviations) could wrap the ring: lower \
+                         the noise multiplier or the clipping norm",
+                        noise.clip_norm
+                    ),
+                ));
+            }
+        }
         if !(self.max_delta_norm.is_finite() && self.max_delta_norm > 0.0) {
             return Err(invalid(
                 "max_delta_norm",
@@ -295,6 +345,12 @@ fn check_headroom(n: usize, q: &QuantizationConfig) -> Result<(), SecAggError> {
     Ok(())
 }
 
+/// The standard deviation, in ring units (2^-f), of the noise one site adds to each element:
+/// z·C·2^f / √t.
+fn site_noise_sigma(noise: &DistributedNoise, threshold: usize, fractional_bits: u32) -> f64 {
+    noise.noise_multiplier * noise.clip_norm * scale(fractional_bits) / (threshold.max(1) as f64).sqrt()
+}
+
 /// 2^bits as f64 (exact for bits ≤ 1023).
 pub(crate) fn scale(bits: u32) -> f64 {
     f64::from(2u32).powi(bits as i32)
@@ -333,6 +389,18 @@ impl RoundConfig {
     pub fn input(&self) -> InputKind {
         self.inner.config.input
     }
+    /// The differential-privacy noise of the instance, and the standard deviation (ring units) of
+    /// what one site adds to each element.
+    #[must_use]
+    pub fn noise(&self) -> Option<(DistributedNoise, f64)> {
+        let c = &self.inner.config;
+        c.privacy.map(|noise| {
+            (
+                noise,
+                site_noise_sigma(&noise, c.threshold, c.quantization.fractional_bits),
+            )
+        })
+    }
     /// Length of the masked vector: the aggregated weights (or counts) plus one element for n_k (or 1).
     #[must_use]
     pub fn vector_len(&self) -> usize {
@@ -369,82 +437,6 @@ impl RoundConfig {
     pub fn is_participant(&self, site: SiteId) -> bool {
         self.inner.participants.binary_search(&site).is_ok()
     }
-
-    /// The checks a node runs on its own delta before masking: every aggregated tensor present once
-    /// with its configured shape (and as many values as the shape holds), no unknown tensor, all values finite, L2 norm within the bound, and
-    /// 1 ≤ n_samples ≤ max_sample_count. FedBN-excluded tensors are ignored (they may be absent).
-    ///
-    /// # Errors
-    /// [`SecAggError::DeltaShape`], [`SecAggError::DeltaNotFinite`], [`SecAggError::DeltaNormTooLarge`]
-    /// or [`SecAggError::SampleCount`].
-    pub fn check_delta(&self, site: SiteId, delta: &NamedTensors, n_samples: u64) -> Result<(), SecAggError> {
-        let round = self.round();
-        let max = self.config().quantization.max_sample_count;
-        if n_samples == 0 || n_samples > max {
-            return Err(SecAggError::SampleCount {
-                site,
-                round,
-                n_samples,
-                max,
-            });
-        }
-        let shape_error = |reason: String| SecAggError::DeltaShape { site, round, reason };
-        for t in &delta.tensors {
-            if self.is_excluded(&t.name) {
-                continue;
-            }
-            if !self.aggregated_tensors().iter().any(|s| s.name == t.name) {
-                return Err(shape_error(format!("unknown tensor `{}`", t.name)));
-            }
-        }
-        let mut sum_sq = 0.0f64;
-        for spec in self.aggregated_tensors() {
-            let mut found = delta.tensors.iter().filter(|t| t.name == spec.name);
-            let tensor = found
-                .next()
-                .ok_or_else(|| shape_error(format!("missing tensor `{}`", spec.name)))?;
-            if found.next().is_some() {
-                return Err(shape_error(format!("tensor `{}` appears twice", spec.name)));
-            }
-            if tensor.shape != spec.shape {
-                return Err(shape_error(format!(
-                    "tensor `{}` has shape {:?}, expected {:?}",
-                    spec.name, tensor.shape, spec.shape
-                )));
-            }
-            if tensor.values.len() != spec.len() {
-                return Err(shape_error(format!(
-                    "tensor `{}` has {} elements, expected {} (shape {:?})",
-                    spec.name,
-                    tensor.values.len(),
-                    spec.len(),
-                    spec.shape
-                )));
-            }
-            for (index, &v) in tensor.values.iter().enumerate() {
-                if !v.is_finite() {
-                    return Err(SecAggError::DeltaNotFinite {
-                        site,
-                        round,
-                        tensor: spec.name.clone(),
-                        index,
-                    });
-                }
-                sum_sq += f64::from(v) * f64::from(v);
-            }
-        }
-        let norm = sum_sq.sqrt();
-        let bound = self.config().max_delta_norm;
-        if norm > bound {
-            return Err(SecAggError::DeltaNormTooLarge {
-                site,
-                round,
-                norm,
-                bound,
-            });
-        }
-        Ok(())
-    }
 }
 
 fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [u8; 32] {
@@ -479,6 +471,14 @@ fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [u8; 32] {
         InputKind::WeightedDelta => 0,
         InputKind::Counts => 1,
     });
+    match &c.privacy {
+        None => t.u64(0),
+        Some(noise) => {
+            t.u64(1);
+            t.u64(noise.clip_norm.to_bits());
+            t.u64(noise.noise_multiplier.to_bits());
+        }
+    }
     t.u64(64); // ring bits
     t.finish()
 }
@@ -556,6 +556,7 @@ mod tests {
             quantization: QuantizationConfig::default(),
             max_delta_norm: 10.0,
             input: InputKind::WeightedDelta,
+            privacy: None,
         }
     }
 
@@ -675,6 +676,12 @@ mod tests {
             Box::new(|c| c.quantization.clip_bound = 1000.0),
             Box::new(|c| c.quantization.max_sample_count = 7),
             Box::new(|c| c.max_delta_norm = 11.0),
+            Box::new(|c| {
+                c.privacy = Some(DistributedNoise {
+                    clip_norm: 1.0,
+                    noise_multiplier: 1.0,
+                });
+            }),
         ];
         for (i, change) in variants.iter().enumerate() {
             let mut c = config(3, 2);

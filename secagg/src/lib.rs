@@ -63,6 +63,13 @@
 //! otherwise [`SecAggError::QuantizationHeadroom`]. The decoded FedAvg delta Σ n_kΔ_k / Σ n_k is within
 //! |U3|·2^-f / Σ n_k of the exact average of the clipped inputs per element (then rounded to f32).
 //!
+//! # Statistics and differential privacy
+//! An instance of [`InputKind::Counts`] sums non-negative integer vectors exactly (the pools' score
+//! histograms: [`SecAggClient::masked_counts`], [`SecAggServer::finish_counts`]); its last element
+//! carries 1 per site. A training instance with [`DistributedNoise`] has each site clip its delta to
+//! L2 norm C, weigh 1 and add discrete Gaussian noise of deviation z·C/√t per element before masking
+//! ([`noise`]), so the sum of at least t survivors carries deviation at least z·C.
+//!
 //! # FedBN
 //! Tensors matching a `fedbn_exclude` pattern are never quantized, masked or sent; the aggregate
 //! does not contain them.
@@ -72,6 +79,7 @@ mod config;
 mod crypto;
 mod error;
 mod messages;
+pub mod noise;
 pub mod prg;
 pub mod quantize;
 mod server;
@@ -79,8 +87,8 @@ pub mod shamir;
 
 pub use client::SecAggClient;
 pub use config::{
-    InputKind, MAX_PARTICIPANTS, ModelVersion, QuantizationConfig, RoundConfig, SecAggConfig, TensorSpec,
-    glob_match, tensor_specs,
+    DistributedNoise, InputKind, MAX_PARTICIPANTS, ModelVersion, QuantizationConfig, RoundConfig,
+    SecAggConfig, TensorSpec, glob_match, tensor_specs,
 };
 pub use error::{RoundStage, SecAggError};
 pub use messages::{

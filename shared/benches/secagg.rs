@@ -87,6 +87,7 @@ fn secagg_round(n: u32, delta: &NamedTensors, threads: Option<usize>) -> RoundTi
         quantization: QuantizationConfig::default(),
         max_delta_norm: 1e9,
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
+        privacy: None,
     }
     .validate()
     .unwrap();

@@ -133,10 +133,51 @@ pub struct AggregatorConfig {
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub rounds: RoundSettings,
+    /// Differential privacy of the model updates (`[privacy]`; off by default).
+    #[serde(default)]
+    pub privacy: PrivacySettings,
     /// The training plan sent to every training site each round (`[train]`, the same keys as in a
     /// model.toml; `epochs` are the local epochs per round).
     #[serde(default)]
     pub train: crate::model_config::TrainPlan,
+}
+
+/// `[privacy]` of `aggregator.toml`: differential privacy of what the aggregator learns from the
+/// training rounds (site-level: one site's whole update is what is protected).
+///
+/// With `noise_multiplier` z > 0 each training site clips its delta to L2 norm `clip_norm` (C), the
+/// sites are weighted equally, and each adds discrete Gaussian noise in the fixed-point domain before
+/// masking, sized so that the masked sum of at least `min_sites` sites carries noise of standard
+/// deviation at least z·C per weight (distributed discrete Gaussian, Kairouz, Liu & Steinke 2021).
+/// The aggregator reports the (ε, δ) spent per round and over the study (Rényi DP accountant).
+/// Requires secure aggregation: without it the aggregator would see each site's noisy update alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySettings {
+    /// Noise standard deviation on the sum over the clipping norm (z); 0 turns the noise off.
+    pub noise_multiplier: f64,
+    /// L2 norm each training site clips its delta to (the sensitivity of the sum to one site).
+    pub clip_norm: f64,
+    /// The δ of the reported (ε, δ) guarantee.
+    pub delta: f64,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        Self {
+            noise_multiplier: 0.0,
+            clip_norm: 1.0,
+            delta: 1e-5,
+        }
+    }
+}
+
+impl PrivacySettings {
+    /// Whether the study adds noise.
+    #[must_use]
+    pub fn is_on(&self) -> bool {
+        self.noise_multiplier > 0.0
+    }
 }
 
 /// `[rounds]` of `aggregator.toml`: how the study runs its rounds.
@@ -389,6 +430,35 @@ impl AggregatorConfig {
                 "rounds.max_delta_norm",
                 "must be a positive number".to_owned(),
             ));
+        }
+        let privacy = &config.privacy;
+        if !(privacy.noise_multiplier >= 0.0 && privacy.noise_multiplier.is_finite()) {
+            return Err(invalid(
+                "privacy.noise_multiplier",
+                format!("{} is not a number ≥ 0", privacy.noise_multiplier),
+            ));
+        }
+        if privacy.is_on() {
+            if !rounds.secure_aggregation {
+                return Err(invalid(
+                    "privacy.noise_multiplier",
+                    "differential privacy needs rounds.secure_aggregation = true: the noise is split \
+                     among the sites, and only the masked sum carries all of it"
+                        .to_owned(),
+                ));
+            }
+            if !(privacy.clip_norm > 0.0 && privacy.clip_norm.is_finite()) {
+                return Err(invalid(
+                    "privacy.clip_norm",
+                    format!("{} is not a positive number", privacy.clip_norm),
+                ));
+            }
+            if !(privacy.delta > 0.0 && privacy.delta < 1.0) {
+                return Err(invalid(
+                    "privacy.delta",
+                    format!("{} is not in (0, 1)", privacy.delta),
+                ));
+            }
         }
         config
             .train

@@ -42,6 +42,7 @@ fn config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
         quantization: QuantizationConfig::default(),
         max_delta_norm: 1e6,
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
+        privacy: None,
     }
     .validate()
     .unwrap()
@@ -314,6 +315,7 @@ fn a_round_configured_from_a_global_model_returns_its_shapes() {
         quantization: QuantizationConfig::default(),
         max_delta_norm: 1e3,
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
+        privacy: None,
     }
     .validate()
     .unwrap();

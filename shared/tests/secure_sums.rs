@@ -36,6 +36,7 @@ fn counts_config(n: u32, threshold: usize, max_total: u64) -> RoundConfig {
         },
         max_delta_norm: 1.0,
         input: InputKind::Counts,
+        privacy: None,
     }
     .validate()
     .unwrap()

@@ -271,6 +271,7 @@ fn secagg_config() -> SecAggConfig {
         quantization: QuantizationConfig::default(),
         max_delta_norm: 100.0,
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
+        privacy: None,
     }
 }
 

@@ -7,7 +7,7 @@
 
 use fedlnm_aggregator::store::RoundStore;
 use fedlnm_shared::config::{ComputeDevice, SiteRole};
-use fedlnm_shared::federation::{AggregationKind, RoundRecord, ScoreHistogram, SiteValidation};
+use fedlnm_shared::federation::{AggregationKind, PrivacySpent, RoundRecord, ScoreHistogram, SiteValidation};
 use fedlnm_sim::{SimulateArgs, SimulationOutcome, simulate};
 use std::path::Path;
 
@@ -25,6 +25,8 @@ fn args(out: &Path, plain: bool) -> SimulateArgs {
         plain,
         fedbn: false,
         proximal_mu: 0.0,
+        noise_multiplier: 0.0,
+        clip_norm: 1.0,
         seed: 11,
         device: ComputeDevice::Cpu,
     }
@@ -131,6 +133,37 @@ async fn simulated_study_runs_secure_rounds_and_matches_plain_fedavg() {
         let (a, b) = (s.auc.unwrap(), p.auc.unwrap());
         assert!((a - b).abs() <= 0.05, "{}: secure AUC {a} vs plain {b}", s.site);
     }
+
+    assert!(records_secure.iter().all(|record| record.privacy.is_none()));
+
+    // With differential privacy: each site clips to C = 1 and adds its share of the noise; sites
+    // weigh equally (the total "samples" are the contributing sites) and every record states the ε
+    // spent, as the accountant composes it over the rounds so far.
+    let private = simulate(&SimulateArgs {
+        noise_multiplier: 0.8,
+        ..args(&dir.path().join("private"), false)
+    })
+    .await
+    .unwrap();
+    let records_private = records(&private);
+    let mut last_epsilon = 0.0;
+    for record in &records_private[1..] {
+        assert_eq!(
+            record.total_samples, 3,
+            "equal weights under differential privacy"
+        );
+        let spent = record.privacy.as_ref().expect("the ε of a noisy round");
+        let expected = PrivacySpent::after(0.8, 1.0, 1e-5, record.round).unwrap();
+        assert_eq!(spent, &expected);
+        assert!(spent.epsilon_study > last_epsilon && spent.epsilon_round <= spent.epsilon_study);
+        last_epsilon = spent.epsilon_study;
+        assert!(record.sites.iter().all(|site| site.auc.is_some()));
+    }
+    let summary = std::fs::read_to_string(private.results_dir.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("ε ="),
+        "the report states the privacy spent:\n{summary}"
+    );
 
     // A second simulation never overwrites a results folder.
     let error = simulate(&args(&dir.path().join("plain"), true))

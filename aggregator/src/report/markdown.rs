@@ -19,6 +19,23 @@ pub(super) fn summary_markdown(records: &[&RoundRecord]) -> String {
             "Model `{}`: the initial model, before any training round.\n",
             short_digest(&last.model_digest),
         );
+    } else if let Some(privacy) = &last.privacy {
+        let _ = writeln!(
+            text,
+            "Model `{}`: {} aggregation of {}, differentially private (each site's delta clipped to \
+             L2 norm {}, weighted equally, distributed discrete Gaussian noise of multiplier {}): \
+             ε = {:.3} at δ = {:e} over the {} rounds, {:.3} for the last alone (site-level, Rényi DP \
+             accountant).\n",
+            short_digest(&last.model_digest),
+            aggregation_name(last),
+            last.contributors.join(", "),
+            privacy.clip_norm,
+            privacy.noise_multiplier,
+            privacy.epsilon_study,
+            privacy.delta,
+            last.round,
+            privacy.epsilon_round,
+        );
     } else {
         let _ = writeln!(
             text,

@@ -9,7 +9,7 @@ use crate::statistics::PoolSum;
 use crate::store::{Committed, ModelBlob, StoreError};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::fedavg::apply_delta;
-use fedlnm_shared::federation::{PooledMetrics, RoundRecord, SiteRoundMetrics};
+use fedlnm_shared::federation::{PooledMetrics, PrivacySpent, RoundRecord, SiteRoundMetrics};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -261,6 +261,7 @@ impl Study {
             committed_at: now_rfc3339(),
             pooled_train_sites: pool(SiteRole::Train),
             pooled_validation_sites: pool(SiteRole::Validate),
+            privacy: self.privacy_spent(validating.round),
             sites,
         };
         self.schedule_commit(Committing {
@@ -270,6 +271,18 @@ impl Study {
             retry_at: None,
             failures: 0,
         });
+    }
+
+    /// The differential privacy spent once round `round` is committed: every round of the study ran
+    /// with the configured noise (the setting is the study's; each record states its own).
+    fn privacy_spent(&self, round: u64) -> Option<PrivacySpent> {
+        let privacy = &self.config.privacy;
+        if !privacy.is_on() {
+            return None;
+        }
+        PrivacySpent::after(privacy.noise_multiplier, privacy.clip_norm, privacy.delta, round)
+            .inspect_err(|error| tracing::error!(round, %error, "cannot account the privacy spent"))
+            .ok()
     }
 
     /// Starts the job that writes `committing`'s round to disk.
@@ -319,6 +332,9 @@ impl Study {
                     .contributing_sites
                     .set(i64::try_from(record.contributors.len()).unwrap_or(0));
                 self.telemetry.round_seconds.set(record.round_seconds);
+                if let Some(privacy) = &record.privacy {
+                    self.telemetry.privacy_epsilon.set(privacy.epsilon_study);
+                }
                 self.telemetry.aggregation_seconds.set(record.aggregation_seconds);
                 self.committed = Committed { record, model };
             }

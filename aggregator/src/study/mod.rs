@@ -192,6 +192,7 @@ impl Study {
                     sites: Vec::new(),
                     pooled_train_sites: None,
                     pooled_validation_sites: None,
+                    privacy: None,
                 };
                 store.commit(&record, &model)?;
                 tracing::info!(digest = model.digest, "initial model committed as version 0");

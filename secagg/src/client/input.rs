@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::super::crypto::{ShareContext, open_shares, self_mask_seed};
 use super::super::messages::{MaskedInput, ShareDelivery};
+use super::super::noise::DiscreteGaussian;
 use super::super::prg::{Sign, apply_masks};
 use super::super::quantize::{RoundingSource, quantize_weighted};
 use super::super::shamir::Share;
@@ -149,7 +150,9 @@ impl SecAggClient {
         Ok(received)
     }
 
-    /// [q(n·Δ), n]: the weighted delta in fixed point (stochastic rounding) and the sample count.
+    /// `[q(n·Δ), n]`: the weighted delta in fixed point (stochastic rounding) and the sample count.
+    /// With differential privacy: `[q(clip_C(Δ)) + noise, 1]` (equal weights, distributed discrete
+    /// Gaussian noise, [`crate::noise`]).
     fn quantize(&self, delta: &NamedTensors, n_samples: u64) -> Result<Vec<u64>, SecAggError> {
         let (site, round) = (self.site, self.config.round());
         let q = &self.config.config().quantization;
@@ -158,16 +161,37 @@ impl SecAggClient {
             round,
             what: "rounding seed",
         })?;
+        let noise = self.config.noise();
+        // Under DP: scale Δ into the L2 ball of radius C, and weigh every site 1.
+        let (scale, weight) = match &noise {
+            None => (1.0f32, n_samples),
+            Some((privacy, _)) => {
+                let norm = self.config.delta_norm(delta);
+                #[allow(clippy::cast_possible_truncation)] // A factor in (0, 1].
+                let scale = if norm > privacy.clip_norm {
+                    (privacy.clip_norm / norm) as f32
+                } else {
+                    1.0
+                };
+                (scale, 1)
+            }
+        };
         let mut vector = vec![0u64; self.config.vector_len()];
         let mut offset = 0;
+        let mut scaled = Vec::new();
         for spec in self.config.aggregated_tensors() {
             let len = spec.len();
             // check_delta guaranteed that every aggregated tensor is present with this length.
-            let values = delta.get(&spec.name).map_or(&[][..], |t| t.values.as_slice());
+            let mut values = delta.get(&spec.name).map_or(&[][..], |t| t.values.as_slice());
+            if scale < 1.0 {
+                scaled.clear();
+                scaled.extend(values.iter().map(|v| v * scale));
+                values = &scaled;
+            }
             let out = &mut vector[offset..offset + len];
             quantize_weighted(
                 values,
-                n_samples,
+                weight,
                 q.clip_bound,
                 q.fractional_bits,
                 &mut rounding,
@@ -175,7 +199,13 @@ impl SecAggClient {
             );
             offset += len;
         }
-        vector[offset] = n_samples;
+        if let Some((_, sigma)) = noise {
+            let mut gaussian = DiscreteGaussian::new(sigma);
+            for element in &mut vector[..offset] {
+                *element = element.wrapping_add(gaussian.sample(&mut rounding) as u64);
+            }
+        }
+        vector[offset] = weight;
         Ok(vector)
     }
 

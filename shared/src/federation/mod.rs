@@ -13,6 +13,6 @@ mod record;
 pub use histogram::{HISTOGRAM_BINS, HistogramError, ScoreHistogram};
 pub use local::LocalTensors;
 pub use record::{
-    AggregationKind, MAX_SITE_PATIENTS, MetricsError, PooledMetrics, RoundRecord, STATISTICS_TENSORS,
-    SiteRoundMetrics, SiteValidation,
+    AggregationKind, MAX_SITE_PATIENTS, MetricsError, PooledMetrics, PrivacySpent, RoundRecord,
+    STATISTICS_TENSORS, SiteRoundMetrics, SiteValidation,
 };

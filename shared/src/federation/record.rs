@@ -98,6 +98,51 @@ pub struct RoundRecord {
     /// Pooled over the training sites' validation patients, and over the validate-only sites'.
     pub pooled_train_sites: Option<PooledMetrics>,
     pub pooled_validation_sites: Option<PooledMetrics>,
+    /// Differential privacy spent, when the study adds noise (`[privacy]`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacySpent>,
+}
+
+/// The (ε, δ) a committed round spent, and what the study has spent up to and including it: the
+/// Gaussian mechanism with noise multiplier z on the sum of site updates clipped to L2 norm C (every
+/// training site takes part in every round: no amplification by sampling), composed over the rounds
+/// in Rényi DP and converted to (ε, δ) (`stats::privacy::RdpAccountant`). Site-level: what is
+/// protected is one site's whole update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacySpent {
+    pub noise_multiplier: f64,
+    pub clip_norm: f64,
+    pub delta: f64,
+    /// ε of this round alone.
+    pub epsilon_round: f64,
+    /// ε of rounds 1 to this one together.
+    pub epsilon_study: f64,
+}
+
+impl PrivacySpent {
+    /// The privacy spent by `rounds` noisy rounds (the last one being this record's).
+    ///
+    /// # Errors
+    /// A noise multiplier or δ the accountant refuses.
+    pub fn after(
+        noise_multiplier: f64,
+        clip_norm: f64,
+        delta: f64,
+        rounds: u64,
+    ) -> Result<Self, crate::stats::privacy::PrivacyError> {
+        let epsilon = |steps: u64| -> Result<f64, crate::stats::privacy::PrivacyError> {
+            let mut accountant = crate::stats::privacy::RdpAccountant::default();
+            accountant.compose_poisson_gaussian(1.0, noise_multiplier, steps)?;
+            Ok(accountant.epsilon(delta)?.0)
+        };
+        Ok(Self {
+            noise_multiplier,
+            clip_norm,
+            delta,
+            epsilon_round: epsilon(1)?,
+            epsilon_study: epsilon(rounds)?,
+        })
+    }
 }
 
 impl PooledMetrics {
