@@ -19,7 +19,7 @@ use fedlnm_shared::features::Example;
 use fedlnm_shared::federation::{LocalTensors, ScoreHistogram, SiteRoundMetrics, SiteValidation, fedavg};
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{
-    InputKind, KeyDirectory, RoundConfig, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
+    InputKind, KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
 };
 use fedlnm_shared::staging::Stage;
 use fedlnm_shared::weights::NamedTensors;
@@ -267,31 +267,18 @@ impl Node {
         let local_tensors = &task.local_tensors;
         tracing::info!(site, round, aggregation = ?task.aggregation.kind(), "training task");
 
-        // Secure aggregation, rounds 0 and 1 (keys, encrypted shares) before the expensive training.
         let mut secure = match &task.aggregation {
-            RoundAggregation::Secure { config, site_id } => {
-                if config.study_id != self.config.study
-                    || config.round != round
-                    || config.model_version.model_digest != model_ref.digest
-                {
-                    bail!("the secure-aggregation configuration is for another study, round or model");
-                }
-                let round_config: RoundConfig = config.as_ref().clone().validate()?;
-                let (mut secagg, advertise) = SecAggClient::new(round_config, *site_id)?;
-                let directory: KeyDirectory = self
-                    .exchange(
-                        client,
-                        round,
-                        SecAggStage::AdvertiseKeys,
-                        payload::encode(&advertise),
-                    )
-                    .await?;
-                let shares = secagg.share_keys(&directory)?;
-                let delivery: ShareDelivery = self
-                    .exchange(client, round, SecAggStage::ShareKeys, payload::encode(&shares))
-                    .await?;
-                Some((secagg, delivery))
-            }
+            RoundAggregation::Secure { config, site_id } => Some(
+                self.join_instance(
+                    client,
+                    round,
+                    model_ref,
+                    config,
+                    *site_id,
+                    InputKind::WeightedDelta,
+                )
+                .await?,
+            ),
             RoundAggregation::Plain => None,
         };
 
@@ -359,14 +346,20 @@ impl Node {
         tracing::info!(site, round, n_samples, ?format, "update uploaded");
 
         if let Some((mut secagg, _)) = secure {
-            let request: UnmaskRequest = self
-                .exchange(client, round, SecAggStage::UnmaskRequest, Vec::new())
-                .await?;
-            let response = secagg.unmask(&request)?;
-            client
-                .secure_aggregation(round, SecAggStage::UnmaskResponse, payload::encode(&response))
-                .await?;
+            self.unmask(client, round, &mut secagg).await?;
         }
+        Ok(())
+    }
+
+    /// The last stage of an instance: waits for the survivors and reveals this site's unmasking shares.
+    async fn unmask(&self, client: &mut Client, round: u64, secagg: &mut SecAggClient) -> anyhow::Result<()> {
+        let request: UnmaskRequest = self
+            .exchange(client, round, SecAggStage::UnmaskRequest, Vec::new())
+            .await?;
+        let response = secagg.unmask(&request)?;
+        client
+            .secure_aggregation(round, SecAggStage::UnmaskResponse, payload::encode(&response))
+            .await?;
         Ok(())
     }
 
@@ -389,7 +382,10 @@ impl Node {
         // The pool's secure sum, rounds 0 and 1 (keys, encrypted shares), before scoring.
         let mut pool = match &task.statistics {
             Some((config, site_id)) => {
-                match self.join_pool(client, round, &task.model, config, *site_id).await {
+                match self
+                    .join_instance(client, round, &task.model, config, *site_id, InputKind::Counts)
+                    .await
+                {
                     Ok(joined) => Some(joined),
                     Err(error) if is_left_out(&error) => {
                         tracing::warn!(site, round, reason = %error, "left out of the pooled statistics of this round");
@@ -440,18 +436,7 @@ impl Node {
             Err(error) => return Err(error.into()),
         }
         if let Some((mut secagg, _)) = pool {
-            let unmasked: anyhow::Result<()> = async {
-                let request: UnmaskRequest = self
-                    .exchange(client, round, SecAggStage::UnmaskRequest, Vec::new())
-                    .await?;
-                let response = secagg.unmask(&request)?;
-                client
-                    .secure_aggregation(round, SecAggStage::UnmaskResponse, payload::encode(&response))
-                    .await?;
-                Ok(())
-            }
-            .await;
-            match unmasked {
+            match self.unmask(client, round, &mut secagg).await {
                 Err(error) if is_left_out(&error) => {
                     tracing::warn!(site, round, reason = %error, "the pooled statistics went on without this site");
                 }
@@ -461,22 +446,25 @@ impl Node {
         Ok(())
     }
 
-    /// Joins the secure sum of the site's pool: checks its configuration, advertises the keys and
-    /// shares them; returns the protocol state and the shares delivered to this site.
-    async fn join_pool(
+    /// Joins a secure-aggregation instance (a training round's, or the secure sum of the site's pool
+    /// while a model is validated): checks its configuration, advertises the keys (rounds 0 and 1,
+    /// before the expensive work) and shares them; returns the protocol state and the shares
+    /// delivered to this site.
+    async fn join_instance(
         &self,
         client: &mut Client,
         round: u64,
         model: &ModelRef,
         config: &SecAggConfig,
         site_id: SiteId,
+        input: InputKind,
     ) -> anyhow::Result<(SecAggClient, ShareDelivery)> {
         if config.study_id != self.config.study
             || config.round != round
             || config.model_version.model_digest != model.digest
-            || config.input != InputKind::Counts
+            || config.input != input
         {
-            bail!("the pooled-statistics configuration is for another study, round, model or input");
+            bail!("the secure-aggregation configuration is for another study, round, model or input");
         }
         let (mut secagg, advertise) = SecAggClient::new(config.clone().validate()?, site_id)?;
         let directory: KeyDirectory = self

@@ -372,17 +372,23 @@ impl SecAggServer {
         Ok(())
     }
 
+    /// The unmasked sum, of the configured length.
+    fn take_sum(&mut self) -> Result<Vec<u64>, SecAggError> {
+        let sum = std::mem::take(&mut self.masked_sum);
+        if sum.len() == self.config.vector_len() {
+            Ok(sum)
+        } else {
+            Err(SecAggError::InvalidAggregate {
+                round: self.config.round(),
+                reason: format!("{} elements, expected {}", sum.len(), self.config.vector_len()),
+            })
+        }
+    }
+
     fn decode_counts(&mut self) -> Result<CountSum, SecAggError> {
         let round = self.config.round();
         let invalid = |reason: String| SecAggError::InvalidAggregate { round, reason };
-        let sum = std::mem::take(&mut self.masked_sum);
-        if sum.len() != self.config.vector_len() {
-            return Err(invalid(format!(
-                "{} elements, expected {}",
-                sum.len(),
-                self.config.vector_len()
-            )));
-        }
+        let sum = self.take_sum()?;
         let sites = self.survivors.len() as u64;
         if sum[sum.len() - 1] != sites {
             return Err(invalid(format!(
@@ -419,15 +425,8 @@ impl SecAggServer {
     fn decode(&mut self) -> Result<Aggregate, SecAggError> {
         let round = self.config.round();
         let invalid = |reason: String| SecAggError::InvalidAggregate { round, reason };
+        let sum = self.take_sum()?;
         let q = &self.config.config().quantization;
-        let sum = std::mem::take(&mut self.masked_sum);
-        if sum.len() != self.config.vector_len() {
-            return Err(invalid(format!(
-                "{} elements, expected {}",
-                sum.len(),
-                self.config.vector_len()
-            )));
-        }
         let total = sum[sum.len() - 1] as i64;
         let max_total = q.max_sample_count.saturating_mul(self.survivors.len() as u64);
         let total_samples = u64::try_from(total)

@@ -77,8 +77,11 @@ fn sites_clip_to_the_norm_and_weigh_equally() {
         clip_norm: 1.0,
         noise_multiplier: 1e-7,
     };
-    let config = config(3, 2, Some(privacy));
-    // Site 1 is far outside the ball (norm 100), site 2 inside it, site 3 on its edge.
+    // The sanity bound on the norm (10) is below site 1's norm: under DP the delta is clipped, not refused.
+    let mut raw = config(3, 2, Some(privacy)).config().clone();
+    raw.max_delta_norm = 10.0;
+    let config = raw.validate().unwrap();
+    // Site 1 is far outside the ball (norm √LEN ≈ 141), site 2 inside it, site 3 on its edge.
     let inputs = deltas(3, |site, i| match site {
         1 => {
             if i % 2 == 0 {

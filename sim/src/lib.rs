@@ -237,16 +237,25 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     let server = tokio::spawn(server::serve(service.clone(), listener, async {
         let _ = stopped.await;
     }));
-    let node_tasks: Vec<_> = nodes
-        .into_iter()
-        .map(|node| tokio::spawn(fedlnm_node::federation::Node::new(node).run()))
-        .collect();
+    let mut node_tasks = tokio::task::JoinSet::new();
+    for node in nodes {
+        let site = node.site.clone();
+        node_tasks.spawn(async move { (site, fedlnm_node::federation::Node::new(node).run().await) });
+    }
+    // The first node that fails stops the study: the others would wait for it until the deadlines.
     let mut failure = None;
-    for task in node_tasks {
-        match task.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => failure = Some(error),
-            Err(error) => failure = Some(anyhow::Error::new(error)),
+    while let Some(joined) = node_tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(_))) => {}
+            Ok((site, Err(error))) => {
+                failure.get_or_insert(error.context(format!("the node of site {site} stopped")));
+                node_tasks.abort_all();
+            }
+            Err(error) if error.is_cancelled() => {}
+            Err(error) => {
+                failure.get_or_insert(anyhow::Error::new(error));
+                node_tasks.abort_all();
+            }
         }
     }
     let _ = stop.send(());

@@ -93,7 +93,7 @@ pub(super) fn summary_markdown(records: &[&RoundRecord]) -> String {
         }
         let pooled = |pool: Option<&PooledMetrics>| {
             pool.map_or_else(
-                || "no site".to_owned(),
+                || "not pooled".to_owned(),
                 |pool| auc_with_ci(pool.auc, pool.auc_ci_lower, pool.auc_ci_upper),
             )
         };

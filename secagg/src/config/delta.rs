@@ -19,8 +19,8 @@ impl RoundConfig {
 
     /// The checks a node runs on its own delta before masking: every aggregated tensor present once
     /// with its configured shape (and as many values as the shape holds), no unknown tensor, all values
-    /// finite, L2 norm within the bound, and 1 ≤ n_samples ≤ max_sample_count. FedBN-excluded tensors
-    /// are ignored (they may be absent).
+    /// finite, L2 norm within the bound (without differential privacy: with it the delta is clipped),
+    /// and 1 ≤ n_samples ≤ max_sample_count. FedBN-excluded tensors are ignored (they may be absent).
     ///
     /// # Errors
     /// [`SecAggError::DeltaShape`], [`SecAggError::DeltaNotFinite`], [`SecAggError::DeltaNormTooLarge`]
@@ -83,7 +83,9 @@ impl RoundConfig {
         }
         let norm = sum_sq.sqrt();
         let bound = self.config().max_delta_norm;
-        if norm > bound {
+        // Under differential privacy the delta is clipped to the privacy norm instead: refusing it
+        // would stop the site (a diverging model is then the noise's doing, visible in the metrics).
+        if norm > bound && self.config().privacy.is_none() {
             return Err(SecAggError::DeltaNormTooLarge {
                 site,
                 round,
