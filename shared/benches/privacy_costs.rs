@@ -96,7 +96,7 @@ fn main() {
         })
         .collect();
     let histogram = vec![1u64; STATISTICS_TENSORS[0].1];
-    println!("CPU: {}; one core per party; best of 3 (2 at 11M)\n", cpu_model());
+    println!("{}; one core per party; best of 3 (2 at 11M)\n", cpu_model());
     println!("| weights | sites | secure round | + statistics sum | ratio | with DP noise | ratio |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for weights in [87_527usize, 11_000_000] {
