@@ -3,6 +3,7 @@
 //! once a stage closes, and validation reports with their masked statistics.
 
 use super::{Phase, Study, to_status};
+use crate::statistics::PoolSum;
 use fedlnm_protocol::{SecAggStage, Status};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::SiteRoundMetrics;
@@ -24,15 +25,11 @@ impl Study {
         if let Phase::Validating(validating) = &mut self.phase
             && validating.round == round
         {
-            let pool = validating
-                .pools
-                .iter_mut()
-                .find(|pool| pool.has(site))
-                .ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "round {round} is being validated and site {site} is in no pooled sum of statistics"
-                    ))
-                })?;
+            let pool = pool_of(&mut validating.pools, site).ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "round {round} is being validated and site {site} is in no pooled sum of statistics"
+                ))
+            })?;
             pool.accept_message(site, stage, payload).map_err(to_status)?;
             return Ok(validating.attempt);
         }
@@ -121,17 +118,13 @@ impl Study {
             .check()
             .map_err(|e| Status::invalid_argument(format!("metrics of site {site}: {e}")))?;
         if !masked_statistics.is_empty() {
-            let pool = validating
-                .pools
-                .iter_mut()
-                .find(|pool| pool.has(site))
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "site {site} sent masked statistics but is in no pooled sum of round {round}"
-                    ))
-                })?;
+            let pool = pool_of(&mut validating.pools, site).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "site {site} sent masked statistics but is in no pooled sum of round {round}"
+                ))
+            })?;
             pool.accept_masked(site, masked_statistics).map_err(to_status)?;
-        } else if let Some(pool) = validating.pools.iter_mut().find(|pool| pool.has(site)) {
+        } else if let Some(pool) = pool_of(&mut validating.pools, site) {
             pool.leave(site);
         }
         metrics.site = site.to_owned();
@@ -140,4 +133,9 @@ impl Study {
         validating.metrics.insert(site.to_owned(), metrics);
         Ok(())
     }
+}
+
+/// The pool `site` belongs to, if any.
+fn pool_of<'a>(pools: &'a mut [PoolSum], site: &str) -> Option<&'a mut PoolSum> {
+    pools.iter_mut().find(|pool| pool.has(site))
 }
