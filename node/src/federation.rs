@@ -33,6 +33,8 @@ const LOCAL_NORM_FILE: &str = "local-norm.safetensors";
 const FINAL_MODEL_FILE: &str = "final-global.safetensors";
 /// The site's own records of each validation (metrics and score histogram), never sent.
 pub const OWN_RECORDS_DIR: &str = "validation";
+/// The site's rounding secret ([`rounding_secret`]).
+pub const ROUNDING_SECRET_FILE: &str = "rounding.secret";
 /// cubecl's CUDA autotune results, inside the work folder (kept between runs).
 pub const AUTOTUNE_CACHE_DIR: &str = "cubecl-autotune";
 
@@ -467,6 +469,7 @@ impl Node {
             bail!("the secure-aggregation configuration is for another study, round, model or input");
         }
         let (mut secagg, advertise) = SecAggClient::new(config.clone().validate()?, site_id)?;
+        secagg.set_rounding_secret(rounding_secret(&self.config.work_dir)?);
         let directory: KeyDirectory = self
             .exchange(
                 client,
@@ -501,6 +504,55 @@ impl Node {
     }
 }
 
+/// The site's rounding secret (`work_dir/rounding.secret`, 64 hex digits, created from the OS generator
+/// on first use, mode 0600): it keys the stochastic rounding and noise of the site's masked inputs,
+/// so that the same data, model and secret give the same study. It never leaves the site.
+///
+/// # Errors
+/// The file cannot be read or created, or does not hold 64 hex digits.
+pub fn rounding_secret(work_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let file = work_dir.join(ROUNDING_SECRET_FILE);
+    if !file.exists() {
+        let secret = fedlnm_shared::secagg::random_secret()
+            .map_err(|_| anyhow::anyhow!("the operating system's random generator failed"))?;
+        write_rounding_secret(&file, &secret)?;
+    }
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    secret_from_hex(&text).with_context(|| format!("{} does not hold 64 hex digits", file.display()))
+}
+
+/// 32 bytes from 64 hex digits (surrounding whitespace ignored); `None` for anything else.
+#[must_use]
+pub fn secret_from_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut secret = [0u8; 32];
+    for (byte, pair) in secret.iter_mut().zip(text.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(secret)
+}
+
+/// Writes a rounding secret (mode 0600, never over an existing file).
+///
+/// # Errors
+/// The file exists or cannot be written.
+pub fn write_rounding_secret(file: &Path, secret: &[u8; 32]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot create {}", file.display()))?;
+    writeln!(out, "{hex}").with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(())
+}
+
 /// Whether an error is a stage or round that went on without this site (not fatal).
 fn is_left_out(error: &anyhow::Error) -> bool {
     error
@@ -521,4 +573,36 @@ fn write_atomically(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&temporary, bytes).with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, file).with_context(|| format!("cannot write {}", file.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_rounding_secret_is_created_once_private_and_read_back() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let first = rounding_secret(dir.path()).unwrap();
+        let file = dir.path().join(ROUNDING_SECRET_FILE);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            rounding_secret(dir.path()).unwrap(),
+            first,
+            "read back, not drawn again"
+        );
+        assert!(
+            write_rounding_secret(&file, &[0; 32]).is_err(),
+            "never overwritten"
+        );
+        std::fs::write(&file, "not hex\n").unwrap();
+        let error = rounding_secret(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("does not hold 64 hex digits"), "{error}");
+        assert_eq!(secret_from_hex(&"ab".repeat(32)), Some([0xab; 32]));
+        assert_eq!(secret_from_hex(&"zz".repeat(32)), None);
+    }
 }

@@ -46,6 +46,8 @@ pub struct SecAggClient {
     revealed: BTreeMap<SiteId, Revealed>,
     /// Threads that masking may use.
     threads: usize,
+    /// The site's own secret for the stochastic rounding (and noise) stream; none: the OS generator.
+    rounding_secret: Option<Zeroizing<[u8; 32]>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +116,7 @@ impl SecAggClient {
             held: BTreeMap::new(),
             revealed: BTreeMap::new(),
             threads: default_threads(),
+            rounding_secret: None,
         };
         Ok((client, advertise))
     }
@@ -122,6 +125,15 @@ impl SecAggClient {
     #[must_use]
     pub fn site(&self) -> SiteId {
         self.site
+    }
+
+    /// Draws the stochastic rounding (and, with differential privacy, the noise) of this instance
+    /// from a stream keyed by `secret` and the instance (study, round, attempt, site, input) instead of
+    /// the OS generator: the same site secret and the same inputs give the same masked sum, hence a
+    /// reproducible study. The secret must stay at the site: whoever knows it knows the site's
+    /// rounding and noise.
+    pub fn set_rounding_secret(&mut self, secret: [u8; 32]) {
+        self.rounding_secret = Some(Zeroizing::new(secret));
     }
 
     /// Limits the threads that masking uses (default: the machine's available parallelism; at least

@@ -97,6 +97,17 @@ pub use messages::{
 };
 pub use server::{Aggregate, CountSum, SecAggServer};
 
+/// 32 bytes from the operating system's generator (a site's rounding secret, for instance).
+///
+/// # Errors
+/// The generator failed.
+pub fn random_secret() -> Result<[u8; 32], ring::error::Unspecified> {
+    use ring::rand::SecureRandom as _;
+    let mut secret = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut secret)?;
+    Ok(secret)
+}
+
 /// A site's identity in a study (the transport maps its mTLS identity to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SiteId(pub u32);

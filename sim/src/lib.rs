@@ -225,6 +225,17 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
         let mut node: NodeConfig = NodeConfig::load(&node_toml)?;
         node.data = data_dir.join(id);
         node.work_dir = kit.join("work");
+        // Each site's rounding secret follows from the simulation's seed: the same seed gives the
+        // same study, secure aggregation included (a real site draws its own).
+        std::fs::create_dir_all(&node.work_dir)?;
+        let secret =
+            fedlnm_shared::weights::sha256_hex(format!("fedlnm-sim rounding {} {id}", args.seed).as_bytes());
+        let secret =
+            fedlnm_node::federation::secret_from_hex(&secret).context("a SHA-256 is 64 hex digits")?;
+        fedlnm_node::federation::write_rounding_secret(
+            &node.work_dir.join(fedlnm_node::federation::ROUNDING_SECRET_FILE),
+            &secret,
+        )?;
         node_work_dirs.push((id.clone(), node.work_dir.clone()));
         node.device = args.device;
         write_toml(&node_toml, &node)?;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::super::config::Transcript;
 use super::super::crypto::{ShareContext, open_shares, self_mask_seed};
 use super::super::messages::{MaskedInput, ShareDelivery};
 use super::super::noise::DiscreteGaussian;
@@ -154,13 +155,8 @@ impl SecAggClient {
     /// With differential privacy: `[q(clip_C(Δ)) + noise, 1]` (equal weights, distributed discrete
     /// Gaussian noise, [`crate::noise`]).
     fn quantize(&self, delta: &NamedTensors, n_samples: u64) -> Result<Vec<u64>, SecAggError> {
-        let (site, round) = (self.site, self.config.round());
         let q = &self.config.config().quantization;
-        let mut rounding = RoundingSource::from_os(&self.rng).map_err(|_| SecAggError::Crypto {
-            site,
-            round,
-            what: "rounding seed",
-        })?;
+        let mut rounding = self.rounding_source()?;
         let noise = self.config.noise();
         // Under DP: scale Δ into the L2 ball of radius C, and weigh every site 1.
         let (scale, weight) = match &noise {
@@ -233,6 +229,28 @@ impl SecAggClient {
             header: site_header(&self.config, site),
             masked: vector,
         }
+    }
+
+    /// The rounding stream: keyed by the site's secret and the instance when one is set
+    /// ([`Self::set_rounding_secret`]), else by the OS generator.
+    fn rounding_source(&self) -> Result<RoundingSource, SecAggError> {
+        let Some(secret) = &self.rounding_secret else {
+            return RoundingSource::from_os(&self.rng).map_err(|_| SecAggError::Crypto {
+                site: self.site,
+                round: self.config.round(),
+                what: "rounding seed",
+            });
+        };
+        let c = self.config.config();
+        let mut t = Transcript::new(b"fedlnm-secagg-rounding-v1");
+        t.bytes(secret.as_ref());
+        t.bytes(c.study_id.as_bytes());
+        t.u64(c.round);
+        t.bytes(c.model_version.model_digest.as_bytes());
+        t.u64(c.model_version.attempt);
+        t.u64(u64::from(self.site.0));
+        t.u64(u64::from(c.input == InputKind::Counts));
+        Ok(RoundingSource::from_seed(&t.finish()))
     }
 
     fn expect_input(&self, given: InputKind) -> Result<(), SecAggError> {
