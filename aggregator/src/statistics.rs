@@ -203,12 +203,6 @@ impl PoolSum {
         self.outcome.is_some()
     }
 
-    /// Whether `site` has sent its masked histograms.
-    #[must_use]
-    pub fn has_uploaded(&self, site: &str) -> bool {
-        self.secure.has_uploaded(site)
-    }
-
     /// The next instant at which [`Self::advance`] may close a stage on time alone.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Instant> {

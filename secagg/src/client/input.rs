@@ -31,9 +31,9 @@ impl SecAggClient {
     ) -> Result<MaskedInput, SecAggError> {
         self.expect_input(InputKind::WeightedDelta)?;
         self.expect_stage(RoundStage::ShareKeys)?;
-        self.config.check_delta(self.site, delta, n_samples)?;
+        let norm = self.config.check_delta(self.site, delta, n_samples)?;
         let received = self.open_delivery(delivery)?;
-        let vector = self.quantize(delta, n_samples)?;
+        let vector = self.quantize(delta, norm, n_samples)?;
         Ok(self.mask(vector, received, &delivery.senders))
     }
 
@@ -153,8 +153,8 @@ impl SecAggClient {
 
     /// `[q(n·Δ), n]`: the weighted delta in fixed point (stochastic rounding) and the sample count.
     /// With differential privacy: `[q(clip_C(Δ)) + noise, 1]` (equal weights, distributed discrete
-    /// Gaussian noise, [`crate::noise`]).
-    fn quantize(&self, delta: &NamedTensors, n_samples: u64) -> Result<Vec<u64>, SecAggError> {
+    /// Gaussian noise, [`crate::noise`]); `norm` is Δ's L2 norm over the aggregated tensors.
+    fn quantize(&self, delta: &NamedTensors, norm: f64, n_samples: u64) -> Result<Vec<u64>, SecAggError> {
         let q = &self.config.config().quantization;
         let mut rounding = self.rounding_source()?;
         let noise = self.config.noise();
@@ -162,7 +162,6 @@ impl SecAggClient {
         let (scale, weight) = match &noise {
             None => (1.0f32, n_samples),
             Some((privacy, _)) => {
-                let norm = self.config.delta_norm(delta);
                 #[allow(clippy::cast_possible_truncation)] // A factor in (0, 1].
                 let scale = if norm > privacy.clip_norm {
                     (privacy.clip_norm / norm) as f32

@@ -5,27 +5,21 @@ use crate::{SecAggError, SiteId};
 use fedlnm_tensors::NamedTensors;
 
 impl RoundConfig {
-    /// The L2 norm of `delta` over the aggregated tensors (absent ones count 0).
-    #[must_use]
-    pub fn delta_norm(&self, delta: &NamedTensors) -> f64 {
-        self.aggregated_tensors()
-            .iter()
-            .filter_map(|spec| delta.get(&spec.name))
-            .flat_map(|tensor| tensor.values.iter())
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt()
-    }
-
     /// The checks a node runs on its own delta before masking: every aggregated tensor present once
     /// with its configured shape (and as many values as the shape holds), no unknown tensor, all values
     /// finite, L2 norm within the bound (without differential privacy: with it the delta is clipped),
     /// and 1 ≤ n_samples ≤ max_sample_count. FedBN-excluded tensors are ignored (they may be absent).
+    /// Returns the L2 norm of the aggregated tensors (what differential privacy clips).
     ///
     /// # Errors
     /// [`SecAggError::DeltaShape`], [`SecAggError::DeltaNotFinite`], [`SecAggError::DeltaNormTooLarge`]
     /// or [`SecAggError::SampleCount`].
-    pub fn check_delta(&self, site: SiteId, delta: &NamedTensors, n_samples: u64) -> Result<(), SecAggError> {
+    pub fn check_delta(
+        &self,
+        site: SiteId,
+        delta: &NamedTensors,
+        n_samples: u64,
+    ) -> Result<f64, SecAggError> {
         let round = self.round();
         let max = self.config().quantization.max_sample_count;
         if n_samples == 0 || n_samples > max {
@@ -93,6 +87,6 @@ impl RoundConfig {
                 bound,
             });
         }
-        Ok(())
+        Ok(norm)
     }
 }
