@@ -12,7 +12,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
@@ -526,23 +525,12 @@ fn port_of(listen: &str) -> u16 {
 
 /// Writes a new file (never overwriting), creating its folder; private keys get mode 0600.
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), ProvisionError> {
-    let error = |source| ProvisionError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(error)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    let mut file = options.open(path).map_err(error)?;
-    file.write_all(contents.as_bytes()).map_err(error)?;
-    file.sync_all().map_err(error)
+    fedlnm_shared::files::write_new(path, contents.as_bytes(), private).map_err(|source| {
+        ProvisionError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 fn read(path: &Path) -> Result<String, ProvisionError> {

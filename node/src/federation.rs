@@ -14,7 +14,6 @@ use fedlnm_protocol::{
 };
 use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{ComputeDevice, NodeConfig, SiteRole};
-use fedlnm_shared::data;
 use fedlnm_shared::features::Example;
 use fedlnm_shared::federation::{LocalTensors, ScoreHistogram, SiteRoundMetrics, SiteValidation, fedavg};
 use fedlnm_shared::model_config::ModelConfig;
@@ -23,6 +22,7 @@ use fedlnm_shared::secagg::{
 };
 use fedlnm_shared::staging::Stage;
 use fedlnm_shared::weights::NamedTensors;
+use fedlnm_shared::{data, files};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -517,8 +517,11 @@ pub fn rounding_secret(work_dir: &Path) -> anyhow::Result<[u8; 32]> {
             .map_err(|_| anyhow::anyhow!("the operating system's random generator failed"))?;
         write_rounding_secret(&file, &secret)?;
     }
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    secret_from_hex(&text).with_context(|| format!("{} does not hold 64 hex digits", file.display()))
+    let bytes = files::read_regular(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(secret_from_hex)
+        .with_context(|| format!("{} does not hold 64 hex digits", file.display()))
 }
 
 /// 32 bytes from 64 hex digits (surrounding whitespace ignored); `None` for anything else.
@@ -540,17 +543,8 @@ pub fn secret_from_hex(text: &str) -> Option<[u8; 32]> {
 /// # Errors
 /// The file exists or cannot be written.
 pub fn write_rounding_secret(file: &Path, secret: &[u8; 32]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("cannot create {}", file.display()))?;
-    writeln!(out, "{hex}").with_context(|| format!("cannot write {}", file.display()))?;
-    Ok(())
+    let text = format!("{}\n", fedlnm_shared::weights::hex(secret));
+    files::write_new(file, text.as_bytes(), true).with_context(|| format!("cannot create {}", file.display()))
 }
 
 /// Whether an error is a stage or round that went on without this site (not fatal).

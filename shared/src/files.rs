@@ -1,6 +1,7 @@
 //! Opening the files that a site or a study hands over: regular files only. A FIFO given as an image,
 //! a manifest, a configuration or a checkpoint would block the reader forever, and a device could be
 //! endless; both are refused before anything is read, with an error that says what the path is.
+//! And writing the files that must never be overwritten (keys, certificates, secrets): [`write_new`].
 
 use std::fs::File;
 use std::io;
@@ -43,6 +44,28 @@ pub fn check_regular(file: &Path) -> io::Result<()> {
         io::ErrorKind::InvalidInput,
         format!("not a regular file ({what})"),
     ))
+}
+
+/// Writes a new file, never over an existing one, creating its folder; `private` files (keys,
+/// secrets) get mode 0600, others 0644; the contents are synced to disk before it returns.
+///
+/// # Errors
+/// The file exists, or a folder or the file cannot be created or written.
+pub fn write_new(path: &Path, contents: &[u8], private: bool) -> io::Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 #[cfg(test)]
