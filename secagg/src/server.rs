@@ -402,12 +402,15 @@ impl SecAggServer {
             .quantization
             .max_sample_count
             .saturating_mul(sites);
-        let total = sum[..sum.len() - 1]
+        let within = sum[..sum.len() - 1]
             .iter()
             .try_fold(0u64, |total, &count| total.checked_add(count))
-            .filter(|&total| total <= max_total)
-            .ok_or_else(|| invalid(format!("the counts exceed what {sites} sites may report")))?;
-        debug_assert!(total <= max_total);
+            .is_some_and(|total| total <= max_total);
+        if !within {
+            return Err(invalid(format!(
+                "the counts exceed what {sites} sites may report"
+            )));
+        }
         let mut counts = Vec::with_capacity(self.config.aggregated_tensors().len());
         let mut offset = 0;
         for spec in self.config.aggregated_tensors() {
