@@ -612,7 +612,7 @@ fn new_secure(config: &AggregatorConfig, global: &ModelBlob, names: &[String]) -
         opened: now,
         deadline: now + Duration::from_secs(3600),
     };
-    SecureAggregation::new(config, &attempt, global, &LocalTensors::default(), names).unwrap()
+    SecureAggregation::new(config, &attempt, global, &LocalTensors::default(), names, None).unwrap()
 }
 
 fn reply(aggregation: &SecureAggregation, site: &str, stage: SecAggStage) -> Vec<u8> {
@@ -640,6 +640,9 @@ fn aggregator_config(names: &[String]) -> AggregatorConfig {
         metrics_listen: None,
         rounds: RoundSettings {
             min_sites: names.len() / 2 + 1,
+            // The server's own costs, as measured before signatures existed (their cost, at the sites
+            // and the server: `cargo bench -p fedlnm-shared --bench privacy_costs`).
+            threat_model: fedlnm_shared::config::ThreatModel::HonestButCuriousAggregator,
             ..RoundSettings::default()
         },
         privacy: fedlnm_shared::config::PrivacySettings::default(),

@@ -214,11 +214,29 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub fn warnings(config: &AggregatorConfig) -> Vec<String> {
     let n_train = config.sites.iter().filter(|s| s.role == SiteRole::Train).count();
     let mut warnings = Vec::new();
-    if n_train >= 1 && config.rounds.min_sites >= n_train {
+    let rounds = &config.rounds;
+    let needed = if rounds.secure_aggregation {
+        rounds.threat_model.threshold(n_train, rounds.min_sites)
+    } else {
+        rounds.min_sites
+    };
+    if n_train >= 1 && needed >= n_train {
+        let why = if needed > rounds.min_sites {
+            format!(
+                "secure aggregation against a malicious aggregator needs more than two thirds of the \
+                 training sites at every stage: four or more tolerate one dropout, or set \
+                 rounds.threat_model = \"honest-but-curious-aggregator\" (more than half; min_sites = {})",
+                rounds.min_sites
+            )
+        } else {
+            format!(
+                "min_sites = {}: three or more training sites tolerate one dropout",
+                rounds.min_sites
+            )
+        };
         warnings.push(format!(
-            "with {n_train} training site(s) every round needs all of them (min_sites = {}): a single \
-             site that drops out stops the round; three or more training sites tolerate one dropout",
-            config.rounds.min_sites
+            "with {n_train} training site(s) every round needs all of them: a single site that drops \
+             out stops the round ({why})"
         ));
     }
     if config.initial_model.is_none() {
@@ -260,12 +278,13 @@ metrics_listen: Prometheus /metrics over plain HTTP: keep it on loopback or an i
 [sites]: A site of the study and its role (train, or validate: scores every model, never trains).
 [rounds]: How the study runs its rounds.
 rounds.rounds: Federated rounds.
-rounds.min_sites: Training sites a round needs (with secure aggregation also the Shamir threshold: > half).
+rounds.min_sites: Training sites a round needs (secure aggregation's threshold is at least this, and > half or > 2/3 by threat_model).
 rounds.round_deadline_s: Seconds a round waits for training updates (scale with model size and epochs).
 rounds.stage_timeout_s: Seconds each secure-aggregation stage waits for missing sites (at most round_deadline_s).
 rounds.validation_deadline_s: Seconds the aggregator waits for the sites' validation metrics.
 rounds.long_poll_s: Seconds a site's request for a task waits (below any proxy idle timeout).
 rounds.secure_aggregation: The aggregator only ever sees the sum of masked updates.
+rounds.threat_model: malicious-aggregator (sites sign keys and survivor sets; > 2/3 of sites per stage) or honest-but-curious-aggregator.
 rounds.fedbn: FedBN: normalisation layers stay at each site.
 rounds.max_delta_norm: Largest L2 norm of a site's weight delta (each node checks its own).
 rounds.max_concurrent_uploads: Updates received at once (memory: this many updates, whatever the number of sites).
@@ -588,9 +607,20 @@ mod tests {
         );
         assert_eq!(config.train.epochs, DEFAULT_LOCAL_EPOCHS);
         assert_eq!(config.metrics_listen.as_deref(), Some(DEFAULT_METRICS_LISTEN));
-        // Three training sites: one may drop out; two: none may, and provisioning says so.
+        // Three training sites: against a malicious aggregator (the default) every stage needs all
+        // three, and provisioning says so and how to tolerate one dropout; against an honest-but-curious
+        // one, one may drop out; two: none may.
         assert_eq!(config.rounds.min_sites, 2);
-        assert!(warnings(&config).iter().all(|w| !w.contains("drops out")));
+        assert!(
+            warnings(&config)
+                .iter()
+                .any(|w| w.contains("drops out") && w.contains("honest-but-curious-aggregator")),
+            "{:?}",
+            warnings(&config)
+        );
+        let mut curious = config.clone();
+        curious.rounds.threat_model = fedlnm_shared::config::ThreatModel::HonestButCuriousAggregator;
+        assert!(warnings(&curious).iter().all(|w| !w.contains("drops out")));
         let config = provision(&options(dir.path().join("two"))).unwrap();
         assert!(
             warnings(&config).iter().any(|w| w.contains("drops out")),

@@ -4,7 +4,10 @@
 //!
 //! Stages and when they close (all invited sites answered, or the deadline):
 //! keys and shares: `stage_timeout_s` after the stage opened; masked inputs: the round deadline;
-//! unmasking: `stage_timeout_s` after the survivors were announced. Messages are encoded by
+//! consistency check (against a malicious aggregator, `rounds.threat_model`: the survivors sign the
+//! survivor set) and unmasking: `stage_timeout_s` after the stage before closed. Against a malicious
+//! aggregator the service checks each site's signatures with the study CA on receipt, so that one
+//! site's bad signature makes it a dropout instead of aborting the instance at every honest site. Messages are encoded by
 //! `fedlnm_protocol::payload`; each names its study, round, configuration hash and site, and the
 //! site must be the caller's certificate identity. Unmasking and decoding the sum run in the round's
 //! [`crate::aggregation::Finisher`], off the study lock.
@@ -12,14 +15,15 @@
 use crate::aggregation::{Aggregation, AggregationError, Poll, RoundAggregate, Upload};
 use fedlnm_protocol::payload::{decode, encode};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
-use fedlnm_shared::config::AggregatorConfig;
+use fedlnm_shared::config::{AggregatorConfig, ThreatModel};
 use fedlnm_shared::federation::{AggregationKind, LocalTensors};
 use fedlnm_shared::secagg::{
-    self, AdvertiseKeys, DistributedNoise, InputKind, KeyDirectory, MaskedInput, ModelVersion,
-    QuantizationConfig, RoundConfig, RoundStage, SecAggConfig, SecAggServer, ShareDelivery, ShareKeys,
-    SiteId, UnmaskRequest, UnmaskResponse,
+    self, AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, DistributedNoise, InputKind, KeyDirectory,
+    MaskedInput, ModelVersion, PeerVerifier, QuantizationConfig, RoundConfig, RoundStage, SecAggConfig,
+    SecAggServer, Security, ShareDelivery, ShareKeys, SiteId, UnmaskRequest, UnmaskResponse,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One start of a round: its number, which start it is (an abandoned round starts again as a new
@@ -51,6 +55,19 @@ pub(crate) enum Drive {
     Unmasked(Box<SecAggServer>),
 }
 
+/// The protection of an instance between the sites `ids` (name → protocol id) under the study's
+/// threat model: against a malicious aggregator, each id's identity is its site name (the site id in
+/// its certificate).
+pub(crate) fn security(threat_model: ThreatModel, ids: &BTreeMap<String, SiteId>) -> Security {
+    if threat_model.is_malicious() {
+        Security::MaliciousServer {
+            identities: ids.iter().map(|(name, &id)| (id, name.clone())).collect(),
+        }
+    } else {
+        Security::CuriousServer
+    }
+}
+
 fn name_of(ids: &BTreeMap<String, SiteId>, id: SiteId) -> String {
     ids.iter()
         .find(|(_, v)| **v == id)
@@ -77,17 +94,23 @@ pub struct SecureAggregation {
     /// Sites that lost this attempt's secrets (their node restarted after it took part): no stage
     /// waits for them, and they are not offered the round again.
     lost: BTreeSet<SiteId>,
+    signed: BTreeSet<SiteId>,
     directory: Option<Vec<u8>>,
     deliveries: BTreeMap<SiteId, Vec<u8>>,
+    consistency_check: Option<Vec<u8>>,
     unmask_request: Option<Vec<u8>>,
     u1: Vec<SiteId>,
     u2: Vec<SiteId>,
     u3: Vec<SiteId>,
+    /// The sites asked to unmask: the signers of U3 (U3 itself against a curious aggregator).
+    u4: Vec<SiteId>,
 }
 
 impl SecureAggregation {
     /// Configures one attempt of a round over the tensors of `global` that are not `local_tensors`,
-    /// for the training sites `sites` (sorted; site k gets protocol id k + 1), threshold `min_sites`.
+    /// for the training sites `sites` (sorted; site k gets protocol id k + 1), with the threshold of
+    /// the study's threat model ([`ThreatModel::threshold`]); `authority` checks the sites'
+    /// signatures on receipt.
     ///
     /// # Errors
     /// The protocol configuration is invalid (e.g. quantization headroom), named.
@@ -97,6 +120,7 @@ impl SecureAggregation {
         global: &crate::store::ModelBlob,
         local_tensors: &LocalTensors,
         sites: &[String],
+        authority: Option<Arc<dyn PeerVerifier>>,
     ) -> Result<Self, secagg::SecAggError> {
         let ids: BTreeMap<String, SiteId> = sites
             .iter()
@@ -111,7 +135,10 @@ impl SecureAggregation {
             // aggregator process before a restart, is accepted by the next.
             model_version: attempt.model_version(&global.digest),
             participants: ids.values().copied().collect(),
-            threshold: config.rounds.min_sites,
+            threshold: config
+                .rounds
+                .threat_model
+                .threshold(ids.len(), config.rounds.min_sites),
             tensors: secagg::tensor_specs(&global.weights),
             fedbn_exclude: local_tensors.clone().into_names(),
             quantization: QuantizationConfig::default(),
@@ -121,12 +148,14 @@ impl SecureAggregation {
                 clip_norm: config.privacy.clip_norm,
                 noise_multiplier: config.privacy.noise_multiplier,
             }),
+            security: security(config.rounds.threat_model, &ids),
         };
-        Self::from_parts(secagg_config, ids, config, attempt)
+        Self::from_parts(secagg_config, ids, config, attempt, authority)
     }
 
     /// An instance of `secagg_config` between the sites `ids` (name → protocol id), with the study's
-    /// stage timeout and `attempt`'s deadline for the masked inputs.
+    /// stage timeout and `attempt`'s deadline for the masked inputs; `authority` checks the sites'
+    /// signatures on receipt (malicious-server instances).
     ///
     /// # Errors
     /// The protocol configuration is invalid, named.
@@ -135,11 +164,16 @@ impl SecureAggregation {
         ids: BTreeMap<String, SiteId>,
         config: &AggregatorConfig,
         attempt: &Attempt,
+        authority: Option<Arc<dyn PeerVerifier>>,
     ) -> Result<Self, secagg::SecAggError> {
         let round_config = secagg_config.clone().validate()?;
         let stage_timeout = Duration::from_secs(config.rounds.stage_timeout_s);
+        let mut server = SecAggServer::new(round_config.clone());
+        if let Some(authority) = authority {
+            server = server.with_verifier(authority);
+        }
         Ok(Self {
-            server: SecAggServer::new(round_config.clone()),
+            server,
             config: round_config,
             secagg_config,
             finishing: false,
@@ -153,12 +187,15 @@ impl SecureAggregation {
             uploaded: BTreeSet::new(),
             responded: BTreeSet::new(),
             lost: BTreeSet::new(),
+            signed: BTreeSet::new(),
             directory: None,
             deliveries: BTreeMap::new(),
+            consistency_check: None,
             unmask_request: None,
             u1: Vec::new(),
             u2: Vec::new(),
             u3: Vec::new(),
+            u4: Vec::new(),
         })
     }
 
@@ -258,16 +295,39 @@ impl SecureAggregation {
                         return Drive::Pending;
                     }
                     match self.server.close_masked_inputs() {
-                        Ok(request) => {
-                            self.u3 = request.survivors.clone();
-                            self.unmask_request = Some(encode::<UnmaskRequest>(&request));
+                        Ok(check) => {
+                            self.u3 = check.survivors.clone();
+                            if self.config.is_authenticated() {
+                                self.consistency_check = Some(encode::<ConsistencyCheck>(&check));
+                            }
                             self.stage_deadline = now + self.stage_timeout;
                         }
                         Err(error) => return self.fail_drive(format!("masked-input stage: {error}")),
                     }
                 }
+                RoundStage::ConsistencyCheck => {
+                    // Against a curious aggregator there is no round 3: it closes at once.
+                    if self.config.is_authenticated()
+                        && self.waits_for(&self.u3, &self.signed)
+                        && now < self.stage_deadline
+                    {
+                        return Drive::Pending;
+                    }
+                    match self.server.close_consistency() {
+                        Ok(request) => {
+                            self.u4 = if self.config.is_authenticated() {
+                                request.signatures.iter().map(|s| s.site).collect()
+                            } else {
+                                request.survivors.clone()
+                            };
+                            self.unmask_request = Some(encode::<UnmaskRequest>(&request));
+                            self.stage_deadline = now + self.stage_timeout;
+                        }
+                        Err(error) => return self.fail_drive(format!("consistency-check stage: {error}")),
+                    }
+                }
                 RoundStage::Unmasking => {
-                    if self.waits_for(&self.u3, &self.responded) && now < self.stage_deadline {
+                    if self.waits_for(&self.u4, &self.responded) && now < self.stage_deadline {
                         return Drive::Pending;
                     }
                     self.finishing = true;
@@ -388,6 +448,15 @@ impl Aggregation for SecureAggregation {
                     .map_err(|e| protocol_error(&e))?;
                 self.shared.insert(id);
             }
+            SecAggStage::ConsistencySignature => {
+                let message: ConsistencyResponse =
+                    decode(payload, "survivor-set signature").map_err(invalid)?;
+                Self::check_sender(site, id, message.header.site)?;
+                self.server
+                    .receive_consistency(message)
+                    .map_err(|e| protocol_error(&e))?;
+                self.signed.insert(id);
+            }
             SecAggStage::UnmaskResponse => {
                 let message: UnmaskResponse = decode(payload, "unmasking shares").map_err(invalid)?;
                 Self::check_sender(site, id, message.header.site)?;
@@ -396,7 +465,7 @@ impl Aggregation for SecureAggregation {
                     .map_err(|e| protocol_error(&e))?;
                 self.responded.insert(id);
             }
-            SecAggStage::UnmaskRequest => {}
+            SecAggStage::UnmaskRequest | SecAggStage::ConsistencyCheck => {}
         }
         Ok(())
     }
@@ -434,11 +503,39 @@ impl Aggregation for SecureAggregation {
                     None => left_out(stage.name()),
                 }
             }
-            SecAggStage::UnmaskRequest => match &self.unmask_request {
+            SecAggStage::ConsistencyCheck if !self.config.is_authenticated() => Some(Err(
+                AggregationError::Invalid("this round has no consistency check (honest-but-curious aggregator)".into()),
+            )),
+            // A site waits for the survivors only after its upload to this very instance: one that
+            // uploaded to an abandoned start of the round would otherwise wait on this one forever.
+            SecAggStage::ConsistencyCheck | SecAggStage::UnmaskRequest if !self.uploaded.contains(&id) => {
+                Some(Err(AggregationError::WrongTime(format!(
+                    "site {site} has no upload in the current start of round {}: its upload went to an \
+                     abandoned one; take the next task",
+                    self.config.round()
+                ))))
+            }
+            SecAggStage::ConsistencyCheck => match &self.consistency_check {
                 Some(_) if !self.u3.contains(&id) => left_out("masked-input"),
-                Some(request) => Some(Ok(request.clone())),
+                Some(check) => Some(Ok(check.clone())),
                 None => None,
             },
+            SecAggStage::UnmaskRequest if self.config.is_authenticated() => Some(Err(AggregationError::Invalid(
+                "this round checks the survivor set first: sign it (consistency check) to get the unmasking request"
+                    .into(),
+            ))),
+            SecAggStage::UnmaskRequest | SecAggStage::ConsistencySignature => {
+                let stage_before = if stage == SecAggStage::UnmaskRequest {
+                    "masked-input"
+                } else {
+                    "consistency-check"
+                };
+                match &self.unmask_request {
+                    Some(_) if !self.u4.contains(&id) => left_out(stage_before),
+                    Some(request) => Some(Ok(request.clone())),
+                    None => None,
+                }
+            }
             SecAggStage::UnmaskResponse => Some(Ok(Vec::new())),
         }
     }
@@ -483,6 +580,7 @@ impl Aggregation for SecureAggregation {
     fn closed_stages(&self) -> u64 {
         u64::from(self.directory.is_some())
             + u64::from(!self.deliveries.is_empty())
+            + u64::from(self.consistency_check.is_some())
             + u64::from(self.unmask_request.is_some())
             + u64::from(self.is_closed())
     }

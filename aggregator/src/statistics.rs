@@ -15,12 +15,15 @@
 //! a sum over one site is that site's histogram. Its sites' own aggregate metrics are still reported.
 
 use crate::aggregation::{Aggregation, AggregationError, Upload};
-use crate::secure::{Attempt, Drive, SecureAggregation};
+use crate::secure::{Attempt, Drive, SecureAggregation, security};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::{MAX_SITE_PATIENTS, STATISTICS_TENSORS, ScoreHistogram};
-use fedlnm_shared::secagg::{InputKind, QuantizationConfig, SecAggConfig, SecAggError, SiteId, TensorSpec};
+use fedlnm_shared::secagg::{
+    InputKind, PeerVerifier, QuantizationConfig, SecAggConfig, SecAggError, SiteId, TensorSpec,
+};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The smallest pool whose statistics are summed.
@@ -48,6 +51,7 @@ impl PoolSum {
         attempt: &Attempt,
         model_digest: &str,
         role: SiteRole,
+        authority: Option<Arc<dyn PeerVerifier>>,
     ) -> Result<Option<Self>, SecAggError> {
         let mut everyone: Vec<&str> = config.sites.iter().map(|s| s.id.as_str()).collect();
         everyone.sort_unstable();
@@ -71,8 +75,8 @@ impl PoolSum {
             round: attempt.round,
             model_version: attempt.model_version(model_digest),
             participants: ids.values().copied().collect(),
-            // The protocol needs t > n/2; the pool needs the study's threshold.
-            threshold: config.rounds.min_sites.max(n / 2 + 1),
+            // The protocol's threat model sets the least t; the pool needs the study's threshold.
+            threshold: config.rounds.threat_model.threshold(n, config.rounds.min_sites),
             tensors: STATISTICS_TENSORS
                 .iter()
                 .map(|&(name, len)| TensorSpec {
@@ -88,8 +92,9 @@ impl PoolSum {
             max_delta_norm: 1.0,
             input: InputKind::Counts,
             privacy: None,
+            security: security(config.rounds.threat_model, &ids),
         };
-        let secure = SecureAggregation::from_parts(secagg_config, ids, config, attempt)?;
+        let secure = SecureAggregation::from_parts(secagg_config, ids, config, attempt, authority)?;
         Ok(Some(Self {
             role,
             secure,

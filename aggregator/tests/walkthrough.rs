@@ -200,8 +200,12 @@ fn round_of(line: &str) -> String {
     format!("round={line}")
 }
 
+/// The hospitals: S1–S4 train (four, so that one dropout leaves the t = 3 that secure aggregation
+/// against a malicious aggregator needs), S5 validates.
+const SITES: [&str; 5] = ["S1", "S2", "S3", "S4", "S5"];
+
 /// The walkthrough's study, every process started: the aggregator (`serve --exit-when-finished`) and one
-/// `run` per site (S1–S3 train, S4 validates), on synthetic sites of 40 patients, the tiny model.
+/// `run` per site (S1–S4 train, S5 validates), on synthetic sites of 40 patients, the tiny model.
 struct Walkthrough {
     _dir: tempfile::TempDir,
     study: PathBuf,
@@ -219,7 +223,7 @@ impl Walkthrough {
         let (aggregator, node) = (aggregator_bin(), node_bin());
 
         // Each hospital's data (first: the slow part, before a port is chosen).
-        for (k, site) in ["S1", "S2", "S3", "S4"].iter().enumerate() {
+        for (k, site) in SITES.iter().enumerate() {
             let data = root.join("data").join(site);
             run_ok(
                 Command::new(&node)
@@ -234,10 +238,10 @@ impl Walkthrough {
         // Central team, once.
         run_ok(
             Command::new(&aggregator)
-                .args(["provision", "--study", "demo", "--sites", "S1,S2,S3"])
+                .args(["provision", "--study", "demo", "--sites", "S1,S2,S3,S4"])
                 .args([
                     "--validate-sites",
-                    "S4",
+                    "S5",
                     "--aggregator-hosts",
                     "localhost",
                     "--port",
@@ -270,13 +274,14 @@ impl Walkthrough {
         write_toml(&aggregator_toml, &config).unwrap();
         let state_dir = AggregatorConfig::load(&aggregator_toml).unwrap().state_dir;
         assert_eq!(
-            config.rounds.min_sites, 2,
-            "provisioning three training sites tolerates one dropout"
+            config.rounds.threat_model.threshold(4, config.rounds.min_sites),
+            3,
+            "against a malicious aggregator (the default), four training sites tolerate one dropout"
         );
 
         // Each hospital: its kit's node.toml names its data.
         let mut node_tomls = Vec::new();
-        for site in ["S1", "S2", "S3", "S4"] {
+        for site in SITES {
             let data = root.join("data").join(site);
             let file = study.join("sites").join(site).join("node.toml");
             let mut node_config = NodeConfig::load(&file).unwrap();
@@ -300,7 +305,7 @@ impl Walkthrough {
             ],
         );
         logs.wait_for(0, "aggregator", &["listening on"]);
-        let nodes: Vec<Service> = ["S1", "S2", "S3", "S4"]
+        let nodes: Vec<Service> = SITES
             .iter()
             .zip(&node_tomls)
             .map(|(site, file)| {
@@ -339,7 +344,7 @@ impl Walkthrough {
             );
         }
         logs.drain();
-        for site in ["S1", "S2", "S3", "S4"] {
+        for site in SITES {
             assert!(
                 logs.lines
                     .iter()
@@ -370,9 +375,9 @@ fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
     } = &mut walk;
 
     // Round 1: the validation site dies while validating.
-    let at = logs.wait_for(0, "S4", &["validation task", &round_of("1")]);
+    let at = logs.wait_for(0, "S5", &["validation task", &round_of("1")]);
     let killed = Instant::now();
-    nodes[3].kill_and_restart(logs);
+    nodes[4].kill_and_restart(logs);
     let at = logs.wait_for(at, "aggregator", &["round committed", &round_of("1")]);
     crash_costs.push((
         "validation site killed while validating (round 1)",
@@ -421,28 +426,24 @@ fn the_walkthrough_survives_a_crash_in_every_part_of_a_round() {
         |round: usize| -> Vec<&str> { records[round - 1].sites.iter().map(|s| s.site.as_str()).collect() };
     assert_eq!(
         sites_of(1),
-        ["S1", "S2", "S3", "S4"],
+        SITES,
         "round 1 lacks the restarted site's validation"
     );
-    assert_eq!(records[0].contributors, ["S1", "S2", "S3"]);
+    let training = &SITES[..4];
+    assert_eq!(records[0].contributors, training);
     assert_eq!(
         records[1].contributors,
-        ["S1", "S3"],
+        ["S1", "S3", "S4"],
         "round 2 goes on without the killed site"
     );
     assert_eq!(records[1].dropped, ["S2"]);
     assert_eq!(
-        records[2].contributors,
-        ["S1", "S2", "S3"],
-        "a masked upload survives its sender"
+        records[2].contributors, training,
+        "a masked upload survives its sender (which signed no survivor set)"
     );
-    assert_eq!(
-        records[3].contributors,
-        ["S1", "S2", "S3"],
-        "round 4 is run again whole"
-    );
+    assert_eq!(records[3].contributors, training, "round 4 is run again whole");
     for record in &records {
-        assert_eq!(sites_of(record.round as usize), ["S1", "S2", "S3", "S4"]);
+        assert_eq!(sites_of(record.round as usize), SITES);
     }
     let names: Vec<String> = std::fs::read_dir(walk.state_dir.join("rounds"))
         .unwrap()
@@ -521,6 +522,6 @@ fn a_disk_that_refuses_the_commit_costs_a_round_never_the_state() {
     assert_eq!(store.committed_rounds().unwrap(), vec![0, 1, 2]);
     for round in 1..=2 {
         let committed = store.load(round).unwrap();
-        assert_eq!(committed.record.contributors, ["S1", "S2", "S3"]);
+        assert_eq!(committed.record.contributors, SITES[..4]);
     }
 }

@@ -9,22 +9,22 @@ use crate::commands::model::{load_examples, prepare_autotune_cache};
 use anyhow::{Context as _, bail};
 use fedlnm_model::train::{self, TrainingEvent};
 use fedlnm_protocol::payload;
-use fedlnm_protocol::{
-    Client, ClientError, ModelRef, RoundAggregation, SecAggStage, Task, TrainTask, ValidateTask,
-};
+use fedlnm_protocol::{Client, ClientError, ModelRef, RoundAggregation, Task, TrainTask, ValidateTask};
 use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{ComputeDevice, NodeConfig, SiteRole};
+use fedlnm_shared::data;
 use fedlnm_shared::features::Example;
 use fedlnm_shared::federation::{LocalTensors, ScoreHistogram, SiteRoundMetrics, SiteValidation, fedavg};
 use fedlnm_shared::model_config::ModelConfig;
-use fedlnm_shared::secagg::{
-    InputKind, KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
-};
+use fedlnm_shared::secagg::{Authentication, InputKind};
 use fedlnm_shared::staging::Stage;
 use fedlnm_shared::weights::NamedTensors;
-use fedlnm_shared::{data, files};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod secure;
+use secure::is_left_out;
+pub use secure::{authentication, rounding_secret, secret_from_hex, write_rounding_secret};
 
 /// Seed of the node's train/validation split (fixed: the same patients validate every round).
 const SPLIT_SEED: u64 = 20_261_123;
@@ -58,6 +58,9 @@ struct SiteExamples {
 /// A node of one site.
 pub struct Node {
     config: NodeConfig,
+    /// The site's study key and the study CA, for instances that protect against a malicious
+    /// aggregator (read from the TLS files when the run starts).
+    authentication: Option<Authentication>,
     role: Option<SiteRole>,
     examples: Option<SiteExamples>,
     summary: RunSummary,
@@ -68,6 +71,7 @@ impl Node {
     pub fn new(config: NodeConfig) -> Self {
         Self {
             config,
+            authentication: None,
             role: None,
             examples: None,
             summary: RunSummary::default(),
@@ -83,6 +87,7 @@ impl Node {
     pub async fn run(mut self) -> anyhow::Result<RunSummary> {
         std::fs::create_dir_all(&self.config.work_dir)
             .with_context(|| format!("cannot create {}", self.config.work_dir.display()))?;
+        self.authentication = Some(authentication(&self.config)?);
         if self.config.device == ComputeDevice::Cuda {
             // Kernel choices stay with the site's state, so that its next run starts warm.
             prepare_autotune_cache(&self.config.work_dir.join(AUTOTUNE_CACHE_DIR));
@@ -353,30 +358,6 @@ impl Node {
         Ok(())
     }
 
-    /// The last stage of an instance: waits for the survivors and reveals this site's unmasking shares.
-    async fn unmask(&self, client: &mut Client, round: u64, secagg: &mut SecAggClient) -> anyhow::Result<()> {
-        let request: UnmaskRequest = self
-            .exchange(client, round, SecAggStage::UnmaskRequest, Vec::new())
-            .await?;
-        let response = secagg.unmask(&request)?;
-        client
-            .secure_aggregation(round, SecAggStage::UnmaskResponse, payload::encode(&response))
-            .await?;
-        Ok(())
-    }
-
-    /// Sends a protocol message and decodes the aggregator's reply for this site.
-    async fn exchange<R: serde::de::DeserializeOwned>(
-        &self,
-        client: &mut Client,
-        round: u64,
-        stage: SecAggStage,
-        message: Vec<u8>,
-    ) -> anyhow::Result<R> {
-        let reply = client.secure_aggregation(round, stage, message).await?;
-        Ok(payload::decode(&reply, stage.name())?)
-    }
-
     async fn validate_round(&mut self, client: &mut Client, task: &ValidateTask) -> anyhow::Result<()> {
         let round = task.round;
         let site = self.config.site.clone();
@@ -448,43 +429,6 @@ impl Node {
         Ok(())
     }
 
-    /// Joins a secure-aggregation instance (a training round's, or the secure sum of the site's pool
-    /// while a model is validated): checks its configuration, advertises the keys (rounds 0 and 1,
-    /// before the expensive work) and shares them; returns the protocol state and the shares
-    /// delivered to this site.
-    async fn join_instance(
-        &self,
-        client: &mut Client,
-        round: u64,
-        model: &ModelRef,
-        config: &SecAggConfig,
-        site_id: SiteId,
-        input: InputKind,
-    ) -> anyhow::Result<(SecAggClient, ShareDelivery)> {
-        if config.study_id != self.config.study
-            || config.round != round
-            || config.model_version.model_digest != model.digest
-            || config.input != input
-        {
-            bail!("the secure-aggregation configuration is for another study, round, model or input");
-        }
-        let (mut secagg, advertise) = SecAggClient::new(config.clone().validate()?, site_id)?;
-        secagg.set_rounding_secret(rounding_secret(&self.config.work_dir)?);
-        let directory: KeyDirectory = self
-            .exchange(
-                client,
-                round,
-                SecAggStage::AdvertiseKeys,
-                payload::encode(&advertise),
-            )
-            .await?;
-        let shares = secagg.share_keys(&directory)?;
-        let delivery: ShareDelivery = self
-            .exchange(client, round, SecAggStage::ShareKeys, payload::encode(&shares))
-            .await?;
-        Ok((secagg, delivery))
-    }
-
     /// Writes the site's own record of a validation (its metrics and its score histogram) to
     /// `validation/round-NNNN.json` in the work folder: for the hospital only; it is never sent.
     fn keep_own_record(
@@ -504,56 +448,6 @@ impl Node {
     }
 }
 
-/// The site's rounding secret (`work_dir/rounding.secret`, 64 hex digits, created from the OS generator
-/// on first use, mode 0600): it keys the stochastic rounding and noise of the site's masked inputs,
-/// so that the same data, model and secret give the same study. It never leaves the site.
-///
-/// # Errors
-/// The file cannot be read or created, or does not hold 64 hex digits.
-pub fn rounding_secret(work_dir: &Path) -> anyhow::Result<[u8; 32]> {
-    let file = work_dir.join(ROUNDING_SECRET_FILE);
-    if !file.exists() {
-        let secret = fedlnm_shared::secagg::random_secret()
-            .map_err(|_| anyhow::anyhow!("the operating system's random generator failed"))?;
-        write_rounding_secret(&file, &secret)?;
-    }
-    let bytes = files::read_regular(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    std::str::from_utf8(&bytes)
-        .ok()
-        .and_then(secret_from_hex)
-        .with_context(|| format!("{} does not hold 64 hex digits", file.display()))
-}
-
-/// 32 bytes from 64 hex digits (surrounding whitespace ignored); `None` for anything else.
-#[must_use]
-pub fn secret_from_hex(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut secret = [0u8; 32];
-    for (byte, pair) in secret.iter_mut().zip(text.as_bytes().chunks(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(secret)
-}
-
-/// Writes a rounding secret (mode 0600, never over an existing file).
-///
-/// # Errors
-/// The file exists or cannot be written.
-pub fn write_rounding_secret(file: &Path, secret: &[u8; 32]) -> anyhow::Result<()> {
-    let text = format!("{}\n", fedlnm_shared::weights::hex(secret));
-    files::write_new(file, text.as_bytes(), true).with_context(|| format!("cannot create {}", file.display()))
-}
-
-/// Whether an error is a stage or round that went on without this site (not fatal).
-fn is_left_out(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<ClientError>()
-        .is_some_and(ClientError::is_left_out)
-}
-
 /// A stable per-site seed offset (sites must not shuffle identically).
 fn seed_of(site: &str) -> u64 {
     site.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -567,36 +461,4 @@ fn write_atomically(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&temporary, bytes).with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, file).with_context(|| format!("cannot write {}", file.display()))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn a_rounding_secret_is_created_once_private_and_read_back() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let first = rounding_secret(dir.path()).unwrap();
-        let file = dir.path().join(ROUNDING_SECRET_FILE);
-        assert_eq!(
-            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            rounding_secret(dir.path()).unwrap(),
-            first,
-            "read back, not drawn again"
-        );
-        assert!(
-            write_rounding_secret(&file, &[0; 32]).is_err(),
-            "never overwritten"
-        );
-        std::fs::write(&file, "not hex\n").unwrap();
-        let error = rounding_secret(dir.path()).unwrap_err().to_string();
-        assert!(error.contains("does not hold 64 hex digits"), "{error}");
-        assert_eq!(secret_from_hex(&"ab".repeat(32)), Some([0xab; 32]));
-        assert_eq!(secret_from_hex(&"zz".repeat(32)), None);
-    }
 }

@@ -216,8 +216,12 @@ pub struct UpdateHeader {
 pub enum SecAggStage {
     AdvertiseKeys,
     ShareKeys,
-    /// No payload: waits for the survivors.
+    /// No payload: waits for the survivors (honest-but-curious aggregator).
     UnmaskRequest,
+    /// No payload: waits for the survivor set to sign (malicious aggregator, round 3).
+    ConsistencyCheck,
+    /// The site's signature of the survivor set; the reply is the unmasking request.
+    ConsistencySignature,
     /// The last stage: its reply is empty.
     UnmaskResponse,
 }
@@ -230,6 +234,8 @@ impl SecAggStage {
             Self::AdvertiseKeys => "advertise-keys",
             Self::ShareKeys => "share-keys",
             Self::UnmaskRequest => "unmask-request",
+            Self::ConsistencyCheck => "consistency-check",
+            Self::ConsistencySignature => "consistency-signature",
             Self::UnmaskResponse => "unmask-response",
         }
     }
@@ -329,6 +335,8 @@ wire_enum!(SecAggStage, pb::SecAggStage, "stage", sec_agg_stage, {
     AdvertiseKeys => AdvertiseKeys,
     ShareKeys => ShareKeys,
     UnmaskRequest => UnmaskRequest,
+    ConsistencyCheck => ConsistencyCheck,
+    ConsistencySignature => ConsistencySignature,
     UnmaskResponse => UnmaskResponse,
 });
 wire_enum!(AggregationKind, pb::AggregationKind, "aggregation", aggregation_kind, {
@@ -617,6 +625,9 @@ mod tests {
                         max_delta_norm: 1.0,
                         input: fedlnm_shared::secagg::InputKind::Counts,
                         privacy: None,
+                        security: fedlnm_shared::secagg::Security::MaliciousServer {
+                            identities: [(SiteId(1), "S1".to_owned()), (SiteId(2), "S2".to_owned())].into(),
+                        },
                     }),
                     SiteId(2),
                 )),

@@ -8,18 +8,22 @@ use ring::rand::{SecureRandom, SystemRandom};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+use super::auth::{Authentication, keys_transcript};
 use super::crypto::{ShareContext, channel_key, pairwise_mask_seed, seal_shares};
 use super::messages::{
-    AdvertiseKeys, EncryptedShare, KeyDirectory, PeerKey, RevealedShare, RoundHeader, ShareKeys, SiteHeader,
-    UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, ConsistencyResponse, EncryptedShare, KeyDirectory, PeerKey, RevealedShare, RoundHeader,
+    ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
 };
 use super::prg::{MaskSeed, default_threads};
 use super::shamir::{self, Share};
 use super::{RoundConfig, RoundStage, SecAggError, SiteId};
+mod consistency;
 mod input;
 
-/// One site's state for one round. Create it with [`SecAggClient::new`], then feed it the server's
-/// messages in order: [`share_keys`](Self::share_keys), [`masked_input`](Self::masked_input),
+/// One site's state for one round. Create it with [`SecAggClient::new`] (or, against a malicious
+/// server, [`SecAggClient::new_authenticated`]), then feed it the server's messages in order:
+/// [`share_keys`](Self::share_keys), [`masked_input`](Self::masked_input),
+/// [`consistency_check`](Self::consistency_check) (malicious-server instances only),
 /// [`unmask`](Self::unmask).
 pub struct SecAggClient {
     config: RoundConfig,
@@ -28,12 +32,18 @@ pub struct SecAggClient {
     stage: RoundStage,
     rng: SystemRandom,
     mask_secret: StaticSecret,
-    mask_public: [u8; 32],
     /// b_u, the self-mask secret.
     self_secret: Zeroizing<[u8; 32]>,
     /// One ring ephemeral key per peer, consumed by the single agreement it serves.
     channel_secrets: BTreeMap<SiteId, EphemeralPrivateKey>,
-    channel_publics: Vec<PeerKey>,
+    /// The site's own round-0 message, as it sent it.
+    advertised: AdvertiseKeys,
+    /// Signing and peer verification (malicious-server instances).
+    auth: Option<Authentication>,
+    /// The credential of every peer of U1 whose round-0 signature verified.
+    credentials: BTreeMap<SiteId, Vec<u8>>,
+    /// The survivor set U3 this site signed in round 3, and its answer (repeated if asked again).
+    signed: Option<(Vec<SiteId>, ConsistencyResponse)>,
     /// K_uv for every peer of U1.
     channel_keys: BTreeMap<SiteId, Zeroizing<[u8; 32]>>,
     /// s_uv for every peer of U1.
@@ -61,10 +71,38 @@ impl SecAggClient {
     /// key pair per peer, and the self-mask seed b_u, and returns the [`AdvertiseKeys`] message.
     ///
     /// # Errors
-    /// [`SecAggError::NotInRound`] if `site` is not a participant; [`SecAggError::Crypto`] if the OS
-    /// generator fails.
+    /// [`SecAggError::NotInRound`] if `site` is not a participant; [`SecAggError::Unauthenticated`]
+    /// for a malicious-server instance; [`SecAggError::Crypto`] if the OS generator fails.
     pub fn new(config: RoundConfig, site: SiteId) -> Result<(Self, AdvertiseKeys), SecAggError> {
+        Self::start(config, site, None)
+    }
+
+    /// As [`Self::new`], for an instance that protects against a malicious server: the round-0 keys
+    /// carry the site's credential and signature, and the client verifies its peers with `auth`.
+    ///
+    /// # Errors
+    /// As [`Self::new`]; [`SecAggError::Crypto`] if the key cannot sign.
+    pub fn new_authenticated(
+        config: RoundConfig,
+        site: SiteId,
+        auth: Authentication,
+    ) -> Result<(Self, AdvertiseKeys), SecAggError> {
+        Self::start(config, site, Some(auth))
+    }
+
+    fn start(
+        config: RoundConfig,
+        site: SiteId,
+        auth: Option<Authentication>,
+    ) -> Result<(Self, AdvertiseKeys), SecAggError> {
         let round = config.round();
+        // Signatures are made only where the instance asks for them: a curious-server instance
+        // carries none, whatever the node holds.
+        let auth = if config.is_authenticated() {
+            Some(auth.ok_or(SecAggError::Unauthenticated { site, round })?)
+        } else {
+            None
+        };
         if !config.is_participant(site) {
             return Err(SecAggError::NotInRound {
                 site,
@@ -95,10 +133,23 @@ impl SecAggClient {
             channel_secrets.insert(peer, secret);
             channel_publics.push(PeerKey { peer, public_key });
         }
+        let (credential, signature) = match &auth {
+            Some(auth) => {
+                let message = keys_transcript(&config, site, &mask_public, &channel_publics);
+                let signature = auth
+                    .signer
+                    .sign(&message)
+                    .map_err(|_| crypto("signing the round-0 keys"))?;
+                (auth.signer.credential().to_vec(), signature)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         let advertise = AdvertiseKeys {
             header: site_header(&config, site),
             mask_public_key: mask_public,
-            channel_public_keys: channel_publics.clone(),
+            channel_public_keys: channel_publics,
+            credential,
+            signature,
         };
         let client = Self {
             config,
@@ -106,10 +157,12 @@ impl SecAggClient {
             stage: RoundStage::AdvertiseKeys,
             rng,
             mask_secret,
-            mask_public,
             self_secret,
             channel_secrets,
-            channel_publics,
+            advertised: advertise.clone(),
+            auth,
+            credentials: BTreeMap::new(),
+            signed: None,
             channel_keys: BTreeMap::new(),
             pairwise_seeds: BTreeMap::new(),
             senders: Vec::new(),
@@ -125,6 +178,12 @@ impl SecAggClient {
     #[must_use]
     pub fn site(&self) -> SiteId {
         self.site
+    }
+
+    /// Whether the instance protects against a malicious server (round 3 and signatures).
+    #[must_use]
+    pub fn is_authenticated(&self) -> bool {
+        self.auth.is_some()
     }
 
     /// Draws the stochastic rounding (and, with differential privacy, the noise) of this instance
@@ -145,9 +204,13 @@ impl SecAggClient {
     /// Round 1: checks the key directory (U1), agrees the pairwise mask seeds and channel keys,
     /// Shamir-shares s_u^sk and b_u (t-of-|U1|) and encrypts one share pair to every peer.
     ///
+    /// Against a malicious server, every peer's keys must carry a verifying signature of its study
+    /// credential (named by the configuration) over this instance.
+    ///
     /// # Errors
     /// A directory for another round/study/configuration, with a foreign, duplicated or malformed
-    /// entry, with substituted own keys, or with fewer than t sites; an invalid peer key.
+    /// entry, with substituted own keys, or with fewer than t sites; an invalid peer key;
+    /// [`SecAggError::BadSignature`] for a peer's keys that its credential did not sign.
     pub fn share_keys(&mut self, directory: &KeyDirectory) -> Result<ShareKeys, SecAggError> {
         self.expect_stage(RoundStage::AdvertiseKeys)?;
         self.check_round_header(&directory.header)?;
@@ -174,9 +237,7 @@ impl SecAggClient {
             }
             u1.push(v);
             if v == site {
-                if entry.mask_public_key != self.mask_public
-                    || entry.channel_public_keys != self.channel_publics
-                {
+                if *entry != self.advertised {
                     return Err(self.malformed("the directory substitutes this site's own keys".into()));
                 }
             } else if entry
@@ -192,6 +253,28 @@ impl SecAggClient {
         self.check_survivors(u1.len(), RoundStage::ShareKeys)?;
         if !u1.contains(&site) {
             return Err(self.malformed("the key directory leaves this site out".into()));
+        }
+        // Signatures before any key is used: a substituted or replayed key leaves the state intact.
+        let mut credentials = BTreeMap::new();
+        if let Some(auth) = &self.auth {
+            for entry in directory.sites.iter().filter(|e| e.header.site != site) {
+                let v = entry.header.site;
+                let message = keys_transcript(
+                    &self.config,
+                    v,
+                    &entry.mask_public_key,
+                    &entry.channel_public_keys,
+                );
+                self.verify_peer(
+                    auth,
+                    v,
+                    &entry.credential,
+                    &message,
+                    &entry.signature,
+                    "round-0 keys",
+                )?;
+                credentials.insert(v, entry.credential.clone());
+            }
         }
         // Pairwise mask seeds first: they do not consume anything, so a bad key leaves the state intact.
         let mut seeds = BTreeMap::new();
@@ -267,6 +350,7 @@ impl SecAggClient {
         }
         self.pairwise_seeds = seeds;
         self.channel_keys = channel_keys;
+        self.credentials = credentials;
         self.stage = RoundStage::ShareKeys;
         Ok(ShareKeys {
             header: site_header(&self.config, site),
@@ -276,21 +360,31 @@ impl SecAggClient {
 
     /// Round 4: reveals the share of b_v for every survivor v and of s_v^sk for every dropped v, after
     /// checking that the request is consistent with U2, that |U3| ≥ t and that no peer would have both
-    /// of its secrets revealed (in this request or together with an earlier one).
+    /// of its secrets revealed (in this request or together with an earlier one). Against a malicious
+    /// server, U3 must be the set this site signed in round 3, with the verifying signatures of at
+    /// least t of its members on that same set.
     ///
     /// # Errors
-    /// [`SecAggError::RefuseBothShares`] if a peer would have both secrets revealed; a request for
-    /// another round/study, with sites outside U2, or with fewer than t survivors.
+    /// [`SecAggError::RefuseBothShares`] if a peer would have both secrets revealed;
+    /// [`SecAggError::Inconsistent`] for another set than the one signed, or too few signatures;
+    /// [`SecAggError::BadSignature`] for a signature that does not verify (on another set, forged
+    /// or replayed); a request for another round/study, with sites outside U2, or with fewer than t
+    /// survivors.
     pub fn unmask(&mut self, request: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
+        let before_unmasking = if self.auth.is_some() {
+            RoundStage::ConsistencyCheck
+        } else {
+            RoundStage::MaskedInputCollection
+        };
         if self.stage != RoundStage::Unmasking {
-            self.expect_stage(RoundStage::MaskedInputCollection)?;
+            self.expect_stage(before_unmasking)?;
         }
         self.check_round_header(&request.header)?;
         let (site, round) = (self.site, self.config.round());
-        for list in [&request.survivors, &request.dropped] {
-            if list.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(self.malformed("survivor or dropped list is not sorted or repeats a site".into()));
-            }
+        if let Some(auth) = &self.auth {
+            self.check_signed_survivors(auth, request)?;
+        } else if !request.signatures.is_empty() {
+            return Err(self.malformed("a curious-server instance carries no survivor signatures".into()));
         }
         for &v in &request.survivors {
             if request.dropped.contains(&v) || self.revealed.get(&v) == Some(&Revealed::MaskKey) {
@@ -302,31 +396,7 @@ impl SecAggClient {
                 return Err(SecAggError::RefuseBothShares { site, peer: v, round });
             }
         }
-        if let Some(&v) = request
-            .survivors
-            .iter()
-            .chain(&request.dropped)
-            .find(|v| !self.senders.contains(v))
-        {
-            return Err(SecAggError::NotInRound {
-                site: v,
-                round,
-                stage: RoundStage::Unmasking,
-            });
-        }
-        let expected_dropped: Vec<SiteId> = self
-            .senders
-            .iter()
-            .copied()
-            .filter(|v| !request.survivors.contains(v))
-            .collect();
-        if expected_dropped != request.dropped {
-            return Err(self.malformed("dropped list is not U2 minus the survivors".into()));
-        }
-        if !request.survivors.contains(&site) {
-            return Err(self.malformed("survivor list leaves this site out".into()));
-        }
-        self.check_survivors(request.survivors.len(), RoundStage::Unmasking)?;
+        self.check_survivor_lists(&request.survivors, &request.dropped)?;
 
         let reveal = |v: &SiteId, pick: fn(&(Share, Share)) -> &Share| {
             self.held.get(v).map(|pair| RevealedShare {
@@ -353,6 +423,40 @@ impl SecAggClient {
             self_mask_shares,
             mask_key_shares,
         })
+    }
+
+    /// U3 and U2 \ U3 as the server states them: sorted, within U2, complementary, with this site,
+    /// and at least t survivors.
+    fn check_survivor_lists(&self, survivors: &[SiteId], dropped: &[SiteId]) -> Result<(), SecAggError> {
+        for list in [survivors, dropped] {
+            if list.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(self.malformed("survivor or dropped list is not sorted or repeats a site".into()));
+            }
+        }
+        if let Some(&v) = survivors
+            .iter()
+            .chain(dropped)
+            .find(|v| !self.senders.contains(v))
+        {
+            return Err(SecAggError::NotInRound {
+                site: v,
+                round: self.config.round(),
+                stage: RoundStage::Unmasking,
+            });
+        }
+        let expected_dropped: Vec<SiteId> = self
+            .senders
+            .iter()
+            .copied()
+            .filter(|v| !survivors.contains(v))
+            .collect();
+        if expected_dropped != dropped {
+            return Err(self.malformed("dropped list is not U2 minus the survivors".into()));
+        }
+        if !survivors.contains(&self.site) {
+            return Err(self.malformed("survivor list leaves this site out".into()));
+        }
+        self.check_survivors(survivors.len(), RoundStage::Unmasking)
     }
 
     fn expect_stage(&self, expected: RoundStage) -> Result<(), SecAggError> {
@@ -403,7 +507,8 @@ fn next_stage(stage: RoundStage) -> RoundStage {
     match stage {
         RoundStage::AdvertiseKeys => RoundStage::ShareKeys,
         RoundStage::ShareKeys => RoundStage::MaskedInputCollection,
-        RoundStage::MaskedInputCollection | RoundStage::Unmasking => RoundStage::Unmasking,
+        RoundStage::MaskedInputCollection => RoundStage::ConsistencyCheck,
+        RoundStage::ConsistencyCheck | RoundStage::Unmasking => RoundStage::Unmasking,
         other => other,
     }
 }

@@ -1,6 +1,8 @@
 //! The configuration of one secure-aggregation instance, validated once, and the values derived from it
 //! (aggregated layout, configuration hash, HKDF salt).
 
+use std::collections::BTreeMap;
+
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +131,21 @@ pub struct DistributedNoise {
     pub noise_multiplier: f64,
 }
 
+/// The aggregator an instance protects the sites against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Security {
+    /// An honest-but-curious server: it follows the protocol and tries to learn from what it sees
+    /// (Bonawitz's rounds 0, 1, 2 and 4; n/2 < t).
+    CuriousServer,
+    /// A malicious server, which may also substitute keys, replay messages and tell different sites
+    /// different survivor sets: every site signs its round-0 keys and the survivor set it is told
+    /// (round 3, the consistency check) with its study credential, verifies every peer's signatures
+    /// before it uses a key or reveals a share, and the threshold is above two thirds (2n/3 < t).
+    /// `identities` names the credential (the site id in its certificate) of every participant.
+    MaliciousServer { identities: BTreeMap<SiteId, String> },
+}
+
 /// Everything the server and all sites must agree on for one round (one instance of the protocol).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecAggConfig {
@@ -138,7 +155,8 @@ pub struct SecAggConfig {
     pub model_version: ModelVersion,
     /// The sites invited to the round (any order; duplicates are an error).
     pub participants: Vec<SiteId>,
-    /// Shamir threshold t: the server needs t sites at every stage; n/2 < t ≤ n.
+    /// Shamir threshold t: the server needs t sites at every stage; n/2 < t ≤ n (2n/3 < t against a
+    /// malicious server).
     pub threshold: usize,
     /// All tensors of the model, in order.
     pub tensors: Vec<TensorSpec>,
@@ -152,6 +170,8 @@ pub struct SecAggConfig {
     pub input: InputKind,
     /// Differential privacy: clipping and distributed noise (training instances only).
     pub privacy: Option<DistributedNoise>,
+    /// Against which server the instance protects the sites (signatures and consistency check).
+    pub security: Security,
 }
 
 /// A validated [`SecAggConfig`] with its derived values. Cheap to clone.
@@ -200,6 +220,31 @@ impl SecAggConfig {
                 "threshold",
                 format!("{} with {n} participants, expected n/2 < t <= n", self.threshold),
             ));
+        }
+        if let Security::MaliciousServer { identities } = &self.security {
+            if 3 * self.threshold <= 2 * n {
+                return Err(invalid(
+                    "threshold",
+                    format!(
+                        "{} with {n} participants against a malicious server, expected 2n/3 < t <= n",
+                        self.threshold
+                    ),
+                ));
+            }
+            if !identities.keys().eq(participants.iter()) {
+                return Err(invalid(
+                    "security.identities",
+                    "must name exactly the participants".into(),
+                ));
+            }
+            let mut names: Vec<&str> = identities.values().map(String::as_str).collect();
+            names.sort_unstable();
+            if names.iter().any(|name| name.is_empty()) || names.windows(2).any(|w| w[0] == w[1]) {
+                return Err(invalid(
+                    "security.identities",
+                    "every participant needs its own non-empty identity".into(),
+                ));
+            }
         }
         let mut names: Vec<&str> = self.tensors.iter().map(|t| t.name.as_str()).collect();
         names.sort_unstable();
@@ -401,6 +446,24 @@ impl RoundConfig {
             )
         })
     }
+    /// Against which server the instance protects the sites.
+    #[must_use]
+    pub fn security(&self) -> &Security {
+        &self.inner.config.security
+    }
+    /// Whether sites sign their keys and survivor sets ([`Security::MaliciousServer`]).
+    #[must_use]
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.inner.config.security, Security::MaliciousServer { .. })
+    }
+    /// The identity a participant's credential must carry (malicious-server instances only).
+    #[must_use]
+    pub fn identity(&self, site: SiteId) -> Option<&str> {
+        match &self.inner.config.security {
+            Security::MaliciousServer { identities } => identities.get(&site).map(String::as_str),
+            Security::CuriousServer => None,
+        }
+    }
     /// Length of the masked vector: the aggregated weights (or counts) plus one element for n_k (or 1).
     #[must_use]
     pub fn vector_len(&self) -> usize {
@@ -440,7 +503,7 @@ impl RoundConfig {
 }
 
 fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [u8; 32] {
-    let mut t = Transcript::new(b"fedlnm-secagg-config-v3");
+    let mut t = Transcript::new(b"fedlnm-secagg-config-v4");
     t.bytes(c.study_id.as_bytes());
     t.u64(c.round);
     t.bytes(c.model_version.model_digest.as_bytes());
@@ -477,6 +540,17 @@ fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [u8; 32] {
             t.u64(1);
             t.u64(noise.clip_norm.to_bits());
             t.u64(noise.noise_multiplier.to_bits());
+        }
+    }
+    match &c.security {
+        Security::CuriousServer => t.u64(0),
+        Security::MaliciousServer { identities } => {
+            t.u64(1);
+            t.u64(identities.len() as u64);
+            for (site, name) in identities {
+                t.u64(u64::from(site.0));
+                t.bytes(name.as_bytes());
+            }
         }
     }
     t.u64(64); // ring bits
@@ -557,7 +631,15 @@ mod tests {
             max_delta_norm: 10.0,
             input: InputKind::WeightedDelta,
             privacy: None,
+            security: Security::CuriousServer,
         }
+    }
+
+    fn malicious(mut c: SecAggConfig) -> SecAggConfig {
+        c.security = Security::MaliciousServer {
+            identities: c.participants.iter().map(|&s| (s, format!("S{}", s.0))).collect(),
+        };
+        c
     }
 
     #[test]
@@ -630,6 +712,24 @@ mod tests {
         let mut c = config(3, 2);
         c.quantization.clip_bound = 0.0;
         assert_eq!(field(c), "quantization.clip_bound");
+        // Against a malicious server: 2n/3 < t, and one distinct identity per participant.
+        assert_eq!(field(malicious(config(6, 4))), "threshold", "t must exceed 2n/3");
+        malicious(config(6, 5)).validate().unwrap();
+        malicious(config(3, 3)).validate().unwrap();
+        let mut c = malicious(config(3, 3));
+        if let Security::MaliciousServer { identities } = &mut c.security {
+            identities.remove(&SiteId(2));
+        }
+        assert_eq!(field(c), "security.identities");
+        let mut c = malicious(config(3, 3));
+        if let Security::MaliciousServer { identities } = &mut c.security {
+            identities.insert(SiteId(2), "S1".into());
+        }
+        assert_eq!(field(c), "security.identities");
+        // The protection is part of the configuration hash: sites of the two models never mix.
+        let curious = config(3, 3).validate().unwrap();
+        let active = malicious(config(3, 3)).validate().unwrap();
+        assert_ne!(curious.config_hash(), active.config_hash());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::SiteId;
 
-/// The protocol stage a message or a check belongs to (Bonawitz et al. 2017 rounds 0, 1, 2 and 4).
+/// The protocol stage a message or a check belongs to (Bonawitz et al. 2017 rounds 0 to 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RoundStage {
     /// Round 0: every site advertises its public keys.
@@ -11,6 +11,9 @@ pub enum RoundStage {
     ShareKeys,
     /// Round 2: every site uploads its masked, quantized, weighted delta.
     MaskedInputCollection,
+    /// Round 3: every survivor signs the survivor set it was told (against a malicious server; the
+    /// server closes it at once otherwise).
+    ConsistencyCheck,
     /// Round 4: survivors reveal the shares that let the server remove the masks.
     Unmasking,
     /// The aggregate was produced; the instance accepts nothing more.
@@ -122,6 +125,29 @@ pub enum SecAggError {
     /// The server asked a site to reveal both the self-mask share and the mask-key share of one peer.
     #[error("{site}, round {round}: refusing to reveal both the self-mask and the mask-key share of {peer}")]
     RefuseBothShares { site: SiteId, peer: SiteId, round: u64 },
+    /// A peer's credential or signature does not verify (a substituted key, a replayed or forged
+    /// signature, a credential of another participant or from outside the study).
+    #[error("{site}, round {round}: the signature of {peer} on its {what} does not verify: {reason}")]
+    BadSignature {
+        site: SiteId,
+        peer: SiteId,
+        round: u64,
+        what: &'static str,
+        reason: String,
+    },
+    /// The server's account of the survivors is inconsistent (different sets to different sites, or
+    /// not the set this site signed): the site reveals no share.
+    #[error("{site}, round {round}: inconsistent survivor set, no unmasking share revealed: {reason}")]
+    Inconsistent {
+        site: SiteId,
+        round: u64,
+        reason: String,
+    },
+    /// A malicious-server instance was started without the site's signing key.
+    #[error(
+        "{site}, round {round}: this instance protects against a malicious server and needs the site's signing key"
+    )]
+    Unauthenticated { site: SiteId, round: u64 },
     /// A site's own delta is not finite (checked by the node before masking).
     #[error("{site}, round {round}: delta `{tensor}`[{index}] is not finite")]
     DeltaNotFinite {

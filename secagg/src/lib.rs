@@ -3,23 +3,31 @@
 //!
 //! # Protocol
 //! One instance per federated round, full communication graph (2–255 sites; the study has 2–50),
-//! honest-but-curious server, dropouts at any stage. [`SecAggClient`] (one per site) and
-//! [`SecAggServer`] run Bonawitz's rounds 0, 1, 2 and 4:
+//! dropouts at any stage, against a malicious server ([`Security::MaliciousServer`], the study's
+//! default: signed keys and the consistency check, 2n/3 < t) or an honest-but-curious one
+//! ([`Security::CuriousServer`]: rounds 0, 1, 2 and 4, n/2 < t). [`SecAggClient`] (one per site) and
+//! [`SecAggServer`] run Bonawitz's rounds:
 //!
 //! 0. **AdvertiseKeys**: each site u sends its mask public key s_u^pk and channel public keys
-//!    ([`AdvertiseKeys`]); the server closes the stage with U1 ([`KeyDirectory`]).
+//!    ([`AdvertiseKeys`]); against a malicious server also its study credential and its signature
+//!    of the keys, bound to the instance. The server closes the stage with U1 ([`KeyDirectory`]);
+//!    each site verifies every peer's signature (credential issued by the study to the identity the
+//!    configuration names for that peer) before it uses any key.
 //! 1. **ShareKeys**: u Shamir-shares (t-of-|U1|) its mask secret key s_u^sk and its self-mask seed b_u
 //!    and sends each peer v its share pair encrypted under K_uv ([`ShareKeys`]); the server routes
 //!    them ([`ShareDelivery`], U2).
 //! 2. **MaskedInputCollection**: u uploads y_u = q(n_u·Δ_u) ‖ n_u + PRG(b_u) + Σ_{v>u} PRG(s_uv)
 //!    − Σ_{v<u} PRG(s_uv) (mod 2^64, v over U2) ([`MaskedInput`]); the server adds the uploads and
-//!    closes with U3 ([`UnmaskRequest`]).
-//! 3. **ConsistencyCheck is omitted**: it only matters against a *malicious* server that sends
-//!    different U3 to different sites. Even then, with t > n/2 and every honest site revealing at most
-//!    one secret per peer, the server cannot gather t shares of both secrets of one site. Full
-//!    malicious security would also need signatures on the round-0 keys (the transport's mTLS identity
-//!    authenticates the sender of each message; signing the keys with it is future work).
-//! 4. **Unmasking**: each survivor reveals shares of b_v for v ∈ U3 and of s_v^sk for v ∈ U2 \ U3,
+//!    closes with U3 ([`ConsistencyCheck`]).
+//! 3. **ConsistencyCheck** (malicious server only; a curious server closes it at once): each survivor
+//!    checks U3 (within U2, with itself, at least t) and signs it ([`ConsistencyResponse`]); asked
+//!    again it repeats that answer and refuses any other set. The server relays the signatures of
+//!    U4 ⊆ U3 in the [`UnmaskRequest`]; a site reveals nothing unless U3 is the set it signed and at
+//!    least t members of U3 signed that same set in this instance ([`SecAggError::Inconsistent`]).
+//!    With 2n/3 < t, two different survivor sets cannot both gather t honest signatures, so a server
+//!    that tells some sites that v dropped and others that it survived gets the shares of one of v's
+//!    secrets at most.
+//! 4. **Unmasking**: each site of U4 reveals shares of b_v for v ∈ U3 and of s_v^sk for v ∈ U2 \ U3,
 //!    never both for the same v (enforced by the client, also across repeated requests)
 //!    ([`UnmaskResponse`]). The server reconstructs the secrets (checking a reconstructed s_v^sk
 //!    against s_v^pk, and extra shares against the polynomial), removes the self masks of U3 and the
@@ -33,6 +41,15 @@
 //! Any stage with fewer than t sites aborts the instance ([`SecAggError::TooFewSurvivors`]): no partial
 //! result. A bad message is rejected with a typed error naming the site and round, and leaves the
 //! receiving state unchanged.
+//!
+//! # Authentication
+//! The transport supplies a [`Signer`] (the site's study certificate and its key) and a
+//! [`PeerVerifier`] (the study CA); the crate signs SHA-256 transcripts under their own domain tags
+//! ("fedlnm-secagg-keys-v1", "fedlnm-secagg-survivors-v1") of the study, round, configuration hash,
+//! signing site and value, so a signature from another round, attempt, study or site never
+//! verifies. A server given the verifier ([`SecAggServer::with_verifier`]) refuses a bad signature
+//! as its sender's fault on receipt, so that one hostile site becomes a dropout instead of making
+//! every honest site abort.
 //!
 //! # Primitives
 //! * **Mask key pair: x25519-dalek** `StaticSecret`. ring's `agreement` keys are `EphemeralPrivateKey`s
@@ -74,6 +91,7 @@
 //! Tensors matching a `fedbn_exclude` pattern are never quantized, masked or sent; the aggregate
 //! does not contain them.
 
+mod auth;
 mod client;
 mod config;
 mod crypto;
@@ -85,15 +103,17 @@ pub mod quantize;
 mod server;
 pub mod shamir;
 
+pub use auth::{Authentication, PeerVerifier, Signer};
 pub use client::SecAggClient;
 pub use config::{
     DistributedNoise, InputKind, MAX_PARTICIPANTS, ModelVersion, QuantizationConfig, RoundConfig,
-    SecAggConfig, TensorSpec, glob_match, tensor_specs,
+    SecAggConfig, Security, TensorSpec, glob_match, tensor_specs,
 };
 pub use error::{RoundStage, SecAggError};
 pub use messages::{
-    AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, PeerKey, RevealedShare, RoundHeader,
-    ShareDelivery, ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, EncryptedShare, KeyDirectory, MaskedInput, PeerKey,
+    RevealedShare, RoundHeader, ShareDelivery, ShareKeys, SiteHeader, SurvivorSignature, UnmaskRequest,
+    UnmaskResponse,
 };
 pub use server::{Aggregate, CountSum, SecAggServer};
 

@@ -34,11 +34,15 @@ pub struct PeerKey {
 
 /// Round 0, site → server: the site's X25519 mask public key s_u^pk and, for every other participant,
 /// a one-use X25519 channel public key (ring's ephemeral keys agree once each; see the module doc).
+/// Against a malicious server the site also sends its credential and its signature of the keys
+/// (bound to the instance); both are empty otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdvertiseKeys {
     pub header: SiteHeader,
     pub mask_public_key: [u8; 32],
     pub channel_public_keys: Vec<PeerKey>,
+    pub credential: Vec<u8>,
+    pub signature: Vec<u8>,
 }
 
 /// Round 0, server → every site of U1: the advertised keys of U1, sorted by site.
@@ -80,12 +84,37 @@ pub struct MaskedInput {
     pub masked: Vec<u64>,
 }
 
-/// Round 4, server → each site of U3: who uploaded (U3) and who dropped after sharing (U2 \ U3).
+/// Round 3 (consistency check), server → each site of U3: who uploaded (U3) and who dropped after
+/// sharing (U2 \ U3). Against a malicious server each site signs the U3 it is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyCheck {
+    pub header: RoundHeader,
+    pub survivors: Vec<SiteId>,
+    pub dropped: Vec<SiteId>,
+}
+
+/// Round 3, site → server: the site's signature of the survivor set it was told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyResponse {
+    pub header: SiteHeader,
+    pub signature: Vec<u8>,
+}
+
+/// One site's signature of a survivor set, as the server relays it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SurvivorSignature {
+    pub site: SiteId,
+    pub signature: Vec<u8>,
+}
+
+/// Round 4, server → each site that answered round 3: U3, U2 \ U3 and (against a malicious server)
+/// the survivor-set signatures of at least t sites of U3, sorted by site; empty otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmaskRequest {
     pub header: RoundHeader,
     pub survivors: Vec<SiteId>,
     pub dropped: Vec<SiteId>,
+    pub signatures: Vec<SurvivorSignature>,
 }
 
 /// One revealed share of a secret belonging to `owner`.

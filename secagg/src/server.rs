@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::auth::{PeerVerifier, keys_transcript, survivors_transcript};
 use super::client::check_header_fields;
 use super::crypto::{pairwise_mask_seed, self_mask_seed};
 use super::messages::{
-    AdvertiseKeys, KeyDirectory, MaskedInput, RoundHeader, ShareDelivery, ShareKeys, SiteHeader,
-    UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, KeyDirectory, MaskedInput, RoundHeader,
+    ShareDelivery, ShareKeys, SiteHeader, SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
 use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::quantize::dequantize;
@@ -50,6 +51,7 @@ pub struct CountSum {
 
 /// The server's state for one round. Feed it each stage's messages with `receive_*`; close a stage
 /// (deadline reached or everyone answered) with `close_*`; the decision of who dropped is final.
+/// Against a curious server there is no round 3: close it right after the masked inputs.
 pub struct SecAggServer {
     config: RoundConfig,
     stage: RoundStage,
@@ -62,7 +64,14 @@ pub struct SecAggServer {
     u3: BTreeSet<SiteId>,
     survivors: Vec<SiteId>,
     dropped: Vec<SiteId>,
+    /// Round 3: each survivor's signature of U3 (malicious-server instances).
+    signatures: BTreeMap<SiteId, Vec<u8>>,
+    /// U4: the sites asked to unmask (the signers of U3; U3 itself against a curious server).
+    responders: Vec<SiteId>,
     responses: BTreeMap<SiteId, UnmaskResponse>,
+    /// Checks the sites' signatures on receipt, so that a bad one is refused as that site's fault
+    /// instead of aborting the instance at every honest site.
+    verifier: Option<std::sync::Arc<dyn PeerVerifier>>,
     /// Threads that unmasking may use.
     threads: usize,
 }
@@ -82,9 +91,22 @@ impl SecAggServer {
             u3: BTreeSet::new(),
             survivors: Vec::new(),
             dropped: Vec::new(),
+            signatures: BTreeMap::new(),
+            responders: Vec::new(),
             responses: BTreeMap::new(),
+            verifier: None,
             threads: default_threads(),
         }
+    }
+
+    /// Checks every signature a site sends (malicious-server instances) with the study's authority,
+    /// and refuses the message of a site whose signature does not verify. Without it, signatures are
+    /// relayed unchecked: the sites check them all the same (their check is the protection; the
+    /// server's keeps one bad site from aborting the instance).
+    #[must_use]
+    pub fn with_verifier(mut self, verifier: std::sync::Arc<dyn PeerVerifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
     }
 
     /// Limits the threads that unmasking uses (default: the machine's available parallelism; at
@@ -125,6 +147,15 @@ impl SecAggServer {
             return Err(self.malformed(
                 site,
                 "channel keys must name every other participant exactly once",
+            ));
+        }
+        if self.config.is_authenticated() {
+            let message = keys_transcript(&self.config, site, &msg.mask_public_key, &msg.channel_public_keys);
+            self.verify(site, &msg.credential, &message, &msg.signature, "round-0 keys")?;
+        } else if !(msg.credential.is_empty() && msg.signature.is_empty()) {
+            return Err(self.malformed(
+                site,
+                "a curious-server instance carries no credential or signature",
             ));
         }
         self.keys.insert(site, msg);
@@ -227,27 +258,84 @@ impl SecAggServer {
         Ok(())
     }
 
-    /// Closes round 2: U3 is whoever uploaded; the request names U3 and U2 \ U3.
+    /// Closes round 2: U3 is whoever uploaded; the check names U3 and U2 \ U3 (for the sites to sign,
+    /// against a malicious server).
     ///
     /// # Errors
     /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
-    pub fn close_masked_inputs(&mut self) -> Result<UnmaskRequest, SecAggError> {
+    pub fn close_masked_inputs(&mut self) -> Result<ConsistencyCheck, SecAggError> {
         self.expect_stage(RoundStage::MaskedInputCollection)?;
         self.check_quorum(self.u3.len(), RoundStage::MaskedInputCollection)?;
         self.survivors = self.u3.iter().copied().collect();
         self.dropped = self.u2.iter().copied().filter(|v| !self.u3.contains(v)).collect();
-        self.stage = RoundStage::Unmasking;
-        Ok(UnmaskRequest {
+        self.stage = RoundStage::ConsistencyCheck;
+        Ok(ConsistencyCheck {
             header: self.round_header(),
             survivors: self.survivors.clone(),
             dropped: self.dropped.clone(),
         })
     }
 
-    /// Round 4: records a survivor's revealed shares.
+    /// Round 3: records a survivor's signature of U3 (malicious-server instances).
     ///
     /// # Errors
-    /// Wrong stage, round, study or configuration; a site outside U3; a duplicate; shares that do not
+    /// Wrong stage, round, study or configuration; a site outside U3; a duplicate; a curious-server
+    /// instance; with a verifier, a signature that does not verify. The state is unchanged on error.
+    pub fn receive_consistency(&mut self, msg: ConsistencyResponse) -> Result<(), SecAggError> {
+        let site = msg.header.site;
+        self.check_message(
+            &msg.header,
+            RoundStage::ConsistencyCheck,
+            &self.survivors,
+            self.signatures.contains_key(&site),
+        )?;
+        if !self.config.is_authenticated() {
+            return Err(self.malformed(site, "a curious-server instance has no consistency check"));
+        }
+        let message = survivors_transcript(&self.config, site, &self.survivors);
+        let credential = self
+            .keys
+            .get(&site)
+            .map(|k| k.credential.clone())
+            .unwrap_or_default();
+        self.verify(site, &credential, &message, &msg.signature, "survivor set")?;
+        self.signatures.insert(site, msg.signature);
+        Ok(())
+    }
+
+    /// Closes round 3: U4 is whoever signed U3 (against a curious server, U3 itself, at once); the
+    /// request names U3, U2 \ U3 and relays the signatures of U4.
+    ///
+    /// # Errors
+    /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
+    pub fn close_consistency(&mut self) -> Result<UnmaskRequest, SecAggError> {
+        self.expect_stage(RoundStage::ConsistencyCheck)?;
+        if self.config.is_authenticated() {
+            self.check_quorum(self.signatures.len(), RoundStage::ConsistencyCheck)?;
+            self.responders = self.signatures.keys().copied().collect();
+        } else {
+            self.responders = self.survivors.clone();
+        }
+        self.stage = RoundStage::Unmasking;
+        Ok(UnmaskRequest {
+            header: self.round_header(),
+            survivors: self.survivors.clone(),
+            dropped: self.dropped.clone(),
+            signatures: self
+                .signatures
+                .iter()
+                .map(|(&site, signature)| SurvivorSignature {
+                    site,
+                    signature: signature.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Round 4: records the revealed shares of a site of U4.
+    ///
+    /// # Errors
+    /// Wrong stage, round, study or configuration; a site outside U4; a duplicate; shares that do not
     /// cover exactly the survivors (self-mask) and the dropped sites (mask key), or carry another
     /// site's evaluation point. The state is unchanged on error.
     pub fn receive_unmask_response(&mut self, msg: UnmaskResponse) -> Result<(), SecAggError> {
@@ -255,7 +343,7 @@ impl SecAggServer {
         self.check_message(
             &msg.header,
             RoundStage::Unmasking,
-            &self.survivors,
+            &self.responders,
             self.responses.contains_key(&site),
         )?;
         let point = self.config.share_point(site);
@@ -536,6 +624,34 @@ impl SecAggServer {
             });
         }
         Ok(())
+    }
+
+    /// Checks a site's signature with the verifier, if the server has one.
+    fn verify(
+        &self,
+        site: SiteId,
+        credential: &[u8],
+        message: &[u8],
+        signature: &[u8],
+        what: &'static str,
+    ) -> Result<(), SecAggError> {
+        let round = self.config.round();
+        let bad = |reason: String| SecAggError::BadSignature {
+            site,
+            peer: site,
+            round,
+            what,
+            reason,
+        };
+        if credential.is_empty() || signature.is_empty() {
+            return Err(bad("no credential or signature".into()));
+        }
+        let (Some(verifier), Some(identity)) = (&self.verifier, self.config.identity(site)) else {
+            return Ok(());
+        };
+        verifier
+            .verify(identity, credential, message, signature)
+            .map_err(bad)
     }
 
     fn round_header(&self) -> RoundHeader {

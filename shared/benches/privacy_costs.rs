@@ -1,12 +1,18 @@
-//! What the privacy features cost per round, as ratios to the secure training round without them, all
-//! measured in this run on one core: the statistics secure sum of a pool (20,001 counts: both score
-//! histograms), and distributed differential-privacy noise (clipping plus one discrete Gaussian draw
-//! per weight), at 3, 10 and 30 sites for the study's tiny ResNet (87,527 weights), and at 3 and 10
-//! for an 11M-weight model. Each instance runs whole, in process: keys, shares, every site's masked input,
-//! unmasking and decoding.
+//! What the privacy features cost per round, as ratios to the secure training round without them
+//! (honest-but-curious server: no signatures, no round 3), all measured in this run on one core: the
+//! protection against a malicious server (ECDSA P-256 signatures of every site's keys and survivor
+//! set, each checked by every peer against its certificate and the study CA, and the consistency
+//! round), the statistics secure sum of a pool (20,001 counts: both score histograms), and
+//! distributed differential-privacy noise (clipping plus one discrete Gaussian draw per weight), at 3,
+//! 10 and 30 sites for the study's tiny ResNet (87,527 weights), and at 3 and 10 for an 11M-weight
+//! model. Each instance runs whole, in process: keys, shares, every site's masked input, unmasking
+//! and decoding.
 //!
 //! Run with `cargo bench -p fedlnm-shared --bench privacy_costs` (`PRIVACY_BENCH_SITES=3,10` to trim).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark harness: a panic is a failed run.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -14,28 +20,38 @@ use fedlnm_shared::federation::STATISTICS_TENSORS;
 use fedlnm_shared::host::cpu_model;
 use fedlnm_shared::secagg::{
     DistributedNoise, InputKind, ModelVersion, QuantizationConfig, RoundConfig, SecAggClient, SecAggConfig,
-    SecAggServer, SiteId, TensorSpec,
+    SecAggServer, Security, SiteId, TensorSpec,
 };
 use fedlnm_shared::weights::NamedTensors;
 
+/// An instance between `n` sites; `malicious`: against a malicious server (the study's threshold
+/// for it, 2n/3 < t), otherwise an honest-but-curious one (n/2 < t).
 fn config(
     n: u32,
     tensors: Vec<TensorSpec>,
     input: InputKind,
     privacy: Option<DistributedNoise>,
+    malicious: bool,
 ) -> RoundConfig {
+    let participants: Vec<SiteId> = (1..=n).map(SiteId).collect();
+    let (threshold, security) = if malicious {
+        (2 * n as usize / 3 + 1, support::malicious(&participants))
+    } else {
+        (n as usize / 2 + 1, Security::CuriousServer)
+    };
     SecAggConfig {
         study_id: "bench".into(),
         round: 1,
         model_version: ModelVersion::new("v1", 1),
-        participants: (1..=n).map(SiteId).collect(),
-        threshold: n as usize / 2 + 1,
+        participants,
+        threshold,
         tensors,
         fedbn_exclude: Vec::new(),
         quantization: QuantizationConfig::default(),
         max_delta_norm: 1e9,
         input,
         privacy,
+        security,
     }
     .validate()
     .unwrap()
@@ -50,12 +66,24 @@ fn instance(
     ) -> fedlnm_shared::secagg::MaskedInput,
     finish: impl FnOnce(&mut SecAggServer),
 ) -> Duration {
+    // Certificates are issued once per study, not per round: outside the timing.
+    let auths = config
+        .is_authenticated()
+        .then(|| support::study_authentications(config.participants()));
     let start = Instant::now();
     let mut server = SecAggServer::new(config.clone());
+    if let Some(auths) = &auths {
+        server = server.with_verifier(auths.values().next().unwrap().peers.clone());
+    }
     server.set_threads(1);
     let mut clients = Vec::new();
     for &site in config.participants() {
-        let (mut client, advertise) = SecAggClient::new(config.clone(), site).unwrap();
+        let (mut client, advertise) = match &auths {
+            Some(auths) => {
+                SecAggClient::new_authenticated(config.clone(), site, auths[&site].clone()).unwrap()
+            }
+            None => SecAggClient::new(config.clone(), site).unwrap(),
+        };
         client.set_threads(1);
         server.receive_keys(advertise).unwrap();
         clients.push(client);
@@ -69,7 +97,15 @@ fn instance(
     for (client, delivery) in clients.iter_mut().zip(server.close_shares().unwrap()) {
         server.receive_masked_input(upload(client, &delivery)).unwrap();
     }
-    let request = server.close_masked_inputs().unwrap();
+    let check = server.close_masked_inputs().unwrap();
+    if auths.is_some() {
+        for client in &mut clients {
+            server
+                .receive_consistency(client.consistency_check(&check).unwrap())
+                .unwrap();
+        }
+    }
+    let request = server.close_consistency().unwrap();
     for client in &mut clients {
         server
             .receive_unmask_response(client.unmask(&request).unwrap())
@@ -97,8 +133,11 @@ fn main() {
         .collect();
     let histogram = vec![1u64; STATISTICS_TENSORS[0].1];
     println!("{}; one core per party; best of 3 (2 at 11M)\n", cpu_model());
-    println!("| weights | sites | secure round | + statistics sum | ratio | with DP noise | ratio |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| weights | sites | secure round (curious server) | against a malicious server | ratio | \
+         statistics sum | ratio | with DP noise | ratio |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for weights in [87_527usize, 11_000_000] {
         let repeats = if weights > 1_000_000 { 2 } else { 3 };
         let delta = NamedTensors::from_vectors(vec![(
@@ -111,7 +150,8 @@ fn main() {
         }];
         // 30 sites at 11M weights would take minutes per instance (every site masks with every other).
         for &n in sites.iter().filter(|&&n| weights < 1_000_000 || n <= 10) {
-            let plain = config(n, layout.clone(), InputKind::WeightedDelta, None);
+            let plain = config(n, layout.clone(), InputKind::WeightedDelta, None, false);
+            let signed = config(n, layout.clone(), InputKind::WeightedDelta, None, true);
             let noisy = config(
                 n,
                 layout.clone(),
@@ -120,8 +160,9 @@ fn main() {
                     clip_norm: 1.0,
                     noise_multiplier: 1.0,
                 }),
+                false,
             );
-            let counts = config(n, counts_layout.clone(), InputKind::Counts, None);
+            let counts = config(n, counts_layout.clone(), InputKind::Counts, None, false);
             let train = |config: &RoundConfig| {
                 best_of(repeats, || {
                     instance(
@@ -134,6 +175,7 @@ fn main() {
                 })
             };
             let round = train(&plain);
+            let with_signatures = train(&signed);
             let with_noise = train(&noisy);
             let statistics = best_of(repeats, || {
                 instance(
@@ -145,8 +187,10 @@ fn main() {
                 )
             });
             println!(
-                "| {weights} | {n} | {:.3} s | {:.3} s | {:.3} | {:.3} s | {:.2} |",
+                "| {weights} | {n} | {:.3} s | {:.3} s | {:.2} | {:.3} s | {:.3} | {:.3} s | {:.2} |",
                 round.as_secs_f64(),
+                with_signatures.as_secs_f64(),
+                with_signatures.as_secs_f64() / round.as_secs_f64(),
                 statistics.as_secs_f64(),
                 statistics.as_secs_f64() / round.as_secs_f64(),
                 with_noise.as_secs_f64(),

@@ -88,6 +88,8 @@ fn secagg_round(n: u32, delta: &NamedTensors, threads: Option<usize>) -> RoundTi
         max_delta_norm: 1e9,
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
         privacy: None,
+        // Flower's SecAgg+ is semi-honest: compared like for like (privacy_costs measures the signatures).
+        security: fedlnm_shared::secagg::Security::CuriousServer,
     }
     .validate()
     .unwrap();
@@ -119,7 +121,8 @@ fn secagg_round(n: u32, delta: &NamedTensors, threads: Option<usize>) -> RoundTi
         server.receive_masked_input(upload).unwrap();
         server_sum += start.elapsed();
     }
-    let request = server.close_masked_inputs().unwrap();
+    server.close_masked_inputs().unwrap();
+    let request = server.close_consistency().unwrap();
     for c in &mut clients {
         server
             .receive_unmask_response(c.unmask(&request).unwrap())

@@ -180,6 +180,41 @@ impl PrivacySettings {
     }
 }
 
+/// Which aggregator secure aggregation protects the sites against (`rounds.threat_model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThreatModel {
+    /// The aggregator may deviate from the protocol (substitute keys, replay messages, tell sites
+    /// different survivor sets): each site signs its keys and the survivor set with its study key and
+    /// checks its peers' signatures before it reveals anything; every stage needs more than two
+    /// thirds of the sites (with 3 training sites, all of them).
+    #[default]
+    MaliciousAggregator,
+    /// The aggregator follows the protocol and only tries to learn from what it sees: no signatures,
+    /// and every stage needs more than half of the sites (tolerates more dropouts).
+    HonestButCuriousAggregator,
+}
+
+impl ThreatModel {
+    /// The Shamir threshold of an instance between `n` sites when the study needs at least
+    /// `min_sites`: the smallest t the model allows (n/2 < t, or 2n/3 < t), raised to `min_sites`,
+    /// at most n.
+    #[must_use]
+    pub fn threshold(self, n: usize, min_sites: usize) -> usize {
+        let floor = match self {
+            Self::MaliciousAggregator => 2 * n / 3 + 1,
+            Self::HonestButCuriousAggregator => n / 2 + 1,
+        };
+        floor.max(min_sites).min(n)
+    }
+
+    /// Whether sites sign their keys and survivor sets.
+    #[must_use]
+    pub fn is_malicious(self) -> bool {
+        self == Self::MaliciousAggregator
+    }
+}
+
 /// `[rounds]` of `aggregator.toml`: how the study runs its rounds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -201,6 +236,8 @@ pub struct RoundSettings {
     pub long_poll_s: u64,
     /// Secure aggregation (Bonawitz et al.): the aggregator only sees the sum of masked updates.
     pub secure_aggregation: bool,
+    /// Which aggregator secure aggregation protects the sites against.
+    pub threat_model: ThreatModel,
     /// FedBN: normalisation layers stay local to each site (never uploaded, never averaged).
     pub fedbn: bool,
     /// Largest L2 norm of a site's weight delta (each node checks its own before masking).
@@ -225,6 +262,7 @@ impl Default for RoundSettings {
             validation_deadline_s: 3600,
             long_poll_s: 20,
             secure_aggregation: true,
+            threat_model: ThreatModel::default(),
             fedbn: false,
             max_delta_norm: 1.0e4,
             max_concurrent_uploads: 4,

@@ -24,6 +24,7 @@ pub mod files;
 pub mod host;
 pub mod model_config;
 pub mod process;
+pub mod signing;
 pub mod staging;
 pub mod synth;
 pub mod table;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use fedlnm_shared::secagg::{
     Aggregate, DistributedNoise, InputKind, ModelVersion, QuantizationConfig, RoundConfig, SecAggClient,
-    SecAggConfig, SecAggError, SecAggServer, SiteId, TensorSpec,
+    SecAggConfig, SecAggError, SecAggServer, Security, SiteId, TensorSpec,
 };
 use fedlnm_shared::weights::NamedTensors;
 
@@ -29,6 +29,9 @@ fn config(n: u32, threshold: usize, privacy: Option<DistributedNoise>) -> RoundC
         max_delta_norm: 1e6,
         input: InputKind::WeightedDelta,
         privacy,
+        // Against an honest-but-curious server: the noise, not the signatures, is under test here
+        // (shared/tests/malicious_server.rs).
+        security: Security::CuriousServer,
     }
     .validate()
     .unwrap()
@@ -53,7 +56,8 @@ fn run(config: &RoundConfig, deltas: &BTreeMap<SiteId, Vec<f32>>, n: u64) -> Res
         let client = clients.get_mut(&delivery.to).unwrap();
         server.receive_masked_input(client.masked_input(&delivery, &delta, n)?)?;
     }
-    let request = server.close_masked_inputs()?;
+    server.close_masked_inputs()?;
+    let request = server.close_consistency()?;
     for client in clients.values_mut() {
         server.receive_unmask_response(client.unmask(&request)?)?;
     }

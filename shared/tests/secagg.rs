@@ -1,14 +1,17 @@
 //! Secure aggregation end to end, in process: every message is relayed as JSON bytes, as the
 //! transport will relay them. Correctness against plain FedAvg, exact mask cancellation, dropouts on
 //! both sides of the upload, aborts, rejected messages, FedBN, and the statistics of a masked upload.
+//! Instances protect against a malicious server (signed keys, consistency check: the study's
+//! default) unless a test is about the honest-but-curious model's own checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
 
 use std::collections::BTreeMap;
 
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
-    Aggregate, KeyDirectory, MaskedInput, QuantizationConfig, RoundConfig, RoundStage, SecAggClient,
-    SecAggConfig, SecAggError, SecAggServer, ShareDelivery, SiteId, TensorSpec, UnmaskRequest,
+    Aggregate, ConsistencyCheck, KeyDirectory, MaskedInput, QuantizationConfig, RoundConfig, RoundStage,
+    SecAggClient, SecAggConfig, SecAggError, SecAggServer, Security, ShareDelivery, SiteId, TensorSpec,
+    UnmaskRequest,
 };
 use fedlnm_shared::stats::normal::normal_cdf;
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
@@ -16,9 +19,35 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod support;
+
 // ---------------------------------------------------------------- harness
 
+/// An instance against a malicious server (needs 2n/3 < t).
 fn config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
+    let sites: Vec<SiteId> = (1..=n).map(|i| SiteId(10 * i)).collect();
+    config_with(n, threshold, round, lens, support::malicious(&sites))
+}
+
+/// An instance against an honest-but-curious server (n/2 < t).
+fn curious_config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
+    config_with(n, threshold, round, lens, Security::CuriousServer)
+}
+
+/// A client of `site`, authenticated with the test study's PKI where the instance asks for it.
+fn client(
+    config: &RoundConfig,
+    site: SiteId,
+) -> Result<(SecAggClient, fedlnm_shared::secagg::AdvertiseKeys), SecAggError> {
+    if config.is_authenticated() {
+        let auth = support::study_authentications(&[site]).remove(&site).unwrap();
+        SecAggClient::new_authenticated(config.clone(), site, auth)
+    } else {
+        SecAggClient::new(config.clone(), site)
+    }
+}
+
+fn config_with(n: u32, threshold: usize, round: u64, lens: &[usize], security: Security) -> RoundConfig {
     let mut tensors: Vec<TensorSpec> = lens
         .iter()
         .enumerate()
@@ -43,6 +72,7 @@ fn config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
         max_delta_norm: 1e6,
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
         privacy: None,
+        security,
     }
     .validate()
     .unwrap()
@@ -99,19 +129,32 @@ struct Dropouts {
 struct Round {
     server: SecAggServer,
     clients: BTreeMap<SiteId, SecAggClient>,
+    authenticated: bool,
 }
 
 impl Round {
     fn start(config: &RoundConfig) -> (Self, KeyDirectory) {
         let mut server = SecAggServer::new(config.clone());
+        if config.is_authenticated() {
+            let any = support::study_authentications(&config.participants()[..1]);
+            server = server.with_verifier(any.into_values().next().unwrap().peers);
+        }
         let mut clients = BTreeMap::new();
         for &site in config.participants() {
-            let (client, advertise) = SecAggClient::new(config.clone(), site).unwrap();
+            let (client, advertise) = client(config, site).unwrap();
             server.receive_keys(relay(&advertise)).unwrap();
             clients.insert(site, client);
         }
         let directory = relay(&server.close_keys().unwrap());
-        (Self { server, clients }, directory)
+        let authenticated = config.is_authenticated();
+        (
+            Self {
+                server,
+                clients,
+                authenticated,
+            },
+            directory,
+        )
     }
 
     fn share(
@@ -133,7 +176,7 @@ impl Round {
         deliveries: &[ShareDelivery],
         inputs: &Inputs,
         drops: &[SiteId],
-    ) -> Result<UnmaskRequest, SecAggError> {
+    ) -> Result<ConsistencyCheck, SecAggError> {
         for delivery in deliveries.iter().filter(|d| !drops.contains(&d.to)) {
             let (delta, n) = &inputs[&delivery.to];
             let msg = self
@@ -147,6 +190,27 @@ impl Round {
         Ok(relay(&self.server.close_masked_inputs()?))
     }
 
+    /// Round 3: the survivors not in `drops` sign U3 (against a malicious server; the server closes
+    /// the stage at once otherwise).
+    fn consistency(
+        &mut self,
+        check: &ConsistencyCheck,
+        drops: &[SiteId],
+    ) -> Result<UnmaskRequest, SecAggError> {
+        if self.authenticated {
+            for site in check.survivors.iter().filter(|s| !drops.contains(s)) {
+                let msg = self
+                    .clients
+                    .get_mut(site)
+                    .unwrap()
+                    .consistency_check(check)
+                    .unwrap();
+                self.server.receive_consistency(relay(&msg)).unwrap();
+            }
+        }
+        Ok(relay(&self.server.close_consistency()?))
+    }
+
     fn unmask(&mut self, request: &UnmaskRequest, drops: &[SiteId]) -> Result<Aggregate, SecAggError> {
         for site in request.survivors.iter().filter(|s| !drops.contains(s)) {
             let msg = self.clients.get_mut(site).unwrap().unmask(request).unwrap();
@@ -154,13 +218,23 @@ impl Round {
         }
         self.server.finish()
     }
+
+    /// Rounds 3 and 4 with the survivors not in `drops`.
+    fn check_and_unmask(
+        &mut self,
+        check: &ConsistencyCheck,
+        drops: &[SiteId],
+    ) -> Result<Aggregate, SecAggError> {
+        let request = self.consistency(check, drops)?;
+        self.unmask(&request, drops)
+    }
 }
 
 fn run(config: &RoundConfig, inputs: &Inputs, drops: &Dropouts) -> Result<Aggregate, SecAggError> {
     let (mut round, directory) = Round::start(config);
     let deliveries = round.share(&directory, &drops.before_shares)?;
-    let request = round.upload(&deliveries, inputs, &drops.before_upload)?;
-    round.unmask(&request, &drops.before_unmask)
+    let check = round.upload(&deliveries, inputs, &drops.before_upload)?;
+    round.check_and_unmask(&check, &drops.before_unmask)
 }
 
 /// The exact fixed-point sum Σ_k n_k·Δ_k·2^32 over `sites` (valid for dyadic inputs), then Σ n_k.
@@ -211,7 +285,7 @@ proptest! {
     /// |U3|·2^-32 / Σ n_k (quantization) + 2^-24 relative (the final f32 rounding).
     #[test]
     fn decoded_average_equals_plain_fedavg(n in 2u32..=8, seed in any::<u64>(), len in 1usize..40, scale in 0.0f32..2.0) {
-        let config = config(n, n as usize / 2 + 1, 1, &[len, 3]);
+        let config = config(n, 2 * n as usize / 3 + 1, 1, &[len, 3]);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let inputs: Inputs = config.participants().iter().map(|&site| {
             let tensors = config.aggregated_tensors().iter()
@@ -233,7 +307,7 @@ proptest! {
     /// bit on inputs whose quantization is exact.
     #[test]
     fn masks_cancel_exactly(n in 2u32..=8, seed in any::<u64>(), len in 1usize..64) {
-        let config = config(n, n as usize / 2 + 1, 2, &[len, 5]);
+        let config = config(n, 2 * n as usize / 3 + 1, 2, &[len, 5]);
         let inputs = dyadic_inputs(&config, seed);
         let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
         prop_assert_eq!(aggregate.fixed_point_sum, exact_fixed_point_sum(&config, &inputs, config.participants()));
@@ -258,7 +332,7 @@ fn fedavg_of_identical_deltas_is_that_delta() {
 /// Masking and unmasking split long vectors over threads; how many must not change a bit of the sum.
 #[test]
 fn thread_counts_do_not_change_the_sum() {
-    let config = config(3, 2, 1, &[(1 << 18) + 3]);
+    let config = config(3, 3, 1, &[(1 << 18) + 3]);
     let inputs = dyadic_inputs(&config, 5);
     let exact = exact_fixed_point_sum(&config, &inputs, config.participants());
     for (client_threads, server_threads) in [(1, 3), (4, 1), (2, 2)] {
@@ -268,8 +342,8 @@ fn thread_counts_do_not_change_the_sum() {
             client.set_threads(client_threads);
         }
         let deliveries = round.share(&directory, &[]).unwrap();
-        let request = round.upload(&deliveries, &inputs, &[]).unwrap();
-        let aggregate = round.unmask(&request, &[]).unwrap();
+        let check = round.upload(&deliveries, &inputs, &[]).unwrap();
+        let aggregate = round.check_and_unmask(&check, &[]).unwrap();
         assert_eq!(
             aggregate.fixed_point_sum, exact,
             "{client_threads} / {server_threads} threads"
@@ -309,13 +383,14 @@ fn a_round_configured_from_a_global_model_returns_its_shapes() {
         round: 1,
         model_version: fedlnm_shared::secagg::ModelVersion::new("model-v7", 1),
         participants: (1..=3).map(SiteId).collect(),
-        threshold: 2,
+        threshold: 3,
         tensors: specs,
         fedbn_exclude: vec!["*_bn.*".into()],
         quantization: QuantizationConfig::default(),
         max_delta_norm: 1e3,
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
         privacy: None,
+        security: support::malicious(&[SiteId(1), SiteId(2), SiteId(3)]),
     }
     .validate()
     .unwrap();
@@ -353,14 +428,14 @@ fn sites(ids: &[u32]) -> Vec<SiteId> {
 
 #[test]
 fn dropout_before_upload_leaves_the_exact_sum_of_the_others() {
-    let config = config(5, 3, 4, &[300, 7]);
+    let config = config(7, 5, 4, &[300, 7]);
     let inputs = dyadic_inputs(&config, 1);
     let drops = Dropouts {
         before_upload: sites(&[20, 40]),
         ..Dropouts::default()
     };
     let aggregate = run(&config, &inputs, &drops).unwrap();
-    let survivors = sites(&[10, 30, 50]);
+    let survivors = sites(&[10, 30, 50, 60, 70]);
     assert_eq!(aggregate.survivors, survivors);
     assert_eq!(aggregate.dropped, sites(&[20, 40]));
     assert_eq!(
@@ -372,7 +447,7 @@ fn dropout_before_upload_leaves_the_exact_sum_of_the_others() {
 #[test]
 fn dropout_after_upload_keeps_that_upload_in_the_exact_sum() {
     // Bonawitz: a site that uploaded is in U3; its b_u is rebuilt from the survivors' shares.
-    let config = config(5, 3, 4, &[300, 7]);
+    let config = config(7, 5, 4, &[300, 7]);
     let inputs = dyadic_inputs(&config, 2);
     let drops = Dropouts {
         before_unmask: sites(&[20, 50]),
@@ -389,7 +464,7 @@ fn dropout_after_upload_keeps_that_upload_in_the_exact_sum() {
 
 #[test]
 fn dropouts_at_every_stage_at_once() {
-    let config = config(7, 4, 4, &[100]);
+    let config = config(10, 7, 4, &[100]);
     let inputs = dyadic_inputs(&config, 3);
     let drops = Dropouts {
         before_shares: sites(&[10]),
@@ -397,7 +472,7 @@ fn dropouts_at_every_stage_at_once() {
         before_unmask: sites(&[70]),
     };
     let aggregate = run(&config, &inputs, &drops).unwrap();
-    let in_sum = sites(&[20, 30, 50, 60, 70]);
+    let in_sum = sites(&[20, 30, 50, 60, 70, 80, 90, 100]);
     assert_eq!(aggregate.survivors, in_sum);
     assert_eq!(aggregate.dropped, sites(&[40]));
     assert_eq!(
@@ -412,87 +487,99 @@ fn dropouts_at_every_stage_at_once() {
 
 #[test]
 fn fewer_survivors_than_the_threshold_abort_at_every_stage() {
-    let config = config(5, 3, 4, &[10]);
-    let inputs = dyadic_inputs(&config, 4);
-    let too_few = |stage| move |e: SecAggError| matches!(e, SecAggError::TooFewSurvivors { stage: s, survivors: 2, threshold: 3, round: 4 } if s == stage);
-    // Keys: only two sites advertise.
-    let mut server = SecAggServer::new(config.clone());
-    for &site in &config.participants()[..2] {
-        server
-            .receive_keys(SecAggClient::new(config.clone(), site).unwrap().1)
-            .unwrap();
-    }
-    assert!(too_few(RoundStage::AdvertiseKeys)(
-        server.close_keys().unwrap_err()
-    ));
-    assert_eq!(server.stage(), RoundStage::Aborted);
-    assert!(matches!(
-        server.close_keys(),
-        Err(SecAggError::Aborted { round: 4 })
-    ));
-    // Shares, uploads, unmasking.
-    let cases = [
-        (
-            Dropouts {
-                before_shares: sites(&[10, 20, 30]),
-                ..Dropouts::default()
-            },
-            RoundStage::ShareKeys,
-        ),
-        (
-            Dropouts {
-                before_upload: sites(&[10, 20, 30]),
-                ..Dropouts::default()
-            },
-            RoundStage::MaskedInputCollection,
-        ),
-        (
-            Dropouts {
-                before_unmask: sites(&[10, 20, 30]),
-                ..Dropouts::default()
-            },
-            RoundStage::Unmasking,
-        ),
-    ];
-    for (drops, stage) in cases {
-        let err = run(&config, &inputs, &drops).unwrap_err();
-        assert!(too_few(stage)(err.clone()), "{stage}: {err:?}");
+    // Against a malicious server (t = 4 of 5) the last stage to miss sites is the consistency check;
+    // against a curious one (t = 3 of 5), unmasking.
+    for (config, threshold, last_stage) in [
+        (config(5, 4, 4, &[10]), 4, RoundStage::ConsistencyCheck),
+        (curious_config(5, 3, 4, &[10]), 3, RoundStage::Unmasking),
+    ] {
+        let inputs = dyadic_inputs(&config, 4);
+        let left = threshold - 1;
+        let too_few = |stage| {
+            move |e: SecAggError| {
+                matches!(e, SecAggError::TooFewSurvivors { stage: s, survivors, threshold: t, round: 4 }
+                    if s == stage && survivors == left && t == threshold)
+            }
+        };
+        // Keys: only t - 1 sites advertise.
+        let mut server = SecAggServer::new(config.clone());
+        for &site in &config.participants()[..left] {
+            server.receive_keys(client(&config, site).unwrap().1).unwrap();
+        }
+        assert!(too_few(RoundStage::AdvertiseKeys)(
+            server.close_keys().unwrap_err()
+        ));
+        assert_eq!(server.stage(), RoundStage::Aborted);
+        assert!(matches!(
+            server.close_keys(),
+            Err(SecAggError::Aborted { round: 4 })
+        ));
+        // Shares, uploads, and the last stage.
+        let gone = config.participants()[left..].to_vec();
+        let cases = [
+            (
+                Dropouts {
+                    before_shares: gone.clone(),
+                    ..Dropouts::default()
+                },
+                RoundStage::ShareKeys,
+            ),
+            (
+                Dropouts {
+                    before_upload: gone.clone(),
+                    ..Dropouts::default()
+                },
+                RoundStage::MaskedInputCollection,
+            ),
+            (
+                Dropouts {
+                    before_unmask: gone.clone(),
+                    ..Dropouts::default()
+                },
+                last_stage,
+            ),
+        ];
+        for (drops, stage) in cases {
+            let err = run(&config, &inputs, &drops).unwrap_err();
+            assert!(too_few(stage)(err.clone()), "{stage}: {err:?}");
+        }
     }
 }
 
 #[test]
-fn a_client_refuses_a_request_with_fewer_survivors_than_the_threshold() {
-    let config = config(5, 3, 4, &[10]);
-    let inputs = dyadic_inputs(&config, 5);
-    let (mut round, directory) = Round::start(&config);
-    let deliveries = round.share(&directory, &[]).unwrap();
-    let mut request = round.upload(&deliveries, &inputs, &[]).unwrap();
-    request.survivors = sites(&[10, 20]);
-    request.dropped = sites(&[30, 40, 50]);
-    let err = round
-        .clients
-        .get_mut(&SiteId(10))
-        .unwrap()
-        .unmask(&request)
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SecAggError::TooFewSurvivors {
-                stage: RoundStage::Unmasking,
-                survivors: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+fn a_client_refuses_a_survivor_set_smaller_than_the_threshold() {
+    for config in [config(5, 4, 4, &[10]), curious_config(5, 3, 4, &[10])] {
+        let inputs = dyadic_inputs(&config, 5);
+        let (mut round, directory) = Round::start(&config);
+        let deliveries = round.share(&directory, &[]).unwrap();
+        let mut check = round.upload(&deliveries, &inputs, &[]).unwrap();
+        check.survivors = sites(&[10, 20]);
+        check.dropped = sites(&[30, 40, 50]);
+        let client = round.clients.get_mut(&SiteId(10)).unwrap();
+        let err = if config.is_authenticated() {
+            // Round 3: the site refuses to sign it.
+            client.consistency_check(&check).unwrap_err()
+        } else {
+            let request = UnmaskRequest {
+                header: check.header.clone(),
+                survivors: check.survivors.clone(),
+                dropped: check.dropped.clone(),
+                signatures: Vec::new(),
+            };
+            client.unmask(&request).unwrap_err()
+        };
+        assert!(
+            matches!(err, SecAggError::TooFewSurvivors { survivors: 2, .. }),
+            "{err:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- rejected messages
 
 #[test]
 fn a_tampered_share_is_rejected_by_its_recipient() {
-    let config = config(3, 2, 4, &[10]);
+    let config = config(3, 3, 4, &[10]);
     let inputs = dyadic_inputs(&config, 6);
     let (mut round, directory) = Round::start(&config);
     let mut deliveries = round.share(&directory, &[]).unwrap();
@@ -519,8 +606,8 @@ fn a_tampered_share_is_rejected_by_its_recipient() {
 
 #[test]
 fn a_share_from_another_round_is_rejected() {
-    let round4 = config(3, 2, 4, &[10]);
-    let round5 = config(3, 2, 5, &[10]);
+    let round4 = config(3, 3, 4, &[10]);
+    let round5 = config(3, 3, 5, &[10]);
     let inputs = dyadic_inputs(&round4, 7);
     let (mut r4, d4) = Round::start(&round4);
     let (mut r5, d5) = Round::start(&round5);
@@ -567,8 +654,8 @@ fn a_share_from_another_round_is_rejected() {
 
 #[test]
 fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unchanged() {
-    let config = config(3, 2, 4, &[50]);
-    let previous = self::config(3, 2, 3, &[50]);
+    let config = config(3, 3, 4, &[50]);
+    let previous = self::config(3, 3, 3, &[50]);
     let inputs = dyadic_inputs(&config, 8);
     // An upload from the previous round, by the same site.
     let (mut old, old_directory) = Round::start(&previous);
@@ -654,18 +741,18 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
     // None of the rejected messages touched the state: the round completes with the exact sum.
     round.server.receive_masked_input(uploads[1].clone()).unwrap();
     round.server.receive_masked_input(uploads[2].clone()).unwrap();
-    let request = round.server.close_masked_inputs().unwrap();
+    let check = round.server.close_masked_inputs().unwrap();
     // A late upload after the stage closed is rejected too.
     let late = round.server.receive_masked_input(uploads[2].clone()).unwrap_err();
     assert!(matches!(
         late,
         SecAggError::WrongStage {
             got: RoundStage::MaskedInputCollection,
-            current: RoundStage::Unmasking,
+            current: RoundStage::ConsistencyCheck,
             ..
         }
     ));
-    let aggregate = round.unmask(&request, &[]).unwrap();
+    let aggregate = round.check_and_unmask(&check, &[]).unwrap();
     assert_eq!(
         aggregate.fixed_point_sum,
         exact_fixed_point_sum(&config, &inputs, config.participants())
@@ -674,11 +761,15 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
 
 #[test]
 fn a_site_never_reveals_both_shares_of_one_peer() {
-    let config = config(5, 3, 4, &[10]);
+    // The client's own rule, which holds without signatures (a curious server); against a malicious
+    // server a request that differs from the signed survivor set is refused before it
+    // (shared/tests/malicious_server.rs).
+    let config = curious_config(5, 3, 4, &[10]);
     let inputs = dyadic_inputs(&config, 9);
     let (mut round, directory) = Round::start(&config);
     let deliveries = round.share(&directory, &[]).unwrap();
-    let request = round.upload(&deliveries, &inputs, &[SiteId(50)]).unwrap();
+    let check = round.upload(&deliveries, &inputs, &[SiteId(50)]).unwrap();
+    let request = round.consistency(&check, &[]).unwrap();
     assert_eq!(request.dropped, sites(&[50]));
     let client = round.clients.get_mut(&SiteId(10)).unwrap();
     // A site listed as both survivor and dropped.
@@ -715,9 +806,9 @@ fn a_site_never_reveals_both_shares_of_one_peer() {
 
 #[test]
 fn messages_from_outside_the_round_or_stage_are_rejected() {
-    let config = config(3, 2, 4, &[10]);
+    let config = config(3, 3, 4, &[10]);
     let mut server = SecAggServer::new(config.clone());
-    let (_, mut advertise) = SecAggClient::new(config.clone(), SiteId(10)).unwrap();
+    let (_, mut advertise) = client(&config, SiteId(10)).unwrap();
     let good = advertise.clone();
     advertise.header.site = SiteId(11);
     assert_eq!(
@@ -744,16 +835,24 @@ fn messages_from_outside_the_round_or_stage_are_rejected() {
         }
     );
     assert!(matches!(
-        SecAggClient::new(config, SiteId(12)),
+        client(&config, SiteId(12)),
         Err(SecAggError::NotInRound { site: SiteId(12), .. })
     ));
+    // A malicious-server instance cannot be joined without the site's signing key.
+    assert_eq!(
+        SecAggClient::new(config, SiteId(10)).err(),
+        Some(SecAggError::Unauthenticated {
+            site: SiteId(10),
+            round: 4
+        })
+    );
 }
 
 // ---------------------------------------------------------------- node checks and FedBN
 
 #[test]
 fn fedbn_tensors_are_never_masked_or_sent() {
-    let config = config(3, 2, 4, &[6, 2]);
+    let config = config(3, 3, 4, &[6, 2]);
     assert_eq!(config.vector_len(), 6 + 2 + 1);
     assert!(
         config
@@ -795,7 +894,7 @@ fn fedbn_tensors_are_never_masked_or_sent() {
 
 #[test]
 fn a_node_rejects_its_own_bad_delta_before_masking() {
-    let mut raw = config(3, 2, 4, &[3]).config().clone();
+    let mut raw = config(3, 3, 4, &[3]).config().clone();
     raw.max_delta_norm = 1.0;
     let config = raw.validate().unwrap();
     let (mut round, directory) = Round::start(&config);
@@ -920,7 +1019,7 @@ const ALPHA: f64 = 1e-6;
 #[test]
 fn one_masked_upload_is_indistinguishable_from_uniform_and_uncorrelated_with_its_delta() {
     let m = 1 << 17;
-    let config = config(3, 2, 4, &[m]);
+    let config = config(3, 3, 4, &[m]);
     // A strongly structured delta: a ramp plus a sine, mostly small values.
     let values: Vec<f32> = (0..m)
         .map(|i| (i as f32 / m as f32 - 0.5) * 0.01 + (i as f32 * 0.001).sin() * 0.001)

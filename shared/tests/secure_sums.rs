@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use fedlnm_shared::secagg::{
     CountSum, InputKind, ModelVersion, QuantizationConfig, RoundConfig, SecAggClient, SecAggConfig,
-    SecAggError, SecAggServer, SiteId, TensorSpec,
+    SecAggError, SecAggServer, Security, SiteId, TensorSpec,
 };
 use fedlnm_shared::weights::NamedTensors;
 use rand::{Rng, SeedableRng};
@@ -37,6 +37,9 @@ fn counts_config(n: u32, threshold: usize, max_total: u64) -> RoundConfig {
         max_delta_norm: 1.0,
         input: InputKind::Counts,
         privacy: None,
+        // Against an honest-but-curious server: the sums, not the signatures, are under test here
+        // (shared/tests/malicious_server.rs).
+        security: Security::CuriousServer,
     }
     .validate()
     .unwrap()
@@ -90,7 +93,8 @@ fn run(
         let masked = client.masked_counts(&relay(&delivery), &[positive, negative])?;
         server.receive_masked_input(relay(&masked))?;
     }
-    let request = relay(&server.close_masked_inputs()?);
+    server.close_masked_inputs()?;
+    let request = relay(&server.close_consistency()?);
     for (site, client) in &mut clients {
         if !drop_before_upload.contains(site) && !drop_after_upload.contains(site) {
             server.receive_unmask_response(relay(&client.unmask(&request)?))?;

@@ -26,8 +26,8 @@ use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::federation::fedavg::FedAvg;
 use fedlnm_shared::model_config::{ConfigFile, TrainPlan};
 use fedlnm_shared::secagg::{
-    AdvertiseKeys, KeyDirectory, MaskedInput, SecAggConfig, ShareDelivery, ShareKeys, UnmaskRequest,
-    UnmaskResponse,
+    AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, KeyDirectory, MaskedInput, SecAggConfig,
+    ShareDelivery, ShareKeys, UnmaskRequest, UnmaskResponse,
 };
 use fedlnm_shared::table::{CsvReader, Table};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, is_local_norm, sha256_hex};
@@ -61,7 +61,7 @@ const MODEL_INPUT: u32 = 32;
 const TRANSFER_LIMIT: u32 = 16 << 20;
 
 /// The payload types, by the input's first byte (modulo their number); the rest is the payload.
-const PAYLOADS: u8 = 10;
+const PAYLOADS: u8 = 12;
 
 /// `fedlnm_protocol::payload::decode` of every payload type the protocol carries: the secure
 /// aggregation messages both ways, the round's secure-aggregation configuration (validated, as the
@@ -92,11 +92,13 @@ pub fn payload(data: &[u8]) -> Outcome {
             let plan = round_trip!(TrainPlan, bytes, "training plan")?;
             plan.validate().map_err(|e| e.to_string())
         }
-        _ => {
+        9 => {
             let metrics = round_trip!(SiteRoundMetrics, bytes, "validation metrics")?;
             // What the aggregator's `accept_metrics` checks.
             metrics.check()
         }
+        10 => round_trip!(ConsistencyCheck, bytes, "consistency check").map(drop),
+        _ => round_trip!(ConsistencyResponse, bytes, "survivor-set signature").map(drop),
     }
 }
 

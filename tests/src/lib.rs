@@ -41,10 +41,23 @@ pub fn provision_study_with(
     rounds: RoundSettings,
     initial_model: NamedTensors,
 ) -> AggregatorConfig {
+    provision_sites(out, study, rounds, initial_model, &["S1", "S2", "S3"], &["S4"])
+}
+
+/// [`provision_study_with`] with the given training and validation sites.
+#[must_use]
+pub fn provision_sites(
+    out: &Path,
+    study: &str,
+    rounds: RoundSettings,
+    initial_model: NamedTensors,
+    train_sites: &[&str],
+    validate_sites: &[&str],
+) -> AggregatorConfig {
     provision::provision(&ProvisionOptions {
         study: study.into(),
-        train_sites: vec!["S1".into(), "S2".into(), "S3".into()],
-        validate_sites: vec!["S4".into()],
+        train_sites: train_sites.iter().map(|&s| s.to_owned()).collect(),
+        validate_sites: validate_sites.iter().map(|&s| s.to_owned()).collect(),
         aggregator_hosts: vec!["localhost".into(), "127.0.0.1".into()],
         port: 0,
         valid_days: 30,
@@ -131,6 +144,37 @@ pub fn site_config(study_dir: &Path, site: &str, url: &str) -> NodeConfig {
     let mut config = NodeConfig::load(&kit(study_dir, site).join("node.toml")).unwrap();
     config.aggregator = url.to_owned();
     config
+}
+
+/// The secure-aggregation client of `site` for an instance it was given, signing with the site's
+/// startup kit (certificate, key, study CA) where the instance protects against a malicious
+/// aggregator, as the node does.
+#[must_use]
+pub fn secagg_client(
+    study_dir: &Path,
+    site: &str,
+    config: fedlnm_shared::secagg::SecAggConfig,
+    site_id: fedlnm_shared::secagg::SiteId,
+) -> (
+    fedlnm_shared::secagg::SecAggClient,
+    fedlnm_shared::secagg::AdvertiseKeys,
+) {
+    use fedlnm_shared::secagg::SecAggClient;
+    let config = config.validate().unwrap();
+    if config.is_authenticated() {
+        let tls = site_config(study_dir, site, "https://127.0.0.1:1").tls;
+        let read = |path: &Path| std::fs::read(path).unwrap();
+        let signer =
+            fedlnm_shared::signing::SiteSigner::from_pem(&read(&tls.certificate), &read(&tls.key)).unwrap();
+        let authority = fedlnm_shared::signing::StudyAuthority::from_ca_pem(&read(&tls.ca)).unwrap();
+        let auth = fedlnm_shared::secagg::Authentication {
+            signer: std::sync::Arc::new(signer),
+            peers: std::sync::Arc::new(authority),
+        };
+        SecAggClient::new_authenticated(config, site_id, auth).unwrap()
+    } else {
+        SecAggClient::new(config, site_id).unwrap()
+    }
 }
 
 /// The startup kit folder of a site.

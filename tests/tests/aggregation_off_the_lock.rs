@@ -8,7 +8,7 @@ use fedlnm_aggregator::study::JobKind;
 use fedlnm_e2e::{RunningAggregator, provision_study_with, site_config};
 use fedlnm_protocol::{Client, RoundAggregation, SecAggStage, Task, UpdateFormat, payload};
 use fedlnm_shared::config::RoundSettings;
-use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
+use fedlnm_shared::secagg::{ConsistencyCheck, KeyDirectory, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -46,7 +46,7 @@ async fn secure_site(study_dir: PathBuf, url: String, site: &'static str) {
         panic!("{site}: the round is not secure");
     };
     let round = train.round;
-    let (mut secagg, advertise) = SecAggClient::new(config.validate().unwrap(), site_id).unwrap();
+    let (mut secagg, advertise) = fedlnm_e2e::secagg_client(&study_dir, site, *config, site_id);
     let reply = client
         .secure_aggregation(round, SecAggStage::AdvertiseKeys, payload::encode(&advertise))
         .await
@@ -64,8 +64,19 @@ async fn secure_site(study_dir: PathBuf, url: String, site: &'static str) {
         .upload_update(round, UpdateFormat::MaskedInput, 0, &bytes)
         .await
         .unwrap();
+    // Against a malicious aggregator (the default): sign the survivor set first.
     let reply = client
-        .secure_aggregation(round, SecAggStage::UnmaskRequest, Vec::new())
+        .secure_aggregation(round, SecAggStage::ConsistencyCheck, Vec::new())
+        .await
+        .unwrap();
+    let check: ConsistencyCheck = payload::decode(&reply, "consistency check").unwrap();
+    let signature = secagg.consistency_check(&check).unwrap();
+    let reply = client
+        .secure_aggregation(
+            round,
+            SecAggStage::ConsistencySignature,
+            payload::encode(&signature),
+        )
         .await
         .unwrap();
     let request: UnmaskRequest = payload::decode(&reply, "unmask request").unwrap();

@@ -228,6 +228,8 @@ fn advertise(site: u32) -> AdvertiseKeys {
                 public_key: [peer as u8; 32],
             })
             .collect(),
+        credential: (0..120).collect(),
+        signature: (0..71).rev().collect(),
     }
 }
 
@@ -252,7 +254,7 @@ fn secagg_config() -> SecAggConfig {
         round: 3,
         model_version: ModelVersion::new("ab".repeat(32), 0),
         participants: vec![SiteId(1), SiteId(2), SiteId(3)],
-        threshold: 2,
+        threshold: 3,
         tensors: vec![
             TensorSpec {
                 name: "head.weight".into(),
@@ -272,6 +274,9 @@ fn secagg_config() -> SecAggConfig {
         max_delta_norm: 100.0,
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
         privacy: None,
+        security: fedlnm_shared::secagg::Security::MaliciousServer {
+            identities: (1..=3).map(|k| (SiteId(k), format!("S{k}"))).collect(),
+        },
     }
 }
 
@@ -353,6 +358,39 @@ fn payload_seeds() -> Vec<Seed> {
                     header: round_header(),
                     survivors: vec![SiteId(1), SiteId(2)],
                     dropped: vec![SiteId(3)],
+                    signatures: vec![
+                        fedlnm_shared::secagg::SurvivorSignature {
+                            site: SiteId(1),
+                            signature: vec![1; 70],
+                        },
+                        fedlnm_shared::secagg::SurvivorSignature {
+                            site: SiteId(2),
+                            signature: vec![2; 71],
+                        },
+                    ],
+                }),
+            ),
+        ),
+        (
+            "payload",
+            "consistency-check",
+            tagged(
+                10,
+                &encode(&fedlnm_shared::secagg::ConsistencyCheck {
+                    header: round_header(),
+                    survivors: vec![SiteId(1), SiteId(2)],
+                    dropped: vec![SiteId(3)],
+                }),
+            ),
+        ),
+        (
+            "payload",
+            "consistency-response",
+            tagged(
+                11,
+                &encode(&fedlnm_shared::secagg::ConsistencyResponse {
+                    header: site_header(2),
+                    signature: (0..72).collect(),
                 }),
             ),
         ),

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_aggregator::store::{RECORD_FILE, RoundStore};
-use fedlnm_e2e::{RunningAggregator, provision_study, small_model};
+use fedlnm_e2e::{RunningAggregator, provision_sites, secagg_client, small_model};
 use fedlnm_protocol::generated::federation_client::FederationClient;
 use fedlnm_protocol::generated::{
     MetricsReport, SecAggRequest, SecAggStage, UpdateChunk, UpdateFormat, UpdateHeader, task,
@@ -16,7 +16,8 @@ use fedlnm_protocol::payload as wire;
 use fedlnm_shared::config::{RoundSettings, SiteRole};
 use fedlnm_shared::federation::{ScoreHistogram, SiteRoundMetrics};
 use fedlnm_shared::secagg::{
-    InputKind, KeyDirectory, MaskedInput, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
+    ConsistencyCheck, InputKind, KeyDirectory, MaskedInput, SecAggConfig, ShareDelivery, SiteId,
+    UnmaskRequest,
 };
 use fedlnm_shared::weights::{NamedTensors, sha256_hex};
 use std::collections::BTreeMap;
@@ -135,7 +136,7 @@ async fn pool_site(
     assert_eq!(config.input, InputKind::Counts);
     assert_eq!(config.model_version.model_digest, digest);
     let id = SiteId(validate.statistics_site_id);
-    let (mut secagg, advertise) = SecAggClient::new(config.validate().unwrap(), id).unwrap();
+    let (mut secagg, advertise) = secagg_client(&study_dir, site, config, id);
     let directory: KeyDirectory = wire::decode(
         &exchange(
             &mut client,
@@ -193,8 +194,21 @@ async fn pool_site(
         .report_metrics(report(site, &digest, metrics, wire::encode(&masked)))
         .await
         .unwrap();
+    // Against a malicious aggregator (the default): sign the survivor set, get the others' signatures.
+    let check: ConsistencyCheck = wire::decode(
+        &exchange(&mut client, site, SecAggStage::ConsistencyCheck, Vec::new()).await,
+        "check",
+    )
+    .unwrap();
+    let signature = secagg.consistency_check(&check).unwrap();
     let request: UnmaskRequest = wire::decode(
-        &exchange(&mut client, site, SecAggStage::UnmaskRequest, Vec::new()).await,
+        &exchange(
+            &mut client,
+            site,
+            SecAggStage::ConsistencySignature,
+            wire::encode(&signature),
+        )
+        .await,
         "request",
     )
     .unwrap();
@@ -229,11 +243,19 @@ async fn pooled_statistics_are_the_exact_secure_sum_of_the_survivors() {
         validation_deadline_s: 3,
         ..RoundSettings::default()
     };
-    let config = provision_study(&study_dir, STUDY, settings);
+    // Four training sites: against a malicious aggregator the pool needs t = 3 of them, so one may vanish.
+    let config = provision_sites(
+        &study_dir,
+        STUDY,
+        settings,
+        small_model(),
+        &["S1", "S2", "S3", "S4"],
+        &["S5"],
+    );
     let state_dir = config.state_dir.clone();
     let aggregator = RunningAggregator::start(config, 0).await;
     let url = aggregator.url.clone();
-    for site in ["S1", "S2", "S3"] {
+    for site in ["S1", "S2", "S3", "S4"] {
         train(&study_dir, &url, site).await;
     }
 
@@ -241,9 +263,10 @@ async fn pooled_statistics_are_the_exact_secure_sum_of_the_survivors() {
         ("S1", histogram(1, 90)),
         ("S2", histogram(2, 130)),
         ("S3", histogram(3, 70)),
+        ("S4", histogram(5, 60)),
     ]
     .into();
-    let sites: Vec<_> = ["S1", "S2", "S3"]
+    let sites: Vec<_> = ["S1", "S2", "S3", "S4"]
         .into_iter()
         .map(|site| {
             tokio::spawn(pool_site(
@@ -255,17 +278,17 @@ async fn pooled_statistics_are_the_exact_secure_sum_of_the_survivors() {
             ))
         })
         .collect();
-    // S4, the one validate-only site, is in no pool: it reports its metrics alone.
-    let mut s4 = connect(&study_dir, "S4", &url).await;
-    let task::Kind::Validate(validate) = next_task(&mut s4, "S4").await else {
-        panic!("S4: expected the validation task");
+    // S5, the one validate-only site, is in no pool: it reports its metrics alone.
+    let mut s5 = connect(&study_dir, "S5", &url).await;
+    let task::Kind::Validate(validate) = next_task(&mut s5, "S5").await else {
+        panic!("S5: expected the validation task");
     };
     assert!(validate.statistics_config.is_empty());
-    let s4_histogram = histogram(4, 40);
-    s4.report_metrics(report(
-        "S4",
+    let s5_histogram = histogram(4, 40);
+    s5.report_metrics(report(
+        "S5",
         &validate.model.unwrap().digest,
-        metrics_of("S4", SiteRole::Validate, &s4_histogram),
+        metrics_of("S5", SiteRole::Validate, &s5_histogram),
         Vec::new(),
     ))
     .await
@@ -274,18 +297,19 @@ async fn pooled_statistics_are_the_exact_secure_sum_of_the_survivors() {
         site.await.unwrap();
     }
 
-    // The committed round: the exact sum of S1's and S2's histograms, and no per-site histogram.
+    // The committed round: the exact sum of S1's, S2's and S4's histograms, and no per-site histogram.
     aggregator.service.finished().await;
     let store = RoundStore::open(&state_dir).unwrap();
     let record = store.load(1).unwrap().record;
     let reported: Vec<&str> = record.sites.iter().map(|s| s.site.as_str()).collect();
-    assert_eq!(reported, ["S1", "S2", "S4"]);
+    assert_eq!(reported, ["S1", "S2", "S4", "S5"]);
     let pool = record.pooled_train_sites.as_ref().expect("the training pool");
-    assert_eq!(pool.sites, ["S1", "S2"]);
+    assert_eq!(pool.sites, ["S1", "S2", "S4"]);
     let mut plain_sum = histograms["S1"].clone();
     plain_sum.merge(&histograms["S2"]).unwrap();
+    plain_sum.merge(&histograms["S4"]).unwrap();
     assert_eq!(pool.histogram, plain_sum);
-    assert_eq!(pool.n_patients, 220);
+    assert_eq!(pool.n_patients, 280);
     assert_eq!(pool.auc, plain_sum.auc().unwrap().map(|estimate| estimate.auc));
     assert!(record.pooled_validation_sites.is_none());
     let stored: serde_json::Value =

@@ -3,11 +3,13 @@
 //! a site that vanishes after uploading stays in the sum (its self mask is rebuilt from the others'
 //! shares), a site that vanishes before uploading is left out (its pairwise masks are removed), and
 //! in both cases the committed model is the FedAvg of the sum within the quantization bound; with fewer
-//! sites than the Shamir threshold the round is abandoned and nothing is committed.
+//! sites than the Shamir threshold the round is abandoned and nothing is committed. Against a
+//! malicious aggregator (the default: signed keys and survivor sets, t > 2n/3), with four training
+//! sites.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_aggregator::store::RoundStore;
-use fedlnm_e2e::{RunningAggregator, provision_study, small_model};
+use fedlnm_e2e::{RunningAggregator, secagg_client, small_model};
 use fedlnm_protocol::generated::federation_client::FederationClient;
 use fedlnm_protocol::generated::{
     AggregationKind, MetricsReport, SecAggRequest, SecAggStage, TrainTask, UpdateChunk, UpdateFormat,
@@ -16,7 +18,9 @@ use fedlnm_protocol::generated::{
 use fedlnm_protocol::payload as wire;
 use fedlnm_shared::config::{RoundSettings, SiteRole};
 use fedlnm_shared::federation::SiteRoundMetrics;
-use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest};
+use fedlnm_shared::secagg::{
+    ConsistencyCheck, KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
+};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
@@ -74,7 +78,7 @@ async fn exchange(
 fn hour_long(rounds: u64) -> RoundSettings {
     RoundSettings {
         rounds,
-        min_sites: 2,
+        min_sites: 3,
         secure_aggregation: true,
         fedbn: true,
         round_deadline_s: 3600,
@@ -97,7 +101,15 @@ impl SecureStudy {
     async fn start(settings: RoundSettings) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let study_dir = dir.path().join("study");
-        let config = provision_study(&study_dir, STUDY, settings);
+        // Four training sites: against a malicious aggregator (the default) t = 3, so one may drop.
+        let config = fedlnm_e2e::provision_sites(
+            &study_dir,
+            STUDY,
+            settings,
+            small_model(),
+            &["S1", "S2", "S3", "S4"],
+            &["S5"],
+        );
         let state_dir = config.state_dir.clone();
         let aggregator = RunningAggregator::start(config, 0).await;
         let url = aggregator.url.clone();
@@ -143,8 +155,7 @@ async fn site_round(
     assert_eq!(train.aggregation(), AggregationKind::Secure);
     let config: SecAggConfig = wire::decode(&train.secagg_config, "config").unwrap();
     let round = train.round;
-    let (mut secagg, advertise) =
-        SecAggClient::new(config.validate().unwrap(), SiteId(train.secagg_site_id)).unwrap();
+    let (mut secagg, advertise) = secagg_client(&study_dir, site, config, SiteId(train.secagg_site_id));
     let directory: KeyDirectory = wire::decode(
         &exchange(
             &mut client,
@@ -194,13 +205,7 @@ async fn site_round(
     if behaviour == Behaviour::VanishAfterUpload {
         return;
     }
-    let request: UnmaskRequest = wire::decode(
-        &exchange(&mut client, site, round, SecAggStage::UnmaskRequest, Vec::new())
-            .await
-            .unwrap(),
-        "unmask request",
-    )
-    .unwrap();
+    let request = survivors(&mut client, site, round, &mut secagg).await.unwrap();
     let response = secagg.unmask(&request).unwrap();
     exchange(
         &mut client,
@@ -213,10 +218,40 @@ async fn site_round(
     .unwrap();
 }
 
+/// Rounds 3 and 4 of a site that uploaded: against a malicious aggregator it asks for the survivor
+/// set, signs it and gets back the unmasking request with the survivors' signatures; otherwise it asks
+/// for the unmasking request.
+async fn survivors(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    round: u64,
+    secagg: &mut SecAggClient,
+) -> Result<UnmaskRequest, tonic::Status> {
+    let reply = if secagg.is_authenticated() {
+        let check: ConsistencyCheck = wire::decode(
+            &exchange(client, site, round, SecAggStage::ConsistencyCheck, Vec::new()).await?,
+            "consistency check",
+        )
+        .unwrap();
+        let signature = secagg.consistency_check(&check).unwrap();
+        exchange(
+            client,
+            site,
+            round,
+            SecAggStage::ConsistencySignature,
+            wire::encode(&signature),
+        )
+        .await?
+    } else {
+        exchange(client, site, round, SecAggStage::UnmaskRequest, Vec::new()).await?
+    };
+    Ok(wire::decode(&reply, "unmask request").unwrap())
+}
+
 /// Every site reports (synthetic) metrics for the model under validation; returns its digest.
 async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
     let mut digest = String::new();
-    for site in ["S1", "S2", "S3", "S4"] {
+    for site in ["S1", "S2", "S3", "S4", "S5"] {
         let mut client = connect(study_dir, site, url).await;
         let task::Kind::Validate(validate) = next_task(&mut client, site).await else {
             panic!("{site}: expected a validation task in round {round}");
@@ -225,7 +260,7 @@ async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
         let model = validate.model.unwrap();
         let metrics = SiteRoundMetrics {
             site: site.into(),
-            role: if site == "S4" {
+            role: if site == "S5" {
                 SiteRole::Validate
             } else {
                 SiteRole::Train
@@ -301,7 +336,7 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
         .try_init();
     let settings = RoundSettings {
         rounds: 3,
-        min_sites: 2,
+        min_sites: 3,
         secure_aggregation: true,
         fedbn: true,
         // Short enough to test dropouts in seconds, long enough for a slow CI machine to have all
@@ -316,11 +351,12 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     let (study_dir, state_dir, url) = (&study.study_dir, &study.state_dir, &study.url);
     let run = |site, scale, n, behaviour| study.run(site, scale, n, behaviour);
 
-    // Round 1: S3 uploads, then vanishes before unmasking: it stays in the sum.
+    // Round 1: S3 uploads, then vanishes before the consistency check: it stays in the sum.
     let sites = [
         run("S1", 1.0, 100, Behaviour::Complete),
         run("S2", 2.0, 300, Behaviour::Complete),
         run("S3", -1.0, 600, Behaviour::VanishAfterUpload),
+        run("S4", 0.5, 200, Behaviour::Complete),
     ];
     for site in sites {
         site.await.unwrap();
@@ -328,8 +364,8 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     validate_all(study_dir, url, 1).await;
     let store = RoundStore::open(state_dir).unwrap();
     let round1 = store.load(1).unwrap();
-    assert_eq!(round1.record.contributors, ["S1", "S2", "S3"]);
-    let expected1 = fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600)]);
+    assert_eq!(round1.record.contributors, ["S1", "S2", "S3", "S4"]);
+    let expected1 = fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600), (0.5, 200)]);
     assert_close(&round1.model.weights, &expected1);
     assert_eq!(
         round1.model.weights.get("image.bn1.gamma").unwrap().values,
@@ -341,6 +377,7 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
         run("S1", 0.5, 200, Behaviour::Complete),
         run("S2", -0.5, 200, Behaviour::Complete),
         run("S3", 9.0, 600, Behaviour::VanishBeforeUpload),
+        run("S4", 0.25, 100, Behaviour::Complete),
     ];
     for site in sites {
         site.await.unwrap();
@@ -349,19 +386,22 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     let round2 = store.load(2).unwrap();
     assert_eq!(
         (round2.record.contributors.clone(), round2.record.dropped.clone()),
-        (vec!["S1".to_owned(), "S2".to_owned()], vec!["S3".to_owned()])
+        (
+            vec!["S1".to_owned(), "S2".to_owned(), "S4".to_owned()],
+            vec!["S3".to_owned()]
+        )
     );
     assert_close(
         &round2.model.weights,
-        &fedavg(&round1.model.weights, &[(0.5, 200), (-0.5, 200)]),
+        &fedavg(&round1.model.weights, &[(0.5, 200), (-0.5, 200), (0.25, 100)]),
     );
 
-    // Round 3: only S1 turns up: below the threshold of 2 the round is abandoned, nothing committed.
+    // Round 3: only S1 turns up: below the threshold of 3 the round is abandoned, nothing committed.
     let mut s1 = connect(study_dir, "S1", url).await;
     let train = train_task(&mut s1, "S1").await;
     assert_eq!(train.round, 3);
     let config: SecAggConfig = wire::decode(&train.secagg_config, "config").unwrap();
-    let (_, advertise) = SecAggClient::new(config.validate().unwrap(), SiteId(train.secagg_site_id)).unwrap();
+    let (_, advertise) = secagg_client(study_dir, "S1", config, SiteId(train.secagg_site_id));
     let refusal = exchange(
         &mut s1,
         "S1",
@@ -397,14 +437,16 @@ async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_roun
     // Round 1: S2 advertises and shares its keys, then its process dies; it starts again and checks in.
     let s1 = run("S1", 1.0, 100, Behaviour::Complete);
     let s3 = run("S3", -1.0, 300, Behaviour::Complete);
+    let s4 = run("S4", 0.5, 100, Behaviour::Complete);
     run("S2", 5.0, 600, Behaviour::VanishBeforeUpload).await.unwrap();
     let restarted = fedlnm_e2e::site_config(study_dir, "S2", url);
     let mut s2 = fedlnm_protocol::Client::connect(&restarted).await.unwrap();
     assert_eq!(s2.check_in().await.unwrap().role, SiteRole::Train);
-    // S1 and S3 finish the round without waiting for S2's upload.
+    // S1, S3 and S4 finish the round without waiting for S2's upload.
     tokio::time::timeout(bound, async {
         s1.await.unwrap();
         s3.await.unwrap();
+        s4.await.unwrap();
     })
     .await
     .expect("the round waited for the restarted site");
@@ -426,11 +468,14 @@ async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_roun
     let round1 = store.load(1).unwrap();
     assert_eq!(
         (round1.record.contributors.clone(), round1.record.dropped.clone()),
-        (vec!["S1".to_owned(), "S3".to_owned()], vec!["S2".to_owned()])
+        (
+            vec!["S1".to_owned(), "S3".to_owned(), "S4".to_owned()],
+            vec!["S2".to_owned()]
+        )
     );
     assert_close(
         &round1.model.weights,
-        &fedavg(&small_model(), &[(1.0, 100), (-1.0, 300)]),
+        &fedavg(&small_model(), &[(1.0, 100), (-1.0, 300), (0.5, 100)]),
     );
 
     // Round 2: the restarted site trains again with the others.
@@ -438,6 +483,7 @@ async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_roun
         run("S1", 0.5, 100, Behaviour::Complete),
         run("S2", 0.25, 100, Behaviour::Complete),
         run("S3", -0.5, 100, Behaviour::Complete),
+        run("S4", 0.125, 100, Behaviour::Complete),
     ];
     tokio::time::timeout(bound, async {
         for site in sites {
@@ -449,7 +495,10 @@ async fn a_node_restarted_mid_round_is_dropped_at_once_and_rejoins_the_next_roun
     tokio::time::timeout(bound, validate_all(study_dir, url, 2))
         .await
         .expect("round 2 was not validated");
-    assert_eq!(store.load(2).unwrap().record.contributors, ["S1", "S2", "S3"]);
+    assert_eq!(
+        store.load(2).unwrap().record.contributors,
+        ["S1", "S2", "S3", "S4"]
+    );
     study.aggregator.shut_down().await;
 }
 
@@ -507,18 +556,33 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
     use tonic::Code;
     let study = SecureStudy::start(hour_long(1)).await;
     let (study_dir, state_dir, url) = (&study.study_dir, &study.state_dir, &study.url);
-    // S2 and S3 are honest; every stage waits for S1 (hour-long deadlines), which misbehaves first.
+    // S2 to S4 are honest; every stage waits for S1 (hour-long deadlines), which misbehaves first.
     let honest = [
         study.run("S2", 2.0, 300, Behaviour::Complete),
         study.run("S3", -1.0, 600, Behaviour::Complete),
+        study.run("S4", 0.5, 100, Behaviour::Complete),
     ];
     let mut s1 = connect(study_dir, "S1", url).await;
-    let mut s4 = connect(study_dir, "S4", url).await;
+    let mut s5 = connect(study_dir, "S5", url).await;
     let train = train_task(&mut s1, "S1").await;
     let config: SecAggConfig = wire::decode(&train.secagg_config, "config").unwrap();
-    let (mut secagg, advertise) =
-        SecAggClient::new(config.validate().unwrap(), SiteId(train.secagg_site_id)).unwrap();
+    let (mut secagg, advertise) = secagg_client(study_dir, "S1", config, SiteId(train.secagg_site_id));
     let keys = SecAggStage::AdvertiseKeys;
+    // Keys that its signature does not cover (substituted on the way), and none at all.
+    let mut substituted = advertise.clone();
+    substituted.mask_public_key[0] ^= 1;
+    refused(
+        exchange(&mut s1, "S1", 1, keys, wire::encode(&substituted)).await,
+        Code::InvalidArgument,
+        &["signature of site 1 on its round-0 keys does not verify"],
+    );
+    let mut unsigned = advertise.clone();
+    unsigned.signature.clear();
+    refused(
+        exchange(&mut s1, "S1", 1, keys, wire::encode(&unsigned)).await,
+        Code::InvalidArgument,
+        &["no credential or signature"],
+    );
 
     // Key advertisement.
     refused(
@@ -551,7 +615,7 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
         &["speaks for site 'S2'"],
     );
     refused(
-        exchange(&mut s4, "S4", 1, keys, wire::encode(&advertise)).await,
+        exchange(&mut s5, "S5", 1, keys, wire::encode(&advertise)).await,
         Code::PermissionDenied,
         &["validation site"],
     );
@@ -687,14 +751,49 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
         &["already uploaded"],
     );
 
-    // Unmasking.
+    // Consistency check: the survivor set, then S1's signature of it.
+    refused(
+        exchange(&mut s1, "S1", 1, SecAggStage::UnmaskRequest, Vec::new()).await,
+        Code::InvalidArgument,
+        &["consistency check"],
+    );
+    let check: ConsistencyCheck = wire::decode(
+        &exchange(&mut s1, "S1", 1, SecAggStage::ConsistencyCheck, Vec::new())
+            .await
+            .unwrap(),
+        "consistency check",
+    )
+    .unwrap();
+    let signature = secagg.consistency_check(&check).unwrap();
+    let signing = SecAggStage::ConsistencySignature;
+    let mut forged = signature.clone();
+    forged.signature = vec![0x30, 0x06, 2, 1, 1, 2, 1, 1];
+    refused(
+        exchange(&mut s1, "S1", 1, signing, wire::encode(&forged)).await,
+        Code::InvalidArgument,
+        &["survivor set does not verify"],
+    );
+    let mut forged = signature.clone();
+    forged.header.site = SiteId(2);
+    refused(
+        exchange(&mut s1, "S1", 1, signing, wire::encode(&forged)).await,
+        Code::InvalidArgument,
+        &["signed as"],
+    );
     let request: UnmaskRequest = wire::decode(
-        &exchange(&mut s1, "S1", 1, SecAggStage::UnmaskRequest, Vec::new())
+        &exchange(&mut s1, "S1", 1, signing, wire::encode(&signature))
             .await
             .unwrap(),
         "unmask request",
     )
     .unwrap();
+    assert_eq!(
+        request.signatures.len(),
+        4,
+        "every training site signed the survivor set"
+    );
+
+    // Unmasking.
     let response = secagg.unmask(&request).unwrap();
     let unmask = SecAggStage::UnmaskResponse;
     refused(
@@ -811,11 +910,11 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
     for (hostile, code, words) in cases {
         refused(s1.report_metrics(hostile).await, code, words);
     }
-    // S4, the one validate-only site, is in no pool: masked statistics from it have nowhere to go.
+    // S5, the one validate-only site, is in no pool: masked statistics from it have nowhere to go.
     refused(
-        s4.report_metrics(MetricsReport {
+        s5.report_metrics(MetricsReport {
             masked_statistics: vec![0; 64],
-            ..report("S4", 1, &digest, with(&|m| m.role = SiteRole::Validate))
+            ..report("S5", 1, &digest, with(&|m| m.role = SiteRole::Validate))
         })
         .await,
         Code::InvalidArgument,
@@ -826,10 +925,10 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
     // Nothing hostile reached the committed round.
     let store = RoundStore::open(state_dir).unwrap();
     let round1 = store.load(1).unwrap();
-    assert_eq!(round1.record.contributors, ["S1", "S2", "S3"]);
+    assert_eq!(round1.record.contributors, ["S1", "S2", "S3", "S4"]);
     assert_close(
         &round1.model.weights,
-        &fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600)]),
+        &fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600), (0.5, 100)]),
     );
     let auc_s1 = round1.record.sites.iter().find(|m| m.site == "S1").unwrap().auc;
     assert_eq!(auc_s1, Some(0.5));

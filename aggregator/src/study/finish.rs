@@ -203,7 +203,13 @@ impl Study {
                 };
                 let mut pools = Vec::new();
                 for role in [SiteRole::Train, SiteRole::Validate] {
-                    match PoolSum::new(&self.config, &attempt, &model.digest, role) {
+                    match PoolSum::new(
+                        &self.config,
+                        &attempt,
+                        &model.digest,
+                        role,
+                        self.authority.clone(),
+                    ) {
                         Ok(Some(pool)) => pools.push(pool),
                         Ok(None) => tracing::info!(
                             round,

@@ -23,6 +23,8 @@ use fedlnm_protocol::{RoundAggregation, Status};
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::{AggregationKind, LocalTensors, RoundRecord, SiteRoundMetrics};
 use fedlnm_shared::model_config::TrainPlan;
+use fedlnm_shared::secagg::PeerVerifier;
+use fedlnm_shared::signing::StudyAuthority;
 pub use finish::{JobKind, JobResult, StudyJob};
 use std::collections::BTreeMap;
 
@@ -49,6 +51,11 @@ pub enum StudyError {
          ({committed}): a state folder belongs to one model"
     )]
     ConfigChanged { initial: String, committed: String },
+    #[error(
+        "cannot check the sites' secure-aggregation signatures with the study CA {}: {reason}",
+        path.display()
+    )]
+    Authority { path: PathBuf, reason: String },
 }
 
 /// What a site should do next.
@@ -133,6 +140,17 @@ enum Phase {
     Finished,
 }
 
+/// The study CA of `path`, as it checks signatures.
+fn study_authority(path: &std::path::Path) -> Result<Arc<dyn PeerVerifier>, StudyError> {
+    let error = |reason: String| StudyError::Authority {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let authority = StudyAuthority::from_ca_pem(&pem).map_err(|e| error(e.to_string()))?;
+    Ok(Arc::new(authority))
+}
+
 /// The state of one study.
 pub struct Study {
     config: Arc<AggregatorConfig>,
@@ -147,6 +165,9 @@ pub struct Study {
     attempts: u64,
     /// Random, drawn once per process: see [`fedlnm_shared::secagg::ModelVersion::instance`].
     instance: u64,
+    /// The study CA, checking the sites' secure-aggregation signatures on receipt (against a
+    /// malicious aggregator, `rounds.threat_model`).
+    authority: Option<Arc<dyn PeerVerifier>>,
     jobs: u64,
     pending_job: Option<StudyJob>,
     /// Sites that have been told the study is finished (and given the final model's reference).
@@ -220,6 +241,12 @@ impl Study {
             .collect();
         train_sites.sort();
         let local_tensors = LocalTensors::for_study(&committed.model.weights, config.rounds.fedbn);
+        // The pools' statistics are secure sums whether or not the training rounds are.
+        let authority = if config.rounds.threat_model.is_malicious() {
+            Some(study_authority(&config.tls.ca)?)
+        } else {
+            None
+        };
         let mut study = Self {
             config,
             store,
@@ -230,6 +257,7 @@ impl Study {
             local_tensors,
             attempts: 0,
             instance: rand::random(),
+            authority,
             jobs: 0,
             pending_job: None,
             told_finished: std::collections::BTreeSet::new(),
@@ -306,6 +334,7 @@ impl Study {
                 global,
                 &self.local_tensors,
                 &self.train_sites,
+                self.authority.clone(),
             ) {
                 Ok(secure) => Box::new(secure),
                 Err(error) => {
