@@ -13,18 +13,21 @@
 //! [`crate::aggregation::Finisher`], off the study lock.
 
 use crate::aggregation::{Aggregation, AggregationError, Poll, RoundAggregate, Upload};
-use fedlnm_protocol::payload::{decode, encode};
+use fedlnm_protocol::payload::decode;
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, ThreatModel};
 use fedlnm_shared::federation::{AggregationKind, LocalTensors};
 use fedlnm_shared::secagg::{
-    self, AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, DistributedNoise, InputKind, KeyDirectory,
-    MaskedInput, ModelVersion, PeerVerifier, QuantizationConfig, RoundConfig, RoundStage, SecAggConfig,
-    SecAggServer, Security, ShareDelivery, ShareKeys, SiteId, UnmaskRequest, UnmaskResponse,
+    self, AdvertiseKeys, ConsistencyResponse, DistributedNoise, InputKind, MaskedInput, ModelVersion,
+    PeerVerifier, QuantizationConfig, RoundConfig, RoundStage, SecAggConfig, SecAggServer, Security,
+    ShareKeys, SiteId, UnmaskResponse,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod stages;
+pub(crate) use stages::Drive;
 
 /// One start of a round: its number, which start it is (an abandoned round starts again as a new
 /// attempt, with its own protocol instance), the random id of the aggregator process that opened it,
@@ -44,15 +47,6 @@ impl Attempt {
     pub fn model_version(&self, digest: &str) -> ModelVersion {
         ModelVersion::new(digest, self.attempt).of_instance(self.instance)
     }
-}
-
-/// Where the stages of an instance stand ([`SecureAggregation::drive`]).
-pub(crate) enum Drive {
-    Pending,
-    Failed(String),
-    /// Every stage before the end has closed: the server, with the survivors' shares, to finish
-    /// (unmask and decode). Returned once.
-    Unmasked(Box<SecAggServer>),
 }
 
 /// The protection of an instance between the sites `ids` (name → protocol id) under the study's
@@ -248,102 +242,6 @@ impl SecureAggregation {
         members
             .iter()
             .any(|id| !done.contains(id) && !self.lost.contains(id))
-    }
-
-    /// Closes the stages that are complete or past their deadline, up to the end of the unmasking
-    /// stage, when it hands out the server to finish.
-    pub(crate) fn drive(&mut self, now: Instant) -> Drive {
-        if let Some(reason) = &self.failed {
-            return Drive::Failed(reason.clone());
-        }
-        if self.finishing {
-            return Drive::Pending;
-        }
-        let invited: Vec<SiteId> = self.ids.values().copied().collect();
-        loop {
-            match self.stage() {
-                RoundStage::AdvertiseKeys => {
-                    if self.waits_for(&invited, &self.advertised) && now < self.stage_deadline {
-                        return Drive::Pending;
-                    }
-                    match self.server.close_keys() {
-                        Ok(directory) => {
-                            self.u1 = directory.sites.iter().map(|k| k.header.site).collect();
-                            self.directory = Some(encode::<KeyDirectory>(&directory));
-                            self.stage_deadline = now + self.stage_timeout;
-                        }
-                        Err(error) => return self.fail_drive(format!("key stage: {error}")),
-                    }
-                }
-                RoundStage::ShareKeys => {
-                    if self.waits_for(&self.u1, &self.shared) && now < self.stage_deadline {
-                        return Drive::Pending;
-                    }
-                    match self.server.close_shares() {
-                        Ok(deliveries) => {
-                            for delivery in deliveries {
-                                self.u2 = delivery.senders.clone();
-                                self.deliveries
-                                    .insert(delivery.to, encode::<ShareDelivery>(&delivery));
-                            }
-                        }
-                        Err(error) => return self.fail_drive(format!("share stage: {error}")),
-                    }
-                }
-                RoundStage::MaskedInputCollection => {
-                    if self.waits_for(&self.u2, &self.uploaded) && now < self.round_deadline {
-                        return Drive::Pending;
-                    }
-                    match self.server.close_masked_inputs() {
-                        Ok(check) => {
-                            self.u3 = check.survivors.clone();
-                            if self.config.is_authenticated() {
-                                self.consistency_check = Some(encode::<ConsistencyCheck>(&check));
-                            }
-                            self.stage_deadline = now + self.stage_timeout;
-                        }
-                        Err(error) => return self.fail_drive(format!("masked-input stage: {error}")),
-                    }
-                }
-                RoundStage::ConsistencyCheck => {
-                    // Against a curious aggregator there is no round 3: it closes at once.
-                    if self.config.is_authenticated()
-                        && self.waits_for(&self.u3, &self.signed)
-                        && now < self.stage_deadline
-                    {
-                        return Drive::Pending;
-                    }
-                    match self.server.close_consistency() {
-                        Ok(request) => {
-                            self.u4 = if self.config.is_authenticated() {
-                                request.signatures.iter().map(|s| s.site).collect()
-                            } else {
-                                request.survivors.clone()
-                            };
-                            self.unmask_request = Some(encode::<UnmaskRequest>(&request));
-                            self.stage_deadline = now + self.stage_timeout;
-                        }
-                        Err(error) => return self.fail_drive(format!("consistency-check stage: {error}")),
-                    }
-                }
-                RoundStage::Unmasking => {
-                    if self.waits_for(&self.u4, &self.responded) && now < self.stage_deadline {
-                        return Drive::Pending;
-                    }
-                    self.finishing = true;
-                    let server = std::mem::replace(&mut self.server, SecAggServer::new(self.config.clone()));
-                    return Drive::Unmasked(Box::new(server));
-                }
-                RoundStage::Done | RoundStage::Aborted => {
-                    return self.fail_drive("the protocol instance ended without an aggregate".to_owned());
-                }
-            }
-        }
-    }
-
-    fn fail_drive(&mut self, reason: String) -> Drive {
-        self.failed = Some(reason.clone());
-        Drive::Failed(reason)
     }
 
     /// Whether the instance has ended (handed out its server, or failed).

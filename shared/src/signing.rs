@@ -4,8 +4,8 @@
 //! which must chain to the study CA as a *site* (client) certificate for the site id the round names.
 //! The aggregator's own certificate is a server certificate: it cannot speak for a site.
 //!
-//! ECDSA P-256 with SHA-256, the key type the study's provisioning issues (ring). No I/O: callers read
-//! the PEM files.
+//! ECDSA P-256 with SHA-256, the key type the study's provisioning issues (ring). [`site_authentication`]
+//! reads a party's TLS files; everything else works on PEM bytes.
 
 use std::sync::Arc;
 
@@ -17,12 +17,18 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 
-use crate::secagg::{PeerVerifier, Signer};
+use crate::config::TlsFiles;
+use crate::secagg::{Authentication, PeerVerifier, Signer};
 use crate::tls::site_of_certificate;
 
 /// Why study credentials cannot be used for signing or checking.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what} is not valid PEM: {problem}")]
     Pem { what: &'static str, problem: String },
     #[error("the private key is not an ECDSA P-256 key in PKCS#8 (as the study's provisioning issues): {0}")]
@@ -33,6 +39,26 @@ pub enum CredentialError {
     Certificate(String),
     #[error("the study CA certificate cannot be used: {0}")]
     Authority(String),
+}
+
+/// A site's signer (its certificate and key) and the study CA, from its TLS files (`[tls]` of
+/// `node.toml`): what it needs against a malicious aggregator.
+///
+/// # Errors
+/// A file cannot be read, or [`SiteSigner::from_pem`] / [`StudyAuthority::from_ca_pem`] refuse it.
+pub fn site_authentication(tls: &TlsFiles) -> Result<Authentication, CredentialError> {
+    let read = |path: &std::path::Path| {
+        crate::files::read_regular(path).map_err(|source| CredentialError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let signer = SiteSigner::from_pem(&read(&tls.certificate)?, &read(&tls.key)?)?;
+    let authority = StudyAuthority::from_ca_pem(&read(&tls.ca)?)?;
+    Ok(Authentication {
+        signer: Arc::new(signer),
+        peers: Arc::new(authority),
+    })
 }
 
 /// A site's certificate (DER) and its private key: signs the site's protocol messages.

@@ -453,3 +453,23 @@ fn signed_as(config: &RoundConfig, site: SiteId, issued: &support::Issued) -> Ad
     .unwrap()
     .1
 }
+
+/// A startup kit whose key is not its certificate's (or is not PEM) is refused by name when the node
+/// starts, not at the first round.
+#[test]
+fn a_site_key_that_is_not_its_certificates_is_refused_by_name() {
+    let pki = Pki::new("kit");
+    let (s1, s2) = (pki.site("S1"), pki.site("S2"));
+    let err = SiteSigner::from_pem(s1.cert_pem.as_bytes(), s2.key_pem.as_bytes()).unwrap_err();
+    assert!(
+        err.to_string().contains("does not belong to the certificate"),
+        "{err}"
+    );
+    let err = SiteSigner::from_pem(b"not a certificate", s1.key_pem.as_bytes()).unwrap_err();
+    assert!(
+        err.to_string().contains("site certificate is not valid PEM"),
+        "{err}"
+    );
+    let err = fedlnm_shared::signing::StudyAuthority::from_ca_pem(b"").unwrap_err();
+    assert!(err.to_string().contains("study CA"), "{err}");
+}

@@ -163,14 +163,7 @@ pub fn secagg_client(
     let config = config.validate().unwrap();
     if config.is_authenticated() {
         let tls = site_config(study_dir, site, "https://127.0.0.1:1").tls;
-        let read = |path: &Path| std::fs::read(path).unwrap();
-        let signer =
-            fedlnm_shared::signing::SiteSigner::from_pem(&read(&tls.certificate), &read(&tls.key)).unwrap();
-        let authority = fedlnm_shared::signing::StudyAuthority::from_ca_pem(&read(&tls.ca)).unwrap();
-        let auth = fedlnm_shared::secagg::Authentication {
-            signer: std::sync::Arc::new(signer),
-            peers: std::sync::Arc::new(authority),
-        };
+        let auth = fedlnm_shared::signing::site_authentication(&tls).unwrap();
         SecAggClient::new_authenticated(config, site_id, auth).unwrap()
     } else {
         SecAggClient::new(config, site_id).unwrap()

@@ -12,7 +12,7 @@ use fedlnm_shared::secagg::{
     Authentication, ConsistencyCheck, InputKind, KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery,
     SiteId, UnmaskRequest,
 };
-use fedlnm_shared::signing::{SiteSigner, StudyAuthority};
+use fedlnm_shared::signing::site_authentication;
 use std::path::Path;
 
 impl Node {
@@ -111,20 +111,14 @@ impl Node {
 /// # Errors
 /// A file cannot be read, or the key is not the certificate's.
 pub fn authentication(config: &NodeConfig) -> anyhow::Result<Authentication> {
-    let read = |path: &Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
     let tls = &config.tls;
-    let signer = SiteSigner::from_pem(&read(&tls.certificate)?, &read(&tls.key)?).with_context(|| {
+    site_authentication(tls).with_context(|| {
         format!(
-            "cannot sign with {} and {}",
+            "cannot sign secure-aggregation messages with {} and {} (study CA {})",
             tls.certificate.display(),
-            tls.key.display()
+            tls.key.display(),
+            tls.ca.display()
         )
-    })?;
-    let authority = StudyAuthority::from_ca_pem(&read(&tls.ca)?)
-        .with_context(|| format!("cannot check signatures with {}", tls.ca.display()))?;
-    Ok(Authentication {
-        signer: std::sync::Arc::new(signer),
-        peers: std::sync::Arc::new(authority),
     })
 }
 
