@@ -5,8 +5,7 @@
 //! Scores are clipped to [`CLIP`, 1 − `CLIP`] before the logit, so that a model that outputs exactly
 //! 0 or 1 (a saturated f32 sigmoid) still has a finite logit.
 
-use super::design::{DesignSpec, TermColumn, TermSpec};
-use super::logistic::{self, FitOptions, FitStatus};
+use super::logistic;
 use super::sum::CompensatedSum;
 use serde::Serialize;
 
@@ -38,11 +37,21 @@ pub struct CalibrationBin {
 #[must_use]
 pub fn calibration(y: &[bool], s: &[f64]) -> Calibration {
     let logits: Vec<f64> = s.iter().map(|&si| clipped_logit(si)).collect();
-    let (intercept, slope) = recalibration_fit(y, &logits).unzip();
+    // On many rows, both fits first run on a subsample: that moves where the full-data iterations
+    // start (a few steps from the maximiser), not where they stop.
+    let start = subsample(y, &logits).and_then(|(ys, xs)| {
+        let in_the_large = intercept_with_offset(&ys, &xs, 0.0)?;
+        Some((in_the_large, recalibration_fit(&ys, &xs, (in_the_large, 1.0))))
+    });
+    let in_the_large = intercept_with_offset(y, &logits, start.map_or(0.0, |(a, _)| a));
+    let recalibration_start = start
+        .and_then(|(_, fit)| fit)
+        .unwrap_or((in_the_large.unwrap_or(0.0), 1.0));
+    let (intercept, slope) = recalibration_fit(y, &logits, recalibration_start).unzip();
     Calibration {
         calibration_intercept: intercept,
         calibration_slope: slope,
-        calibration_in_the_large: intercept_with_offset(y, &logits),
+        calibration_in_the_large: in_the_large,
     }
 }
 
@@ -76,33 +85,138 @@ fn clipped_logit(score: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
-/// (a, b) of logit P(y) = a + b·logit(s), by the study's logistic regression engine.
-fn recalibration_fit(y: &[bool], logits: &[f64]) -> Option<(f64, f64)> {
-    let spec = DesignSpec::new(vec![TermSpec::numeric("logit_score")]).ok()?;
-    let design = spec.build(y.len(), &[TermColumn::Numeric(logits)]).ok()?;
-    let fit = logistic::fit(&design, y, FitOptions::default()).ok()?;
-    if fit.status != FitStatus::Ok {
+/// (a, b) of logit P(y) = a + b·logit(s): the maximum-likelihood fit of the study's logistic
+/// engine ([`logistic::fit`]: Newton's iteration with its convergence rule, max |Δβ| ≤
+/// [`logistic::TOLERANCE`]), specialised to one covariate: each step is one pass over the
+/// rows accumulating the five sums of the score and information (in blocks, the block totals
+/// compensated) and a 2×2 solve, instead of the general engine's design matrix. `None` where the engine
+/// gives no estimate: a single class, a constant logit, separation (in one dimension exactly when
+/// the two classes' logit ranges do not overlap), or no convergence.
+fn recalibration_fit(y: &[bool], logits: &[f64], start: (f64, f64)) -> Option<(f64, f64)> {
+    let (mut positive, mut negative) = (
+        (f64::INFINITY, f64::NEG_INFINITY),
+        (f64::INFINITY, f64::NEG_INFINITY),
+    );
+    for (&yi, &x) in y.iter().zip(logits) {
+        let range = if yi { &mut positive } else { &mut negative };
+        *range = (range.0.min(x), range.1.max(x));
+    }
+    // One class, or a threshold on logit(s) that separates them (ties allowed: quasi-complete).
+    if !(negative.1 > positive.0 && positive.1 > negative.0) {
         return None;
     }
-    Some((fit.terms.first()?.coef?, fit.terms.get(1)?.coef?))
+    // From `start` (near the maximiser: the subsample's fit, or calibration-in-the-large with slope
+    // 1), fewer steps than from the engine's β = 0 to the same maximiser: the log-likelihood is
+    // strictly concave once the classes overlap.
+    let (mut a, mut b) = start;
+    for _ in 0..logistic::MAX_ITERATIONS {
+        let [g0, g1, h00, h01, h11] = score_and_information(y, logits, a, b);
+        let det = h00 * h11 - h01 * h01;
+        let (da, db) = ((h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det);
+        if !(da.is_finite() && db.is_finite()) {
+            return None;
+        }
+        a += da;
+        b += db;
+        if da.abs() <= logistic::TOLERANCE && db.abs() <= logistic::TOLERANCE {
+            return Some((a, b));
+        }
+    }
+    None
+}
+
+/// Rows of the subsample the fits start from ([`subsample`]).
+const SUBSAMPLE_ROWS: usize = 100_000;
+
+/// Every k-th row of a large cohort (at least 4·[`SUBSAMPLE_ROWS`] rows), about
+/// [`SUBSAMPLE_ROWS`] of them; `None` for a smaller one.
+fn subsample(y: &[bool], x: &[f64]) -> Option<(Vec<bool>, Vec<f64>)> {
+    if y.len() < 4 * SUBSAMPLE_ROWS {
+        return None;
+    }
+    let k = y.len() / SUBSAMPLE_ROWS;
+    Some((
+        y.iter().step_by(k).copied().collect(),
+        x.iter().step_by(k).copied().collect(),
+    ))
+}
+
+/// Rows per block of the plain sums in [`score_and_information`].
+const BLOCK: usize = 4096;
+
+/// At (a, b): Σ (y − μ), Σ (y − μ)·x, Σ w, Σ w·x, Σ w·x² with μ = σ(a + b·x), w = μ(1 − μ).
+fn score_and_information(y: &[bool], x: &[f64], a: f64, b: f64) -> [f64; 5] {
+    block_sums(y, x, |yi, xi| {
+        let mu = 1.0 / (1.0 + (-(a + b * xi)).exp());
+        let (residual, w) = (f64::from(u8::from(yi)) - mu, mu * (1.0 - mu));
+        [residual, residual * xi, w, w * xi, w * xi * xi]
+    })
+}
+
+/// Σ over the rows of `term(y, x)`: plain sums within blocks of [`BLOCK`] rows, on up to the
+/// machine's cores (contiguous runs of blocks each), then the block totals compensated in block
+/// order, so that the result does not depend on the number of threads.
+fn block_sums<const K: usize>(
+    y: &[bool],
+    x: &[f64],
+    term: impl Fn(bool, f64) -> [f64; K] + Sync,
+) -> [f64; K] {
+    let block = |yb: &[bool], xb: &[f64]| {
+        let mut sums = [0.0_f64; K];
+        for (&yi, &xi) in yb.iter().zip(xb) {
+            for (sum, value) in sums.iter_mut().zip(term(yi, xi)) {
+                *sum += value;
+            }
+        }
+        sums
+    };
+    let blocks = y.len().div_ceil(BLOCK);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(blocks / 16)
+        .max(1);
+    let per_thread = blocks.div_ceil(threads) * BLOCK;
+    let partials: Vec<Vec<[f64; K]>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = y
+            .chunks(per_thread)
+            .zip(x.chunks(per_thread))
+            .map(|(yr, xr)| {
+                scope.spawn(move || {
+                    yr.chunks(BLOCK)
+                        .zip(xr.chunks(BLOCK))
+                        .map(|(yb, xb)| block(yb, xb))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    let mut totals = [CompensatedSum::default(); K];
+    for sums in partials.iter().flatten() {
+        for (total, &value) in totals.iter_mut().zip(sums) {
+            total.add(value);
+        }
+    }
+    totals.map(|t| t.total())
 }
 
 /// a of logit P(y) = a + logit(s): one-parameter Newton on Σ (y − σ(a + o)) = 0, which is concave
 /// and has a finite root whenever both classes are present.
-fn intercept_with_offset(y: &[bool], offsets: &[f64]) -> Option<f64> {
+fn intercept_with_offset(y: &[bool], offsets: &[f64], start: f64) -> Option<f64> {
     let positives = y.iter().filter(|&&v| v).count();
     if positives == 0 || positives == y.len() {
         return None;
     }
-    let mut a = 0.0_f64;
+    let mut a = start;
     for _ in 0..logistic::MAX_ITERATIONS {
-        let (mut score, mut information) = (CompensatedSum::default(), CompensatedSum::default());
-        for (&yi, &o) in y.iter().zip(offsets) {
+        let [score, information] = block_sums(y, offsets, |yi, o| {
             let mu = 1.0 / (1.0 + (-(a + o)).exp());
-            score.add(f64::from(u8::from(yi)) - mu);
-            information.add(mu * (1.0 - mu));
-        }
-        let step = score.total() / information.total();
+            [f64::from(u8::from(yi)) - mu, mu * (1.0 - mu)]
+        });
+        let step = score / information;
         if !step.is_finite() {
             return None;
         }
@@ -163,6 +277,82 @@ mod tests {
         );
         let c = calibration(&[true, false, true, false], &[1.0, 0.0, 0.7, 0.6]);
         assert!(c.calibration_in_the_large.is_some_and(f64::is_finite));
+    }
+
+    /// The one-covariate fit is the general engine's fit (same iteration, same stopping rule), on
+    /// overlapping cohorts, and gives no estimate exactly where the engine gives none.
+    #[test]
+    fn the_specialised_fit_is_the_general_engines() {
+        use crate::design::{DesignSpec, TermColumn, TermSpec};
+        use crate::logistic::{FitOptions, FitStatus};
+        let engine = |y: &[bool], x: &[f64]| {
+            let spec = DesignSpec::new(vec![TermSpec::numeric("logit_score")]).unwrap();
+            let design = spec.build(y.len(), &[TermColumn::Numeric(x)]).ok()?;
+            let fit = logistic::fit(&design, y, FitOptions::default()).ok()?;
+            (fit.status == FitStatus::Ok).then(|| (fit.terms[0].coef.unwrap(), fit.terms[1].coef.unwrap()))
+        };
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for (n, shift) in [(50, 0.5), (400, 1.5), (3000, 0.2), (20_000, 2.5)] {
+            let (mut y, mut x) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                let positive = uniform() < 0.37;
+                y.push(positive);
+                x.push(uniform() * 4.0 - 2.0 + if positive { shift } else { 0.0 });
+            }
+            let (fast, general) = (
+                recalibration_fit(&y, &x, (0.0, 0.0)).unwrap(),
+                engine(&y, &x).unwrap(),
+            );
+            assert!(
+                (fast.0 - general.0).abs() <= 1e-9 * (1.0 + general.0.abs())
+                    && (fast.1 - general.1).abs() <= 1e-9 * (1.0 + general.1.abs()),
+                "n = {n}: {fast:?} vs {general:?}"
+            );
+        }
+        // Separated, quasi-separated (a tie at the threshold), constant, one class: neither fits.
+        let cases: [(&[bool], &[f64]); 4] = [
+            (&[false, false, true, true], &[-1.0, 0.0, 0.5, 2.0]),
+            (&[false, false, true, true], &[-1.0, 0.5, 0.5, 2.0]),
+            (&[false, true, false, true], &[0.3, 0.3, 0.3, 0.3]),
+            (&[true, true, true], &[0.1, 0.2, 0.3]),
+        ];
+        for (y, x) in cases {
+            assert_eq!(recalibration_fit(y, x, (0.0, 0.0)), None, "{y:?} {x:?}");
+            assert_eq!(engine(y, x), None, "{y:?} {x:?}");
+        }
+    }
+
+    /// The block sums are those of one thread going through the blocks in order, bit for bit,
+    /// whatever the threads (here as many as the machine has, on 200 blocks).
+    #[test]
+    fn block_sums_do_not_depend_on_the_threads() {
+        let n = 200 * BLOCK + 17;
+        let y: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
+        let x: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 97.0 - 5.0).collect();
+        let term = |yi: bool, xi: f64| [f64::from(u8::from(yi)) - 0.3, xi.exp().ln_1p()];
+        let mut sequential = [CompensatedSum::default(); 2];
+        for (yb, xb) in y.chunks(BLOCK).zip(x.chunks(BLOCK)) {
+            let mut block = [0.0_f64; 2];
+            for (&yi, &xi) in yb.iter().zip(xb) {
+                for (sum, value) in block.iter_mut().zip(term(yi, xi)) {
+                    *sum += value;
+                }
+            }
+            for (total, value) in sequential.iter_mut().zip(block) {
+                total.add(value);
+            }
+        }
+        let expected = sequential.map(|t| t.total());
+        assert_eq!(
+            block_sums(&y, &x, term).map(f64::to_bits),
+            expected.map(f64::to_bits)
+        );
     }
 
     #[test]
