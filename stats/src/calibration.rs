@@ -36,14 +36,15 @@ pub struct CalibrationBin {
 /// (equal lengths, scores in [0, 1], checked by the caller).
 #[must_use]
 pub fn calibration(y: &[bool], s: &[f64]) -> Calibration {
-    let logits: Vec<f64> = s.iter().map(|&si| clipped_logit(si)).collect();
+    let logits = parallel_map(s, clipped_logit);
     // On many rows, both fits first run on a subsample: that moves where the full-data iterations
     // start (a few steps from the maximiser), not where they stop.
-    let start = subsample(y, &logits).and_then(|(ys, xs)| {
-        let in_the_large = intercept_with_offset(&ys, &xs, 0.0)?;
+    let start = subsample(y, s).and_then(|(ys, ps)| {
+        let in_the_large = intercept_with_offset(&ys, &ps, 0.0)?;
+        let xs: Vec<f64> = ps.iter().map(|&p| clipped_logit(p)).collect();
         Some((in_the_large, recalibration_fit(&ys, &xs, (in_the_large, 1.0))))
     });
-    let in_the_large = intercept_with_offset(y, &logits, start.map_or(0.0, |(a, _)| a));
+    let in_the_large = intercept_with_offset(y, s, start.map_or(0.0, |(a, _)| a));
     let recalibration_start = start
         .and_then(|(_, fit)| fit)
         .unwrap_or((in_the_large.unwrap_or(0.0), 1.0));
@@ -141,6 +142,28 @@ fn subsample(y: &[bool], x: &[f64]) -> Option<(Vec<bool>, Vec<f64>)> {
     ))
 }
 
+/// `f` of every element, on up to the machine's cores (contiguous runs).
+fn parallel_map(values: &[f64], f: impl Fn(f64) -> f64 + Sync) -> Vec<f64> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(values.len() / (16 * BLOCK))
+        .max(1);
+    let per_thread = values.len().div_ceil(threads).max(1);
+    let f = &f;
+    // Zeroed pages come from the system untouched: each thread writes (and faults in) its own run.
+    let mut out = vec![0.0_f64; values.len()];
+    std::thread::scope(|scope| {
+        for (run, out) in values.chunks(per_thread).zip(out.chunks_mut(per_thread)) {
+            scope.spawn(move || {
+                for (o, &v) in out.iter_mut().zip(run) {
+                    *o = f(v);
+                }
+            });
+        }
+    });
+    out
+}
+
 /// Rows per block of the plain sums in [`score_and_information`].
 const BLOCK: usize = 4096;
 
@@ -203,17 +226,21 @@ fn block_sums<const K: usize>(
     totals.map(|t| t.total())
 }
 
-/// a of logit P(y) = a + logit(s): one-parameter Newton on Σ (y − σ(a + o)) = 0, which is concave
-/// and has a finite root whenever both classes are present.
-fn intercept_with_offset(y: &[bool], offsets: &[f64], start: f64) -> Option<f64> {
+/// a of logit P(y) = a + logit(p), p the scores clipped to [`CLIP`, 1 − `CLIP`]: one-parameter
+/// Newton on Σ (y − σ(a + logit p)) = 0, which is concave and has a finite root whenever both
+/// classes are present. σ(a + logit p) = p·e^a / (p·e^a + 1 − p): no exponential per row.
+fn intercept_with_offset(y: &[bool], scores: &[f64], start: f64) -> Option<f64> {
     let positives = y.iter().filter(|&&v| v).count();
     if positives == 0 || positives == y.len() {
         return None;
     }
     let mut a = start;
     for _ in 0..logistic::MAX_ITERATIONS {
-        let [score, information] = block_sums(y, offsets, |yi, o| {
-            let mu = 1.0 / (1.0 + (-(a + o)).exp());
+        let odds_ratio = a.exp();
+        let [score, information] = block_sums(y, scores, |yi, score| {
+            let p = score.clamp(CLIP, 1.0 - CLIP);
+            let scaled = p * odds_ratio;
+            let mu = scaled / (scaled + (1.0 - p));
             [f64::from(u8::from(yi)) - mu, mu * (1.0 - mu)]
         });
         let step = score / information;
