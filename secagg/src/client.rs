@@ -396,7 +396,7 @@ impl SecAggClient {
                 return Err(SecAggError::RefuseBothShares { site, peer: v, round });
             }
         }
-        self.check_survivor_lists(&request.survivors, &request.dropped)?;
+        self.check_survivor_lists(&request.survivors, &request.dropped, RoundStage::Unmasking)?;
 
         let reveal = |v: &SiteId, pick: fn(&(Share, Share)) -> &Share| {
             self.held.get(v).map(|pair| RevealedShare {
@@ -425,9 +425,14 @@ impl SecAggClient {
         })
     }
 
-    /// U3 and U2 \ U3 as the server states them: sorted, within U2, complementary, with this site,
-    /// and at least t survivors.
-    fn check_survivor_lists(&self, survivors: &[SiteId], dropped: &[SiteId]) -> Result<(), SecAggError> {
+    /// U3 and U2 \ U3 as the server states them at `stage`: sorted, within U2, complementary, with
+    /// this site, and at least t survivors.
+    fn check_survivor_lists(
+        &self,
+        survivors: &[SiteId],
+        dropped: &[SiteId],
+        stage: RoundStage,
+    ) -> Result<(), SecAggError> {
         for list in [survivors, dropped] {
             if list.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(self.malformed("survivor or dropped list is not sorted or repeats a site".into()));
@@ -456,7 +461,7 @@ impl SecAggClient {
         if !survivors.contains(&self.site) {
             return Err(self.malformed("survivor list leaves this site out".into()));
         }
-        self.check_survivors(survivors.len(), RoundStage::Unmasking)
+        self.check_survivors(survivors.len(), stage)
     }
 
     fn expect_stage(&self, expected: RoundStage) -> Result<(), SecAggError> {

@@ -568,8 +568,14 @@ fn a_client_refuses_a_survivor_set_smaller_than_the_threshold() {
             };
             client.unmask(&request).unwrap_err()
         };
+        // Named by the stage that asked: round 3 against a malicious server, unmasking otherwise.
+        let stage = if config.is_authenticated() {
+            RoundStage::ConsistencyCheck
+        } else {
+            RoundStage::Unmasking
+        };
         assert!(
-            matches!(err, SecAggError::TooFewSurvivors { survivors: 2, .. }),
+            matches!(err, SecAggError::TooFewSurvivors { survivors: 2, stage: s, .. } if s == stage),
             "{err:?}"
         );
     }

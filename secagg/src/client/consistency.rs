@@ -38,7 +38,7 @@ impl SecAggClient {
                 self.malformed("this instance has no consistency check (curious-server model)".into())
             );
         };
-        self.check_survivor_lists(&check.survivors, &check.dropped)?;
+        self.check_survivor_lists(&check.survivors, &check.dropped, RoundStage::ConsistencyCheck)?;
         let message = survivors_transcript(&self.config, site, &check.survivors);
         let signature = auth.signer.sign(&message).map_err(|_| SecAggError::Crypto {
             site,
