@@ -44,6 +44,21 @@ pub fn provision_study_with(
     provision_sites(out, study, rounds, initial_model, &["S1", "S2", "S3"], &["S4"])
 }
 
+/// Provisions a study with four training sites (S1–S4) and one validation site (S5), `small_model()`
+/// as the initial model: secure aggregation against a malicious aggregator (the default) then needs
+/// t = 3, so one training site may drop out.
+#[must_use]
+pub fn provision_four_training_sites(out: &Path, study: &str, rounds: RoundSettings) -> AggregatorConfig {
+    provision_sites(
+        out,
+        study,
+        rounds,
+        small_model(),
+        &["S1", "S2", "S3", "S4"],
+        &["S5"],
+    )
+}
+
 /// [`provision_study_with`] with the given training and validation sites.
 #[must_use]
 pub fn provision_sites(

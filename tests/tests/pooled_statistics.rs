@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_aggregator::store::{RECORD_FILE, RoundStore};
-use fedlnm_e2e::{RunningAggregator, provision_sites, secagg_client, small_model};
+use fedlnm_e2e::{RunningAggregator, secagg_client, small_model};
 use fedlnm_protocol::generated::federation_client::FederationClient;
 use fedlnm_protocol::generated::{
     MetricsReport, SecAggRequest, SecAggStage, UpdateChunk, UpdateFormat, UpdateHeader, task,
@@ -243,15 +243,8 @@ async fn pooled_statistics_are_the_exact_secure_sum_of_the_survivors() {
         validation_deadline_s: 3,
         ..RoundSettings::default()
     };
-    // Four training sites: against a malicious aggregator the pool needs t = 3 of them, so one may vanish.
-    let config = provision_sites(
-        &study_dir,
-        STUDY,
-        settings,
-        small_model(),
-        &["S1", "S2", "S3", "S4"],
-        &["S5"],
-    );
+    // Four training sites: against a malicious aggregator t = 3, so one may drop out.
+    let config = fedlnm_e2e::provision_four_training_sites(&study_dir, STUDY, settings);
     let state_dir = config.state_dir.clone();
     let aggregator = RunningAggregator::start(config, 0).await;
     let url = aggregator.url.clone();

@@ -101,15 +101,8 @@ impl SecureStudy {
     async fn start(settings: RoundSettings) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let study_dir = dir.path().join("study");
-        // Four training sites: against a malicious aggregator (the default) t = 3, so one may drop.
-        let config = fedlnm_e2e::provision_sites(
-            &study_dir,
-            STUDY,
-            settings,
-            small_model(),
-            &["S1", "S2", "S3", "S4"],
-            &["S5"],
-        );
+        // Four training sites: against a malicious aggregator t = 3, so one may drop out.
+        let config = fedlnm_e2e::provision_four_training_sites(&study_dir, STUDY, settings);
         let state_dir = config.state_dir.clone();
         let aggregator = RunningAggregator::start(config, 0).await;
         let url = aggregator.url.clone();
