@@ -8,6 +8,7 @@ pub mod calibration;
 pub mod design;
 pub mod kappa;
 pub mod logistic;
+pub mod meta;
 pub mod normal;
 pub mod privacy;
 mod sum;
