@@ -122,7 +122,7 @@ fn statistics_do_no_io() {
         .collect();
     assert_eq!(
         deps,
-        ["thiserror", "serde", "libm", "nalgebra"],
+        ["thiserror", "serde", "libm", "nalgebra", "puruspe"],
         "fedlnm-stats depends on numerics and serde only"
     );
     for file in crate_sources("stats/src") {
