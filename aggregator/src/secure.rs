@@ -7,10 +7,10 @@
 //! consistency check (against a malicious aggregator, `rounds.threat_model`: the survivors sign the
 //! survivor set) and unmasking: `stage_timeout_s` after the stage before closed. Against a malicious
 //! aggregator the service checks each site's signatures with the study CA on receipt, so that one
-//! site's bad signature makes it a dropout instead of aborting the instance at every honest site. Messages are encoded by
-//! `fedlnm_protocol::payload`; each names its study, round, configuration hash and site, and the
-//! site must be the caller's certificate identity. Unmasking and decoding the sum run in the round's
-//! [`crate::aggregation::Finisher`], off the study lock.
+//! site's bad signature makes it a dropout instead of aborting the instance at every honest site.
+//! Messages are encoded by `fedlnm_protocol::payload`; each names its study, round, configuration
+//! hash and site, and the site must be the caller's certificate identity. Unmasking and decoding
+//! the sum run in the round's [`crate::aggregation::Finisher`], off the study lock.
 
 use crate::aggregation::{Aggregation, AggregationError, Poll, RoundAggregate, Upload};
 use fedlnm_protocol::payload::decode;
@@ -88,6 +88,7 @@ pub struct SecureAggregation {
     /// Sites that lost this attempt's secrets (their node restarted after it took part): no stage
     /// waits for them, and they are not offered the round again.
     lost: BTreeSet<SiteId>,
+    /// Sites whose signature of the survivor set was accepted (round 3).
     signed: BTreeSet<SiteId>,
     directory: Option<Vec<u8>>,
     deliveries: BTreeMap<SiteId, Vec<u8>>,
