@@ -1,9 +1,9 @@
 //! Signed fixed-point quantization of n_k·Δ_k into Z_2^64 with unbiased stochastic rounding, and its
 //! decoding.
 //!
-//! An element x = n_k·Δ_k[i] is computed in f64 (exact: a 24-bit f32 mantissa times a count below 2^29
+//! An element x = n_k·Δ_k\[i\] is computed in f64 (exact: a 24-bit f32 mantissa times a count below 2^29
 //! fits in 53 bits), clipped to [−C, C], scaled by S = 2^f (exact), and rounded to ⌊xS⌋ + 1 with
-//! probability frac(xS), else ⌊xS⌋: E[q] = xS (up to the 2^-53 granularity of the uniform draw) and
+//! probability frac(xS), else ⌊xS⌋: E\[q\] = xS (up to the 2^-53 granularity of the uniform draw) and
 //! |q − xS| < 1. The integer is stored in two's complement. Decoding a sum over K sites gives
 //! Σ_k clip(n_k·Δ_k) with an absolute error below K·2^-f per element, and the FedAvg average
 //! Σ n_kΔ_k / Σ n_k with an error below K·2^-f / Σ n_k (plus the final f32 rounding, 2^-24 relative).

@@ -278,7 +278,7 @@ pub struct NodeConfig {
     /// This site's id; must match the id in its certificate.
     pub site: String,
     pub study: String,
-    /// The aggregator's URL, e.g. "https://aggregator.example.org:50051".
+    /// The aggregator's URL, e.g. `https://aggregator.example.org:50051`.
     pub aggregator: String,
     /// The host name in the aggregator's certificate, when it differs from the URL's host.
     #[serde(default)]

@@ -2,7 +2,7 @@
 //! uncompressed, RLE Lossless or JPEG) to an RGB picture, burned-in annotation bands cropped, resized to
 //! a square, as a CHW `f32` tensor in [0, 1].
 //!
-//! DICOM ([`dicom`]): the header is read lazily, without the pixel data, and only the requested
+//! DICOM (the `dicom` module): the header is read lazily, without the pixel data, and only the requested
 //! frame's bytes are read and decoded, within [`MAX_DICOM_FRAME_BYTES`]. Only the image geometry and
 //! the pixels of the chosen frame are copied out: no identifying attribute (PatientName, PatientID,
 //! dates, institution) is read into memory at all.
