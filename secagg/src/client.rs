@@ -446,7 +446,7 @@ impl SecAggClient {
             return Err(SecAggError::NotInRound {
                 site: v,
                 round: self.config.round(),
-                stage: RoundStage::Unmasking,
+                stage,
             });
         }
         let expected_dropped: Vec<SiteId> = self

@@ -19,7 +19,8 @@ use rustls::server::danger::ClientCertVerifier;
 
 use crate::config::TlsFiles;
 use crate::secagg::{Authentication, PeerVerifier, Signer};
-use crate::tls::site_of_certificate;
+use crate::tls::site_of_parsed;
+use x509_parser::certificate::X509Certificate;
 
 /// Why study credentials cannot be used for signing or checking.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +102,8 @@ impl SiteSigner {
         };
         let probe = b"fedlnm: does this key belong to this certificate?";
         let signature = signer.sign(probe).map_err(CredentialError::KeyType)?;
-        verify_with_certificate(&signer.certificate, probe, &signature)
+        parse(&signer.certificate)
+            .and_then(|parsed| verify_with_certificate(&parsed, probe, &signature))
             .map_err(|_| CredentialError::KeyMismatch)?;
         Ok(signer)
     }
@@ -167,19 +169,30 @@ impl PeerVerifier for StudyAuthority {
         self.verifier
             .verify_client_cert(&CertificateDer::from(credential), &[], UnixTime::now())
             .map_err(|e| format!("not a site certificate of this study: {e}"))?;
-        let site = site_of_certificate(credential).map_err(|e| e.to_string())?;
+        // One parse for the site id and the public key.
+        let parsed = parse(credential)?;
+        let site = site_of_parsed(&parsed).map_err(|e| e.to_string())?.site;
         if site != identity {
             return Err(format!("the certificate is site {site}'s, not {identity}'s"));
         }
-        verify_with_certificate(credential, message, signature)
+        verify_with_certificate(&parsed, message, signature)
     }
 }
 
+/// A certificate (DER), parsed.
+fn parse(certificate: &[u8]) -> Result<X509Certificate<'_>, String> {
+    x509_parser::parse_x509_certificate(certificate)
+        .map(|(_, parsed)| parsed)
+        .map_err(|e| CredentialError::Certificate(e.to_string()).to_string())
+}
+
 /// Checks an ECDSA P-256 signature against the public key of a certificate.
-fn verify_with_certificate(certificate: &[u8], message: &[u8], signature: &[u8]) -> Result<(), String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
-        .map_err(|e| CredentialError::Certificate(e.to_string()).to_string())?;
-    let public_key = parsed.public_key().subject_public_key.data.as_ref();
+fn verify_with_certificate(
+    certificate: &X509Certificate<'_>,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    let public_key = certificate.public_key().subject_public_key.data.as_ref();
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_key)
         .verify(message, signature)
         .map_err(|_| "the signature does not verify".to_owned())

@@ -49,6 +49,13 @@ pub fn site_of_certificate(der: &[u8]) -> Result<String, IdentityError> {
 /// The site id of a (chain-verified) client certificate, as [`site_of_certificate`], and its expiry.
 pub fn site_certificate(der: &[u8]) -> Result<SiteCertificate, IdentityError> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der).map_err(|_| IdentityError::Unparsable)?;
+    site_of_parsed(&certificate)
+}
+
+/// [`site_certificate`] of a certificate already parsed (for callers that read more of it).
+pub fn site_of_parsed(
+    certificate: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<SiteCertificate, IdentityError> {
     let sans = certificate
         .subject_alternative_name()
         .map_err(|_| IdentityError::Unparsable)?;

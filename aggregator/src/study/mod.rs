@@ -146,7 +146,7 @@ fn study_authority(path: &std::path::Path) -> Result<Arc<dyn PeerVerifier>, Stud
         path: path.to_path_buf(),
         reason,
     };
-    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let pem = fedlnm_shared::files::read_regular(path).map_err(|e| error(e.to_string()))?;
     let authority = StudyAuthority::from_ca_pem(&pem).map_err(|e| error(e.to_string()))?;
     Ok(Arc::new(authority))
 }
