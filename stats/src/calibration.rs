@@ -144,10 +144,7 @@ fn subsample(y: &[bool], x: &[f64]) -> Option<(Vec<bool>, Vec<f64>)> {
 
 /// `f` of every element, on up to the machine's cores (contiguous runs).
 fn parallel_map(values: &[f64], f: impl Fn(f64) -> f64 + Sync) -> Vec<f64> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(values.len() / (16 * BLOCK))
-        .max(1);
+    let threads = threads_for(values.len().div_ceil(BLOCK));
     let per_thread = values.len().div_ceil(threads).max(1);
     let f = &f;
     // Zeroed pages come from the system untouched: each thread writes (and faults in) its own run.
@@ -166,6 +163,15 @@ fn parallel_map(values: &[f64], f: impl Fn(f64) -> f64 + Sync) -> Vec<f64> {
 
 /// Rows per block of the plain sums in [`score_and_information`].
 const BLOCK: usize = 4096;
+
+/// Threads for work over `blocks` blocks of [`BLOCK`] rows: the machine's cores, at least 16 blocks
+/// each, at least 1.
+fn threads_for(blocks: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(blocks / 16)
+        .max(1)
+}
 
 /// At (a, b): Σ (y − μ), Σ (y − μ)·x, Σ w, Σ w·x, Σ w·x² with μ = σ(a + b·x), w = μ(1 − μ).
 fn score_and_information(y: &[bool], x: &[f64], a: f64, b: f64) -> [f64; 5] {
@@ -194,10 +200,7 @@ fn block_sums<const K: usize>(
         sums
     };
     let blocks = y.len().div_ceil(BLOCK);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(blocks / 16)
-        .max(1);
+    let threads = threads_for(blocks);
     let per_thread = blocks.div_ceil(threads) * BLOCK;
     let partials: Vec<Vec<[f64; K]>> = std::thread::scope(|scope| {
         let handles: Vec<_> = y
