@@ -13,6 +13,7 @@
 //! f32 weights ([`weights`], `fedlnm-tensors`) and secure aggregation ([`secagg`], `fedlnm-secagg`: no
 //! transport). The burn model is `fedlnm-model`, which depends on this crate, never the reverse.
 
+pub mod analysis;
 mod category;
 pub mod checkpoint;
 pub mod config;
