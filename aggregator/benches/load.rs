@@ -135,6 +135,16 @@ async fn site(
         match client.get_task().await.unwrap() {
             Task::Wait { retry_after, .. } => tokio::time::sleep(retry_after).await,
             Task::Finished { .. } => return,
+            // The study's analyses after the last round: a bench site has no patients.
+            Task::Analyse(task) => {
+                let refusal = fedlnm_shared::analysis::AnalysisAnswer::Refused {
+                    reason: "a load-bench site has no patients".into(),
+                };
+                client
+                    .report_analysis(&task.analysis, task.step, &refusal)
+                    .await
+                    .unwrap();
+            }
             Task::Validate(validate) => {
                 client
                     .report_metrics(

@@ -647,6 +647,7 @@ fn aggregator_config(names: &[String]) -> AggregatorConfig {
         },
         privacy: fedlnm_shared::config::PrivacySettings::default(),
         train: TrainPlan::default(),
+        analyses: Vec::new(),
     }
 }
 

@@ -299,6 +299,13 @@ train.batch_size: Patients per step.
 train.learning_rate: Peak learning rate of AdamW.
 train.proximal_mu: FedProx proximal coefficient (0: FedAvg local training).
 train.seed: Seed of shuffling and augmentation (each site and round derives its own).
+[analysis]: An analysis of clinical factors after the last round: crude and adjusted odds ratios, each site sending only sums of its rows.
+analysis.name: The analysis's name (its result is state/analyses/NAME.json).
+analysis.outcome: lnm, lnm_central or lnm_lateral.
+analysis.terms: Fields of the adjusted model (see docs/analyses.md); each also gets a crude model.
+analysis.min_site_rows: Disclosure threshold: a site with fewer labelled patients refuses to take part.
+analysis.max_iterations: Newton steps at most per fit.
+[analysis.reference]: Reference level of each categorical term (default: its first level).
 ";
 
 /// The entries of [`COMMENTS`]: (section, key, comment), key empty for a section header.
@@ -408,6 +415,7 @@ pub fn provision(options: &ProvisionOptions) -> Result<AggregatorConfig, Provisi
             epochs: DEFAULT_LOCAL_EPOCHS,
             ..fedlnm_shared::model_config::TrainPlan::default()
         },
+        analyses: vec![fedlnm_shared::analysis::AnalysisConfig::registered()],
     };
     write_aggregator_toml(&aggregator_dir.join("aggregator.toml"), &config)?;
     let url = aggregator_url(options);
@@ -511,6 +519,7 @@ fn write_site_kit(
         validation_fraction: 0.2,
         device: fedlnm_shared::config::ComputeDevice::Cpu,
         model_config_digest: None,
+        analysis: fedlnm_shared::analysis::SitePolicy::default(),
     };
     write_toml(&kit.join("node.toml"), &node)?;
     tracing::info!(site, kit = %kit.display(), "startup kit written");

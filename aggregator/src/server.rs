@@ -16,8 +16,8 @@ use crate::telemetry::Telemetry;
 use fedlnm_protocol::server::{self as wire, Caller, Download, FederationHandler, IncomingUpload};
 use fedlnm_protocol::transfer::TransferError;
 use fedlnm_protocol::{
-    CheckIn, CheckInReply, Claim, MetricsReport, ModelRef, SecAggMessage, SecAggStage, Status, Task,
-    TrainTask, UploadReceipt, ValidateTask,
+    AnalysisReport, AnalysisTask, CheckIn, CheckInReply, Claim, MetricsReport, ModelRef, SecAggMessage,
+    SecAggStage, Status, Task, TrainTask, UploadReceipt, ValidateTask,
 };
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::SiteRoundMetrics;
@@ -347,6 +347,11 @@ fn task_message(decision: TaskDecision) -> Task {
             rounds,
             model: model_ref(&model),
         },
+        TaskDecision::Analyse(request) => Task::Analyse(AnalysisTask {
+            analysis: request.analysis.name.clone(),
+            step: request.step,
+            request,
+        }),
     }
 }
 
@@ -546,5 +551,24 @@ impl FederationHandler for FederationService {
             .wait_for(limit, |study| (!study.is_committing(report.round)).then_some(()))
             .await;
         Ok(())
+    }
+
+    async fn report_analysis(&self, caller: Caller, report: AnalysisReport) -> Result<(), Status> {
+        let (site, _) = self.authorize(caller, &report.claim)?;
+        let answer = report.answer.decode().map_err(|e| {
+            self.shared.telemetry.refuse("analysis-answer");
+            Status::invalid_argument(format!("malformed analysis answer of site {site}: {e}"))
+        })?;
+        self.shared.telemetry.received("analysis", report.answer.len());
+        self.mutate(|study| study.accept_analysis_answer(&site, &report.analysis, report.step, answer))
+            .inspect_err(|status| {
+                tracing::warn!(
+                    site,
+                    analysis = report.analysis,
+                    step = report.step,
+                    reason = status.message(),
+                    "analysis answer refused"
+                );
+            })
     }
 }

@@ -11,10 +11,15 @@
 //! commit) are removed at start. A committed round is never overwritten. On start the latest round is
 //! loaded and its model checked against the digest recorded with it.
 //!
+//! The study's analyses (federated odds ratios, after the last round) are kept beside the rounds, one
+//! file per analysis, each written atomically (a synced file renamed over the old one):
+//! `STATE_DIR/analyses/NAME.json` ([`fedlnm_shared::analysis::AnalysisResult`]).
+//!
 //! A committed round's folder is named `round-` and at least 4 digits ([`committed_round_number`]);
 //! this is the one rule for it, used by the aggregator and by the study report, which reads the folder
 //! without changing it ([`RoundStore::open_existing`], [`RoundStore::load_record`]).
 
+use fedlnm_shared::analysis::AnalysisResult;
 use fedlnm_shared::checkpoint::{Checkpoint, CheckpointError};
 use fedlnm_shared::federation::RoundRecord;
 use fedlnm_shared::model_config::ModelConfig;
@@ -30,6 +35,8 @@ pub const ROUNDS_DIR: &str = "rounds";
 pub const MODEL_FILE: &str = "global.safetensors";
 /// A committed round's record ([`RoundRecord`]) inside its `round-NNNN` folder.
 pub const RECORD_FILE: &str = "round.json";
+/// The folder of the analyses' results inside the state folder.
+pub const ANALYSES_DIR: &str = "analyses";
 /// The prefix of a committed round's folder name (followed by at least 4 digits).
 pub const ROUND_DIR_PREFIX: &str = "round-";
 
@@ -48,6 +55,11 @@ pub enum StoreError {
     AlreadyCommitted { round: u64, path: PathBuf },
     #[error("{} is not a valid round record: {source}", path.display())]
     InvalidRecord {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{} is not a valid analysis result: {source}", path.display())]
+    InvalidAnalysis {
         path: PathBuf,
         source: serde_json::Error,
     },
@@ -324,6 +336,86 @@ impl RoundStore {
         std::fs::rename(&partial, &target).map_err(io("commit", &target))?;
         sync_dir(&self.rounds)?;
         Ok(target)
+    }
+
+    /// The folder of the analyses' results, beside the rounds.
+    fn analyses_dir(&self) -> PathBuf {
+        self.rounds.parent().unwrap_or(Path::new(".")).join(ANALYSES_DIR)
+    }
+
+    /// Stores the result of an analysis as `analyses/NAME.json` (see the module doc), replacing an
+    /// earlier one of the same name; returns the file.
+    ///
+    /// # Errors
+    /// A write, sync or rename failed (then the earlier result, if any, is still there).
+    pub fn write_analysis(&self, result: &AnalysisResult) -> Result<PathBuf, StoreError> {
+        let dir = self.analyses_dir();
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let target = dir.join(format!("{}.json", result.analysis.name));
+        let partial = dir.join(format!(".{}.json.partial", result.analysis.name));
+        let json = serde_json::to_vec_pretty(result).map_err(|e| StoreError::Corrupt {
+            path: target.clone(),
+            problem: e.to_string(),
+        })?;
+        write_synced(&partial, &json)?;
+        std::fs::rename(&partial, &target).map_err(io("store", &target))?;
+        sync_dir(&dir)?;
+        Ok(target)
+    }
+
+    /// The stored result of the analysis `name`; `None` when it has not run.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not a result.
+    pub fn analysis(&self, name: &str) -> Result<Option<AnalysisResult>, StoreError> {
+        let path = self.analyses_dir().join(format!("{name}.json"));
+        match fedlnm_shared::files::read_regular(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::InvalidAnalysis { path, source }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Every stored analysis result, by name (none when the folder is absent).
+    ///
+    /// # Errors
+    /// As [`Self::analysis`].
+    pub fn analyses(&self) -> Result<Vec<AnalysisResult>, StoreError> {
+        let dir = self.analyses_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "list",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry
+                .map_err(io("list", &dir))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if let Some(stem) = name.strip_suffix(".json").filter(|stem| !stem.starts_with('.')) {
+                names.push(stem.to_owned());
+            }
+        }
+        names.sort();
+        let mut results = Vec::new();
+        for name in names {
+            results.extend(self.analysis(&name)?);
+        }
+        Ok(results)
     }
 }
 

@@ -9,7 +9,10 @@ use crate::commands::model::{load_examples, prepare_autotune_cache};
 use anyhow::{Context as _, bail};
 use fedlnm_model::train::{self, TrainingEvent};
 use fedlnm_protocol::payload;
-use fedlnm_protocol::{Client, ClientError, ModelRef, RoundAggregation, Task, TrainTask, ValidateTask};
+use fedlnm_protocol::{
+    AnalysisTask, Client, ClientError, ModelRef, RoundAggregation, Task, TrainTask, ValidateTask,
+};
+use fedlnm_shared::analysis::{self, AnalysisAnswer};
 use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{ComputeDevice, NodeConfig, SiteRole};
 use fedlnm_shared::data;
@@ -63,6 +66,8 @@ pub struct Node {
     authentication: Option<Authentication>,
     role: Option<SiteRole>,
     examples: Option<SiteExamples>,
+    /// The manifest's patients, read at the first analysis step.
+    records: Option<Vec<data::PatientRecord>>,
     summary: RunSummary,
 }
 
@@ -74,6 +79,7 @@ impl Node {
             authentication: None,
             role: None,
             examples: None,
+            records: None,
             summary: RunSummary::default(),
         }
     }
@@ -159,6 +165,7 @@ impl Node {
                     self.validate_round(client, &validate).await?;
                     self.summary.rounds_validated.push(validate.round);
                 }
+                Task::Analyse(task) => self.answer_analysis(client, &task).await?,
                 Task::Finished { rounds, model } => {
                     // Downloaded like any model: size, digest and configuration checked.
                     let (_, bytes) = self.download(client, &model).await?;
@@ -169,6 +176,43 @@ impl Node {
                     return Ok(true);
                 }
             }
+        }
+    }
+
+    /// Answers a step of a study analysis from the site's manifest (its labelled patients; no image
+    /// is read), under the site's own `[analysis]` limits: only sums of rows, or a refusal with its
+    /// reason, leave the site. An answer the aggregator no longer takes (the step closed) is logged.
+    async fn answer_analysis(&mut self, client: &mut Client, task: &AnalysisTask) -> anyhow::Result<()> {
+        if self.records.is_none() {
+            let dir = self.config.data.clone();
+            let read = tokio::task::spawn_blocking(move || data::read_manifest(&dir))
+                .await
+                .context("reading the manifest stopped")??;
+            self.records = Some(read.records.into_iter().map(|(_, record)| record).collect());
+        }
+        let records = self.records.as_deref().unwrap_or_default();
+        let answer = analysis::site_answer(records, &task.request, self.config.analysis);
+        if let AnalysisAnswer::Refused { reason } = &answer {
+            tracing::warn!(
+                site = self.config.site,
+                analysis = task.analysis,
+                reason,
+                "refusing the analysis"
+            );
+        } else {
+            tracing::debug!(
+                site = self.config.site,
+                analysis = task.analysis,
+                step = task.step,
+                "analysis step answered"
+            );
+        }
+        match client.report_analysis(&task.analysis, task.step, &answer).await {
+            Err(error) if !error.is_fatal() && matches!(error, ClientError::Refused { .. }) => {
+                tracing::warn!(site = self.config.site, analysis = task.analysis, %error, "answer not taken");
+                Ok(())
+            }
+            result => Ok(result?),
         }
     }
 

@@ -5,10 +5,11 @@
 use crate::generated as pb;
 use crate::generated::federation_client::FederationClient;
 use crate::messages::{
-    CheckInReply, Claim, MetricsReport, ModelRef, ProtocolError, SecAggMessage, SecAggStage, Task,
-    UpdateFormat, UpdateHeader, UploadReceipt,
+    AnalysisReport, CheckInReply, Claim, MetricsReport, ModelRef, ProtocolError, SecAggMessage, SecAggStage,
+    Task, UpdateFormat, UpdateHeader, UploadReceipt,
 };
 use crate::transfer::{self, Assembler, TransferError};
+use fedlnm_shared::analysis::AnalysisAnswer;
 use fedlnm_shared::config::NodeConfig;
 use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::weights::sha256_hex;
@@ -373,6 +374,28 @@ impl Client {
             masked_statistics,
         };
         self.inner.report_metrics(pb::MetricsReport::from(report)).await?;
+        Ok(())
+    }
+
+    /// Answers step `step` of the study analysis `analysis`.
+    ///
+    /// # Errors
+    /// A refusal (for example an answer to a step that is no longer open).
+    pub async fn report_analysis(
+        &mut self,
+        analysis: &str,
+        step: u32,
+        answer: &AnalysisAnswer,
+    ) -> Result<(), ClientError> {
+        let report = AnalysisReport {
+            claim: self.claim.clone(),
+            analysis: analysis.to_owned(),
+            step,
+            answer: crate::messages::Encoded::new(answer, "analysis answer"),
+        };
+        self.inner
+            .report_analysis(pb::AnalysisReport::from(report))
+            .await?;
         Ok(())
     }
 }

@@ -29,8 +29,9 @@ pub mod generated {
 
 pub use client::{Client, ClientError};
 pub use messages::{
-    CheckIn, CheckInReply, Claim, Encoded, MetricsReport, ModelRef, ProtocolError, RoundAggregation,
-    SecAggMessage, SecAggStage, Task, TrainTask, UpdateFormat, UpdateHeader, UploadReceipt, ValidateTask,
+    AnalysisReport, AnalysisTask, CheckIn, CheckInReply, Claim, Encoded, MetricsReport, ModelRef,
+    ProtocolError, RoundAggregation, SecAggMessage, SecAggStage, Task, TrainTask, UpdateFormat, UpdateHeader,
+    UploadReceipt, ValidateTask,
 };
 #[cfg(feature = "server")]
 pub use server::{Caller, Download, FederationHandler, IncomingUpload, ServeError};

@@ -4,6 +4,7 @@
 
 use crate::generated as pb;
 use crate::payload::{self, PayloadError};
+use fedlnm_shared::analysis::{AnalysisAnswer, AnalysisRequest};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{AggregationKind, LocalTensors, SiteRoundMetrics};
 use fedlnm_shared::model_config::TrainPlan;
@@ -133,6 +134,25 @@ pub enum Task {
         rounds: u64,
         model: ModelRef,
     },
+    /// One step of a study analysis: answer with [`AnalysisReport`].
+    Analyse(AnalysisTask),
+}
+
+/// One Newton step of a study analysis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisTask {
+    pub analysis: String,
+    pub step: u32,
+    pub request: AnalysisRequest,
+}
+
+/// A site's answer to one step of a study analysis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisReport {
+    pub claim: Claim,
+    pub analysis: String,
+    pub step: u32,
+    pub answer: Encoded<AnalysisAnswer>,
 }
 
 /// Train round `round` from `model` and upload the delta.
@@ -410,6 +430,11 @@ impl From<Task> for pb::Task {
                 rounds,
                 model: Some(model.into()),
             }),
+            Task::Analyse(task) => Kind::Analysis(pb::AnalysisTask {
+                analysis: task.analysis,
+                step: task.step,
+                request: payload::encode(&task.request),
+            }),
         };
         Self { kind: Some(kind) }
     }
@@ -464,6 +489,11 @@ impl TryFrom<pb::Task> for Task {
                 rounds: finished.rounds,
                 model: model_ref(finished.model)?,
             },
+            Kind::Analysis(task) => Self::Analyse(AnalysisTask {
+                analysis: task.analysis,
+                step: task.step,
+                request: payload::decode(&task.request, "analysis request")?,
+            }),
         })
     }
 }
@@ -543,6 +573,29 @@ impl From<pb::MetricsReport> for MetricsReport {
             model_digest: report.model_digest,
             metrics: Encoded::from_bytes(report.metrics, "validation metrics"),
             masked_statistics: report.masked_statistics,
+        }
+    }
+}
+
+impl From<AnalysisReport> for pb::AnalysisReport {
+    fn from(report: AnalysisReport) -> Self {
+        Self {
+            site: report.claim.site,
+            study: report.claim.study,
+            analysis: report.analysis,
+            step: report.step,
+            answer: report.answer.bytes,
+        }
+    }
+}
+
+impl From<pb::AnalysisReport> for AnalysisReport {
+    fn from(report: pb::AnalysisReport) -> Self {
+        Self {
+            claim: Claim::new(report.site, report.study),
+            analysis: report.analysis,
+            step: report.step,
+            answer: Encoded::from_bytes(report.answer, "analysis answer"),
         }
     }
 }
@@ -636,6 +689,25 @@ mod tests {
                 rounds: 8,
                 model: model(),
             },
+            Task::Analyse(AnalysisTask {
+                analysis: "clinical-factors".into(),
+                step: 2,
+                request: AnalysisRequest {
+                    analysis: fedlnm_shared::analysis::AnalysisConfig {
+                        name: "clinical-factors".into(),
+                        outcome: fedlnm_shared::analysis::Outcome::Lnm,
+                        terms: vec!["male".into()],
+                        reference: std::collections::BTreeMap::new(),
+                        min_site_rows: 10,
+                        max_iterations: 25,
+                    },
+                    step: 2,
+                    fits: vec![fedlnm_shared::analysis::FitRequest {
+                        terms: vec!["male".into()],
+                        beta: vec![-0.5, 0.25],
+                    }],
+                },
+            }),
         ];
         for task in tasks {
             let wire = pb::Task::from(task.clone());

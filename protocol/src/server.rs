@@ -6,7 +6,8 @@
 use crate::generated as pb;
 use crate::generated::federation_server::{Federation, FederationServer};
 use crate::messages::{
-    CheckIn, CheckInReply, Claim, MetricsReport, SecAggMessage, Task, UpdateHeader, UploadReceipt,
+    AnalysisReport, CheckIn, CheckInReply, Claim, MetricsReport, SecAggMessage, Task, UpdateHeader,
+    UploadReceipt,
 };
 use crate::transfer::{self, Assembler, TransferError};
 use fedlnm_shared::config::TlsFiles;
@@ -92,6 +93,8 @@ pub trait FederationHandler: Send + Sync + 'static {
     /// Returns the reply payload for the caller.
     async fn secure_aggregation(&self, caller: Caller, message: SecAggMessage) -> Result<Vec<u8>, Status>;
     async fn report_metrics(&self, caller: Caller, report: MetricsReport) -> Result<(), Status>;
+    /// A site's answer to a step of a study analysis.
+    async fn report_analysis(&self, caller: Caller, report: AnalysisReport) -> Result<(), Status>;
 
     /// A connection from `peer` failed its TLS handshake for `reason` (already logged); no call ran.
     fn handshake_refused(&self, peer: std::net::SocketAddr, reason: &'static str) {
@@ -400,5 +403,16 @@ impl<H: FederationHandler> Federation for Adapter<H> {
         let round = report.round;
         self.handler.report_metrics(caller, report).await?;
         Ok(Response::new(pb::MetricsReceipt { round }))
+    }
+
+    async fn report_analysis(
+        &self,
+        request: Request<pb::AnalysisReport>,
+    ) -> Result<Response<pb::AnalysisReceipt>, Status> {
+        let caller = caller(&request);
+        let report = AnalysisReport::from(request.into_inner());
+        let step = report.step;
+        self.handler.report_analysis(caller, report).await?;
+        Ok(Response::new(pb::AnalysisReceipt { step }))
     }
 }

@@ -140,6 +140,10 @@ pub struct AggregatorConfig {
     /// model.toml; `epochs` are the local epochs per round).
     #[serde(default)]
     pub train: crate::model_config::TrainPlan,
+    /// The study's analyses of clinical factors (`[[analysis]]`, federated odds ratios), run after
+    /// the last round.
+    #[serde(default, rename = "analysis")]
+    pub analyses: Vec<crate::analysis::AnalysisConfig>,
 }
 
 /// `[privacy]` of `aggregator.toml`: differential privacy of what the aggregator learns from the
@@ -299,6 +303,9 @@ pub struct NodeConfig {
     /// whose configuration has another digest.
     #[serde(default)]
     pub model_config_digest: Option<String>,
+    /// What this site answers of the study's analyses (`[analysis]`: `enabled`, `min_rows`).
+    #[serde(default)]
+    pub analysis: crate::analysis::SitePolicy,
 }
 
 /// Where the model runs: `device` in node.toml and `--device` on the node's command line, and the
@@ -502,6 +509,7 @@ impl AggregatorConfig {
             .train
             .validate()
             .map_err(|e| invalid("train", e.to_string()))?;
+        crate::analysis::check_all(&config.analyses).map_err(|(key, problem)| invalid(&key, problem))?;
         let base = file.parent().unwrap_or(Path::new("."));
         config.state_dir = base.join(&config.state_dir);
         config.tls = config.tls.relative_to(base);
@@ -535,6 +543,10 @@ impl NodeConfig {
                 format!("{} must be in (0, 1)", config.validation_fraction),
             ));
         }
+        config
+            .analysis
+            .check()
+            .map_err(|(key, problem)| invalid(&format!("analysis.{key}"), problem))?;
         let base = file.parent().unwrap_or(Path::new("."));
         config.tls = config.tls.relative_to(base);
         config.data = base.join(&config.data);

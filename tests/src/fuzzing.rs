@@ -16,9 +16,12 @@
 //! it exists), removed when the call returns.
 
 use fedlnm_protocol::generated as pb;
-use fedlnm_protocol::messages::{CheckInReply, MetricsReport, SecAggMessage, Task, UpdateHeader};
+use fedlnm_protocol::messages::{
+    AnalysisReport, CheckInReply, MetricsReport, SecAggMessage, Task, UpdateHeader,
+};
 use fedlnm_protocol::payload;
 use fedlnm_protocol::transfer::Assembler;
+use fedlnm_shared::analysis::{AnalysisAnswer, AnalysisRequest};
 use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{AggregatorConfig, NodeConfig};
 use fedlnm_shared::data::{CropFractions, LoadOptions, Preprocess, image, load_site};
@@ -61,7 +64,7 @@ const MODEL_INPUT: u32 = 32;
 const TRANSFER_LIMIT: u32 = 16 << 20;
 
 /// The payload types, by the input's first byte (modulo their number); the rest is the payload.
-const PAYLOADS: u8 = 12;
+const PAYLOADS: u8 = 14;
 
 /// `fedlnm_protocol::payload::decode` of every payload type the protocol carries: the secure
 /// aggregation messages both ways, the round's secure-aggregation configuration (validated, as the
@@ -98,7 +101,16 @@ pub fn payload(data: &[u8]) -> Outcome {
             metrics.check()
         }
         10 => round_trip!(ConsistencyCheck, bytes, "consistency check").map(drop),
-        _ => round_trip!(ConsistencyResponse, bytes, "survivor-set signature").map(drop),
+        11 => round_trip!(ConsistencyResponse, bytes, "survivor-set signature").map(drop),
+        12 => {
+            let request = round_trip!(AnalysisRequest, bytes, "analysis request")?;
+            // What the node checks before it computes anything.
+            request
+                .analysis
+                .check()
+                .map_err(|(key, problem)| format!("{key}: {problem}"))
+        }
+        _ => round_trip!(AnalysisAnswer, bytes, "analysis answer").map(drop),
     }
 }
 
@@ -112,7 +124,7 @@ pub fn protobuf(data: &[u8]) -> Outcome {
     let Some((&kind, bytes)) = data.split_first() else {
         return Err("empty input".to_owned());
     };
-    match kind % 9 {
+    match kind % 10 {
         0 => {
             let wire = pb::Task::decode(bytes).map_err(|e| e.to_string())?;
             let task = Task::try_from(wire).map_err(|e| e.to_string())?;
@@ -169,9 +181,13 @@ pub fn protobuf(data: &[u8]) -> Outcome {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
-        _ => pb::ModelRequest::decode(bytes)
+        8 => pb::ModelRequest::decode(bytes)
             .map(drop)
             .map_err(|e| e.to_string()),
+        _ => {
+            let report = AnalysisReport::from(pb::AnalysisReport::decode(bytes).map_err(|e| e.to_string())?);
+            report.answer.decode().map(drop).map_err(|e| e.to_string())
+        }
     }
 }
 

@@ -409,7 +409,45 @@ fn payload_seeds() -> Vec<Seed> {
         ("payload", "secagg-config", tagged(7, &encode(&secagg_config()))),
         ("payload", "train-plan", tagged(8, &encode(&TrainPlan::default()))),
         ("payload", "site-metrics", tagged(9, &encode(&site_metrics()))),
+        (
+            "payload",
+            "analysis-request",
+            tagged(12, &encode(&analysis_request())),
+        ),
+        (
+            "payload",
+            "analysis-answer",
+            tagged(13, &encode(&analysis_answer())),
+        ),
     ]
+}
+
+fn analysis_request() -> fedlnm_shared::analysis::AnalysisRequest {
+    let run = fedlnm_shared::analysis::AnalysisRun::new(
+        fedlnm_shared::analysis::AnalysisConfig::registered(),
+        vec!["S1".into()],
+        Vec::new(),
+    )
+    .unwrap();
+    run.request()
+}
+
+/// A site's answer to the registered analysis's step 0, on a small synthetic cohort.
+fn analysis_answer() -> fedlnm_shared::analysis::AnalysisAnswer {
+    let config = SynthConfig {
+        site: "S1".into(),
+        n_patients: 40,
+        seed: 3,
+        profile: fedlnm_shared::synth::profile::SiteProfile::named("rural").unwrap(),
+        format: OutputFormat::Png,
+        image_size: 32,
+    };
+    let records: Vec<_> = synth::generate_cohort(&config)
+        .patients
+        .into_iter()
+        .map(|p| p.record)
+        .collect();
+    fedlnm_shared::analysis::site_answer(&records, &analysis_request(), Default::default())
 }
 
 fn model_ref() -> ModelRef {
@@ -490,6 +528,33 @@ fn protobuf_seeds() -> Vec<Seed> {
             "protobuf",
             "task-validate",
             tagged(0, &pb::Task::from(validate).encode_to_vec()),
+        ),
+        (
+            "protobuf",
+            "task-analysis",
+            tagged(
+                0,
+                &pb::Task::from(Task::Analyse(fedlnm_protocol::AnalysisTask {
+                    analysis: "clinical-factors".into(),
+                    step: 0,
+                    request: analysis_request(),
+                }))
+                .encode_to_vec(),
+            ),
+        ),
+        (
+            "protobuf",
+            "analysis-report",
+            tagged(
+                9,
+                &pb::AnalysisReport::from(fedlnm_protocol::AnalysisReport {
+                    claim: claim(),
+                    analysis: "clinical-factors".into(),
+                    step: 0,
+                    answer: Encoded::new(&analysis_answer(), "analysis answer"),
+                })
+                .encode_to_vec(),
+            ),
         ),
         (
             "protobuf",

@@ -62,6 +62,9 @@ impl Study {
     /// starts the slow steps of finished ones (as jobs, [`Self::take_job`]). Returns whether anything
     /// changed.
     pub fn tick(&mut self, now: Instant) -> bool {
+        if matches!(self.phase, Phase::Analysing(_)) {
+            return self.tick_analysis(now);
+        }
         match &mut self.phase {
             Phase::Committing(committing) if committing.retry_at.is_some_and(|at| now >= at) => {
                 let Phase::Committing(committing) = std::mem::replace(&mut self.phase, Phase::Finished)
@@ -72,7 +75,7 @@ impl Study {
                 self.schedule_commit(*committing);
                 true
             }
-            Phase::Finished | Phase::Aggregating(_) | Phase::Committing(_) => false,
+            Phase::Finished | Phase::Aggregating(_) | Phase::Committing(_) | Phase::Analysing(_) => false,
             Phase::Training(training) => {
                 let before = training.aggregation.closed_stages();
                 match training.aggregation.advance(now) {
@@ -398,6 +401,7 @@ impl Study {
                 .min()
                 .or(Some(validating.deadline)),
             Phase::Committing(committing) => committing.retry_at,
+            Phase::Analysing(analysing) => Some(Self::analysis_deadline_of(analysing)),
             Phase::Aggregating(_) | Phase::Finished => None,
         }
     }

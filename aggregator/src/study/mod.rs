@@ -28,8 +28,10 @@ use fedlnm_shared::signing::StudyAuthority;
 pub use finish::{JobKind, JobResult, StudyJob};
 use std::collections::BTreeMap;
 
+mod analysis;
 mod exchange;
 mod finish;
+use analysis::Analysing;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +81,8 @@ pub enum TaskDecision {
         rounds: u64,
         model: Arc<ModelBlob>,
     },
+    /// A step of a study analysis.
+    Analyse(fedlnm_shared::analysis::AnalysisRequest),
 }
 
 /// A training task.
@@ -137,6 +141,8 @@ enum Phase {
     Aggregating(Aggregating),
     Validating(Box<Validating>),
     Committing(Box<Committing>),
+    /// After the last round: one of the study's analyses of clinical factors.
+    Analysing(Box<Analysing>),
     Finished,
 }
 
@@ -311,10 +317,7 @@ impl Study {
     fn start_next_round(&mut self, now: Instant) {
         let round = self.committed.record.round + 1;
         if round > self.config.rounds.rounds {
-            tracing::info!(rounds = self.committed.record.round, "study finished");
-            self.telemetry.round.set(0);
-            self.telemetry.study_finished.set(1);
-            self.phase = Phase::Finished;
+            self.start_analyses(0, now);
             return;
         }
         let settings = &self.config.rounds;
@@ -431,6 +434,10 @@ impl Study {
             Phase::Committing(committing) => TaskDecision::Wait {
                 reason: format!("round {} is being committed", committing.record.round),
             },
+            Phase::Analysing(analysing) => match Self::analysis_task_for(analysing, site) {
+                Ok(request) => TaskDecision::Analyse(request),
+                Err(reason) => TaskDecision::Wait { reason },
+            },
         }
     }
 
@@ -494,6 +501,9 @@ impl Study {
             Phase::Committing(c) => Some(format!(
                 "round {round} is not open for training: round {} is being committed",
                 c.record.round
+            )),
+            Phase::Analysing(_) => Some(format!(
+                "round {round} is not open: the rounds are over and the study's analyses are running"
             )),
             Phase::Finished => Some("the study is finished".to_owned()),
         };

@@ -99,6 +99,29 @@ pub struct AnalysisConfig {
 }
 
 impl AnalysisConfig {
+    /// The study's registered analysis (clinical.md): LNM on the pre-operative factors of the
+    /// literature, each a 0/1 indicator, so that its odds ratios read as published ones.
+    #[must_use]
+    pub fn registered() -> Self {
+        let terms = [
+            "male",
+            "age_under_45",
+            "size_at_least_10mm",
+            "multifocal",
+            "upper_pole",
+            "capsule_contact_over_25",
+            "microcalcification",
+        ];
+        Self {
+            name: "clinical-factors".to_owned(),
+            outcome: Outcome::Lnm,
+            terms: terms.iter().map(|&t| t.to_owned()).collect(),
+            reference: BTreeMap::new(),
+            min_site_rows: default_min_site_rows(),
+            max_iterations: default_max_iterations(),
+        }
+    }
+
     /// Checks the configuration; `Err((key, problem))` names the key at fault (relative to the
     /// analysis's table).
     ///
@@ -228,13 +251,53 @@ pub enum AnalysisAnswer {
     Refused { reason: String },
 }
 
-/// A site's own limits on what it answers (from its `node.toml`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A site's own limits on what it answers: `[analysis]` of its `node.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SitePolicy {
-    /// Whether the site takes part in analyses at all.
+    /// Whether the site takes part in the study's analyses at all.
     pub enabled: bool,
     /// The site's own disclosure threshold; the larger of it and the study's applies.
     pub min_rows: u64,
+}
+
+impl SitePolicy {
+    /// Checks the settings; `Err((key, problem))` names the key (under `analysis.`).
+    ///
+    /// # Errors
+    /// A threshold below [`MIN_DISCLOSURE_ROWS`].
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.min_rows < MIN_DISCLOSURE_ROWS {
+            return Err((
+                "min_rows",
+                format!(
+                    "{} is below the smallest disclosure threshold, {MIN_DISCLOSURE_ROWS}",
+                    self.min_rows
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks the `[[analysis]]` tables of `aggregator.toml`: each one, and that no name repeats.
+/// `Err((key, problem))` names the key, as `analysis[INDEX].KEY`.
+///
+/// # Errors
+/// The first problem found.
+pub fn check_all(analyses: &[AnalysisConfig]) -> Result<(), (String, String)> {
+    for (index, analysis) in analyses.iter().enumerate() {
+        analysis
+            .check()
+            .map_err(|(key, problem)| (format!("analysis[{index}].{key}"), problem))?;
+        if analyses[..index].iter().any(|a| a.name == analysis.name) {
+            return Err((
+                format!("analysis[{index}].name"),
+                format!("two analyses are named '{}'", analysis.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Default for SitePolicy {
