@@ -9,8 +9,10 @@ use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{AggregationKind, LocalTensors, SiteRoundMetrics};
 use fedlnm_shared::model_config::TrainPlan;
 use fedlnm_shared::secagg::{SecAggConfig, SiteId};
-use std::marker::PhantomData;
 use std::time::Duration;
+
+mod encoded;
+pub use encoded::Encoded;
 
 /// A message that does not follow the protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,70 +30,6 @@ impl ProtocolError {
     #[must_use]
     pub fn status(&self) -> tonic::Status {
         tonic::Status::invalid_argument(self.to_string())
-    }
-}
-
-/// A value of type `T` carried in its payload encoding, decoded only when the receiver asks (after it
-/// has authorized the sender), and only as the type the field declares.
-#[derive(Debug)]
-pub struct Encoded<T> {
-    bytes: Vec<u8>,
-    what: &'static str,
-    _type: PhantomData<fn() -> T>,
-}
-
-impl<T> Clone for Encoded<T> {
-    fn clone(&self) -> Self {
-        Self {
-            bytes: self.bytes.clone(),
-            what: self.what,
-            _type: PhantomData,
-        }
-    }
-}
-
-/// Equal encodings: the same bytes.
-impl<T> PartialEq for Encoded<T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.bytes == other.bytes
-    }
-}
-
-impl<T> Eq for Encoded<T> {}
-
-impl<T: serde::Serialize + serde::de::DeserializeOwned> Encoded<T> {
-    /// Encodes `value`.
-    #[must_use]
-    pub fn new(value: &T, what: &'static str) -> Self {
-        Self::from_bytes(payload::encode(value), what)
-    }
-
-    fn from_bytes(bytes: Vec<u8>, what: &'static str) -> Self {
-        Self {
-            bytes,
-            what,
-            _type: PhantomData,
-        }
-    }
-
-    /// The encoded size in bytes.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Whether the payload is empty (never a valid value).
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    /// The value.
-    ///
-    /// # Errors
-    /// A malformed payload, named.
-    pub fn decode(&self) -> Result<T, PayloadError> {
-        payload::decode(&self.bytes, self.what)
     }
 }
 
@@ -559,7 +497,7 @@ impl From<MetricsReport> for pb::MetricsReport {
             study: report.claim.study,
             round: report.round,
             model_digest: report.model_digest,
-            metrics: report.metrics.bytes,
+            metrics: report.metrics.into_bytes(),
             masked_statistics: report.masked_statistics,
         }
     }
@@ -584,7 +522,7 @@ impl From<AnalysisReport> for pb::AnalysisReport {
             study: report.claim.study,
             analysis: report.analysis,
             step: report.step,
-            answer: report.answer.bytes,
+            answer: report.answer.into_bytes(),
         }
     }
 }
