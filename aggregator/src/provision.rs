@@ -517,6 +517,7 @@ fn write_site_kit(
         data: PathBuf::from("data"),
         work_dir: PathBuf::from("work"),
         validation_fraction: 0.2,
+        cross_validation: None,
         device: fedlnm_shared::config::ComputeDevice::Cpu,
         model_config_digest: None,
         analysis: fedlnm_shared::analysis::SitePolicy::default(),

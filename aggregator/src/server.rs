@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 /// How long a `Wait` tells a site to pause before asking again.
 mod serve;
+mod status;
 pub use serve::serve;
 
 const RETRY_AFTER: Duration = Duration::from_millis(500);

@@ -1,14 +1,16 @@
 //! The secure sum of a pool's validation statistics: while a round's model is validated, the sites of
 //! one role (training sites, validate-only sites) run one secure-aggregation instance of
-//! [`InputKind::Counts`] over their score histograms, so that the aggregator learns the pooled
-//! histogram (for the pooled AUC, ROC curve and decision curve) and never one site's.
+//! [`InputKind::Counts`] over their score histograms and stage confusion matrices, so that the
+//! aggregator learns the pooled histogram (for the pooled AUC, ROC curve, calibration groups and
+//! decision curve) and the pooled matrices (for the pooled κ of T, N and stage), never one site's.
 //!
 //! The instance is the training rounds' protocol ([`SecureAggregation`]: the same stages, timeouts,
 //! dropout handling and refusals), configured for counts: the positive and negative histograms
-//! ([`STATISTICS_TENSORS`]), each site's counts totalling at most [`MAX_SITE_PATIENTS`]. A site's
+//! ([`STATISTICS_TENSORS`]), each site's counts totalling at most [`STATISTICS_COUNTS_PER_PATIENT`]
+//! times [`MAX_SITE_PATIENTS`]. A site's
 //! protocol id is its 1-based position among all the study's sites, so that the two pools are
 //! distinct instances (distinct participants, hence configuration hashes) even at equal sizes. The
-//! masked input travels with the site's metrics report; unmasking the 20,001-element sum is cheap and
+//! masked input travels with the site's metrics report; unmasking the 20,084-element sum is cheap and
 //! runs under the study lock.
 //!
 //! A pool with fewer sites than the study's threshold (`rounds.min_sites`, at least 2) is not pooled:
@@ -18,7 +20,10 @@ use crate::aggregation::{Aggregation, AggregationError, Upload};
 use crate::secure::{Attempt, Drive, SecureAggregation, security};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
-use fedlnm_shared::federation::{MAX_SITE_PATIENTS, STATISTICS_TENSORS, ScoreHistogram};
+use fedlnm_shared::federation::{
+    MAX_SITE_PATIENTS, STATISTICS_COUNTS_PER_PATIENT, STATISTICS_TENSORS, ScoreHistogram, StageConfusion,
+    pool_statistics,
+};
 use fedlnm_shared::secagg::{
     InputKind, PeerVerifier, QuantizationConfig, SecAggConfig, SecAggError, SiteId, TensorSpec,
 };
@@ -32,12 +37,16 @@ pub fn min_pool_sites(config: &AggregatorConfig) -> usize {
     config.rounds.min_sites.max(2)
 }
 
+/// A pool's decoded sum: its sites, their summed score histogram and stage confusion matrices.
+pub type PoolOutcome = (Vec<String>, ScoreHistogram, StageConfusion);
+
 /// The secure sum of one pool's statistics for one validated model.
 pub struct PoolSum {
     role: SiteRole,
     secure: SecureAggregation,
-    /// The sum, once decoded: the sites in it and their summed histogram; or why there is none.
-    outcome: Option<Result<(Vec<String>, ScoreHistogram), String>>,
+    /// The sum, once decoded: the sites in it, their summed histogram and stage confusion matrices;
+    /// or why there is none.
+    outcome: Option<Result<PoolOutcome, String>>,
 }
 
 impl PoolSum {
@@ -86,7 +95,7 @@ impl PoolSum {
                 .collect(),
             fedbn_exclude: Vec::new(),
             quantization: QuantizationConfig {
-                max_sample_count: MAX_SITE_PATIENTS,
+                max_sample_count: MAX_SITE_PATIENTS * STATISTICS_COUNTS_PER_PATIENT,
                 ..QuantizationConfig::default()
             },
             max_delta_norm: 1.0,
@@ -188,13 +197,8 @@ impl PoolSum {
                         .map_err(|error| error.to_string())
                         .and_then(|sum| {
                             let sites = sum.survivors.iter().map(|&id| self.secure.name_of(id)).collect();
-                            let mut counts = sum.counts.into_iter();
-                            let histogram = ScoreHistogram {
-                                positive: counts.next().unwrap_or_default(),
-                                negative: counts.next().unwrap_or_default(),
-                            };
-                            histogram.check().map_err(|error| error.to_string())?;
-                            Ok((sites, histogram))
+                            let (histogram, confusion) = pool_statistics(sum.counts)?;
+                            Ok((sites, histogram, confusion))
                         }),
                 );
                 true
@@ -228,9 +232,10 @@ impl PoolSum {
         self.secure.exclude(site);
     }
 
-    /// The decoded sum (the sites in it and their histogram), or why there is none (`None`: not done).
+    /// The decoded sum (the sites in it, their histogram and matrices), or why there is none
+    /// (`None`: not done).
     #[must_use]
-    pub fn outcome(&self) -> Option<&Result<(Vec<String>, ScoreHistogram), String>> {
+    pub fn outcome(&self) -> Option<&Result<PoolOutcome, String>> {
         self.outcome.as_ref()
     }
 }

@@ -129,6 +129,14 @@ impl Telemetry {
             .set(now);
     }
 
+    /// Unix time of `site`'s last authorized request; `None` when none since start.
+    #[must_use]
+    pub fn last_seen(&self, site: &str) -> Option<f64> {
+        self.site_last_seen
+            .get(&vec![("site".to_owned(), site.to_owned())])
+            .map(|gauge| gauge.get())
+    }
+
     pub fn refuse(&self, reason: &str) {
         self.refused
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
@@ -144,21 +152,37 @@ impl Telemetry {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` (the OpenMetrics text of `telemetry`) and `GET /status` (the study's live
+/// status page, `status()`, made on a blocking thread: it reads the committed rounds) on `listener`
+/// until `shutdown` resolves.
 ///
 /// # Errors
 /// The HTTP server fails.
 pub async fn serve_metrics(
     telemetry: std::sync::Arc<Telemetry>,
+    status: impl Fn() -> String + Send + Sync + 'static,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    fedlnm_protocol::http::serve_text(
+    use fedlnm_protocol::http::Document;
+    fedlnm_protocol::http::serve_documents(
         listener,
-        "/metrics",
-        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        move || telemetry.render(),
+        vec![
+            Document {
+                path: "/metrics",
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                render: std::sync::Arc::new(move || telemetry.render()),
+            },
+            Document {
+                path: STATUS_PATH,
+                content_type: "text/html; charset=utf-8",
+                render: std::sync::Arc::new(status),
+            },
+        ],
         shutdown,
     )
     .await
 }
+
+/// Where the live status page is served, beside `/metrics`.
+pub const STATUS_PATH: &str = "/status";

@@ -5,7 +5,7 @@
 //! aggregate metrics only. A lost connection or a restart of either side is not an error: the node
 //! reconnects with back-off and takes whatever task the aggregator has now.
 
-use crate::commands::model::{load_examples, prepare_autotune_cache};
+use crate::commands::model::{LoadedExamples, load_examples, prepare_autotune_cache};
 use anyhow::{Context as _, bail};
 use fedlnm_model::train::{self, TrainingEvent};
 use fedlnm_protocol::payload;
@@ -14,10 +14,10 @@ use fedlnm_protocol::{
 };
 use fedlnm_shared::analysis::{self, AnalysisAnswer};
 use fedlnm_shared::checkpoint::Checkpoint;
-use fedlnm_shared::config::{ComputeDevice, NodeConfig, SiteRole};
+use fedlnm_shared::config::{ComputeDevice, CrossValidationFold, NodeConfig, SiteRole};
 use fedlnm_shared::data;
 use fedlnm_shared::features::Example;
-use fedlnm_shared::federation::{LocalTensors, ScoreHistogram, SiteRoundMetrics, SiteValidation, fedavg};
+use fedlnm_shared::federation::{LocalTensors, SiteCohort, SiteRoundMetrics, SiteValidation, fedavg};
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{Authentication, InputKind};
 use fedlnm_shared::staging::Stage;
@@ -56,6 +56,8 @@ struct SiteExamples {
     train: Vec<Example>,
     validation: Vec<Example>,
     validation_stages: Vec<Stage>,
+    /// The site's patient flow and characteristics, sent with each validation report.
+    cohort: SiteCohort,
 }
 
 /// A node of one site.
@@ -244,9 +246,14 @@ impl Node {
             let model = config.clone();
             let role = self.role.unwrap_or(SiteRole::Train);
             let fraction = self.config.validation_fraction;
+            let folds = self.config.cross_validation;
             let site = self.config.site.clone();
             let examples = tokio::task::spawn_blocking(move || -> anyhow::Result<SiteExamples> {
-                let (examples, stages) = load_examples(&dir, &model, true, false)?;
+                let LoadedExamples {
+                    examples,
+                    stages,
+                    mut cohort,
+                } = load_examples(&dir, &model, true, false)?;
                 let indices: Vec<usize> = (0..examples.len()).collect();
                 let (train_idx, validation_idx) = if role == SiteRole::Validate {
                     (Vec::new(), indices)
@@ -255,7 +262,12 @@ impl Node {
                         .iter()
                         .map(|e| e.targets.is_some_and(|t| t.lnm))
                         .collect();
-                    let split = data::stratified_split(&labels, fraction, SPLIT_SEED)?;
+                    let split = match folds {
+                        Some(CrossValidationFold { folds, fold }) => {
+                            data::stratified_k_fold(&labels, folds, SPLIT_SEED)?.swap_remove(fold)
+                        }
+                        None => data::stratified_split(&labels, fraction, SPLIT_SEED)?,
+                    };
                     (split.train, split.validation)
                 };
                 let pick = |idx: &[usize]| idx.iter().map(|&i| examples[i].clone()).collect::<Vec<_>>();
@@ -269,11 +281,14 @@ impl Node {
                     validation = validation_idx.len(),
                     "site data loaded"
                 );
+                cohort.training = u64::try_from(train_idx.len()).unwrap_or(u64::MAX);
+                cohort.validation = u64::try_from(validation_idx.len()).unwrap_or(u64::MAX);
                 Ok(SiteExamples {
                     config_digest: digest,
                     train: pick(&train_idx),
                     validation: pick(&validation_idx),
                     validation_stages,
+                    cohort,
                 })
             })
             .await??;
@@ -430,35 +445,37 @@ impl Node {
         let examples = self.examples_for(&config).await?;
         let validation = examples.validation.clone();
         let stages = examples.validation_stages.clone();
+        let cohort = examples.cohort.clone();
         let scoring_site = site.clone();
-        let SiteValidation { metrics, histogram } =
-            tokio::task::spawn_blocking(move || -> anyhow::Result<SiteValidation> {
-                let predictions = train::predict(device, &config, &weights, &validation, 32)?;
-                Ok(SiteRoundMetrics::from_predictions(
-                    &scoring_site,
-                    role,
-                    &validation,
-                    &predictions,
-                    &stages,
-                )?)
-            })
-            .await??;
-        self.keep_own_record(round, &metrics, &histogram)?;
+        let mut validation = tokio::task::spawn_blocking(move || -> anyhow::Result<SiteValidation> {
+            let predictions = train::predict(device, &config, &weights, &validation, 32)?;
+            Ok(SiteRoundMetrics::from_predictions(
+                &scoring_site,
+                role,
+                &validation,
+                &predictions,
+                &stages,
+            )?)
+        })
+        .await??;
+        validation.metrics.cohort = Some(cohort);
+        self.keep_own_record(round, &validation)?;
+        let metrics = &validation.metrics;
         tracing::info!(site, round, auc = ?metrics.auc, "validation of the new global model");
         let masked = match &mut pool {
             Some((secagg, delivery)) => {
-                payload::encode(&secagg.masked_counts(delivery, &[&histogram.positive, &histogram.negative])?)
+                payload::encode(&secagg.masked_counts(delivery, &validation.statistics())?)
             }
             None => Vec::new(),
         };
         let digest = &task.model.digest;
-        match client.report_metrics(round, digest, &metrics, masked).await {
+        match client.report_metrics(round, digest, metrics, masked).await {
             Ok(()) => {}
             // The pool's upload stage closed without this site: the metrics still count on their own.
             Err(error) if pool.is_some() && error.is_left_out() => {
                 tracing::warn!(site, round, reason = %error, "left out of the pooled statistics; reporting the metrics alone");
                 pool = None;
-                client.report_metrics(round, digest, &metrics, Vec::new()).await?;
+                client.report_metrics(round, digest, metrics, Vec::new()).await?;
             }
             Err(error) => return Err(error.into()),
         }
@@ -473,21 +490,13 @@ impl Node {
         Ok(())
     }
 
-    /// Writes the site's own record of a validation (its metrics and its score histogram) to
-    /// `validation/round-NNNN.json` in the work folder: for the hospital only; it is never sent.
-    fn keep_own_record(
-        &self,
-        round: u64,
-        metrics: &SiteRoundMetrics,
-        histogram: &ScoreHistogram,
-    ) -> anyhow::Result<()> {
+    /// Writes the site's own record of a validation (its metrics, score histogram and stage
+    /// confusion matrices) to `validation/round-NNNN.json` in the work folder: for the hospital only;
+    /// it is never sent.
+    fn keep_own_record(&self, round: u64, record: &SiteValidation) -> anyhow::Result<()> {
         let folder = self.config.work_dir.join(OWN_RECORDS_DIR);
         std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
-        let record = SiteValidation {
-            metrics: metrics.clone(),
-            histogram: histogram.clone(),
-        };
-        let bytes = serde_json::to_vec(&record)?;
+        let bytes = serde_json::to_vec(record)?;
         write_atomically(&folder.join(format!("round-{round:04}.json")), &bytes)
     }
 }

@@ -2,9 +2,9 @@
 //! (honest-but-curious server: no signatures, no round 3), all measured in this run on one core: the
 //! protection against a malicious server (ECDSA P-256 signatures of every site's keys and survivor
 //! set, each checked by every peer against its certificate and the study CA, and the consistency
-//! round), the statistics secure sum of a pool (20,001 counts: both score histograms), and
-//! distributed differential-privacy noise (clipping plus one discrete Gaussian draw per weight), at 3,
-//! 10 and 30 sites for the study's tiny ResNet (87,527 weights), and at 3 and 10 for an 11M-weight
+//! round), the statistics secure sum of a pool (20,083 counts: both score histograms and the three
+//! stage confusion matrices), and distributed differential-privacy noise (clipping plus one discrete
+//! Gaussian draw per weight), at 3, 10 and 30 sites for the study's tiny ResNet (87,527 weights), and at 3 and 10 for an 11M-weight
 //! model. Each instance runs whole, in process: keys, shares, every site's masked input, unmasking
 //! and decoding.
 //!
@@ -131,7 +131,12 @@ fn main() {
             shape: vec![len],
         })
         .collect();
-    let histogram = vec![1u64; STATISTICS_TENSORS[0].1];
+    // Every tensor of a pool's statistics (histograms and stage confusion matrices), one count a cell.
+    let statistics: Vec<Vec<u64>> = STATISTICS_TENSORS
+        .iter()
+        .map(|&(_, len)| vec![1u64; len])
+        .collect();
+    let statistics: Vec<&[u64]> = statistics.iter().map(Vec::as_slice).collect();
     println!("{}; one core per party; best of 3 (2 at 11M)\n", cpu_model());
     println!(
         "| weights | sites | secure round (curious server) | against a malicious server | ratio | \
@@ -180,7 +185,7 @@ fn main() {
             let statistics = best_of(repeats, || {
                 instance(
                     &counts,
-                    |client, delivery| client.masked_counts(delivery, &[&histogram, &histogram]).unwrap(),
+                    |client, delivery| client.masked_counts(delivery, &statistics).unwrap(),
                     |server| {
                         server.finish_counts().unwrap();
                     },

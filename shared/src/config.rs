@@ -296,6 +296,12 @@ pub struct NodeConfig {
     /// global model; a `validate` site scores all its patients.
     #[serde(default = "default_validation_fraction")]
     pub validation_fraction: f64,
+    /// k-fold cross-validation (`[cross_validation]`: `folds`, `fold`): a training site validates on
+    /// fold `fold` (0-based) of `folds` stratified folds of its patients (fixed seed) and trains on the
+    /// others, instead of holding out `validation_fraction`. A k-fold study is k studies, the j-th
+    /// with `fold = j` at every training site (`fedlnm-sim --design k-fold` runs them).
+    #[serde(default)]
+    pub cross_validation: Option<CrossValidationFold>,
     /// "cpu" (default) or "cuda" (a node built with `--features cuda`).
     #[serde(default)]
     pub device: ComputeDevice,
@@ -306,6 +312,16 @@ pub struct NodeConfig {
     /// What this site answers of the study's analyses (`[analysis]`: `enabled`, `min_rows`).
     #[serde(default)]
     pub analysis: crate::analysis::SitePolicy,
+}
+
+/// One fold of a k-fold cross-validation (`[cross_validation]` of node.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossValidationFold {
+    /// k: how many folds the site's patients are split into (at least 2).
+    pub folds: usize,
+    /// Which fold validates (0 to k − 1).
+    pub fold: usize,
 }
 
 /// Where the model runs: `device` in node.toml and `--device` on the node's command line, and the
@@ -543,6 +559,20 @@ impl NodeConfig {
                 format!("{} must be in (0, 1)", config.validation_fraction),
             ));
         }
+        if let Some(CrossValidationFold { folds, fold }) = config.cross_validation {
+            if folds < 2 {
+                return Err(invalid(
+                    "cross_validation.folds",
+                    format!("{folds} folds: at least 2 are needed"),
+                ));
+            }
+            if fold >= folds {
+                return Err(invalid(
+                    "cross_validation.fold",
+                    format!("fold {fold} does not exist among folds 0 to {}", folds - 1),
+                ));
+            }
+        }
         config
             .analysis
             .check()
@@ -700,6 +730,34 @@ role = "train"
                 .unwrap_err()
                 .to_string();
             assert!(error.contains(expected) && error.contains("bad.toml"), "{error}");
+        }
+    }
+
+    #[test]
+    fn cross_validation_folds_are_checked() {
+        let example =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/node.toml"))
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let with =
+            |table: &str| NodeConfig::load(&write(dir.path(), "node.toml", &format!("{example}\n{table}")));
+        let node = with("[cross_validation]\nfolds = 5\nfold = 4\n").unwrap();
+        assert_eq!(
+            node.cross_validation,
+            Some(CrossValidationFold { folds: 5, fold: 4 })
+        );
+        for (table, expected) in [
+            (
+                "[cross_validation]\nfolds = 1\nfold = 0\n",
+                "key 'cross_validation.folds': 1 folds",
+            ),
+            (
+                "[cross_validation]\nfolds = 5\nfold = 5\n",
+                "key 'cross_validation.fold': fold 5 does not exist",
+            ),
+        ] {
+            let error = with(table).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
         }
     }
 

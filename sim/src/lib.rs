@@ -7,16 +7,18 @@
 //! This is the one crate that links both sides of the federation; the node a hospital installs does
 //! not.
 
+pub mod designs;
+
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use fedlnm_aggregator::provision::{self, ProvisionOptions};
 use fedlnm_aggregator::server::{self, FederationService};
 use fedlnm_model::train;
 use fedlnm_node::commands::model::{device_parser, write_checkpoint};
-use fedlnm_shared::config::{AggregatorConfig, ComputeDevice, NodeConfig, write_toml};
+use fedlnm_shared::config::{AggregatorConfig, ComputeDevice, CrossValidationFold, NodeConfig, write_toml};
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::synth::{self, OutputFormat, PROFILE_NAMES, SiteProfile, SynthConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// fedlnm-sim: run a whole simulated multicentre study on this machine: a throw-away certificate
@@ -75,6 +77,26 @@ pub struct SimulateArgs {
     pub seed: u64,
     #[arg(long, value_parser = device_parser(), default_value_t = ComputeDevice::Cpu)]
     pub device: ComputeDevice,
+    /// The validation design: `single` (one study: internal validation on the training sites'
+    /// held-out patients, external on the validate-only sites), `leave-one-site-out` (one study per
+    /// site, that site held out as the external site; a random-effects summary of the held-out AUCs),
+    /// or `k-fold` (`--folds` studies; study j validates on fold j of every training site).
+    #[arg(long, value_enum, default_value_t = Design::Single)]
+    pub design: Design,
+    /// k of `--design k-fold`.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+}
+
+/// How a simulation validates the federated model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Design {
+    /// One study.
+    Single,
+    /// One study per site, each holding that site out as its external validation site.
+    LeaveOneSiteOut,
+    /// k studies, the j-th validating on fold j of every training site's patients.
+    KFold,
 }
 
 /// What a simulation produced.
@@ -89,12 +111,27 @@ pub struct SimulationOutcome {
     pub node_work_dirs: Vec<(String, PathBuf)>,
 }
 
-/// Runs the simulation and prints where its results are.
+/// Runs the simulation (its design) and prints where its results are.
 ///
 /// # Errors
-/// As [`simulate`].
+/// As [`simulate`], [`designs::leave_one_site_out`] and [`designs::k_fold`].
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let design = match args.design {
+        Design::Single => None,
+        Design::LeaveOneSiteOut => Some(runtime.block_on(designs::leave_one_site_out(args))?),
+        Design::KFold => Some(runtime.block_on(designs::k_fold(args))?),
+    };
+    if let Some(design) = design {
+        println!(
+            "{} studies finished in {:.0} s; the design's page: {}\n\n{}",
+            design.studies.len(),
+            design.seconds,
+            design.page.display(),
+            design.summary
+        );
+        return Ok(());
+    }
     let outcome = runtime.block_on(simulate(args))?;
     println!(
         "simulated study finished: {} rounds in {:.0} s; final model SHA-256 {}\nresults: {}",
@@ -110,8 +147,12 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A site of a simulation: its id, its synthetic profile, and whether it trains (else it only
+/// validates).
+pub type SimSite = (String, &'static str, bool);
+
 /// Site ids and profiles of a simulation.
-fn sites(args: &SimulateArgs) -> Vec<(String, &'static str, bool)> {
+fn sites(args: &SimulateArgs) -> Vec<SimSite> {
     let mut sites = Vec::new();
     for k in 0..args.train_sites {
         sites.push((
@@ -131,16 +172,25 @@ fn sites(args: &SimulateArgs) -> Vec<(String, &'static str, bool)> {
 /// # Errors
 /// A non-empty output folder, bad arguments, or any failure of the study (named).
 pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> {
-    let started = Instant::now();
     if args.train_sites < 2 {
         bail!("--train-sites must be at least 2 (FedAvg needs sites to average)");
     }
-    fedlnm_node::commands::create_output_dir(&args.out, "a simulation")?;
-    let out = std::fs::canonicalize(&args.out)?;
+    let out = create_out(args)?;
     let sites = sites(args);
-
-    // Synthetic sites.
     let data_dir = out.join("data");
+    generate_sites(args, &sites, &data_dir).await?;
+    run_study(args, &out, &data_dir, &sites, None).await
+}
+
+/// Creates the output folder (it must not exist or be empty) and returns its absolute path.
+fn create_out(args: &SimulateArgs) -> anyhow::Result<PathBuf> {
+    fedlnm_node::commands::create_output_dir(&args.out, "a simulation")?;
+    Ok(std::fs::canonicalize(&args.out)?)
+}
+
+/// Writes the synthetic sites into `data_dir` (one folder per site; a site's data depend on its
+/// position in `sites`, its profile and the seed only).
+async fn generate_sites(args: &SimulateArgs, sites: &[SimSite], data_dir: &Path) -> anyhow::Result<()> {
     let mut generation = Vec::new();
     for (k, (id, profile, _)) in sites.iter().enumerate() {
         let config = SynthConfig {
@@ -165,7 +215,20 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
             "synthetic site generated"
         );
     }
+    Ok(())
+}
 
+/// One study on sites already generated in `data_dir`: `out/study/` (CA, kits, the aggregator's
+/// state) and `out/results/` (the report). With `fold`, every training site validates on that fold
+/// of its patients.
+async fn run_study(
+    args: &SimulateArgs,
+    out: &Path,
+    data_dir: &Path,
+    sites: &[SimSite],
+    fold: Option<CrossValidationFold>,
+) -> anyhow::Result<SimulationOutcome> {
+    let started = Instant::now();
     // A throw-away study CA and kits, for the port we actually got.
     let listener = fedlnm_protocol::server::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -219,12 +282,13 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
 
     let mut nodes = Vec::new();
     let mut node_work_dirs = Vec::new();
-    for (id, _, _) in &sites {
+    for (id, _, _) in sites {
         let kit = study_dir.join(provision::SITES_DIR).join(id);
         let node_toml = kit.join("node.toml");
         let mut node: NodeConfig = NodeConfig::load(&node_toml)?;
         node.data = data_dir.join(id);
         node.work_dir = kit.join("work");
+        node.cross_validation = fold;
         // Each site's rounding secret follows from the simulation's seed: the same seed gives the
         // same study, secure aggregation included (a real site draws its own).
         std::fs::create_dir_all(&node.work_dir)?;

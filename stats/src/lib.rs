@@ -11,7 +11,7 @@ pub mod logistic;
 pub mod meta;
 pub mod normal;
 pub mod privacy;
-mod sum;
+pub mod sum;
 
 pub use normal::{Z_95, normal_two_sided_p, wilson_interval};
 

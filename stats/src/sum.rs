@@ -34,13 +34,14 @@ pub(crate) fn sum(values: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 /// Compensated mean; `None` on an empty input.
-pub(crate) fn mean(values: &[f64]) -> Option<f64> {
+#[must_use]
+pub fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| sum(values.iter().copied()) / values.len() as f64)
 }
 
 /// Sample variance with ddof = 1 (two-pass, compensated); `None` with fewer than two values.
-#[cfg(test)]
-pub(crate) fn sample_variance(values: &[f64]) -> Option<f64> {
+#[must_use]
+pub fn sample_variance(values: &[f64]) -> Option<f64> {
     if values.len() < 2 {
         return None;
     }

@@ -4,6 +4,8 @@
 //! model, and an in-process aggregator that can be stopped cleanly or killed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a panic is a failed test.
 
+pub mod browser;
+
 use fedlnm_aggregator::provision::{self, ProvisionOptions};
 use fedlnm_aggregator::server::{self, FederationService};
 use fedlnm_aggregator::store::ModelBlob;

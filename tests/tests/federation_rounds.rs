@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_aggregator::store::{MODEL_FILE, RECORD_FILE, RoundStore};
-use fedlnm_e2e::{RunningAggregator, provision_study, small_model};
+use fedlnm_e2e::{RunningAggregator, browser, provision_study, small_model};
 use fedlnm_protocol::generated::federation_client::FederationClient;
 use fedlnm_protocol::generated::{
     AggregationKind, MetricsReport, ModelRequest, UpdateChunk, UpdateFormat, UpdateHeader, task,
@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 mod common;
 
-use common::{STUDY, connect, next_task, scrape};
+use common::{STUDY, connect, http_get, next_task, scrape};
 
 async fn download(client: &mut FederationClient<Channel>, site: &str, version: u64) -> Vec<u8> {
     let mut stream = client
@@ -90,13 +90,20 @@ fn metrics(site: &str, k: u64) -> Vec<u8> {
         auc: Some(0.6 + k as f64 / 100.0),
         auc_ci_lower: Some(0.4),
         auc_ci_upper: Some(0.8),
+        auc_variance: Some(0.01),
         youden_threshold: Some(0.5),
         sensitivity: Some(0.5),
         specificity: Some(0.5),
         brier: 0.2,
+        calibration_intercept: Some(0.1),
+        calibration_slope: Some(0.9),
         kappa_t: Some(0.3),
         kappa_n: Some(0.2),
         kappa_stage: Some(0.1),
+        kappa_t_se: Some(0.1),
+        kappa_n_se: None,
+        kappa_stage_se: Some(0.1),
+        cohort: None,
     };
     payload::encode(&metrics)
 }
@@ -308,6 +315,28 @@ async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates()
     ] {
         assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
     }
+
+    // The live status page beside /metrics: where the study is, every site's last request, and the
+    // report of the committed rounds, as a browser builds it.
+    let status = http_get(metrics_port, "/status").await;
+    assert!(status.contains("content-type: text/html"), "{status}");
+    let dom = tokio::task::spawn_blocking(move || {
+        browser::dump_dom(&format!("http://127.0.0.1:{metrics_port}/status"))
+    })
+    .await
+    .unwrap();
+    assert!(dom.contains("round 3 of 4: training"), "{dom}");
+    assert!(dom.contains("round 2 committed"));
+    for site in ["S1", "S2", "S3", "S4"] {
+        assert!(
+            dom.contains(&format!("<td>{site}</td>")),
+            "the status page lacks site {site}"
+        );
+    }
+    assert_eq!(browser::count(&dom, " s ago</td>"), 4, "every site was seen");
+    // The report of round 2: every site's AUC is in the forest plot; nothing is pooled.
+    assert_eq!(browser::count(&dom, "<g class=\"row\""), 4);
+    assert!(dom.contains("<section id=\"heterogeneity\">"));
 
     // Round 3 starts: S1 uploads, then the aggregator is killed before the round completes.
     let mut s1 = connect(&study_dir, "S1", &url).await;

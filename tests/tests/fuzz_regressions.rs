@@ -21,7 +21,7 @@ use fedlnm_protocol::payload::encode;
 use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::data::{read_manifest, write_manifest};
-use fedlnm_shared::federation::{LocalTensors, SiteRoundMetrics};
+use fedlnm_shared::federation::{LocalTensors, SiteCohort, SiteRoundMetrics};
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::secagg::shamir::Share;
 use fedlnm_shared::secagg::{
@@ -290,13 +290,33 @@ fn site_metrics() -> SiteRoundMetrics {
         auc: Some(0.8333),
         auc_ci_lower: Some(0.4),
         auc_ci_upper: Some(1.0),
+        auc_variance: Some(0.04),
         youden_threshold: Some(0.6),
         sensitivity: Some(1.0),
         specificity: Some(0.6667),
         brier: 0.12,
+        calibration_intercept: None,
+        calibration_slope: None,
         kappa_t: Some(0.5),
         kappa_n: None,
         kappa_stage: Some(0.25),
+        kappa_t_se: Some(0.1),
+        kappa_n_se: None,
+        kappa_stage_se: Some(0.1),
+        cohort: Some(SiteCohort {
+            read: 6,
+            excluded: [("image file missing or unreadable".to_owned(), 1)].into(),
+            included: 5,
+            labelled: 5,
+            lnm: 2,
+            training: 0,
+            validation: 5,
+            age_mean: Some(47.2),
+            age_sd: Some(9.5),
+            male: 1,
+            multifocal: 1,
+            tirads: vec![0, 1, 1, 2, 1],
+        }),
     }
 }
 
@@ -438,7 +458,7 @@ fn analysis_answer() -> fedlnm_shared::analysis::AnalysisAnswer {
         site: "S1".into(),
         n_patients: 40,
         seed: 3,
-        profile: fedlnm_shared::synth::profile::SiteProfile::named("rural").unwrap(),
+        profile: synth::profile::SiteProfile::named("rural").unwrap(),
         format: OutputFormat::Png,
         image_size: 32,
     };

@@ -14,7 +14,7 @@ use fedlnm_protocol::generated::{
 };
 use fedlnm_protocol::payload as wire;
 use fedlnm_shared::config::{RoundSettings, SiteRole};
-use fedlnm_shared::federation::{ScoreHistogram, SiteRoundMetrics};
+use fedlnm_shared::federation::{ScoreHistogram, SiteRoundMetrics, StageConfusion};
 use fedlnm_shared::secagg::{
     ConsistencyCheck, InputKind, KeyDirectory, MaskedInput, SecAggConfig, ShareDelivery, SiteId,
     UnmaskRequest,
@@ -90,6 +90,24 @@ fn histogram(seed: usize, n: usize) -> ScoreHistogram {
     histogram
 }
 
+/// Stage confusion matrices that count the histogram's patients: on each scale, patient k has the
+/// pathological category k mod (k of the scale) and is predicted one category up (capped).
+fn confusion_of(histogram: &ScoreHistogram) -> StageConfusion {
+    let n = usize::try_from(histogram.n_positive() + histogram.n_negative()).unwrap();
+    let mut confusion = StageConfusion::empty();
+    for (cells, k) in [
+        (&mut confusion.t, 7),
+        (&mut confusion.n, 3),
+        (&mut confusion.stage, 5),
+    ] {
+        for patient in 0..n {
+            let truth = patient % k;
+            cells[truth * k + (truth + 1).min(k - 1)] += 1;
+        }
+    }
+    confusion
+}
+
 /// Aggregate metrics that agree with the histogram's counts.
 fn metrics_of(site: &str, role: SiteRole, histogram: &ScoreHistogram) -> Vec<u8> {
     let (positive, negative) = (histogram.n_positive(), histogram.n_negative());
@@ -157,8 +175,18 @@ async fn pool_site(
     if vanish {
         return;
     }
+    let confusion = confusion_of(&histogram);
     let masked = secagg
-        .masked_counts(&delivery, &[&histogram.positive, &histogram.negative])
+        .masked_counts(
+            &delivery,
+            &[
+                &histogram.positive,
+                &histogram.negative,
+                &confusion.t,
+                &confusion.n,
+                &confusion.stage,
+            ],
+        )
         .unwrap();
     let metrics = metrics_of(site, SiteRole::Train, &histogram);
     if site == "S1" {
@@ -302,6 +330,10 @@ async fn pooled_statistics_are_the_exact_secure_sum_of_the_survivors() {
     plain_sum.merge(&histograms["S2"]).unwrap();
     plain_sum.merge(&histograms["S4"]).unwrap();
     assert_eq!(pool.histogram, plain_sum);
+    let mut plain_confusion = confusion_of(&histograms["S1"]);
+    plain_confusion.add(&confusion_of(&histograms["S2"]));
+    plain_confusion.add(&confusion_of(&histograms["S4"]));
+    assert_eq!(pool.stage_confusion.as_ref(), Some(&plain_confusion));
     assert_eq!(pool.n_patients, 280);
     assert_eq!(pool.auc, plain_sum.auc().unwrap().map(|estimate| estimate.auc));
     assert!(record.pooled_validation_sites.is_none());

@@ -17,11 +17,12 @@ use fedlnm_protocol::generated::{
 };
 use fedlnm_protocol::payload as wire;
 use fedlnm_shared::config::{RoundSettings, SiteRole};
-use fedlnm_shared::federation::SiteRoundMetrics;
+use fedlnm_shared::federation::{SiteCohort, SiteRoundMetrics};
 use fedlnm_shared::secagg::{
     ConsistencyCheck, KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
 };
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
 
@@ -264,13 +265,20 @@ async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
             auc: Some(0.5),
             auc_ci_lower: None,
             auc_ci_upper: None,
+            auc_variance: None,
             youden_threshold: None,
             sensitivity: None,
             specificity: None,
             brier: 0.25,
+            calibration_intercept: None,
+            calibration_slope: None,
             kappa_t: None,
             kappa_n: None,
             kappa_stage: None,
+            kappa_t_se: None,
+            kappa_n_se: None,
+            kappa_stage_se: None,
+            cohort: None,
         };
         digest.clone_from(&model.digest);
         client
@@ -822,13 +830,20 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
         auc: Some(0.5),
         auc_ci_lower: Some(0.1),
         auc_ci_upper: Some(0.9),
+        auc_variance: Some(0.02),
         youden_threshold: Some(0.5),
         sensitivity: Some(0.6),
         specificity: Some(0.4),
         brier: 0.25,
+        calibration_intercept: Some(-0.1),
+        calibration_slope: Some(1.1),
         kappa_t: Some(0.1),
         kappa_n: None,
         kappa_stage: Some(-0.2),
+        kappa_t_se: Some(0.1),
+        kappa_n_se: None,
+        kappa_stage_se: Some(0.1),
+        cohort: None,
     };
     let with = |change: &dyn Fn(&mut SiteRoundMetrics)| {
         let mut metrics = good.clone();
@@ -870,6 +885,51 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
             report("S1", 1, &digest, with(&|m| m.kappa_n = Some(-3.0))),
             Code::InvalidArgument,
             &["kappa_n -3"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.auc_variance = Some(-0.5))),
+            Code::InvalidArgument,
+            &["auc_variance -0.5"],
+        ),
+        (
+            report(
+                "S1",
+                1,
+                &digest,
+                with(&|m| m.calibration_slope = Some(f64::INFINITY)),
+            ),
+            Code::InvalidArgument,
+            &["calibration_slope inf"],
+        ),
+        (
+            report(
+                "S1",
+                1,
+                &digest,
+                with(&|m| {
+                    m.cohort = Some(SiteCohort {
+                        read: 12,
+                        excluded: BTreeMap::new(),
+                        included: 12,
+                        labelled: 12,
+                        lnm: 5,
+                        training: 2,
+                        validation: 9,
+                        age_mean: Some(50.0),
+                        age_sd: None,
+                        male: 3,
+                        multifocal: 0,
+                        tirads: vec![0, 0, 4, 4, 4],
+                    });
+                }),
+            ),
+            Code::InvalidArgument,
+            &["cohort: 9 validation patients, but the report scores 10"],
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.kappa_t_se = Some(-1.0))),
+            Code::InvalidArgument,
+            &["kappa_t_se -1 is not a finite SE"],
         ),
         (
             report("S1", 1, &digest, with(&|m| m.lnm_rate = 0.9)),

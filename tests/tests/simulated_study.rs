@@ -5,10 +5,15 @@
 //! the report are on disk, and secure aggregation reaches the plain FedAvg validation AUC.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
+use fedlnm_aggregator::report::html::SECTIONS;
 use fedlnm_aggregator::store::RoundStore;
+use fedlnm_e2e::browser;
 use fedlnm_shared::config::{ComputeDevice, SiteRole};
-use fedlnm_shared::federation::{AggregationKind, PrivacySpent, RoundRecord, ScoreHistogram, SiteValidation};
-use fedlnm_sim::{SimulateArgs, SimulationOutcome, simulate};
+use fedlnm_shared::federation::{
+    AggregationKind, PrivacySpent, RoundRecord, ScoreHistogram, SiteValidation, StageConfusion,
+};
+use fedlnm_shared::stats::logistic::FitStatus;
+use fedlnm_sim::{Design, SimulateArgs, SimulationOutcome, simulate};
 use std::path::Path;
 
 fn args(out: &Path, plain: bool) -> SimulateArgs {
@@ -29,6 +34,8 @@ fn args(out: &Path, plain: bool) -> SimulateArgs {
         clip_norm: 1.0,
         seed: 11,
         device: ComputeDevice::Cpu,
+        design: Design::Single,
+        folds: 5,
     }
 }
 
@@ -64,6 +71,15 @@ async fn simulated_study_runs_secure_rounds_and_matches_plain_fedavg() {
         );
         for site in &record.sites {
             assert!(site.auc.is_some_and(|auc| (0.0..=1.0).contains(&auc)), "{site:?}");
+            // Each node's flow and characteristics: every generated patient read and included
+            // (the generator writes no bad rows), split into training and validation.
+            let cohort = site.cohort.as_ref().expect("the node reports its cohort");
+            assert_eq!((cohort.read, cohort.included, cohort.labelled), (64, 64, 64));
+            assert!(cohort.excluded.is_empty());
+            assert_eq!(cohort.validation, site.n_patients);
+            assert_eq!(cohort.training + cohort.validation, 64);
+            assert_eq!(cohort.training == 0, site.role == SiteRole::Validate);
+            assert_eq!(cohort.tirads.iter().sum::<u64>(), 64);
         }
         // The pooled training sites: the secure sum of their histograms, which is exactly the plain
         // sum of the histograms each node kept for itself (same integers, hence the same AUC).
@@ -73,6 +89,7 @@ async fn simulated_study_runs_secure_rounds_and_matches_plain_fedavg() {
             .expect("the training sites are pooled");
         assert_eq!(pool.sites, ["S1", "S2", "S3"]);
         let mut plain_sum = ScoreHistogram::empty();
+        let mut plain_confusion = StageConfusion::empty();
         for (site, work) in secure.node_work_dirs.iter().filter(|(site, _)| site != "S4") {
             let file = work
                 .join("validation")
@@ -84,8 +101,11 @@ async fn simulated_study_runs_secure_rounds_and_matches_plain_fedavg() {
                 "{site}: the report is the node's own metrics"
             );
             plain_sum.merge(&own.histogram).unwrap();
+            plain_confusion.add(&own.stage_confusion);
         }
         assert_eq!(pool.histogram, plain_sum);
+        // The stage confusion matrices travel in the same secure sum.
+        assert_eq!(pool.stage_confusion.as_ref(), Some(&plain_confusion));
         let plain_auc = plain_sum.auc().unwrap().unwrap();
         assert_eq!(pool.auc, Some(plain_auc.auc));
         assert_eq!(pool.auc_ci_lower, plain_auc.ci_lower);
@@ -123,6 +143,7 @@ async fn simulated_study_runs_secure_rounds_and_matches_plain_fedavg() {
             "{file} missing from the report"
         );
     }
+    report_renders_in_a_browser(&secure);
 
     // The same study with plain FedAvg: secure aggregation only adds 2^-32 quantization, so the
     // validation AUCs agree within noise.
@@ -178,4 +199,78 @@ async fn simulated_study_runs_secure_rounds_and_matches_plain_fedavg() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("is not empty"), "{error}");
+}
+
+/// The study's `report.html` as headless Chromium builds and paints it: every section, one forest row
+/// per site, the ROC, calibration and decision figures drawn, the registered analysis's odds ratios
+/// (or its sites' refusals), and a screenshot that is a page of text and figures, not a blank one.
+fn report_renders_in_a_browser(study: &SimulationOutcome) {
+    let report = study.results_dir.join("report.html");
+    let dom = browser::dump_dom(&browser::file_url(&report));
+    for (anchor, _) in SECTIONS {
+        assert!(
+            dom.contains(&format!("<section id=\"{anchor}\">")),
+            "section {anchor}"
+        );
+    }
+    for site in ["S1", "S2", "S3", "S4"] {
+        assert!(
+            dom.contains(&format!("<g class=\"row\" data-label=\"{site} (n = ")),
+            "forest row of {site}"
+        );
+        assert!(
+            dom.contains(&format!("<tr data-site=\"{site}\"><td>{site} (")),
+            "characteristics of {site}"
+        );
+    }
+    assert!(dom.contains("<table class=\"flow\">"));
+    for figure in ["roc", "calibration", "decision", "auc-by-round"] {
+        let start = dom
+            .find(&format!("<figure class=\"chart {figure}\">"))
+            .unwrap_or_else(|| panic!("figure {figure}"));
+        let end = start + dom[start..].find("</figure>").unwrap();
+        assert!(
+            dom[start..end].contains("<polyline points=\""),
+            "figure {figure} has no curve"
+        );
+    }
+    // The registered analysis: its stored result is what the page shows.
+    let analyses = RoundStore::open(&study.state_dir).unwrap().analyses().unwrap();
+    assert_eq!(analyses.len(), 1, "the registered analysis ran");
+    let result = &analyses[0];
+    assert!(dom.contains(&result.analysis.name));
+    match &result.adjusted.fit {
+        Some(fit) if fit.status == FitStatus::Ok => {
+            for term in fit.terms.iter().filter(|t| t.name != "const") {
+                let (or, lower, upper) = (
+                    term.or.unwrap(),
+                    term.or_ci_lower.unwrap(),
+                    term.or_ci_upper.unwrap(),
+                );
+                assert!(
+                    dom.contains(&format!("{or:.2} ({lower:.2}–{upper:.2})")),
+                    "odds ratio of {}",
+                    term.name
+                );
+            }
+        }
+        _ => {
+            for excluded in &result.excluded {
+                assert!(dom.contains(&excluded.reason), "{excluded:?}");
+            }
+        }
+    }
+
+    let shot = browser::screenshot(
+        &browser::file_url(&report),
+        &study.results_dir.join("report.png"),
+        (1280, 2400),
+    );
+    assert_eq!(shot.dimensions(), (1280, 2400));
+    let inked = shot.pixels().filter(|p| p.0.iter().any(|&c| c < 200)).count();
+    let share = inked as f64 / f64::from(1280 * 2400);
+    assert!(
+        share > 0.02,
+        "the screenshot is nearly blank: {share:.4} of it inked"
+    );
 }

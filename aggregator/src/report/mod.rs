@@ -12,6 +12,9 @@
 //!   ([`ScoreHistogram::roc`](fedlnm_shared::federation::ScoreHistogram::roc)).
 //! - `auc_by_round.png` ([`AUC_FIGURE_SIZE`]): AUC per round for each site and pool.
 //! - `summary.md`: the last round as a markdown table and the pooled AUCs of every round.
+//! - `report.html`: the report a clinical reader opens ([`html`]): one self-contained page with every
+//!   table and figure (inline SVG), the random-effects summary of the sites' AUCs, the federated odds
+//!   ratios of `STATE_DIR/analyses/`, the methods and a TRIPOD+AI / TRIPOD-Cluster checklist.
 //!
 //! Only committed rounds are read, through the aggregator's own [`RoundStore`](crate::store::RoundStore)
 //! opened read-only: which folders are committed rounds and how a `round.json` is parsed is decided
@@ -29,6 +32,7 @@ mod chart;
 mod figures;
 mod font;
 mod format;
+pub mod html;
 mod json;
 mod markdown;
 mod pools;
@@ -50,6 +54,7 @@ pub const ROUNDS_JSON: &str = "rounds.json";
 pub const ROC_FIGURE: &str = "roc_final.png";
 pub const AUC_FIGURE: &str = "auc_by_round.png";
 pub const SUMMARY_MD: &str = "summary.md";
+pub const REPORT_HTML: &str = "report.html";
 
 /// The `site` column of the two pools' rows.
 pub const POOLED_TRAIN: &str = "pooled-train";
@@ -124,6 +129,8 @@ pub enum ReportError {
     Store(StoreError),
     #[error("cannot make the table {file}: {message}")]
     Table { file: &'static str, message: String },
+    #[error("cannot read the study's stored analyses")]
+    Analyses(#[source] StoreError),
     #[error("cannot make {file}")]
     Json {
         file: &'static str,
@@ -160,6 +167,7 @@ impl ReportError {
                 | Self::Histogram { .. }
                 | Self::Roc { .. }
                 | Self::UnknownPooledSite { .. }
+                | Self::Analyses(_)
                 | Self::Store(_)
         )
     }
@@ -180,6 +188,14 @@ pub fn write_report(state_dir: &Path, out: &Path) -> Result<ReportSummary, Repor
         });
     };
     let records: Vec<&RoundRecord> = rounds.iter().map(|round| &round.record).collect();
+    let analyses = rounds::read_analyses(state_dir)?;
+    let generated_at = now_rfc3339();
+    let page = html::render(&html::Page {
+        records: &records,
+        analyses: &analyses,
+        live: None,
+        generated_at: &generated_at,
+    });
 
     let outputs: Vec<(&str, Vec<u8>)> = vec![
         (ROUNDS_CSV, tables::rows_csv(ROUNDS_CSV, &records)?),
@@ -191,6 +207,7 @@ pub fn write_report(state_dir: &Path, out: &Path) -> Result<ReportSummary, Repor
         (ROC_FIGURE, figures::roc_figure(&last.path, &last.record)?),
         (AUC_FIGURE, figures::auc_figure(&records)?),
         (SUMMARY_MD, markdown::summary_markdown(&records).into_bytes()),
+        (REPORT_HTML, page.into_bytes()),
     ];
 
     std::fs::create_dir_all(out).map_err(|source| ReportError::CreateOut {
@@ -217,5 +234,38 @@ pub fn write_report(state_dir: &Path, out: &Path) -> Result<ReportSummary, Repor
         rounds_found: rounds.len(),
         final_round: last.record.round,
         files_written,
+    })
+}
+
+/// Now, as RFC 3339 (UTC), for the "page made" line.
+pub(crate) fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(0)
+        .unwrap_or(now)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The live status page: `live` over the report of the rounds committed so far in `state_dir`. A
+/// state folder that cannot be read yet (no committed round) or holds a bad round gives the page
+/// with the reason instead of the report.
+#[must_use]
+pub fn status_page(state_dir: &Path, mut live: html::LiveStatus) -> String {
+    let read = rounds::read_committed_rounds(state_dir)
+        .and_then(|rounds| Ok((rounds, rounds::read_analyses(state_dir)?)));
+    let (rounds, analyses) = match read {
+        Ok(read) => read,
+        Err(error) => {
+            tracing::warn!(%error, "the status page shows no report");
+            live.progress = format!("{}; the report cannot be shown: {error}", live.progress);
+            (Vec::new(), Vec::new())
+        }
+    };
+    let records: Vec<&RoundRecord> = rounds.iter().map(|round| &round.record).collect();
+    html::render(&html::Page {
+        records: &records,
+        analyses: &analyses,
+        live: Some(&live),
+        generated_at: &now_rfc3339(),
     })
 }

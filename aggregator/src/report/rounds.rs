@@ -2,6 +2,7 @@
 
 use super::ReportError;
 use crate::store::{RECORD_FILE, RoundStore, StoreError};
+use fedlnm_shared::analysis::AnalysisResult;
 use fedlnm_shared::federation::{RoundRecord, ScoreHistogram};
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,13 @@ pub(super) fn read_committed_rounds(state_dir: &Path) -> Result<Vec<CommittedRou
         });
     }
     Ok(rounds)
+}
+
+/// The study's stored analyses (federated odds ratios), by name; none when there are none.
+pub(super) fn read_analyses(state_dir: &Path) -> Result<Vec<AnalysisResult>, ReportError> {
+    RoundStore::open_existing(state_dir)
+        .and_then(|store| store.analyses())
+        .map_err(ReportError::Analyses)
 }
 
 /// The report's error for what the store reported; `io` makes the error of a failed read or listing

@@ -39,11 +39,15 @@ pub async fn serve(
             .metrics_address
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = bound;
-        tracing::info!(address = ?bound, "Prometheus metrics on /metrics (plain HTTP)");
+        tracing::info!(address = ?bound, "Prometheus metrics on /metrics and the status page on /status (plain HTTP)");
         let telemetry = service.telemetry();
+        let status_service = service.clone();
+        let status = move || status_service.status_page();
         let signal = stop_signal(stopped.clone());
         metrics_task = Some(AbortOnDrop(tokio::spawn(async move {
-            if let Err(error) = crate::telemetry::serve_metrics(telemetry, metrics_listener, signal).await {
+            if let Err(error) =
+                crate::telemetry::serve_metrics(telemetry, status, metrics_listener, signal).await
+            {
                 tracing::error!(%error, "the /metrics endpoint stopped");
             }
         })));

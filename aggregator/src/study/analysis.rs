@@ -24,6 +24,18 @@ pub(super) struct Analysing {
     deadline: Instant,
 }
 
+impl Analysing {
+    /// Which analysis runs and at which step, in words.
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "analysis {} ('{}'): exchange {}",
+            self.index + 1,
+            self.run.config().name,
+            self.run.step()
+        )
+    }
+}
+
 impl Study {
     /// The first configured analysis from position `from` without a stored result for its
     /// configuration, or the end of the study.

@@ -417,7 +417,7 @@ fn pooled(
     reports: &[SiteRoundMetrics],
 ) -> Option<PooledMetrics> {
     let pool = pools.iter().find(|pool| pool.role() == role)?;
-    let (sites, histogram) = match pool.outcome() {
+    let (sites, histogram, confusion) = match pool.outcome() {
         Some(Ok(sum)) => sum.clone(),
         Some(Err(reason)) => {
             tracing::warn!(round, %role, reason, "the pooled sum of statistics failed: no pooled metrics");
@@ -428,9 +428,12 @@ fn pooled(
             return None;
         }
     };
-    let pooled = PooledMetrics::from_histogram(sites, histogram)
-        .inspect_err(|error| tracing::warn!(round, %role, %error, "the pooled histogram is unusable"))
-        .ok()?;
+    let pooled = PooledMetrics {
+        stage_confusion: Some(confusion),
+        ..PooledMetrics::from_histogram(sites, histogram)
+            .inspect_err(|error| tracing::warn!(round, %role, %error, "the pooled histogram is unusable"))
+            .ok()?
+    };
     let members: Vec<&SiteRoundMetrics> = reports.iter().filter(|r| r.role == role).collect();
     match pooled.check_against(&members) {
         Ok(()) => Some(pooled),

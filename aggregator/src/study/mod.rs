@@ -290,6 +290,34 @@ impl Study {
         (self.committed.record.round, &self.committed.model.digest)
     }
 
+    /// Where the study is, in words (the status page's headline).
+    #[must_use]
+    pub fn progress(&self) -> String {
+        let committed = self.committed.record.round;
+        match &self.phase {
+            Phase::Training(training) => format!(
+                "round {} of {}: training (start {}); round {committed} committed",
+                training.round, self.config.rounds.rounds, training.attempt
+            ),
+            Phase::Aggregating(aggregating) => format!(
+                "round {} of {}: aggregating the updates; round {committed} committed",
+                aggregating.round, self.config.rounds.rounds
+            ),
+            Phase::Validating(validating) => format!(
+                "round {} of {}: sites are validating the new model; round {committed} committed",
+                validating.round, self.config.rounds.rounds
+            ),
+            Phase::Committing(committing) => format!(
+                "round {} of {}: committing to disk",
+                committing.record.round, self.config.rounds.rounds
+            ),
+            Phase::Analysing(analysing) => {
+                format!("all {committed} rounds committed; {}", analysing.describe())
+            }
+            Phase::Finished => format!("finished: {committed} rounds committed"),
+        }
+    }
+
     #[must_use]
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Finished)

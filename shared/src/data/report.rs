@@ -77,6 +77,50 @@ pub struct UltrasoundReport {
     pub text: String,
 }
 
+impl UltrasoundReport {
+    /// ACR TI-RADS points of the structured fields (composition, echogenicity, shape, margin,
+    /// echogenic foci).
+    #[must_use]
+    pub fn tirads_points(&self) -> u32 {
+        let composition = match self.composition {
+            Composition::Cystic | Composition::Spongiform => 0,
+            Composition::Mixed => 1,
+            Composition::Solid => 2,
+        };
+        let echogenicity = match self.echogenicity {
+            Echogenicity::Anechoic => 0,
+            Echogenicity::Hyperechoic | Echogenicity::Isoechoic => 1,
+            Echogenicity::Hypoechoic => 2,
+            Echogenicity::VeryHypoechoic => 3,
+        };
+        let shape = if self.shape == Shape::TallerThanWide { 3 } else { 0 };
+        let margin = match self.margin {
+            Margin::Smooth | Margin::IllDefined => 0,
+            Margin::LobulatedIrregular => 2,
+            Margin::ExtrathyroidalExtension => 3,
+        };
+        let foci = match self.echogenic_foci {
+            EchogenicFoci::None | EchogenicFoci::CometTail => 0,
+            EchogenicFoci::Macrocalcification => 1,
+            EchogenicFoci::PeripheralRim => 2,
+            EchogenicFoci::Punctate => 3,
+        };
+        composition + echogenicity + shape + margin + foci
+    }
+
+    /// The ACR TI-RADS level (TR1 to TR5, as 1..=5) of [`Self::tirads_points`].
+    #[must_use]
+    pub fn tirads_level(&self) -> u32 {
+        match self.tirads_points() {
+            0 | 1 => 1,
+            2 => 2,
+            3 => 3,
+            4..=6 => 4,
+            _ => 5,
+        }
+    }
+}
+
 /// Pre-operative clinical fields (what the model and the odds-ratio analysis may use).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Clinical {

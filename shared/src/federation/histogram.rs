@@ -119,8 +119,11 @@ impl ScoreHistogram {
             .fold(0, |sum, &count| sum.saturating_add(count))
     }
 
-    /// Labels and bin-centre scores, one per patient (the histogram as rows).
-    fn rows(&self) -> (Vec<bool>, Vec<f64>) {
+    /// Labels and bin-centre scores, one per patient (the histogram as rows): what the pooled
+    /// figures (ROC, calibration groups, decision curve) are computed from. A decision threshold on
+    /// the grid (k/100) falls between bins, so counts at those thresholds are exact.
+    #[must_use]
+    pub fn rows(&self) -> (Vec<bool>, Vec<f64>) {
         let n = usize::try_from(self.n_positive() + self.n_negative()).unwrap_or(usize::MAX);
         let (mut y, mut s) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for (label, counts) in [(true, &self.positive), (false, &self.negative)] {

@@ -5,14 +5,18 @@
 //! ([`RoundRecord`]), the FedBN tensors that stay at each site ([`LocalTensors`]), and weighted FedAvg
 //! over named tensors ([`fedavg`]). No network I/O, no burn.
 
+mod cohort;
+mod confusion;
 pub mod fedavg;
 mod histogram;
 mod local;
 mod record;
 
+pub use cohort::{SiteCohort, TIRADS_LEVELS};
+pub use confusion::{ConfusionError, STAGE_SCALES, StageConfusion};
 pub use histogram::{HISTOGRAM_BINS, HistogramError, ScoreHistogram};
 pub use local::LocalTensors;
 pub use record::{
     AggregationKind, MAX_SITE_PATIENTS, MetricsError, PooledMetrics, PrivacySpent, RoundRecord,
-    STATISTICS_TENSORS, SiteRoundMetrics, SiteValidation,
+    STATISTICS_COUNTS_PER_PATIENT, STATISTICS_TENSORS, SiteRoundMetrics, SiteValidation, pool_statistics,
 };

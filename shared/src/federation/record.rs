@@ -2,7 +2,7 @@
 //! These are the files of the aggregator's state folder (`rounds/round-NNNN/round.json`) and the input
 //! of the study report; they hold aggregate numbers only, never a patient-level value.
 
-use super::{HISTOGRAM_BINS, ScoreHistogram};
+use super::{HISTOGRAM_BINS, ScoreHistogram, SiteCohort, StageConfusion};
 use crate::config::SiteRole;
 use serde::{Deserialize, Serialize};
 
@@ -20,31 +20,106 @@ pub struct SiteRoundMetrics {
     pub auc: Option<f64>,
     pub auc_ci_lower: Option<f64>,
     pub auc_ci_upper: Option<f64>,
+    /// The AUC's DeLong variance (what the random-effects meta-analysis of the sites' AUCs weighs
+    /// by); `None` with fewer than two patients of either class. Records written before sites
+    /// reported it read as `None`.
+    #[serde(default)]
+    pub auc_variance: Option<f64>,
     pub youden_threshold: Option<f64>,
     pub sensitivity: Option<f64>,
     pub specificity: Option<f64>,
     pub brier: f64,
+    /// Calibration intercept and slope (logistic recalibration of logit(s), statistics.md); `None`
+    /// unless that fit is `ok`.
+    #[serde(default)]
+    pub calibration_intercept: Option<f64>,
+    #[serde(default)]
+    pub calibration_slope: Option<f64>,
     /// Quadratic-weighted kappa of predicted vs pathological T, N and overall stage.
     pub kappa_t: Option<f64>,
     pub kappa_n: Option<f64>,
     pub kappa_stage: Option<f64>,
+    /// Their large-sample SEs (Fleiss, Cohen & Everitt 1969), for the CIs κ ∓ z·SE; `None` where κ
+    /// is, and in records written before sites reported them.
+    #[serde(default)]
+    pub kappa_t_se: Option<f64>,
+    #[serde(default)]
+    pub kappa_n_se: Option<f64>,
+    #[serde(default)]
+    pub kappa_stage_se: Option<f64>,
+    /// The site's patient flow and the characteristics of its included patients (the node sends it
+    /// with every report; `None` from a site that has not, and in older records).
+    #[serde(default)]
+    pub cohort: Option<SiteCohort>,
 }
 
 /// What a node computes when it scores a model: the metrics it reports, and its class-conditional
-/// score histogram on the study grid, which never leaves the site on its own: it goes into the secure
-/// sum of the site's pool ([`PooledMetrics`]) and into the site's own records.
+/// score histogram on the study grid and its stage confusion matrices, which never leave the site on
+/// their own: they go into the secure sum of the site's pool ([`PooledMetrics`]) and into the site's
+/// own records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteValidation {
     pub metrics: SiteRoundMetrics,
     pub histogram: ScoreHistogram,
+    /// Records written before the matrices were kept read as all zero.
+    #[serde(default)]
+    pub stage_confusion: StageConfusion,
 }
 
-/// The layout of a pool's secure sum of statistics: the positive and the negative score histogram,
-/// [`HISTOGRAM_BINS`] counts each (the names and shapes of the secure-aggregation instance).
-pub const STATISTICS_TENSORS: [(&str, usize); 2] = [
+/// The layout of a pool's secure sum of statistics (the names and shapes of the secure-aggregation
+/// instance): the positive and the negative score histogram, [`HISTOGRAM_BINS`] counts each, then
+/// the confusion matrices of T (7×7), N (3×3) and the overall stage (5×5), row-major.
+pub const STATISTICS_TENSORS: [(&str, usize); 5] = [
     ("score_histogram.positive", HISTOGRAM_BINS),
     ("score_histogram.negative", HISTOGRAM_BINS),
+    ("stage_confusion.t", 49),
+    ("stage_confusion.n", 9),
+    ("stage_confusion.stage", 25),
 ];
+
+/// Every count of one site in [`STATISTICS_TENSORS`] adds up to at most this many times its
+/// patients: once in the histograms, once in each of the three matrices.
+pub const STATISTICS_COUNTS_PER_PATIENT: u64 = 4;
+
+impl SiteValidation {
+    /// The site's input to its pool's secure sum, in [`STATISTICS_TENSORS`] order.
+    #[must_use]
+    pub fn statistics(&self) -> [&[u64]; 5] {
+        let [t, n, stage] = self.stage_confusion.matrices();
+        [&self.histogram.positive, &self.histogram.negative, t, n, stage]
+    }
+}
+
+/// A pool's decoded secure sum, split back into its histogram and its stage confusion matrices.
+///
+/// # Errors
+/// A sum whose layout is not [`STATISTICS_TENSORS`], or whose matrices do not count the histogram's
+/// patients, named.
+pub fn pool_statistics(counts: Vec<Vec<u64>>) -> Result<(ScoreHistogram, StageConfusion), String> {
+    if counts.len() != STATISTICS_TENSORS.len() {
+        return Err(format!(
+            "the sum has {} tensors, the statistics layout {}",
+            counts.len(),
+            STATISTICS_TENSORS.len()
+        ));
+    }
+    let mut counts = counts.into_iter();
+    let mut next = || counts.next().unwrap_or_default();
+    let histogram = ScoreHistogram {
+        positive: next(),
+        negative: next(),
+    };
+    histogram.check().map_err(|error| error.to_string())?;
+    let confusion = StageConfusion {
+        t: next(),
+        n: next(),
+        stage: next(),
+    };
+    confusion
+        .check(histogram.n_positive().saturating_add(histogram.n_negative()))
+        .map_err(|error| error.to_string())?;
+    Ok((histogram, confusion))
+}
 
 /// The pooled AUC across the sites of one role, from the secure sum of their score histograms: the
 /// aggregator learns the sum over the pool, never one site's histogram.
@@ -60,6 +135,10 @@ pub struct PooledMetrics {
     /// Σ over `sites` of their score histograms (the secure sum; the pooled ROC curve and decision
     /// curve come from it).
     pub histogram: ScoreHistogram,
+    /// Σ over `sites` of their stage confusion matrices (the same secure sum; the pooled κ of T, N
+    /// and stage come from it). Absent in records written before the matrices were summed.
+    #[serde(default)]
+    pub stage_confusion: Option<StageConfusion>,
 }
 
 /// How the round's updates were combined.
@@ -164,6 +243,7 @@ impl PooledMetrics {
             auc_ci_lower: estimate.and_then(|e| e.ci_lower),
             auc_ci_upper: estimate.and_then(|e| e.ci_upper),
             histogram,
+            stage_confusion: None,
         })
     }
 
@@ -183,6 +263,11 @@ impl PooledMetrics {
                 .ok_or_else(|| format!("site {site} is in the sum but sent no metrics"))?;
             patients = patients.saturating_add(report.n_patients);
             positive = positive.saturating_add(report.n_positive);
+        }
+        if let Some(confusion) = &self.stage_confusion {
+            confusion
+                .check(self.n_patients)
+                .map_err(|error| error.to_string())?;
         }
         if patients == self.n_patients && positive == self.n_positive {
             Ok(())
@@ -221,13 +306,20 @@ impl SiteRoundMetrics {
             auc: None,
             auc_ci_lower: None,
             auc_ci_upper: None,
+            auc_variance: None,
             youden_threshold: None,
             sensitivity: None,
             specificity: None,
             brier: 0.0,
+            calibration_intercept: None,
+            calibration_slope: None,
             kappa_t: None,
             kappa_n: None,
             kappa_stage: None,
+            kappa_t_se: None,
+            kappa_n_se: None,
+            kappa_stage_se: None,
+            cohort: None,
         }
     }
 
@@ -289,10 +381,45 @@ impl SiteRoundMetrics {
                 "the AUC CI {lower}–{upper} does not contain the AUC {auc}"
             ));
         }
-        if let Some(threshold) = self.youden_threshold
-            && !threshold.is_finite()
+        for (name, value) in [
+            ("kappa_t_se", self.kappa_t_se),
+            ("kappa_n_se", self.kappa_n_se),
+            ("kappa_stage_se", self.kappa_stage_se),
+        ] {
+            if let Some(se) = value
+                && !(se.is_finite() && se >= 0.0)
+            {
+                return Err(format!("{name} {se} is not a finite SE"));
+            }
+        }
+        for (name, value) in [
+            ("youden_threshold", self.youden_threshold),
+            ("calibration_intercept", self.calibration_intercept),
+            ("calibration_slope", self.calibration_slope),
+        ] {
+            if let Some(value) = value
+                && !value.is_finite()
+            {
+                return Err(format!("{name} {value} is not finite"));
+            }
+        }
+        if let Some(variance) = self.auc_variance
+            && !(variance.is_finite() && (0.0..=0.25).contains(&variance))
         {
-            return Err(format!("youden_threshold {threshold} is not finite"));
+            // The variance of a quantity in [0, 1] is at most 1/4.
+            return Err(format!("auc_variance {variance} is not in [0, 0.25]"));
+        }
+        if let Some(cohort) = &self.cohort {
+            cohort.check()?;
+            if cohort.validation != self.n_patients {
+                return Err(format!(
+                    "cohort: {} validation patients, but the report scores {}",
+                    cohort.validation, self.n_patients
+                ));
+            }
+        }
+        if self.auc_variance.is_some() && self.auc.is_none() {
+            return Err("auc_variance is given without an AUC".to_owned());
         }
         for (name, value) in [
             ("kappa_t", self.kappa_t),
@@ -338,15 +465,28 @@ impl SiteRoundMetrics {
             auc: lnm.auc,
             auc_ci_lower: lnm.auc_ci_lower,
             auc_ci_upper: lnm.auc_ci_upper,
+            auc_variance: lnm.auc_var,
             youden_threshold: lnm.youden_threshold,
             sensitivity: lnm.youden_sensitivity,
             specificity: lnm.youden_specificity,
             brier: lnm.brier,
+            calibration_intercept: lnm.calibration.calibration_intercept,
+            calibration_slope: lnm.calibration.calibration_slope,
             kappa_t: report.t_kappa.quadratic.kappa,
             kappa_n: report.n_kappa.quadratic.kappa,
             kappa_stage: report.stage_kappa.quadratic.kappa,
+            kappa_t_se: report.t_kappa.quadratic.se,
+            kappa_n_se: report.n_kappa.quadratic.se,
+            kappa_stage_se: report.stage_kappa.quadratic.se,
+            cohort: None,
         };
-        Ok(SiteValidation { metrics, histogram })
+        let stage_confusion =
+            StageConfusion::from_reports(&report.t_kappa, &report.n_kappa, &report.stage_kappa);
+        Ok(SiteValidation {
+            metrics,
+            histogram,
+            stage_confusion,
+        })
     }
 }
 

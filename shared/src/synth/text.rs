@@ -6,55 +6,10 @@ use crate::data::report::{
     UltrasoundReport, Vascularity,
 };
 
-/// ACR TI-RADS points of the structured fields.
-#[must_use]
-pub fn tirads_points(report: &UltrasoundReport) -> u32 {
-    let composition = match report.composition {
-        Composition::Cystic | Composition::Spongiform => 0,
-        Composition::Mixed => 1,
-        Composition::Solid => 2,
-    };
-    let echogenicity = match report.echogenicity {
-        Echogenicity::Anechoic => 0,
-        Echogenicity::Hyperechoic | Echogenicity::Isoechoic => 1,
-        Echogenicity::Hypoechoic => 2,
-        Echogenicity::VeryHypoechoic => 3,
-    };
-    let shape = if report.shape == Shape::TallerThanWide {
-        3
-    } else {
-        0
-    };
-    let margin = match report.margin {
-        Margin::Smooth | Margin::IllDefined => 0,
-        Margin::LobulatedIrregular => 2,
-        Margin::ExtrathyroidalExtension => 3,
-    };
-    let foci = match report.echogenic_foci {
-        EchogenicFoci::None | EchogenicFoci::CometTail => 0,
-        EchogenicFoci::Macrocalcification => 1,
-        EchogenicFoci::PeripheralRim => 2,
-        EchogenicFoci::Punctate => 3,
-    };
-    composition + echogenicity + shape + margin + foci
-}
-
-/// The TI-RADS level (TR1..TR5) for a number of points.
-#[must_use]
-pub fn tirads_level(points: u32) -> u32 {
-    match points {
-        0 | 1 => 1,
-        2 => 2,
-        3 => 3,
-        4..=6 => 4,
-        _ => 5,
-    }
-}
-
 /// The free text of a report in its language.
 #[must_use]
 pub fn report_text(report: &UltrasoundReport) -> String {
-    let level = tirads_level(tirads_points(report));
+    let level = report.tirads_level();
     match report.language {
         Language::English => english(report, level),
         Language::Chinese => chinese(report, level),

@@ -41,10 +41,16 @@ pub async fn next_task(client: &mut FederationClient<Channel>, site: &str) -> ta
 /// `GET /metrics` over plain HTTP.
 #[allow(dead_code)] // Each test binary that includes this module uses some of its helpers.
 pub async fn scrape(port: u16) -> String {
+    http_get(port, "/metrics").await
+}
+
+/// `GET path` over plain HTTP on loopback: the whole response, status line first (checked: 200).
+#[allow(dead_code)] // Each test binary that includes this module uses some of its helpers.
+pub async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();

@@ -1,7 +1,7 @@
 //! Scoring a site folder with a checkpoint: the predictions CSV and the metrics JSON of the statistics
 //! engine.
 
-use super::examples::load_examples;
+use super::examples::{LoadedExamples, load_examples};
 use anyhow::Context as _;
 use fedlnm_model::train;
 use fedlnm_shared::checkpoint::Checkpoint;
@@ -41,7 +41,7 @@ pub struct EvaluationSummary {
 /// cannot be written (named).
 pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSummary>> {
     let Checkpoint { config, weights } = Checkpoint::read(&job.checkpoint)?;
-    let (examples, stages) = load_examples(&job.data, &config, false, false)?;
+    let LoadedExamples { examples, stages, .. } = load_examples(&job.data, &config, false, false)?;
     let predictions = train::predict(job.device, &config, &weights, &examples, 32)?;
     let out = &job.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -3,18 +3,28 @@
 use anyhow::{Context as _, bail};
 use fedlnm_shared::data::{self, LoadOptions, Preprocess};
 use fedlnm_shared::features::{Example, encode_patient};
+use fedlnm_shared::federation::SiteCohort;
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::staging::Stage;
 use std::path::Path;
 
+/// A site's encoded patients.
+pub struct LoadedExamples {
+    pub examples: Vec<Example>,
+    /// Each example's pathological stage (when labelled).
+    pub stages: Vec<Option<Stage>>,
+    /// The site's patient flow and characteristics (its training and validation sizes still 0:
+    /// the caller splits).
+    pub cohort: SiteCohort,
+}
+
 /// Loads a site and encodes its patients for `config`; with `prefix`, ids become `site/id` (pooling).
-/// Returns the examples and each one's pathological stage (when labelled).
 pub fn load_examples(
     dir: &Path,
     config: &ModelConfig,
     require_labels: bool,
     prefix: bool,
-) -> anyhow::Result<(Vec<Example>, Vec<Option<Stage>>)> {
+) -> anyhow::Result<LoadedExamples> {
     let site = dir
         .file_name()
         .map_or_else(|| "site".to_owned(), |name| name.to_string_lossy().into_owned());
@@ -49,5 +59,9 @@ pub fn load_examples(
             site_data.exclusions.len()
         );
     }
-    Ok((examples, stages))
+    Ok(LoadedExamples {
+        examples,
+        stages,
+        cohort: SiteCohort::of_site(&site_data, 0, 0),
+    })
 }

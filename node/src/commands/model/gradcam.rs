@@ -36,7 +36,7 @@ pub fn explain_patients(job: &ExplainJob) -> anyhow::Result<Vec<PathBuf>> {
             config.modality
         );
     }
-    let (examples, _) = load_examples(&job.data, &config, false, false)?;
+    let examples = load_examples(&job.data, &config, false, false)?.examples;
     let mut chosen = Vec::new();
     for id in &job.patients {
         let example = examples.iter().find(|e| &e.patient_id == id).with_context(|| {

@@ -15,7 +15,7 @@ mod training;
 
 pub use device::{default_autotune_cache_dir, device_parser, prepare_autotune_cache, prepare_device};
 pub use evaluation::{EvaluationJob, EvaluationSummary, evaluate_site};
-pub use examples::load_examples;
+pub use examples::{LoadedExamples, load_examples};
 pub use fedlnm_shared::checkpoint::write as write_checkpoint;
 pub use gradcam::{ExplainJob, explain_patients};
 pub use training::{CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, TrainJob, TrainSummary, train_model};

@@ -61,7 +61,7 @@ pub fn train_model(job: &TrainJob) -> anyhow::Result<TrainSummary> {
     let pooled = job.data.len() > 1;
     let mut examples = Vec::new();
     for dir in &job.data {
-        examples.extend(load_examples(dir, model, true, pooled)?.0);
+        examples.extend(load_examples(dir, model, true, pooled)?.examples);
     }
     let labels: Vec<bool> = examples
         .iter()

@@ -1,0 +1,141 @@
+//! The study's validation designs, each a set of real simulated studies (nodes and aggregator over
+//! mutual-TLS gRPC on loopback) on the same tiny synthetic sites: leave-one-site-out holds every site
+//! out once and summarises the held-out AUCs by random effects; k-fold cross-validation validates
+//! study j on fold j of every training site, each patient once. The design's rows are read back
+//! from the studies' committed rounds, and its page opens in a browser.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
+use fedlnm_aggregator::report::html::{DesignRow, mean_and_sd, random_effects};
+use fedlnm_aggregator::store::RoundStore;
+use fedlnm_e2e::browser;
+use fedlnm_shared::config::{ComputeDevice, SiteRole};
+use fedlnm_shared::federation::{RoundRecord, SiteValidation};
+use fedlnm_sim::designs::{DESIGN_JSON, DESIGN_MARKDOWN, k_fold, leave_one_site_out};
+use fedlnm_sim::{Design, SimulateArgs, SimulationOutcome};
+use std::path::Path;
+
+fn args(out: &Path, design: Design) -> SimulateArgs {
+    SimulateArgs {
+        out: out.to_path_buf(),
+        rounds: 1,
+        train_sites: 2,
+        validate_sites: 1,
+        patients: 48,
+        image_size: 32,
+        base_width: 8,
+        local_epochs: 1,
+        learning_rate: 2e-3,
+        plain: false,
+        fedbn: false,
+        proximal_mu: 0.0,
+        noise_multiplier: 0.0,
+        clip_norm: 1.0,
+        seed: 5,
+        device: ComputeDevice::Cpu,
+        design,
+        folds: 2,
+    }
+}
+
+fn final_record(study: &SimulationOutcome) -> RoundRecord {
+    RoundStore::open_existing(&study.state_dir)
+        .unwrap()
+        .load_record(study.rounds)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_one_site_out_holds_every_site_out_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("loso");
+    let design = leave_one_site_out(&args(&out, Design::LeaveOneSiteOut))
+        .await
+        .unwrap();
+    let labels: Vec<&str> = design.rows.iter().map(|row| row.label.as_str()).collect();
+    assert_eq!(labels, ["S1", "S2", "S3"]);
+    for ((name, study), row) in design.studies.iter().zip(&design.rows) {
+        assert_eq!(name, &format!("held-out-{}", row.label));
+        let record = final_record(study);
+        // The held-out site never trained: it is the study's validate-only site.
+        assert!(
+            !record.contributors.contains(&row.label),
+            "{name}: {:?}",
+            record.contributors
+        );
+        assert_eq!(record.contributors.len(), 2);
+        let held_out = record.sites.iter().find(|s| s.site == row.label).unwrap();
+        assert_eq!(held_out.role, SiteRole::Validate);
+        // Its row is its validation of its study's final model, all its patients.
+        assert_eq!(
+            (row.auc, row.variance, row.n),
+            (held_out.auc, held_out.auc_variance, 48)
+        );
+        assert_eq!(row.model_digest, record.model_digest);
+    }
+    // The summary is the random-effects meta-analysis of the rows, and the files hold them.
+    let stored: Vec<DesignRow> =
+        serde_json::from_slice(&std::fs::read(out.join(DESIGN_JSON)).unwrap()).unwrap();
+    assert_eq!(stored, design.rows);
+    let pooled = random_effects(&design.rows).expect("three held-out AUCs");
+    let markdown = std::fs::read_to_string(out.join(DESIGN_MARKDOWN)).unwrap();
+    let expected = format!(
+        "{:.3} ({:.3}–{:.3})",
+        pooled.auc, pooled.ci_lower, pooled.ci_upper
+    );
+    assert!(markdown.contains(&expected), "{markdown}");
+
+    let dom = browser::dump_dom(&browser::file_url(&design.page));
+    assert_eq!(browser::count(&dom, "<g class=\"row\""), 3);
+    assert_eq!(browser::count(&dom, "<g class=\"summary\""), 1);
+    assert!(dom.contains(&expected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k_fold_validates_every_patient_of_every_training_site_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("kfold");
+    let design = k_fold(&args(&out, Design::KFold)).await.unwrap();
+    assert_eq!(design.studies.len(), 2);
+    let mut validated = std::collections::BTreeMap::<String, u64>::new();
+    for ((name, study), row) in design.studies.iter().zip(&design.rows) {
+        let record = final_record(study);
+        assert_eq!(record.contributors, ["S1", "S2"], "{name}");
+        let pool = record.pooled_train_sites.as_ref().unwrap();
+        assert_eq!((row.auc, row.n), (pool.auc, pool.n_patients));
+        for site in record.sites.iter().filter(|s| s.role == SiteRole::Train) {
+            let cohort = site.cohort.as_ref().unwrap();
+            assert_eq!(cohort.training + cohort.validation, 48, "{name} {}", site.site);
+            *validated.entry(site.site.clone()).or_default() += cohort.validation;
+        }
+        // The external site scores all its patients in every fold's study.
+        let external = record
+            .sites
+            .iter()
+            .find(|s| s.role == SiteRole::Validate)
+            .unwrap();
+        assert_eq!(external.n_patients, 48);
+        // Each node kept its own validation of the fold's final model.
+        let (_, work) = study
+            .node_work_dirs
+            .iter()
+            .find(|(site, _)| site == "S1")
+            .unwrap();
+        let own: SiteValidation = serde_json::from_slice(
+            &std::fs::read(
+                work.join("validation")
+                    .join(format!("round-{:04}.json", study.rounds)),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Some(&own.metrics), record.sites.iter().find(|s| s.site == "S1"));
+    }
+    // Over the two folds every patient of every training site was validated exactly once.
+    assert_eq!(validated, [("S1".to_owned(), 48), ("S2".to_owned(), 48)].into());
+    let (mean, sd) = mean_and_sd(&design.rows).unwrap();
+    let markdown = std::fs::read_to_string(out.join(DESIGN_MARKDOWN)).unwrap();
+    assert!(
+        markdown.contains(&format!("mean {mean:.3} (SD {sd:.3})")),
+        "{markdown}"
+    );
+}
