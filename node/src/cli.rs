@@ -49,6 +49,10 @@ pub enum Command {
     Evaluate(commands::model::EvaluateArgs),
     /// Grad-CAM overlays (PNG) of the image branch for chosen patients.
     Explain(commands::model::ExplainArgs),
+    /// This site's own report (one HTML file, for the hospital only, never sent): the study
+    /// report's tables and figures on this site's patients, from the node's own validation records,
+    /// and Grad-CAM overlays of chosen patients under the final global model.
+    SiteReport(commands::site_report::SiteReportArgs),
     /// Training speed benchmark: images/s of training and inference per model size (markdown table).
     Bench(commands::model::BenchArgs),
     /// The model's quality check on synthetic data, in one command: generates three training sites and
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => commands::model::train(&args),
         Command::Evaluate(args) => commands::model::evaluate(&args),
         Command::Explain(args) => commands::model::explain(&args),
+        Command::SiteReport(args) => commands::site_report::run(&args),
         Command::Bench(args) => commands::model::bench(&args),
         Command::Quality(args) => commands::quality::run(&args),
     }

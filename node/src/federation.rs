@@ -33,7 +33,8 @@ pub use secure::{authentication, rounding_secret, secret_from_hex, write_roundin
 const SPLIT_SEED: u64 = 20_261_123;
 /// Where the node keeps its copy of the models and its local normalisation layers (FedBN).
 const LOCAL_NORM_FILE: &str = "local-norm.safetensors";
-const FINAL_MODEL_FILE: &str = "final-global.safetensors";
+/// The final global model, kept when the study finishes (`site-report` explains with it).
+pub const FINAL_MODEL_FILE: &str = "final-global.safetensors";
 /// The site's own records of each validation (metrics and score histogram), never sent.
 pub const OWN_RECORDS_DIR: &str = "validation";
 /// The site's rounding secret ([`rounding_secret`]).

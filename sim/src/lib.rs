@@ -15,6 +15,7 @@ use fedlnm_aggregator::provision::{self, ProvisionOptions};
 use fedlnm_aggregator::server::{self, FederationService};
 use fedlnm_model::train;
 use fedlnm_node::commands::model::{device_parser, write_checkpoint};
+use fedlnm_node::commands::site_report::{SiteReportJob, write_site_report};
 use fedlnm_shared::config::{AggregatorConfig, ComputeDevice, CrossValidationFold, NodeConfig, write_toml};
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::synth::{self, OutputFormat, PROFILE_NAMES, SiteProfile, SynthConfig};
@@ -98,6 +99,12 @@ pub enum Design {
     /// k studies, the j-th validating on fold j of every training site's patients.
     KFold,
 }
+
+/// The simulated study's id.
+const STUDY: &str = "simulated-lnm";
+
+/// Where the sites' own reports are, inside the results folder: `sites/<id>/site-report.html`.
+pub const SITE_REPORTS_DIR: &str = "sites";
 
 /// What a simulation produced.
 #[derive(Debug, Clone)]
@@ -235,7 +242,7 @@ async fn run_study(
     let study_dir = out.join("study");
     let (train_ids, validate_ids): (Vec<_>, Vec<_>) = sites.iter().partition(|(_, _, train)| *train);
     provision::provision(&ProvisionOptions {
-        study: "simulated-lnm".to_owned(),
+        study: STUDY.to_owned(),
         train_sites: train_ids.iter().map(|s| s.0.clone()).collect(),
         validate_sites: validate_ids.iter().map(|s| s.0.clone()).collect(),
         aggregator_hosts: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
@@ -342,6 +349,23 @@ async fn run_study(
 
     let results_dir = out.join("results");
     fedlnm_aggregator::report::write_report(&state_dir, &results_dir)?;
+    // Each site's own report, as its node writes it for the hospital alone (`fedlnm-node
+    // site-report`), with the Grad-CAM overlays of its first two patients.
+    for (id, work_dir) in &node_work_dirs {
+        let job = SiteReportJob {
+            site: id.clone(),
+            study: STUDY.to_owned(),
+            work_dir: work_dir.clone(),
+            data: data_dir.join(id),
+            device: args.device,
+            out: results_dir.join(SITE_REPORTS_DIR).join(id),
+            // The generator numbers a site's patients from 1.
+            explain: (1..=2).map(|k| format!("{id}-{k:05}")).collect(),
+        };
+        tokio::task::spawn_blocking(move || write_site_report(&job))
+            .await?
+            .with_context(|| format!("the site report of {id}"))?;
+    }
     Ok(SimulationOutcome {
         state_dir,
         results_dir,

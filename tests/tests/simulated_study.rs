@@ -144,6 +144,7 @@ async fn simulated_study_runs_secure_rounds_and_matches_plain_fedavg() {
         );
     }
     report_renders_in_a_browser(&secure);
+    site_report_shows_the_site_alone(&secure);
 
     // The same study with plain FedAvg: secure aggregation only adds 2^-32 quantization, so the
     // validation AUCs agree within noise.
@@ -272,5 +273,58 @@ fn report_renders_in_a_browser(study: &SimulationOutcome) {
     assert!(
         share > 0.02,
         "the screenshot is nearly blank: {share:.4} of it inked"
+    );
+}
+
+/// S1's own report (written by its node's `site-report` code at the end of the simulation): its own
+/// AUC, its own confusion matrices and cohort, the Grad-CAM overlays as embedded pictures that the
+/// browser decodes, and no other site's name.
+fn site_report_shows_the_site_alone(study: &SimulationOutcome) {
+    let page = study
+        .results_dir
+        .join(fedlnm_sim::SITE_REPORTS_DIR)
+        .join("S1")
+        .join(fedlnm_node::commands::site_report::SITE_REPORT_FILE);
+    let dom = browser::dump_dom(&browser::file_url(&page));
+    let (_, work) = study
+        .node_work_dirs
+        .iter()
+        .find(|(site, _)| site == "S1")
+        .unwrap();
+    let records = fedlnm_node::commands::site_report::own_records(work).unwrap();
+    let (round, last) = records.last().unwrap();
+    assert_eq!(*round, study.rounds);
+    let auc = format!(
+        "{:.3} ({:.3}–{:.3})",
+        last.metrics.auc.unwrap(),
+        last.metrics.auc_ci_lower.unwrap(),
+        last.metrics.auc_ci_upper.unwrap()
+    );
+    assert!(dom.contains(&auc), "S1's AUC {auc}");
+    assert_eq!(browser::count(&dom, "<table class=\"confusion\""), 3);
+    assert!(dom.contains("<table class=\"flow\">"));
+    assert_eq!(browser::count(&dom, "src=\"data:image/png;base64,"), 2);
+    // The page without its embedded pictures (base64 may spell anything) names no other site.
+    let mut text = String::new();
+    let mut rest = dom.as_str();
+    while let Some(start) = rest.find("base64,") {
+        text.push_str(&rest[..start]);
+        rest = &rest[start..];
+        rest = &rest[rest.find('"').unwrap_or(rest.len())..];
+    }
+    text.push_str(rest);
+    for other in ["S2", "S3", "S4", "pooled-"] {
+        assert!(!text.contains(other), "S1's own report mentions {other}");
+    }
+    // The overlays are pictures the browser can paint: a screenshot is not blank.
+    let shot = browser::screenshot(
+        &browser::file_url(&page),
+        &page.with_extension("png"),
+        (1000, 3000),
+    );
+    let inked = shot.pixels().filter(|p| p.0.iter().any(|&c| c < 200)).count();
+    assert!(
+        inked > 30_000,
+        "the site report's screenshot is nearly blank ({inked} inked pixels)"
     );
 }

@@ -49,11 +49,12 @@ fn normal_dependencies(krate: &str) -> String {
 }
 
 /// Every member crate's folder.
-const WORKSPACE: [&str; 10] = [
+const WORKSPACE: [&str; 11] = [
     "stats",
     "tensors",
     "secagg",
     "shared",
+    "report",
     "model",
     "protocol",
     "node",
@@ -107,6 +108,39 @@ fn shared_does_no_network_io() {
                     file.display()
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn the_report_renders_strings_and_does_no_io() {
+    let deps: Vec<String> = normal_dependencies("report")
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(['.', ' ', '=']).next())
+        .filter(|name| !name.is_empty() && !name.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        deps,
+        ["fedlnm-shared", "maud", "serde", "base64"],
+        "fedlnm-report renders records into strings with maud only"
+    );
+    for file in crate_sources("report/src") {
+        let text = read(&file);
+        for io in [
+            "std::fs",
+            "std::net",
+            "std::io",
+            "std::process",
+            "std::env",
+            "println!",
+        ] {
+            assert!(
+                !text.contains(io),
+                "{} uses {io}: the report crate renders strings, its callers read and write",
+                file.display()
+            );
         }
     }
 }

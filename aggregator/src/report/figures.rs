@@ -1,11 +1,11 @@
 //! `roc_final.png` and `auc_by_round.png`: which curves each figure shows, drawn by [`super::chart`].
 
 use super::chart::{Curve, Figure, POOLED_TRAIN_COLOUR, POOLED_VALIDATION_COLOUR, draw_figure, site_colour};
-use super::format::auc_with_ci;
-use super::pools::pools;
 use super::{
     AUC_FIGURE, AUC_FIGURE_SIZE, POOLED_TRAIN, POOLED_VALIDATION, ROC_FIGURE, ROC_FIGURE_SIZE, ReportError,
 };
+use fedlnm_report::format::auc_with_ci;
+use fedlnm_report::pools::pools;
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{RoundRecord, ScoreHistogram};
 use std::path::Path;

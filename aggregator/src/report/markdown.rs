@@ -1,7 +1,7 @@
 //! `summary.md`: the last round as a markdown table and the pooled AUCs of every round.
 
-use super::format::{aggregation_name, auc_with_ci, fixed, percent, short_digest};
-use super::pools::{pooled_lnm_rate, pools};
+use fedlnm_report::format::{aggregation_name, auc_with_ci, fixed, percent, short_digest};
+use fedlnm_report::pools::{pooled_lnm_rate, pools};
 use fedlnm_shared::federation::{PooledMetrics, RoundRecord};
 use std::fmt::Write as _;
 

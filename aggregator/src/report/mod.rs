@@ -31,11 +31,8 @@
 mod chart;
 mod figures;
 mod font;
-mod format;
-pub mod html;
 mod json;
 mod markdown;
-mod pools;
 mod rounds;
 mod tables;
 
@@ -56,9 +53,10 @@ pub const AUC_FIGURE: &str = "auc_by_round.png";
 pub const SUMMARY_MD: &str = "summary.md";
 pub const REPORT_HTML: &str = "report.html";
 
+/// The HTML pages (the study report, the status page, the validation designs), from `fedlnm-report`.
+pub use fedlnm_report as html;
 /// The `site` column of the two pools' rows.
-pub const POOLED_TRAIN: &str = "pooled-train";
-pub const POOLED_VALIDATION: &str = "pooled-validation";
+pub use fedlnm_report::{POOLED_TRAIN, POOLED_VALIDATION};
 
 /// Width and height of the figures, in pixels.
 pub const ROC_FIGURE_SIZE: (u32, u32) = (1400, 900);

@@ -1,8 +1,8 @@
 //! `rounds.csv` and `final_sites.csv`: one row per round and site, then one per pool.
 
 use super::ReportError;
-use super::format::{aggregation_name, number};
-use super::pools::{pooled_lnm_rate, pools};
+use fedlnm_report::format::{aggregation_name, number};
+use fedlnm_report::pools::{pooled_lnm_rate, pools};
 use fedlnm_shared::federation::RoundRecord;
 
 /// The columns of `rounds.csv` and `final_sites.csv`, in order.

@@ -5,6 +5,7 @@ pub mod check_in;
 pub mod federate;
 pub mod model;
 pub mod quality;
+pub mod site_report;
 pub mod stats;
 pub mod stats_logistic;
 pub mod synth;

@@ -5,7 +5,7 @@ use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{PooledMetrics, RoundRecord};
 
 /// The pools that exist in a round, with their row name and the role of the sites they pool.
-pub(super) fn pools(record: &RoundRecord) -> impl Iterator<Item = (&'static str, SiteRole, &PooledMetrics)> {
+pub fn pools(record: &RoundRecord) -> impl Iterator<Item = (&'static str, SiteRole, &PooledMetrics)> {
     [
         (POOLED_TRAIN, SiteRole::Train, record.pooled_train_sites.as_ref()),
         (
@@ -19,6 +19,6 @@ pub(super) fn pools(record: &RoundRecord) -> impl Iterator<Item = (&'static str,
 }
 
 /// n_positive / n_patients of a pool; undefined without patients.
-pub(super) fn pooled_lnm_rate(pool: &PooledMetrics) -> Option<f64> {
+pub fn pooled_lnm_rate(pool: &PooledMetrics) -> Option<f64> {
     (pool.n_patients > 0).then(|| pool.n_positive as f64 / pool.n_patients as f64)
 }

@@ -3,7 +3,7 @@
 use fedlnm_shared::federation::{AggregationKind, RoundRecord};
 
 /// The aggregation as the tables name it: `plain` or `secure`.
-pub(super) fn aggregation_name(record: &RoundRecord) -> String {
+pub fn aggregation_name(record: &RoundRecord) -> String {
     match record.aggregation {
         AggregationKind::Plain => "plain",
         AggregationKind::Secure => "secure",
@@ -13,7 +13,7 @@ pub(super) fn aggregation_name(record: &RoundRecord) -> String {
 
 /// A CSV cell: the shortest representation that reads back to the same f64; empty when undefined
 /// (or not finite, which the records never hold for a defined value).
-pub(super) fn number(value: Option<f64>) -> String {
+pub fn number(value: Option<f64>) -> String {
     value
         .filter(|value| value.is_finite())
         .map(|value| value.to_string())
@@ -21,17 +21,17 @@ pub(super) fn number(value: Option<f64>) -> String {
 }
 
 /// Three decimals, or an em dash when undefined.
-pub(super) fn fixed(value: Option<f64>) -> String {
+pub fn fixed(value: Option<f64>) -> String {
     value.map_or_else(|| "—".to_owned(), |value| format!("{value:.3}"))
 }
 
 /// One decimal, as a percentage, or an em dash when undefined.
-pub(super) fn percent(value: Option<f64>) -> String {
+pub fn percent(value: Option<f64>) -> String {
     value.map_or_else(|| "—".to_owned(), |value| format!("{:.1}%", 100.0 * value))
 }
 
 /// `0.812 (0.741–0.883)`, `0.812 (CI undefined)` or `undefined (one class)`.
-pub(super) fn auc_with_ci(auc: Option<f64>, lower: Option<f64>, upper: Option<f64>) -> String {
+pub fn auc_with_ci(auc: Option<f64>, lower: Option<f64>, upper: Option<f64>) -> String {
     match (auc, lower, upper) {
         (Some(auc), Some(lower), Some(upper)) => format!("{auc:.3} ({lower:.3}–{upper:.3})"),
         (Some(auc), _, _) => format!("{auc:.3} (CI undefined)"),
@@ -40,7 +40,7 @@ pub(super) fn auc_with_ci(auc: Option<f64>, lower: Option<f64>, upper: Option<f6
 }
 
 /// The first 12 hex digits of a digest, enough to tell models apart in a summary.
-pub(super) fn short_digest(digest: &str) -> &str {
+pub fn short_digest(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
 }
 

@@ -1,18 +1,29 @@
-//! `report.html`: the study report a clinical reader opens, one self-contained HTML file (inline CSS
-//! and SVG figures, no script, nothing fetched), organised by the results items of TRIPOD+AI (2024)
-//! and TRIPOD-Cluster (2023) with a checklist mapping each item to its section. The aggregator's live
-//! status page (`/status`) is the same page with the study's progress on top.
+//! `fedlnm-report`: the study's HTML pages, rendered from records into strings. No I/O (the callers
+//! read the records and write the pages), no network, no drawing library: maud templates that escape
+//! every value, with inline CSS and SVG figures, no script, nothing fetched.
 //!
-//! Every number comes from the committed rounds and the stored analyses: per-site aggregate metrics,
-//! the pools' secure sums of score histograms (pooled ROC, calibration groups, decision curves), the
+//! - [`render`]: `report.html`, the study report a clinical reader opens (the aggregator's
+//!   `fedlnm-aggregator report` and `fedlnm-sim`), organised by the results items of TRIPOD+AI (2024)
+//!   and TRIPOD-Cluster (2023) with a checklist mapping each item to its section; with a
+//!   [`LiveStatus`], the aggregator's live status page (`/status`).
+//! - [`design_page`]: the page of a validation design made of several studies (leave-one-site-out,
+//!   k-fold).
+//! - [`site::site_page`]: a site's own report (`fedlnm-node site-report`), for the hospital only.
+//!
+//! Every number of the study pages comes from the committed rounds and the stored analyses: per-site
+//! aggregate metrics, the pools' secure sums of score histograms and stage confusion matrices, the
 //! random-effects meta-analysis of the sites' AUCs (`stats::meta`), the federated odds ratios. No
-//! patient-level value is an input, so none can be an output.
+//! patient-level value is an input, so none can be an output. A site's page reads the site's own
+//! records only.
 
 mod design;
-pub(crate) mod figures;
+mod figures;
+pub mod format;
 mod participants;
+pub mod pools;
 mod sections;
-pub(crate) mod svg;
+pub mod site;
+mod svg;
 
 use fedlnm_shared::analysis::AnalysisResult;
 use fedlnm_shared::config::SiteRole;
@@ -20,6 +31,11 @@ use fedlnm_shared::federation::RoundRecord;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 pub use design::{DesignRow, DesignSummary, design_page, mean_and_sd, random_effects};
+
+/// The row and pool name of the training sites' pool (the tables' `site` column), and of the
+/// validate-only sites' pool.
+pub const POOLED_TRAIN: &str = "pooled-train";
+pub const POOLED_VALIDATION: &str = "pooled-validation";
 
 /// What the live status page adds to the report: where the study is now.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,8 +108,8 @@ pub fn render(page: &Page<'_>) -> String {
                     h1 { (title) }
                     @if let Some(record) = last {
                         p class="meta" {
-                            "Model " code { (crate::report::format::short_digest(&record.model_digest)) } " · "
-                            (crate::report::format::aggregation_name(record)) " aggregation · "
+                            "Model " code { (format::short_digest(&record.model_digest)) } " · "
+                            (format::aggregation_name(record)) " aggregation · "
                             (record.contributors.len()) " training sites in the last round · committed "
                             (record.committed_at) " · page made " (page.generated_at)
                         }
@@ -121,12 +137,22 @@ pub fn render(page: &Page<'_>) -> String {
     markup.into_string()
 }
 
-/// A section with its anchor and heading.
+/// A section of the study report with its anchor, its title from [`SECTIONS`] and the checklist
+/// items it answers.
 pub(crate) fn section(anchor: &str, items: &str, body: Markup) -> Markup {
     let name = SECTIONS
         .iter()
         .find(|(a, _)| *a == anchor)
         .map_or(anchor, |(_, name)| name);
+    section_with(anchor, name, items, body)
+}
+
+/// A section with its own title (a site's page).
+pub(crate) fn section_titled(anchor: &str, title: &str, body: Markup) -> Markup {
+    section_with(anchor, title, "", body)
+}
+
+fn section_with(anchor: &str, name: &str, items: &str, body: Markup) -> Markup {
     html! {
         section id=(anchor) {
             h2 { (name) @if !items.is_empty() { " " span class="items" { "(" (items) ")" } } }

@@ -3,11 +3,11 @@
 use super::figures::{self, AucSummaries, PoolFigures};
 use super::participants;
 use super::{LiveStatus, SECTIONS, section};
-use crate::report::format::{fixed, percent};
-use crate::report::pools::pools;
+use crate::format::{fixed, percent};
+use crate::pools::pools;
 use fedlnm_shared::analysis::{AnalysisResult, FitOutcome};
 use fedlnm_shared::config::SiteRole;
-use fedlnm_shared::federation::{RoundRecord, STAGE_SCALES};
+use fedlnm_shared::federation::{RoundRecord, STAGE_SCALES, SiteRoundMetrics};
 use fedlnm_shared::stats::logistic::FitStatus;
 use fedlnm_shared::stats::meta::PooledAuc;
 use fedlnm_shared::stats::wilson_interval;
@@ -93,7 +93,7 @@ pub(super) fn role_name(role: SiteRole) -> &'static str {
 
 fn auc_cell(auc: Option<f64>, lower: Option<f64>, upper: Option<f64>) -> Markup {
     cell(match auc {
-        Some(_) => crate::report::format::auc_with_ci(auc, lower, upper),
+        Some(_) => crate::format::auc_with_ci(auc, lower, upper),
         None => "—".to_owned(),
     })
 }
@@ -109,25 +109,30 @@ fn discrimination(record: &RoundRecord, pools: &[PoolFigures]) -> Markup {
             table class="discrimination" {
                 thead { tr { th { "site" } th { "role" } th { "n" } th { "AUC (95% CI)" } th { "threshold" }
                     th { "sensitivity" } th { "specificity" } th { "Brier" } } }
-                tbody {
-                    @for site in &record.sites {
-                        tr data-site=(site.site) { td { (site.site) } td { (site.role) } td { (site.n_patients) }
-                            (auc_cell(site.auc, site.auc_ci_lower, site.auc_ci_upper))
-                            (cell(fixed(site.youden_threshold))) (cell(percent(site.sensitivity)))
-                            (cell(percent(site.specificity))) (cell(fixed(Some(site.brier)))) }
-                    }
-                    @for pool in pools {
-                        @if let Some(m) = &pool.metrics {
-                            tr class="pooled" { td { (pool.name) } td { (pool.role) } td { (m.n) }
-                                (auc_cell(m.auc, m.auc_ci_lower, m.auc_ci_upper))
-                                (cell(fixed(m.youden_threshold))) (cell(percent(m.youden_sensitivity)))
-                                (cell(percent(m.youden_specificity))) (cell(fixed(Some(m.brier)))) }
-                        }
-                    }
-                }
+                tbody { (discrimination_rows(&record.sites, pools)) }
             }
         },
     )
+}
+
+/// The discrimination table's rows: each site, then each pool.
+pub(super) fn discrimination_rows(sites: &[SiteRoundMetrics], pools: &[PoolFigures]) -> Markup {
+    html! {
+        @for site in sites {
+            tr data-site=(site.site) { td { (site.site) } td { (site.role) } td { (site.n_patients) }
+                (auc_cell(site.auc, site.auc_ci_lower, site.auc_ci_upper))
+                (cell(fixed(site.youden_threshold))) (cell(percent(site.sensitivity)))
+                (cell(percent(site.specificity))) (cell(fixed(Some(site.brier)))) }
+        }
+        @for pool in pools {
+            @if let Some(m) = &pool.metrics {
+                tr class="pooled" { td { (pool.name) } td { (pool.role) } td { (m.n) }
+                    (auc_cell(m.auc, m.auc_ci_lower, m.auc_ci_upper))
+                    (cell(fixed(m.youden_threshold))) (cell(percent(m.youden_sensitivity)))
+                    (cell(percent(m.youden_specificity))) (cell(fixed(Some(m.brier)))) }
+            }
+        }
+    }
 }
 
 fn summary_cells(label: &str, pooled: Option<&PooledAuc>) -> Markup {
@@ -233,12 +238,14 @@ fn decision(pools: &[PoolFigures]) -> Markup {
 }
 
 /// κ with its 95% CI (κ ∓ z·SE, not clipped), or a dash.
-fn kappa_with_ci(kappa: Option<f64>, se: Option<f64>) -> String {
+pub(super) fn kappa_with_ci(kappa: Option<f64>, se: Option<f64>) -> String {
     match (kappa, se) {
+        // `+ 0.0` writes a negative zero (κ = 0 with SE 0) as 0.000.
         (Some(kappa), Some(se)) => format!(
-            "{kappa:.3} ({:.3} to {:.3})",
-            kappa - fedlnm_shared::stats::Z_95 * se,
-            kappa + fedlnm_shared::stats::Z_95 * se
+            "{:.3} ({:.3} to {:.3})",
+            kappa + 0.0,
+            kappa - fedlnm_shared::stats::Z_95 * se + 0.0,
+            kappa + fedlnm_shared::stats::Z_95 * se + 0.0
         ),
         (Some(kappa), None) => format!("{kappa:.3}"),
         _ => "—".to_owned(),
@@ -246,7 +253,7 @@ fn kappa_with_ci(kappa: Option<f64>, se: Option<f64>) -> String {
 }
 
 /// One pooled confusion matrix: rows pathology, columns prediction, the diagonal marked.
-fn confusion_table(scale: &str, labels: &[&str], rows: &[Vec<u64>]) -> Markup {
+pub(super) fn confusion_table(scale: &str, labels: &[&str], rows: &[Vec<u64>]) -> Markup {
     html! {
         table class="confusion" data-scale=(scale) {
             thead { tr { th { "pathological ↓ / predicted →" } @for label in labels { th { (label) } } } }
@@ -402,7 +409,7 @@ fn privacy(record: &RoundRecord) -> Markup {
         "privacy",
         "",
         html! {
-            p { "Model updates: " (crate::report::format::aggregation_name(record)) " aggregation"
+            p { "Model updates: " (crate::format::aggregation_name(record)) " aggregation"
                 @if record.aggregation == fedlnm_shared::federation::AggregationKind::Secure {
                     " (Bonawitz secure aggregation: the aggregator saw only the sum of the sites' weighted deltas)"
                 } "." }

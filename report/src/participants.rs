@@ -5,7 +5,7 @@ use super::figures::PoolFigures;
 use super::section;
 use super::sections::{cell, rate_with_ci, role_name};
 use fedlnm_shared::config::SiteRole;
-use fedlnm_shared::federation::{RoundRecord, SiteCohort, TIRADS_LEVELS};
+use fedlnm_shared::federation::{RoundRecord, SiteCohort, SiteRoundMetrics, TIRADS_LEVELS};
 use maud::{Markup, html};
 
 /// `n (p%)` of a count among `of`.
@@ -35,9 +35,10 @@ fn pooled_age(cohorts: &[&SiteCohort]) -> Option<(f64, f64)> {
     Some((mean, ((within + between) / (n - 1.0)).sqrt()))
 }
 
-fn flow_table(record: &RoundRecord) -> Markup {
-    let cohorts: Vec<(&str, SiteRole, &SiteCohort)> = record
-        .sites
+/// The flow and characteristics tables of `sites` (those that reported a cohort) and, with more
+/// than one, their totals.
+pub(super) fn flow_table(sites: &[SiteRoundMetrics]) -> Markup {
+    let cohorts: Vec<(&str, SiteRole, &SiteCohort)> = sites
         .iter()
         .filter_map(|site| Some((site.site.as_str(), site.role, site.cohort.as_ref()?)))
         .collect();
@@ -57,9 +58,11 @@ fn flow_table(record: &RoundRecord) -> Markup {
                             td class="reasons" { @for (reason, n) in &c.excluded { (reason) ": " (n) br; } }
                             td { (c.included) } td { (c.labelled) } td { (c.training) } td { (c.validation) } }
                     }
+                    @if cohorts.len() > 1 {
                     tr class="pooled" { td { "all sites" } td { (total(|c| c.read)) }
                         td { (total(|c| c.read - c.included)) } td {} td { (total(|c| c.included)) }
                         td { (total(|c| c.labelled)) } td { (total(|c| c.training)) } td { (total(|c| c.validation)) } }
+                    }
                 }
             }
             h3 { "Characteristics of the included patients" }
@@ -79,6 +82,7 @@ fn flow_table(record: &RoundRecord) -> Markup {
                             @for n in &c.tirads { td { (count_percent(*n, c.included)) } }
                             td { (count_percent(c.lnm, c.labelled)) } }
                     }
+                    @if cohorts.len() > 1 {
                     @let included = total(|c| c.included);
                     tr class="pooled" { td { "all sites" } td { (included) }
                         (cell(pooled_age(&all).map_or_else(|| "—".to_owned(), |(m, sd)| format!("{m:.1} ({sd:.1})"))))
@@ -88,6 +92,7 @@ fn flow_table(record: &RoundRecord) -> Markup {
                             td { (count_percent(all.iter().map(|c| c.tirads.get(level).copied().unwrap_or(0)).sum(), included)) }
                         }
                         td { (count_percent(total(|c| c.lnm), total(|c| c.labelled))) } }
+                    }
                 }
             }
         }
@@ -103,7 +108,7 @@ pub(super) fn participants(record: &RoundRecord, pools: &[PoolFigures]) -> Marku
                 "included) and summarises its included patients (age, sex, multifocality, ACR TI-RADS level "
                 "of the structured report, LNM rate); only these counts leave the site, never a list of "
                 "patients." }
-            (flow_table(record))
+            (flow_table(&record.sites))
             h3 { "Validation patients and outcome events" }
             p class="note" { "Labelled validation patients each site scored with the final model "
                 "(training sites: their held-out patients; validate-only sites: all their labelled "

@@ -4,11 +4,11 @@
 //! odds-ratio forest plots and AUC by round.
 
 use super::svg::{Forest, ForestRow, LineChart, Marked, RowKind, Series, ticks};
-use crate::report::POOLED_TRAIN;
-use crate::report::pools::pools;
+use crate::POOLED_TRAIN;
+use crate::pools::pools;
 use fedlnm_shared::analysis::AnalysisResult;
 use fedlnm_shared::config::SiteRole;
-use fedlnm_shared::federation::{RoundRecord, SiteRoundMetrics};
+use fedlnm_shared::federation::{RoundRecord, ScoreHistogram, SiteRoundMetrics, SiteValidation};
 use fedlnm_shared::stats::binary::{self, BinaryMetrics, NetBenefit, RocPoint};
 use fedlnm_shared::stats::calibration::{CalibrationBin, calibration_bins};
 use fedlnm_shared::stats::meta::{PooledAuc, pooled_auc};
@@ -22,9 +22,10 @@ pub(super) fn decision_thresholds() -> Vec<f64> {
 /// Groups of the calibration plot (deciles of predicted risk).
 pub(super) const CALIBRATION_GROUPS: usize = 10;
 
-/// Everything the report shows of one pool, computed once from its summed histogram.
+/// Everything the report shows of one pool (or of one site's own patients, on its own page),
+/// computed once from its histogram.
 pub(super) struct PoolFigures {
-    pub(super) name: &'static str,
+    pub(super) name: String,
     pub(super) role: SiteRole,
     pub(super) sites: Vec<String>,
     pub(super) metrics: Option<BinaryMetrics>,
@@ -33,34 +34,51 @@ pub(super) struct PoolFigures {
     pub(super) decision: Vec<NetBenefit>,
 }
 
-/// The pools of the last round with their figures' data. A pool without both classes has no
-/// metrics, curve or calibration groups (the tables say it is undefined).
+impl PoolFigures {
+    /// The figures of `histogram`. Without both classes there are no metrics, curve or calibration
+    /// groups (the tables say they are undefined).
+    fn from_histogram(name: &str, role: SiteRole, sites: Vec<String>, histogram: &ScoreHistogram) -> Self {
+        let (y, s) = histogram.rows();
+        let both = histogram.n_positive() > 0 && histogram.n_negative() > 0;
+        Self {
+            name: name.to_owned(),
+            role,
+            sites,
+            metrics: both.then(|| binary::binary_metrics(&y, &s).ok()).flatten(),
+            roc: if both {
+                binary::roc_curve(&y, &s).unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            calibration: if both {
+                calibration_bins(&y, &s, CALIBRATION_GROUPS)
+            } else {
+                Vec::new()
+            },
+            decision: if y.is_empty() {
+                Vec::new()
+            } else {
+                binary::net_benefit(&y, &s, &decision_thresholds()).unwrap_or_default()
+            },
+        }
+    }
+
+    /// A site's own figures, from the histogram of its own record.
+    pub(super) fn of_site(site: &str, record: &SiteValidation) -> Self {
+        Self::from_histogram(
+            site,
+            record.metrics.role,
+            vec![site.to_owned()],
+            &record.histogram,
+        )
+    }
+}
+
+/// The pools of the last round with their figures' data.
 pub(super) fn pool_figures(record: &RoundRecord) -> Vec<PoolFigures> {
     pools(record)
         .map(|(name, role, pool)| {
-            let (y, s) = pool.histogram.rows();
-            let both = pool.histogram.n_positive() > 0 && pool.histogram.n_negative() > 0;
-            PoolFigures {
-                name,
-                role,
-                sites: pool.sites.clone(),
-                metrics: both.then(|| binary::binary_metrics(&y, &s).ok()).flatten(),
-                roc: if both {
-                    binary::roc_curve(&y, &s).unwrap_or_default()
-                } else {
-                    Vec::new()
-                },
-                calibration: if both {
-                    calibration_bins(&y, &s, CALIBRATION_GROUPS)
-                } else {
-                    Vec::new()
-                },
-                decision: if y.is_empty() {
-                    Vec::new()
-                } else {
-                    binary::net_benefit(&y, &s, &decision_thresholds()).unwrap_or_default()
-                },
-            }
+            PoolFigures::from_histogram(name, role, pool.sites.clone(), &pool.histogram)
         })
         .collect()
 }
@@ -68,12 +86,11 @@ pub(super) fn pool_figures(record: &RoundRecord) -> Vec<PoolFigures> {
 /// The colour of a pool's curves: black for the training sites' pool, dark grey (dashed) for the
 /// validate-only sites' (sites have the colours of [`site_colour`]).
 fn pool_colour(name: &str) -> String {
-    if name == POOLED_TRAIN {
-        "#111111"
-    } else {
-        "#666666"
+    match name {
+        POOLED_TRAIN => "#111111".to_owned(),
+        crate::POOLED_VALIDATION => "#666666".to_owned(),
+        _ => site_colour(0),
     }
-    .to_owned()
 }
 
 /// Distinct colours for sites (Tableau 10), repeated past ten.
@@ -91,8 +108,12 @@ pub(super) fn roc_chart(pools: &[PoolFigures]) -> Markup {
     let mut series = Vec::new();
     let mut marked = Vec::new();
     for pool in pools.iter().filter(|pool| !pool.roc.is_empty()) {
-        let colour = pool_colour(pool.name);
-        let mut label = format!("{} ({})", pool.name, pool.sites.join(", "));
+        let colour = pool_colour(&pool.name);
+        let mut label = if pool.sites == [pool.name.clone()] {
+            pool.name.clone()
+        } else {
+            format!("{} ({})", pool.name, pool.sites.join(", "))
+        };
         if let Some(metrics) = &pool.metrics
             && let (Some(threshold), Some(sensitivity), Some(specificity)) = (
                 metrics.youden_threshold,
@@ -146,7 +167,7 @@ pub(super) fn calibration_chart(pools: &[PoolFigures]) -> Markup {
         .filter(|pool| !pool.calibration.is_empty())
         .map(|pool| Series {
             label: format!("{} (deciles of predicted risk)", pool.name),
-            colour: pool_colour(pool.name),
+            colour: pool_colour(&pool.name),
             dashed: pool.role == SiteRole::Validate,
             markers: true,
             runs: vec![
@@ -181,7 +202,7 @@ pub(super) fn decision_chart(pools: &[PoolFigures]) -> Markup {
     let mut series = Vec::new();
     let mut highest = 0.05_f64;
     for pool in pools.iter().filter(|pool| !pool.decision.is_empty()) {
-        let colour = pool_colour(pool.name);
+        let colour = pool_colour(&pool.name);
         let validate = pool.role == SiteRole::Validate;
         highest = pool
             .decision
@@ -457,7 +478,7 @@ pub(super) fn auc_by_round_chart(records: &[&RoundRecord]) -> Markup {
             }),
         })
         .collect();
-    for (name, train) in [(POOLED_TRAIN, true), (crate::report::POOLED_VALIDATION, false)] {
+    for (name, train) in [(POOLED_TRAIN, true), (crate::POOLED_VALIDATION, false)] {
         let runs = runs(&|record| {
             let pool = if train {
                 &record.pooled_train_sites
