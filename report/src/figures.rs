@@ -143,10 +143,29 @@ pub(super) fn roc_chart(pools: &[PoolFigures]) -> Markup {
         });
     }
     LineChart {
-        id: "roc",
-        title: "Pooled ROC curves with the Youden points",
-        x_label: "1 − specificity",
-        y_label: "sensitivity",
+        marked,
+        ..unit_square(
+            "roc",
+            "Pooled ROC curves with the Youden points",
+            ("1 − specificity", "sensitivity"),
+            series,
+        )
+    }
+    .render()
+}
+
+/// A chart of two probabilities: both axes 0 to 1 in fifths, the diagonal as reference.
+fn unit_square<'a>(
+    id: &'a str,
+    title: &'a str,
+    labels: (&'a str, &'a str),
+    series: Vec<Series>,
+) -> LineChart<'a> {
+    LineChart {
+        id,
+        title,
+        x_label: labels.0,
+        y_label: labels.1,
         x: (0.0, 1.0),
         y: (0.0, 1.0),
         x_ticks: ticks(0.0, 1.0, 0.2),
@@ -155,9 +174,8 @@ pub(super) fn roc_chart(pools: &[PoolFigures]) -> Markup {
         y_decimals: 1,
         reference: Some([(0.0, 0.0), (1.0, 1.0)]),
         series,
-        marked,
+        marked: Vec::new(),
     }
-    .render()
 }
 
 /// Observed LNM rate against mean predicted risk, by decile of predicted risk, per pool.
@@ -178,21 +196,12 @@ pub(super) fn calibration_chart(pools: &[PoolFigures]) -> Markup {
             ],
         })
         .collect();
-    LineChart {
-        id: "calibration",
-        title: "Calibration: observed against predicted LNM risk",
-        x_label: "mean predicted risk",
-        y_label: "observed LNM rate",
-        x: (0.0, 1.0),
-        y: (0.0, 1.0),
-        x_ticks: ticks(0.0, 1.0, 0.2),
-        y_ticks: ticks(0.0, 1.0, 0.2),
-        x_decimals: 1,
-        y_decimals: 1,
-        reference: Some([(0.0, 0.0), (1.0, 1.0)]),
+    unit_square(
+        "calibration",
+        "Calibration: observed against predicted LNM risk",
+        ("mean predicted risk", "observed LNM rate"),
         series,
-        marked: Vec::new(),
-    }
+    )
     .render()
 }
 

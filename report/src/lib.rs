@@ -171,7 +171,9 @@ table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .88rem; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: .28rem .6rem; text-align: right; vertical-align: top; }
 th:first-child, td:first-child { text-align: left; }
 table.participants td:nth-child(2), table.discrimination td:nth-child(2), table.calibration td:nth-child(2),
-table.kappa td:nth-child(2), table.checklist td, table.checklist th, table.rounds td:nth-child(2),
+table.kappa td:nth-child(2), table.participants th:nth-child(2), table.discrimination th:nth-child(2),
+table.calibration th:nth-child(2), table.kappa th:nth-child(2), table.checklist td, table.checklist th,
+table.rounds td:nth-child(2), table.rounds th:nth-child(2),
 table.sites-seen td, table.sites-seen th, td.reasons { text-align: left; } thead th { border-bottom: 2px solid #bbb; background: #fafafa; }
 tr.pooled td { font-weight: bold; background: #f6f8fb; } td.undefined { color: #999; }
 figure { margin: .8rem 0 1.4rem; } figure svg { width: 100%; max-width: 760px; height: auto; display: block; }

@@ -312,34 +312,72 @@ fn stage(record: &RoundRecord) -> Markup {
     )
 }
 
-fn fit_table(outcome: &FitOutcome) -> Markup {
+/// Why a fit gives no odds ratio, or `None` when it is `ok`.
+fn no_fit(outcome: &FitOutcome) -> Option<String> {
+    match (&outcome.fit, &outcome.error) {
+        (Some(fit), _) if fit.status == FitStatus::Ok => None,
+        (Some(fit), _) => Some(format!(
+            "{}: no finite odds ratio exists for this model; none is reported{}",
+            if fit.status == FitStatus::Separation {
+                "separation"
+            } else {
+                "not converged"
+            },
+            fit.separation
+                .as_ref()
+                .map_or_else(String::new, |separation| format!(" ({separation:?})"))
+        )),
+        (None, Some(error)) => Some(format!("no fit: {error}")),
+        (None, None) => Some("no fit".to_owned()),
+    }
+}
+
+/// `OR (CI)` and `p` of `term` in a fit that is `ok`; dashes otherwise.
+fn or_cells(outcome: &FitOutcome, term: &str) -> Markup {
+    let estimate = outcome
+        .fit
+        .as_ref()
+        .filter(|fit| fit.status == FitStatus::Ok)
+        .and_then(|fit| fit.terms.iter().find(|t| t.name == term));
+    let or = estimate.and_then(|t| {
+        Some(format!(
+            "{:.2} ({:.2}–{:.2})",
+            t.or?, t.or_ci_lower?, t.or_ci_upper?
+        ))
+    });
+    let p = estimate.and_then(|t| t.p).map(|p| {
+        if p < 0.001 {
+            "<0.001".to_owned()
+        } else {
+            format!("{p:.3}")
+        }
+    });
+    html! { (cell(or.unwrap_or_else(|| "—".to_owned()))) (cell(p.unwrap_or_else(|| "—".to_owned()))) }
+}
+
+/// One table of the analysis's terms: crude (one term each) and adjusted odds ratios side by side.
+fn or_table(result: &AnalysisResult) -> Markup {
     html! {
-        @match (&outcome.fit, &outcome.error) {
-            (Some(fit), _) if fit.status == FitStatus::Ok => {
-                table class="odds-ratios" {
-                    thead { tr { th { "term" } th { "OR (95% CI)" } th { "coef" } th { "SE" } th { "p" } } }
-                    tbody {
-                        @for term in &fit.terms {
-                            tr { td { (term.name) }
-                                (cell(match (term.or, term.or_ci_lower, term.or_ci_upper) {
-                                    (Some(or), Some(l), Some(u)) => format!("{or:.2} ({l:.2}–{u:.2})"),
-                                    _ => "—".to_owned(),
-                                }))
-                                (cell(fixed(term.coef))) (cell(fixed(term.se)))
-                                (cell(term.p.map_or_else(|| "—".to_owned(), |p| if p < 0.001 { "<0.001".to_owned() } else { format!("{p:.3}") }))) }
-                        }
+        table class="odds-ratios" {
+            thead { tr { th { "term" } th { "crude OR (95% CI)" } th { "p" } th { "adjusted OR (95% CI)" } th { "p" } } }
+            tbody {
+                @for (term, crude) in result.analysis.terms.iter().zip(&result.crude) {
+                    // A categorical term has one row per dummy (`<term>_<level>`).
+                    @let names: Vec<String> = result.adjusted.fit.as_ref().map_or_else(Vec::new, |fit| fit.terms
+                        .iter().map(|t| t.name.clone()).filter(|n| n == term || n.starts_with(&format!("{term}_"))).collect());
+                    @for name in if names.is_empty() { vec![term.clone()] } else { names } {
+                        tr data-term=(name) { td { (name) } (or_cells(crude, &name)) (or_cells(&result.adjusted, &name)) }
                     }
                 }
-                p class="note" { "n = " (fit.n) ", events = " (fit.n_positive) ", log-likelihood "
-                    (fixed(fit.loglik)) ", " (fit.iterations) " Newton steps." }
             }
-            (Some(fit), _) => {
-                p { strong { (match fit.status { FitStatus::Separation => "Separation", _ => "Not converged" }) }
-                    ": no finite odds ratio exists for this model; none is reported."
-                    @if let Some(separation) = &fit.separation { " " (format!("{separation:?}")) } }
-            }
-            (None, Some(error)) => { p { "No fit: " (error) } }
-            (None, None) => { p { "No fit." } }
+        }
+        @if let Some(fit) = result.adjusted.fit.as_ref().filter(|fit| fit.status == FitStatus::Ok) {
+            p class="note" { "Adjusted model: n = " (fit.n) ", events = " (fit.n_positive) ", log-likelihood "
+                (fixed(fit.loglik)) ", " (fit.iterations) " Newton steps." }
+        }
+        @for (what, outcome) in std::iter::once(("adjusted model".to_owned(), &result.adjusted))
+            .chain(result.analysis.terms.iter().zip(&result.crude).map(|(t, c)| (format!("crude model of {t}"), c))) {
+            @if let Some(reason) = no_fit(outcome) { p { strong { (what) } ": " (reason) } }
         }
     }
 }
@@ -370,10 +408,7 @@ fn odds_ratios(analyses: &[AnalysisResult]) -> Markup {
                         }
                     }
                 }
-                h3 { "Adjusted model" }
-                (fit_table(&result.adjusted))
-                h3 { "Crude models (one term each)" }
-                @for crude in &result.crude { (fit_table(crude)) }
+                (or_table(result))
                 (figures::odds_ratio_forest(result, &format!("or-forest-{index}")))
             }
         },

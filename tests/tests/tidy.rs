@@ -48,6 +48,17 @@ fn normal_dependencies(krate: &str) -> String {
     rest[..end].to_owned()
 }
 
+/// The names of a crate's `[dependencies]`, in manifest order.
+fn dependency_names(krate: &str) -> Vec<String> {
+    normal_dependencies(krate)
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(['.', ' ', '=']).next())
+        .filter(|name| !name.is_empty() && !name.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Every member crate's folder.
 const WORKSPACE: [&str; 11] = [
     "stats",
@@ -114,15 +125,8 @@ fn shared_does_no_network_io() {
 
 #[test]
 fn the_report_renders_strings_and_does_no_io() {
-    let deps: Vec<String> = normal_dependencies("report")
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split(['.', ' ', '=']).next())
-        .filter(|name| !name.is_empty() && !name.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
     assert_eq!(
-        deps,
+        dependency_names("report"),
         ["fedlnm-shared", "maud", "serde", "base64"],
         "fedlnm-report renders records into strings with maud only"
     );
@@ -147,15 +151,8 @@ fn the_report_renders_strings_and_does_no_io() {
 
 #[test]
 fn statistics_do_no_io() {
-    let deps: Vec<String> = normal_dependencies("stats")
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split(['.', ' ', '=']).next())
-        .filter(|name| !name.is_empty() && !name.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
     assert_eq!(
-        deps,
+        dependency_names("stats"),
         ["thiserror", "serde", "libm", "nalgebra", "puruspe"],
         "fedlnm-stats depends on numerics and serde only"
     );
