@@ -5,6 +5,7 @@
 //! aggregate metrics only. A lost connection or a restart of either side is not an error: the node
 //! reconnects with back-off and takes whatever task the aggregator has now.
 
+use crate::commands::compare::{PatientScore, scores_file};
 use crate::commands::model::{LoadedExamples, load_examples, prepare_autotune_cache};
 use anyhow::{Context as _, bail};
 use fedlnm_model::train::{self, TrainingEvent};
@@ -448,19 +449,22 @@ impl Node {
         let stages = examples.validation_stages.clone();
         let cohort = examples.cohort.clone();
         let scoring_site = site.clone();
-        let mut validation = tokio::task::spawn_blocking(move || -> anyhow::Result<SiteValidation> {
-            let predictions = train::predict(device, &config, &weights, &validation, 32)?;
-            Ok(SiteRoundMetrics::from_predictions(
-                &scoring_site,
-                role,
-                &validation,
-                &predictions,
-                &stages,
-            )?)
-        })
-        .await??;
+        let (mut validation, scores) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(SiteValidation, Vec<PatientScore>)> {
+                let predictions = train::predict(device, &config, &weights, &validation, 32)?;
+                let scores = PatientScore::of_predictions(&validation, &predictions);
+                let record = SiteRoundMetrics::from_predictions(
+                    &scoring_site,
+                    role,
+                    &validation,
+                    &predictions,
+                    &stages,
+                )?;
+                Ok((record, scores))
+            })
+            .await??;
         validation.metrics.cohort = Some(cohort);
-        self.keep_own_record(round, &validation)?;
+        self.keep_own_record(round, &validation, &scores)?;
         let metrics = &validation.metrics;
         tracing::info!(site, round, auc = ?metrics.auc, "validation of the new global model");
         let masked = match &mut pool {
@@ -492,11 +496,21 @@ impl Node {
     }
 
     /// Writes the site's own record of a validation (its metrics, score histogram and stage
-    /// confusion matrices) to `validation/round-NNNN.json` in the work folder: for the hospital only;
-    /// it is never sent.
-    fn keep_own_record(&self, round: u64, record: &SiteValidation) -> anyhow::Result<()> {
+    /// confusion matrices) to `validation/round-NNNN.json` in the work folder, and its patients'
+    /// scores to `validation/round-NNNN.scores.json` (for the paired comparison of two models on
+    /// its own patients): for the hospital only; never sent.
+    fn keep_own_record(
+        &self,
+        round: u64,
+        record: &SiteValidation,
+        scores: &[PatientScore],
+    ) -> anyhow::Result<()> {
         let folder = self.config.work_dir.join(OWN_RECORDS_DIR);
         std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+        write_atomically(
+            &scores_file(&self.config.work_dir, round),
+            &serde_json::to_vec(scores)?,
+        )?;
         let bytes = serde_json::to_vec(record)?;
         write_atomically(&folder.join(format!("round-{round:04}.json")), &bytes)
     }

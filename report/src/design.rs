@@ -137,3 +137,160 @@ pub fn design_page(title: &str, note: &str, rows: &[DesignRow], summary: DesignS
     };
     markup.into_string()
 }
+
+/// One site's paired comparison of two models on its own patients (the paired DeLong test).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComparisonRow {
+    pub site: String,
+    /// Patients both models were validated on, and those with LNM.
+    pub n: u64,
+    pub n_positive: u64,
+    pub auc_a: f64,
+    pub auc_b: f64,
+    /// AUC(a) − AUC(b), its DeLong SE, 95% CI and two-sided p.
+    pub delta: f64,
+    pub se: Option<f64>,
+    pub ci_lower: Option<f64>,
+    pub ci_upper: Option<f64>,
+    pub p: Option<f64>,
+}
+
+/// The comparison of model `a` with model `b` at every site, and its random-effects summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    /// `multimodal − image-only`.
+    pub label: String,
+    pub rows: Vec<ComparisonRow>,
+}
+
+impl Comparison {
+    /// The random-effects summary of the sites' ΔAUC on the identity scale (REML, Knapp–Hartung);
+    /// sites without a positive SE are left out. `None` below two sites.
+    #[must_use]
+    pub fn pooled(&self) -> Option<fedlnm_shared::stats::meta::RandomEffects> {
+        let sites: Vec<fedlnm_shared::stats::meta::SiteEstimate> = self
+            .rows
+            .iter()
+            .filter_map(|row| {
+                let se = row.se.filter(|se| *se > 0.0 && se.is_finite())?;
+                Some(fedlnm_shared::stats::meta::SiteEstimate {
+                    site: row.site.clone(),
+                    estimate: row.delta,
+                    variance: se * se,
+                })
+            })
+            .collect();
+        fedlnm_shared::stats::meta::random_effects(&sites).ok()
+    }
+}
+
+/// The page of a model comparison: per comparison, each site's ΔAUC with its CI and p, a forest plot
+/// around 0, and the random-effects summary with its prediction interval.
+#[must_use]
+pub fn comparison_page(title: &str, note: &str, comparisons: &[Comparison]) -> String {
+    let signed = |value: f64| format!("{:+.3}", value + 0.0);
+    let markup: Markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { (title) } style { (PreEscaped(STYLE)) } }
+            body {
+                h1 { (title) }
+                p class="note" { (note) }
+                @for (index, comparison) in comparisons.iter().enumerate() {
+                    @let pooled = comparison.pooled();
+                    h2 { "ΔAUC: " (comparison.label) }
+                    table class="comparison" {
+                        thead { tr { th { "site" } th { "n" } th { "AUC a" } th { "AUC b" } th { "ΔAUC (95% CI)" } th { "p" } } }
+                        tbody {
+                            @for row in &comparison.rows {
+                                tr data-site=(row.site) { td { (row.site) } td { (row.n) }
+                                    td { (format!("{:.3}", row.auc_a)) } td { (format!("{:.3}", row.auc_b)) }
+                                    td { (match (row.ci_lower, row.ci_upper) {
+                                        (Some(l), Some(u)) => format!("{} ({} to {})", signed(row.delta), signed(l), signed(u)),
+                                        _ => signed(row.delta),
+                                    }) }
+                                    td { (row.p.map_or_else(|| "—".to_owned(), |p| if p < 0.001 { "<0.001".to_owned() } else { format!("{p:.3}") })) } }
+                            }
+                            @if let Some(p) = &pooled {
+                                tr class="pooled" { td { "random-effects summary (k = " (p.sites.len()) ")" } td {} td {} td {}
+                                    td { (format!("{} ({} to {})", signed(p.estimate), signed(p.ci_lower), signed(p.ci_upper))) }
+                                    td { (match (p.prediction_lower, p.prediction_upper) {
+                                        (Some(l), Some(u)) => format!("prediction interval {} to {}; I² = {:.0}%", signed(l), signed(u), 100.0 * p.i2),
+                                        _ => format!("I² = {:.0}%", 100.0 * p.i2),
+                                    }) } }
+                            }
+                        }
+                    }
+                    (comparison_forest(comparison, pooled.as_ref(), index))
+                }
+            }
+        }
+    };
+    markup.into_string()
+}
+
+fn comparison_forest(
+    comparison: &Comparison,
+    pooled: Option<&fedlnm_shared::stats::meta::RandomEffects>,
+    index: usize,
+) -> Markup {
+    let signed = |value: f64| format!("{:+.3}", value + 0.0);
+    let mut rows: Vec<ForestRow> = comparison
+        .rows
+        .iter()
+        .filter_map(|row| {
+            Some(ForestRow {
+                label: format!("{} (n = {})", row.site, row.n),
+                estimate: row.delta,
+                lower: row.ci_lower?,
+                upper: row.ci_upper?,
+                text: format!(
+                    "{} ({} to {})",
+                    signed(row.delta),
+                    signed(row.ci_lower?),
+                    signed(row.ci_upper?)
+                ),
+                kind: RowKind::Estimate,
+            })
+        })
+        .collect();
+    if let Some(p) = pooled {
+        rows.push(ForestRow {
+            label: format!(
+                "Random effects (k = {}, I² = {:.0}%)",
+                p.sites.len(),
+                100.0 * p.i2
+            ),
+            estimate: p.estimate,
+            lower: p.ci_lower,
+            upper: p.ci_upper,
+            text: format!(
+                "{} ({} to {})",
+                signed(p.estimate),
+                signed(p.ci_lower),
+                signed(p.ci_upper)
+            ),
+            kind: RowKind::Summary {
+                prediction: p.prediction_lower.zip(p.prediction_upper),
+            },
+        });
+    }
+    let widest = rows
+        .iter()
+        .flat_map(|row| [row.lower.abs(), row.upper.abs()])
+        .fold(0.1_f64, f64::max);
+    let half = ((widest * 10.0).ceil() / 10.0).min(1.0);
+    let id = format!("comparison-forest-{index}");
+    Forest {
+        id: &id,
+        title: "Forest plot of the sites' ΔAUC",
+        x_label: "ΔAUC (paired DeLong 95% CI; summary: Knapp–Hartung CI and prediction interval)",
+        log_scale: false,
+        x: (-half, half),
+        ticks: ticks(-half, half, if half > 0.4 { 0.2 } else { 0.1 }),
+        tick_decimals: 1,
+        reference: Some(0.0),
+        rows,
+    }
+    .render()
+}

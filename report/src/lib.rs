@@ -30,7 +30,10 @@ use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::RoundRecord;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-pub use design::{DesignRow, DesignSummary, design_page, mean_and_sd, random_effects};
+pub use design::{
+    Comparison, ComparisonRow, DesignRow, DesignSummary, comparison_page, design_page, mean_and_sd,
+    random_effects,
+};
 
 /// The row and pool name of the training sites' pool (the tables' `site` column), and of the
 /// validate-only sites' pool.

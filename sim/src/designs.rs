@@ -7,10 +7,15 @@
 
 use super::{SimSite, SimulateArgs, SimulationOutcome, create_out, generate_sites, run_study, sites};
 use anyhow::{Context as _, bail};
-use fedlnm_aggregator::report::html::{DesignRow, DesignSummary, design_page, mean_and_sd, random_effects};
+use fedlnm_aggregator::report::html::{
+    Comparison, ComparisonRow, DesignRow, DesignSummary, comparison_page, design_page, mean_and_sd,
+    random_effects,
+};
 use fedlnm_aggregator::store::RoundStore;
+use fedlnm_node::commands::compare::{own_scores, paired_comparison};
 use fedlnm_shared::config::{CrossValidationFold, SiteRole};
 use fedlnm_shared::federation::{RoundRecord, SiteRoundMetrics};
+use fedlnm_shared::model_config::Modality;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -79,9 +84,16 @@ pub async fn leave_one_site_out(args: &SimulateArgs) -> anyhow::Result<DesignOut
             .collect();
         let name = format!("held-out-{held_out}");
         tracing::info!(held_out, "leave-one-site-out: next study");
-        let study = run_study(args, &out.join(&name), &data_dir, &layout, None)
-            .await
-            .with_context(|| format!("the study holding out {held_out}"))?;
+        let study = run_study(
+            args,
+            &out.join(&name),
+            &data_dir,
+            &layout,
+            None,
+            Modality::Multimodal,
+        )
+        .await
+        .with_context(|| format!("the study holding out {held_out}"))?;
         let record = final_record(&study)?;
         let metrics = record
             .sites
@@ -155,9 +167,16 @@ pub async fn k_fold(args: &SimulateArgs) -> anyhow::Result<DesignOutcome> {
             folds: args.folds,
             fold,
         };
-        let study = run_study(args, &out.join(&name), &data_dir, &layout, Some(cross_validation))
-            .await
-            .with_context(|| format!("the study of fold {fold}"))?;
+        let study = run_study(
+            args,
+            &out.join(&name),
+            &data_dir,
+            &layout,
+            Some(cross_validation),
+            Modality::Multimodal,
+        )
+        .await
+        .with_context(|| format!("the study of fold {fold}"))?;
         let record = final_record(&study)?;
         let pool = record
             .pooled_train_sites
@@ -198,6 +217,156 @@ pub async fn k_fold(args: &SimulateArgs) -> anyhow::Result<DesignOutcome> {
         DesignSummary::MeanAndSd,
     );
     write_design(&out, studies, rows, summary, &page, started)
+}
+
+/// The models a comparison trains, the first compared with each of the others.
+pub const COMPARED: [Modality; 3] = [Modality::Multimodal, Modality::ImageOnly, Modality::ReportOnly];
+
+/// What a model comparison produced.
+#[derive(Debug, Clone)]
+pub struct ComparisonOutcome {
+    /// Each study's modality and outcome, in [`COMPARED`] order.
+    pub studies: Vec<(Modality, SimulationOutcome)>,
+    /// Multimodal against image-only, then against report-only.
+    pub comparisons: Vec<Comparison>,
+    pub summary: String,
+    pub page: PathBuf,
+    pub seconds: f64,
+}
+
+/// Model comparison: one study per modality in [`COMPARED`] on the same sites (same patients, same
+/// splits, same seeds, the same epochs seen per patient); then every site compares the multimodal
+/// model with each single-modality model on its own validation patients (the paired DeLong test
+/// from the scores its node kept, `fedlnm-node`'s `compare`), and the sites' ΔAUCs are pooled by
+/// random effects on the identity scale.
+///
+/// # Errors
+/// Any study's failure, or a site whose two validations hold different patients (named).
+pub async fn model_comparison(args: &SimulateArgs) -> anyhow::Result<ComparisonOutcome> {
+    let started = Instant::now();
+    if args.train_sites < 2 {
+        bail!("--train-sites must be at least 2 (FedAvg needs sites to average)");
+    }
+    let layout = sites(args);
+    let out = create_out(args)?;
+    let data_dir = out.join("data");
+    generate_sites(args, &layout, &data_dir).await?;
+    let mut studies = Vec::new();
+    for modality in COMPARED {
+        tracing::info!(modality = modality.name(), "model comparison: next study");
+        let study = run_study(
+            args,
+            &out.join(modality.name()),
+            &data_dir,
+            &layout,
+            None,
+            modality,
+        )
+        .await
+        .with_context(|| format!("the {} study", modality.name()))?;
+        studies.push((modality, study));
+    }
+    let (reference, others) = studies.split_first().context("three studies")?;
+    let mut comparisons = Vec::new();
+    for (modality, study) in others {
+        let mut rows = Vec::new();
+        for (site, _, _) in &layout {
+            let work = |outcome: &SimulationOutcome| {
+                outcome
+                    .node_work_dirs
+                    .iter()
+                    .find(|(id, _)| id == site)
+                    .map(|(_, work)| work.clone())
+                    .with_context(|| format!("no node of {site}"))
+            };
+            let a = own_scores(&work(&reference.1)?, reference.1.rounds)?;
+            let b = own_scores(&work(study)?, study.rounds)?;
+            let test = paired_comparison(&a, &b).with_context(|| format!("site {site}"))?;
+            rows.push(ComparisonRow {
+                site: site.clone(),
+                n: a.len() as u64,
+                n_positive: a.iter().filter(|s| s.lnm).count() as u64,
+                auc_a: test.auc_a,
+                auc_b: test.auc_b,
+                delta: test.delta,
+                se: test.se,
+                ci_lower: test.ci_lower,
+                ci_upper: test.ci_upper,
+                p: test.p,
+            });
+        }
+        comparisons.push(Comparison {
+            label: format!("{} − {}", reference.0.name(), modality.name()),
+            rows,
+        });
+    }
+    let mut summary = String::new();
+    for comparison in &comparisons {
+        summary.push_str(&format!(
+            "ΔAUC {}\n\n| site | n | AUC a | AUC b | ΔAUC (95% CI) | p |\n|---|---:|---:|---:|---|---:|\n",
+            comparison.label
+        ));
+        for row in &comparison.rows {
+            summary.push_str(&format!(
+                "| {} | {} | {:.3} | {:.3} | {:+.3} ({}) | {} |\n",
+                row.site,
+                row.n,
+                row.auc_a,
+                row.auc_b,
+                row.delta,
+                match (row.ci_lower, row.ci_upper) {
+                    (Some(l), Some(u)) => format!("{l:+.3} to {u:+.3}"),
+                    _ => "CI undefined".to_owned(),
+                },
+                row.p.map_or_else(|| "—".to_owned(), |p| format!("{p:.3}"))
+            ));
+        }
+        match comparison.pooled() {
+            Some(p) => summary.push_str(&format!(
+                "\nRandom-effects summary (k = {}): {:+.3} ({:+.3} to {:+.3}), I² = {:.0}%\n\n",
+                p.sites.len(),
+                p.estimate,
+                p.ci_lower,
+                p.ci_upper,
+                100.0 * p.i2
+            )),
+            None => summary.push_str("\nFewer than two sites with an SE: no summary.\n\n"),
+        }
+    }
+    let note = format!(
+        "Model comparison: the multimodal, image-only and report-only models trained in three studies on \
+         the same synthetic sites, patients, splits and seeds ({} rounds of {} local epochs, secure \
+         aggregation {}). Each site compared the multimodal model with each single-modality model on its \
+         own validation patients (the paired DeLong test, from the scores its node kept; only ΔAUC, its \
+         SE and p left the site); the ΔAUCs are pooled by random effects (identity scale, REML, \
+         Knapp–Hartung CI, prediction interval).",
+        args.rounds,
+        args.local_epochs,
+        if args.plain { "off" } else { "on" }
+    );
+    let page = comparison_page(
+        "Model comparison: multimodal against single modalities",
+        &note,
+        &comparisons,
+    );
+    let page_file = out.join(DESIGN_PAGE);
+    std::fs::write(&page_file, page).with_context(|| format!("cannot write {}", page_file.display()))?;
+    let json = out.join(DESIGN_JSON);
+    let rows: Vec<(&str, &[ComparisonRow])> = comparisons
+        .iter()
+        .map(|c| (c.label.as_str(), c.rows.as_slice()))
+        .collect();
+    std::fs::write(&json, serde_json::to_vec_pretty(&rows)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    let markdown = out.join(DESIGN_MARKDOWN);
+    std::fs::write(&markdown, &summary).with_context(|| format!("cannot write {}", markdown.display()))?;
+    Ok(ComparisonOutcome {
+        studies,
+        comparisons,
+        summary,
+        page: page_file,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// The rows as a markdown table.

@@ -81,7 +81,9 @@ pub struct SimulateArgs {
     /// The validation design: `single` (one study: internal validation on the training sites'
     /// held-out patients, external on the validate-only sites), `leave-one-site-out` (one study per
     /// site, that site held out as the external site; a random-effects summary of the held-out AUCs),
-    /// or `k-fold` (`--folds` studies; study j validates on fold j of every training site).
+    /// `k-fold` (`--folds` studies; study j validates on fold j of every training site), or
+    /// `model-comparison` (multimodal, image-only and report-only on the same patients; the sites'
+    /// paired ΔAUC pooled by random effects).
     #[arg(long, value_enum, default_value_t = Design::Single)]
     pub design: Design,
     /// k of `--design k-fold`.
@@ -94,6 +96,10 @@ pub struct SimulateArgs {
 pub enum Design {
     /// One study.
     Single,
+    /// Three studies on the same sites and patients: multimodal, image-only and report-only; each
+    /// site compares multimodal with each single modality on its own patients (paired DeLong) and the
+    /// ΔAUCs are pooled by random effects.
+    ModelComparison,
     /// One study per site, each holding that site out as its external validation site.
     LeaveOneSiteOut,
     /// k studies, the j-th validating on fold j of every training site's patients.
@@ -121,21 +127,30 @@ pub struct SimulationOutcome {
 /// Runs the simulation (its design) and prints where its results are.
 ///
 /// # Errors
-/// As [`simulate`], [`designs::leave_one_site_out`] and [`designs::k_fold`].
+/// As [`simulate`], [`designs::leave_one_site_out`], [`designs::k_fold`] and
+/// [`designs::model_comparison`].
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // A design of several studies prints what it made: (studies, seconds, page, summary).
     let design = match args.design {
         Design::Single => None,
-        Design::LeaveOneSiteOut => Some(runtime.block_on(designs::leave_one_site_out(args))?),
-        Design::KFold => Some(runtime.block_on(designs::k_fold(args))?),
+        Design::LeaveOneSiteOut => {
+            let d = runtime.block_on(designs::leave_one_site_out(args))?;
+            Some((d.studies.len(), d.seconds, d.page, d.summary))
+        }
+        Design::KFold => {
+            let d = runtime.block_on(designs::k_fold(args))?;
+            Some((d.studies.len(), d.seconds, d.page, d.summary))
+        }
+        Design::ModelComparison => {
+            let d = runtime.block_on(designs::model_comparison(args))?;
+            Some((d.studies.len(), d.seconds, d.page, d.summary))
+        }
     };
-    if let Some(design) = design {
+    if let Some((studies, seconds, page, summary)) = design {
         println!(
-            "{} studies finished in {:.0} s; the design's page: {}\n\n{}",
-            design.studies.len(),
-            design.seconds,
-            design.page.display(),
-            design.summary
+            "{studies} studies finished in {seconds:.0} s; the design's page: {}\n\n{summary}",
+            page.display()
         );
         return Ok(());
     }
@@ -186,7 +201,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     let sites = sites(args);
     let data_dir = out.join("data");
     generate_sites(args, &sites, &data_dir).await?;
-    run_study(args, &out, &data_dir, &sites, None).await
+    run_study(args, &out, &data_dir, &sites, None, Modality::Multimodal).await
 }
 
 /// Creates the output folder (it must not exist or be empty) and returns its absolute path.
@@ -225,15 +240,16 @@ async fn generate_sites(args: &SimulateArgs, sites: &[SimSite], data_dir: &Path)
     Ok(())
 }
 
-/// One study on sites already generated in `data_dir`: `out/study/` (CA, kits, the aggregator's
-/// state) and `out/results/` (the report). With `fold`, every training site validates on that fold
-/// of its patients.
+/// One study of a `modality` model on sites already generated in `data_dir`: `out/study/` (CA,
+/// kits, the aggregator's state) and `out/results/` (the report). With `fold`, every training site
+/// validates on that fold of its patients.
 async fn run_study(
     args: &SimulateArgs,
     out: &Path,
     data_dir: &Path,
     sites: &[SimSite],
     fold: Option<CrossValidationFold>,
+    modality: Modality,
 ) -> anyhow::Result<SimulationOutcome> {
     let started = Instant::now();
     // A throw-away study CA and kits, for the port we actually got.
@@ -253,7 +269,7 @@ async fn run_study(
 
     // The study's model and plan.
     let aggregator_dir = study_dir.join(provision::AGGREGATOR_DIR);
-    let mut model = ModelConfig::tiny(Modality::Multimodal);
+    let mut model = ModelConfig::tiny(modality);
     model.image.input_size = args.image_size;
     model.image.base_width = args.base_width;
     let initial = aggregator_dir.join("initial-model.safetensors");
@@ -350,7 +366,8 @@ async fn run_study(
     let results_dir = out.join("results");
     fedlnm_aggregator::report::write_report(&state_dir, &results_dir)?;
     // Each site's own report, as its node writes it for the hospital alone (`fedlnm-node
-    // site-report`), with the Grad-CAM overlays of its first two patients.
+    // site-report`), with the Grad-CAM overlays of its first two patients when the model has an image
+    // branch to explain.
     for (id, work_dir) in &node_work_dirs {
         let job = SiteReportJob {
             site: id.clone(),
@@ -360,7 +377,11 @@ async fn run_study(
             device: args.device,
             out: results_dir.join(SITE_REPORTS_DIR).join(id),
             // The generator numbers a site's patients from 1.
-            explain: (1..=2).map(|k| format!("{id}-{k:05}")).collect(),
+            explain: if modality.uses_image() {
+                (1..=2).map(|k| format!("{id}-{k:05}")).collect()
+            } else {
+                Vec::new()
+            },
         };
         tokio::task::spawn_blocking(move || write_site_report(&job))
             .await?

@@ -1,7 +1,8 @@
 //! The study's validation designs, each a set of real simulated studies (nodes and aggregator over
 //! mutual-TLS gRPC on loopback) on the same tiny synthetic sites: leave-one-site-out holds every site
 //! out once and summarises the held-out AUCs by random effects; k-fold cross-validation validates
-//! study j on fold j of every training site, each patient once. The design's rows are read back
+//! study j on fold j of every training site, each patient once; the model comparison trains the three
+//! modalities on the same patients and pools each site's paired ΔAUC. The design's rows are read back
 //! from the studies' committed rounds, and its page opens in a browser.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
@@ -10,7 +11,7 @@ use fedlnm_aggregator::store::RoundStore;
 use fedlnm_e2e::browser;
 use fedlnm_shared::config::{ComputeDevice, SiteRole};
 use fedlnm_shared::federation::{RoundRecord, SiteValidation};
-use fedlnm_sim::designs::{DESIGN_JSON, DESIGN_MARKDOWN, k_fold, leave_one_site_out};
+use fedlnm_sim::designs::{DESIGN_JSON, DESIGN_MARKDOWN, k_fold, leave_one_site_out, model_comparison};
 use fedlnm_sim::{Design, SimulateArgs, SimulationOutcome};
 use std::path::Path;
 
@@ -138,4 +139,46 @@ async fn k_fold_validates_every_patient_of_every_training_site_once() {
         markdown.contains(&format!("mean {mean:.3} (SD {sd:.3})")),
         "{markdown}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_comparison_pools_each_sites_paired_delta_auc() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("comparison");
+    let design = model_comparison(&args(&out, Design::ModelComparison))
+        .await
+        .unwrap();
+    let labels: Vec<&str> = design.comparisons.iter().map(|c| c.label.as_str()).collect();
+    assert_eq!(labels, ["multimodal − image-only", "multimodal − report-only"]);
+    let records: Vec<RoundRecord> = design
+        .studies
+        .iter()
+        .map(|(_, study)| final_record(study))
+        .collect();
+    for (comparison, other) in design.comparisons.iter().zip(&records[1..]) {
+        assert_eq!(comparison.rows.len(), 3);
+        for row in &comparison.rows {
+            // Each side of the paired test is the AUC that site reported of that study's final model:
+            // the same patients, scored by the two models.
+            let reported =
+                |record: &RoundRecord| record.sites.iter().find(|s| s.site == row.site).unwrap().clone();
+            let (a, b) = (reported(&records[0]), reported(other));
+            assert_eq!((row.n, a.n_patients, b.n_patients), (a.n_patients, row.n, row.n));
+            assert!((row.auc_a - a.auc.unwrap()).abs() < 1e-12, "{}", row.site);
+            assert!((row.auc_b - b.auc.unwrap()).abs() < 1e-12, "{}", row.site);
+            assert!((row.delta - (row.auc_a - row.auc_b)).abs() < 1e-12);
+        }
+    }
+    let markdown = std::fs::read_to_string(out.join(DESIGN_MARKDOWN)).unwrap();
+    for comparison in &design.comparisons {
+        let pooled = comparison.pooled().expect("three sites with an SE");
+        let expected = format!(
+            "{:+.3} ({:+.3} to {:+.3})",
+            pooled.estimate, pooled.ci_lower, pooled.ci_upper
+        );
+        assert!(markdown.contains(&expected), "{expected} in {markdown}");
+    }
+    let dom = browser::dump_dom(&browser::file_url(&design.page));
+    assert_eq!(browser::count(&dom, "<g class=\"row\""), 6);
+    assert_eq!(browser::count(&dom, "<g class=\"summary\""), 2);
 }

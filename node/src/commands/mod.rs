@@ -2,6 +2,7 @@
 
 pub mod check_data;
 pub mod check_in;
+pub mod compare;
 pub mod federate;
 pub mod model;
 pub mod quality;
