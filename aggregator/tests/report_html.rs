@@ -9,7 +9,7 @@ mod report_fixture;
 use fedlnm_aggregator::report::{self, html::SECTIONS};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::RoundRecord;
-use fedlnm_shared::stats::meta::pooled_auc;
+use fedlnm_shared::stats::meta::{SiteEstimate, pooled_auc, random_effects};
 use report_fixture::{committed_study, study_rounds};
 
 fn html_of(records: &[RoundRecord]) -> String {
@@ -88,6 +88,21 @@ fn every_section_is_there_with_the_records_numbers() {
         assert!(page.contains(&format!("<figure class=\"{figure}\">")), "{figure}");
     }
     assert!(page.contains("Youden threshold"));
+    // The sites' calibration slopes, summarised by random effects with their SEs.
+    let slopes: Vec<SiteEstimate> = last
+        .sites
+        .iter()
+        .map(|s| SiteEstimate {
+            site: s.site.clone(),
+            estimate: s.calibration_slope.unwrap(),
+            variance: s.calibration_slope_se.unwrap().powi(2),
+        })
+        .collect();
+    let slope = random_effects(&slopes).unwrap();
+    assert!(page.contains(&format!(
+        "{:.3} ({:.3}–{:.3})",
+        slope.estimate, slope.ci_lower, slope.ci_upper
+    )));
     // The pooled stage agreement: the summed matrices, and κ with its CI from them.
     let confusion = train_pool.stage_confusion.as_ref().unwrap();
     for scale in ["T", "N", "stage"] {

@@ -108,6 +108,21 @@ fn assert_binary_matches(case: &str, ours: &Value, reference: &Value) {
         &reference["auc_var"],
         1e-6,
     );
+    // Logistic recalibration against statsmodels' Logit (Newton, tol 1e-12): both undefined (one
+    // class, separation) or equal.
+    for key in [
+        "calibration_intercept",
+        "calibration_slope",
+        "calibration_slope_se",
+    ] {
+        assert_close(&format!("{case}.{key}"), &ours[key], &reference[key], 1e-7);
+    }
+    // Calibration-in-the-large against statsmodels' GLM with offset, where that converges (not with
+    // offsets at the clipping bounds, where it reports 6e14).
+    if !reference["calibration_in_the_large"].is_null() {
+        let key = "calibration_in_the_large";
+        assert_close(&format!("{case}.{key}"), &ours[key], &reference[key], 1e-7);
+    }
     for bound in 0..2 {
         let what = format!("{case}.lnm_rate_ci[{bound}]");
         assert_close(

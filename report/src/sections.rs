@@ -8,8 +8,9 @@ use crate::pools::pools;
 use fedlnm_shared::analysis::{AnalysisResult, FitOutcome};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{RoundRecord, STAGE_SCALES, SiteRoundMetrics};
+use fedlnm_shared::stats::Z_95;
 use fedlnm_shared::stats::logistic::FitStatus;
-use fedlnm_shared::stats::meta::PooledAuc;
+use fedlnm_shared::stats::meta::{self, PooledAuc, RandomEffects, SiteEstimate};
 use fedlnm_shared::stats::wilson_interval;
 use maud::{Markup, html};
 
@@ -177,26 +178,60 @@ fn heterogeneity(record: &RoundRecord, summaries: &AucSummaries) -> Markup {
     )
 }
 
+/// A slope with its 95% CI (slope ∓ z·SE), or the slope alone, or a dash.
+fn slope_with_ci(slope: Option<f64>, se: Option<f64>) -> String {
+    match (slope, se) {
+        (Some(b), Some(se)) => format!("{b:.3} ({:.3}–{:.3})", b - Z_95 * se, b + Z_95 * se),
+        (Some(b), None) => format!("{b:.3}"),
+        _ => "—".to_owned(),
+    }
+}
+
+/// The random-effects summary of the sites' calibration slopes (identity scale, weights 1/SE²);
+/// `None` below two sites with a slope and an SE.
+fn pooled_slope(record: &RoundRecord) -> Option<RandomEffects> {
+    let sites: Vec<SiteEstimate> = record
+        .sites
+        .iter()
+        .filter_map(|site| {
+            let se = site.calibration_slope_se.filter(|se| *se > 0.0)?;
+            Some(SiteEstimate {
+                site: site.site.clone(),
+                estimate: site.calibration_slope?,
+                variance: se * se,
+            })
+        })
+        .collect();
+    meta::random_effects(&sites).ok()
+}
+
 fn calibration(record: &RoundRecord, pools: &[PoolFigures]) -> Markup {
+    let slopes = pooled_slope(record);
     section(
         "calibration",
         "TRIPOD+AI 23a",
         html! {
             p class="note" { "Calibration intercept and slope: logistic recalibration logit P(LNM) = a + b·logit(s) "
-                "(ideal: a = 0, b = 1). Per site on its own scores; pooled on the binned scores of the pool. "
-                "The plot shows deciles of predicted risk of each pool." }
+                "(ideal: a = 0, b = 1), the slope with its Wald 95% CI. Per site on its own scores; the sites' "
+                "slopes summarised by random effects (REML, Knapp–Hartung CI); pooled rows on the binned "
+                "scores of the pool. The plot shows deciles of predicted risk of each pool." }
             table class="calibration" {
-                thead { tr { th { "site" } th { "role" } th { "intercept" } th { "slope" } } }
+                thead { tr { th { "site" } th { "role" } th { "intercept" } th { "slope (95% CI)" } } }
                 tbody {
                     @for site in &record.sites {
                         tr { td { (site.site) } td { (site.role) } (cell(fixed(site.calibration_intercept)))
-                             (cell(fixed(site.calibration_slope))) }
+                             (cell(slope_with_ci(site.calibration_slope, site.calibration_slope_se))) }
+                    }
+                    @if let Some(p) = &slopes {
+                        tr class="pooled" { td { "random-effects summary of the slopes (k = " (p.sites.len()) ")" }
+                            td { (format!("I² = {:.0}%", 100.0 * p.i2)) } td {}
+                            td { (format!("{:.3} ({:.3}–{:.3})", p.estimate, p.ci_lower, p.ci_upper)) } }
                     }
                     @for pool in pools {
                         @if let Some(m) = &pool.metrics {
                             tr class="pooled" { td { (pool.name) } td { (pool.role) }
                                 (cell(fixed(m.calibration.calibration_intercept)))
-                                (cell(fixed(m.calibration.calibration_slope))) }
+                                (cell(slope_with_ci(m.calibration.calibration_slope, m.calibration.calibration_slope_se))) }
                         }
                     }
                 }
@@ -244,8 +279,8 @@ pub(super) fn kappa_with_ci(kappa: Option<f64>, se: Option<f64>) -> String {
         (Some(kappa), Some(se)) => format!(
             "{:.3} ({:.3} to {:.3})",
             kappa + 0.0,
-            kappa - fedlnm_shared::stats::Z_95 * se + 0.0,
-            kappa + fedlnm_shared::stats::Z_95 * se + 0.0
+            kappa - Z_95 * se + 0.0,
+            kappa + Z_95 * se + 0.0
         ),
         (Some(kappa), None) => format!("{kappa:.3}"),
         _ => "—".to_owned(),

@@ -318,7 +318,14 @@ pub async fn model_comparison(args: &SimulateArgs) -> anyhow::Result<ComparisonO
                     (Some(l), Some(u)) => format!("{l:+.3} to {u:+.3}"),
                     _ => "CI undefined".to_owned(),
                 },
-                row.p.map_or_else(|| "—".to_owned(), |p| format!("{p:.3}"))
+                row.p.map_or_else(
+                    || "—".to_owned(),
+                    |p| if p < 0.001 {
+                        "<0.001".to_owned()
+                    } else {
+                        format!("{p:.3}")
+                    }
+                )
             ));
         }
         match comparison.pooled() {

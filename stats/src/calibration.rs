@@ -19,6 +19,9 @@ pub struct Calibration {
     pub calibration_intercept: Option<f64>,
     /// b in the same model: 1 is ideal, below 1 means predictions too extreme.
     pub calibration_slope: Option<f64>,
+    /// The SE of b (inverse information, as statsmodels' `bse`): what a meta-analysis of the sites'
+    /// slopes weighs by. `None` where b is.
+    pub calibration_slope_se: Option<f64>,
     /// a in logit P(y = 1) = a + logit(s) (offset, slope fixed at 1): 0 is ideal, above 0 means the
     /// model under-predicts on average. `None` with a single class.
     pub calibration_in_the_large: Option<f64>,
@@ -42,16 +45,27 @@ pub fn calibration(y: &[bool], s: &[f64]) -> Calibration {
     let start = subsample(y, s).and_then(|(ys, ps)| {
         let in_the_large = intercept_with_offset(&ys, &ps, 0.0)?;
         let xs: Vec<f64> = ps.iter().map(|&p| clipped_logit(p)).collect();
-        Some((in_the_large, recalibration_fit(&ys, &xs, (in_the_large, 1.0))))
+        Some((
+            in_the_large,
+            recalibration_fit(&ys, &xs, (in_the_large, 1.0)).map(|(a, b, _)| (a, b)),
+        ))
     });
     let in_the_large = intercept_with_offset(y, s, start.map_or(0.0, |(a, _)| a));
     let recalibration_start = start
         .and_then(|(_, fit)| fit)
         .unwrap_or((in_the_large.unwrap_or(0.0), 1.0));
-    let (intercept, slope) = recalibration_fit(y, &logits, recalibration_start).unzip();
+    // Newton's iteration is not globally convergent: from a start far from the maximiser on a tiny or
+    // awkward cohort it can overshoot and diverge where the engine's start (β = 0) converges. Then the
+    // engine's start decides, so that the fit is the engine's whenever the engine has one.
+    let fit = recalibration_fit(y, &logits, recalibration_start).or_else(|| {
+        (recalibration_start != (0.0, 0.0))
+            .then(|| recalibration_fit(y, &logits, (0.0, 0.0)))
+            .flatten()
+    });
     Calibration {
-        calibration_intercept: intercept,
-        calibration_slope: slope,
+        calibration_intercept: fit.map(|f| f.0),
+        calibration_slope: fit.map(|f| f.1),
+        calibration_slope_se: fit.map(|f| f.2),
         calibration_in_the_large: in_the_large,
     }
 }
@@ -92,8 +106,9 @@ fn clipped_logit(score: f64) -> f64 {
 /// rows accumulating the five sums of the score and information (in blocks, the block totals
 /// compensated) and a 2×2 solve, instead of the general engine's design matrix. `None` where the engine
 /// gives no estimate: a single class, a constant logit, separation (in one dimension exactly when
-/// the two classes' logit ranges do not overlap), or no convergence.
-fn recalibration_fit(y: &[bool], logits: &[f64], start: (f64, f64)) -> Option<(f64, f64)> {
+/// the two classes' logit ranges do not overlap), or no convergence. Returns (a, b, SE of b), the SE
+/// from the information of the last iterate (within the tolerance of the maximiser).
+fn recalibration_fit(y: &[bool], logits: &[f64], start: (f64, f64)) -> Option<(f64, f64, f64)> {
     let (mut positive, mut negative) = (
         (f64::INFINITY, f64::NEG_INFINITY),
         (f64::INFINITY, f64::NEG_INFINITY),
@@ -120,7 +135,9 @@ fn recalibration_fit(y: &[bool], logits: &[f64], start: (f64, f64)) -> Option<(f
         a += da;
         b += db;
         if da.abs() <= logistic::TOLERANCE && db.abs() <= logistic::TOLERANCE {
-            return Some((a, b));
+            // The [1][1] element of the inverse of [[h00, h01], [h01, h11]].
+            let se = (h00 / det).sqrt();
+            return se.is_finite().then_some((a, b, se));
         }
     }
     None
@@ -301,9 +318,10 @@ mod tests {
             (
                 c.calibration_intercept,
                 c.calibration_slope,
+                c.calibration_slope_se,
                 c.calibration_in_the_large
             ),
-            (None, None, None)
+            (None, None, None, None)
         );
         let c = calibration(&[true, false, true, false], &[1.0, 0.0, 0.7, 0.6]);
         assert!(c.calibration_in_the_large.is_some_and(f64::is_finite));
@@ -319,7 +337,13 @@ mod tests {
             let spec = DesignSpec::new(vec![TermSpec::numeric("logit_score")]).unwrap();
             let design = spec.build(y.len(), &[TermColumn::Numeric(x)]).ok()?;
             let fit = logistic::fit(&design, y, FitOptions::default()).ok()?;
-            (fit.status == FitStatus::Ok).then(|| (fit.terms[0].coef.unwrap(), fit.terms[1].coef.unwrap()))
+            (fit.status == FitStatus::Ok).then(|| {
+                (
+                    fit.terms[0].coef.unwrap(),
+                    fit.terms[1].coef.unwrap(),
+                    fit.terms[1].se.unwrap(),
+                )
+            })
         };
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let mut uniform = move || {
@@ -341,10 +365,20 @@ mod tests {
             );
             assert!(
                 (fast.0 - general.0).abs() <= 1e-9 * (1.0 + general.0.abs())
-                    && (fast.1 - general.1).abs() <= 1e-9 * (1.0 + general.1.abs()),
+                    && (fast.1 - general.1).abs() <= 1e-9 * (1.0 + general.1.abs())
+                    && (fast.2 - general.2).abs() <= 1e-9 * general.2,
                 "n = {n}: {fast:?} vs {general:?}"
             );
         }
+        // A tiny cohort where Newton from calibration-in-the-large overshoots and diverges (found by the
+        // statsmodels reference): the fit falls back to the engine's start and is the engine's.
+        let (y, s) = ([false, true, true, true], [0.7, 0.2, 0.9, 0.4]);
+        let x: Vec<f64> = s.iter().map(|&p| clipped_logit(p)).collect();
+        let c = calibration(&y, &s);
+        let general = engine(&y, &x).unwrap();
+        assert!((c.calibration_intercept.unwrap() - general.0).abs() <= 1e-9);
+        assert!((c.calibration_slope.unwrap() - general.1).abs() <= 1e-9);
+        assert!((c.calibration_slope_se.unwrap() - general.2).abs() <= 1e-9 * general.2);
         // Separated, quasi-separated (a tie at the threshold), constant, one class: neither fits.
         let cases: [(&[bool], &[f64]); 4] = [
             (&[false, false, true, true], &[-1.0, 0.0, 0.5, 2.0]),

@@ -97,6 +97,7 @@ fn metrics(site: &str, k: u64) -> Vec<u8> {
         brier: 0.2,
         calibration_intercept: Some(0.1),
         calibration_slope: Some(0.9),
+        calibration_slope_se: Some(0.2),
         kappa_t: Some(0.3),
         kappa_n: Some(0.2),
         kappa_stage: Some(0.1),

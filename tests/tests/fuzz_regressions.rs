@@ -297,6 +297,7 @@ fn site_metrics() -> SiteRoundMetrics {
         brier: 0.12,
         calibration_intercept: None,
         calibration_slope: None,
+        calibration_slope_se: None,
         kappa_t: Some(0.5),
         kappa_n: None,
         kappa_stage: Some(0.25),

@@ -71,6 +71,7 @@ pub fn site_metrics(
         brier: metrics.brier,
         calibration_intercept: metrics.calibration.calibration_intercept,
         calibration_slope: metrics.calibration.calibration_slope,
+        calibration_slope_se: metrics.calibration.calibration_slope_se,
         kappa_t: t.quadratic.kappa,
         kappa_n: n.quadratic.kappa,
         kappa_stage: stage.quadratic.kappa,

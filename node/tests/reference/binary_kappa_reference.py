@@ -66,15 +66,19 @@ def calibration(y, s):
     y ~ 1 + offset(logit(s)) (statsmodels GLM, binomial); scores clipped to [1e-12, 1 - 1e-12]."""
     p = np.clip(s, 1e-12, 1 - 1e-12)
     logit = np.log(p / (1 - p))
-    out = {"calibration_intercept": None, "calibration_slope": None}
+    out = {"calibration_intercept": None, "calibration_slope": None, "calibration_slope_se": None}
     try:
         fit = sm.Logit(y, sm.add_constant(logit, has_constant="add")).fit(disp=0, method="newton", maxiter=100, tol=1e-12)
         if fit.mle_retvals["converged"] and np.all(np.abs(fit.params) < 50):
             out["calibration_intercept"], out["calibration_slope"] = float(fit.params[0]), float(fit.params[1])
+            out["calibration_slope_se"] = float(fit.bse[1])
     except Exception:  # perfect separation: statsmodels raises; the value is undefined
         pass
     glm = sm.GLM(y, np.ones((len(y), 1)), family=sm.families.Binomial(), offset=logit).fit(tol=1e-12)
-    out["calibration_in_the_large"] = float(glm.params[0])
+    # statsmodels' IRLS can end anywhere when the offsets sit at the clipping bounds (it reports
+    # 6e14 there): such a fit is no reference.
+    converged = glm.converged and abs(float(glm.params[0])) < 50
+    out["calibration_in_the_large"] = float(glm.params[0]) if converged else None
     return out
 
 
@@ -114,7 +118,8 @@ def binary_case(frame):
     out["ppv_ci_at_0.5"] = wilson(tp, tp + fp)
     out["npv_at_0.5"] = tn / (tn + fn) if tn + fn else None
     out.update(calibration(y, s) if both else
-               {"calibration_intercept": None, "calibration_slope": None, "calibration_in_the_large": None})
+               {"calibration_intercept": None, "calibration_slope": None, "calibration_slope_se": None,
+                "calibration_in_the_large": None})
     if both:
         fpr, tpr, thresholds = metrics.roc_curve(y, s, drop_intermediate=False)
         out["roc"] = [{"threshold": clean(t), "fpr": float(f), "tpr": float(r)} for t, f, r in zip(thresholds, fpr, tpr)]

@@ -35,6 +35,9 @@ pub struct SiteRoundMetrics {
     pub calibration_intercept: Option<f64>,
     #[serde(default)]
     pub calibration_slope: Option<f64>,
+    /// The slope's SE (what the meta-analysis of the sites' slopes weighs by).
+    #[serde(default)]
+    pub calibration_slope_se: Option<f64>,
     /// Quadratic-weighted kappa of predicted vs pathological T, N and overall stage.
     pub kappa_t: Option<f64>,
     pub kappa_n: Option<f64>,
@@ -313,6 +316,7 @@ impl SiteRoundMetrics {
             brier: 0.0,
             calibration_intercept: None,
             calibration_slope: None,
+            calibration_slope_se: None,
             kappa_t: None,
             kappa_n: None,
             kappa_stage: None,
@@ -385,6 +389,7 @@ impl SiteRoundMetrics {
             ("kappa_t_se", self.kappa_t_se),
             ("kappa_n_se", self.kappa_n_se),
             ("kappa_stage_se", self.kappa_stage_se),
+            ("calibration_slope_se", self.calibration_slope_se),
         ] {
             if let Some(se) = value
                 && !(se.is_finite() && se >= 0.0)
@@ -472,6 +477,7 @@ impl SiteRoundMetrics {
             brier: lnm.brier,
             calibration_intercept: lnm.calibration.calibration_intercept,
             calibration_slope: lnm.calibration.calibration_slope,
+            calibration_slope_se: lnm.calibration.calibration_slope_se,
             kappa_t: report.t_kappa.quadratic.kappa,
             kappa_n: report.n_kappa.quadratic.kappa,
             kappa_stage: report.stage_kappa.quadratic.kappa,
