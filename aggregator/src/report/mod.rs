@@ -40,6 +40,7 @@ pub use crate::store::{RECORD_FILE as ROUND_FILE, ROUND_DIR_PREFIX, ROUNDS_DIR, 
 pub use tables::CSV_COLUMNS;
 
 use crate::store::StoreError;
+use crate::study::now_rfc3339;
 use fedlnm_shared::federation::{HistogramError, RoundRecord};
 use fedlnm_shared::stats::StatsError;
 use std::path::{Path, PathBuf};
@@ -233,15 +234,6 @@ pub fn write_report(state_dir: &Path, out: &Path) -> Result<ReportSummary, Repor
         final_round: last.record.round,
         files_written,
     })
-}
-
-/// Now, as RFC 3339 (UTC), for the "page made" line.
-pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.replace_nanosecond(0)
-        .unwrap_or(now)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// The live status page: `live` over the report of the rounds committed so far in `state_dir`. A

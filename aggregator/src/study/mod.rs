@@ -587,10 +587,12 @@ fn to_status(error: AggregationError) -> Status {
     }
 }
 
-/// The current UTC time as RFC 3339.
+/// The current UTC time as RFC 3339, to the second (commit times, the report's "page made").
 #[must_use]
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(0)
+        .unwrap_or(now)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
