@@ -156,7 +156,7 @@ pub struct ComparisonRow {
 }
 
 /// The comparison of model `a` with model `b` at every site, and its random-effects summary.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     /// `multimodal − image-only`.
     pub label: String,

@@ -24,17 +24,31 @@ pub const DESIGN_PAGE: &str = "design.html";
 pub const DESIGN_JSON: &str = "design.json";
 pub const DESIGN_MARKDOWN: &str = "design.md";
 
-/// What a design produced.
+/// What a design produced: its studies, its results (the rows of leave-one-site-out and k-fold, the
+/// comparisons of a model comparison), and its files.
 #[derive(Debug, Clone)]
-pub struct DesignOutcome {
+pub struct DesignOutcome<T> {
     /// Each study's name (its folder under the output folder) and outcome.
     pub studies: Vec<(String, SimulationOutcome)>,
-    /// One row per study: what it validated on and the AUC there.
-    pub rows: Vec<DesignRow>,
+    pub results: T,
     /// The design's summary as markdown (also in `design.md`).
     pub summary: String,
     pub page: PathBuf,
     pub seconds: f64,
+}
+
+impl<T> DesignOutcome<T> {
+    /// What the command line prints: the studies, the page and the summary.
+    #[must_use]
+    pub fn printed(&self) -> String {
+        format!(
+            "{} studies finished in {:.0} s; the design's page: {}\n\n{}",
+            self.studies.len(),
+            self.seconds,
+            self.page.display(),
+            self.summary
+        )
+    }
 }
 
 /// The last committed round of a study.
@@ -62,7 +76,7 @@ fn row_of(label: &str, metrics: &SiteRoundMetrics, model_digest: &str) -> Design
 ///
 /// # Errors
 /// Fewer than three sites (a study needs two training sites), or any study's failure (named).
-pub async fn leave_one_site_out(args: &SimulateArgs) -> anyhow::Result<DesignOutcome> {
+pub async fn leave_one_site_out(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<DesignRow>>> {
     let started = Instant::now();
     let base = sites(args);
     if base.len() < 3 {
@@ -146,7 +160,7 @@ pub async fn leave_one_site_out(args: &SimulateArgs) -> anyhow::Result<DesignOut
 ///
 /// # Errors
 /// `--folds` below 2, or any study's failure (named).
-pub async fn k_fold(args: &SimulateArgs) -> anyhow::Result<DesignOutcome> {
+pub async fn k_fold(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<DesignRow>>> {
     let started = Instant::now();
     if args.folds < 2 {
         bail!("--folds must be at least 2");
@@ -222,18 +236,6 @@ pub async fn k_fold(args: &SimulateArgs) -> anyhow::Result<DesignOutcome> {
 /// The models a comparison trains, the first compared with each of the others.
 pub const COMPARED: [Modality; 3] = [Modality::Multimodal, Modality::ImageOnly, Modality::ReportOnly];
 
-/// What a model comparison produced.
-#[derive(Debug, Clone)]
-pub struct ComparisonOutcome {
-    /// Each study's modality and outcome, in [`COMPARED`] order.
-    pub studies: Vec<(Modality, SimulationOutcome)>,
-    /// Multimodal against image-only, then against report-only.
-    pub comparisons: Vec<Comparison>,
-    pub summary: String,
-    pub page: PathBuf,
-    pub seconds: f64,
-}
-
 /// Model comparison: one study per modality in [`COMPARED`] on the same sites (same patients, same
 /// splits, same seeds, the same epochs seen per patient); then every site compares the multimodal
 /// model with each single-modality model on its own validation patients (the paired DeLong test
@@ -242,7 +244,7 @@ pub struct ComparisonOutcome {
 ///
 /// # Errors
 /// Any study's failure, or a site whose two validations hold different patients (named).
-pub async fn model_comparison(args: &SimulateArgs) -> anyhow::Result<ComparisonOutcome> {
+pub async fn model_comparison(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Comparison>>> {
     let started = Instant::now();
     if args.train_sites < 2 {
         bail!("--train-sites must be at least 2 (FedAvg needs sites to average)");
@@ -264,7 +266,7 @@ pub async fn model_comparison(args: &SimulateArgs) -> anyhow::Result<ComparisonO
         )
         .await
         .with_context(|| format!("the {} study", modality.name()))?;
-        studies.push((modality, study));
+        studies.push((modality.name().to_owned(), study));
     }
     let (reference, others) = studies.split_first().context("three studies")?;
     let mut comparisons = Vec::new();
@@ -296,7 +298,7 @@ pub async fn model_comparison(args: &SimulateArgs) -> anyhow::Result<ComparisonO
             });
         }
         comparisons.push(Comparison {
-            label: format!("{} − {}", reference.0.name(), modality.name()),
+            label: format!("{} − {modality}", reference.0),
             rows,
         });
     }
@@ -356,24 +358,7 @@ pub async fn model_comparison(args: &SimulateArgs) -> anyhow::Result<ComparisonO
         &note,
         &comparisons,
     );
-    let page_file = out.join(DESIGN_PAGE);
-    std::fs::write(&page_file, page).with_context(|| format!("cannot write {}", page_file.display()))?;
-    let json = out.join(DESIGN_JSON);
-    let rows: Vec<(&str, &[ComparisonRow])> = comparisons
-        .iter()
-        .map(|c| (c.label.as_str(), c.rows.as_slice()))
-        .collect();
-    std::fs::write(&json, serde_json::to_vec_pretty(&rows)?)
-        .with_context(|| format!("cannot write {}", json.display()))?;
-    let markdown = out.join(DESIGN_MARKDOWN);
-    std::fs::write(&markdown, &summary).with_context(|| format!("cannot write {}", markdown.display()))?;
-    Ok(ComparisonOutcome {
-        studies,
-        comparisons,
-        summary,
-        page: page_file,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    write_design(&out, studies, comparisons, summary, &page, started)
 }
 
 /// The rows as a markdown table.
@@ -393,24 +378,27 @@ fn table(rows: &[DesignRow]) -> String {
     text
 }
 
-fn write_design(
+/// Writes the design's page, its results as JSON and its summary as markdown into `out`.
+fn write_design<T: serde::Serialize>(
     out: &std::path::Path,
     studies: Vec<(String, SimulationOutcome)>,
-    rows: Vec<DesignRow>,
+    results: T,
     summary: String,
     page: &str,
     started: Instant,
-) -> anyhow::Result<DesignOutcome> {
+) -> anyhow::Result<DesignOutcome<T>> {
     let page_file = out.join(DESIGN_PAGE);
-    std::fs::write(&page_file, page).with_context(|| format!("cannot write {}", page_file.display()))?;
-    let json = out.join(DESIGN_JSON);
-    std::fs::write(&json, serde_json::to_vec_pretty(&rows)?)
-        .with_context(|| format!("cannot write {}", json.display()))?;
-    let markdown = out.join(DESIGN_MARKDOWN);
-    std::fs::write(&markdown, &summary).with_context(|| format!("cannot write {}", markdown.display()))?;
+    let json = serde_json::to_vec_pretty(&results)?;
+    for (file, bytes) in [
+        (page_file.clone(), page.as_bytes()),
+        (out.join(DESIGN_JSON), json.as_slice()),
+        (out.join(DESIGN_MARKDOWN), summary.as_bytes()),
+    ] {
+        std::fs::write(&file, bytes).with_context(|| format!("cannot write {}", file.display()))?;
+    }
     Ok(DesignOutcome {
         studies,
-        rows,
+        results,
         summary,
         page: page_file,
         seconds: started.elapsed().as_secs_f64(),

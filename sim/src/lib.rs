@@ -134,24 +134,12 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     // A design of several studies prints what it made: (studies, seconds, page, summary).
     let design = match args.design {
         Design::Single => None,
-        Design::LeaveOneSiteOut => {
-            let d = runtime.block_on(designs::leave_one_site_out(args))?;
-            Some((d.studies.len(), d.seconds, d.page, d.summary))
-        }
-        Design::KFold => {
-            let d = runtime.block_on(designs::k_fold(args))?;
-            Some((d.studies.len(), d.seconds, d.page, d.summary))
-        }
-        Design::ModelComparison => {
-            let d = runtime.block_on(designs::model_comparison(args))?;
-            Some((d.studies.len(), d.seconds, d.page, d.summary))
-        }
+        Design::LeaveOneSiteOut => Some(runtime.block_on(designs::leave_one_site_out(args))?.printed()),
+        Design::KFold => Some(runtime.block_on(designs::k_fold(args))?.printed()),
+        Design::ModelComparison => Some(runtime.block_on(designs::model_comparison(args))?.printed()),
     };
-    if let Some((studies, seconds, page, summary)) = design {
-        println!(
-            "{studies} studies finished in {seconds:.0} s; the design's page: {}\n\n{summary}",
-            page.display()
-        );
+    if let Some(printed) = design {
+        println!("{printed}");
         return Ok(());
     }
     let outcome = runtime.block_on(simulate(args))?;

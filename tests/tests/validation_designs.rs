@@ -52,9 +52,9 @@ async fn leave_one_site_out_holds_every_site_out_once() {
     let design = leave_one_site_out(&args(&out, Design::LeaveOneSiteOut))
         .await
         .unwrap();
-    let labels: Vec<&str> = design.rows.iter().map(|row| row.label.as_str()).collect();
+    let labels: Vec<&str> = design.results.iter().map(|row| row.label.as_str()).collect();
     assert_eq!(labels, ["S1", "S2", "S3"]);
-    for ((name, study), row) in design.studies.iter().zip(&design.rows) {
+    for ((name, study), row) in design.studies.iter().zip(&design.results) {
         assert_eq!(name, &format!("held-out-{}", row.label));
         let record = final_record(study);
         // The held-out site never trained: it is the study's validate-only site.
@@ -76,8 +76,8 @@ async fn leave_one_site_out_holds_every_site_out_once() {
     // The summary is the random-effects meta-analysis of the rows, and the files hold them.
     let stored: Vec<DesignRow> =
         serde_json::from_slice(&std::fs::read(out.join(DESIGN_JSON)).unwrap()).unwrap();
-    assert_eq!(stored, design.rows);
-    let pooled = random_effects(&design.rows).expect("three held-out AUCs");
+    assert_eq!(stored, design.results);
+    let pooled = random_effects(&design.results).expect("three held-out AUCs");
     let markdown = std::fs::read_to_string(out.join(DESIGN_MARKDOWN)).unwrap();
     let expected = format!(
         "{:.3} ({:.3}–{:.3})",
@@ -98,7 +98,7 @@ async fn k_fold_validates_every_patient_of_every_training_site_once() {
     let design = k_fold(&args(&out, Design::KFold)).await.unwrap();
     assert_eq!(design.studies.len(), 2);
     let mut validated = std::collections::BTreeMap::<String, u64>::new();
-    for ((name, study), row) in design.studies.iter().zip(&design.rows) {
+    for ((name, study), row) in design.studies.iter().zip(&design.results) {
         let record = final_record(study);
         assert_eq!(record.contributors, ["S1", "S2"], "{name}");
         let pool = record.pooled_train_sites.as_ref().unwrap();
@@ -133,7 +133,7 @@ async fn k_fold_validates_every_patient_of_every_training_site_once() {
     }
     // Over the two folds every patient of every training site was validated exactly once.
     assert_eq!(validated, [("S1".to_owned(), 48), ("S2".to_owned(), 48)].into());
-    let (mean, sd) = mean_and_sd(&design.rows).unwrap();
+    let (mean, sd) = mean_and_sd(&design.results).unwrap();
     let markdown = std::fs::read_to_string(out.join(DESIGN_MARKDOWN)).unwrap();
     assert!(
         markdown.contains(&format!("mean {mean:.3} (SD {sd:.3})")),
@@ -148,14 +148,14 @@ async fn model_comparison_pools_each_sites_paired_delta_auc() {
     let design = model_comparison(&args(&out, Design::ModelComparison))
         .await
         .unwrap();
-    let labels: Vec<&str> = design.comparisons.iter().map(|c| c.label.as_str()).collect();
+    let labels: Vec<&str> = design.results.iter().map(|c| c.label.as_str()).collect();
     assert_eq!(labels, ["multimodal − image-only", "multimodal − report-only"]);
     let records: Vec<RoundRecord> = design
         .studies
         .iter()
         .map(|(_, study)| final_record(study))
         .collect();
-    for (comparison, other) in design.comparisons.iter().zip(&records[1..]) {
+    for (comparison, other) in design.results.iter().zip(&records[1..]) {
         assert_eq!(comparison.rows.len(), 3);
         for row in &comparison.rows {
             // Each side of the paired test is the AUC that site reported of that study's final model:
@@ -170,7 +170,7 @@ async fn model_comparison_pools_each_sites_paired_delta_auc() {
         }
     }
     let markdown = std::fs::read_to_string(out.join(DESIGN_MARKDOWN)).unwrap();
-    for comparison in &design.comparisons {
+    for comparison in &design.results {
         let pooled = comparison.pooled().expect("three sites with an SE");
         let expected = format!(
             "{:+.3} ({:+.3} to {:+.3})",
