@@ -167,3 +167,107 @@ fn site_names_are_escaped() {
     );
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
 }
+
+/// A stored analysis whose adjusted model is separated and one of whose sites refused: the page says
+/// so in words and shows no odds ratio for the separated model, while the crude fits that exist are
+/// shown with their CIs.
+#[test]
+fn a_separated_analysis_is_reported_as_such() {
+    use fedlnm_aggregator::store::RoundStore;
+    use fedlnm_shared::analysis::{AnalysisConfig, AnalysisResult, FitOutcome, SiteExclusion, SiteRate};
+    use fedlnm_shared::stats::logistic::{FitStatus, LogisticFit, Separation, SeparationKind, TermEstimate};
+
+    let records = study_rounds();
+    let state = committed_study(&records);
+    let analysis = AnalysisConfig::registered();
+    let term = |name: &str, or: Option<(f64, f64, f64)>| TermEstimate {
+        name: name.to_owned(),
+        coef: or.map(|(o, _, _)| o.ln()),
+        se: or.map(|_| 0.2),
+        z: or.map(|_| 2.0),
+        p: or.map(|_| 0.04),
+        or: or.map(|(o, _, _)| o),
+        or_ci_lower: or.map(|(_, l, _)| l),
+        or_ci_upper: or.map(|(_, _, u)| u),
+    };
+    let fit = |status: FitStatus, terms: Vec<TermEstimate>, separation: Option<Separation>| LogisticFit {
+        status,
+        n: 300,
+        n_positive: 100,
+        outcome_rate: 1.0 / 3.0,
+        loglik: (status == FitStatus::Ok).then_some(-180.0),
+        iterations: 6,
+        terms,
+        separation,
+    };
+    let separated = fit(
+        FitStatus::Separation,
+        analysis.terms.iter().map(|t| term(t, None)).collect(),
+        Some(Separation {
+            kind: SeparationKind::QuasiComplete,
+            terms: vec!["capsule_contact_over_25".to_owned()],
+            n_boundary: 12,
+        }),
+    );
+    let crude: Vec<FitOutcome> = analysis
+        .terms
+        .iter()
+        .map(|t| FitOutcome {
+            terms: vec![t.clone()],
+            fit: Some(fit(
+                FitStatus::Ok,
+                vec![term("const", None), term(t, Some((1.9, 1.2, 3.01)))],
+                None,
+            )),
+            error: None,
+        })
+        .collect();
+    let result = AnalysisResult {
+        sites: vec![SiteRate {
+            site: "S1".to_owned(),
+            n: 300,
+            events: 100,
+            rate: 1.0 / 3.0,
+            ci_lower: 0.28,
+            ci_upper: 0.39,
+        }],
+        pooled: None,
+        excluded: vec![SiteExclusion {
+            site: "S2".to_owned(),
+            reason: "fewer than 10 labelled patients".to_owned(),
+        }],
+        adjusted: FitOutcome {
+            terms: analysis.terms.clone(),
+            fit: Some(separated),
+            error: None,
+        },
+        crude,
+        steps: 9,
+        analysis,
+    };
+    RoundStore::open(state.path())
+        .unwrap()
+        .write_analysis(&result)
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    report::write_report(state.path(), out.path()).unwrap();
+    let page = std::fs::read_to_string(out.path().join(report::REPORT_HTML)).unwrap();
+    assert!(page.contains(
+        "separation: no finite odds ratio exists for this model; none is reported (quasi-complete \
+         separation along capsule_contact_over_25; 12 patients predicted perfectly)"
+    ));
+    assert!(page.contains("not included: fewer than 10 labelled patients"));
+    // Each term's row: the crude odds ratio, and a dash for the separated adjusted model.
+    for name in &result.analysis.terms {
+        assert!(
+            page.contains(&format!(
+                "<tr data-term=\"{name}\"><td>{name}</td><td>1.90 (1.20–3.01)</td><td>0.040</td><td class=\"undefined\">—</td>"
+            )),
+            "{name}"
+        );
+    }
+    assert!(!page.contains("Adjusted model: n ="));
+    // The forest plot shows the crude odds ratios only, under their heading.
+    assert!(!page.contains(">Adjusted odds ratios</text>"));
+    assert!(page.contains(">Crude odds ratios</text>"));
+}

@@ -388,9 +388,17 @@ pub(super) fn odds_ratio_forest(result: &AnalysisResult, id: &str) -> Markup {
         std::iter::once(("Adjusted", &result.adjusted)).chain(result.crude.iter().map(|c| ("Crude", c)));
     let mut last_heading = "";
     for (heading, outcome) in groups {
-        let Some(fit) = outcome.fit.as_ref() else {
+        // Only the terms with an odds ratio (a separated or failed fit has none).
+        let estimates: Vec<(String, f64, f64, f64)> = outcome
+            .fit
+            .iter()
+            .flat_map(|fit| &fit.terms)
+            .filter(|term| term.name != "const")
+            .filter_map(|term| Some((term.name.clone(), term.or?, term.or_ci_lower?, term.or_ci_upper?)))
+            .collect();
+        if estimates.is_empty() {
             continue;
-        };
+        }
         if heading != last_heading {
             rows.push(ForestRow {
                 label: format!("{heading} odds ratios"),
@@ -402,18 +410,16 @@ pub(super) fn odds_ratio_forest(result: &AnalysisResult, id: &str) -> Markup {
             });
             last_heading = heading;
         }
-        for term in fit.terms.iter().filter(|term| term.name != "const") {
-            if let (Some(or), Some(lower), Some(upper)) = (term.or, term.or_ci_lower, term.or_ci_upper) {
-                extent = (extent.0.min(lower), extent.1.max(upper));
-                rows.push(ForestRow {
-                    label: term.name.clone(),
-                    estimate: or,
-                    lower,
-                    upper,
-                    text: format!("{or:.2} ({lower:.2}–{upper:.2})"),
-                    kind: RowKind::Estimate,
-                });
-            }
+        for (name, or, lower, upper) in estimates {
+            extent = (extent.0.min(lower), extent.1.max(upper));
+            rows.push(ForestRow {
+                label: name,
+                estimate: or,
+                lower,
+                upper,
+                text: format!("{or:.2} ({lower:.2}–{upper:.2})"),
+                kind: RowKind::Estimate,
+            });
         }
     }
     // Ticks at 1, 2, 5, 10, ... and their reciprocals, within [0.1, 100].

@@ -9,7 +9,7 @@ use fedlnm_shared::analysis::{AnalysisResult, FitOutcome};
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{RoundRecord, STAGE_SCALES, SiteRoundMetrics};
 use fedlnm_shared::stats::Z_95;
-use fedlnm_shared::stats::logistic::FitStatus;
+use fedlnm_shared::stats::logistic::{FitStatus, SeparationKind};
 use fedlnm_shared::stats::meta::{self, PooledAuc, RandomEffects, SiteEstimate};
 use fedlnm_shared::stats::wilson_interval;
 use maud::{Markup, html};
@@ -360,7 +360,15 @@ fn no_fit(outcome: &FitOutcome) -> Option<String> {
             },
             fit.separation
                 .as_ref()
-                .map_or_else(String::new, |separation| format!(" ({separation:?})"))
+                .map_or_else(String::new, |separation| format!(
+                    " ({} separation along {}; {} patients predicted perfectly)",
+                    match separation.kind {
+                        SeparationKind::Complete => "complete",
+                        SeparationKind::QuasiComplete => "quasi-complete",
+                    },
+                    separation.terms.join(", "),
+                    separation.n_boundary
+                ))
         )),
         (None, Some(error)) => Some(format!("no fit: {error}")),
         (None, None) => Some("no fit".to_owned()),
