@@ -16,6 +16,7 @@
 pub mod analysis;
 mod category;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod data;
 pub mod evaluation;

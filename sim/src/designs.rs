@@ -5,7 +5,7 @@
 //! the design adds one page (`design.html`) and its rows as JSON (`design.json`) and markdown
 //! (`design.md`).
 
-use super::{SimSite, SimulateArgs, SimulationOutcome, create_out, generate_sites, run_study, sites};
+use super::{SimSite, SimulateArgs, SimulationOutcome, prepare, run_study, sites};
 use anyhow::{Context as _, bail};
 use fedlnm_aggregator::report::html::{
     Comparison, ComparisonRow, DesignRow, DesignSummary, comparison_page, design_page, mean_and_sd,
@@ -86,9 +86,7 @@ pub async fn leave_one_site_out(args: &SimulateArgs) -> anyhow::Result<DesignOut
             base.len()
         );
     }
-    let out = create_out(args)?;
-    let data_dir = out.join("data");
-    generate_sites(args, &base, &data_dir).await?;
+    let (out, data_dir) = prepare(args, &base).await?;
     let mut studies = Vec::new();
     let mut rows = Vec::new();
     for (held_out, _, _) in &base {
@@ -169,9 +167,7 @@ pub async fn k_fold(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Des
         bail!("--train-sites must be at least 2 (FedAvg needs sites to average)");
     }
     let layout = sites(args);
-    let out = create_out(args)?;
-    let data_dir = out.join("data");
-    generate_sites(args, &layout, &data_dir).await?;
+    let (out, data_dir) = prepare(args, &layout).await?;
     let mut studies = Vec::new();
     let mut rows = Vec::new();
     for fold in 0..args.folds {
@@ -196,7 +192,6 @@ pub async fn k_fold(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Des
             .pooled_train_sites
             .as_ref()
             .with_context(|| format!("the training sites of {name} were not pooled"))?;
-        let estimate = pool.histogram.auc()?;
         rows.push(DesignRow {
             label: format!("fold {fold}"),
             n: pool.n_patients,
@@ -204,7 +199,7 @@ pub async fn k_fold(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Des
             auc: pool.auc,
             ci_lower: pool.auc_ci_lower,
             ci_upper: pool.auc_ci_upper,
-            variance: estimate.and_then(|e| e.variance),
+            variance: pool.auc_variance,
             model_digest: record.model_digest.clone(),
         });
         studies.push((name, study));
@@ -250,9 +245,7 @@ pub async fn model_comparison(args: &SimulateArgs) -> anyhow::Result<DesignOutco
         bail!("--train-sites must be at least 2 (FedAvg needs sites to average)");
     }
     let layout = sites(args);
-    let out = create_out(args)?;
-    let data_dir = out.join("data");
-    generate_sites(args, &layout, &data_dir).await?;
+    let (out, data_dir) = prepare(args, &layout).await?;
     let mut studies = Vec::new();
     for modality in COMPARED {
         tracing::info!(modality = modality.name(), "model comparison: next study");

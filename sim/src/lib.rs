@@ -185,17 +185,19 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<SimulationOutcome> 
     if args.train_sites < 2 {
         bail!("--train-sites must be at least 2 (FedAvg needs sites to average)");
     }
-    let out = create_out(args)?;
     let sites = sites(args);
-    let data_dir = out.join("data");
-    generate_sites(args, &sites, &data_dir).await?;
+    let (out, data_dir) = prepare(args, &sites).await?;
     run_study(args, &out, &data_dir, &sites, None, Modality::Multimodal).await
 }
 
-/// Creates the output folder (it must not exist or be empty) and returns its absolute path.
-fn create_out(args: &SimulateArgs) -> anyhow::Result<PathBuf> {
+/// Creates the output folder (it must not exist or be empty) and generates `sites` into its
+/// `data/`; returns both absolute paths. Every study of a design shares these sites.
+async fn prepare(args: &SimulateArgs, sites: &[SimSite]) -> anyhow::Result<(PathBuf, PathBuf)> {
     fedlnm_node::commands::create_output_dir(&args.out, "a simulation")?;
-    Ok(std::fs::canonicalize(&args.out)?)
+    let out = std::fs::canonicalize(&args.out)?;
+    let data_dir = out.join("data");
+    generate_sites(args, sites, &data_dir).await?;
+    Ok((out, data_dir))
 }
 
 /// Writes the synthetic sites into `data_dir` (one folder per site; a site's data depend on its

@@ -40,7 +40,7 @@ pub use crate::store::{RECORD_FILE as ROUND_FILE, ROUND_DIR_PREFIX, ROUNDS_DIR, 
 pub use tables::CSV_COLUMNS;
 
 use crate::store::StoreError;
-use crate::study::now_rfc3339;
+use fedlnm_shared::clock::now_rfc3339;
 use fedlnm_shared::federation::{HistogramError, RoundRecord};
 use fedlnm_shared::stats::StatsError;
 use std::path::{Path, PathBuf};

@@ -2,11 +2,12 @@
 //! steps of a round (aggregating and committing) as jobs that the service runs off the study lock and
 //! hands back to [`Study::job_done`].
 
-use super::{Aggregating, Committing, Phase, Study, Validating, now_rfc3339};
+use super::{Aggregating, Committing, Phase, Study, Validating};
 use crate::aggregation::{FinishError, Poll, RoundAggregate};
 use crate::secure::Attempt;
 use crate::statistics::PoolSum;
 use crate::store::{Committed, ModelBlob, StoreError};
+use fedlnm_shared::clock::now_rfc3339;
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::fedavg::apply_delta;
 use fedlnm_shared::federation::{PooledMetrics, PrivacySpent, RoundRecord, SiteRoundMetrics};

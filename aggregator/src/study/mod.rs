@@ -215,7 +215,7 @@ impl Study {
                     dropped: Vec::new(),
                     aggregation_seconds: 0.0,
                     round_seconds: 0.0,
-                    committed_at: now_rfc3339(),
+                    committed_at: fedlnm_shared::clock::now_rfc3339(),
                     sites: Vec::new(),
                     pooled_train_sites: None,
                     pooled_validation_sites: None,
@@ -585,14 +585,4 @@ fn to_status(error: AggregationError) -> Status {
         AggregationError::Invalid(message) => Status::invalid_argument(message),
         AggregationError::WrongTime(message) => Status::failed_precondition(message),
     }
-}
-
-/// The current UTC time as RFC 3339, to the second (commit times, the report's "page made").
-#[must_use]
-pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.replace_nanosecond(0)
-        .unwrap_or(now)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

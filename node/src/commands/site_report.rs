@@ -133,12 +133,7 @@ pub fn write_site_report(job: &SiteReportJob) -> anyhow::Result<PathBuf> {
             });
         }
     }
-    let now = time::OffsetDateTime::now_utc();
-    let generated_at = now
-        .replace_nanosecond(0)
-        .unwrap_or(now)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let generated_at = fedlnm_shared::clock::now_rfc3339();
     let page = site_page(&SitePage {
         site: &job.site,
         study: &job.study,

@@ -135,6 +135,9 @@ pub struct PooledMetrics {
     pub auc: Option<f64>,
     pub auc_ci_lower: Option<f64>,
     pub auc_ci_upper: Option<f64>,
+    /// The pooled AUC's DeLong variance (absent in records written before it was kept).
+    #[serde(default)]
+    pub auc_variance: Option<f64>,
     /// Σ over `sites` of their score histograms (the secure sum; the pooled ROC curve and decision
     /// curve come from it).
     pub histogram: ScoreHistogram,
@@ -245,6 +248,7 @@ impl PooledMetrics {
             auc: estimate.map(|e| e.auc),
             auc_ci_lower: estimate.and_then(|e| e.ci_lower),
             auc_ci_upper: estimate.and_then(|e| e.ci_upper),
+            auc_variance: estimate.and_then(|e| e.variance),
             histogram,
             stage_confusion: None,
         })
