@@ -58,6 +58,7 @@ pub(super) fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [
         }
     }
     t.u64(64); // ring bits
+    t.bytes(crate::prg::Generator::PROTOCOL.id().as_bytes()); // a node on another generator mismatches
     t.finish()
 }
 
