@@ -1,11 +1,14 @@
 //! Secure-aggregation benchmark: mask generation and unmasking throughput per core for an 11M-parameter
-//! vector, and the round overhead against plain FedAvg on the same vectors, as a markdown table.
+//! vector (the protocol's generator, and every generator side by side, interleaved so that they meet the
+//! same machine load), and the round overhead against plain FedAvg on the same vectors, as markdown
+//! tables.
 //!
 //! With `FLWR_PYTHON` naming a Python that has `flwr` installed, the same run also times Flower's
 //! SecAgg+ (`flower_secaggplus.py`, next to this file) on the same vector length and site counts and
 //! prints the ratios, one core on each side; without it that part is skipped with a note.
 //!
-//! Run with `cargo bench -p fedlnm-shared --bench secagg` (set `SECAGG_BENCH_SITES=3,10` to trim), or
+//! Run with `cargo bench -p fedlnm-shared --bench secagg` (set `SECAGG_BENCH_SITES=3,10` to trim, or
+//! `SECAGG_BENCH_SITES=` for the per-core tables alone), or
 //! `FLWR_PYTHON=/tmp/flwr-venv/bin/python cargo bench -p fedlnm-shared --bench secagg`
 //! (`SECAGG_FLOWER_REPEATS`, default 2: rounds per site count on each side of the comparison).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark harness: a panic is a failed run.
@@ -15,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fedlnm_shared::host::cpu_model;
-use fedlnm_shared::secagg::prg::{MaskSeed, Sign, apply_masks};
+use fedlnm_shared::secagg::prg::{Generator, MaskSeed, Sign, apply_masks, apply_masks_with};
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
     QuantizationConfig, SecAggClient, SecAggConfig, SecAggServer, SiteId, tensor_specs,
@@ -162,7 +165,9 @@ fn main() {
     let mut target = vec![0u64; PARAMS];
     let mask = best_of(5, || apply_masks(&mut target, 0, &[(&seed, Sign::Add)], 1));
     println!(
-        "| mask generation: ChaCha20 PRG + add, Z_2^64 | {:.1} | {:.2} GB/s of mask |",
+        "| mask generation: {:?} PRG ({}) + add, Z_2^64 | {:.1} | {:.2} GB/s of mask |",
+        Generator::PROTOCOL,
+        Generator::PROTOCOL.backend(),
         mask.as_secs_f64() * 1e3,
         gb_per_s(bytes, mask)
     );
@@ -189,6 +194,8 @@ fn main() {
             gb_per_s(bytes, t)
         );
     }
+
+    generator_comparison(&mut target);
 
     println!("\n### Round overhead vs plain FedAvg (same f32 vectors, same run)\n");
     println!(
@@ -223,6 +230,44 @@ fn main() {
     }
 
     flower_comparison(&sites, &delta, &Primitives { mask, quantize });
+}
+
+/// Every mask generator, one core, PRG + add into a u64 vector: 7 passes, each timing every generator
+/// once in turn, so that a burst of load on the machine hits all of them; the fastest pass of each.
+fn generator_comparison(target: &mut [u64]) {
+    const GENERATORS: [Generator; 2] = [Generator::ChaCha20, Generator::Aes128Ctr];
+    let seed = MaskSeed::from_bytes([7; 32]);
+    let mut best = [Duration::MAX; GENERATORS.len()];
+    for _ in 0..7 {
+        for (generator, best) in GENERATORS.iter().zip(&mut best) {
+            let start = Instant::now();
+            apply_masks_with(*generator, target, 0, &[(&seed, Sign::Add)], 1);
+            black_box(&mut *target);
+            *best = (*best).min(start.elapsed());
+        }
+    }
+    let bytes = target.len() * 8;
+    println!(
+        "\n### Mask generators (1 thread, {} elements, PRG + add into u64, interleaved)\n",
+        target.len()
+    );
+    println!("{}.\n", cpu_model());
+    println!("| generator | backend | time (ms) | GB/s of mask | vs ChaCha20 |");
+    println!("|---|---|---:|---:|---:|");
+    for (generator, time) in GENERATORS.iter().zip(best) {
+        let protocol = if *generator == Generator::PROTOCOL {
+            " (protocol)"
+        } else {
+            ""
+        };
+        println!(
+            "| {generator:?}{protocol} | {} | {:.1} | {:.2} | {:.2}x |",
+            generator.backend(),
+            time.as_secs_f64() * 1e3,
+            gb_per_s(bytes, time),
+            best[0].as_secs_f64() / time.as_secs_f64(),
+        );
+    }
 }
 
 /// Flower's SecAgg+ against ours, one core each, interleaved site count by site count so that both
