@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod stages;
+mod sum;
 pub(crate) use stages::Drive;
+pub use sum::{SecureSum, SumLayout, SumOutcome};
 
 /// One start of a round: its number, which start it is (an abandoned round starts again as a new
 /// attempt, with its own protocol instance), the random id of the aggregator process that opened it,
@@ -203,6 +205,11 @@ impl SecureAggregation {
     }
 
     /// The protocol id of each site.
+    /// The configuration every task of this instance carries.
+    pub(crate) fn secagg_config(&self) -> &SecAggConfig {
+        &self.secagg_config
+    }
+
     pub(crate) fn ids(&self) -> &BTreeMap<String, SiteId> {
         &self.ids
     }

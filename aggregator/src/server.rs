@@ -476,8 +476,9 @@ impl FederationHandler for FederationService {
 
     async fn secure_aggregation(&self, caller: Caller, message: SecAggMessage) -> Result<Vec<u8>, Status> {
         let (site, role) = self.authorize(caller, &message.claim)?;
-        // Validate-only sites take part in the secure sum of their pool's statistics, never in training.
-        if !self.lock().is_validating(message.round) {
+        // Validate-only sites take part in the secure sums of statistics (their pool's, an analysis
+        // step's), never in training.
+        if !self.lock().sums_statistics(message.round) {
             self.require_training_site(&site, role)?;
         }
         self.shared

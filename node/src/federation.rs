@@ -10,10 +10,7 @@ use crate::commands::model::{LoadedExamples, load_examples, prepare_autotune_cac
 use anyhow::{Context as _, bail};
 use fedlnm_model::train::{self, TrainingEvent};
 use fedlnm_protocol::payload;
-use fedlnm_protocol::{
-    AnalysisTask, Client, ClientError, ModelRef, RoundAggregation, Task, TrainTask, ValidateTask,
-};
-use fedlnm_shared::analysis::{self, AnalysisAnswer};
+use fedlnm_protocol::{Client, ClientError, ModelRef, RoundAggregation, Task, TrainTask, ValidateTask};
 use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{ComputeDevice, CrossValidationFold, NodeConfig, SiteRole};
 use fedlnm_shared::data;
@@ -26,6 +23,7 @@ use fedlnm_shared::weights::NamedTensors;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod analysis;
 mod secure;
 use secure::is_left_out;
 pub use secure::{authentication, rounding_secret, secret_from_hex, write_rounding_secret};
@@ -183,43 +181,6 @@ impl Node {
         }
     }
 
-    /// Answers a step of a study analysis from the site's manifest (its labelled patients; no image
-    /// is read), under the site's own `[analysis]` limits: only sums of rows, or a refusal with its
-    /// reason, leave the site. An answer the aggregator no longer takes (the step closed) is logged.
-    async fn answer_analysis(&mut self, client: &mut Client, task: &AnalysisTask) -> anyhow::Result<()> {
-        if self.records.is_none() {
-            let dir = self.config.data.clone();
-            let read = tokio::task::spawn_blocking(move || data::read_manifest(&dir))
-                .await
-                .context("reading the manifest stopped")??;
-            self.records = Some(read.records.into_iter().map(|(_, record)| record).collect());
-        }
-        let records = self.records.as_deref().unwrap_or_default();
-        let answer = analysis::site_answer(records, &task.request, self.config.analysis);
-        if let AnalysisAnswer::Refused { reason } = &answer {
-            tracing::warn!(
-                site = self.config.site,
-                analysis = task.analysis,
-                reason,
-                "refusing the analysis"
-            );
-        } else {
-            tracing::debug!(
-                site = self.config.site,
-                analysis = task.analysis,
-                step = task.step,
-                "analysis step answered"
-            );
-        }
-        match client.report_analysis(&task.analysis, task.step, &answer).await {
-            Err(error) if !error.is_fatal() && matches!(error, ClientError::Refused { .. }) => {
-                tracing::warn!(site = self.config.site, analysis = task.analysis, %error, "answer not taken");
-                Ok(())
-            }
-            result => Ok(result?),
-        }
-    }
-
     /// Downloads a model version (size and digest checked by the transfer) and checks its
     /// configuration against the announced and the pinned digest.
     async fn download(&self, client: &mut Client, model: &ModelRef) -> anyhow::Result<(Checkpoint, Vec<u8>)> {
@@ -340,7 +301,7 @@ impl Node {
                 self.join_instance(
                     client,
                     round,
-                    model_ref,
+                    &model_ref.digest,
                     config,
                     *site_id,
                     InputKind::WeightedDelta,
@@ -427,7 +388,14 @@ impl Node {
         let mut pool = match &task.statistics {
             Some((config, site_id)) => {
                 match self
-                    .join_instance(client, round, &task.model, config, *site_id, InputKind::Counts)
+                    .join_instance(
+                        client,
+                        round,
+                        &task.model.digest,
+                        config,
+                        *site_id,
+                        InputKind::Counts,
+                    )
                     .await
                 {
                     Ok(joined) => Some(joined),

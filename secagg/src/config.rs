@@ -119,6 +119,12 @@ pub enum InputKind {
     /// `quantization.max_sample_count`, and one more element carries 1 per site (the sum is then the
     /// number of sites in it, checked). Decoded by [`crate::SecAggServer::finish_counts`].
     Counts,
+    /// Elements of the ring Z_2^64, one vector per configured "tensor", summed modulo 2^64 with no
+    /// quantization and no bound: the caller encodes (the study's analyses: signed fixed point whose
+    /// scales make the true sum fit) and decodes; the sum reveals Σ_k x_k mod 2^64 and nothing else.
+    /// One more element carries 1 per site, as for counts. Decoded by
+    /// [`crate::SecAggServer::finish_ring`].
+    Ring,
 }
 
 /// Distributed differential-privacy noise of a training instance (Kairouz, Liu & Steinke 2021):
@@ -264,10 +270,10 @@ impl SecAggConfig {
         if self.fedbn_exclude.iter().any(String::is_empty) {
             return Err(invalid("fedbn_exclude", "empty pattern".into()));
         }
-        if self.input == InputKind::Counts && !self.fedbn_exclude.is_empty() {
+        if self.input != InputKind::WeightedDelta && !self.fedbn_exclude.is_empty() {
             return Err(invalid(
                 "fedbn_exclude",
-                "counts have no local tensors: expected no pattern".into(),
+                "counts and ring sums have no local tensors: expected no pattern".into(),
             ));
         }
         let aggregated: Vec<TensorSpec> = self

@@ -83,7 +83,9 @@
 //! # Statistics and differential privacy
 //! An instance of [`InputKind::Counts`] sums non-negative integer vectors exactly (the pools' score
 //! histograms: [`SecAggClient::masked_counts`], [`SecAggServer::finish_counts`]); its last element
-//! carries 1 per site. A training instance with [`DistributedNoise`] has each site clip its delta to
+//! carries 1 per site. An instance of [`InputKind::Ring`] sums vectors of Z_2^64 modulo 2^64 that the
+//! caller encodes and decodes (the study's analyses: signed fixed point, [`SecAggClient::masked_ring`],
+//! [`SecAggServer::finish_ring`]). A training instance with [`DistributedNoise`] has each site clip its delta to
 //! L2 norm C, weigh 1 and add discrete Gaussian noise of deviation z·C/√t per element before masking
 //! ([`noise`]), so the sum of at least t survivors carries deviation at least z·C.
 //!

@@ -38,7 +38,8 @@ pub struct Aggregate {
     pub dropped: Vec<SiteId>,
 }
 
-/// The decoded result of a statistics instance ([`crate::InputKind::Counts`]).
+/// The decoded result of a statistics instance ([`crate::InputKind::Counts`]) or of a ring instance
+/// ([`crate::InputKind::Ring`]: the sums modulo 2^64).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountSum {
     pub round: u64,
@@ -385,6 +386,14 @@ impl SecAggServer {
     /// |U3| sites may report (then some upload was not made by the protocol).
     pub fn finish_counts(&mut self) -> Result<CountSum, SecAggError> {
         self.finish_with(InputKind::Counts, Self::decode_counts)
+    }
+
+    /// As [`Self::finish`], for a ring instance: the sums modulo 2^64 of the sites' vectors.
+    ///
+    /// # Errors
+    /// As [`Self::finish`]; also a sum whose site element is not |U3|.
+    pub fn finish_ring(&mut self) -> Result<CountSum, SecAggError> {
+        self.finish_with(InputKind::Ring, Self::decode_ring)
     }
 
     fn finish_with<T>(

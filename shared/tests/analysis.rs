@@ -1,15 +1,18 @@
 //! The federated analysis of clinical factors, run in process: the sites answer each Newton step with
-//! sums of their own rows only, and the coordinator's odds ratios equal the fit of all rows pooled;
-//! a site under the disclosure threshold refuses and is named; a request for anything but the
-//! configured fits is refused; separation is reported as such; bad configurations name the key.
+//! sums of their own rows only, which the coordinator sees only added (their ring vectors summed
+//! modulo 2^64, as the secure sum delivers them), and its odds ratios equal the fit of all rows
+//! pooled; a site under the disclosure threshold refuses and is named; fewer than two sites do not
+//! fit; a request for anything but the configured fits is refused; separation is reported as such;
+//! bad configurations name the key.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 use fedlnm_shared::analysis::{
-    AnalysisAnswer, AnalysisConfig, AnalysisResult, AnalysisRun, FitRequest, Progress, SitePolicy,
-    pooled_rows, site_answer,
+    AnalysisAnswer, AnalysisConfig, AnalysisRequest, AnalysisResult, AnalysisRun, FitRequest, Progress,
+    RingSum, SecureStep, SitePolicy, pooled_rows, ring, site_step,
 };
 use fedlnm_shared::data::PatientRecord;
 use fedlnm_shared::data::report::Sex;
+use fedlnm_shared::secagg::{ModelVersion, QuantizationConfig, SecAggConfig, Security, SiteId};
 use fedlnm_shared::stats::logistic::{self, FitOptions, FitStatus, LogisticFit};
 use fedlnm_shared::synth::profile::SiteProfile;
 use fedlnm_shared::synth::{OutputFormat, SynthConfig, generate_cohort};
@@ -42,28 +45,123 @@ fn clinical_factors() -> AnalysisConfig {
     .unwrap()
 }
 
-/// Runs `config` over `sites` as the aggregator would: every participant answers every step; a run
-/// that a site breaks starts again without it.
+/// The request of `run`'s current step as the aggregator sends it: after step 0, with the
+/// configuration of the step's secure sum.
+fn request_of(run: &AnalysisRun) -> AnalysisRequest {
+    let mut request = run.request();
+    if request.step > 0 {
+        let ids: BTreeMap<String, SiteId> = run
+            .participants()
+            .iter()
+            .enumerate()
+            .map(|(k, site)| (site.clone(), SiteId(k as u32 + 1)))
+            .collect();
+        let config = SecAggConfig {
+            study_id: "study".into(),
+            round: 1,
+            model_version: ModelVersion::new("model", u64::from(request.step)),
+            participants: ids.values().copied().collect(),
+            threshold: 2,
+            tensors: ring::tensor_specs(&request.analysis, &request.fits).unwrap(),
+            fedbn_exclude: Vec::new(),
+            quantization: QuantizationConfig::default(),
+            max_delta_norm: 1.0,
+            input: ring::INPUT,
+            privacy: None,
+            security: Security::CuriousServer,
+        };
+        request.sum = Some(Box::new(SecureStep {
+            config,
+            ids,
+            rows: run.rows(),
+        }));
+    }
+    request
+}
+
+/// A site's answer to `request` and, at a Newton step, the ring vectors its node masks.
+fn answer(
+    rows: &[PatientRecord],
+    request: &AnalysisRequest,
+    policy: SitePolicy,
+) -> (AnalysisAnswer, Option<Vec<Vec<u64>>>) {
+    match site_step(rows, request, policy) {
+        Err(reason) => (AnalysisAnswer::Refused { reason }, None),
+        Ok(step) if request.step == 0 => (
+            AnalysisAnswer::Joined {
+                n: step.n,
+                events: step.events,
+            },
+            None,
+        ),
+        Ok(step) => {
+            let sum = request.sum.as_ref().unwrap();
+            let vectors =
+                ring::encode(&request.analysis, &request.fits, sum.rows, &step.contributions).unwrap();
+            let masked = AnalysisAnswer::Masked {
+                n: step.n,
+                events: step.events,
+                input: Vec::new(),
+            };
+            (masked, Some(vectors))
+        }
+    }
+}
+
+/// The secure sum's result: every vector added modulo 2^64.
+fn ring_sum(vectors: &BTreeMap<String, Vec<Vec<u64>>>) -> RingSum {
+    let mut sums: Vec<Vec<u64>> = vectors
+        .values()
+        .next()
+        .unwrap()
+        .iter()
+        .map(|v| vec![0; v.len()])
+        .collect();
+    for site in vectors.values() {
+        for (sum, vector) in sums.iter_mut().zip(site) {
+            for (s, v) in sum.iter_mut().zip(vector) {
+                *s = s.wrapping_add(*v);
+            }
+        }
+    }
+    RingSum {
+        sites: vectors.keys().cloned().collect(),
+        sums,
+    }
+}
+
+/// Runs `config` over `sites` as the aggregator would: every participant answers every step, and
+/// the coordinator gets the ring sum of their vectors.
 fn federate(config: &AnalysisConfig, sites: &[(&str, Vec<PatientRecord>)]) -> AnalysisResult {
     let names: Vec<String> = sites.iter().map(|(s, _)| (*s).to_owned()).collect();
-    let mut run = AnalysisRun::new(config.clone(), names, Vec::new()).unwrap();
-    let mut request = run.request();
+    let mut run = AnalysisRun::new(config.clone(), names, Vec::new(), 2).unwrap();
     loop {
-        let answers: BTreeMap<String, AnalysisAnswer> = sites
+        let request = request_of(&run);
+        let mut answers = BTreeMap::new();
+        let mut vectors = BTreeMap::new();
+        for (site, rows) in sites
             .iter()
             .filter(|(site, _)| run.participants().iter().any(|p| p == site))
-            .map(|(site, rows)| {
-                (
-                    (*site).to_owned(),
-                    site_answer(rows, &request, SitePolicy::default()),
-                )
-            })
-            .collect();
-        match run.update(&answers).unwrap() {
-            Progress::Continue(next) => request = next,
+        {
+            let (reply, vector) = answer(rows, &request, SitePolicy::default());
+            answers.insert((*site).to_owned(), reply);
+            if let Some(vector) = vector {
+                vectors.insert((*site).to_owned(), vector);
+            }
+        }
+        let sum = (!vectors.is_empty()).then(|| ring_sum(&vectors));
+        match run.update(&answers, sum.as_ref()).unwrap() {
+            Progress::Continue(_) => {}
             Progress::Done(result) => return *result,
         }
     }
+}
+
+/// `rows` as two sites, S1 and S2.
+fn halves(rows: Vec<PatientRecord>) -> Vec<(&'static str, Vec<PatientRecord>)> {
+    let mut first = rows;
+    let second = first.split_off(first.len() / 2);
+    vec![("S1", first), ("S2", second)]
 }
 
 fn assert_same_fit(federated: &LogisticFit, pooled: &LogisticFit, what: &str) {
@@ -160,36 +258,40 @@ fn federated_odds_ratios_equal_the_pooled_fit_and_name_the_sites() {
 fn a_site_refuses_requests_beyond_the_configured_fits_and_steps() {
     let rows = records("S1", "tertiary", 200, 7);
     let config = clinical_factors();
-    let run = AnalysisRun::new(config.clone(), vec!["S1".into()], Vec::new()).unwrap();
-    let mut request = run.request();
+    let run = AnalysisRun::new(config.clone(), vec!["S1".into(), "S2".into()], Vec::new(), 2).unwrap();
+    let refusal = |request: &AnalysisRequest, policy: SitePolicy| match answer(&rows, request, policy).0 {
+        AnalysisAnswer::Refused { reason } => reason,
+        other => panic!("answered: {other:?}"),
+    };
+    let mut request = request_of(&run);
     // Two of the terms together: not the adjusted model, not a crude one.
     request.fits.push(FitRequest {
         terms: vec!["male".into(), "multifocal".into()],
         beta: vec![0.0; 3],
     });
-    let AnalysisAnswer::Refused { reason } = site_answer(&rows, &request, SitePolicy::default()) else {
-        panic!("an unconfigured fit was answered");
-    };
+    let reason = refusal(&request, SitePolicy::default());
     assert!(
         reason.contains("[male, multifocal] is not one of the analysis's"),
         "{reason}"
     );
 
-    let mut request = run.request();
+    let mut request = request_of(&run);
     request.step = 500;
-    let AnalysisAnswer::Refused { reason } = site_answer(&rows, &request, SitePolicy::default()) else {
-        panic!("step 500 was answered");
-    };
+    let reason = refusal(&request, SitePolicy::default());
     assert!(reason.contains("step 500 is past"), "{reason}");
+
+    // A Newton step without a secure sum (its sums would reach the aggregator alone) is refused.
+    let mut request = request_of(&run);
+    request.step = 1;
+    let reason = refusal(&request, SitePolicy::default());
+    assert!(reason.contains("step 1 lacks a secure sum"), "{reason}");
 
     // The site's own threshold applies when it is stricter than the study's.
     let strict = SitePolicy {
         enabled: true,
         min_rows: 500,
     };
-    let AnalysisAnswer::Refused { reason } = site_answer(&rows, &run.request(), strict) else {
-        panic!("the site's own threshold was ignored");
-    };
+    let reason = refusal(&request_of(&run), strict);
     assert!(
         reason.contains("below the disclosure threshold of 500"),
         "{reason}"
@@ -198,29 +300,58 @@ fn a_site_refuses_requests_beyond_the_configured_fits_and_steps() {
         enabled: false,
         min_rows: 10,
     };
-    assert!(matches!(
-        site_answer(&rows, &run.request(), off),
-        AnalysisAnswer::Refused { .. }
-    ));
+    assert!(refusal(&request_of(&run), off).contains("analysis.enabled = false"));
+}
+
+#[test]
+fn a_secure_sum_between_fewer_than_two_sites_is_refused_and_never_fitted() {
+    let rows = records("S1", "tertiary", 200, 12);
+    let config = clinical_factors();
+    // The coordinator ends a run that only one site joined, saying why.
+    let result = federate(
+        &config,
+        &[("S1", rows.clone()), ("TINY", records("TINY", "rural", 6, 13))],
+    );
+    let error = result.adjusted.error.as_deref().unwrap();
+    assert!(
+        error.contains("1 site(s) took part; the analysis needs at least 2"),
+        "{error}"
+    );
+    assert!(result.adjusted.fit.is_none() && result.crude.iter().all(|c| c.fit.is_none()));
+    // A site asked to join a sum whose only other member is itself refuses.
+    let mut run = AnalysisRun::new(config, vec!["S1".into(), "S2".into()], Vec::new(), 2).unwrap();
+    let joined = answer(&rows, &run.request(), SitePolicy::default()).0;
+    let answers: BTreeMap<String, AnalysisAnswer> =
+        [("S1".to_owned(), joined.clone()), ("S2".to_owned(), joined)].into();
+    run.update(&answers, None).unwrap();
+    let mut request = request_of(&run);
+    let sum = request.sum.as_mut().unwrap();
+    sum.ids.remove("S2");
+    sum.config.threshold = 1;
+    let AnalysisAnswer::Refused { reason } = answer(&rows, &request, SitePolicy::default()).0 else {
+        panic!("a one-site sum was answered");
+    };
+    assert!(
+        reason.contains("a sum over one site would be this site's own sums"),
+        "{reason}"
+    );
 }
 
 #[test]
 fn a_site_that_refuses_after_step_zero_or_sends_the_wrong_size_is_named() {
     let rows = records("S1", "tertiary", 200, 8);
     let config = clinical_factors();
-    let mut run = AnalysisRun::new(config, vec!["S1".into(), "S2".into()], Vec::new()).unwrap();
-    let request = run.request();
-    let answer = site_answer(&rows, &request, SitePolicy::default());
+    let mut run = AnalysisRun::new(config, vec!["S1".into(), "S2".into()], Vec::new(), 2).unwrap();
+    let joined = answer(&rows, &run.request(), SitePolicy::default()).0;
     let answers: BTreeMap<String, AnalysisAnswer> =
-        [("S1".to_owned(), answer.clone()), ("S2".to_owned(), answer)].into();
-    let Progress::Continue(request) = run.update(&answers).unwrap() else {
-        panic!("finished after one step");
+        [("S1".to_owned(), joined.clone()), ("S2".to_owned(), joined)].into();
+    let Progress::Continue(_) = run.update(&answers, None).unwrap() else {
+        panic!("finished after step 0");
     };
+    let request = request_of(&run);
+    let (masked, vector) = answer(&rows, &request, SitePolicy::default());
     let mut answers: BTreeMap<String, AnalysisAnswer> = [
-        (
-            "S1".to_owned(),
-            site_answer(&rows, &request, SitePolicy::default()),
-        ),
+        ("S1".to_owned(), masked.clone()),
         (
             "S2".to_owned(),
             AnalysisAnswer::Refused {
@@ -229,7 +360,7 @@ fn a_site_that_refuses_after_step_zero_or_sends_the_wrong_size_is_named() {
         ),
     ]
     .into();
-    let error = run.update(&answers).unwrap_err();
+    let error = run.update(&answers, None).unwrap_err();
     assert_eq!(error.site, "S2");
     assert!(
         error
@@ -238,16 +369,25 @@ fn a_site_that_refuses_after_step_zero_or_sends_the_wrong_size_is_named() {
         "{error}"
     );
     answers.remove("S2");
-    let error = run.update(&answers).unwrap_err();
+    let error = run.update(&answers, None).unwrap_err();
     assert!(
         error.to_string().contains("site S2: no answer to step 1"),
         "{error}"
     );
     // A site whose size changes between steps is caught (its sums would not be of the same rows).
-    let fewer = site_answer(&rows[..150], &request, SitePolicy::default());
+    let fewer = answer(&rows[..150], &request, SitePolicy::default()).0;
     answers.insert("S2".into(), fewer);
-    let error = run.update(&answers).unwrap_err();
+    let error = run.update(&answers, None).unwrap_err();
     assert!(error.reason.contains("150 patients"), "{error}");
+    // Both answered, but the secure sum holds S1's vectors only: S2 is named.
+    answers.insert("S2".into(), masked);
+    let only_s1 = ring_sum(&[("S1".to_owned(), vector.unwrap())].into());
+    let error = run.update(&answers, Some(&only_s1)).unwrap_err();
+    assert_eq!(error.site, "S2");
+    assert!(
+        error.reason.contains("not in the secure sum of step 1"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -265,7 +405,7 @@ fn separation_is_reported_as_such() {
         "#,
     )
     .unwrap();
-    let result = federate(&config, &[("S1", rows)]);
+    let result = federate(&config, &halves(rows));
     let adjusted = result.adjusted.fit.unwrap();
     assert_eq!(adjusted.status, FitStatus::Separation);
     assert!(adjusted.separation.unwrap().terms.contains(&"male".to_owned()));
@@ -333,7 +473,7 @@ fn a_model_the_pooled_rows_cannot_identify_is_reported_with_the_reason() {
         "#,
     )
     .unwrap();
-    let result = federate(&config, &[("S1", records("S1", "tertiary", 200, 10))]);
+    let result = federate(&config, &halves(records("S1", "tertiary", 200, 10)));
     assert!(result.adjusted.fit.is_none());
     let error = result.adjusted.error.unwrap();
     assert!(error.contains("rank-deficient"), "{error}");

@@ -1,6 +1,7 @@
 //! Secure sums of statistics (`InputKind::Counts`): the same masking protocol sums integer vectors
 //! exactly (score histograms, counts), with dropouts on both sides of the upload, and refuses inputs
-//! of the other kind or beyond the configured total.
+//! of the other kind or beyond the configured total. Ring sums (`InputKind::Ring`, the analyses'
+//! fixed point) are sums modulo 2^64 of any elements, signed values included.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
 
 use std::collections::BTreeMap;
@@ -16,6 +17,10 @@ use rand_chacha::ChaCha8Rng;
 const BINS: usize = 300;
 
 fn counts_config(n: u32, threshold: usize, max_total: u64) -> RoundConfig {
+    config_of(InputKind::Counts, n, threshold, max_total)
+}
+
+fn config_of(input: InputKind, n: u32, threshold: usize, max_total: u64) -> RoundConfig {
     SecAggConfig {
         study_id: "lnm-study".into(),
         round: 4,
@@ -35,7 +40,7 @@ fn counts_config(n: u32, threshold: usize, max_total: u64) -> RoundConfig {
             ..QuantizationConfig::default()
         },
         max_delta_norm: 1.0,
-        input: InputKind::Counts,
+        input,
         privacy: None,
         // Against an honest-but-curious server: the sums, not the signatures, are under test here
         // (shared/tests/malicious_server.rs).
@@ -90,7 +95,10 @@ fn run(
         }
         let [positive, negative] = &inputs[&delivery.to];
         let client = clients.get_mut(&delivery.to).unwrap();
-        let masked = client.masked_counts(&relay(&delivery), &[positive, negative])?;
+        let masked = match config.input() {
+            InputKind::Ring => client.masked_ring(&relay(&delivery), &[positive, negative])?,
+            _ => client.masked_counts(&relay(&delivery), &[positive, negative])?,
+        };
         server.receive_masked_input(relay(&masked))?;
     }
     server.close_masked_inputs()?;
@@ -100,7 +108,10 @@ fn run(
             server.receive_unmask_response(relay(&client.unmask(&request)?))?;
         }
     }
-    server.finish_counts()
+    match config.input() {
+        InputKind::Ring => server.finish_ring(),
+        _ => server.finish_counts(),
+    }
 }
 
 fn plain_sum(inputs: &BTreeMap<SiteId, [Vec<u64>; 2]>, sites: &[SiteId]) -> Vec<Vec<u64>> {
@@ -108,11 +119,41 @@ fn plain_sum(inputs: &BTreeMap<SiteId, [Vec<u64>; 2]>, sites: &[SiteId]) -> Vec<
     for site in sites {
         for (total, counts) in sum.iter_mut().zip(&inputs[site]) {
             for (t, c) in total.iter_mut().zip(counts) {
-                *t += c;
+                *t = t.wrapping_add(*c);
             }
         }
     }
     sum
+}
+
+#[test]
+fn a_ring_sum_is_the_sum_modulo_2_64_of_signed_values_with_dropouts() {
+    let config = config_of(InputKind::Ring, 5, 3, 1);
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    // Two's complement i64 anywhere in range: the plain sum wraps, the ring sum must wrap alike.
+    let inputs: BTreeMap<SiteId, [Vec<u64>; 2]> = config
+        .participants()
+        .iter()
+        .map(|&site| {
+            let mut vector = || (0..BINS).map(|_| rng.random::<i64>() as u64).collect::<Vec<_>>();
+            (site, [vector(), vector()])
+        })
+        .collect();
+    let sum = run(&config, &inputs, &[SiteId(4)], &[SiteId(1)]).unwrap();
+    let survivors = vec![SiteId(1), SiteId(2), SiteId(3), SiteId(5)];
+    assert_eq!(sum.survivors, survivors);
+    assert_eq!(sum.counts, plain_sum(&inputs, &survivors));
+    // A signed fixed-point value and its negation cancel: −1.5 and +0.25 at 2^-32 sum to −1.25.
+    let encode = |x: f64| ((x * 2f64.powi(32)).round() as i64) as u64;
+    let mut small = inputs.clone();
+    for (k, pair) in small.values_mut().enumerate() {
+        pair[0][0] = encode(if k == 0 { -1.5 } else { 0.25 });
+    }
+    let sum = run(&config, &small, &[], &[]).unwrap();
+    assert_eq!(sum.counts[0][0] as i64 as f64 / 2f64.powi(32), -1.5 + 4.0 * 0.25);
+    // A counts instance does not take ring vectors, nor a ring instance counts.
+    let error = run(&counts_config(5, 3, u64::MAX >> 11), &small, &[], &[]).unwrap_err();
+    assert!(matches!(error, SecAggError::Counts { .. }), "{error}");
 }
 
 #[test]

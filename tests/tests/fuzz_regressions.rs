@@ -443,32 +443,32 @@ fn payload_seeds() -> Vec<Seed> {
     ]
 }
 
+/// A Newton step of the registered analysis, with its secure sum between three sites.
 fn analysis_request() -> fedlnm_shared::analysis::AnalysisRequest {
-    let run = fedlnm_shared::analysis::AnalysisRun::new(
-        fedlnm_shared::analysis::AnalysisConfig::registered(),
-        vec!["S1".into()],
-        Vec::new(),
-    )
-    .unwrap();
-    run.request()
+    use fedlnm_shared::analysis::{AnalysisConfig, AnalysisRun, SecureStep, ring};
+    let sites: Vec<String> = ["S1", "S2", "S3"].map(String::from).to_vec();
+    let run = AnalysisRun::new(AnalysisConfig::registered(), sites.clone(), Vec::new(), 2).unwrap();
+    let mut request = run.request();
+    request.step = 1;
+    let mut config = secagg_config();
+    config.input = ring::INPUT;
+    config.fedbn_exclude.clear();
+    config.tensors = ring::tensor_specs(&request.analysis, &request.fits).unwrap();
+    request.sum = Some(Box::new(SecureStep {
+        ids: sites.into_iter().zip(config.participants.clone()).collect(),
+        config,
+        rows: 120,
+    }));
+    request
 }
 
-/// A site's answer to the registered analysis's step 0, on a small synthetic cohort.
+/// A site's masked answer to that step (the masked input's bytes stand in: the sum checks them).
 fn analysis_answer() -> fedlnm_shared::analysis::AnalysisAnswer {
-    let config = SynthConfig {
-        site: "S1".into(),
-        n_patients: 40,
-        seed: 3,
-        profile: synth::profile::SiteProfile::named("rural").unwrap(),
-        format: OutputFormat::Png,
-        image_size: 32,
-    };
-    let records: Vec<_> = synth::generate_cohort(&config)
-        .patients
-        .into_iter()
-        .map(|p| p.record)
-        .collect();
-    fedlnm_shared::analysis::site_answer(&records, &analysis_request(), Default::default())
+    fedlnm_shared::analysis::AnalysisAnswer::Masked {
+        n: 40,
+        events: 13,
+        input: encode(&secagg_config()),
+    }
 }
 
 fn model_ref() -> ModelRef {

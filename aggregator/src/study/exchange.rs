@@ -30,8 +30,11 @@ impl Study {
                     "round {round} is being validated and site {site} is in no pooled sum of statistics"
                 ))
             })?;
-            pool.accept_message(site, stage, payload).map_err(to_status)?;
+            pool.sum.accept_message(site, stage, payload).map_err(to_status)?;
             return Ok(validating.attempt);
+        }
+        if let Phase::Analysing(analysing) = &mut self.phase {
+            return Self::accept_analysis_message(analysing, site, round, stage, payload);
         }
         let training = self.training_round(round)?;
         training
@@ -41,11 +44,16 @@ impl Study {
         Ok(training.attempt)
     }
 
-    /// Whether the model of `round` is being validated (secure-aggregation messages then belong to
-    /// the pools' sums of statistics, which validate-only sites take part in too).
+    /// Whether the model of `round` is being validated or an analysis runs (secure-aggregation
+    /// messages then belong to a secure sum of statistics, which validate-only sites take part in
+    /// too).
     #[must_use]
-    pub fn is_validating(&self, round: u64) -> bool {
-        matches!(&self.phase, Phase::Validating(v) if v.round == round)
+    pub fn sums_statistics(&self, round: u64) -> bool {
+        match &self.phase {
+            Phase::Validating(v) => v.round == round,
+            Phase::Analysing(_) => true,
+            _ => false,
+        }
     }
 
     /// The reply of a closed secure-aggregation stage of `attempt`; `None` while it is open.
@@ -66,10 +74,16 @@ impl Study {
                 validating
                     .pools
                     .iter()
-                    .find(|pool| pool.has(site))
-                    .and_then(|pool| pool.reply(site, stage))
+                    .find(|pool| pool.sum.has(site))
+                    .and_then(|pool| pool.sum.reply(site, stage))
                     .map(|reply| reply.map_err(to_status))
             }
+            Phase::Analysing(analysing) => match analysing.sum_ref(round, attempt) {
+                Some(sum) => sum.reply(site, stage).map(|reply| reply.map_err(to_status)),
+                None => Some(Err(Status::aborted(format!(
+                    "the secure sum of round {round}, start {attempt} is over; the node takes its next task"
+                )))),
+            },
             _ => Some(Err(Status::aborted(format!(
                 "round {round} is no longer aggregating (finished, abandoned or restarted); the node \
                  rejoins with its next task"
@@ -123,9 +137,11 @@ impl Study {
                     "site {site} sent masked statistics but is in no pooled sum of round {round}"
                 ))
             })?;
-            pool.accept_masked(site, masked_statistics).map_err(to_status)?;
+            pool.sum
+                .accept_masked(site, masked_statistics)
+                .map_err(to_status)?;
         } else if let Some(pool) = pool_of(&mut validating.pools, site) {
-            pool.leave(site);
+            pool.sum.leave(site);
         }
         metrics.site = site.to_owned();
         metrics.role = role;
@@ -137,5 +153,5 @@ impl Study {
 
 /// The pool `site` belongs to, if any.
 fn pool_of<'a>(pools: &'a mut [PoolSum], site: &str) -> Option<&'a mut PoolSum> {
-    pools.iter_mut().find(|pool| pool.has(site))
+    pools.iter_mut().find(|pool| pool.sum.has(site))
 }

@@ -393,7 +393,7 @@ impl Study {
             Phase::Validating(validating) => validating
                 .pools
                 .iter()
-                .filter_map(PoolSum::next_deadline)
+                .filter_map(|pool| pool.sum.next_deadline())
                 .chain([
                     validating.deadline,
                     validating.deadline + Duration::from_secs(self.config.rounds.stage_timeout_s),
@@ -402,7 +402,7 @@ impl Study {
                 .min()
                 .or(Some(validating.deadline)),
             Phase::Committing(committing) => committing.retry_at,
-            Phase::Analysing(analysing) => Some(Self::analysis_deadline_of(analysing)),
+            Phase::Analysing(analysing) => Some(self.analysis_deadline_of(analysing)),
             Phase::Aggregating(_) | Phase::Finished => None,
         }
     }

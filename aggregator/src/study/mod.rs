@@ -452,7 +452,7 @@ impl Study {
                             .pools
                             .iter()
                             .find(|pool| pool.role() == role)
-                            .and_then(|pool| pool.task_fields(site)),
+                            .and_then(|pool| pool.sum.task_fields(site)),
                     }
                 }
             }
@@ -485,13 +485,22 @@ impl Study {
             }
             Phase::Validating(validating) => {
                 for pool in &mut validating.pools {
-                    if pool.forget(site) {
+                    if pool.sum.forget(site) {
                         tracing::warn!(
                             site,
                             round = validating.round,
                             "the site restarted during validation: its statistics are left out of the pooled sum"
                         );
                     }
+                }
+            }
+            Phase::Analysing(analysing) => {
+                let forgotten = analysing.forget(site);
+                if forgotten {
+                    tracing::warn!(
+                        site,
+                        "the site restarted during an analysis step: the analysis starts again without it"
+                    );
                 }
             }
             _ => {}

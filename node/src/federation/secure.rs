@@ -5,7 +5,7 @@
 
 use super::{Node, ROUNDING_SECRET_FILE};
 use anyhow::{Context as _, bail};
-use fedlnm_protocol::{Client, ClientError, ModelRef, SecAggStage, payload};
+use fedlnm_protocol::{Client, ClientError, SecAggStage, payload};
 use fedlnm_shared::config::NodeConfig;
 use fedlnm_shared::files;
 use fedlnm_shared::secagg::{
@@ -62,22 +62,22 @@ impl Node {
         Ok(payload::decode(&reply, stage.name())?)
     }
 
-    /// Joins a secure-aggregation instance (a training round's, or the secure sum of the site's pool
-    /// while a model is validated): checks its configuration, advertises the keys (rounds 0 and 1,
-    /// before the expensive work) and shares them; returns the protocol state and the shares
-    /// delivered to this site.
+    /// Joins a secure-aggregation instance (a training round's, the secure sum of the site's pool
+    /// while a model is validated, or an analysis step's) on the model `model_digest`: checks its
+    /// configuration, advertises the keys (rounds 0 and 1, before the expensive work) and shares
+    /// them; returns the protocol state and the shares delivered to this site.
     pub(super) async fn join_instance(
         &self,
         client: &mut Client,
         round: u64,
-        model: &ModelRef,
+        model_digest: &str,
         config: &SecAggConfig,
         site_id: SiteId,
         input: InputKind,
     ) -> anyhow::Result<(SecAggClient, ShareDelivery)> {
         if config.study_id != self.config.study
             || config.round != round
-            || config.model_version.model_digest != model.digest
+            || config.model_version.model_digest != model_digest
             || config.input != input
         {
             bail!("the secure-aggregation configuration is for another study, round, model or input");

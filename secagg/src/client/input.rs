@@ -50,37 +50,69 @@ impl SecAggClient {
         counts: &[&[u64]],
     ) -> Result<MaskedInput, SecAggError> {
         self.expect_input(InputKind::Counts)?;
+        let vector = self.laid_out(counts)?;
+        let total = vector
+            .iter()
+            .fold(0u64, |total, &count| total.saturating_add(count));
+        let max = self.config.config().quantization.max_sample_count;
+        if total > max {
+            let (site, round) = (self.site, self.config.round());
+            let reason = format!("the counts total {total}, more than {max}");
+            return Err(SecAggError::Counts { site, round, reason });
+        }
+        self.mask_vector(delivery, vector)
+    }
+
+    /// Round 2 of a ring instance ([`InputKind::Ring`]): as [`Self::masked_counts`], for elements of
+    /// Z_2^64 that the caller encoded (e.g. signed fixed point); summed modulo 2^64, nothing bounded.
+    ///
+    /// # Errors
+    /// Vectors of the wrong layout; a delivery as for [`Self::masked_input`]; an instance configured
+    /// for another input.
+    pub fn masked_ring(
+        &mut self,
+        delivery: &ShareDelivery,
+        values: &[&[u64]],
+    ) -> Result<MaskedInput, SecAggError> {
+        self.expect_input(InputKind::Ring)?;
+        let vector = self.laid_out(values)?;
+        self.mask_vector(delivery, vector)
+    }
+
+    /// One vector per configured tensor, of its length, concatenated (round 2 must be next).
+    fn laid_out(&self, values: &[&[u64]]) -> Result<Vec<u64>, SecAggError> {
         self.expect_stage(RoundStage::ShareKeys)?;
         let (site, round) = (self.site, self.config.round());
         let problem = |reason: String| SecAggError::Counts { site, round, reason };
         let specs = self.config.aggregated_tensors();
-        if counts.len() != specs.len() {
+        if values.len() != specs.len() {
             return Err(problem(format!(
-                "{} count vectors, expected {}",
-                counts.len(),
+                "{} vectors, expected {}",
+                values.len(),
                 specs.len()
             )));
         }
         let mut vector = Vec::with_capacity(self.config.vector_len());
-        let mut total = 0u64;
-        let max = self.config.config().quantization.max_sample_count;
-        for (spec, values) in specs.iter().zip(counts) {
+        for (spec, values) in specs.iter().zip(values) {
             if values.len() != spec.len() {
                 return Err(problem(format!(
-                    "`{}` has {} counts, expected {}",
+                    "`{}` has {} elements, expected {}",
                     spec.name,
                     values.len(),
                     spec.len()
                 )));
             }
-            for &count in *values {
-                total = total.saturating_add(count);
-            }
             vector.extend_from_slice(values);
         }
-        if total > max {
-            return Err(problem(format!("the counts total {total}, more than {max}")));
-        }
+        Ok(vector)
+    }
+
+    /// Appends the site element (1), opens the delivery and masks.
+    fn mask_vector(
+        &mut self,
+        delivery: &ShareDelivery,
+        mut vector: Vec<u64>,
+    ) -> Result<MaskedInput, SecAggError> {
         vector.push(1);
         let received = self.open_delivery(delivery)?;
         Ok(self.mask(vector, received, &delivery.senders))
@@ -248,7 +280,11 @@ impl SecAggClient {
         t.bytes(c.model_version.model_digest.as_bytes());
         t.u64(c.model_version.attempt);
         t.u64(u64::from(self.site.0));
-        t.u64(u64::from(c.input == InputKind::Counts));
+        t.u64(match c.input {
+            InputKind::WeightedDelta => 0,
+            InputKind::Counts => 1,
+            InputKind::Ring => 2,
+        });
         Ok(RoundingSource::from_seed(&t.finish()))
     }
 

@@ -37,6 +37,7 @@ pub(super) fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [
     t.u64(match c.input {
         InputKind::WeightedDelta => 0,
         InputKind::Counts => 1,
+        InputKind::Ring => 2,
     });
     match &c.privacy {
         None => t.u64(0),

@@ -1,5 +1,6 @@
 //! Decoding the unmasked sum: the FedAvg aggregate of a training instance, the exact counts of a
-//! statistics instance, each checked against what the survivors may have sent.
+//! statistics instance, the ring sums of a ring instance, each checked against what the survivors
+//! may have sent.
 
 use super::{Aggregate, CountSum, SecAggServer};
 use crate::SecAggError;
@@ -22,15 +23,7 @@ impl SecAggServer {
 
     pub(super) fn decode_counts(&mut self) -> Result<CountSum, SecAggError> {
         let round = self.config.round();
-        let invalid = |reason: String| SecAggError::InvalidAggregate { round, reason };
-        let sum = self.take_sum()?;
-        let sites = self.survivors.len() as u64;
-        if sum[sum.len() - 1] != sites {
-            return Err(invalid(format!(
-                "the sum counts {} sites, but {sites} uploaded",
-                sum[sum.len() - 1] as i64
-            )));
-        }
+        let (sum, sites) = self.take_sum_of_sites()?;
         let max_total = self
             .config
             .config()
@@ -42,22 +35,49 @@ impl SecAggServer {
             .try_fold(0u64, |total, &count| total.checked_add(count))
             .is_some_and(|total| total <= max_total);
         if !within {
-            return Err(invalid(format!(
-                "the counts exceed what {sites} sites may report"
-            )));
+            return Err(SecAggError::InvalidAggregate {
+                round,
+                reason: format!("the counts exceed what {sites} sites may report"),
+            });
         }
+        Ok(self.split(&sum))
+    }
+
+    pub(super) fn decode_ring(&mut self) -> Result<CountSum, SecAggError> {
+        let (sum, _) = self.take_sum_of_sites()?;
+        Ok(self.split(&sum))
+    }
+
+    /// The unmasked sum and the number of survivors, which its last element must count.
+    fn take_sum_of_sites(&mut self) -> Result<(Vec<u64>, u64), SecAggError> {
+        let sum = self.take_sum()?;
+        let sites = self.survivors.len() as u64;
+        if sum[sum.len() - 1] != sites {
+            return Err(SecAggError::InvalidAggregate {
+                round: self.config.round(),
+                reason: format!(
+                    "the sum counts {} sites, but {sites} uploaded",
+                    sum[sum.len() - 1] as i64
+                ),
+            });
+        }
+        Ok((sum, sites))
+    }
+
+    /// The sum cut into the configured tensors.
+    fn split(&self, sum: &[u64]) -> CountSum {
         let mut counts = Vec::with_capacity(self.config.aggregated_tensors().len());
         let mut offset = 0;
         for spec in self.config.aggregated_tensors() {
             counts.push(sum[offset..offset + spec.len()].to_vec());
             offset += spec.len();
         }
-        Ok(CountSum {
-            round,
+        CountSum {
+            round: self.config.round(),
             counts,
             survivors: self.survivors.clone(),
             dropped: self.dropped.clone(),
-        })
+        }
     }
 
     pub(super) fn decode(&mut self) -> Result<Aggregate, SecAggError> {

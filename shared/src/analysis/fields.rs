@@ -5,6 +5,7 @@
 //! that every site builds identical columns).
 
 use crate::data::PatientRecord;
+use crate::data::manifest::{MAX_AGE_YEARS, MAX_DIAMETER_MM};
 use crate::data::report::{
     CapsuleContact, Composition, EchogenicFoci, Echogenicity, Lobe, Margin, Pole, Sex, Shape, Vascularity,
 };
@@ -33,6 +34,10 @@ pub struct Field {
     /// What it is, for `--help`, the configuration error and the report's methods section.
     pub description: &'static str,
     pub kind: FieldKind,
+    /// The largest |value| a design column of the field can hold (a numeric field's range as the
+    /// manifest reader enforces it; 1 for indicators and dummies): the analyses' secure sums choose
+    /// their fixed-point scales from it.
+    pub max_abs: f64,
     value: fn(&PatientRecord) -> FieldValue,
 }
 
@@ -68,6 +73,7 @@ macro_rules! categorical {
             name: $name,
             description: $description,
             kind: FieldKind::Categorical(<$category>::LABELS),
+            max_abs: 1.0,
             value: |$r| FieldValue::Level($get.label()),
         }
     };
@@ -79,6 +85,7 @@ macro_rules! indicator {
             name: $name,
             description: $description,
             kind: FieldKind::Numeric,
+            max_abs: 1.0,
             value: |$r| flag($get),
         }
     };
@@ -90,12 +97,14 @@ pub const FIELDS: &[Field] = &[
         name: "age_years",
         description: "age at diagnosis, per year",
         kind: FieldKind::Numeric,
+        max_abs: MAX_AGE_YEARS,
         value: |r| FieldValue::Number(r.clinical.age_years),
     },
     Field {
         name: "max_diameter_mm",
         description: "maximum nodule diameter on ultrasound, per millimetre",
         kind: FieldKind::Numeric,
+        max_abs: MAX_DIAMETER_MM,
         value: |r| FieldValue::Number(r.report.max_diameter_mm),
     },
     indicator!("male", "male sex (1) vs female (0)", |r| r.clinical.sex

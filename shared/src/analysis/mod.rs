@@ -1,13 +1,17 @@
 //! The study's federated analyses of clinical factors: crude and adjusted odds ratios of an outcome
 //! (LNM by default) by logistic regression, fitted by Newton–Raphson that the aggregator drives while
 //! every site answers each step with the sums of its own rows ([`SiteContribution`]: score,
-//! information, log-likelihood, counts), never a row.
+//! information, log-likelihood, counts), never a row; and the aggregator sees those sums only added
+//! over the participants, through a secure sum ([`ring`]).
 //!
 //! - [`AnalysisConfig`]: one `[[analysis]]` of `aggregator.toml` (outcome, terms from [`fields`],
 //!   reference levels, the disclosure threshold), checked at load ([`AnalysisConfig::check`]).
-//! - [`AnalysisRequest`] / [`AnalysisAnswer`]: what travels each step (the fits still running and
-//!   their β; the site's contributions or its refusal, with the reason).
-//! - [`site_answer`]: the site's side, on its manifest's labelled patients, under its own
+//! - [`AnalysisRequest`] / [`AnalysisAnswer`]: what travels each step. Step 0: a site joins with its
+//!   size and events (the report's per-site table) or refuses with the reason. Every later step is
+//!   one Newton step of the fits still running, at their β ([`FitRequest`]), with the configuration
+//!   of its secure sum ([`SecureStep`]); a site answers with its size again and its masked
+//!   contributions ([`ring::encode`]), or refuses.
+//! - [`site_step`]: the site's side, on its manifest's labelled patients, under its own
 //!   [`SitePolicy`]: a site with fewer rows than the larger of the study's and its own threshold
 //!   refuses and says so, and a request for anything but the configured fits is refused.
 //! - [`AnalysisRun`]: the coordinator's side, pure (no transport): one Newton coordinator per fit (the
@@ -15,12 +19,16 @@
 //!   the per-site n and outcome rate with Wilson intervals, and the [`AnalysisResult`].
 
 pub mod fields;
+pub mod ring;
 mod run;
 
-pub use run::{AnalysisResult, AnalysisRun, FitOutcome, Progress, RunError, SiteExclusion, SiteRate};
+pub use run::{
+    AnalysisResult, AnalysisRun, FitOutcome, Progress, RingSum, RunError, SiteExclusion, SiteRate,
+};
 
 use crate::data::PatientRecord;
 use crate::data::report::PathologyLabels;
+use crate::secagg::{SecAggConfig, SiteId};
 use crate::stats::design::{DesignMatrix, DesignSpec, TermColumn};
 use crate::stats::logistic::{self, LogisticError, SiteContribution};
 use fields::{FieldKind, FieldValue};
@@ -236,19 +244,44 @@ pub struct FitRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisRequest {
     pub analysis: AnalysisConfig,
-    /// 0-based; step 0 is at β = 0 and is where a site refuses or gives its size.
+    /// 0-based; at step 0 a site joins (its size) or refuses; every later step is a Newton step.
     pub step: u32,
     /// The fits still running, each one of [`AnalysisConfig::fits`].
     pub fits: Vec<FitRequest>,
+    /// The secure sum of a Newton step; `None` at step 0.
+    pub sum: Option<Box<SecureStep>>,
+}
+
+/// How a Newton step's sums reach the aggregator: a ring instance of secure aggregation between the
+/// participants, of the layout [`ring::tensor_specs`] of the step's fits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureStep {
+    pub config: SecAggConfig,
+    /// Each participant's protocol id.
+    pub ids: BTreeMap<String, SiteId>,
+    /// The participants' labelled rows in all (their step-0 sizes): the scales of [`ring`].
+    pub rows: u64,
 }
 
 /// A site's answer to one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AnalysisAnswer {
-    /// One contribution per requested fit, in the request's order.
-    Contributions(Vec<SiteContribution>),
+    /// Step 0: the site takes part with `n` labelled patients, `events` of them with the outcome.
+    Joined { n: u64, events: u64 },
+    /// A Newton step: the site's size again, and its masked contributions for the step's secure sum
+    /// (a secure-aggregation `MaskedInput`, in the protocol's payload encoding).
+    Masked { n: u64, events: u64, input: Vec<u8> },
     /// The site does not take part, and says why.
     Refused { reason: String },
+}
+
+/// What a site computed for one step on its own rows: its size and one contribution per requested
+/// fit (never sent as such: only masked, inside the step's secure sum).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteStep {
+    pub n: u64,
+    pub events: u64,
+    pub contributions: Vec<SiteContribution>,
 }
 
 /// A site's own limits on what it answers: `[analysis]` of its `node.toml`.
@@ -309,26 +342,16 @@ impl Default for SitePolicy {
     }
 }
 
-/// The site's answer to `request` on its patients `records` (those without pathology labels are not
-/// in the analysis). Never fails: whatever is wrong with the request or the data becomes a refusal
-/// naming it.
-#[must_use]
-pub fn site_answer(
+/// The site's step on its patients `records` (those without pathology labels are not in the
+/// analysis): its size and contributions to every requested fit.
+///
+/// # Errors
+/// Whatever is wrong with the request or the data, in words: the site refuses with it.
+pub fn site_step(
     records: &[PatientRecord],
     request: &AnalysisRequest,
     policy: SitePolicy,
-) -> AnalysisAnswer {
-    match contributions(records, request, policy) {
-        Ok(contributions) => AnalysisAnswer::Contributions(contributions),
-        Err(reason) => AnalysisAnswer::Refused { reason },
-    }
-}
-
-fn contributions(
-    records: &[PatientRecord],
-    request: &AnalysisRequest,
-    policy: SitePolicy,
-) -> Result<Vec<SiteContribution>, String> {
+) -> Result<SiteStep, String> {
     let analysis = &request.analysis;
     if !policy.enabled {
         return Err(
@@ -338,11 +361,31 @@ fn contributions(
     analysis
         .check()
         .map_err(|(key, problem)| format!("the analysis is invalid: {key}: {problem}"))?;
-    if request.step >= analysis.max_iterations.saturating_add(1).min(MAX_STEPS) {
+    // Step 0 joins; then at most max_iterations + 1 Newton steps (the last one evaluates the optimum).
+    if request.step > analysis.max_iterations.min(MAX_STEPS) + 1 {
         return Err(format!(
             "step {} is past the analysis's limit of {} Newton steps",
             request.step, analysis.max_iterations
         ));
+    }
+    match (&request.sum, request.step) {
+        (None, 0) => {}
+        (Some(sum), step) if step > 0 => {
+            if sum.ids.len() < 2 || sum.config.threshold < 2 {
+                return Err(format!(
+                    "the secure sum of step {step} is between {} site(s) with threshold {}: a sum over \
+                     one site would be this site's own sums",
+                    sum.ids.len(),
+                    sum.config.threshold
+                ));
+            }
+        }
+        (_, step) => {
+            return Err(format!(
+                "step {step} {} a secure sum: step 0 has none, every Newton step has one",
+                if request.sum.is_some() { "has" } else { "lacks" }
+            ));
+        }
     }
     let allowed = analysis.fits();
     for fit in &request.fits {
@@ -369,14 +412,19 @@ fn contributions(
         ));
     }
     let outcome: Vec<bool> = labelled.iter().map(|(_, y)| *y).collect();
-    request
+    let contributions = request
         .fits
         .iter()
         .map(|fit| {
             let design = design(analysis, &fit.terms, &labelled).map_err(|e| e.to_string())?;
             logistic::site_contribution(&design, &outcome, &fit.beta, threshold).map_err(|e| e.to_string())
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(SiteStep {
+        n,
+        events: outcome.iter().filter(|&&y| y).count() as u64,
+        contributions,
+    })
 }
 
 /// The patients with pathology labels, with their outcome.

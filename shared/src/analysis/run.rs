@@ -1,9 +1,9 @@
-//! The coordinator's side of an analysis: every fit's Newton iteration over the sums of the sites'
-//! contributions, step by step, with the sites' sizes and refusals. Pure: the aggregator carries the
-//! requests and answers.
+//! The coordinator's side of an analysis: the sites join at step 0 (their sizes, or their refusals);
+//! then every fit's Newton iteration runs over the secure sums of the participants' contributions,
+//! one sum per step. Pure: the aggregator carries the requests and answers and runs the secure sums.
 
-use super::{AnalysisAnswer, AnalysisConfig, AnalysisRequest, FitRequest};
-use crate::stats::logistic::{FitOptions, LogisticFit, NewtonCoordinator, NewtonStep, SiteContribution};
+use super::{AnalysisAnswer, AnalysisConfig, AnalysisRequest, FitRequest, ring};
+use crate::stats::logistic::{FitOptions, LogisticFit, NewtonCoordinator, NewtonStep};
 use crate::stats::wilson_interval;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -78,6 +78,13 @@ pub enum Progress {
     Done(Box<AnalysisResult>),
 }
 
+/// The unmasked secure sum of one Newton step: the sites in it and one ring vector per fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingSum {
+    pub sites: Vec<String>,
+    pub sums: Vec<Vec<u64>>,
+}
+
 /// A participant's answer that the coordinator cannot use: the analysis starts again without it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("site {site}: {reason}")]
@@ -89,13 +96,14 @@ pub struct RunError {
 struct Fit {
     terms: Vec<String>,
     coordinator: NewtonCoordinator,
-    width: usize,
     outcome: Option<FitOutcome>,
 }
 
 /// One run of an analysis over a fixed set of participants.
 pub struct AnalysisRun {
     config: AnalysisConfig,
+    /// The fewest participants a Newton step's secure sum may have.
+    min_sites: usize,
     participants: Vec<String>,
     excluded: Vec<SiteExclusion>,
     step: u32,
@@ -104,7 +112,9 @@ pub struct AnalysisRun {
 }
 
 impl AnalysisRun {
-    /// A run of `config` asking `sites` (those of `excluded` are already out, with their reasons).
+    /// A run of `config` asking `sites` (those of `excluded` are already out, with their reasons)
+    /// that fits only if at least `min_sites` (at least 2) join: the sums of fewer would be one
+    /// site's own.
     ///
     /// # Errors
     /// A configuration that [`AnalysisConfig::check`] refuses (`Err` names the key and problem).
@@ -112,6 +122,7 @@ impl AnalysisRun {
         config: AnalysisConfig,
         sites: Vec<String>,
         excluded: Vec<SiteExclusion>,
+        min_sites: usize,
     ) -> Result<Self, (&'static str, String)> {
         config.check()?;
         let options = FitOptions {
@@ -129,7 +140,6 @@ impl AnalysisRun {
                     .to_vec();
                 Ok(Fit {
                     terms,
-                    width: names.len(),
                     coordinator: NewtonCoordinator::new(names, options),
                     outcome: None,
                 })
@@ -137,6 +147,7 @@ impl AnalysisRun {
             .collect::<Result<_, (&'static str, String)>>()?;
         Ok(Self {
             config,
+            min_sites: min_sites.max(2),
             participants: sites,
             excluded,
             step: 0,
@@ -168,7 +179,14 @@ impl AnalysisRun {
         self.step
     }
 
-    /// The request of the current step: every fit still running, at its β.
+    /// The participants' labelled rows in all (0 before step 0 closes).
+    #[must_use]
+    pub fn rows(&self) -> u64 {
+        self.rates.iter().map(|rate| rate.n).sum()
+    }
+
+    /// The request of the current step: every fit still running, at its β; its secure sum (after
+    /// step 0) is the aggregator's to add.
     #[must_use]
     pub fn request(&self) -> AnalysisRequest {
         AnalysisRequest {
@@ -183,69 +201,95 @@ impl AnalysisRun {
                     beta: fit.coordinator.beta().to_vec(),
                 })
                 .collect(),
+            sum: None,
         }
     }
 
-    /// Takes every participant's answer to the current step and moves every running fit on.
+    /// Ends the run: every fit still running fails with `reason` (for example a secure sum that no
+    /// participant can be blamed for).
+    pub fn fail(&mut self, reason: &str) -> AnalysisResult {
+        for fit in &mut self.fits {
+            fit.outcome.get_or_insert_with(|| FitOutcome {
+                terms: fit.terms.clone(),
+                fit: None,
+                error: Some(reason.to_owned()),
+            });
+        }
+        self.result()
+    }
+
+    /// Takes every participant's answer to the current step and, after step 0, the step's unmasked
+    /// secure sum, and moves every running fit on.
     ///
-    /// At step 0 a refusal excludes its site (with the site's reason); later, a refusal, a missing
-    /// answer or a malformed one is a [`RunError`] naming the site: start again without it.
+    /// At step 0 a site joins with its size or refuses (and is excluded, with its reason); fewer
+    /// than the run's least number of sites end it, every fit failing with the reason. Later, a
+    /// refusal, a missing answer, a size other than at step 0, or a site absent from the sum is a
+    /// [`RunError`] naming the site: start again without it. A sum that does not decode ends the run.
     ///
     /// # Errors
     /// See above.
-    pub fn update(&mut self, answers: &BTreeMap<String, AnalysisAnswer>) -> Result<Progress, RunError> {
-        let running: Vec<usize> = (0..self.fits.len())
-            .filter(|&i| self.fits[i].outcome.is_none())
-            .collect();
-        let mut per_fit: Vec<Vec<SiteContribution>> = vec![Vec::new(); running.len()];
-        let mut included = Vec::new();
+    pub fn update(
+        &mut self,
+        answers: &BTreeMap<String, AnalysisAnswer>,
+        sum: Option<&RingSum>,
+    ) -> Result<Progress, RunError> {
+        let step = self.step;
+        if step == 0 {
+            return Ok(self.join(answers));
+        }
         for site in &self.participants {
             let error = |reason: String| RunError {
                 site: site.clone(),
                 reason,
             };
-            let contributions = match answers.get(site) {
-                None => return Err(error(format!("no answer to step {}", self.step))),
-                Some(AnalysisAnswer::Refused { reason }) if self.step == 0 => {
-                    self.excluded.push(SiteExclusion {
-                        site: site.clone(),
-                        reason: reason.clone(),
-                    });
-                    continue;
-                }
+            let rate = self.rates.iter().find(|rate| rate.site == *site);
+            match answers.get(site) {
+                None => return Err(error(format!("no answer to step {step}"))),
                 Some(AnalysisAnswer::Refused { reason }) => {
-                    return Err(error(format!(
-                        "refused step {} after taking part: {reason}",
-                        self.step
-                    )));
+                    return Err(error(format!("refused step {step} after taking part: {reason}")));
                 }
-                Some(AnalysisAnswer::Contributions(contributions)) => contributions,
-            };
-            self.check(site, contributions, &running).map_err(error)?;
-            for (slot, contribution) in per_fit.iter_mut().zip(contributions) {
-                slot.push(contribution.clone());
+                Some(AnalysisAnswer::Joined { .. }) => {
+                    return Err(error(format!("answered step {step} without its masked sums")));
+                }
+                Some(AnalysisAnswer::Masked { n, events, .. }) => {
+                    if let Some(rate) = rate.filter(|rate| (rate.n, rate.events) != (*n, *events)) {
+                        return Err(error(format!(
+                            "{n} patients ({events} events) at step {step}, {} ({}) at step 0",
+                            rate.n, rate.events
+                        )));
+                    }
+                }
             }
-            included.push(site.clone());
         }
-        if self.step == 0 {
-            self.participants = included;
-            self.rates = self
-                .participants
-                .iter()
-                .zip(per_fit.first().into_iter().flatten())
-                .map(|(site, c)| SiteRate::new(site, c.n, c.n_positive))
-                .collect();
+        let Some(sum) = sum else {
+            return Ok(Progress::Done(Box::new(
+                self.fail(&format!("step {step} has no secure sum")),
+            )));
+        };
+        if let Some(missing) = self.participants.iter().find(|site| !sum.sites.contains(site)) {
+            return Err(RunError {
+                site: missing.clone(),
+                reason: format!("its sums are not in the secure sum of step {step}"),
+            });
         }
-        for (&index, contributions) in running.iter().zip(&per_fit) {
+        let request = self.request();
+        let pooled = match ring::decode(&self.config, &request.fits, self.rows(), &sum.sums) {
+            Ok(pooled) => pooled,
+            Err(problem) => {
+                return Ok(Progress::Done(Box::new(self.fail(&format!(
+                    "the secure sum of step {step} does not decode: {problem}"
+                )))));
+            }
+        };
+        let running: Vec<usize> = (0..self.fits.len())
+            .filter(|&i| self.fits[i].outcome.is_none())
+            .collect();
+        for (&index, contribution) in running.iter().zip(&pooled) {
             let fit = &mut self.fits[index];
-            let finished = if contributions.is_empty() {
-                Some(Err("no site took part".to_owned()))
-            } else {
-                match fit.coordinator.update(contributions) {
-                    Ok(NewtonStep::Continue(_)) => None,
-                    Ok(NewtonStep::Finished(result)) => Some(Ok(*result)),
-                    Err(error) => Some(Err(error.to_string())),
-                }
+            let finished = match fit.coordinator.update(std::slice::from_ref(contribution)) {
+                Ok(NewtonStep::Continue(_)) => None,
+                Ok(NewtonStep::Finished(result)) => Some(Ok(*result)),
+                Err(error) => Some(Err(error.to_string())),
             };
             if let Some(result) = finished {
                 let (fit_result, error) = match result {
@@ -266,47 +310,38 @@ impl AnalysisRun {
         Ok(Progress::Continue(self.request()))
     }
 
-    /// A participant's contributions: one per running fit, of the fit's width, finite, with
-    /// consistent counts and, after step 0, the same size as at step 0.
-    fn check(&self, site: &str, contributions: &[SiteContribution], running: &[usize]) -> Result<(), String> {
-        if contributions.len() != running.len() {
-            return Err(format!(
-                "{} contributions for the {} fits of step {}",
-                contributions.len(),
-                running.len(),
-                self.step
-            ));
+    /// Step 0: who joins, with which size; the fits start if enough sites joined.
+    fn join(&mut self, answers: &BTreeMap<String, AnalysisAnswer>) -> Progress {
+        let mut included = Vec::new();
+        for site in &self.participants {
+            let reason = match answers.get(site) {
+                Some(AnalysisAnswer::Joined { n, events }) if events <= n => {
+                    self.rates.push(SiteRate::new(site, *n, *events));
+                    included.push(site.clone());
+                    continue;
+                }
+                Some(AnalysisAnswer::Refused { reason }) => reason.clone(),
+                Some(AnalysisAnswer::Joined { n, events }) => format!("{events} events among {n} patients"),
+                Some(AnalysisAnswer::Masked { .. }) => "masked sums at step 0, before any Newton step".into(),
+                None => "no answer to step 0".into(),
+            };
+            self.excluded.push(SiteExclusion {
+                site: site.clone(),
+                reason,
+            });
         }
-        let first = contributions.first();
-        for (contribution, &index) in contributions.iter().zip(running) {
-            let p = self.fits[index].width;
-            if contribution.gradient.len() != p || contribution.information.len() != p * p {
-                return Err(format!(
-                    "a contribution of {} score and {} information entries for a model of {p} columns",
-                    contribution.gradient.len(),
-                    contribution.information.len()
-                ));
-            }
-            let values = contribution.gradient.iter().chain(&contribution.information);
-            if values.chain([&contribution.loglik]).any(|v| !v.is_finite()) {
-                return Err("a contribution holds a non-finite number".into());
-            }
-            if contribution.n_positive > contribution.n
-                || first.is_some_and(|f| (f.n, f.n_positive) != (contribution.n, contribution.n_positive))
-            {
-                return Err("the fits of one step disagree on the site's size".into());
-            }
+        self.participants = included;
+        self.step = 1;
+        if self.participants.len() < self.min_sites {
+            let reason = format!(
+                "{} site(s) took part; the analysis needs at least {} so that the aggregator sees its \
+                 sums only added over sites (rounds.min_sites, at least 2)",
+                self.participants.len(),
+                self.min_sites
+            );
+            return Progress::Done(Box::new(self.fail(&reason)));
         }
-        let at_step0 = self.rates.iter().find(|rate| rate.site == site);
-        if let (Some(first), Some(rate)) = (first, at_step0)
-            && (first.n, first.n_positive) != (rate.n, rate.events)
-        {
-            return Err(format!(
-                "{} patients ({} events) at step {}, {} ({}) at step 0",
-                first.n, first.n_positive, self.step, rate.n, rate.events
-            ));
-        }
-        Ok(())
+        Progress::Continue(self.request())
     }
 
     fn result(&self) -> AnalysisResult {

@@ -20,6 +20,10 @@ use std::str::FromStr;
 pub const MANIFEST_FILE: &str = "patients.csv";
 /// Folder of the image files inside a site folder.
 pub const IMAGES_DIR: &str = "images";
+/// The oldest age the manifest accepts (years).
+pub const MAX_AGE_YEARS: f64 = 100.0;
+/// The largest nodule diameter the manifest accepts (mm).
+pub const MAX_DIAMETER_MM: f64 = 150.0;
 
 /// The manifest's columns, in the order the generator writes them. Readers look columns up by name.
 pub const COLUMNS: &[&str] = &[
@@ -382,7 +386,7 @@ impl Row<'_> {
             frame
         };
         let clinical = Clinical {
-            age_years: self.number("age_years", (18.0, 100.0), "an age in years, 18..100")?,
+            age_years: self.number("age_years", (18.0, MAX_AGE_YEARS), "an age in years, 18..100")?,
             sex: self.category::<Sex>("sex")?,
             multifocal: self.flag("multifocal")?,
         };
@@ -392,7 +396,11 @@ impl Row<'_> {
             shape: self.category::<Shape>("shape")?,
             margin: self.category::<Margin>("margin")?,
             echogenic_foci: self.category::<EchogenicFoci>("echogenic_foci")?,
-            max_diameter_mm: self.number("max_diameter_mm", (0.5, 150.0), "a diameter in mm, 0.5..150")?,
+            max_diameter_mm: self.number(
+                "max_diameter_mm",
+                (0.5, MAX_DIAMETER_MM),
+                "a diameter in mm, 0.5..150",
+            )?,
             lobe: self.category::<Lobe>("lobe")?,
             pole: self.category::<Pole>("pole")?,
             capsule_contact: self.category::<CapsuleContact>("capsule_contact")?,
