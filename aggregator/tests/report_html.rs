@@ -88,6 +88,26 @@ fn every_section_is_there_with_the_records_numbers() {
         assert!(page.contains(&format!("<figure class=\"{figure}\">")), "{figure}");
     }
     assert!(page.contains("Youden threshold"));
+    // Each site's own calibration groups and decision curve, as it reported them: one curve per site,
+    // and its net benefit at p_t = 0.2 in the table.
+    for (id, per_site) in [("calibration-sites", 1), ("decision-sites", 1)] {
+        let start = page
+            .find(&format!("<figure class=\"chart {id}\">"))
+            .unwrap_or_else(|| panic!("figure {id}"));
+        let end = start + page[start..].find("</figure>").unwrap();
+        let curves = page[start..end].matches("<polyline").count();
+        assert!(curves >= per_site * last.sites.len(), "{id}: {curves} curves");
+    }
+    for site in &last.sites {
+        let curves = site.curves.as_ref().unwrap();
+        assert_eq!(curves.calibration.len(), 10);
+        assert!(page.contains(&format!("<td>{}: model</td>", site.site)));
+        assert!(
+            page.contains(&format!("<td>{:.3}</td>", curves.net_benefit[19])),
+            "{}",
+            site.site
+        );
+    }
     // The sites' calibration slopes, summarised by random effects with their SEs.
     let slopes: Vec<SiteEstimate> = last
         .sites

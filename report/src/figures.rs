@@ -14,13 +14,7 @@ use fedlnm_shared::stats::calibration::{CalibrationBin, calibration_bins};
 use fedlnm_shared::stats::meta::{PooledAuc, pooled_auc};
 use maud::Markup;
 
-/// The thresholds of the decision curve (statistics.md): 0.01, 0.02, …, 0.99.
-pub(super) fn decision_thresholds() -> Vec<f64> {
-    (1..100).map(|k| f64::from(k) / 100.0).collect()
-}
-
-/// Groups of the calibration plot (deciles of predicted risk).
-pub(super) const CALIBRATION_GROUPS: usize = 10;
+use fedlnm_shared::federation::{CALIBRATION_GROUPS, decision_thresholds};
 
 /// Everything the report shows of one pool (or of one site's own patients, on its own page),
 /// computed once from its histogram.
@@ -32,6 +26,8 @@ pub(super) struct PoolFigures {
     pub(super) roc: Vec<RocPoint>,
     pub(super) calibration: Vec<CalibrationBin>,
     pub(super) decision: Vec<NetBenefit>,
+    /// Its curves' colour.
+    pub(super) colour: String,
 }
 
 impl PoolFigures {
@@ -41,6 +37,7 @@ impl PoolFigures {
         let (y, s) = histogram.rows();
         let both = histogram.n_positive() > 0 && histogram.n_negative() > 0;
         Self {
+            colour: pool_colour(name),
             name: name.to_owned(),
             role,
             sites,
@@ -108,7 +105,7 @@ pub(super) fn roc_chart(pools: &[PoolFigures]) -> Markup {
     let mut series = Vec::new();
     let mut marked = Vec::new();
     for pool in pools.iter().filter(|pool| !pool.roc.is_empty()) {
-        let colour = pool_colour(&pool.name);
+        let colour = pool.colour.clone();
         let mut label = if pool.sites == [pool.name.clone()] {
             pool.name.clone()
         } else {
@@ -180,12 +177,21 @@ fn unit_square<'a>(
 
 /// Observed LNM rate against mean predicted risk, by decile of predicted risk, per pool.
 pub(super) fn calibration_chart(pools: &[PoolFigures]) -> Markup {
+    calibration_figure(
+        "calibration",
+        "Calibration: observed against predicted LNM risk",
+        pools,
+    )
+}
+
+/// [`calibration_chart`] under its own id and title (for example one curve per site).
+pub(super) fn calibration_figure(id: &str, title: &str, pools: &[PoolFigures]) -> Markup {
     let series = pools
         .iter()
         .filter(|pool| !pool.calibration.is_empty())
         .map(|pool| Series {
             label: format!("{} (deciles of predicted risk)", pool.name),
-            colour: pool_colour(&pool.name),
+            colour: pool.colour.clone(),
             dashed: pool.role == SiteRole::Validate,
             markers: true,
             runs: vec![
@@ -196,22 +202,26 @@ pub(super) fn calibration_chart(pools: &[PoolFigures]) -> Markup {
             ],
         })
         .collect();
-    unit_square(
-        "calibration",
-        "Calibration: observed against predicted LNM risk",
-        ("mean predicted risk", "observed LNM rate"),
-        series,
-    )
-    .render()
+    unit_square(id, title, ("mean predicted risk", "observed LNM rate"), series).render()
 }
 
 /// Net benefit of the model, of treating all and of treating none, on the grid of threshold
 /// probabilities, per pool.
 pub(super) fn decision_chart(pools: &[PoolFigures]) -> Markup {
+    decision_figure(
+        "decision",
+        "Decision curves: net benefit against threshold probability",
+        pools,
+        true,
+    )
+}
+
+/// [`decision_chart`] under its own id and title, with or without each pool's "treat all" curve.
+pub(super) fn decision_figure(id: &str, title: &str, pools: &[PoolFigures], treat_all: bool) -> Markup {
     let mut series = Vec::new();
     let mut highest = 0.05_f64;
     for pool in pools.iter().filter(|pool| !pool.decision.is_empty()) {
-        let colour = pool_colour(&pool.name);
+        let colour = pool.colour.clone();
         let validate = pool.role == SiteRole::Validate;
         highest = pool
             .decision
@@ -225,13 +235,15 @@ pub(super) fn decision_chart(pools: &[PoolFigures]) -> Markup {
             markers: false,
             runs: vec![pool.decision.iter().map(|p| (p.threshold, p.model)).collect()],
         });
-        series.push(Series {
-            label: format!("{}: treat all", pool.name),
-            colour: if validate { "#9ecae1" } else { "#aaaaaa" }.to_owned(),
-            dashed: validate,
-            markers: false,
-            runs: vec![pool.decision.iter().map(|p| (p.threshold, p.treat_all)).collect()],
-        });
+        if treat_all {
+            series.push(Series {
+                label: format!("{}: treat all", pool.name),
+                colour: if validate { "#9ecae1" } else { "#aaaaaa" }.to_owned(),
+                dashed: validate,
+                markers: false,
+                runs: vec![pool.decision.iter().map(|p| (p.threshold, p.treat_all)).collect()],
+            });
+        }
     }
     if !series.is_empty() {
         series.push(Series {
@@ -244,8 +256,8 @@ pub(super) fn decision_chart(pools: &[PoolFigures]) -> Markup {
     }
     let top = (highest * 10.0).ceil() / 10.0;
     LineChart {
-        id: "decision",
-        title: "Decision curves: net benefit against threshold probability",
+        id,
+        title,
         x_label: "threshold probability",
         y_label: "net benefit",
         x: (0.0, 1.0),

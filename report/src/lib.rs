@@ -24,6 +24,7 @@ pub mod pools;
 mod sections;
 pub mod site;
 mod svg;
+mod utility;
 
 use fedlnm_shared::analysis::AnalysisResult;
 use fedlnm_shared::config::SiteRole;

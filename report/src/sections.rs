@@ -2,6 +2,7 @@
 
 use super::figures::{self, AucSummaries, PoolFigures};
 use super::participants;
+use super::utility;
 use super::{LiveStatus, SECTIONS, section};
 use crate::format::{fixed, percent};
 use crate::pools::pools;
@@ -10,13 +11,14 @@ use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{RoundRecord, STAGE_SCALES, SiteRoundMetrics};
 use fedlnm_shared::stats::Z_95;
 use fedlnm_shared::stats::logistic::{FitStatus, SeparationKind};
-use fedlnm_shared::stats::meta::{self, PooledAuc, RandomEffects, SiteEstimate};
+use fedlnm_shared::stats::meta::PooledAuc;
 use fedlnm_shared::stats::wilson_interval;
 use maud::{Markup, html};
 
 /// Every section of the report for the last committed round `record`.
 pub(super) fn all(records: &[&RoundRecord], record: &RoundRecord, analyses: &[AnalysisResult]) -> Markup {
     let pools = figures::pool_figures(record);
+    let sites = utility::site_figures(record);
     let summaries = figures::auc_summaries(record);
     html! {
         (participants::participants(record, &pools))
@@ -28,8 +30,8 @@ pub(super) fn all(records: &[&RoundRecord], record: &RoundRecord, analyses: &[An
                 "the Youden-optimal threshold." }
             (figures::roc_chart(&pools))
         }))
-        (calibration(record, &pools))
-        (decision(&pools))
+        (utility::calibration(record, &pools, &sites))
+        (utility::decision(&pools, &sites))
         (stage(record))
         (odds_ratios(analyses))
         (rounds(records))
@@ -174,100 +176,6 @@ fn heterogeneity(record: &RoundRecord, summaries: &AucSummaries) -> Markup {
                 }
             }
             (figures::auc_forest(record, summaries))
-        },
-    )
-}
-
-/// A slope with its 95% CI (slope ∓ z·SE), or the slope alone, or a dash.
-fn slope_with_ci(slope: Option<f64>, se: Option<f64>) -> String {
-    match (slope, se) {
-        (Some(b), Some(se)) => format!("{b:.3} ({:.3}–{:.3})", b - Z_95 * se, b + Z_95 * se),
-        (Some(b), None) => format!("{b:.3}"),
-        _ => "—".to_owned(),
-    }
-}
-
-/// The random-effects summary of the sites' calibration slopes (identity scale, weights 1/SE²);
-/// `None` below two sites with a slope and an SE.
-fn pooled_slope(record: &RoundRecord) -> Option<RandomEffects> {
-    let sites: Vec<SiteEstimate> = record
-        .sites
-        .iter()
-        .filter_map(|site| {
-            let se = site.calibration_slope_se.filter(|se| *se > 0.0)?;
-            Some(SiteEstimate {
-                site: site.site.clone(),
-                estimate: site.calibration_slope?,
-                variance: se * se,
-            })
-        })
-        .collect();
-    meta::random_effects(&sites).ok()
-}
-
-fn calibration(record: &RoundRecord, pools: &[PoolFigures]) -> Markup {
-    let slopes = pooled_slope(record);
-    section(
-        "calibration",
-        "TRIPOD+AI 23a",
-        html! {
-            p class="note" { "Calibration intercept and slope: logistic recalibration logit P(LNM) = a + b·logit(s) "
-                "(ideal: a = 0, b = 1), the slope with its Wald 95% CI. Per site on its own scores; the sites' "
-                "slopes summarised by random effects (REML, Knapp–Hartung CI); pooled rows on the binned "
-                "scores of the pool. The plot shows deciles of predicted risk of each pool." }
-            table class="calibration" {
-                thead { tr { th { "site" } th { "role" } th { "intercept" } th { "slope (95% CI)" } } }
-                tbody {
-                    @for site in &record.sites {
-                        tr { td { (site.site) } td { (site.role) } (cell(fixed(site.calibration_intercept)))
-                             (cell(slope_with_ci(site.calibration_slope, site.calibration_slope_se))) }
-                    }
-                    @if let Some(p) = &slopes {
-                        tr class="pooled" { td { "random-effects summary of the slopes (k = " (p.sites.len()) ")" }
-                            td { (format!("I² = {:.0}%", 100.0 * p.i2)) } td {}
-                            td { (format!("{:.3} ({:.3}–{:.3})", p.estimate, p.ci_lower, p.ci_upper)) } }
-                    }
-                    @for pool in pools {
-                        @if let Some(m) = &pool.metrics {
-                            tr class="pooled" { td { (pool.name) } td { (pool.role) }
-                                (cell(fixed(m.calibration.calibration_intercept)))
-                                (cell(slope_with_ci(m.calibration.calibration_slope, m.calibration.calibration_slope_se))) }
-                        }
-                    }
-                }
-            }
-            (figures::calibration_chart(pools))
-        },
-    )
-}
-
-fn decision(pools: &[PoolFigures]) -> Markup {
-    let shown = [0.1, 0.2, 0.3, 0.4, 0.5];
-    section(
-        "decision",
-        "TRIPOD+AI 23a",
-        html! {
-            p class="note" { "Net benefit NB(p_t) = TP/n − FP/n · p_t/(1 − p_t), predicting LNM when the score "
-                "is at least p_t, from the pool's summed counts at each threshold (Vickers & Elkin 2006), "
-                "against treating all and treating none." }
-            table class="net-benefit" {
-                thead { tr { th { "pool" } @for t in shown { th { "p_t = " (t) } } } }
-                tbody {
-                    @for pool in pools.iter().filter(|pool| !pool.decision.is_empty()) {
-                        tr { td { (pool.name) ": model" }
-                            @for t in shown {
-                                td { (pool.decision.iter().find(|p| (p.threshold - t).abs() < 1e-9)
-                                    .map_or_else(|| "—".to_owned(), |p| format!("{:.3}", p.model))) }
-                            } }
-                        tr { td { (pool.name) ": treat all" }
-                            @for t in shown {
-                                td { (pool.decision.iter().find(|p| (p.threshold - t).abs() < 1e-9)
-                                    .map_or_else(|| "—".to_owned(), |p| format!("{:.3}", p.treat_all))) }
-                            } }
-                    }
-                }
-            }
-            (figures::decision_chart(pools))
         },
     )
 }

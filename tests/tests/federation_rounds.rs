@@ -105,6 +105,7 @@ fn metrics(site: &str, k: u64) -> Vec<u8> {
         kappa_n_se: None,
         kappa_stage_se: Some(0.1),
         cohort: None,
+        curves: None,
     };
     payload::encode(&metrics)
 }

@@ -318,6 +318,24 @@ fn site_metrics() -> SiteRoundMetrics {
             multifocal: 1,
             tirads: vec![0, 1, 1, 2, 1],
         }),
+        curves: Some(fedlnm_shared::federation::SiteCurves {
+            calibration: vec![
+                fedlnm_shared::federation::CalibrationGroup {
+                    n: 2,
+                    mean_predicted: 0.3,
+                    observed_rate: 0.0,
+                },
+                fedlnm_shared::federation::CalibrationGroup {
+                    n: 3,
+                    mean_predicted: 0.7,
+                    observed_rate: 0.6667,
+                },
+            ],
+            net_benefit: fedlnm_shared::federation::decision_thresholds()
+                .iter()
+                .map(|p| 0.4 - 0.6 * p / (1.0 - p))
+                .collect(),
+        }),
     }
 }
 

@@ -280,6 +280,7 @@ async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
             kappa_n_se: None,
             kappa_stage_se: None,
             cohort: None,
+            curves: None,
         };
         digest.clone_from(&model.digest);
         client
@@ -846,6 +847,7 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
         kappa_n_se: None,
         kappa_stage_se: Some(0.1),
         cohort: None,
+        curves: None,
     };
     let with = |change: &dyn Fn(&mut SiteRoundMetrics)| {
         let mut metrics = good.clone();
@@ -877,6 +879,25 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
             report("S1", 1, &digest, with(&|m| m.auc = Some(7.0))),
             Code::InvalidArgument,
             &["auc 7"],
+        ),
+        (
+            report(
+                "S1",
+                1,
+                &digest,
+                with(&|m| {
+                    m.curves = Some(fedlnm_shared::federation::SiteCurves {
+                        calibration: vec![fedlnm_shared::federation::CalibrationGroup {
+                            n: 3,
+                            mean_predicted: 0.2,
+                            observed_rate: 0.1,
+                        }],
+                        net_benefit: Vec::new(),
+                    });
+                }),
+            ),
+            Code::InvalidArgument,
+            &["calibration groups hold 3 patients"],
         ),
         (
             report("S1", 1, &digest, with(&|m| m.brier = f64::NAN)),

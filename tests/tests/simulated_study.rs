@@ -225,7 +225,14 @@ fn report_renders_in_a_browser(study: &SimulationOutcome) {
         );
     }
     assert!(dom.contains("<table class=\"flow\">"));
-    for figure in ["roc", "calibration", "decision", "auc-by-round"] {
+    for figure in [
+        "roc",
+        "calibration",
+        "decision",
+        "calibration-sites",
+        "decision-sites",
+        "auc-by-round",
+    ] {
         let start = dom
             .find(&format!("<figure class=\"chart {figure}\">"))
             .unwrap_or_else(|| panic!("figure {figure}"));

@@ -79,6 +79,7 @@ pub fn site_metrics(
         kappa_n_se: n.quadratic.se,
         kappa_stage_se: stage.quadratic.se,
         cohort: Some(cohort(role, metrics.n, metrics.n_pos)),
+        curves: Some(fedlnm_shared::federation::SiteCurves::of_scores(&y, &scores)),
     };
     SiteValidation {
         metrics,

@@ -7,6 +7,7 @@
 
 mod cohort;
 mod confusion;
+mod curves;
 pub mod fedavg;
 mod histogram;
 mod local;
@@ -14,6 +15,7 @@ mod record;
 
 pub use cohort::{SiteCohort, TIRADS_LEVELS};
 pub use confusion::{ConfusionError, STAGE_SCALES, StageConfusion};
+pub use curves::{CALIBRATION_GROUPS, CalibrationGroup, SiteCurves, decision_thresholds};
 pub use histogram::{HISTOGRAM_BINS, HistogramError, ScoreHistogram};
 pub use local::LocalTensors;
 pub use record::{

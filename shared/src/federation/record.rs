@@ -2,7 +2,7 @@
 //! These are the files of the aggregator's state folder (`rounds/round-NNNN/round.json`) and the input
 //! of the study report; they hold aggregate numbers only, never a patient-level value.
 
-use super::{HISTOGRAM_BINS, ScoreHistogram, SiteCohort, StageConfusion};
+use super::{HISTOGRAM_BINS, ScoreHistogram, SiteCohort, SiteCurves, StageConfusion};
 use crate::config::SiteRole;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,9 @@ pub struct SiteRoundMetrics {
     /// with every report; `None` from a site that has not, and in older records).
     #[serde(default)]
     pub cohort: Option<SiteCohort>,
+    /// The site's calibration groups and decision curve; `None` in older records.
+    #[serde(default)]
+    pub curves: Option<SiteCurves>,
 }
 
 /// What a node computes when it scores a model: the metrics it reports, and its class-conditional
@@ -328,6 +331,7 @@ impl SiteRoundMetrics {
             kappa_n_se: None,
             kappa_stage_se: None,
             cohort: None,
+            curves: None,
         }
     }
 
@@ -412,6 +416,9 @@ impl SiteRoundMetrics {
                 return Err(format!("{name} {value} is not finite"));
             }
         }
+        if let Some(curves) = &self.curves {
+            curves.check(self.n_patients)?;
+        }
         if let Some(variance) = self.auc_variance
             && !(variance.is_finite() && (0.0..=0.25).contains(&variance))
         {
@@ -489,6 +496,7 @@ impl SiteRoundMetrics {
             kappa_n_se: report.n_kappa.quadratic.se,
             kappa_stage_se: report.stage_kappa.quadratic.se,
             cohort: None,
+            curves: Some(SiteCurves::of_scores(&y, &s)),
         };
         let stage_confusion =
             StageConfusion::from_reports(&report.t_kappa, &report.n_kappa, &report.stage_kappa);
