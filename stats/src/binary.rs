@@ -3,17 +3,19 @@
 //! with PPV/NPV and Wilson intervals, ROC points, the paired DeLong test and decision-curve net benefit.
 //!
 //! Every definition is the one of `statistics.md`. AUC and DeLong are O(n log n): one radix sort of
-//! each class's scores, then a merge walk of the tie groups, which gives the midrank quantities of
-//! Sun & Xu (2014) directly (T_Z − T_X for a positive = negatives below + ½ negatives tied); no pair
-//! loop. Integer quantities (win counts, confusion counts, Youden's criterion) are exact integers
-//! until the one final division.
+//! the packed (score, class) keys into tie groups (`ties`), then walks of the groups, which give the
+//! midrank quantities of Sun & Xu (2014) directly (T_Z − T_X for a positive = negatives below + ½
+//! negatives tied); no pair loop. Integer quantities (win counts, the DeLong sums of squares, confusion
+//! counts, Youden's criterion) are exact integers until the final divisions.
 
 use super::StatsError;
-use super::calibration::{Calibration, calibration};
+use super::calibration::{self, Calibration};
 use super::normal::{Z_95, normal_two_sided_p, wilson_interval};
+use super::parallel::{compensated_sum, map_blocks};
 #[cfg(test)]
 use super::sum::sample_variance;
-use super::sum::{CompensatedSum, sample_covariance, sum};
+use super::sum::{CompensatedSum, sample_covariance};
+use super::ties::{TieGroups, check_lengths};
 use serde::Serialize;
 
 /// Everything `stats binary` reports for one set of rows (one site, or pooled).
@@ -125,11 +127,14 @@ pub struct NetBenefit {
 
 /// All binary metrics of `statistics.md` for outcomes `y` and scores `s`.
 pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError> {
-    let sorted = SortedScores::new(y, s)?;
+    let sorted = TieGroups::new(y, s)?;
     let (p, n) = (sorted.n_pos, sorted.n_neg);
     let total = p + n;
     let auc = sorted.auc();
     let youden = sorted.youden_table();
+    let ap = sorted.average_precision();
+    let brier = compensated_sum(y.len(), |i| (s[i] - f64::from(u8::from(y[i]))).powi(2)) / total as f64;
+    let cal = calibration::of_groups(&sorted);
     let youden_rate =
         |table: &ConfusionTable, f: fn(&ConfusionTable) -> Option<Proportion>| f(table).map(|x| x.value);
     let table_at_half = sorted.table_at(0.5);
@@ -138,7 +143,7 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
         n_pos: p,
         n_neg: n,
         lnm_rate: p as f64 / total as f64,
-        // total > 0 was checked by SortedScores::new.
+        // total > 0 was checked by TieGroups::new.
         lnm_rate_ci: wilson_interval(p, total).unwrap_or((0.0, 1.0)),
         auc: auc.map(|a| a.auc),
         auc_var: auc.and_then(|a| a.variance),
@@ -151,31 +156,27 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
         youden_j: youden
             .as_ref()
             .map(|t| t.tp as f64 / p as f64 + t.tn as f64 / n as f64 - 1.0),
-        average_precision: sorted.average_precision(),
-        brier: sum(y
-            .iter()
-            .zip(s)
-            .map(|(&yi, &si)| (si - f64::from(u8::from(yi))).powi(2)))
-            / total as f64,
+        average_precision: ap,
+        brier,
         sensitivity_at_half: table_at_half.sensitivity.map(|x| x.value),
         specificity_at_half: table_at_half.specificity.map(|x| x.value),
         // total > 0, so accuracy is defined.
         accuracy_at_half: table_at_half.accuracy.map_or(0.0, |x| x.value),
         youden_table: youden,
         table_at_half,
-        calibration: calibration(y, s),
+        calibration: cal,
     })
 }
 
 /// AUC (Mann–Whitney, ties counted ½) with the DeLong variance and clipped CI; `None` when only one
 /// class is present.
 pub fn auc_delong(y: &[bool], s: &[f64]) -> Result<Option<AucEstimate>, StatsError> {
-    Ok(SortedScores::new(y, s)?.auc())
+    Ok(TieGroups::new(y, s)?.auc())
 }
 
 /// ROC curve points at every distinct score, from (0, 0) to (1, 1).
 pub fn roc_curve(y: &[bool], s: &[f64]) -> Result<Vec<RocPoint>, StatsError> {
-    let sorted = SortedScores::new(y, s)?;
+    let sorted = TieGroups::new(y, s)?;
     let (p, n) = (sorted.n_pos as f64, sorted.n_neg as f64);
     let rate = |count: u64, of: f64| if of > 0.0 { count as f64 / of } else { f64::NAN };
     let mut points = vec![RocPoint {
@@ -202,13 +203,13 @@ pub fn paired_delong(
     score_b: &[f64],
 ) -> Result<Option<PairedDelong>, StatsError> {
     check_lengths("score_a", score_a.len(), "score_b", score_b.len())?;
-    let a = SortedScores::new(y, score_a)?;
-    let b = SortedScores::new(y, score_b)?;
+    let a = TieGroups::new(y, score_a)?;
+    let b = TieGroups::new(y, score_b)?;
     let (Some(auc_a), Some(auc_b)) = (a.auc(), b.auc()) else {
         return Ok(None);
     };
-    let (va10, va01) = a.placements();
-    let (vb10, vb01) = b.placements();
+    let (va10, va01) = a.placements(y, score_a);
+    let (vb10, vb01) = b.placements(y, score_b);
     let (m, n) = (a.n_pos as f64, a.n_neg as f64);
     let covariance = |x10: &[f64], x01: &[f64], z10: &[f64], z01: &[f64]| -> Option<f64> {
         Some(sample_covariance(x10, z10)? / m + sample_covariance(x01, z01)? / n)
@@ -244,7 +245,7 @@ pub fn paired_delong(
 
 /// Decision-curve net benefit at each threshold in (0, 1).
 pub fn net_benefit(y: &[bool], s: &[f64], thresholds: &[f64]) -> Result<Vec<NetBenefit>, StatsError> {
-    let sorted = SortedScores::new(y, s)?;
+    let sorted = TieGroups::new(y, s)?;
     let total = (sorted.n_pos + sorted.n_neg) as f64;
     let prevalence = sorted.n_pos as f64 / total;
     Ok(thresholds
@@ -262,91 +263,21 @@ pub fn net_benefit(y: &[bool], s: &[f64], thresholds: &[f64]) -> Result<Vec<NetB
         .collect())
 }
 
-/// The scores sorted once, with their classes; every metric above is a walk over the tie groups of
-/// this sorted array, or a binary search in it.
-///
-/// One sort of packed keys: a score in [0, 1] is a non-negative f64 whose bit pattern is below 2^62
-/// and ordered like the value, so `bits << 1 | class` sorts by score and fits a u64 (8 bytes a row,
-/// sorted with pattern-defeating quicksort). A positive's DeLong placement V10 is the share of
-/// negatives below its score (ties count ½), the same for its whole tie group: no index
-/// permutation, no pair loop.
-struct SortedScores<'a> {
-    y: &'a [bool],
-    s: &'a [f64],
-    /// `score bits << 1 | class`, ascending.
-    keys: Vec<u64>,
-    n_pos: u64,
-    n_neg: u64,
-}
-
-/// All rows sharing one score value, and how many rows of each class score strictly below it.
-#[derive(Debug, Clone, Copy)]
-struct TieGroup {
-    score: f64,
-    positives: u64,
-    negatives: u64,
-    positives_below: u64,
-    negatives_below: u64,
-}
-
-impl<'a> SortedScores<'a> {
-    fn new(y: &'a [bool], s: &'a [f64]) -> Result<Self, StatsError> {
-        check_lengths("y_true", y.len(), "y_score", s.len())?;
-        if y.is_empty() {
-            return Err(StatsError::Empty);
-        }
-        if let Some((row, &value)) = s.iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
-            return Err(StatsError::ScoreOutOfRange { row, value });
-        }
-        // `+ 0.0` turns -0.0 into 0.0; every score is now in [0, 1], so its bits fit 62 bits.
-        let mut keys: Vec<u64> = y
-            .iter()
-            .zip(s)
-            .map(|(&yi, &si)| (score_bits(si) << 1) | u64::from(yi))
-            .collect();
-        keys.sort_unstable();
-        let n_pos = y.iter().filter(|&&yi| yi).count() as u64;
-        Ok(Self {
-            y,
-            s,
-            keys,
-            n_pos,
-            n_neg: y.len() as u64 - n_pos,
-        })
-    }
-
-    /// Tie groups in ascending score order.
-    fn groups(&self) -> impl Iterator<Item = TieGroup> + '_ {
-        let (mut positives_below, mut negatives_below) = (0, 0);
-        self.keys.chunk_by(|a, b| a >> 1 == b >> 1).map(move |chunk| {
-            let positives = chunk.iter().filter(|&&key| key & 1 == 1).count() as u64;
-            let negatives = chunk.len() as u64 - positives;
-            let group = TieGroup {
-                score: f64::from_bits(chunk[0] >> 1),
-                positives,
-                negatives,
-                positives_below,
-                negatives_below,
-            };
-            positives_below += positives;
-            negatives_below += negatives;
-            group
-        })
-    }
-
-    /// AUC = Σ over positives of (negatives below + ½ negatives tied) / (m·n), summed exactly in
-    /// integers (doubled), so the only rounding is the final division.
+/// The metrics above as walks over the tie groups of the sorted scores ([`TieGroups`]) or binary
+/// searches in them. A positive's DeLong placement V10 is the share of negatives below its score (ties
+/// count ½), the same for its whole tie group: no index permutation, no pair loop.
+impl TieGroups {
+    /// AUC = Σ over positives of (negatives below + ½ negatives tied) / (m·n), with its DeLong
+    /// variance; the sums are exact integers (doubled), so that the only rounding is the final
+    /// divisions.
     fn auc(&self) -> Option<AucEstimate> {
         if self.n_pos == 0 || self.n_neg == 0 {
             return None;
         }
-        let doubled_wins: u128 = self
-            .groups()
-            .map(|g| u128::from(g.positives) * (2 * u128::from(g.negatives_below) + u128::from(g.negatives)))
-            .sum();
+        let sums = self.placement_sums();
         let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
-        let auc = doubled_wins as f64 / (2 * m * n) as f64;
-        let variance = self.delong_variance(auc);
+        let auc = sums.doubled_wins as f64 / (2 * m * n) as f64;
+        let variance = self.delong_variance(&sums, auc);
         let half_width = variance.map(|v| Z_95 * v.sqrt());
         Some(AucEstimate {
             auc,
@@ -356,49 +287,87 @@ impl<'a> SortedScores<'a> {
         })
     }
 
-    /// V10 of a positive scoring in `group`: negatives below plus half the negatives tied, over n.
-    fn v10(&self, group: &TieGroup) -> f64 {
-        (group.negatives_below as f64 + 0.5 * group.negatives as f64) / self.n_neg as f64
+    /// One walk over the groups: with k10 = 2·(negatives below) + negatives tied for a positive
+    /// (2n·V10) and k01 = 2·(positives above) + positives tied for a negative (2m·V01), the doubled
+    /// wins W = Σ k10 = Σ k01 and the sums of squares Σ k10², Σ k01². They fit in u128 whenever
+    /// 2mn < 2^64 (each square at most (2mn)²); `squares` is `None` otherwise.
+    fn placement_sums(&self) -> PlacementSums {
+        let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
+        let exact_squares = 2 * m * n <= u128::from(u64::MAX);
+        // Integer sums: any order of the blocks gives the same totals.
+        let blocks = map_blocks(self.len(), |groups| {
+            let (mut doubled_wins, mut squares10, mut squares01) = (0_u128, 0_u128, 0_u128);
+            for g in groups {
+                let (positives, negatives) = (u128::from(self.positives(g)), u128::from(self.negatives(g)));
+                let k10 = 2 * u128::from(self.negatives_below[g]) + negatives;
+                doubled_wins += positives * k10;
+                if exact_squares {
+                    let k01 = 2 * (m - u128::from(self.positives_below[g + 1])) + positives;
+                    squares10 += positives * k10 * k10;
+                    squares01 += negatives * k01 * k01;
+                }
+            }
+            [doubled_wins, squares10, squares01]
+        });
+        let [doubled_wins, squares10, squares01] = blocks.iter().fold([0; 3], |total, block| {
+            [total[0] + block[0], total[1] + block[1], total[2] + block[2]]
+        });
+        PlacementSums {
+            doubled_wins,
+            squares: exact_squares.then_some((squares10, squares01)),
+        }
     }
 
-    /// V01 of a negative scoring in `group`: positives above plus half the positives tied, over m.
-    fn v01(&self, group: &TieGroup) -> f64 {
-        let positives_above = self.n_pos - group.positives_below - group.positives;
-        (positives_above as f64 + 0.5 * group.positives as f64) / self.n_pos as f64
+    /// V10 of a positive scoring in group g: negatives below plus half the negatives tied, over n.
+    fn v10(&self, g: usize) -> f64 {
+        (self.negatives_below[g] as f64 + 0.5 * self.negatives(g) as f64) / self.n_neg as f64
+    }
+
+    /// V01 of a negative scoring in group g: positives above plus half the positives tied, over m.
+    fn v01(&self, g: usize) -> f64 {
+        let positives_above = self.n_pos - self.positives_below[g + 1];
+        (positives_above as f64 + 0.5 * self.positives(g) as f64) / self.n_pos as f64
     }
 
     /// DeLong (Sun & Xu 2014): Var = S10/m + S01/n over the placements V10 (positives) and V01
-    /// (negatives), constant within a tie group; `None` with fewer than two of a class. Both
-    /// placement means equal the AUC exactly, so one compensated pass gives both sums of squares.
-    fn delong_variance(&self, auc: f64) -> Option<f64> {
+    /// (negatives); `None` with fewer than two of a class. Both placement means equal the AUC
+    /// exactly, so (m−1)·S10 = Σ (V10 − AUC)² = (m·Σ k10² − W²) / (4n²m), an exact integer over an
+    /// exact integer, and likewise S01 with m and n swapped.
+    fn delong_variance(&self, sums: &PlacementSums, auc: f64) -> Option<f64> {
         if self.n_pos < 2 || self.n_neg < 2 {
             return None;
         }
+        let Some((squares10, squares01)) = sums.squares else {
+            return Some(self.delong_variance_in_floats(auc));
+        };
+        let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
+        let w2 = sums.doubled_wins * sums.doubled_wins;
+        // Both differences are ≥ 0 (Cauchy–Schwarz), exactly.
+        let (spread10, spread01) = (m * squares10 - w2, n * squares01 - w2);
+        let scale = (2 * m * n) as f64;
+        Some((spread10 as f64 / (m - 1) as f64 + spread01 as f64 / (n - 1) as f64) / (scale * scale))
+    }
+
+    /// The same variance for classes too large for [`Self::placement_sums`]' integers: one
+    /// compensated pass over the squared deviations from the AUC.
+    fn delong_variance_in_floats(&self, auc: f64) -> f64 {
         let (mut squares10, mut squares01) = (CompensatedSum::default(), CompensatedSum::default());
-        for g in self.groups() {
-            if g.positives > 0 {
-                squares10.add(g.positives as f64 * (self.v10(&g) - auc).powi(2));
-            }
-            if g.negatives > 0 {
-                squares01.add(g.negatives as f64 * (self.v01(&g) - auc).powi(2));
-            }
+        for g in 0..self.len() {
+            squares10.add(self.positives(g) as f64 * (self.v10(g) - auc).powi(2));
+            squares01.add(self.negatives(g) as f64 * (self.v01(g) - auc).powi(2));
         }
         let (m, n) = (self.n_pos as f64, self.n_neg as f64);
-        Some(squares10.total() / (m - 1.0) / m + squares01.total() / (n - 1.0) / n)
+        squares10.total() / (m - 1.0) / m + squares01.total() / (n - 1.0) / n
     }
 
     /// DeLong placements of every patient, in input order (the paired test needs patients aligned):
     /// V10 for each positive, V01 for each negative.
-    fn placements(&self) -> (Vec<f64>, Vec<f64>) {
-        let groups: Vec<TieGroup> = self.groups().collect();
-        let group_of = |score: f64| {
-            let index = groups.partition_point(|g| g.score < score + 0.0);
-            // Every observed score has its group, so `index` is in range; `min` only guards the bound.
-            &groups[index.min(groups.len() - 1)]
-        };
-        let mut v10 = Vec::with_capacity(self.keys.len());
-        let mut v01 = Vec::with_capacity(self.keys.len());
-        for (&yi, &si) in self.y.iter().zip(self.s) {
+    fn placements(&self, y: &[bool], s: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        // Every observed score has its group, so the index is in range; `min` only guards the bound.
+        let group_of = |score: f64| self.first_at_or_above(score).min(self.len() - 1);
+        let mut v10 = Vec::with_capacity(y.len());
+        let mut v01 = Vec::with_capacity(y.len());
+        for (&yi, &si) in y.iter().zip(s) {
             if yi {
                 v10.push(self.v10(group_of(si)));
             } else {
@@ -410,16 +379,13 @@ impl<'a> SortedScores<'a> {
 
     /// (threshold, TP, FP) at every distinct score, from the largest down: predict positive iff s ≥ t.
     fn cumulative_at_distinct_scores(&self) -> impl Iterator<Item = (f64, u64, u64)> + '_ {
-        let (mut tp, mut fp) = (0, 0);
-        self.keys
-            .chunk_by(|a, b| a >> 1 == b >> 1)
-            .rev()
-            .map(move |chunk| {
-                let positives = chunk.iter().filter(|&&key| key & 1 == 1).count() as u64;
-                tp += positives;
-                fp += chunk.len() as u64 - positives;
-                (f64::from_bits(chunk[0] >> 1), tp, fp)
-            })
+        (0..self.len()).rev().map(|g| {
+            (
+                self.score(g),
+                self.n_pos - self.positives_below[g],
+                self.n_neg - self.negatives_below[g],
+            )
+        })
     }
 
     /// The Youden-optimal threshold: maximise TP·N + TN·P exactly (integers), the largest threshold
@@ -429,23 +395,29 @@ impl<'a> SortedScores<'a> {
             return None;
         }
         let (p, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
-        let mut best: Option<(u128, f64)> = None;
-        for (threshold, tp, fp) in self.cumulative_at_distinct_scores() {
-            let criterion = u128::from(tp) * n + (n - u128::from(fp)) * p;
-            // Thresholds arrive largest first, so a strict comparison keeps the largest among ties.
-            if best.is_none_or(|(b, _)| criterion > b) {
-                best = Some((criterion, threshold));
-            }
-        }
-        best.map(|(_, threshold)| self.table_at(threshold))
+        // Per block, then over the blocks: the thresholds arrive smallest first, so `>=` keeps the
+        // largest among ties.
+        let keep_larger = |best: (u128, usize), candidate: (u128, usize)| {
+            if candidate.0 >= best.0 { candidate } else { best }
+        };
+        let blocks = map_blocks(self.len(), |groups| {
+            groups
+                .map(|g| {
+                    // At threshold scores[g]: TP = positives at or above it, TN = negatives below it.
+                    let tp = p - u128::from(self.positives_below[g]);
+                    (tp * n + u128::from(self.negatives_below[g]) * p, g)
+                })
+                .fold((0, 0), keep_larger)
+        });
+        let best = blocks.into_iter().fold((0, 0), keep_larger);
+        Some(self.table_at(self.score(best.1)))
     }
 
-    /// The 2×2 table at `threshold`: a binary search, then a count of the classes above it.
+    /// The 2×2 table at `threshold`: a binary search, then the counts at and above it.
     fn table_at(&self, threshold: f64) -> ConfusionTable {
-        let first_at_or_above = self.keys.partition_point(|&key| key >> 1 < score_bits(threshold));
-        let above = &self.keys[first_at_or_above..];
-        let tp = above.iter().filter(|&&key| key & 1 == 1).count() as u64;
-        let fp = above.len() as u64 - tp;
+        let first_at_or_above = self.first_at_or_above(threshold);
+        let tp = self.n_pos - self.positives_below[first_at_or_above];
+        let fp = self.n_neg - self.negatives_below[first_at_or_above];
         let (fn_, tn) = (self.n_pos - tp, self.n_neg - fp);
         ConfusionTable {
             threshold,
@@ -468,19 +440,20 @@ impl<'a> SortedScores<'a> {
             return None;
         }
         let p = self.n_pos as f64;
-        let mut previous_tp = 0_u64;
-        let terms = self.cumulative_at_distinct_scores().map(|(_, tp, fp)| {
-            let recall_step = (tp - previous_tp) as f64 / p;
-            previous_tp = tp;
-            recall_step * (tp as f64 / (tp + fp) as f64)
-        });
-        Some(sum(terms))
+        Some(compensated_sum(self.len(), |g| {
+            let tp = self.n_pos - self.positives_below[g];
+            let fp = self.n_neg - self.negatives_below[g];
+            self.positives(g) as f64 / p * (tp as f64 / (tp + fp) as f64)
+        }))
     }
 }
 
-/// The bit pattern of a score in [0, 1], ordered like the value (-0.0 folded into 0.0).
-fn score_bits(score: f64) -> u64 {
-    (score + 0.0).to_bits()
+/// The integer sums of [`TieGroups::placement_sums`].
+struct PlacementSums {
+    /// W = 2mn·AUC.
+    doubled_wins: u128,
+    /// (Σ k10², Σ k01²), `None` where they could overflow.
+    squares: Option<(u128, u128)>,
 }
 
 fn proportion(k: u64, n: u64) -> Option<Proportion> {
@@ -490,24 +463,6 @@ fn proportion(k: u64, n: u64) -> Option<Proportion> {
         ci_lower,
         ci_upper,
     })
-}
-
-fn check_lengths(
-    left_name: &'static str,
-    left: usize,
-    right_name: &'static str,
-    right: usize,
-) -> Result<(), StatsError> {
-    if left == right {
-        Ok(())
-    } else {
-        Err(StatsError::LengthMismatch {
-            left_name,
-            left,
-            right_name,
-            right,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -705,8 +660,8 @@ mod tests {
 
         #[test]
         fn youden_maximises_j_over_all_observed_thresholds((y, s) in scored_rows()) {
-            if let Some(table) = SortedScores::new(&y, &s).unwrap().youden_table() {
-                let scores = SortedScores::new(&y, &s).unwrap();
+            if let Some(table) = TieGroups::new(&y, &s).unwrap().youden_table() {
+                let scores = TieGroups::new(&y, &s).unwrap();
                 let j = |t: &ConfusionTable| t.tp as f64 / scores.n_pos as f64 + t.tn as f64 / scores.n_neg as f64;
                 for &candidate in &s {
                     let other = scores.table_at(candidate);

@@ -4,9 +4,15 @@
 //!
 //! Scores are clipped to [`CLIP`, 1 − `CLIP`] before the logit, so that a model that outputs exactly
 //! 0 or 1 (a saturated f32 sigmoid) still has a finite logit.
+//!
+//! The fits run on the rows grouped by distinct score ([`TieGroups`], which the binary report sorts
+//! anyway): the likelihood of a group is that of its rows, so each Newton pass goes over the distinct
+//! scores with their class counts as weights, and each logit is taken once per distinct score.
 
 use super::logistic;
+use super::parallel::{block_sums, map_blocks_mut};
 use super::sum::CompensatedSum;
+use super::ties::TieGroups;
 use serde::Serialize;
 
 /// Scores are clipped to [CLIP, 1 − CLIP] before taking logit(s).
@@ -36,32 +42,83 @@ pub struct CalibrationBin {
 }
 
 /// Calibration intercept, slope and calibration-in-the-large of scores `s` for outcomes `y`
-/// (equal lengths, scores in [0, 1], checked by the caller).
+/// (equal lengths, not empty, scores in [0, 1], checked by the caller: on other rows every value is
+/// `None`).
 #[must_use]
 pub fn calibration(y: &[bool], s: &[f64]) -> Calibration {
-    let logits = parallel_map(s, clipped_logit);
-    // On many rows, both fits first run on a subsample: that moves where the full-data iterations
-    // start (a few steps from the maximiser), not where they stop.
-    let start = subsample(y, s).and_then(|(ys, ps)| {
-        let in_the_large = intercept_with_offset(&ys, &ps, 0.0)?;
-        let xs: Vec<f64> = ps.iter().map(|&p| clipped_logit(p)).collect();
-        Some((
-            in_the_large,
-            recalibration_fit(&ys, &xs, (in_the_large, 1.0)).map(|(a, b, _)| (a, b)),
-        ))
+    TieGroups::new(y, s).map_or(UNDEFINED, |groups| of_groups(&groups))
+}
+
+/// No estimate at all (a single class).
+const UNDEFINED: Calibration = Calibration {
+    calibration_intercept: None,
+    calibration_slope: None,
+    calibration_slope_se: None,
+    calibration_in_the_large: None,
+};
+
+/// [`calibration`] of rows already grouped by score.
+pub(crate) fn of_groups(groups: &TieGroups) -> Calibration {
+    if groups.n_pos == 0 || groups.n_neg == 0 {
+        return UNDEFINED;
+    }
+    let mut logits = vec![0.0_f64; groups.len()];
+    let summaries: Vec<Summary> = map_blocks_mut(&mut logits, |range, out| {
+        let runs = out.chunks_mut(SUMMARY_GROUPS).zip(range.step_by(SUMMARY_GROUPS));
+        runs.map(|(run, first)| {
+            let mut summary = Summary::default();
+            for (g, logit) in (first..).zip(run) {
+                *logit = clipped_logit(groups.score(g));
+                summary.add(*logit, groups.positives(g), groups.negatives(g));
+            }
+            summary
+        })
+        .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let data = Grouped {
+        logits: &logits,
+        score_bits: &groups.score_bits,
+        positives_below: &groups.positives_below,
+        negatives_below: &groups.negatives_below,
+    };
+    let overlap = summaries
+        .iter()
+        .fold(LogitRanges::EMPTY, |r, s| r.merge(&s.ranges))
+        .overlap();
+    // On many distinct scores, both fits first run on the summaries (one point a run of
+    // [`SUMMARY_GROUPS`] groups, at the run's mean logit): that moves where the full iterations start
+    // (close to the maximiser, so that two passes usually reach the tolerance), not where they stop.
+    let (coarse_in_the_large, coarse_fit) = if summaries.len() >= COARSE_MIN_SUMMARIES {
+        coarse_fits(&summaries)
+    } else {
+        (None, None)
+    };
+    let in_the_large_start = coarse_in_the_large.unwrap_or(0.0);
+    let (in_the_large, joint_fit) = match coarse_fit {
+        Some(start) if overlap => {
+            let (in_the_large, fit) = fit_jointly(&data, Some(in_the_large_start), Some(start));
+            (in_the_large, Some((start, fit)))
+        }
+        _ => (fit_jointly(&data, Some(in_the_large_start), None).0, None),
+    };
+    // Without a start from the summaries, the recalibration starts from calibration-in-the-large with
+    // slope 1.
+    let (start, mut fit) = joint_fit.unwrap_or_else(|| {
+        let start = (in_the_large.unwrap_or(0.0), 1.0);
+        (
+            start,
+            overlap.then(|| fit_jointly(&data, None, Some(start)).1).flatten(),
+        )
     });
-    let in_the_large = intercept_with_offset(y, s, start.map_or(0.0, |(a, _)| a));
-    let recalibration_start = start
-        .and_then(|(_, fit)| fit)
-        .unwrap_or((in_the_large.unwrap_or(0.0), 1.0));
     // Newton's iteration is not globally convergent: from a start far from the maximiser on a tiny or
     // awkward cohort it can overshoot and diverge where the engine's start (β = 0) converges. Then the
     // engine's start decides, so that the fit is the engine's whenever the engine has one.
-    let fit = recalibration_fit(y, &logits, recalibration_start).or_else(|| {
-        (recalibration_start != (0.0, 0.0))
-            .then(|| recalibration_fit(y, &logits, (0.0, 0.0)))
-            .flatten()
-    });
+    if overlap && fit.is_none() && start != (0.0, 0.0) {
+        fit = fit_jointly(&data, None, Some((0.0, 0.0))).1;
+    }
     Calibration {
         calibration_intercept: fit.map(|f| f.0),
         calibration_slope: fit.map(|f| f.1),
@@ -100,184 +157,248 @@ fn clipped_logit(score: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
-/// (a, b) of logit P(y) = a + b·logit(s): the maximum-likelihood fit of the study's logistic
-/// engine ([`logistic::fit`]: Newton's iteration with its convergence rule, max |Δβ| ≤
-/// [`logistic::TOLERANCE`]), specialised to one covariate: each step is one pass over the
-/// rows accumulating the five sums of the score and information (in blocks, the block totals
-/// compensated) and a 2×2 solve, instead of the general engine's design matrix. `None` where the engine
-/// gives no estimate: a single class, a constant logit, separation (in one dimension exactly when
-/// the two classes' logit ranges do not overlap), or no convergence. Returns (a, b, SE of b), the SE
-/// from the information of the last iterate (within the tolerance of the maximiser).
-fn recalibration_fit(y: &[bool], logits: &[f64], start: (f64, f64)) -> Option<(f64, f64, f64)> {
-    let (mut positive, mut negative) = (
-        (f64::INFINITY, f64::NEG_INFINITY),
-        (f64::INFINITY, f64::NEG_INFINITY),
-    );
-    for (&yi, &x) in y.iter().zip(logits) {
-        let range = if yi { &mut positive } else { &mut negative };
-        *range = (range.0.min(x), range.1.max(x));
+/// One-covariate data in groups: group g has `positives_below[g + 1] − positives_below[g]` positives
+/// (likewise negatives), covariate `logits[g]` and score `f64::from_bits(score_bits[g])` (clipped
+/// before use; only calibration-in-the-large reads it).
+struct Grouped<'a> {
+    logits: &'a [f64],
+    score_bits: &'a [u64],
+    positives_below: &'a [u64],
+    negatives_below: &'a [u64],
+}
+
+impl Grouped<'_> {
+    /// (positives, rows) of group g, as weights.
+    fn counts(&self, g: usize) -> (f64, f64) {
+        let positives = self.positives_below[g + 1] - self.positives_below[g];
+        let negatives = self.negatives_below[g + 1] - self.negatives_below[g];
+        (positives as f64, (positives + negatives) as f64)
     }
-    // One class, or a threshold on logit(s) that separates them (ties allowed: quasi-complete).
-    if !(negative.1 > positive.0 && positive.1 > negative.0) {
-        return None;
-    }
-    // From `start` (near the maximiser: the subsample's fit, or calibration-in-the-large with slope
-    // 1), fewer steps than from the engine's β = 0 to the same maximiser: the log-likelihood is
-    // strictly concave once the classes overlap.
-    let (mut a, mut b) = start;
+}
+
+/// Both fits from given starts (a fit without a start is not run), their Newton iterations side by
+/// side so that one pass over the groups serves both:
+/// - calibration-in-the-large: a of logit P(y) = a + logit(p), p the score clipped to [`CLIP`,
+///   1 − `CLIP`]; one-parameter Newton on Σ (y − σ(a + logit p)) = 0, which is concave and has a
+///   finite root whenever both classes are present. σ(a + logit p) = p·e^a / (p·e^a + 1 − p): no
+///   exponential per group.
+/// - the recalibration (a, b) of logit P(y) = a + b·logit(s): the maximum-likelihood fit of the
+///   study's logistic engine ([`logistic::fit`]: Newton's iteration with its convergence rule,
+///   max |Δβ| ≤ [`logistic::TOLERANCE`]), specialised to one covariate: five sums of the score and
+///   information a pass and a 2×2 solve, instead of the general engine's design matrix. The caller
+///   checks that the classes' logit ranges overlap (in one dimension separation is exactly their not
+///   overlapping). Returns (a, b, SE of b), the SE from the information of the last iterate (within
+///   the tolerance of the maximiser).
+///
+/// Each is `None` where it does not converge (or a step is not finite).
+fn fit_jointly(
+    data: &Grouped<'_>,
+    in_the_large: Option<f64>,
+    recalibration: Option<(f64, f64)>,
+) -> (Option<f64>, Option<(f64, f64, f64)>) {
+    let (mut offset, mut offset_running, mut offset_fit) =
+        (in_the_large.unwrap_or(0.0), in_the_large.is_some(), None);
+    let ((mut a, mut b), mut slope_running, mut slope_fit) =
+        (recalibration.unwrap_or((0.0, 0.0)), recalibration.is_some(), None);
     for _ in 0..logistic::MAX_ITERATIONS {
-        let [g0, g1, h00, h01, h11] = score_and_information(y, logits, a, b);
-        let det = h00 * h11 - h01 * h01;
-        let (da, db) = ((h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det);
-        if !(da.is_finite() && db.is_finite()) {
-            return None;
+        if !(offset_running || slope_running) {
+            break;
         }
-        a += da;
-        b += db;
-        if da.abs() <= logistic::TOLERANCE && db.abs() <= logistic::TOLERANCE {
-            // The [1][1] element of the inverse of [[h00, h01], [h01, h11]].
-            let se = (h00 / det).sqrt();
-            return se.is_finite().then_some((a, b, se));
-        }
-    }
-    None
-}
-
-/// Rows of the subsample the fits start from ([`subsample`]).
-const SUBSAMPLE_ROWS: usize = 100_000;
-
-/// Every k-th row of a large cohort (at least 4·[`SUBSAMPLE_ROWS`] rows), about
-/// [`SUBSAMPLE_ROWS`] of them; `None` for a smaller one.
-fn subsample(y: &[bool], x: &[f64]) -> Option<(Vec<bool>, Vec<f64>)> {
-    if y.len() < 4 * SUBSAMPLE_ROWS {
-        return None;
-    }
-    let k = y.len() / SUBSAMPLE_ROWS;
-    Some((
-        y.iter().step_by(k).copied().collect(),
-        x.iter().step_by(k).copied().collect(),
-    ))
-}
-
-/// `f` of every element, on up to the machine's cores (contiguous runs).
-fn parallel_map(values: &[f64], f: impl Fn(f64) -> f64 + Sync) -> Vec<f64> {
-    let threads = threads_for(values.len().div_ceil(BLOCK));
-    let per_thread = values.len().div_ceil(threads).max(1);
-    let f = &f;
-    // Zeroed pages come from the system untouched: each thread writes (and faults in) its own run.
-    let mut out = vec![0.0_f64; values.len()];
-    std::thread::scope(|scope| {
-        for (run, out) in values.chunks(per_thread).zip(out.chunks_mut(per_thread)) {
-            scope.spawn(move || {
-                for (o, &v) in out.iter_mut().zip(run) {
-                    *o = f(v);
-                }
-            });
-        }
-    });
-    out
-}
-
-/// Rows per block of the plain sums in [`score_and_information`].
-const BLOCK: usize = 4096;
-
-/// Threads for work over `blocks` blocks of [`BLOCK`] rows: the machine's cores, at least 16 blocks
-/// each, at least 1.
-fn threads_for(blocks: usize) -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(blocks / 16)
-        .max(1)
-}
-
-/// At (a, b): Σ (y − μ), Σ (y − μ)·x, Σ w, Σ w·x, Σ w·x² with μ = σ(a + b·x), w = μ(1 − μ).
-fn score_and_information(y: &[bool], x: &[f64], a: f64, b: f64) -> [f64; 5] {
-    block_sums(y, x, |yi, xi| {
-        let mu = 1.0 / (1.0 + (-(a + b * xi)).exp());
-        let (residual, w) = (f64::from(u8::from(yi)) - mu, mu * (1.0 - mu));
-        [residual, residual * xi, w, w * xi, w * xi * xi]
-    })
-}
-
-/// Σ over the rows of `term(y, x)`: plain sums within blocks of [`BLOCK`] rows, on up to the
-/// machine's cores (contiguous runs of blocks each), then the block totals compensated in block
-/// order, so that the result does not depend on the number of threads.
-fn block_sums<const K: usize>(
-    y: &[bool],
-    x: &[f64],
-    term: impl Fn(bool, f64) -> [f64; K] + Sync,
-) -> [f64; K] {
-    let block = |yb: &[bool], xb: &[f64]| {
-        let mut sums = [0.0_f64; K];
-        for (&yi, &xi) in yb.iter().zip(xb) {
-            for (sum, value) in sums.iter_mut().zip(term(yi, xi)) {
-                *sum += value;
+        let odds_ratio = offset.exp();
+        let [score, information, g0, g1, h00, h01, h11] = block_sums(data.logits.len(), |g| {
+            let (positives, rows) = data.counts(g);
+            let mut terms = [0.0; 7];
+            if offset_running {
+                let p = f64::from_bits(data.score_bits[g]).clamp(CLIP, 1.0 - CLIP);
+                let scaled = p * odds_ratio;
+                let mu = scaled / (scaled + (1.0 - p));
+                terms[0] = positives - rows * mu;
+                terms[1] = rows * mu * (1.0 - mu);
+            }
+            if slope_running {
+                let x = data.logits[g];
+                let mu = 1.0 / (1.0 + (-(a + b * x)).exp());
+                let (residual, w) = (positives - rows * mu, rows * mu * (1.0 - mu));
+                terms[2..].copy_from_slice(&[residual, residual * x, w, w * x, w * x * x]);
+            }
+            terms
+        });
+        if offset_running {
+            let step = score / information;
+            offset += step;
+            if !step.is_finite() || step.abs() <= logistic::TOLERANCE {
+                offset_running = false;
+                offset_fit = step.is_finite().then_some(offset);
             }
         }
-        sums
-    };
-    let blocks = y.len().div_ceil(BLOCK);
-    let threads = threads_for(blocks);
-    let per_thread = blocks.div_ceil(threads) * BLOCK;
-    let partials: Vec<Vec<[f64; K]>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = y
-            .chunks(per_thread)
-            .zip(x.chunks(per_thread))
-            .map(|(yr, xr)| {
-                scope.spawn(move || {
-                    yr.chunks(BLOCK)
-                        .zip(xr.chunks(BLOCK))
-                        .map(|(yb, xb)| block(yb, xb))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
-    });
-    let mut totals = [CompensatedSum::default(); K];
-    for sums in partials.iter().flatten() {
-        for (total, &value) in totals.iter_mut().zip(sums) {
-            total.add(value);
+        if slope_running {
+            let det = h00 * h11 - h01 * h01;
+            let (da, db) = ((h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det);
+            a += da;
+            b += db;
+            if !(da.is_finite() && db.is_finite()) {
+                slope_running = false;
+            } else if da.abs() <= logistic::TOLERANCE && db.abs() <= logistic::TOLERANCE {
+                slope_running = false;
+                // The [1][1] element of the inverse of [[h00, h01], [h01, h11]].
+                let se = (h00 / det).sqrt();
+                slope_fit = se.is_finite().then_some((a, b, se));
+            }
         }
     }
-    totals.map(|t| t.total())
+    (offset_fit, slope_fit)
 }
 
-/// a of logit P(y) = a + logit(p), p the scores clipped to [`CLIP`, 1 − `CLIP`]: one-parameter
-/// Newton on Σ (y − σ(a + logit p)) = 0, which is concave and has a finite root whenever both
-/// classes are present. σ(a + logit p) = p·e^a / (p·e^a + 1 − p): no exponential per row.
-fn intercept_with_offset(y: &[bool], scores: &[f64], start: f64) -> Option<f64> {
-    let positives = y.iter().filter(|&&v| v).count();
-    if positives == 0 || positives == y.len() {
-        return None;
-    }
-    let mut a = start;
-    for _ in 0..logistic::MAX_ITERATIONS {
-        let odds_ratio = a.exp();
-        let [score, information] = block_sums(y, scores, |yi, score| {
-            let p = score.clamp(CLIP, 1.0 - CLIP);
-            let scaled = p * odds_ratio;
-            let mu = scaled / (scaled + (1.0 - p));
-            [f64::from(u8::from(yi)) - mu, mu * (1.0 - mu)]
+/// Consecutive groups in one [`Summary`]; a divisor of `parallel::BLOCK`, so that the summaries do
+/// not depend on the threads.
+const SUMMARY_GROUPS: usize = 256;
+const _: () = assert!(super::parallel::BLOCK.is_multiple_of(SUMMARY_GROUPS));
+
+/// Fewest summaries for which the fits start from the fits on the summaries.
+const COARSE_MIN_SUMMARIES: usize = 1024;
+
+/// What the fits need of a run of [`SUMMARY_GROUPS`] consecutive groups.
+#[derive(Debug, Clone, Copy, Default)]
+struct Summary {
+    positives: u64,
+    negatives: u64,
+    /// Σ rows·logit over the run's groups.
+    weighted_logits: f64,
+    ranges: LogitRanges,
+}
+
+impl Summary {
+    fn add(&mut self, logit: f64, positives: u64, negatives: u64) {
+        self.positives += positives;
+        self.negatives += negatives;
+        self.weighted_logits += (positives + negatives) as f64 * logit;
+        self.ranges = self.ranges.merge(&LogitRanges {
+            positive: if positives > 0 {
+                (logit, logit)
+            } else {
+                LogitRanges::EMPTY.positive
+            },
+            negative: if negatives > 0 {
+                (logit, logit)
+            } else {
+                LogitRanges::EMPTY.negative
+            },
         });
-        let step = score / information;
-        if !step.is_finite() {
-            return None;
-        }
-        a += step;
-        if step.abs() <= logistic::TOLERANCE {
-            return Some(a);
+    }
+}
+
+/// (lowest, highest) logit of each class; (+∞, −∞) for a class without rows.
+#[derive(Debug, Clone, Copy)]
+struct LogitRanges {
+    positive: (f64, f64),
+    negative: (f64, f64),
+}
+
+impl Default for LogitRanges {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl LogitRanges {
+    const EMPTY: Self = Self {
+        positive: (f64::INFINITY, f64::NEG_INFINITY),
+        negative: (f64::INFINITY, f64::NEG_INFINITY),
+    };
+
+    fn merge(&self, other: &Self) -> Self {
+        let join = |a: (f64, f64), b: (f64, f64)| (a.0.min(b.0), a.1.max(b.1));
+        Self {
+            positive: join(self.positive, other.positive),
+            negative: join(self.negative, other.negative),
         }
     }
-    None
+
+    /// Both classes present and no threshold on logit(s) separating them (ties allowed: a tie at the
+    /// threshold is quasi-complete separation).
+    fn overlap(&self) -> bool {
+        self.negative.1 > self.positive.0 && self.positive.1 > self.negative.0
+    }
+}
+
+/// The fits on the summaries (each one group at its mean logit): (calibration-in-the-large,
+/// recalibration (a, b)), each `None` where it fails on them.
+fn coarse_fits(summaries: &[Summary]) -> (Option<f64>, Option<(f64, f64)>) {
+    let logits: Vec<f64> = summaries
+        .iter()
+        .map(|b| b.weighted_logits / (b.positives + b.negatives) as f64)
+        .collect();
+    let score_bits: Vec<u64> = logits
+        .iter()
+        .map(|&x| (1.0 / (1.0 + (-x).exp())).to_bits())
+        .collect();
+    let cumulative = |count: fn(&Summary) -> u64| {
+        std::iter::once(0)
+            .chain(summaries.iter().scan(0, move |below, b| {
+                *below += count(b);
+                Some(*below)
+            }))
+            .collect::<Vec<u64>>()
+    };
+    let (positives_below, negatives_below) = (cumulative(|b| b.positives), cumulative(|b| b.negatives));
+    let data = Grouped {
+        logits: &logits,
+        score_bits: &score_bits,
+        positives_below: &positives_below,
+        negatives_below: &negatives_below,
+    };
+    let in_the_large = fit_jointly(&data, Some(0.0), None).0;
+    let ranges = LogitRanges {
+        positive: min_max(&logits, |g| positives_below[g + 1] > positives_below[g]),
+        negative: min_max(&logits, |g| negatives_below[g + 1] > negatives_below[g]),
+    };
+    let recalibration = in_the_large
+        .filter(|_| ranges.overlap())
+        .and_then(|a| fit_jointly(&data, None, Some((a, 1.0))).1)
+        .map(|(a, b, _)| (a, b));
+    (in_the_large, recalibration)
+}
+
+/// (lowest, highest) of the logits of the groups `keep` selects; (+∞, −∞) when none.
+fn min_max(logits: &[f64], keep: impl Fn(usize) -> bool) -> (f64, f64) {
+    (0..logits.len())
+        .filter(|&g| keep(g))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), g| {
+            (lo.min(logits[g]), hi.max(logits[g]))
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The recalibration fit of rows (one group a row, covariate `x`) from the engine's start (β = 0),
+    /// `None` where the classes' ranges of `x` do not overlap.
+    fn recalibration_fit(y: &[bool], x: &[f64]) -> Option<(f64, f64, f64)> {
+        let below = |class: bool| {
+            std::iter::once(0)
+                .chain(y.iter().scan(0, move |count, &yi| {
+                    *count += u64::from(yi == class);
+                    Some(*count)
+                }))
+                .collect::<Vec<u64>>()
+        };
+        let (positives_below, negatives_below) = (below(true), below(false));
+        let data = Grouped {
+            logits: x,
+            score_bits: &[],
+            positives_below: &positives_below,
+            negatives_below: &negatives_below,
+        };
+        let ranges = LogitRanges {
+            positive: min_max(x, |g| y[g]),
+            negative: min_max(x, |g| !y[g]),
+        };
+        ranges
+            .overlap()
+            .then(|| fit_jointly(&data, None, Some((0.0, 0.0))).1)
+            .flatten()
+    }
 
     /// Outcomes drawn so that P(y = 1) = σ(a + b·logit(s)) on a fine grid of scores, deterministically:
     /// for each score, k of 1000 copies are positive with k = round(1000·σ(...)).
@@ -359,10 +480,7 @@ mod tests {
                 y.push(positive);
                 x.push(uniform() * 4.0 - 2.0 + if positive { shift } else { 0.0 });
             }
-            let (fast, general) = (
-                recalibration_fit(&y, &x, (0.0, 0.0)).unwrap(),
-                engine(&y, &x).unwrap(),
-            );
+            let (fast, general) = (recalibration_fit(&y, &x).unwrap(), engine(&y, &x).unwrap());
             assert!(
                 (fast.0 - general.0).abs() <= 1e-9 * (1.0 + general.0.abs())
                     && (fast.1 - general.1).abs() <= 1e-9 * (1.0 + general.1.abs())
@@ -387,35 +505,60 @@ mod tests {
             (&[true, true, true], &[0.1, 0.2, 0.3]),
         ];
         for (y, x) in cases {
-            assert_eq!(recalibration_fit(y, x, (0.0, 0.0)), None, "{y:?} {x:?}");
+            assert_eq!(recalibration_fit(y, x), None, "{y:?} {x:?}");
             assert_eq!(engine(y, x), None, "{y:?} {x:?}");
         }
     }
 
-    /// The block sums are those of one thread going through the blocks in order, bit for bit,
-    /// whatever the threads (here as many as the machine has, on 200 blocks).
+    /// On many distinct scores the fits start from the summaries' fits: same maximiser as from the
+    /// engine's start, and the same calibration-in-the-large as from 0.
     #[test]
-    fn block_sums_do_not_depend_on_the_threads() {
-        let n = 200 * BLOCK + 17;
-        let y: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
-        let x: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 97.0 - 5.0).collect();
-        let term = |yi: bool, xi: f64| [f64::from(u8::from(yi)) - 0.3, xi.exp().ln_1p()];
-        let mut sequential = [CompensatedSum::default(); 2];
-        for (yb, xb) in y.chunks(BLOCK).zip(x.chunks(BLOCK)) {
-            let mut block = [0.0_f64; 2];
-            for (&yi, &xi) in yb.iter().zip(xb) {
-                for (sum, value) in block.iter_mut().zip(term(yi, xi)) {
-                    *sum += value;
-                }
-            }
-            for (total, value) in sequential.iter_mut().zip(block) {
-                total.add(value);
-            }
+    fn the_start_from_the_summaries_moves_where_the_fits_start_not_where_they_stop() {
+        let n = SUMMARY_GROUPS * COARSE_MIN_SUMMARIES + 999;
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (mut y, mut s) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let positive = uniform() < 0.3;
+            let logit = uniform() * 5.0 - 3.0 + if positive { 1.3 } else { 0.0 };
+            y.push(positive);
+            s.push(1.0 / (1.0 + (-logit).exp()));
         }
-        let expected = sequential.map(|t| t.total());
-        assert_eq!(
-            block_sums(&y, &x, term).map(f64::to_bits),
-            expected.map(f64::to_bits)
+        let groups = TieGroups::new(&y, &s).unwrap();
+        assert!(groups.len().div_ceil(SUMMARY_GROUPS) >= COARSE_MIN_SUMMARIES);
+        let c = of_groups(&groups);
+        let logits: Vec<f64> = (0..groups.len())
+            .map(|g| clipped_logit(groups.score(g)))
+            .collect();
+        let data = Grouped {
+            logits: &logits,
+            score_bits: &groups.score_bits,
+            positives_below: &groups.positives_below,
+            negatives_below: &groups.negatives_below,
+        };
+        let (in_the_large, fit) = fit_jointly(&data, Some(0.0), Some((0.0, 0.0)));
+        let (in_the_large, (a, b, se)) = (in_the_large.unwrap(), fit.unwrap());
+        let close = |x: Option<f64>, y: f64| (x.unwrap() - y).abs() <= 1e-12 * (1.0 + y.abs());
+        assert!(
+            close(c.calibration_in_the_large, in_the_large),
+            "{c:?} vs {in_the_large}"
+        );
+        assert!(
+            close(c.calibration_intercept, a) && close(c.calibration_slope, b),
+            "{c:?} vs {a}, {b}"
+        );
+        assert!(close(c.calibration_slope_se, se), "{c:?} vs {se}");
+        // And the grouped rows give the fit of the rows one by one.
+        let x: Vec<f64> = s.iter().map(|&p| clipped_logit(p)).collect();
+        let by_rows = recalibration_fit(&y, &x).unwrap();
+        assert!(
+            (by_rows.0 - a).abs() <= 1e-9 && (by_rows.1 - b).abs() <= 1e-9,
+            "{by_rows:?} vs {a}, {b}"
         );
     }
 

@@ -10,8 +10,11 @@ pub mod kappa;
 pub mod logistic;
 pub mod meta;
 pub mod normal;
+mod parallel;
 pub mod privacy;
+mod radix;
 pub mod sum;
+mod ties;
 
 pub use normal::{Z_95, normal_two_sided_p, wilson_interval};
 
