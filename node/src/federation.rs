@@ -50,6 +50,26 @@ pub struct RunSummary {
     pub final_model: Option<(PathBuf, String)>,
 }
 
+/// How a training site splits its labelled patients (`labels`: LNM of each) into training and
+/// validation, the same way in every round and every study on the same data: stratified by LNM with a
+/// fixed seed, holding out `fraction`, or, with `folds`, validating on fold `fold`. (A centralised
+/// baseline on the same patients uses it too.)
+///
+/// # Errors
+/// A split the labels cannot make (too few patients of a class), named.
+pub fn site_split(
+    labels: &[bool],
+    fraction: f64,
+    folds: Option<CrossValidationFold>,
+) -> anyhow::Result<data::Split> {
+    Ok(match folds {
+        Some(CrossValidationFold { folds, fold }) => {
+            data::stratified_k_fold(labels, folds, SPLIT_SEED)?.swap_remove(fold)
+        }
+        None => data::stratified_split(labels, fraction, SPLIT_SEED)?,
+    })
+}
+
 /// The site's patients, encoded for one model configuration and split once.
 struct SiteExamples {
     config_digest: String,
@@ -225,12 +245,7 @@ impl Node {
                         .iter()
                         .map(|e| e.targets.is_some_and(|t| t.lnm))
                         .collect();
-                    let split = match folds {
-                        Some(CrossValidationFold { folds, fold }) => {
-                            data::stratified_k_fold(&labels, folds, SPLIT_SEED)?.swap_remove(fold)
-                        }
-                        None => data::stratified_split(&labels, fraction, SPLIT_SEED)?,
-                    };
+                    let split = site_split(&labels, fraction, folds)?;
                     (split.train, split.validation)
                 };
                 let pick = |idx: &[usize]| idx.iter().map(|&i| examples[i].clone()).collect::<Vec<_>>();
@@ -417,8 +432,17 @@ impl Node {
         let stages = examples.validation_stages.clone();
         let cohort = examples.cohort.clone();
         let scoring_site = site.clone();
+        // FedBN: a site that never trains has no normalisation statistics of its own; it re-estimates
+        // them on its own pictures (AdaBN; no label is read) before it scores.
+        let adapt = role == SiteRole::Validate && !task.local_tensors.is_empty();
+        let adapt_seed = seed_of(&site) ^ round;
         let (mut validation, scores) =
             tokio::task::spawn_blocking(move || -> anyhow::Result<(SiteValidation, Vec<PatientScore>)> {
+                let weights = if adapt {
+                    train::adapt_normalisation(device, &config, &weights, &validation, adapt_seed)?
+                } else {
+                    weights
+                };
                 let predictions = train::predict(device, &config, &weights, &validation, 32)?;
                 let scores = PatientScore::of_predictions(&validation, &predictions);
                 let record = SiteRoundMetrics::from_predictions(

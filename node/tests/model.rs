@@ -596,3 +596,44 @@ fn cli_quality_check_compares_each_modality_with_the_oracle_and_with_multimodal(
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 }
+
+/// AdaBN for a site that never trained (a validate-only site of a FedBN study): only the running
+/// statistics of the normalisation layers change, towards the site's own images' statistics (no label
+/// is read), reproducibly from the seed; every other weight is untouched.
+#[test]
+fn adabn_re_estimates_only_the_running_statistics_from_the_sites_images() {
+    let config = ModelConfig::tiny(Modality::Multimodal);
+    let initial = train::initial_weights(&config, 3);
+    let mut site = examples(&config, 48, 11);
+    // Another scanner: brighter pictures; and no labels at all.
+    for example in &mut site {
+        for value in &mut example.inputs.image {
+            *value = (*value * 0.5 + 0.4).min(1.0);
+        }
+        example.targets = None;
+    }
+    let adapted = train::adapt_normalisation(ComputeDevice::Cpu, &config, &initial, &site, 7).unwrap();
+    let again = train::adapt_normalisation(ComputeDevice::Cpu, &config, &initial, &site, 7).unwrap();
+    assert_eq!(adapted, again, "reproducible from the seed");
+    for (before, after) in initial.tensors.iter().zip(&adapted.tensors) {
+        assert_eq!(before.name, after.name);
+        let running = before.name.contains("running");
+        assert_eq!(
+            before.values != after.values,
+            running,
+            "{}: changed {}",
+            before.name,
+            before.values != after.values
+        );
+    }
+    // The stem's running mean now follows the site's pictures: the mean of its first-layer outputs,
+    // not the initial 0.
+    let mean = adapted.get("image.stem_bn.running_mean").unwrap();
+    assert!(
+        mean.values.iter().any(|m| m.abs() > 1e-3),
+        "{:?}",
+        &mean.values[..4]
+    );
+    let error = train::adapt_normalisation(ComputeDevice::Cpu, &config, &initial, &site[..1], 7).unwrap_err();
+    assert!(error.to_string().contains('1'), "{error}");
+}

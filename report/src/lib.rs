@@ -19,6 +19,7 @@
 mod design;
 mod figures;
 pub mod format;
+mod methods;
 mod participants;
 pub mod pools;
 mod sections;
@@ -35,6 +36,7 @@ pub use design::{
     Comparison, ComparisonRow, DesignRow, DesignSummary, comparison_page, design_page, mean_and_sd,
     random_effects,
 };
+pub use methods::{MethodRow, Versus, methods_markdown, methods_page};
 
 /// The row and pool name of the training sites' pool (the tables' `site` column), and of the
 /// validate-only sites' pool.

@@ -372,7 +372,7 @@ fn table(rows: &[DesignRow]) -> String {
 }
 
 /// Writes the design's page, its results as JSON and its summary as markdown into `out`.
-fn write_design<T: serde::Serialize>(
+pub(super) fn write_design<T: serde::Serialize>(
     out: &std::path::Path,
     studies: Vec<(String, SimulationOutcome)>,
     results: T,

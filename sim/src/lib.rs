@@ -8,6 +8,7 @@
 //! not.
 
 pub mod designs;
+pub mod methods;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -89,6 +90,9 @@ pub struct SimulateArgs {
     /// k of `--design k-fold`.
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
+    /// The FedProx μ values `--design methods` compares (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.1")]
+    pub mu: Vec<f64>,
 }
 
 /// How a simulation validates the federated model.
@@ -104,6 +108,10 @@ pub enum Design {
     LeaveOneSiteOut,
     /// k studies, the j-th validating on fold j of every training site's patients.
     KFold,
+    /// Federated quality against pooled and single-site training on the same sites: centralised,
+    /// each site alone, FedAvg (secure and plain), FedProx for each `--mu`, FedBN; external AUC,
+    /// gap to the oracle and to centralised (paired DeLong), by round.
+    Methods,
 }
 
 /// The simulated study's id.
@@ -137,6 +145,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         Design::LeaveOneSiteOut => Some(runtime.block_on(designs::leave_one_site_out(args))?.printed()),
         Design::KFold => Some(runtime.block_on(designs::k_fold(args))?.printed()),
         Design::ModelComparison => Some(runtime.block_on(designs::model_comparison(args))?.printed()),
+        Design::Methods => Some(runtime.block_on(methods::methods(args))?.printed()),
     };
     if let Some(printed) = design {
         println!("{printed}");
@@ -230,6 +239,30 @@ async fn generate_sites(args: &SimulateArgs, sites: &[SimSite], data_dir: &Path)
     Ok(())
 }
 
+/// The model every study of a simulation trains: the tiny ResNet of `modality` at the arguments'
+/// input size and width.
+fn study_model(args: &SimulateArgs, modality: Modality) -> ModelConfig {
+    let mut model = ModelConfig::tiny(modality);
+    model.image.input_size = args.image_size;
+    model.image.base_width = args.base_width;
+    model
+}
+
+/// The local training of one round (AdamW at the arguments' learning rate, no warm-up, no early
+/// stopping, the arguments' FedProx μ and seed).
+fn study_plan(args: &SimulateArgs) -> TrainPlan {
+    TrainPlan {
+        epochs: args.local_epochs,
+        batch_size: 16,
+        learning_rate: args.learning_rate,
+        warmup_fraction: 0.0,
+        patience: 0,
+        proximal_mu: args.proximal_mu,
+        seed: args.seed,
+        ..TrainPlan::default()
+    }
+}
+
 /// One study of a `modality` model on sites already generated in `data_dir`: `out/study/` (CA,
 /// kits, the aggregator's state) and `out/results/` (the report). With `fold`, every training site
 /// validates on that fold of its patients.
@@ -259,9 +292,7 @@ async fn run_study(
 
     // The study's model and plan.
     let aggregator_dir = study_dir.join(provision::AGGREGATOR_DIR);
-    let mut model = ModelConfig::tiny(modality);
-    model.image.input_size = args.image_size;
-    model.image.base_width = args.base_width;
+    let model = study_model(args, modality);
     let initial = aggregator_dir.join("initial-model.safetensors");
     write_checkpoint(&initial, &model, &train::initial_weights(&model, args.seed))?;
     let aggregator_toml = aggregator_dir.join("aggregator.toml");
@@ -279,16 +310,7 @@ async fn run_study(
     config.rounds.round_deadline_s = 3600;
     config.rounds.stage_timeout_s = 600;
     config.rounds.validation_deadline_s = 1800;
-    config.train = TrainPlan {
-        epochs: args.local_epochs,
-        batch_size: 16,
-        learning_rate: args.learning_rate,
-        warmup_fraction: 0.0,
-        patience: 0,
-        proximal_mu: args.proximal_mu,
-        seed: args.seed,
-        ..TrainPlan::default()
-    };
+    config.train = study_plan(args);
     write_toml(&aggregator_toml, &config)?;
     let config = AggregatorConfig::load(&aggregator_toml)?;
     let state_dir = config.state_dir.clone();

@@ -36,6 +36,7 @@ fn args(out: &Path, plain: bool) -> SimulateArgs {
         device: ComputeDevice::Cpu,
         design: Design::Single,
         folds: 5,
+        mu: vec![0.1],
     }
 }
 

@@ -2,7 +2,8 @@
 //! mutual-TLS gRPC on loopback) on the same tiny synthetic sites: leave-one-site-out holds every site
 //! out once and summarises the held-out AUCs by random effects; k-fold cross-validation validates
 //! study j on fold j of every training site, each patient once; the model comparison trains the three
-//! modalities on the same patients and pools each site's paired ΔAUC. The design's rows are read back
+//! modalities on the same patients and pools each site's paired ΔAUC; the methods comparison trains
+//! centralised, single-site and federated models on the same patients. The design's rows are read back
 //! from the studies' committed rounds, and its page opens in a browser.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
@@ -35,6 +36,7 @@ fn args(out: &Path, design: Design) -> SimulateArgs {
         device: ComputeDevice::Cpu,
         design,
         folds: 2,
+        mu: vec![0.1],
     }
 }
 
@@ -181,4 +183,79 @@ async fn model_comparison_pools_each_sites_paired_delta_auc() {
     let dom = browser::dump_dom(&browser::file_url(&design.page));
     assert_eq!(browser::count(&dom, "<g class=\"row\""), 6);
     assert_eq!(browser::count(&dom, "<g class=\"summary\""), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_compare_the_federation_with_pooled_and_single_site_training() {
+    use fedlnm_aggregator::report::html::MethodRow;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("methods");
+    let design = fedlnm_sim::methods::methods(&SimulateArgs {
+        rounds: 2,
+        ..args(&out, Design::Methods)
+    })
+    .await
+    .unwrap();
+    let rows = &design.results;
+    let names: Vec<&str> = rows.iter().map(|row| row.method.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "centralised",
+            "S1 alone",
+            "S2 alone",
+            "FedAvg (secure)",
+            "FedAvg (plain)",
+            "FedProx μ = 0.1",
+            "FedBN (secure)"
+        ]
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("data/S3/synth_summary.json")).unwrap()).unwrap();
+    let oracle = summary["oracle_auc"]["multimodal"].as_f64().unwrap();
+    for row in rows {
+        // Every model is scored on all of the external site's patients.
+        assert_eq!(row.n, 48, "{}", row.method);
+        let auc = row.auc.unwrap();
+        assert!(row.ci_lower.unwrap() <= auc && auc <= row.ci_upper.unwrap());
+        assert!((row.gap_to_oracle.unwrap() - (auc - oracle)).abs() < 1e-12);
+        match (&row.vs_centralised, row.method.as_str()) {
+            (None, "centralised") => {}
+            (Some(versus), _) => {
+                // Δ is this AUC minus the centralised one, on the same patients.
+                assert!(
+                    (versus.delta - (auc - rows[0].auc.unwrap())).abs() < 1e-9,
+                    "{}",
+                    row.method
+                );
+                assert!(versus.p.is_none_or(|p| (0.0..=1.0).contains(&p)));
+            }
+            (None, method) => panic!("{method} is not compared with the centralised model"),
+        }
+    }
+    // A federated row is its study's rounds: the external AUC of each, the last one its final.
+    for (row, (name, study)) in rows[3..].iter().zip(&design.studies) {
+        assert_eq!(&row.method, name);
+        assert!(row.federated);
+        let record = final_record(study);
+        let external = record.sites.iter().find(|s| s.site == "S3").unwrap();
+        assert_eq!(row.auc_by_round.len(), 2);
+        assert_eq!(row.auc_by_round[1], (2, external.auc.unwrap()));
+        assert_eq!(row.model_digest.as_deref(), Some(record.model_digest.as_str()));
+        assert_eq!(
+            row.internal_auc,
+            record.pooled_train_sites.as_ref().and_then(|p| p.auc)
+        );
+    }
+    let stored: Vec<MethodRow> =
+        serde_json::from_slice(&std::fs::read(out.join(DESIGN_JSON)).unwrap()).unwrap();
+    assert_eq!(&stored, rows);
+    let markdown = std::fs::read_to_string(out.join(DESIGN_MARKDOWN)).unwrap();
+    assert!(markdown.contains(&format!("Oracle AUC on the external site (S3): {oracle:.3}")));
+    let dom = browser::dump_dom(&browser::file_url(&design.page));
+    let start = dom
+        .find("<figure class=\"chart methods-by-round\">")
+        .expect("the by-round figure");
+    let end = start + dom[start..].find("</figure>").unwrap();
+    assert!(dom[start..end].matches("<polyline").count() >= rows.len());
 }

@@ -101,6 +101,25 @@ pub fn train_local(
     ))
 }
 
+/// AdaBN (Li et al. 2016): the weights `weights` with every batch-normalisation layer's running mean
+/// and variance re-estimated on `examples`' inputs (no label is used), every other weight unchanged.
+/// For a site that never trained the model (a validate-only site of a FedBN study, whose
+/// normalisation statistics would otherwise be the initial ones).
+///
+/// # Errors
+/// Fewer than two examples, or weights that do not fit `config`.
+pub fn adapt_normalisation(
+    device: ComputeDevice,
+    config: &ModelConfig,
+    weights: &NamedTensors,
+    examples: &[Example],
+    seed: u64,
+) -> Result<NamedTensors, TrainError> {
+    dispatch!(device, |B, dev| generic::adapt_normalisation::<Autodiff<B>>(
+        config, weights, examples, seed, &dev
+    ))
+}
+
 /// Predictions for `examples` (inference mode).
 pub fn predict(
     device: ComputeDevice,

@@ -157,6 +157,41 @@ pub fn train_local<B: AutodiffBackend>(
     Ok(outcome)
 }
 
+/// Batches of AdaBN's re-estimation, and its sweeps over the examples: with the layers' momentum of
+/// 0.1, the running statistics end as averages over the last few dozen batches.
+const ADAPT_BATCH: usize = 16;
+const ADAPT_PASSES: usize = 3;
+
+/// See [`super::adapt_normalisation`]: forward passes in training mode (batch statistics; the running
+/// averages updated with the layers' momentum) over shuffled whole batches, no gradient step.
+pub fn adapt_normalisation<B: AutodiffBackend>(
+    config: &ModelConfig,
+    weights: &NamedTensors,
+    examples: &[Example],
+    seed: u64,
+    device: &B::Device,
+) -> Result<NamedTensors, TrainError> {
+    if examples.len() < 2 {
+        return Err(TrainError::TooFewPatients {
+            found: examples.len(),
+        });
+    }
+    let model = from_named(LnmModel::<B>::new(config, device), weights)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    let batch_size = ADAPT_BATCH.min(examples.len());
+    for _ in 0..ADAPT_PASSES {
+        order.shuffle(&mut rng);
+        for chunk in order.chunks_exact(batch_size) {
+            let inputs: Vec<&PatientInputs> = chunk.iter().map(|&i| &examples[i].inputs).collect();
+            // Training mode on an autodiff backend: the batch's statistics normalise and update the
+            // running ones; the outputs are not needed.
+            drop(model.forward(&Batch::<B>::new(config, &inputs, None, device)));
+        }
+    }
+    Ok(to_named(&model.valid()))
+}
+
 /// Predictions of the model `weights` for `examples` (inference: batch normalisation uses the running
 /// statistics).
 pub fn predict<B: Backend>(

@@ -6,7 +6,10 @@
 mod backend;
 mod generic;
 
-pub use backend::{bench, grad_cam, initial_weights, predict, round_trip, train_local, use_autotune_cache};
+pub use backend::{
+    adapt_normalisation, bench, grad_cam, initial_weights, predict, round_trip, train_local,
+    use_autotune_cache,
+};
 pub use fedlnm_shared::evaluation::Prediction;
 pub use fedlnm_shared::features::Targets;
 

@@ -1,0 +1,381 @@
+//! Does the federation learn what pooling the patients would? (`--design methods`) On the same
+//! synthetic sites, the same external (validate-only) site, the same model, initial weights, splits
+//! and number of epochs seen per patient (rounds × local epochs):
+//! - **centralised**: one training on the training sites' training patients pooled (each site split as
+//!   its node splits, [`fedlnm_node::federation::site_split`]), through the same entry point the
+//!   nodes train with ([`train::train_local`]);
+//! - **each site alone**: the same on one site's training patients;
+//! - **FedAvg** with secure aggregation and plain, **FedProx** for each μ of `--mu`, and **FedBN**
+//!   (normalisation layers local; the validate-only site re-estimates its normalisation statistics on
+//!   its own unlabelled images), each a whole simulated study over mTLS.
+//!
+//! Every model is scored on all of the external site's patients; each is compared with the
+//! centralised model by the paired DeLong test on those patients, and with the generator's oracle AUC
+//! on them. Writes `design.html` (table and the external AUC by round), `design.json` and `design.md`.
+
+use super::designs::{DesignOutcome, write_design};
+use super::{SimulateArgs, SimulationOutcome, prepare, run_study, sites, study_model, study_plan};
+use anyhow::{Context as _, bail};
+use fedlnm_aggregator::report::html::{MethodRow, Versus, methods_markdown, methods_page};
+use fedlnm_aggregator::store::RoundStore;
+use fedlnm_model::train;
+use fedlnm_node::commands::compare::{PatientScore, own_scores, paired_comparison};
+use fedlnm_node::commands::model::{LoadedExamples, load_examples};
+use fedlnm_shared::config::{NodeConfig, SiteRole};
+use fedlnm_shared::features::Example;
+use fedlnm_shared::federation::SiteRoundMetrics;
+use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
+use fedlnm_shared::staging::Stage;
+use fedlnm_shared::synth::SUMMARY_FILE;
+use std::path::Path;
+use std::time::Instant;
+
+/// A site's patients, split as its node splits them.
+struct SplitSite {
+    train: Vec<Example>,
+    validation: Vec<Example>,
+    validation_stages: Vec<Stage>,
+}
+
+/// The external site's patients: every labelled one, as its node validates.
+struct External {
+    site: String,
+    examples: Vec<Example>,
+    stages: Vec<Stage>,
+}
+
+/// What a model scored on the external site, and on the training sites' held-out patients.
+struct Scored {
+    external: SiteRoundMetrics,
+    scores: Vec<PatientScore>,
+    internal_auc: Option<f64>,
+}
+
+fn labelled_stages(stages: &[Option<Stage>]) -> anyhow::Result<Vec<Stage>> {
+    stages
+        .iter()
+        .map(|s| s.context("a labelled patient without a pathological stage"))
+        .collect()
+}
+
+fn load_split(dir: &Path, model: &ModelConfig, fraction: f64) -> anyhow::Result<SplitSite> {
+    let LoadedExamples { examples, stages, .. } = load_examples(dir, model, true, false)?;
+    let labels: Vec<bool> = examples
+        .iter()
+        .map(|e| e.targets.is_some_and(|t| t.lnm))
+        .collect();
+    let split = fedlnm_node::federation::site_split(&labels, fraction, None)?;
+    let pick = |idx: &[usize]| idx.iter().map(|&i| examples[i].clone()).collect::<Vec<_>>();
+    let validation_stages =
+        labelled_stages(&split.validation.iter().map(|&i| stages[i]).collect::<Vec<_>>())?;
+    Ok(SplitSite {
+        train: pick(&split.train),
+        validation: pick(&split.validation),
+        validation_stages,
+    })
+}
+
+/// Trains `model` from `initial` on `train` for `plan.epochs` epochs (no early stopping, as a node's
+/// round) and scores the external site and the held-out patients `internal`.
+fn train_and_score(
+    args: &SimulateArgs,
+    model: &ModelConfig,
+    initial: &fedlnm_shared::weights::NamedTensors,
+    train_set: &[Example],
+    plan: &TrainPlan,
+    external: &External,
+    internal: (&[Example], &[Stage]),
+) -> anyhow::Result<Scored> {
+    let outcome = train::train_local(args.device, model, initial, train_set, &[], plan, &mut |_| {})?;
+    let predictions = train::predict(args.device, model, &outcome.weights, &external.examples, 32)?;
+    let validation = SiteRoundMetrics::from_predictions(
+        &external.site,
+        SiteRole::Validate,
+        &external.examples,
+        &predictions,
+        &external.stages,
+    )?;
+    let internal_predictions = train::predict(args.device, model, &outcome.weights, internal.0, 32)?;
+    let internal_auc = SiteRoundMetrics::from_predictions(
+        "internal",
+        SiteRole::Train,
+        internal.0,
+        &internal_predictions,
+        internal.1,
+    )?
+    .metrics
+    .auc;
+    Ok(Scored {
+        scores: PatientScore::of_predictions(&external.examples, &predictions),
+        external: validation.metrics,
+        internal_auc,
+    })
+}
+
+fn row(method: &str, federated: bool, scored: &Scored, oracle: Option<f64>, seconds: f64) -> MethodRow {
+    let m = &scored.external;
+    MethodRow {
+        method: method.to_owned(),
+        federated,
+        n: m.n_patients,
+        n_positive: m.n_positive,
+        auc: m.auc,
+        ci_lower: m.auc_ci_lower,
+        ci_upper: m.auc_ci_upper,
+        gap_to_oracle: m.auc.zip(oracle).map(|(auc, oracle)| auc - oracle),
+        vs_centralised: None,
+        internal_auc: scored.internal_auc,
+        kappa_t: m.kappa_t,
+        kappa_n: m.kappa_n,
+        kappa_stage: m.kappa_stage,
+        seconds,
+        auc_by_round: Vec::new(),
+        model_digest: None,
+    }
+}
+
+/// A federated study's row: its final round's external metrics and scores, the pooled internal AUC,
+/// and the external AUC of every round.
+fn federated_row(
+    method: &str,
+    study: &SimulationOutcome,
+    external: &str,
+    oracle: Option<f64>,
+) -> anyhow::Result<(MethodRow, Vec<PatientScore>)> {
+    let store = RoundStore::open_existing(&study.state_dir)?;
+    let mut by_round = Vec::new();
+    let mut last = None;
+    for round in 1..=study.rounds {
+        let record = store.load_record(round)?;
+        if let Some(auc) = record
+            .sites
+            .iter()
+            .find(|s| s.site == external)
+            .and_then(|s| s.auc)
+        {
+            by_round.push((round, auc));
+        }
+        last = Some(record);
+    }
+    let record = last.context("the study committed no round")?;
+    let metrics = record
+        .sites
+        .iter()
+        .find(|s| s.site == external)
+        .with_context(|| format!("{method}: no metrics of {external} in the last round"))?
+        .clone();
+    let work = study
+        .node_work_dirs
+        .iter()
+        .find(|(id, _)| id == external)
+        .map(|(_, work)| work.clone())
+        .with_context(|| format!("no node of {external}"))?;
+    let scored = Scored {
+        scores: own_scores(&work, study.rounds)?,
+        external: metrics,
+        internal_auc: record.pooled_train_sites.as_ref().and_then(|pool| pool.auc),
+    };
+    let mut row = row(method, true, &scored, oracle, study.seconds);
+    row.auc_by_round = by_round;
+    row.model_digest = Some(study.final_digest.clone());
+    Ok((row, scored.scores))
+}
+
+/// The comparison (see the module doc).
+///
+/// # Errors
+/// Fewer than two training sites or no validate-only site, or any study's or training's failure.
+pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<MethodRow>>> {
+    let started = Instant::now();
+    if args.train_sites < 2 || args.validate_sites < 1 {
+        bail!("--design methods needs at least 2 training sites and 1 validate-only (external) site");
+    }
+    let layout = sites(args);
+    let (out, data_dir) = prepare(args, &layout).await?;
+    let external_site = layout
+        .iter()
+        .find(|(_, _, train)| !*train)
+        .map(|(id, _, _)| id.clone())
+        .context("an external site")?;
+    let oracle = std::fs::read(data_dir.join(&external_site).join(SUMMARY_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|summary| summary["oracle_auc"]["multimodal"].as_f64());
+
+    // The federated methods, each a whole study.
+    let mut variants: Vec<(String, SimulateArgs)> = vec![
+        (
+            "FedAvg (secure)".to_owned(),
+            SimulateArgs {
+                plain: false,
+                fedbn: false,
+                proximal_mu: 0.0,
+                ..args.clone()
+            },
+        ),
+        (
+            "FedAvg (plain)".to_owned(),
+            SimulateArgs {
+                plain: true,
+                fedbn: false,
+                proximal_mu: 0.0,
+                ..args.clone()
+            },
+        ),
+    ];
+    for &mu in &args.mu {
+        variants.push((
+            format!("FedProx μ = {mu}"),
+            SimulateArgs {
+                plain: false,
+                fedbn: false,
+                proximal_mu: mu,
+                ..args.clone()
+            },
+        ));
+    }
+    variants.push((
+        "FedBN (secure)".to_owned(),
+        SimulateArgs {
+            plain: false,
+            fedbn: true,
+            proximal_mu: 0.0,
+            ..args.clone()
+        },
+    ));
+    let mut studies = Vec::new();
+    let mut federated = Vec::new();
+    for (k, (method, variant)) in variants.iter().enumerate() {
+        tracing::info!(method, "methods: next study");
+        let folder = out.join(format!("study-{}", k + 1));
+        let study = run_study(variant, &folder, &data_dir, &layout, None, Modality::Multimodal)
+            .await
+            .with_context(|| format!("the {method} study"))?;
+        federated.push(federated_row(method, &study, &external_site, oracle)?);
+        studies.push((method.clone(), study));
+    }
+
+    // The single-shot baselines on the same splits, initial weights and epochs seen.
+    let fraction = {
+        let first = &studies.first().context("a study")?.1;
+        let (site, _) = first.node_work_dirs.first().context("a node")?;
+        let kit = first
+            .state_dir
+            .parent()
+            .and_then(Path::parent)
+            .context("the study folder")?;
+        NodeConfig::load(&kit.join("sites").join(site).join("node.toml"))?.validation_fraction
+    };
+    let baseline_args = args.clone();
+    let train_ids: Vec<String> = layout.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
+    let data = data_dir.clone();
+    let external_id = external_site.clone();
+    let baselines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, Scored, f64)>> {
+        let args = baseline_args;
+        let model = study_model(&args, Modality::Multimodal);
+        let initial = train::initial_weights(&model, args.seed);
+        let plan = TrainPlan {
+            epochs: usize::try_from(args.rounds)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(args.local_epochs),
+            proximal_mu: 0.0,
+            ..study_plan(&args)
+        };
+        let splits = train_ids
+            .iter()
+            .map(|id| load_split(&data.join(id), &model, fraction))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let LoadedExamples { examples, stages, .. } =
+            load_examples(&data.join(&external_id), &model, true, false)?;
+        let external = External {
+            site: external_id,
+            stages: labelled_stages(&stages)?,
+            examples,
+        };
+        let internal: Vec<Example> = splits.iter().flat_map(|s| s.validation.clone()).collect();
+        let internal_stages: Vec<Stage> = splits.iter().flat_map(|s| s.validation_stages.clone()).collect();
+        let mut results = Vec::new();
+        let pooled: Vec<Example> = splits.iter().flat_map(|s| s.train.clone()).collect();
+        let timer = Instant::now();
+        let scored = train_and_score(
+            &args,
+            &model,
+            &initial,
+            &pooled,
+            &plan,
+            &external,
+            (&internal, &internal_stages),
+        )?;
+        results.push(("centralised".to_owned(), scored, timer.elapsed().as_secs_f64()));
+        for (id, split) in train_ids.iter().zip(&splits) {
+            let timer = Instant::now();
+            // Each site alone is validated internally on its own held-out patients.
+            let scored = train_and_score(
+                &args,
+                &model,
+                &initial,
+                &split.train,
+                &plan,
+                &external,
+                (&split.validation, &split.validation_stages),
+            )?;
+            results.push((format!("{id} alone"), scored, timer.elapsed().as_secs_f64()));
+        }
+        Ok(results)
+    })
+    .await??;
+
+    let (_, central, _) = baselines.first().context("the centralised baseline")?;
+    let central_scores = central.scores.clone();
+    let versus = |scores: &[PatientScore]| -> anyhow::Result<_> {
+        let test = paired_comparison(scores, &central_scores)?;
+        Ok(Some(Versus {
+            delta: test.delta,
+            ci_lower: test.ci_lower,
+            ci_upper: test.ci_upper,
+            p: test.p,
+        }))
+    };
+    let mut rows = Vec::new();
+    for (k, (method, scored, seconds)) in baselines.iter().enumerate() {
+        let mut row = row(method, false, scored, oracle, *seconds);
+        if k > 0 {
+            row.vs_centralised = versus(&scored.scores)?;
+        }
+        rows.push(row);
+    }
+    for (mut row, scores) in federated {
+        row.vs_centralised = versus(&scores)?;
+        rows.push(row);
+    }
+    let mut summary = methods_markdown(&rows);
+    if let Some(oracle) = oracle {
+        summary.push_str(&format!(
+            "\nOracle AUC on the external site ({external_site}): {oracle:.3}\n"
+        ));
+    }
+    let note = format!(
+        "On the same synthetic sites ({} training sites of {} patients, external site {external_site}) and \
+         the same model (tiny ResNet, width {}, {} px), initial weights, per-site splits and epochs seen \
+         per patient ({} rounds × {} local epochs = {} epochs for the single-shot models), seed {}. Every \
+         model is scored on all of {external_site}'s patients; Δ is its AUC minus the centralised model's \
+         there, by the paired DeLong test. Internal AUC: the training sites' held-out patients pooled (a \
+         site alone: its own). Wall time: the whole study for federated methods (mTLS, validation and \
+         reports included), the training and scoring for the others.",
+        args.train_sites,
+        args.patients,
+        args.base_width,
+        args.image_size,
+        args.rounds,
+        args.local_epochs,
+        args.rounds * args.local_epochs as u64,
+        args.seed
+    );
+    let page = methods_page(
+        "Federated quality: the federation against pooled and single-site training",
+        &note,
+        &rows,
+        oracle,
+    );
+    write_design(&out, studies, rows, summary, &page, started)
+}
