@@ -386,8 +386,14 @@ fn oracle_aucs_sit_where_real_studies_find_them_and_sites_differ() {
             oracle.image < oracle.multimodal && oracle.report_clinical < oracle.multimodal,
             "{name}: {oracle:?}"
         );
+        // The referral centre is the skewed one on purpose (about 60% LNM).
+        let expected = if *name == "referral" {
+            0.55..=0.7
+        } else {
+            0.25..=0.5
+        };
         assert!(
-            (0.25..=0.5).contains(&summary.lnm_rate),
+            expected.contains(&summary.lnm_rate),
             "{name}: {}",
             summary.lnm_rate
         );

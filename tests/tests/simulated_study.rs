@@ -37,6 +37,7 @@ fn args(out: &Path, plain: bool) -> SimulateArgs {
         design: Design::Single,
         folds: 5,
         mu: vec![0.1],
+        sites: fedlnm_sim::SiteSet::Default,
     }
 }
 

@@ -37,6 +37,7 @@ fn args(out: &Path, design: Design) -> SimulateArgs {
         design,
         folds: 2,
         mu: vec![0.1],
+        sites: fedlnm_sim::SiteSet::Default,
     }
 }
 

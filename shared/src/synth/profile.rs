@@ -45,7 +45,7 @@ pub struct SiteProfile {
 }
 
 /// Names accepted by [`SiteProfile::named`].
-pub const PROFILE_NAMES: &[&str] = &["tertiary", "community", "rural"];
+pub const PROFILE_NAMES: &[&str] = &["tertiary", "community", "rural", "referral"];
 
 impl SiteProfile {
     /// A named profile, or `None` for an unknown name (see [`PROFILE_NAMES`]).
@@ -102,6 +102,25 @@ impl SiteProfile {
                 multifocal_fraction: 0.22,
                 reader_foci_sensitivity: 0.4,
                 chinese_fraction: 0.85,
+            }),
+            // A tertiary referral centre that sees the advanced cases (about 60% LNM) on another
+            // scanner: the label and scanner skew of a non-IID federation.
+            "referral" => Some(Self {
+                name: "referral",
+                scanner: "Aplio i800 i18LX5",
+                gain: 1.25,
+                dynamic_range: 11.0,
+                speckle_px: 1.0,
+                blur_px: 0.0,
+                residual_attenuation: 0.1,
+                colour_map: ColourMap::Velocity,
+                lnm_logit_shift: 1.5,
+                male_fraction: 0.3,
+                mean_age_years: 42.0,
+                median_size_mm: 13.0,
+                multifocal_fraction: 0.38,
+                reader_foci_sensitivity: 0.6,
+                chinese_fraction: 0.2,
             }),
             _ => None,
         }
