@@ -11,11 +11,11 @@
 use super::StatsError;
 use super::calibration::{self, Calibration};
 use super::normal::{Z_95, normal_two_sided_p, wilson_interval};
-use super::parallel::{compensated_sum, map_blocks};
+use super::parallel::{compensated_sum, map_blocks, map_each};
 #[cfg(test)]
 use super::sum::sample_variance;
 use super::sum::{CompensatedSum, sample_covariance};
-use super::ties::{TieGroups, check_lengths};
+use super::ties::{SortedKeys, TieGroups, check_lengths};
 use serde::Serialize;
 
 /// Everything `stats binary` reports for one set of rows (one site, or pooled).
@@ -127,10 +127,11 @@ pub struct NetBenefit {
 
 /// All binary metrics of `statistics.md` for outcomes `y` and scores `s`.
 pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError> {
-    let sorted = TieGroups::new(y, s)?;
+    let keys = SortedKeys::new(y, s)?;
+    let auc = keys.auc();
+    let sorted = keys.into_groups();
     let (p, n) = (sorted.n_pos, sorted.n_neg);
     let total = p + n;
-    let auc = sorted.auc();
     let youden = sorted.youden_table();
     let ap = sorted.average_precision();
     let brier = compensated_sum(y.len(), |i| (s[i] - f64::from(u8::from(y[i]))).powi(2)) / total as f64;
@@ -143,7 +144,7 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
         n_pos: p,
         n_neg: n,
         lnm_rate: p as f64 / total as f64,
-        // total > 0 was checked by TieGroups::new.
+        // total > 0 was checked by SortedKeys::new.
         lnm_rate_ci: wilson_interval(p, total).unwrap_or((0.0, 1.0)),
         auc: auc.map(|a| a.auc),
         auc_var: auc.and_then(|a| a.variance),
@@ -171,7 +172,7 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
 /// AUC (Mann–Whitney, ties counted ½) with the DeLong variance and clipped CI; `None` when only one
 /// class is present.
 pub fn auc_delong(y: &[bool], s: &[f64]) -> Result<Option<AucEstimate>, StatsError> {
-    Ok(TieGroups::new(y, s)?.auc())
+    Ok(SortedKeys::new(y, s)?.auc())
 }
 
 /// ROC curve points at every distinct score, from (0, 0) to (1, 1).
@@ -203,11 +204,11 @@ pub fn paired_delong(
     score_b: &[f64],
 ) -> Result<Option<PairedDelong>, StatsError> {
     check_lengths("score_a", score_a.len(), "score_b", score_b.len())?;
-    let a = TieGroups::new(y, score_a)?;
-    let b = TieGroups::new(y, score_b)?;
+    let (a, b) = (SortedKeys::new(y, score_a)?, SortedKeys::new(y, score_b)?);
     let (Some(auc_a), Some(auc_b)) = (a.auc(), b.auc()) else {
         return Ok(None);
     };
+    let (a, b) = (a.into_groups(), b.into_groups());
     let (va10, va01) = a.placements(y, score_a);
     let (vb10, vb01) = b.placements(y, score_b);
     let (m, n) = (a.n_pos as f64, a.n_neg as f64);
@@ -263,10 +264,10 @@ pub fn net_benefit(y: &[bool], s: &[f64], thresholds: &[f64]) -> Result<Vec<NetB
         .collect())
 }
 
-/// The metrics above as walks over the tie groups of the sorted scores ([`TieGroups`]) or binary
-/// searches in them. A positive's DeLong placement V10 is the share of negatives below its score (ties
-/// count ½), the same for its whole tie group: no index permutation, no pair loop.
-impl TieGroups {
+/// AUC and its DeLong variance as one walk over the sorted keys, block by block on the machine's
+/// cores. A positive's DeLong placement V10 is the share of negatives below its score (ties count ½),
+/// the same for its whole tie group: no index permutation, no pair loop.
+impl SortedKeys {
     /// AUC = Σ over positives of (negatives below + ½ negatives tied) / (m·n), with its DeLong
     /// variance; the sums are exact integers (doubled), so that the only rounding is the final
     /// divisions.
@@ -295,14 +296,14 @@ impl TieGroups {
         let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
         let exact_squares = 2 * m * n <= u128::from(u64::MAX);
         // Integer sums: any order of the blocks gives the same totals.
-        let blocks = map_blocks(self.len(), |groups| {
+        let blocks = map_each(&self.blocks, |block| {
             let (mut doubled_wins, mut squares10, mut squares01) = (0_u128, 0_u128, 0_u128);
-            for g in groups {
-                let (positives, negatives) = (u128::from(self.positives(g)), u128::from(self.negatives(g)));
-                let k10 = 2 * u128::from(self.negatives_below[g]) + negatives;
+            for g in self.groups_in(block) {
+                let (positives, negatives) = (u128::from(g.positives), u128::from(g.negatives));
+                let k10 = 2 * u128::from(g.negatives_below) + negatives;
                 doubled_wins += positives * k10;
                 if exact_squares {
-                    let k01 = 2 * (m - u128::from(self.positives_below[g + 1])) + positives;
+                    let k01 = 2 * (m - u128::from(g.positives_below) - positives) + positives;
                     squares10 += positives * k10 * k10;
                     squares01 += negatives * k01 * k01;
                 }
@@ -316,17 +317,6 @@ impl TieGroups {
             doubled_wins,
             squares: exact_squares.then_some((squares10, squares01)),
         }
-    }
-
-    /// V10 of a positive scoring in group g: negatives below plus half the negatives tied, over n.
-    fn v10(&self, g: usize) -> f64 {
-        (self.negatives_below[g] as f64 + 0.5 * self.negatives(g) as f64) / self.n_neg as f64
-    }
-
-    /// V01 of a negative scoring in group g: positives above plus half the positives tied, over m.
-    fn v01(&self, g: usize) -> f64 {
-        let positives_above = self.n_pos - self.positives_below[g + 1];
-        (positives_above as f64 + 0.5 * self.positives(g) as f64) / self.n_pos as f64
     }
 
     /// DeLong (Sun & Xu 2014): Var = S10/m + S01/n over the placements V10 (positives) and V01
@@ -351,13 +341,31 @@ impl TieGroups {
     /// The same variance for classes too large for [`Self::placement_sums`]' integers: one
     /// compensated pass over the squared deviations from the AUC.
     fn delong_variance_in_floats(&self, auc: f64) -> f64 {
-        let (mut squares10, mut squares01) = (CompensatedSum::default(), CompensatedSum::default());
-        for g in 0..self.len() {
-            squares10.add(self.positives(g) as f64 * (self.v10(g) - auc).powi(2));
-            squares01.add(self.negatives(g) as f64 * (self.v01(g) - auc).powi(2));
-        }
         let (m, n) = (self.n_pos as f64, self.n_neg as f64);
+        let (mut squares10, mut squares01) = (CompensatedSum::default(), CompensatedSum::default());
+        for g in self.blocks.iter().flat_map(|block| self.groups_in(block)) {
+            let (positives, negatives) = (g.positives as f64, g.negatives as f64);
+            let v10 = (g.negatives_below as f64 + 0.5 * negatives) / n;
+            let positives_above = (self.n_pos - g.positives_below - g.positives) as f64;
+            let v01 = (positives_above + 0.5 * positives) / m;
+            squares10.add(positives * (v10 - auc).powi(2));
+            squares01.add(negatives * (v01 - auc).powi(2));
+        }
         squares10.total() / (m - 1.0) / m + squares01.total() / (n - 1.0) / n
+    }
+}
+
+/// The other metrics as walks over the tie groups ([`TieGroups`]) or binary searches in them.
+impl TieGroups {
+    /// V10 of a positive scoring in group g: negatives below plus half the negatives tied, over n.
+    fn v10(&self, g: usize) -> f64 {
+        (self.negatives_below[g] as f64 + 0.5 * self.negatives(g) as f64) / self.n_neg as f64
+    }
+
+    /// V01 of a negative scoring in group g: positives above plus half the positives tied, over m.
+    fn v01(&self, g: usize) -> f64 {
+        let positives_above = self.n_pos - self.positives_below[g + 1];
+        (positives_above as f64 + 0.5 * self.positives(g) as f64) / self.n_pos as f64
     }
 
     /// DeLong placements of every patient, in input order (the paired test needs patients aligned):
@@ -448,7 +456,7 @@ impl TieGroups {
     }
 }
 
-/// The integer sums of [`TieGroups::placement_sums`].
+/// The integer sums of [`SortedKeys::placement_sums`].
 struct PlacementSums {
     /// W = 2mn·AUC.
     doubled_wins: u128,
@@ -631,6 +639,35 @@ mod tests {
         assert_eq!(curve.len(), 1, "thresholds 0 and 1 are outside (0, 1)");
         assert_eq!(curve[0].model, 0.5);
         assert_eq!(curve[0].treat_all, 0.0);
+    }
+
+    /// The float path for classes too large for the exact integers gives the same variance.
+    #[test]
+    fn delong_variance_in_floats_agrees_with_the_exact_integers() {
+        let mut state = 0x0123_4567_89ab_cdef_u64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (n, levels) in [(50_000, 1000), (20_000, 1_000_000), (100, 5)] {
+            let (y, s): (Vec<bool>, Vec<f64>) = (0..n)
+                .map(|_| {
+                    let positive = random() % 3 == 0;
+                    let level = random() % levels + if positive { levels / 5 } else { 0 };
+                    (positive, level as f64 / (levels + levels / 5) as f64)
+                })
+                .unzip();
+            let keys = SortedKeys::new(&y, &s).unwrap();
+            let exact = keys.auc().unwrap();
+            let floats = keys.delong_variance_in_floats(exact.auc);
+            let variance = exact.variance.unwrap();
+            assert!(
+                (floats - variance).abs() <= 1e-12 * variance,
+                "{floats} vs {variance}"
+            );
+        }
     }
 
     fn scored_rows() -> impl Strategy<Value = (Vec<bool>, Vec<f64>)> {

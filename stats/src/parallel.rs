@@ -19,22 +19,31 @@ pub(crate) fn threads_for(blocks: usize) -> usize {
 
 /// `f` of each block of `0..len` (the last one may be shorter), in block order.
 pub(crate) fn map_blocks<R: Send>(len: usize, f: impl Fn(Range<usize>) -> R + Sync) -> Vec<R> {
-    let blocks = len.div_ceil(BLOCK);
-    let threads = threads_for(blocks);
-    let per_thread = blocks.div_ceil(threads).max(1);
+    map_indices(len.div_ceil(BLOCK), |b| f(b * BLOCK..((b + 1) * BLOCK).min(len)))
+}
+
+/// `f` of each item (each a block's worth of work), in order.
+pub(crate) fn map_each<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    map_indices(items.len(), |i| f(&items[i]))
+}
+
+/// `f` of each of `0..count` (each a block's worth of work), in order: each thread a contiguous run.
+fn map_indices<R: Send>(count: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let threads = threads_for(count);
+    let per_thread = count.div_ceil(threads).max(1);
     let f = &f;
-    let run = move |first_block: usize| {
-        (first_block..(first_block + per_thread).min(blocks))
-            .map(|b| f(b * BLOCK..((b + 1) * BLOCK).min(len)))
+    let run = move |first: usize| {
+        (first..(first + per_thread).min(count))
+            .map(f)
             .collect::<Vec<R>>()
     };
     if threads == 1 {
         return run(0);
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..blocks)
+        let handles: Vec<_> = (0..count)
             .step_by(per_thread)
-            .map(|first_block| scope.spawn(move || run(first_block)))
+            .map(|first| scope.spawn(move || run(first)))
             .collect();
         handles
             .into_iter()

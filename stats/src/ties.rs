@@ -1,16 +1,167 @@
-//! The rows of a binary outcome and a score sorted once into tie groups: each distinct score with the
-//! number of positives and negatives scoring strictly below it. Every binary metric
-//! (`binary`) and the calibration fits (`calibration`) are walks over these groups or binary
-//! searches in them.
+//! The rows of a binary outcome and a score sorted once: first as packed keys ([`SortedKeys`]), then
+//! as tie groups ([`TieGroups`]: each distinct score with the number of positives and negatives
+//! scoring strictly below it). Every binary metric (`binary`) and the calibration fits
+//! (`calibration`) are walks over these or binary searches in them.
 //!
 //! One sort of packed keys: a score in [0, 1] is a non-negative f64 whose bit pattern is below 2^62
 //! and ordered like the value, so `bits << 1 | class` sorts by score and fits a u64 (8 bytes a row,
-//! sorted by [`radix::sorted`]); -0.0 is folded into 0.0 first. The groups are then one walk of the
-//! sorted keys; the counts stay exact integers.
+//! sorted by [`radix::sorted`]); -0.0 is folded into 0.0 first. The sorted keys are cut into blocks
+//! of about `parallel::BLOCK` rows that end where a tie group ends, so that each block holds whole groups and
+//! the walks run on the machine's cores; the counts stay exact integers.
 
 use super::StatsError;
-use super::parallel::{BLOCK, map_blocks, map_blocks_mut, threads_for};
+use super::parallel::{map_blocks, map_blocks_mut, threads_for};
 use super::radix;
+use std::ops::Range;
+
+/// The packed keys `score bits << 1 | class` of the rows in ascending order, in blocks of whole tie
+/// groups.
+#[derive(Debug)]
+pub(crate) struct SortedKeys {
+    pub(crate) keys: Vec<u64>,
+    /// One block per `parallel::BLOCK` rows (some empty where a group spans blocks), in order.
+    pub(crate) blocks: Vec<KeyBlock>,
+    pub(crate) n_pos: u64,
+    pub(crate) n_neg: u64,
+    /// The memory of the keys before sorting, free now: the groups' scores go there.
+    spare: Vec<u64>,
+}
+
+/// A block of sorted keys: whole tie groups, with what comes before it.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyBlock {
+    pub(crate) rows: Range<usize>,
+    /// Positives in the rows before the block.
+    pub(crate) positives_below: u64,
+    pub(crate) positives: u64,
+    /// Groups before the block.
+    pub(crate) groups_below: usize,
+    pub(crate) groups: usize,
+}
+
+/// The class counts of one tie group and below it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupCounts {
+    pub(crate) positives_below: u64,
+    pub(crate) negatives_below: u64,
+    pub(crate) positives: u64,
+    pub(crate) negatives: u64,
+}
+
+impl SortedKeys {
+    /// Sorts the rows of outcomes `y` and scores `s` (equally long, not empty, each score in [0, 1]).
+    pub(crate) fn new(y: &[bool], s: &[f64]) -> Result<Self, StatsError> {
+        check_lengths("y_true", y.len(), "y_score", s.len())?;
+        if y.is_empty() {
+            return Err(StatsError::Empty);
+        }
+        let mut unsorted = vec![0_u64; y.len()];
+        // Per block: its positives and its first score outside [0, 1].
+        let rows = map_blocks_mut(&mut unsorted, |rows, block_keys| {
+            let (ys, ss) = (&y[rows.clone()], &s[rows.start..rows.end]);
+            let mut positives = 0_u64;
+            for ((key, &yi), &si) in block_keys.iter_mut().zip(ys).zip(ss) {
+                positives += u64::from(yi);
+                *key = (score_bits(si) << 1) | u64::from(yi);
+            }
+            let out_of_range = ss.iter().position(|v| !(0.0..=1.0).contains(v));
+            (positives, out_of_range.map(|i| rows.start + i))
+        });
+        if let Some(row) = rows.iter().find_map(|&(_, out_of_range)| out_of_range) {
+            return Err(StatsError::ScoreOutOfRange { row, value: s[row] });
+        }
+        let n_pos: u64 = rows.iter().map(|&(positives, _)| positives).sum();
+        let keys = radix::sorted(&unsorted);
+        // Block b starts where the group holding row b·BLOCK ends (at b·BLOCK if a group starts there).
+        let group_end = |row: usize| {
+            if row == 0 || row >= keys.len() {
+                return row.min(keys.len());
+            }
+            let score = keys[row - 1] >> 1;
+            row + keys[row..].partition_point(|&key| key >> 1 == score)
+        };
+        let mut blocks = map_blocks(keys.len(), |fixed| {
+            let rows = group_end(fixed.start)..group_end(fixed.end);
+            let starts = rows
+                .clone()
+                .filter(|&i| i == 0 || keys[i] >> 1 != keys[i - 1] >> 1)
+                .count();
+            KeyBlock {
+                positives: keys[rows.clone()].iter().map(|&key| key & 1).sum(),
+                rows,
+                positives_below: 0,
+                groups_below: 0,
+                groups: starts,
+            }
+        });
+        let (mut positives_below, mut groups_below) = (0, 0);
+        for block in &mut blocks {
+            (block.positives_below, block.groups_below) = (positives_below, groups_below);
+            positives_below += block.positives;
+            groups_below += block.groups;
+        }
+        Ok(Self {
+            keys,
+            blocks,
+            n_pos,
+            n_neg: y.len() as u64 - n_pos,
+            spare: unsorted,
+        })
+    }
+
+    /// The tie groups of `block`, in order.
+    pub(crate) fn groups_in<'a>(&'a self, block: &KeyBlock) -> impl Iterator<Item = GroupCounts> + 'a {
+        let mut positives_below = block.positives_below;
+        let mut negatives_below = block.rows.start as u64 - positives_below;
+        self.keys[block.rows.clone()]
+            .chunk_by(|a, b| a >> 1 == b >> 1)
+            .map(move |group| {
+                let positives = group.iter().map(|&key| key & 1).sum::<u64>();
+                let counts = GroupCounts {
+                    positives_below,
+                    negatives_below,
+                    positives,
+                    negatives: group.len() as u64 - positives,
+                };
+                positives_below += counts.positives;
+                negatives_below += counts.negatives;
+                counts
+            })
+    }
+
+    /// Number of distinct scores.
+    pub(crate) fn groups(&self) -> usize {
+        self.blocks.last().map_or(0, |b| b.groups_below + b.groups)
+    }
+
+    /// The tie groups of the keys (the keys' memory is given back).
+    pub(crate) fn into_groups(self) -> TieGroups {
+        let n_groups = self.groups();
+        let mut score_bits = self.spare;
+        score_bits.truncate(n_groups);
+        score_bits.shrink_to_fit();
+        let mut positives_below = vec![0; n_groups + 1];
+        let mut negatives_below = vec![0; n_groups + 1];
+        fill_groups(
+            &self.keys,
+            &self.blocks,
+            Groups {
+                score_bits: &mut score_bits,
+                positives_below: &mut positives_below[..n_groups],
+                negatives_below: &mut negatives_below[..n_groups],
+            },
+        );
+        positives_below[n_groups] = self.n_pos;
+        negatives_below[n_groups] = self.n_neg;
+        TieGroups {
+            score_bits,
+            positives_below,
+            negatives_below,
+            n_pos: self.n_pos,
+            n_neg: self.n_neg,
+        }
+    }
+}
 
 /// Distinct scores in ascending order, with cumulative class counts.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,59 +181,7 @@ pub(crate) struct TieGroups {
 impl TieGroups {
     /// Groups the rows of outcomes `y` and scores `s` (equally long, not empty, each score in [0, 1]).
     pub(crate) fn new(y: &[bool], s: &[f64]) -> Result<Self, StatsError> {
-        check_lengths("y_true", y.len(), "y_score", s.len())?;
-        if y.is_empty() {
-            return Err(StatsError::Empty);
-        }
-        let mut keys = vec![0_u64; y.len()];
-        // Per block: its positives and its first score outside [0, 1].
-        let blocks = map_blocks_mut(&mut keys, |rows, block_keys| {
-            let (ys, ss) = (&y[rows.clone()], &s[rows.start..rows.end]);
-            let mut positives = 0_u64;
-            for ((key, &yi), &si) in block_keys.iter_mut().zip(ys).zip(ss) {
-                positives += u64::from(yi);
-                *key = (score_bits(si) << 1) | u64::from(yi);
-            }
-            let out_of_range = ss.iter().position(|v| !(0.0..=1.0).contains(v));
-            (positives, out_of_range.map(|i| rows.start + i))
-        });
-        if let Some(row) = blocks.iter().find_map(|&(_, out_of_range)| out_of_range) {
-            return Err(StatsError::ScoreOutOfRange { row, value: s[row] });
-        }
-        let n_pos: u64 = blocks.iter().map(|&(positives, _)| positives).sum();
-        let sorted = radix::sorted(&keys);
-        // Per block of the sorted keys: the groups starting in it and its positives.
-        let starts = |i: usize| i == 0 || sorted[i] >> 1 != sorted[i - 1] >> 1;
-        let blocks = map_blocks(sorted.len(), |rows| {
-            let groups = rows.clone().filter(|&i| starts(i)).count();
-            (groups, sorted[rows].iter().map(|&key| key & 1).sum::<u64>())
-        });
-        let n_groups = blocks.iter().map(|&(groups, _)| groups).sum();
-        // The keys are sorted elsewhere: their memory takes the groups' scores.
-        let mut score_bits = keys;
-        score_bits.truncate(n_groups);
-        score_bits.shrink_to_fit();
-        let mut positives_below = vec![0; n_groups + 1];
-        let mut negatives_below = vec![0; n_groups + 1];
-        fill_groups(
-            &sorted,
-            &blocks,
-            Groups {
-                score_bits: &mut score_bits,
-                positives_below: &mut positives_below[..n_groups],
-                negatives_below: &mut negatives_below[..n_groups],
-            },
-        );
-        let n_neg = y.len() as u64 - n_pos;
-        positives_below[n_groups] = n_pos;
-        negatives_below[n_groups] = n_neg;
-        Ok(Self {
-            score_bits,
-            positives_below,
-            negatives_below,
-            n_pos,
-            n_neg,
-        })
+        Ok(SortedKeys::new(y, s)?.into_groups())
     }
 
     /// Number of distinct scores.
@@ -119,33 +218,36 @@ struct Groups<'a> {
     negatives_below: &'a mut [u64],
 }
 
-/// Writes the groups of the `sorted` keys, given (groups starting, positives) per block of the keys,
-/// on up to the machine's cores (each thread a contiguous run of blocks and of groups).
-fn fill_groups(sorted: &[u64], blocks: &[(usize, u64)], groups: Groups<'_>) {
+/// Writes the groups of the sorted `keys` on up to the machine's cores, each thread a contiguous run
+/// of blocks (of whole groups) and of groups.
+fn fill_groups(keys: &[u64], blocks: &[KeyBlock], groups: Groups<'_>) {
     let threads = threads_for(blocks.len());
     let per_thread = blocks.len().div_ceil(threads).max(1);
-    let fill = |first_block: usize, groups: Groups<'_>| {
-        let mut positives: u64 = blocks[..first_block].iter().map(|&(_, p)| p).sum();
-        let rows = first_block * BLOCK..((first_block + per_thread) * BLOCK).min(sorted.len());
-        let mut g = 0;
-        for i in rows {
-            let key = sorted[i];
-            if i == 0 || key >> 1 != sorted[i - 1] >> 1 {
-                groups.score_bits[g] = key >> 1;
-                groups.positives_below[g] = positives;
-                groups.negatives_below[g] = i as u64 - positives;
-                g += 1;
-            }
+    let fill = |blocks: &[KeyBlock], groups: Groups<'_>| {
+        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+            return;
+        };
+        let mut positives = first.positives_below;
+        // Every row writes its group's entry (the same values again within a group), without a
+        // branch on where groups start; the run starts with a group.
+        let (mut started, mut group_positives, mut group_rows) = (0, 0, 0);
+        for i in first.rows.start..last.rows.end {
+            let key = keys[i];
+            let start = i == first.rows.start || key >> 1 != keys[i - 1] >> 1;
+            started += usize::from(start);
+            group_positives = if start { positives } else { group_positives };
+            group_rows = if start { i as u64 } else { group_rows };
+            let g = started - 1;
+            groups.score_bits[g] = key >> 1;
+            groups.positives_below[g] = group_positives;
+            groups.negatives_below[g] = group_rows - group_positives;
             positives += key & 1;
         }
     };
     std::thread::scope(|scope| {
         let mut rest = groups;
-        for first_block in (0..blocks.len()).step_by(per_thread) {
-            let n_groups = blocks[first_block..(first_block + per_thread).min(blocks.len())]
-                .iter()
-                .map(|&(groups, _)| groups)
-                .sum();
+        for run in blocks.chunks(per_thread) {
+            let n_groups = run.iter().map(|b| b.groups).sum();
             let (score_bits, score_bits_rest) = std::mem::take(&mut rest.score_bits).split_at_mut(n_groups);
             let (positives_below, positives_rest) =
                 std::mem::take(&mut rest.positives_below).split_at_mut(n_groups);
@@ -156,15 +258,15 @@ fn fill_groups(sorted: &[u64], blocks: &[(usize, u64)], groups: Groups<'_>) {
                 positives_below: positives_rest,
                 negatives_below: negatives_rest,
             };
-            let run = Groups {
+            let part = Groups {
                 score_bits,
                 positives_below,
                 negatives_below,
             };
             if threads == 1 {
-                fill(first_block, run);
+                fill(run, part);
             } else {
-                scope.spawn(move || fill(first_block, run));
+                scope.spawn(move || fill(run, part));
             }
         }
     });
@@ -196,6 +298,7 @@ pub(crate) fn check_lengths(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parallel::BLOCK;
     use std::collections::BTreeMap;
 
     /// Many rows (so that several threads build the groups), scores on a grid with many ties, with
@@ -217,10 +320,31 @@ mod tests {
                 0 => -0.0,
                 1 => 0.0,
                 2 => 1.0,
+                // One group spanning several blocks.
+                _ if (10 * BLOCK..14 * BLOCK).contains(&i) => 0.375,
                 _ => (random() % 100_000) as f64 / 100_000.0,
             });
         }
-        let groups = TieGroups::new(&y, &s).unwrap();
+        let keys = SortedKeys::new(&y, &s).unwrap();
+        // Blocks of whole groups, one after the other.
+        assert_eq!(keys.blocks.len(), n.div_ceil(BLOCK));
+        assert!(keys.blocks.windows(2).all(|w| w[0].rows.end == w[1].rows.start));
+        assert_eq!(keys.blocks.last().unwrap().rows.end, n);
+        assert!(
+            keys.blocks.iter().any(|b| b.rows.is_empty()),
+            "the long group swallows blocks"
+        );
+        for block in keys
+            .blocks
+            .iter()
+            .filter(|b| b.rows.start > 0 && b.rows.start < n)
+        {
+            assert_ne!(
+                keys.keys[block.rows.start] >> 1,
+                keys.keys[block.rows.start - 1] >> 1
+            );
+        }
+        let groups = keys.into_groups();
         let mut expected: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
         for (&yi, &si) in y.iter().zip(&s) {
             let counts = expected.entry(score_bits(si)).or_default();
