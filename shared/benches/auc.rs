@@ -1,5 +1,7 @@
-//! Benchmark: AUC + DeLong CI on 10⁶ and 10⁷ rows, single thread, against scikit-learn's
-//! `roc_auc_score` alone, timed on the same rows in the same run. Prints a markdown table.
+//! Benchmark: AUC + DeLong CI, and the full binary report (`binary_metrics`), on 10⁶ and 10⁷ rows on
+//! the machine's cores (in fixed blocks: the results do not depend on the thread count), against
+//! scikit-learn's `roc_auc_score` alone, timed on the same rows in the same run. Prints a markdown
+//! table.
 //!
 //! Run: `cargo bench -p fedlnm-shared --bench auc` (needs `python3` with scikit-learn for the
 //! baseline column; set `FEDLNM_PYTHON` to choose the interpreter).
