@@ -641,6 +641,68 @@ mod tests {
         assert_eq!(curve[0].treat_all, 0.0);
     }
 
+    /// Sun & Xu's midrank formulas, sequentially in floats: T_Z, T_X, T_Y midranks by sorting.
+    fn delong_by_midranks(y: &[bool], s: &[f64]) -> (f64, f64) {
+        let midranks = |values: &[f64]| {
+            let mut order: Vec<usize> = (0..values.len()).collect();
+            order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+            let mut ranks = vec![0.0; values.len()];
+            let mut start = 0;
+            while start < order.len() {
+                let mut end = start;
+                while end < order.len() && values[order[end]] == values[order[start]] {
+                    end += 1;
+                }
+                for &i in &order[start..end] {
+                    ranks[i] = (start + end + 1) as f64 / 2.0;
+                }
+                start = end;
+            }
+            ranks
+        };
+        let positives: Vec<f64> = y.iter().zip(s).filter(|(y, _)| **y).map(|(_, s)| *s).collect();
+        let negatives: Vec<f64> = y.iter().zip(s).filter(|(y, _)| !**y).map(|(_, s)| *s).collect();
+        let (m, n) = (positives.len() as f64, negatives.len() as f64);
+        let pooled: Vec<f64> = positives.iter().chain(&negatives).copied().collect();
+        let (tz, tx, ty) = (midranks(&pooled), midranks(&positives), midranks(&negatives));
+        let v10: Vec<f64> = (0..positives.len()).map(|i| (tz[i] - tx[i]) / n).collect();
+        let v01: Vec<f64> = (0..negatives.len())
+            .map(|j| 1.0 - (tz[positives.len() + j] - ty[j]) / m)
+            .collect();
+        let auc = v10.iter().sum::<f64>() / m;
+        (
+            auc,
+            sample_variance(&v10).unwrap() / m + sample_variance(&v01).unwrap() / n,
+        )
+    }
+
+    /// On many rows (blocks of whole groups on several threads, groups spanning blocks) the AUC and
+    /// DeLong variance are those of the midrank formulas.
+    #[test]
+    fn auc_and_delong_on_many_rows_equal_the_midrank_formulas() {
+        let mut state = 0x5851_f42d_4c95_7f2d_u64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for levels in [7, 3000, 1 << 40] {
+            let (y, s): (Vec<bool>, Vec<f64>) = (0..100_003)
+                .map(|_| {
+                    let positive = random() % 5 < 2;
+                    let level = random() % levels + if positive { levels / 3 } else { 0 };
+                    (positive, level as f64 / (levels + levels / 3) as f64)
+                })
+                .unzip();
+            let estimate = auc_delong(&y, &s).unwrap().unwrap();
+            let (auc, variance) = delong_by_midranks(&y, &s);
+            assert!((estimate.auc - auc).abs() <= 1e-12, "{} vs {auc}", estimate.auc);
+            let ours = estimate.variance.unwrap();
+            assert!((ours - variance).abs() <= 1e-9 * variance, "{ours} vs {variance}");
+        }
+    }
+
     /// The float path for classes too large for the exact integers gives the same variance.
     #[test]
     fn delong_variance_in_floats_agrees_with_the_exact_integers() {

@@ -144,6 +144,13 @@ mod tests {
     }
 
     #[test]
+    fn compensated_sums_keep_what_plain_sums_lose() {
+        let values = [1.0, 1e100, 1.0, -1e100];
+        let n = 50 * BLOCK;
+        assert_eq!(compensated_sum(n, |i| values[i % 4]), n as f64 / 2.0);
+    }
+
+    #[test]
     fn blocks_come_back_in_order_and_cover_every_row_once() {
         for n in [0, 1, BLOCK, 17 * BLOCK - 1, 100 * BLOCK + 5] {
             let ranges = map_blocks(n, |rows| rows);

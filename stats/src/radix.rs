@@ -223,6 +223,23 @@ mod tests {
             (0..n).map(|_| random() & (0xfff << 52)).collect(),
             // Two values one apart.
             (0..n).map(|_| (1 << 40) + (random() & 1)).collect(),
+            // Bit patterns of special floats (NaN, ±∞, ±0.0, subnormals, negatives), packed as
+            // `binary` packs scores; the sort orders the bits, whatever they mean.
+            (0..n)
+                .map(|i| {
+                    let special = [
+                        f64::NAN,
+                        f64::INFINITY,
+                        f64::NEG_INFINITY,
+                        -0.0,
+                        0.0,
+                        f64::MIN_POSITIVE / 3.0,
+                        -1.5,
+                        1.0,
+                    ];
+                    (special[i % special.len()].to_bits() << 1) | (random() & 1)
+                })
+                .collect(),
         ];
         for keys in cases {
             check(&keys);
