@@ -100,7 +100,14 @@ fn versus(row: &MethodRow) -> String {
             signed(delta),
             signed(l),
             signed(u),
-            p.map_or_else(|| "—".to_owned(), |p| format!("{p:.3}"))
+            p.map_or_else(
+                || "—".to_owned(),
+                |p| if p < 0.001 {
+                    "<0.001".to_owned()
+                } else {
+                    format!("{p:.3}")
+                }
+            )
         ),
         Some(Versus { delta, .. }) => signed(delta),
     }
