@@ -11,11 +11,11 @@
 use super::StatsError;
 use super::calibration::{self, Calibration};
 use super::normal::{Z_95, normal_two_sided_p, wilson_interval};
-use super::parallel::{compensated_sum, map_blocks, map_each};
+use super::parallel::{compensated_sum, map_blocks, map_indices};
 #[cfg(test)]
 use super::sum::sample_variance;
 use super::sum::{CompensatedSum, sample_covariance};
-use super::ties::{SortedKeys, TieGroups, check_lengths};
+use super::ties::{GroupBlocks, SortedKeys, TieGroups, check_lengths};
 use serde::Serialize;
 
 /// Everything `stats binary` reports for one set of rows (one site, or pooled).
@@ -127,15 +127,11 @@ pub struct NetBenefit {
 
 /// All binary metrics of `statistics.md` for outcomes `y` and scores `s`.
 pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError> {
-    let keys = SortedKeys::new(y, s)?;
-    let auc = keys.auc();
-    let sorted = keys.into_groups();
+    let sorted = TieGroups::new(y, s)?;
     let (p, n) = (sorted.n_pos, sorted.n_neg);
     let total = p + n;
+    let auc = auc(&sorted);
     let youden = sorted.youden_table();
-    let ap = sorted.average_precision();
-    let brier = compensated_sum(y.len(), |i| (s[i] - f64::from(u8::from(y[i]))).powi(2)) / total as f64;
-    let cal = calibration::of_groups(&sorted);
     let youden_rate =
         |table: &ConfusionTable, f: fn(&ConfusionTable) -> Option<Proportion>| f(table).map(|x| x.value);
     let table_at_half = sorted.table_at(0.5);
@@ -144,7 +140,7 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
         n_pos: p,
         n_neg: n,
         lnm_rate: p as f64 / total as f64,
-        // total > 0 was checked by SortedKeys::new.
+        // total > 0 was checked by TieGroups::new.
         lnm_rate_ci: wilson_interval(p, total).unwrap_or((0.0, 1.0)),
         auc: auc.map(|a| a.auc),
         auc_var: auc.and_then(|a| a.variance),
@@ -157,22 +153,22 @@ pub fn binary_metrics(y: &[bool], s: &[f64]) -> Result<BinaryMetrics, StatsError
         youden_j: youden
             .as_ref()
             .map(|t| t.tp as f64 / p as f64 + t.tn as f64 / n as f64 - 1.0),
-        average_precision: ap,
-        brier,
+        average_precision: sorted.average_precision(),
+        brier: sorted.brier(),
         sensitivity_at_half: table_at_half.sensitivity.map(|x| x.value),
         specificity_at_half: table_at_half.specificity.map(|x| x.value),
         // total > 0, so accuracy is defined.
         accuracy_at_half: table_at_half.accuracy.map_or(0.0, |x| x.value),
         youden_table: youden,
         table_at_half,
-        calibration: cal,
+        calibration: calibration::of_groups(&sorted),
     })
 }
 
 /// AUC (Mann–Whitney, ties counted ½) with the DeLong variance and clipped CI; `None` when only one
 /// class is present.
 pub fn auc_delong(y: &[bool], s: &[f64]) -> Result<Option<AucEstimate>, StatsError> {
-    Ok(SortedKeys::new(y, s)?.auc())
+    Ok(auc(&SortedKeys::new(y, s)?))
 }
 
 /// ROC curve points at every distinct score, from (0, 0) to (1, 1).
@@ -204,11 +200,10 @@ pub fn paired_delong(
     score_b: &[f64],
 ) -> Result<Option<PairedDelong>, StatsError> {
     check_lengths("score_a", score_a.len(), "score_b", score_b.len())?;
-    let (a, b) = (SortedKeys::new(y, score_a)?, SortedKeys::new(y, score_b)?);
-    let (Some(auc_a), Some(auc_b)) = (a.auc(), b.auc()) else {
+    let (a, b) = (TieGroups::new(y, score_a)?, TieGroups::new(y, score_b)?);
+    let (Some(auc_a), Some(auc_b)) = (auc(&a), auc(&b)) else {
         return Ok(None);
     };
-    let (a, b) = (a.into_groups(), b.into_groups());
     let (va10, va01) = a.placements(y, score_a);
     let (vb10, vb01) = b.placements(y, score_b);
     let (m, n) = (a.n_pos as f64, a.n_neg as f64);
@@ -264,95 +259,88 @@ pub fn net_benefit(y: &[bool], s: &[f64], thresholds: &[f64]) -> Result<Vec<NetB
         .collect())
 }
 
-/// AUC and its DeLong variance as one walk over the sorted keys, block by block on the machine's
-/// cores. A positive's DeLong placement V10 is the share of negatives below its score (ties count ½),
-/// the same for its whole tie group: no index permutation, no pair loop.
-impl SortedKeys {
-    /// AUC = Σ over positives of (negatives below + ½ negatives tied) / (m·n), with its DeLong
-    /// variance; the sums are exact integers (doubled), so that the only rounding is the final
-    /// divisions.
-    fn auc(&self) -> Option<AucEstimate> {
-        if self.n_pos == 0 || self.n_neg == 0 {
-            return None;
-        }
-        let sums = self.placement_sums();
-        let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
-        let auc = sums.doubled_wins as f64 / (2 * m * n) as f64;
-        let variance = self.delong_variance(&sums, auc);
-        let half_width = variance.map(|v| Z_95 * v.sqrt());
-        Some(AucEstimate {
-            auc,
-            variance,
-            ci_lower: half_width.map(|h| (auc - h).clamp(0.0, 1.0)),
-            ci_upper: half_width.map(|h| (auc + h).clamp(0.0, 1.0)),
-        })
+/// AUC = Σ over positives of (negatives below + ½ negatives tied) / (m·n), with its DeLong variance,
+/// as one walk over the tie groups (of the sorted keys, or built), block by block on the machine's
+/// cores; `None` when only one class is present. A positive's DeLong placement V10 is the share of
+/// negatives below its score (ties count ½), the same for its whole tie group: no index permutation,
+/// no pair loop. The sums are exact integers (doubled), so that the only rounding is the final
+/// divisions.
+fn auc(groups: &impl GroupBlocks) -> Option<AucEstimate> {
+    let (n_pos, n_neg) = (groups.n_pos(), groups.n_neg());
+    if n_pos == 0 || n_neg == 0 {
+        return None;
     }
-
-    /// One walk over the groups: with k10 = 2·(negatives below) + negatives tied for a positive
-    /// (2n·V10) and k01 = 2·(positives above) + positives tied for a negative (2m·V01), the doubled
-    /// wins W = Σ k10 = Σ k01 and the sums of squares Σ k10², Σ k01². They fit in u128 whenever
-    /// 2mn < 2^64 (each square at most (2mn)²); `squares` is `None` otherwise.
-    fn placement_sums(&self) -> PlacementSums {
-        let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
-        let exact_squares = 2 * m * n <= u128::from(u64::MAX);
-        // Integer sums: any order of the blocks gives the same totals.
-        let blocks = map_each(&self.blocks, |block| {
-            let (mut doubled_wins, mut squares10, mut squares01) = (0_u128, 0_u128, 0_u128);
-            for g in self.groups_in(block) {
-                let (positives, negatives) = (u128::from(g.positives), u128::from(g.negatives));
-                let k10 = 2 * u128::from(g.negatives_below) + negatives;
-                doubled_wins += positives * k10;
-                if exact_squares {
-                    let k01 = 2 * (m - u128::from(g.positives_below) - positives) + positives;
-                    squares10 += positives * k10 * k10;
-                    squares01 += negatives * k01 * k01;
-                }
-            }
-            [doubled_wins, squares10, squares01]
-        });
-        let [doubled_wins, squares10, squares01] = blocks.iter().fold([0; 3], |total, block| {
-            [total[0] + block[0], total[1] + block[1], total[2] + block[2]]
-        });
-        PlacementSums {
-            doubled_wins,
-            squares: exact_squares.then_some((squares10, squares01)),
-        }
-    }
-
-    /// DeLong (Sun & Xu 2014): Var = S10/m + S01/n over the placements V10 (positives) and V01
-    /// (negatives); `None` with fewer than two of a class. Both placement means equal the AUC
-    /// exactly, so (m−1)·S10 = Σ (V10 − AUC)² = (m·Σ k10² − W²) / (4n²m), an exact integer over an
-    /// exact integer, and likewise S01 with m and n swapped.
-    fn delong_variance(&self, sums: &PlacementSums, auc: f64) -> Option<f64> {
-        if self.n_pos < 2 || self.n_neg < 2 {
-            return None;
-        }
-        let Some((squares10, squares01)) = sums.squares else {
-            return Some(self.delong_variance_in_floats(auc));
-        };
-        let (m, n) = (u128::from(self.n_pos), u128::from(self.n_neg));
+    let sums = placement_sums(groups);
+    let (m, n) = (u128::from(n_pos), u128::from(n_neg));
+    let auc = sums.doubled_wins as f64 / (2 * m * n) as f64;
+    let variance = if n_pos < 2 || n_neg < 2 {
+        None
+    } else if let Some((squares10, squares01)) = sums.squares {
+        // DeLong (Sun & Xu 2014): Var = S10/m + S01/n over the placements V10 (positives) and V01
+        // (negatives). Both placement means equal the AUC exactly, so (m−1)·S10 = Σ (V10 − AUC)² =
+        // (m·Σ k10² − W²) / (4n²m), an exact integer over an exact integer, and likewise S01 with m
+        // and n swapped; both differences are ≥ 0 (Cauchy–Schwarz), exactly.
         let w2 = sums.doubled_wins * sums.doubled_wins;
-        // Both differences are ≥ 0 (Cauchy–Schwarz), exactly.
         let (spread10, spread01) = (m * squares10 - w2, n * squares01 - w2);
         let scale = (2 * m * n) as f64;
         Some((spread10 as f64 / (m - 1) as f64 + spread01 as f64 / (n - 1) as f64) / (scale * scale))
-    }
+    } else {
+        Some(delong_variance_in_floats(groups, auc))
+    };
+    let half_width = variance.map(|v| Z_95 * v.sqrt());
+    Some(AucEstimate {
+        auc,
+        variance,
+        ci_lower: half_width.map(|h| (auc - h).clamp(0.0, 1.0)),
+        ci_upper: half_width.map(|h| (auc + h).clamp(0.0, 1.0)),
+    })
+}
 
-    /// The same variance for classes too large for [`Self::placement_sums`]' integers: one
-    /// compensated pass over the squared deviations from the AUC.
-    fn delong_variance_in_floats(&self, auc: f64) -> f64 {
-        let (m, n) = (self.n_pos as f64, self.n_neg as f64);
-        let (mut squares10, mut squares01) = (CompensatedSum::default(), CompensatedSum::default());
-        for g in self.blocks.iter().flat_map(|block| self.groups_in(block)) {
-            let (positives, negatives) = (g.positives as f64, g.negatives as f64);
-            let v10 = (g.negatives_below as f64 + 0.5 * negatives) / n;
-            let positives_above = (self.n_pos - g.positives_below - g.positives) as f64;
-            let v01 = (positives_above + 0.5 * positives) / m;
-            squares10.add(positives * (v10 - auc).powi(2));
-            squares01.add(negatives * (v01 - auc).powi(2));
+/// With k10 = 2·(negatives below) + negatives tied for a positive (2n·V10) and k01 = 2·(positives
+/// above) + positives tied for a negative (2m·V01): the doubled wins W = Σ k10 = Σ k01 and the sums
+/// of squares Σ k10², Σ k01². They fit in u128 whenever 2mn < 2^64 (each square at most (2mn)²);
+/// `squares` is `None` otherwise.
+fn placement_sums(groups: &impl GroupBlocks) -> PlacementSums {
+    let (m, n) = (u128::from(groups.n_pos()), u128::from(groups.n_neg()));
+    let exact_squares = 2 * m * n <= u128::from(u64::MAX);
+    // Integer sums: any order of the blocks gives the same totals.
+    let blocks = map_indices(groups.block_count(), |b| {
+        let (mut doubled_wins, mut squares10, mut squares01) = (0_u128, 0_u128, 0_u128);
+        for g in groups.groups_of_block(b) {
+            let (positives, negatives) = (u128::from(g.positives), u128::from(g.negatives));
+            let k10 = 2 * u128::from(g.negatives_below) + negatives;
+            doubled_wins += positives * k10;
+            if exact_squares {
+                let k01 = 2 * (m - u128::from(g.positives_below) - positives) + positives;
+                squares10 += positives * k10 * k10;
+                squares01 += negatives * k01 * k01;
+            }
         }
-        squares10.total() / (m - 1.0) / m + squares01.total() / (n - 1.0) / n
+        [doubled_wins, squares10, squares01]
+    });
+    let [doubled_wins, squares10, squares01] = blocks.iter().fold([0; 3], |total, block| {
+        [total[0] + block[0], total[1] + block[1], total[2] + block[2]]
+    });
+    PlacementSums {
+        doubled_wins,
+        squares: exact_squares.then_some((squares10, squares01)),
     }
+}
+
+/// The DeLong variance for classes too large for [`placement_sums`]' integers: one compensated pass
+/// over the squared deviations of the placements from the AUC.
+fn delong_variance_in_floats(groups: &impl GroupBlocks, auc: f64) -> f64 {
+    let (m, n) = (groups.n_pos() as f64, groups.n_neg() as f64);
+    let (mut squares10, mut squares01) = (CompensatedSum::default(), CompensatedSum::default());
+    for g in (0..groups.block_count()).flat_map(|b| groups.groups_of_block(b)) {
+        let (positives, negatives) = (g.positives as f64, g.negatives as f64);
+        let v10 = (g.negatives_below as f64 + 0.5 * negatives) / n;
+        let positives_above = (groups.n_pos() - g.positives_below - g.positives) as f64;
+        let v01 = (positives_above + 0.5 * positives) / m;
+        squares10.add(positives * (v10 - auc).powi(2));
+        squares01.add(negatives * (v01 - auc).powi(2));
+    }
+    squares10.total() / (m - 1.0) / m + squares01.total() / (n - 1.0) / n
 }
 
 /// The other metrics as walks over the tie groups ([`TieGroups`]) or binary searches in them.
@@ -441,6 +429,16 @@ impl TieGroups {
         }
     }
 
+    /// mean((s − y)²): each group's squared errors, (1 − s)² for its positives and s² for its
+    /// negatives, weighted by their counts.
+    fn brier(&self) -> f64 {
+        let squared_errors = compensated_sum(self.len(), |g| {
+            let score = self.score(g);
+            self.positives(g) as f64 * (1.0 - score).powi(2) + self.negatives(g) as f64 * score.powi(2)
+        });
+        squared_errors / (self.n_pos + self.n_neg) as f64
+    }
+
     /// `sklearn.metrics.average_precision_score`: Σ (R_k − R_{k−1})·P_k over distinct thresholds,
     /// step-wise; `None` without positives.
     fn average_precision(&self) -> Option<f64> {
@@ -456,7 +454,7 @@ impl TieGroups {
     }
 }
 
-/// The integer sums of [`SortedKeys::placement_sums`].
+/// The integer sums of [`placement_sums`].
 struct PlacementSums {
     /// W = 2mn·AUC.
     doubled_wins: u128,
@@ -722,8 +720,11 @@ mod tests {
                 })
                 .unzip();
             let keys = SortedKeys::new(&y, &s).unwrap();
-            let exact = keys.auc().unwrap();
-            let floats = keys.delong_variance_in_floats(exact.auc);
+            let exact = auc(&keys).unwrap();
+            let floats = delong_variance_in_floats(&keys, exact.auc);
+            let groups = keys.into_groups();
+            assert_eq!(auc(&groups), Some(exact), "the same from the built groups");
+            assert_eq!(delong_variance_in_floats(&groups, exact.auc), floats);
             let variance = exact.variance.unwrap();
             assert!(
                 (floats - variance).abs() <= 1e-12 * variance,

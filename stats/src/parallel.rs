@@ -22,13 +22,8 @@ pub(crate) fn map_blocks<R: Send>(len: usize, f: impl Fn(Range<usize>) -> R + Sy
     map_indices(len.div_ceil(BLOCK), |b| f(b * BLOCK..((b + 1) * BLOCK).min(len)))
 }
 
-/// `f` of each item (each a block's worth of work), in order.
-pub(crate) fn map_each<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    map_indices(items.len(), |i| f(&items[i]))
-}
-
 /// `f` of each of `0..count` (each a block's worth of work), in order: each thread a contiguous run.
-fn map_indices<R: Send>(count: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+pub(crate) fn map_indices<R: Send>(count: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
     let threads = threads_for(count);
     let per_thread = count.div_ceil(threads).max(1);
     let f = &f;

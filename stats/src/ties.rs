@@ -6,11 +6,11 @@
 //! One sort of packed keys: a score in [0, 1] is a non-negative f64 whose bit pattern is below 2^62
 //! and ordered like the value, so `bits << 1 | class` sorts by score and fits a u64 (8 bytes a row,
 //! sorted by [`radix::sorted`]); -0.0 is folded into 0.0 first. The sorted keys are cut into blocks
-//! of about `parallel::BLOCK` rows that end where a tie group ends, so that each block holds whole groups and
+//! of about [`BLOCK`] rows that end where a tie group ends, so that each block holds whole groups and
 //! the walks run on the machine's cores; the counts stay exact integers.
 
 use super::StatsError;
-use super::parallel::{map_blocks, map_blocks_mut, threads_for};
+use super::parallel::{BLOCK, map_blocks, map_blocks_mut, threads_for};
 use super::radix;
 use std::ops::Range;
 
@@ -19,7 +19,7 @@ use std::ops::Range;
 #[derive(Debug)]
 pub(crate) struct SortedKeys {
     pub(crate) keys: Vec<u64>,
-    /// One block per `parallel::BLOCK` rows (some empty where a group spans blocks), in order.
+    /// One block per [`BLOCK`] rows (some empty where a group spans blocks), in order.
     pub(crate) blocks: Vec<KeyBlock>,
     pub(crate) n_pos: u64,
     pub(crate) n_neg: u64,
@@ -46,6 +46,56 @@ pub(crate) struct GroupCounts {
     pub(crate) negatives_below: u64,
     pub(crate) positives: u64,
     pub(crate) negatives: u64,
+}
+
+/// Tie groups in ascending score order, cut into blocks (each a block's worth of work on one core).
+pub(crate) trait GroupBlocks: Sync {
+    fn n_pos(&self) -> u64;
+    fn n_neg(&self) -> u64;
+    fn block_count(&self) -> usize;
+    /// The groups of block b, in order.
+    fn groups_of_block(&self, b: usize) -> impl Iterator<Item = GroupCounts> + '_;
+}
+
+impl GroupBlocks for SortedKeys {
+    fn n_pos(&self) -> u64 {
+        self.n_pos
+    }
+
+    fn n_neg(&self) -> u64 {
+        self.n_neg
+    }
+
+    fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn groups_of_block(&self, b: usize) -> impl Iterator<Item = GroupCounts> + '_ {
+        self.groups_in(&self.blocks[b])
+    }
+}
+
+impl GroupBlocks for TieGroups {
+    fn n_pos(&self) -> u64 {
+        self.n_pos
+    }
+
+    fn n_neg(&self) -> u64 {
+        self.n_neg
+    }
+
+    fn block_count(&self) -> usize {
+        self.len().div_ceil(BLOCK)
+    }
+
+    fn groups_of_block(&self, b: usize) -> impl Iterator<Item = GroupCounts> + '_ {
+        (b * BLOCK..((b + 1) * BLOCK).min(self.len())).map(|g| GroupCounts {
+            positives_below: self.positives_below[g],
+            negatives_below: self.negatives_below[g],
+            positives: self.positives(g),
+            negatives: self.negatives(g),
+        })
+    }
 }
 
 impl SortedKeys {
@@ -298,7 +348,6 @@ pub(crate) fn check_lengths(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parallel::BLOCK;
     use std::collections::BTreeMap;
 
     /// Many rows (so that several threads build the groups), scores on a grid with many ties, with
