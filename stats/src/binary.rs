@@ -347,12 +347,12 @@ fn delong_variance_in_floats(groups: &impl GroupBlocks, auc: f64) -> f64 {
 impl TieGroups {
     /// V10 of a positive scoring in group g: negatives below plus half the negatives tied, over n.
     fn v10(&self, g: usize) -> f64 {
-        (self.negatives_below[g] as f64 + 0.5 * self.negatives(g) as f64) / self.n_neg as f64
+        (self.negatives_below(g) as f64 + 0.5 * self.negatives(g) as f64) / self.n_neg as f64
     }
 
     /// V01 of a negative scoring in group g: positives above plus half the positives tied, over m.
     fn v01(&self, g: usize) -> f64 {
-        let positives_above = self.n_pos - self.positives_below[g + 1];
+        let positives_above = self.n_pos - self.positives_below(g + 1);
         (positives_above as f64 + 0.5 * self.positives(g) as f64) / self.n_pos as f64
     }
 
@@ -378,8 +378,8 @@ impl TieGroups {
         (0..self.len()).rev().map(|g| {
             (
                 self.score(g),
-                self.n_pos - self.positives_below[g],
-                self.n_neg - self.negatives_below[g],
+                self.n_pos - self.positives_below(g),
+                self.n_neg - self.negatives_below(g),
             )
         })
     }
@@ -400,8 +400,8 @@ impl TieGroups {
             groups
                 .map(|g| {
                     // At threshold scores[g]: TP = positives at or above it, TN = negatives below it.
-                    let tp = p - u128::from(self.positives_below[g]);
-                    (tp * n + u128::from(self.negatives_below[g]) * p, g)
+                    let tp = p - u128::from(self.positives_below(g));
+                    (tp * n + u128::from(self.negatives_below(g)) * p, g)
                 })
                 .fold((0, 0), keep_larger)
         });
@@ -412,8 +412,8 @@ impl TieGroups {
     /// The 2×2 table at `threshold`: a binary search, then the counts at and above it.
     fn table_at(&self, threshold: f64) -> ConfusionTable {
         let first_at_or_above = self.first_at_or_above(threshold);
-        let tp = self.n_pos - self.positives_below[first_at_or_above];
-        let fp = self.n_neg - self.negatives_below[first_at_or_above];
+        let tp = self.n_pos - self.positives_below(first_at_or_above);
+        let fp = self.n_neg - self.negatives_below(first_at_or_above);
         let (fn_, tn) = (self.n_pos - tp, self.n_neg - fp);
         ConfusionTable {
             threshold,
@@ -447,8 +447,8 @@ impl TieGroups {
         }
         let p = self.n_pos as f64;
         Some(compensated_sum(self.len(), |g| {
-            let tp = self.n_pos - self.positives_below[g];
-            let fp = self.n_neg - self.negatives_below[g];
+            let tp = self.n_pos - self.positives_below(g);
+            let fp = self.n_neg - self.negatives_below(g);
             self.positives(g) as f64 / p * (tp as f64 / (tp + fp) as f64)
         }))
     }

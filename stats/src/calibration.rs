@@ -80,9 +80,7 @@ pub(crate) fn of_groups(groups: &TieGroups) -> Calibration {
     .collect();
     let data = Grouped {
         logits: &logits,
-        score_bits: &groups.score_bits,
-        positives_below: &groups.positives_below,
-        negatives_below: &groups.negatives_below,
+        groups,
     };
     let overlap = summaries
         .iter()
@@ -157,21 +155,17 @@ fn clipped_logit(score: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
-/// One-covariate data in groups: group g has `positives_below[g + 1] − positives_below[g]` positives
-/// (likewise negatives), covariate `logits[g]` and score `f64::from_bits(score_bits[g])` (clipped
-/// before use; only calibration-in-the-large reads it).
+/// One-covariate data in groups: group g of `groups` with covariate `logits[g]` (its score, clipped,
+/// is read by calibration-in-the-large only).
 struct Grouped<'a> {
     logits: &'a [f64],
-    score_bits: &'a [u64],
-    positives_below: &'a [u64],
-    negatives_below: &'a [u64],
+    groups: &'a TieGroups,
 }
 
 impl Grouped<'_> {
     /// (positives, rows) of group g, as weights.
     fn counts(&self, g: usize) -> (f64, f64) {
-        let positives = self.positives_below[g + 1] - self.positives_below[g];
-        let negatives = self.negatives_below[g + 1] - self.negatives_below[g];
+        let (positives, negatives) = (self.groups.positives(g), self.groups.negatives(g));
         (positives as f64, (positives + negatives) as f64)
     }
 }
@@ -209,7 +203,7 @@ fn fit_jointly(
             let (positives, rows) = data.counts(g);
             let mut terms = [0.0; 7];
             if offset_running {
-                let p = f64::from_bits(data.score_bits[g]).clamp(CLIP, 1.0 - CLIP);
+                let p = data.groups.score(g).clamp(CLIP, 1.0 - CLIP);
                 let scaled = p * odds_ratio;
                 let mu = scaled / (scaled + (1.0 - p));
                 terms[0] = positives - rows * mu;
@@ -332,25 +326,15 @@ fn coarse_fits(summaries: &[Summary]) -> (Option<f64>, Option<(f64, f64)>) {
         .iter()
         .map(|&x| (1.0 / (1.0 + (-x).exp())).to_bits())
         .collect();
-    let cumulative = |count: fn(&Summary) -> u64| {
-        std::iter::once(0)
-            .chain(summaries.iter().scan(0, move |below, b| {
-                *below += count(b);
-                Some(*below)
-            }))
-            .collect::<Vec<u64>>()
-    };
-    let (positives_below, negatives_below) = (cumulative(|b| b.positives), cumulative(|b| b.negatives));
+    let groups = TieGroups::from_counts(score_bits, summaries.iter().map(|s| (s.positives, s.negatives)));
     let data = Grouped {
         logits: &logits,
-        score_bits: &score_bits,
-        positives_below: &positives_below,
-        negatives_below: &negatives_below,
+        groups: &groups,
     };
     let in_the_large = fit_jointly(&data, Some(0.0), None).0;
     let ranges = LogitRanges {
-        positive: min_max(&logits, |g| positives_below[g + 1] > positives_below[g]),
-        negative: min_max(&logits, |g| negatives_below[g + 1] > negatives_below[g]),
+        positive: min_max(&logits, |g| groups.positives(g) > 0),
+        negative: min_max(&logits, |g| groups.negatives(g) > 0),
     };
     let recalibration = in_the_large
         .filter(|_| ranges.overlap())
@@ -375,20 +359,14 @@ mod tests {
     /// The recalibration fit of rows (one group a row, covariate `x`) from the engine's start (β = 0),
     /// `None` where the classes' ranges of `x` do not overlap.
     fn recalibration_fit(y: &[bool], x: &[f64]) -> Option<(f64, f64, f64)> {
-        let below = |class: bool| {
-            std::iter::once(0)
-                .chain(y.iter().scan(0, move |count, &yi| {
-                    *count += u64::from(yi == class);
-                    Some(*count)
-                }))
-                .collect::<Vec<u64>>()
-        };
-        let (positives_below, negatives_below) = (below(true), below(false));
+        // Each row its own group; the scores are not read by the recalibration.
+        let groups = TieGroups::from_counts(
+            vec![0; y.len()],
+            y.iter().map(|&yi| (u64::from(yi), u64::from(!yi))),
+        );
         let data = Grouped {
             logits: x,
-            score_bits: &[],
-            positives_below: &positives_below,
-            negatives_below: &negatives_below,
+            groups: &groups,
         };
         let ranges = LogitRanges {
             positive: min_max(x, |g| y[g]),
@@ -537,9 +515,7 @@ mod tests {
             .collect();
         let data = Grouped {
             logits: &logits,
-            score_bits: &groups.score_bits,
-            positives_below: &groups.positives_below,
-            negatives_below: &groups.negatives_below,
+            groups: &groups,
         };
         let (in_the_large, fit) = fit_jointly(&data, Some(0.0), Some((0.0, 0.0)));
         let (in_the_large, (a, b, se)) = (in_the_large.unwrap(), fit.unwrap());

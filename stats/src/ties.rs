@@ -90,8 +90,8 @@ impl GroupBlocks for TieGroups {
 
     fn groups_of_block(&self, b: usize) -> impl Iterator<Item = GroupCounts> + '_ {
         (b * BLOCK..((b + 1) * BLOCK).min(self.len())).map(|g| GroupCounts {
-            positives_below: self.positives_below[g],
-            negatives_below: self.negatives_below[g],
+            positives_below: self.positives_below(g),
+            negatives_below: self.negatives_below(g),
             positives: self.positives(g),
             negatives: self.negatives(g),
         })
@@ -190,19 +190,22 @@ impl SortedKeys {
         let mut score_bits = self.spare;
         score_bits.truncate(n_groups);
         score_bits.shrink_to_fit();
-        let mut positives_below = vec![0; n_groups + 1];
-        let mut negatives_below = vec![0; n_groups + 1];
+        let rows = self.keys.len();
+        let (mut positives_below, mut negatives_below) = (
+            Counts::zeros(n_groups + 1, rows),
+            Counts::zeros(n_groups + 1, rows),
+        );
         fill_groups(
             &self.keys,
             &self.blocks,
             Groups {
                 score_bits: &mut score_bits,
-                positives_below: &mut positives_below[..n_groups],
-                negatives_below: &mut negatives_below[..n_groups],
+                positives_below: positives_below.as_mut(),
+                negatives_below: negatives_below.as_mut(),
             },
         );
-        positives_below[n_groups] = self.n_pos;
-        negatives_below[n_groups] = self.n_neg;
+        positives_below.as_mut().set(n_groups, self.n_pos);
+        negatives_below.as_mut().set(n_groups, self.n_neg);
         TieGroups {
             score_bits,
             positives_below,
@@ -219,11 +222,11 @@ pub(crate) struct TieGroups {
     /// The distinct scores, ascending, as bit patterns ([`score_bits`]; `f64::from_bits` gives the
     /// score).
     pub(crate) score_bits: Vec<u64>,
-    /// `positives_below[g]`: positives scoring below the score of group g; one more entry at the end,
-    /// the number of positives, so that group g holds `positives_below[g + 1] − positives_below[g]`.
-    pub(crate) positives_below: Vec<u64>,
+    /// Entry g: the positives scoring below the score of group g; one more entry at the end, the
+    /// number of positives, so that group g holds entry g + 1 − entry g.
+    positives_below: Counts,
     /// The same for the negatives.
-    pub(crate) negatives_below: Vec<u64>,
+    negatives_below: Counts,
     pub(crate) n_pos: u64,
     pub(crate) n_neg: u64,
 }
@@ -232,6 +235,39 @@ impl TieGroups {
     /// Groups the rows of outcomes `y` and scores `s` (equally long, not empty, each score in [0, 1]).
     pub(crate) fn new(y: &[bool], s: &[f64]) -> Result<Self, StatsError> {
         Ok(SortedKeys::new(y, s)?.into_groups())
+    }
+
+    /// Groups given as they are: scores (bit patterns) and (positives, negatives) per group.
+    pub(crate) fn from_counts(
+        score_bits: Vec<u64>,
+        counts: impl ExactSizeIterator<Item = (u64, u64)>,
+    ) -> Self {
+        let mut columns = Vec::with_capacity(2 * (counts.len() + 1));
+        let (mut n_pos, mut n_neg) = (0, 0);
+        for (positives, negatives) in counts {
+            columns.push((n_pos, n_neg));
+            n_pos += positives;
+            n_neg += negatives;
+        }
+        columns.push((n_pos, n_neg));
+        let rows = usize::try_from(n_pos + n_neg).unwrap_or(usize::MAX);
+        let (mut positives_below, mut negatives_below) = (
+            Counts::zeros(columns.len(), rows),
+            Counts::zeros(columns.len(), rows),
+        );
+        let (mut positives_column, mut negatives_column) =
+            (positives_below.as_mut(), negatives_below.as_mut());
+        for (g, &(positives, negatives)) in columns.iter().enumerate() {
+            positives_column.set(g, positives);
+            negatives_column.set(g, negatives);
+        }
+        Self {
+            score_bits,
+            positives_below,
+            negatives_below,
+            n_pos,
+            n_neg,
+        }
     }
 
     /// Number of distinct scores.
@@ -244,14 +280,24 @@ impl TieGroups {
         f64::from_bits(self.score_bits[g])
     }
 
+    /// Positives scoring below group g (g up to `len()`).
+    pub(crate) fn positives_below(&self, g: usize) -> u64 {
+        self.positives_below.get(g)
+    }
+
+    /// Negatives scoring below group g (g up to `len()`).
+    pub(crate) fn negatives_below(&self, g: usize) -> u64 {
+        self.negatives_below.get(g)
+    }
+
     /// Positives in group g.
     pub(crate) fn positives(&self, g: usize) -> u64 {
-        self.positives_below[g + 1] - self.positives_below[g]
+        self.positives_below(g + 1) - self.positives_below(g)
     }
 
     /// Negatives in group g.
     pub(crate) fn negatives(&self, g: usize) -> u64 {
-        self.negatives_below[g + 1] - self.negatives_below[g]
+        self.negatives_below(g + 1) - self.negatives_below(g)
     }
 
     /// The first group scoring at least `threshold` (`len()` when none does).
@@ -261,11 +307,96 @@ impl TieGroups {
     }
 }
 
+/// A column of counts of rows: 4 bytes an entry where every count fits (fewer than 2^32 rows), else 8
+/// (less memory to touch and to read on every walk).
+#[derive(Debug, Clone, PartialEq)]
+enum Counts {
+    Narrow(Vec<u32>),
+    Wide(Vec<u64>),
+}
+
+impl Counts {
+    /// `len` zeros, wide enough for counts up to `rows`.
+    fn zeros(len: usize, rows: usize) -> Self {
+        if u32::try_from(rows).is_ok() {
+            Self::Narrow(vec![0; len])
+        } else {
+            Self::Wide(vec![0; len])
+        }
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        match self {
+            Self::Narrow(counts) => u64::from(counts[i]),
+            Self::Wide(counts) => counts[i],
+        }
+    }
+
+    fn as_mut(&mut self) -> CountsMut<'_> {
+        match self {
+            Self::Narrow(counts) => CountsMut::Narrow(counts),
+            Self::Wide(counts) => CountsMut::Wide(counts),
+        }
+    }
+}
+
+/// A part of a [`Counts`] column to fill in.
+enum CountsMut<'a> {
+    Narrow(&'a mut [u32]),
+    Wide(&'a mut [u64]),
+}
+
+impl<'a> CountsMut<'a> {
+    /// Sets entry i to `count` (at most the rows the column was made for).
+    fn set(&mut self, i: usize, count: u64) {
+        match self {
+            // The column is narrow only where every count fits.
+            Self::Narrow(counts) => counts[i] = u32::try_from(count).unwrap_or(u32::MAX),
+            Self::Wide(counts) => counts[i] = count,
+        }
+    }
+
+    /// The first `mid` entries and the rest.
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        match self {
+            Self::Narrow(counts) => {
+                let (head, tail) = counts.split_at_mut(mid);
+                (Self::Narrow(head), Self::Narrow(tail))
+            }
+            Self::Wide(counts) => {
+                let (head, tail) = counts.split_at_mut(mid);
+                (Self::Wide(head), Self::Wide(tail))
+            }
+        }
+    }
+}
+
 /// The groups' columns, or a contiguous part of them.
 struct Groups<'a> {
     score_bits: &'a mut [u64],
-    positives_below: &'a mut [u64],
-    negatives_below: &'a mut [u64],
+    positives_below: CountsMut<'a>,
+    negatives_below: CountsMut<'a>,
+}
+
+impl Groups<'_> {
+    /// The first `mid` groups and the rest.
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (score_bits, score_bits_rest) = self.score_bits.split_at_mut(mid);
+        let (positives_below, positives_rest) = self.positives_below.split_at(mid);
+        let (negatives_below, negatives_rest) = self.negatives_below.split_at(mid);
+        (
+            Groups {
+                score_bits,
+                positives_below,
+                negatives_below,
+            },
+            Groups {
+                score_bits: score_bits_rest,
+                positives_below: positives_rest,
+                negatives_below: negatives_rest,
+            },
+        )
+    }
 }
 
 /// Writes the groups of the sorted `keys` on up to the machine's cores, each thread a contiguous run
@@ -277,6 +408,11 @@ fn fill_groups(keys: &[u64], blocks: &[KeyBlock], groups: Groups<'_>) {
         let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
             return;
         };
+        let Groups {
+            score_bits,
+            mut positives_below,
+            mut negatives_below,
+        } = groups;
         let mut positives = first.positives_below;
         // Every row writes its group's entry (the same values again within a group), without a
         // branch on where groups start; the run starts with a group.
@@ -288,31 +424,17 @@ fn fill_groups(keys: &[u64], blocks: &[KeyBlock], groups: Groups<'_>) {
             group_positives = if start { positives } else { group_positives };
             group_rows = if start { i as u64 } else { group_rows };
             let g = started - 1;
-            groups.score_bits[g] = key >> 1;
-            groups.positives_below[g] = group_positives;
-            groups.negatives_below[g] = group_rows - group_positives;
+            score_bits[g] = key >> 1;
+            positives_below.set(g, group_positives);
+            negatives_below.set(g, group_rows - group_positives);
             positives += key & 1;
         }
     };
     std::thread::scope(|scope| {
         let mut rest = groups;
         for run in blocks.chunks(per_thread) {
-            let n_groups = run.iter().map(|b| b.groups).sum();
-            let (score_bits, score_bits_rest) = std::mem::take(&mut rest.score_bits).split_at_mut(n_groups);
-            let (positives_below, positives_rest) =
-                std::mem::take(&mut rest.positives_below).split_at_mut(n_groups);
-            let (negatives_below, negatives_rest) =
-                std::mem::take(&mut rest.negatives_below).split_at_mut(n_groups);
-            rest = Groups {
-                score_bits: score_bits_rest,
-                positives_below: positives_rest,
-                negatives_below: negatives_rest,
-            };
-            let part = Groups {
-                score_bits,
-                positives_below,
-                negatives_below,
-            };
+            let (part, tail) = rest.split_at(run.iter().map(|b| b.groups).sum());
+            rest = tail;
             if threads == 1 {
                 fill(run, part);
             } else {
@@ -410,7 +532,7 @@ mod tests {
             assert_eq!(groups.score_bits[g], bits);
             assert_eq!((groups.positives(g), groups.negatives(g)), (positives, negatives));
             assert_eq!(
-                (groups.positives_below[g], groups.negatives_below[g]),
+                (groups.positives_below(g), groups.negatives_below(g)),
                 (positives_below, negatives_below)
             );
             positives_below += positives;
@@ -422,6 +544,24 @@ mod tests {
             expected.range(..score_bits(0.5)).count()
         );
         assert_eq!(groups.first_at_or_above(2.0), groups.len());
+    }
+
+    /// Counts are 4 bytes where every count fits, 8 beyond; either way the same counts come back.
+    #[test]
+    fn count_columns_widen_beyond_u32() {
+        for (counts, wide) in [
+            (vec![(3, 4), (0, 2), (5, 0)], false),
+            (vec![(3_000_000_000, 2_000_000_000), (1, 0), (0, 7)], true),
+        ] {
+            let groups = TieGroups::from_counts(vec![1, 2, 3], counts.iter().copied());
+            assert_eq!(matches!(groups.positives_below, Counts::Wide(_)), wide);
+            for (g, &(positives, negatives)) in counts.iter().enumerate() {
+                assert_eq!((groups.positives(g), groups.negatives(g)), (positives, negatives));
+            }
+            let total = |f: fn(&(u64, u64)) -> u64| counts.iter().map(f).sum::<u64>();
+            assert_eq!((groups.n_pos, groups.n_neg), (total(|c| c.0), total(|c| c.1)));
+            assert_eq!(groups.positives_below(3), groups.n_pos);
+        }
     }
 
     #[test]
