@@ -644,6 +644,7 @@ mod tests {
                         terms: vec!["male".into()],
                         beta: vec![-0.5, 0.25],
                     }],
+                    sum: None,
                 },
             }),
         ];

@@ -343,10 +343,11 @@ fn odds_ratios(analyses: &[AnalysisResult]) -> Markup {
             }
             @for (index, result) in analyses.iter().enumerate() {
                 h3 { (result.analysis.name) ": " (result.analysis.outcome.name()) " ~ " (result.analysis.terms.join(" + ")) }
-                p class="note" { "Federated Newton–Raphson over the study's mTLS channel: each site answered each "
-                    "step with its sums Xᵀ(y − μ) and XᵀWX only; the fit equals the fit of all rows pooled. "
-                    "Sites with fewer than " (result.analysis.min_site_rows) " labelled patients refuse. "
-                    (result.steps) " exchanges." }
+                p class="note" { "Federated Newton–Raphson over the study's mTLS channel: each site gave its size "
+                    "and events, then answered each Newton step with its sums Xᵀ(y − μ), XᵀWX and log-likelihood "
+                    "masked, so that the aggregator saw them only added over the sites (a secure sum in fixed "
+                    "point); the fit equals the fit of all rows pooled. Sites with fewer than "
+                    (result.analysis.min_site_rows) " labelled patients refuse. " (result.steps) " exchanges." }
                 table class="analysis-sites" {
                     thead { tr { th { "site" } th { "n" } th { "events" } th { "rate (Wilson 95% CI)" } } }
                     tbody {
@@ -429,8 +430,10 @@ fn methods() -> Markup {
             p { "Stage agreement: Cohen's κ with quadratic weights on the declared AJCC 8th scales; predicted "
                 "overall stage derived from the predicted T and N categories and age by the AJCC rule." }
             p { "Odds ratios: maximum-likelihood logistic regression by Newton–Raphson (tolerance 1e-12), Wald "
-                "95% CIs and two-sided normal p-values, computed federatedly from per-site sums "
-                "(DataSHIELD scheme); separation is reported as such, never as finite odds ratios." }
+                "95% CIs and two-sided normal p-values, computed federatedly from per-site sums (the DataSHIELD "
+                "scheme, with every step's sums added over the sites by secure aggregation in 64-bit fixed point "
+                "at scales that keep the sum exact to f64 precision); separation is reported as such, never as "
+                "finite odds ratios." }
             p { "Every definition follows the project's statistics specification and is checked against "
                 "scikit-learn, statsmodels and R's metafor in the project's tests." }
         },
