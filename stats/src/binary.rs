@@ -301,19 +301,19 @@ fn auc(groups: &impl GroupBlocks) -> Option<AucEstimate> {
 /// of squares Σ k10², Σ k01². They fit in u128 whenever 2mn < 2^64 (each square at most (2mn)²);
 /// `squares` is `None` otherwise.
 fn placement_sums(groups: &impl GroupBlocks) -> PlacementSums {
-    let (m, n) = (u128::from(groups.n_pos()), u128::from(groups.n_neg()));
-    let exact_squares = 2 * m * n <= u128::from(u64::MAX);
-    // Integer sums: any order of the blocks gives the same totals.
+    let (m, n) = (groups.n_pos(), groups.n_neg());
+    let exact_squares = 2 * u128::from(m) * u128::from(n) <= u128::from(u64::MAX);
+    // Integer sums: any order of the blocks gives the same totals. k10 ≤ 2n and k01 ≤ 2m fit in
+    // u64 (a slice holds at most isize::MAX rows), their squares in u128.
     let blocks = map_indices(groups.block_count(), |b| {
         let (mut doubled_wins, mut squares10, mut squares01) = (0_u128, 0_u128, 0_u128);
         for g in groups.groups_of_block(b) {
-            let (positives, negatives) = (u128::from(g.positives), u128::from(g.negatives));
-            let k10 = 2 * u128::from(g.negatives_below) + negatives;
-            doubled_wins += positives * k10;
+            let k10 = 2 * g.negatives_below + g.negatives;
+            doubled_wins += u128::from(g.positives) * u128::from(k10);
             if exact_squares {
-                let k01 = 2 * (m - u128::from(g.positives_below) - positives) + positives;
-                squares10 += positives * k10 * k10;
-                squares01 += negatives * k01 * k01;
+                let k01 = 2 * (m - g.positives_below - g.positives) + g.positives;
+                squares10 += u128::from(g.positives) * (u128::from(k10) * u128::from(k10));
+                squares01 += u128::from(g.negatives) * (u128::from(k01) * u128::from(k01));
             }
         }
         [doubled_wins, squares10, squares01]
