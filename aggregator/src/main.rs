@@ -107,7 +107,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write the study report from the rounds the aggregator has saved: tables (rounds.csv,
+    /// Write the study report from the rounds and analyses the aggregator has saved: report.html (the
+    /// page a clinical reader opens: every table and figure, self-contained), tables (rounds.csv,
     /// final_sites.csv, rounds.json), figures (roc_final.png, auc_by_round.png) and summary.md. It only
     /// reads the state folder, so it can run while the aggregator is serving; it reports the rounds
     /// completed so far. Contains aggregate numbers only, no patient data.
