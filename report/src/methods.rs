@@ -96,18 +96,15 @@ fn versus(row: &MethodRow) -> String {
             ci_upper: Some(u),
             p,
         }) => format!(
-            "{} ({} to {}), p = {}",
+            "{} ({} to {}), {}",
             signed(delta),
             signed(l),
             signed(u),
-            p.map_or_else(
-                || "—".to_owned(),
-                |p| if p < 0.001 {
-                    "<0.001".to_owned()
-                } else {
-                    format!("{p:.3}")
-                }
-            )
+            match p {
+                None => "p undefined".to_owned(),
+                Some(p) if p < 0.001 => "p < 0.001".to_owned(),
+                Some(p) => format!("p = {p:.3}"),
+            }
         ),
         Some(Versus { delta, .. }) => signed(delta),
     }
