@@ -52,8 +52,10 @@ fn three(value: Option<f64>) -> String {
     value.map_or_else(|| "—".to_owned(), |v| format!("{:.3}", v + 0.0))
 }
 
+/// A difference with its sign, a value that rounds to zero written +0.000 (never −0.000).
 fn signed(value: f64) -> String {
-    format!("{:+.3}", value + 0.0)
+    let rounded = (value * 1000.0).round() / 1000.0 + 0.0;
+    format!("{rounded:+.3}")
 }
 
 /// The comparison's rows as a markdown table.
@@ -258,5 +260,7 @@ mod tests {
         assert_eq!(page.matches("<polyline").count(), 3, "two methods and the oracle");
         let markdown = methods_markdown(&rows);
         assert_eq!(markdown.lines().count(), 4);
+        assert_eq!(signed(-0.0002), "+0.000");
+        assert_eq!(signed(-0.0302), "-0.030");
     }
 }
