@@ -678,13 +678,7 @@ mod tests {
     /// DeLong variance are those of the midrank formulas.
     #[test]
     fn auc_and_delong_on_many_rows_equal_the_midrank_formulas() {
-        let mut state = 0x5851_f42d_4c95_7f2d_u64;
-        let mut random = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = crate::test_random::xorshift(0x5851_f42d_4c95_7f2d_u64);
         for levels in [7, 3000, 1 << 40] {
             let (y, s): (Vec<bool>, Vec<f64>) = (0..100_003)
                 .map(|_| {
@@ -704,17 +698,11 @@ mod tests {
     /// The float path for classes too large for the exact integers gives the same variance.
     #[test]
     fn delong_variance_in_floats_agrees_with_the_exact_integers() {
-        let mut state = 0x0123_4567_89ab_cdef_u64;
-        let mut random = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = crate::test_random::xorshift(0x0123_4567_89ab_cdef_u64);
         for (n, levels) in [(50_000, 1000), (20_000, 1_000_000), (100, 5)] {
             let (y, s): (Vec<bool>, Vec<f64>) = (0..n)
                 .map(|_| {
-                    let positive = random() % 3 == 0;
+                    let positive = random().is_multiple_of(3);
                     let level = random() % levels + if positive { levels / 5 } else { 0 };
                     (positive, level as f64 / (levels + levels / 5) as f64)
                 })

@@ -444,13 +444,7 @@ mod tests {
                 )
             })
         };
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut uniform = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut uniform = crate::test_random::uniform(0x2545_f491_4f6c_dd1d_u64);
         for (n, shift) in [(50, 0.5), (400, 1.5), (3000, 0.2), (20_000, 2.5)] {
             let (mut y, mut x) = (Vec::new(), Vec::new());
             for _ in 0..n {
@@ -493,13 +487,7 @@ mod tests {
     #[test]
     fn the_start_from_the_summaries_moves_where_the_fits_start_not_where_they_stop() {
         let n = SUMMARY_GROUPS * COARSE_MIN_SUMMARIES + 999;
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut uniform = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut uniform = crate::test_random::uniform(0x9e37_79b9_7f4a_7c15_u64);
         let (mut y, mut s) = (Vec::new(), Vec::new());
         for _ in 0..n {
             let positive = uniform() < 0.3;

@@ -16,6 +16,27 @@ mod radix;
 pub mod sum;
 mod ties;
 
+/// Test inputs: Marsaglia's xorshift64, a tiny reproducible generator for the unit tests of every
+/// module (the statistics engine depends on no random-number crate).
+#[cfg(test)]
+pub(crate) mod test_random {
+    /// The xorshift64 sequence from `state` (not 0).
+    pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// Uniform draws in [0, 1) from the top 53 bits of [`xorshift`].
+    pub(crate) fn uniform(state: u64) -> impl FnMut() -> f64 {
+        let mut next = xorshift(state);
+        move || (next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 pub use normal::{Z_95, normal_two_sided_p, wilson_interval};
 
 /// What can be wrong with the input of a statistic. Each variant names the offending position.

@@ -161,15 +161,7 @@ fn sort_buckets(out: &mut [u64], starts: &[usize], threads: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
-    }
+    use crate::test_random::xorshift;
 
     fn check(keys: &[u64]) {
         let mut expected = keys.to_vec();

@@ -477,16 +477,10 @@ mod tests {
     #[test]
     fn groups_count_each_distinct_score_once_with_its_classes() {
         let n = 40 * BLOCK + 123;
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut random = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = crate::test_random::xorshift(0x2545_f491_4f6c_dd1d_u64);
         let (mut y, mut s) = (Vec::new(), Vec::new());
         for i in 0..n {
-            y.push(random() % 3 == 0);
+            y.push(random().is_multiple_of(3));
             s.push(match i % 1000 {
                 0 => -0.0,
                 1 => 0.0,
