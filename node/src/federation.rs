@@ -50,34 +50,66 @@ pub struct RunSummary {
     pub final_model: Option<(PathBuf, String)>,
 }
 
-/// How a training site splits its labelled patients (`labels`: LNM of each) into training and
-/// validation, the same way in every round and every study on the same data: stratified by LNM with a
-/// fixed seed, holding out `fraction`, or, with `folds`, validating on fold `fold`. (A centralised
-/// baseline on the same patients uses it too.)
-///
-/// # Errors
-/// A split the labels cannot make (too few patients of a class), named.
-pub fn site_split(
-    labels: &[bool],
-    fraction: f64,
-    folds: Option<CrossValidationFold>,
-) -> anyhow::Result<data::Split> {
-    Ok(match folds {
-        Some(CrossValidationFold { folds, fold }) => {
-            data::stratified_k_fold(labels, folds, SPLIT_SEED)?.swap_remove(fold)
-        }
-        None => data::stratified_split(labels, fraction, SPLIT_SEED)?,
-    })
+/// A site's patients, encoded for one model configuration and split as its node splits them.
+pub struct SiteExamples {
+    pub train: Vec<Example>,
+    pub validation: Vec<Example>,
+    /// The validation patients' pathological stages.
+    pub validation_stages: Vec<Stage>,
+    /// The site's patient flow and characteristics (with its training and validation sizes), sent
+    /// with each validation report.
+    pub cohort: SiteCohort,
 }
 
-/// The site's patients, encoded for one model configuration and split once.
-struct SiteExamples {
-    config_digest: String,
-    train: Vec<Example>,
-    validation: Vec<Example>,
-    validation_stages: Vec<Stage>,
-    /// The site's patient flow and characteristics, sent with each validation report.
-    cohort: SiteCohort,
+impl SiteExamples {
+    /// Splits a site's `loaded` patients the same way in every round and every study on the same
+    /// data: a validate-only site validates on all of them; a training site holds out `fraction`
+    /// (stratified by LNM, fixed seed) or, with `folds`, validates on fold `fold`. (The simulation's
+    /// centralised and single-site baselines split through it too.)
+    ///
+    /// # Errors
+    /// A split the labels cannot make (too few patients of a class), or a validation patient
+    /// without a pathological stage.
+    pub fn split(
+        loaded: LoadedExamples,
+        role: SiteRole,
+        fraction: f64,
+        folds: Option<CrossValidationFold>,
+    ) -> anyhow::Result<Self> {
+        let LoadedExamples {
+            examples,
+            stages,
+            mut cohort,
+        } = loaded;
+        let (train_idx, validation_idx) = if role == SiteRole::Validate {
+            (Vec::new(), (0..examples.len()).collect())
+        } else {
+            let labels: Vec<bool> = examples
+                .iter()
+                .map(|e| e.targets.is_some_and(|t| t.lnm))
+                .collect();
+            let split = match folds {
+                Some(CrossValidationFold { folds, fold }) => {
+                    data::stratified_k_fold(&labels, folds, SPLIT_SEED)?.swap_remove(fold)
+                }
+                None => data::stratified_split(&labels, fraction, SPLIT_SEED)?,
+            };
+            (split.train, split.validation)
+        };
+        let pick = |idx: &[usize]| idx.iter().map(|&i| examples[i].clone()).collect::<Vec<_>>();
+        let validation_stages = validation_idx
+            .iter()
+            .map(|&i| stages[i].context("a labelled patient without a pathological stage"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        cohort.training = u64::try_from(train_idx.len()).unwrap_or(u64::MAX);
+        cohort.validation = u64::try_from(validation_idx.len()).unwrap_or(u64::MAX);
+        Ok(Self {
+            train: pick(&train_idx),
+            validation: pick(&validation_idx),
+            validation_stages,
+            cohort,
+        })
+    }
 }
 
 /// A node of one site.
@@ -87,7 +119,8 @@ pub struct Node {
     /// aggregator (read from the TLS files when the run starts).
     authentication: Option<Authentication>,
     role: Option<SiteRole>,
-    examples: Option<SiteExamples>,
+    /// The site's examples and the digest of the model configuration they were encoded for.
+    examples: Option<(String, SiteExamples)>,
     /// The manifest's patients, read at the first analysis step.
     records: Option<Vec<data::PatientRecord>>,
     summary: RunSummary,
@@ -224,7 +257,7 @@ impl Node {
     /// Loads, encodes and splits the site's patients for `config` (once per configuration).
     async fn examples_for(&mut self, config: &ModelConfig) -> anyhow::Result<&SiteExamples> {
         let digest = config.digest();
-        if self.examples.as_ref().is_none_or(|e| e.config_digest != digest) {
+        if self.examples.as_ref().is_none_or(|(d, _)| *d != digest) {
             let dir = self.config.data.clone();
             let model = config.clone();
             let role = self.role.unwrap_or(SiteRole::Train);
@@ -232,47 +265,23 @@ impl Node {
             let folds = self.config.cross_validation;
             let site = self.config.site.clone();
             let examples = tokio::task::spawn_blocking(move || -> anyhow::Result<SiteExamples> {
-                let LoadedExamples {
-                    examples,
-                    stages,
-                    mut cohort,
-                } = load_examples(&dir, &model, true, false)?;
-                let indices: Vec<usize> = (0..examples.len()).collect();
-                let (train_idx, validation_idx) = if role == SiteRole::Validate {
-                    (Vec::new(), indices)
-                } else {
-                    let labels: Vec<bool> = examples
-                        .iter()
-                        .map(|e| e.targets.is_some_and(|t| t.lnm))
-                        .collect();
-                    let split = site_split(&labels, fraction, folds)?;
-                    (split.train, split.validation)
-                };
-                let pick = |idx: &[usize]| idx.iter().map(|&i| examples[i].clone()).collect::<Vec<_>>();
-                let validation_stages = validation_idx
-                    .iter()
-                    .map(|&i| stages[i].context("a labelled patient without a pathological stage"))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let examples =
+                    SiteExamples::split(load_examples(&dir, &model, true, false)?, role, fraction, folds)?;
                 tracing::info!(
                     site,
-                    train = train_idx.len(),
-                    validation = validation_idx.len(),
+                    train = examples.train.len(),
+                    validation = examples.validation.len(),
                     "site data loaded"
                 );
-                cohort.training = u64::try_from(train_idx.len()).unwrap_or(u64::MAX);
-                cohort.validation = u64::try_from(validation_idx.len()).unwrap_or(u64::MAX);
-                Ok(SiteExamples {
-                    config_digest: digest,
-                    train: pick(&train_idx),
-                    validation: pick(&validation_idx),
-                    validation_stages,
-                    cohort,
-                })
+                Ok(examples)
             })
             .await??;
-            self.examples = Some(examples);
+            self.examples = Some((digest, examples));
         }
-        self.examples.as_ref().context("site examples")
+        self.examples
+            .as_ref()
+            .map(|(_, examples)| examples)
+            .context("site examples")
     }
 
     /// FedBN: the site's own normalisation tensors replace the global ones (when it has trained).

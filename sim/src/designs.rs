@@ -12,7 +12,7 @@ use fedlnm_aggregator::report::html::{
     random_effects,
 };
 use fedlnm_aggregator::store::RoundStore;
-use fedlnm_node::commands::compare::{own_scores, paired_comparison};
+use fedlnm_node::commands::compare::paired_comparison;
 use fedlnm_shared::config::{CrossValidationFold, SiteRole};
 use fedlnm_shared::federation::{RoundRecord, SiteRoundMetrics};
 use fedlnm_shared::model_config::Modality;
@@ -266,16 +266,8 @@ pub async fn model_comparison(args: &SimulateArgs) -> anyhow::Result<DesignOutco
     for (modality, study) in others {
         let mut rows = Vec::new();
         for (site, _, _) in &layout {
-            let work = |outcome: &SimulationOutcome| {
-                outcome
-                    .node_work_dirs
-                    .iter()
-                    .find(|(id, _)| id == site)
-                    .map(|(_, work)| work.clone())
-                    .with_context(|| format!("no node of {site}"))
-            };
-            let a = own_scores(&work(&reference.1)?, reference.1.rounds)?;
-            let b = own_scores(&work(study)?, study.rounds)?;
+            let a = reference.1.final_scores(site)?;
+            let b = study.final_scores(site)?;
             let test = paired_comparison(&a, &b).with_context(|| format!("site {site}"))?;
             rows.push(ComparisonRow {
                 site: site.clone(),

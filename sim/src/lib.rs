@@ -150,6 +150,39 @@ pub struct SimulationOutcome {
     pub node_work_dirs: Vec<(String, PathBuf)>,
 }
 
+impl SimulationOutcome {
+    /// The patient scores `site`'s node kept of the final model (its own validation patients), as
+    /// `fedlnm-node` keeps them for paired comparisons.
+    ///
+    /// # Errors
+    /// No node of `site`, or its scores file cannot be read.
+    pub fn final_scores(
+        &self,
+        site: &str,
+    ) -> anyhow::Result<Vec<fedlnm_node::commands::compare::PatientScore>> {
+        let work = self
+            .node_work_dirs
+            .iter()
+            .find(|(id, _)| id == site)
+            .map(|(_, work)| work)
+            .with_context(|| format!("no node of {site}"))?;
+        fedlnm_node::commands::compare::own_scores(work, self.rounds)
+    }
+}
+
+/// The generator's oracle AUC (of the true LNM probability, multimodal) over all patients of the
+/// generated site `site` in `data`, from its summary; `None` when the summary holds none.
+///
+/// # Errors
+/// The summary cannot be read or is not JSON.
+fn oracle_auc(data: &Path, site: &str) -> anyhow::Result<Option<f64>> {
+    let file = data.join(site).join(synth::SUMMARY_FILE);
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
+    )?;
+    Ok(summary["oracle_auc"]["multimodal"].as_f64())
+}
+
 /// Runs the simulation (its design) and prints where its results are.
 ///
 /// # Errors
@@ -209,11 +242,7 @@ pub fn against_oracle(outcome: &SimulationOutcome) -> anyhow::Result<String> {
          the site's patients; a training site's AUC is on its held-out patients)\n\n| site | role | AUC (95% CI) | oracle AUC | gap |\n|---|---|---|---:|---:|\n",
     );
     for site in &record.sites {
-        let file = data.join(&site.site).join(synth::SUMMARY_FILE);
-        let summary: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
-        )?;
-        let oracle = summary["oracle_auc"]["multimodal"].as_f64();
+        let oracle = oracle_auc(&data, &site.site)?;
         let auc = match (site.auc, site.auc_ci_lower, site.auc_ci_upper) {
             (Some(a), Some(l), Some(u)) => format!("{a:.3} ({l:.3}–{u:.3})"),
             _ => "—".to_owned(),

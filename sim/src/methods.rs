@@ -2,7 +2,7 @@
 //! synthetic sites, the same external (validate-only) site, the same model, initial weights, splits
 //! and number of epochs seen per patient (rounds × local epochs):
 //! - **centralised**: one training on the training sites' training patients pooled (each site split as
-//!   its node splits, [`fedlnm_node::federation::site_split`]), through the same entry point the
+//!   its node splits, [`fedlnm_node::federation::SiteExamples::split`]), through the same entry point the
 //!   nodes train with ([`train::train_local`]);
 //! - **each site alone**: the same on one site's training patients;
 //! - **FedAvg** with secure aggregation and plain, **FedProx** for each μ of `--mu`, and **FedBN**
@@ -14,34 +14,28 @@
 //! on them. Writes `design.html` (table and the external AUC by round), `design.json` and `design.md`.
 
 use super::designs::{DesignOutcome, write_design};
-use super::{SimulateArgs, SimulationOutcome, prepare, run_study, sites, study_model, study_plan};
+use super::{
+    SimulateArgs, SimulationOutcome, oracle_auc, prepare, run_study, sites, study_model, study_plan,
+};
 use anyhow::{Context as _, bail};
 use fedlnm_aggregator::report::html::{MethodRow, Versus, methods_markdown, methods_page};
 use fedlnm_aggregator::store::RoundStore;
 use fedlnm_model::train;
-use fedlnm_node::commands::compare::{PatientScore, own_scores, paired_comparison};
-use fedlnm_node::commands::model::{LoadedExamples, load_examples};
+use fedlnm_node::commands::compare::{PatientScore, paired_comparison};
+use fedlnm_node::commands::model::load_examples;
+use fedlnm_node::federation::SiteExamples;
 use fedlnm_shared::config::{NodeConfig, SiteRole};
 use fedlnm_shared::features::Example;
 use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::staging::Stage;
-use fedlnm_shared::synth::SUMMARY_FILE;
 use std::path::Path;
 use std::time::Instant;
 
-/// A site's patients, split as its node splits them.
-struct SplitSite {
-    train: Vec<Example>,
-    validation: Vec<Example>,
-    validation_stages: Vec<Stage>,
-}
-
-/// The external site's patients: every labelled one, as its node validates.
+/// The external site's patients: every labelled one, as its node validates (its `validation`).
 struct External {
     site: String,
-    examples: Vec<Example>,
-    stages: Vec<Stage>,
+    patients: SiteExamples,
 }
 
 /// What a model scored on the external site, and on the training sites' held-out patients.
@@ -51,28 +45,15 @@ struct Scored {
     internal_auc: Option<f64>,
 }
 
-fn labelled_stages(stages: &[Option<Stage>]) -> anyhow::Result<Vec<Stage>> {
-    stages
-        .iter()
-        .map(|s| s.context("a labelled patient without a pathological stage"))
-        .collect()
-}
-
-fn load_split(dir: &Path, model: &ModelConfig, fraction: f64) -> anyhow::Result<SplitSite> {
-    let LoadedExamples { examples, stages, .. } = load_examples(dir, model, true, false)?;
-    let labels: Vec<bool> = examples
-        .iter()
-        .map(|e| e.targets.is_some_and(|t| t.lnm))
-        .collect();
-    let split = fedlnm_node::federation::site_split(&labels, fraction, None)?;
-    let pick = |idx: &[usize]| idx.iter().map(|&i| examples[i].clone()).collect::<Vec<_>>();
-    let validation_stages =
-        labelled_stages(&split.validation.iter().map(|&i| stages[i]).collect::<Vec<_>>())?;
-    Ok(SplitSite {
-        train: pick(&split.train),
-        validation: pick(&split.validation),
-        validation_stages,
-    })
+/// A site's patients of `dir`, encoded for `model` and split as its node splits them (`role`,
+/// `fraction`).
+fn load_split(
+    dir: &Path,
+    model: &ModelConfig,
+    role: SiteRole,
+    fraction: f64,
+) -> anyhow::Result<SiteExamples> {
+    SiteExamples::split(load_examples(dir, model, true, false)?, role, fraction, None)
 }
 
 /// Trains `model` from `initial` on `train` for `plan.epochs` epochs (no early stopping, as a node's
@@ -87,13 +68,14 @@ fn train_and_score(
     internal: (&[Example], &[Stage]),
 ) -> anyhow::Result<Scored> {
     let outcome = train::train_local(args.device, model, initial, train_set, &[], plan, &mut |_| {})?;
-    let predictions = train::predict(args.device, model, &outcome.weights, &external.examples, 32)?;
+    let patients = &external.patients;
+    let predictions = train::predict(args.device, model, &outcome.weights, &patients.validation, 32)?;
     let validation = SiteRoundMetrics::from_predictions(
         &external.site,
         SiteRole::Validate,
-        &external.examples,
+        &patients.validation,
         &predictions,
-        &external.stages,
+        &patients.validation_stages,
     )?;
     let internal_predictions = train::predict(args.device, model, &outcome.weights, internal.0, 32)?;
     let internal_auc = SiteRoundMetrics::from_predictions(
@@ -106,7 +88,7 @@ fn train_and_score(
     .metrics
     .auc;
     Ok(Scored {
-        scores: PatientScore::of_predictions(&external.examples, &predictions),
+        scores: PatientScore::of_predictions(&patients.validation, &predictions),
         external: validation.metrics,
         internal_auc,
     })
@@ -164,14 +146,8 @@ fn federated_row(
         .find(|s| s.site == external)
         .with_context(|| format!("{method}: no metrics of {external} in the last round"))?
         .clone();
-    let work = study
-        .node_work_dirs
-        .iter()
-        .find(|(id, _)| id == external)
-        .map(|(_, work)| work.clone())
-        .with_context(|| format!("no node of {external}"))?;
     let scored = Scored {
-        scores: own_scores(&work, study.rounds)?,
+        scores: study.final_scores(external)?,
         external: metrics,
         internal_auc: record.pooled_train_sites.as_ref().and_then(|pool| pool.auc),
     };
@@ -197,10 +173,7 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         .find(|(_, _, train)| !*train)
         .map(|(id, _, _)| id.clone())
         .context("an external site")?;
-    let oracle = std::fs::read(data_dir.join(&external_site).join(SUMMARY_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|summary| summary["oracle_auc"]["multimodal"].as_f64());
+    let oracle = oracle_auc(&data_dir, &external_site).ok().flatten();
 
     // The federated methods, each a whole study.
     let mut variants: Vec<(String, SimulateArgs)> = vec![
@@ -283,14 +256,11 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         };
         let splits = train_ids
             .iter()
-            .map(|id| load_split(&data.join(id), &model, fraction))
+            .map(|id| load_split(&data.join(id), &model, SiteRole::Train, fraction))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let LoadedExamples { examples, stages, .. } =
-            load_examples(&data.join(&external_id), &model, true, false)?;
         let external = External {
+            patients: load_split(&data.join(&external_id), &model, SiteRole::Validate, fraction)?,
             site: external_id,
-            stages: labelled_stages(&stages)?,
-            examples,
         };
         let internal: Vec<Example> = splits.iter().flat_map(|s| s.validation.clone()).collect();
         let internal_stages: Vec<Stage> = splits.iter().flat_map(|s| s.validation_stages.clone()).collect();
