@@ -123,6 +123,13 @@ impl Study {
         }
     }
 
+    /// How long after its deadline a Newton step's secure sum may still finish: one stage timeout
+    /// for each stage after the masked inputs (consistency check, signatures, unmasking) and one
+    /// spare; then the step ends without it.
+    fn analysis_grace(&self) -> Duration {
+        Duration::from_secs(4 * self.config.rounds.stage_timeout_s)
+    }
+
     fn analysis_deadline(&self, now: Instant) -> Instant {
         now + Duration::from_secs(self.config.rounds.validation_deadline_s)
     }
@@ -208,7 +215,7 @@ impl Study {
     /// 0; the secure sum unmasked or failed, or a participant refused, later) or past its deadline;
     /// returns whether anything changed.
     pub(super) fn tick_analysis(&mut self, now: Instant) -> bool {
-        let hard_stop = Duration::from_secs(4 * self.config.rounds.stage_timeout_s);
+        let hard_stop = self.analysis_grace();
         let Phase::Analysing(analysing) = &mut self.phase else {
             return false;
         };
@@ -382,7 +389,7 @@ impl Study {
 
     /// When the running analysis's step may move on time alone.
     pub(super) fn analysis_deadline_of(&self, analysing: &Analysing) -> Instant {
-        let hard_stop = analysing.deadline + Duration::from_secs(4 * self.config.rounds.stage_timeout_s);
+        let hard_stop = analysing.deadline + self.analysis_grace();
         analysing
             .sum
             .as_ref()

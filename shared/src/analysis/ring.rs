@@ -41,7 +41,7 @@ pub fn tensor_specs(analysis: &AnalysisConfig, fits: &[FitRequest]) -> Result<Ve
     fits.iter()
         .enumerate()
         .map(|(k, fit)| {
-            let p = column_bounds(analysis, &fit.terms)?.len();
+            let p = columns(analysis, &fit.terms)?.1.len();
             Ok(TensorSpec {
                 name: format!("fit-{k}"),
                 shape: vec![fit_len(p)],
@@ -53,12 +53,9 @@ pub fn tensor_specs(analysis: &AnalysisConfig, fits: &[FitRequest]) -> Result<Ve
 /// The input kind of an analysis's secure sum.
 pub const INPUT: InputKind = InputKind::Ring;
 
-/// The largest |x| of each design column of the model of `terms` (`const` first), in the design's
-/// column order.
-///
-/// # Errors
-/// An unknown term.
-pub fn column_bounds(analysis: &AnalysisConfig, terms: &[String]) -> Result<Vec<f64>, String> {
+/// The design columns of the model of `terms` (`const` first, in the design's order): their names
+/// and the largest |x| each can hold.
+fn columns(analysis: &AnalysisConfig, terms: &[String]) -> Result<(Vec<String>, Vec<f64>), String> {
     let spec = analysis.design_spec(terms).map_err(|e| e.to_string())?;
     let mut bounds = vec![1.0];
     for term in spec.terms() {
@@ -81,17 +78,12 @@ pub fn column_bounds(analysis: &AnalysisConfig, terms: &[String]) -> Result<Vec<
             terms.join(", ")
         ));
     }
-    Ok(bounds)
+    Ok((spec.column_names().to_vec(), bounds))
 }
 
 /// What one row may add to each element of a fit (before the counts), and the elements' names.
 fn row_bounds(analysis: &AnalysisConfig, fit: &FitRequest) -> Result<Vec<(f64, String)>, String> {
-    let bounds = column_bounds(analysis, &fit.terms)?;
-    let names = analysis
-        .design_spec(&fit.terms)
-        .map_err(|e| e.to_string())?
-        .column_names()
-        .to_vec();
+    let (names, bounds) = columns(analysis, &fit.terms)?;
     if fit.beta.len() != bounds.len() || fit.beta.iter().any(|b| !b.is_finite()) {
         return Err(format!(
             "β of [{}] has {} entries or is not finite; the model has {} columns",
