@@ -9,7 +9,7 @@ use super::sections::cell;
 use crate::format::fixed;
 use fedlnm_shared::federation::{RoundRecord, decision_thresholds};
 use fedlnm_shared::stats::Z_95;
-use fedlnm_shared::stats::binary::NetBenefit;
+use fedlnm_shared::stats::binary::{NetBenefit, treat_all_net_benefit};
 use fedlnm_shared::stats::calibration::CalibrationBin;
 use fedlnm_shared::stats::meta::{self, RandomEffects, SiteEstimate};
 use maud::{Markup, html};
@@ -45,7 +45,7 @@ pub(super) fn site_figures(record: &RoundRecord) -> Vec<PoolFigures> {
                     .map(|(threshold, &model)| NetBenefit {
                         threshold,
                         model,
-                        treat_all: prevalence - (1.0 - prevalence) * threshold / (1.0 - threshold),
+                        treat_all: treat_all_net_benefit(prevalence, threshold),
                     })
                     .collect(),
                 colour: site_colour(index),

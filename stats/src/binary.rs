@@ -253,10 +253,17 @@ pub fn net_benefit(y: &[bool], s: &[f64], thresholds: &[f64]) -> Result<Vec<NetB
             NetBenefit {
                 threshold: t,
                 model: table.tp as f64 / total - table.fp as f64 / total * odds,
-                treat_all: prevalence - (1.0 - prevalence) * odds,
+                treat_all: treat_all_net_benefit(prevalence, t),
             }
         })
         .collect())
+}
+
+/// The net benefit of treating everyone at threshold probability `threshold` (statistics.md, "Clinical
+/// utility"): prevalence − (1 − prevalence)·p_t/(1 − p_t).
+#[must_use]
+pub fn treat_all_net_benefit(prevalence: f64, threshold: f64) -> f64 {
+    prevalence - (1.0 - prevalence) * (threshold / (1.0 - threshold))
 }
 
 /// AUC = Σ over positives of (negatives below + ½ negatives tied) / (m·n), with its DeLong variance,
