@@ -176,46 +176,24 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
     let oracle = oracle_auc(&data_dir, &external_site).ok().flatten();
 
     // The federated methods, each a whole study.
-    let mut variants: Vec<(String, SimulateArgs)> = vec![
-        (
-            "FedAvg (secure)".to_owned(),
-            SimulateArgs {
-                plain: false,
-                fedbn: false,
-                proximal_mu: 0.0,
-                ..args.clone()
-            },
-        ),
-        (
-            "FedAvg (plain)".to_owned(),
-            SimulateArgs {
-                plain: true,
-                fedbn: false,
-                proximal_mu: 0.0,
-                ..args.clone()
-            },
-        ),
+    // (secure aggregation off, FedBN, FedProx μ) of each method; the rest as the arguments say.
+    let variant = |method: String, plain: bool, fedbn: bool, proximal_mu: f64| {
+        let args = SimulateArgs {
+            plain,
+            fedbn,
+            proximal_mu,
+            ..args.clone()
+        };
+        (method, args)
+    };
+    let mut variants = vec![
+        variant("FedAvg (secure)".to_owned(), false, false, 0.0),
+        variant("FedAvg (plain)".to_owned(), true, false, 0.0),
     ];
     for &mu in &args.mu {
-        variants.push((
-            format!("FedProx μ = {mu}"),
-            SimulateArgs {
-                plain: false,
-                fedbn: false,
-                proximal_mu: mu,
-                ..args.clone()
-            },
-        ));
+        variants.push(variant(format!("FedProx μ = {mu}"), false, false, mu));
     }
-    variants.push((
-        "FedBN (secure)".to_owned(),
-        SimulateArgs {
-            plain: false,
-            fedbn: true,
-            proximal_mu: 0.0,
-            ..args.clone()
-        },
-    ));
+    variants.push(variant("FedBN (secure)".to_owned(), false, true, 0.0));
     let mut studies = Vec::new();
     let mut federated = Vec::new();
     for (k, (method, variant)) in variants.iter().enumerate() {
