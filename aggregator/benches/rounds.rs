@@ -29,7 +29,7 @@ use fedlnm_shared::federation::fedavg::apply_delta;
 use fedlnm_shared::federation::{AggregationKind, LocalTensors, RoundRecord};
 use fedlnm_shared::host::{cpu_model, load_average};
 use fedlnm_shared::model_config::{ModelConfig, TrainPlan};
-use fedlnm_shared::secagg::{KeyDirectory, MaskedInput, SecAggClient, ShareDelivery, UnmaskRequest};
+use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 
 const MILLION: usize = 1_000_000;
@@ -173,9 +173,9 @@ fn plain_round(
         let commit = before_commit.elapsed();
 
         // SHA-256 on its own: of the new model, and of the uploads, which the gRPC service hashes
-        // before `accept_upload`.
+        // chunk by chunk as they arrive (one upload per task, on the runtime's worker threads).
         let model_sha = time(|| sha256_hex(&model.bytes));
-        let upload_sha = time(|| payloads.iter().map(|p| sha256_hex(p)).collect::<Vec<_>>());
+        let upload_sha = time(|| upload_digests(payloads));
         runs.push([
             memcpy,
             serialized - start,
@@ -222,6 +222,20 @@ fn plain_round(
     row
 }
 
+/// The SHA-256 of every upload, the uploads spread over the available threads as the gRPC service's
+/// worker threads receive them.
+fn upload_digests(payloads: &[Vec<u8>]) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let per_thread = payloads.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = payloads
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || part.iter().map(|p| sha256_hex(p)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
 /// The memory-copy bound: every upload's bytes copied once into a warm buffer, one thread.
 fn copy_all(payloads: &[Vec<u8>], target: &mut [u8]) {
     for payload in payloads {
@@ -231,31 +245,35 @@ fn copy_all(payloads: &[Vec<u8>], target: &mut [u8]) {
 }
 
 fn print_plain(rows: &[PlainRow]) {
-    println!("### Plain FedAvg round (aggregator side, one thread)\n");
+    println!("### Plain FedAvg round (aggregator side, on the available threads)\n");
     println!(
-        "Aggregate = `accept_upload` for every site (read in place, checks, f64 accumulation) + `advance` (average) + \
-         `apply_delta` + `ModelBlob::new` (serialize + SHA-256). Commit = `RoundStore::commit` (write, fsync, \
+        "Aggregate = `accept_upload` for every site (read in place, checks, f64 accumulation on the available \
+         threads) + `advance` (average) + `apply_delta` + `ModelBlob::new` (serialize + SHA-256). Upload \
+         digests = the SHA-256 of every upload, which the gRPC service computes chunk by chunk as it \
+         arrives, uploads spread over the available threads. Commit = `RoundStore::commit` (write, fsync, \
          rename, fsync). Memcpy bound = `copy_from_slice` of the same total upload bytes, one thread, warm \
          buffers. Download = model size × (n training downloads + (n + 1) validation downloads, one \
          validation-only site). Medians of the runs shown; MB = 10^6 bytes.\n"
     );
     println!(
-        "| params | sites | runs | upload MB | download MB | aggregate + apply + serialize (ms) | commit (ms) | memcpy bound (ms) | ratio | ratio with commit |"
+        "| params | sites | runs | upload MB | download MB | aggregate + apply + serialize (ms) | upload digests (ms) | commit (ms) | memcpy bound (ms) | ratio | ratio with digests | ratio with digests and commit |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0}× | {:.0}× |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}× | {:.1}× | {:.1}× |",
             params_label(r.params),
             r.sites,
             r.repeats,
             mb(r.upload_bytes),
             mb(r.model_bytes * (2 * r.sites + 1)),
             ms(r.aggregate),
+            ms(r.upload_sha),
             ms(r.commit),
             ms(r.memcpy),
             r.aggregate.as_secs_f64() / r.memcpy.as_secs_f64(),
-            (r.aggregate + r.commit).as_secs_f64() / r.memcpy.as_secs_f64(),
+            (r.aggregate + r.upload_sha).as_secs_f64() / r.memcpy.as_secs_f64(),
+            (r.aggregate + r.upload_sha + r.commit).as_secs_f64() / r.memcpy.as_secs_f64(),
         );
     }
     if let Some(r) = rows.first() {
@@ -275,9 +293,9 @@ fn print_plain(rows: &[PlainRow]) {
     println!("\n#### Where the plain round's time goes (ms, medians)\n");
     println!(
         "`accept_upload` reads each upload in place: safetensors header, layout check, finiteness check and \
-         f64 accumulation. The first upload also touches the freshly allocated f64 accumulator (8 bytes per \
-         parameter) for the first time. Upload SHA-256 is what the gRPC service spends checking each upload's \
-         digest before `accept_upload` (not in the aggregate column).\n"
+         f64 accumulation on the available threads. The first upload is written (not added) into a fresh f64 \
+         accumulator (8 bytes per parameter), whose pages it maps for the first time. Upload SHA-256 is the \
+         upload digests column above.\n"
     );
     println!(
         "| params | sites | accept_upload × n | of which the first | average | apply_delta | serialize + SHA-256 | of which SHA-256 | upload SHA-256 |"
@@ -324,8 +342,6 @@ struct SecureRow {
     /// Every `SecureAggregation` call of the round (keys to decoded average), median.
     server: Duration,
     sum: Duration,
-    /// Decoding the masked inputs alone (bincode), measured on its own.
-    decode: Duration,
     unmask: Duration,
     /// apply_delta + ModelBlob::new after it, median.
     apply_serialize: Duration,
@@ -406,12 +422,7 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
         protocol_down_bytes = down;
 
         let memcpy = time(|| copy_masked(&messages, &mut copy_target));
-        let decode_only = time(|| {
-            for m in &messages {
-                black_box(decode::<MaskedInput>(&m.masked_input, "masked input").unwrap());
-            }
-        });
-        runs.push([server, sum, unmask, apply_serialize, memcpy, decode_only]);
+        runs.push([server, sum, unmask, apply_serialize, memcpy]);
     }
     let median_of = |i: usize| median(runs.iter().map(|r| r[i]).collect());
     let row = SecureRow {
@@ -427,7 +438,6 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
         model_bytes: global.bytes.len(),
         server: median_of(0),
         sum: median_of(1),
-        decode: median_of(5),
         unmask: median_of(2),
         apply_serialize: median_of(3),
         memcpy: median_of(4),
@@ -552,24 +562,25 @@ fn print_secure(rows: &[SecureRow]) {
     }
     println!("\n### Secure aggregation round (server side only)\n");
     println!(
-        "Server = every `SecureAggregation` call of the round (key and share stages, {{decode + add}} of every \
+        "Server = every `SecureAggregation` call of the round (key and share stages, reading and adding every \
          masked input, unmask responses, unmasking and decoding in `advance`), fed messages pre-computed by real \
          `SecAggClient`s in one untimed recording round; unmasking uses the machine's available threads, as in \
          the aggregator. Apply + serialize = `apply_delta` + `ModelBlob::new` as in the plain round; commit is the \
          same as plain. Upload = masked inputs + keys, shares and unmask responses; download = protocol replies + \
          model downloads as for plain. Ratio to plain = (server + apply + serialize) / the plain aggregate \
-         column of the same size and sites; memcpy bound of the masked inputs, same run. Decoding = \
-         `payload::decode` of every masked input (bincode into a `MaskedInput`) measured on its own; the rest of \
-         the sum of uploads is the checks and the Z_2^64 additions.\n"
+         column of the same size and sites; memcpy bound of the masked inputs, same run. Sum of uploads = \
+         reading each masked input in place (`payload::masked_input_view`: header decoded, vector read as the \
+         little-endian bytes it arrived in), the checks, and the Z_2^64 additions on the available threads \
+         (the first upload written into the fresh accumulator).\n"
     );
     println!(
-        "| params | sites | replays | upload MB | download MB | server (ms) | of which sum of uploads | of which decoding them | of which unmasking | apply + serialize (ms) | memcpy bound (ms) | ratio to memcpy | ratio to plain |"
+        "| params | sites | replays | upload MB | download MB | server (ms) | of which sum of uploads | of which unmasking | apply + serialize (ms) | memcpy bound (ms) | ratio to memcpy | ratio to plain |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let total = r.server + r.apply_serialize;
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0}× | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}× | {} |",
             params_label(r.params),
             r.sites,
             r.repeats,
@@ -577,7 +588,6 @@ fn print_secure(rows: &[SecureRow]) {
             mb(r.protocol_down_bytes + r.model_bytes * (2 * r.sites + 1)),
             ms(r.server),
             ms(r.sum),
-            ms(r.decode),
             ms(r.unmask),
             ms(r.apply_serialize),
             ms(r.memcpy),

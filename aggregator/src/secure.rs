@@ -13,14 +13,14 @@
 //! the sum run in the round's [`crate::aggregation::Finisher`], off the study lock.
 
 use crate::aggregation::{Aggregation, AggregationError, Poll, RoundAggregate, Upload};
-use fedlnm_protocol::payload::decode;
+use fedlnm_protocol::payload::{decode, masked_input_view};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, ThreatModel};
 use fedlnm_shared::federation::{AggregationKind, LocalTensors};
 use fedlnm_shared::secagg::{
-    self, AdvertiseKeys, ConsistencyResponse, DistributedNoise, InputKind, MaskedInput, ModelVersion,
-    PeerVerifier, QuantizationConfig, RoundConfig, RoundStage, SecAggConfig, SecAggServer, Security,
-    ShareKeys, SiteId, UnmaskResponse,
+    self, AdvertiseKeys, ConsistencyResponse, DistributedNoise, InputKind, ModelVersion, PeerVerifier,
+    QuantizationConfig, RoundConfig, RoundStage, SecAggConfig, SecAggServer, Security, ShareKeys, SiteId,
+    UnmaskResponse,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -316,10 +316,11 @@ impl Aggregation for SecureAggregation {
                 "the round's uploads are closed".to_owned(),
             ));
         }
-        let message: MaskedInput = decode(upload.payload, "masked input").map_err(invalid)?;
-        Self::check_sender(upload.site, id, message.header.site)?;
+        // Read in place: the masked vector is added from the bytes it arrived in, never decoded.
+        let (header, masked) = masked_input_view(upload.payload).map_err(invalid)?;
+        Self::check_sender(upload.site, id, header.site)?;
         self.server
-            .receive_masked_input(message)
+            .receive_masked_bytes(&header, masked)
             .map_err(|e| protocol_error(&e))?;
         self.uploaded.insert(id);
         Ok(())

@@ -45,17 +45,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) 
     // A length prefix is honoured (its buffer allocated) before its bytes are read, so the limit on
     // what prefixes may announce is the payload's own size, rounded up to a step of 16x: a hostile
     // prefix then costs at most 16 times the bytes received (64 KiB at least), not `PAYLOAD_LIMIT`.
-    let decoded = match bytes.len() {
-        n if n <= 1 << 16 => decode_within::<{ 1 << 16 }, T>(bytes),
-        n if n <= 1 << 20 => decode_within::<{ 1 << 20 }, T>(bytes),
-        n if n <= 1 << 24 => decode_within::<{ 1 << 24 }, T>(bytes),
-        n if n <= 1 << 28 => decode_within::<{ 1 << 28 }, T>(bytes),
-        _ => decode_within::<PAYLOAD_LIMIT, T>(bytes),
-    };
-    let (message, used) = decoded.map_err(|e| PayloadError {
-        what,
-        problem: e.to_string(),
-    })?;
+    let (message, used) = decode_prefix::<T>(bytes, what)?;
     if used != bytes.len() {
         return Err(PayloadError {
             what,
@@ -63,6 +53,49 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) 
         });
     }
     Ok(message)
+}
+
+/// A [`MaskedInput`](fedlnm_shared::secagg::MaskedInput) read in place: its header, decoded, and
+/// its masked vector as the little-endian bytes of its elements, borrowed from `bytes` (the encoding
+/// writes the vector as a u64 element count followed by the elements, fixed width). What
+/// [`decode`] would give, without copying 8 bytes per parameter into a fresh vector.
+///
+/// # Errors
+/// A malformed header, or an element count that does not match the bytes that follow it.
+pub fn masked_input_view(bytes: &[u8]) -> Result<(fedlnm_shared::secagg::SiteHeader, &[u8]), PayloadError> {
+    const WHAT: &str = "masked input";
+    let problem = |problem: String| PayloadError { what: WHAT, problem };
+    let (header, used) = decode_prefix::<fedlnm_shared::secagg::SiteHeader>(bytes, WHAT)?;
+    let Some((count, elements)) = bytes[used..].split_first_chunk::<8>() else {
+        return Err(problem("no element count after the header".to_owned()));
+    };
+    let count = u64::from_le_bytes(*count);
+    if usize::try_from(count).ok().and_then(|n| n.checked_mul(8)) != Some(elements.len()) {
+        return Err(problem(format!(
+            "{count} elements announced, {} bytes follow",
+            elements.len()
+        )));
+    }
+    Ok((header, elements))
+}
+
+/// A value decoded from the start of `bytes`, and the bytes it used; length prefixes are limited
+/// as [`decode`] says.
+fn decode_prefix<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<(T, usize), PayloadError> {
+    let decoded = match bytes.len() {
+        n if n <= 1 << 16 => decode_within::<{ 1 << 16 }, T>(bytes),
+        n if n <= 1 << 20 => decode_within::<{ 1 << 20 }, T>(bytes),
+        n if n <= 1 << 24 => decode_within::<{ 1 << 24 }, T>(bytes),
+        n if n <= 1 << 28 => decode_within::<{ 1 << 28 }, T>(bytes),
+        _ => decode_within::<PAYLOAD_LIMIT, T>(bytes),
+    };
+    decoded.map_err(|e| PayloadError {
+        what,
+        problem: e.to_string(),
+    })
 }
 
 /// [`decode_from_slice`](bincode::serde::decode_from_slice) with length prefixes limited to `LIMIT`.
@@ -92,6 +125,37 @@ mod tests {
             error.contains("masked input") && error.contains("trailing"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_masked_input_read_in_place_is_what_decoding_gives() {
+        use fedlnm_shared::secagg::{MaskedInput, SiteHeader, SiteId};
+        let message = MaskedInput {
+            header: SiteHeader {
+                study_id: "study".into(),
+                round: 3,
+                config_hash: [7; 32],
+                site: SiteId(2),
+            },
+            masked: vec![u64::MAX, 0, 0x0102_0304_0506_0708],
+        };
+        let bytes = encode(&message);
+        let (header, elements) = masked_input_view(&bytes).unwrap();
+        assert_eq!(header, message.header);
+        let words: Vec<u64> = elements
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .collect();
+        assert_eq!(words, message.masked);
+        // Truncated, longer, or a count that disagrees with the bytes: refused, named.
+        for bad in [
+            &bytes[..bytes.len() - 1],
+            &[bytes.as_slice(), &[0]].concat()[..],
+            &bytes[..20],
+        ] {
+            let error = masked_input_view(bad).unwrap_err();
+            assert_eq!(error.what, "masked input");
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use super::auth::{PeerVerifier, keys_transcript, survivors_transcript};
 use super::client::check_header_fields;
 use super::crypto::{pairwise_mask_seed, self_mask_seed};
 use super::messages::{
-    AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, KeyDirectory, MaskedInput, RoundHeader,
-    ShareDelivery, ShareKeys, SiteHeader, SurvivorSignature, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, KeyDirectory, RoundHeader, ShareDelivery,
+    ShareKeys, SiteHeader, SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
 use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
 use super::shamir::{self, Share};
@@ -18,6 +18,7 @@ use super::{InputKind, RoundConfig, RoundStage, SecAggError, SiteId};
 use fedlnm_tensors::NamedTensors;
 
 mod decode;
+mod receive;
 
 /// The decoded result of one round.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,37 +228,10 @@ impl SecAggServer {
                     .collect(),
             })
             .collect();
-        self.masked_sum = vec![0; self.config.vector_len()];
+        // The first upload becomes the running sum (see `receive`): no zeroed accumulator.
+        self.masked_sum = Vec::new();
         self.stage = RoundStage::MaskedInputCollection;
         Ok(deliveries)
-    }
-
-    /// Round 2: adds a site's masked input to the running sum.
-    ///
-    /// # Errors
-    /// Wrong stage, round, study or configuration; a site outside U2; a second upload from the same
-    /// site; a vector of the wrong length. The state is unchanged on error.
-    pub fn receive_masked_input(&mut self, msg: MaskedInput) -> Result<(), SecAggError> {
-        let site = msg.header.site;
-        self.check_message(
-            &msg.header,
-            RoundStage::MaskedInputCollection,
-            &self.u2,
-            self.u3.contains(&site),
-        )?;
-        if msg.masked.len() != self.masked_sum.len() {
-            return Err(SecAggError::WrongLength {
-                site,
-                round: self.config.round(),
-                expected: self.masked_sum.len(),
-                got: msg.masked.len(),
-            });
-        }
-        for (s, y) in self.masked_sum.iter_mut().zip(&msg.masked) {
-            *s = s.wrapping_add(*y);
-        }
-        self.u3.insert(site);
-        Ok(())
     }
 
     /// Closes round 2: U3 is whoever uploaded; the check names U3 and U2 \ U3 (for the sites to sign,

@@ -4,6 +4,8 @@
 //! No burn type appears here: the aggregator and the federation protocol use this module without the
 //! `model` feature. Names are the module paths of the parameters (`image.blocks.3.bn1.gamma`).
 
+pub mod parallel;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -82,7 +82,29 @@ pub fn payload(data: &[u8]) -> Outcome {
         1 => round_trip!(KeyDirectory, bytes, "key directory").map(drop),
         2 => round_trip!(ShareKeys, bytes, "encrypted shares").map(drop),
         3 => round_trip!(ShareDelivery, bytes, "share delivery").map(drop),
-        4 => round_trip!(MaskedInput, bytes, "masked input").map(drop),
+        4 => {
+            // The aggregator reads masked inputs in place: the view must accept exactly what decoding
+            // accepts, and read the same header and elements.
+            let view = payload::masked_input_view(bytes);
+            let decoded = round_trip!(MaskedInput, bytes, "masked input");
+            match (&decoded, &view) {
+                (Ok(message), Ok((header, elements))) => {
+                    assert_eq!(header, &message.header, "the view reads another header");
+                    let words = elements.chunks_exact(8).map(|w| {
+                        let mut word = [0u8; 8];
+                        word.copy_from_slice(w);
+                        u64::from_le_bytes(word)
+                    });
+                    assert!(
+                        words.eq(message.masked.iter().copied()),
+                        "the view reads other elements"
+                    );
+                }
+                (Err(_), Err(_)) => {}
+                _ => panic!("the in-place view and decoding disagree: {decoded:?} / {view:?}"),
+            }
+            decoded.map(drop)
+        }
         5 => round_trip!(UnmaskRequest, bytes, "unmask request").map(drop),
         6 => round_trip!(UnmaskResponse, bytes, "unmasking shares").map(drop),
         7 => {

@@ -6,6 +6,7 @@
 //! Tensors kept local (FedBN) are neither accumulated nor changed.
 
 use crate::weights::{F32TensorBytes, NamedTensor, NamedTensors, WeightsError};
+use fedlnm_tensors::parallel::{available_threads, for_each_part};
 
 /// An update or aggregate that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +34,65 @@ pub enum FedAvgError {
 pub struct FedAvg {
     /// The aggregated tensors of the global model (names, shapes).
     layout: NamedTensors,
+    /// One f64 vector per aggregated tensor, allocated at the first update (which is written into
+    /// it, never added to zeros).
     sums: Vec<Vec<f64>>,
     total_samples: u64,
     contributors: Vec<String>,
+    /// Threads that accumulation and averaging may use.
+    threads: usize,
+}
+
+/// One tensor of an update: decoded values, or the little-endian bytes they arrived in.
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    F32(&'a [f32]),
+    LeBytes(&'a [u8]),
+}
+
+impl Values<'_> {
+    fn all_finite(self) -> bool {
+        // Without early exit, so that the check vectorizes; a bad update is rare.
+        match self {
+            Self::F32(values) => values.iter().fold(true, |ok, v| ok & v.is_finite()),
+            Self::LeBytes(bytes) => bytes
+                .chunks_exact(4)
+                .fold(true, |ok, v| ok & f32::from_le_bytes(float(v)).is_finite()),
+        }
+    }
+
+    /// weight · values[start..start + sum.len()] added to `sum`, or written over it (`first`).
+    fn add_into(self, sum: &mut [f64], start: usize, weight: f64, first: bool) {
+        match (self, first) {
+            (Self::F32(values), true) => {
+                for (s, &v) in sum.iter_mut().zip(&values[start..]) {
+                    *s = weight * f64::from(v);
+                }
+            }
+            (Self::F32(values), false) => {
+                for (s, &v) in sum.iter_mut().zip(&values[start..]) {
+                    *s += weight * f64::from(v);
+                }
+            }
+            (Self::LeBytes(bytes), true) => {
+                for (s, v) in sum.iter_mut().zip(bytes[4 * start..].chunks_exact(4)) {
+                    *s = weight * f64::from(f32::from_le_bytes(float(v)));
+                }
+            }
+            (Self::LeBytes(bytes), false) => {
+                for (s, v) in sum.iter_mut().zip(bytes[4 * start..].chunks_exact(4)) {
+                    *s += weight * f64::from(f32::from_le_bytes(float(v)));
+                }
+            }
+        }
+    }
+}
+
+/// A 4-byte chunk as an array (`chunks_exact(4)` guarantees the length).
+fn float(chunk: &[u8]) -> [u8; 4] {
+    let mut bytes = [0u8; 4];
+    bytes.copy_from_slice(chunk);
+    bytes
 }
 
 impl FedAvg {
@@ -54,18 +111,19 @@ impl FedAvg {
                 })
                 .collect(),
         };
-        let sums = global
-            .tensors
-            .iter()
-            .filter(|t| aggregated(&t.name))
-            .map(|t| vec![0.0; t.values.len()])
-            .collect();
         Self {
+            sums: vec![Vec::new(); layout.tensors.len()],
             layout,
-            sums,
             total_samples: 0,
             contributors: Vec::new(),
+            threads: available_threads(),
         }
+    }
+
+    /// Limits the threads that accumulation and averaging use (default: the machine's available
+    /// parallelism; at least 1). The sums do not depend on it: each element is added in site order.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// The names and shapes an update must have (values empty).
@@ -80,9 +138,7 @@ impl FedAvg {
     /// # Errors
     /// Wrong names or shapes, a non-finite value, n_k = 0, or a second update from the same site.
     pub fn add(&mut self, site: &str, delta: &NamedTensors, n_samples: u64) -> Result<(), FedAvgError> {
-        self.add_checked(site, n_samples, delta, |k| {
-            delta.tensors[k].values.iter().copied()
-        })
+        self.add_checked(site, n_samples, delta, |k| Values::F32(&delta.tensors[k].values))
     }
 
     /// [`Self::add`] of a delta read straight from its upload (safetensors bytes, see
@@ -107,17 +163,17 @@ impl FedAvg {
                 })
                 .collect(),
         };
-        self.add_checked(site, n_samples, &layout, |k| delta[k].values())
+        self.add_checked(site, n_samples, &layout, |k| Values::LeBytes(delta[k].data))
     }
 
     /// The one implementation of [`Self::add`]: `update` gives the names and shapes of the update's
     /// tensors, `values(k)` the values of its tensor k.
-    fn add_checked<I: Iterator<Item = f32>>(
+    fn add_checked<'a>(
         &mut self,
         site: &str,
         n_samples: u64,
         update: &NamedTensors,
-        values: impl Fn(usize) -> I,
+        values: impl Fn(usize) -> Values<'a>,
     ) -> Result<(), FedAvgError> {
         if self.contributors.iter().any(|c| c == site) {
             return Err(FedAvgError::Duplicate {
@@ -136,23 +192,27 @@ impl FedAvg {
                 site: site.to_owned(),
                 source,
             })?;
-        // Without early exit, so that the check vectorizes; a bad update is rare.
-        if let Some(bad) =
-            (0..update.tensors.len()).find(|&k| !values(k).fold(true, |ok, v| ok & v.is_finite()))
-        {
+        if let Some(bad) = (0..update.tensors.len()).find(|&k| !values(k).all_finite()) {
             return Err(FedAvgError::NotFinite {
                 site: site.to_owned(),
                 tensor: update.tensors[bad].name.clone(),
             });
         }
         let weight = n_samples as f64;
+        let first = self.contributors.is_empty();
         for (spec, sum) in self.layout.tensors.iter().zip(&mut self.sums) {
             // The layout check above guarantees presence and length.
-            if let Some(k) = update.tensors.iter().position(|t| t.name == spec.name) {
-                for (s, v) in sum.iter_mut().zip(values(k)) {
-                    *s += weight * f64::from(v);
-                }
+            let Some(k) = update.tensors.iter().position(|t| t.name == spec.name) else {
+                continue;
+            };
+            if first {
+                // Zero pages mapped lazily by the allocator: the first update writes them once.
+                *sum = vec![0.0; spec.shape.iter().product()];
             }
+            let values = values(k);
+            for_each_part(sum, self.threads, |part, start| {
+                values.add_into(part, start, weight, first);
+            });
         }
         self.total_samples += n_samples;
         self.contributors.push(site.to_owned());
@@ -188,13 +248,25 @@ impl FedAvg {
                 .map(|(spec, sum)| NamedTensor {
                     name: spec.name.clone(),
                     shape: spec.shape.clone(),
-                    // Rounded once, from the f64 average, to the model's f32.
-                    #[allow(clippy::cast_possible_truncation)]
-                    values: sum.iter().map(|&s| (s / total) as f32).collect(),
+                    values: average(sum, total, self.threads),
                 })
                 .collect(),
         })
     }
+}
+
+/// sum / total, rounded once from f64 to the model's f32, on up to `threads` threads.
+fn average(sum: &[f64], total: f64, threads: usize) -> Vec<f32> {
+    let mut values = vec![0.0f32; sum.len()];
+    for_each_part(&mut values, threads, |part, start| {
+        for (v, &s) in part.iter_mut().zip(&sum[start..]) {
+            #[allow(clippy::cast_possible_truncation)]
+            {
+                *v = (s / total) as f32;
+            }
+        }
+    });
+    values
 }
 
 /// w + Δ̄ for every tensor of Δ̄ (the others, e.g. FedBN layers, unchanged). Checks that Δ̄ names only
@@ -347,6 +419,42 @@ mod tests {
         ));
         assert_eq!(read.average().unwrap(), before);
         assert_eq!(read.contributors(), ["S1"]);
+    }
+
+    #[test]
+    fn the_average_does_not_depend_on_the_number_of_threads() {
+        // Long enough to be split across threads; values whose f64 sums round differently by order.
+        let n = 3 * fedlnm_tensors::parallel::MIN_PER_THREAD + 11;
+        let tensor = |seed: u32| {
+            let values = (0..n as u32)
+                .map(|i| f32::from_bits(0x3c00_0000 | ((i.wrapping_mul(2_654_435_761) ^ seed) >> 9)) - 0.01)
+                .collect();
+            NamedTensors {
+                tensors: vec![NamedTensor::new("w", vec![n], values).unwrap()],
+            }
+        };
+        let global = tensor(0);
+        let averages: Vec<NamedTensors> = [1, 2, 5]
+            .into_iter()
+            .map(|threads| {
+                let mut fedavg = FedAvg::new(&global, |_| true);
+                fedavg.set_threads(threads);
+                for site in 1..=3 {
+                    fedavg
+                        .add(&format!("S{site}"), &tensor(site), u64::from(site) * 37)
+                        .unwrap();
+                }
+                fedavg.average().unwrap()
+            })
+            .collect();
+        assert_eq!(averages[0], averages[1]);
+        assert_eq!(averages[0], averages[2]);
+        // And it is the weighted mean (the first update was written, not added to zeros).
+        let expected = (f64::from(tensor(1).tensors[0].values[5]) * 37.0
+            + f64::from(tensor(2).tensors[0].values[5]) * 74.0
+            + f64::from(tensor(3).tensors[0].values[5]) * 111.0)
+            / 222.0;
+        assert!((f64::from(averages[0].tensors[0].values[5]) - expected).abs() < 1e-7);
     }
 
     proptest! {
