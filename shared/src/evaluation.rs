@@ -9,8 +9,10 @@ use crate::stats::kappa::{self, KappaReport};
 use crate::stats::{StatsError, calibration};
 use serde::Serialize;
 
-/// One patient's prediction. The overall stage is derived from age and the predicted T and N by the
-/// AJCC rule, assuming M0 (distant metastasis is not visible on neck ultrasound).
+/// One patient's prediction. T and N are the categories that minimise the expected squared ordinal
+/// distance under the heads' probabilities ([`ordinal_decision`]); the overall stage is derived from
+/// age and those T and N by the AJCC rule, assuming M0 (distant metastasis is not visible on neck
+/// ultrasound), so that the three always agree.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     pub patient_id: String,
@@ -23,7 +25,7 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// The prediction from the model's probabilities (argmax for T and N).
+    /// The prediction from the model's probabilities ([`ordinal_decision`] for T and N).
     #[must_use]
     pub fn new(
         example: &Example,
@@ -31,14 +33,8 @@ impl Prediction {
         t_probabilities: &[f32],
         n_probabilities: &[f32],
     ) -> Self {
-        let argmax = |p: &[f32]| {
-            p.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(index, _)| index)
-        };
-        let t = TCategory::ALL[argmax(t_probabilities).min(N_T - 1)];
-        let n = NCategory::ALL[argmax(n_probabilities).min(N_N - 1)];
+        let t = TCategory::ALL[ordinal_decision(t_probabilities).min(N_T - 1)];
+        let n = NCategory::ALL[ordinal_decision(n_probabilities).min(N_N - 1)];
         Self {
             patient_id: example.patient_id.clone(),
             lnm_probability: lnm_probability.clamp(0.0, 1.0),
@@ -49,6 +45,22 @@ impl Prediction {
             stage: staging::overall_stage(example.inputs.age_years, t, n, MCategory::M0),
         }
     }
+}
+
+/// The category of an ordinal scale that minimises the expected squared distance to the truth under
+/// the probabilities `p` (ties to the lower category): the Bayes decision for the disagreement that
+/// quadratic-weighted κ counts. Where the mass is split between distant categories it picks the one
+/// between them, which argmax never does (measured on the main study's sites: quadratic κ of N 0.38
+/// with argmax against 0.41, of the derived stage 0.47 against 0.53; README, "Stage").
+#[must_use]
+pub fn ordinal_decision(p: &[f32]) -> usize {
+    let loss = |s: usize| -> f64 {
+        p.iter()
+            .enumerate()
+            .map(|(j, &pj)| f64::from(pj) * (s as f64 - j as f64).powi(2))
+            .sum()
+    };
+    (0..p.len()).fold(0, |best, s| if loss(s) < loss(best) { s } else { best })
 }
 
 /// The metrics JSON of `evaluate`.
@@ -92,4 +104,30 @@ pub fn evaluate(
         n_kappa: kappa::cohen_kappa(&n_true, &n_pred, NCategory::ALL.len())?,
         stage_kappa: kappa::cohen_kappa(&stage_true, &stage_pred, Stage::ALL.len())?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ordinal_decision;
+
+    #[test]
+    fn the_ordinal_decision_minimises_the_expected_squared_distance() {
+        // Mass split between the ends: the middle, where argmax would pick an end.
+        assert_eq!(ordinal_decision(&[0.45, 0.1, 0.45]), 1);
+        assert_eq!(ordinal_decision(&[0.5, 0.0, 0.0, 0.5]), 1); // a tie: the lower of 1 and 2
+        // A clear mode stays the mode.
+        assert_eq!(ordinal_decision(&[0.7, 0.2, 0.1]), 0);
+        assert_eq!(ordinal_decision(&[0.0, 0.1, 0.1, 0.1, 0.2, 0.1, 0.4]), 4);
+        // Against brute force: the chosen category's expected loss is the smallest.
+        let p = [0.05_f32, 0.3, 0.1, 0.05, 0.2, 0.2, 0.1];
+        let loss = |s: usize| -> f64 {
+            p.iter()
+                .enumerate()
+                .map(|(j, &q)| f64::from(q) * (s as f64 - j as f64).powi(2))
+                .sum()
+        };
+        let chosen = ordinal_decision(&p);
+        assert!((0..p.len()).all(|s| loss(chosen) <= loss(s)));
+        assert_eq!(ordinal_decision(&[]), 0);
+    }
 }

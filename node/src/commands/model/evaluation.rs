@@ -8,7 +8,7 @@ use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::evaluation::{self, EvaluationReport};
 use fedlnm_shared::features::Example;
-use fedlnm_shared::staging::Stage;
+use fedlnm_shared::staging::{NCategory, Stage, TCategory};
 use std::path::PathBuf;
 
 /// One evaluation, as plain data (what `evaluate` builds from its command line).
@@ -48,17 +48,14 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
     let csv_file = out.join("predictions.csv");
     let mut writer =
         csv::Writer::from_path(&csv_file).with_context(|| format!("cannot write {}", csv_file.display()))?;
-    writer.write_record([
-        "patient_id",
-        "lnm_score",
-        "t_pred",
-        "n_pred",
-        "stage_pred",
-        "lnm_true",
-        "t_true",
-        "n_true",
-        "stage_true",
-    ])?;
+    let mut header: Vec<String> = ["patient_id", "lnm_score", "t_pred", "n_pred", "stage_pred"]
+        .map(String::from)
+        .to_vec();
+    header.extend(["lnm_true", "t_true", "n_true", "stage_true"].map(String::from));
+    // The heads' probabilities, for analyses of the predicted categories (one column per category).
+    header.extend(TCategory::ALL.iter().map(|t| format!("p_{t}")));
+    header.extend(NCategory::ALL.iter().map(|n| format!("p_{n}")));
+    writer.write_record(&header)?;
     for ((example, prediction), stage) in examples.iter().zip(&predictions).zip(&stages) {
         let truth = example.targets.map(|t| {
             [
@@ -69,7 +66,7 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
             ]
         });
         let [lnm_true, t_true, n_true, stage_true] = truth.unwrap_or_default();
-        writer.write_record([
+        let mut record = vec![
             prediction.patient_id.clone(),
             format!("{:.6}", prediction.lnm_probability),
             prediction.t.code().to_string(),
@@ -79,7 +76,15 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
             t_true,
             n_true,
             stage_true,
-        ])?;
+        ];
+        record.extend(
+            prediction
+                .t_probabilities
+                .iter()
+                .chain(&prediction.n_probabilities)
+                .map(|p| format!("{p:.6}")),
+        );
+        writer.write_record(&record)?;
     }
     writer.flush()?;
     let labelled: Vec<usize> = (0..examples.len())
