@@ -12,7 +12,8 @@
 //!
 //! Run with `cargo bench -p fedlnm-aggregator --bench rounds`. Trim with `ROUNDS_BENCH_PARAMS=1,11`
 //! (millions), `ROUNDS_BENCH_SITES=3,10` and `ROUNDS_BENCH_SECURE=11` (millions; `none` to skip);
-//! `ROUNDS_BENCH_DIR` chooses the folder the commits go to (default: the system's temporary folder).
+//! `ROUNDS_BENCH_DIR` chooses the folder the commits go to (default: the system's temporary folder);
+//! `ROUNDS_BENCH_THREADS=1` limits the plain accumulation to one thread (default: all available).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark harness: a panic is a failed run.
 
 use std::collections::BTreeMap;
@@ -147,6 +148,9 @@ fn plain_round(
             n / 2 + 1,
             Instant::now() + Duration::from_secs(3600),
         );
+        if let Some(threads) = env_list("ROUNDS_BENCH_THREADS", &[]).first() {
+            aggregation.set_threads(*threads);
+        }
         let mut first_upload = Duration::ZERO;
         for (site, payload) in names.iter().zip(payloads) {
             let upload = Upload {

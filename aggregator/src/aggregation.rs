@@ -166,6 +166,16 @@ impl PlainAggregation {
     }
 }
 
+impl PlainAggregation {
+    /// Limits the threads that accumulation and averaging use (default: the machine's available
+    /// parallelism, which suits an aggregator alone on its machine). The result does not depend on it.
+    pub fn set_threads(&mut self, threads: usize) {
+        if let Some(fedavg) = &mut self.fedavg {
+            fedavg.set_threads(threads);
+        }
+    }
+}
+
 impl Aggregation for PlainAggregation {
     fn kind(&self) -> AggregationKind {
         AggregationKind::Plain

@@ -4,6 +4,7 @@
 //! No burn type appears here: the aggregator and the federation protocol use this module without the
 //! `model` feature. Names are the module paths of the parameters (`image.blocks.3.bn1.gamma`).
 
+pub mod elements;
 pub mod parallel;
 
 use std::collections::BTreeMap;

@@ -27,6 +27,42 @@ pub fn for_each_part<T: Send>(data: &mut [T], threads: usize, work: impl Fn(&mut
     });
 }
 
+/// [`for_each_part`] over several vectors in one parallel region: every vector is split into
+/// `threads` consecutive slices and thread i gets slice i of each, calling `work(k, part, start)` with
+/// the vector's index k; short work runs on the caller's thread. One region for many vectors (the
+/// tensors of one model) costs one spawn and one join per thread, however many vectors there are.
+pub fn for_each_part_of_all<T: Send>(
+    data: Vec<&mut [T]>,
+    threads: usize,
+    work: impl Fn(usize, &mut [T], usize) + Sync,
+) {
+    let total: usize = data.iter().map(|d| d.len()).sum();
+    let threads = threads.clamp(1, total.div_ceil(MIN_PER_THREAD).max(1));
+    if threads == 1 {
+        for (k, part) in data.into_iter().enumerate() {
+            work(k, part, 0);
+        }
+        return;
+    }
+    let mut shares: Vec<Vec<(usize, &mut [T], usize)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (k, vector) in data.into_iter().enumerate() {
+        let per_thread = vector.len().div_ceil(threads).max(1);
+        for (i, part) in vector.chunks_mut(per_thread).enumerate() {
+            shares[i].push((k, part, i * per_thread));
+        }
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        for share in shares {
+            scope.spawn(move || {
+                for (k, part, start) in share {
+                    work(k, part, start);
+                }
+            });
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +80,29 @@ mod tests {
                 assert!(
                     data.iter().enumerate().all(|(i, &x)| x == i + 1),
                     "{len} elements, {threads} threads"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_element_of_every_vector_is_visited_once_at_its_own_index() {
+        let lens = [0, 3, MIN_PER_THREAD + 1, 2 * MIN_PER_THREAD + 5, 1];
+        for threads in [1, 2, 3, 8] {
+            let mut vectors: Vec<Vec<usize>> = lens.iter().map(|&n| vec![0; n]).collect();
+            for_each_part_of_all(
+                vectors.iter_mut().map(Vec::as_mut_slice).collect(),
+                threads,
+                |k, part, start| {
+                    for (i, x) in part.iter_mut().enumerate() {
+                        *x += 1000 * k + start + i + 1;
+                    }
+                },
+            );
+            for (k, vector) in vectors.iter().enumerate() {
+                assert!(
+                    vector.iter().enumerate().all(|(i, &x)| x == 1000 * k + i + 1),
+                    "vector {k}, {threads} threads"
                 );
             }
         }

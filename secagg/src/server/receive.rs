@@ -6,51 +6,20 @@
 use super::SecAggServer;
 use crate::messages::{MaskedInput, SiteHeader};
 use crate::{RoundStage, SecAggError};
+use fedlnm_tensors::elements::Elements;
 use fedlnm_tensors::parallel::for_each_part;
 
 /// A masked vector as received: decoded, or the little-endian bytes of its elements.
-#[derive(Clone, Copy)]
-enum Masked<'a> {
-    Words(&'a [u64]),
-    LeBytes(&'a [u8]),
-}
+type Masked<'a> = Elements<'a, u64>;
 
-impl Masked<'_> {
-    fn len(self) -> usize {
-        match self {
-            Self::Words(words) => words.len(),
-            Self::LeBytes(bytes) => bytes.len() / 8,
-        }
+/// Elements `start..start + sum.len()` of `masked` added to `sum` (mod 2^64), or written over it
+/// (`first`).
+fn add_into(masked: Masked<'_>, sum: &mut [u64], start: usize, first: bool) {
+    if first {
+        masked.zip_into(sum, start, |s, y| *s = y);
+    } else {
+        masked.zip_into(sum, start, |s, y| *s = s.wrapping_add(y));
     }
-
-    /// Elements `start..start + sum.len()` added to `sum` (mod 2^64), or written over it (`first`).
-    fn add_into(self, sum: &mut [u64], start: usize, first: bool) {
-        match (self, first) {
-            (Self::Words(words), true) => sum.copy_from_slice(&words[start..start + sum.len()]),
-            (Self::Words(words), false) => {
-                for (s, &y) in sum.iter_mut().zip(&words[start..]) {
-                    *s = s.wrapping_add(y);
-                }
-            }
-            (Self::LeBytes(bytes), true) => {
-                for (s, y) in sum.iter_mut().zip(bytes[8 * start..].chunks_exact(8)) {
-                    *s = u64::from_le_bytes(word(y));
-                }
-            }
-            (Self::LeBytes(bytes), false) => {
-                for (s, y) in sum.iter_mut().zip(bytes[8 * start..].chunks_exact(8)) {
-                    *s = s.wrapping_add(u64::from_le_bytes(word(y)));
-                }
-            }
-        }
-    }
-}
-
-/// An 8-byte chunk as an array (`chunks_exact(8)` guarantees the length).
-fn word(chunk: &[u8]) -> [u8; 8] {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(chunk);
-    word
 }
 
 impl SecAggServer {
@@ -60,7 +29,7 @@ impl SecAggServer {
     /// Wrong stage, round, study or configuration; a site outside U2; a second upload from the same
     /// site; a vector of the wrong length. The state is unchanged on error.
     pub fn receive_masked_input(&mut self, msg: MaskedInput) -> Result<(), SecAggError> {
-        self.receive(&msg.header, Masked::Words(&msg.masked))
+        self.receive(&msg.header, Masked::Decoded(&msg.masked))
     }
 
     /// [`Self::receive_masked_input`] of a masked vector read where it arrived: `masked` holds its
@@ -111,7 +80,7 @@ impl SecAggServer {
             self.masked_sum = vec![0; expected];
         }
         for_each_part(&mut self.masked_sum, self.threads, |part, start| {
-            masked.add_into(part, start, first);
+            add_into(masked, part, start, first);
         });
         self.u3.insert(header.site);
         Ok(())
@@ -135,15 +104,15 @@ mod tests {
         let b_bytes: Vec<u8> = b.iter().flat_map(|w| w.to_le_bytes()).collect();
         let expected: Vec<u64> = a.iter().zip(&b).map(|(x, y)| x.wrapping_add(*y)).collect();
         for threads in [1, 2, 3, 7] {
-            for masked in [Masked::Words(&b), Masked::LeBytes(&b_bytes)] {
+            for masked in [Masked::Decoded(&b), Masked::LeBytes(&b_bytes)] {
                 let mut sum = a.clone();
                 for_each_part(&mut sum, threads, |part, start| {
-                    masked.add_into(part, start, false)
+                    add_into(masked, part, start, false)
                 });
                 assert_eq!(sum, expected, "{threads} threads");
                 let mut first = vec![0; n];
                 for_each_part(&mut first, threads, |part, start| {
-                    masked.add_into(part, start, true)
+                    add_into(masked, part, start, true)
                 });
                 assert_eq!(first, b, "{threads} threads");
             }

@@ -6,7 +6,8 @@
 //! Tensors kept local (FedBN) are neither accumulated nor changed.
 
 use crate::weights::{F32TensorBytes, NamedTensor, NamedTensors, WeightsError};
-use fedlnm_tensors::parallel::{available_threads, for_each_part};
+use fedlnm_tensors::elements::Elements;
+use fedlnm_tensors::parallel::{available_threads, for_each_part_of_all};
 
 /// An update or aggregate that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,55 +45,15 @@ pub struct FedAvg {
 }
 
 /// One tensor of an update: decoded values, or the little-endian bytes they arrived in.
-#[derive(Clone, Copy)]
-enum Values<'a> {
-    F32(&'a [f32]),
-    LeBytes(&'a [u8]),
-}
+type Values<'a> = Elements<'a, f32>;
 
-impl Values<'_> {
-    fn all_finite(self) -> bool {
-        // Without early exit, so that the check vectorizes; a bad update is rare.
-        match self {
-            Self::F32(values) => values.iter().fold(true, |ok, v| ok & v.is_finite()),
-            Self::LeBytes(bytes) => bytes
-                .chunks_exact(4)
-                .fold(true, |ok, v| ok & f32::from_le_bytes(float(v)).is_finite()),
-        }
+/// weight · values[start..start + sum.len()] added to `sum`, or written over it (`first`).
+fn add_into(values: Values<'_>, sum: &mut [f64], start: usize, weight: f64, first: bool) {
+    if first {
+        values.zip_into(sum, start, |s, v| *s = weight * f64::from(v));
+    } else {
+        values.zip_into(sum, start, |s, v| *s += weight * f64::from(v));
     }
-
-    /// weight · values[start..start + sum.len()] added to `sum`, or written over it (`first`).
-    fn add_into(self, sum: &mut [f64], start: usize, weight: f64, first: bool) {
-        match (self, first) {
-            (Self::F32(values), true) => {
-                for (s, &v) in sum.iter_mut().zip(&values[start..]) {
-                    *s = weight * f64::from(v);
-                }
-            }
-            (Self::F32(values), false) => {
-                for (s, &v) in sum.iter_mut().zip(&values[start..]) {
-                    *s += weight * f64::from(v);
-                }
-            }
-            (Self::LeBytes(bytes), true) => {
-                for (s, v) in sum.iter_mut().zip(bytes[4 * start..].chunks_exact(4)) {
-                    *s = weight * f64::from(f32::from_le_bytes(float(v)));
-                }
-            }
-            (Self::LeBytes(bytes), false) => {
-                for (s, v) in sum.iter_mut().zip(bytes[4 * start..].chunks_exact(4)) {
-                    *s += weight * f64::from(f32::from_le_bytes(float(v)));
-                }
-            }
-        }
-    }
-}
-
-/// A 4-byte chunk as an array (`chunks_exact(4)` guarantees the length).
-fn float(chunk: &[u8]) -> [u8; 4] {
-    let mut bytes = [0u8; 4];
-    bytes.copy_from_slice(chunk);
-    bytes
 }
 
 impl FedAvg {
@@ -138,7 +99,9 @@ impl FedAvg {
     /// # Errors
     /// Wrong names or shapes, a non-finite value, n_k = 0, or a second update from the same site.
     pub fn add(&mut self, site: &str, delta: &NamedTensors, n_samples: u64) -> Result<(), FedAvgError> {
-        self.add_checked(site, n_samples, delta, |k| Values::F32(&delta.tensors[k].values))
+        self.add_checked(site, n_samples, delta, |k| {
+            Values::Decoded(&delta.tensors[k].values)
+        })
     }
 
     /// [`Self::add`] of a delta read straight from its upload (safetensors bytes, see
@@ -192,7 +155,7 @@ impl FedAvg {
                 site: site.to_owned(),
                 source,
             })?;
-        if let Some(bad) = (0..update.tensors.len()).find(|&k| !values(k).all_finite()) {
+        if let Some(bad) = (0..update.tensors.len()).find(|&k| !values(k).all(f32::is_finite)) {
             return Err(FedAvgError::NotFinite {
                 site: site.to_owned(),
                 tensor: update.tensors[bad].name.clone(),
@@ -200,20 +163,30 @@ impl FedAvg {
         }
         let weight = n_samples as f64;
         let first = self.contributors.is_empty();
-        for (spec, sum) in self.layout.tensors.iter().zip(&mut self.sums) {
-            // The layout check above guarantees presence and length.
-            let Some(k) = update.tensors.iter().position(|t| t.name == spec.name) else {
-                continue;
-            };
-            if first {
-                // Zero pages mapped lazily by the allocator: the first update writes them once.
+        // The layout check above guarantees that every aggregated tensor is in the update, once.
+        let sources: Vec<Values<'a>> = self
+            .layout
+            .tensors
+            .iter()
+            .map(|spec| {
+                update
+                    .tensors
+                    .iter()
+                    .position(|t| t.name == spec.name)
+                    .map_or(Values::Decoded(&[]), &values)
+            })
+            .collect();
+        if first {
+            // Zero pages mapped lazily by the allocator: the first update writes them once.
+            for (spec, sum) in self.layout.tensors.iter().zip(&mut self.sums) {
                 *sum = vec![0.0; spec.shape.iter().product()];
             }
-            let values = values(k);
-            for_each_part(sum, self.threads, |part, start| {
-                values.add_into(part, start, weight, first);
-            });
         }
+        // One parallel region per update, each thread over its share of every tensor.
+        let sums = self.sums.iter_mut().map(Vec::as_mut_slice).collect();
+        for_each_part_of_all(sums, self.threads, |k, part, start| {
+            add_into(sources[k], part, start, weight, first);
+        });
         self.total_samples += n_samples;
         self.contributors.push(site.to_owned());
         Ok(())
@@ -239,34 +212,31 @@ impl FedAvg {
             return Err(FedAvgError::Empty);
         }
         let total = self.total_samples as f64;
+        // Rounded once, from the f64 average, to the model's f32; one parallel region for all tensors.
+        let mut averages: Vec<Vec<f32>> = self.sums.iter().map(|sum| vec![0.0; sum.len()]).collect();
+        let parts = averages.iter_mut().map(Vec::as_mut_slice).collect();
+        for_each_part_of_all(parts, self.threads, |k, part, start| {
+            for (v, &s) in part.iter_mut().zip(&self.sums[k][start..]) {
+                #[allow(clippy::cast_possible_truncation)]
+                {
+                    *v = (s / total) as f32;
+                }
+            }
+        });
         Ok(NamedTensors {
             tensors: self
                 .layout
                 .tensors
                 .iter()
-                .zip(&self.sums)
-                .map(|(spec, sum)| NamedTensor {
+                .zip(averages)
+                .map(|(spec, values)| NamedTensor {
                     name: spec.name.clone(),
                     shape: spec.shape.clone(),
-                    values: average(sum, total, self.threads),
+                    values,
                 })
                 .collect(),
         })
     }
-}
-
-/// sum / total, rounded once from f64 to the model's f32, on up to `threads` threads.
-fn average(sum: &[f64], total: f64, threads: usize) -> Vec<f32> {
-    let mut values = vec![0.0f32; sum.len()];
-    for_each_part(&mut values, threads, |part, start| {
-        for (v, &s) in part.iter_mut().zip(&sum[start..]) {
-            #[allow(clippy::cast_possible_truncation)]
-            {
-                *v = (s / total) as f32;
-            }
-        }
-    });
-    values
 }
 
 /// w + Δ̄ for every tensor of Δ̄ (the others, e.g. FedBN layers, unchanged). Checks that Δ̄ names only

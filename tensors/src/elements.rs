@@ -1,0 +1,102 @@
+//! Numeric vectors as they arrive: decoded, or the little-endian bytes of their elements read in
+//! place ([`Elements`]), so that uploads are checked and summed where they were received, without a
+//! decoded copy.
+
+/// A fixed-width little-endian element type.
+pub trait LeElement: Copy {
+    /// Bytes per element.
+    const SIZE: usize;
+    /// The element from exactly [`Self::SIZE`] bytes.
+    fn from_le_slice(bytes: &[u8]) -> Self;
+}
+
+macro_rules! le_element {
+    ($($t:ty),*) => {$(
+        impl LeElement for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn from_le_slice(bytes: &[u8]) -> Self {
+                let mut array = [0u8; std::mem::size_of::<$t>()];
+                array.copy_from_slice(bytes);
+                <$t>::from_le_bytes(array)
+            }
+        }
+    )*};
+}
+le_element!(u64, f32);
+
+/// A vector of `T`: decoded, or the little-endian bytes of its elements (a whole number of them).
+#[derive(Debug, Clone, Copy)]
+pub enum Elements<'a, T> {
+    Decoded(&'a [T]),
+    LeBytes(&'a [u8]),
+}
+
+impl<T: LeElement> Elements<'_, T> {
+    /// Number of elements.
+    #[must_use]
+    pub fn len(self) -> usize {
+        match self {
+            Self::Decoded(values) => values.len(),
+            Self::LeBytes(bytes) => bytes.len() / T::SIZE,
+        }
+    }
+
+    /// Whether there is no element.
+    #[must_use]
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// `f(target[i], element[start + i])` for every element of `target` (which must not run past the
+    /// elements). One loop per representation, so that `f` is inlined and the loop vectorizes.
+    pub fn zip_into<D>(self, target: &mut [D], start: usize, f: impl Fn(&mut D, T)) {
+        match self {
+            Self::Decoded(values) => {
+                for (d, &x) in target.iter_mut().zip(&values[start..]) {
+                    f(d, x);
+                }
+            }
+            Self::LeBytes(bytes) => {
+                for (d, x) in target
+                    .iter_mut()
+                    .zip(bytes[T::SIZE * start..].chunks_exact(T::SIZE))
+                {
+                    f(d, T::from_le_slice(x));
+                }
+            }
+        }
+    }
+
+    /// Whether `predicate` holds for every element; reads them all (no early exit, so it vectorizes).
+    pub fn all(self, predicate: impl Fn(T) -> bool) -> bool {
+        match self {
+            Self::Decoded(values) => values.iter().fold(true, |ok, &x| ok & predicate(x)),
+            Self::LeBytes(bytes) => bytes
+                .chunks_exact(T::SIZE)
+                .fold(true, |ok, x| ok & predicate(T::from_le_slice(x))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_in_place_are_the_decoded_elements() {
+        let words = [u64::MAX, 0, 0x0102_0304_0506_0708, 42];
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        for elements in [Elements::Decoded(&words[..]), Elements::LeBytes(&bytes)] {
+            assert_eq!(elements.len(), 4);
+            let mut tail = [0u64; 3];
+            elements.zip_into(&mut tail, 1, |d, x| *d = x);
+            assert_eq!(tail, words[1..]);
+            assert!(elements.all(|x| x != 7));
+            assert!(!elements.all(|x| x != 42));
+        }
+        let floats = [1.5f32, f32::NAN];
+        let bytes: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+        assert!(!Elements::<f32>::LeBytes(&bytes).all(f32::is_finite));
+        assert!(Elements::<f32>::LeBytes(&bytes[..4]).all(f32::is_finite));
+    }
+}
