@@ -6,18 +6,21 @@
 pub trait LeElement: Copy {
     /// Bytes per element.
     const SIZE: usize;
-    /// The element from exactly [`Self::SIZE`] bytes.
-    fn from_le_slice(bytes: &[u8]) -> Self;
+    /// The elements of `bytes`, read in order (a trailing partial element is ignored). Fixed-size
+    /// chunks (`as_chunks`), so that the compiler sees no length check and vectorizes the loops.
+    fn read_le(bytes: &[u8]) -> impl Iterator<Item = Self> + '_;
 }
 
 macro_rules! le_element {
     ($($t:ty),*) => {$(
         impl LeElement for $t {
             const SIZE: usize = std::mem::size_of::<$t>();
-            fn from_le_slice(bytes: &[u8]) -> Self {
-                let mut array = [0u8; std::mem::size_of::<$t>()];
-                array.copy_from_slice(bytes);
-                <$t>::from_le_bytes(array)
+            fn read_le(bytes: &[u8]) -> impl Iterator<Item = Self> + '_ {
+                bytes
+                    .as_chunks::<{ std::mem::size_of::<$t>() }>()
+                    .0
+                    .iter()
+                    .map(|chunk| <$t>::from_le_bytes(*chunk))
             }
         }
     )*};
@@ -57,11 +60,8 @@ impl<T: LeElement> Elements<'_, T> {
                 }
             }
             Self::LeBytes(bytes) => {
-                for (d, x) in target
-                    .iter_mut()
-                    .zip(bytes[T::SIZE * start..].chunks_exact(T::SIZE))
-                {
-                    f(d, T::from_le_slice(x));
+                for (d, x) in target.iter_mut().zip(T::read_le(&bytes[T::SIZE * start..])) {
+                    f(d, x);
                 }
             }
         }
@@ -71,9 +71,7 @@ impl<T: LeElement> Elements<'_, T> {
     pub fn all(self, predicate: impl Fn(T) -> bool) -> bool {
         match self {
             Self::Decoded(values) => values.iter().fold(true, |ok, &x| ok & predicate(x)),
-            Self::LeBytes(bytes) => bytes
-                .chunks_exact(T::SIZE)
-                .fold(true, |ok, x| ok & predicate(T::from_le_slice(x))),
+            Self::LeBytes(bytes) => T::read_le(bytes).fold(true, |ok, x| ok & predicate(x)),
         }
     }
 }
