@@ -92,7 +92,9 @@ pub struct SecureAggregation {
     lost: BTreeSet<SiteId>,
     /// Sites whose signature of the survivor set was accepted (round 3).
     signed: BTreeSet<SiteId>,
-    directory: Option<Vec<u8>>,
+    /// The encoded key directory for each site of U1 (in a SecAgg+ graph, its two-hop neighbourhood's
+    /// entries: [`secagg::KeyDirectory::for_site`]).
+    directory: Option<BTreeMap<SiteId, Vec<u8>>>,
     deliveries: BTreeMap<SiteId, Vec<u8>>,
     consistency_check: Option<Vec<u8>>,
     unmask_request: Option<Vec<u8>>,
@@ -124,6 +126,19 @@ impl SecureAggregation {
             .enumerate()
             .map(|(k, site)| (site.clone(), SiteId(u32::try_from(k + 1).unwrap_or(u32::MAX))))
             .collect();
+        // The graph (complete, or SecAgg+'s) and its threshold, per neighbourhood for SecAgg+.
+        let (graph, threshold) = config
+            .rounds
+            .threat_model
+            .secure_aggregation_graph(
+                ids.len(),
+                config.rounds.min_sites,
+                &config.rounds.secure_aggregation_graph,
+            )
+            .map_err(|reason| secagg::SecAggError::InvalidConfig {
+                field: "graph",
+                reason,
+            })?;
         let secagg_config = SecAggConfig {
             study_id: config.study.clone(),
             round: attempt.round,
@@ -132,10 +147,7 @@ impl SecureAggregation {
             // aggregator process before a restart, is accepted by the next.
             model_version: attempt.model_version(&global.digest),
             participants: ids.values().copied().collect(),
-            threshold: config
-                .rounds
-                .threat_model
-                .threshold(ids.len(), config.rounds.min_sites),
+            threshold,
             tensors: secagg::tensor_specs(&global.weights),
             fedbn_exclude: local_tensors.clone().into_names(),
             quantization: QuantizationConfig::default(),
@@ -146,6 +158,7 @@ impl SecureAggregation {
                 noise_multiplier: config.privacy.noise_multiplier,
             }),
             security: security(config.rounds.threat_model, &ids),
+            graph,
         };
         Self::from_parts(secagg_config, ids, config, attempt, authority)
     }
@@ -397,7 +410,7 @@ impl Aggregation for SecureAggregation {
         match stage {
             SecAggStage::AdvertiseKeys => match &self.directory {
                 Some(_) if !self.u1.contains(&id) => left_out(stage.name()),
-                Some(directory) => Some(Ok(directory.clone())),
+                Some(directories) => directories.get(&id).cloned().map(Ok),
                 None => None,
             },
             SecAggStage::ShareKeys => {

@@ -9,7 +9,12 @@ use super::{SecAggError, SiteId};
 use fedlnm_tensors::NamedTensors;
 
 mod delta;
+mod graph;
 mod hash;
+use graph::Neighbourhoods;
+pub use graph::{
+    CORRECTNESS_BITS, Graph, HararyParameters, SECURITY_BITS, check_harary_parameters, recommend_harary,
+};
 pub(crate) use hash::Transcript;
 use hash::config_hash;
 
@@ -164,7 +169,8 @@ pub struct SecAggConfig {
     /// The sites invited to the round (any order; duplicates are an error).
     pub participants: Vec<SiteId>,
     /// Shamir threshold t: the server needs t sites at every stage; n/2 < t ≤ n (2n/3 < t against a
-    /// malicious server).
+    /// malicious server). With a Harary [`Graph`], t is per closed neighbourhood (k + 1 sites):
+    /// (k+1)/2 < t ≤ k + 1 (2(k+1)/3 < t against a malicious server).
     pub threshold: usize,
     /// All tensors of the model, in order.
     pub tensors: Vec<TensorSpec>,
@@ -180,6 +186,9 @@ pub struct SecAggConfig {
     pub privacy: Option<DistributedNoise>,
     /// Against which server the instance protects the sites (signatures and consistency check).
     pub security: Security,
+    /// Which pairs of sites agree keys, share secrets and mask pairwise: all (Bonawitz) or the
+    /// neighbours of a random Harary graph (SecAgg+).
+    pub graph: Graph,
 }
 
 /// A validated [`SecAggConfig`] with its derived values. Cheap to clone.
@@ -196,6 +205,8 @@ struct Derived {
     vector_len: usize,
     config_hash: [u8; 32],
     salt: [u8; 32],
+    neighbourhoods: Neighbourhoods,
+    min_survivors: usize,
 }
 
 impl SecAggConfig {
@@ -222,19 +233,54 @@ impl SecAggConfig {
                 format!("{n} sites, expected 2..={MAX_PARTICIPANTS}"),
             ));
         }
-        // t <= n first: a hostile t would overflow 2t.
-        if self.threshold > n || 2 * self.threshold <= n {
+        // The sites a threshold counts: all n, or a closed neighbourhood of the Harary graph.
+        let members = match self.graph {
+            Graph::Complete => n,
+            Graph::Harary { degree, .. } => {
+                if degree < 2 || degree % 2 != 0 {
+                    return Err(invalid(
+                        "graph.degree",
+                        format!("{degree}: expected an even number, at least 2"),
+                    ));
+                }
+                degree.min(n - 1) + 1
+            }
+        };
+        let group = if members == n {
+            format!("{n} participants")
+        } else {
+            format!("closed neighbourhoods of {members} sites")
+        };
+        // t <= members first: a hostile t would overflow 2t.
+        if self.threshold > members || 2 * self.threshold <= members {
             return Err(invalid(
                 "threshold",
-                format!("{} with {n} participants, expected n/2 < t <= n", self.threshold),
+                format!("{} with {group}, expected m/2 < t <= m", self.threshold),
             ));
         }
+        let malicious = matches!(self.security, Security::MaliciousServer { .. });
+        if let Graph::Harary {
+            degree,
+            dropout_fraction,
+            corrupt_fraction,
+        } = self.graph
+        {
+            check_harary_parameters(
+                n,
+                degree,
+                self.threshold,
+                dropout_fraction,
+                corrupt_fraction,
+                malicious,
+            )
+            .map_err(|(field, reason)| invalid(field, reason))?;
+        }
         if let Security::MaliciousServer { identities } = &self.security {
-            if 3 * self.threshold <= 2 * n {
+            if 3 * self.threshold <= 2 * members {
                 return Err(invalid(
                     "threshold",
                     format!(
-                        "{} with {n} participants against a malicious server, expected 2n/3 < t <= n",
+                        "{} with {group} against a malicious server, expected 2m/3 < t <= m",
                         self.threshold
                     ),
                 ));
@@ -361,6 +407,13 @@ impl SecAggConfig {
             t.bytes(&config_hash);
             t.finish()
         };
+        let neighbourhoods = Neighbourhoods::derive(&self.graph, &participants, &salt);
+        let min_survivors = match self.graph {
+            Graph::Complete => self.threshold,
+            Graph::Harary { dropout_fraction, .. } => {
+                (n - graph::parameters_count(dropout_fraction, n)).max(self.threshold)
+            }
+        };
         Ok(RoundConfig {
             inner: std::sync::Arc::new(Derived {
                 config: self,
@@ -369,6 +422,8 @@ impl SecAggConfig {
                 vector_len,
                 config_hash,
                 salt,
+                neighbourhoods,
+                min_survivors,
             }),
         })
     }
@@ -508,6 +563,46 @@ impl RoundConfig {
     pub fn is_participant(&self, site: SiteId) -> bool {
         self.inner.participants.binary_search(&site).is_ok()
     }
+    /// The communication graph.
+    #[must_use]
+    pub fn graph(&self) -> &Graph {
+        &self.inner.config.graph
+    }
+    /// Whether every pair of participants is linked (the complete graph, or a Harary graph with
+    /// n ≤ k + 1).
+    #[must_use]
+    pub fn is_complete_graph(&self) -> bool {
+        self.inner.neighbourhoods.is_complete()
+    }
+    /// The open neighbourhood N(site) (sorted): the sites `site` agrees keys, shares secrets and
+    /// masks pairwise with; every other participant in the complete graph. Empty for a
+    /// non-participant.
+    #[must_use]
+    pub fn neighbours(&self, site: SiteId) -> &[SiteId] {
+        match self.inner.participants.binary_search(&site) {
+            Ok(index) => self.inner.neighbourhoods.of_index(index),
+            Err(_) => &[],
+        }
+    }
+    /// Whether `member` is in the closed neighbourhood N[site] = N(site) ∪ {site}.
+    #[must_use]
+    pub fn in_closed_neighbourhood(&self, site: SiteId, member: SiteId) -> bool {
+        (member == site && self.is_participant(site)) || self.neighbours(site).binary_search(&member).is_ok()
+    }
+    /// How many of `sites` (sorted) are in N[site].
+    #[must_use]
+    pub fn count_in_closed_neighbourhood(&self, site: SiteId, sites: &[SiteId]) -> usize {
+        sites
+            .iter()
+            .filter(|&&member| self.in_closed_neighbourhood(site, member))
+            .count()
+    }
+    /// The fewest sites every stage needs in all: t (complete graph), or n − ⌊δn⌋ with a Harary graph
+    /// (the declared dropout fraction δ, which Bell et al.'s connectivity argument assumes).
+    #[must_use]
+    pub fn min_survivors(&self) -> usize {
+        self.inner.min_survivors
+    }
 }
 
 /// Glob matching with `*` (any run of characters, possibly empty); every other character is literal.
@@ -562,6 +657,7 @@ mod tests {
             input: InputKind::WeightedDelta,
             privacy: None,
             security: Security::CuriousServer,
+            graph: Graph::Complete,
         }
     }
 
@@ -706,6 +802,13 @@ mod tests {
             Box::new(|c| c.quantization.clip_bound = 1000.0),
             Box::new(|c| c.quantization.max_sample_count = 7),
             Box::new(|c| c.max_delta_norm = 11.0),
+            Box::new(|c| {
+                c.graph = Graph::Harary {
+                    degree: 2,
+                    dropout_fraction: 0.0,
+                    corrupt_fraction: 0.0,
+                };
+            }),
             Box::new(|c| {
                 c.privacy = Some(DistributedNoise {
                     clip_norm: 1.0,

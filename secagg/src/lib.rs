@@ -111,8 +111,9 @@ pub mod shamir;
 pub use auth::{Authentication, PeerVerifier, Signer};
 pub use client::SecAggClient;
 pub use config::{
-    DistributedNoise, InputKind, MAX_PARTICIPANTS, ModelVersion, QuantizationConfig, RoundConfig,
-    SecAggConfig, Security, TensorSpec, glob_match, tensor_specs,
+    CORRECTNESS_BITS, DistributedNoise, Graph, HararyParameters, InputKind, MAX_PARTICIPANTS, ModelVersion,
+    QuantizationConfig, RoundConfig, SECURITY_BITS, SecAggConfig, Security, TensorSpec,
+    check_harary_parameters, glob_match, recommend_harary, tensor_specs,
 };
 pub use error::{RoundStage, SecAggError};
 pub use messages::{

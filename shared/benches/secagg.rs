@@ -93,6 +93,7 @@ fn secagg_round(n: u32, delta: &NamedTensors, threads: Option<usize>) -> RoundTi
         privacy: None,
         // Flower's SecAgg+ is semi-honest: compared like for like (privacy_costs measures the signatures).
         security: fedlnm_shared::secagg::Security::CuriousServer,
+        graph: fedlnm_shared::secagg::Graph::Complete,
     }
     .validate()
     .unwrap();
