@@ -108,7 +108,8 @@ pub struct SecureAggregation {
 impl SecureAggregation {
     /// Configures one attempt of a round over the tensors of `global` that are not `local_tensors`,
     /// for the training sites `sites` (sorted; site k gets protocol id k + 1), with the threshold of
-    /// the study's threat model ([`ThreatModel::threshold`]); `authority` checks the sites'
+    /// the study's threat model and communication graph (`rounds.secure_aggregation_graph`:
+    /// [`ThreatModel::secure_aggregation_graph`], per neighbourhood for SecAgg+); `authority` checks the sites'
     /// signatures on receipt.
     ///
     /// # Errors
