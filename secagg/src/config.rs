@@ -233,48 +233,7 @@ impl SecAggConfig {
                 format!("{n} sites, expected 2..={MAX_PARTICIPANTS}"),
             ));
         }
-        // The sites a threshold counts: all n, or a closed neighbourhood of the Harary graph.
-        let members = match self.graph {
-            Graph::Complete => n,
-            Graph::Harary { degree, .. } => {
-                if degree < 2 || degree % 2 != 0 {
-                    return Err(invalid(
-                        "graph.degree",
-                        format!("{degree}: expected an even number, at least 2"),
-                    ));
-                }
-                degree.min(n - 1) + 1
-            }
-        };
-        let group = if members == n {
-            format!("{n} participants")
-        } else {
-            format!("closed neighbourhoods of {members} sites")
-        };
-        // t <= members first: a hostile t would overflow 2t.
-        if self.threshold > members || 2 * self.threshold <= members {
-            return Err(invalid(
-                "threshold",
-                format!("{} with {group}, expected m/2 < t <= m", self.threshold),
-            ));
-        }
-        let malicious = matches!(self.security, Security::MaliciousServer { .. });
-        if let Graph::Harary {
-            degree,
-            dropout_fraction,
-            corrupt_fraction,
-        } = self.graph
-        {
-            check_harary_parameters(
-                n,
-                degree,
-                self.threshold,
-                dropout_fraction,
-                corrupt_fraction,
-                malicious,
-            )
-            .map_err(|(field, reason)| invalid(field, reason))?;
-        }
+        let (members, group) = graph::check_threshold(&self, n)?;
         if let Security::MaliciousServer { identities } = &self.security {
             if 3 * self.threshold <= 2 * members {
                 return Err(invalid(
@@ -562,46 +521,6 @@ impl RoundConfig {
     #[must_use]
     pub fn is_participant(&self, site: SiteId) -> bool {
         self.inner.participants.binary_search(&site).is_ok()
-    }
-    /// The communication graph.
-    #[must_use]
-    pub fn graph(&self) -> &Graph {
-        &self.inner.config.graph
-    }
-    /// Whether every pair of participants is linked (the complete graph, or a Harary graph with
-    /// n ≤ k + 1).
-    #[must_use]
-    pub fn is_complete_graph(&self) -> bool {
-        self.inner.neighbourhoods.is_complete()
-    }
-    /// The open neighbourhood N(site) (sorted): the sites `site` agrees keys, shares secrets and
-    /// masks pairwise with; every other participant in the complete graph. Empty for a
-    /// non-participant.
-    #[must_use]
-    pub fn neighbours(&self, site: SiteId) -> &[SiteId] {
-        match self.inner.participants.binary_search(&site) {
-            Ok(index) => self.inner.neighbourhoods.of_index(index),
-            Err(_) => &[],
-        }
-    }
-    /// Whether `member` is in the closed neighbourhood N[site] = N(site) ∪ {site}.
-    #[must_use]
-    pub fn in_closed_neighbourhood(&self, site: SiteId, member: SiteId) -> bool {
-        (member == site && self.is_participant(site)) || self.neighbours(site).binary_search(&member).is_ok()
-    }
-    /// How many of `sites` (sorted) are in N[site].
-    #[must_use]
-    pub fn count_in_closed_neighbourhood(&self, site: SiteId, sites: &[SiteId]) -> usize {
-        sites
-            .iter()
-            .filter(|&&member| self.in_closed_neighbourhood(site, member))
-            .count()
-    }
-    /// The fewest sites every stage needs in all: t (complete graph), or n − ⌊δn⌋ with a Harary graph
-    /// (the declared dropout fraction δ, which Bell et al.'s connectivity argument assumes).
-    #[must_use]
-    pub fn min_survivors(&self) -> usize {
-        self.inner.min_survivors
     }
 }
 

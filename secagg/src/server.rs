@@ -169,7 +169,7 @@ impl SecAggServer {
         self.expect_stage(RoundStage::AdvertiseKeys)?;
         self.check_quorum(self.keys.len(), RoundStage::AdvertiseKeys)?;
         let u1: Vec<SiteId> = self.keys.keys().copied().collect();
-        self.check_neighbourhoods(&u1, &u1, RoundStage::AdvertiseKeys)?;
+        self.check_neighbourhoods(&u1, Some(&u1), RoundStage::AdvertiseKeys)?;
         self.u1 = u1;
         self.stage = RoundStage::ShareKeys;
         Ok(KeyDirectory {
@@ -196,13 +196,8 @@ impl SecAggServer {
         }
         let mut recipients: Vec<SiteId> = msg.encrypted_shares.iter().map(|s| s.to).collect();
         recipients.sort_unstable();
-        let neighbours = self.config.neighbours(site);
-        let expected: Vec<SiteId> = self
-            .u1
-            .iter()
-            .copied()
-            .filter(|p| neighbours.binary_search(p).is_ok())
-            .collect();
+        let mut expected = self.closed_neighbourhood_part(site, &self.u1);
+        expected.retain(|&p| p != site);
         if recipients != expected {
             return Err(self.malformed(site, "shares must address every neighbour in U1 exactly once"));
         }
@@ -219,7 +214,7 @@ impl SecAggServer {
         self.expect_stage(RoundStage::ShareKeys)?;
         self.check_quorum(self.shares.len(), RoundStage::ShareKeys)?;
         let u2: Vec<SiteId> = self.shares.keys().copied().collect();
-        self.check_neighbourhoods(&u2, &u2, RoundStage::ShareKeys)?;
+        self.check_neighbourhoods(&u2, Some(&u2), RoundStage::ShareKeys)?;
         self.u2 = u2;
         let deliveries = self
             .u2
@@ -227,12 +222,7 @@ impl SecAggServer {
             .map(|&to| ShareDelivery {
                 header: self.round_header(),
                 to,
-                senders: self
-                    .u2
-                    .iter()
-                    .copied()
-                    .filter(|&v| self.config.in_closed_neighbourhood(to, v))
-                    .collect(),
+                senders: self.closed_neighbourhood_part(to, &self.u2),
                 shares: self
                     .shares
                     .values()
@@ -282,8 +272,7 @@ impl SecAggServer {
         self.expect_stage(RoundStage::MaskedInputCollection)?;
         self.check_quorum(self.u3.len(), RoundStage::MaskedInputCollection)?;
         let survivors: Vec<SiteId> = self.u3.iter().copied().collect();
-        let owners = self.u2.clone();
-        self.check_neighbourhoods(&survivors, &owners, RoundStage::MaskedInputCollection)?;
+        self.check_neighbourhoods(&survivors, None, RoundStage::MaskedInputCollection)?;
         self.survivors = survivors;
         self.dropped = self.u2.iter().copied().filter(|v| !self.u3.contains(v)).collect();
         self.stage = RoundStage::ConsistencyCheck;
@@ -331,8 +320,7 @@ impl SecAggServer {
         if self.config.is_authenticated() {
             self.check_quorum(self.signatures.len(), RoundStage::ConsistencyCheck)?;
             let signers: Vec<SiteId> = self.signatures.keys().copied().collect();
-            let owners = self.u2.clone();
-            self.check_neighbourhoods(&signers, &owners, RoundStage::ConsistencyCheck)?;
+            self.check_neighbourhoods(&signers, None, RoundStage::ConsistencyCheck)?;
             self.responders = signers;
         } else {
             self.responders = self.survivors.clone();
@@ -370,14 +358,8 @@ impl SecAggServer {
         let point = self.config.share_point(site);
         let owners =
             |list: &[super::messages::RevealedShare]| list.iter().map(|r| r.owner).collect::<Vec<_>>();
-        let here = |list: &[SiteId]| -> Vec<SiteId> {
-            list.iter()
-                .copied()
-                .filter(|&v| self.config.in_closed_neighbourhood(site, v))
-                .collect()
-        };
-        if owners(&msg.self_mask_shares) != here(&self.survivors)
-            || owners(&msg.mask_key_shares) != here(&self.dropped)
+        if owners(&msg.self_mask_shares) != self.closed_neighbourhood_part(site, &self.survivors)
+            || owners(&msg.mask_key_shares) != self.closed_neighbourhood_part(site, &self.dropped)
         {
             return Err(self.malformed(
                 site,
@@ -438,8 +420,7 @@ impl SecAggServer {
         self.expect_stage(RoundStage::Unmasking)?;
         self.check_quorum(self.responses.len(), RoundStage::Unmasking)?;
         let responders: Vec<SiteId> = self.responses.keys().copied().collect();
-        let owners = self.u2.clone();
-        self.check_neighbourhoods(&responders, &owners, RoundStage::Unmasking)?;
+        self.check_neighbourhoods(&responders, None, RoundStage::Unmasking)?;
         let result = self.unmask().and_then(|()| decode(self));
         self.stage = if result.is_ok() {
             RoundStage::Done

@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::SiteId;
+use super::{RoundConfig, SecAggConfig, Security};
 use crate::crypto::graph_seed;
 use crate::prg::{Sign, apply_masks};
+use crate::{SecAggError, SiteId};
 
 mod parameters;
 pub(crate) use parameters::count as parameters_count;
@@ -40,6 +41,98 @@ pub enum Graph {
         /// γ in [0, 1).
         corrupt_fraction: f64,
     },
+}
+
+/// Checks the degree and the threshold against the graph and the threat model, and returns the size
+/// of the groups the threshold counts (n, or k + 1) and their name for messages.
+pub(super) fn check_threshold(config: &SecAggConfig, n: usize) -> Result<(usize, String), SecAggError> {
+    let invalid = |field: &'static str, reason: String| SecAggError::InvalidConfig { field, reason };
+    // The sites a threshold counts: all n, or a closed neighbourhood of the Harary graph.
+    let members = match config.graph {
+        Graph::Complete => n,
+        Graph::Harary { degree, .. } => {
+            if degree < 2 || degree % 2 != 0 {
+                return Err(invalid(
+                    "graph.degree",
+                    format!("{degree}: expected an even number, at least 2"),
+                ));
+            }
+            degree.min(n - 1) + 1
+        }
+    };
+    let group = if members == n {
+        format!("{n} participants")
+    } else {
+        format!("closed neighbourhoods of {members} sites")
+    };
+    // t <= members first: a hostile t would overflow 2t.
+    if config.threshold > members || 2 * config.threshold <= members {
+        return Err(invalid(
+            "threshold",
+            format!("{} with {group}, expected m/2 < t <= m", config.threshold),
+        ));
+    }
+    let malicious = matches!(config.security, Security::MaliciousServer { .. });
+    if let Graph::Harary {
+        degree,
+        dropout_fraction,
+        corrupt_fraction,
+    } = config.graph
+    {
+        check_harary_parameters(
+            n,
+            degree,
+            config.threshold,
+            dropout_fraction,
+            corrupt_fraction,
+            malicious,
+        )
+        .map_err(|(field, reason)| invalid(field, reason))?;
+    }
+    Ok((members, group))
+}
+
+impl RoundConfig {
+    /// The communication graph.
+    #[must_use]
+    pub fn graph(&self) -> &Graph {
+        &self.inner.config.graph
+    }
+    /// Whether every pair of participants is linked (the complete graph, or a Harary graph with
+    /// n ≤ k + 1).
+    #[must_use]
+    pub fn is_complete_graph(&self) -> bool {
+        self.inner.neighbourhoods.is_complete()
+    }
+    /// The open neighbourhood N(site) (sorted): the sites `site` agrees keys, shares secrets and
+    /// masks pairwise with; every other participant in the complete graph. Empty for a
+    /// non-participant.
+    #[must_use]
+    pub fn neighbours(&self, site: SiteId) -> &[SiteId] {
+        match self.inner.participants.binary_search(&site) {
+            Ok(index) => self.inner.neighbourhoods.of_index(index),
+            Err(_) => &[],
+        }
+    }
+    /// Whether `member` is in the closed neighbourhood N[site] = N(site) ∪ {site}.
+    #[must_use]
+    pub fn in_closed_neighbourhood(&self, site: SiteId, member: SiteId) -> bool {
+        (member == site && self.is_participant(site)) || self.neighbours(site).binary_search(&member).is_ok()
+    }
+    /// How many of `sites` (sorted) are in N[site].
+    #[must_use]
+    pub fn count_in_closed_neighbourhood(&self, site: SiteId, sites: &[SiteId]) -> usize {
+        sites
+            .iter()
+            .filter(|&&member| self.in_closed_neighbourhood(site, member))
+            .count()
+    }
+    /// The fewest sites every stage needs in all: t (complete graph), or n − ⌊δn⌋ with a Harary graph
+    /// (the declared dropout fraction δ, which Bell et al.'s connectivity argument assumes).
+    #[must_use]
+    pub fn min_survivors(&self) -> usize {
+        self.inner.min_survivors
+    }
 }
 
 /// The open neighbourhood of every participant (sorted), by its index in the sorted participant list.

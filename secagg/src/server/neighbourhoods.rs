@@ -7,18 +7,20 @@ use crate::{RoundConfig, RoundStage, SecAggError, SiteId};
 
 impl SecAggServer {
     /// Aborts the instance unless every site of `owners` (the sites whose secrets may have to be
-    /// rebuilt) has at least t of `members` (the sites left at `stage`) in its closed neighbourhood.
+    /// rebuilt: U2 when `None`) has at least t of `members` (the sites left at `stage`) in its closed
+    /// neighbourhood.
     pub(super) fn check_neighbourhoods(
         &mut self,
         members: &[SiteId],
-        owners: &[SiteId],
+        owners: Option<&[SiteId]>,
         stage: RoundStage,
     ) -> Result<(), SecAggError> {
         if self.config.is_complete_graph() {
             return Ok(());
         }
         let threshold = self.config.threshold();
-        for &site in owners {
+        let owners = owners.map_or_else(|| self.u2.clone(), <[SiteId]>::to_vec);
+        for site in owners {
             let survivors = self.config.count_in_closed_neighbourhood(site, members);
             if survivors < threshold {
                 self.stage = RoundStage::Aborted;
@@ -33,6 +35,15 @@ impl SecAggServer {
             }
         }
         Ok(())
+    }
+
+    /// The members of `list` in the closed neighbourhood of `site` (all of them in the complete
+    /// graph), in order.
+    pub(super) fn closed_neighbourhood_part(&self, site: SiteId, list: &[SiteId]) -> Vec<SiteId> {
+        list.iter()
+            .copied()
+            .filter(|&v| self.config.in_closed_neighbourhood(site, v))
+            .collect()
     }
 }
 
