@@ -92,7 +92,9 @@ pub struct SecureAggregation {
     lost: BTreeSet<SiteId>,
     /// Sites whose signature of the survivor set was accepted (round 3).
     signed: BTreeSet<SiteId>,
-    directory: Option<Vec<u8>>,
+    /// The encoded key directory for each site of U1 (in a SecAgg+ graph, its two-hop neighbourhood's
+    /// entries: [`secagg::KeyDirectory::for_site`]).
+    directory: Option<BTreeMap<SiteId, Vec<u8>>>,
     deliveries: BTreeMap<SiteId, Vec<u8>>,
     consistency_check: Option<Vec<u8>>,
     unmask_request: Option<Vec<u8>>,
@@ -106,7 +108,8 @@ pub struct SecureAggregation {
 impl SecureAggregation {
     /// Configures one attempt of a round over the tensors of `global` that are not `local_tensors`,
     /// for the training sites `sites` (sorted; site k gets protocol id k + 1), with the threshold of
-    /// the study's threat model ([`ThreatModel::threshold`]); `authority` checks the sites'
+    /// the study's threat model and communication graph (`rounds.secure_aggregation_graph`:
+    /// [`ThreatModel::secure_aggregation_graph`], per neighbourhood for SecAgg+); `authority` checks the sites'
     /// signatures on receipt.
     ///
     /// # Errors
@@ -124,6 +127,19 @@ impl SecureAggregation {
             .enumerate()
             .map(|(k, site)| (site.clone(), SiteId(u32::try_from(k + 1).unwrap_or(u32::MAX))))
             .collect();
+        // The graph (complete, or SecAgg+'s) and its threshold, per neighbourhood for SecAgg+.
+        let (graph, threshold) = config
+            .rounds
+            .threat_model
+            .secure_aggregation_graph(
+                ids.len(),
+                config.rounds.min_sites,
+                &config.rounds.secure_aggregation_graph,
+            )
+            .map_err(|reason| secagg::SecAggError::InvalidConfig {
+                field: "graph",
+                reason,
+            })?;
         let secagg_config = SecAggConfig {
             study_id: config.study.clone(),
             round: attempt.round,
@@ -132,10 +148,7 @@ impl SecureAggregation {
             // aggregator process before a restart, is accepted by the next.
             model_version: attempt.model_version(&global.digest),
             participants: ids.values().copied().collect(),
-            threshold: config
-                .rounds
-                .threat_model
-                .threshold(ids.len(), config.rounds.min_sites),
+            threshold,
             tensors: secagg::tensor_specs(&global.weights),
             fedbn_exclude: local_tensors.clone().into_names(),
             quantization: QuantizationConfig::default(),
@@ -146,6 +159,7 @@ impl SecureAggregation {
                 noise_multiplier: config.privacy.noise_multiplier,
             }),
             security: security(config.rounds.threat_model, &ids),
+            graph,
         };
         Self::from_parts(secagg_config, ids, config, attempt, authority)
     }
@@ -398,7 +412,7 @@ impl Aggregation for SecureAggregation {
         match stage {
             SecAggStage::AdvertiseKeys => match &self.directory {
                 Some(_) if !self.u1.contains(&id) => left_out(stage.name()),
-                Some(directory) => Some(Ok(directory.clone())),
+                Some(directories) => directories.get(&id).cloned().map(Ok),
                 None => None,
             },
             SecAggStage::ShareKeys => {

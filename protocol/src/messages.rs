@@ -619,6 +619,11 @@ mod tests {
                         security: fedlnm_shared::secagg::Security::MaliciousServer {
                             identities: [(SiteId(1), "S1".to_owned()), (SiteId(2), "S2".to_owned())].into(),
                         },
+                        graph: fedlnm_shared::secagg::Graph::Harary {
+                            degree: 2,
+                            dropout_fraction: 0.0,
+                            corrupt_fraction: 0.0,
+                        },
                     }),
                     SiteId(2),
                 )),

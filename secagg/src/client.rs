@@ -19,6 +19,7 @@ use super::shamir::{self, Share};
 use super::{RoundConfig, RoundStage, SecAggError, SiteId};
 mod consistency;
 mod input;
+mod survivors;
 
 /// One site's state for one round. Create it with [`SecAggClient::new`] (or, against a malicious
 /// server, [`SecAggClient::new_authenticated`]), then feed it the server's messages in order:
@@ -122,7 +123,7 @@ impl SecAggClient {
             .map_err(|_| crypto("self-mask seed generation"))?;
         let mut channel_secrets = BTreeMap::new();
         let mut channel_publics = Vec::new();
-        for &peer in config.participants().iter().filter(|&&p| p != site) {
+        for &peer in config.neighbours(site) {
             let secret =
                 EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| crypto("channel key generation"))?;
             let public = secret
@@ -201,8 +202,11 @@ impl SecAggClient {
         self.threads = threads.max(1);
     }
 
-    /// Round 1: checks the key directory (U1), agrees the pairwise mask seeds and channel keys,
-    /// Shamir-shares s_u^sk and b_u (t-of-|U1|) and encrypts one share pair to every peer.
+    /// Round 1: checks the key directory (U1), agrees the pairwise mask seeds and channel keys with
+    /// the neighbours in U1 (every peer in the complete graph), Shamir-shares s_u^sk and b_u
+    /// (t-of-|U1 ∩ N[u]|) and encrypts one share pair to every neighbour. The directory may hold
+    /// entries of non-neighbours (the whole of U1, or the two-hop neighbourhood that
+    /// [`KeyDirectory::for_site`] keeps): their signatures are checked, their keys not used.
     ///
     /// Against a malicious server, every peer's keys must carry a verifying signature of its study
     /// credential (named by the configuration) over this instance.
@@ -240,17 +244,26 @@ impl SecAggClient {
                 if *entry != self.advertised {
                     return Err(self.malformed("the directory substitutes this site's own keys".into()));
                 }
-            } else if entry
-                .channel_public_keys
-                .iter()
-                .filter(|k| k.peer == site)
-                .count()
-                != 1
-            {
-                return Err(self.malformed(format!("{v} does not advertise exactly one channel key for us")));
+            } else {
+                let keys_for_us = entry
+                    .channel_public_keys
+                    .iter()
+                    .filter(|k| k.peer == site)
+                    .count();
+                let expected = usize::from(self.config.in_closed_neighbourhood(site, v));
+                if keys_for_us != expected {
+                    return Err(self.malformed(format!(
+                        "{v} advertises {keys_for_us} channel keys for us, expected {expected}"
+                    )));
+                }
             }
         }
-        self.check_survivors(u1.len(), RoundStage::ShareKeys)?;
+        let u1_here: Vec<SiteId> = u1
+            .iter()
+            .copied()
+            .filter(|&v| self.config.in_closed_neighbourhood(site, v))
+            .collect();
+        self.check_neighbourhood(&u1_here, RoundStage::ShareKeys)?;
         if !u1.contains(&site) {
             return Err(self.malformed("the key directory leaves this site out".into()));
         }
@@ -276,9 +289,17 @@ impl SecAggClient {
                 credentials.insert(v, entry.credential.clone());
             }
         }
+        // Only neighbours' keys are used.
+        let here = &u1_here;
+        let neighbour_entries = || {
+            directory
+                .sites
+                .iter()
+                .filter(move |e| e.header.site != site && here.contains(&e.header.site))
+        };
         // Pairwise mask seeds first: they do not consume anything, so a bad key leaves the state intact.
         let mut seeds = BTreeMap::new();
-        for entry in directory.sites.iter().filter(|e| e.header.site != site) {
+        for entry in neighbour_entries() {
             let v = entry.header.site;
             let shared = self
                 .mask_secret
@@ -293,7 +314,7 @@ impl SecAggClient {
         }
         // Channel keys: each ring ephemeral key is consumed by its one agreement.
         let mut channel_keys = BTreeMap::new();
-        for entry in directory.sites.iter().filter(|e| e.header.site != site) {
+        for entry in neighbour_entries() {
             let v = entry.header.site;
             let peer_key = entry
                 .channel_public_keys
@@ -315,7 +336,10 @@ impl SecAggClient {
             })?;
             channel_keys.insert(v, key);
         }
-        let points: Vec<u8> = u1.iter().filter_map(|&v| self.config.share_point(v)).collect();
+        let points: Vec<u8> = u1_here
+            .iter()
+            .filter_map(|&v| self.config.share_point(v))
+            .collect();
         let t = self.config.threshold();
         let split_error = |_| SecAggError::Crypto {
             site,
@@ -326,8 +350,8 @@ impl SecAggClient {
         let key_shares = shamir::split(&mask_key_bytes, t, &points, &self.rng).map_err(split_error)?;
         let seed_shares = shamir::split(&self.self_secret, t, &points, &self.rng).map_err(split_error)?;
         let hash = self.config.config_hash();
-        let mut encrypted_shares = Vec::with_capacity(u1.len() - 1);
-        for ((&v, key_share), seed_share) in u1.iter().zip(&key_shares).zip(&seed_shares) {
+        let mut encrypted_shares = Vec::with_capacity(u1_here.len() - 1);
+        for ((&v, key_share), seed_share) in u1_here.iter().zip(&key_shares).zip(&seed_shares) {
             if v == site {
                 self.held.insert(site, (key_share.clone(), seed_share.clone()));
                 continue;
@@ -358,11 +382,12 @@ impl SecAggClient {
         })
     }
 
-    /// Round 4: reveals the share of b_v for every survivor v and of s_v^sk for every dropped v, after
-    /// checking that the request is consistent with U2, that |U3| ≥ t and that no peer would have both
-    /// of its secrets revealed (in this request or together with an earlier one). Against a malicious
-    /// server, U3 must be the set this site signed in round 3, with the verifying signatures of at
-    /// least t of its members on that same set.
+    /// Round 4: reveals the share of b_v for every survivor v and of s_v^sk for every dropped v of its
+    /// closed neighbourhood (everyone in the complete graph), after checking that the request is
+    /// consistent with U2, that |U3 ∩ N[u]| ≥ t and |U3| ≥ the instance's minimum, and that no peer
+    /// would have both of its secrets revealed (in this request or together with an earlier one).
+    /// Against a malicious server, U3 must be the set this site signed in round 3, and for every v it
+    /// reveals a share of, at least t members of N[v] must have signed that same set (verified).
     ///
     /// # Errors
     /// [`SecAggError::RefuseBothShares`] if a peer would have both secrets revealed;
@@ -404,18 +429,28 @@ impl SecAggClient {
                 share: pick(pair).clone(),
             })
         };
-        let self_mask_shares: Option<Vec<_>> =
-            request.survivors.iter().map(|v| reveal(v, |p| &p.1)).collect();
-        let mask_key_shares: Option<Vec<_>> = request.dropped.iter().map(|v| reveal(v, |p| &p.0)).collect();
+        let mine = |v: &&SiteId| self.senders.contains(v);
+        let self_mask_shares: Option<Vec<_>> = request
+            .survivors
+            .iter()
+            .filter(mine)
+            .map(|v| reveal(v, |p| &p.1))
+            .collect();
+        let mask_key_shares: Option<Vec<_>> = request
+            .dropped
+            .iter()
+            .filter(mine)
+            .map(|v| reveal(v, |p| &p.0))
+            .collect();
         // `held` has a share pair for every member of U2 (checked above that both lists are within U2).
         let (Some(self_mask_shares), Some(mask_key_shares)) = (self_mask_shares, mask_key_shares) else {
             return Err(self.malformed("no share held for a listed site".into()));
         };
-        for &v in &request.survivors {
-            self.revealed.insert(v, Revealed::SelfMask);
+        for share in &self_mask_shares {
+            self.revealed.insert(share.owner, Revealed::SelfMask);
         }
-        for &v in &request.dropped {
-            self.revealed.insert(v, Revealed::MaskKey);
+        for share in &mask_key_shares {
+            self.revealed.insert(share.owner, Revealed::MaskKey);
         }
         self.stage = RoundStage::Unmasking;
         Ok(UnmaskResponse {
@@ -423,45 +458,6 @@ impl SecAggClient {
             self_mask_shares,
             mask_key_shares,
         })
-    }
-
-    /// U3 and U2 \ U3 as the server states them at `stage`: sorted, within U2, complementary, with
-    /// this site, and at least t survivors.
-    fn check_survivor_lists(
-        &self,
-        survivors: &[SiteId],
-        dropped: &[SiteId],
-        stage: RoundStage,
-    ) -> Result<(), SecAggError> {
-        for list in [survivors, dropped] {
-            if list.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(self.malformed("survivor or dropped list is not sorted or repeats a site".into()));
-            }
-        }
-        if let Some(&v) = survivors
-            .iter()
-            .chain(dropped)
-            .find(|v| !self.senders.contains(v))
-        {
-            return Err(SecAggError::NotInRound {
-                site: v,
-                round: self.config.round(),
-                stage,
-            });
-        }
-        let expected_dropped: Vec<SiteId> = self
-            .senders
-            .iter()
-            .copied()
-            .filter(|v| !survivors.contains(v))
-            .collect();
-        if expected_dropped != dropped {
-            return Err(self.malformed("dropped list is not U2 minus the survivors".into()));
-        }
-        if !survivors.contains(&self.site) {
-            return Err(self.malformed("survivor list leaves this site out".into()));
-        }
-        self.check_survivors(survivors.len(), stage)
     }
 
     fn expect_stage(&self, expected: RoundStage) -> Result<(), SecAggError> {
@@ -485,8 +481,12 @@ impl SecAggClient {
         check_header_fields(&self.config, self.site, &h.study_id, h.round, &h.config_hash)
     }
 
-    fn check_survivors(&self, survivors: usize, stage: RoundStage) -> Result<(), SecAggError> {
-        let threshold = self.config.threshold();
+    fn check_survivors(
+        &self,
+        survivors: usize,
+        threshold: usize,
+        stage: RoundStage,
+    ) -> Result<(), SecAggError> {
         if survivors < threshold {
             return Err(SecAggError::TooFewSurvivors {
                 round: self.config.round(),

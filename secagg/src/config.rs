@@ -9,7 +9,12 @@ use super::{SecAggError, SiteId};
 use fedlnm_tensors::NamedTensors;
 
 mod delta;
+mod graph;
 mod hash;
+use graph::Neighbourhoods;
+pub use graph::{
+    CORRECTNESS_BITS, Graph, HararyParameters, SECURITY_BITS, check_harary_parameters, recommend_harary,
+};
 pub(crate) use hash::Transcript;
 use hash::config_hash;
 
@@ -164,7 +169,8 @@ pub struct SecAggConfig {
     /// The sites invited to the round (any order; duplicates are an error).
     pub participants: Vec<SiteId>,
     /// Shamir threshold t: the server needs t sites at every stage; n/2 < t ≤ n (2n/3 < t against a
-    /// malicious server).
+    /// malicious server). With a Harary [`Graph`], t is per closed neighbourhood (k + 1 sites):
+    /// (k+1)/2 < t ≤ k + 1 (2(k+1)/3 < t against a malicious server).
     pub threshold: usize,
     /// All tensors of the model, in order.
     pub tensors: Vec<TensorSpec>,
@@ -180,6 +186,9 @@ pub struct SecAggConfig {
     pub privacy: Option<DistributedNoise>,
     /// Against which server the instance protects the sites (signatures and consistency check).
     pub security: Security,
+    /// Which pairs of sites agree keys, share secrets and mask pairwise: all (Bonawitz) or the
+    /// neighbours of a random Harary graph (SecAgg+).
+    pub graph: Graph,
 }
 
 /// A validated [`SecAggConfig`] with its derived values. Cheap to clone.
@@ -196,6 +205,8 @@ struct Derived {
     vector_len: usize,
     config_hash: [u8; 32],
     salt: [u8; 32],
+    neighbourhoods: Neighbourhoods,
+    min_survivors: usize,
 }
 
 impl SecAggConfig {
@@ -222,19 +233,13 @@ impl SecAggConfig {
                 format!("{n} sites, expected 2..={MAX_PARTICIPANTS}"),
             ));
         }
-        // t <= n first: a hostile t would overflow 2t.
-        if self.threshold > n || 2 * self.threshold <= n {
-            return Err(invalid(
-                "threshold",
-                format!("{} with {n} participants, expected n/2 < t <= n", self.threshold),
-            ));
-        }
+        let (members, group) = graph::check_threshold(&self, n)?;
         if let Security::MaliciousServer { identities } = &self.security {
-            if 3 * self.threshold <= 2 * n {
+            if 3 * self.threshold <= 2 * members {
                 return Err(invalid(
                     "threshold",
                     format!(
-                        "{} with {n} participants against a malicious server, expected 2n/3 < t <= n",
+                        "{} with {group} against a malicious server, expected 2m/3 < t <= m",
                         self.threshold
                     ),
                 ));
@@ -361,6 +366,13 @@ impl SecAggConfig {
             t.bytes(&config_hash);
             t.finish()
         };
+        let neighbourhoods = Neighbourhoods::derive(&self.graph, &participants, &salt);
+        let min_survivors = match self.graph {
+            Graph::Complete => self.threshold,
+            Graph::Harary { dropout_fraction, .. } => {
+                (n - graph::parameters_count(dropout_fraction, n)).max(self.threshold)
+            }
+        };
         Ok(RoundConfig {
             inner: std::sync::Arc::new(Derived {
                 config: self,
@@ -369,6 +381,8 @@ impl SecAggConfig {
                 vector_len,
                 config_hash,
                 salt,
+                neighbourhoods,
+                min_survivors,
             }),
         })
     }
@@ -562,6 +576,7 @@ mod tests {
             input: InputKind::WeightedDelta,
             privacy: None,
             security: Security::CuriousServer,
+            graph: Graph::Complete,
         }
     }
 
@@ -706,6 +721,13 @@ mod tests {
             Box::new(|c| c.quantization.clip_bound = 1000.0),
             Box::new(|c| c.quantization.max_sample_count = 7),
             Box::new(|c| c.max_delta_norm = 11.0),
+            Box::new(|c| {
+                c.graph = Graph::Harary {
+                    degree: 2,
+                    dropout_fraction: 0.0,
+                    corrupt_fraction: 0.0,
+                };
+            }),
             Box::new(|c| {
                 c.privacy = Some(DistributedNoise {
                     clip_norm: 1.0,

@@ -37,6 +37,13 @@ pub(crate) fn self_mask_seed(b: &[u8; 32], salt: &[u8; 32], u: SiteId) -> MaskSe
     MaskSeed(*hkdf32(b, salt, &[b"self", &u.0.to_be_bytes()]))
 }
 
+/// The seed of the Harary graph's permutation: HKDF(salt, salt, "fedlnm-secagg-graph-v1"), its own
+/// domain; the salt covers the configuration hash, so every party derives the same graph and no one
+/// can choose it once the configuration is fixed.
+pub(crate) fn graph_seed(salt: &[u8; 32]) -> MaskSeed {
+    MaskSeed(*hkdf32(salt, salt, &[b"fedlnm-secagg-graph-v1"]))
+}
+
 /// K_uv = HKDF(X25519(c_u, c_v), salt, "enc" ‖ round ‖ min(u,v) ‖ max(u,v)).
 pub(crate) fn channel_key(
     shared: &[u8],

@@ -113,6 +113,20 @@ pub enum SecAggError {
         survivors: usize,
         threshold: usize,
     },
+    /// A site's closed neighbourhood in the communication graph (SecAgg+) has fewer than t members
+    /// left at some stage: its secrets could not be rebuilt. The instance aborts (server) or the site
+    /// refuses to go on (client); no partial result.
+    #[error(
+        "round {round}: only {survivors} of the closed neighbourhood of {site} left at stage {stage}, \
+         threshold is {threshold}; aborted"
+    )]
+    NeighbourhoodTooSmall {
+        round: u64,
+        stage: RoundStage,
+        site: SiteId,
+        survivors: usize,
+        threshold: usize,
+    },
     /// The instance aborted earlier; it accepts nothing more.
     #[error("round {round}: the secure-aggregation instance was aborted")]
     Aborted { round: u64 },

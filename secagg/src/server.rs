@@ -18,6 +18,7 @@ use super::{InputKind, RoundConfig, RoundStage, SecAggError, SiteId};
 use fedlnm_tensors::NamedTensors;
 
 mod decode;
+mod neighbourhoods;
 mod receive;
 
 /// The decoded result of one round.
@@ -139,17 +140,11 @@ impl SecAggServer {
         )?;
         let mut peers: Vec<SiteId> = msg.channel_public_keys.iter().map(|k| k.peer).collect();
         peers.sort_unstable();
-        let expected: Vec<SiteId> = self
-            .config
-            .participants()
-            .iter()
-            .copied()
-            .filter(|&p| p != site)
-            .collect();
-        if peers != expected {
+        if peers != self.config.neighbours(site) {
             return Err(self.malformed(
                 site,
-                "channel keys must name every other participant exactly once",
+                "channel keys must name every neighbour (every other participant in the complete graph) \
+                 exactly once",
             ));
         }
         if self.config.is_authenticated() {
@@ -165,14 +160,18 @@ impl SecAggServer {
         Ok(())
     }
 
-    /// Closes round 0: U1 is whoever advertised; aborts below the threshold.
+    /// Closes round 0: U1 is whoever advertised; aborts below the threshold (in all, and in any
+    /// closed neighbourhood of a SecAgg+ graph). The directory holds all of U1; relay to each site
+    /// its [`KeyDirectory::for_site`] in a SecAgg+ instance.
     ///
     /// # Errors
     /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
     pub fn close_keys(&mut self) -> Result<KeyDirectory, SecAggError> {
         self.expect_stage(RoundStage::AdvertiseKeys)?;
         self.check_quorum(self.keys.len(), RoundStage::AdvertiseKeys)?;
-        self.u1 = self.keys.keys().copied().collect();
+        let u1: Vec<SiteId> = self.keys.keys().copied().collect();
+        self.check_neighbourhoods(&u1, Some(&u1), RoundStage::AdvertiseKeys)?;
+        self.u1 = u1;
         self.stage = RoundStage::ShareKeys;
         Ok(KeyDirectory {
             header: self.round_header(),
@@ -180,7 +179,7 @@ impl SecAggServer {
         })
     }
 
-    /// Round 1: records a site's encrypted shares (one for every other member of U1).
+    /// Round 1: records a site's encrypted shares (one for every neighbour in U1).
     ///
     /// # Errors
     /// Wrong stage, round, study or configuration; a site outside U1; a duplicate; a share list that
@@ -198,29 +197,33 @@ impl SecAggServer {
         }
         let mut recipients: Vec<SiteId> = msg.encrypted_shares.iter().map(|s| s.to).collect();
         recipients.sort_unstable();
-        let expected: Vec<SiteId> = self.u1.iter().copied().filter(|&p| p != site).collect();
+        let mut expected = self.closed_neighbourhood_part(site, &self.u1);
+        expected.retain(|&p| p != site);
         if recipients != expected {
-            return Err(self.malformed(site, "shares must address every other member of U1 exactly once"));
+            return Err(self.malformed(site, "shares must address every neighbour in U1 exactly once"));
         }
         self.shares.insert(site, msg);
         Ok(())
     }
 
-    /// Closes round 1: U2 is whoever sent shares; returns one delivery per member of U2.
+    /// Closes round 1: U2 is whoever sent shares; returns one delivery per member v of U2, naming
+    /// U2 ∩ N[v] (all of U2 in the complete graph).
     ///
     /// # Errors
     /// [`SecAggError::TooFewSurvivors`] (the instance is then aborted) or a wrong stage.
     pub fn close_shares(&mut self) -> Result<Vec<ShareDelivery>, SecAggError> {
         self.expect_stage(RoundStage::ShareKeys)?;
         self.check_quorum(self.shares.len(), RoundStage::ShareKeys)?;
-        self.u2 = self.shares.keys().copied().collect();
+        let u2: Vec<SiteId> = self.shares.keys().copied().collect();
+        self.check_neighbourhoods(&u2, Some(&u2), RoundStage::ShareKeys)?;
+        self.u2 = u2;
         let deliveries = self
             .u2
             .iter()
             .map(|&to| ShareDelivery {
                 header: self.round_header(),
                 to,
-                senders: self.u2.clone(),
+                senders: self.closed_neighbourhood_part(to, &self.u2),
                 shares: self
                     .shares
                     .values()
@@ -242,7 +245,9 @@ impl SecAggServer {
     pub fn close_masked_inputs(&mut self) -> Result<ConsistencyCheck, SecAggError> {
         self.expect_stage(RoundStage::MaskedInputCollection)?;
         self.check_quorum(self.u3.len(), RoundStage::MaskedInputCollection)?;
-        self.survivors = self.u3.iter().copied().collect();
+        let survivors: Vec<SiteId> = self.u3.iter().copied().collect();
+        self.check_neighbourhoods(&survivors, None, RoundStage::MaskedInputCollection)?;
+        self.survivors = survivors;
         self.dropped = self.u2.iter().copied().filter(|v| !self.u3.contains(v)).collect();
         self.stage = RoundStage::ConsistencyCheck;
         Ok(ConsistencyCheck {
@@ -288,7 +293,9 @@ impl SecAggServer {
         self.expect_stage(RoundStage::ConsistencyCheck)?;
         if self.config.is_authenticated() {
             self.check_quorum(self.signatures.len(), RoundStage::ConsistencyCheck)?;
-            self.responders = self.signatures.keys().copied().collect();
+            let signers: Vec<SiteId> = self.signatures.keys().copied().collect();
+            self.check_neighbourhoods(&signers, None, RoundStage::ConsistencyCheck)?;
+            self.responders = signers;
         } else {
             self.responders = self.survivors.clone();
         }
@@ -308,12 +315,12 @@ impl SecAggServer {
         })
     }
 
-    /// Round 4: records the revealed shares of a site of U4.
+    /// Round 4: records the revealed shares of a site u of U4.
     ///
     /// # Errors
     /// Wrong stage, round, study or configuration; a site outside U4; a duplicate; shares that do not
-    /// cover exactly the survivors (self-mask) and the dropped sites (mask key), or carry another
-    /// site's evaluation point. The state is unchanged on error.
+    /// cover exactly the survivors (self-mask) and the dropped sites (mask key) of N[u] (everyone in
+    /// the complete graph), or carry another site's evaluation point. The state is unchanged on error.
     pub fn receive_unmask_response(&mut self, msg: UnmaskResponse) -> Result<(), SecAggError> {
         let site = msg.header.site;
         self.check_message(
@@ -325,7 +332,9 @@ impl SecAggServer {
         let point = self.config.share_point(site);
         let owners =
             |list: &[super::messages::RevealedShare]| list.iter().map(|r| r.owner).collect::<Vec<_>>();
-        if owners(&msg.self_mask_shares) != self.survivors || owners(&msg.mask_key_shares) != self.dropped {
+        if owners(&msg.self_mask_shares) != self.closed_neighbourhood_part(site, &self.survivors)
+            || owners(&msg.mask_key_shares) != self.closed_neighbourhood_part(site, &self.dropped)
+        {
             return Err(self.malformed(
                 site,
                 "revealed shares must cover U3 (self masks) and U2 \\ U3 (mask keys)",
@@ -384,6 +393,8 @@ impl SecAggServer {
         }
         self.expect_stage(RoundStage::Unmasking)?;
         self.check_quorum(self.responses.len(), RoundStage::Unmasking)?;
+        let responders: Vec<SiteId> = self.responses.keys().copied().collect();
+        self.check_neighbourhoods(&responders, None, RoundStage::Unmasking)?;
         let result = self.unmask().and_then(|()| decode(self));
         self.stage = if result.is_ok() {
             RoundStage::Done
@@ -429,7 +440,12 @@ impl SecAggServer {
                     reason: "reconstructed mask key does not match the advertised public key".into(),
                 });
             }
-            for &u in &self.survivors {
+            // Only the survivors that are neighbours of v masked with it.
+            for &u in self
+                .survivors
+                .iter()
+                .filter(|&&u| self.config.in_closed_neighbourhood(v, u))
+            {
                 let Some(pk) = self.keys.get(&u).map(|k| k.mask_public_key) else {
                     continue;
                 };
@@ -493,7 +509,8 @@ impl SecAggServer {
     }
 
     fn check_quorum(&mut self, survivors: usize, stage: RoundStage) -> Result<(), SecAggError> {
-        let threshold = self.config.threshold();
+        // t in the complete graph; n − ⌊δn⌋ (at least t) with a SecAgg+ graph.
+        let threshold = self.config.min_survivors();
         if survivors < threshold {
             self.stage = RoundStage::Aborted;
             self.masked_sum = Vec::new();

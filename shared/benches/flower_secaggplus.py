@@ -9,9 +9,12 @@ What runs (read from the installed flwr source; the version is printed in the JS
   `flwr.client.mod.secure_aggregation.secaggplus_mod`: `_setup` (two SECP384R1 key pairs), `_share_keys`
   (`crypto.shamir.create_shares` of the self-mask seed and of sk1, Fernet-encrypted per neighbour),
   `_collect_masked_vectors` and `_unmask`, each called with the ConfigRecord the server workflow sends.
-  The graph is the full one, as ours: `share_num` = number of sites, so every site's neighbours are all
-  the others (the workflow's ring of +-share_num/2 offsets covers everyone), and each site adds
-  1 self mask + (n - 1) pairwise masks, exactly as ours does.
+  The graph is the full one by default, as ours: `share_num` = number of sites, so every site's
+  neighbours are all the others (the workflow's ring of +-share_num/2 offsets covers everyone), and
+  each site adds 1 self mask + (n - 1) pairwise masks, exactly as ours does. With `--num-shares k+1`
+  and `--reconstruction-threshold t` it is SecAgg+'s sparse graph, as `SecAggPlusWorkflow` builds it
+  (each node with the num_shares // 2 nodes on either side of it in the node list, itself included),
+  the same degree and threshold as our Harary graph (ours permutes the ring at random).
 - Server side: the statements of `flwr.server.workflow.secure_aggregation.secaggplus_workflow`
   (`collect_masked_vectors_stage`: summing the uploads; `unmask_stage`: from "Build collected shares
   dict" to the dequantized average) copied here with the same Flower functions in the same order,
@@ -186,9 +189,26 @@ def unmask_like_unmask_stage(
     return aggregated_vector
 
 
-def run_round(n: int, delta: np.ndarray, check_stage_fn: bool) -> dict[str, Any]:
+def neighbourhoods(node_ids: list[int], num_shares: int) -> dict[int, list[int]]:
+    """`SecAggPlusWorkflow`'s ring: each node with the num_shares // 2 nodes on either side of it
+    (itself included); everyone when num_shares covers the list."""
+    n = len(node_ids)
+    if num_shares >= n:
+        return {nid: list(node_ids) for nid in node_ids}
+    half = num_shares // 2
+    return {
+        nid: sorted({node_ids[(i + offset) % n] for offset in range(-half, half + 1)})
+        for i, nid in enumerate(node_ids)
+    }
+
+
+def run_round(
+    n: int, delta: np.ndarray, check_stage_fn: bool, num_shares: int = 0, threshold: int = 0
+) -> dict[str, Any]:
     node_ids = list(range(1, n + 1))
-    threshold = n // 2 + 1  # as ours: t > n/2
+    num_shares = num_shares or n  # the full graph by default
+    threshold = threshold or n // 2 + 1  # as ours: t > n/2
+    neighbours = neighbourhoods(node_ids, num_shares)
     states: dict[int, SecAggPlusState] = {}
     public_keys: dict[int, list[bytes]] = {}
     for nid in node_ids:
@@ -199,7 +219,7 @@ def run_round(n: int, delta: np.ndarray, check_stage_fn: bool) -> dict[str, Any]
             ConfigRecord(
                 {
                     Key.SAMPLE_NUMBER: n,
-                    Key.SHARE_NUMBER: n,
+                    Key.SHARE_NUMBER: len(neighbours[nid]),
                     Key.THRESHOLD: threshold,
                     Key.CLIPPING_RANGE: CLIPPING_RANGE,
                     Key.TARGET_RANGE: QUANTIZATION_RANGE,
@@ -210,10 +230,13 @@ def run_round(n: int, delta: np.ndarray, check_stage_fn: bool) -> dict[str, Any]
         )
         states[nid] = state
         public_keys[nid] = [res[Key.PUBLIC_KEY_1], res[Key.PUBLIC_KEY_2]]
-    # Share keys: every site gets every site's keys (full graph), and the server routes the shares.
+    # Share keys: every site gets its neighbours' keys (everyone's in the full graph), and the server
+    # routes the shares.
     forward: dict[int, tuple[list[int], list[bytes]]] = {nid: ([], []) for nid in node_ids}
     for nid in node_ids:
-        res = _share_keys(states[nid], ConfigRecord({str(v): public_keys[v] for v in node_ids}))
+        res = _share_keys(
+            states[nid], ConfigRecord({str(v): public_keys[v] for v in neighbours[nid]})
+        )
         for dst, ciphertext in zip(res[Key.DESTINATION_LIST], res[Key.CIPHERTEXT_LIST], strict=True):
             forward[dst][0].append(nid)
             forward[dst][1].append(ciphertext)
@@ -257,7 +280,8 @@ def run_round(n: int, delta: np.ndarray, check_stage_fn: bool) -> dict[str, Any]
     for nid in node_ids:
         res = _unmask(
             states[nid],
-            ConfigRecord({Key.ACTIVE_NODE_ID_LIST: node_ids, Key.DEAD_NODE_ID_LIST: []}),
+            # The workflow sends each node its neighbours' part of the active and dead lists.
+            ConfigRecord({Key.ACTIVE_NODE_ID_LIST: neighbours[nid], Key.DEAD_NODE_ID_LIST: []}),
         )
         for owner, share in zip(res[Key.NODE_ID_LIST], res[Key.SHARE_LIST], strict=True):
             collected[owner].append(share)
@@ -279,14 +303,21 @@ def run_round(n: int, delta: np.ndarray, check_stage_fn: bool) -> dict[str, Any]
     }
 
 
-def repeated_rounds(n: int, delta: np.ndarray, repeats: int) -> dict[str, Any]:
+def repeated_rounds(
+    n: int, delta: np.ndarray, repeats: int, num_shares: int = 0, threshold: int = 0
+) -> dict[str, Any]:
     """`repeats` independent rounds (fresh keys each): every site's masking time, and the fastest of
     each measurement (all sites do the same work, so the fastest is the least disturbed by other load
     on the machine)."""
-    rounds = [run_round(n, delta, check_stage_fn=(i == 0)) for i in range(repeats)]
+    rounds = [
+        run_round(n, delta, check_stage_fn=(i == 0), num_shares=num_shares, threshold=threshold)
+        for i in range(repeats)
+    ]
     client_times = [t for r in rounds for t in r["client_mask_s"]]
     return {
         "sites": n,
+        "num_shares": num_shares or n,
+        "reconstruction_threshold": threshold or n // 2 + 1,
         "repeats": repeats,
         "client_mask_s": client_times,
         "client_mask_min_s": min(client_times),
@@ -328,6 +359,12 @@ def main() -> None:
     parser.add_argument("--sites", default="3,10,30")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many, primitives")
     parser.add_argument("--round-repeats", type=int, default=1, help="rounds per site count")
+    parser.add_argument(
+        "--num-shares", type=int, default=0, help="SecAgg+ num_shares (k + 1); 0: the full graph"
+    )
+    parser.add_argument(
+        "--reconstruction-threshold", type=int, default=0, help="SecAgg+ t; 0: n // 2 + 1"
+    )
     args = parser.parse_args()
     delta = delta_values(args.params)
     log(f"flower {flwr.__version__}: primitives on {args.params} elements")
@@ -344,7 +381,11 @@ def main() -> None:
     }
     # `--sites ""` measures the primitives only.
     for n in (int(s) for s in args.sites.split(",") if s.strip()):
-        out["rounds"].append(repeated_rounds(n, delta, args.round_repeats))
+        out["rounds"].append(
+            repeated_rounds(
+                n, delta, args.round_repeats, args.num_shares, args.reconstruction_threshold
+            )
+        )
     json.dump(out, sys.stdout)
     print()
 

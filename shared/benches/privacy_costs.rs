@@ -52,6 +52,7 @@ fn config(
         input,
         privacy,
         security,
+        graph: fedlnm_shared::secagg::Graph::Complete,
     }
     .validate()
     .unwrap()

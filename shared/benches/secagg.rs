@@ -7,6 +7,11 @@
 //! SecAgg+ (`flower_secaggplus.py`, next to this file) on the same vector length and site counts and
 //! prints the ratios, one core on each side; without it that part is skipped with a note.
 //!
+//! Then SecAgg+ (a random Harary graph, Bell et al. 2020) against the complete graph: per-site client
+//! time, server time and bytes on the wire per site and per round at `SECAGGPLUS_BENCH_SITES` sites
+//! (default 10,30,100; empty to skip), on a `SECAGGPLUS_BENCH_PARAMS`-element vector (default 1M so that
+//! 100 sites finish in minutes on 2 cores), degree k = 2⌈log2 n⌉, one thread per party.
+//!
 //! Run with `cargo bench -p fedlnm-shared --bench secagg` (set `SECAGG_BENCH_SITES=3,10` to trim, or
 //! `SECAGG_BENCH_SITES=` for the per-core tables alone), or
 //! `FLWR_PYTHON=/tmp/flwr-venv/bin/python cargo bench -p fedlnm-shared --bench secagg`
@@ -24,6 +29,9 @@ use fedlnm_shared::secagg::{
     QuantizationConfig, SecAggClient, SecAggConfig, SecAggServer, SiteId, tensor_specs,
 };
 use fedlnm_shared::weights::NamedTensors;
+
+#[path = "secagg/plus.rs"]
+mod plus;
 
 const PARAMS: usize = 11_000_000;
 
@@ -93,6 +101,7 @@ fn secagg_round(n: u32, delta: &NamedTensors, threads: Option<usize>) -> RoundTi
         privacy: None,
         // Flower's SecAgg+ is semi-honest: compared like for like (privacy_costs measures the signatures).
         security: fedlnm_shared::secagg::Security::CuriousServer,
+        graph: fedlnm_shared::secagg::Graph::Complete,
     }
     .validate()
     .unwrap();
@@ -230,6 +239,7 @@ fn main() {
     }
 
     flower_comparison(&sites, &delta, &Primitives { mask, quantize });
+    plus::secaggplus_tables();
 }
 
 /// Every mask generator, one core, PRG + add into a u64 vector: 7 passes, each timing every generator

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 mod node;
+mod secure_graph;
 pub use node::{CrossValidationFold, NodeConfig};
+pub use secure_graph::{HararySettings, SecureAggregationGraph};
 
 /// A configuration that cannot be used: the one error of every configuration (`aggregator.toml`,
 /// `node.toml`, `model.toml`, a model configuration in a checkpoint). Names the file, where the
@@ -245,6 +247,12 @@ pub struct RoundSettings {
     pub secure_aggregation: bool,
     /// Which aggregator secure aggregation protects the sites against.
     pub threat_model: ThreatModel,
+    /// Which training sites work with which in secure aggregation: `"complete"` (every site with every
+    /// other: Bonawitz et al.; for a few dozen sites) or
+    /// `{ harary = { dropout_fraction = 0.05, corrupt_fraction = 0.05 } }` (SecAgg+, Bell et al.:
+    /// each site with a few others, drawn at random each round, optionally `degree = k`; for a hundred
+    /// sites or more). The threshold is then per group of k + 1 sites.
+    pub secure_aggregation_graph: SecureAggregationGraph,
     /// FedBN: normalisation layers stay local to each site (never uploaded, never averaged).
     pub fedbn: bool,
     /// Largest L2 norm of a site's weight delta (each node checks its own before masking).
@@ -270,6 +278,7 @@ impl Default for RoundSettings {
             long_poll_s: 20,
             secure_aggregation: true,
             threat_model: ThreatModel::default(),
+            secure_aggregation_graph: SecureAggregationGraph::Complete,
             fedbn: false,
             max_delta_norm: 1.0e4,
             max_concurrent_uploads: 4,
@@ -402,6 +411,12 @@ impl AggregatorConfig {
                     rounds.min_sites
                 ),
             ));
+        }
+        if rounds.secure_aggregation {
+            rounds
+                .threat_model
+                .secure_aggregation_graph(n_train, rounds.min_sites, &rounds.secure_aggregation_graph)
+                .map_err(|problem| invalid("rounds.secure_aggregation_graph", problem))?;
         }
         for (key, value) in [
             ("rounds.round_deadline_s", rounds.round_deadline_s),
@@ -623,6 +638,13 @@ role = "train"
             (
                 format!("{AGGREGATOR}\n[rounds]\nround_deadline_s = 0\n"),
                 "key 'rounds.round_deadline_s'",
+            ),
+            (
+                format!(
+                    "{AGGREGATOR}\n[rounds]\nsecure_aggregation_graph = {{ harary = {{ degree = 3, \
+                     dropout_fraction = 0.1, corrupt_fraction = 0.1 }} }}\n"
+                ),
+                "key 'rounds.secure_aggregation_graph': degree 3",
             ),
             (format!("{AGGREGATOR}\n[train]\nbatch_size = 1\n"), "key 'train'"),
             (

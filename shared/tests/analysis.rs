@@ -69,6 +69,7 @@ fn request_of(run: &AnalysisRun) -> AnalysisRequest {
             input: ring::INPUT,
             privacy: None,
             security: Security::CuriousServer,
+            graph: fedlnm_shared::secagg::Graph::Complete,
         };
         request.sum = Some(Box::new(SecureStep {
             config,

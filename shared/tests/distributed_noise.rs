@@ -32,6 +32,7 @@ fn config(n: u32, threshold: usize, privacy: Option<DistributedNoise>) -> RoundC
         // Against an honest-but-curious server: the noise, not the signatures, is under test here
         // (shared/tests/malicious_server.rs).
         security: Security::CuriousServer,
+        graph: fedlnm_shared::secagg::Graph::Complete,
     }
     .validate()
     .unwrap()

@@ -30,6 +30,7 @@ fn config(n: u32, threshold: usize, round: u64) -> RoundConfig {
         round,
         model_version: ModelVersion::new("model-v9", 1),
         security: support::malicious(&participants),
+        graph: fedlnm_shared::secagg::Graph::Complete,
         participants,
         threshold,
         tensors: vec![TensorSpec {

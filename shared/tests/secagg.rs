@@ -73,6 +73,7 @@ fn config_with(n: u32, threshold: usize, round: u64, lens: &[usize], security: S
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
         privacy: None,
         security,
+        graph: fedlnm_shared::secagg::Graph::Complete,
     }
     .validate()
     .unwrap()
@@ -391,6 +392,7 @@ fn a_round_configured_from_a_global_model_returns_its_shapes() {
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
         privacy: None,
         security: support::malicious(&[SiteId(1), SiteId(2), SiteId(3)]),
+        graph: fedlnm_shared::secagg::Graph::Complete,
     }
     .validate()
     .unwrap();

@@ -45,6 +45,7 @@ fn config_of(input: InputKind, n: u32, threshold: usize, max_total: u64) -> Roun
         // Against an honest-but-curious server: the sums, not the signatures, are under test here
         // (shared/tests/malicious_server.rs).
         security: Security::CuriousServer,
+        graph: fedlnm_shared::secagg::Graph::Complete,
     }
     .validate()
     .unwrap()

@@ -277,6 +277,7 @@ fn secagg_config() -> SecAggConfig {
         security: fedlnm_shared::secagg::Security::MaliciousServer {
             identities: (1..=3).map(|k| (SiteId(k), format!("S{k}"))).collect(),
         },
+        graph: fedlnm_shared::secagg::Graph::Complete,
     }
 }
 

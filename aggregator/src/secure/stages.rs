@@ -37,7 +37,21 @@ impl SecureAggregation {
                     match self.server.close_keys() {
                         Ok(directory) => {
                             self.u1 = directory.sites.iter().map(|k| k.header.site).collect();
-                            self.directory = Some(encode::<KeyDirectory>(&directory));
+                            // Each site gets the entries it needs (all of them in the complete graph).
+                            let whole = encode::<KeyDirectory>(&directory);
+                            let directories = self
+                                .u1
+                                .iter()
+                                .map(|&site| {
+                                    let encoded = if self.config.is_complete_graph() {
+                                        whole.clone()
+                                    } else {
+                                        encode::<KeyDirectory>(&directory.for_site(&self.config, site))
+                                    };
+                                    (site, encoded)
+                                })
+                                .collect();
+                            self.directory = Some(directories);
                             self.stage_deadline = now + self.stage_timeout;
                         }
                         Err(error) => return self.fail_drive(format!("key stage: {error}")),
@@ -49,8 +63,9 @@ impl SecureAggregation {
                     }
                     match self.server.close_shares() {
                         Ok(deliveries) => {
+                            // One delivery per member of U2 (its senders are U2 ∩ N[to] in a SecAgg+ graph).
+                            self.u2 = deliveries.iter().map(|d| d.to).collect();
                             for delivery in deliveries {
-                                self.u2 = delivery.senders.clone();
                                 self.deliveries
                                     .insert(delivery.to, encode::<ShareDelivery>(&delivery));
                             }

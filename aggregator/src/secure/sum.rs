@@ -79,6 +79,8 @@ impl SecureSum {
             input: layout.input,
             privacy: None,
             security: security(config.rounds.threat_model, &ids),
+            // Sums of statistics are a few thousand elements: the complete graph costs little.
+            graph: fedlnm_shared::secagg::Graph::Complete,
         };
         let secure = SecureAggregation::from_parts(secagg_config, ids, config, attempt, authority)?;
         Ok(Self {

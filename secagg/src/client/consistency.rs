@@ -54,9 +54,10 @@ impl SecAggClient {
         Ok(response)
     }
 
-    /// Round 4 against a malicious server: U3 is the set this site signed, and at least t distinct
-    /// members of U3 signed that same set (each signature checked against the credential its
-    /// round-0 keys came with).
+    /// Round 4 against a malicious server: U3 is the set this site signed, and for every owner v of a
+    /// share this site holds, at least t distinct members of N[v] ∩ U3 signed that same set (each
+    /// signature checked against the credential its round-0 keys came with; in the complete graph,
+    /// t members of U3).
     pub(super) fn check_signed_survivors(
         &self,
         auth: &Authentication,
@@ -84,10 +85,18 @@ impl SecAggClient {
                 request.signatures.len()
             )));
         }
+        // The owners this site would reveal a share of: the members of U2 it knows (itself and the
+        // neighbours that sent it shares). Only signatures from their closed neighbourhoods count.
+        let owners = &self.senders;
+        let relevant = |w: SiteId| owners.iter().any(|&v| self.config.in_closed_neighbourhood(v, w));
+        let mut verified = Vec::with_capacity(request.signatures.len());
         for entry in &request.signatures {
             let v = entry.site;
             if !signed.contains(&v) {
                 return Err(inconsistent(format!("{v} signed but is not a survivor")));
+            }
+            if !relevant(v) {
+                continue;
             }
             let message = survivors_transcript(&self.config, v, signed);
             let credential = if v == site {
@@ -104,6 +113,18 @@ impl SecAggClient {
                     )),
                     other => other,
                 })?;
+            verified.push(v);
+        }
+        // SecAgg+'s rule, per owner: t members of N[v] signed this same set. In the complete graph
+        // N[v] is everyone, and the global count above already decided.
+        for &v in owners {
+            let signers = self.config.count_in_closed_neighbourhood(v, &verified);
+            if signers < threshold {
+                return Err(inconsistent(format!(
+                    "only {signers} members of the closed neighbourhood of {v} signed the survivor set, \
+                     threshold is {threshold}"
+                )));
+            }
         }
         Ok(())
     }

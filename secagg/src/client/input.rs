@@ -145,7 +145,7 @@ impl SecAggClient {
         if !senders.contains(&site) {
             return Err(self.malformed("U2 leaves this site out".into()));
         }
-        self.check_survivors(senders.len(), RoundStage::MaskedInputCollection)?;
+        self.check_neighbourhood(senders, RoundStage::MaskedInputCollection)?;
         if delivery.shares.len() != senders.len() - 1 {
             return Err(self.malformed(format!(
                 "{} shares delivered for {} other senders",

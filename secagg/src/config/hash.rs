@@ -3,11 +3,11 @@
 
 use ring::digest::{Context, SHA256};
 
-use super::{InputKind, SecAggConfig, Security};
+use super::{Graph, InputKind, SecAggConfig, Security};
 use crate::SiteId;
 
 pub(super) fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [u8; 32] {
-    let mut t = Transcript::new(b"fedlnm-secagg-config-v4");
+    let mut t = Transcript::new(b"fedlnm-secagg-config-v5");
     t.bytes(c.study_id.as_bytes());
     t.u64(c.round);
     t.bytes(c.model_version.model_digest.as_bytes());
@@ -56,6 +56,19 @@ pub(super) fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [
                 t.u64(u64::from(site.0));
                 t.bytes(name.as_bytes());
             }
+        }
+    }
+    match c.graph {
+        Graph::Complete => t.u64(0),
+        Graph::Harary {
+            degree,
+            dropout_fraction,
+            corrupt_fraction,
+        } => {
+            t.u64(1);
+            t.u64(degree as u64);
+            t.u64(dropout_fraction.to_bits());
+            t.u64(corrupt_fraction.to_bits());
         }
     }
     t.u64(64); // ring bits
