@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod support;
+use support::relay;
 
 // ---------------------------------------------------------------- harness
 
@@ -77,11 +78,6 @@ fn config_with(n: u32, threshold: usize, round: u64, lens: &[usize], security: S
     }
     .validate()
     .unwrap()
-}
-
-/// Relays a message as the transport will: serialized to bytes and back.
-fn relay<T: serde::Serialize + serde::de::DeserializeOwned>(message: &T) -> T {
-    serde_json::from_slice(&serde_json::to_vec(message).unwrap()).unwrap()
 }
 
 type Inputs = BTreeMap<SiteId, (NamedTensors, u64)>;

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
 
 mod support;
+use support::relay;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,10 +59,6 @@ fn raw_config(n: u32, threshold: usize, round: u64, graph: Graph, malicious: boo
 
 fn config(n: u32, threshold: usize, graph: Graph, malicious: bool) -> RoundConfig {
     raw_config(n, threshold, 1, graph, malicious).validate().unwrap()
-}
-
-fn relay<T: serde::Serialize + serde::de::DeserializeOwned>(message: &T) -> T {
-    serde_json::from_slice(&serde_json::to_vec(message).unwrap()).unwrap()
 }
 
 type Inputs = BTreeMap<SiteId, (NamedTensors, u64)>;

@@ -15,6 +15,11 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
+/// Relays a message as the transport will: serialized to bytes and back.
+pub fn relay<T: serde::Serialize + serde::de::DeserializeOwned>(message: &T) -> T {
+    serde_json::from_slice(&serde_json::to_vec(message).unwrap()).unwrap()
+}
+
 /// The study id of a protocol id.
 pub fn identity(site: SiteId) -> String {
     format!("S{}", site.0)
