@@ -3,36 +3,23 @@
 //! clipped deltas plus noise of variance |U3|·(zC)²/t, whatever a site sends on its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
 
+mod support;
+
 use std::collections::BTreeMap;
 
 use fedlnm_shared::secagg::{
-    Aggregate, DistributedNoise, InputKind, ModelVersion, QuantizationConfig, RoundConfig, SecAggClient,
-    SecAggConfig, SecAggError, SecAggServer, Security, SiteId, TensorSpec,
+    Aggregate, DistributedNoise, RoundConfig, SecAggClient, SecAggConfig, SecAggError, SecAggServer, SiteId,
 };
 use fedlnm_shared::weights::NamedTensors;
 
 const LEN: usize = 20_000;
 
 fn config(n: u32, threshold: usize, privacy: Option<DistributedNoise>) -> RoundConfig {
+    // Against an honest-but-curious server: the noise, not the signatures, is under test here
+    // (shared/tests/malicious_server.rs).
     SecAggConfig {
-        study_id: "lnm-study".into(),
-        round: 2,
-        model_version: ModelVersion::new("model-v2", 1),
-        participants: (1..=n).map(SiteId).collect(),
-        threshold,
-        tensors: vec![TensorSpec {
-            name: "head.weight".into(),
-            shape: vec![LEN],
-        }],
-        fedbn_exclude: Vec::new(),
-        quantization: QuantizationConfig::default(),
-        max_delta_norm: 1e6,
-        input: InputKind::WeightedDelta,
         privacy,
-        // Against an honest-but-curious server: the noise, not the signatures, is under test here
-        // (shared/tests/malicious_server.rs).
-        security: Security::CuriousServer,
-        graph: fedlnm_shared::secagg::Graph::Complete,
+        ..support::weighted_delta_config((1..=n).map(SiteId).collect(), threshold, 2, LEN)
     }
     .validate()
     .unwrap()

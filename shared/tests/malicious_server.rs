@@ -13,9 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fedlnm_shared::secagg::{
-    AdvertiseKeys, Authentication, ConsistencyCheck, InputKind, KeyDirectory, ModelVersion,
-    QuantizationConfig, RoundConfig, SecAggClient, SecAggConfig, SecAggError, SecAggServer, ShareDelivery,
-    SiteId, SurvivorSignature, TensorSpec, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, Authentication, ConsistencyCheck, KeyDirectory, RoundConfig, SecAggClient, SecAggConfig,
+    SecAggError, SecAggServer, ShareDelivery, SiteId, SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
 use fedlnm_shared::signing::SiteSigner;
 use fedlnm_shared::weights::NamedTensors;
@@ -26,22 +25,8 @@ const LEN: usize = 16;
 fn config(n: u32, threshold: usize, round: u64) -> RoundConfig {
     let participants: Vec<SiteId> = (1..=n).map(SiteId).collect();
     SecAggConfig {
-        study_id: "lnm-study".into(),
-        round,
-        model_version: ModelVersion::new("model-v9", 1),
         security: support::malicious(&participants),
-        graph: fedlnm_shared::secagg::Graph::Complete,
-        participants,
-        threshold,
-        tensors: vec![TensorSpec {
-            name: "head.weight".into(),
-            shape: vec![LEN],
-        }],
-        fedbn_exclude: Vec::new(),
-        quantization: QuantizationConfig::default(),
-        max_delta_norm: 1e6,
-        input: InputKind::WeightedDelta,
-        privacy: None,
+        ..support::weighted_delta_config(participants, threshold, round, LEN)
     }
     .validate()
     .unwrap()

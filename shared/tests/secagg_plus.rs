@@ -13,9 +13,9 @@ use support::relay;
 use std::collections::{BTreeMap, BTreeSet};
 
 use fedlnm_shared::secagg::{
-    Aggregate, ConsistencyCheck, ConsistencyResponse, Graph, InputKind, KeyDirectory, ModelVersion,
-    QuantizationConfig, RoundConfig, RoundStage, SecAggClient, SecAggConfig, SecAggError, SecAggServer,
-    Security, ShareDelivery, SiteId, SurvivorSignature, TensorSpec, UnmaskRequest, UnmaskResponse,
+    Aggregate, ConsistencyCheck, ConsistencyResponse, Graph, KeyDirectory, RoundConfig, RoundStage,
+    SecAggClient, SecAggConfig, SecAggError, SecAggServer, Security, ShareDelivery, SiteId,
+    SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
 use fedlnm_shared::weights::NamedTensors;
 use rand::{Rng, SeedableRng};
@@ -34,26 +34,13 @@ fn harary(degree: usize, delta: f64, gamma: f64) -> Graph {
 fn raw_config(n: u32, threshold: usize, round: u64, graph: Graph, malicious: bool) -> SecAggConfig {
     let participants: Vec<SiteId> = (1..=n).map(|i| SiteId(7 * i)).collect();
     SecAggConfig {
-        study_id: "lnm-study".into(),
-        round,
-        model_version: ModelVersion::new("model-v7", 1),
-        participants: participants.clone(),
-        threshold,
-        tensors: vec![TensorSpec {
-            name: "head.weight".into(),
-            shape: vec![LEN],
-        }],
-        fedbn_exclude: Vec::new(),
-        quantization: QuantizationConfig::default(),
-        max_delta_norm: 1e6,
-        input: InputKind::WeightedDelta,
-        privacy: None,
         security: if malicious {
             support::malicious(&participants)
         } else {
             Security::CuriousServer
         },
         graph,
+        ..support::weighted_delta_config(participants, threshold, round, LEN)
     }
 }
 

@@ -20,6 +20,38 @@ pub fn relay<T: serde::Serialize + serde::de::DeserializeOwned>(message: &T) -> 
     serde_json::from_slice(&serde_json::to_vec(message).unwrap()).unwrap()
 }
 
+/// A training instance of study "lnm-study" between `participants` over one tensor `head.weight`
+/// of `len` values: complete graph, curious server, default quantization, no noise. Tests change
+/// what they test with struct update syntax.
+pub fn weighted_delta_config(
+    participants: Vec<SiteId>,
+    threshold: usize,
+    round: u64,
+    len: usize,
+) -> fedlnm_shared::secagg::SecAggConfig {
+    use fedlnm_shared::secagg::{
+        Graph, InputKind, ModelVersion, QuantizationConfig, SecAggConfig, TensorSpec,
+    };
+    SecAggConfig {
+        study_id: "lnm-study".into(),
+        round,
+        model_version: ModelVersion::new("model-v7", 1),
+        participants,
+        threshold,
+        tensors: vec![TensorSpec {
+            name: "head.weight".into(),
+            shape: vec![len],
+        }],
+        fedbn_exclude: Vec::new(),
+        quantization: QuantizationConfig::default(),
+        max_delta_norm: 1e6,
+        input: InputKind::WeightedDelta,
+        privacy: None,
+        security: Security::CuriousServer,
+        graph: Graph::Complete,
+    }
+}
+
 /// The study id of a protocol id.
 pub fn identity(site: SiteId) -> String {
     format!("S{}", site.0)
