@@ -16,6 +16,9 @@
 //! `ROUNDS_BENCH_THREADS=1` limits the plain accumulation to one thread (default: all available).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark harness: a panic is a failed run.
 
+#[path = "../tests/support/in_memory.rs"]
+mod in_memory;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -25,11 +28,11 @@ use fedlnm_aggregator::secure::{Attempt, SecureAggregation};
 use fedlnm_aggregator::store::{ModelBlob, RoundStore};
 use fedlnm_protocol::payload::{decode, encode};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
-use fedlnm_shared::config::{AggregatorConfig, RoundSettings, SiteEntry, SiteRole, TlsFiles};
+use fedlnm_shared::config::{AggregatorConfig, RoundSettings};
 use fedlnm_shared::federation::fedavg::apply_delta;
 use fedlnm_shared::federation::{AggregationKind, LocalTensors, RoundRecord};
 use fedlnm_shared::host::{cpu_model, load_average};
-use fedlnm_shared::model_config::{ModelConfig, TrainPlan};
+use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 
@@ -634,35 +637,14 @@ fn reply(aggregation: &SecureAggregation, site: &str, stage: SecAggStage) -> Vec
 }
 
 fn aggregator_config(names: &[String]) -> AggregatorConfig {
-    AggregatorConfig {
-        study: STUDY.to_owned(),
-        listen: "127.0.0.1:0".to_owned(),
-        state_dir: std::env::temp_dir(),
-        tls: TlsFiles {
-            certificate: "server.pem".into(),
-            key: "server.key".into(),
-            ca: "ca.pem".into(),
-        },
-        sites: names
-            .iter()
-            .map(|id| SiteEntry {
-                id: id.clone(),
-                role: SiteRole::Train,
-            })
-            .collect(),
-        initial_model: None,
-        metrics_listen: None,
-        rounds: RoundSettings {
-            min_sites: names.len() / 2 + 1,
-            // The server's own costs, as measured before signatures existed (their cost, at the sites
-            // and the server: `cargo bench -p fedlnm-shared --bench privacy_costs`).
-            threat_model: fedlnm_shared::config::ThreatModel::HonestButCuriousAggregator,
-            ..RoundSettings::default()
-        },
-        privacy: fedlnm_shared::config::PrivacySettings::default(),
-        train: TrainPlan::default(),
-        analyses: Vec::new(),
-    }
+    let rounds = RoundSettings {
+        min_sites: names.len() / 2 + 1,
+        // The server's own costs, as measured before signatures existed (their cost, at the sites
+        // and the server: `cargo bench -p fedlnm-shared --bench privacy_costs`).
+        threat_model: fedlnm_shared::config::ThreatModel::HonestButCuriousAggregator,
+        ..RoundSettings::default()
+    };
+    in_memory::training_sites_config(STUDY, names, rounds)
 }
 
 fn max_abs_difference(a: &NamedTensors, b: &NamedTensors) -> f32 {

@@ -5,6 +5,9 @@
 //! must be unmasked from its neighbours alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is a failed test.
 
+#[path = "support/in_memory.rs"]
+mod in_memory;
+
 use std::time::{Duration, Instant};
 
 use fedlnm_aggregator::aggregation::{Aggregation, Poll, Upload};
@@ -13,12 +16,11 @@ use fedlnm_aggregator::store::ModelBlob;
 use fedlnm_protocol::payload::{decode, encode};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{
-    AggregatorConfig, HararySettings, PrivacySettings, RoundSettings, SecureAggregationGraph, SiteEntry,
-    SiteRole, ThreatModel, TlsFiles,
+    AggregatorConfig, HararySettings, RoundSettings, SecureAggregationGraph, ThreatModel,
 };
 use fedlnm_shared::federation::LocalTensors;
 use fedlnm_shared::federation::fedavg::FedAvg;
-use fedlnm_shared::model_config::{ModelConfig, TrainPlan};
+use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 
@@ -27,38 +29,17 @@ const DEGREE: usize = 4;
 const LEN: usize = 1000;
 
 fn config(names: &[String]) -> AggregatorConfig {
-    AggregatorConfig {
-        study: "graph-study".to_owned(),
-        listen: "127.0.0.1:0".to_owned(),
-        state_dir: std::env::temp_dir(),
-        tls: TlsFiles {
-            certificate: "server.pem".into(),
-            key: "server.key".into(),
-            ca: "ca.pem".into(),
-        },
-        sites: names
-            .iter()
-            .map(|id| SiteEntry {
-                id: id.clone(),
-                role: SiteRole::Train,
-            })
-            .collect(),
-        initial_model: None,
-        metrics_listen: None,
-        rounds: RoundSettings {
-            min_sites: 2,
-            threat_model: ThreatModel::HonestButCuriousAggregator,
-            secure_aggregation_graph: SecureAggregationGraph::Harary(HararySettings {
-                degree: Some(DEGREE),
-                dropout_fraction: 0.1,
-                corrupt_fraction: 0.0,
-            }),
-            ..RoundSettings::default()
-        },
-        privacy: PrivacySettings::default(),
-        train: TrainPlan::default(),
-        analyses: Vec::new(),
-    }
+    let rounds = RoundSettings {
+        min_sites: 2,
+        threat_model: ThreatModel::HonestButCuriousAggregator,
+        secure_aggregation_graph: SecureAggregationGraph::Harary(HararySettings {
+            degree: Some(DEGREE),
+            dropout_fraction: 0.1,
+            corrupt_fraction: 0.0,
+        }),
+        ..RoundSettings::default()
+    };
+    in_memory::training_sites_config("graph-study", names, rounds)
 }
 
 fn model(seed: u64) -> NamedTensors {
