@@ -544,42 +544,41 @@ fn invalid_graph_configurations_name_the_field() {
         Err(SecAggError::InvalidConfig { field, .. }) => field,
         other => panic!("expected InvalidConfig, got {other:?}"),
     };
-    assert_eq!(field(30, 5, harary(7, 0.1, 0.1), false), "graph.degree", "odd");
-    assert_eq!(
-        field(30, 1, harary(0, 0.0, 0.0), false),
-        "graph.degree",
-        "below 2"
-    );
-    assert_eq!(
-        field(30, 4, harary(8, 0.0, 0.0), false),
-        "threshold",
-        "(k+1)/2 < t"
-    );
-    assert_eq!(
-        field(30, 10, harary(8, 0.0, 0.0), false),
-        "threshold",
-        "t ≤ k + 1"
-    );
-    assert_eq!(
-        field(30, 6, harary(8, 0.0, 0.0), true),
-        "threshold",
-        "2(k+1)/3 < t"
-    );
-    assert_eq!(field(30, 5, harary(8, 1.5, 0.1), false), "graph.dropout_fraction");
-    assert_eq!(
-        field(30, 5, harary(8, 0.1, -1.0), false),
-        "graph.corrupt_fraction"
-    );
-    assert_eq!(
-        field(100, 3, harary(4, 0.2, 0.2), false),
-        "graph.degree",
-        "disconnects"
-    );
-    assert_eq!(
-        field(30, 7, harary(8, 0.1, 0.1), true),
-        "threshold",
-        "dropouts leave fewer than t"
-    );
+    let cases = [
+        (30, 5, harary(7, 0.1, 0.1), false, "graph.degree", "odd"),
+        (30, 1, harary(0, 0.0, 0.0), false, "graph.degree", "below 2"),
+        (30, 4, harary(8, 0.0, 0.0), false, "threshold", "(k+1)/2 < t"),
+        (30, 10, harary(8, 0.0, 0.0), false, "threshold", "t ≤ k + 1"),
+        (30, 6, harary(8, 0.0, 0.0), true, "threshold", "2(k+1)/3 < t"),
+        (
+            30,
+            5,
+            harary(8, 1.5, 0.1),
+            false,
+            "graph.dropout_fraction",
+            "δ ≥ 1",
+        ),
+        (
+            30,
+            5,
+            harary(8, 0.1, -1.0),
+            false,
+            "graph.corrupt_fraction",
+            "γ < 0",
+        ),
+        (100, 3, harary(4, 0.2, 0.2), false, "graph.degree", "disconnects"),
+        (
+            30,
+            7,
+            harary(8, 0.1, 0.1),
+            true,
+            "threshold",
+            "dropouts leave fewer than t",
+        ),
+    ];
+    for (n, t, graph, malicious, expected, why) in cases {
+        assert_eq!(field(n, t, graph, malicious), expected, "{why}");
+    }
     raw_config(30, 7, 1, harary(8, 0.05, 0.0), true)
         .validate()
         .unwrap();
