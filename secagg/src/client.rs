@@ -14,9 +14,10 @@ use super::messages::{
     AdvertiseKeys, ConsistencyResponse, EncryptedShare, KeyDirectory, PeerKey, RevealedShare, RoundHeader,
     ShareKeys, SiteHeader, UnmaskRequest, UnmaskResponse,
 };
-use super::prg::{MaskSeed, default_threads};
+use super::prg::MaskSeed;
 use super::shamir::{self, Share};
 use super::{RoundConfig, RoundStage, SecAggError, SiteId};
+use fedlnm_tensors::parallel::available_threads;
 mod consistency;
 mod input;
 mod survivors;
@@ -169,7 +170,7 @@ impl SecAggClient {
             senders: Vec::new(),
             held: BTreeMap::new(),
             revealed: BTreeMap::new(),
-            threads: default_threads(),
+            threads: available_threads(),
             rounding_secret: None,
         };
         Ok((client, advertise))

@@ -13,6 +13,7 @@
 use aes::Aes128;
 use chacha20::ChaCha20;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use fedlnm_tensors::parallel::for_each_part_of_at_least;
 use ring::hmac;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -120,24 +121,9 @@ pub fn apply_masks_with(
     masks: &[(&MaskSeed, Sign)],
     threads: usize,
 ) {
-    let threads = threads.clamp(1, target.len().div_ceil(MIN_PER_THREAD).max(1));
-    if threads == 1 {
-        apply_masks_serial(generator, target, first_element, masks);
-        return;
-    }
-    let per_thread = target.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (i, part) in target.chunks_mut(per_thread).enumerate() {
-            let start = first_element + (i * per_thread) as u64;
-            scope.spawn(move || apply_masks_serial(generator, part, start, masks));
-        }
+    for_each_part_of_at_least(target, threads, MIN_PER_THREAD, |part, start| {
+        apply_masks_serial(generator, part, first_element + start as u64, masks);
     });
-}
-
-/// The number of threads to use for masking: the machine's available parallelism.
-#[must_use]
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 fn apply_masks_serial(

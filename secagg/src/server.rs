@@ -12,10 +12,11 @@ use super::messages::{
     AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, KeyDirectory, RoundHeader, ShareDelivery,
     ShareKeys, SiteHeader, SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
-use super::prg::{MaskSeed, Sign, apply_masks, default_threads};
+use super::prg::{MaskSeed, Sign, apply_masks};
 use super::shamir::{self, Share};
 use super::{InputKind, RoundConfig, RoundStage, SecAggError, SiteId};
 use fedlnm_tensors::NamedTensors;
+use fedlnm_tensors::parallel::available_threads;
 
 mod decode;
 mod neighbourhoods;
@@ -99,7 +100,7 @@ impl SecAggServer {
             responders: Vec::new(),
             responses: BTreeMap::new(),
             verifier: None,
-            threads: default_threads(),
+            threads: available_threads(),
         }
     }
 

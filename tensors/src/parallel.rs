@@ -13,7 +13,18 @@ pub fn available_threads() -> usize {
 /// Calls `work(part, start)` for consecutive slices `part = data[start..start + part.len()]` covering
 /// `data`, on up to `threads` scoped threads (one, on the caller's, for short vectors).
 pub fn for_each_part<T: Send>(data: &mut [T], threads: usize, work: impl Fn(&mut [T], usize) + Sync) {
-    let threads = threads.clamp(1, data.len().div_ceil(MIN_PER_THREAD).max(1));
+    for_each_part_of_at_least(data, threads, MIN_PER_THREAD, work);
+}
+
+/// [`for_each_part`] with at least `min_per_thread` elements per thread (lower for work that costs
+/// more per element than memory traffic, such as generating a keystream).
+pub fn for_each_part_of_at_least<T: Send>(
+    data: &mut [T],
+    threads: usize,
+    min_per_thread: usize,
+    work: impl Fn(&mut [T], usize) + Sync,
+) {
+    let threads = threads.clamp(1, data.len().div_ceil(min_per_thread.max(1)).max(1));
     if threads == 1 {
         work(data, 0);
         return;
