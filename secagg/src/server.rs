@@ -513,16 +513,22 @@ impl SecAggServer {
         // t in the complete graph; n − ⌊δn⌋ (at least t) with a SecAgg+ graph.
         let threshold = self.config.min_survivors();
         if survivors < threshold {
-            self.stage = RoundStage::Aborted;
-            self.masked_sum = Vec::new();
-            return Err(SecAggError::TooFewSurvivors {
+            return Err(self.abort(SecAggError::TooFewSurvivors {
                 round: self.config.round(),
                 stage,
                 survivors,
                 threshold,
-            });
+            }));
         }
         Ok(())
+    }
+
+    /// Aborts the instance for `reason` (no later message is taken, the running sum is freed) and
+    /// returns it.
+    fn abort(&mut self, reason: SecAggError) -> SecAggError {
+        self.stage = RoundStage::Aborted;
+        self.masked_sum = Vec::new();
+        reason
     }
 
     /// Checks a site's signature with the verifier, if the server has one.

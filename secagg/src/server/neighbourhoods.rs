@@ -23,15 +23,13 @@ impl SecAggServer {
         for site in owners {
             let survivors = self.config.count_in_closed_neighbourhood(site, members);
             if survivors < threshold {
-                self.stage = RoundStage::Aborted;
-                self.masked_sum = Vec::new();
-                return Err(SecAggError::NeighbourhoodTooSmall {
+                return Err(self.abort(SecAggError::NeighbourhoodTooSmall {
                     round: self.config.round(),
                     stage,
                     site,
                     survivors,
                     threshold,
-                });
+                }));
             }
         }
         Ok(())
