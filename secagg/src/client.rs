@@ -430,19 +430,15 @@ impl SecAggClient {
                 share: pick(pair).clone(),
             })
         };
-        let mine = |v: &&SiteId| self.senders.contains(v);
-        let self_mask_shares: Option<Vec<_>> = request
-            .survivors
-            .iter()
-            .filter(mine)
-            .map(|v| reveal(v, |p| &p.1))
-            .collect();
-        let mask_key_shares: Option<Vec<_>> = request
-            .dropped
-            .iter()
-            .filter(mine)
-            .map(|v| reveal(v, |p| &p.0))
-            .collect();
+        // Shares of the members of U2 this site was told of (its neighbourhood in a SecAgg+ graph).
+        let reveal_all = |list: &[SiteId], pick: fn(&(Share, Share)) -> &Share| -> Option<Vec<_>> {
+            list.iter()
+                .filter(|v| self.senders.contains(v))
+                .map(|v| reveal(v, pick))
+                .collect()
+        };
+        let self_mask_shares = reveal_all(&request.survivors, |p| &p.1);
+        let mask_key_shares = reveal_all(&request.dropped, |p| &p.0);
         // `held` has a share pair for every member of U2 (checked above that both lists are within U2).
         let (Some(self_mask_shares), Some(mask_key_shares)) = (self_mask_shares, mask_key_shares) else {
             return Err(self.malformed("no share held for a listed site".into()));
