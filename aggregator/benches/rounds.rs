@@ -18,19 +18,19 @@
 
 #[path = "../tests/support/in_memory.rs"]
 mod in_memory;
+use in_memory::{pending, ready, reply};
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use fedlnm_aggregator::aggregation::{Aggregation, PlainAggregation, Poll, RoundAggregate, Upload};
-use fedlnm_aggregator::secure::{Attempt, SecureAggregation};
+use fedlnm_aggregator::aggregation::{Aggregation, PlainAggregation, RoundAggregate, Upload};
 use fedlnm_aggregator::store::{ModelBlob, RoundStore};
 use fedlnm_protocol::payload::{decode, encode};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, RoundSettings};
 use fedlnm_shared::federation::fedavg::apply_delta;
-use fedlnm_shared::federation::{AggregationKind, LocalTensors, RoundRecord};
+use fedlnm_shared::federation::{AggregationKind, RoundRecord};
 use fedlnm_shared::host::{cpu_model, load_average};
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
@@ -383,7 +383,7 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
     let mut max_error = 0f32;
     for _ in 0..repeats {
         let start = Instant::now();
-        let mut aggregation = new_secure(&config, global, &names);
+        let mut aggregation = in_memory::open_secure(&config, global, &names);
         let mut down = 0;
         for (site, m) in names.iter().zip(&messages) {
             aggregation
@@ -469,7 +469,7 @@ fn record_secure_round(
     names: &[String],
     layout: &[(String, Vec<usize>)],
 ) -> (Vec<SiteMessages>, NamedTensors) {
-    let mut aggregation = new_secure(config, global, names);
+    let mut aggregation = in_memory::open_secure(config, global, names);
     let mut clients = Vec::new();
     let mut advertised = Vec::new();
     for site in names {
@@ -620,22 +620,6 @@ fn print_secure(rows: &[SecureRow]) {
     }
 }
 
-fn new_secure(config: &AggregatorConfig, global: &ModelBlob, names: &[String]) -> SecureAggregation {
-    let now = Instant::now();
-    let attempt = Attempt {
-        round: 1,
-        attempt: 1,
-        instance: 0,
-        opened: now,
-        deadline: now + Duration::from_secs(3600),
-    };
-    SecureAggregation::new(config, &attempt, global, &LocalTensors::default(), names, None).unwrap()
-}
-
-fn reply(aggregation: &SecureAggregation, site: &str, stage: SecAggStage) -> Vec<u8> {
-    aggregation.reply(site, stage).unwrap().unwrap()
-}
-
 fn aggregator_config(names: &[String]) -> AggregatorConfig {
     let rounds = RoundSettings {
         min_sites: names.len() / 2 + 1,
@@ -767,19 +751,6 @@ fn plain_repeats(millions: usize, sites: usize) -> usize {
         31..=330 => 3,
         _ => 2,
     }
-}
-
-fn ready(poll: Poll) -> RoundAggregate {
-    match poll {
-        // The finisher (averaging, or unmasking and decoding) is part of the measured aggregation.
-        Poll::Ready(finish) => finish().unwrap(),
-        Poll::Pending => panic!("the round is still pending with every site in"),
-        Poll::Failed(reason) => panic!("the round failed: {reason}"),
-    }
-}
-
-fn pending(poll: Poll) {
-    assert!(matches!(poll, Poll::Pending), "expected the next stage to open");
 }
 
 fn record(model: &ModelBlob, aggregation: AggregationKind, aggregate: &RoundAggregate) -> RoundRecord {

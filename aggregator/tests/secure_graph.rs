@@ -7,18 +7,17 @@
 
 #[path = "support/in_memory.rs"]
 mod in_memory;
+use in_memory::{open_secure, pending, ready, reply};
 
 use std::time::{Duration, Instant};
 
-use fedlnm_aggregator::aggregation::{Aggregation, Poll, Upload};
-use fedlnm_aggregator::secure::{Attempt, SecureAggregation};
+use fedlnm_aggregator::aggregation::{Aggregation, Upload};
 use fedlnm_aggregator::store::ModelBlob;
 use fedlnm_protocol::payload::{decode, encode};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{
     AggregatorConfig, HararySettings, RoundSettings, SecureAggregationGraph, ThreatModel,
 };
-use fedlnm_shared::federation::LocalTensors;
 use fedlnm_shared::federation::fedavg::FedAvg;
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
@@ -51,14 +50,6 @@ fn model(seed: u64) -> NamedTensors {
     }
 }
 
-fn reply(aggregation: &SecureAggregation, site: &str, stage: SecAggStage) -> Vec<u8> {
-    aggregation.reply(site, stage).unwrap().unwrap()
-}
-
-fn pending(poll: Poll) {
-    assert!(matches!(poll, Poll::Pending), "the round closed early");
-}
-
 #[test]
 fn a_sparse_graph_round_decodes_fedavg_from_each_site_s_neighbourhood_alone() {
     let names: Vec<String> = (1..=SITES).map(|k| format!("S{k}")).collect();
@@ -69,16 +60,7 @@ fn a_sparse_graph_round_decodes_fedavg_from_each_site_s_neighbourhood_alone() {
         ModelConfig::tiny(fedlnm_shared::model_config::Modality::Multimodal),
     )
     .unwrap();
-    let now = Instant::now();
-    let attempt = Attempt {
-        round: 1,
-        attempt: 1,
-        instance: 0,
-        opened: now,
-        deadline: now + Duration::from_secs(3600),
-    };
-    let mut aggregation =
-        SecureAggregation::new(&config, &attempt, &global, &LocalTensors::default(), &names, None).unwrap();
+    let mut aggregation = open_secure(&config, &global, &names);
 
     // Round 0: every site's configuration names the sparse graph.
     let mut clients = Vec::new();
@@ -156,7 +138,7 @@ fn a_sparse_graph_round_decodes_fedavg_from_each_site_s_neighbourhood_alone() {
             .unwrap();
     }
     // The dropped site's deadline: close the uploads without it.
-    pending(aggregation.advance(now + Duration::from_secs(3601)));
+    pending(aggregation.advance(Instant::now() + Duration::from_secs(3601)));
 
     // Round 4: the survivors unmask; the aggregate is plain FedAvg's over the eleven.
     for (site, _, client) in clients.iter_mut().take(dropped) {
@@ -173,10 +155,7 @@ fn a_sparse_graph_round_decodes_fedavg_from_each_site_s_neighbourhood_alone() {
             )
             .unwrap();
     }
-    let Poll::Ready(finish) = aggregation.advance(Instant::now()) else {
-        panic!("the round did not close after every survivor unmasked");
-    };
-    let aggregate = finish().unwrap();
+    let aggregate = ready(aggregation.advance(Instant::now()));
     assert_eq!(aggregate.dropped, [names[dropped].clone()]);
     let expected = plain.average().unwrap();
     let (got, want) = (
