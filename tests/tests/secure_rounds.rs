@@ -16,10 +16,10 @@ use fedlnm_protocol::generated::{
     UpdateHeader, task,
 };
 use fedlnm_protocol::payload as wire;
-use fedlnm_shared::config::{RoundSettings, SiteRole};
+use fedlnm_shared::config::{HararySettings, RoundSettings, SecureAggregationGraph, SiteRole, ThreatModel};
 use fedlnm_shared::federation::{SiteCohort, SiteRoundMetrics};
 use fedlnm_shared::secagg::{
-    ConsistencyCheck, KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
+    ConsistencyCheck, Graph, KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
 };
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 use std::collections::BTreeMap;
@@ -29,6 +29,11 @@ use tonic::transport::Channel;
 mod common;
 
 use common::{STUDY, connect, next_task};
+
+/// Training sites' names, as the hand-driven sites' tasks need them (`'static`).
+const TRAINING_SITES: [&str; 12] = [
+    "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S12",
+];
 
 /// How far a site goes in a round.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,11 +104,17 @@ struct SecureStudy {
 }
 
 impl SecureStudy {
+    /// Four training sites S1–S4 and the validation site S5: against a malicious aggregator t = 3, so
+    /// one may drop out.
     async fn start(settings: RoundSettings) -> Self {
+        Self::start_with(settings, &TRAINING_SITES[..4], "S5").await
+    }
+
+    async fn start_with(settings: RoundSettings, train: &[&str], validator: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let study_dir = dir.path().join("study");
-        // Four training sites: against a malicious aggregator t = 3, so one may drop out.
-        let config = fedlnm_e2e::provision_four_training_sites(&study_dir, STUDY, settings);
+        let config =
+            fedlnm_e2e::provision_sites(&study_dir, STUDY, settings, small_model(), train, &[validator]);
         let state_dir = config.state_dir.clone();
         let aggregator = RunningAggregator::start(config, 0).await;
         let url = aggregator.url.clone();
@@ -123,7 +134,7 @@ impl SecureStudy {
         scale: f32,
         n: u64,
         behaviour: Behaviour,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> tokio::task::JoinHandle<Graph> {
         tokio::spawn(site_round(
             self.study_dir.clone(),
             self.url.clone(),
@@ -135,7 +146,8 @@ impl SecureStudy {
     }
 }
 
-/// One site's part of a secure round, stopping where `behaviour` says.
+/// One site's part of a secure round, stopping where `behaviour` says; returns the round's graph as
+/// its task named it.
 async fn site_round(
     study_dir: PathBuf,
     url: String,
@@ -143,13 +155,14 @@ async fn site_round(
     scale: f32,
     n: u64,
     behaviour: Behaviour,
-) {
+) -> Graph {
     let mut client = connect(&study_dir, site, &url).await;
     let train = train_task(&mut client, site).await;
     assert_eq!(train.aggregation(), AggregationKind::Secure);
     let config: SecAggConfig = wire::decode(&train.secagg_config, "config").unwrap();
     let round = train.round;
-    let (mut secagg, advertise) = secagg_client(&study_dir, site, config, SiteId(train.secagg_site_id));
+    let (mut secagg, advertise) =
+        secagg_client(&study_dir, site, config.clone(), SiteId(train.secagg_site_id));
     let directory: KeyDirectory = wire::decode(
         &exchange(
             &mut client,
@@ -163,6 +176,14 @@ async fn site_round(
         "directory",
     )
     .unwrap();
+    if let Graph::Harary { degree, .. } = config.graph {
+        // SecAgg+: a site learns the keys of its two-hop neighbourhood at most, never the whole study.
+        assert!(
+            directory.sites.len() <= 2 * degree + 1,
+            "{site} got {} sites' keys with degree {degree}",
+            directory.sites.len()
+        );
+    }
     let shares = secagg.share_keys(&directory).unwrap();
     let delivery: ShareDelivery = wire::decode(
         &exchange(
@@ -178,7 +199,7 @@ async fn site_round(
     )
     .unwrap();
     if behaviour == Behaviour::VanishBeforeUpload {
-        return;
+        return config.graph;
     }
     let masked = secagg.masked_input(&delivery, &delta(scale), n).unwrap();
     let payload = wire::encode(&masked);
@@ -197,7 +218,7 @@ async fn site_round(
     }];
     client.upload_update(tokio_stream::iter(chunks)).await.unwrap();
     if behaviour == Behaviour::VanishAfterUpload {
-        return;
+        return config.graph;
     }
     let request = survivors(&mut client, site, round, &mut secagg).await.unwrap();
     let response = secagg.unmask(&request).unwrap();
@@ -210,6 +231,7 @@ async fn site_round(
     )
     .await
     .unwrap();
+    config.graph
 }
 
 /// Rounds 3 and 4 of a site that uploaded: against a malicious aggregator it asks for the survivor
@@ -242,10 +264,17 @@ async fn survivors(
     Ok(wire::decode(&reply, "unmask request").unwrap())
 }
 
-/// Every site reports (synthetic) metrics for the model under validation; returns its digest.
+/// Every site of the four-training-site study reports (synthetic) metrics for the model under
+/// validation; returns its digest.
 async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
+    validate_sites(study_dir, url, round, &["S1", "S2", "S3", "S4", "S5"], "S5").await
+}
+
+/// Every one of `sites` reports (synthetic) metrics for the model under validation, `validator` as
+/// the validation-only site; returns the model's digest.
+async fn validate_sites(study_dir: &Path, url: &str, round: u64, sites: &[&str], validator: &str) -> String {
     let mut digest = String::new();
-    for site in ["S1", "S2", "S3", "S4", "S5"] {
+    for &site in sites {
         let mut client = connect(study_dir, site, url).await;
         let task::Kind::Validate(validate) = next_task(&mut client, site).await else {
             panic!("{site}: expected a validation task in round {round}");
@@ -254,7 +283,7 @@ async fn validate_all(study_dir: &Path, url: &str, round: u64) -> String {
         let model = validate.model.unwrap();
         let metrics = SiteRoundMetrics {
             site: site.into(),
-            role: if site == "S5" {
+            role: if site == validator {
                 SiteRole::Validate
             } else {
                 SiteRole::Train
@@ -423,6 +452,88 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     );
     assert_eq!(store.committed_rounds().unwrap(), vec![0, 1, 2]);
     assert_eq!(study.aggregator.service.committed().0, 2);
+    study.aggregator.shut_down().await;
+}
+
+/// SecAgg+ (`rounds.secure_aggregation_graph = { harary = ... }`) over the real service: twelve
+/// training sites, each working with four others. Every site's task names the sparse graph and its
+/// key directory holds its two-hop neighbourhood only (checked in `site_round`); a site that shares
+/// and vanishes before uploading is left out, one that vanishes after uploading stays in the sum, and
+/// both rounds commit plain FedAvg of the contributors within the quantization bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_graph_rounds_over_mtls_commit_fedavg_with_dropouts() {
+    const DEGREE: usize = 4;
+    let settings = RoundSettings {
+        rounds: 2,
+        min_sites: 7,
+        secure_aggregation: true,
+        threat_model: ThreatModel::HonestButCuriousAggregator,
+        secure_aggregation_graph: SecureAggregationGraph::Harary(HararySettings {
+            degree: Some(DEGREE),
+            dropout_fraction: 0.1,
+            corrupt_fraction: 0.0,
+        }),
+        fedbn: true,
+        round_deadline_s: 12,
+        stage_timeout_s: 6,
+        transfer_idle_s: 6,
+        validation_deadline_s: 60,
+        ..RoundSettings::default()
+    };
+    let study = SecureStudy::start_with(settings, &TRAINING_SITES, "S13").await;
+    let (study_dir, state_dir, url) = (&study.study_dir, &study.state_dir, &study.url);
+    let mut everyone = TRAINING_SITES.to_vec();
+    everyone.push("S13");
+    let scale = |k: usize| (k as f32 - 5.5) / 4.0;
+    let count = |k: usize| 50 + 25 * k as u64;
+
+    // Round 1: S12 shares its keys, then vanishes before uploading (1 of 12: the declared 10%).
+    let mut sites = Vec::new();
+    for (k, &site) in TRAINING_SITES.iter().enumerate() {
+        let behaviour = if site == "S12" {
+            Behaviour::VanishBeforeUpload
+        } else {
+            Behaviour::Complete
+        };
+        sites.push(study.run(site, scale(k), count(k), behaviour));
+    }
+    for site in sites {
+        let graph = site.await.unwrap();
+        assert!(
+            matches!(graph, Graph::Harary { degree: DEGREE, .. }),
+            "the task names {graph:?}"
+        );
+    }
+    validate_sites(study_dir, url, 1, &everyone, "S13").await;
+    let store = RoundStore::open(state_dir).unwrap();
+    let round1 = store.load(1).unwrap();
+    assert_eq!(round1.record.dropped, ["S12"]);
+    assert_eq!(round1.record.contributors.len(), 11);
+    let contributors: Vec<(f32, u64)> = (0..11).map(|k| (scale(k), count(k))).collect();
+    assert_close(&round1.model.weights, &fedavg(&small_model(), &contributors));
+
+    // Round 2: S1 uploads, then vanishes: its self mask is rebuilt from its neighbours' shares alone.
+    let mut sites = Vec::new();
+    for (k, &site) in TRAINING_SITES.iter().enumerate() {
+        let behaviour = if site == "S1" {
+            Behaviour::VanishAfterUpload
+        } else {
+            Behaviour::Complete
+        };
+        sites.push(study.run(site, -scale(k), count(k), behaviour));
+    }
+    for site in sites {
+        site.await.unwrap();
+    }
+    validate_sites(study_dir, url, 2, &everyone, "S13").await;
+    let round2 = store.load(2).unwrap();
+    assert_eq!(round2.record.contributors.len(), 12);
+    assert!(round2.record.contributors.iter().any(|site| site == "S1"));
+    let contributors: Vec<(f32, u64)> = (0..12).map(|k| (-scale(k), count(k))).collect();
+    assert_close(
+        &round2.model.weights,
+        &fedavg(&round1.model.weights, &contributors),
+    );
     study.aggregator.shut_down().await;
 }
 
