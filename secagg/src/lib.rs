@@ -143,7 +143,10 @@
 //!   of a site = its 1-based index in the sorted participant list (also in a Harary graph: the points
 //!   of a neighbourhood are distinct and non-zero).
 //! * **Randomness**: `ring::rand::SystemRandom` (keys, b_u, Shamir coefficients, the key of the
-//!   stochastic-rounding stream). Secrets are zeroized on drop (`zeroize`; x25519-dalek's own).
+//!   stochastic-rounding stream unless the site seeds it). Stochastic rounding and the DP noise draw
+//!   from AES-128-CTR under HKDF-Expand(seed, "fedlnm-secagg-rounding-aes-128-ctr-v1", 16 bytes)
+//!   ([`quantize::RoundingSource`]; ChaCha20 before, a third of the speed). Secrets are zeroized on
+//!   drop (`zeroize`; x25519-dalek's own).
 //!
 //! # Quantization (defaults in [`QuantizationConfig`])
 //! Ring Z_2^64, signed two's-complement fixed point with f = 32 fractional bits; each element of

@@ -6,7 +6,7 @@
 //! The sampler is Canonne, Kamath & Steinke's (NeurIPS 2020, algorithm 3): draw Y from a discrete
 //! Laplace of scale t = ⌊σ⌋ + 1 (the difference of two geometric draws) and accept it with probability
 //! exp(−(|Y| − σ²/t)² / (2σ²)). The geometric draws and the acceptance use f64 arithmetic on 53-bit
-//! uniforms from a ChaCha20 keystream ([`RoundingSource`]); at the scales used here (σ of the order of
+//! uniforms from an AES-128-CTR keystream ([`RoundingSource`]); at the scales used here (σ of the order of
 //! 2^32 ring units) the relative error of that arithmetic is below 2^-40, far below what the privacy
 //! accounting resolves. The discretisation grid (2^-32 of a weight) is so much finer than the noise
 //! that no random rotation is needed: rounding moves the clipped norm by at most √d · 2^-32.

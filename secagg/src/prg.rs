@@ -103,7 +103,7 @@ static ZEROS: [u8; CHUNK * 8] = [0; CHUNK * 8];
 /// Below this many elements per thread, a thread costs more than it saves.
 const MIN_PER_THREAD: usize = 1 << 16;
 
-type Aes128Ctr = ctr::Ctr128BE<Aes128>;
+pub(crate) type Aes128Ctr = ctr::Ctr128BE<Aes128>;
 
 /// Adds or subtracts PRG(seed) for every `(seed, sign)` to `target` (mod 2^64), element i of `target`
 /// taking mask element `first_element + i`, with the protocol's generator. Uses up to `threads`
@@ -156,9 +156,14 @@ fn apply_masks_serial(
 /// k = HKDF-Expand(PRK = seed, info = [`AES_KEY_LABEL`], L = 16) = HMAC-SHA256(seed, info ‖ 0x01)[..16]
 /// (for L ≤ 32 HKDF-Expand is that one block; written out because it then cannot fail).
 fn aes_key(seed: &MaskSeed) -> Zeroizing<[u8; 16]> {
-    let prk = hmac::Key::new(hmac::HMAC_SHA256, &seed.0);
+    derive_aes_key(&seed.0, AES_KEY_LABEL)
+}
+
+/// HKDF-Expand(PRK = `seed`, info = `label`, L = 16): [`aes_key`]'s derivation under another label.
+pub(crate) fn derive_aes_key(seed: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 16]> {
+    let prk = hmac::Key::new(hmac::HMAC_SHA256, seed);
     let mut context = hmac::Context::with_key(&prk);
-    context.update(AES_KEY_LABEL);
+    context.update(label);
     context.update(&[1]);
     let block = context.sign();
     let mut key = Zeroizing::new([0u8; 16]);
@@ -178,15 +183,18 @@ fn add_streams<C: StreamCipher>(target: &mut [u64], mut streams: Vec<(C, Sign)>)
                 bytes.fill(0);
                 cipher.apply_keystream(bytes);
             }
+            // Fixed-size chunks, so that the loops vectorize (`chunks_exact` + `copy_from_slice`
+            // does not).
+            let (words, _) = bytes.as_chunks::<8>();
             match sign {
                 Sign::Add => {
-                    for (t, w) in block.iter_mut().zip(bytes.chunks_exact(8)) {
-                        *t = t.wrapping_add(le_word(w));
+                    for (t, w) in block.iter_mut().zip(words) {
+                        *t = t.wrapping_add(u64::from_le_bytes(*w));
                     }
                 }
                 Sign::Subtract => {
-                    for (t, w) in block.iter_mut().zip(bytes.chunks_exact(8)) {
-                        *t = t.wrapping_sub(le_word(w));
+                    for (t, w) in block.iter_mut().zip(words) {
+                        *t = t.wrapping_sub(u64::from_le_bytes(*w));
                     }
                 }
             }
@@ -195,18 +203,15 @@ fn add_streams<C: StreamCipher>(target: &mut [u64], mut streams: Vec<(C, Sign)>)
     buffer.zeroize();
 }
 
-#[inline(always)]
-fn le_word(w: &[u8]) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(w);
-    u64::from_le_bytes(word)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use aes::cipher::{BlockEncrypt, KeyInit};
     use proptest::prelude::*;
+
+    fn le_word(w: &[u8]) -> u64 {
+        u64::from_le_bytes(w.try_into().unwrap())
+    }
 
     const GENERATORS: [Generator; 2] = [Generator::ChaCha20, Generator::Aes128Ctr];
 

@@ -8,13 +8,21 @@
 //! Σ_k clip(n_k·Δ_k) with an absolute error below K·2^-f per element, and the FedAvg average
 //! Σ n_kΔ_k / Σ n_k with an error below K·2^-f / Σ n_k (plus the final f32 rounding, 2^-24 relative).
 
-use chacha20::ChaCha20;
-use chacha20::cipher::{KeyIvInit, StreamCipher};
 use ring::rand::SecureRandom;
 
-/// A source of uniform [0, 1) draws for stochastic rounding: a ChaCha20 keystream under a random key.
+use super::prg::{Aes128Ctr, derive_aes_key};
+use aes::cipher::{KeyIvInit, StreamCipher};
+
+/// The HKDF-Expand info that turns a rounding seed into an AES-128 key (distinct from the masks'
+/// [`super::prg::AES_KEY_LABEL`]; rounding seeds are drawn apart from mask seeds anyway).
+pub const ROUNDING_KEY_LABEL: &[u8] = b"fedlnm-secagg-rounding-aes-128-ctr-v1";
+
+/// A source of uniform [0, 1) draws for stochastic rounding (and the differential-privacy noise): an
+/// AES-128-CTR keystream, the masks' generator (AES-NI, about three times ChaCha20 here), under a key
+/// HKDF-derived from a 32-byte seed with [`ROUNDING_KEY_LABEL`]. The draws need to be unpredictable
+/// to nobody but must be unbiased and independent of the data: any pseudorandom function serves.
 pub struct RoundingSource {
-    cipher: ChaCha20,
+    cipher: Aes128Ctr,
     buffer: Vec<u8>,
 }
 
@@ -31,11 +39,12 @@ impl RoundingSource {
         Ok(Self::from_seed(&key))
     }
 
-    /// A reproducible source (tests and benchmarks).
+    /// A reproducible source (a site's seeded rounds, tests and benchmarks).
     #[must_use]
     pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let key = derive_aes_key(seed, ROUNDING_KEY_LABEL);
         Self {
-            cipher: ChaCha20::new(seed.into(), &[0u8; 12].into()),
+            cipher: Aes128Ctr::new((&*key).into(), &[0u8; 16].into()),
             buffer: vec![0u8; ROUNDING_BUFFER],
         }
     }
@@ -46,12 +55,18 @@ impl RoundingSource {
             let bytes = &mut self.buffer[..block.len() * 8];
             bytes.fill(0);
             self.cipher.apply_keystream(bytes);
-            for (u, w) in block.iter_mut().zip(bytes.chunks_exact(8)) {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(w);
-                *u = (u64::from_le_bytes(word) >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0);
+            // Fixed-size chunks, so that the loop vectorizes (`chunks_exact` + `copy_from_slice` does not).
+            let (words, _) = bytes.as_chunks::<8>();
+            for (u, w) in block.iter_mut().zip(words) {
+                *u = (u64::from_le_bytes(*w) >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0);
             }
         }
+    }
+}
+
+impl Drop for RoundingSource {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buffer);
     }
 }
 
@@ -109,6 +124,27 @@ mod tests {
         // Clipping at ±C.
         quantize_weighted(&[1e30, -1e30, 7.0, -7.0], 1, 5.0, 0, &mut r, &mut out);
         assert_eq!(out, [5, (-5i64) as u64, 5, (-5i64) as u64]);
+    }
+
+    #[test]
+    fn rounding_draws_are_aes_128_of_the_counter_under_their_own_key() {
+        use aes::Aes128;
+        use aes::cipher::{BlockEncrypt, KeyInit};
+        let seed = [7u8; 32];
+        let mut units = vec![0f64; 1030]; // crosses a keystream buffer boundary
+        RoundingSource::from_seed(&seed).fill_units(&mut units);
+        let key = derive_aes_key(&seed, ROUNDING_KEY_LABEL);
+        let cipher = Aes128::new((&*key).into());
+        for (j, pair) in units.chunks(2).enumerate() {
+            let mut block = (j as u128).to_be_bytes().into();
+            cipher.encrypt_block(&mut block);
+            for (half, &u) in block.chunks(8).zip(pair) {
+                let word = u64::from_le_bytes(half.try_into().unwrap());
+                assert_eq!(u, (word >> 11) as f64 / 2f64.powi(53), "draw of block {j}");
+            }
+        }
+        // The masks' key from the same seed is another one: rounding draws never repeat a mask.
+        assert_ne!(*key, *derive_aes_key(&seed, super::super::prg::AES_KEY_LABEL));
     }
 
     #[test]
