@@ -487,23 +487,34 @@ async fn sparse_graph_rounds_over_mtls_commit_fedavg_with_dropouts() {
     let scale = |k: usize| (k as f32 - 5.5) / 4.0;
     let count = |k: usize| 50 + 25 * k as u64;
 
+    // Every training site's part of a round, `lost` stopping where `behaviour` says; each task must
+    // name the sparse graph.
+    let round = |sign: f32, lost: &str, behaviour: Behaviour| {
+        let sites: Vec<_> = TRAINING_SITES
+            .iter()
+            .enumerate()
+            .map(|(k, &site)| {
+                let behaviour = if site == lost {
+                    behaviour
+                } else {
+                    Behaviour::Complete
+                };
+                study.run(site, sign * scale(k), count(k), behaviour)
+            })
+            .collect();
+        async move {
+            for site in sites {
+                let graph = site.await.unwrap();
+                assert!(
+                    matches!(graph, Graph::Harary { degree: DEGREE, .. }),
+                    "the task names {graph:?}"
+                );
+            }
+        }
+    };
+
     // Round 1: S12 shares its keys, then vanishes before uploading (1 of 12: the declared 10%).
-    let mut sites = Vec::new();
-    for (k, &site) in TRAINING_SITES.iter().enumerate() {
-        let behaviour = if site == "S12" {
-            Behaviour::VanishBeforeUpload
-        } else {
-            Behaviour::Complete
-        };
-        sites.push(study.run(site, scale(k), count(k), behaviour));
-    }
-    for site in sites {
-        let graph = site.await.unwrap();
-        assert!(
-            matches!(graph, Graph::Harary { degree: DEGREE, .. }),
-            "the task names {graph:?}"
-        );
-    }
+    round(1.0, "S12", Behaviour::VanishBeforeUpload).await;
     validate_sites(study_dir, url, 1, &everyone, "S13").await;
     let store = RoundStore::open(state_dir).unwrap();
     let round1 = store.load(1).unwrap();
@@ -513,18 +524,7 @@ async fn sparse_graph_rounds_over_mtls_commit_fedavg_with_dropouts() {
     assert_close(&round1.model.weights, &fedavg(&small_model(), &contributors));
 
     // Round 2: S1 uploads, then vanishes: its self mask is rebuilt from its neighbours' shares alone.
-    let mut sites = Vec::new();
-    for (k, &site) in TRAINING_SITES.iter().enumerate() {
-        let behaviour = if site == "S1" {
-            Behaviour::VanishAfterUpload
-        } else {
-            Behaviour::Complete
-        };
-        sites.push(study.run(site, -scale(k), count(k), behaviour));
-    }
-    for site in sites {
-        site.await.unwrap();
-    }
+    round(-1.0, "S1", Behaviour::VanishAfterUpload).await;
     validate_sites(study_dir, url, 2, &everyone, "S13").await;
     let round2 = store.load(2).unwrap();
     assert_eq!(round2.record.contributors.len(), 12);
