@@ -5,13 +5,10 @@
 //! default) unless a test is about the honest-but-curious model's own checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
 
-use std::collections::BTreeMap;
-
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
-    Aggregate, ConsistencyCheck, KeyDirectory, MaskedInput, QuantizationConfig, RoundConfig, RoundStage,
-    SecAggClient, SecAggConfig, SecAggError, SecAggServer, Security, ShareDelivery, SiteId, TensorSpec,
-    UnmaskRequest,
+    MaskedInput, QuantizationConfig, RoundConfig, RoundStage, SecAggClient, SecAggConfig, SecAggError,
+    SecAggServer, Security, SiteId, TensorSpec, UnmaskRequest,
 };
 use fedlnm_shared::stats::normal::normal_cdf;
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
@@ -20,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod support;
-use support::relay;
+use support::round::{Dropouts, Inputs, Round, client, run};
 
 // ---------------------------------------------------------------- harness
 
@@ -33,19 +30,6 @@ fn config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
 /// An instance against an honest-but-curious server (n/2 < t).
 fn curious_config(n: u32, threshold: usize, round: u64, lens: &[usize]) -> RoundConfig {
     config_with(n, threshold, round, lens, Security::CuriousServer)
-}
-
-/// A client of `site`, authenticated with the test study's PKI where the instance asks for it.
-fn client(
-    config: &RoundConfig,
-    site: SiteId,
-) -> Result<(SecAggClient, fedlnm_shared::secagg::AdvertiseKeys), SecAggError> {
-    if config.is_authenticated() {
-        let auth = support::study_authentications(&[site]).remove(&site).unwrap();
-        SecAggClient::new_authenticated(config.clone(), site, auth)
-    } else {
-        SecAggClient::new(config.clone(), site)
-    }
 }
 
 fn config_with(n: u32, threshold: usize, round: u64, lens: &[usize], security: Security) -> RoundConfig {
@@ -80,8 +64,6 @@ fn config_with(n: u32, threshold: usize, round: u64, lens: &[usize], security: S
     .unwrap()
 }
 
-type Inputs = BTreeMap<SiteId, (NamedTensors, u64)>;
-
 /// Deltas whose weighted values n·Δ are exact multiples of 2^-8: quantization is exact, so the
 /// decoded fixed-point sum must equal the plain integer sum bit for bit.
 fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
@@ -113,125 +95,6 @@ fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
             )
         })
         .collect()
-}
-
-/// Which sites vanish before which stage.
-#[derive(Default, Clone)]
-struct Dropouts {
-    before_shares: Vec<SiteId>,
-    before_upload: Vec<SiteId>,
-    before_unmask: Vec<SiteId>,
-}
-
-struct Round {
-    server: SecAggServer,
-    clients: BTreeMap<SiteId, SecAggClient>,
-    authenticated: bool,
-}
-
-impl Round {
-    fn start(config: &RoundConfig) -> (Self, KeyDirectory) {
-        let mut server = SecAggServer::new(config.clone());
-        if config.is_authenticated() {
-            let any = support::study_authentications(&config.participants()[..1]);
-            server = server.with_verifier(any.into_values().next().unwrap().peers);
-        }
-        let mut clients = BTreeMap::new();
-        for &site in config.participants() {
-            let (client, advertise) = client(config, site).unwrap();
-            server.receive_keys(relay(&advertise)).unwrap();
-            clients.insert(site, client);
-        }
-        let directory = relay(&server.close_keys().unwrap());
-        let authenticated = config.is_authenticated();
-        (
-            Self {
-                server,
-                clients,
-                authenticated,
-            },
-            directory,
-        )
-    }
-
-    fn share(
-        &mut self,
-        directory: &KeyDirectory,
-        drops: &[SiteId],
-    ) -> Result<Vec<ShareDelivery>, SecAggError> {
-        for (site, client) in &mut self.clients {
-            if !drops.contains(site) {
-                let msg = client.share_keys(directory).unwrap();
-                self.server.receive_shares(relay(&msg)).unwrap();
-            }
-        }
-        Ok(relay(&self.server.close_shares()?))
-    }
-
-    fn upload(
-        &mut self,
-        deliveries: &[ShareDelivery],
-        inputs: &Inputs,
-        drops: &[SiteId],
-    ) -> Result<ConsistencyCheck, SecAggError> {
-        for delivery in deliveries.iter().filter(|d| !drops.contains(&d.to)) {
-            let (delta, n) = &inputs[&delivery.to];
-            let msg = self
-                .clients
-                .get_mut(&delivery.to)
-                .unwrap()
-                .masked_input(delivery, delta, *n)
-                .unwrap();
-            self.server.receive_masked_input(relay(&msg)).unwrap();
-        }
-        Ok(relay(&self.server.close_masked_inputs()?))
-    }
-
-    /// Round 3: the survivors not in `drops` sign U3 (against a malicious server; the server closes
-    /// the stage at once otherwise).
-    fn consistency(
-        &mut self,
-        check: &ConsistencyCheck,
-        drops: &[SiteId],
-    ) -> Result<UnmaskRequest, SecAggError> {
-        if self.authenticated {
-            for site in check.survivors.iter().filter(|s| !drops.contains(s)) {
-                let msg = self
-                    .clients
-                    .get_mut(site)
-                    .unwrap()
-                    .consistency_check(check)
-                    .unwrap();
-                self.server.receive_consistency(relay(&msg)).unwrap();
-            }
-        }
-        Ok(relay(&self.server.close_consistency()?))
-    }
-
-    fn unmask(&mut self, request: &UnmaskRequest, drops: &[SiteId]) -> Result<Aggregate, SecAggError> {
-        for site in request.survivors.iter().filter(|s| !drops.contains(s)) {
-            let msg = self.clients.get_mut(site).unwrap().unmask(request).unwrap();
-            self.server.receive_unmask_response(relay(&msg)).unwrap();
-        }
-        self.server.finish()
-    }
-
-    /// Rounds 3 and 4 with the survivors not in `drops`.
-    fn check_and_unmask(
-        &mut self,
-        check: &ConsistencyCheck,
-        drops: &[SiteId],
-    ) -> Result<Aggregate, SecAggError> {
-        let request = self.consistency(check, drops)?;
-        self.unmask(&request, drops)
-    }
-}
-
-fn run(config: &RoundConfig, inputs: &Inputs, drops: &Dropouts) -> Result<Aggregate, SecAggError> {
-    let (mut round, directory) = Round::start(config);
-    let deliveries = round.share(&directory, &drops.before_shares)?;
-    let check = round.upload(&deliveries, inputs, &drops.before_upload)?;
-    round.check_and_unmask(&check, &drops.before_unmask)
 }
 
 /// The exact fixed-point sum Σ_k n_k·Δ_k·2^32 over `sites` (valid for dyadic inputs), then Σ n_k.

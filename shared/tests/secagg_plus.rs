@@ -9,13 +9,13 @@
 
 mod support;
 use support::relay;
+use support::round::{Dropouts, Inputs, Round, run_with_responses as run};
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use fedlnm_shared::secagg::{
-    Aggregate, ConsistencyCheck, ConsistencyResponse, Graph, KeyDirectory, RoundConfig, RoundStage,
-    SecAggClient, SecAggConfig, SecAggError, SecAggServer, Security, ShareDelivery, SiteId,
-    SurvivorSignature, UnmaskRequest, UnmaskResponse,
+    ConsistencyCheck, ConsistencyResponse, Graph, RoundConfig, RoundStage, SecAggConfig, SecAggError,
+    Security, SiteId, SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
 use fedlnm_shared::weights::NamedTensors;
 use rand::{Rng, SeedableRng};
@@ -48,8 +48,6 @@ fn config(n: u32, threshold: usize, graph: Graph, malicious: bool) -> RoundConfi
     raw_config(n, threshold, 1, graph, malicious).validate().unwrap()
 }
 
-type Inputs = BTreeMap<SiteId, (NamedTensors, u64)>;
-
 /// Weighted values that are multiples of 2^-8: quantization is exact, so the decoded sum must equal
 /// the plain sum bit for bit.
 fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
@@ -78,116 +76,6 @@ fn exact_sum(inputs: &Inputs, sites: &[SiteId]) -> Vec<i64> {
         sum[LEN] += *n as i64;
     }
     sum
-}
-
-#[derive(Default, Clone)]
-struct Dropouts {
-    before_shares: Vec<SiteId>,
-    before_upload: Vec<SiteId>,
-    before_unmask: Vec<SiteId>,
-}
-
-struct Round {
-    config: RoundConfig,
-    server: SecAggServer,
-    clients: BTreeMap<SiteId, SecAggClient>,
-    responses: Vec<UnmaskResponse>,
-}
-
-impl Round {
-    fn start(config: &RoundConfig) -> (Self, KeyDirectory) {
-        let mut server = SecAggServer::new(config.clone());
-        let auth = config
-            .is_authenticated()
-            .then(|| support::study_authentications(config.participants()));
-        let mut clients = BTreeMap::new();
-        for &site in config.participants() {
-            let (client, advertise) = match &auth {
-                Some(auth) => SecAggClient::new_authenticated(config.clone(), site, auth[&site].clone()),
-                None => SecAggClient::new(config.clone(), site),
-            }
-            .unwrap();
-            assert_eq!(
-                advertise.channel_public_keys.len(),
-                config.neighbours(site).len(),
-                "one channel key per neighbour"
-            );
-            server.receive_keys(relay(&advertise)).unwrap();
-            clients.insert(site, client);
-        }
-        let directory = server.close_keys().unwrap();
-        let round = Self {
-            config: config.clone(),
-            server,
-            clients,
-            responses: Vec::new(),
-        };
-        (round, directory)
-    }
-
-    fn share(
-        &mut self,
-        directory: &KeyDirectory,
-        drops: &[SiteId],
-    ) -> Result<Vec<ShareDelivery>, SecAggError> {
-        for (&site, client) in &mut self.clients {
-            if !drops.contains(&site) {
-                let mine = relay(&directory.for_site(&self.config, site));
-                let msg = client.share_keys(&mine).unwrap();
-                assert_eq!(msg.encrypted_shares.len(), self.config.neighbours(site).len());
-                self.server.receive_shares(relay(&msg)).unwrap();
-            }
-        }
-        Ok(relay(&self.server.close_shares()?))
-    }
-
-    fn upload(
-        &mut self,
-        deliveries: &[ShareDelivery],
-        inputs: &Inputs,
-        drops: &[SiteId],
-    ) -> Result<ConsistencyCheck, SecAggError> {
-        for delivery in deliveries.iter().filter(|d| !drops.contains(&d.to)) {
-            let (delta, n) = &inputs[&delivery.to];
-            let client = self.clients.get_mut(&delivery.to).unwrap();
-            let msg = client.masked_input(delivery, delta, *n).unwrap();
-            self.server.receive_masked_input(relay(&msg)).unwrap();
-        }
-        Ok(relay(&self.server.close_masked_inputs()?))
-    }
-
-    fn finish(&mut self, check: &ConsistencyCheck, drops: &[SiteId]) -> Result<Aggregate, SecAggError> {
-        if self.config.is_authenticated() {
-            for site in check.survivors.iter().filter(|s| !drops.contains(s)) {
-                let msg = self
-                    .clients
-                    .get_mut(site)
-                    .unwrap()
-                    .consistency_check(check)
-                    .unwrap();
-                self.server.receive_consistency(relay(&msg)).unwrap();
-            }
-        }
-        let request: UnmaskRequest = relay(&self.server.close_consistency()?);
-        for site in request.survivors.iter().filter(|s| !drops.contains(s)) {
-            let msg = self.clients.get_mut(site).unwrap().unmask(&request).unwrap();
-            self.responses.push(msg.clone());
-            self.server.receive_unmask_response(relay(&msg)).unwrap();
-        }
-        self.server.finish()
-    }
-}
-
-fn run(
-    config: &RoundConfig,
-    inputs: &Inputs,
-    drops: &Dropouts,
-) -> Result<(Aggregate, Vec<UnmaskResponse>), SecAggError> {
-    let (mut round, directory) = Round::start(config);
-    let deliveries = round.share(&directory, &drops.before_shares)?;
-    let check = round.upload(&deliveries, inputs, &drops.before_upload)?;
-    let aggregate = round.finish(&check, &drops.before_unmask)?;
-    Ok((aggregate, round.responses))
 }
 
 /// Every revealed share is of a member of the responder's closed neighbourhood, and no site has

@@ -4,6 +4,8 @@
 //! node and the aggregator use (`fedlnm_shared::signing`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // Each test file uses part of it.
 
+pub mod round;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
