@@ -203,7 +203,9 @@ impl SecAggClient {
                 (scale, 1)
             }
         };
-        let mut vector = vec![0u64; self.config.vector_len()];
+        // Room for the site element `mask_vector` appends: a full vector would be copied to grow.
+        let mut vector = Vec::with_capacity(self.config.vector_len() + 1);
+        vector.resize(self.config.vector_len(), 0u64);
         let mut offset = 0;
         let mut scaled = Vec::new();
         for spec in self.config.aggregated_tensors() {
