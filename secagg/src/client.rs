@@ -259,11 +259,7 @@ impl SecAggClient {
                 }
             }
         }
-        let u1_here: Vec<SiteId> = u1
-            .iter()
-            .copied()
-            .filter(|&v| self.config.in_closed_neighbourhood(site, v))
-            .collect();
+        let u1_here = self.config.closed_neighbourhood_members(site, &u1);
         self.check_neighbourhood(&u1_here, RoundStage::ShareKeys)?;
         if !u1.contains(&site) {
             return Err(self.malformed("the key directory leaves this site out".into()));

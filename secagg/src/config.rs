@@ -13,7 +13,8 @@ mod graph;
 mod hash;
 use graph::Neighbourhoods;
 pub use graph::{
-    CORRECTNESS_BITS, Graph, HararyParameters, SECURITY_BITS, check_harary_parameters, recommend_harary,
+    CORRECTNESS_BITS, Graph, HararyParameters, SECURITY_BITS, check_degree, check_harary_parameters,
+    recommend_harary, structural_minimum,
 };
 pub(crate) use hash::Transcript;
 use hash::config_hash;

@@ -185,8 +185,8 @@ pub use auth::{Authentication, PeerVerifier, Signer};
 pub use client::SecAggClient;
 pub use config::{
     CORRECTNESS_BITS, DistributedNoise, Graph, HararyParameters, InputKind, MAX_PARTICIPANTS, ModelVersion,
-    QuantizationConfig, RoundConfig, SECURITY_BITS, SecAggConfig, Security, TensorSpec,
-    check_harary_parameters, glob_match, recommend_harary, tensor_specs,
+    QuantizationConfig, RoundConfig, SECURITY_BITS, SecAggConfig, Security, TensorSpec, check_degree,
+    check_harary_parameters, glob_match, recommend_harary, structural_minimum, tensor_specs,
 };
 pub use error::{RoundStage, SecAggError};
 pub use messages::{

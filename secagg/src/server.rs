@@ -198,7 +198,7 @@ impl SecAggServer {
         }
         let mut recipients: Vec<SiteId> = msg.encrypted_shares.iter().map(|s| s.to).collect();
         recipients.sort_unstable();
-        let mut expected = self.closed_neighbourhood_part(site, &self.u1);
+        let mut expected = self.config.closed_neighbourhood_members(site, &self.u1);
         expected.retain(|&p| p != site);
         if recipients != expected {
             return Err(self.malformed(site, "shares must address every neighbour in U1 exactly once"));
@@ -224,7 +224,7 @@ impl SecAggServer {
             .map(|&to| ShareDelivery {
                 header: self.round_header(),
                 to,
-                senders: self.closed_neighbourhood_part(to, &self.u2),
+                senders: self.config.closed_neighbourhood_members(to, &self.u2),
                 shares: self
                     .shares
                     .values()
@@ -333,8 +333,8 @@ impl SecAggServer {
         let point = self.config.share_point(site);
         let owners =
             |list: &[super::messages::RevealedShare]| list.iter().map(|r| r.owner).collect::<Vec<_>>();
-        if owners(&msg.self_mask_shares) != self.closed_neighbourhood_part(site, &self.survivors)
-            || owners(&msg.mask_key_shares) != self.closed_neighbourhood_part(site, &self.dropped)
+        if owners(&msg.self_mask_shares) != self.config.closed_neighbourhood_members(site, &self.survivors)
+            || owners(&msg.mask_key_shares) != self.config.closed_neighbourhood_members(site, &self.dropped)
         {
             return Err(self.malformed(
                 site,

@@ -38,11 +38,7 @@ impl SecAggClient {
         if !survivors.contains(&site) {
             return Err(self.malformed("survivor list leaves this site out".into()));
         }
-        let here: Vec<SiteId> = survivors
-            .iter()
-            .copied()
-            .filter(|&v| self.config.in_closed_neighbourhood(site, v))
-            .collect();
+        let here = self.config.closed_neighbourhood_members(site, survivors);
         self.check_neighbourhood(&here, stage)?;
         self.check_survivors(survivors.len(), self.config.min_survivors(), stage)
     }

@@ -11,7 +11,8 @@ use crate::{SecAggError, SiteId};
 mod parameters;
 pub(crate) use parameters::count as parameters_count;
 pub use parameters::{
-    CORRECTNESS_BITS, HararyParameters, SECURITY_BITS, check_harary_parameters, recommend_harary,
+    CORRECTNESS_BITS, HararyParameters, SECURITY_BITS, check_degree, check_harary_parameters,
+    recommend_harary, structural_minimum,
 };
 
 /// Which pairs of sites agree keys, exchange shares and mask pairwise.
@@ -51,12 +52,7 @@ pub(super) fn check_threshold(config: &SecAggConfig, n: usize) -> Result<(usize,
     let members = match config.graph {
         Graph::Complete => n,
         Graph::Harary { degree, .. } => {
-            if degree < 2 || degree % 2 != 0 {
-                return Err(invalid(
-                    "graph.degree",
-                    format!("{degree}: expected an even number, at least 2"),
-                ));
-            }
+            check_degree(degree).map_err(|reason| invalid("graph.degree", reason))?;
             degree.min(n - 1) + 1
         }
     };
@@ -118,6 +114,15 @@ impl RoundConfig {
     #[must_use]
     pub fn in_closed_neighbourhood(&self, site: SiteId, member: SiteId) -> bool {
         (member == site && self.is_participant(site)) || self.neighbours(site).binary_search(&member).is_ok()
+    }
+    /// The members of `sites` in N[site] (all of them in the complete graph), in their order.
+    #[must_use]
+    pub fn closed_neighbourhood_members(&self, site: SiteId, sites: &[SiteId]) -> Vec<SiteId> {
+        sites
+            .iter()
+            .copied()
+            .filter(|&member| self.in_closed_neighbourhood(site, member))
+            .collect()
     }
     /// How many of `sites` (sorted) are in N[site].
     #[must_use]

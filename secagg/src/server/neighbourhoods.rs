@@ -34,15 +34,6 @@ impl SecAggServer {
         }
         Ok(())
     }
-
-    /// The members of `list` in the closed neighbourhood of `site` (all of them in the complete
-    /// graph), in order.
-    pub(super) fn closed_neighbourhood_part(&self, site: SiteId, list: &[SiteId]) -> Vec<SiteId> {
-        list.iter()
-            .copied()
-            .filter(|&v| self.config.in_closed_neighbourhood(site, v))
-            .collect()
-    }
 }
 
 impl KeyDirectory {

@@ -61,9 +61,7 @@ impl ThreatModel {
         let (delta, gamma) = (harary.dropout_fraction, harary.corrupt_fraction);
         let degree = match harary.degree {
             Some(degree) => {
-                if degree < 2 || degree % 2 != 0 {
-                    return Err(format!("degree {degree}: expected an even number, at least 2"));
-                }
+                secagg::check_degree(degree).map_err(|reason| format!("degree {reason}"))?;
                 degree
             }
             None => secagg::recommend_harary(n, delta, gamma, malicious)
@@ -77,11 +75,7 @@ impl ThreatModel {
                 .degree,
         };
         let members = degree.min(n.saturating_sub(1)) + 1;
-        let least = if malicious {
-            2 * members / 3 + 1
-        } else {
-            members / 2 + 1
-        };
+        let least = secagg::structural_minimum(n, degree, malicious);
         let mut last_problem = String::new();
         for threshold in least..=members {
             match secagg::check_harary_parameters(n, degree, threshold, delta, gamma, malicious) {

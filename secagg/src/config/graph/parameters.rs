@@ -31,8 +31,6 @@
 //! until the permutation places its colluders well: each regeneration multiplies the failure
 //! probabilities of events 1 and 2 by at most one more, so 2^g attempts cost g of the σ bits.
 
-use std::fmt::Write as _;
-
 /// σ: the statistical security parameter (privacy events fail with probability below 2^-σ).
 pub const SECURITY_BITS: f64 = 40.0;
 /// η: the correctness parameter (an instance aborts for too few surviving neighbours with probability
@@ -89,13 +87,24 @@ pub fn recommend_harary(
 /// The least t the threat model allows in a closed neighbourhood of k + 1 (k capped at n − 1):
 /// (k+1)/2 < t against a curious aggregator, 2(k+1)/3 < t against a malicious one.
 #[must_use]
-pub(crate) fn structural_minimum(n: usize, degree: usize, malicious: bool) -> usize {
-    let members = degree.min(n - 1) + 1;
+pub fn structural_minimum(n: usize, degree: usize, malicious: bool) -> usize {
+    let members = degree.min(n.saturating_sub(1)) + 1;
     if malicious {
         2 * members / 3 + 1
     } else {
         members / 2 + 1
     }
+}
+
+/// Checks that a declared degree k is even and at least 2.
+///
+/// # Errors
+/// Why it is not, naming the degree.
+pub fn check_degree(degree: usize) -> Result<(), String> {
+    if degree < 2 || !degree.is_multiple_of(2) {
+        return Err(format!("{degree}: expected an even number, at least 2"));
+    }
+    Ok(())
 }
 
 /// Checks k and t against the declared fractions (module documentation: connectivity, corrupt
@@ -145,11 +154,11 @@ pub fn check_harary_parameters(
         (corrupt_neighbours + 1, "t >")
     };
     if threshold < least {
-        let mut reason = format!(
+        let reason = format!(
             "{threshold} is too small: up to {corrupt_neighbours} of a site's {k} neighbours may be corrupt \
-             ({corrupt} of {n} sites, probability bound 2^-{per_event}/n), and the rule is {rule} that number"
+             ({corrupt} of {n} sites, probability bound 2^-{per_event}/n), and the rule is {rule} that number; \
+             use at least {least}"
         );
-        let _ = write!(reason, "; use at least {least}");
         return Err(("threshold", reason));
     }
     let correctness_tail = (-CORRECTNESS_BITS).exp2() / n as f64;
