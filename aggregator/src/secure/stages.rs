@@ -38,16 +38,17 @@ impl SecureAggregation {
                         Ok(directory) => {
                             self.u1 = directory.sites.iter().map(|k| k.header.site).collect();
                             // Each site gets the entries it needs (all of them in the complete graph).
-                            let whole = encode::<KeyDirectory>(&directory);
+                            let whole = self
+                                .config
+                                .is_complete_graph()
+                                .then(|| encode::<KeyDirectory>(&directory));
                             let directories = self
                                 .u1
                                 .iter()
                                 .map(|&site| {
-                                    let encoded = if self.config.is_complete_graph() {
-                                        whole.clone()
-                                    } else {
+                                    let encoded = whole.clone().unwrap_or_else(|| {
                                         encode::<KeyDirectory>(&directory.for_site(&self.config, site))
-                                    };
+                                    });
                                     (site, encoded)
                                 })
                                 .collect();
