@@ -64,37 +64,17 @@ fn config_with(n: u32, threshold: usize, round: u64, lens: &[usize], security: S
     .unwrap()
 }
 
-/// Deltas whose weighted values n·Δ are exact multiples of 2^-8: quantization is exact, so the
-/// decoded fixed-point sum must equal the plain integer sum bit for bit.
+/// [`support::round::dyadic_inputs`] (counts up to 100,000), each with the FedBN tensor too: local
+/// only, absurd values that would fail every check if it were used.
 fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    config
-        .participants()
-        .iter()
-        .map(|&site| {
-            let mut tensors: Vec<(String, Vec<f32>)> = config
-                .aggregated_tensors()
-                .iter()
-                .map(|s| {
-                    (
-                        s.name.clone(),
-                        (0..s.len())
-                            .map(|_| rng.random_range(-512i32..=512) as f32 / 256.0)
-                            .collect(),
-                    )
-                })
-                .collect();
-            // FedBN tensor: local only, absurd values that would fail every check if it were used.
-            tensors.push(("layer0.bn.running_mean".into(), vec![f32::NAN, 1e30, -1e30, 0.0]));
-            (
-                site,
-                (
-                    NamedTensors::from_vectors(tensors),
-                    rng.random_range(1..=100_000u64),
-                ),
-            )
-        })
-        .collect()
+    let mut inputs = support::round::dyadic_inputs(config, seed, 100_000);
+    for (delta, _) in inputs.values_mut() {
+        let bn = vec![f32::NAN, 1e30, -1e30, 0.0];
+        delta
+            .tensors
+            .push(NamedTensor::new("layer0.bn.running_mean", vec![4], bn).unwrap());
+    }
+    inputs
 }
 
 /// The exact fixed-point sum Σ_k n_k·Δ_k·2^32 over `sites` (valid for dyadic inputs), then Σ n_k.

@@ -18,8 +18,6 @@ use fedlnm_shared::secagg::{
     Security, SiteId, SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
 use fedlnm_shared::weights::NamedTensors;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 const LEN: usize = 5;
 
@@ -48,21 +46,9 @@ fn config(n: u32, threshold: usize, graph: Graph, malicious: bool) -> RoundConfi
     raw_config(n, threshold, 1, graph, malicious).validate().unwrap()
 }
 
-/// Weighted values that are multiples of 2^-8: quantization is exact, so the decoded sum must equal
-/// the plain sum bit for bit.
+/// [`support::round::dyadic_inputs`] with counts up to 1,000.
 fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    config
-        .participants()
-        .iter()
-        .map(|&site| {
-            let values: Vec<f32> = (0..LEN)
-                .map(|_| rng.random_range(-512i32..=512) as f32 / 256.0)
-                .collect();
-            let delta = NamedTensors::from_vectors([("head.weight", values)]);
-            (site, (delta, rng.random_range(1..=1000u64)))
-        })
-        .collect()
+    support::round::dyadic_inputs(config, seed, 1000)
 }
 
 /// Σ n_k·Δ_k·2^32 over `sites`, then Σ n_k.

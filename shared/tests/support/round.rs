@@ -5,15 +5,42 @@
 use std::collections::BTreeMap;
 
 use fedlnm_shared::secagg::{
-    AdvertiseKeys, Aggregate, ConsistencyCheck, Graph, KeyDirectory, RoundConfig, SecAggClient, SecAggError,
+    AdvertiseKeys, Aggregate, ConsistencyCheck, KeyDirectory, RoundConfig, SecAggClient, SecAggError,
     SecAggServer, ShareDelivery, SiteId, UnmaskRequest, UnmaskResponse,
 };
 use fedlnm_shared::weights::NamedTensors;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use super::{relay, study_authentications};
 
 /// Each site's delta and sample count.
 pub type Inputs = BTreeMap<SiteId, (NamedTensors, u64)>;
+
+/// For every participant, a delta over the instance's aggregated tensors whose values are multiples
+/// of 2^-8 in [−2, 2], and a sample count in 1..=`max_n`: the weighted values n·Δ are exact in fixed
+/// point, so a decoded sum must equal the plain sum bit for bit.
+pub fn dyadic_inputs(config: &RoundConfig, seed: u64, max_n: u64) -> Inputs {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    config
+        .participants()
+        .iter()
+        .map(|&site| {
+            let tensors: Vec<(String, Vec<f32>)> = config
+                .aggregated_tensors()
+                .iter()
+                .map(|spec| {
+                    let values = (0..spec.len())
+                        .map(|_| rng.random_range(-512i32..=512) as f32 / 256.0)
+                        .collect();
+                    (spec.name.clone(), values)
+                })
+                .collect();
+            let n = rng.random_range(1..=max_n);
+            (site, (NamedTensors::from_vectors(tensors), n))
+        })
+        .collect()
+}
 
 /// Which sites vanish before which stage.
 #[derive(Default, Clone)]
@@ -87,12 +114,11 @@ impl Round {
             if drops.contains(&site) {
                 continue;
             }
-            let msg = match self.config.config().graph {
-                Graph::Complete => client.share_keys(directory).unwrap(),
-                Graph::Harary { .. } => {
-                    let mine = relay(&directory.for_site(&self.config, site));
-                    client.share_keys(&mine).unwrap()
-                }
+            let msg = if self.config.is_complete_graph() {
+                client.share_keys(directory).unwrap()
+            } else {
+                let mine = relay(&directory.for_site(&self.config, site));
+                client.share_keys(&mine).unwrap()
             };
             assert_eq!(msg.encrypted_shares.len(), self.config.neighbours(site).len());
             self.server.receive_shares(relay(&msg)).unwrap();
