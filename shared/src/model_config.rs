@@ -363,6 +363,11 @@ pub struct TrainPlan {
     /// weights are pulled towards the round's global model: w ← w − lr·μ·(w − w_global), the
     /// decoupled form of the proximal term μ/2·‖w − w_global‖² (as AdamW decouples weight decay).
     pub proximal_mu: f64,
+    /// Weight averaging (Polyak): the weights evaluated, selected and returned are an exponential
+    /// moving average of the weights after each optimiser step, with this decay (0: off, the last
+    /// step's weights). The decay ramps up as (1 + t)/(10 + t) over the first steps, so that the
+    /// average does not stay near the initial weights.
+    pub ema_decay: f64,
 }
 
 impl Default for TrainPlan {
@@ -383,6 +388,7 @@ impl Default for TrainPlan {
             seed: 42,
             augment: AugmentConfig::default(),
             proximal_mu: 0.0,
+            ema_decay: 0.0,
         }
     }
 }
@@ -412,7 +418,18 @@ impl TrainPlan {
         if !(self.proximal_mu >= 0.0 && self.proximal_mu.is_finite()) {
             return invalid("train.proximal_mu", "must be a number >= 0");
         }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return invalid("train.ema_decay", "must be in [0, 1) (0: no weight averaging)");
+        }
         Ok(())
+    }
+
+    /// The weight of the running average after optimiser step `step` (0-based) of weight averaging
+    /// (see [`Self::ema_decay`]): the average becomes `d · average + (1 − d) · weights`.
+    #[must_use]
+    pub fn ema_decay_at(&self, step: usize) -> f64 {
+        let t = step as f64;
+        self.ema_decay.min((1.0 + t) / (10.0 + t))
     }
 
     /// The learning rate at `step` of `total_steps`: linear warm-up, then cosine decay.

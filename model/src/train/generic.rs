@@ -71,6 +71,8 @@ pub fn train_local<B: AutodiffBackend>(
     let mut best_auc = f64::NEG_INFINITY;
     let mut order: Vec<usize> = (0..labelled.len()).collect();
     let mut step = 0;
+    // Weight averaging: the running average of the weights after each step (see TrainPlan::ema_decay).
+    let mut average = (plan.ema_decay > 0.0).then(|| initial.clone());
     for epoch in 1..=plan.epochs {
         let started = Instant::now();
         order.shuffle(&mut rng);
@@ -109,6 +111,9 @@ pub fn train_local<B: AutodiffBackend>(
             if let Some(anchor) = &anchor {
                 model = pull_towards(model, anchor, (learning_rate * plan.proximal_mu).min(1.0));
             }
+            if let Some(average) = &mut average {
+                blend_into(average, &to_named(&model.valid()), plan.ema_decay_at(step));
+            }
             step += 1;
             progress(&TrainingEvent::Step {
                 epoch,
@@ -118,10 +123,21 @@ pub fn train_local<B: AutodiffBackend>(
             });
         }
         let seconds = started.elapsed().as_secs_f64();
+        // The weights this epoch offers: the running average, or the model itself.
+        let offered = match &average {
+            Some(average) => Some(from_named(
+                LnmModel::<B::InnerBackend>::new(config, device),
+                average,
+            )?),
+            None => None,
+        };
         let (val_auc, val_loss) = if validation.is_empty() {
             (None, None)
         } else {
-            let predictions = predict_with(&model.valid(), config, validation, plan.batch_size, device);
+            let predictions = match &offered {
+                Some(offered) => predict_with(offered, config, validation, plan.batch_size, device),
+                None => predict_with(&model.valid(), config, validation, plan.batch_size, device),
+            };
             validation_summary(validation, &predictions)
         };
         let n_steps = steps_per_epoch.max(1) as f64;
@@ -144,7 +160,10 @@ pub fn train_local<B: AutodiffBackend>(
         if validation.is_empty() || score > best_auc {
             best_auc = score;
             outcome.best_epoch = epoch;
-            outcome.weights = to_named(&model.valid());
+            outcome.weights = match &average {
+                Some(average) => average.clone(),
+                None => to_named(&model.valid()),
+            };
         } else if plan.patience > 0 && epoch - outcome.best_epoch >= plan.patience {
             tracing::info!(
                 epoch,
@@ -155,6 +174,16 @@ pub fn train_local<B: AutodiffBackend>(
         }
     }
     Ok(outcome)
+}
+
+/// `average ← d · average + (1 − d) · weights`, tensor by tensor (same layout).
+fn blend_into(average: &mut NamedTensors, weights: &NamedTensors, d: f64) {
+    let d = d as f32;
+    for (a, w) in average.tensors.iter_mut().zip(&weights.tensors) {
+        for (a, &w) in a.values.iter_mut().zip(&w.values) {
+            *a = d * *a + (1.0 - d) * w;
+        }
+    }
 }
 
 /// Batches of AdaBN's re-estimation, and its sweeps over the examples: with the layers' momentum of
