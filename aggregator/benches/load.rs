@@ -9,8 +9,8 @@
 //! report answered, the report that completes a round being answered once it is committed), the
 //! aggregator's CPU seconds per round, its peak resident memory (`VmHWM`) and that peak against one
 //! update's size, and the same at few sites: the baseline measured in the same run, so that the table
-//! shows whether memory grows with the number of sites (it must not: uploads are summed as they
-//! complete, at most `rounds.max_concurrent_uploads` are held at once).
+//! shows whether memory grows with the number of sites (it must not: at most
+//! `rounds.max_concurrent_uploads` updates are in memory at once, received or held until summed).
 //!
 //! `cargo bench -p fedlnm-aggregator --bench load` (11M parameters, 10 and 50 sites);
 //! `FEDLNM_LOAD_PARAMS=1000000 FEDLNM_LOAD_SITES=4,8` for a quick run.

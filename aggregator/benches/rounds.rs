@@ -4,16 +4,18 @@
 //! Nodes are simulated by fixed, deterministic pseudo-random deltas, serialized as exactly what a node
 //! uploads (safetensors of Δ_k for plain FedAvg; the wire-encoded `MaskedInput` for secure
 //! aggregation). The aggregator's own work is timed as a round does it: `PlainAggregation::accept_upload`
-//! for every site (parse, layout and finiteness checks, f64 accumulation), `advance` (the average),
-//! `apply_delta`, `ModelBlob::new` (serialization and SHA-256) and, in its own column, the atomic
-//! `RoundStore::commit` into a temporary folder (fsync included). Secure aggregation times the server
+//! for every site (parse, layout and finiteness checks; uploads held and summed in groups), `advance`
+//! (the average), `apply_delta`, `ModelBlob::new` (serialization and SHA-256), the uploads' checksums
+//! and, in its own column, the atomic `RoundStore::commit` into a temporary folder (fsync included). Secure aggregation times the server
 //! side only (`SecureAggregation` fed pre-computed site messages, recorded from one untimed round with
 //! real `SecAggClient`s and replayed into fresh instances).
 //!
 //! Run with `cargo bench -p fedlnm-aggregator --bench rounds`. Trim with `ROUNDS_BENCH_PARAMS=1,11`
 //! (millions), `ROUNDS_BENCH_SITES=3,10` and `ROUNDS_BENCH_SECURE=11` (millions; `none` to skip);
 //! `ROUNDS_BENCH_DIR` chooses the folder the commits go to (default: the system's temporary folder);
-//! `ROUNDS_BENCH_THREADS=1` limits the plain accumulation to one thread (default: all available).
+//! `ROUNDS_BENCH_THREADS=1` limits the plain accumulation to one thread (default: all available);
+//! `ROUNDS_BENCH_HELD=4,all` the uploads a plain round holds before summing them (default: 4, the
+//! study's default `rounds.max_concurrent_uploads`, and all); `ROUNDS_BENCH_REPEATS` the plain runs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark harness: a panic is a failed run.
 
 #[path = "../tests/support/in_memory.rs"]
@@ -22,14 +24,16 @@ use in_memory::{pending, ready, reply};
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fedlnm_aggregator::aggregation::{Aggregation, PlainAggregation, RoundAggregate, Upload};
 use fedlnm_aggregator::store::{ModelBlob, RoundStore};
 use fedlnm_protocol::payload::{decode, encode};
+use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, RoundSettings};
-use fedlnm_shared::federation::fedavg::apply_delta;
+use fedlnm_shared::federation::fedavg::{HeldBytes, apply_delta};
 use fedlnm_shared::federation::{AggregationKind, RoundRecord};
 use fedlnm_shared::host::{cpu_model, load_average};
 use fedlnm_shared::model_config::ModelConfig;
@@ -49,6 +53,16 @@ fn main() {
         _ => env_list("ROUNDS_BENCH_SECURE", &[1, 11]),
     };
     let max_sites = sites.iter().copied().max().unwrap_or(0);
+    // Uploads held before they are summed: the study holds `rounds.max_concurrent_uploads` (default
+    // 4); "all" (usize::MAX) holds a whole round, summed in one pass.
+    let held_settings: Vec<usize> = std::env::var("ROUNDS_BENCH_HELD")
+        .unwrap_or_else(|_| "4,all".to_owned())
+        .split(',')
+        .map(|x| match x.trim() {
+            "all" => usize::MAX,
+            x => x.parse().expect("ROUNDS_BENCH_HELD: numbers or 'all'"),
+        })
+        .collect();
     let commit_root = std::env::var_os("ROUNDS_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
 
     println!("## Aggregator round cost\n");
@@ -66,23 +80,28 @@ fn main() {
         let layout = model_layout(millions * MILLION);
         let global = ModelBlob::new(0, layout_values(&layout, 0), ModelConfig::resnet18()).unwrap();
         // Every site's upload, made once per size; the first n serve the n-site rounds.
-        let payloads: Vec<Vec<u8>> = (1..=max_sites)
+        let payloads: Vec<Arc<Vec<u8>>> = (1..=max_sites)
             .map(|k| {
-                layout_values(&layout, k as u64)
-                    .to_safetensors_bytes(&BTreeMap::new())
-                    .unwrap()
+                Arc::new(
+                    layout_values(&layout, k as u64)
+                        .to_safetensors_bytes(&BTreeMap::new())
+                        .unwrap(),
+                )
             })
             .collect();
         for &n in &sites {
             let repeats = plain_repeats(millions, n);
-            plain_rows.push(plain_round(&global, &payloads[..n], repeats, &commit_root));
+            for &held in &held_settings {
+                plain_rows.push(plain_round(&global, &payloads[..n], held, repeats, &commit_root));
+            }
         }
         drop(payloads);
         if secure_params.contains(&millions) {
             for &n in &sites {
                 let plain = plain_rows
                     .iter()
-                    .find(|r| r.params == global.weights.n_values() && r.sites == n)
+                    .filter(|r| r.params == global.weights.n_values() && r.sites == n)
+                    .min_by_key(|r| r.aggregate)
                     .map(|r| r.aggregate);
                 secure_rows.push(secure_round(&global, n, 3, plain));
             }
@@ -100,6 +119,8 @@ fn main() {
 
 struct PlainRow {
     params: usize,
+    /// Uploads held before they are summed (`usize::MAX`: all of them).
+    held: usize,
     tensors: usize,
     sites: usize,
     repeats: usize,
@@ -117,6 +138,9 @@ struct PlainRow {
     apply: Duration,
     serialize: Duration,
     model_sha: Duration,
+    /// The uploads' XXH3-128 checksums (what the service checks), and their SHA-256 (the digest
+    /// uploads carried before, for comparison).
+    upload_checksums: Duration,
     upload_sha: Duration,
 }
 
@@ -124,14 +148,15 @@ struct PlainRow {
 /// bound of the same upload bytes so that both meet the same machine load.
 fn plain_round(
     global: &ModelBlob,
-    payloads: &[Vec<u8>],
+    payloads: &[Arc<Vec<u8>>],
+    held: usize,
     repeats: usize,
     commit_root: &std::path::Path,
 ) -> PlainRow {
     let n = payloads.len();
     let names = site_names(n);
-    let upload_bytes: usize = payloads.iter().map(Vec::len).sum();
-    let largest = payloads.iter().map(Vec::len).max().unwrap_or(0);
+    let upload_bytes: usize = payloads.iter().map(|p| p.len()).sum();
+    let largest = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
     let mut copy_target = vec![1u8; largest];
     copy_all(payloads, &mut copy_target); // warm: the target's pages are mapped and touched
 
@@ -154,13 +179,14 @@ fn plain_round(
         if let Some(threads) = env_list("ROUNDS_BENCH_THREADS", &[]).first() {
             aggregation.set_threads(*threads);
         }
+        aggregation.set_max_held(held);
         let mut first_upload = Duration::ZERO;
         for (site, payload) in names.iter().zip(payloads) {
             let upload = Upload {
                 site,
                 format: UpdateFormat::SafetensorsDelta,
                 n_samples: N_SAMPLES,
-                payload,
+                payload: Arc::clone(payload) as HeldBytes,
             };
             aggregation.accept_upload(&upload).unwrap();
             if first_upload.is_zero() {
@@ -168,9 +194,9 @@ fn plain_round(
             }
         }
         let accepted = Instant::now();
-        let aggregate = ready(aggregation.advance(Instant::now()));
+        let mut aggregate = ready(aggregation.advance(Instant::now()));
         let averaged = Instant::now();
-        let weights = apply_delta(&global.weights, &aggregate.average_delta).unwrap();
+        let weights = apply_delta(&global.weights, std::mem::take(&mut aggregate.average_delta)).unwrap();
         let applied = Instant::now();
         let model = ModelBlob::new(rep as u64 + 1, weights, global.config.clone()).unwrap();
         let serialized = Instant::now();
@@ -179,10 +205,12 @@ fn plain_round(
         store.commit(&round_record, &model).unwrap();
         let commit = before_commit.elapsed();
 
-        // SHA-256 on its own: of the new model, and of the uploads, which the gRPC service hashes
-        // chunk by chunk as they arrive (one upload per task, on the runtime's worker threads).
+        // Digests on their own: the new model's SHA-256, and the uploads' checksums, which the gRPC
+        // service computes chunk by chunk as they arrive (one upload per task, on the runtime's worker
+        // threads); the uploads' SHA-256 for comparison.
         let model_sha = time(|| sha256_hex(&model.bytes));
-        let upload_sha = time(|| upload_digests(payloads));
+        let upload_checksums = time(|| upload_digests(payloads, upload_checksum));
+        let upload_sha = time(|| upload_digests(payloads, sha256_hex));
         runs.push([
             memcpy,
             serialized - start,
@@ -193,6 +221,7 @@ fn plain_round(
             applied - averaged,
             serialized - applied,
             model_sha,
+            upload_checksums,
             upload_sha,
         ]);
         // Keep the folder small: only the last round stays on disk.
@@ -203,6 +232,7 @@ fn plain_round(
     let median_of = |i: usize| median(runs.iter().map(|r| r[i]).collect());
     let row = PlainRow {
         params: global.weights.n_values(),
+        held,
         tensors: global.weights.tensors.len(),
         sites: n,
         repeats,
@@ -217,7 +247,8 @@ fn plain_round(
         apply: median_of(6),
         serialize: median_of(7),
         model_sha: median_of(8),
-        upload_sha: median_of(9),
+        upload_checksums: median_of(9),
+        upload_sha: median_of(10),
     };
     eprintln!(
         "plain {} params x {n} sites: {:.0} ms aggregate, {:.0} ms commit, {:.1} ms memcpy ({repeats} runs)",
@@ -229,22 +260,22 @@ fn plain_round(
     row
 }
 
-/// The SHA-256 of every upload, the uploads spread over the available threads as the gRPC service's
+/// `digest` of every upload, the uploads spread over the available threads as the gRPC service's
 /// worker threads receive them.
-fn upload_digests(payloads: &[Vec<u8>]) -> Vec<String> {
+fn upload_digests(payloads: &[Arc<Vec<u8>>], digest: fn(&[u8]) -> String) -> Vec<String> {
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let per_thread = payloads.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = payloads
             .chunks(per_thread)
-            .map(|part| scope.spawn(move || part.iter().map(|p| sha256_hex(p)).collect::<Vec<_>>()))
+            .map(|part| scope.spawn(move || part.iter().map(|p| digest(p)).collect::<Vec<_>>()))
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     })
 }
 
 /// The memory-copy bound: every upload's bytes copied once into a warm buffer, one thread.
-fn copy_all(payloads: &[Vec<u8>], target: &mut [u8]) {
+fn copy_all(payloads: &[Arc<Vec<u8>>], target: &mut [u8]) {
     for payload in payloads {
         target[..payload.len()].copy_from_slice(payload);
         black_box(&*target);
@@ -254,33 +285,34 @@ fn copy_all(payloads: &[Vec<u8>], target: &mut [u8]) {
 fn print_plain(rows: &[PlainRow]) {
     println!("### Plain FedAvg round (aggregator side, on the available threads)\n");
     println!(
-        "Aggregate = `accept_upload` for every site (read in place, checks, f64 accumulation on the available \
+        "Aggregate = `accept_upload` for every site (read in place, checks, held and summed `held` at a time on the available \
          threads) + `advance` (average) + `apply_delta` + `ModelBlob::new` (serialize + SHA-256). Upload \
-         digests = the SHA-256 of every upload, which the gRPC service computes chunk by chunk as it \
+         checksums = the XXH3-128 of every upload, which the gRPC service computes chunk by chunk as it \
          arrives, uploads spread over the available threads. Commit = `RoundStore::commit` (write, fsync, \
          rename, fsync). Memcpy bound = `copy_from_slice` of the same total upload bytes, one thread, warm \
          buffers. Download = model size × (n training downloads + (n + 1) validation downloads, one \
          validation-only site). Medians of the runs shown; MB = 10^6 bytes.\n"
     );
     println!(
-        "| params | sites | runs | upload MB | download MB | aggregate + apply + serialize (ms) | upload digests (ms) | commit (ms) | memcpy bound (ms) | ratio | ratio with digests | ratio with digests and commit |"
+        "| params | sites | held | runs | upload MB | download MB | aggregate + apply + serialize (ms) | upload checksums (ms) | commit (ms) | memcpy bound (ms) | ratio | ratio with checksums | ratio with checksums and commit |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}× | {:.1}× | {:.1}× |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}× | {:.1}× | {:.1}× |",
             params_label(r.params),
             r.sites,
+            held_label(r.held),
             r.repeats,
             mb(r.upload_bytes),
             mb(r.model_bytes * (2 * r.sites + 1)),
             ms(r.aggregate),
-            ms(r.upload_sha),
+            ms(r.upload_checksums),
             ms(r.commit),
             ms(r.memcpy),
             r.aggregate.as_secs_f64() / r.memcpy.as_secs_f64(),
-            (r.aggregate + r.upload_sha).as_secs_f64() / r.memcpy.as_secs_f64(),
-            (r.aggregate + r.upload_sha + r.commit).as_secs_f64() / r.memcpy.as_secs_f64(),
+            (r.aggregate + r.upload_checksums).as_secs_f64() / r.memcpy.as_secs_f64(),
+            (r.aggregate + r.upload_checksums + r.commit).as_secs_f64() / r.memcpy.as_secs_f64(),
         );
     }
     if let Some(r) = rows.first() {
@@ -299,26 +331,29 @@ fn print_plain(rows: &[PlainRow]) {
     }
     println!("\n#### Where the plain round's time goes (ms, medians)\n");
     println!(
-        "`accept_upload` reads each upload in place: safetensors header, layout check, finiteness check and \
-         f64 accumulation on the available threads. The first upload is written (not added) into a fresh f64 \
-         accumulator (8 bytes per parameter), whose pages it maps for the first time. Upload SHA-256 is the \
-         upload digests column above.\n"
+        "`accept_upload` reads each upload in place (safetensors header, layout check, finiteness check on \
+         the available threads) and holds it; every `held` uploads are summed together, block by block, into \
+         an f64 running sum on the available threads (the first written, not added, into fresh pages); the \
+         average sums the uploads still held straight into the f32 average. Upload XXH3-128 is the checksums \
+         column above; upload SHA-256, the digest uploads carried before, is shown for comparison.\n"
     );
     println!(
-        "| params | sites | accept_upload × n | of which the first | average | apply_delta | serialize + SHA-256 | of which SHA-256 | upload SHA-256 |"
+        "| params | sites | held | accept_upload × n | of which the first | average | apply_delta | serialize + SHA-256 | of which SHA-256 | upload XXH3-128 | upload SHA-256 |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             params_label(r.params),
             r.sites,
+            held_label(r.held),
             ms(r.accept),
             ms(r.first_upload),
             ms(r.average),
             ms(r.apply),
             ms(r.serialize),
             ms(r.model_sha),
+            ms(r.upload_checksums),
             ms(r.upload_sha),
         );
     }
@@ -332,7 +367,7 @@ fn print_plain(rows: &[PlainRow]) {
 struct SiteMessages {
     advertise: Vec<u8>,
     share_keys: Vec<u8>,
-    masked_input: Vec<u8>,
+    masked_input: Arc<Vec<u8>>,
     unmask_response: Vec<u8>,
 }
 
@@ -405,7 +440,7 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
                 site,
                 format: UpdateFormat::MaskedInput,
                 n_samples: N_SAMPLES,
-                payload: &m.masked_input,
+                payload: Arc::clone(&m.masked_input) as HeldBytes,
             };
             aggregation.accept_upload(&upload).unwrap();
         }
@@ -418,10 +453,10 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
                 .accept_message(site, SecAggStage::UnmaskResponse, &m.unmask_response)
                 .unwrap();
         }
-        let aggregate = ready(aggregation.advance(Instant::now()));
+        let mut aggregate = ready(aggregation.advance(Instant::now()));
         let unmask = before_unmask.elapsed();
         let server = start.elapsed();
-        let weights = apply_delta(&global.weights, &aggregate.average_delta).unwrap();
+        let weights = apply_delta(&global.weights, std::mem::take(&mut aggregate.average_delta)).unwrap();
         let model = ModelBlob::new(1, weights, global.config.clone()).unwrap();
         let apply_serialize = start.elapsed() - server;
         black_box(&model);
@@ -512,13 +547,15 @@ fn record_secure_round(
         )
         .unwrap();
         let delta = layout_values(layout, k as u64 + 1);
-        let bytes = encode(&client.masked_input(&delivery, &delta, N_SAMPLES).unwrap());
+        let bytes = Arc::new(encode(
+            &client.masked_input(&delivery, &delta, N_SAMPLES).unwrap(),
+        ));
         plain.add(site, &delta, N_SAMPLES).unwrap();
         let upload = Upload {
             site,
             format: UpdateFormat::MaskedInput,
             n_samples: N_SAMPLES,
-            payload: &bytes,
+            payload: Arc::clone(&bytes) as HeldBytes,
         };
         aggregation.accept_upload(&upload).unwrap();
         masked.push(bytes);
@@ -746,6 +783,9 @@ fn site_names(n: usize) -> Vec<String> {
 
 /// Runs per plain round: at least 3, fewer where a round is long.
 fn plain_repeats(millions: usize, sites: usize) -> usize {
+    if let Some(&repeats) = env_list("ROUNDS_BENCH_REPEATS", &[]).first() {
+        return repeats.max(1);
+    }
     match millions * sites {
         0..=30 => 5,
         31..=330 => 3,
@@ -793,6 +833,15 @@ fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| default.to_vec())
+}
+
+/// "all" for a whole round held, else the number of uploads held before they are summed.
+fn held_label(held: usize) -> String {
+    if held == usize::MAX {
+        "all".to_owned()
+    } else {
+        held.to_string()
+    }
 }
 
 fn ms(d: Duration) -> f64 {

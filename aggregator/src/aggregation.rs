@@ -8,7 +8,7 @@
 
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::federation::AggregationKind;
-use fedlnm_shared::federation::fedavg::FedAvg;
+use fedlnm_shared::federation::fedavg::{FedAvg, HeldBytes};
 use fedlnm_shared::weights::NamedTensors;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -25,13 +25,23 @@ pub enum AggregationError {
     WrongTime(String),
 }
 
-/// The header of an upload, as far as the aggregation cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A complete upload, as far as the aggregation cares. The payload is shared, not copied: a plain
+/// aggregation holds it until it is summed (see [`FedAvg`]), and with it whatever the receiver tied to
+/// it (the server's permit that counts it against `rounds.max_concurrent_uploads`).
+#[derive(Clone)]
 pub struct Upload<'a> {
     pub site: &'a str,
     pub format: UpdateFormat,
     pub n_samples: u64,
-    pub payload: &'a [u8],
+    pub payload: HeldBytes,
+}
+
+impl Upload<'_> {
+    /// The payload's bytes.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        (*self.payload).as_ref()
+    }
 }
 
 /// The combined update of a round.
@@ -174,6 +184,15 @@ impl PlainAggregation {
             fedavg.set_threads(threads);
         }
     }
+
+    /// Holds at most `max_held` complete uploads before summing them (default: the whole round, one
+    /// pass over all uploads at its end); the study passes `rounds.max_concurrent_uploads`, the
+    /// number of updates its memory is sized for. The result does not depend on it.
+    pub fn set_max_held(&mut self, max_held: usize) {
+        if let Some(fedavg) = &mut self.fedavg {
+            fedavg.set_max_held(max_held);
+        }
+    }
 }
 
 impl Aggregation for PlainAggregation {
@@ -202,11 +221,15 @@ impl Aggregation for PlainAggregation {
             )));
         }
         let origin = format!("update from site {}", upload.site);
-        // Read in place: the delta's values are decoded where they are checked and added, never copied.
-        let (delta, _) = NamedTensors::borrow_safetensors_bytes(upload.payload, Path::new(&origin))
-            .map_err(|e| AggregationError::Invalid(e.to_string()))?;
+        // Read in place: the delta's values are decoded where they are checked and summed, never
+        // copied; the upload is held until it is summed.
         fedavg
-            .add_f32_bytes(upload.site, &delta, upload.n_samples)
+            .hold_f32_bytes(
+                upload.site,
+                std::sync::Arc::clone(&upload.payload),
+                upload.n_samples,
+                Path::new(&origin),
+            )
             .map_err(|e| AggregationError::Invalid(e.to_string()))?;
         self.contributors.push(upload.site.to_owned());
         Ok(())

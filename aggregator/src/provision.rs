@@ -287,7 +287,7 @@ rounds.secure_aggregation: The aggregator only ever sees the sum of masked updat
 rounds.threat_model: malicious-aggregator (sites sign keys and survivor sets; > 2/3 of sites per stage) or honest-but-curious-aggregator.
 rounds.fedbn: FedBN: normalisation layers stay at each site.
 rounds.max_delta_norm: Largest L2 norm of a site's weight delta (each node checks its own).
-rounds.max_concurrent_uploads: Updates received at once (memory: this many updates, whatever the number of sites).
+rounds.max_concurrent_uploads: Updates in memory at once, received or waiting to be summed (memory: this many updates, whatever the number of sites).
 rounds.transfer_idle_s: Seconds an upload may stall (no data) before it is refused; slow links that keep sending are fine.
 [privacy]: Differential privacy of the training rounds (needs secure aggregation).
 privacy.noise_multiplier: Noise on the masked sum over the clipping norm; 0: no noise (the default).

@@ -331,7 +331,7 @@ impl Aggregation for SecureAggregation {
             ));
         }
         // Read in place: the masked vector is added from the bytes it arrived in, never decoded.
-        let (header, masked) = masked_input_view(upload.payload).map_err(invalid)?;
+        let (header, masked) = masked_input_view(upload.bytes()).map_err(invalid)?;
         Self::check_sender(upload.site, id, header.site)?;
         self.server
             .receive_masked_bytes(&header, masked)

@@ -53,11 +53,26 @@ struct Shared {
     changed: watch::Sender<u64>,
     telemetry: Arc<Telemetry>,
     job_observer: Mutex<Option<JobObserver>>,
-    /// Uploads being received (`rounds.max_concurrent_uploads`): peak memory is this many updates,
-    /// whatever the number of sites.
-    uploads: tokio::sync::Semaphore,
+    /// Uploads in memory (`rounds.max_concurrent_uploads`): being received, or complete and held by a
+    /// plain round until summed (the permit travels with the bytes). Peak memory is this many
+    /// updates, whatever the number of sites.
+    uploads: Arc<tokio::sync::Semaphore>,
     /// Where `/metrics` is served, once bound (`metrics_listen` may name port 0).
     metrics_address: Mutex<Option<std::net::SocketAddr>>,
+}
+
+/// A complete upload's bytes with the permit that counts them against `rounds.max_concurrent_uploads`:
+/// the permit is returned when the bytes are dropped (after the reply for a secure round, once summed
+/// for a plain one).
+struct Received {
+    bytes: Vec<u8>,
+    _turn: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Received {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// The federation service of one study.
@@ -76,7 +91,7 @@ impl FederationService {
         let telemetry = Arc::new(Telemetry::default());
         let study = Study::open(config.clone(), telemetry.clone())?;
         let (changed, _) = watch::channel(0);
-        let uploads = tokio::sync::Semaphore::new(config.rounds.max_concurrent_uploads);
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.rounds.max_concurrent_uploads));
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -362,6 +377,7 @@ fn refusal_label(error: &TransferError) -> &'static str {
         TransferError::TooLarge { .. } => "oversized-update",
         TransferError::WrongSize { .. } => "truncated-or-oversized-update",
         TransferError::Digest { .. } => "update-digest",
+        TransferError::UnknownChecksum { .. } => "update-checksum-algorithm",
         TransferError::Idle { .. } => "idle-update",
         TransferError::OutOfOrder { .. } | TransferError::MisplacedHeader { .. } => "malformed-update",
     }
@@ -438,10 +454,8 @@ impl FederationHandler for FederationService {
         self.mutate(|study| study.upload_limit(&site, header.round))?;
         // Wait for a turn before reading the update (its sender is held back meanwhile), then check
         // again: the round may have moved on while this site waited.
-        let _turn = self
-            .shared
-            .uploads
-            .acquire()
+        let turn = Arc::clone(&self.shared.uploads)
+            .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("the aggregator is stopping"))?;
         let limit = self.mutate(|study| study.upload_limit(&site, header.round))?;
@@ -452,11 +466,15 @@ impl FederationHandler for FederationService {
             error.status()
         })?;
         self.shared.telemetry.received("update", payload.len());
+        let bytes = payload.len() as u64;
         let upload = Upload {
             site: &site,
             format: header.format,
             n_samples: header.n_samples,
-            payload: &payload,
+            payload: Arc::new(Received {
+                bytes: payload,
+                _turn: turn,
+            }),
         };
         self.mutate(|study| study.accept_upload(header.round, &upload))
             .inspect_err(|status| {
@@ -468,9 +486,10 @@ impl FederationHandler for FederationService {
                 );
                 self.shared.telemetry.refuse("update-refused");
             })?;
+        drop(upload);
         Ok(UploadReceipt {
             round: header.round,
-            bytes: payload.len() as u64,
+            bytes,
         })
     }
 

@@ -133,7 +133,7 @@ fn a_sparse_graph_round_decodes_fedavg_from_each_site_s_neighbourhood_alone() {
                 site,
                 format: UpdateFormat::MaskedInput,
                 n_samples: n,
-                payload: &masked,
+                payload: std::sync::Arc::new(masked),
             })
             .unwrap();
     }

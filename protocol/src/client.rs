@@ -8,11 +8,10 @@ use crate::messages::{
     AnalysisReport, CheckInReply, Claim, MetricsReport, ModelRef, ProtocolError, SecAggMessage, SecAggStage,
     Task, UpdateFormat, UpdateHeader, UploadReceipt,
 };
-use crate::transfer::{self, Assembler, TransferError};
+use crate::transfer::{self, Assembler, Digest, TransferError};
 use fedlnm_shared::analysis::AnalysisAnswer;
 use fedlnm_shared::config::NodeConfig;
 use fedlnm_shared::federation::SiteRoundMetrics;
-use fedlnm_shared::weights::sha256_hex;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -281,7 +280,12 @@ impl Client {
             })
             .await?
             .into_inner();
-        let mut assembler = Assembler::new("model download", model.size_bytes, model.size_bytes)?;
+        let mut assembler = Assembler::new(
+            "model download",
+            model.size_bytes,
+            model.size_bytes,
+            Digest::Sha256,
+        )?;
         while let Some(chunk) = stream.message().await? {
             assembler.push(Some(chunk.offset), &chunk.data)?;
         }
@@ -309,7 +313,7 @@ impl Client {
                 0
             },
             total_size: payload.len() as u64,
-            digest: sha256_hex(payload),
+            digest: transfer::upload_checksum(payload),
         };
         let mut header = Some(pb::UpdateHeader::from(header));
         let chunks: Vec<pb::UpdateChunk> = transfer::chunks(payload)

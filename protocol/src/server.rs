@@ -9,7 +9,7 @@ use crate::messages::{
     AnalysisReport, CheckIn, CheckInReply, Claim, MetricsReport, SecAggMessage, Task, UpdateHeader,
     UploadReceipt,
 };
-use crate::transfer::{self, Assembler, TransferError};
+use crate::transfer::{self, Assembler, Digest, TransferError};
 use fedlnm_shared::config::TlsFiles;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -53,13 +53,14 @@ pub struct IncomingUpload {
 
 impl IncomingUpload {
     /// Receives the whole payload: refused before reading when the announced size exceeds `limit`,
-    /// checked chunk by chunk (a link silent for `idle` between two chunks times out) and by SHA-256.
+    /// checked chunk by chunk (a link silent for `idle` between two chunks times out) and by its
+    /// XXH3-128 checksum.
     ///
     /// # Errors
     /// [`TransferError`] naming what is wrong; its `status()` is the answer to the site.
     pub async fn receive(mut self, limit: u64, idle: Duration) -> Result<Vec<u8>, TransferError> {
         const WHAT: &str = "update";
-        let mut assembler = Assembler::new(WHAT, self.header.total_size, limit)?;
+        let mut assembler = Assembler::new(WHAT, self.header.total_size, limit, Digest::Xxh3)?;
         assembler.push(None, &self.first)?;
         loop {
             let chunk = match tokio::time::timeout(idle, self.stream.message()).await {

@@ -257,7 +257,7 @@ fn a_round_configured_from_a_global_model_returns_its_shapes() {
             assert!((g - w).abs() <= 1e-6, "{}: {g} vs {w}", got.name);
         }
     }
-    let next = apply_delta(&global, &aggregate.fedavg_delta).unwrap();
+    let next = apply_delta(&global, aggregate.fedavg_delta.clone()).unwrap();
     next.check_same_layout(&global).unwrap();
 }
 

@@ -50,6 +50,15 @@ impl<T: LeElement> Elements<'_, T> {
         self.len() == 0
     }
 
+    /// The elements `range` (which must lie within them).
+    #[must_use]
+    pub fn slice(self, range: std::ops::Range<usize>) -> Self {
+        match self {
+            Self::Decoded(values) => Self::Decoded(&values[range]),
+            Self::LeBytes(bytes) => Self::LeBytes(&bytes[T::SIZE * range.start..T::SIZE * range.end]),
+        }
+    }
+
     /// `f(target[i], element[start + i])` for every element of `target` (which must not run past the
     /// elements). One loop per representation, so that `f` is inlined and the loop vectorizes.
     pub fn zip_into<D>(self, target: &mut [D], start: usize, f: impl Fn(&mut D, T)) {
@@ -91,6 +100,8 @@ mod tests {
             assert_eq!(tail, words[1..]);
             assert!(elements.all(|x| x != 7));
             assert!(!elements.all(|x| x != 42));
+            assert!(elements.slice(0..3).all(|x| x != 42));
+            assert_eq!(elements.slice(1..3).len(), 2);
         }
         let floats = [1.5f32, f32::NAN];
         let bytes: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();

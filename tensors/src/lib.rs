@@ -187,16 +187,17 @@ impl NamedTensors {
         let serialize = |e: safetensors::SafeTensorError| WeightsError::Serialize {
             message: e.to_string(),
         };
-        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+        // The values as they are laid out in the file, borrowed where the machine is little-endian:
+        // the model is copied once, into the file's buffer.
+        let bytes: Vec<(String, std::borrow::Cow<'_, [u8]>, Vec<usize>)> = self
             .tensors
             .iter()
             .map(|tensor| {
-                let data = tensor
-                    .values
-                    .iter()
-                    .flat_map(|value| value.to_le_bytes())
-                    .collect();
-                (tensor.name.clone(), data, tensor.shape.clone())
+                (
+                    tensor.name.clone(),
+                    le_bytes(&tensor.values),
+                    tensor.shape.clone(),
+                )
             })
             .collect();
         let views = bytes
@@ -212,6 +213,15 @@ impl NamedTensors {
         let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(serialize)?;
         canonicalise_header(&mut bytes);
         Ok(bytes)
+    }
+}
+
+/// `values` as little-endian bytes: a view of them on a little-endian machine, a copy otherwise.
+fn le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        std::borrow::Cow::Owned(values.iter().flat_map(|value| value.to_le_bytes()).collect())
     }
 }
 

@@ -74,9 +74,45 @@ pub fn for_each_part_of_all<T: Send>(
     });
 }
 
+/// The first k for which `check(k, range)` fails, over vectors of lengths `lens` split as
+/// [`for_each_part_of_all`] splits them (thread i gets range i of each vector), on up to `threads`
+/// scoped threads; `None` when every range passes. For read-only passes (checks) over many vectors.
+pub fn first_failing(
+    lens: &[usize],
+    threads: usize,
+    check: impl Fn(usize, std::ops::Range<usize>) -> bool + Sync,
+) -> Option<usize> {
+    let total: usize = lens.iter().sum();
+    let threads = threads.clamp(1, total.div_ceil(MIN_PER_THREAD).max(1));
+    let share = |i: usize| {
+        lens.iter().enumerate().find_map(|(k, &len)| {
+            let per_thread = len.div_ceil(threads).max(1);
+            let start = (i * per_thread).min(len);
+            let end = (start + per_thread).min(len);
+            (start < end && !check(k, start..end)).then_some(k)
+        })
+    };
+    if threads == 1 {
+        return share(0);
+    }
+    let share = &share;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads).map(|i| scope.spawn(move || share(i))).collect();
+        handles
+            .into_iter()
+            .filter_map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .min()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn every_element_is_visited_once_at_its_own_index() {
@@ -92,6 +128,30 @@ mod tests {
                     data.iter().enumerate().all(|(i, &x)| x == i + 1),
                     "{len} elements, {threads} threads"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_failing_vector_is_found_whatever_the_thread_count() {
+        let lens = [5, 3 * MIN_PER_THREAD + 7, 0, 2 * MIN_PER_THREAD, 1];
+        for threads in [1, 2, 3, 8] {
+            for bad in [
+                None,
+                Some((1, 3 * MIN_PER_THREAD + 6)),
+                Some((3, 0)),
+                Some((4, 0)),
+            ] {
+                let seen: Vec<AtomicUsize> = lens.iter().map(|_| AtomicUsize::new(0)).collect();
+                let found = first_failing(&lens, threads, |k, range| {
+                    seen[k].fetch_add(range.len(), Ordering::Relaxed);
+                    !bad.is_some_and(|(bad_k, at)| bad_k == k && range.contains(&at))
+                });
+                assert_eq!(found, bad.map(|(k, _)| k), "{threads} threads, {bad:?}");
+                if bad.is_none() {
+                    let seen: Vec<usize> = seen.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+                    assert_eq!(seen, lens, "every element checked once, {threads} threads");
+                }
             }
         }
     }

@@ -20,7 +20,7 @@ use fedlnm_protocol::messages::{
     AnalysisReport, CheckInReply, MetricsReport, SecAggMessage, Task, UpdateHeader,
 };
 use fedlnm_protocol::payload;
-use fedlnm_protocol::transfer::Assembler;
+use fedlnm_protocol::transfer::{Assembler, Digest, upload_checksum};
 use fedlnm_shared::analysis::{AnalysisAnswer, AnalysisRequest};
 use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{AggregatorConfig, NodeConfig};
@@ -224,8 +224,16 @@ pub fn transfer(data: &[u8]) -> Outcome {
     let mut input = Bytes(data);
     let limit = u64::from(input.u32() % (TRANSFER_LIMIT + 1));
     let announced = u64::from(input.u32());
-    let honest_digest = input.u8() & 1 == 0;
-    let mut assembler = Assembler::new("fuzzed transfer", announced, limit).map_err(|e| e.to_string())?;
+    // Bit 0: an honest digest or not; bit 1: a model's SHA-256 or an upload's XXH3-128 checksum.
+    let control = input.u8();
+    let honest_digest = control & 1 == 0;
+    let kind = if control & 2 == 0 {
+        Digest::Sha256
+    } else {
+        Digest::Xxh3
+    };
+    let mut assembler =
+        Assembler::new("fuzzed transfer", announced, limit, kind).map_err(|e| e.to_string())?;
     let mut sent = Vec::new();
     while !input.0.is_empty() {
         let control = input.u8();
@@ -240,10 +248,14 @@ pub fn transfer(data: &[u8]) -> Outcome {
         sent.extend_from_slice(chunk);
         assert_eq!(assembler.received(), sent.len() as u64);
     }
+    let digest_of = |bytes: &[u8]| match kind {
+        Digest::Sha256 => sha256_hex(bytes),
+        Digest::Xxh3 => upload_checksum(bytes),
+    };
     let digest = if honest_digest {
-        sha256_hex(&sent)
+        digest_of(&sent)
     } else {
-        sha256_hex(b"not the transfer")
+        digest_of(b"not the transfer")
     };
     let received = assembler.finish(&digest).map_err(|e| e.to_string())?;
     assert_eq!(
@@ -256,7 +268,7 @@ pub fn transfer(data: &[u8]) -> Outcome {
 }
 
 /// Safetensors bytes (after the input's first byte, which picks the reader) as the aggregator reads a
-/// plain upload (`borrow_safetensors_bytes` into `FedAvg::add_f32_bytes` against a small global
+/// plain upload (`FedAvg::hold_f32_bytes`, which reads it with `borrow_safetensors_bytes`, against a small global
 /// model), as weights (`NamedTensors::from_safetensors_bytes`) and as a checkpoint
 /// (`Checkpoint::from_bytes`). A parsed checkpoint must serialize and parse back to itself.
 ///
@@ -269,10 +281,9 @@ pub fn safetensors(data: &[u8]) -> Outcome {
     let origin = Path::new("fuzzed upload");
     match kind % 3 {
         0 => {
-            let (tensors, _) =
-                NamedTensors::borrow_safetensors_bytes(bytes, origin).map_err(|e| e.to_string())?;
             let mut sum = FedAvg::new(global_model(), |name| !is_local_norm(name));
-            sum.add_f32_bytes("S1", &tensors, 7).map_err(|e| e.to_string())?;
+            sum.hold_f32_bytes("S1", std::sync::Arc::new(bytes.to_vec()), 7, origin)
+                .map_err(|e| e.to_string())?;
             sum.average().map(drop).map_err(|e| e.to_string())
         }
         1 => NamedTensors::from_safetensors_bytes(bytes, origin)

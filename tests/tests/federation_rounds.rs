@@ -13,6 +13,7 @@ use fedlnm_protocol::generated::{
     AggregationKind, MetricsReport, ModelRequest, UpdateChunk, UpdateFormat, UpdateHeader, task,
 };
 use fedlnm_protocol::payload;
+use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{RoundSettings, SiteRole};
 use fedlnm_shared::federation::{RoundRecord, SiteRoundMetrics};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
@@ -66,7 +67,7 @@ async fn upload(
         format: UpdateFormat::SafetensorsDelta.into(),
         n_samples,
         total_size: payload.len() as u64,
-        digest: sha256_hex(&payload),
+        digest: upload_checksum(&payload),
     };
     tamper(&mut header);
     let chunks: Vec<UpdateChunk> = payload
@@ -217,10 +218,20 @@ async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates()
         .await
         .unwrap_err();
     assert_eq!(refusal.code(), tonic::Code::ResourceExhausted, "{refusal:?}");
-    let refusal = upload(&mut s1, "S1", 1, good.clone(), 100, |h| h.digest = "0".repeat(64))
-        .await
-        .unwrap_err();
+    let refusal = upload(&mut s1, "S1", 1, good.clone(), 100, |h| {
+        h.digest = format!("xxh3-128:{}", "0".repeat(32));
+    })
+    .await
+    .unwrap_err();
     assert_eq!(refusal.code(), tonic::Code::DataLoss, "{refusal:?}");
+    // A node of the protocol version before XXH3-128 checksums (a bare SHA-256) is told to update.
+    let refusal = upload(&mut s1, "S1", 1, good.clone(), 100, |h| {
+        h.digest = sha256_hex(&good)
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(refusal.code(), tonic::Code::InvalidArgument, "{refusal:?}");
+    assert!(refusal.message().contains("update it"), "{}", refusal.message());
     let refusal = upload(&mut s1, "S1", 1, b"not a safetensors file".to_vec(), 100, |_| {})
         .await
         .unwrap_err();
@@ -379,4 +390,36 @@ async fn plain_fedavg_rounds_commit_resume_after_a_kill_and_refuse_bad_updates()
     assert_eq!(committed.model.digest, digest3);
     assert_close(&committed.model.weights, &expected_after(3));
     aggregator.shut_down().await;
+}
+
+/// However many updates the aggregator may hold before summing them (`rounds.max_concurrent_uploads`:
+/// one, summed as each arrives; two, summed in pairs; more than the sites, summed in one pass into the
+/// average), a plain round commits the same model, to the bit, and it is the FedAvg of the deltas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_round_commits_the_same_model_whatever_the_updates_held_at_once() {
+    let mut digests = Vec::new();
+    for held in [1, 2, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let study_dir = dir.path().join("study");
+        let settings = RoundSettings {
+            rounds: 1,
+            min_sites: 3,
+            secure_aggregation: false,
+            fedbn: true,
+            max_concurrent_uploads: held,
+            ..RoundSettings::default()
+        };
+        let config = provision_study(&study_dir, STUDY, settings);
+        let state_dir = config.state_dir.clone();
+        let aggregator = RunningAggregator::start(config, 0).await;
+        let digest = run_round(&study_dir, &aggregator.url, 1).await;
+        let committed = RoundStore::open(&state_dir).unwrap().load(1).unwrap();
+        assert_eq!(
+            committed.model.digest, digest,
+            "{held} held: the validated model is committed"
+        );
+        assert_close(&committed.model.weights, &expected_after(1));
+        digests.push(digest);
+    }
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
 }

@@ -13,13 +13,14 @@ use fedlnm_protocol::generated::{
     MetricsReport, SecAggRequest, SecAggStage, UpdateChunk, UpdateFormat, UpdateHeader, task,
 };
 use fedlnm_protocol::payload as wire;
+use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{RoundSettings, SiteRole};
 use fedlnm_shared::federation::{ScoreHistogram, SiteRoundMetrics, StageConfusion};
 use fedlnm_shared::secagg::{
     ConsistencyCheck, InputKind, KeyDirectory, MaskedInput, SecAggConfig, ShareDelivery, SiteId,
     UnmaskRequest,
 };
-use fedlnm_shared::weights::{NamedTensors, sha256_hex};
+use fedlnm_shared::weights::NamedTensors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
@@ -67,7 +68,7 @@ async fn train(study_dir: &Path, url: &str, site: &str) {
         format: UpdateFormat::SafetensorsDelta.into(),
         n_samples: 50,
         total_size: payload.len() as u64,
-        digest: sha256_hex(&payload),
+        digest: upload_checksum(&payload),
     };
     let chunk = UpdateChunk {
         header: Some(header),

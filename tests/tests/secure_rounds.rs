@@ -16,12 +16,13 @@ use fedlnm_protocol::generated::{
     UpdateHeader, task,
 };
 use fedlnm_protocol::payload as wire;
+use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{HararySettings, RoundSettings, SecureAggregationGraph, SiteRole, ThreatModel};
 use fedlnm_shared::federation::{SiteCohort, SiteRoundMetrics};
 use fedlnm_shared::secagg::{
     ConsistencyCheck, Graph, KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
 };
-use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
+use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
@@ -210,7 +211,7 @@ async fn site_round(
         format: UpdateFormat::MaskedInput.into(),
         n_samples: 0,
         total_size: payload.len() as u64,
-        digest: sha256_hex(&payload),
+        digest: upload_checksum(&payload),
     };
     let chunks = vec![UpdateChunk {
         header: Some(header),
@@ -809,7 +810,7 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
             1,
             UpdateFormat::MaskedInput,
             short.clone(),
-            sha256_hex(&short),
+            upload_checksum(&short),
         )
         .await,
         Code::InvalidArgument,
@@ -822,11 +823,11 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
             1,
             UpdateFormat::MaskedInput,
             payload.clone(),
-            sha256_hex(b"other"),
+            upload_checksum(b"other"),
         )
         .await,
         Code::DataLoss,
-        &["SHA-256"],
+        &["corrupted in transit"],
     );
     refused(
         upload_masked(
@@ -835,7 +836,7 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
             1,
             UpdateFormat::SafetensorsDelta,
             payload.clone(),
-            sha256_hex(&payload),
+            upload_checksum(&payload),
         )
         .await,
         Code::InvalidArgument,
@@ -847,7 +848,7 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
         1,
         UpdateFormat::MaskedInput,
         payload.clone(),
-        sha256_hex(&payload),
+        upload_checksum(&payload),
     )
     .await
     .unwrap();
@@ -858,7 +859,7 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
             1,
             UpdateFormat::MaskedInput,
             payload.clone(),
-            sha256_hex(&payload),
+            upload_checksum(&payload),
         )
         .await,
         Code::AlreadyExists,

@@ -152,7 +152,7 @@ impl SecureSum {
             site,
             format: UpdateFormat::MaskedInput,
             n_samples: 0,
-            payload,
+            payload: Arc::new(payload.to_vec()),
         })
     }
 

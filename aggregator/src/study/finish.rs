@@ -102,8 +102,10 @@ impl Study {
                         };
                         let global = self.committed.model.clone();
                         let work = move || {
-                            let result = finisher().and_then(|aggregate| {
-                                let weights = apply_delta(&global.weights, &aggregate.average_delta)?;
+                            let result = finisher().and_then(|mut aggregate| {
+                                // The average becomes the new model (it is not kept in the record).
+                                let average = std::mem::take(&mut aggregate.average_delta);
+                                let weights = apply_delta(&global.weights, average)?;
                                 let model = ModelBlob::new(round, weights, global.config.clone())?;
                                 Ok(Box::new((aggregate, model)))
                             });

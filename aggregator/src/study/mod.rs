@@ -378,13 +378,16 @@ impl Study {
             }
         } else {
             let local = self.local_tensors.clone();
-            Box::new(PlainAggregation::new(
+            let mut plain = PlainAggregation::new(
                 &global.weights,
                 move |name| local.is_aggregated(name),
                 self.train_sites.iter().cloned(),
                 settings.min_sites,
                 deadline,
-            ))
+            );
+            // Held uploads keep their receiving permits: the same memory bound holds them.
+            plain.set_max_held(settings.max_concurrent_uploads);
+            Box::new(plain)
         };
         tracing::info!(round, aggregation = ?aggregation.kind(), "round started");
         self.telemetry.round.set(i64::try_from(round).unwrap_or(i64::MAX));
@@ -574,7 +577,7 @@ impl Study {
         tracing::info!(
             site = upload.site,
             round,
-            bytes = upload.payload.len(),
+            bytes = upload.bytes().len(),
             "update accepted"
         );
         Ok(())
