@@ -5,7 +5,7 @@
 //! uploads (safetensors of Δ_k for plain FedAvg; the wire-encoded `MaskedInput` for secure
 //! aggregation). The aggregator's own work is timed as a round does it: `PlainAggregation::accept_upload`
 //! for every site (parse, layout and finiteness checks; uploads held and summed in groups), `advance`
-//! (the average), `apply_delta`, `ModelBlob::new` (serialization and SHA-256), the uploads' checksums
+//! (the average), `apply_delta`, `ModelBlob::new` (serialization and SHA-256), the checks made on arrival
 //! and, in its own column, the atomic `RoundStore::commit` into a temporary folder (fsync included). Secure aggregation times the server
 //! side only (`SecureAggregation` fed pre-computed site messages, recorded from one untimed round with
 //! real `SecAggClient`s and replayed into fresh instances).
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use fedlnm_aggregator::aggregation::{Aggregation, PlainAggregation, RoundAggregate, Upload};
 use fedlnm_aggregator::store::{ModelBlob, RoundStore};
 use fedlnm_protocol::payload::{decode, encode};
-use fedlnm_protocol::transfer::upload_checksum;
+use fedlnm_protocol::transfer::{UploadChecksum, chunks, upload_checksum};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, RoundSettings};
 use fedlnm_shared::federation::fedavg::{HeldBytes, apply_delta};
@@ -38,6 +38,7 @@ use fedlnm_shared::federation::{AggregationKind, RoundRecord};
 use fedlnm_shared::host::{cpu_model, load_average};
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
+use fedlnm_shared::weights::scan::{FiniteScan, ScanReport};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 
 const MILLION: usize = 1_000_000;
@@ -138,7 +139,7 @@ struct PlainRow {
     apply: Duration,
     serialize: Duration,
     model_sha: Duration,
-    /// The uploads' XXH3-128 checksums (what the service checks), and their SHA-256 (the digest
+    /// The checks made as uploads arrive (XXH3-128 checksum, value scan), and the uploads' SHA-256 (the digest
     /// uploads carried before, for comparison).
     upload_checksums: Duration,
     upload_sha: Duration,
@@ -168,6 +169,13 @@ fn plain_round(
         copy_all(payloads, &mut copy_target);
         let memcpy = start.elapsed();
 
+        // What the gRPC service does as each upload arrives, chunk by chunk while the chunk is in the
+        // cache: its XXH3-128 checksum and the scan of its values (one upload per task, on the
+        // runtime's worker threads).
+        let start = Instant::now();
+        let scans = upload_digests(payloads, receive_checks);
+        let receipt = start.elapsed();
+
         let start = Instant::now();
         let mut aggregation = PlainAggregation::new(
             &global.weights,
@@ -181,12 +189,13 @@ fn plain_round(
         }
         aggregation.set_max_held(held);
         let mut first_upload = Duration::ZERO;
-        for (site, payload) in names.iter().zip(payloads) {
+        for ((site, payload), (_, scan)) in names.iter().zip(payloads).zip(&scans) {
             let upload = Upload {
                 site,
                 format: UpdateFormat::SafetensorsDelta,
                 n_samples: N_SAMPLES,
                 payload: Arc::clone(payload) as HeldBytes,
+                scan: Some(*scan),
             };
             aggregation.accept_upload(&upload).unwrap();
             if first_upload.is_zero() {
@@ -205,12 +214,11 @@ fn plain_round(
         store.commit(&round_record, &model).unwrap();
         let commit = before_commit.elapsed();
 
-        // Digests on their own: the new model's SHA-256, and the uploads' checksums, which the gRPC
-        // service computes chunk by chunk as they arrive (one upload per task, on the runtime's worker
-        // threads); the uploads' SHA-256 for comparison.
+        // Digests on their own: the new model's SHA-256, and the uploads' SHA-256 (the digest uploads
+        // carried before XXH3-128) for comparison.
         let model_sha = time(|| sha256_hex(&model.bytes));
-        let upload_checksums = time(|| upload_digests(payloads, upload_checksum));
-        let upload_sha = time(|| upload_digests(payloads, sha256_hex));
+        let upload_sha = time(|| upload_digests(payloads, |p| (sha256_hex(p), FiniteScan::new().finish())));
+        let upload_checksums = receipt;
         runs.push([
             memcpy,
             serialized - start,
@@ -260,9 +268,23 @@ fn plain_round(
     row
 }
 
+/// What the service computes as an upload arrives, in 1 MiB chunks: its checksum, as it travels in
+/// the header, and the scan of its values.
+fn receive_checks(payload: &[u8]) -> (String, ScanReport) {
+    let mut checksum = UploadChecksum::new();
+    let mut scan = FiniteScan::new();
+    for (_, chunk) in chunks(payload) {
+        checksum.update(chunk);
+        scan.update(chunk);
+    }
+    let checksum = checksum.finish();
+    debug_assert_eq!(checksum, upload_checksum(payload));
+    (checksum, scan.finish())
+}
+
 /// `digest` of every upload, the uploads spread over the available threads as the gRPC service's
 /// worker threads receive them.
-fn upload_digests(payloads: &[Arc<Vec<u8>>], digest: fn(&[u8]) -> String) -> Vec<String> {
+fn upload_digests<T: Send>(payloads: &[Arc<Vec<u8>>], digest: fn(&[u8]) -> T) -> Vec<T> {
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let per_thread = payloads.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
@@ -287,14 +309,15 @@ fn print_plain(rows: &[PlainRow]) {
     println!(
         "Aggregate = `accept_upload` for every site (read in place, checks, held and summed `held` at a time on the available \
          threads) + `advance` (average) + `apply_delta` + `ModelBlob::new` (serialize + SHA-256). Upload \
-         checksums = the XXH3-128 of every upload, which the gRPC service computes chunk by chunk as it \
-         arrives, uploads spread over the available threads. Commit = `RoundStore::commit` (write, fsync, \
+         checks = what the gRPC service computes chunk by chunk as each upload arrives (its XXH3-128 checksum \
+         and the scan of its values, which `accept_upload` then need not read again), uploads spread over the \
+         available threads. Commit = `RoundStore::commit` (write, fsync, \
          rename, fsync). Memcpy bound = `copy_from_slice` of the same total upload bytes, one thread, warm \
          buffers. Download = model size × (n training downloads + (n + 1) validation downloads, one \
          validation-only site). Medians of the runs shown; MB = 10^6 bytes.\n"
     );
     println!(
-        "| params | sites | held | runs | upload MB | download MB | aggregate + apply + serialize (ms) | upload checksums (ms) | commit (ms) | memcpy bound (ms) | ratio | ratio with checksums | ratio with checksums and commit |"
+        "| params | sites | held | runs | upload MB | download MB | aggregate + apply + serialize (ms) | upload checks (ms) | commit (ms) | memcpy bound (ms) | ratio | ratio with upload checks | ratio with upload checks and commit |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
@@ -331,14 +354,15 @@ fn print_plain(rows: &[PlainRow]) {
     }
     println!("\n#### Where the plain round's time goes (ms, medians)\n");
     println!(
-        "`accept_upload` reads each upload in place (safetensors header, layout check, finiteness check on \
-         the available threads) and holds it; every `held` uploads are summed together, block by block, into \
+        "`accept_upload` reads each upload's header in place (layout check; the values' finiteness comes from the \
+         scan made on arrival) and holds it; every `held` uploads are summed together, block by block, into \
          an f64 running sum on the available threads (the first written, not added, into fresh pages); the \
-         average sums the uploads still held straight into the f32 average. Upload XXH3-128 is the checksums \
-         column above; upload SHA-256, the digest uploads carried before, is shown for comparison.\n"
+         average sums the uploads still held straight into the f32 average. Upload checks is the column above \
+         (XXH3-128 and value scan, chunk by chunk); upload SHA-256, the digest uploads carried before, is \
+         shown for comparison.\n"
     );
     println!(
-        "| params | sites | held | accept_upload × n | of which the first | average | apply_delta | serialize + SHA-256 | of which SHA-256 | upload XXH3-128 | upload SHA-256 |"
+        "| params | sites | held | accept_upload × n | of which the first | average | apply_delta | serialize + SHA-256 | of which SHA-256 | upload checks | upload SHA-256 |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
@@ -441,6 +465,7 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
                 format: UpdateFormat::MaskedInput,
                 n_samples: N_SAMPLES,
                 payload: Arc::clone(&m.masked_input) as HeldBytes,
+                scan: None,
             };
             aggregation.accept_upload(&upload).unwrap();
         }
@@ -556,6 +581,7 @@ fn record_secure_round(
             format: UpdateFormat::MaskedInput,
             n_samples: N_SAMPLES,
             payload: Arc::clone(&bytes) as HeldBytes,
+            scan: None,
         };
         aggregation.accept_upload(&upload).unwrap();
         masked.push(bytes);

@@ -10,6 +10,7 @@ use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::federation::AggregationKind;
 use fedlnm_shared::federation::fedavg::{FedAvg, HeldBytes};
 use fedlnm_shared::weights::NamedTensors;
+use fedlnm_shared::weights::scan::ScanReport;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
@@ -34,6 +35,9 @@ pub struct Upload<'a> {
     pub format: UpdateFormat,
     pub n_samples: u64,
     pub payload: HeldBytes,
+    /// A scan of the payload's values made as it arrived (plain updates), which spares reading them
+    /// again to check them.
+    pub scan: Option<ScanReport>,
 }
 
 impl Upload<'_> {
@@ -229,6 +233,7 @@ impl Aggregation for PlainAggregation {
                 std::sync::Arc::clone(&upload.payload),
                 upload.n_samples,
                 Path::new(&origin),
+                upload.scan.as_ref(),
             )
             .map_err(|e| AggregationError::Invalid(e.to_string()))?;
         self.contributors.push(upload.site.to_owned());

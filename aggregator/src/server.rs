@@ -17,10 +17,11 @@ use fedlnm_protocol::server::{self as wire, Caller, Download, FederationHandler,
 use fedlnm_protocol::transfer::TransferError;
 use fedlnm_protocol::{
     AnalysisReport, AnalysisTask, CheckIn, CheckInReply, Claim, MetricsReport, ModelRef, SecAggMessage,
-    SecAggStage, Status, Task, TrainTask, UploadReceipt, ValidateTask,
+    SecAggStage, Status, Task, TrainTask, UpdateFormat, UploadReceipt, ValidateTask,
 };
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::SiteRoundMetrics;
+use fedlnm_shared::weights::scan::FiniteScan;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -460,11 +461,22 @@ impl FederationHandler for FederationService {
             .map_err(|_| Status::unavailable("the aggregator is stopping"))?;
         let limit = self.mutate(|study| study.upload_limit(&site, header.round))?;
         let idle = Duration::from_secs(self.shared.config.rounds.transfer_idle_s);
-        let payload = upload.receive(limit, idle).await.map_err(|error| {
-            tracing::warn!(site, round = header.round, %error, "refused: upload");
-            self.shared.telemetry.refuse(refusal_label(&error));
-            error.status()
-        })?;
+        // A plain update's values are checked chunk by chunk as they arrive (still in the cache),
+        // instead of being read again from memory when the round takes the update.
+        let mut scan = (header.format == UpdateFormat::SafetensorsDelta).then(FiniteScan::new);
+        let inspect = |chunk: &[u8]| {
+            if let Some(scan) = &mut scan {
+                scan.update(chunk);
+            }
+        };
+        let payload = upload
+            .receive_inspecting(limit, idle, inspect)
+            .await
+            .map_err(|error| {
+                tracing::warn!(site, round = header.round, %error, "refused: upload");
+                self.shared.telemetry.refuse(refusal_label(&error));
+                error.status()
+            })?;
         self.shared.telemetry.received("update", payload.len());
         let bytes = payload.len() as u64;
         let upload = Upload {
@@ -475,6 +487,7 @@ impl FederationHandler for FederationService {
                 bytes: payload,
                 _turn: turn,
             }),
+            scan: scan.as_ref().map(FiniteScan::finish),
         };
         self.mutate(|study| study.accept_upload(header.round, &upload))
             .inspect_err(|status| {

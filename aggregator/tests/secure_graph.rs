@@ -134,6 +134,7 @@ fn a_sparse_graph_round_decodes_fedavg_from_each_site_s_neighbourhood_alone() {
                 format: UpdateFormat::MaskedInput,
                 n_samples: n,
                 payload: std::sync::Arc::new(masked),
+                scan: None,
             })
             .unwrap();
     }

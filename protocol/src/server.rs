@@ -58,10 +58,25 @@ impl IncomingUpload {
     ///
     /// # Errors
     /// [`TransferError`] naming what is wrong; its `status()` is the answer to the site.
-    pub async fn receive(mut self, limit: u64, idle: Duration) -> Result<Vec<u8>, TransferError> {
+    pub async fn receive(self, limit: u64, idle: Duration) -> Result<Vec<u8>, TransferError> {
+        self.receive_inspecting(limit, idle, |_| {}).await
+    }
+
+    /// [`Self::receive`], handing every chunk, in order, to `inspect` once it is accepted, while it is
+    /// still in the cache from its arrival (a check of the values as they stream in).
+    ///
+    /// # Errors
+    /// As [`Self::receive`].
+    pub async fn receive_inspecting(
+        mut self,
+        limit: u64,
+        idle: Duration,
+        mut inspect: impl FnMut(&[u8]) + Send,
+    ) -> Result<Vec<u8>, TransferError> {
         const WHAT: &str = "update";
         let mut assembler = Assembler::new(WHAT, self.header.total_size, limit, Digest::Xxh3)?;
         assembler.push(None, &self.first)?;
+        inspect(&self.first);
         loop {
             let chunk = match tokio::time::timeout(idle, self.stream.message()).await {
                 Ok(Ok(Some(chunk))) => chunk,
@@ -73,6 +88,7 @@ impl IncomingUpload {
                 return Err(TransferError::MisplacedHeader { what: WHAT });
             }
             assembler.push(None, &chunk.data)?;
+            inspect(&chunk.data);
         }
         assembler.finish(&self.header.digest)
     }

@@ -26,6 +26,28 @@ pub fn upload_checksum(bytes: &[u8]) -> String {
     format_xxh3(XxHash3_128::oneshot(bytes))
 }
 
+/// [`upload_checksum`] computed piece by piece, as chunks arrive.
+#[derive(Default)]
+pub struct UploadChecksum(Box<XxHash3_128>);
+
+impl UploadChecksum {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next piece of the upload.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.write(piece);
+    }
+
+    /// The checksum of all pieces, as [`upload_checksum`] writes it.
+    #[must_use]
+    pub fn finish(&self) -> String {
+        format_xxh3(self.0.finish_128())
+    }
+}
+
 fn format_xxh3(value: u128) -> String {
     format!("{UPLOAD_CHECKSUM_PREFIX}{value:032x}")
 }
@@ -42,7 +64,7 @@ pub enum Digest {
 /// The running hash of a transfer.
 enum Hasher {
     Sha256(Sha256),
-    Xxh3(Box<XxHash3_128>),
+    Xxh3(UploadChecksum),
 }
 
 impl std::fmt::Debug for Hasher {
@@ -58,21 +80,21 @@ impl Hasher {
     fn new(digest: Digest) -> Self {
         match digest {
             Digest::Sha256 => Self::Sha256(Sha256::new()),
-            Digest::Xxh3 => Self::Xxh3(Box::new(XxHash3_128::new())),
+            Digest::Xxh3 => Self::Xxh3(UploadChecksum::new()),
         }
     }
 
     fn update(&mut self, data: &[u8]) {
         match self {
             Self::Sha256(hasher) => hasher.update(data),
-            Self::Xxh3(hasher) => hasher.write(data),
+            Self::Xxh3(hasher) => hasher.update(data),
         }
     }
 
     fn finish(self) -> String {
         match self {
             Self::Sha256(hasher) => fedlnm_shared::weights::hex(&hasher.finalize()),
-            Self::Xxh3(hasher) => format_xxh3(hasher.finish_128()),
+            Self::Xxh3(hasher) => hasher.finish(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod elements;
 pub mod parallel;
+pub mod scan;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

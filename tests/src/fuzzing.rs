@@ -33,6 +33,7 @@ use fedlnm_shared::secagg::{
     ShareDelivery, ShareKeys, UnmaskRequest, UnmaskResponse,
 };
 use fedlnm_shared::table::{CsvReader, Table};
+use fedlnm_shared::weights::scan::FiniteScan;
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, is_local_norm, sha256_hex};
 use prost::Message as _;
 use std::path::{Path, PathBuf};
@@ -268,7 +269,7 @@ pub fn transfer(data: &[u8]) -> Outcome {
 }
 
 /// Safetensors bytes (after the input's first byte, which picks the reader) as the aggregator reads a
-/// plain upload (`FedAvg::hold_f32_bytes`, which reads it with `borrow_safetensors_bytes`, against a small global
+/// plain upload (`FedAvg::hold_f32_bytes`, which reads it with `borrow_safetensors_bytes`, with and without a scan made on arrival, against a small global
 /// model), as weights (`NamedTensors::from_safetensors_bytes`) and as a checkpoint
 /// (`Checkpoint::from_bytes`). A parsed checkpoint must serialize and parse back to itself.
 ///
@@ -281,9 +282,28 @@ pub fn safetensors(data: &[u8]) -> Outcome {
     let origin = Path::new("fuzzed upload");
     match kind % 3 {
         0 => {
+            // The same upload with a scan of its values made as it arrived (in chunks of a size the
+            // input picks) must be judged exactly as when the values are read again.
+            let chunk = usize::from(kind / 3) + 1;
+            let mut scan = FiniteScan::new();
+            bytes.chunks(chunk).for_each(|c| scan.update(c));
+            let mut scanned = FedAvg::new(global_model(), |name| !is_local_norm(name));
+            let with_scan = scanned
+                .hold_f32_bytes(
+                    "S1",
+                    std::sync::Arc::new(bytes.to_vec()),
+                    7,
+                    origin,
+                    Some(&scan.finish()),
+                )
+                .map_err(|e| e.to_string());
             let mut sum = FedAvg::new(global_model(), |name| !is_local_norm(name));
-            sum.hold_f32_bytes("S1", std::sync::Arc::new(bytes.to_vec()), 7, origin)
-                .map_err(|e| e.to_string())?;
+            let read = sum
+                .hold_f32_bytes("S1", std::sync::Arc::new(bytes.to_vec()), 7, origin, None)
+                .map_err(|e| e.to_string());
+            assert_eq!(with_scan, read, "a scan on arrival judged the upload otherwise");
+            assert_eq!(scanned.average().ok(), sum.average().ok());
+            read?;
             sum.average().map(drop).map_err(|e| e.to_string())
         }
         1 => NamedTensors::from_safetensors_bytes(bytes, origin)

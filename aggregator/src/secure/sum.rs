@@ -153,6 +153,7 @@ impl SecureSum {
             format: UpdateFormat::MaskedInput,
             n_samples: 0,
             payload: Arc::new(payload.to_vec()),
+            scan: None,
         })
     }
 

@@ -5,9 +5,10 @@
 //! the aggregate (finite, right names and shapes) before it may become the next global model.
 //! Tensors kept local (FedBN) are neither accumulated nor changed.
 
-use crate::weights::{NamedTensor, NamedTensors, WeightsError};
+use crate::weights::{F32TensorBytes, NamedTensor, NamedTensors, WeightsError};
 use fedlnm_tensors::elements::Elements;
 use fedlnm_tensors::parallel::{available_threads, first_failing, for_each_part_of_all};
+use fedlnm_tensors::scan::ScanReport;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -209,9 +210,13 @@ impl FedAvg {
     /// # Errors
     /// Wrong names or shapes, a non-finite value, n_k = 0, or a second update from the same site.
     pub fn add(&mut self, site: &str, delta: &NamedTensors, n_samples: u64) -> Result<(), FedAvgError> {
-        self.check(site, n_samples, delta, |k| {
-            Values::Decoded(&delta.tensors[k].values)
-        })?;
+        self.check(
+            site,
+            n_samples,
+            delta,
+            |k| Values::Decoded(&delta.tensors[k].values),
+            false,
+        )?;
         // Summed at once (a decoded update is not held), after the held ones: site order.
         self.sum_held();
         let weight = n_samples as f64;
@@ -230,12 +235,16 @@ impl FedAvg {
     ///
     /// # Errors
     /// Unreadable safetensors ([`FedAvgError::Layout`]), or as [`Self::add`].
+    /// `scan`, when given, is a [`FiniteScan`](fedlnm_tensors::scan::FiniteScan) of exactly these
+    /// bytes made as they arrived: its finding replaces reading the values again (the scan and the
+    /// layout check together cover every value: safetensors tensors tile the data region).
     pub fn hold_f32_bytes(
         &mut self,
         site: &str,
         bytes: HeldBytes,
         n_samples: u64,
         origin: &Path,
+        scan: Option<&ScanReport>,
     ) -> Result<(), FedAvgError> {
         let data = (*bytes).as_ref();
         let (delta, _) =
@@ -253,15 +262,41 @@ impl FedAvg {
                 })
                 .collect(),
         };
-        self.check(site, n_samples, &update, |k| Values::LeBytes(delta[k].data))?;
         let base = data.as_ptr().addr();
+        let offset = |t: &F32TensorBytes<'_>| t.data.as_ptr().addr() - base;
+        // The scan describes these bytes: the finding of the tensor holding its first non-finite word.
+        let header_end = data
+            .first_chunk::<8>()
+            .map(|length| 8u64.saturating_add(u64::from_le_bytes(*length)));
+        let scanned = scan
+            .filter(|r| r.bytes == data.len() as u64 && r.data_start == header_end && r.whole_words)
+            .and_then(|r| match r.first_non_finite {
+                None => Some(None),
+                Some(at) => delta
+                    .iter()
+                    .position(|t| (offset(t)..offset(t) + t.data.len()).contains(&(at as usize)))
+                    .map(Some),
+            });
+        self.check(
+            site,
+            n_samples,
+            &update,
+            |k| Values::LeBytes(delta[k].data),
+            scanned.is_some(),
+        )?;
+        if let Some(Some(bad)) = scanned {
+            return Err(FedAvgError::NotFinite {
+                site: site.to_owned(),
+                tensor: delta[bad].name.clone(),
+            });
+        }
         let ranges = self
             .layout
             .tensors
             .iter()
             .map(|spec| {
                 delta.iter().find(|t| t.name == spec.name).map_or(0..0, |t| {
-                    let start = t.data.as_ptr().addr() - base;
+                    let start = offset(t);
                     start..start + t.data.len()
                 })
             })
@@ -280,13 +315,14 @@ impl FedAvg {
 
     /// Everything about an update but its sum: a new site, n_k ≥ 1, the aggregated tensors exactly
     /// (`update` gives the names and shapes, `values(k)` the values of its tensor k), all finite
-    /// (checked on the available threads).
+    /// (checked on the available threads, unless `finite_known`: the caller scanned them).
     fn check<'a>(
         &self,
         site: &str,
         n_samples: u64,
         update: &NamedTensors,
         values: impl Fn(usize) -> Values<'a> + Sync,
+        finite_known: bool,
     ) -> Result<(), FedAvgError> {
         if self.contributors.iter().any(|c| c == site) {
             return Err(FedAvgError::Duplicate {
@@ -305,6 +341,9 @@ impl FedAvg {
                 site: site.to_owned(),
                 source,
             })?;
+        if finite_known {
+            return Ok(());
+        }
         let lens: Vec<usize> = (0..update.tensors.len()).map(|k| values(k).len()).collect();
         if let Some(bad) = first_failing(&lens, self.threads, |k, range| {
             values(k).slice(range).all(f32::is_finite)
@@ -639,7 +678,7 @@ mod tests {
         let mut parsed = FedAvg::new(&global, |_| true);
         let mut read = FedAvg::new(&global, |_| true);
         parsed.add("S1", &update, 7).unwrap();
-        read.hold_f32_bytes("S1", held(&update), 7, Path::new("S1"))
+        read.hold_f32_bytes("S1", held(&update), 7, Path::new("S1"), None)
             .unwrap();
         assert_eq!(read.average().unwrap(), parsed.average().unwrap());
         assert_eq!(read.contributors(), parsed.contributors());
@@ -649,17 +688,57 @@ mod tests {
         nan.tensors[0].values[2] = f32::INFINITY;
         let before = read.average().unwrap();
         assert!(matches!(
-            read.hold_f32_bytes("S2", held(&nan), 7, Path::new("S2")),
+            read.hold_f32_bytes("S2", held(&nan), 7, Path::new("S2"), None),
             Err(FedAvgError::NotFinite { ref tensor, .. }) if tensor == "head.weight"
         ));
         // So do bytes that are not safetensors, naming the site.
         let junk: HeldBytes = Arc::new(b"not a safetensors file".to_vec());
         assert!(matches!(
-            read.hold_f32_bytes("S3", junk, 7, Path::new("S3")),
+            read.hold_f32_bytes("S3", junk, 7, Path::new("S3"), None),
             Err(FedAvgError::Layout { ref site, .. }) if site == "S3"
         ));
         assert_eq!(read.average().unwrap(), before);
         assert_eq!(read.contributors(), ["S1"]);
+    }
+
+    #[test]
+    fn a_scan_made_on_arrival_finds_what_reading_the_values_finds() {
+        use fedlnm_tensors::scan::FiniteScan;
+        let global = model(&[1.0, 2.0, -3.0]);
+        let scan_of = |bytes: &[u8], chunk: usize| {
+            let mut scan = FiniteScan::new();
+            bytes.chunks(chunk).for_each(|c| scan.update(c));
+            scan.finish()
+        };
+        let mut update = delta(&model(&[1.5, -2.0, 0.25]), &global, |_| true).unwrap();
+        for bad in [None, Some((0, 2)), Some((1, 0))] {
+            if let Some((tensor, value)) = bad {
+                update.tensors[tensor].values[value] = f32::NEG_INFINITY;
+            }
+            let bytes = update
+                .to_safetensors_bytes(&std::collections::BTreeMap::new())
+                .unwrap();
+            let outcome = |scan: Option<&ScanReport>| {
+                let mut fedavg = FedAvg::new(&global, |_| true);
+                let result = fedavg.hold_f32_bytes("S1", Arc::new(bytes.clone()), 7, Path::new("S1"), scan);
+                (result.map_err(|e| e.to_string()), fedavg.average().ok())
+            };
+            let read = outcome(None);
+            for chunk in [1, 3, 5, bytes.len()] {
+                assert_eq!(
+                    outcome(Some(&scan_of(&bytes, chunk))),
+                    read,
+                    "{bad:?}, chunks of {chunk}"
+                );
+            }
+            // A scan of other bytes is not trusted: the values are read.
+            assert_eq!(
+                outcome(Some(&scan_of(&bytes[..bytes.len() - 4], 7))),
+                read,
+                "{bad:?}"
+            );
+            assert_eq!(read.0.is_err(), bad.is_some(), "{read:?}");
+        }
     }
 
     #[test]
@@ -698,7 +777,13 @@ mod tests {
                 for site in 1..=sites {
                     let bytes = held(&update(site));
                     fedavg
-                        .hold_f32_bytes(&format!("S{site}"), bytes, u64::from(site) * 37, Path::new("u"))
+                        .hold_f32_bytes(
+                            &format!("S{site}"),
+                            bytes,
+                            u64::from(site) * 37,
+                            Path::new("u"),
+                            None,
+                        )
                         .unwrap();
                     assert!(fedavg.held.len() < max_held, "at most {max_held} held");
                 }
@@ -724,11 +809,13 @@ mod tests {
         let mut fedavg = FedAvg::new(&global, |_| true);
         fedavg.set_max_held(2);
         fedavg
-            .hold_f32_bytes("S1", Arc::clone(&bytes), 3, Path::new("S1"))
+            .hold_f32_bytes("S1", Arc::clone(&bytes), 3, Path::new("S1"), None)
             .unwrap();
         assert_eq!(Arc::strong_count(&bytes), 2, "held until summed");
         let other = held(&delta(&model(&[0.0, 2.0]), &global, |_| true).unwrap());
-        fedavg.hold_f32_bytes("S2", other, 1, Path::new("S2")).unwrap();
+        fedavg
+            .hold_f32_bytes("S2", other, 1, Path::new("S2"), None)
+            .unwrap();
         assert_eq!(Arc::strong_count(&bytes), 1, "dropped once summed");
         assert_eq!(fedavg.average().unwrap().tensors[0].values, vec![0.5, 0.0]);
     }
