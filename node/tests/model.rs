@@ -426,6 +426,47 @@ fn fedprox_keeps_local_weights_near_the_global_model() {
     assert!(frozen_running > 0.0);
 }
 
+/// Weight averaging: the weights returned are the running average, which lags behind the last step
+/// (closer to where training started) yet has moved.
+#[test]
+fn weight_averaging_returns_the_running_average_of_the_weights() {
+    let config = ModelConfig::tiny(Modality::Multimodal);
+    let train_set = examples(&config, 32, 11);
+    let initial = train::initial_weights(&config, 3);
+    let distance = |ema_decay: f64| {
+        let plan = TrainPlan {
+            ema_decay,
+            warmup_fraction: 0.0,
+            min_lr_fraction: 1.0,
+            ..quick_plan(1)
+        };
+        let outcome = train_quietly(&config, &initial, &train_set, &plan);
+        let squares: f64 = outcome
+            .weights
+            .tensors
+            .iter()
+            .filter(|t| !t.name.contains("running_"))
+            .map(|t| {
+                let before = initial.get(&t.name).unwrap();
+                t.values
+                    .iter()
+                    .zip(&before.values)
+                    .map(|(a, b)| f64::from(a - b).powi(2))
+                    .sum::<f64>()
+            })
+            .sum();
+        squares.sqrt()
+    };
+    let last = distance(0.0);
+    let averaged = distance(0.9);
+    assert!(averaged > 0.0, "the average moved");
+    assert!(
+        averaged < last,
+        "the average {averaged} lags the last step {last}"
+    );
+    assert_eq!(distance(0.9), averaged, "reproducible");
+}
+
 #[test]
 fn report_supervision_trains_a_findings_head_that_predictions_ignore() {
     let plain = ModelConfig::tiny(Modality::ImageOnly);

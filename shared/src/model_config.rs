@@ -558,6 +558,29 @@ mod tests {
     }
 
     #[test]
+    fn weight_averaging_ramps_up_to_its_decay_and_is_validated() {
+        let plan = TrainPlan {
+            ema_decay: 0.99,
+            ..TrainPlan::default()
+        };
+        assert!((plan.ema_decay_at(0) - 0.1).abs() < 1e-12);
+        assert!((plan.ema_decay_at(90) - 0.91).abs() < 1e-12);
+        assert!((plan.ema_decay_at(100_000) - 0.99).abs() < 1e-12);
+        let decays: Vec<f64> = (0..2000).map(|s| plan.ema_decay_at(s)).collect();
+        assert!(decays.windows(2).all(|w| w[1] >= w[0]));
+        plan.validate().unwrap();
+        for bad in [1.0, -0.1, f64::NAN] {
+            let error = TrainPlan {
+                ema_decay: bad,
+                ..TrainPlan::default()
+            }
+            .validate()
+            .unwrap_err();
+            assert!(error.to_string().contains("train.ema_decay"), "{error}");
+        }
+    }
+
+    #[test]
     fn schedule_warms_up_then_decays() {
         let plan = TrainPlan {
             learning_rate: 1.0,
