@@ -384,6 +384,27 @@ fn cli_trains_evaluates_and_explains_a_site_folder() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("digest"));
 }
 
+/// The L2 distances from `before` to `weights`: of the trainable tensors, and of the running statistics.
+fn distances(weights: &NamedTensors, before: &NamedTensors) -> (f64, f64) {
+    let mut trainable = 0.0_f64;
+    let mut running = 0.0_f64;
+    for tensor in &weights.tensors {
+        let old = before.get(&tensor.name).unwrap();
+        let d: f64 = tensor
+            .values
+            .iter()
+            .zip(&old.values)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        if tensor.name.contains("running_") {
+            running += d;
+        } else {
+            trainable += d;
+        }
+    }
+    (trainable.sqrt(), running.sqrt())
+}
+
 /// FedProx: the proximal pull keeps local training close to the round's global model; at lr·μ = 1 the
 /// trainable weights cannot leave it at all (running statistics still follow the data).
 #[test]
@@ -398,24 +419,10 @@ fn fedprox_keeps_local_weights_near_the_global_model() {
             min_lr_fraction: 1.0,
             ..quick_plan(1)
         };
-        let outcome = train_quietly(&config, &global, &train_set, &plan);
-        let mut trainable = 0.0_f64;
-        let mut running = 0.0_f64;
-        for tensor in &outcome.weights.tensors {
-            let before = global.get(&tensor.name).unwrap();
-            let d: f64 = tensor
-                .values
-                .iter()
-                .zip(&before.values)
-                .map(|(a, b)| f64::from(a - b).powi(2))
-                .sum();
-            if tensor.name.contains("running_") {
-                running += d;
-            } else {
-                trainable += d;
-            }
-        }
-        (trainable.sqrt(), running.sqrt())
+        distances(
+            &train_quietly(&config, &global, &train_set, &plan).weights,
+            &global,
+        )
     };
     let (plain, plain_running) = distance(0.0);
     let (prox, _) = distance(30.0);
@@ -440,22 +447,11 @@ fn weight_averaging_returns_the_running_average_of_the_weights() {
             min_lr_fraction: 1.0,
             ..quick_plan(1)
         };
-        let outcome = train_quietly(&config, &initial, &train_set, &plan);
-        let squares: f64 = outcome
-            .weights
-            .tensors
-            .iter()
-            .filter(|t| !t.name.contains("running_"))
-            .map(|t| {
-                let before = initial.get(&t.name).unwrap();
-                t.values
-                    .iter()
-                    .zip(&before.values)
-                    .map(|(a, b)| f64::from(a - b).powi(2))
-                    .sum::<f64>()
-            })
-            .sum();
-        squares.sqrt()
+        distances(
+            &train_quietly(&config, &initial, &train_set, &plan).weights,
+            &initial,
+        )
+        .0
     };
     let last = distance(0.0);
     let averaged = distance(0.9);
