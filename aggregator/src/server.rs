@@ -14,7 +14,6 @@ use crate::store::ModelBlob;
 use crate::study::{JobKind, Study, StudyError, StudyJob, TaskDecision};
 use crate::telemetry::Telemetry;
 use fedlnm_protocol::server::{self as wire, Caller, Download, FederationHandler, IncomingUpload};
-use fedlnm_protocol::transfer::TransferError;
 use fedlnm_protocol::{
     AnalysisReport, AnalysisTask, CheckIn, CheckInReply, Claim, MetricsReport, ModelRef, SecAggMessage,
     SecAggStage, Status, Task, TrainTask, UpdateFormat, UploadReceipt, ValidateTask,
@@ -22,6 +21,7 @@ use fedlnm_protocol::{
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::weights::scan::FiniteScan;
+use upload::{Received, refusal_label};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -29,6 +29,7 @@ use tokio::sync::watch;
 /// How long a `Wait` tells a site to pause before asking again.
 mod serve;
 mod status;
+mod upload;
 pub use serve::serve;
 
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -60,20 +61,6 @@ struct Shared {
     uploads: Arc<tokio::sync::Semaphore>,
     /// Where `/metrics` is served, once bound (`metrics_listen` may name port 0).
     metrics_address: Mutex<Option<std::net::SocketAddr>>,
-}
-
-/// A complete upload's bytes with the permit that counts them against `rounds.max_concurrent_uploads`:
-/// the permit is returned when the bytes are dropped (after the reply for a secure round, once summed
-/// for a plain one).
-struct Received {
-    bytes: Vec<u8>,
-    _turn: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl AsRef<[u8]> for Received {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
 }
 
 /// The federation service of one study.
@@ -372,17 +359,6 @@ fn task_message(decision: TaskDecision) -> Task {
     }
 }
 
-/// The `/metrics` label of a refused upload transfer.
-fn refusal_label(error: &TransferError) -> &'static str {
-    match error {
-        TransferError::TooLarge { .. } => "oversized-update",
-        TransferError::WrongSize { .. } => "truncated-or-oversized-update",
-        TransferError::Digest { .. } => "update-digest",
-        TransferError::UnknownChecksum { .. } => "update-checksum-algorithm",
-        TransferError::Idle { .. } => "idle-update",
-        TransferError::OutOfOrder { .. } | TransferError::MisplacedHeader { .. } => "malformed-update",
-    }
-}
 
 impl Download for ModelBlob {
     fn bytes(&self) -> &[u8] {
