@@ -21,10 +21,10 @@ use fedlnm_protocol::{
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::weights::scan::FiniteScan;
-use upload::{Received, refusal_label};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use upload::{Received, refusal_label};
 
 /// How long a `Wait` tells a site to pause before asking again.
 mod serve;
@@ -358,7 +358,6 @@ fn task_message(decision: TaskDecision) -> Task {
         }),
     }
 }
-
 
 impl Download for ModelBlob {
     fn bytes(&self) -> &[u8] {
