@@ -20,7 +20,7 @@ use fedlnm_aggregator::provision::{self, ProvisionOptions};
 use fedlnm_aggregator::store::ModelBlob;
 use fedlnm_protocol::payload;
 use fedlnm_protocol::{Client, RoundAggregation, SecAggStage, Task, UpdateFormat};
-use fedlnm_shared::config::{AggregatorConfig, NodeConfig, SiteRole, write_toml};
+use fedlnm_shared::config::{AggregatorConfig, NodeConfig, SiteRole, ThreatModel, write_toml};
 use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::model_config::{Modality, ModelConfig};
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
@@ -259,6 +259,9 @@ fn run_case(case: &Case, params: usize, ticks: f64) -> Outcome {
     config.metrics_listen = None;
     config.rounds.rounds = case.rounds;
     config.rounds.secure_aggregation = case.mode == Mode::Secure;
+    // The simulated sites do not sign their keys (a node signs them with its study key): the load is
+    // measured for the honest-but-curious protocol, without the signature checks.
+    config.rounds.threat_model = ThreatModel::HonestButCuriousAggregator;
     config.rounds.round_deadline_s = 3600;
     config.rounds.stage_timeout_s = 3600;
     config.rounds.validation_deadline_s = 3600;
