@@ -217,7 +217,7 @@ fn plain_round(
         // Digests on their own: the new model's SHA-256, and the uploads' SHA-256 (the digest uploads
         // carried before XXH3-128) for comparison.
         let model_sha = time(|| sha256_hex(&model.bytes));
-        let upload_sha = time(|| upload_digests(payloads, |p| (sha256_hex(p), FiniteScan::new().finish())));
+        let upload_sha = time(|| upload_digests(payloads, sha256_hex));
         let upload_checksums = receipt;
         runs.push([
             memcpy,

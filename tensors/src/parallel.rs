@@ -10,6 +10,12 @@ pub fn available_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
+/// The threads for `total` elements: at most `threads`, at least 1, and none with fewer than
+/// `min_per_thread` elements to itself.
+fn threads_for(total: usize, threads: usize, min_per_thread: usize) -> usize {
+    threads.clamp(1, total.div_ceil(min_per_thread.max(1)).max(1))
+}
+
 /// Calls `work(part, start)` for consecutive slices `part = data[start..start + part.len()]` covering
 /// `data`, on up to `threads` scoped threads (one, on the caller's, for short vectors).
 pub fn for_each_part<T: Send>(data: &mut [T], threads: usize, work: impl Fn(&mut [T], usize) + Sync) {
@@ -24,7 +30,7 @@ pub fn for_each_part_of_at_least<T: Send>(
     min_per_thread: usize,
     work: impl Fn(&mut [T], usize) + Sync,
 ) {
-    let threads = threads.clamp(1, data.len().div_ceil(min_per_thread.max(1)).max(1));
+    let threads = threads_for(data.len(), threads, min_per_thread);
     if threads == 1 {
         work(data, 0);
         return;
@@ -47,8 +53,7 @@ pub fn for_each_part_of_all<T: Send>(
     threads: usize,
     work: impl Fn(usize, &mut [T], usize) + Sync,
 ) {
-    let total: usize = data.iter().map(|d| d.len()).sum();
-    let threads = threads.clamp(1, total.div_ceil(MIN_PER_THREAD).max(1));
+    let threads = threads_for(data.iter().map(|d| d.len()).sum(), threads, MIN_PER_THREAD);
     if threads == 1 {
         for (k, part) in data.into_iter().enumerate() {
             work(k, part, 0);
@@ -82,8 +87,7 @@ pub fn first_failing(
     threads: usize,
     check: impl Fn(usize, std::ops::Range<usize>) -> bool + Sync,
 ) -> Option<usize> {
-    let total: usize = lens.iter().sum();
-    let threads = threads.clamp(1, total.div_ceil(MIN_PER_THREAD).max(1));
+    let threads = threads_for(lens.iter().sum(), threads, MIN_PER_THREAD);
     let share = |i: usize| {
         lens.iter().enumerate().find_map(|(k, &len)| {
             let per_thread = len.div_ceil(threads).max(1);

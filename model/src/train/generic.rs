@@ -123,21 +123,15 @@ pub fn train_local<B: AutodiffBackend>(
             });
         }
         let seconds = started.elapsed().as_secs_f64();
-        // The weights this epoch offers: the running average, or the model itself.
-        let offered = match &average {
-            Some(average) => Some(from_named(
-                LnmModel::<B::InnerBackend>::new(config, device),
-                average,
-            )?),
-            None => None,
-        };
         let (val_auc, val_loss) = if validation.is_empty() {
             (None, None)
         } else {
-            let predictions = match &offered {
-                Some(offered) => predict_with(offered, config, validation, plan.batch_size, device),
-                None => predict_with(&model.valid(), config, validation, plan.batch_size, device),
+            // The weights this epoch offers: the running average, or the model itself.
+            let offered = match &average {
+                Some(average) => from_named(LnmModel::<B::InnerBackend>::new(config, device), average)?,
+                None => model.valid(),
             };
+            let predictions = predict_with(&offered, config, validation, plan.batch_size, device);
             validation_summary(validation, &predictions)
         };
         let n_steps = steps_per_epoch.max(1) as f64;
