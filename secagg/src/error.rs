@@ -214,7 +214,8 @@ pub enum SecAggError {
         round: u64,
         reason: String,
     },
-    /// The decoded aggregate is not finite or not of the expected shape.
+    /// The decoded aggregate is impossible (a sample count or a site count that no survivors could
+    /// send) or not of the expected length.
     #[error("round {round}: decoded aggregate is invalid: {reason}")]
     InvalidAggregate { round: u64, reason: String },
     /// The operating system's random generator or a primitive failed.

@@ -11,6 +11,7 @@
 //! site), the HKDF salt covering the configuration hash.
 
 use aes::Aes128;
+use aes::cipher::{BlockEncrypt, KeyInit};
 use chacha20::ChaCha20;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use fedlnm_tensors::parallel::for_each_part_of_at_least;
@@ -142,14 +143,71 @@ fn apply_masks_serial(
             add_streams(target, streams.collect());
         }
         Generator::Aes128Ctr => {
-            let streams = masks.iter().map(|(seed, sign)| {
-                let key = aes_key(seed);
-                let mut cipher = Aes128Ctr::new((&*key).into(), &[0u8; 16].into());
-                cipher.seek(first_element * 8);
-                (cipher, *sign)
-            });
-            add_streams(target, streams.collect());
+            let keys: Vec<(Aes128, Sign)> = masks
+                .iter()
+                .map(|(seed, sign)| (Aes128::new((&*aes_key(seed)).into()), *sign))
+                .collect();
+            add_aes_streams(target, first_element, &keys);
         }
+    }
+}
+
+/// The AES-128-CTR masks of `keys` added to (or subtracted from) `target`, element i taking mask
+/// element `first_element + i`. The block cipher is run directly over a buffer of counter blocks
+/// (the `ctr` crate's keystream-XOR-zeros path ran at about half the speed): one buffer of counters
+/// per chunk serves every key, and the backend encrypts many blocks per call (AES-NI, eight at a
+/// time). Same stream as [`Aes128Ctr`]: block j = AES_k(j as a 128-bit big-endian integer).
+fn add_aes_streams(target: &mut [u64], first_element: u64, keys: &[(Aes128, Sign)]) {
+    // A chunk of CHUNK elements starting at an odd element spans CHUNK / 2 + 1 blocks.
+    const BLOCKS: usize = CHUNK / 2 + 1;
+    let skip = usize::from(first_element % 2 == 1);
+    let mut counter = u128::from(first_element / 2);
+    let mut counters = vec![aes::Block::default(); BLOCKS];
+    let mut keystream = vec![aes::Block::default(); BLOCKS];
+    for chunk in target.chunks_mut(CHUNK) {
+        let blocks = (skip + chunk.len()).div_ceil(2);
+        for (j, block) in counters[..blocks].iter_mut().enumerate() {
+            *block = (counter + j as u128).to_be_bytes().into();
+        }
+        for (key, sign) in keys {
+            let stream = &mut keystream[..blocks];
+            key.encrypt_blocks_b2b(&counters[..blocks], stream)
+                .expect("the counter and keystream buffers have the same length");
+            match sign {
+                Sign::Add => add_blocks(chunk, skip, stream, u64::wrapping_add),
+                Sign::Subtract => add_blocks(chunk, skip, stream, u64::wrapping_sub),
+            }
+        }
+        // Chunks are a whole number of blocks (CHUNK is even), so `skip` holds for every chunk.
+        counter += (CHUNK / 2) as u128;
+    }
+    for block in &mut keystream {
+        block.as_mut_slice().zeroize();
+    }
+}
+
+/// `target[i] = op(target[i], w[skip + i])`, w the little-endian u64 words of `blocks` (two per
+/// block). Written over pairs of elements so that the loop vectorizes.
+fn add_blocks(target: &mut [u64], skip: usize, blocks: &[aes::Block], op: impl Fn(u64, u64) -> u64) {
+    let half = |block: &aes::Block, h: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&block[8 * h..8 * h + 8]);
+        u64::from_le_bytes(word)
+    };
+    let (target, blocks) = match (skip, target.split_first_mut()) {
+        (1, Some((first, rest))) => {
+            *first = op(*first, half(&blocks[0], 1));
+            (rest, &blocks[1..])
+        }
+        _ => (target, blocks),
+    };
+    let (pairs, tail) = target.as_chunks_mut::<2>();
+    for (pair, block) in pairs.iter_mut().zip(blocks) {
+        pair[0] = op(pair[0], half(block, 0));
+        pair[1] = op(pair[1], half(block, 1));
+    }
+    if let [last] = tail {
+        *last = op(*last, half(&blocks[pairs.len()], 0));
     }
 }
 

@@ -26,15 +26,16 @@ mod receive;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aggregate {
     pub round: u64,
-    /// Σ_k n_k·Δ_k over the survivors U3 (aggregated tensors only, in model order, with their configured
-    /// shapes; FedBN tensors are absent).
-    pub weighted_sum: NamedTensors,
     /// Σ_k n_k over U3.
     pub total_samples: u64,
-    /// The FedAvg delta Σ n_k Δ_k / Σ n_k (same tensors and shapes as `weighted_sum`).
+    /// The FedAvg delta Σ n_k Δ_k / Σ n_k over the survivors U3 (aggregated tensors only, in model
+    /// order, with their configured shapes; FedBN tensors are absent).
     pub fedavg_delta: NamedTensors,
-    /// The exact ring sum Σ q(n_k·Δ_k) in fixed point (last element: Σ n_k), for audit.
+    /// The exact ring sum Σ q(n_k·Δ_k) in fixed point (last element: Σ n_k), for audit; decoded by
+    /// [`Aggregate::weighted_sum`].
     pub fixed_point_sum: Vec<i64>,
+    /// The fixed point's fractional bits (the instance's quantization).
+    pub fractional_bits: u32,
     /// U3: the sites whose inputs are in the sum.
     pub survivors: Vec<SiteId>,
     /// U2 \ U3: sites that shared keys but did not upload; their pairwise masks were removed.

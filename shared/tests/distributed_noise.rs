@@ -97,7 +97,7 @@ fn sites_clip_to_the_norm_and_weigh_equally() {
         aggregate.total_samples, 3,
         "every site weighs 1, whatever its sample count"
     );
-    let sum = &aggregate.weighted_sum.tensors[0].values;
+    let sum = &aggregate.weighted_sum().tensors[0].values;
     for (i, &value) in sum.iter().enumerate() {
         // Site 1's norm is √LEN: it is scaled by 1/√LEN into the ball.
         let step = 1.0 / (LEN as f64).sqrt();
@@ -120,7 +120,7 @@ fn the_sum_carries_the_noise_of_the_target_deviation() {
     let (n, t) = (4, 3);
     let config = config(n, t, Some(privacy));
     let aggregate = run(&config, &deltas(n, |_, _| 0.0), 10).unwrap();
-    let sum = &aggregate.weighted_sum.tensors[0].values;
+    let sum = &aggregate.weighted_sum().tensors[0].values;
     let mean = sum.iter().map(|&v| f64::from(v)).sum::<f64>() / LEN as f64;
     let variance = sum.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / (LEN - 1) as f64;
     // Each of the n sites adds variance (zC)²/t: the sum of n ≥ t sites carries at least (zC)².
@@ -133,7 +133,7 @@ fn the_sum_carries_the_noise_of_the_target_deviation() {
     assert!(mean.abs() < 5.0 * (expected / LEN as f64).sqrt(), "mean {mean}");
     // Without noise the same zero deltas sum to zero exactly: the difference is the noise alone.
     let plain = run(&config_without_noise(n, t), &deltas(n, |_, _| 0.0), 10).unwrap();
-    assert!(plain.weighted_sum.tensors[0].values.iter().all(|&v| v == 0.0));
+    assert!(plain.weighted_sum().tensors[0].values.iter().all(|&v| v == 0.0));
 }
 
 fn config_without_noise(n: u32, t: usize) -> RoundConfig {

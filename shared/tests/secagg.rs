@@ -169,12 +169,15 @@ fn fedavg_of_identical_deltas_is_that_delta() {
     assert_eq!(aggregate.total_samples, 3 + 70 + 1 + 999);
 }
 
-/// Masking and unmasking split long vectors over threads; how many must not change a bit of the sum.
+/// Masking, unmasking and decoding split long vectors over threads; how many must not change a bit
+/// of the sum or of the decoded average (two tensors, so that the threads' slices cross a tensor).
 #[test]
 fn thread_counts_do_not_change_the_sum() {
-    let config = config(3, 3, 1, &[(1 << 18) + 3]);
+    let config = config(3, 3, 1, &[(1 << 18) + 3, (1 << 17) + 5]);
     let inputs = dyadic_inputs(&config, 5);
     let exact = exact_fixed_point_sum(&config, &inputs, config.participants());
+    let total = *exact.last().unwrap() as u64;
+    let mut averages = Vec::new();
     for (client_threads, server_threads) in [(1, 3), (4, 1), (2, 2)] {
         let (mut round, directory) = Round::start(&config);
         round.server.set_threads(server_threads);
@@ -188,6 +191,17 @@ fn thread_counts_do_not_change_the_sum() {
             aggregate.fixed_point_sum, exact,
             "{client_threads} / {server_threads} threads"
         );
+        assert_eq!(aggregate.total_samples, total);
+        averages.push(flat(&aggregate.fedavg_delta));
+    }
+    // Each element is the exact fixed-point sum, dequantized, divided by Σ n_k, rounded to f32.
+    let unit = 2f64.powi(config.config().quantization.fractional_bits as i32);
+    let expected: Vec<f32> = exact[..exact.len() - 1]
+        .iter()
+        .map(|&s| (s as f64 / unit / total as f64) as f32)
+        .collect();
+    for average in &averages {
+        assert_eq!(*average, expected);
     }
 }
 
@@ -250,7 +264,7 @@ fn a_round_configured_from_a_global_model_returns_its_shapes() {
     let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
     let expected = plain.average().unwrap();
     aggregate.fedavg_delta.check_same_layout(&expected).unwrap();
-    aggregate.weighted_sum.check_same_layout(&expected).unwrap();
+    aggregate.weighted_sum().check_same_layout(&expected).unwrap();
     for (got, want) in aggregate.fedavg_delta.tensors.iter().zip(&expected.tensors) {
         assert_eq!(got.name, want.name, "model order is kept");
         for (g, w) in got.values.iter().zip(&want.values) {

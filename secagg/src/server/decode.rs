@@ -5,6 +5,7 @@
 use super::{Aggregate, CountSum, SecAggServer};
 use crate::SecAggError;
 use crate::quantize::dequantize;
+use fedlnm_tensors::parallel::for_each_part_of_all;
 use fedlnm_tensors::{NamedTensor, NamedTensors};
 
 impl SecAggServer {
@@ -80,53 +81,86 @@ impl SecAggServer {
         }
     }
 
+    /// The FedAvg delta from the unmasked sum, on the available threads: element i of the average is
+    /// `(dequantize(sum[i]) / Σ n_k) as f32`, as one thread would compute it.
     pub(super) fn decode(&mut self) -> Result<Aggregate, SecAggError> {
         let round = self.config.round();
         let invalid = |reason: String| SecAggError::InvalidAggregate { round, reason };
         let sum = self.take_sum()?;
         let q = &self.config.config().quantization;
+        let fractional_bits = q.fractional_bits;
         let total = sum[sum.len() - 1] as i64;
         let max_total = q.max_sample_count.saturating_mul(self.survivors.len() as u64);
         let total_samples = u64::try_from(total)
             .ok()
             .filter(|&n| n >= self.survivors.len() as u64 && n <= max_total)
             .ok_or_else(|| invalid(format!("total sample count {total} is impossible")))?;
-        let mut weighted_sum = NamedTensors::default();
-        let mut fedavg_delta = NamedTensors::default();
-        let mut offset = 0;
-        for spec in self.config.aggregated_tensors() {
-            let len = spec.len();
-            let mut weighted = Vec::with_capacity(len);
-            let mut average = Vec::with_capacity(len);
-            for (i, &s) in sum[offset..offset + len].iter().enumerate() {
-                let w = dequantize(s, q.fractional_bits);
-                let (w32, a32) = (w as f32, (w / total_samples as f64) as f32);
-                if !(w32.is_finite() && a32.is_finite()) {
-                    return Err(invalid(format!("`{}`[{i}] = {w} is not a finite f32", spec.name)));
-                }
-                weighted.push(w32);
-                average.push(a32);
+        let specs = self.config.aggregated_tensors();
+        let offsets: Vec<usize> = specs
+            .iter()
+            .scan(0, |offset, spec| {
+                let start = *offset;
+                *offset += spec.len();
+                Some(start)
+            })
+            .collect();
+        // Zero pages mapped lazily: the decoding threads write each element once. Every element is
+        // finite: |dequantize(s)| ≤ 2^63 / 2^f < f32::MAX for any f ≥ 0, and Σ n_k ≥ 1.
+        let mut averages: Vec<Vec<f32>> = specs.iter().map(|spec| vec![0.0; spec.len()]).collect();
+        let parts = averages.iter_mut().map(Vec::as_mut_slice).collect();
+        for_each_part_of_all(parts, self.threads, |k, part, start| {
+            let sums = &sum[offsets[k] + start..offsets[k] + start + part.len()];
+            for (average, &s) in part.iter_mut().zip(sums) {
+                *average = (dequantize(s, fractional_bits) / total_samples as f64) as f32;
             }
-            weighted_sum.tensors.push(NamedTensor {
-                name: spec.name.clone(),
-                shape: spec.shape.clone(),
-                values: weighted,
-            });
-            fedavg_delta.tensors.push(NamedTensor {
-                name: spec.name.clone(),
-                shape: spec.shape.clone(),
-                values: average,
-            });
-            offset += len;
-        }
+        });
+        let fedavg_delta = NamedTensors {
+            tensors: specs
+                .iter()
+                .zip(averages)
+                .map(|(spec, values)| NamedTensor {
+                    name: spec.name.clone(),
+                    shape: spec.shape.clone(),
+                    values,
+                })
+                .collect(),
+        };
         Ok(Aggregate {
             round,
-            weighted_sum,
             total_samples,
             fedavg_delta,
+            // The same buffer, reinterpreted (two's complement): no copy.
             fixed_point_sum: sum.into_iter().map(|s| s as i64).collect(),
+            fractional_bits,
             survivors: self.survivors.clone(),
             dropped: self.dropped.clone(),
         })
+    }
+}
+
+impl Aggregate {
+    /// Σ_k n_k·Δ_k over the survivors U3, decoded from [`Self::fixed_point_sum`] (same tensors and
+    /// shapes as [`Self::fedavg_delta`]).
+    #[must_use]
+    pub fn weighted_sum(&self) -> NamedTensors {
+        let mut offset = 0;
+        let tensors = self
+            .fedavg_delta
+            .tensors
+            .iter()
+            .map(|t| {
+                let sums = &self.fixed_point_sum[offset..offset + t.values.len()];
+                offset += t.values.len();
+                NamedTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    values: sums
+                        .iter()
+                        .map(|&s| dequantize(s as u64, self.fractional_bits) as f32)
+                        .collect(),
+                }
+            })
+            .collect();
+        NamedTensors { tensors }
     }
 }
