@@ -13,7 +13,7 @@
 //! the sum run in the round's [`crate::aggregation::Finisher`], off the study lock.
 
 use crate::aggregation::{Aggregation, AggregationError, Poll, RoundAggregate, Upload};
-use fedlnm_protocol::payload::{decode, masked_input_view};
+use fedlnm_protocol::payload::{decode, masked_input_range};
 use fedlnm_protocol::{RoundAggregation, SecAggStage, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, ThreatModel};
 use fedlnm_shared::federation::{AggregationKind, LocalTensors};
@@ -180,6 +180,9 @@ impl SecureAggregation {
         let round_config = secagg_config.clone().validate()?;
         let stage_timeout = Duration::from_secs(config.rounds.stage_timeout_s);
         let mut server = SecAggServer::new(round_config.clone());
+        // A held masked input keeps its receiving permit (as a plain upload does): holding as many
+        // as the permits allows sums them several at a time within the same memory bound.
+        server.set_max_held(config.rounds.max_concurrent_uploads);
         if let Some(authority) = authority {
             server = server.with_verifier(authority);
         }
@@ -330,11 +333,12 @@ impl Aggregation for SecureAggregation {
                 "the round's uploads are closed".to_owned(),
             ));
         }
-        // Read in place: the masked vector is added from the bytes it arrived in, never decoded.
-        let (header, masked) = masked_input_view(upload.bytes()).map_err(invalid)?;
+        // Read in place: the masked vector is held in the bytes it arrived in, never decoded, and
+        // summed with other held inputs.
+        let (header, elements) = masked_input_range(upload.bytes()).map_err(invalid)?;
         Self::check_sender(upload.site, id, header.site)?;
         self.server
-            .receive_masked_bytes(&header, masked)
+            .hold_masked_bytes(&header, Arc::clone(&upload.payload), elements)
             .map_err(|e| protocol_error(&e))?;
         self.uploaded.insert(id);
         Ok(())

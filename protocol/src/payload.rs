@@ -63,6 +63,18 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) 
 /// # Errors
 /// A malformed header, or an element count that does not match the bytes that follow it.
 pub fn masked_input_view(bytes: &[u8]) -> Result<(fedlnm_shared::secagg::SiteHeader, &[u8]), PayloadError> {
+    let (header, elements) = masked_input_range(bytes)?;
+    Ok((header, &bytes[elements]))
+}
+
+/// [`masked_input_view`] as the range of `bytes` that holds the vector's elements (for a caller
+/// that keeps the bytes and reads the elements later).
+///
+/// # Errors
+/// As [`masked_input_view`].
+pub fn masked_input_range(
+    bytes: &[u8],
+) -> Result<(fedlnm_shared::secagg::SiteHeader, std::ops::Range<usize>), PayloadError> {
     const WHAT: &str = "masked input";
     let problem = |problem: String| PayloadError { what: WHAT, problem };
     let (header, used) = decode_prefix::<fedlnm_shared::secagg::SiteHeader>(bytes, WHAT)?;
@@ -76,7 +88,7 @@ pub fn masked_input_view(bytes: &[u8]) -> Result<(fedlnm_shared::secagg::SiteHea
             elements.len()
         )));
     }
-    Ok((header, elements))
+    Ok((header, used + 8..bytes.len()))
 }
 
 /// A value decoded from the start of `bytes`, and the bytes it used; length prefixes are limited

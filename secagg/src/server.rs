@@ -65,8 +65,11 @@ pub struct SecAggServer {
     u1: Vec<SiteId>,
     shares: BTreeMap<SiteId, ShareKeys>,
     u2: Vec<SiteId>,
-    /// Σ y_u over the uploads received so far (mod 2^64): O(m) memory whatever the site count.
+    /// Σ y_u over the uploads summed so far (mod 2^64): O(m) memory whatever the site count.
     masked_sum: Vec<u64>,
+    /// Uploads checked and counted in U3 but not yet summed (at most `max_held`; see `receive.rs`).
+    held: Vec<receive::HeldMasked>,
+    max_held: usize,
     u3: BTreeSet<SiteId>,
     survivors: Vec<SiteId>,
     dropped: Vec<SiteId>,
@@ -94,6 +97,8 @@ impl SecAggServer {
             shares: BTreeMap::new(),
             u2: Vec::new(),
             masked_sum: Vec::new(),
+            held: Vec::new(),
+            max_held: 1,
             u3: BTreeSet::new(),
             survivors: Vec::new(),
             dropped: Vec::new(),
@@ -251,6 +256,7 @@ impl SecAggServer {
         self.check_neighbourhoods(&survivors, None, RoundStage::MaskedInputCollection)?;
         self.survivors = survivors;
         self.dropped = self.u2.iter().copied().filter(|v| !self.u3.contains(v)).collect();
+        self.sum_held();
         self.stage = RoundStage::ConsistencyCheck;
         Ok(ConsistencyCheck {
             header: self.round_header(),
@@ -404,6 +410,7 @@ impl SecAggServer {
             RoundStage::Aborted
         };
         self.masked_sum = Vec::new();
+        self.held = Vec::new();
         result
     }
 
@@ -529,6 +536,7 @@ impl SecAggServer {
     fn abort(&mut self, reason: SecAggError) -> SecAggError {
         self.stage = RoundStage::Aborted;
         self.masked_sum = Vec::new();
+        self.held = Vec::new();
         reason
     }
 

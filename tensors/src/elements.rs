@@ -2,6 +2,13 @@
 //! place ([`Elements`]), so that uploads are checked and summed where they were received, without a
 //! decoded copy.
 
+use std::sync::Arc;
+
+/// The bytes of one complete upload, shared with whoever received them, and with whatever they keep
+/// alive (such as the permit that counts the upload against the aggregator's memory bound): held
+/// until the upload is summed, then dropped.
+pub type HeldBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// A fixed-width little-endian element type.
 pub trait LeElement: Copy {
     /// Bytes per element.

@@ -456,6 +456,40 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     study.aggregator.shut_down().await;
 }
 
+/// However many masked inputs the aggregator may hold before summing them
+/// (`rounds.max_concurrent_uploads`: one, summed as each arrives; two, summed in pairs; more than the sites, summed together when the stage closes), a secure
+/// round commits the same model, to the bit, and it is the FedAvg of the deltas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_round_commits_the_same_model_whatever_the_masked_inputs_held_at_once() {
+    let mut models = Vec::new();
+    for held in [1, 2, 8] {
+        let settings = RoundSettings {
+            max_concurrent_uploads: held,
+            ..hour_long(1)
+        };
+        let study = SecureStudy::start(settings).await;
+        let sites = [
+            study.run("S1", 1.0, 100, Behaviour::Complete),
+            study.run("S2", 2.0, 300, Behaviour::Complete),
+            study.run("S3", -1.0, 600, Behaviour::Complete),
+            study.run("S4", 0.5, 200, Behaviour::Complete),
+        ];
+        for site in sites {
+            site.await.unwrap();
+        }
+        validate_all(&study.study_dir, &study.url, 1).await;
+        let round = RoundStore::open(&study.state_dir).unwrap().load(1).unwrap();
+        assert_eq!(round.record.contributors, ["S1", "S2", "S3", "S4"], "{held} held");
+        assert_close(
+            &round.model.weights,
+            &fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600), (0.5, 200)]),
+        );
+        models.push((held, round.model.digest.clone()));
+        study.aggregator.shut_down().await;
+    }
+    assert!(models.iter().all(|(_, d)| *d == models[0].1), "{models:?}");
+}
+
 /// SecAgg+ (`rounds.secure_aggregation_graph = { harary = ... }`) over the real service: twelve
 /// training sites, each working with four others. Every site's task names the sparse graph and its
 /// key directory holds its two-hop neighbourhood only (checked in `site_round`); a site that shares

@@ -34,10 +34,7 @@ pub enum FedAvgError {
     Aggregate(String),
 }
 
-/// The bytes of one complete upload, shared with whoever received them, and with whatever they keep
-/// alive (such as the permit that counts the upload against the aggregator's memory bound): held
-/// until the upload is summed, then dropped.
-pub type HeldBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+pub use fedlnm_tensors::elements::HeldBytes;
 
 /// Uploads held before they are summed, by default: one sum pass for a whole round of them.
 pub const DEFAULT_MAX_HELD: usize = usize::MAX;
