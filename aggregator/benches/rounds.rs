@@ -99,12 +99,15 @@ fn main() {
         drop(payloads);
         if secure_params.contains(&millions) {
             for &n in &sites {
-                let plain = plain_rows
-                    .iter()
-                    .filter(|r| r.params == global.weights.n_values() && r.sites == n)
-                    .min_by_key(|r| r.aggregate)
-                    .map(|r| r.aggregate);
-                secure_rows.push(secure_round(&global, n, 3, plain));
+                let plain = |held: usize| {
+                    plain_rows
+                        .iter()
+                        .find(|r: &&PlainRow| {
+                            r.params == global.weights.n_values() && r.sites == n && r.held == held
+                        })
+                        .map(|r| r.aggregate)
+                };
+                secure_rows.extend(secure_round(&global, n, 3, &held_settings, plain));
             }
         }
     }
@@ -398,6 +401,8 @@ struct SiteMessages {
 struct SecureRow {
     params: usize,
     sites: usize,
+    /// Masked inputs held before they are summed (`rounds.max_concurrent_uploads`; `usize::MAX`: all).
+    held: usize,
     repeats: usize,
     /// Σ masked inputs, and Σ of the other protocol messages the sites send.
     masked_bytes: usize,
@@ -412,6 +417,7 @@ struct SecureRow {
     /// apply_delta + ModelBlob::new after it, median.
     apply_serialize: Duration,
     memcpy: Duration,
+    /// The plain round's aggregate with the same uploads held.
     plain: Option<Duration>,
     /// The untimed recording round (clients and server), for the record.
     recording: Duration,
@@ -420,7 +426,15 @@ struct SecureRow {
 
 /// One secure round of `n` sites: recorded once with real clients (untimed), then the server side
 /// replayed `repeats` times into fresh `SecureAggregation`s.
-fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Duration>) -> SecureRow {
+/// The secure round of `n` sites, recorded once and replayed `repeats` times for each number of
+/// masked inputs held before they are summed.
+fn secure_round(
+    global: &ModelBlob,
+    n: usize,
+    repeats: usize,
+    held_settings: &[usize],
+    plain: impl Fn(usize) -> Option<Duration>,
+) -> Vec<SecureRow> {
     let names = site_names(n);
     let config = aggregator_config(&names);
     let layout: Vec<(String, Vec<usize>)> = global
@@ -437,88 +451,97 @@ fn secure_round(global: &ModelBlob, n: usize, repeats: usize, plain: Option<Dura
     let mut copy_target = vec![1u8; largest];
     copy_masked(&messages, &mut copy_target); // warm, as for plain
 
-    let mut runs = Vec::new();
-    let mut protocol_down_bytes = 0;
-    let mut max_error = 0f32;
-    for _ in 0..repeats {
-        let start = Instant::now();
-        let mut aggregation = in_memory::open_secure(&config, global, &names);
-        let mut down = 0;
-        for (site, m) in names.iter().zip(&messages) {
-            aggregation
-                .accept_message(site, SecAggStage::AdvertiseKeys, &m.advertise)
-                .unwrap();
-        }
-        pending(aggregation.advance(Instant::now()));
-        for (site, m) in names.iter().zip(&messages) {
-            down += reply(&aggregation, site, SecAggStage::AdvertiseKeys).len();
-            aggregation
-                .accept_message(site, SecAggStage::ShareKeys, &m.share_keys)
-                .unwrap();
-        }
-        pending(aggregation.advance(Instant::now()));
-        let before_sum = Instant::now();
-        for (site, m) in names.iter().zip(&messages) {
-            down += reply(&aggregation, site, SecAggStage::ShareKeys).len();
-            let upload = Upload {
-                site,
-                format: UpdateFormat::MaskedInput,
-                n_samples: N_SAMPLES,
-                payload: Arc::clone(&m.masked_input) as HeldBytes,
-                scan: None,
-            };
-            aggregation.accept_upload(&upload).unwrap();
-        }
-        let sum = before_sum.elapsed();
-        pending(aggregation.advance(Instant::now()));
-        let before_unmask = Instant::now();
-        for (site, m) in names.iter().zip(&messages) {
-            down += reply(&aggregation, site, SecAggStage::UnmaskRequest).len();
-            aggregation
-                .accept_message(site, SecAggStage::UnmaskResponse, &m.unmask_response)
-                .unwrap();
-        }
-        let mut aggregate = ready(aggregation.advance(Instant::now()));
-        let unmask = before_unmask.elapsed();
-        let server = start.elapsed();
-        let weights = apply_delta(&global.weights, std::mem::take(&mut aggregate.average_delta)).unwrap();
-        let model = ModelBlob::new(1, weights, global.config.clone()).unwrap();
-        let apply_serialize = start.elapsed() - server;
-        black_box(&model);
-        max_error = max_abs_difference(&aggregate.average_delta, &reference);
-        protocol_down_bytes = down;
+    let mut rows = Vec::new();
+    for &held in held_settings {
+        let mut config = config.clone();
+        config.rounds.max_concurrent_uploads = held.min(1024);
+        let mut runs = Vec::new();
+        let mut protocol_down_bytes = 0;
+        let mut max_error = 0f32;
+        for _ in 0..repeats {
+            let start = Instant::now();
+            let mut aggregation = in_memory::open_secure(&config, global, &names);
+            let mut down = 0;
+            for (site, m) in names.iter().zip(&messages) {
+                aggregation
+                    .accept_message(site, SecAggStage::AdvertiseKeys, &m.advertise)
+                    .unwrap();
+            }
+            pending(aggregation.advance(Instant::now()));
+            for (site, m) in names.iter().zip(&messages) {
+                down += reply(&aggregation, site, SecAggStage::AdvertiseKeys).len();
+                aggregation
+                    .accept_message(site, SecAggStage::ShareKeys, &m.share_keys)
+                    .unwrap();
+            }
+            pending(aggregation.advance(Instant::now()));
+            let before_sum = Instant::now();
+            for (site, m) in names.iter().zip(&messages) {
+                down += reply(&aggregation, site, SecAggStage::ShareKeys).len();
+                let upload = Upload {
+                    site,
+                    format: UpdateFormat::MaskedInput,
+                    n_samples: N_SAMPLES,
+                    payload: Arc::clone(&m.masked_input) as HeldBytes,
+                    scan: None,
+                };
+                aggregation.accept_upload(&upload).unwrap();
+            }
+            // Closing the stage sums the inputs still held.
+            pending(aggregation.advance(Instant::now()));
+            let sum = before_sum.elapsed();
+            let before_unmask = Instant::now();
+            for (site, m) in names.iter().zip(&messages) {
+                down += reply(&aggregation, site, SecAggStage::UnmaskRequest).len();
+                aggregation
+                    .accept_message(site, SecAggStage::UnmaskResponse, &m.unmask_response)
+                    .unwrap();
+            }
+            let mut aggregate = ready(aggregation.advance(Instant::now()));
+            let unmask = before_unmask.elapsed();
+            let server = start.elapsed();
+            let weights = apply_delta(&global.weights, std::mem::take(&mut aggregate.average_delta)).unwrap();
+            let model = ModelBlob::new(1, weights, global.config.clone()).unwrap();
+            let apply_serialize = start.elapsed() - server;
+            black_box(&model);
+            max_error = max_abs_difference(&aggregate.average_delta, &reference);
+            protocol_down_bytes = down;
 
-        let memcpy = time(|| copy_masked(&messages, &mut copy_target));
-        runs.push([server, sum, unmask, apply_serialize, memcpy]);
+            let memcpy = time(|| copy_masked(&messages, &mut copy_target));
+            runs.push([server, sum, unmask, apply_serialize, memcpy]);
+        }
+        let median_of = |i: usize| median(runs.iter().map(|r| r[i]).collect());
+        let row = SecureRow {
+            params: global.weights.n_values(),
+            sites: n,
+            held,
+            repeats,
+            masked_bytes: messages.iter().map(|m| m.masked_input.len()).sum(),
+            protocol_up_bytes: messages
+                .iter()
+                .map(|m| m.advertise.len() + m.share_keys.len() + m.unmask_response.len())
+                .sum(),
+            protocol_down_bytes,
+            model_bytes: global.bytes.len(),
+            server: median_of(0),
+            sum: median_of(1),
+            unmask: median_of(2),
+            apply_serialize: median_of(3),
+            memcpy: median_of(4),
+            plain: plain(held),
+            recording,
+            max_error,
+        };
+        eprintln!(
+            "secure {} params x {n} sites, {} held: {:.0} ms server ({repeats} replays; recording round {:.1} s)",
+            row.params,
+            held_label(held),
+            ms(row.server),
+            recording.as_secs_f64()
+        );
+        rows.push(row);
     }
-    let median_of = |i: usize| median(runs.iter().map(|r| r[i]).collect());
-    let row = SecureRow {
-        params: global.weights.n_values(),
-        sites: n,
-        repeats,
-        masked_bytes: messages.iter().map(|m| m.masked_input.len()).sum(),
-        protocol_up_bytes: messages
-            .iter()
-            .map(|m| m.advertise.len() + m.share_keys.len() + m.unmask_response.len())
-            .sum(),
-        protocol_down_bytes,
-        model_bytes: global.bytes.len(),
-        server: median_of(0),
-        sum: median_of(1),
-        unmask: median_of(2),
-        apply_serialize: median_of(3),
-        memcpy: median_of(4),
-        plain,
-        recording,
-        max_error,
-    };
-    eprintln!(
-        "secure {} params x {n} sites: {:.0} ms server ({repeats} replays; recording round {:.1} s)",
-        row.params,
-        ms(row.server),
-        recording.as_secs_f64()
-    );
-    row
+    rows
 }
 
 /// Runs one secure round with real clients against a `SecureAggregation`, as nodes would, and keeps
@@ -638,21 +661,25 @@ fn print_secure(rows: &[SecureRow]) {
          the aggregator. Apply + serialize = `apply_delta` + `ModelBlob::new` as in the plain round; commit is the \
          same as plain. Upload = masked inputs + keys, shares and unmask responses; download = protocol replies + \
          model downloads as for plain. Ratio to plain = (server + apply + serialize) / the plain aggregate \
-         column of the same size and sites; memcpy bound of the masked inputs, same run. Sum of uploads = \
-         reading each masked input in place (`payload::masked_input_view`: header decoded, vector read as the \
-         little-endian bytes it arrived in), the checks, and the Z_2^64 additions on the available threads \
-         (the first upload written into the fresh accumulator).\n"
+         column of the same size, sites and uploads held; memcpy bound of the masked inputs, same run. Sum of \
+         uploads = every `accept_upload` (`payload::masked_input_range`: header decoded, the vector held in the \
+         bytes it arrived in) and the checks, with the Z_2^64 sums of every `held` inputs, four per pass, block \
+         by block, on the available threads (the first group written into the fresh accumulator); inputs still \
+         held when the stage closes are summed then (`advance`), counted here. Unmasking = unmask \
+         responses, Shamir reconstruction, the AES-128-CTR self masks subtracted (one pass, every stream per \
+         chunk), decoding.\n"
     );
     println!(
-        "| params | sites | replays | upload MB | download MB | server (ms) | of which sum of uploads | of which unmasking | apply + serialize (ms) | memcpy bound (ms) | ratio to memcpy | ratio to plain |"
+        "| params | sites | held | replays | upload MB | download MB | server (ms) | of which sum of uploads | of which unmasking | apply + serialize (ms) | memcpy bound (ms) | ratio to memcpy | ratio to plain |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let total = r.server + r.apply_serialize;
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}× | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}× | {} |",
             params_label(r.params),
             r.sites,
+            held_label(r.held),
             r.repeats,
             mb(r.masked_bytes + r.protocol_up_bytes),
             mb(r.protocol_down_bytes + r.model_bytes * (2 * r.sites + 1)),
