@@ -171,8 +171,11 @@ fn add_aes_streams(target: &mut [u64], first_element: u64, keys: &[(Aes128, Sign
         }
         for (key, sign) in keys {
             let stream = &mut keystream[..blocks];
-            key.encrypt_blocks_b2b(&counters[..blocks], stream)
-                .expect("the counter and keystream buffers have the same length");
+            if key.encrypt_blocks_b2b(&counters[..blocks], stream).is_err() {
+                // Unreachable: both slices have `blocks` blocks. The in-place form cannot fail.
+                stream.clone_from_slice(&counters[..blocks]);
+                key.encrypt_blocks(stream);
+            }
             match sign {
                 Sign::Add => add_blocks(chunk, skip, stream, u64::wrapping_add),
                 Sign::Subtract => add_blocks(chunk, skip, stream, u64::wrapping_sub),
