@@ -5,6 +5,7 @@
 //! default) unless a test is about the honest-but-curious model's own checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
 
+use fedlnm_shared::federation::fedavg::HeldBytes;
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
     MaskedInput, QuantizationConfig, RoundConfig, RoundStage, SecAggClient, SecAggConfig, SecAggError,
@@ -599,10 +600,64 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
             round: 4
         }
     );
-    // None of the rejected messages touched the state: the round completes with the exact sum.
-    round.server.receive_masked_input(uploads[1].clone()).unwrap();
+    // The same checks for an input held in the bytes it arrived in (as the aggregator holds it):
+    // its elements as little-endian u64s after a 5-byte stand-in for the header.
+    round.server.set_max_held(8);
+    let held = |upload: &MaskedInput| -> (HeldBytes, std::ops::Range<usize>) {
+        let mut bytes = vec![0xA5; 5];
+        bytes.extend(upload.masked.iter().flat_map(|w| w.to_le_bytes()));
+        let len = bytes.len();
+        (std::sync::Arc::new(bytes), 5..len)
+    };
+    let (bytes, elements) = held(&uploads[1]);
+    let outside = round
+        .server
+        .hold_masked_bytes(&uploads[1].header, bytes.clone(), 5..elements.end + 8)
+        .unwrap_err();
+    assert!(
+        matches!(
+            outside,
+            SecAggError::Malformed {
+                site: SiteId(20),
+                round: 4,
+                ..
+            }
+        ),
+        "{outside:?}"
+    );
+    let short = round
+        .server
+        .hold_masked_bytes(&uploads[1].header, bytes.clone(), 5..elements.end - 8)
+        .unwrap_err();
+    assert_eq!(
+        short,
+        SecAggError::WrongLength {
+            site: SiteId(20),
+            round: 4,
+            expected: 51,
+            got: 50
+        }
+    );
+    round
+        .server
+        .hold_masked_bytes(&uploads[1].header, bytes.clone(), elements.clone())
+        .unwrap();
+    let replay = round
+        .server
+        .hold_masked_bytes(&uploads[1].header, bytes.clone(), elements)
+        .unwrap_err();
+    assert!(
+        matches!(replay, SecAggError::Duplicate { site: SiteId(20), .. }),
+        "{replay:?}"
+    );
+    // Held until the stage closes: only this test's copy and the server's are alive.
+    assert_eq!(std::sync::Arc::strong_count(&bytes), 2);
+    // None of the rejected messages touched the state: the round completes with the exact sum,
+    // held and decoded inputs together.
     round.server.receive_masked_input(uploads[2].clone()).unwrap();
     let check = round.server.close_masked_inputs().unwrap();
+    // Summed at the close, and let go.
+    assert_eq!(std::sync::Arc::strong_count(&bytes), 1);
     // A late upload after the stage closed is rejected too.
     let late = round.server.receive_masked_input(uploads[2].clone()).unwrap_err();
     assert!(matches!(
