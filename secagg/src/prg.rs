@@ -468,6 +468,31 @@ mod tests {
     }
 
     #[test]
+    fn many_keys_of_both_signs_mask_as_each_stream_alone() {
+        // Nine seeds, five added and four subtracted, with one buffer of counters per chunk
+        // serving every key; from an odd element, on one and three threads.
+        let seeds: Vec<MaskSeed> = (0..9u8).map(|i| MaskSeed([i.wrapping_mul(37); 32])).collect();
+        let signs = |i: usize| if i % 2 == 0 { Sign::Add } else { Sign::Subtract };
+        let (first, len) = (3u64, 2 * MIN_PER_THREAD + 1001);
+        let mut expected = vec![7u64; len];
+        for (i, seed) in seeds.iter().enumerate() {
+            let stream = reference_mask(Generator::Aes128Ctr, &seed.0, first as usize + len);
+            for (e, w) in expected.iter_mut().zip(&stream[first as usize..]) {
+                *e = match signs(i) {
+                    Sign::Add => e.wrapping_add(*w),
+                    Sign::Subtract => e.wrapping_sub(*w),
+                };
+            }
+        }
+        let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().enumerate().map(|(i, s)| (s, signs(i))).collect();
+        for threads in [1, 3] {
+            let mut v = vec![7u64; len];
+            apply_masks(&mut v, first, &masks, threads);
+            assert_eq!(v, expected, "{threads} threads");
+        }
+    }
+
+    #[test]
     fn apply_masks_uses_the_protocol_generator() {
         let seed = [5u8; 32];
         let mut v = vec![0u64; 40];
