@@ -472,7 +472,13 @@ mod tests {
         // Nine seeds, five added and four subtracted, with one buffer of counters per chunk
         // serving every key; from an odd element, on one and three threads.
         let seeds: Vec<MaskSeed> = (0..9u8).map(|i| MaskSeed([i.wrapping_mul(37); 32])).collect();
-        let signs = |i: usize| if i % 2 == 0 { Sign::Add } else { Sign::Subtract };
+        let signs = |i: usize| {
+            if i.is_multiple_of(2) {
+                Sign::Add
+            } else {
+                Sign::Subtract
+            }
+        };
         let (first, len) = (3u64, 2 * MIN_PER_THREAD + 1001);
         let mut expected = vec![7u64; len];
         for (i, seed) in seeds.iter().enumerate() {
