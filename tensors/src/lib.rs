@@ -112,6 +112,26 @@ impl NamedTensors {
         }
     }
 
+    /// Tensors of the given (name, shape) layout holding `values`, in order (each vector as long as
+    /// its shape's product: the caller computed it for that layout).
+    #[must_use]
+    pub fn from_layout<'a>(
+        layout: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+        values: Vec<Vec<f32>>,
+    ) -> Self {
+        Self {
+            tensors: layout
+                .into_iter()
+                .zip(values)
+                .map(|((name, shape), values)| NamedTensor {
+                    name: name.to_owned(),
+                    shape: shape.to_vec(),
+                    values,
+                })
+                .collect(),
+        }
+    }
+
     /// The tensor called `name`.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&NamedTensor> {

@@ -114,17 +114,10 @@ impl SecAggServer {
                 *average = (dequantize(s, fractional_bits) / total_samples as f64) as f32;
             }
         });
-        let fedavg_delta = NamedTensors {
-            tensors: specs
-                .iter()
-                .zip(averages)
-                .map(|(spec, values)| NamedTensor {
-                    name: spec.name.clone(),
-                    shape: spec.shape.clone(),
-                    values,
-                })
-                .collect(),
-        };
+        let layout = specs
+            .iter()
+            .map(|spec| (spec.name.as_str(), spec.shape.as_slice()));
+        let fedavg_delta = NamedTensors::from_layout(layout, averages);
         Ok(Aggregate {
             round,
             total_samples,

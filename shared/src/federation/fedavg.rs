@@ -461,19 +461,12 @@ impl FedAvg {
                 }
             }
         });
-        Ok(NamedTensors {
-            tensors: self
-                .layout
-                .tensors
-                .iter()
-                .zip(averages)
-                .map(|(spec, values)| NamedTensor {
-                    name: spec.name.clone(),
-                    shape: spec.shape.clone(),
-                    values,
-                })
-                .collect(),
-        })
+        let layout = self
+            .layout
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.as_slice()));
+        Ok(NamedTensors::from_layout(layout, averages))
     }
 }
 
