@@ -55,8 +55,8 @@ struct Shared {
     changed: watch::Sender<u64>,
     telemetry: Arc<Telemetry>,
     job_observer: Mutex<Option<JobObserver>>,
-    /// Uploads in memory (`rounds.max_concurrent_uploads`): being received, or complete and held by a
-    /// plain round until summed (the permit travels with the bytes). Peak memory is this many
+    /// Uploads in memory (`rounds.max_concurrent_uploads`): being received, or complete and held by the
+    /// round until summed (the permit travels with the bytes). Peak memory is this many
     /// updates, whatever the number of sites.
     uploads: Arc<tokio::sync::Semaphore>,
     /// Where `/metrics` is served, once bound (`metrics_listen` may name port 0).

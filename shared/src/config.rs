@@ -257,8 +257,9 @@ pub struct RoundSettings {
     pub fedbn: bool,
     /// Largest L2 norm of a site's weight delta (each node checks its own before masking).
     pub max_delta_norm: f64,
-    /// Updates in the aggregator's memory at once: being received, or complete and held by a plain
-    /// round until it sums them (it sums this many together, in one pass over its running sum); further
+    /// Updates in the aggregator's memory at once: being received, or complete and held by the round
+    /// (plain or secure) until it sums them (it sums this many together, in one pass over its running
+    /// sum); further
     /// sites wait (their streams are held back by HTTP/2 flow control). Bounds the aggregator's memory
     /// by this many updates, whatever the number of sites; the number of sites or more gives the
     /// fastest plain rounds (all uploads summed in one pass, into the average itself).

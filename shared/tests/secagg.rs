@@ -638,6 +638,19 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
             got: 50
         }
     );
+    let ragged = round
+        .server
+        .hold_masked_bytes(&uploads[1].header, bytes.clone(), 5..elements.end - 3)
+        .unwrap_err();
+    assert_eq!(
+        ragged,
+        SecAggError::WrongLength {
+            site: SiteId(20),
+            round: 4,
+            expected: 51,
+            got: 50
+        }
+    );
     round
         .server
         .hold_masked_bytes(&uploads[1].header, bytes.clone(), elements.clone())

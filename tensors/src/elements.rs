@@ -9,6 +9,11 @@ use std::sync::Arc;
 /// until the upload is summed, then dropped.
 pub type HeldBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
+/// Elements of an 8-byte running sum (f64 or u64) summed together in one block: 64 KiB, which stays
+/// in the core's cache while every held upload's elements of the block are added to it (8,192
+/// measured faster than 2,048 here: longer runs of each upload for the prefetcher).
+pub const SUM_BLOCK: usize = 8192;
+
 /// A fixed-width little-endian element type.
 pub trait LeElement: Copy {
     /// Bytes per element.

@@ -4,8 +4,7 @@
 use fedlnm_protocol::transfer::TransferError;
 
 /// A complete upload's bytes with the permit that counts them against `rounds.max_concurrent_uploads`:
-/// the permit is returned when the bytes are dropped (after the reply for a secure round, once summed
-/// for a plain one).
+/// the permit is returned when the bytes are dropped, once the round has summed them.
 pub(super) struct Received {
     pub(super) bytes: Vec<u8>,
     pub(super) _turn: tokio::sync::OwnedSemaphorePermit,

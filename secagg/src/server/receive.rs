@@ -9,7 +9,7 @@
 use super::SecAggServer;
 use crate::messages::{MaskedInput, SiteHeader};
 use crate::{RoundStage, SecAggError};
-use fedlnm_tensors::elements::{Elements, HeldBytes};
+use fedlnm_tensors::elements::{Elements, HeldBytes, SUM_BLOCK as BLOCK};
 use fedlnm_tensors::parallel::for_each_part;
 use std::ops::Range;
 
@@ -25,10 +25,6 @@ fn add_into(masked: Masked<'_>, sum: &mut [u64], start: usize, first: bool) {
         masked.zip_into(sum, start, |s, y| *s = s.wrapping_add(y));
     }
 }
-
-/// Elements of the running sum summed together in one block: 64 KiB of u64, which stays in the
-/// core's cache while the held uploads' elements of the block are added to it.
-const BLOCK: usize = 8192;
 
 /// A masked input checked and counted in U3, waiting to be summed: the bytes it arrived in (kept
 /// alive, with whatever they keep alive) and where its elements lie in them.
@@ -109,14 +105,17 @@ impl SecAggServer {
         self.max_held = max_held.max(1);
     }
 
-    /// [`Self::receive_masked_bytes`] of the elements `bytes[elements]`, held rather than summed at
-    /// once: checked and counted in U3 now, summed with other held inputs when
-    /// [`Self::set_max_held`] of them are held or when the masked inputs close. Holding keeps
-    /// `bytes` alive (and what it keeps alive: the aggregator's receiving permit), so the caller's
-    /// bound on uploads in memory also bounds what is held.
+    /// [`Self::receive_masked_input`] of a masked vector read where it arrived: `bytes[elements]`
+    /// holds its elements as little-endian u64s, which is how the protocol's encoding lays out
+    /// [`MaskedInput::masked`] after its length prefix. The same checks and the same sum, without
+    /// decoding the vector, and held rather than summed at once: checked and counted in U3 now,
+    /// summed with other held inputs when [`Self::set_max_held`] of them are held or when the masked
+    /// inputs close. Holding keeps `bytes` alive (and what it keeps alive: the aggregator's receiving
+    /// permit), so the caller's bound on uploads in memory also bounds what is held.
     ///
     /// # Errors
-    /// As [`Self::receive_masked_bytes`]; a range outside `bytes` is a malformed upload.
+    /// As [`Self::receive_masked_input`]; a byte count that is not a whole number of elements is a
+    /// wrong length; a range outside `bytes` is a malformed upload.
     pub fn hold_masked_bytes(
         &mut self,
         header: &SiteHeader,
@@ -127,7 +126,7 @@ impl SecAggServer {
             self.check_upload(header)?;
             return Err(self.malformed(header.site, "the masked vector lies outside the upload"));
         };
-        self.check_masked_bytes(header, masked)?;
+        self.check_masked(header, Masked::LeBytes(masked))?;
         self.held.push(HeldMasked { bytes, elements });
         self.u3.insert(header.site);
         if self.held.len() >= self.max_held {
@@ -157,29 +156,21 @@ impl SecAggServer {
         self.receive(&msg.header, Masked::Decoded(&msg.masked))
     }
 
-    /// [`Self::receive_masked_input`] of a masked vector read where it arrived: `masked` holds its
-    /// elements as little-endian u64s, which is how the protocol's encoding lays out
-    /// [`MaskedInput::masked`] after its length prefix. The same checks and the same sum, without
-    /// decoding the vector first.
-    ///
-    /// # Errors
-    /// As [`Self::receive_masked_input`]; a byte count that is not a whole number of elements is a
-    /// wrong length.
-    pub fn receive_masked_bytes(&mut self, header: &SiteHeader, masked: &[u8]) -> Result<(), SecAggError> {
-        self.check_masked_bytes(header, masked)?;
-        self.receive(header, Masked::LeBytes(masked))
-    }
-
-    /// The checks of an upload, and a byte count that is a whole number of elements.
-    fn check_masked_bytes(&self, header: &SiteHeader, masked: &[u8]) -> Result<(), SecAggError> {
+    /// The checks of an upload, and its length: the configured number of elements (and, read in
+    /// place, a byte count that is a whole number of them).
+    fn check_masked(&self, header: &SiteHeader, masked: Masked<'_>) -> Result<(), SecAggError> {
         self.check_upload(header)?;
         let expected = self.config.vector_len();
-        if masked.len() != 8 * expected {
+        let whole = match masked {
+            Masked::LeBytes(bytes) => bytes.len().is_multiple_of(8),
+            Masked::Decoded(_) => true,
+        };
+        if !whole || masked.len() != expected {
             return Err(SecAggError::WrongLength {
                 site: header.site,
                 round: self.config.round(),
                 expected,
-                got: masked.len() / 8,
+                got: masked.len(),
             });
         }
         Ok(())
@@ -195,21 +186,12 @@ impl SecAggServer {
     }
 
     fn receive(&mut self, header: &SiteHeader, masked: Masked<'_>) -> Result<(), SecAggError> {
-        self.check_upload(header)?;
-        let expected = self.config.vector_len();
-        if masked.len() != expected {
-            return Err(SecAggError::WrongLength {
-                site: header.site,
-                round: self.config.round(),
-                expected,
-                got: masked.len(),
-            });
-        }
+        self.check_masked(header, masked)?;
         // The first upload is written over a fresh allocation, whose zero pages the kernel maps
         // lazily: nothing is zeroed or read twice.
         let first = self.masked_sum.is_empty();
         if first {
-            self.masked_sum = vec![0; expected];
+            self.masked_sum = vec![0; self.config.vector_len()];
         }
         for_each_part(&mut self.masked_sum, self.threads, |part, start| {
             add_into(masked, part, start, first);

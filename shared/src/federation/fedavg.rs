@@ -6,7 +6,7 @@
 //! Tensors kept local (FedBN) are neither accumulated nor changed.
 
 use crate::weights::{F32TensorBytes, NamedTensor, NamedTensors, WeightsError};
-use fedlnm_tensors::elements::Elements;
+use fedlnm_tensors::elements::{Elements, SUM_BLOCK as BLOCK};
 use fedlnm_tensors::parallel::{available_threads, first_failing, for_each_part_of_all};
 use fedlnm_tensors::scan::ScanReport;
 use std::ops::Range;
@@ -38,11 +38,6 @@ pub use fedlnm_tensors::elements::HeldBytes;
 
 /// Uploads held before they are summed, by default: one sum pass for a whole round of them.
 pub const DEFAULT_MAX_HELD: usize = usize::MAX;
-
-/// Elements summed together in one block: 64 KiB of f64, which stays in the core's cache while every
-/// held upload's elements of the block are added to it (8,192 measured faster than 2,048 here: longer
-/// runs of each upload for the prefetcher).
-const BLOCK: usize = 8192;
 
 /// Running Σ n_k Δ_k (f64) and Σ n_k of the plain aggregation.
 ///
