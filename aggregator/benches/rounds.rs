@@ -15,7 +15,9 @@
 //! `ROUNDS_BENCH_DIR` chooses the folder the commits go to (default: the system's temporary folder);
 //! `ROUNDS_BENCH_THREADS=1` limits the plain accumulation to one thread (default: all available);
 //! `ROUNDS_BENCH_HELD=4,all` the uploads a plain round holds before summing them (default: 4, the
-//! study's default `rounds.max_concurrent_uploads`, and all); `ROUNDS_BENCH_REPEATS` the plain runs.
+//! study's default `rounds.max_concurrent_uploads`, and all); `ROUNDS_BENCH_REPEATS` the plain runs;
+//! `ROUNDS_BENCH_RING=z2_64,z2_32` the rings of the secure rounds (`rounds.secure_aggregation_ring`;
+//! default both).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark harness: a panic is a failed run.
 
 #[path = "../tests/support/in_memory.rs"]
@@ -37,7 +39,7 @@ use fedlnm_shared::federation::fedavg::{HeldBytes, apply_delta};
 use fedlnm_shared::federation::{AggregationKind, RoundRecord};
 use fedlnm_shared::host::{cpu_model, load_average};
 use fedlnm_shared::model_config::ModelConfig;
-use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
+use fedlnm_shared::secagg::{KeyDirectory, Ring, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::weights::scan::{FiniteScan, ScanReport};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 
@@ -62,6 +64,15 @@ fn main() {
         .map(|x| match x.trim() {
             "all" => usize::MAX,
             x => x.parse().expect("ROUNDS_BENCH_HELD: numbers or 'all'"),
+        })
+        .collect();
+    let rings: Vec<Ring> = std::env::var("ROUNDS_BENCH_RING")
+        .unwrap_or_else(|_| "z2_64,z2_32".to_owned())
+        .split(',')
+        .map(|x| match x.trim() {
+            "z2_64" => Ring::Z2_64,
+            "z2_32" => Ring::Z2_32,
+            other => panic!("ROUNDS_BENCH_RING: z2_64 or z2_32, not {other}"),
         })
         .collect();
     let commit_root = std::env::var_os("ROUNDS_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
@@ -107,7 +118,9 @@ fn main() {
                         })
                         .map(|r| r.aggregate)
                 };
-                secure_rows.extend(secure_round(&global, n, 3, &held_settings, plain));
+                for &ring in &rings {
+                    secure_rows.extend(secure_round(&global, n, ring, 3, &held_settings, plain));
+                }
             }
         }
     }
@@ -401,6 +414,7 @@ struct SiteMessages {
 struct SecureRow {
     params: usize,
     sites: usize,
+    ring: Ring,
     /// Masked inputs held before they are summed (`rounds.max_concurrent_uploads`; `usize::MAX`: all).
     held: usize,
     repeats: usize,
@@ -431,12 +445,14 @@ struct SecureRow {
 fn secure_round(
     global: &ModelBlob,
     n: usize,
+    ring: Ring,
     repeats: usize,
     held_settings: &[usize],
     plain: impl Fn(usize) -> Option<Duration>,
 ) -> Vec<SecureRow> {
     let names = site_names(n);
-    let config = aggregator_config(&names);
+    let mut config = aggregator_config(&names);
+    config.rounds.secure_aggregation_ring = ring;
     let layout: Vec<(String, Vec<usize>)> = global
         .weights
         .tensors
@@ -514,6 +530,7 @@ fn secure_round(
         let row = SecureRow {
             params: global.weights.n_values(),
             sites: n,
+            ring,
             held,
             repeats,
             masked_bytes: messages.iter().map(|m| m.masked_input.len()).sum(),
@@ -533,7 +550,7 @@ fn secure_round(
             max_error,
         };
         eprintln!(
-            "secure {} params x {n} sites, {} held: {:.0} ms server ({repeats} replays; recording round {:.1} s)",
+            "secure {} params x {n} sites, {ring}, {} held: {:.0} ms server ({repeats} replays; recording round {:.1} s)",
             row.params,
             held_label(held),
             ms(row.server),
@@ -663,22 +680,24 @@ fn print_secure(rows: &[SecureRow]) {
          model downloads as for plain. Ratio to plain = (server + apply + serialize) / the plain aggregate \
          column of the same size, sites and uploads held; memcpy bound of the masked inputs, same run. Sum of \
          uploads = every `accept_upload` (`payload::masked_input_range`: header decoded, the vector held in the \
-         bytes it arrived in) and the checks, with the Z_2^64 sums of every `held` inputs, four per pass, block \
+         bytes it arrived in) and the checks, with the sums of every `held` inputs (in Z_2^64; Z_2^32 inputs \
+         zero-extended into it, reduced at decoding), four per pass, block \
          by block, on the available threads (the first group written into the fresh accumulator); inputs still \
          held when the stage closes are summed then (`advance`), counted here. Unmasking = unmask \
          responses, Shamir reconstruction, the AES-128-CTR self masks subtracted (one pass, every stream per \
          chunk), decoding.\n"
     );
     println!(
-        "| params | sites | held | replays | upload MB | download MB | server (ms) | of which sum of uploads | of which unmasking | apply + serialize (ms) | memcpy bound (ms) | ratio to memcpy | ratio to plain |"
+        "| params | sites | ring | held | replays | upload MB | download MB | server (ms) | of which sum of uploads | of which unmasking | apply + serialize (ms) | memcpy bound (ms) | ratio to memcpy | ratio to plain |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let total = r.server + r.apply_serialize;
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}× | {} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}× | {} |",
             params_label(r.params),
             r.sites,
+            r.ring,
             held_label(r.held),
             r.repeats,
             mb(r.masked_bytes + r.protocol_up_bytes),
@@ -698,10 +717,12 @@ fn print_secure(rows: &[SecureRow]) {
     println!();
     for r in rows {
         println!(
-            "- {} × {} sites: protocol messages {:.0} kB up, {:.0} kB down; the recording round (all clients and \
-             the server, untimed) took {:.1} s; the decoded average is within {:.1e} of plain FedAvg's.",
+            "- {} × {} sites, {}, {} held: protocol messages {:.0} kB up, {:.0} kB down; the recording round (all \
+             clients and the server, untimed) took {:.1} s; the decoded average is within {:.1e} of plain FedAvg's.",
             params_label(r.params),
             r.sites,
+            r.ring,
+            held_label(r.held),
             r.protocol_up_bytes as f64 / 1e3,
             r.protocol_down_bytes as f64 / 1e3,
             r.recording.as_secs_f64(),

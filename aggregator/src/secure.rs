@@ -151,7 +151,7 @@ impl SecureAggregation {
             threshold,
             tensors: secagg::tensor_specs(&global.weights),
             fedbn_exclude: local_tensors.clone().into_names(),
-            quantization: QuantizationConfig::default(),
+            quantization: QuantizationConfig::for_ring(config.rounds.secure_aggregation_ring, ids.len()),
             max_delta_norm: config.rounds.max_delta_norm,
             input: InputKind::WeightedDelta,
             privacy: config.privacy.is_on().then_some(DistributedNoise {
@@ -335,10 +335,10 @@ impl Aggregation for SecureAggregation {
         }
         // Read in place: the masked vector is held in the bytes it arrived in, never decoded, and
         // summed with other held inputs.
-        let (header, elements) = masked_input_range(upload.bytes()).map_err(invalid)?;
+        let (header, ring, elements) = masked_input_range(upload.bytes()).map_err(invalid)?;
         Self::check_sender(upload.site, id, header.site)?;
         self.server
-            .hold_masked_bytes(&header, Arc::clone(&upload.payload), elements)
+            .hold_masked_bytes(&header, ring, Arc::clone(&upload.payload), elements)
             .map_err(|e| protocol_error(&e))?;
         self.uploaded.insert(id);
         Ok(())

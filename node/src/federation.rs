@@ -392,7 +392,20 @@ impl Node {
 
         let format = task.aggregation.update_format();
         let payload = match &mut secure {
-            Some((secagg, delivery)) => payload::encode(&secagg.masked_input(delivery, &delta, n_samples)?),
+            Some((secagg, delivery)) => {
+                let clipped = secagg.clipped_elements(&delta, n_samples);
+                if clipped > 0 {
+                    tracing::warn!(
+                        site,
+                        round,
+                        clipped,
+                        "{clipped} weight changes times the site's {n_samples} samples exceed what the \
+                         secure-aggregation ring holds and are clipped (the aggregator's \
+                         rounds.secure_aggregation_ring; \"z2_64\" holds 256 times more)"
+                    );
+                }
+                payload::encode(&secagg.masked_input(delivery, &delta, n_samples)?)
+            }
             None => delta.to_safetensors_bytes(&std::collections::BTreeMap::new())?,
         };
         client.upload_update(round, format, n_samples, &payload).await?;

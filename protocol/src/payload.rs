@@ -1,8 +1,10 @@
 //! The protocol's one serde encoding of Rust values inside protobuf `bytes` fields (training plans,
 //! secure-aggregation configurations and messages, validation metrics): bincode 2 over serde,
-//! fixed-width integers (masked values are uniform in Z_2^64: varints would only make them longer),
+//! fixed-width integers (masked values are uniform in their ring: varints would only make them longer),
 //! with a size limit so that a hostile length prefix cannot make the receiver allocate without bound,
 //! and no trailing bytes.
+
+use fedlnm_shared::secagg::{Ring, SiteHeader};
 
 /// The largest payload a length prefix may announce (within a payload, at most 16 times its own size:
 /// see [`decode`]).
@@ -55,16 +57,18 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) 
     Ok(message)
 }
 
-/// A [`MaskedInput`](fedlnm_shared::secagg::MaskedInput) read in place: its header, decoded, and
-/// its masked vector as the little-endian bytes of its elements, borrowed from `bytes` (the encoding
-/// writes the vector as a u64 element count followed by the elements, fixed width). What
-/// [`decode`] would give, without copying 8 bytes per parameter into a fresh vector.
+/// A [`MaskedInput`](fedlnm_shared::secagg::MaskedInput) read in place: its header, decoded, its
+/// ring, and its masked vector as the little-endian bytes of its elements, borrowed from `bytes` (the
+/// encoding writes the vector as its variant, a u32, then a u64 element count followed by the
+/// elements, fixed width: 8 bytes in Z_2^64, 4 in Z_2^32). What [`decode`] would give, without
+/// copying the vector into a fresh one.
 ///
 /// # Errors
-/// A malformed header, or an element count that does not match the bytes that follow it.
-pub fn masked_input_view(bytes: &[u8]) -> Result<(fedlnm_shared::secagg::SiteHeader, &[u8]), PayloadError> {
-    let (header, elements) = masked_input_range(bytes)?;
-    Ok((header, &bytes[elements]))
+/// A malformed header, an unknown ring, or an element count that does not match the bytes that
+/// follow it.
+pub fn masked_input_view(bytes: &[u8]) -> Result<(SiteHeader, Ring, &[u8]), PayloadError> {
+    let (header, ring, elements) = masked_input_range(bytes)?;
+    Ok((header, ring, &bytes[elements]))
 }
 
 /// [`masked_input_view`] as the range of `bytes` that holds the vector's elements (for a caller
@@ -72,23 +76,34 @@ pub fn masked_input_view(bytes: &[u8]) -> Result<(fedlnm_shared::secagg::SiteHea
 ///
 /// # Errors
 /// As [`masked_input_view`].
-pub fn masked_input_range(
-    bytes: &[u8],
-) -> Result<(fedlnm_shared::secagg::SiteHeader, std::ops::Range<usize>), PayloadError> {
+pub fn masked_input_range(bytes: &[u8]) -> Result<(SiteHeader, Ring, std::ops::Range<usize>), PayloadError> {
     const WHAT: &str = "masked input";
     let problem = |problem: String| PayloadError { what: WHAT, problem };
-    let (header, used) = decode_prefix::<fedlnm_shared::secagg::SiteHeader>(bytes, WHAT)?;
-    let Some((count, elements)) = bytes[used..].split_first_chunk::<8>() else {
-        return Err(problem("no element count after the header".to_owned()));
+    let (header, used) = decode_prefix::<SiteHeader>(bytes, WHAT)?;
+    let Some((variant, rest)) = bytes[used..].split_first_chunk::<4>() else {
+        return Err(problem("no ring after the header".to_owned()));
+    };
+    let ring = match u32::from_le_bytes(*variant) {
+        0 => Ring::Z2_64,
+        1 => Ring::Z2_32,
+        other => return Err(problem(format!("unknown ring variant {other}"))),
+    };
+    let Some((count, elements)) = rest.split_first_chunk::<8>() else {
+        return Err(problem("no element count after the ring".to_owned()));
     };
     let count = u64::from_le_bytes(*count);
-    if usize::try_from(count).ok().and_then(|n| n.checked_mul(8)) != Some(elements.len()) {
+    if usize::try_from(count)
+        .ok()
+        .and_then(|n| n.checked_mul(ring.bytes()))
+        != Some(elements.len())
+    {
         return Err(problem(format!(
-            "{count} elements announced, {} bytes follow",
+            "{count} elements of {} announced, {} bytes follow",
+            ring,
             elements.len()
         )));
     }
-    Ok((header, used + 8..bytes.len()))
+    Ok((header, ring, used + 12..bytes.len()))
 }
 
 /// A value decoded from the start of `bytes`, and the bytes it used; length prefixes are limited
@@ -141,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_masked_input_read_in_place_is_what_decoding_gives() {
-        use fedlnm_shared::secagg::{MaskedInput, SiteHeader, SiteId};
+        use fedlnm_shared::secagg::{MaskedInput, MaskedVector, SiteId};
         let message = MaskedInput {
             header: SiteHeader {
                 study_id: "study".into(),
@@ -149,24 +164,41 @@ mod tests {
                 config_hash: [7; 32],
                 site: SiteId(2),
             },
-            masked: vec![u64::MAX, 0, 0x0102_0304_0506_0708],
+            masked: MaskedVector::Z2_64(vec![u64::MAX, 0, 0x0102_0304_0506_0708]),
         };
-        let bytes = encode(&message);
-        let (header, elements) = masked_input_view(&bytes).unwrap();
-        assert_eq!(header, message.header);
-        let words: Vec<u64> = elements
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
-            .collect();
-        assert_eq!(words, message.masked);
-        // Truncated, longer, or a count that disagrees with the bytes: refused, named.
-        for bad in [
-            &bytes[..bytes.len() - 1],
-            &[bytes.as_slice(), &[0]].concat()[..],
-            &bytes[..20],
+        for masked in [
+            message.masked.clone(),
+            MaskedVector::Z2_32(vec![u32::MAX, 0, 0x0102_0304, 5, 6]),
         ] {
-            let error = masked_input_view(bad).unwrap_err();
-            assert_eq!(error.what, "masked input");
+            let message = MaskedInput {
+                masked,
+                ..message.clone()
+            };
+            let bytes = encode(&message);
+            let (header, ring, elements) = masked_input_view(&bytes).unwrap();
+            assert_eq!(header, message.header);
+            assert_eq!(ring, message.masked.ring());
+            assert_eq!(elements, message.masked.to_le_bytes());
+            // Truncated, longer, a count that disagrees with the bytes, or an unknown ring: refused,
+            // named.
+            let header_len = bytes.len() - 12 - elements.len();
+            let mut unknown = bytes.clone();
+            unknown[header_len] = 2;
+            for bad in [
+                &bytes[..bytes.len() - 1],
+                &[bytes.as_slice(), &[0]].concat()[..],
+                &bytes[..20],
+                &unknown,
+            ] {
+                let error = masked_input_view(bad).unwrap_err();
+                assert_eq!(error.what, "masked input");
+            }
+            assert!(
+                masked_input_view(&unknown)
+                    .unwrap_err()
+                    .problem
+                    .contains("unknown ring variant 2")
+            );
         }
     }
 

@@ -36,12 +36,14 @@ pub enum SecAggError {
     /// A configuration field is invalid (checked once, when the round is configured).
     #[error("invalid secure-aggregation configuration: `{field}`: {reason}")]
     InvalidConfig { field: &'static str, reason: String },
-    /// The worst-case sum of the quantized inputs of all participants could wrap around 2^64.
+    /// The worst-case sum of the quantized inputs of all participants could wrap around the ring.
     #[error(
         "quantization could wrap: {sites} sites x (ceil(clip_bound {clip_bound} x 2^{fractional_bits}) + 1) \
-         exceeds 2^63 - 1; lower `clip_bound` or `fractional_bits`"
+         exceeds {max_signed} (ring Z_2^{ring_bits}); lower `clip_bound` or `fractional_bits`"
     )]
     QuantizationHeadroom {
+        ring_bits: u32,
+        max_signed: u64,
         sites: usize,
         clip_bound: f64,
         fractional_bits: u32,

@@ -136,8 +136,8 @@
 //!   the direction.
 //! * **PRG: AES-128-CTR (`aes` + `ctr`, AES-NI chosen at run time)**, key = HKDF-Expand(seed,
 //!   "fedlnm-secagg-prg-aes-128-ctr-v1", 16 bytes), counter block j = j (128-bit big-endian); mask
-//!   elements 2j and 2j+1 are the two little-endian halves of block j; seekable, so slices are masked
-//!   on scoped threads ([`prg`]). The spec's ChaCha20 keystream stays selectable for the benchmark
+//!   elements 2j and 2j+1 are the two little-endian halves of block j (in Z_2^32, elements 4j..4j+3
+//!   its four little-endian u32 words); seekable, so slices are masked on scoped threads ([`prg`]). The spec's ChaCha20 keystream stays selectable for the benchmark
 //!   (2.7× slower per core on these AMD EPYC cores); the configuration hash names the generator.
 //! * **Secret sharing**: Shamir over GF(2^8), byte-wise, constant-time ([`shamir`]); evaluation point
 //!   of a site = its 1-based index in the sorted participant list (also in a Harary graph: the points
@@ -155,6 +155,13 @@
 //! time: n·(⌈C·2^f⌉ + 1) ≤ 2^63 − 1 (defaults: 50·(2^52 + 1) < 2^57.7) and n·max_sample_count too;
 //! otherwise [`SecAggError::QuantizationHeadroom`]. The decoded FedAvg delta Σ n_kΔ_k / Σ n_k is within
 //! |U3|·2^-f / Σ n_k of the exact average of the clipped inputs per element (then rounded to f32).
+//!
+//! A training instance may use the ring Z_2^32 instead ([`Ring::Z2_32`], Flower's SecAgg+ ring): half
+//! the bytes on the wire and half the mask stream, with C = 2^12 and f = 18 − ⌈log2 n⌉
+//! ([`QuantizationConfig::z2_32`]), the same headroom rule against 2^31 − 1. Sites mask their
+//! quantized vector mod 2^64 with 32-bit mask words and send it reduced mod 2^32; the server sums
+//! 32-bit uploads into a u64 accumulator, unmasks likewise, and reduces mod 2^32 only when decoding
+//! (2^32 divides 2^64, so the result is the sum in Z_2^32). Counts and ring sums stay in Z_2^64.
 //!
 //! # Statistics and differential privacy
 //! An instance of [`InputKind::Counts`] sums non-negative integer vectors exactly (the pools' score
@@ -185,14 +192,15 @@ pub use auth::{Authentication, PeerVerifier, Signer};
 pub use client::SecAggClient;
 pub use config::{
     CORRECTNESS_BITS, DistributedNoise, Graph, HararyParameters, InputKind, MAX_PARTICIPANTS, ModelVersion,
-    QuantizationConfig, RoundConfig, SECURITY_BITS, SecAggConfig, Security, TensorSpec, check_degree,
-    check_harary_parameters, glob_match, recommend_harary, structural_minimum, tensor_specs,
+    QuantizationConfig, Ring, RoundConfig, SECURITY_BITS, SecAggConfig, Security, TensorSpec,
+    Z2_32_CLIP_BOUND, check_degree, check_harary_parameters, glob_match, recommend_harary,
+    structural_minimum, tensor_specs,
 };
 pub use error::{RoundStage, SecAggError};
 pub use messages::{
-    AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, EncryptedShare, KeyDirectory, MaskedInput, PeerKey,
-    RevealedShare, RoundHeader, ShareDelivery, ShareKeys, SiteHeader, SurvivorSignature, UnmaskRequest,
-    UnmaskResponse,
+    AdvertiseKeys, ConsistencyCheck, ConsistencyResponse, EncryptedShare, KeyDirectory, MaskedInput,
+    MaskedVector, PeerKey, RevealedShare, RoundHeader, ShareDelivery, ShareKeys, SiteHeader,
+    SurvivorSignature, UnmaskRequest, UnmaskResponse,
 };
 pub use server::{Aggregate, CountSum, SecAggServer};
 

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::SiteId;
 use super::shamir::Share;
+use super::{Ring, SiteId};
 
 /// Identifies the instance a server message belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,11 +77,86 @@ pub struct ShareDelivery {
     pub shares: Vec<EncryptedShare>,
 }
 
-/// Round 2, site → server: y_u, the masked quantized vector [q(n_u·Δ_u), n_u] in Z_2^64.
+/// Round 2, site → server: y_u, the masked quantized vector [q(n_u·Δ_u), n_u] in the instance's ring.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaskedInput {
     pub header: SiteHeader,
-    pub masked: Vec<u64>,
+    pub masked: MaskedVector,
+}
+
+/// The elements of a masked vector, in its ring's width. Encoded as the variant (a little-endian
+/// u32: 0 for Z_2^64, 1 for Z_2^32), the element count (u64) and the little-endian elements, which
+/// the server reads in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MaskedVector {
+    /// Elements of Z_2^64.
+    Z2_64(Vec<u64>),
+    /// Elements of Z_2^32.
+    Z2_32(Vec<u32>),
+}
+
+impl MaskedVector {
+    /// The ring of the elements.
+    #[must_use]
+    pub fn ring(&self) -> Ring {
+        match self {
+            Self::Z2_64(_) => Ring::Z2_64,
+            Self::Z2_32(_) => Ring::Z2_32,
+        }
+    }
+
+    /// Number of elements.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Z2_64(v) => v.len(),
+            Self::Z2_32(v) => v.len(),
+        }
+    }
+
+    /// Whether there is no element.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` zero-extended to u64, if there is one.
+    #[must_use]
+    pub fn get(&self, i: usize) -> Option<u64> {
+        match self {
+            Self::Z2_64(v) => v.get(i).copied(),
+            Self::Z2_32(v) => v.get(i).map(|&w| u64::from(w)),
+        }
+    }
+
+    /// The elements' little-endian bytes, as the encoding lays them out after the count.
+    #[must_use]
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Z2_64(v) => v.iter().flat_map(|w| w.to_le_bytes()).collect(),
+            Self::Z2_32(v) => v.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        }
+    }
+
+    /// Drops the last element (a test's malformed upload).
+    pub fn pop(&mut self) {
+        match self {
+            Self::Z2_64(v) => {
+                v.pop();
+            }
+            Self::Z2_32(v) => {
+                v.pop();
+            }
+        }
+    }
+
+    /// Keeps the first `len` elements (a test's malformed upload).
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            Self::Z2_64(v) => v.truncate(len),
+            Self::Z2_32(v) => v.truncate(len),
+        }
+    }
 }
 
 /// Round 3 (consistency check), server → each site of U3: who uploaded (U3) and who dropped after

@@ -1,15 +1,18 @@
-//! Mask expansion: PRG(seed) as a seekable stream of little-endian u64 words, so element i of a mask is
-//! keystream bytes 8i..8i+8 and any slice of the vector is masked independently; long vectors are split
-//! over scoped threads. The protocol's generator is AES-128-CTR ([`Generator::PROTOCOL`]); ChaCha20, the
-//! generator before it, stays selectable so that benchmarks compare both in one run.
+//! Mask expansion: PRG(seed) as a seekable stream of little-endian words of the ring's width (u64 in
+//! Z_2^64, u32 in Z_2^32), so element i of a mask is keystream bytes 8i..8i+8 (4i..4i+4) and any
+//! slice of the vector is masked independently; long vectors are split over scoped threads. The
+//! protocol's generator is AES-128-CTR ([`Generator::PROTOCOL`]); ChaCha20, the generator before it,
+//! stays selectable so that benchmarks compare both in one run.
 //!
 //! AES-128-CTR: key k = HKDF-Expand(PRK = seed, info = "fedlnm-secagg-prg-aes-128-ctr-v1", L = 16)
 //! (RFC 5869 §2.3; one HMAC-SHA256 block, truncated; the seed is already a uniform 32-byte HKDF output,
 //! so it is a valid PRK). Keystream block j = AES-128_k(j), j a 128-bit big-endian counter from 0, so
-//! mask elements 2j and 2j+1 are the two halves of block j. A counter never repeats under a key: a
-//! stream is far shorter than 2^128 blocks, and every key belongs to one (instance, pair) or (instance,
-//! site), the HKDF salt covering the configuration hash.
+//! mask elements 2j and 2j+1 are the two halves of block j (in Z_2^32, elements 4j..4j+3 are its four
+//! quarters). A counter never repeats under a key: a stream is far shorter than 2^128 blocks, and every
+//! key belongs to one (instance, pair) or (instance, site), the HKDF salt covering the configuration
+//! hash (which names the ring).
 
+use crate::Ring;
 use aes::Aes128;
 use aes::cipher::{BlockEncrypt, KeyInit};
 use chacha20::ChaCha20;
@@ -97,7 +100,7 @@ impl Generator {
     }
 }
 
-/// Elements per keystream buffer (8 KiB: the buffer and the target slice stay in L1).
+/// Elements per keystream buffer (8 KiB of u64 elements: the buffer and the target slice stay in L1).
 const CHUNK: usize = 1024;
 /// The keystream is XORed onto zeros (`apply_keystream_b2b`), which saves clearing the buffer.
 static ZEROS: [u8; CHUNK * 8] = [0; CHUNK * 8];
@@ -106,29 +109,39 @@ const MIN_PER_THREAD: usize = 1 << 16;
 
 pub(crate) type Aes128Ctr = ctr::Ctr128BE<Aes128>;
 
-/// Adds or subtracts PRG(seed) for every `(seed, sign)` to `target` (mod 2^64), element i of `target`
-/// taking mask element `first_element + i`, with the protocol's generator. Uses up to `threads`
-/// scoped threads.
-pub fn apply_masks(target: &mut [u64], first_element: u64, masks: &[(&MaskSeed, Sign)], threads: usize) {
-    apply_masks_with(Generator::PROTOCOL, target, first_element, masks, threads);
+/// Adds or subtracts PRG(seed) for every `(seed, sign)` to `target`, element i of `target` taking
+/// mask element `first_element + i`, with the protocol's generator. A mask element is a word of
+/// `ring`'s width (8 or 4 keystream bytes, little-endian), added mod 2^64: for Z_2^32 the caller
+/// reduces the result mod 2^32 (2^32 divides 2^64, so the reduced sum is the sum in Z_2^32). Uses up
+/// to `threads` scoped threads.
+pub fn apply_masks(
+    target: &mut [u64],
+    first_element: u64,
+    masks: &[(&MaskSeed, Sign)],
+    ring: Ring,
+    threads: usize,
+) {
+    apply_masks_with(Generator::PROTOCOL, ring, target, first_element, masks, threads);
 }
 
 /// [`apply_masks`] with a chosen generator (benchmarks and tests; the protocol uses
 /// [`Generator::PROTOCOL`]).
 pub fn apply_masks_with(
     generator: Generator,
+    ring: Ring,
     target: &mut [u64],
     first_element: u64,
     masks: &[(&MaskSeed, Sign)],
     threads: usize,
 ) {
     for_each_part_of_at_least(target, threads, MIN_PER_THREAD, |part, start| {
-        apply_masks_serial(generator, part, first_element + start as u64, masks);
+        apply_masks_serial(generator, ring, part, first_element + start as u64, masks);
     });
 }
 
 fn apply_masks_serial(
     generator: Generator,
+    ring: Ring,
     target: &mut [u64],
     first_element: u64,
     masks: &[(&MaskSeed, Sign)],
@@ -137,35 +150,42 @@ fn apply_masks_serial(
         Generator::ChaCha20 => {
             let streams = masks.iter().map(|(seed, sign)| {
                 let mut cipher = ChaCha20::new((&seed.0).into(), &[0u8; 12].into());
-                cipher.seek(first_element * 8);
+                cipher.seek(first_element * ring.bytes() as u64);
                 (cipher, *sign)
             });
-            add_streams(target, streams.collect());
+            match ring {
+                Ring::Z2_64 => add_streams::<8, _>(target, streams.collect()),
+                Ring::Z2_32 => add_streams::<4, _>(target, streams.collect()),
+            }
         }
         Generator::Aes128Ctr => {
             let keys: Vec<(Aes128, Sign)> = masks
                 .iter()
                 .map(|(seed, sign)| (Aes128::new((&*aes_key(seed)).into()), *sign))
                 .collect();
-            add_aes_streams(target, first_element, &keys);
+            match ring {
+                Ring::Z2_64 => add_aes_streams::<2>(target, first_element, &keys),
+                Ring::Z2_32 => add_aes_streams::<4>(target, first_element, &keys),
+            }
         }
     }
 }
 
 /// The AES-128-CTR masks of `keys` added to (or subtracted from) `target`, element i taking mask
-/// element `first_element + i`. The block cipher is run directly over a buffer of counter blocks
-/// (the `ctr` crate's keystream-XOR-zeros path ran at about half the speed): one buffer of counters
-/// per chunk serves every key, and the backend encrypts many blocks per call (AES-NI, eight at a
-/// time). Same stream as [`Aes128Ctr`]: block j = AES_k(j as a 128-bit big-endian integer).
-fn add_aes_streams(target: &mut [u64], first_element: u64, keys: &[(Aes128, Sign)]) {
-    // A chunk of CHUNK elements starting at an odd element spans CHUNK / 2 + 1 blocks.
-    const BLOCKS: usize = CHUNK / 2 + 1;
-    let skip = usize::from(first_element % 2 == 1);
-    let mut counter = u128::from(first_element / 2);
-    let mut counters = vec![aes::Block::default(); BLOCKS];
-    let mut keystream = vec![aes::Block::default(); BLOCKS];
+/// element `first_element + i`, `E` elements per 16-byte block (2 for Z_2^64, 4 for Z_2^32). The
+/// block cipher is run directly over a buffer of counter blocks (the `ctr` crate's
+/// keystream-XOR-zeros path ran at about half the speed): one buffer of counters per chunk serves
+/// every key, and the backend encrypts many blocks per call (AES-NI, eight at a time). Same stream
+/// as [`Aes128Ctr`]: block j = AES_k(j as a 128-bit big-endian integer).
+fn add_aes_streams<const E: usize>(target: &mut [u64], first_element: u64, keys: &[(Aes128, Sign)]) {
+    // A chunk of CHUNK elements starting inside a block spans CHUNK / E + 1 blocks.
+    let capacity = CHUNK / E + 1;
+    let skip = (first_element % E as u64) as usize;
+    let mut counter = u128::from(first_element / E as u64);
+    let mut counters = vec![aes::Block::default(); capacity];
+    let mut keystream = vec![aes::Block::default(); capacity];
     for chunk in target.chunks_mut(CHUNK) {
-        let blocks = (skip + chunk.len()).div_ceil(2);
+        let blocks = (skip + chunk.len()).div_ceil(E);
         for (j, block) in counters[..blocks].iter_mut().enumerate() {
             *block = (counter + j as u128).to_be_bytes().into();
         }
@@ -177,40 +197,59 @@ fn add_aes_streams(target: &mut [u64], first_element: u64, keys: &[(Aes128, Sign
                 key.encrypt_blocks(stream);
             }
             match sign {
-                Sign::Add => add_blocks(chunk, skip, stream, u64::wrapping_add),
-                Sign::Subtract => add_blocks(chunk, skip, stream, u64::wrapping_sub),
+                Sign::Add => add_blocks::<E>(chunk, skip, stream, u64::wrapping_add),
+                Sign::Subtract => add_blocks::<E>(chunk, skip, stream, u64::wrapping_sub),
             }
         }
-        // Chunks are a whole number of blocks (CHUNK is even), so `skip` holds for every chunk.
-        counter += (CHUNK / 2) as u128;
+        // Chunks are a whole number of blocks (E divides CHUNK), so `skip` holds for every chunk.
+        counter += (CHUNK / E) as u128;
     }
     for block in &mut keystream {
         block.as_mut_slice().zeroize();
     }
 }
 
-/// `target[i] = op(target[i], w[skip + i])`, w the little-endian u64 words of `blocks` (two per
-/// block). Written over pairs of elements so that the loop vectorizes.
-fn add_blocks(target: &mut [u64], skip: usize, blocks: &[aes::Block], op: impl Fn(u64, u64) -> u64) {
-    let half = |block: &aes::Block, h: usize| {
+/// Word `h` of a 16-byte block holding `E` little-endian words (u64 for E = 2, u32 for E = 4),
+/// zero-extended.
+#[inline(always)]
+fn word<const E: usize>(block: &aes::Block, h: usize) -> u64 {
+    if E == 2 {
         let mut word = [0u8; 8];
         word.copy_from_slice(&block[8 * h..8 * h + 8]);
         u64::from_le_bytes(word)
-    };
-    let (target, blocks) = match (skip, target.split_first_mut()) {
-        (1, Some((first, rest))) => {
-            *first = op(*first, half(&blocks[0], 1));
-            (rest, &blocks[1..])
-        }
-        _ => (target, blocks),
-    };
-    let (pairs, tail) = target.as_chunks_mut::<2>();
-    for (pair, block) in pairs.iter_mut().zip(blocks) {
-        pair[0] = op(pair[0], half(block, 0));
-        pair[1] = op(pair[1], half(block, 1));
+    } else {
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&block[4 * h..4 * h + 4]);
+        u64::from(u32::from_le_bytes(word))
     }
-    if let [last] = tail {
-        *last = op(*last, half(&blocks[pairs.len()], 0));
+}
+
+/// `target[i] = op(target[i], w[skip + i])`, w the words of `blocks` ([`word`], `E` per block).
+/// Written over whole blocks of elements so that the loop vectorizes.
+fn add_blocks<const E: usize>(
+    target: &mut [u64],
+    skip: usize,
+    blocks: &[aes::Block],
+    op: impl Fn(u64, u64) -> u64,
+) {
+    let (target, blocks) = if skip > 0 {
+        let head = (E - skip).min(target.len());
+        let (first, rest) = target.split_at_mut(head);
+        for (i, t) in first.iter_mut().enumerate() {
+            *t = op(*t, word::<E>(&blocks[0], skip + i));
+        }
+        (rest, blocks.get(1..).unwrap_or_default())
+    } else {
+        (target, blocks)
+    };
+    let (whole, tail) = target.as_chunks_mut::<E>();
+    for (elements, block) in whole.iter_mut().zip(blocks) {
+        for (h, t) in elements.iter_mut().enumerate() {
+            *t = op(*t, word::<E>(block, h));
+        }
+    }
+    for (h, t) in tail.iter_mut().enumerate() {
+        *t = op(*t, word::<E>(&blocks[whole.len()], h));
     }
 }
 
@@ -232,11 +271,12 @@ pub(crate) fn derive_aes_key(seed: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 16
     key
 }
 
-/// Adds (or subtracts) each stream's words to `target`, chunk by chunk, all streams per chunk.
-fn add_streams<C: StreamCipher>(target: &mut [u64], mut streams: Vec<(C, Sign)>) {
+/// Adds (or subtracts) each stream's `W`-byte little-endian words (W = 8 or 4) to `target`, chunk by
+/// chunk, all streams per chunk.
+fn add_streams<const W: usize, C: StreamCipher>(target: &mut [u64], mut streams: Vec<(C, Sign)>) {
     let mut buffer = vec![0u8; CHUNK * 8];
     for block in target.chunks_mut(CHUNK) {
-        let bytes = &mut buffer[..block.len() * 8];
+        let bytes = &mut buffer[..block.len() * W];
         for (cipher, sign) in &mut streams {
             if cipher.apply_keystream_b2b(&ZEROS[..bytes.len()], bytes).is_err() {
                 // Unreachable: both slices have the same length. Fall back to the in-place form
@@ -246,16 +286,21 @@ fn add_streams<C: StreamCipher>(target: &mut [u64], mut streams: Vec<(C, Sign)>)
             }
             // Fixed-size chunks, so that the loops vectorize (`chunks_exact` + `copy_from_slice`
             // does not).
-            let (words, _) = bytes.as_chunks::<8>();
+            let (words, _) = bytes.as_chunks::<W>();
+            let le = |w: &[u8; W]| {
+                let mut word = [0u8; 8];
+                word[..W].copy_from_slice(w);
+                u64::from_le_bytes(word)
+            };
             match sign {
                 Sign::Add => {
                     for (t, w) in block.iter_mut().zip(words) {
-                        *t = t.wrapping_add(u64::from_le_bytes(*w));
+                        *t = t.wrapping_add(le(w));
                     }
                 }
                 Sign::Subtract => {
                     for (t, w) in block.iter_mut().zip(words) {
-                        *t = t.wrapping_sub(u64::from_le_bytes(*w));
+                        *t = t.wrapping_sub(le(w));
                     }
                 }
             }
@@ -271,14 +316,18 @@ mod tests {
     use proptest::prelude::*;
 
     fn le_word(w: &[u8]) -> u64 {
-        u64::from_le_bytes(w.try_into().unwrap())
+        let mut word = [0u8; 8];
+        word[..w.len()].copy_from_slice(w);
+        u64::from_le_bytes(word)
     }
+
+    const RINGS: [Ring; 2] = [Ring::Z2_64, Ring::Z2_32];
 
     const GENERATORS: [Generator; 2] = [Generator::ChaCha20, Generator::Aes128Ctr];
 
     /// Reference: the whole keystream from the start, no seeking, no threads.
-    fn reference_mask(generator: Generator, seed: &[u8; 32], len: usize) -> Vec<u64> {
-        let mut bytes = vec![0u8; len * 8];
+    fn reference_mask(generator: Generator, ring: Ring, seed: &[u8; 32], len: usize) -> Vec<u64> {
+        let mut bytes = vec![0u8; len * ring.bytes()];
         match generator {
             Generator::ChaCha20 => {
                 ChaCha20::new(seed.into(), &[0u8; 12].into()).apply_keystream(&mut bytes);
@@ -288,13 +337,24 @@ mod tests {
                 Aes128Ctr::new((&*key).into(), &[0u8; 16].into()).apply_keystream(&mut bytes);
             }
         }
-        bytes.chunks_exact(8).map(le_word).collect()
+        bytes.chunks_exact(ring.bytes()).map(le_word).collect()
     }
 
     fn mask(generator: Generator, seed: &[u8; 32], first_element: u64, len: usize) -> Vec<u64> {
+        mask_in(generator, Ring::Z2_64, seed, first_element, len)
+    }
+
+    fn mask_in(
+        generator: Generator,
+        ring: Ring,
+        seed: &[u8; 32],
+        first_element: u64,
+        len: usize,
+    ) -> Vec<u64> {
         let mut v = vec![0u64; len];
         apply_masks_with(
             generator,
+            ring,
             &mut v,
             first_element,
             &[(&MaskSeed(*seed), Sign::Add)],
@@ -373,6 +433,28 @@ mod tests {
     }
 
     #[test]
+    fn z2_32_mask_elements_are_the_four_words_of_each_block() {
+        // Element 4j + h of a Z_2^32 mask = little-endian u32 word h of AES-128_k(j); from an
+        // element inside a block, past a 32-bit block counter.
+        let seed: [u8; 32] = std::array::from_fn(|i| (3 * i) as u8);
+        let first = 1u64 << 33;
+        let v = mask_in(Generator::Aes128Ctr, Ring::Z2_32, &seed, 4 * first - 3, 11);
+        let key = aes_key(&MaskSeed(seed));
+        let cipher = Aes128::new((&*key).into());
+        let mut expected = Vec::new();
+        for j in first - 1..first + 2 {
+            let mut block = aes::Block::from(u128::from(j).to_be_bytes());
+            cipher.encrypt_block(&mut block);
+            expected.extend(block.chunks_exact(4).map(le_word));
+        }
+        assert_eq!(v, expected[1..]);
+        assert!(v.iter().all(|&w| w <= u64::from(u32::MAX)));
+        // The same key's Z_2^64 stream reads the same bytes two words at a time.
+        let wide = mask(Generator::Aes128Ctr, &seed, 2 * first, 2);
+        assert_eq!(wide[0], expected[4] | expected[5] << 32);
+    }
+
+    #[test]
     fn aes_key_derivation_matches_an_independent_hkdf() {
         // Computed with Python's hmac/hashlib and `cryptography` (OpenSSL), independently of ring and
         // the RustCrypto crates: k = HMAC-SHA256(00..1f, label ‖ 01)[..16]; the first eight mask words
@@ -424,17 +506,19 @@ mod tests {
             offset_frac in 0.0f64..1.0,
             threads in 1usize..5,
             aes in any::<bool>(),
+            wide in any::<bool>(),
         ) {
             let generator = if aes { Generator::Aes128Ctr } else { Generator::ChaCha20 };
-            let reference = reference_mask(generator, &seed, len);
+            let ring = if wide { Ring::Z2_64 } else { Ring::Z2_32 };
+            let reference = reference_mask(generator, ring, &seed, len);
             let start = (offset_frac * len as f64) as usize;
             let s = MaskSeed(seed);
             let mut part = vec![5u64; len - start];
-            apply_masks_with(generator, &mut part, start as u64, &[(&s, Sign::Add)], threads);
+            apply_masks_with(generator, ring, &mut part, start as u64, &[(&s, Sign::Add)], threads);
             for (p, r) in part.iter().zip(&reference[start..]) {
                 prop_assert_eq!(*p, r.wrapping_add(5));
             }
-            apply_masks_with(generator, &mut part, start as u64, &[(&s, Sign::Subtract)], threads);
+            apply_masks_with(generator, ring, &mut part, start as u64, &[(&s, Sign::Subtract)], threads);
             prop_assert!(part.iter().all(|&p| p == 5));
         }
 
@@ -459,11 +543,13 @@ mod tests {
         let b = MaskSeed([4; 32]);
         let masks = [(&a, Sign::Add), (&b, Sign::Subtract)];
         for generator in GENERATORS {
-            let mut serial = vec![1u64; len];
-            apply_masks_with(generator, &mut serial, 11, &masks, 1);
-            let mut parallel = vec![1u64; len];
-            apply_masks_with(generator, &mut parallel, 11, &masks, 4);
-            assert_eq!(serial, parallel);
+            for ring in RINGS {
+                let mut serial = vec![1u64; len];
+                apply_masks_with(generator, ring, &mut serial, 11, &masks, 1);
+                let mut parallel = vec![1u64; len];
+                apply_masks_with(generator, ring, &mut parallel, 11, &masks, 4);
+                assert_eq!(serial, parallel);
+            }
         }
     }
 
@@ -480,21 +566,23 @@ mod tests {
             }
         };
         let (first, len) = (3u64, 2 * MIN_PER_THREAD + 1001);
-        let mut expected = vec![7u64; len];
-        for (i, seed) in seeds.iter().enumerate() {
-            let stream = reference_mask(Generator::Aes128Ctr, &seed.0, first as usize + len);
-            for (e, w) in expected.iter_mut().zip(&stream[first as usize..]) {
-                *e = match signs(i) {
-                    Sign::Add => e.wrapping_add(*w),
-                    Sign::Subtract => e.wrapping_sub(*w),
-                };
-            }
-        }
         let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().enumerate().map(|(i, s)| (s, signs(i))).collect();
-        for threads in [1, 3] {
-            let mut v = vec![7u64; len];
-            apply_masks(&mut v, first, &masks, threads);
-            assert_eq!(v, expected, "{threads} threads");
+        for ring in RINGS {
+            let mut expected = vec![7u64; len];
+            for (i, seed) in seeds.iter().enumerate() {
+                let stream = reference_mask(Generator::Aes128Ctr, ring, &seed.0, first as usize + len);
+                for (e, w) in expected.iter_mut().zip(&stream[first as usize..]) {
+                    *e = match signs(i) {
+                        Sign::Add => e.wrapping_add(*w),
+                        Sign::Subtract => e.wrapping_sub(*w),
+                    };
+                }
+            }
+            for threads in [1, 3] {
+                let mut v = vec![7u64; len];
+                apply_masks(&mut v, first, &masks, ring, threads);
+                assert_eq!(v, expected, "{ring}, {threads} threads");
+            }
         }
     }
 
@@ -502,7 +590,7 @@ mod tests {
     fn apply_masks_uses_the_protocol_generator() {
         let seed = [5u8; 32];
         let mut v = vec![0u64; 40];
-        apply_masks(&mut v, 3, &[(&MaskSeed(seed), Sign::Add)], 1);
+        apply_masks(&mut v, 3, &[(&MaskSeed(seed), Sign::Add)], Ring::Z2_64, 1);
         assert_eq!(v, mask(Generator::PROTOCOL, &seed, 3, 40));
     }
 }

@@ -1,5 +1,5 @@
-//! Signed fixed-point quantization of n_k·Δ_k into Z_2^64 with unbiased stochastic rounding, and its
-//! decoding.
+//! Signed fixed-point quantization of n_k·Δ_k into Z_2^64 (or Z_2^32, reduced after masking) with
+//! unbiased stochastic rounding, and its decoding.
 //!
 //! An element x = n_k·Δ_k\[i\] is computed in f64 (exact: a 24-bit f32 mantissa times a count below 2^29
 //! fits in 53 bits), clipped to [−C, C], scaled by S = 2^f (exact), and rounded to ⌊xS⌋ + 1 with
@@ -108,10 +108,11 @@ fn stochastic_round(v: f64, u: f64) -> i64 {
     floor + i64::from(u < frac)
 }
 
-/// Decodes a ring element (a sum of quantized values) back to a real number.
+/// Decodes a sum of quantized values, read as a signed integer ([`crate::Ring::signed`]), back to a
+/// real number.
 #[must_use]
-pub fn dequantize(value: u64, fractional_bits: u32) -> f64 {
-    value as i64 as f64 / super::config::scale(fractional_bits)
+pub fn dequantize(value: i64, fractional_bits: u32) -> f64 {
+    value as f64 / super::config::scale(fractional_bits)
 }
 
 #[cfg(test)]
@@ -125,7 +126,7 @@ mod tests {
         let mut out = [0u64; 4];
         quantize_weighted(&[0.5, -0.25, 0.0, -3.0], 2, 100.0, 8, &mut r, &mut out);
         assert_eq!(out, [256, (-128i64) as u64, 0, (-1536i64) as u64]);
-        assert_eq!(dequantize(out[3], 8), -6.0);
+        assert_eq!(dequantize(out[3] as i64, 8), -6.0);
         // Clipping at ±C.
         quantize_weighted(&[1e30, -1e30, 7.0, -7.0], 1, 5.0, 0, &mut r, &mut out);
         assert_eq!(out, [5, (-5i64) as u64, 5, (-5i64) as u64]);
@@ -192,7 +193,7 @@ mod tests {
             quantize_weighted(&values, n, clip, bits, &mut r, &mut out);
             for (&q, &d) in out.iter().zip(&values) {
                 let x = (n as f64 * f64::from(d)).clamp(-clip, clip);
-                let err = (dequantize(q, bits) - x).abs();
+                let err = (dequantize(q as i64, bits) - x).abs();
                 prop_assert!(err < super::super::config::scale(bits).recip(), "{q} vs {x}");
             }
         }

@@ -465,7 +465,8 @@ impl SecAggServer {
             }
         }
         let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
-        apply_masks(&mut self.masked_sum, 0, &masks, self.threads);
+        let ring = self.config.config().quantization.ring;
+        apply_masks(&mut self.masked_sum, 0, &masks, ring, self.threads);
         Ok(())
     }
 

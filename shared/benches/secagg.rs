@@ -16,6 +16,8 @@
 //! `SECAGG_BENCH_SITES=` for the per-core tables alone), or
 //! `FLWR_PYTHON=/tmp/flwr-venv/bin/python cargo bench -p fedlnm-shared --bench secagg`
 //! (`SECAGG_FLOWER_REPEATS`, default 2: rounds per site count on each side of the comparison).
+//! `SECAGG_BENCH_RING=z2_32` runs the rounds and the Flower comparison in Z_2^32 (Flower's ring)
+//! instead of Z_2^64.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark harness: a panic is a failed run.
 
 use std::hint::black_box;
@@ -26,7 +28,7 @@ use fedlnm_shared::host::cpu_model;
 use fedlnm_shared::secagg::prg::{Generator, MaskSeed, Sign, apply_masks, apply_masks_with};
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
-    QuantizationConfig, SecAggClient, SecAggConfig, SecAggServer, SiteId, tensor_specs,
+    QuantizationConfig, Ring, SecAggClient, SecAggConfig, SecAggServer, SiteId, tensor_specs,
 };
 use fedlnm_shared::weights::NamedTensors;
 
@@ -48,6 +50,15 @@ fn best_of<T>(repeats: usize, mut f: impl FnMut() -> T) -> Duration {
 
 fn gb_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+/// The ring of the rounds: `SECAGG_BENCH_RING` (`z2_64`, the default, or `z2_32`).
+fn bench_ring() -> Ring {
+    match std::env::var("SECAGG_BENCH_RING").as_deref() {
+        Ok("z2_32") => Ring::Z2_32,
+        Ok("z2_64") | Err(_) => Ring::Z2_64,
+        Ok(other) => panic!("SECAGG_BENCH_RING={other}: expected z2_64 or z2_32"),
+    }
 }
 
 /// Plain FedAvg of the same f32 vectors: Σ n_k Δ_k / Σ n_k with an f64 accumulator, one core.
@@ -95,7 +106,7 @@ fn secagg_round(n: u32, delta: &NamedTensors, threads: Option<usize>) -> RoundTi
         threshold: n as usize / 2 + 1,
         tensors: tensor_specs(delta),
         fedbn_exclude: vec![],
-        quantization: QuantizationConfig::default(),
+        quantization: QuantizationConfig::for_ring(bench_ring(), n as usize),
         max_delta_norm: 1e9,
         input: fedlnm_shared::secagg::InputKind::WeightedDelta,
         privacy: None,
@@ -172,15 +183,24 @@ fn main() {
     println!("|---|---:|---:|");
     let seed = MaskSeed::from_bytes([7; 32]);
     let mut target = vec![0u64; PARAMS];
-    let mask = best_of(5, || apply_masks(&mut target, 0, &[(&seed, Sign::Add)], 1));
-    println!(
-        "| mask generation: {:?} PRG ({}) + add, Z_2^64 | {:.1} | {:.2} GB/s of mask |",
-        Generator::PROTOCOL,
-        Generator::PROTOCOL.backend(),
-        mask.as_secs_f64() * 1e3,
-        gb_per_s(bytes, mask)
-    );
-    let t = best_of(5, || apply_masks(&mut target, 0, &[(&seed, Sign::Subtract)], 1));
+    let ring = bench_ring();
+    let mut mask = Duration::ZERO;
+    for each in [Ring::Z2_64, Ring::Z2_32] {
+        let t = best_of(5, || apply_masks(&mut target, 0, &[(&seed, Sign::Add)], each, 1));
+        println!(
+            "| mask generation: {:?} PRG ({}) + add, {each} | {:.1} | {:.2} GB/s of mask |",
+            Generator::PROTOCOL,
+            Generator::PROTOCOL.backend(),
+            t.as_secs_f64() * 1e3,
+            gb_per_s(PARAMS * each.bytes(), t)
+        );
+        if each == ring {
+            mask = t;
+        }
+    }
+    let t = best_of(5, || {
+        apply_masks(&mut target, 0, &[(&seed, Sign::Subtract)], Ring::Z2_64, 1)
+    });
     println!(
         "| unmasking: one PRG stream subtracted | {:.1} | {:.2} GB/s of mask |",
         t.as_secs_f64() * 1e3,
@@ -196,17 +216,30 @@ fn main() {
         PARAMS as f64 / quantize.as_secs_f64() / 1e6
     );
     if threads > 1 {
-        let t = best_of(5, || apply_masks(&mut target, 0, &[(&seed, Sign::Add)], threads));
+        let t = best_of(5, || {
+            apply_masks(&mut target, 0, &[(&seed, Sign::Add)], Ring::Z2_64, threads)
+        });
         println!(
             "| mask generation, {threads} threads | {:.1} | {:.2} GB/s |",
             t.as_secs_f64() * 1e3,
             gb_per_s(bytes, t)
         );
     }
+    // What the server's unmasking does at 30 sites: 30 self masks subtracted in one pass.
+    let seeds: Vec<MaskSeed> = (0..30u8).map(|i| MaskSeed::from_bytes([i; 32])).collect();
+    let masks: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|s| (s, Sign::Subtract)).collect();
+    for each in [Ring::Z2_64, Ring::Z2_32] {
+        let t = best_of(3, || apply_masks(&mut target, 0, &masks, each, threads));
+        println!(
+            "| unmasking: 30 self masks, {threads} threads, {each} | {:.1} | {:.2} GB/s of mask |",
+            t.as_secs_f64() * 1e3,
+            gb_per_s(30 * PARAMS * each.bytes(), t)
+        );
+    }
 
     generator_comparison(&mut target);
 
-    println!("\n### Round overhead vs plain FedAvg (same f32 vectors, same run)\n");
+    println!("\n### Round overhead vs plain FedAvg (same f32 vectors, same run, {ring})\n");
     println!(
         "Plain FedAvg: Σ n_k Δ_k / Σ n_k over the sites' f32 vectors, one core. SecAgg client: quantize +"
     );
@@ -251,7 +284,7 @@ fn generator_comparison(target: &mut [u64]) {
     for _ in 0..7 {
         for (generator, best) in GENERATORS.iter().zip(&mut best) {
             let start = Instant::now();
-            apply_masks_with(*generator, target, 0, &[(&seed, Sign::Add)], 1);
+            apply_masks_with(*generator, Ring::Z2_64, target, 0, &[(&seed, Sign::Add)], 1);
             black_box(&mut *target);
             *best = (*best).min(start.elapsed());
         }

@@ -4,6 +4,7 @@
 //! and the file. Relative paths inside a file are resolved against the file's own folder, so that a
 //! startup kit can be moved as a whole.
 
+use crate::secagg::Ring;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -253,6 +254,11 @@ pub struct RoundSettings {
     /// each site with a few others, drawn at random each round, optionally `degree = k`; for a hundred
     /// sites or more). The threshold is then per group of k + 1 sites.
     pub secure_aggregation_graph: SecureAggregationGraph,
+    /// The ring of secure aggregation's masked vectors: `"z2_64"` (64-bit words; each element of
+    /// n_k·Δ_k passes up to ±2^20 at 2^-32 resolution) or `"z2_32"` (32-bit words, as Flower's SecAgg+:
+    /// half the bytes on the wire and half the mask work; each element of n_k·Δ_k passes up to ±4096,
+    /// larger ones are clipped, at 2^-(18 − ⌈log2 sites⌉) resolution).
+    pub secure_aggregation_ring: Ring,
     /// FedBN: normalisation layers stay local to each site (never uploaded, never averaged).
     pub fedbn: bool,
     /// Largest L2 norm of a site's weight delta (each node checks its own before masking).
@@ -282,6 +288,7 @@ impl Default for RoundSettings {
             secure_aggregation: true,
             threat_model: ThreatModel::default(),
             secure_aggregation_graph: SecureAggregationGraph::Complete,
+            secure_aggregation_ring: Ring::Z2_64,
             fedbn: false,
             max_delta_norm: 1.0e4,
             max_concurrent_uploads: 4,

@@ -8,8 +8,8 @@
 use fedlnm_shared::federation::fedavg::HeldBytes;
 use fedlnm_shared::secagg::quantize::{RoundingSource, quantize_weighted};
 use fedlnm_shared::secagg::{
-    MaskedInput, QuantizationConfig, RoundConfig, RoundStage, SecAggClient, SecAggConfig, SecAggError,
-    SecAggServer, Security, SiteId, TensorSpec, UnmaskRequest,
+    MaskedInput, MaskedVector, QuantizationConfig, Ring, RoundConfig, RoundStage, SecAggClient, SecAggConfig,
+    SecAggError, SecAggServer, Security, SiteId, TensorSpec, UnmaskRequest,
 };
 use fedlnm_shared::stats::normal::normal_cdf;
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
@@ -605,14 +605,19 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
     round.server.set_max_held(8);
     let held = |upload: &MaskedInput| -> (HeldBytes, std::ops::Range<usize>) {
         let mut bytes = vec![0xA5; 5];
-        bytes.extend(upload.masked.iter().flat_map(|w| w.to_le_bytes()));
+        bytes.extend(upload.masked.to_le_bytes());
         let len = bytes.len();
         (std::sync::Arc::new(bytes), 5..len)
     };
     let (bytes, elements) = held(&uploads[1]);
     let outside = round
         .server
-        .hold_masked_bytes(&uploads[1].header, bytes.clone(), 5..elements.end + 8)
+        .hold_masked_bytes(
+            &uploads[1].header,
+            Ring::Z2_64,
+            bytes.clone(),
+            5..elements.end + 8,
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -627,7 +632,12 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
     );
     let short = round
         .server
-        .hold_masked_bytes(&uploads[1].header, bytes.clone(), 5..elements.end - 8)
+        .hold_masked_bytes(
+            &uploads[1].header,
+            Ring::Z2_64,
+            bytes.clone(),
+            5..elements.end - 8,
+        )
         .unwrap_err();
     assert_eq!(
         short,
@@ -640,7 +650,12 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
     );
     let ragged = round
         .server
-        .hold_masked_bytes(&uploads[1].header, bytes.clone(), 5..elements.end - 3)
+        .hold_masked_bytes(
+            &uploads[1].header,
+            Ring::Z2_64,
+            bytes.clone(),
+            5..elements.end - 3,
+        )
         .unwrap_err();
     assert_eq!(
         ragged,
@@ -651,13 +666,23 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
             got: 50
         }
     );
+    // Bytes that hold the configured number of elements in another ring: refused, both rings named.
+    let other_ring = round
+        .server
+        .hold_masked_bytes(&uploads[1].header, Ring::Z2_32, bytes.clone(), 5..5 + 51 * 4)
+        .unwrap_err();
+    assert!(
+        matches!(&other_ring, SecAggError::Malformed { site: SiteId(20), reason, .. }
+            if reason.contains("Z_2^32") && reason.contains("Z_2^64")),
+        "{other_ring:?}"
+    );
     round
         .server
-        .hold_masked_bytes(&uploads[1].header, bytes.clone(), elements.clone())
+        .hold_masked_bytes(&uploads[1].header, Ring::Z2_64, bytes.clone(), elements.clone())
         .unwrap();
     let replay = round
         .server
-        .hold_masked_bytes(&uploads[1].header, bytes.clone(), elements)
+        .hold_masked_bytes(&uploads[1].header, Ring::Z2_64, bytes.clone(), elements)
         .unwrap_err();
     assert!(
         matches!(replay, SecAggError::Duplicate { site: SiteId(20), .. }),
@@ -968,7 +993,10 @@ fn one_masked_upload_is_indistinguishable_from_uniform_and_uncorrelated_with_its
         .unwrap()
         .masked_input(&deliveries[0], delta, *n)
         .unwrap();
-    let y = &upload.masked[..m];
+    let MaskedVector::Z2_64(masked) = &upload.masked else {
+        panic!("a Z_2^64 instance sent {:?}", upload.masked.ring());
+    };
+    let y = &masked[..m];
 
     // Control: the same tests reject the unmasked quantized input outright.
     let mut q = vec![0u64; m];

@@ -37,7 +37,7 @@ macro_rules! le_element {
         }
     )*};
 }
-le_element!(u64, f32);
+le_element!(u64, u32, f32);
 
 /// A vector of `T`: decoded, or the little-endian bytes of its elements (a whole number of them).
 #[derive(Debug, Clone, Copy)]

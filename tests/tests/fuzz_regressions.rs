@@ -25,9 +25,9 @@ use fedlnm_shared::federation::{LocalTensors, SiteCohort, SiteRoundMetrics};
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::secagg::shamir::Share;
 use fedlnm_shared::secagg::{
-    AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, ModelVersion, PeerKey, QuantizationConfig,
-    RevealedShare, RoundHeader, SecAggConfig, ShareDelivery, ShareKeys, SiteHeader, SiteId, TensorSpec,
-    UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, EncryptedShare, KeyDirectory, MaskedInput, MaskedVector, ModelVersion, PeerKey,
+    QuantizationConfig, RevealedShare, RoundHeader, SecAggConfig, ShareDelivery, ShareKeys, SiteHeader,
+    SiteId, TensorSpec, UnmaskRequest, UnmaskResponse,
 };
 use fedlnm_shared::synth::{self, OutputFormat, SynthConfig};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
@@ -385,7 +385,18 @@ fn payload_seeds() -> Vec<Seed> {
                 4,
                 &encode(&MaskedInput {
                     header: site_header(2),
-                    masked: vec![u64::MAX, 0, 1 << 40, 12_345, 7, 99, 3, 1],
+                    masked: MaskedVector::Z2_64(vec![u64::MAX, 0, 1 << 40, 12_345, 7, 99, 3, 1]),
+                }),
+            ),
+        ),
+        (
+            "payload",
+            "masked-input-z2-32",
+            tagged(
+                4,
+                &encode(&MaskedInput {
+                    header: site_header(2),
+                    masked: MaskedVector::Z2_32(vec![u32::MAX, 0, 1 << 20, 12_345, 7, 99, 3, 1]),
                 }),
             ),
         ),

@@ -195,7 +195,7 @@ async fn pool_site(
             (
                 MaskedInput {
                     header: masked.header.clone(),
-                    masked: vec![0; 5],
+                    masked: fedlnm_shared::secagg::MaskedVector::Z2_64(vec![0; 5]),
                 },
                 "masked input has 5 elements",
             ),

@@ -20,7 +20,8 @@ use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{HararySettings, RoundSettings, SecureAggregationGraph, SiteRole, ThreatModel};
 use fedlnm_shared::federation::{SiteCohort, SiteRoundMetrics};
 use fedlnm_shared::secagg::{
-    ConsistencyCheck, Graph, KeyDirectory, SecAggClient, SecAggConfig, ShareDelivery, SiteId, UnmaskRequest,
+    ConsistencyCheck, Graph, KeyDirectory, Ring, SecAggClient, SecAggConfig, ShareDelivery, SiteId,
+    UnmaskRequest,
 };
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 use std::collections::BTreeMap;
@@ -135,7 +136,7 @@ impl SecureStudy {
         scale: f32,
         n: u64,
         behaviour: Behaviour,
-    ) -> tokio::task::JoinHandle<Graph> {
+    ) -> tokio::task::JoinHandle<SecAggConfig> {
         tokio::spawn(site_round(
             self.study_dir.clone(),
             self.url.clone(),
@@ -147,8 +148,8 @@ impl SecureStudy {
     }
 }
 
-/// One site's part of a secure round, stopping where `behaviour` says; returns the round's graph as
-/// its task named it.
+/// One site's part of a secure round, stopping where `behaviour` says; returns the round's
+/// configuration as its task gave it.
 async fn site_round(
     study_dir: PathBuf,
     url: String,
@@ -156,7 +157,7 @@ async fn site_round(
     scale: f32,
     n: u64,
     behaviour: Behaviour,
-) -> Graph {
+) -> SecAggConfig {
     let mut client = connect(&study_dir, site, &url).await;
     let train = train_task(&mut client, site).await;
     assert_eq!(train.aggregation(), AggregationKind::Secure);
@@ -200,9 +201,10 @@ async fn site_round(
     )
     .unwrap();
     if behaviour == Behaviour::VanishBeforeUpload {
-        return config.graph;
+        return config;
     }
     let masked = secagg.masked_input(&delivery, &delta(scale), n).unwrap();
+    assert_eq!(masked.masked.ring(), config.quantization.ring);
     let payload = wire::encode(&masked);
     let header = UpdateHeader {
         site: site.into(),
@@ -219,7 +221,7 @@ async fn site_round(
     }];
     client.upload_update(tokio_stream::iter(chunks)).await.unwrap();
     if behaviour == Behaviour::VanishAfterUpload {
-        return config.graph;
+        return config;
     }
     let request = survivors(&mut client, site, round, &mut secagg).await.unwrap();
     let response = secagg.unmask(&request).unwrap();
@@ -232,7 +234,7 @@ async fn site_round(
     )
     .await
     .unwrap();
-    config.graph
+    config
 }
 
 /// Rounds 3 and 4 of a site that uploaded: against a malicious aggregator it asks for the survivor
@@ -490,6 +492,44 @@ async fn a_secure_round_commits_the_same_model_whatever_the_masked_inputs_held_a
     assert!(models.iter().all(|(_, d)| *d == models[0].1), "{models:?}");
 }
 
+/// `rounds.secure_aggregation_ring = "z2_32"` over the real service: the sites' tasks carry the
+/// Z_2^32 quantization, their uploads are 32-bit (checked in `site_round`), the aggregator holds and
+/// sums them in place, and the round commits plain FedAvg: the same model, to the bit, as the Z_2^64
+/// round, since these deltas quantize exactly in both rings. (Dropouts in Z_2^32:
+/// `shared/tests/secagg_z2_32.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_z2_32_secure_round_over_mtls_commits_the_same_model_as_z2_64() {
+    let mut digests = Vec::new();
+    for ring in [Ring::Z2_32, Ring::Z2_64] {
+        let settings = RoundSettings {
+            secure_aggregation_ring: ring,
+            max_concurrent_uploads: 2,
+            ..hour_long(1)
+        };
+        let study = SecureStudy::start(settings).await;
+        let sites = [
+            study.run("S1", 1.0, 100, Behaviour::Complete),
+            study.run("S2", 2.0, 300, Behaviour::Complete),
+            study.run("S3", -1.0, 600, Behaviour::Complete),
+            study.run("S4", 0.5, 200, Behaviour::Complete),
+        ];
+        for site in sites {
+            let config = site.await.unwrap();
+            assert_eq!(config.quantization.ring, ring);
+        }
+        validate_all(&study.study_dir, &study.url, 1).await;
+        let round = RoundStore::open(&study.state_dir).unwrap().load(1).unwrap();
+        assert_eq!(round.record.contributors, ["S1", "S2", "S3", "S4"], "{ring}");
+        assert_close(
+            &round.model.weights,
+            &fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600), (0.5, 200)]),
+        );
+        digests.push(round.model.digest.clone());
+        study.aggregator.shut_down().await;
+    }
+    assert_eq!(digests[0], digests[1]);
+}
+
 /// SecAgg+ (`rounds.secure_aggregation_graph = { harary = ... }`) over the real service: twelve
 /// training sites, each working with four others. Every site's task names the sparse graph and its
 /// key directory holds its two-hop neighbourhood only (checked in `site_round`); a site that shares
@@ -539,7 +579,7 @@ async fn sparse_graph_rounds_over_mtls_commit_fedavg_with_dropouts() {
             .collect();
         async move {
             for site in sites {
-                let graph = site.await.unwrap();
+                let graph = site.await.unwrap().graph;
                 assert!(
                     matches!(graph, Graph::Harary { degree: DEGREE, .. }),
                     "the task names {graph:?}"

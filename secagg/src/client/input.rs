@@ -5,19 +5,20 @@ use std::collections::BTreeMap;
 
 use super::super::config::Transcript;
 use super::super::crypto::{ShareContext, open_shares, self_mask_seed};
-use super::super::messages::{MaskedInput, ShareDelivery};
+use super::super::messages::{MaskedInput, MaskedVector, ShareDelivery};
 use super::super::noise::DiscreteGaussian;
 use super::super::prg::{Sign, apply_masks};
 use super::super::quantize::{RoundingSource, quantize_weighted};
 use super::super::shamir::Share;
-use super::super::{InputKind, RoundStage, SecAggError, SiteId};
+use super::super::{InputKind, Ring, RoundStage, SecAggError, SiteId};
 use super::{SecAggClient, site_header};
 use fedlnm_tensors::NamedTensors;
 
 impl SecAggClient {
     /// Round 2: checks U2 and decrypts the shares addressed to this site, checks the site's own delta
     /// (finite, L2 norm, shapes, sample count), quantizes n_u·Δ_u and n_u, and masks them:
-    /// y_u = q + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv) over v in U2 (mod 2^64).
+    /// y_u = q + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv) over v in U2 (mod 2^64, or 2^32
+    /// in a Z_2^32 instance).
     /// FedBN-excluded tensors of `delta` are ignored: they are never quantized, masked or sent.
     ///
     /// # Errors
@@ -35,6 +36,25 @@ impl SecAggClient {
         let received = self.open_delivery(delivery)?;
         let vector = self.quantize(delta, norm, n_samples)?;
         Ok(self.mask(vector, received, &delivery.senders))
+    }
+
+    /// How many elements of n_u·Δ_u over the aggregated tensors lie beyond ±`clip_bound` and would
+    /// be clipped by [`Self::masked_input`] (a Z_2^32 instance clips at ±4,096: a node warns its
+    /// operator). Under differential privacy the delta is clipped by its L2 norm instead: 0.
+    #[must_use]
+    pub fn clipped_elements(&self, delta: &NamedTensors, n_samples: u64) -> usize {
+        if self.config.noise().is_some() {
+            return 0;
+        }
+        let clip = self.config.config().quantization.clip_bound;
+        let n = n_samples as f64;
+        self.config
+            .aggregated_tensors()
+            .iter()
+            .filter_map(|spec| delta.get(&spec.name))
+            .flat_map(|tensor| &tensor.values)
+            .filter(|&&d| (n * f64::from(d)).abs() > clip)
+            .count()
     }
 
     /// Round 2 of a statistics instance ([`InputKind::Counts`]): as [`Self::masked_input`], for
@@ -254,13 +274,19 @@ impl SecAggClient {
                 masks.push((seed, if v > site { Sign::Add } else { Sign::Subtract }));
             }
         }
-        apply_masks(&mut vector, 0, &masks, self.threads);
+        let ring = self.config.config().quantization.ring;
+        apply_masks(&mut vector, 0, &masks, ring, self.threads);
         self.held.extend(received);
         self.senders = senders.to_vec();
         self.stage = RoundStage::MaskedInputCollection;
+        let masked = match ring {
+            Ring::Z2_64 => MaskedVector::Z2_64(vector),
+            // Reduced mod 2^32: the masks were added mod 2^64, and 2^32 divides 2^64.
+            Ring::Z2_32 => MaskedVector::Z2_32(vector.into_iter().map(|w| w as u32).collect()),
+        };
         MaskedInput {
             header: site_header(&self.config, site),
-            masked: vector,
+            masked,
         }
     }
 

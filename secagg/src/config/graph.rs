@@ -211,7 +211,13 @@ fn permutation(n: usize, salt: &[u8; 32]) -> Vec<usize> {
         loop {
             if next_word == words.len() {
                 let mut block = vec![0u64; 64];
-                apply_masks(&mut block, words.len() as u64, &[(&seed, Sign::Add)], 1);
+                apply_masks(
+                    &mut block,
+                    words.len() as u64,
+                    &[(&seed, Sign::Add)],
+                    crate::Ring::Z2_64,
+                    1,
+                );
                 words.extend_from_slice(&block);
             }
             let word = words[next_word];

@@ -33,6 +33,7 @@ pub(super) fn config_hash(c: &SecAggConfig, sorted_participants: &[SiteId]) -> [
     t.u64(u64::from(c.quantization.fractional_bits));
     t.u64(c.quantization.clip_bound.to_bits());
     t.u64(c.quantization.max_sample_count);
+    t.u64(u64::from(c.quantization.ring.bits()));
     t.u64(c.max_delta_norm.to_bits());
     t.u64(match c.input {
         InputKind::WeightedDelta => 0,

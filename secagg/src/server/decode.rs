@@ -3,13 +3,16 @@
 //! may have sent.
 
 use super::{Aggregate, CountSum, SecAggServer};
+use crate::Ring;
 use crate::SecAggError;
+use crate::config::scale;
 use crate::quantize::dequantize;
-use fedlnm_tensors::parallel::for_each_part_of_all;
+use fedlnm_tensors::parallel::{for_each_part, for_each_part_of_all};
 use fedlnm_tensors::{NamedTensor, NamedTensors};
 
 impl SecAggServer {
-    /// The unmasked sum, of the configured length.
+    /// The unmasked sum, of the configured length. Summed mod 2^64; counts and ring sums are
+    /// instances of Z_2^64, the only ring they may use.
     fn take_sum(&mut self) -> Result<Vec<u64>, SecAggError> {
         let sum = std::mem::take(&mut self.masked_sum);
         if sum.len() == self.config.vector_len() {
@@ -86,10 +89,11 @@ impl SecAggServer {
     pub(super) fn decode(&mut self) -> Result<Aggregate, SecAggError> {
         let round = self.config.round();
         let invalid = |reason: String| SecAggError::InvalidAggregate { round, reason };
-        let sum = self.take_sum()?;
+        let mut sum = self.take_sum()?;
         let q = &self.config.config().quantization;
-        let fractional_bits = q.fractional_bits;
-        let total = sum[sum.len() - 1] as i64;
+        let (fractional_bits, ring) = (q.fractional_bits, q.ring);
+        // Summed mod 2^64: reduced into the instance's ring and read as two's complement.
+        let total = ring.signed(sum[sum.len() - 1]);
         let max_total = q.max_sample_count.saturating_mul(self.survivors.len() as u64);
         let total_samples = u64::try_from(total)
             .ok()
@@ -105,15 +109,25 @@ impl SecAggServer {
             })
             .collect();
         // Zero pages mapped lazily: the decoding threads write each element once. Every element is
-        // finite: |dequantize(s)| ≤ 2^63 / 2^f < f32::MAX for any f ≥ 0, and Σ n_k ≥ 1.
+        // finite: |s| ≤ 2^63, so |s / 2^f| < f32::MAX for any f ≥ 0, and Σ n_k ≥ 1. Multiplying by
+        // 2^-f is dividing by 2^f, exactly (a power of two), at a fraction of the cost.
+        let unit = scale(fractional_bits).recip();
         let mut averages: Vec<Vec<f32>> = specs.iter().map(|spec| vec![0.0; spec.len()]).collect();
         let parts = averages.iter_mut().map(Vec::as_mut_slice).collect();
         for_each_part_of_all(parts, self.threads, |k, part, start| {
             let sums = &sum[offsets[k] + start..offsets[k] + start + part.len()];
             for (average, &s) in part.iter_mut().zip(sums) {
-                *average = (dequantize(s, fractional_bits) / total_samples as f64) as f32;
+                *average = ((ring.signed(s) as f64 * unit) / total_samples as f64) as f32;
             }
         });
+        // The sum, reduced into the ring in place (a no-op in Z_2^64), handed over as i64: no copy.
+        if ring != Ring::Z2_64 {
+            for_each_part(&mut sum, self.threads, |part, _| {
+                for s in part {
+                    *s = ring.signed(*s) as u64;
+                }
+            });
+        }
         let layout = specs
             .iter()
             .map(|spec| (spec.name.as_str(), spec.shape.as_slice()));
@@ -122,8 +136,8 @@ impl SecAggServer {
             round,
             total_samples,
             fedavg_delta,
-            // The same buffer, reinterpreted (two's complement): no copy.
-            fixed_point_sum: sum.into_iter().map(|s| s as i64).collect(),
+            // The same buffer, reinterpreted (two's complement).
+            fixed_point_sum: bytemuck::allocation::cast_vec(sum),
             fractional_bits,
             survivors: self.survivors.clone(),
             dropped: self.dropped.clone(),
@@ -149,7 +163,7 @@ impl Aggregate {
                     shape: t.shape.clone(),
                     values: sums
                         .iter()
-                        .map(|&s| dequantize(s as u64, self.fractional_bits) as f32)
+                        .map(|&s| dequantize(s, self.fractional_bits) as f32)
                         .collect(),
                 }
             })

@@ -7,22 +7,68 @@
 //! are added, so the sum is read and written once per group instead of once per upload.
 
 use super::SecAggServer;
-use crate::messages::{MaskedInput, SiteHeader};
+use crate::Ring;
+use crate::messages::{MaskedInput, MaskedVector, SiteHeader};
 use crate::{RoundStage, SecAggError};
 use fedlnm_tensors::elements::{Elements, HeldBytes, SUM_BLOCK as BLOCK};
 use fedlnm_tensors::parallel::for_each_part;
 use std::ops::Range;
 
-/// A masked vector as received: decoded, or the little-endian bytes of its elements.
-type Masked<'a> = Elements<'a, u64>;
+/// A masked vector as received, in its ring's width: decoded, or the little-endian bytes of its
+/// elements. Z_2^32 elements are zero-extended and summed mod 2^64 (reduced at decoding).
+#[derive(Clone, Copy)]
+enum Masked<'a> {
+    Z2_64(Elements<'a, u64>),
+    Z2_32(Elements<'a, u32>),
+}
+
+impl<'a> Masked<'a> {
+    fn decoded(vector: &'a MaskedVector) -> Self {
+        match vector {
+            MaskedVector::Z2_64(v) => Self::Z2_64(Elements::Decoded(v)),
+            MaskedVector::Z2_32(v) => Self::Z2_32(Elements::Decoded(v)),
+        }
+    }
+
+    fn bytes(ring: Ring, bytes: &'a [u8]) -> Self {
+        match ring {
+            Ring::Z2_64 => Self::Z2_64(Elements::LeBytes(bytes)),
+            Ring::Z2_32 => Self::Z2_32(Elements::LeBytes(bytes)),
+        }
+    }
+
+    fn ring(self) -> Ring {
+        match self {
+            Self::Z2_64(_) => Ring::Z2_64,
+            Self::Z2_32(_) => Ring::Z2_32,
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Self::Z2_64(e) => e.len(),
+            Self::Z2_32(e) => e.len(),
+        }
+    }
+
+    /// Whether the bytes read in place are a whole number of elements.
+    fn whole(self) -> bool {
+        match self {
+            Self::Z2_64(Elements::LeBytes(b)) => b.len().is_multiple_of(8),
+            Self::Z2_32(Elements::LeBytes(b)) => b.len().is_multiple_of(4),
+            Self::Z2_64(Elements::Decoded(_)) | Self::Z2_32(Elements::Decoded(_)) => true,
+        }
+    }
+}
 
 /// Elements `start..start + sum.len()` of `masked` added to `sum` (mod 2^64), or written over it
 /// (`first`).
 fn add_into(masked: Masked<'_>, sum: &mut [u64], start: usize, first: bool) {
-    if first {
-        masked.zip_into(sum, start, |s, y| *s = y);
-    } else {
-        masked.zip_into(sum, start, |s, y| *s = s.wrapping_add(y));
+    match (masked, first) {
+        (Masked::Z2_64(e), true) => e.zip_into(sum, start, |s, y| *s = y),
+        (Masked::Z2_64(e), false) => e.zip_into(sum, start, |s, y| *s = s.wrapping_add(y)),
+        (Masked::Z2_32(e), true) => e.zip_into(sum, start, |s, y| *s = u64::from(y)),
+        (Masked::Z2_32(e), false) => e.zip_into(sum, start, |s, y| *s = s.wrapping_add(u64::from(y))),
     }
 }
 
@@ -40,10 +86,10 @@ impl HeldMasked {
 }
 
 /// `sum` (of `len` elements; allocated by the first call, when empty) plus every vector of
-/// little-endian u64s in `vectors` (mod 2^64), block by block, four vectors per pass, on up to
-/// `threads` threads. Additions mod 2^64 commute: the result is the same however the vectors are
-/// grouped, and whatever the thread count.
-fn sum_into(sum: &mut Vec<u64>, len: usize, vectors: &[&[u8]], threads: usize) {
+/// little-endian `ring` elements in `vectors` (mod 2^64), block by block, four vectors per pass, on
+/// up to `threads` threads. Additions mod 2^64 commute: the result is the same however the vectors
+/// are grouped, and whatever the thread count.
+fn sum_into(sum: &mut Vec<u64>, len: usize, vectors: &[&[u8]], ring: Ring, threads: usize) {
     if vectors.is_empty() {
         return;
     }
@@ -53,24 +99,32 @@ fn sum_into(sum: &mut Vec<u64>, len: usize, vectors: &[&[u8]], threads: usize) {
     }
     for_each_part(sum, threads, |part, start| {
         for (i, block) in part.chunks_mut(BLOCK).enumerate() {
-            add_block(block, start + i * BLOCK, vectors, first);
+            match ring {
+                Ring::Z2_64 => add_block::<8>(block, start + i * BLOCK, vectors, first),
+                Ring::Z2_32 => add_block::<4>(block, start + i * BLOCK, vectors, first),
+            }
         }
     });
 }
 
-/// `block` (elements `at..at + block.len()` of the sum) plus those elements of every vector, or
-/// overwritten by their sum (`first`).
-fn add_block(block: &mut [u64], at: usize, vectors: &[&[u8]], first: bool) {
+/// `block` (elements `at..at + block.len()` of the sum) plus those elements of every vector (of
+/// `W`-byte little-endian elements, zero-extended), or overwritten by their sum (`first`).
+fn add_block<const W: usize>(block: &mut [u64], at: usize, vectors: &[&[u8]], first: bool) {
     let n = block.len();
     let mut first = first;
     for group in vectors.chunks(4) {
         if let [a, b, c, d] = group {
-            let (a, b, c, d) = (words(a, at, n), words(b, at, n), words(c, at, n), words(d, at, n));
+            let (a, b, c, d) = (
+                words::<W>(a, at, n),
+                words::<W>(b, at, n),
+                words::<W>(c, at, n),
+                words::<W>(d, at, n),
+            );
             let four = |i: usize| {
-                u64::from_le_bytes(a[i])
-                    .wrapping_add(u64::from_le_bytes(b[i]))
-                    .wrapping_add(u64::from_le_bytes(c[i]))
-                    .wrapping_add(u64::from_le_bytes(d[i]))
+                le(&a[i])
+                    .wrapping_add(le(&b[i]))
+                    .wrapping_add(le(&c[i]))
+                    .wrapping_add(le(&d[i]))
             };
             if first {
                 for (i, s) in block.iter_mut().enumerate() {
@@ -84,17 +138,29 @@ fn add_block(block: &mut [u64], at: usize, vectors: &[&[u8]], first: bool) {
             first = false;
         } else {
             for vector in group {
-                add_into(Masked::LeBytes(vector), block, at, first);
+                let masked = match W {
+                    8 => Masked::Z2_64(Elements::LeBytes(vector)),
+                    _ => Masked::Z2_32(Elements::LeBytes(vector)),
+                };
+                add_into(masked, block, at, first);
                 first = false;
             }
         }
     }
 }
 
-/// Elements `at..at + n` of a vector of little-endian u64s, as fixed-size chunks (so that the loops
-/// over them see no length check and vectorize).
-fn words(bytes: &[u8], at: usize, n: usize) -> &[[u8; 8]] {
-    &bytes.as_chunks::<8>().0[at..at + n]
+/// A `W`-byte little-endian word (W ≤ 8), zero-extended.
+#[inline(always)]
+fn le<const W: usize>(bytes: &[u8; W]) -> u64 {
+    let mut word = [0u8; 8];
+    word[..W].copy_from_slice(bytes);
+    u64::from_le_bytes(word)
+}
+
+/// Elements `at..at + n` of a vector of `W`-byte little-endian elements, as fixed-size chunks (so
+/// that the loops over them see no length check and vectorize).
+fn words<const W: usize>(bytes: &[u8], at: usize, n: usize) -> &[[u8; W]] {
+    &bytes.as_chunks::<W>().0[at..at + n]
 }
 
 impl SecAggServer {
@@ -119,6 +185,7 @@ impl SecAggServer {
     pub fn hold_masked_bytes(
         &mut self,
         header: &SiteHeader,
+        ring: Ring,
         bytes: HeldBytes,
         elements: Range<usize>,
     ) -> Result<(), SecAggError> {
@@ -126,7 +193,7 @@ impl SecAggServer {
             self.check_upload(header)?;
             return Err(self.malformed(header.site, "the masked vector lies outside the upload"));
         };
-        self.check_masked(header, Masked::LeBytes(masked))?;
+        self.check_masked(header, Masked::bytes(ring, masked))?;
         self.held.push(HeldMasked { bytes, elements });
         self.u3.insert(header.site);
         if self.held.len() >= self.max_held {
@@ -139,12 +206,8 @@ impl SecAggServer {
     pub(super) fn sum_held(&mut self) {
         let held = std::mem::take(&mut self.held);
         let vectors: Vec<&[u8]> = held.iter().map(HeldMasked::elements).collect();
-        sum_into(
-            &mut self.masked_sum,
-            self.config.vector_len(),
-            &vectors,
-            self.threads,
-        );
+        let (len, ring) = (self.config.vector_len(), self.ring());
+        sum_into(&mut self.masked_sum, len, &vectors, ring, self.threads);
     }
 
     /// Round 2: adds a site's masked input to the running sum.
@@ -153,19 +216,28 @@ impl SecAggServer {
     /// Wrong stage, round, study or configuration; a site outside U2; a second upload from the same
     /// site; a vector of the wrong length. The state is unchanged on error.
     pub fn receive_masked_input(&mut self, msg: MaskedInput) -> Result<(), SecAggError> {
-        self.receive(&msg.header, Masked::Decoded(&msg.masked))
+        self.receive(&msg.header, Masked::decoded(&msg.masked))
     }
 
-    /// The checks of an upload, and its length: the configured number of elements (and, read in
-    /// place, a byte count that is a whole number of them).
+    /// The instance's ring.
+    fn ring(&self) -> Ring {
+        self.config.config().quantization.ring
+    }
+
+    /// The checks of an upload, its ring, and its length: the configured number of elements (and,
+    /// read in place, a byte count that is a whole number of them).
     fn check_masked(&self, header: &SiteHeader, masked: Masked<'_>) -> Result<(), SecAggError> {
         self.check_upload(header)?;
+        if masked.ring() != self.ring() {
+            let reason = format!(
+                "a masked vector in {}, the instance uses {}",
+                masked.ring(),
+                self.ring()
+            );
+            return Err(self.malformed(header.site, &reason));
+        }
         let expected = self.config.vector_len();
-        let whole = match masked {
-            Masked::LeBytes(bytes) => bytes.len().is_multiple_of(8),
-            Masked::Decoded(_) => true,
-        };
-        if !whole || masked.len() != expected {
+        if !masked.whole() || masked.len() != expected {
             return Err(SecAggError::WrongLength {
                 site: header.site,
                 round: self.config.round(),
@@ -218,7 +290,10 @@ mod tests {
         let b_bytes: Vec<u8> = b.iter().flat_map(|w| w.to_le_bytes()).collect();
         let expected: Vec<u64> = a.iter().zip(&b).map(|(x, y)| x.wrapping_add(*y)).collect();
         for threads in [1, 2, 3, 7] {
-            for masked in [Masked::Decoded(&b), Masked::LeBytes(&b_bytes)] {
+            for masked in [
+                Masked::Z2_64(Elements::Decoded(&b)),
+                Masked::Z2_64(Elements::LeBytes(&b_bytes)),
+            ] {
                 let mut sum = a.clone();
                 for_each_part(&mut sum, threads, |part, start| {
                     add_into(masked, part, start, false)
@@ -257,10 +332,47 @@ mod tests {
             let mut rest: Vec<&[u8]> = vectors.iter().map(Vec::as_slice).collect();
             for &size in groups {
                 let group: Vec<&[u8]> = rest.drain(..size).collect();
-                sum_into(&mut sum, n, &group, threads);
+                sum_into(&mut sum, n, &group, Ring::Z2_64, threads);
             }
             assert!(rest.is_empty());
             assert_eq!(sum, expected, "groups {groups:?}, {threads} threads");
+        }
+    }
+
+    #[test]
+    fn z2_32_vectors_sum_to_the_sum_mod_2_32_however_read() {
+        // Nine vectors of u32 words (groups of four and a remainder; several blocks and threads),
+        // read in place or decoded: the u64 sum reduced mod 2^32 is the sum in Z_2^32.
+        let n = 2 * fedlnm_tensors::parallel::MIN_PER_THREAD + BLOCK / 2 + 3;
+        let elements: Vec<Vec<u32>> = (0..9)
+            .map(|k| words(n, k + 20).into_iter().map(|w| (w >> 17) as u32).collect())
+            .collect();
+        let vectors: Vec<Vec<u8>> = elements
+            .iter()
+            .map(|v| v.iter().flat_map(|w| w.to_le_bytes()).collect())
+            .collect();
+        let expected: Vec<u32> = (0..n)
+            .map(|i| elements.iter().fold(0u32, |s, v| s.wrapping_add(v[i])))
+            .collect();
+        let reduced = |sum: &[u64]| sum.iter().map(|&s| s as u32).collect::<Vec<_>>();
+        for (groups, threads) in [(&[9][..], 1), (&[4, 4, 1], 2), (&[3, 5, 1], 3)] {
+            let mut sum = Vec::new();
+            let mut rest: Vec<&[u8]> = vectors.iter().map(Vec::as_slice).collect();
+            for &size in groups {
+                let group: Vec<&[u8]> = rest.drain(..size).collect();
+                sum_into(&mut sum, n, &group, Ring::Z2_32, threads);
+            }
+            assert_eq!(reduced(&sum), expected, "groups {groups:?}, {threads} threads");
+        }
+        for threads in [1, 3] {
+            let mut sum = vec![0u64; n];
+            for (k, v) in elements.iter().enumerate() {
+                let masked = Masked::Z2_32(Elements::Decoded(v));
+                for_each_part(&mut sum, threads, |part, start| {
+                    add_into(masked, part, start, k == 0)
+                });
+            }
+            assert_eq!(reduced(&sum), expected, "decoded, {threads} threads");
         }
     }
 }

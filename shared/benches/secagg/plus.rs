@@ -40,7 +40,7 @@ fn config(n: u32, graph: Graph, threshold: usize, delta: &NamedTensors) -> Round
         threshold,
         tensors: tensor_specs(delta),
         fedbn_exclude: vec![],
-        quantization: QuantizationConfig::default(),
+        quantization: QuantizationConfig::for_ring(super::bench_ring(), n as usize),
         max_delta_norm: 1e9,
         input: InputKind::WeightedDelta,
         privacy: None,
