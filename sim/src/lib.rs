@@ -18,7 +18,7 @@ use fedlnm_model::train;
 use fedlnm_node::commands::model::{device_parser, write_checkpoint};
 use fedlnm_node::commands::site_report::{SiteReportJob, write_site_report};
 use fedlnm_shared::config::{AggregatorConfig, ComputeDevice, CrossValidationFold, NodeConfig, write_toml};
-use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
+use fedlnm_shared::model_config::{ConfigFile, Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -100,6 +100,44 @@ pub struct SimulateArgs {
     /// The FedProx μ values `--design methods` compares (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.1")]
     pub mu: Vec<f64>,
+    /// The federated methods `--design methods` runs, each a whole study (comma-separated):
+    /// fedavg-secure, fedavg-plain, fedprox (one study per `--mu`), fedbn.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fedavg-secure,fedavg-plain,fedprox,fedbn"
+    )]
+    pub methods: Vec<FederatedMethod>,
+    /// Model and training config (TOML with [model] and [train], e.g. configs/model-quality.toml):
+    /// the model of every study (its modality set as the design needs; replaces --base-width, and
+    /// the model's input size replaces --image-size's, which still sizes the generated pictures),
+    /// and the training: a round's local training takes the file's learning rate, batch size, loss
+    /// weights and augmentation, without early stopping or weight averaging; the single-shot models
+    /// of `--design methods` train with all of it, early-stopping on the training sites' held-out
+    /// patients when the file sets `patience`.
+    #[arg(long, value_parser = read_model_config)]
+    pub model_config: Option<ConfigFile>,
+}
+
+/// A federated method of `--design methods`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FederatedMethod {
+    /// FedAvg with secure aggregation.
+    FedavgSecure,
+    /// FedAvg, plain aggregation.
+    FedavgPlain,
+    /// FedProx, one study per `--mu`, with secure aggregation.
+    Fedprox,
+    /// FedBN (normalisation layers local), with secure aggregation.
+    Fedbn,
+}
+
+/// `--model-config`: the file read and validated (model and plan) when the arguments are parsed.
+fn read_model_config(file: &str) -> Result<ConfigFile, String> {
+    let config = ConfigFile::read(Path::new(file)).map_err(|e| e.to_string())?;
+    config.train.validate().map_err(|e| format!("{file}: {e}"))?;
+    Ok(config)
 }
 
 /// How a simulation validates the federated model.
@@ -354,27 +392,42 @@ async fn generate_sites(args: &SimulateArgs, sites: &[SimSite], data_dir: &Path)
     Ok(())
 }
 
-/// The model every study of a simulation trains: the tiny ResNet of `modality` at the arguments'
-/// input size and width.
+/// The model every study of a simulation trains: `--model-config`'s, or the tiny ResNet at the
+/// arguments' input size and width; of `modality`.
 fn study_model(args: &SimulateArgs, modality: Modality) -> ModelConfig {
-    let mut model = ModelConfig::tiny(modality);
-    model.image.input_size = args.image_size;
-    model.image.base_width = args.base_width;
+    let mut model = match &args.model_config {
+        Some(file) => file.model.clone(),
+        None => {
+            let mut model = ModelConfig::tiny(modality);
+            model.image.input_size = args.image_size;
+            model.image.base_width = args.base_width;
+            model
+        }
+    };
+    model.modality = modality;
     model
 }
 
-/// The local training of one round (AdamW at the arguments' learning rate, no warm-up, no early
-/// stopping, the arguments' FedProx μ and seed).
+/// The local training of one round: AdamW at the arguments' learning rate and batch 16, or
+/// `--model-config`'s plan; in both, `--local-epochs`, no warm-up, no early stopping, no weight
+/// averaging (a round's few steps; the rounds themselves average), the arguments' FedProx μ and seed.
 fn study_plan(args: &SimulateArgs) -> TrainPlan {
+    let base = match &args.model_config {
+        Some(file) => file.train.clone(),
+        None => TrainPlan {
+            batch_size: 16,
+            learning_rate: args.learning_rate,
+            ..TrainPlan::default()
+        },
+    };
     TrainPlan {
         epochs: args.local_epochs,
-        batch_size: 16,
-        learning_rate: args.learning_rate,
         warmup_fraction: 0.0,
         patience: 0,
+        ema_decay: 0.0,
         proximal_mu: args.proximal_mu,
         seed: args.seed,
-        ..TrainPlan::default()
+        ..base
     }
 }
 
@@ -522,4 +575,79 @@ async fn run_study(
         seconds: started.elapsed().as_secs_f64(),
         node_work_dirs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn quality_config() -> String {
+        format!("{}/../configs/model-quality.toml", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn a_model_config_sets_the_model_and_a_rounds_plan_without_early_stopping_or_averaging() {
+        let args = SimulateArgs::try_parse_from([
+            "fedlnm-sim",
+            "--model-config",
+            &quality_config(),
+            "--local-epochs",
+            "3",
+            "--proximal-mu",
+            "0.1",
+            "--methods",
+            "fedavg-secure,fedbn",
+        ])
+        .unwrap();
+        let file = args.model_config.clone().unwrap();
+        assert_eq!(
+            args.methods,
+            [FederatedMethod::FedavgSecure, FederatedMethod::Fedbn]
+        );
+        let model = study_model(&args, Modality::ImageOnly);
+        assert_eq!(model.modality, Modality::ImageOnly);
+        assert_eq!(model.image, file.model.image);
+        assert_eq!(model.image.base_width, 16);
+        let plan = study_plan(&args);
+        assert_eq!((plan.epochs, plan.patience, plan.ema_decay), (3, 0, 0.0));
+        assert_eq!(plan.proximal_mu, 0.1);
+        assert_eq!(plan.seed, args.seed);
+        assert_eq!(plan.learning_rate, file.train.learning_rate);
+        assert_eq!(plan.batch_size, file.train.batch_size);
+        assert!(file.train.patience > 0 && file.train.ema_decay > 0.0);
+    }
+
+    #[test]
+    fn without_a_model_config_the_arguments_set_the_model_and_plan() {
+        let args =
+            SimulateArgs::try_parse_from(["fedlnm-sim", "--base-width", "12", "--image-size", "48"]).unwrap();
+        let model = study_model(&args, Modality::Multimodal);
+        assert_eq!((model.image.base_width, model.image.input_size), (12, 48));
+        let plan = study_plan(&args);
+        assert_eq!(plan.learning_rate, args.learning_rate);
+        assert_eq!((plan.batch_size, plan.patience, plan.ema_decay), (16, 0, 0.0));
+        assert_eq!(args.methods.len(), 4);
+    }
+
+    #[test]
+    fn an_unusable_model_config_is_refused_naming_the_file() {
+        let missing = SimulateArgs::try_parse_from(["fedlnm-sim", "--model-config", "no-such-model.toml"])
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("no-such-model.toml"), "{missing}");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        let text = std::fs::read_to_string(quality_config())
+            .unwrap()
+            .replace("learning_rate = 0.003", "learning_rate = -1.0");
+        std::fs::write(&bad, text).unwrap();
+        let error = SimulateArgs::try_parse_from(["fedlnm-sim", "--model-config", bad.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("bad.toml") && error.contains("learning_rate"),
+            "{error}"
+        );
+    }
 }

@@ -7,7 +7,14 @@
 //! - **each site alone**: the same on one site's training patients;
 //! - **FedAvg** with secure aggregation and plain, **FedProx** for each μ of `--mu`, and **FedBN**
 //!   (normalisation layers local; the validate-only site re-estimates its normalisation statistics on
-//!   its own unlabelled images), each a whole simulated study over mTLS.
+//!   its own unlabelled images), each a whole simulated study over mTLS (`--methods` chooses which);
+//! - **a federated method's best round**: where a study's pooled internal AUC (the training sites'
+//!   held-out patients) peaked before its last round, that round's model too, the federated
+//!   counterpart of the single-shot models' early stopping (not FedBN's: its sites keep their own
+//!   normalisation layers).
+//!
+//! `--model-config` sets the model and the single-shot models' whole plan (early stopping on the
+//! held-out patients, weight averaging), e.g. the quality check's `configs/model-quality.toml`.
 //!
 //! Every model is scored on all of the external site's patients; each is compared with the
 //! centralised model by the paired DeLong test on those patients, and with the generator's oracle AUC
@@ -15,7 +22,8 @@
 
 use super::designs::{DesignOutcome, write_design};
 use super::{
-    SimulateArgs, SimulationOutcome, oracle_auc, prepare, run_study, sites, study_model, study_plan,
+    FederatedMethod, SimulateArgs, SimulationOutcome, oracle_auc, prepare, run_study, sites, study_model,
+    study_plan,
 };
 use anyhow::{Context as _, bail};
 use fedlnm_aggregator::report::html::{MethodRow, Versus, methods_markdown, methods_page};
@@ -56,8 +64,10 @@ fn load_split(
     SiteExamples::split(load_examples(dir, model, true, false)?, role, fraction, None)
 }
 
-/// Trains `model` from `initial` on `train` for `plan.epochs` epochs (no early stopping, as a node's
-/// round) and scores the external site and the held-out patients `internal`.
+/// Trains `model` from `initial` on `train` for `plan.epochs` epochs and scores the external site and
+/// the held-out patients `internal`. With `plan.patience` (a `--model-config` plan) training stops
+/// early on `internal`'s AUC and keeps its best epoch; otherwise it runs every epoch, as a node's
+/// round does.
 fn train_and_score(
     args: &SimulateArgs,
     model: &ModelConfig,
@@ -67,9 +77,29 @@ fn train_and_score(
     external: &External,
     internal: (&[Example], &[Stage]),
 ) -> anyhow::Result<Scored> {
-    let outcome = train::train_local(args.device, model, initial, train_set, &[], plan, &mut |_| {})?;
+    let validation = if plan.patience > 0 { internal.0 } else { &[] };
+    let outcome = train::train_local(
+        args.device,
+        model,
+        initial,
+        train_set,
+        validation,
+        plan,
+        &mut |_| {},
+    )?;
+    score(args, model, &outcome.weights, external, internal)
+}
+
+/// Scores `weights` on the external site and on the held-out patients `internal`.
+fn score(
+    args: &SimulateArgs,
+    model: &ModelConfig,
+    weights: &fedlnm_shared::weights::NamedTensors,
+    external: &External,
+    internal: (&[Example], &[Stage]),
+) -> anyhow::Result<Scored> {
     let patients = &external.patients;
-    let predictions = train::predict(args.device, model, &outcome.weights, &patients.validation, 32)?;
+    let predictions = train::predict(args.device, model, weights, &patients.validation, 32)?;
     let validation = SiteRoundMetrics::from_predictions(
         &external.site,
         SiteRole::Validate,
@@ -77,7 +107,7 @@ fn train_and_score(
         &predictions,
         &patients.validation_stages,
     )?;
-    let internal_predictions = train::predict(args.device, model, &outcome.weights, internal.0, 32)?;
+    let internal_predictions = train::predict(args.device, model, weights, internal.0, 32)?;
     let internal_auc = SiteRoundMetrics::from_predictions(
         "internal",
         SiteRole::Train,
@@ -157,6 +187,25 @@ fn federated_row(
     Ok((row, scored.scores))
 }
 
+/// The round whose model scored the best AUC on the training sites' held-out patients pooled (as the
+/// study recorded it; the later round on a tie), if any round recorded one.
+fn best_internal_round(study: &SimulationOutcome) -> anyhow::Result<Option<u64>> {
+    let store = RoundStore::open_existing(&study.state_dir)?;
+    let mut best: Option<(u64, f64)> = None;
+    for round in 1..=study.rounds {
+        let auc = store
+            .load_record(round)?
+            .pooled_train_sites
+            .and_then(|pool| pool.auc);
+        if let Some(auc) = auc
+            && best.is_none_or(|(_, b)| auc >= b)
+        {
+            best = Some((round, auc));
+        }
+    }
+    Ok(best.map(|(round, _)| round))
+}
+
 /// The comparison (see the module doc).
 ///
 /// # Errors
@@ -186,16 +235,30 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         };
         (method, args)
     };
-    let mut variants = vec![
-        variant("FedAvg (secure)".to_owned(), false, false, 0.0),
-        variant("FedAvg (plain)".to_owned(), true, false, 0.0),
-    ];
-    for &mu in &args.mu {
-        variants.push(variant(format!("FedProx μ = {mu}"), false, false, mu));
+    let mut variants = Vec::new();
+    for method in &args.methods {
+        match method {
+            FederatedMethod::FedavgSecure => {
+                variants.push(variant("FedAvg (secure)".to_owned(), false, false, 0.0));
+            }
+            FederatedMethod::FedavgPlain => {
+                variants.push(variant("FedAvg (plain)".to_owned(), true, false, 0.0));
+            }
+            FederatedMethod::Fedprox => {
+                for &mu in &args.mu {
+                    variants.push(variant(format!("FedProx μ = {mu}"), false, false, mu));
+                }
+            }
+            FederatedMethod::Fedbn => variants.push(variant("FedBN (secure)".to_owned(), false, true, 0.0)),
+        }
     }
-    variants.push(variant("FedBN (secure)".to_owned(), false, true, 0.0));
+    if variants.is_empty() {
+        bail!("--methods names no federated method (and --mu no μ for fedprox)");
+    }
     let mut studies = Vec::new();
     let mut federated = Vec::new();
+    // Studies whose best round by internal AUC is not their last: scored below, with the baselines.
+    let mut best_rounds = Vec::new();
     for (k, (method, variant)) in variants.iter().enumerate() {
         tracing::info!(method, "methods: next study");
         let folder = out.join(format!("study-{}", k + 1));
@@ -203,6 +266,13 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
             .await
             .with_context(|| format!("the {method} study"))?;
         federated.push(federated_row(method, &study, &external_site, oracle)?);
+        // FedBN's global model has no trained normalisation layers of its own: its sites' are local.
+        if !variant.fedbn
+            && let Some(round) = best_internal_round(&study)?
+            && round < study.rounds
+        {
+            best_rounds.push((method.clone(), study.state_dir.clone(), round));
+        }
         studies.push((method.clone(), study));
     }
 
@@ -221,16 +291,27 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
     let train_ids: Vec<String> = layout.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
     let data = data_dir.clone();
     let external_id = external_site.clone();
-    let baselines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, Scored, f64)>> {
+    let best_round_studies = best_rounds;
+    type Baselines = (Vec<(String, Scored, f64)>, Vec<(String, Scored, f64, String)>);
+    let (baselines, best) = tokio::task::spawn_blocking(move || -> anyhow::Result<Baselines> {
         let args = baseline_args;
         let model = study_model(&args, Modality::Multimodal);
         let initial = train::initial_weights(&model, args.seed);
+        // The same epochs seen per patient; with --model-config, its whole plan (early stopping on
+        // the held-out patients, weight averaging).
+        let base = match &args.model_config {
+            Some(file) => TrainPlan {
+                seed: args.seed,
+                ..file.train.clone()
+            },
+            None => study_plan(&args),
+        };
         let plan = TrainPlan {
             epochs: usize::try_from(args.rounds)
                 .unwrap_or(usize::MAX)
                 .saturating_mul(args.local_epochs),
             proximal_mu: 0.0,
-            ..study_plan(&args)
+            ..base
         };
         let splits = train_ids
             .iter()
@@ -269,7 +350,28 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
             )?;
             results.push((format!("{id} alone"), scored, timer.elapsed().as_secs_f64()));
         }
-        Ok(results)
+        // The federated counterpart of early stopping: each study's model of its best round by the
+        // pooled internal AUC, scored as the baselines are.
+        let mut best = Vec::new();
+        for (method, state_dir, round) in best_round_studies {
+            let timer = Instant::now();
+            let committed = RoundStore::open_existing(&state_dir)?.load(round)?;
+            let scored = score(
+                &args,
+                &model,
+                &committed.model.weights,
+                &external,
+                (&internal, &internal_stages),
+            )?;
+            let name = format!("{method}, round {round} (best internal AUC)");
+            best.push((
+                name,
+                scored,
+                timer.elapsed().as_secs_f64(),
+                committed.model.digest.clone(),
+            ));
+        }
+        Ok((results, best))
     })
     .await??;
 
@@ -296,12 +398,19 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         row.vs_centralised = versus(&scores)?;
         rows.push(row);
     }
+    for (method, scored, seconds, digest) in &best {
+        let mut row = row(method, true, scored, oracle, *seconds);
+        row.vs_centralised = versus(&scored.scores)?;
+        row.model_digest = Some(digest.clone());
+        rows.push(row);
+    }
     let mut summary = methods_markdown(&rows);
     if let Some(oracle) = oracle {
         summary.push_str(&format!(
             "\nOracle AUC on the external site ({external_site}): {oracle:.3}\n"
         ));
     }
+    let image = study_model(args, Modality::Multimodal).image;
     let note = format!(
         "On the same synthetic sites ({} training sites of {} patients, external site {external_site}) and \
          the same model (tiny ResNet, width {}, {} px), initial weights, per-site splits and epochs seen \
@@ -312,13 +421,23 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
          reports included), the training and scoring for the others.",
         args.train_sites,
         args.patients,
-        args.base_width,
-        args.image_size,
+        image.base_width,
+        image.input_size,
         args.rounds,
         args.local_epochs,
         args.rounds * args.local_epochs as u64,
         args.seed
     );
+    let mut note = note;
+    if let Some(file) = &args.model_config {
+        note.push_str(&format!(
+            " The single-shot models follow the model configuration's plan: up to that many epochs, \
+             early stopping on the held-out patients (patience {}) and weight averaging (decay {}); a \
+             federated method's model of its best round by internal AUC is their counterpart. A \
+             round's local training: learning rate {}, batch {}.",
+            file.train.patience, file.train.ema_decay, file.train.learning_rate, file.train.batch_size
+        ));
+    }
     let page = methods_page(
         "Federated quality: the federation against pooled and single-site training",
         &note,
