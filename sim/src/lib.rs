@@ -133,6 +133,11 @@ pub enum FederatedMethod {
     Fedbn,
 }
 
+impl FederatedMethod {
+    /// Every method, in `--methods`' default order.
+    pub const ALL: [Self; 4] = [Self::FedavgSecure, Self::FedavgPlain, Self::Fedprox, Self::Fedbn];
+}
+
 /// `--model-config`: the file read and validated (model and plan) when the arguments are parsed.
 fn read_model_config(file: &str) -> Result<ConfigFile, String> {
     let config = ConfigFile::read(Path::new(file)).map_err(|e| e.to_string())?;
@@ -627,7 +632,7 @@ mod tests {
         let plan = study_plan(&args);
         assert_eq!(plan.learning_rate, args.learning_rate);
         assert_eq!((plan.batch_size, plan.patience, plan.ema_decay), (16, 0, 0.0));
-        assert_eq!(args.methods.len(), 4);
+        assert_eq!(args.methods, FederatedMethod::ALL);
     }
 
     #[test]

@@ -458,52 +458,24 @@ async fn secure_rounds_survive_dropouts_and_abort_below_the_threshold() {
     study.aggregator.shut_down().await;
 }
 
-/// However many masked inputs the aggregator may hold before summing them
-/// (`rounds.max_concurrent_uploads`: one, summed as each arrives; two, summed in pairs; more than the sites, summed together when the stage closes), a secure
-/// round commits the same model, to the bit, and it is the FedAvg of the deltas.
+/// However many masked inputs the aggregator holds before summing them
+/// (`rounds.max_concurrent_uploads`: one, summed as each arrives; two, summed in pairs; more than the
+/// sites, summed together when the stage closes), and in either ring (`rounds.secure_aggregation_ring`:
+/// the sites' tasks carry it and their uploads use it, checked in `site_round`), a secure round
+/// commits the same model, to the bit, and it is the FedAvg of the deltas (these deltas quantize
+/// exactly in both rings; dropouts in Z_2^32: `shared/tests/secagg_z2_32.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_secure_round_commits_the_same_model_whatever_the_masked_inputs_held_at_once() {
+async fn a_secure_round_commits_the_same_model_whatever_the_inputs_held_and_the_ring() {
     let mut models = Vec::new();
-    for held in [1, 2, 8] {
+    for (held, ring) in [
+        (1, Ring::Z2_64),
+        (2, Ring::Z2_64),
+        (8, Ring::Z2_64),
+        (2, Ring::Z2_32),
+    ] {
         let settings = RoundSettings {
             max_concurrent_uploads: held,
-            ..hour_long(1)
-        };
-        let study = SecureStudy::start(settings).await;
-        let sites = [
-            study.run("S1", 1.0, 100, Behaviour::Complete),
-            study.run("S2", 2.0, 300, Behaviour::Complete),
-            study.run("S3", -1.0, 600, Behaviour::Complete),
-            study.run("S4", 0.5, 200, Behaviour::Complete),
-        ];
-        for site in sites {
-            site.await.unwrap();
-        }
-        validate_all(&study.study_dir, &study.url, 1).await;
-        let round = RoundStore::open(&study.state_dir).unwrap().load(1).unwrap();
-        assert_eq!(round.record.contributors, ["S1", "S2", "S3", "S4"], "{held} held");
-        assert_close(
-            &round.model.weights,
-            &fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600), (0.5, 200)]),
-        );
-        models.push((held, round.model.digest.clone()));
-        study.aggregator.shut_down().await;
-    }
-    assert!(models.iter().all(|(_, d)| *d == models[0].1), "{models:?}");
-}
-
-/// `rounds.secure_aggregation_ring = "z2_32"` over the real service: the sites' tasks carry the
-/// Z_2^32 quantization, their uploads are 32-bit (checked in `site_round`), the aggregator holds and
-/// sums them in place, and the round commits plain FedAvg: the same model, to the bit, as the Z_2^64
-/// round, since these deltas quantize exactly in both rings. (Dropouts in Z_2^32:
-/// `shared/tests/secagg_z2_32.rs`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_z2_32_secure_round_over_mtls_commits_the_same_model_as_z2_64() {
-    let mut digests = Vec::new();
-    for ring in [Ring::Z2_32, Ring::Z2_64] {
-        let settings = RoundSettings {
             secure_aggregation_ring: ring,
-            max_concurrent_uploads: 2,
             ..hour_long(1)
         };
         let study = SecureStudy::start(settings).await;
@@ -514,20 +486,23 @@ async fn a_z2_32_secure_round_over_mtls_commits_the_same_model_as_z2_64() {
             study.run("S4", 0.5, 200, Behaviour::Complete),
         ];
         for site in sites {
-            let config = site.await.unwrap();
-            assert_eq!(config.quantization.ring, ring);
+            assert_eq!(site.await.unwrap().quantization.ring, ring);
         }
         validate_all(&study.study_dir, &study.url, 1).await;
         let round = RoundStore::open(&study.state_dir).unwrap().load(1).unwrap();
-        assert_eq!(round.record.contributors, ["S1", "S2", "S3", "S4"], "{ring}");
+        assert_eq!(
+            round.record.contributors,
+            ["S1", "S2", "S3", "S4"],
+            "{held} held, {ring}"
+        );
         assert_close(
             &round.model.weights,
             &fedavg(&small_model(), &[(1.0, 100), (2.0, 300), (-1.0, 600), (0.5, 200)]),
         );
-        digests.push(round.model.digest.clone());
+        models.push((held, ring, round.model.digest.clone()));
         study.aggregator.shut_down().await;
     }
-    assert_eq!(digests[0], digests[1]);
+    assert!(models.iter().all(|(_, _, d)| *d == models[0].2), "{models:?}");
 }
 
 /// SecAgg+ (`rounds.secure_aggregation_graph = { harary = ... }`) over the real service: twelve

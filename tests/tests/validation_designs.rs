@@ -38,12 +38,7 @@ fn args(out: &Path, design: Design) -> SimulateArgs {
         folds: 2,
         mu: vec![0.1],
         sites: fedlnm_sim::SiteSet::Default,
-        methods: vec![
-            fedlnm_sim::FederatedMethod::FedavgSecure,
-            fedlnm_sim::FederatedMethod::FedavgPlain,
-            fedlnm_sim::FederatedMethod::Fedprox,
-            fedlnm_sim::FederatedMethod::Fedbn,
-        ],
+        methods: fedlnm_sim::FederatedMethod::ALL.to_vec(),
         model_config: None,
     }
 }
