@@ -137,26 +137,6 @@ impl MaskedVector {
             Self::Z2_32(v) => v.iter().flat_map(|w| w.to_le_bytes()).collect(),
         }
     }
-
-    /// Drops the last element (a test's malformed upload).
-    pub fn pop(&mut self) {
-        match self {
-            Self::Z2_64(v) => {
-                v.pop();
-            }
-            Self::Z2_32(v) => {
-                v.pop();
-            }
-        }
-    }
-
-    /// Keeps the first `len` elements (a test's malformed upload).
-    pub fn truncate(&mut self, len: usize) {
-        match self {
-            Self::Z2_64(v) => v.truncate(len),
-            Self::Z2_32(v) => v.truncate(len),
-        }
-    }
 }
 
 /// Round 3 (consistency check), server → each site of U3: who uploaded (U3) and who dropped after

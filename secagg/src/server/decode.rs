@@ -92,8 +92,17 @@ impl SecAggServer {
         let mut sum = self.take_sum()?;
         let q = &self.config.config().quantization;
         let (fractional_bits, ring) = (q.fractional_bits, q.ring);
-        // Summed mod 2^64: reduced into the instance's ring and read as two's complement.
-        let total = ring.signed(sum[sum.len() - 1]);
+        // Summed mod 2^64: reduced into the instance's ring in place (nothing to do in Z_2^64), then
+        // read as two's complement from here on, the same buffer without a copy.
+        if ring != Ring::Z2_64 {
+            for_each_part(&mut sum, self.threads, |part, _| {
+                for s in part {
+                    *s = ring.signed(*s) as u64;
+                }
+            });
+        }
+        let sum: Vec<i64> = bytemuck::allocation::cast_vec(sum);
+        let total = sum[sum.len() - 1];
         let max_total = q.max_sample_count.saturating_mul(self.survivors.len() as u64);
         let total_samples = u64::try_from(total)
             .ok()
@@ -117,17 +126,9 @@ impl SecAggServer {
         for_each_part_of_all(parts, self.threads, |k, part, start| {
             let sums = &sum[offsets[k] + start..offsets[k] + start + part.len()];
             for (average, &s) in part.iter_mut().zip(sums) {
-                *average = ((ring.signed(s) as f64 * unit) / total_samples as f64) as f32;
+                *average = ((s as f64 * unit) / total_samples as f64) as f32;
             }
         });
-        // The sum, reduced into the ring in place (a no-op in Z_2^64), handed over as i64: no copy.
-        if ring != Ring::Z2_64 {
-            for_each_part(&mut sum, self.threads, |part, _| {
-                for s in part {
-                    *s = ring.signed(*s) as u64;
-                }
-            });
-        }
         let layout = specs
             .iter()
             .map(|spec| (spec.name.as_str(), spec.shape.as_slice()));
@@ -136,8 +137,7 @@ impl SecAggServer {
             round,
             total_samples,
             fedavg_delta,
-            // The same buffer, reinterpreted (two's complement).
-            fixed_point_sum: bytemuck::allocation::cast_vec(sum),
+            fixed_point_sum: sum,
             fractional_bits,
             survivors: self.survivors.clone(),
             dropped: self.dropped.clone(),

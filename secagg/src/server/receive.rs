@@ -54,8 +54,9 @@ impl<'a> Masked<'a> {
     /// Whether the bytes read in place are a whole number of elements.
     fn whole(self) -> bool {
         match self {
-            Self::Z2_64(Elements::LeBytes(b)) => b.len().is_multiple_of(8),
-            Self::Z2_32(Elements::LeBytes(b)) => b.len().is_multiple_of(4),
+            Self::Z2_64(Elements::LeBytes(b)) | Self::Z2_32(Elements::LeBytes(b)) => {
+                b.len().is_multiple_of(self.ring().bytes())
+            }
             Self::Z2_64(Elements::Decoded(_)) | Self::Z2_32(Elements::Decoded(_)) => true,
         }
     }
@@ -120,31 +121,33 @@ fn add_block<const W: usize>(block: &mut [u64], at: usize, vectors: &[&[u8]], fi
                 words::<W>(c, at, n),
                 words::<W>(d, at, n),
             );
-            let four = |i: usize| {
+            accumulate(block, first, |i| {
                 le(&a[i])
                     .wrapping_add(le(&b[i]))
                     .wrapping_add(le(&c[i]))
                     .wrapping_add(le(&d[i]))
-            };
-            if first {
-                for (i, s) in block.iter_mut().enumerate() {
-                    *s = four(i);
-                }
-            } else {
-                for (i, s) in block.iter_mut().enumerate() {
-                    *s = s.wrapping_add(four(i));
-                }
-            }
+            });
             first = false;
         } else {
             for vector in group {
-                let masked = match W {
-                    8 => Masked::Z2_64(Elements::LeBytes(vector)),
-                    _ => Masked::Z2_32(Elements::LeBytes(vector)),
-                };
-                add_into(masked, block, at, first);
+                let v = words::<W>(vector, at, n);
+                accumulate(block, first, |i| le(&v[i]));
                 first = false;
             }
+        }
+    }
+}
+
+/// `block[i] = element(i)` (`first`) or `block[i] += element(i)` mod 2^64, for every i.
+#[inline(always)]
+fn accumulate(block: &mut [u64], first: bool, element: impl Fn(usize) -> u64) {
+    if first {
+        for (i, s) in block.iter_mut().enumerate() {
+            *s = element(i);
+        }
+    } else {
+        for (i, s) in block.iter_mut().enumerate() {
+            *s = s.wrapping_add(element(i));
         }
     }
 }
@@ -308,6 +311,20 @@ mod tests {
         }
     }
 
+    /// The little-endian vectors `vectors` summed by [`sum_into`], `groups[j]` of them per call (the
+    /// groups must cover them all).
+    fn sum_in_groups(vectors: &[Vec<u8>], groups: &[usize], ring: Ring, threads: usize) -> Vec<u64> {
+        let len = vectors[0].len() / ring.bytes();
+        let mut sum = Vec::new();
+        let mut rest: Vec<&[u8]> = vectors.iter().map(Vec::as_slice).collect();
+        for &size in groups {
+            let group: Vec<&[u8]> = rest.drain(..size).collect();
+            sum_into(&mut sum, len, &group, ring, threads);
+        }
+        assert!(rest.is_empty(), "the groups leave vectors out");
+        sum
+    }
+
     #[test]
     fn held_vectors_sum_the_same_however_grouped_and_threaded() {
         // Long enough for several blocks and threads, with a partial last block; nine vectors, so
@@ -328,13 +345,7 @@ mod tests {
             (&[4, 4, 1], 2),
             (&[3, 5, 1], 4),
         ] {
-            let mut sum = Vec::new();
-            let mut rest: Vec<&[u8]> = vectors.iter().map(Vec::as_slice).collect();
-            for &size in groups {
-                let group: Vec<&[u8]> = rest.drain(..size).collect();
-                sum_into(&mut sum, n, &group, Ring::Z2_64, threads);
-            }
-            assert!(rest.is_empty());
+            let sum = sum_in_groups(&vectors, groups, Ring::Z2_64, threads);
             assert_eq!(sum, expected, "groups {groups:?}, {threads} threads");
         }
     }
@@ -356,12 +367,7 @@ mod tests {
             .collect();
         let reduced = |sum: &[u64]| sum.iter().map(|&s| s as u32).collect::<Vec<_>>();
         for (groups, threads) in [(&[9][..], 1), (&[4, 4, 1], 2), (&[3, 5, 1], 3)] {
-            let mut sum = Vec::new();
-            let mut rest: Vec<&[u8]> = vectors.iter().map(Vec::as_slice).collect();
-            for &size in groups {
-                let group: Vec<&[u8]> = rest.drain(..size).collect();
-                sum_into(&mut sum, n, &group, Ring::Z2_32, threads);
-            }
+            let sum = sum_in_groups(&vectors, groups, Ring::Z2_32, threads);
             assert_eq!(reduced(&sum), expected, "groups {groups:?}, {threads} threads");
         }
         for threads in [1, 3] {
