@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod support;
-use support::round::{Dropouts, Inputs, Round, client, run};
+use support::round::{Dropouts, Inputs, Round, client, exact_fixed_point_sum, run};
 
 // ---------------------------------------------------------------- harness
 
@@ -76,23 +76,6 @@ fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
             .push(NamedTensor::new("layer0.bn.running_mean", vec![4], bn).unwrap());
     }
     inputs
-}
-
-/// The exact fixed-point sum Σ_k n_k·Δ_k·2^32 over `sites` (valid for dyadic inputs), then Σ n_k.
-fn exact_fixed_point_sum(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]) -> Vec<i64> {
-    let mut sum = vec![0i64; config.vector_len()];
-    for site in sites {
-        let (delta, n) = &inputs[site];
-        let flat = config
-            .aggregated_tensors()
-            .iter()
-            .flat_map(|s| delta.get(&s.name).unwrap().values.iter());
-        for (acc, &d) in sum.iter_mut().zip(flat) {
-            *acc += (*n as f64 * f64::from(d) * 2f64.powi(32)) as i64;
-        }
-        *sum.last_mut().unwrap() += *n as i64;
-    }
-    sum
 }
 
 /// Plain FedAvg in f64 over `sites`: Σ n_k Δ_k / Σ n_k, flattened.
@@ -579,7 +562,10 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
         }
     );
     let mut short = uploads[1].clone();
-    short.masked.pop();
+    let MaskedVector::Z2_64(elements) = &mut short.masked else {
+        panic!("a Z_2^64 instance sent {:?}", short.masked.ring());
+    };
+    elements.pop();
     let err = round.server.receive_masked_input(short).unwrap_err();
     assert_eq!(
         err,
@@ -610,15 +596,12 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
         (std::sync::Arc::new(bytes), 5..len)
     };
     let (bytes, elements) = held(&uploads[1]);
-    let outside = round
-        .server
-        .hold_masked_bytes(
-            &uploads[1].header,
-            Ring::Z2_64,
-            bytes.clone(),
-            5..elements.end + 8,
-        )
-        .unwrap_err();
+    let mut hold = |ring: Ring, range: std::ops::Range<usize>| {
+        round
+            .server
+            .hold_masked_bytes(&uploads[1].header, ring, bytes.clone(), range)
+    };
+    let outside = hold(Ring::Z2_64, 5..elements.end + 8).unwrap_err();
     assert!(
         matches!(
             outside,
@@ -630,60 +613,27 @@ fn replayed_foreign_and_malformed_uploads_are_rejected_and_leave_the_server_unch
         ),
         "{outside:?}"
     );
-    let short = round
-        .server
-        .hold_masked_bytes(
-            &uploads[1].header,
-            Ring::Z2_64,
-            bytes.clone(),
-            5..elements.end - 8,
-        )
-        .unwrap_err();
-    assert_eq!(
-        short,
-        SecAggError::WrongLength {
-            site: SiteId(20),
-            round: 4,
-            expected: 51,
-            got: 50
-        }
-    );
-    let ragged = round
-        .server
-        .hold_masked_bytes(
-            &uploads[1].header,
-            Ring::Z2_64,
-            bytes.clone(),
-            5..elements.end - 3,
-        )
-        .unwrap_err();
-    assert_eq!(
-        ragged,
-        SecAggError::WrongLength {
-            site: SiteId(20),
-            round: 4,
-            expected: 51,
-            got: 50
-        }
-    );
+    // Short by one element, or by a fraction of one.
+    for short in [5..elements.end - 8, 5..elements.end - 3] {
+        assert_eq!(
+            hold(Ring::Z2_64, short).unwrap_err(),
+            SecAggError::WrongLength {
+                site: SiteId(20),
+                round: 4,
+                expected: 51,
+                got: 50
+            }
+        );
+    }
     // Bytes that hold the configured number of elements in another ring: refused, both rings named.
-    let other_ring = round
-        .server
-        .hold_masked_bytes(&uploads[1].header, Ring::Z2_32, bytes.clone(), 5..5 + 51 * 4)
-        .unwrap_err();
+    let other_ring = hold(Ring::Z2_32, 5..5 + 51 * 4).unwrap_err();
     assert!(
         matches!(&other_ring, SecAggError::Malformed { site: SiteId(20), reason, .. }
             if reason.contains("Z_2^32") && reason.contains("Z_2^64")),
         "{other_ring:?}"
     );
-    round
-        .server
-        .hold_masked_bytes(&uploads[1].header, Ring::Z2_64, bytes.clone(), elements.clone())
-        .unwrap();
-    let replay = round
-        .server
-        .hold_masked_bytes(&uploads[1].header, Ring::Z2_64, bytes.clone(), elements)
-        .unwrap_err();
+    hold(Ring::Z2_64, elements.clone()).unwrap();
+    let replay = hold(Ring::Z2_64, elements).unwrap_err();
     assert!(
         matches!(replay, SecAggError::Duplicate { site: SiteId(20), .. }),
         "{replay:?}"

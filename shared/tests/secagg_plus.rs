@@ -9,7 +9,7 @@
 
 mod support;
 use support::relay;
-use support::round::{Dropouts, Inputs, Round, run_with_responses as run};
+use support::round::{Dropouts, Inputs, Round, exact_fixed_point_sum, run_with_responses as run};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,19 +49,6 @@ fn config(n: u32, threshold: usize, graph: Graph, malicious: bool) -> RoundConfi
 /// [`support::round::dyadic_inputs`] with counts up to 1,000.
 fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
     support::round::dyadic_inputs(config, seed, 1000)
-}
-
-/// Σ n_k·Δ_k·2^32 over `sites`, then Σ n_k.
-fn exact_sum(inputs: &Inputs, sites: &[SiteId]) -> Vec<i64> {
-    let mut sum = vec![0i64; LEN + 1];
-    for site in sites {
-        let (delta, n) = &inputs[site];
-        for (acc, &d) in sum.iter_mut().zip(&delta.get("head.weight").unwrap().values) {
-            *acc += (*n as f64 * f64::from(d) * 2f64.powi(32)) as i64;
-        }
-        sum[LEN] += *n as i64;
-    }
-    sum
 }
 
 /// Every revealed share is of a member of the responder's closed neighbourhood, and no site has
@@ -114,7 +101,7 @@ fn the_sum_equals_plain_fedavg_at_30_and_100_sites() {
         let (aggregate, responses) = run(&config, &inputs, &Dropouts::default()).unwrap();
         assert_eq!(
             aggregate.fixed_point_sum,
-            exact_sum(&inputs, config.participants()),
+            exact_fixed_point_sum(&config, &inputs, config.participants()),
             "n = {n}"
         );
         // FedAvg within the quantization bound (exact here) plus the final f32 rounding.
@@ -213,7 +200,10 @@ fn dropouts_at_every_stage_still_give_the_exact_sum() {
             .collect();
         assert_eq!(aggregate.survivors, survivors);
         assert_eq!(aggregate.dropped, drops.before_upload);
-        assert_eq!(aggregate.fixed_point_sum, exact_sum(&inputs, &survivors));
+        assert_eq!(
+            aggregate.fixed_point_sum,
+            exact_fixed_point_sum(&config, &inputs, &survivors)
+        );
         assert_reveals_are_local_and_exclusive(&config, &responses);
         for response in &responses {
             for share in &response.mask_key_shares {
@@ -405,7 +395,10 @@ fn a_degenerate_harary_graph_is_bonawitz() {
     let (a, _) = run(&complete, &inputs, &Dropouts::default()).unwrap();
     let (b, _) = run(&degenerate, &inputs, &Dropouts::default()).unwrap();
     assert_eq!(a.fixed_point_sum, b.fixed_point_sum);
-    assert_eq!(a.fixed_point_sum, exact_sum(&inputs, complete.participants()));
+    assert_eq!(
+        a.fixed_point_sum,
+        exact_fixed_point_sum(&complete, &inputs, complete.participants())
+    );
     // The graph is part of the configuration hash all the same.
     assert_ne!(complete.config_hash(), degenerate.config_hash());
 }
@@ -564,6 +557,9 @@ fn against_a_malicious_server_an_honest_run_completes_with_dropouts() {
         .copied()
         .filter(|&s| s != SiteId(63))
         .collect();
-    assert_eq!(aggregate.fixed_point_sum, exact_sum(&inputs, &survivors));
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, &survivors)
+    );
     assert_reveals_are_local_and_exclusive(&config, &responses);
 }

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod support;
-use support::round::{Dropouts, Inputs, Round, run};
+use support::round::{Dropouts, Inputs, Round, exact_fixed_point_sum, run};
 
 fn sites(ids: &[u32]) -> Vec<SiteId> {
     ids.iter().map(|&i| SiteId(i)).collect()
@@ -54,20 +54,6 @@ fn dyadic_inputs(config: &RoundConfig, seed: u64) -> Inputs {
         .collect()
 }
 
-/// Σ_k n_k·Δ_k·2^f over `sites` (exact for [`dyadic_inputs`]), then Σ n_k.
-fn exact_sum(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]) -> Vec<i64> {
-    let f = config.config().quantization.fractional_bits;
-    let mut sum = vec![0i64; config.vector_len()];
-    for site in sites {
-        let (delta, n) = &inputs[site];
-        for (acc, &d) in sum.iter_mut().zip(&delta.tensors[0].values) {
-            *acc += (*n as f64 * f64::from(d) * 2f64.powi(f as i32)) as i64;
-        }
-        *sum.last_mut().unwrap() += *n as i64;
-    }
-    sum
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
@@ -102,7 +88,7 @@ proptest! {
         let config = config(n, n as usize / 2 + 1, len);
         let inputs = dyadic_inputs(&config, seed);
         let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
-        prop_assert_eq!(aggregate.fixed_point_sum, exact_sum(&config, &inputs, config.participants()));
+        prop_assert_eq!(aggregate.fixed_point_sum, exact_fixed_point_sum(&config, &inputs, config.participants()));
     }
 }
 
@@ -119,14 +105,14 @@ fn negative_sums_are_read_back_through_the_32_bit_twos_complement() {
             .for_each(|v| *v = -v.abs() - 1.0 / 256.0);
     }
     let aggregate = run(&config, &inputs, &Dropouts::default()).unwrap();
-    let exact = exact_sum(&config, &inputs, config.participants());
+    let exact = exact_fixed_point_sum(&config, &inputs, config.participants());
     assert_eq!(aggregate.fixed_point_sum, exact);
     assert!(exact[..50].iter().all(|&s| s < 0));
     assert!(flat(&aggregate.fedavg_delta).iter().all(|&v| v < 0.0));
 }
 
 #[test]
-fn dropouts_on_both_sides_of_the_upload_leave_the_exact_sum() {
+fn dropouts_on_both_sides_of_the_upload_leave_the_exact_fixed_point_sum() {
     // Site 4 drops after sharing (its pairwise masks are rebuilt from its reconstructed key, in
     // 32-bit words), site 7 after uploading (its self mask is rebuilt from b_u), site 1 before sharing.
     let config = config(10, 6, 300);
@@ -140,7 +126,10 @@ fn dropouts_on_both_sides_of_the_upload_leave_the_exact_sum() {
     let in_sum = sites(&[2, 3, 5, 6, 7, 8, 9, 10]);
     assert_eq!(aggregate.survivors, in_sum);
     assert_eq!(aggregate.dropped, sites(&[4]));
-    assert_eq!(aggregate.fixed_point_sum, exact_sum(&config, &inputs, &in_sum));
+    assert_eq!(
+        aggregate.fixed_point_sum,
+        exact_fixed_point_sum(&config, &inputs, &in_sum)
+    );
 }
 
 #[test]

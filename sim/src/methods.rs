@@ -147,15 +147,18 @@ fn row(method: &str, federated: bool, scored: &Scored, oracle: Option<f64>, seco
 }
 
 /// A federated study's row: its final round's external metrics and scores, the pooled internal AUC,
-/// and the external AUC of every round.
+/// and the external AUC of every round; and the round whose model scored the best pooled internal
+/// AUC (the training sites' held-out patients, as the study recorded it; the later round on a tie),
+/// if any round recorded one.
 fn federated_row(
     method: &str,
     study: &SimulationOutcome,
     external: &str,
     oracle: Option<f64>,
-) -> anyhow::Result<(MethodRow, Vec<PatientScore>)> {
+) -> anyhow::Result<(MethodRow, Vec<PatientScore>, Option<u64>)> {
     let store = RoundStore::open_existing(&study.state_dir)?;
     let mut by_round = Vec::new();
+    let mut best_internal: Option<(u64, f64)> = None;
     let mut last = None;
     for round in 1..=study.rounds {
         let record = store.load_record(round)?;
@@ -166,6 +169,11 @@ fn federated_row(
             .and_then(|s| s.auc)
         {
             by_round.push((round, auc));
+        }
+        if let Some(auc) = record.pooled_train_sites.as_ref().and_then(|pool| pool.auc)
+            && best_internal.is_none_or(|(_, best)| auc >= best)
+        {
+            best_internal = Some((round, auc));
         }
         last = Some(record);
     }
@@ -184,26 +192,7 @@ fn federated_row(
     let mut row = row(method, true, &scored, oracle, study.seconds);
     row.auc_by_round = by_round;
     row.model_digest = Some(study.final_digest.clone());
-    Ok((row, scored.scores))
-}
-
-/// The round whose model scored the best AUC on the training sites' held-out patients pooled (as the
-/// study recorded it; the later round on a tie), if any round recorded one.
-fn best_internal_round(study: &SimulationOutcome) -> anyhow::Result<Option<u64>> {
-    let store = RoundStore::open_existing(&study.state_dir)?;
-    let mut best: Option<(u64, f64)> = None;
-    for round in 1..=study.rounds {
-        let auc = store
-            .load_record(round)?
-            .pooled_train_sites
-            .and_then(|pool| pool.auc);
-        if let Some(auc) = auc
-            && best.is_none_or(|(_, b)| auc >= b)
-        {
-            best = Some((round, auc));
-        }
-    }
-    Ok(best.map(|(round, _)| round))
+    Ok((row, scored.scores, best_internal.map(|(round, _)| round)))
 }
 
 /// The comparison (see the module doc).
@@ -265,10 +254,11 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         let study = run_study(variant, &folder, &data_dir, &layout, None, Modality::Multimodal)
             .await
             .with_context(|| format!("the {method} study"))?;
-        federated.push(federated_row(method, &study, &external_site, oracle)?);
+        let (row, scores, best_round) = federated_row(method, &study, &external_site, oracle)?;
+        federated.push((row, scores));
         // FedBN's global model has no trained normalisation layers of its own: its sites' are local.
         if !variant.fedbn
-            && let Some(round) = best_internal_round(&study)?
+            && let Some(round) = best_round
             && round < study.rounds
         {
             best_rounds.push((method.clone(), study.state_dir.clone(), round));
@@ -291,7 +281,6 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
     let train_ids: Vec<String> = layout.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
     let data = data_dir.clone();
     let external_id = external_site.clone();
-    let best_round_studies = best_rounds;
     type Baselines = (Vec<(String, Scored, f64)>, Vec<(String, Scored, f64, String)>);
     let (baselines, best) = tokio::task::spawn_blocking(move || -> anyhow::Result<Baselines> {
         let args = baseline_args;
@@ -353,7 +342,7 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         // The federated counterpart of early stopping: each study's model of its best round by the
         // pooled internal AUC, scored as the baselines are.
         let mut best = Vec::new();
-        for (method, state_dir, round) in best_round_studies {
+        for (method, state_dir, round) in best_rounds {
             let timer = Instant::now();
             let committed = RoundStore::open_existing(&state_dir)?.load(round)?;
             let scored = score(
@@ -411,7 +400,7 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         ));
     }
     let image = study_model(args, Modality::Multimodal).image;
-    let note = format!(
+    let mut note = format!(
         "On the same synthetic sites ({} training sites of {} patients, external site {external_site}) and \
          the same model (tiny ResNet, width {}, {} px), initial weights, per-site splits and epochs seen \
          per patient ({} rounds × {} local epochs = {} epochs for the single-shot models), seed {}. Every \
@@ -428,7 +417,6 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         args.rounds * args.local_epochs as u64,
         args.seed
     );
-    let mut note = note;
     if let Some(file) = &args.model_config {
         note.push_str(&format!(
             " The single-shot models follow the model configuration's plan: up to that many epochs, \

@@ -20,8 +20,8 @@ use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{HararySettings, RoundSettings, SecureAggregationGraph, SiteRole, ThreatModel};
 use fedlnm_shared::federation::{SiteCohort, SiteRoundMetrics};
 use fedlnm_shared::secagg::{
-    ConsistencyCheck, Graph, KeyDirectory, Ring, SecAggClient, SecAggConfig, ShareDelivery, SiteId,
-    UnmaskRequest,
+    ConsistencyCheck, Graph, KeyDirectory, MaskedVector, Ring, SecAggClient, SecAggConfig, ShareDelivery,
+    SiteId, UnmaskRequest,
 };
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 use std::collections::BTreeMap;
@@ -850,7 +850,10 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
     let masked = secagg.masked_input(&delivery, &delta(1.0), 100).unwrap();
     let payload = wire::encode(&masked);
     let mut short = masked.clone();
-    short.masked.truncate(3);
+    let MaskedVector::Z2_64(elements) = &mut short.masked else {
+        panic!("a Z_2^64 instance sent {:?}", short.masked.ring());
+    };
+    elements.truncate(3);
     let short = wire::encode(&short);
     refused(
         upload_masked(
