@@ -221,7 +221,8 @@ fn plain_round(
         let accepted = Instant::now();
         let mut aggregate = ready(aggregation.advance(Instant::now()));
         let averaged = Instant::now();
-        let weights = apply_delta(&global.weights, std::mem::take(&mut aggregate.average_delta)).unwrap();
+        let weights =
+            apply_delta(&global.weights, std::mem::take(&mut aggregate.average_delta), 1.0).unwrap();
         let applied = Instant::now();
         let model = ModelBlob::new(rep as u64 + 1, weights, global.config.clone()).unwrap();
         let serialized = Instant::now();
@@ -516,7 +517,8 @@ fn secure_round(
             let mut aggregate = ready(aggregation.advance(Instant::now()));
             let unmask = before_unmask.elapsed();
             let server = start.elapsed();
-            let weights = apply_delta(&global.weights, std::mem::take(&mut aggregate.average_delta)).unwrap();
+            let weights =
+                apply_delta(&global.weights, std::mem::take(&mut aggregate.average_delta), 1.0).unwrap();
             let model = ModelBlob::new(1, weights, global.config.clone()).unwrap();
             let apply_serialize = start.elapsed() - server;
             black_box(&model);

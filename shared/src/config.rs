@@ -261,6 +261,15 @@ pub struct RoundSettings {
     pub secure_aggregation_ring: Ring,
     /// FedBN: normalisation layers stay local to each site (never uploaded, never averaged).
     pub fedbn: bool,
+    /// The learning rate of the rounds' local training: `"each_round"` (every round runs `[train]`'s
+    /// warm-up and cosine decay afresh) or `"across_rounds"` (one cosine decay over the study's rounds,
+    /// as a centralised training's over its epochs: each round continues from where the last ended;
+    /// [`crate::model_config::TrainPlan::for_round`]).
+    pub learning_rate_schedule: LearningRateSchedule,
+    /// The server learning rate η of FedOpt (Reddi et al. 2021) with plain SGD at the server: the new
+    /// model is w + η·Δ̄. 1 is FedAvg; above 1 the agreed direction of the sites' changes is taken
+    /// further each round. Normalisation running statistics always move by Δ̄ itself.
+    pub server_learning_rate: f64,
     /// Largest L2 norm of a site's weight delta (each node checks its own before masking).
     pub max_delta_norm: f64,
     /// Updates in the aggregator's memory at once: being received, or complete and held by the round
@@ -290,11 +299,24 @@ impl Default for RoundSettings {
             secure_aggregation_graph: SecureAggregationGraph::Complete,
             secure_aggregation_ring: Ring::Z2_64,
             fedbn: false,
+            learning_rate_schedule: LearningRateSchedule::EachRound,
+            server_learning_rate: 1.0,
             max_delta_norm: 1.0e4,
             max_concurrent_uploads: 4,
             transfer_idle_s: 120,
         }
     }
+}
+
+/// `rounds.learning_rate_schedule`: how the local learning rate moves over a study's rounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LearningRateSchedule {
+    /// Each round's local training runs the plan's warm-up and cosine decay afresh.
+    #[default]
+    EachRound,
+    /// One cosine decay over all the rounds: round r decays from where round r − 1 ended.
+    AcrossRounds,
 }
 
 /// Where the model runs: `device` in node.toml and `--device` on the node's command line, and the
@@ -368,6 +390,16 @@ pub fn validate_site_id(id: &str) -> Result<(), InvalidSiteId> {
 }
 
 impl AggregatorConfig {
+    /// The plan a training site gets for `round`: `[train]` as configured, or its stretch of one
+    /// cosine across the rounds (`rounds.learning_rate_schedule`).
+    #[must_use]
+    pub fn plan_for_round(&self, round: u64) -> crate::model_config::TrainPlan {
+        match self.rounds.learning_rate_schedule {
+            LearningRateSchedule::EachRound => self.train.clone(),
+            LearningRateSchedule::AcrossRounds => self.train.for_round(round, self.rounds.rounds),
+        }
+    }
+
     /// Reads and validates `aggregator.toml`; relative paths become relative to its folder.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let mut config: Self = read_toml(file)?;
@@ -459,6 +491,15 @@ impl AggregatorConfig {
             return Err(invalid(
                 "rounds.max_concurrent_uploads",
                 format!("must be 1 to 1024, not {}", rounds.max_concurrent_uploads),
+            ));
+        }
+        if !(rounds.server_learning_rate > 0.0 && rounds.server_learning_rate <= 10.0) {
+            return Err(invalid(
+                "rounds.server_learning_rate",
+                format!(
+                    "must be in (0, 10] (1: FedAvg), not {}",
+                    rounds.server_learning_rate
+                ),
             ));
         }
         if !(rounds.max_delta_norm > 0.0 && rounds.max_delta_norm.is_finite()) {
@@ -590,6 +631,40 @@ role = "train"
         assert_eq!(config.tls.ca, dir.path().join("ca.pem"));
         assert_eq!(config.role_of("S4"), Some(SiteRole::Validate));
         assert_eq!(config.role_of("S9"), None);
+    }
+
+    #[test]
+    fn the_learning_rate_schedule_is_read_and_gives_each_round_its_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = AggregatorConfig::load(&write(dir.path(), "a.toml", AGGREGATOR)).unwrap();
+        assert_eq!(
+            default.rounds.learning_rate_schedule,
+            LearningRateSchedule::EachRound
+        );
+        assert_eq!(default.plan_for_round(3), default.train);
+        let text =
+            format!("{AGGREGATOR}\n[rounds]\nrounds = 4\nlearning_rate_schedule = \"across_rounds\"\n");
+        let across = AggregatorConfig::load(&write(dir.path(), "b.toml", &text)).unwrap();
+        let plans: Vec<_> = (1..=4).map(|r| across.plan_for_round(r)).collect();
+        assert_eq!(plans[0].learning_rate, across.train.learning_rate);
+        assert_eq!(plans[3], across.train.for_round(4, 4));
+        assert!(plans.windows(2).all(|p| p[1].learning_rate < p[0].learning_rate));
+        assert_eq!(default.rounds.server_learning_rate, 1.0);
+        for eta in ["0.0", "-1.0", "11.0", "nan"] {
+            let text = format!("{AGGREGATOR}\n[rounds]\nserver_learning_rate = {eta}\n");
+            let error = AggregatorConfig::load(&write(dir.path(), "eta.toml", &text))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("rounds.server_learning_rate"), "{error}");
+        }
+        let bad = text.replace("across_rounds", "sometimes");
+        let error = AggregatorConfig::load(&write(dir.path(), "c.toml", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("learning_rate_schedule") || error.contains("sometimes"),
+            "{error}"
+        );
     }
 
     #[test]

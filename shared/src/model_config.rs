@@ -432,6 +432,29 @@ impl TrainPlan {
         self.ema_decay.min((1.0 + t) / (10.0 + t))
     }
 
+    /// Round `round`'s plan (1-based, of `rounds`) when one cosine decay runs across the study's
+    /// rounds ([`crate::config::LearningRateSchedule::AcrossRounds`]) instead of afresh in every
+    /// round: with c(x) = m + (1 − m)·½(1 + cos πx) and m = `min_lr_fraction`, round r's local
+    /// training decays from `learning_rate`·c((r − 1)/R) to `learning_rate`·c(r/R), so that each
+    /// round starts where the last one ended and the last ends at the floor, as a centralised
+    /// training's single cosine does over its epochs. The warm-up stays in round 1 only.
+    #[must_use]
+    pub fn for_round(&self, round: u64, rounds: u64) -> Self {
+        let rounds = rounds.max(1) as f64;
+        let start = (round.max(1) - 1) as f64 / rounds;
+        let end = (start + 1.0 / rounds).min(1.0);
+        let m = self.min_lr_fraction;
+        let c = |x: f64| m + (1.0 - m) * 0.5 * (1.0 + (std::f64::consts::PI * x.min(1.0)).cos());
+        let (from, to) = (c(start), c(end));
+        Self {
+            learning_rate: self.learning_rate * from,
+            // c is positive and falls from 1 to m, so the ratio is in [m, 1] (1 when m = 1).
+            min_lr_fraction: if from > 0.0 { (to / from).min(1.0) } else { 1.0 },
+            warmup_fraction: if round <= 1 { self.warmup_fraction } else { 0.0 },
+            ..self.clone()
+        }
+    }
+
     /// The learning rate at `step` of `total_steps`: linear warm-up, then cosine decay.
     #[must_use]
     pub fn learning_rate_at(&self, step: usize, total_steps: usize) -> f64 {
@@ -476,6 +499,52 @@ impl ConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_learning_rate_across_rounds_is_one_continuous_cosine() {
+        let plan = TrainPlan {
+            epochs: 2,
+            warmup_fraction: 0.1,
+            ..TrainPlan::default()
+        };
+        let rounds = 10;
+        let steps = 100;
+        // Each round's first step's rate and its rate at the end of its steps (the round's end).
+        let ends: Vec<(f64, f64)> = (1..=rounds)
+            .map(|round| {
+                let p = plan.for_round(round, rounds);
+                p.validate().unwrap();
+                (p.learning_rate_at(0, steps), p.learning_rate_at(steps, steps))
+            })
+            .collect();
+        // Round 1 warms up to the peak as the plan does; the last round ends at the plan's floor.
+        assert_eq!(ends[0].0, plan.learning_rate_at(0, steps));
+        assert_eq!(plan.for_round(1, rounds).learning_rate, plan.learning_rate);
+        let floor = plan.learning_rate * plan.min_lr_fraction;
+        assert!((ends[9].1 - floor).abs() < 1e-12, "{ends:?}");
+        for pair in ends.windows(2) {
+            // Round r + 1 starts where round r ended, and the rate only falls.
+            assert!((pair[1].0 - pair[0].1).abs() < 1e-12, "{ends:?}");
+            assert!(pair[1].1 < pair[0].1, "{ends:?}");
+        }
+        // Halfway through the study, the rate is halfway between the peak and the floor.
+        let halfway = plan.for_round(6, rounds).learning_rate;
+        assert!((halfway - (plan.learning_rate + floor) / 2.0).abs() < 1e-12);
+        // Only round 1 warms up; everything else is the plan's.
+        let later = plan.for_round(2, rounds);
+        assert_eq!(later.warmup_fraction, 0.0);
+        assert_eq!(
+            (later.epochs, later.batch_size, later.seed),
+            (plan.epochs, plan.batch_size, plan.seed)
+        );
+        // A floor of the peak itself (min_lr_fraction 1) keeps the rate constant.
+        let flat = TrainPlan {
+            min_lr_fraction: 1.0,
+            ..plan.clone()
+        };
+        assert_eq!(flat.for_round(7, rounds).learning_rate, flat.learning_rate);
+        assert_eq!(flat.for_round(7, rounds).min_lr_fraction, 1.0);
+    }
 
     #[test]
     fn digest_is_stable_and_changes_with_the_architecture() {

@@ -255,7 +255,7 @@ fn a_round_configured_from_a_global_model_returns_its_shapes() {
             assert!((g - w).abs() <= 1e-6, "{}: {g} vs {w}", got.name);
         }
     }
-    let next = apply_delta(&global, aggregate.fedavg_delta.clone()).unwrap();
+    let next = apply_delta(&global, aggregate.fedavg_delta.clone(), 1.0).unwrap();
     next.check_same_layout(&global).unwrap();
 }
 

@@ -17,7 +17,9 @@ use fedlnm_aggregator::server::{self, FederationService};
 use fedlnm_model::train;
 use fedlnm_node::commands::model::{device_parser, write_checkpoint};
 use fedlnm_node::commands::site_report::{SiteReportJob, write_site_report};
-use fedlnm_shared::config::{AggregatorConfig, ComputeDevice, CrossValidationFold, NodeConfig, write_toml};
+use fedlnm_shared::config::{
+    AggregatorConfig, ComputeDevice, CrossValidationFold, LearningRateSchedule, NodeConfig, write_toml,
+};
 use fedlnm_shared::model_config::{ConfigFile, Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
 use std::path::{Path, PathBuf};
@@ -64,6 +66,15 @@ pub struct SimulateArgs {
     /// FedBN: normalisation layers stay local to each training site.
     #[arg(long)]
     pub fedbn: bool,
+    /// The rounds' learning rate: `each-round` (every round's local training decays from the peak
+    /// afresh) or `across-rounds` (one cosine decay over all the rounds, as the centralised model's
+    /// over its epochs; `rounds.learning_rate_schedule`).
+    #[arg(long, value_parser = schedule_parser(), default_value = "each-round")]
+    pub lr_schedule: LearningRateSchedule,
+    /// The server learning rate: each round's model is w + this × the sites' average change (1:
+    /// FedAvg; `rounds.server_learning_rate`).
+    #[arg(long, default_value_t = 1.0)]
+    pub server_lr: f64,
     /// FedProx proximal coefficient μ (0: FedAvg local training).
     #[arg(long, default_value_t = 0.0)]
     pub proximal_mu: f64,
@@ -136,6 +147,18 @@ pub enum FederatedMethod {
 impl FederatedMethod {
     /// Every method, in `--methods`' default order.
     pub const ALL: [Self; 4] = [Self::FedavgSecure, Self::FedavgPlain, Self::Fedprox, Self::Fedbn];
+}
+
+/// `--lr-schedule`'s two values, as `rounds.learning_rate_schedule` names them but with dashes.
+fn schedule_parser() -> impl clap::builder::TypedValueParser<Value = LearningRateSchedule> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["each-round", "across-rounds"]).map(|name| {
+        if name == "across-rounds" {
+            LearningRateSchedule::AcrossRounds
+        } else {
+            LearningRateSchedule::EachRound
+        }
+    })
 }
 
 /// `--model-config`: the file read and validated (model and plan) when the arguments are parsed.
@@ -478,6 +501,8 @@ async fn run_study(
     config.rounds.min_sites = train_ids.len() / 2 + 1;
     config.rounds.secure_aggregation = !args.plain;
     config.rounds.fedbn = args.fedbn;
+    config.rounds.learning_rate_schedule = args.lr_schedule;
+    config.rounds.server_learning_rate = args.server_lr;
     config.privacy.noise_multiplier = args.noise_multiplier;
     config.privacy.clip_norm = args.clip_norm;
     config.rounds.round_deadline_s = 3600;

@@ -32,7 +32,7 @@ use fedlnm_model::train;
 use fedlnm_node::commands::compare::{PatientScore, paired_comparison};
 use fedlnm_node::commands::model::load_examples;
 use fedlnm_node::federation::SiteExamples;
-use fedlnm_shared::config::{NodeConfig, SiteRole};
+use fedlnm_shared::config::{LearningRateSchedule, NodeConfig, SiteRole};
 use fedlnm_shared::features::Example;
 use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
@@ -78,6 +78,7 @@ fn train_and_score(
     internal: (&[Example], &[Stage]),
 ) -> anyhow::Result<Scored> {
     let validation = if plan.patience > 0 { internal.0 } else { &[] };
+    let started = Instant::now();
     let outcome = train::train_local(
         args.device,
         model,
@@ -87,7 +88,17 @@ fn train_and_score(
         plan,
         &mut |_| {},
     )?;
-    score(args, model, &outcome.weights, external, internal)
+    let scored = score(args, model, &outcome.weights, external, internal)?;
+    // The table is written when every model is done; the log keeps each result as it comes.
+    tracing::info!(
+        patients = train_set.len(),
+        best_epoch = outcome.best_epoch,
+        external_auc = scored.external.auc,
+        internal_auc = scored.internal_auc,
+        seconds = started.elapsed().as_secs_f64(),
+        "methods: a single-shot model trained and scored"
+    );
+    Ok(scored)
 }
 
 /// Scores `weights` on the external site and on the held-out patients `internal`.
@@ -425,6 +436,18 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
              round's local training: learning rate {}, batch {}.",
             file.train.patience, file.train.ema_decay, file.train.learning_rate, file.train.batch_size
         ));
+    }
+    if args.server_lr != 1.0 {
+        note.push_str(&format!(
+            " The federated models take {} times the sites' average change each round (--server-lr).",
+            args.server_lr
+        ));
+    }
+    if args.lr_schedule == LearningRateSchedule::AcrossRounds {
+        note.push_str(
+            " The federated rounds' learning rate follows one cosine decay over all the rounds \
+             (--lr-schedule across-rounds), as the single-shot models' does over their epochs.",
+        );
     }
     let page = methods_page(
         "Federated quality: the federation against pooled and single-site training",

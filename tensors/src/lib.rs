@@ -373,6 +373,13 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// Whether `name` is a normalisation layer's running statistic (`…running_mean`, `…running_var`): a
+/// buffer estimated from the data, not a trained parameter (a server learning rate leaves it alone).
+#[must_use]
+pub fn is_running_statistic(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
 /// Whether a tensor belongs to a normalisation layer (FedBN keeps these local): any path component
 /// named `bn…`, `…_bn` or containing `norm`.
 #[must_use]

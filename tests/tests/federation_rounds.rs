@@ -14,8 +14,9 @@ use fedlnm_protocol::generated::{
 };
 use fedlnm_protocol::payload;
 use fedlnm_protocol::transfer::upload_checksum;
-use fedlnm_shared::config::{RoundSettings, SiteRole};
+use fedlnm_shared::config::{LearningRateSchedule, RoundSettings, SiteRole};
 use fedlnm_shared::federation::{RoundRecord, SiteRoundMetrics};
+use fedlnm_shared::model_config::TrainPlan;
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -114,6 +115,12 @@ fn metrics(site: &str, k: u64) -> Vec<u8> {
 /// Runs one round with known deltas from all three training sites and metrics from all four sites;
 /// returns the model digest of the round.
 async fn run_round(study_dir: &Path, url: &str, round: u64) -> String {
+    run_round_with_plans(study_dir, url, round).await.0
+}
+
+/// [`run_round`], also returning the training plan each training site was sent.
+async fn run_round_with_plans(study_dir: &Path, url: &str, round: u64) -> (String, Vec<TrainPlan>) {
+    let mut plans = Vec::new();
     let weights = [(1.0_f32, 100_u64), (2.0, 300), (-1.0, 600)];
     for (k, site) in ["S1", "S2", "S3"].iter().enumerate() {
         let mut client = connect(study_dir, site, url).await;
@@ -123,6 +130,7 @@ async fn run_round(study_dir: &Path, url: &str, round: u64) -> String {
         assert_eq!(train.round, round);
         assert_eq!(train.aggregation(), AggregationKind::Plain);
         assert_eq!(train.local_tensors, vec!["image.bn1.gamma".to_owned()]);
+        plans.push(payload::decode(&train.plan, "training plan").unwrap());
         let model = train.model.unwrap();
         let bytes = download(&mut client, site, model.version).await;
         assert_eq!(
@@ -156,12 +164,17 @@ async fn run_round(study_dir: &Path, url: &str, round: u64) -> String {
             .await
             .unwrap();
     }
-    digest
+    (digest, plans)
 }
 
 fn expected_after(rounds: u32) -> NamedTensors {
+    expected_after_at(rounds, 1.0)
+}
+
+/// The model after `rounds` rounds whose new model is w + η·Δ̄ (η = 1: FedAvg).
+fn expected_after_at(rounds: u32, server_learning_rate: f32) -> NamedTensors {
     // Σ n_k Δ_k / Σ n_k with n = 100, 300, 600 and scales 1, 2, -1: (100 + 600 - 600) / 1000 = 0.1.
-    let mean_k = 0.1_f32;
+    let mean_k = 0.1_f32 * server_learning_rate;
     let mut model = small_model();
     for _ in 0..rounds {
         let step = delta(mean_k);
@@ -422,4 +435,45 @@ async fn a_plain_round_commits_the_same_model_whatever_the_updates_held_at_once(
         digests.push(digest);
     }
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+}
+
+/// A study with a server learning rate and one learning-rate decay across its rounds: each training
+/// site is sent its round's stretch of the decay, and the committed model is w + η·Δ̄ each round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rounds_follow_the_learning_rate_schedule_and_the_server_learning_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let study_dir = dir.path().join("study");
+    let settings = RoundSettings {
+        rounds: 2,
+        min_sites: 3,
+        secure_aggregation: false,
+        fedbn: true,
+        learning_rate_schedule: LearningRateSchedule::AcrossRounds,
+        server_learning_rate: 2.5,
+        ..RoundSettings::default()
+    };
+    let config = provision_study(&study_dir, STUDY, settings);
+    let state_dir = config.state_dir.clone();
+    let aggregator = RunningAggregator::start(config.clone(), 0).await;
+    let mut starts = Vec::new();
+    for round in 1..=2 {
+        let (digest, plans) = run_round_with_plans(&study_dir, &aggregator.url, round).await;
+        assert!(
+            plans.iter().all(|p| *p == config.plan_for_round(round)),
+            "round {round}"
+        );
+        starts.push(plans[0].learning_rate);
+        let committed = RoundStore::open(&state_dir).unwrap().load(round).unwrap();
+        assert_eq!(committed.model.digest, digest);
+        assert_close(&committed.model.weights, &expected_after_at(round as u32, 2.5));
+    }
+    // Round 1 starts at the configured peak, round 2 where round 1's decay ended.
+    let peak = config.train.learning_rate;
+    assert_eq!(starts[0], peak);
+    let round1 = config.plan_for_round(1);
+    assert!(
+        (starts[1] - peak * round1.min_lr_fraction).abs() < 1e-12,
+        "{starts:?}"
+    );
+    assert!(starts[1] < peak);
 }

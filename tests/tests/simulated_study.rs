@@ -40,6 +40,8 @@ fn args(out: &Path, plain: bool) -> SimulateArgs {
         sites: fedlnm_sim::SiteSet::Default,
         methods: fedlnm_sim::FederatedMethod::ALL.to_vec(),
         model_config: None,
+        lr_schedule: fedlnm_shared::config::LearningRateSchedule::EachRound,
+        server_lr: 1.0,
     }
 }
 

@@ -101,11 +101,12 @@ impl Study {
                             job: self.jobs + 1,
                         };
                         let global = self.committed.model.clone();
+                        let server_learning_rate = self.config.rounds.server_learning_rate as f32;
                         let work = move || {
                             let result = finisher().and_then(|mut aggregate| {
                                 // The average becomes the new model (it is not kept in the record).
                                 let average = std::mem::take(&mut aggregate.average_delta);
-                                let weights = apply_delta(&global.weights, average)?;
+                                let weights = apply_delta(&global.weights, average, server_learning_rate)?;
                                 let model = ModelBlob::new(round, weights, global.config.clone())?;
                                 Ok(Box::new((aggregate, model)))
                             });

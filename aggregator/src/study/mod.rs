@@ -426,7 +426,7 @@ impl Study {
                     Some(aggregation) => TaskDecision::Train(TrainAssignment {
                         round: training.round,
                         model: self.committed.model.clone(),
-                        plan: self.config.train.clone(),
+                        plan: self.config.plan_for_round(training.round),
                         local_tensors: self.local_tensors.clone(),
                         aggregation,
                     }),

@@ -465,14 +465,21 @@ impl FedAvg {
     }
 }
 
-/// w + Δ̄ for every tensor of Δ̄ (the others, e.g. FedBN layers, unchanged). Checks that Δ̄ names only
+/// w + η·Δ̄ for every tensor of Δ̄ (the others, e.g. FedBN layers, unchanged), with η the server
+/// learning rate (`rounds.server_learning_rate`; 1: FedAvg, w + Δ̄ to the bit) for trained parameters
+/// and 1 for normalisation running statistics ([`crate::weights::is_running_statistic`]: an
+/// extrapolated variance could turn negative). Checks that Δ̄ names only
 /// tensors of `global`, each once, with their shapes, and that the result is finite. Δ̄'s vectors become
 /// the new model's (w is added into them, on the available threads): the new model costs no fresh
 /// memory beside the tensors Δ̄ leaves out.
 ///
 /// # Errors
 /// [`FedAvgError::Aggregate`] naming the tensor at fault.
-pub fn apply_delta(global: &NamedTensors, average_delta: NamedTensors) -> Result<NamedTensors, FedAvgError> {
+pub fn apply_delta(
+    global: &NamedTensors,
+    average_delta: NamedTensors,
+    server_learning_rate: f32,
+) -> Result<NamedTensors, FedAvgError> {
     let mut updated: Vec<Option<NamedTensor>> = global.tensors.iter().map(|_| None).collect();
     for delta in average_delta.tensors {
         let position = global
@@ -501,8 +508,18 @@ pub fn apply_delta(global: &NamedTensors, average_delta: NamedTensors) -> Result
             values: delta.values,
         });
     }
-    // Δ̄ + w (the same bits as w + Δ̄) in place, one parallel region for all tensors.
+    // η·Δ̄ + w (with η = 1 the same bits as w + Δ̄) in place, one parallel region for all tensors.
     let positions: Vec<usize> = (0..updated.len()).filter(|&p| updated[p].is_some()).collect();
+    let rates: Vec<f32> = positions
+        .iter()
+        .map(|&p| {
+            if crate::weights::is_running_statistic(&global.tensors[p].name) {
+                1.0
+            } else {
+                server_learning_rate
+            }
+        })
+        .collect();
     let not_finite = std::sync::Mutex::new(Vec::new());
     let parts = updated
         .iter_mut()
@@ -511,8 +528,9 @@ pub fn apply_delta(global: &NamedTensors, average_delta: NamedTensors) -> Result
     for_each_part_of_all(parts, available_threads(), |k, part, start| {
         let weights = &global.tensors[positions[k]].values[start..start + part.len()];
         let mut finite = true;
+        let rate = rates[k];
         for (d, &w) in part.iter_mut().zip(weights) {
-            *d += w;
+            *d = rate * *d + w;
             finite &= d.is_finite();
         }
         if !finite && let Ok(mut bad) = not_finite.lock() {
@@ -583,7 +601,7 @@ mod tests {
         fedavg.add("S1", &d1, 100).unwrap();
         fedavg.add("S2", &d2, 300).unwrap();
         let average = fedavg.average().unwrap();
-        let next = apply_delta(&global, average).unwrap();
+        let next = apply_delta(&global, average, 1.0).unwrap();
         assert_eq!(next.get("head.weight").unwrap().values, vec![1.25, 5.0]);
         assert_eq!(next.get("bn.running_mean").unwrap().values, vec![0.5]);
         assert_eq!(fedavg.total_samples(), 400);
@@ -601,10 +619,10 @@ mod tests {
         let step = |name: &str, values: Vec<f32>| NamedTensors {
             tensors: vec![NamedTensor::new(name, vec![values.len()], values).unwrap()],
         };
-        let next = apply_delta(&global, step("a", vec![0.5; n])).unwrap();
+        let next = apply_delta(&global, step("a", vec![0.5; n]), 1.0).unwrap();
         assert!(next.tensors[0].values.iter().all(|&v| v == 1.5));
         assert_eq!(next.tensors[1].values, global.tensors[1].values);
-        let refused = |aggregate: NamedTensors| match apply_delta(&global, aggregate) {
+        let refused = |aggregate: NamedTensors| match apply_delta(&global, aggregate, 1.0) {
             Err(FedAvgError::Aggregate(message)) => message,
             other => panic!("expected a refusal, got {other:?}"),
         };
@@ -617,6 +635,34 @@ mod tests {
         let mut twice = step("b", vec![0.0, 1.0]);
         twice.tensors.push(twice.tensors[0].clone());
         assert!(refused(twice).contains("'b' twice"));
+    }
+
+    #[test]
+    fn a_server_learning_rate_scales_parameters_not_running_statistics() {
+        let n = 3 * fedlnm_tensors::parallel::MIN_PER_THREAD;
+        let global = NamedTensors {
+            tensors: vec![
+                NamedTensor::new("image.conv.weight", vec![n], vec![1.0; n]).unwrap(),
+                NamedTensor::new("image.bn1.running_mean", vec![2], vec![0.0, 0.0]).unwrap(),
+                NamedTensor::new("image.bn1.running_var", vec![2], vec![1.0, 1.0]).unwrap(),
+            ],
+        };
+        let average = NamedTensors {
+            tensors: vec![
+                NamedTensor::new("image.conv.weight", vec![n], vec![0.25; n]).unwrap(),
+                NamedTensor::new("image.bn1.running_mean", vec![2], vec![0.5, -0.5]).unwrap(),
+                NamedTensor::new("image.bn1.running_var", vec![2], vec![-0.75, 0.5]).unwrap(),
+            ],
+        };
+        let next = apply_delta(&global, average.clone(), 2.0).unwrap();
+        // Trained parameters move η = 2 times the average change; the statistics move it once (twice
+        // would make the first variance −0.5).
+        assert!(next.tensors[0].values.iter().all(|&v| v == 1.5));
+        assert_eq!(next.tensors[1].values, vec![0.5, -0.5]);
+        assert_eq!(next.tensors[2].values, vec![0.25, 1.5]);
+        // η = 1 is FedAvg's w + Δ̄.
+        let fedavg = apply_delta(&global, average, 1.0).unwrap();
+        assert!(fedavg.tensors[0].values.iter().all(|&v| v == 1.25));
     }
 
     #[test]
@@ -854,7 +900,7 @@ mod tests {
                 let local = NamedTensors { tensors: vec![NamedTensor::new("w", vec![3], values.clone()).unwrap()] };
                 fedavg.add(&format!("S{k}"), &delta(&local, &global, |_| true).unwrap(), *n).unwrap();
             }
-            let next = apply_delta(&global, fedavg.average().unwrap()).unwrap();
+            let next = apply_delta(&global, fedavg.average().unwrap(), 1.0).unwrap();
             let total: u64 = sites.iter().map(|s| s.1).sum();
             for i in 0..3 {
                 let mean: f64 = sites.iter().map(|(v, n)| *n as f64 * f64::from(v[i])).sum::<f64>() / total as f64;
