@@ -9,6 +9,7 @@
 
 pub mod designs;
 pub mod methods;
+mod plan;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -20,10 +21,12 @@ use fedlnm_node::commands::site_report::{SiteReportJob, write_site_report};
 use fedlnm_shared::config::{
     AggregatorConfig, ComputeDevice, CrossValidationFold, LearningRateSchedule, NodeConfig, write_toml,
 };
-use fedlnm_shared::model_config::{ConfigFile, Modality, ModelConfig, TrainPlan};
+use fedlnm_shared::model_config::{ConfigFile, Modality};
 use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use plan::{read_model_config, schedule_parser, study_model, study_plan};
 
 /// fedlnm-sim: run a whole simulated multicentre study on this machine: a throw-away certificate
 /// authority, synthetic sites with different scanners and case mix, the aggregator and every node
@@ -147,25 +150,6 @@ pub enum FederatedMethod {
 impl FederatedMethod {
     /// Every method, in `--methods`' default order.
     pub const ALL: [Self; 4] = [Self::FedavgSecure, Self::FedavgPlain, Self::Fedprox, Self::Fedbn];
-}
-
-/// `--lr-schedule`'s two values, as `rounds.learning_rate_schedule` names them but with dashes.
-fn schedule_parser() -> impl clap::builder::TypedValueParser<Value = LearningRateSchedule> {
-    use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(["each-round", "across-rounds"]).map(|name| {
-        if name == "across-rounds" {
-            LearningRateSchedule::AcrossRounds
-        } else {
-            LearningRateSchedule::EachRound
-        }
-    })
-}
-
-/// `--model-config`: the file read and validated (model and plan) when the arguments are parsed.
-fn read_model_config(file: &str) -> Result<ConfigFile, String> {
-    let config = ConfigFile::read(Path::new(file)).map_err(|e| e.to_string())?;
-    config.train.validate().map_err(|e| format!("{file}: {e}"))?;
-    Ok(config)
 }
 
 /// How a simulation validates the federated model.
@@ -418,45 +402,6 @@ async fn generate_sites(args: &SimulateArgs, sites: &[SimSite], data_dir: &Path)
         );
     }
     Ok(())
-}
-
-/// The model every study of a simulation trains: `--model-config`'s, or the tiny ResNet at the
-/// arguments' input size and width; of `modality`.
-fn study_model(args: &SimulateArgs, modality: Modality) -> ModelConfig {
-    let mut model = match &args.model_config {
-        Some(file) => file.model.clone(),
-        None => {
-            let mut model = ModelConfig::tiny(modality);
-            model.image.input_size = args.image_size;
-            model.image.base_width = args.base_width;
-            model
-        }
-    };
-    model.modality = modality;
-    model
-}
-
-/// The local training of one round: AdamW at the arguments' learning rate and batch 16, or
-/// `--model-config`'s plan; in both, `--local-epochs`, no warm-up, no early stopping, no weight
-/// averaging (a round's few steps; the rounds themselves average), the arguments' FedProx μ and seed.
-fn study_plan(args: &SimulateArgs) -> TrainPlan {
-    let base = match &args.model_config {
-        Some(file) => file.train.clone(),
-        None => TrainPlan {
-            batch_size: 16,
-            learning_rate: args.learning_rate,
-            ..TrainPlan::default()
-        },
-    };
-    TrainPlan {
-        epochs: args.local_epochs,
-        warmup_fraction: 0.0,
-        patience: 0,
-        ema_decay: 0.0,
-        proximal_mu: args.proximal_mu,
-        seed: args.seed,
-        ..base
-    }
 }
 
 /// One study of a `modality` model on sites already generated in `data_dir`: `out/study/` (CA,

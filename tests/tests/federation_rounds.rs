@@ -174,14 +174,14 @@ fn expected_after(rounds: u32) -> NamedTensors {
 /// The model after `rounds` rounds whose new model is w + η·Δ̄ (η = 1: FedAvg).
 fn expected_after_at(rounds: u32, server_learning_rate: f32) -> NamedTensors {
     // Σ n_k Δ_k / Σ n_k with n = 100, 300, 600 and scales 1, 2, -1: (100 + 600 - 600) / 1000 = 0.1.
-    let mean_k = 0.1_f32 * server_learning_rate;
+    let mean_k = 0.1_f32;
     let mut model = small_model();
     for _ in 0..rounds {
         let step = delta(mean_k);
         for t in &mut model.tensors {
             if let Some(d) = step.get(&t.name) {
                 for (w, dv) in t.values.iter_mut().zip(&d.values) {
-                    *w += dv;
+                    *w += server_learning_rate * dv;
                 }
             }
         }
