@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod support;
-use support::round::{Dropouts, Inputs, Round, client, exact_fixed_point_sum, run};
+use support::round::{Dropouts, Inputs, Round, aggregated_values, client, exact_fixed_point_sum, run};
 
 // ---------------------------------------------------------------- harness
 
@@ -84,11 +84,7 @@ fn plain_fedavg(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]) -> (Vec
     let mut avg = vec![0f64; config.vector_len() - 1];
     for site in sites {
         let (delta, n) = &inputs[site];
-        let flat = config
-            .aggregated_tensors()
-            .iter()
-            .flat_map(|s| delta.get(&s.name).unwrap().values.iter());
-        for (a, &d) in avg.iter_mut().zip(flat) {
+        for (a, &d) in avg.iter_mut().zip(aggregated_values(config, delta)) {
             *a += *n as f64 * f64::from(d);
         }
     }

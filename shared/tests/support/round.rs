@@ -42,6 +42,17 @@ pub fn dyadic_inputs(config: &RoundConfig, seed: u64, max_n: u64) -> Inputs {
         .collect()
 }
 
+/// A site's delta flattened in the order the instance masks it (its aggregated tensors).
+pub fn aggregated_values<'a>(
+    config: &'a RoundConfig,
+    delta: &'a NamedTensors,
+) -> impl Iterator<Item = &'a f32> {
+    config
+        .aggregated_tensors()
+        .iter()
+        .flat_map(|s| delta.get(&s.name).unwrap().values.iter())
+}
+
 /// The exact fixed-point sum Σ_k n_k·Δ_k·2^f over `sites` (f the instance's fractional bits; valid
 /// for inputs whose quantization is exact, such as [`dyadic_inputs`]), then Σ n_k.
 pub fn exact_fixed_point_sum(config: &RoundConfig, inputs: &Inputs, sites: &[SiteId]) -> Vec<i64> {
@@ -49,11 +60,7 @@ pub fn exact_fixed_point_sum(config: &RoundConfig, inputs: &Inputs, sites: &[Sit
     let mut sum = vec![0i64; config.vector_len()];
     for site in sites {
         let (delta, n) = &inputs[site];
-        let flat = config
-            .aggregated_tensors()
-            .iter()
-            .flat_map(|s| delta.get(&s.name).unwrap().values.iter());
-        for (acc, &d) in sum.iter_mut().zip(flat) {
+        for (acc, &d) in sum.iter_mut().zip(aggregated_values(config, delta)) {
             *acc += (*n as f64 * f64::from(d) * unit) as i64;
         }
         *sum.last_mut().unwrap() += *n as i64;
