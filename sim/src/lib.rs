@@ -69,10 +69,10 @@ pub struct SimulateArgs {
     /// FedBN: normalisation layers stay local to each training site.
     #[arg(long)]
     pub fedbn: bool,
-    /// The rounds' learning rate: `each-round` (every round's local training decays from the peak
-    /// afresh) or `across-rounds` (one cosine decay over all the rounds, as the centralised model's
-    /// over its epochs; `rounds.learning_rate_schedule`).
-    #[arg(long, value_parser = schedule_parser(), default_value = "each-round")]
+    /// The rounds' learning rate: `across-rounds` (one cosine decay over all the rounds, as the
+    /// centralised model's over its epochs, so the last rounds settle) or `each-round` (every round's
+    /// local training decays from the peak afresh); `rounds.learning_rate_schedule`.
+    #[arg(long, value_parser = schedule_parser(), default_value = "across-rounds")]
     pub lr_schedule: LearningRateSchedule,
     /// The server learning rate: each round's model is w + this × the sites' average change (1:
     /// FedAvg; `rounds.server_learning_rate`).
@@ -603,6 +603,7 @@ mod tests {
         assert_eq!(plan.learning_rate, args.learning_rate);
         assert_eq!((plan.batch_size, plan.patience, plan.ema_decay), (16, 0, 0.0));
         assert_eq!(args.methods, FederatedMethod::ALL);
+        assert_eq!(args.lr_schedule, LearningRateSchedule::AcrossRounds);
     }
 
     #[test]

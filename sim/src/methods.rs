@@ -443,12 +443,16 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
             args.server_lr
         ));
     }
-    if args.lr_schedule == LearningRateSchedule::AcrossRounds {
-        note.push_str(
+    note.push_str(match args.lr_schedule {
+        LearningRateSchedule::AcrossRounds => {
             " The federated rounds' learning rate follows one cosine decay over all the rounds \
-             (--lr-schedule across-rounds), as the single-shot models' does over their epochs.",
-        );
-    }
+             (--lr-schedule across-rounds), as the single-shot models' does over their epochs."
+        }
+        LearningRateSchedule::EachRound => {
+            " Each federated round's local training runs the whole learning-rate decay from the peak \
+             (--lr-schedule each-round)."
+        }
+    });
     let page = methods_page(
         "Federated quality: the federation against pooled and single-site training",
         &note,
