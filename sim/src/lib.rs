@@ -132,6 +132,12 @@ pub struct SimulateArgs {
     /// patients when the file sets `patience`.
     #[arg(long, value_parser = read_model_config)]
     pub model_config: Option<ConfigFile>,
+    /// `--design methods`: also score every model (FedBN aside: its external site already does) with
+    /// each scoring site's normalisation statistics re-estimated on that site's own images first
+    /// (AdaBN; no label is read): the external site's on its patients, each training site's on its
+    /// held-out patients. A row "… + AdaBN" beside each model.
+    #[arg(long)]
+    pub adabn: bool,
 }
 
 /// A federated method of `--design methods`.

@@ -53,6 +53,15 @@ struct Scored {
     internal_auc: Option<f64>,
 }
 
+/// The held-out patients a model is scored on internally: the training sites' pooled (a site alone:
+/// its own), with how many of them each site holds, in order (AdaBN re-estimates a site's
+/// statistics on its own).
+struct Internal<'a> {
+    examples: &'a [Example],
+    stages: &'a [Stage],
+    per_site: Vec<usize>,
+}
+
 /// A site's patients of `dir`, encoded for `model` and split as its node splits them (`role`,
 /// `fraction`).
 fn load_split(
@@ -75,9 +84,9 @@ fn train_and_score(
     train_set: &[Example],
     plan: &TrainPlan,
     external: &External,
-    internal: (&[Example], &[Stage]),
-) -> anyhow::Result<Scored> {
-    let validation = if plan.patience > 0 { internal.0 } else { &[] };
+    internal: &Internal<'_>,
+) -> anyhow::Result<(Scored, fedlnm_shared::weights::NamedTensors)> {
+    let validation = if plan.patience > 0 { internal.examples } else { &[] };
     let started = Instant::now();
     let outcome = train::train_local(
         args.device,
@@ -88,7 +97,7 @@ fn train_and_score(
         plan,
         &mut |_| {},
     )?;
-    let scored = score(args, model, &outcome.weights, external, internal)?;
+    let scored = score(args, model, &outcome.weights, external, internal, false)?;
     // The table is written when every model is done; the log keeps each result as it comes.
     tracing::info!(
         patients = train_set.len(),
@@ -98,19 +107,38 @@ fn train_and_score(
         seconds = started.elapsed().as_secs_f64(),
         "methods: a single-shot model trained and scored"
     );
-    Ok(scored)
+    Ok((scored, outcome.weights))
 }
 
-/// Scores `weights` on the external site and on the held-out patients `internal`.
+/// Predictions of `weights` for `examples`; with `adapt`, after re-estimating the normalisation
+/// statistics on `examples`' images (AdaBN; no label is read).
+fn predict(
+    args: &SimulateArgs,
+    model: &ModelConfig,
+    weights: &fedlnm_shared::weights::NamedTensors,
+    examples: &[Example],
+    adapt: bool,
+) -> anyhow::Result<Vec<fedlnm_shared::evaluation::Prediction>> {
+    if adapt {
+        let adapted = train::adapt_normalisation(args.device, model, weights, examples, args.seed)?;
+        Ok(train::predict(args.device, model, &adapted, examples, 32)?)
+    } else {
+        Ok(train::predict(args.device, model, weights, examples, 32)?)
+    }
+}
+
+/// Scores `weights` on the external site and on the held-out patients `internal`; with `adapt`, each
+/// site's normalisation statistics re-estimated on its own scored patients' images first (AdaBN).
 fn score(
     args: &SimulateArgs,
     model: &ModelConfig,
     weights: &fedlnm_shared::weights::NamedTensors,
     external: &External,
-    internal: (&[Example], &[Stage]),
+    internal: &Internal<'_>,
+    adapt: bool,
 ) -> anyhow::Result<Scored> {
     let patients = &external.patients;
-    let predictions = train::predict(args.device, model, weights, &patients.validation, 32)?;
+    let predictions = predict(args, model, weights, &patients.validation, adapt)?;
     let validation = SiteRoundMetrics::from_predictions(
         &external.site,
         SiteRole::Validate,
@@ -118,13 +146,29 @@ fn score(
         &predictions,
         &patients.validation_stages,
     )?;
-    let internal_predictions = train::predict(args.device, model, weights, internal.0, 32)?;
+    let internal_predictions = if adapt {
+        let mut start = 0;
+        let mut all = Vec::with_capacity(internal.examples.len());
+        for &n in &internal.per_site {
+            all.extend(predict(
+                args,
+                model,
+                weights,
+                &internal.examples[start..start + n],
+                true,
+            )?);
+            start += n;
+        }
+        all
+    } else {
+        predict(args, model, weights, internal.examples, false)?
+    };
     let internal_auc = SiteRoundMetrics::from_predictions(
         "internal",
         SiteRole::Train,
-        internal.0,
+        internal.examples,
         &internal_predictions,
-        internal.1,
+        internal.stages,
     )?
     .metrics
     .auc;
@@ -259,6 +303,8 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
     let mut federated = Vec::new();
     // Studies whose best round by internal AUC is not their last: scored below, with the baselines.
     let mut best_rounds = Vec::new();
+    // With --adabn, each study's final model (FedBN's aside), scored again with AdaBN below.
+    let mut finals = Vec::new();
     for (k, (method, variant)) in variants.iter().enumerate() {
         tracing::info!(method, "methods: next study");
         let folder = out.join(format!("study-{}", k + 1));
@@ -268,11 +314,15 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         let (row, scores, best_round) = federated_row(method, &study, &external_site, oracle)?;
         federated.push((row, scores));
         // FedBN's global model has no trained normalisation layers of its own: its sites' are local.
-        if !variant.fedbn
-            && let Some(round) = best_round
-            && round < study.rounds
-        {
-            best_rounds.push((method.clone(), study.state_dir.clone(), round));
+        if !variant.fedbn {
+            if let Some(round) = best_round
+                && round < study.rounds
+            {
+                best_rounds.push((method.clone(), study.state_dir.clone(), round));
+            }
+            if args.adabn {
+                finals.push((method.clone(), study.state_dir.clone(), study.rounds));
+            }
         }
         studies.push((method.clone(), study));
     }
@@ -292,7 +342,10 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
     let train_ids: Vec<String> = layout.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
     let data = data_dir.clone();
     let external_id = external_site.clone();
-    type Baselines = (Vec<(String, Scored, f64)>, Vec<(String, Scored, f64, String)>);
+    // The single-shot models; then rows of models already trained: (name, scores, seconds, whether
+    // federated, the model's digest where the row scores one unchanged model).
+    type Rescored = (String, Scored, f64, bool, Option<String>);
+    type Baselines = (Vec<(String, Scored, f64)>, Vec<Rescored>);
     let (baselines, best) = tokio::task::spawn_blocking(move || -> anyhow::Result<Baselines> {
         let args = baseline_args;
         let model = study_model(&args, Modality::Multimodal);
@@ -321,34 +374,61 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
             patients: load_split(&data.join(&external_id), &model, SiteRole::Validate, fraction)?,
             site: external_id,
         };
-        let internal: Vec<Example> = splits.iter().flat_map(|s| s.validation.clone()).collect();
-        let internal_stages: Vec<Stage> = splits.iter().flat_map(|s| s.validation_stages.clone()).collect();
+        let examples: Vec<Example> = splits.iter().flat_map(|s| s.validation.clone()).collect();
+        let stages: Vec<Stage> = splits.iter().flat_map(|s| s.validation_stages.clone()).collect();
+        let internal = Internal {
+            examples: &examples,
+            stages: &stages,
+            per_site: splits.iter().map(|s| s.validation.len()).collect(),
+        };
         let mut results = Vec::new();
+        // With --adabn: each model again, each scoring site with its own normalisation statistics.
+        let mut adapted = Vec::new();
+        let mut adapt = |name: &str,
+                         federated: bool,
+                         weights: &fedlnm_shared::weights::NamedTensors,
+                         internal: &Internal<'_>| {
+            if !args.adabn {
+                return Ok::<_, anyhow::Error>(());
+            }
+            let timer = Instant::now();
+            let scored = score(&args, &model, weights, &external, internal, true)?;
+            tracing::info!(
+                external_auc = scored.external.auc,
+                internal_auc = scored.internal_auc,
+                "methods: {name} + AdaBN scored"
+            );
+            adapted.push((
+                format!("{name} + AdaBN"),
+                scored,
+                timer.elapsed().as_secs_f64(),
+                federated,
+                None,
+            ));
+            Ok(())
+        };
         let pooled: Vec<Example> = splits.iter().flat_map(|s| s.train.clone()).collect();
         let timer = Instant::now();
-        let scored = train_and_score(
-            &args,
-            &model,
-            &initial,
-            &pooled,
-            &plan,
-            &external,
-            (&internal, &internal_stages),
-        )?;
+        let (scored, weights) =
+            train_and_score(&args, &model, &initial, &pooled, &plan, &external, &internal)?;
         results.push(("centralised".to_owned(), scored, timer.elapsed().as_secs_f64()));
+        adapt("centralised", false, &weights, &internal)?;
         for (id, split) in train_ids.iter().zip(&splits) {
             let timer = Instant::now();
             // Each site alone is validated internally on its own held-out patients.
-            let scored = train_and_score(
-                &args,
-                &model,
-                &initial,
-                &split.train,
-                &plan,
-                &external,
-                (&split.validation, &split.validation_stages),
-            )?;
+            let own = Internal {
+                examples: &split.validation,
+                stages: &split.validation_stages,
+                per_site: vec![split.validation.len()],
+            };
+            let (scored, weights) =
+                train_and_score(&args, &model, &initial, &split.train, &plan, &external, &own)?;
             results.push((format!("{id} alone"), scored, timer.elapsed().as_secs_f64()));
+            adapt(&format!("{id} alone"), false, &weights, &own)?;
+        }
+        for (method, state_dir, round) in finals {
+            let committed = RoundStore::open_existing(&state_dir)?.load(round)?;
+            adapt(&method, true, &committed.model.weights, &internal)?;
         }
         // The federated counterpart of early stopping: each study's model of its best round by the
         // pooled internal AUC, scored as the baselines are.
@@ -361,16 +441,19 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
                 &model,
                 &committed.model.weights,
                 &external,
-                (&internal, &internal_stages),
+                &internal,
+                false,
             )?;
             let name = format!("{method}, round {round} (best internal AUC)");
             best.push((
                 name,
                 scored,
                 timer.elapsed().as_secs_f64(),
-                committed.model.digest.clone(),
+                true,
+                Some(committed.model.digest.clone()),
             ));
         }
+        best.append(&mut adapted);
         Ok((results, best))
     })
     .await??;
@@ -398,10 +481,10 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         row.vs_centralised = versus(&scores)?;
         rows.push(row);
     }
-    for (method, scored, seconds, digest) in &best {
-        let mut row = row(method, true, scored, oracle, *seconds);
+    for (method, scored, seconds, federated, digest) in &best {
+        let mut row = row(method, *federated, scored, oracle, *seconds);
         row.vs_centralised = versus(&scored.scores)?;
-        row.model_digest = Some(digest.clone());
+        row.model_digest.clone_from(digest);
         rows.push(row);
     }
     let mut summary = methods_markdown(&rows);
@@ -436,6 +519,14 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
              round's local training: learning rate {}, batch {}.",
             file.train.patience, file.train.ema_decay, file.train.learning_rate, file.train.batch_size
         ));
+    }
+    if args.adabn {
+        note.push_str(
+            " Rows \"+ AdaBN\": the same model scored with each scoring site's normalisation statistics \
+             re-estimated on its own images first (the external site's on its patients, each training \
+             site's on its held-out patients; no label is read); Δ is still against the centralised \
+             model as trained.",
+        );
     }
     if args.server_lr != 1.0 {
         note.push_str(&format!(

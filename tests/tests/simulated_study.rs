@@ -40,6 +40,7 @@ fn args(out: &Path, plain: bool) -> SimulateArgs {
         sites: fedlnm_sim::SiteSet::Default,
         methods: fedlnm_sim::FederatedMethod::ALL.to_vec(),
         model_config: None,
+        adabn: false,
         lr_schedule: fedlnm_shared::config::LearningRateSchedule::EachRound,
         server_lr: 1.0,
     }

@@ -40,6 +40,7 @@ fn args(out: &Path, design: Design) -> SimulateArgs {
         sites: fedlnm_sim::SiteSet::Default,
         methods: fedlnm_sim::FederatedMethod::ALL.to_vec(),
         model_config: None,
+        adabn: false,
         lr_schedule: fedlnm_shared::config::LearningRateSchedule::EachRound,
         server_lr: 1.0,
     }
@@ -197,6 +198,7 @@ async fn methods_compare_the_federation_with_pooled_and_single_site_training() {
     let out = dir.path().join("methods");
     let design = fedlnm_sim::methods::methods(&SimulateArgs {
         rounds: 2,
+        adabn: true,
         ..args(&out, Design::Methods)
     })
     .await
@@ -279,11 +281,74 @@ async fn methods_compare_the_federation_with_pooled_and_single_site_training() {
             (first, last, Some(_)) => panic!("{name}: a best-round row for {first:?} against {last:?}"),
         }
     }
+    // With --adabn every model is scored again, each scoring site with its own normalisation
+    // statistics (FedBN aside: its external site already adapts): the single-shot models, then each
+    // study's final model, after the best-round rows.
+    let adapted: Vec<&MethodRow> = rows
+        .iter()
+        .filter(|row| row.method.ends_with(" + AdaBN"))
+        .collect();
+    let names: Vec<&str> = adapted.iter().map(|row| row.method.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "centralised + AdaBN",
+            "S1 alone + AdaBN",
+            "S2 alone + AdaBN",
+            "FedAvg (secure) + AdaBN",
+            "FedAvg (plain) + AdaBN",
+            "FedProx μ = 0.1 + AdaBN"
+        ]
+    );
     assert!(
-        rows[7..]
+        rows[7..rows.len() - adapted.len()]
             .iter()
             .all(|row| row.method.ends_with("(best internal AUC)"))
     );
+    for row in &adapted {
+        // The model scored differs by site: no one digest.
+        assert!(
+            row.model_digest.is_none() && row.auc_by_round.is_empty(),
+            "{}",
+            row.method
+        );
+        assert_eq!(row.federated, row.method.starts_with("Fed"), "{}", row.method);
+    }
+    // The external AUC of FedAvg (secure) + AdaBN, again from its study's final model: the running
+    // statistics re-estimated on all of S3's patients' images (the seed's shuffles), then scored.
+    let committed = RoundStore::open_existing(&design.studies[0].1.state_dir)
+        .unwrap()
+        .load(2)
+        .unwrap();
+    let model = &committed.model.config;
+    let loaded =
+        fedlnm_node::commands::model::load_examples(&out.join("data/S3"), model, true, false).unwrap();
+    let external =
+        fedlnm_node::federation::SiteExamples::split(loaded, SiteRole::Validate, 0.2, None).unwrap();
+    let weights = fedlnm_model::train::adapt_normalisation(
+        ComputeDevice::Cpu,
+        model,
+        &committed.model.weights,
+        &external.validation,
+        5,
+    )
+    .unwrap();
+    assert_ne!(
+        weights, committed.model.weights,
+        "AdaBN changes the running statistics"
+    );
+    let predictions =
+        fedlnm_model::train::predict(ComputeDevice::Cpu, model, &weights, &external.validation, 32).unwrap();
+    let metrics = fedlnm_shared::federation::SiteRoundMetrics::from_predictions(
+        "S3",
+        SiteRole::Validate,
+        &external.validation,
+        &predictions,
+        &external.validation_stages,
+    )
+    .unwrap()
+    .metrics;
+    assert_eq!(adapted[3].auc, metrics.auc);
     let stored: Vec<MethodRow> =
         serde_json::from_slice(&std::fs::read(out.join(DESIGN_JSON)).unwrap()).unwrap();
     assert_eq!(&stored, rows);
