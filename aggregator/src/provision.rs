@@ -288,6 +288,7 @@ rounds.threat_model: malicious-aggregator (sites sign keys and survivor sets; > 
 rounds.fedbn: FedBN: normalisation layers stay at each site.
 rounds.learning_rate_schedule: each_round (every round runs the [train] learning-rate decay afresh) or across_rounds (one decay over all the rounds).
 rounds.server_learning_rate: The new model is w + this times the sites' average change (1: FedAvg).
+rounds.normalisation_statistics: global (sites score the model's own normalisation statistics) or site (each site re-estimates them on its own pictures first, AdaBN).
 rounds.max_delta_norm: Largest L2 norm of a site's weight delta (each node checks its own).
 rounds.max_concurrent_uploads: Updates in memory at once, received or waiting to be summed (memory: this many updates, whatever the number of sites).
 rounds.transfer_idle_s: Seconds an upload may stall (no data) before it is refused; slow links that keep sending are fine.

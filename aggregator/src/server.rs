@@ -340,11 +340,13 @@ fn task_message(decision: TaskDecision) -> Task {
             round,
             model,
             local_tensors,
+            adapt_normalisation,
             statistics,
         } => Task::Validate(ValidateTask {
             round,
             model: model_ref(&model),
             local_tensors,
+            adapt_normalisation,
             statistics,
         }),
         TaskDecision::Finished { rounds, model } => Task::Finished {

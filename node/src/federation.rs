@@ -454,10 +454,11 @@ impl Node {
         let stages = examples.validation_stages.clone();
         let cohort = examples.cohort.clone();
         let scoring_site = site.clone();
-        // FedBN: a site that never trains has no normalisation statistics of its own; it re-estimates
-        // them on its own pictures (AdaBN; no label is read) before it scores.
-        let adapt = role == SiteRole::Validate && !task.local_tensors.is_empty();
-        let adapt_seed = seed_of(&site) ^ round;
+        // AdaBN (no label is read): FedBN's validate-only site, which never trained normalisation
+        // statistics of its own, re-estimates them on its own pictures before it scores; so does any
+        // site of a study scoring with the sites' own statistics, unless it has FedBN's own layers.
+        let adapt = should_adapt(task, role);
+        let adapt_seed = adapt_seed(&site, round);
         let (mut validation, scores) =
             tokio::task::spawn_blocking(move || -> anyhow::Result<(SiteValidation, Vec<PatientScore>)> {
                 let weights = if adapt {
@@ -530,6 +531,23 @@ impl Node {
     }
 }
 
+/// Whether a site re-estimates the model's normalisation statistics before scoring it (AdaBN): a
+/// FedBN study's validate-only site (its normalisation layers were never trained), or any site asked
+/// to by the study (`rounds.normalisation_statistics = "site"`) unless it has FedBN's own layers.
+fn should_adapt(task: &ValidateTask, role: SiteRole) -> bool {
+    if task.local_tensors.is_empty() {
+        task.adapt_normalisation
+    } else {
+        role == SiteRole::Validate
+    }
+}
+
+/// The seed of a site's AdaBN shuffles in round `round`.
+#[must_use]
+pub fn adapt_seed(site: &str, round: u64) -> u64 {
+    seed_of(site) ^ round
+}
+
 /// A stable per-site seed offset (sites must not shuffle identically).
 fn seed_of(site: &str) -> u64 {
     site.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -543,4 +561,42 @@ fn write_atomically(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&temporary, bytes).with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, file).with_context(|| format!("cannot write {}", file.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_site_adapts_its_statistics_where_it_has_none_of_its_own_or_is_asked_to() {
+        let task = |fedbn: bool, adapt_normalisation: bool| ValidateTask {
+            round: 1,
+            model: ModelRef {
+                version: 1,
+                digest: "ab".repeat(32),
+                size_bytes: 1,
+                config_digest: "cd".repeat(32),
+            },
+            local_tensors: LocalTensors::from_names(if fedbn {
+                vec!["image.bn1.running_mean".to_owned()]
+            } else {
+                Vec::new()
+            }),
+            adapt_normalisation,
+            statistics: None,
+        };
+        // FedAvg: the model's own statistics unless the study asks for the site's.
+        for role in [SiteRole::Train, SiteRole::Validate] {
+            assert!(!should_adapt(&task(false, false), role));
+            assert!(should_adapt(&task(false, true), role));
+        }
+        // FedBN: a training site scores with its own trained layers; the validate-only site, which
+        // has none, always re-estimates.
+        for asked in [false, true] {
+            assert!(!should_adapt(&task(true, asked), SiteRole::Train));
+            assert!(should_adapt(&task(true, asked), SiteRole::Validate));
+        }
+        assert_ne!(adapt_seed("S1", 1), adapt_seed("S2", 1));
+        assert_ne!(adapt_seed("S1", 1), adapt_seed("S1", 2));
+    }
 }

@@ -345,6 +345,47 @@ fn cli_trains_evaluates_and_explains_a_site_folder() {
     let predictions = std::fs::read_to_string(eval_out.join("predictions.csv")).unwrap();
     assert_eq!(predictions.lines().count(), 49);
     assert!(predictions.starts_with("patient_id,lnm_score,t_pred,n_pred,stage_pred"));
+    // With --adapt-normalisation the site's own normalisation statistics score (AdaBN on all of its
+    // pictures, evaluate's fixed seed 0): the scores are the adapted model's, not the checkpoint's.
+    let adapted_out = dir.path().join("eval-adapted");
+    run(&[
+        "evaluate",
+        "--data",
+        site_arg,
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--out",
+        adapted_out.to_str().unwrap(),
+        "--adapt-normalisation",
+    ]);
+    let lnm_scores = |folder: &std::path::Path| -> Vec<f64> {
+        let text = std::fs::read_to_string(folder.join("predictions.csv")).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|line| line.split(',').nth(1).unwrap().parse().unwrap())
+            .collect()
+    };
+    let fedlnm_shared::checkpoint::Checkpoint { config, weights } =
+        fedlnm_shared::checkpoint::Checkpoint::read(&checkpoint).unwrap();
+    let patients = fedlnm_node::commands::model::load_examples(&site, &config, false, false)
+        .unwrap()
+        .examples;
+    let adapted = train::adapt_normalisation(ComputeDevice::Cpu, &config, &weights, &patients, 0).unwrap();
+    let expected: Vec<f64> = train::predict(ComputeDevice::Cpu, &config, &adapted, &patients, 32)
+        .unwrap()
+        .iter()
+        .map(|p| p.lnm_probability)
+        .collect();
+    let (plain, own) = (lnm_scores(&eval_out), lnm_scores(&adapted_out));
+    assert_eq!(own.len(), expected.len());
+    assert!(
+        own.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5),
+        "{own:?} against {expected:?}"
+    );
+    assert!(
+        own.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-4),
+        "the checkpoint's statistics scored"
+    );
     let explain_out = dir.path().join("cam");
     run(&[
         "explain",

@@ -141,6 +141,10 @@ pub struct ValidateTask {
     pub round: u64,
     pub model: ModelRef,
     pub local_tensors: LocalTensors,
+    /// Re-estimate the model's batch-normalisation statistics on the site's own validation patients'
+    /// pictures before scoring (AdaBN; `rounds.normalisation_statistics = "site"`). A site with
+    /// normalisation layers of its own (FedBN's `local_tensors`) scores with those instead.
+    pub adapt_normalisation: bool,
     /// The secure sum of the statistics of the site's pool: its configuration
     /// ([`fedlnm_shared::secagg::InputKind::Counts`]) and this site's id; `None` when the site is in
     /// no pool (fewer sites of its role than the threshold).
@@ -362,6 +366,7 @@ impl From<Task> for pb::Task {
                     local_tensors: validate.local_tensors.into_names(),
                     statistics_config,
                     statistics_site_id,
+                    adapt_normalisation: validate.adapt_normalisation,
                 })
             }
             Task::Finished { rounds, model } => Kind::Finished(pb::StudyFinished {
@@ -411,6 +416,7 @@ impl TryFrom<pb::Task> for Task {
                 round: validate.round,
                 model: model_ref(validate.model)?,
                 local_tensors: LocalTensors::from_names(validate.local_tensors),
+                adapt_normalisation: validate.adapt_normalisation,
                 statistics: if validate.statistics_config.is_empty() {
                     None
                 } else {
@@ -594,12 +600,14 @@ mod tests {
                 round: 4,
                 model: model(),
                 local_tensors: LocalTensors::default(),
+                adapt_normalisation: true,
                 statistics: None,
             }),
             Task::Validate(ValidateTask {
                 round: 4,
                 model: model(),
                 local_tensors: LocalTensors::default(),
+                adapt_normalisation: false,
                 statistics: Some((
                     Box::new(SecAggConfig {
                         study_id: "study".into(),

@@ -19,7 +19,8 @@ use fedlnm_model::train;
 use fedlnm_node::commands::model::{device_parser, write_checkpoint};
 use fedlnm_node::commands::site_report::{SiteReportJob, write_site_report};
 use fedlnm_shared::config::{
-    AggregatorConfig, ComputeDevice, CrossValidationFold, LearningRateSchedule, NodeConfig, write_toml,
+    AggregatorConfig, ComputeDevice, CrossValidationFold, LearningRateSchedule, NodeConfig,
+    NormalisationStatistics, write_toml,
 };
 use fedlnm_shared::model_config::{ConfigFile, Modality};
 use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
@@ -78,6 +79,10 @@ pub struct SimulateArgs {
     /// FedAvg; `rounds.server_learning_rate`).
     #[arg(long, default_value_t = 1.0)]
     pub server_lr: f64,
+    /// Every site scores each round's model with its own normalisation statistics, re-estimated on
+    /// its validation patients' pictures (AdaBN; `rounds.normalisation_statistics = "site"`).
+    #[arg(long)]
+    pub site_statistics: bool,
     /// FedProx proximal coefficient μ (0: FedAvg local training).
     #[arg(long, default_value_t = 0.0)]
     pub proximal_mu: f64,
@@ -454,6 +459,9 @@ async fn run_study(
     config.rounds.fedbn = args.fedbn;
     config.rounds.learning_rate_schedule = args.lr_schedule;
     config.rounds.server_learning_rate = args.server_lr;
+    if args.site_statistics {
+        config.rounds.normalisation_statistics = NormalisationStatistics::Site;
+    }
     config.privacy.noise_multiplier = args.noise_multiplier;
     config.privacy.clip_norm = args.clip_norm;
     config.rounds.round_deadline_s = 3600;

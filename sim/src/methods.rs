@@ -520,6 +520,12 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
             file.train.patience, file.train.ema_decay, file.train.learning_rate, file.train.batch_size
         ));
     }
+    if args.site_statistics {
+        note.push_str(
+            " Every site scored each round's federated model with its own normalisation statistics, \
+             re-estimated on its validation patients' pictures (--site-statistics).",
+        );
+    }
     if args.adabn {
         note.push_str(
             " Rows \"+ AdaBN\": the same model scored with each scoring site's normalisation statistics \

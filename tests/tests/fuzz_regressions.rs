@@ -529,6 +529,7 @@ fn protobuf_seeds() -> Vec<Seed> {
         round: 3,
         model: model_ref(),
         local_tensors: LocalTensors::default(),
+        adapt_normalisation: false,
         statistics: None,
     });
     let header = UpdateHeader {

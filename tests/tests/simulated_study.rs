@@ -41,6 +41,7 @@ fn args(out: &Path, plain: bool) -> SimulateArgs {
         methods: fedlnm_sim::FederatedMethod::ALL.to_vec(),
         model_config: None,
         adabn: false,
+        site_statistics: false,
         lr_schedule: fedlnm_shared::config::LearningRateSchedule::EachRound,
         server_lr: 1.0,
     }

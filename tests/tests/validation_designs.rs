@@ -41,6 +41,7 @@ fn args(out: &Path, design: Design) -> SimulateArgs {
         methods: fedlnm_sim::FederatedMethod::ALL.to_vec(),
         model_config: None,
         adabn: false,
+        site_statistics: false,
         lr_schedule: fedlnm_shared::config::LearningRateSchedule::EachRound,
         server_lr: 1.0,
     }
@@ -361,4 +362,66 @@ async fn methods_compare_the_federation_with_pooled_and_single_site_training() {
     let end = start + dom[start..].find("</figure>").unwrap();
     let by_round = rows.iter().filter(|row| !row.auc_by_round.is_empty()).count();
     assert!(dom[start..end].matches("<polyline").count() >= by_round);
+}
+
+/// With `rounds.normalisation_statistics = "site"` every site, training or validate-only, scores
+/// the round's model after re-estimating its normalisation statistics on its own validation patients'
+/// pictures: the scores each node kept are those of the adapted model (recomputed here from the
+/// committed model, the site's split and its seed), not the model's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_score_with_their_own_normalisation_statistics_when_the_study_asks() {
+    use fedlnm_model::train;
+    use fedlnm_node::federation::{SiteExamples, adapt_seed};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("site-statistics");
+    let study = fedlnm_sim::simulate(&SimulateArgs {
+        site_statistics: true,
+        ..args(&out, Design::Single)
+    })
+    .await
+    .unwrap();
+    let committed = RoundStore::open_existing(&study.state_dir)
+        .unwrap()
+        .load(1)
+        .unwrap();
+    let model = &committed.model.config;
+    let kit = study.state_dir.parent().and_then(Path::parent).unwrap();
+    for (site, role) in [("S1", SiteRole::Train), ("S3", SiteRole::Validate)] {
+        let node =
+            fedlnm_shared::config::NodeConfig::load(&kit.join("sites").join(site).join("node.toml")).unwrap();
+        let loaded =
+            fedlnm_node::commands::model::load_examples(&out.join("data").join(site), model, true, false)
+                .unwrap();
+        let patients = SiteExamples::split(loaded, role, node.validation_fraction, None)
+            .unwrap()
+            .validation;
+        let own = &committed.model.weights;
+        let adapted =
+            train::adapt_normalisation(ComputeDevice::Cpu, model, own, &patients, adapt_seed(site, 1))
+                .unwrap();
+        let kept = study.final_scores(site).unwrap();
+        assert_eq!(kept.len(), patients.len(), "{site}");
+        let scores = |weights| {
+            train::predict(ComputeDevice::Cpu, model, weights, &patients, 32)
+                .unwrap()
+                .into_iter()
+                .map(|p| p.lnm_probability)
+                .collect::<Vec<f64>>()
+        };
+        let (expected, unadapted) = (scores(&adapted), scores(own));
+        for (kept, expected) in kept.iter().zip(&expected) {
+            assert!(
+                (kept.score - expected).abs() < 1e-5,
+                "{site} {}: {} against {expected}",
+                kept.patient_id,
+                kept.score
+            );
+        }
+        let moved = kept
+            .iter()
+            .zip(&unadapted)
+            .filter(|(k, u)| (k.score - **u).abs() > 1e-4)
+            .count();
+        assert!(moved > 0, "{site}: the scores are the model's own statistics'");
+    }
 }

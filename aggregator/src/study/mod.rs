@@ -23,7 +23,7 @@ use fedlnm_protocol::{RoundAggregation, Status};
 use fedlnm_shared::config::{AggregatorConfig, SiteRole};
 use fedlnm_shared::federation::{AggregationKind, LocalTensors, RoundRecord, SiteRoundMetrics};
 use fedlnm_shared::model_config::TrainPlan;
-use fedlnm_shared::secagg::PeerVerifier;
+use fedlnm_shared::secagg::{PeerVerifier, SecAggConfig, SiteId};
 use fedlnm_shared::signing::StudyAuthority;
 pub use finish::{JobKind, JobResult, StudyJob};
 use std::collections::BTreeMap;
@@ -71,11 +71,10 @@ pub enum TaskDecision {
         round: u64,
         model: Arc<ModelBlob>,
         local_tensors: LocalTensors,
+        /// Score with the site's own normalisation statistics (`rounds.normalisation_statistics`).
+        adapt_normalisation: bool,
         /// The secure sum of the site's pool: its configuration and the site's id.
-        statistics: Option<(
-            Box<fedlnm_shared::secagg::SecAggConfig>,
-            fedlnm_shared::secagg::SiteId,
-        )>,
+        statistics: Option<(Box<SecAggConfig>, SiteId)>,
     },
     Finished {
         rounds: u64,
@@ -451,6 +450,7 @@ impl Study {
                         round: validating.round,
                         model: validating.model.clone(),
                         local_tensors: self.local_tensors.clone(),
+                        adapt_normalisation: self.config.rounds.adapts_normalisation(),
                         statistics: validating
                             .pools
                             .iter()

@@ -184,6 +184,7 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<(QualityReport, String)> {
             data: external_dir.clone(),
             out: dir.join("external"),
             device,
+            adapt_normalisation: false,
         })?
         .context("the external site has no labelled patient")?;
         let lnm = &evaluated.report.lnm;

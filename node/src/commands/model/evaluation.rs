@@ -22,7 +22,14 @@ pub struct EvaluationJob {
     pub out: PathBuf,
     /// Where to predict; for CUDA, prepared with [`super::prepare_device`] to keep its autotune cache.
     pub device: ComputeDevice,
+    /// Re-estimate the model's batch-normalisation statistics on this site's pictures before scoring
+    /// (AdaBN; no label is read): a model trained by FedAvg, scored as a study with
+    /// `rounds.normalisation_statistics = "site"` scored it.
+    pub adapt_normalisation: bool,
 }
+
+/// The seed of `evaluate`'s AdaBN shuffles (any fixed value: the scores are then reproducible).
+const ADAPT_SEED: u64 = 0;
 
 /// What an evaluation computed for the labelled patients.
 #[derive(Debug, Clone)]
@@ -42,6 +49,11 @@ pub struct EvaluationSummary {
 pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSummary>> {
     let Checkpoint { config, weights } = Checkpoint::read(&job.checkpoint)?;
     let LoadedExamples { examples, stages, .. } = load_examples(&job.data, &config, false, false)?;
+    let weights = if job.adapt_normalisation {
+        train::adapt_normalisation(job.device, &config, &weights, &examples, ADAPT_SEED)?
+    } else {
+        weights
+    };
     let predictions = train::predict(job.device, &config, &weights, &examples, 32)?;
     let out = &job.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

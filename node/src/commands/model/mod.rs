@@ -86,6 +86,10 @@ pub struct EvaluateArgs {
     /// Output folder: predictions.csv and metrics.json.
     #[arg(long)]
     pub out: PathBuf,
+    /// First re-estimate the model's normalisation statistics on this site's own pictures (AdaBN; no
+    /// label is read), as a study with `normalisation_statistics = "site"` scores at every site.
+    #[arg(long)]
+    pub adapt_normalisation: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -156,6 +160,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
         data: args.data.clone(),
         out: args.out.clone(),
         device: args.compute.prepare(),
+        adapt_normalisation: args.adapt_normalisation,
     })?;
     Ok(())
 }
