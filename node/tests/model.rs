@@ -324,16 +324,21 @@ fn cli_trains_evaluates_and_explains_a_site_folder() {
         ModelConfig::tiny(Modality::Multimodal).digest()
     );
     let checkpoint = out.join("model.safetensors");
+    let evaluate = |folder: &std::path::Path, more: &[&str]| {
+        let mut args = vec![
+            "evaluate",
+            "--data",
+            site_arg,
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--out",
+            folder.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        run(&args);
+    };
     let eval_out = dir.path().join("eval");
-    run(&[
-        "evaluate",
-        "--data",
-        site_arg,
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--out",
-        eval_out.to_str().unwrap(),
-    ]);
+    evaluate(&eval_out, &[]);
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(eval_out.join("metrics.json")).unwrap()).unwrap();
     let m = &metrics["metrics"];
@@ -348,16 +353,7 @@ fn cli_trains_evaluates_and_explains_a_site_folder() {
     // With --adapt-normalisation the site's own normalisation statistics score (AdaBN on all of its
     // pictures, evaluate's fixed seed 0): the scores are the adapted model's, not the checkpoint's.
     let adapted_out = dir.path().join("eval-adapted");
-    run(&[
-        "evaluate",
-        "--data",
-        site_arg,
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--out",
-        adapted_out.to_str().unwrap(),
-        "--adapt-normalisation",
-    ]);
+    evaluate(&adapted_out, &["--adapt-normalisation"]);
     let lnm_scores = |folder: &std::path::Path| -> Vec<f64> {
         let text = std::fs::read_to_string(folder.join("predictions.csv")).unwrap();
         text.lines()
