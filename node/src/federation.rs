@@ -457,16 +457,11 @@ impl Node {
         // AdaBN (no label is read): FedBN's validate-only site, which never trained normalisation
         // statistics of its own, re-estimates them on its own pictures before it scores; so does any
         // site of a study scoring with the sites' own statistics, unless it has FedBN's own layers.
-        let adapt = should_adapt(task, role);
-        let adapt_seed = adapt_seed(&site, round);
+        let adabn_seed = should_adapt(task, role).then(|| adapt_seed(&site, round));
         let (mut validation, scores) =
             tokio::task::spawn_blocking(move || -> anyhow::Result<(SiteValidation, Vec<PatientScore>)> {
-                let weights = if adapt {
-                    train::adapt_normalisation(device, &config, &weights, &validation, adapt_seed)?
-                } else {
-                    weights
-                };
-                let predictions = train::predict(device, &config, &weights, &validation, 32)?;
+                let predictions =
+                    train::predict_at_site(device, &config, &weights, &validation, 32, adabn_seed)?;
                 let scores = PatientScore::of_predictions(&validation, &predictions);
                 let record = SiteRoundMetrics::from_predictions(
                     &scoring_site,

@@ -110,23 +110,6 @@ fn train_and_score(
     Ok((scored, outcome.weights))
 }
 
-/// Predictions of `weights` for `examples`; with `adapt`, after re-estimating the normalisation
-/// statistics on `examples`' images (AdaBN; no label is read).
-fn predict(
-    args: &SimulateArgs,
-    model: &ModelConfig,
-    weights: &fedlnm_shared::weights::NamedTensors,
-    examples: &[Example],
-    adapt: bool,
-) -> anyhow::Result<Vec<fedlnm_shared::evaluation::Prediction>> {
-    if adapt {
-        let adapted = train::adapt_normalisation(args.device, model, weights, examples, args.seed)?;
-        Ok(train::predict(args.device, model, &adapted, examples, 32)?)
-    } else {
-        Ok(train::predict(args.device, model, weights, examples, 32)?)
-    }
-}
-
 /// Scores `weights` on the external site and on the held-out patients `internal`; with `adapt`, each
 /// site's normalisation statistics re-estimated on its own scored patients' images first (AdaBN).
 fn score(
@@ -138,7 +121,10 @@ fn score(
     adapt: bool,
 ) -> anyhow::Result<Scored> {
     let patients = &external.patients;
-    let predictions = predict(args, model, weights, &patients.validation, adapt)?;
+    let adabn_seed = adapt.then_some(args.seed);
+    let predict =
+        |examples: &[Example]| train::predict_at_site(args.device, model, weights, examples, 32, adabn_seed);
+    let predictions = predict(&patients.validation)?;
     let validation = SiteRoundMetrics::from_predictions(
         &external.site,
         SiteRole::Validate,
@@ -146,22 +132,17 @@ fn score(
         &predictions,
         &patients.validation_stages,
     )?;
+    // AdaBN re-estimates each training site's statistics on its own held-out patients.
     let internal_predictions = if adapt {
         let mut start = 0;
         let mut all = Vec::with_capacity(internal.examples.len());
         for &n in &internal.per_site {
-            all.extend(predict(
-                args,
-                model,
-                weights,
-                &internal.examples[start..start + n],
-                true,
-            )?);
+            all.extend(predict(&internal.examples[start..start + n])?);
             start += n;
         }
         all
     } else {
-        predict(args, model, weights, internal.examples, false)?
+        predict(internal.examples)?
     };
     let internal_auc = SiteRoundMetrics::from_predictions(
         "internal",

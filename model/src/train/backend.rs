@@ -133,6 +133,29 @@ pub fn predict(
     ))
 }
 
+/// Predictions for `examples` as a site scores them: with `adabn_seed`, after re-estimating the
+/// normalisation statistics on the examples' own pictures ([`adapt_normalisation`] with that seed;
+/// no label is read), otherwise with `weights`' own.
+///
+/// # Errors
+/// As [`adapt_normalisation`] and [`predict`].
+pub fn predict_at_site(
+    device: ComputeDevice,
+    config: &ModelConfig,
+    weights: &NamedTensors,
+    examples: &[Example],
+    batch_size: usize,
+    adabn_seed: Option<u64>,
+) -> Result<Vec<Prediction>, TrainError> {
+    match adabn_seed {
+        Some(seed) => {
+            let adapted = adapt_normalisation(device, config, weights, examples, seed)?;
+            predict(device, config, &adapted, examples, batch_size)
+        }
+        None => predict(device, config, weights, examples, batch_size),
+    }
+}
+
 /// Grad-CAM heat maps (side `image.input_size`, values in [0, 1]) of the LNM logit for each example;
 /// `None` when the model has no image branch.
 pub fn grad_cam(

@@ -7,7 +7,7 @@ mod backend;
 mod generic;
 
 pub use backend::{
-    adapt_normalisation, bench, grad_cam, initial_weights, predict, round_trip, train_local,
+    adapt_normalisation, bench, grad_cam, initial_weights, predict, predict_at_site, round_trip, train_local,
     use_autotune_cache,
 };
 pub use fedlnm_shared::evaluation::Prediction;

@@ -49,12 +49,8 @@ pub struct EvaluationSummary {
 pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSummary>> {
     let Checkpoint { config, weights } = Checkpoint::read(&job.checkpoint)?;
     let LoadedExamples { examples, stages, .. } = load_examples(&job.data, &config, false, false)?;
-    let weights = if job.adapt_normalisation {
-        train::adapt_normalisation(job.device, &config, &weights, &examples, ADAPT_SEED)?
-    } else {
-        weights
-    };
-    let predictions = train::predict(job.device, &config, &weights, &examples, 32)?;
+    let adabn_seed = job.adapt_normalisation.then_some(ADAPT_SEED);
+    let predictions = train::predict_at_site(job.device, &config, &weights, &examples, 32, adabn_seed)?;
     let out = &job.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let csv_file = out.join("predictions.csv");
