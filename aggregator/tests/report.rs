@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers: a panic is a failed test.
 
 use fedlnm_aggregator::report::{self, ReportError};
+use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::RoundRecord;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ fn assert_row_matches(row: &BTreeMap<String, String>, record: &RoundRecord) {
     let expected: Vec<(&str, Option<f64>)> =
         if let Some(site) = record.sites.iter().find(|s| s.site == site_name) {
             assert_eq!(row["role"], site.role.to_string());
+            assert_eq!(row["normalisation"], site.normalisation.unwrap().to_string());
             vec![
                 ("n_patients", Some(site.n_patients as f64)),
                 ("n_positive", Some(site.n_positive as f64)),
@@ -70,6 +72,7 @@ fn assert_row_matches(row: &BTreeMap<String, String>, record: &RoundRecord) {
                 other => panic!("row for unknown site {other}"),
             };
             assert_eq!(row["role"], role);
+            assert_eq!(row["normalisation"], "", "a pool's sites may differ");
             vec![
                 ("n_patients", Some(pool.n_patients as f64)),
                 ("n_positive", Some(pool.n_positive as f64)),
@@ -281,6 +284,34 @@ fn summary_markdown_has_the_final_table_and_a_line_per_round() {
         "{}",
         round_lines[0]
     );
+    // Which normalisation statistics the figures were scored with, grouped as the sites stated it.
+    let roles = |role: SiteRole| -> Vec<&str> {
+        last.sites
+            .iter()
+            .filter(|s| s.role == role)
+            .map(|s| s.site.as_str())
+            .collect()
+    };
+    let statement = summary
+        .lines()
+        .find(|line| line.starts_with("Batch-normalisation statistics at scoring (round 2): "))
+        .expect("the statement of the normalisation statistics");
+    assert!(
+        statement.contains(&format!(
+            "{} with the site's own trained normalisation layers (FedBN)",
+            roles(SiteRole::Train).join(", ")
+        )),
+        "{statement}"
+    );
+    assert!(
+        statement.contains(&format!(
+            "; {} with statistics re-estimated on the site's own validation pictures",
+            roles(SiteRole::Validate).join(", ")
+        )),
+        "{statement}"
+    );
+    let html = std::fs::read_to_string(out.path().join(report::REPORT_HTML)).unwrap();
+    assert!(html.contains(statement), "the report's methods state it too");
 }
 
 #[test]

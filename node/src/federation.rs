@@ -15,7 +15,9 @@ use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{ComputeDevice, CrossValidationFold, NodeConfig, SiteRole};
 use fedlnm_shared::data;
 use fedlnm_shared::features::Example;
-use fedlnm_shared::federation::{LocalTensors, SiteCohort, SiteRoundMetrics, SiteValidation, fedavg};
+use fedlnm_shared::federation::{
+    LocalTensors, ScoringStatistics, SiteCohort, SiteRoundMetrics, SiteValidation, fedavg,
+};
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{Authentication, InputKind};
 use fedlnm_shared::staging::Stage;
@@ -457,7 +459,8 @@ impl Node {
         // AdaBN (no label is read): FedBN's validate-only site, which never trained normalisation
         // statistics of its own, re-estimates them on its own pictures before it scores; so does any
         // site of a study scoring with the sites' own statistics, unless it has FedBN's own layers.
-        let adabn_seed = should_adapt(task, role).then(|| adapt_seed(&site, round));
+        let statistics = ScoringStatistics::for_site(&task.local_tensors, task.adapt_normalisation, role);
+        let adabn_seed = statistics.re_estimates().then(|| adapt_seed(&site, round));
         let (mut validation, scores) =
             tokio::task::spawn_blocking(move || -> anyhow::Result<(SiteValidation, Vec<PatientScore>)> {
                 let predictions =
@@ -474,6 +477,7 @@ impl Node {
             })
             .await??;
         validation.metrics.cohort = Some(cohort);
+        validation.metrics.normalisation = Some(statistics);
         self.keep_own_record(round, &validation, &scores)?;
         let metrics = &validation.metrics;
         tracing::info!(site, round, auc = ?metrics.auc, "validation of the new global model");
@@ -526,17 +530,6 @@ impl Node {
     }
 }
 
-/// Whether a site re-estimates the model's normalisation statistics before scoring it (AdaBN): a
-/// FedBN study's validate-only site (its normalisation layers were never trained), or any site asked
-/// to by the study (`rounds.normalisation_statistics = "site"`) unless it has FedBN's own layers.
-fn should_adapt(task: &ValidateTask, role: SiteRole) -> bool {
-    if task.local_tensors.is_empty() {
-        task.adapt_normalisation
-    } else {
-        role == SiteRole::Validate
-    }
-}
-
 /// The seed of a site's AdaBN shuffles in round `round`.
 #[must_use]
 pub fn adapt_seed(site: &str, round: u64) -> u64 {
@@ -563,34 +556,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_site_adapts_its_statistics_where_it_has_none_of_its_own_or_is_asked_to() {
-        let task = |fedbn: bool, adapt_normalisation: bool| ValidateTask {
-            round: 1,
-            model: ModelRef {
-                version: 1,
-                digest: "ab".repeat(32),
-                size_bytes: 1,
-                config_digest: "cd".repeat(32),
-            },
-            local_tensors: LocalTensors::from_names(if fedbn {
-                vec!["image.bn1.running_mean".to_owned()]
-            } else {
-                Vec::new()
-            }),
-            adapt_normalisation,
-            statistics: None,
-        };
-        // FedAvg: the model's own statistics unless the study asks for the site's.
-        for role in [SiteRole::Train, SiteRole::Validate] {
-            assert!(!should_adapt(&task(false, false), role));
-            assert!(should_adapt(&task(false, true), role));
-        }
-        // FedBN: a training site scores with its own trained layers; the validate-only site, which
-        // has none, always re-estimates.
-        for asked in [false, true] {
-            assert!(!should_adapt(&task(true, asked), SiteRole::Train));
-            assert!(should_adapt(&task(true, asked), SiteRole::Validate));
-        }
+    fn sites_shuffle_their_adaptation_differently_each_round() {
         assert_ne!(adapt_seed("S1", 1), adapt_seed("S2", 1));
         assert_ne!(adapt_seed("S1", 1), adapt_seed("S1", 2));
     }

@@ -1,6 +1,6 @@
 //! How the outputs write values: CSV numbers, fixed decimals, percentages, AUCs with their CI.
 
-use fedlnm_shared::federation::{AggregationKind, RoundRecord};
+use fedlnm_shared::federation::{AggregationKind, RoundRecord, ScoringStatistics};
 
 /// The aggregation as the tables name it: `plain` or `secure`.
 pub fn aggregation_name(record: &RoundRecord) -> String {
@@ -42,6 +42,44 @@ pub fn auc_with_ci(auc: Option<f64>, lower: Option<f64>, upper: Option<f64>) -> 
 /// The first 12 hex digits of a digest, enough to tell models apart in a summary.
 pub fn short_digest(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
+}
+
+/// Which batch-normalisation statistics each site scored the final model with, as the sites stated
+/// it: part of what the published figures measure (a model scored with each site's own statistics
+/// is the weights plus a step each site runs on its own pictures).
+#[must_use]
+pub fn normalisation_statement(record: &RoundRecord) -> String {
+    let mut groups: Vec<(Option<ScoringStatistics>, Vec<&str>)> = Vec::new();
+    for site in &record.sites {
+        match groups.iter_mut().find(|(kind, _)| *kind == site.normalisation) {
+            Some((_, sites)) => sites.push(&site.site),
+            None => groups.push((site.normalisation, vec![&site.site])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(kind, sites)| {
+            let how = match kind {
+                Some(ScoringStatistics::Model) => {
+                    "with the model's own running statistics (averaged over the training sites)"
+                }
+                Some(ScoringStatistics::SiteReestimated) => {
+                    "with statistics re-estimated on the site's own validation pictures before scoring \
+                     (AdaBN; no label read)"
+                }
+                Some(ScoringStatistics::SiteLayers) => {
+                    "with the site's own trained normalisation layers (FedBN)"
+                }
+                None => "with statistics the site did not state (a record written before sites stated them)",
+            };
+            format!("{} {how}", sites.join(", "))
+        })
+        .collect();
+    format!(
+        "Batch-normalisation statistics at scoring (round {}): {}.",
+        record.round,
+        parts.join("; ")
+    )
 }
 
 #[cfg(test)]

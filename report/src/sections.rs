@@ -36,7 +36,7 @@ pub(super) fn all(records: &[&RoundRecord], record: &RoundRecord, analyses: &[An
         (odds_ratios(analyses))
         (rounds(records))
         (privacy(record))
-        (methods())
+        (methods(record))
         (checklist())
     }
 }
@@ -410,11 +410,12 @@ fn privacy(record: &RoundRecord) -> Markup {
     )
 }
 
-fn methods() -> Markup {
+fn methods(record: &RoundRecord) -> Markup {
     section(
         "methods",
         "TRIPOD+AI 12e",
         html! {
+            p { (crate::format::normalisation_statement(record)) }
             p { "Discrimination: AUC as the Mann–Whitney statistic (ties counted one half), 95% CI from the "
                 "DeLong variance (Sun & Xu midrank algorithm), clipped to [0, 1]. Youden-optimal threshold: "
                 "the observed score maximising sensitivity + specificity − 1, compared exactly in integers, "

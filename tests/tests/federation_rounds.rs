@@ -15,7 +15,7 @@ use fedlnm_protocol::generated::{
 use fedlnm_protocol::payload;
 use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{LearningRateSchedule, RoundSettings, SiteRole};
-use fedlnm_shared::federation::{RoundRecord, SiteRoundMetrics};
+use fedlnm_shared::federation::{LocalTensors, RoundRecord, ScoringStatistics, SiteRoundMetrics};
 use fedlnm_shared::model_config::TrainPlan;
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 use std::collections::BTreeMap;
@@ -82,7 +82,7 @@ async fn upload(
     client.upload_update(tokio_stream::iter(chunks)).await.map(|_| ())
 }
 
-fn metrics(site: &str, k: u64) -> Vec<u8> {
+fn metrics(site: &str, k: u64, normalisation: ScoringStatistics) -> Vec<u8> {
     let metrics = SiteRoundMetrics {
         site: site.into(),
         role: SiteRole::Train,
@@ -108,6 +108,7 @@ fn metrics(site: &str, k: u64) -> Vec<u8> {
         kappa_stage_se: Some(0.1),
         cohort: None,
         curves: None,
+        normalisation: Some(normalisation),
     };
     payload::encode(&metrics)
 }
@@ -150,6 +151,14 @@ async fn run_round_with_plans(study_dir: &Path, url: &str, round: u64) -> (Strin
         let task::Kind::Validate(validate) = next_task(&mut client, site).await else {
             panic!("{site}: expected a validation task in round {round}");
         };
+        // As a node scores: by the study's rule (FedBN here: the training sites' own layers).
+        let role = if *site == "S4" {
+            SiteRole::Validate
+        } else {
+            SiteRole::Train
+        };
+        let local = LocalTensors::from_names(validate.local_tensors.clone());
+        let normalisation = ScoringStatistics::for_site(&local, validate.adapt_normalisation, role);
         let model = validate.model.unwrap();
         digest.clone_from(&model.digest);
         client
@@ -158,7 +167,7 @@ async fn run_round_with_plans(study_dir: &Path, url: &str, round: u64) -> (Strin
                 study: STUDY.into(),
                 round,
                 model_digest: model.digest,
-                metrics: metrics(site, k as u64),
+                metrics: metrics(site, k as u64, normalisation),
                 masked_statistics: Vec::new(),
             })
             .await

@@ -337,6 +337,7 @@ fn site_metrics() -> SiteRoundMetrics {
                 .map(|p| 0.4 - 0.6 * p / (1.0 - p))
                 .collect(),
         }),
+        normalisation: Some(fedlnm_shared::federation::ScoringStatistics::SiteReestimated),
     }
 }
 

@@ -18,7 +18,7 @@ use fedlnm_protocol::generated::{
 use fedlnm_protocol::payload as wire;
 use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{HararySettings, RoundSettings, SecureAggregationGraph, SiteRole, ThreatModel};
-use fedlnm_shared::federation::{SiteCohort, SiteRoundMetrics};
+use fedlnm_shared::federation::{LocalTensors, ScoringStatistics, SiteCohort, SiteRoundMetrics};
 use fedlnm_shared::secagg::{
     ConsistencyCheck, Graph, KeyDirectory, MaskedVector, Ring, SecAggClient, SecAggConfig, ShareDelivery,
     SiteId, UnmaskRequest,
@@ -283,14 +283,18 @@ async fn validate_sites(study_dir: &Path, url: &str, round: u64, sites: &[&str],
             panic!("{site}: expected a validation task in round {round}");
         };
         assert_eq!(validate.round, round);
+        let role = if site == validator {
+            SiteRole::Validate
+        } else {
+            SiteRole::Train
+        };
+        // As a node scores: by the study's rule.
+        let local = LocalTensors::from_names(validate.local_tensors.clone());
+        let normalisation = ScoringStatistics::for_site(&local, validate.adapt_normalisation, role);
         let model = validate.model.unwrap();
         let metrics = SiteRoundMetrics {
             site: site.into(),
-            role: if site == validator {
-                SiteRole::Validate
-            } else {
-                SiteRole::Train
-            },
+            role,
             n_patients: 10,
             n_positive: 5,
             lnm_rate: 0.5,
@@ -313,6 +317,7 @@ async fn validate_sites(study_dir: &Path, url: &str, round: u64, sites: &[&str],
             kappa_stage_se: None,
             cohort: None,
             curves: None,
+            normalisation: Some(normalisation),
         };
         digest.clone_from(&model.digest);
         client
@@ -986,6 +991,8 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
     let task::Kind::Validate(validate) = next_task(&mut s1, "S1").await else {
         panic!("S1: expected the validation task");
     };
+    let local = LocalTensors::from_names(validate.local_tensors.clone());
+    let expected = ScoringStatistics::for_site(&local, validate.adapt_normalisation, SiteRole::Train);
     let digest = validate.model.unwrap().digest;
     let good = SiteRoundMetrics {
         site: "S1".into(),
@@ -1012,12 +1019,19 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
         kappa_stage_se: Some(0.1),
         cohort: None,
         curves: None,
+        normalisation: Some(expected),
     };
     let with = |change: &dyn Fn(&mut SiteRoundMetrics)| {
         let mut metrics = good.clone();
         change(&mut metrics);
         wire::encode(&metrics)
     };
+    let expected_statistics = format!("normalisation statistics \"{expected}\"");
+    let wrong_statistics = [
+        expected_statistics.as_str(),
+        "say \"site_reestimated\"",
+        "another release",
+    ];
     let cases: Vec<(MetricsReport, Code, &[&str])> = vec![
         (
             report("S1", 1, &digest, vec![0xff; 17]),
@@ -1067,6 +1081,24 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
             report("S1", 1, &digest, with(&|m| m.brier = f64::NAN)),
             Code::InvalidArgument,
             &["brier NaN"],
+        ),
+        // Metrics scored otherwise than the study's rule gives the site (a node of another release
+        // that re-estimated the statistics, or does not say) are refused: their figures would
+        // measure another model.
+        (
+            report(
+                "S1",
+                1,
+                &digest,
+                with(&|m| m.normalisation = Some(ScoringStatistics::SiteReestimated)),
+            ),
+            Code::InvalidArgument,
+            &wrong_statistics,
+        ),
+        (
+            report("S1", 1, &digest, with(&|m| m.normalisation = None)),
+            Code::InvalidArgument,
+            &["metrics do not say"],
         ),
         (
             report("S1", 1, &digest, with(&|m| m.kappa_n = Some(-3.0))),
@@ -1154,7 +1186,15 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
     refused(
         s5.report_metrics(MetricsReport {
             masked_statistics: vec![0; 64],
-            ..report("S5", 1, &digest, with(&|m| m.role = SiteRole::Validate))
+            ..report(
+                "S5",
+                1,
+                &digest,
+                with(&|m| {
+                    m.role = SiteRole::Validate;
+                    m.normalisation = Some(ScoringStatistics::for_site(&local, false, SiteRole::Validate));
+                }),
+            )
         })
         .await,
         Code::InvalidArgument,

@@ -423,5 +423,12 @@ async fn sites_score_with_their_own_normalisation_statistics_when_the_study_asks
             .filter(|(k, u)| (k.score - **u).abs() > 1e-4)
             .count();
         assert!(moved > 0, "{site}: the scores are the model's own statistics'");
+        // The committed record says so, for the report.
+        let stated = committed.record.sites.iter().find(|s| s.site == site).unwrap();
+        assert_eq!(
+            stated.normalisation,
+            Some(fedlnm_shared::federation::ScoringStatistics::SiteReestimated),
+            "{site}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! `summary.md`: the last round as a markdown table and the pooled AUCs of every round.
 
-use fedlnm_report::format::{aggregation_name, auc_with_ci, fixed, percent, short_digest};
+use fedlnm_report::format::{
+    aggregation_name, auc_with_ci, fixed, normalisation_statement, percent, short_digest,
+};
 use fedlnm_report::pools::{pooled_lnm_rate, pools};
 use fedlnm_shared::federation::{PooledMetrics, RoundRecord};
 use std::fmt::Write as _;
@@ -75,6 +77,9 @@ pub(super) fn summary_markdown(records: &[&RoundRecord]) -> String {
             percent(pooled_lnm_rate(pool)),
             auc_with_ci(pool.auc, pool.auc_ci_lower, pool.auc_ci_upper),
         );
+    }
+    if !last.sites.is_empty() {
+        let _ = writeln!(text, "\n{}", normalisation_statement(last));
     }
     text.push_str("\nPooled AUC (95% CI) by round:\n\n");
     for record in records {

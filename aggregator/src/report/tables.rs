@@ -6,7 +6,7 @@ use fedlnm_report::pools::{pooled_lnm_rate, pools};
 use fedlnm_shared::federation::RoundRecord;
 
 /// The columns of `rounds.csv` and `final_sites.csv`, in order.
-pub const CSV_COLUMNS: [&str; 20] = [
+pub const CSV_COLUMNS: [&str; 21] = [
     "round",
     "site",
     "role",
@@ -23,6 +23,7 @@ pub const CSV_COLUMNS: [&str; 20] = [
     "kappa_t",
     "kappa_n",
     "kappa_stage",
+    "normalisation",
     "contributors",
     "total_samples",
     "aggregation",
@@ -62,12 +63,14 @@ pub(super) fn rows_csv(file: &'static str, records: &[&RoundRecord]) -> Result<V
                 number(site.kappa_t),
                 number(site.kappa_n),
                 number(site.kappa_stage),
+                site.normalisation.map(|s| s.to_string()).unwrap_or_default(),
             ];
             row.extend(round_cells.iter().cloned());
             writer.write_record(&row).map_err(table_error)?;
         }
         for (name, role, pool) in pools(record) {
-            // A pool has only counts and the AUC: the threshold, Brier score and kappas are per site.
+            // A pool has only counts and the AUC: the threshold, Brier score, kappas and normalisation
+            // statistics are per site.
             let mut row = vec![
                 record.round.to_string(),
                 name.to_owned(),
@@ -79,7 +82,7 @@ pub(super) fn rows_csv(file: &'static str, records: &[&RoundRecord]) -> Result<V
                 number(pool.auc_ci_lower),
                 number(pool.auc_ci_upper),
             ];
-            row.extend(std::iter::repeat_n(String::new(), 7));
+            row.extend(std::iter::repeat_n(String::new(), 8));
             row.extend(round_cells.iter().cloned());
             writer.write_record(&row).map_err(table_error)?;
         }

@@ -6,7 +6,7 @@ use super::{Phase, Study, to_status};
 use crate::statistics::PoolSum;
 use fedlnm_protocol::{SecAggStage, Status};
 use fedlnm_shared::config::SiteRole;
-use fedlnm_shared::federation::SiteRoundMetrics;
+use fedlnm_shared::federation::{ScoringStatistics, SiteRoundMetrics};
 
 impl Study {
     /// A secure-aggregation message, of the training round or, while its model is validated, of the
@@ -95,7 +95,8 @@ impl Study {
     ///
     /// # Errors
     /// Not the round under validation, another model's digest, a second report, metrics that fail
-    /// their checks; masked statistics that the site's pool refuses (then nothing is stored: the
+    /// their checks or were scored with other normalisation statistics than the study's rule gives
+    /// the site ([`ScoringStatistics::for_site`]: a node of another release); masked statistics that the site's pool refuses (then nothing is stored: the
     /// node reports again without them if the pool's stage closed without it).
     pub fn accept_metrics(
         &mut self,
@@ -106,6 +107,11 @@ impl Study {
         mut metrics: SiteRoundMetrics,
         masked_statistics: &[u8],
     ) -> Result<(), Status> {
+        let expected = ScoringStatistics::for_site(
+            &self.local_tensors,
+            self.config.rounds.adapts_normalisation(),
+            role,
+        );
         let Phase::Validating(validating) = &mut self.phase else {
             return Err(Status::failed_precondition(format!(
                 "no model is being validated (metrics for round {round} refused)"
@@ -131,6 +137,16 @@ impl Study {
         metrics
             .check()
             .map_err(|e| Status::invalid_argument(format!("metrics of site {site}: {e}")))?;
+        if metrics.normalisation != Some(expected) {
+            let scored = metrics
+                .normalisation
+                .map_or_else(|| "do not say".to_owned(), |s| format!("say \"{s}\""));
+            return Err(Status::invalid_argument(format!(
+                "metrics of site {site}: the study's rule gives this site the normalisation statistics \
+                 \"{expected}\" (rounds.normalisation_statistics, fedbn), but its metrics {scored}: is \
+                 its fedlnm-node another release than the aggregator?"
+            )));
+        }
         if !masked_statistics.is_empty() {
             let pool = pool_of(&mut validating.pools, site).ok_or_else(|| {
                 Status::invalid_argument(format!(

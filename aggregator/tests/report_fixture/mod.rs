@@ -6,8 +6,8 @@
 use fedlnm_aggregator::report;
 use fedlnm_shared::config::SiteRole;
 use fedlnm_shared::federation::{
-    AggregationKind, PooledMetrics, RoundRecord, ScoreHistogram, SiteCohort, SiteRoundMetrics,
-    SiteValidation, StageConfusion,
+    AggregationKind, LocalTensors, PooledMetrics, RoundRecord, ScoreHistogram, ScoringStatistics, SiteCohort,
+    SiteRoundMetrics, SiteValidation, StageConfusion,
 };
 use fedlnm_shared::stats::binary::binary_metrics;
 use fedlnm_shared::stats::kappa::cohen_kappa;
@@ -80,6 +80,13 @@ pub fn site_metrics(
         kappa_stage_se: stage.quadratic.se,
         cohort: Some(cohort(role, metrics.n, metrics.n_pos)),
         curves: Some(fedlnm_shared::federation::SiteCurves::of_scores(&y, &scores)),
+        // As a FedBN study's sites score: the training sites with their own layers, the external
+        // site with statistics re-estimated on its own pictures.
+        normalisation: Some(ScoringStatistics::for_site(
+            &LocalTensors::from_names(["image.bn1.gamma".to_owned()]),
+            false,
+            role,
+        )),
     };
     SiteValidation {
         metrics,

@@ -17,7 +17,7 @@ pub use cohort::{SiteCohort, TIRADS_LEVELS};
 pub use confusion::{ConfusionError, STAGE_SCALES, StageConfusion};
 pub use curves::{CALIBRATION_GROUPS, CalibrationGroup, SiteCurves, decision_thresholds};
 pub use histogram::{HISTOGRAM_BINS, HistogramError, ScoreHistogram};
-pub use local::LocalTensors;
+pub use local::{LocalTensors, ScoringStatistics};
 pub use record::{
     AggregationKind, MAX_SITE_PATIENTS, MetricsError, PooledMetrics, PrivacySpent, RoundRecord,
     STATISTICS_COUNTS_PER_PATIENT, STATISTICS_TENSORS, SiteRoundMetrics, SiteValidation, pool_statistics,

@@ -2,7 +2,7 @@
 //! These are the files of the aggregator's state folder (`rounds/round-NNNN/round.json`) and the input
 //! of the study report; they hold aggregate numbers only, never a patient-level value.
 
-use super::{HISTOGRAM_BINS, ScoreHistogram, SiteCohort, SiteCurves, StageConfusion};
+use super::{HISTOGRAM_BINS, ScoreHistogram, ScoringStatistics, SiteCohort, SiteCurves, StageConfusion};
 use crate::config::SiteRole;
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,11 @@ pub struct SiteRoundMetrics {
     /// The site's calibration groups and decision curve; `None` in older records.
     #[serde(default)]
     pub curves: Option<SiteCurves>,
+    /// The normalisation statistics the site scored the model with (the node states it; the
+    /// aggregator refuses metrics scored otherwise than the study's rule). `None` in records written
+    /// before sites stated it, and in metrics computed outside a study.
+    #[serde(default)]
+    pub normalisation: Option<ScoringStatistics>,
 }
 
 /// What a node computes when it scores a model: the metrics it reports, and its class-conditional
@@ -332,6 +337,7 @@ impl SiteRoundMetrics {
             kappa_stage_se: None,
             cohort: None,
             curves: None,
+            normalisation: None,
         }
     }
 
@@ -497,6 +503,7 @@ impl SiteRoundMetrics {
             kappa_stage_se: report.stage_kappa.quadratic.se,
             cohort: None,
             curves: Some(SiteCurves::of_scores(&y, &s)),
+            normalisation: None,
         };
         let stage_confusion =
             StageConfusion::from_reports(&report.t_kappa, &report.n_kappa, &report.stage_kappa);
