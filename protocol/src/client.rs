@@ -35,6 +35,8 @@ pub enum ClientError {
     },
     #[error("the aggregator refused the request ({code:?}): {message}")]
     Refused { code: tonic::Code, message: String },
+    #[error("{0}")]
+    Revision(String),
     #[error("the aggregator sent a message this node cannot read: {0}")]
     Protocol(#[from] ProtocolError),
     #[error(transparent)]
@@ -142,7 +144,7 @@ fn causes<'e>(
 
 impl ClientError {
     /// A refusal that retrying cannot fix (wrong study, unknown site, a message the aggregator calls
-    /// invalid): the node stops and says why.
+    /// invalid, another protocol revision): the node stops and says why.
     #[must_use]
     pub fn is_fatal(&self) -> bool {
         matches!(
@@ -150,10 +152,12 @@ impl ClientError {
             Self::Refused {
                 code: tonic::Code::Unauthenticated
                     | tonic::Code::PermissionDenied
-                    | tonic::Code::InvalidArgument,
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::Unimplemented,
                 ..
             } | Self::Read { .. }
                 | Self::Address { .. }
+                | Self::Revision(_)
         )
     }
 
@@ -243,9 +247,20 @@ impl Client {
                 site: self.claim.site.clone(),
                 study: self.claim.study.clone(),
                 node_version: env!("CARGO_PKG_VERSION").to_owned(),
+                protocol_revision: crate::PROTOCOL_REVISION,
             })
             .await?
             .into_inner();
+        // An aggregator of another release may not check (one from before revisions were numbered
+        // cannot): the node does too.
+        if reply.protocol_revision != crate::PROTOCOL_REVISION {
+            return Err(ClientError::Revision(crate::revision_mismatch(
+                "the aggregator",
+                reply.protocol_revision,
+                &reply.aggregator_version,
+                "this node",
+            )));
+        }
         Ok(CheckInReply::try_from(reply)?)
     }
 
@@ -260,6 +275,7 @@ impl Client {
                 site: self.claim.site.clone(),
                 study: self.claim.study.clone(),
                 node_version: env!("CARGO_PKG_VERSION").to_owned(),
+                protocol_revision: crate::PROTOCOL_REVISION,
             })
             .await?
             .into_inner();

@@ -38,5 +38,36 @@ pub use server::{Caller, Download, FederationHandler, IncomingUpload, ServeError
 /// The refusal of a call, with the code that tells the caller whether retrying can help.
 pub use tonic::{Code, Status};
 
+/// The revision of the wire this release speaks: the schema of `proto/fedlnm.proto` and the encoding
+/// of every [`payload`], and what each task asks of a node. A node sends it with its check-in and each
+/// task request, and the aggregator answers with its own; each end refuses the other where they
+/// differ (a node of another release would misread a task or send what the aggregator cannot read,
+/// and an older node skips a field it does not know without a word). Bumped whenever either changes:
+/// the wire fingerprint pinned in `protocol/wire-fingerprint` (from the fuzz seeds) fails until
+/// it is. 0 is what a release from before the revision was numbered sends.
+pub const PROTOCOL_REVISION: u32 = 1;
+
+/// The refusal of a peer of another protocol revision (node or aggregator), naming both and what to
+/// do.
+#[must_use]
+pub fn revision_mismatch(peer: &str, peer_revision: u32, peer_version: &str, own: &str) -> String {
+    let version = if peer_version.is_empty() {
+        String::new()
+    } else {
+        format!(" (fedlnm {peer_version})")
+    };
+    let numbered = if peer_revision == 0 {
+        ", i.e. a release from before revisions were numbered"
+    } else {
+        ""
+    };
+    format!(
+        "{peer}{version} speaks protocol revision {peer_revision}{numbered}; {own} (fedlnm {}) speaks \
+         revision {PROTOCOL_REVISION}: the nodes and the aggregator of a study must run the same \
+         fedlnm release",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 /// The largest gRPC message either end accepts (a transfer chunk is 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;

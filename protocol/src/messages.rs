@@ -551,6 +551,7 @@ impl From<CheckInReply> for pb::CheckInResponse {
             site: reply.site,
             role: pb::SiteRole::from(reply.role).into(),
             aggregator_version: reply.aggregator_version,
+            protocol_revision: crate::PROTOCOL_REVISION,
         }
     }
 }

@@ -6,12 +6,17 @@
 //! decode. When a format changes on purpose, write them again with
 //! `FEDLNM_BLESS_SEEDS=1 cargo test -p fedlnm-e2e --test fuzz_regressions`. `scripts/fuzz` copies each
 //! new finding here (`crash-*`, `oom-*`, `timeout-*`).
+//!
+//! The wire's seeds (payloads, protobuf messages, transfers) and the protobuf schema also make the
+//! wire fingerprint pinned in `protocol/wire-fingerprint` with the protocol revision: a change
+//! of either without a new [`PROTOCOL_REVISION`] fails [`the_protocol_revision_pins_the_wire`].
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
 #[path = "../src/fuzzing.rs"]
 mod fuzzing;
 
+use fedlnm_protocol::PROTOCOL_REVISION;
 use fedlnm_protocol::generated as pb;
 use fedlnm_protocol::messages::{
     CheckInReply, Claim, Encoded, MetricsReport, ModelRef, RoundAggregation, SecAggMessage, SecAggStage,
@@ -165,6 +170,71 @@ fn seeds_are_valid_and_kept() {
         "seeds missing from fuzz/regressions/: {missing:?}; write them with \
          FEDLNM_BLESS_SEEDS=1 cargo test -p fedlnm-e2e --test fuzz_regressions"
     );
+}
+
+/// The targets whose seeds are the wire between a node and the aggregator.
+const WIRE_TARGETS: [&str; 3] = ["payload", "protobuf", "transfer"];
+
+/// SHA-256 of the protobuf schema (comments dropped, white space collapsed: edits of the prose do
+/// not count) and of every wire seed, in order.
+fn wire_fingerprint() -> String {
+    use sha2::{Digest as _, Sha256};
+    let schema = include_str!("../../protocol/proto/fedlnm.proto");
+    let mut hasher = Sha256::new();
+    for line in schema.lines() {
+        let code = line.split("//").next().unwrap_or_default();
+        for word in code.split_whitespace() {
+            hasher.update(word.as_bytes());
+            hasher.update(b" ");
+        }
+    }
+    for (target, name, bytes) in seeds() {
+        if WIRE_TARGETS.contains(&target) {
+            for part in [
+                target.as_bytes(),
+                name.as_bytes(),
+                &(bytes.len() as u64).to_le_bytes(),
+                &bytes,
+            ] {
+                hasher.update(part);
+            }
+        }
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The wire this release speaks is the one its protocol revision was pinned with: a change of the
+/// schema or of a payload's encoding must come with a new [`PROTOCOL_REVISION`], so that nodes and
+/// aggregators of different releases refuse each other instead of misreading each other.
+#[test]
+fn the_protocol_revision_pins_the_wire() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/wire-fingerprint");
+    let fingerprint = wire_fingerprint();
+    let line = |revision: u32, fingerprint: &str| format!("revision {revision} sha256 {fingerprint}\n");
+    let pinned = std::fs::read_to_string(&file).unwrap_or_default();
+    let pinned_revision: Option<u32> = pinned
+        .strip_prefix("revision ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    if pinned == line(PROTOCOL_REVISION, &fingerprint) {
+        return;
+    }
+    let bump = "the wire changed (the protobuf schema or a payload's encoding): bump \
+                fedlnm_protocol::PROTOCOL_REVISION, then pin it with FEDLNM_BLESS_SEEDS=1 cargo test \
+                -p fedlnm-e2e --test fuzz_regressions";
+    assert_ne!(pinned_revision, Some(PROTOCOL_REVISION), "{bump}");
+    if std::env::var_os("FEDLNM_BLESS_SEEDS").is_some() {
+        std::fs::write(&file, line(PROTOCOL_REVISION, &fingerprint)).unwrap();
+    } else {
+        panic!(
+            "PROTOCOL_REVISION is {PROTOCOL_REVISION}, pinned {pinned_revision:?}: pin it with \
+             FEDLNM_BLESS_SEEDS=1 cargo test -p fedlnm-e2e --test fuzz_regressions"
+        );
+    }
 }
 
 #[test]
@@ -570,6 +640,7 @@ fn protobuf_seeds() -> Vec<Seed> {
         site: "S1".into(),
         study: STUDY.into(),
         node_version: "0.1.0".into(),
+        protocol_revision: PROTOCOL_REVISION,
     };
     vec![
         (

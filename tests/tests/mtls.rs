@@ -148,6 +148,7 @@ async fn every_site_checks_in_and_every_wrong_identity_is_refused() {
             site: "S1".into(),
             study: "thyroid".into(),
             node_version: String::new(),
+            protocol_revision: fedlnm_protocol::PROTOCOL_REVISION,
         };
         Ok::<_, Box<dyn std::error::Error>>(client.check_in(request).await?)
     };
@@ -183,6 +184,79 @@ async fn every_site_checks_in_and_every_wrong_identity_is_refused() {
     client::check_in(&node_config(&kit("S3"), &url, "S3", "thyroid", cert, key))
         .await
         .unwrap();
+    aggregator.shut_down().await;
+}
+
+/// A node of another protocol revision (an older release, which sends none, or a newer one) is
+/// refused at check-in and at each task request, before its request reaches the study, with both
+/// revisions and the remedy named; the code is one the node treats as fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_protocol_revision_is_refused_with_both_revisions_named() {
+    use fedlnm_protocol::PROTOCOL_REVISION;
+    use fedlnm_protocol::generated::{CheckInRequest, TaskRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let study_dir = dir.path().join("study");
+    let config = provision_study(&study_dir, "thyroid", RoundSettings::default());
+    let aggregator = RunningAggregator::start(config, 0).await;
+    let kit = study_dir.join("sites").join("S1");
+    let node = node_config(
+        &kit,
+        &aggregator.url,
+        "S1",
+        "thyroid",
+        kit.join("site.pem"),
+        kit.join("site.key"),
+    );
+    let mut generated = fedlnm_protocol::Client::connect(&node)
+        .await
+        .unwrap()
+        .into_generated();
+    for revision in [0, PROTOCOL_REVISION + 1] {
+        let check_in = generated
+            .check_in(CheckInRequest {
+                site: "S1".into(),
+                study: "thyroid".into(),
+                node_version: "0.0.9".into(),
+                protocol_revision: revision,
+            })
+            .await;
+        let task = generated
+            .get_task(TaskRequest {
+                site: "S1".into(),
+                study: "thyroid".into(),
+                node_version: "0.0.9".into(),
+                protocol_revision: revision,
+            })
+            .await;
+        for (call, status) in [("check-in", check_in.unwrap_err()), ("task", task.unwrap_err())] {
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{call}: {status:?}");
+            let refusal = ClientError::from(status);
+            assert!(refusal.is_fatal(), "{call}: the node must stop, not retry");
+            let message = refusal.to_string();
+            for needle in [
+                "the node of site 'S1' (fedlnm 0.0.9)".to_owned(),
+                format!("speaks protocol revision {revision}"),
+                format!(
+                    "this aggregator (fedlnm {}) speaks revision {PROTOCOL_REVISION}",
+                    env!("CARGO_PKG_VERSION")
+                ),
+                "must run the same fedlnm release".to_owned(),
+            ] {
+                assert!(
+                    message.contains(&needle),
+                    "{call}, revision {revision}: '{message}' lacks '{needle}'"
+                );
+            }
+            assert_eq!(
+                message.contains("before revisions were numbered"),
+                revision == 0,
+                "{message}"
+            );
+        }
+    }
+    // This release's own node is served on the same connection.
+    let answer = client::check_in(&node).await.unwrap();
+    assert_eq!(answer.site, "S1");
     aggregator.shut_down().await;
 }
 

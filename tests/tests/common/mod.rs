@@ -26,6 +26,7 @@ pub async fn next_task(client: &mut FederationClient<Channel>, site: &str) -> ta
                 site: site.into(),
                 study: STUDY.into(),
                 node_version: "test".into(),
+                protocol_revision: fedlnm_protocol::PROTOCOL_REVISION,
             })
             .await
             .unwrap()
