@@ -1,6 +1,6 @@
 //! How the outputs write values: CSV numbers, fixed decimals, percentages, AUCs with their CI.
 
-use fedlnm_shared::federation::{AggregationKind, RoundRecord, ScoringStatistics};
+use fedlnm_shared::federation::{AggregationKind, RoundRecord, ScoringStatistics, SiteRoundMetrics};
 
 /// The aggregation as the tables name it: `plain` or `secure`.
 pub fn aggregation_name(record: &RoundRecord) -> String {
@@ -44,13 +44,13 @@ pub fn short_digest(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
 }
 
-/// Which batch-normalisation statistics each site scored the final model with, as the sites stated
-/// it: part of what the published figures measure (a model scored with each site's own statistics
+/// Which batch-normalisation statistics each of `sites` scored round `round`'s model with, as the
+/// sites stated it: part of what the published figures measure (a model scored with each site's own statistics
 /// is the weights plus a step each site runs on its own pictures).
 #[must_use]
-pub fn normalisation_statement(record: &RoundRecord) -> String {
+pub fn normalisation_statement(round: u64, sites: &[SiteRoundMetrics]) -> String {
     let mut groups: Vec<(Option<ScoringStatistics>, Vec<&str>)> = Vec::new();
-    for site in &record.sites {
+    for site in sites {
         match groups.iter_mut().find(|(kind, _)| *kind == site.normalisation) {
             Some((_, sites)) => sites.push(&site.site),
             None => groups.push((site.normalisation, vec![&site.site])),
@@ -76,8 +76,7 @@ pub fn normalisation_statement(record: &RoundRecord) -> String {
         })
         .collect();
     format!(
-        "Batch-normalisation statistics at scoring (round {}): {}.",
-        record.round,
+        "Batch-normalisation statistics at scoring (round {round}): {}.",
         parts.join("; ")
     )
 }

@@ -415,7 +415,7 @@ fn methods(record: &RoundRecord) -> Markup {
         "methods",
         "TRIPOD+AI 12e",
         html! {
-            p { (crate::format::normalisation_statement(record)) }
+            p { (crate::format::normalisation_statement(record.round, &record.sites)) }
             p { "Discrimination: AUC as the Mann–Whitney statistic (ties counted one half), 95% CI from the "
                 "DeLong variance (Sun & Xu midrank algorithm), clipped to [0, 1]. Youden-optimal threshold: "
                 "the observed score maximising sensitivity + specificity − 1, compared exactly in integers, "

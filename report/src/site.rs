@@ -65,6 +65,7 @@ pub fn site_page(page: &SitePage<'_>) -> String {
                             th { "sensitivity" } th { "specificity" } th { "Brier" } } }
                         tbody { (discrimination_rows(sites, &[])) }
                     }
+                    p class="note" { (crate::format::normalisation_statement(*round, sites)) }
                     table class="kappa" {
                         thead { tr { th { "calibration intercept" } th { "calibration slope" } th { "κ T (95% CI)" }
                             th { "κ N (95% CI)" } th { "κ stage (95% CI)" } } }

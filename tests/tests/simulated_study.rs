@@ -10,7 +10,8 @@ use fedlnm_aggregator::store::RoundStore;
 use fedlnm_e2e::browser;
 use fedlnm_shared::config::{ComputeDevice, SiteRole};
 use fedlnm_shared::federation::{
-    AggregationKind, PrivacySpent, RoundRecord, ScoreHistogram, SiteValidation, StageConfusion,
+    AggregationKind, PrivacySpent, RoundRecord, ScoreHistogram, ScoringStatistics, SiteValidation,
+    StageConfusion,
 };
 use fedlnm_shared::stats::logistic::FitStatus;
 use fedlnm_sim::{Design, SimulateArgs, SimulationOutcome, simulate};
@@ -316,6 +317,13 @@ fn site_report_shows_the_site_alone(study: &SimulationOutcome) {
         last.metrics.auc_ci_upper.unwrap()
     );
     assert!(dom.contains(&auc), "S1's AUC {auc}");
+    // What the figures measured: S1 scored the model with its own running statistics (this study's
+    // default), as its record states.
+    assert_eq!(last.metrics.normalisation, Some(ScoringStatistics::Model));
+    let statement = format!(
+        "Batch-normalisation statistics at scoring (round {round}): S1 with the model's own running statistics"
+    );
+    assert!(dom.contains(&statement), "{statement}");
     assert_eq!(browser::count(&dom, "<table class=\"confusion\""), 3);
     assert!(dom.contains("<table class=\"flow\">"));
     assert_eq!(browser::count(&dom, "src=\"data:image/png;base64,"), 2);

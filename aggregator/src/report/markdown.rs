@@ -79,7 +79,7 @@ pub(super) fn summary_markdown(records: &[&RoundRecord]) -> String {
         );
     }
     if !last.sites.is_empty() {
-        let _ = writeln!(text, "\n{}", normalisation_statement(last));
+        let _ = writeln!(text, "\n{}", normalisation_statement(last.round, &last.sites));
     }
     text.push_str("\nPooled AUC (95% CI) by round:\n\n");
     for record in records {
