@@ -71,3 +71,25 @@ pub fn revision_mismatch(peer: &str, peer_revision: u32, peer_version: &str, own
 
 /// The largest gRPC message either end accepts (a transfer chunk is 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_of_another_revision_is_named_with_both_revisions_and_stops_the_node() {
+        let message = revision_mismatch("the aggregator", 0, "", "this node");
+        assert!(message.starts_with("the aggregator speaks protocol revision 0, i.e. a release from before"));
+        assert!(message.contains(&format!(
+            "this node (fedlnm {}) speaks revision {PROTOCOL_REVISION}",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(message.ends_with("must run the same fedlnm release"));
+        let newer = revision_mismatch("the aggregator", PROTOCOL_REVISION + 1, "9.0.0", "this node");
+        assert!(newer.starts_with(&format!(
+            "the aggregator (fedlnm 9.0.0) speaks protocol revision {}; ",
+            PROTOCOL_REVISION + 1
+        )));
+        assert!(ClientError::Revision(newer).is_fatal());
+    }
+}

@@ -96,8 +96,9 @@ impl Study {
     /// # Errors
     /// Not the round under validation, another model's digest, a second report, metrics that fail
     /// their checks or were scored with other normalisation statistics than the study's rule gives
-    /// the site ([`ScoringStatistics::for_site`]: a node of another release); masked statistics that the site's pool refuses (then nothing is stored: the
-    /// node reports again without them if the pool's stage closed without it).
+    /// the site ([`ScoringStatistics::for_site`]: a node of another release); masked statistics that
+    /// the site's pool refuses (then nothing is stored: the node reports again without them if the
+    /// pool's stage closed without it).
     pub fn accept_metrics(
         &mut self,
         site: &str,
