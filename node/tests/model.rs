@@ -341,6 +341,7 @@ fn cli_trains_evaluates_and_explains_a_site_folder() {
     evaluate(&eval_out, &[]);
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(eval_out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["normalisation"], "model");
     let m = &metrics["metrics"];
     assert_eq!(m["n_patients"], 48);
     assert!(m["lnm"]["auc"].as_f64().unwrap() > 0.5);
@@ -382,6 +383,9 @@ fn cli_trains_evaluates_and_explains_a_site_folder() {
         own.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-4),
         "the checkpoint's statistics scored"
     );
+    let stated: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapted_out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(stated["normalisation"], "site_reestimated");
     let explain_out = dir.path().join("cam");
     run(&[
         "explain",

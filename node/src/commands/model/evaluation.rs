@@ -8,6 +8,7 @@ use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::ComputeDevice;
 use fedlnm_shared::evaluation::{self, EvaluationReport};
 use fedlnm_shared::features::Example;
+use fedlnm_shared::federation::ScoringStatistics;
 use fedlnm_shared::staging::{NCategory, Stage, TCategory};
 use std::path::PathBuf;
 
@@ -110,6 +111,12 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
     let metrics = serde_json::json!({
         "checkpoint": job.checkpoint.display().to_string(),
         "config_digest": config.digest(),
+        // Which normalisation statistics scored: part of what the figures measure.
+        "normalisation": if job.adapt_normalisation {
+            ScoringStatistics::SiteReestimated
+        } else {
+            ScoringStatistics::Model
+        },
         "metrics": report,
     });
     let metrics_file = out.join("metrics.json");
