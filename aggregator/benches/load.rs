@@ -21,7 +21,7 @@ use fedlnm_aggregator::store::ModelBlob;
 use fedlnm_protocol::payload;
 use fedlnm_protocol::{Client, RoundAggregation, SecAggStage, Task, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, NodeConfig, SiteRole, ThreatModel, write_toml};
-use fedlnm_shared::federation::SiteRoundMetrics;
+use fedlnm_shared::federation::{ScoringStatistics, SiteRoundMetrics};
 use fedlnm_shared::model_config::{Modality, ModelConfig};
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
@@ -150,7 +150,14 @@ async fn site(
                     .report_metrics(
                         validate.round,
                         &validate.model.digest,
-                        &SiteRoundMetrics::without_patients(&config.site, SiteRole::Train),
+                        &SiteRoundMetrics {
+                            normalisation: Some(ScoringStatistics::for_site(
+                                &validate.local_tensors,
+                                validate.adapt_normalisation,
+                                SiteRole::Train,
+                            )),
+                            ..SiteRoundMetrics::without_patients(&config.site, SiteRole::Train)
+                        },
                         Vec::new(),
                     )
                     .await

@@ -15,7 +15,9 @@ use fedlnm_protocol::generated::{
 use fedlnm_protocol::payload as wire;
 use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{RoundSettings, SiteRole};
-use fedlnm_shared::federation::{ScoreHistogram, SiteRoundMetrics, StageConfusion};
+use fedlnm_shared::federation::{
+    LocalTensors, ScoreHistogram, ScoringStatistics, SiteRoundMetrics, StageConfusion,
+};
 use fedlnm_shared::secagg::{
     ConsistencyCheck, InputKind, KeyDirectory, MaskedInput, SecAggConfig, ShareDelivery, SiteId,
     UnmaskRequest,
@@ -109,7 +111,8 @@ fn confusion_of(histogram: &ScoreHistogram) -> StageConfusion {
     confusion
 }
 
-/// Aggregate metrics that agree with the histogram's counts.
+/// Aggregate metrics that agree with the histogram's counts, scored as a node of this study (no
+/// FedBN, the model's own statistics) scores.
 fn metrics_of(site: &str, role: SiteRole, histogram: &ScoreHistogram) -> Vec<u8> {
     let (positive, negative) = (histogram.n_positive(), histogram.n_negative());
     let n = positive + negative;
@@ -117,6 +120,7 @@ fn metrics_of(site: &str, role: SiteRole, histogram: &ScoreHistogram) -> Vec<u8>
         lnm_rate: if n == 0 { 0.0 } else { positive as f64 / n as f64 },
         n_patients: n,
         n_positive: positive,
+        normalisation: Some(ScoringStatistics::for_site(&LocalTensors::default(), false, role)),
         ..SiteRoundMetrics::without_patients(site, role)
     })
 }

@@ -10,7 +10,7 @@ use fedlnm_aggregator::store::RoundStore;
 use fedlnm_e2e::{RunningAggregator, provision_study_with, site_config};
 use fedlnm_protocol::{Client, Task, UpdateFormat};
 use fedlnm_shared::config::{RoundSettings, SiteRole};
-use fedlnm_shared::federation::SiteRoundMetrics;
+use fedlnm_shared::federation::{ScoringStatistics, SiteRoundMetrics};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -186,7 +186,14 @@ async fn validate(study_dir: &Path, port: u16, round: u64) {
         } else {
             SiteRole::Train
         };
-        let metrics = SiteRoundMetrics::without_patients(site, role);
+        let metrics = SiteRoundMetrics {
+            normalisation: Some(ScoringStatistics::for_site(
+                &task.local_tensors,
+                task.adapt_normalisation,
+                role,
+            )),
+            ..SiteRoundMetrics::without_patients(site, role)
+        };
         client
             .report_metrics(round, &task.model.digest, &metrics, Vec::new())
             .await
