@@ -45,8 +45,8 @@ pub fn short_digest(digest: &str) -> &str {
 }
 
 /// Which batch-normalisation statistics each of `sites` scored round `round`'s model with, as the
-/// sites stated it: part of what the published figures measure (a model scored with each site's own statistics
-/// is the weights plus a step each site runs on its own pictures).
+/// sites stated it: part of what the published figures measure (a model scored with each site's own
+/// statistics is the weights plus a step each site runs on its own pictures).
 #[must_use]
 pub fn normalisation_statement(round: u64, sites: &[SiteRoundMetrics]) -> String {
     let mut groups: Vec<(Option<ScoringStatistics>, Vec<&str>)> = Vec::new();

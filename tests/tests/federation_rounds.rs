@@ -15,7 +15,7 @@ use fedlnm_protocol::generated::{
 use fedlnm_protocol::payload;
 use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{LearningRateSchedule, RoundSettings, SiteRole};
-use fedlnm_shared::federation::{LocalTensors, RoundRecord, ScoringStatistics, SiteRoundMetrics};
+use fedlnm_shared::federation::{RoundRecord, ScoringStatistics, SiteRoundMetrics};
 use fedlnm_shared::model_config::TrainPlan;
 use fedlnm_shared::weights::{NamedTensor, NamedTensors, sha256_hex};
 use std::collections::BTreeMap;
@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 mod common;
 
-use common::{STUDY, connect, http_get, next_task, scrape};
+use common::{STUDY, connect, http_get, next_task, scoring_statistics, scrape};
 
 async fn download(client: &mut FederationClient<Channel>, site: &str, version: u64) -> Vec<u8> {
     let mut stream = client
@@ -157,8 +157,7 @@ async fn run_round_with_plans(study_dir: &Path, url: &str, round: u64) -> (Strin
         } else {
             SiteRole::Train
         };
-        let local = LocalTensors::from_names(validate.local_tensors.clone());
-        let normalisation = ScoringStatistics::for_site(&local, validate.adapt_normalisation, role);
+        let normalisation = scoring_statistics(&validate, role);
         let model = validate.model.unwrap();
         digest.clone_from(&model.digest);
         client

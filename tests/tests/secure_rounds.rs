@@ -18,7 +18,7 @@ use fedlnm_protocol::generated::{
 use fedlnm_protocol::payload as wire;
 use fedlnm_protocol::transfer::upload_checksum;
 use fedlnm_shared::config::{HararySettings, RoundSettings, SecureAggregationGraph, SiteRole, ThreatModel};
-use fedlnm_shared::federation::{LocalTensors, ScoringStatistics, SiteCohort, SiteRoundMetrics};
+use fedlnm_shared::federation::{ScoringStatistics, SiteCohort, SiteRoundMetrics};
 use fedlnm_shared::secagg::{
     ConsistencyCheck, Graph, KeyDirectory, MaskedVector, Ring, SecAggClient, SecAggConfig, ShareDelivery,
     SiteId, UnmaskRequest,
@@ -30,7 +30,7 @@ use tonic::transport::Channel;
 
 mod common;
 
-use common::{STUDY, connect, next_task};
+use common::{STUDY, connect, next_task, scoring_statistics};
 
 /// Training sites' names, as the hand-driven sites' tasks need them (`'static`).
 const TRAINING_SITES: [&str; 12] = [
@@ -289,8 +289,7 @@ async fn validate_sites(study_dir: &Path, url: &str, round: u64, sites: &[&str],
             SiteRole::Train
         };
         // As a node scores: by the study's rule.
-        let local = LocalTensors::from_names(validate.local_tensors.clone());
-        let normalisation = ScoringStatistics::for_site(&local, validate.adapt_normalisation, role);
+        let normalisation = scoring_statistics(&validate, role);
         let model = validate.model.unwrap();
         let metrics = SiteRoundMetrics {
             site: site.into(),
@@ -991,8 +990,8 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
     let task::Kind::Validate(validate) = next_task(&mut s1, "S1").await else {
         panic!("S1: expected the validation task");
     };
-    let local = LocalTensors::from_names(validate.local_tensors.clone());
-    let expected = ScoringStatistics::for_site(&local, validate.adapt_normalisation, SiteRole::Train);
+    let expected = scoring_statistics(&validate, SiteRole::Train);
+    let expected_s5 = scoring_statistics(&validate, SiteRole::Validate);
     let digest = validate.model.unwrap().digest;
     let good = SiteRoundMetrics {
         site: "S1".into(),
@@ -1192,7 +1191,7 @@ async fn hostile_protocol_messages_and_reports_are_refused_by_name_and_change_no
                 &digest,
                 with(&|m| {
                     m.role = SiteRole::Validate;
-                    m.normalisation = Some(ScoringStatistics::for_site(&local, false, SiteRole::Validate));
+                    m.normalisation = Some(expected_s5);
                 }),
             )
         })

@@ -4,7 +4,9 @@
 use fedlnm_e2e::site_config;
 use fedlnm_protocol::Client;
 use fedlnm_protocol::generated::federation_client::FederationClient;
-use fedlnm_protocol::generated::{TaskRequest, task};
+use fedlnm_protocol::generated::{TaskRequest, ValidateTask, task};
+use fedlnm_shared::config::SiteRole;
+use fedlnm_shared::federation::{LocalTensors, ScoringStatistics};
 use std::path::Path;
 use tonic::transport::Channel;
 
@@ -58,4 +60,12 @@ pub async fn http_get(port: u16, path: &str) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
+}
+
+/// The normalisation statistics a node of `role` scores `validate`'s model with (the study's rule),
+/// which its metrics must state.
+#[allow(dead_code)] // Each test binary that includes this module uses some of its helpers.
+pub fn scoring_statistics(validate: &ValidateTask, role: SiteRole) -> ScoringStatistics {
+    let local = LocalTensors::from_names(validate.local_tensors.clone());
+    ScoringStatistics::for_site(&local, validate.adapt_normalisation, role)
 }

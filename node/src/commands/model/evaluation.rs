@@ -5,10 +5,10 @@ use super::examples::{LoadedExamples, load_examples};
 use anyhow::Context as _;
 use fedlnm_model::train;
 use fedlnm_shared::checkpoint::Checkpoint;
-use fedlnm_shared::config::ComputeDevice;
+use fedlnm_shared::config::{ComputeDevice, SiteRole};
 use fedlnm_shared::evaluation::{self, EvaluationReport};
 use fedlnm_shared::features::Example;
-use fedlnm_shared::federation::ScoringStatistics;
+use fedlnm_shared::federation::{LocalTensors, ScoringStatistics};
 use fedlnm_shared::staging::{NCategory, Stage, TCategory};
 use std::path::PathBuf;
 
@@ -50,7 +50,13 @@ pub struct EvaluationSummary {
 pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSummary>> {
     let Checkpoint { config, weights } = Checkpoint::read(&job.checkpoint)?;
     let LoadedExamples { examples, stages, .. } = load_examples(&job.data, &config, false, false)?;
-    let adabn_seed = job.adapt_normalisation.then_some(ADAPT_SEED);
+    // The study's rule for a site scoring a model without layers of its own (no FedBN).
+    let statistics = ScoringStatistics::for_site(
+        &LocalTensors::default(),
+        job.adapt_normalisation,
+        SiteRole::Validate,
+    );
+    let adabn_seed = statistics.re_estimates().then_some(ADAPT_SEED);
     let predictions = train::predict_at_site(job.device, &config, &weights, &examples, 32, adabn_seed)?;
     let out = &job.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -112,11 +118,7 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
         "checkpoint": job.checkpoint.display().to_string(),
         "config_digest": config.digest(),
         // Which normalisation statistics scored: part of what the figures measure.
-        "normalisation": if job.adapt_normalisation {
-            ScoringStatistics::SiteReestimated
-        } else {
-            ScoringStatistics::Model
-        },
+        "normalisation": statistics,
         "metrics": report,
     });
     let metrics_file = out.join("metrics.json");
