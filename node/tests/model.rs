@@ -282,6 +282,39 @@ fn different_architectures_have_different_digests_and_layouts() {
 }
 
 #[test]
+fn without_the_stem_max_pool_the_same_weights_read_the_picture_at_twice_the_resolution() {
+    let pooled = ModelConfig::tiny(Modality::ImageOnly);
+    let mut fine = pooled.clone();
+    fine.image.stem_max_pool = false;
+    assert_ne!(fine.digest(), pooled.digest());
+    // No parameters change: the same weights load into either model.
+    let weights = train::initial_weights(&pooled, 3);
+    weights
+        .check_same_layout(&train::initial_weights(&fine, 3))
+        .unwrap();
+    let set = examples(&pooled, 6, 8);
+    assert_ne!(scores(&fine, &weights, &set), scores(&pooled, &weights, &set));
+    // At a 32-px input the pooled trunk ends in a 1 × 1 map, so its Grad-CAM is one value everywhere;
+    // without the pool the last map is 2 × 2 and the heat map has structure.
+    let distinct = |config: &ModelConfig| -> Vec<usize> {
+        train::grad_cam(ComputeDevice::Cpu, config, &weights, &set)
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|map| {
+                let mut values: Vec<u32> = map.iter().map(|v| v.to_bits()).collect();
+                values.sort_unstable();
+                values.dedup();
+                values.len()
+            })
+            .collect()
+    };
+    assert!(distinct(&pooled).iter().all(|&n| n == 1), "{:?}", distinct(&pooled));
+    let fine_maps = distinct(&fine);
+    assert!(fine_maps.iter().any(|&n| n > 4), "{fine_maps:?}");
+}
+
+#[test]
 fn cli_trains_evaluates_and_explains_a_site_folder() {
     let dir = tempfile::tempdir().unwrap();
     let site = dir.path().join("site_a");

@@ -26,11 +26,14 @@ pub struct Block<B: Backend> {
     downsample_bn: Option<BatchNorm<B>>,
 }
 
-/// The ResNet trunk: stem, four stages of blocks, global average pooling.
+/// The ResNet trunk: stem (7×7 stride-2 convolution, optionally a max-pool), four stages of blocks.
 #[derive(Module, Debug)]
 pub struct ResNet<B: Backend> {
     stem_conv: Conv2d<B>,
     stem_bn: BatchNorm<B>,
+    /// `image.stem_max_pool` (no parameters).
+    #[module(skip)]
+    stem_max_pool: bool,
     blocks: Vec<Block<B>>,
 }
 
@@ -55,6 +58,7 @@ impl<B: Backend> ResNet<B> {
         Self {
             stem_conv,
             stem_bn,
+            stem_max_pool: config.stem_max_pool,
             blocks,
         }
     }
@@ -69,7 +73,11 @@ impl<B: Backend> ResNet<B> {
     /// The last stage's feature map `[batch, channels, h, w]` (what Grad-CAM looks at).
     pub fn feature_map(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = relu(self.stem_bn.forward(self.stem_conv.forward(images)));
-        let mut x = max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut x = if self.stem_max_pool {
+            max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false)
+        } else {
+            x
+        };
         for block in &self.blocks {
             x = block.forward(x);
         }
