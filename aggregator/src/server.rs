@@ -525,6 +525,10 @@ impl FederationHandler for FederationService {
         self.shared.telemetry.refuse(reason);
     }
 
+    fn revision_refused(&self, _site: &str, _revision: u32) {
+        self.shared.telemetry.refuse("protocol-revision");
+    }
+
     async fn report_metrics(&self, caller: Caller, report: MetricsReport) -> Result<(), Status> {
         let (site, role) = self.authorize(caller, &report.claim)?;
         let metrics: SiteRoundMetrics = report

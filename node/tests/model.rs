@@ -309,7 +309,8 @@ fn without_the_stem_max_pool_the_same_weights_read_the_picture_at_twice_the_reso
             })
             .collect()
     };
-    assert!(distinct(&pooled).iter().all(|&n| n == 1), "{:?}", distinct(&pooled));
+    let pooled_maps = distinct(&pooled);
+    assert!(pooled_maps.iter().all(|&n| n == 1), "{pooled_maps:?}");
     let fine_maps = distinct(&fine);
     assert!(fine_maps.iter().any(|&n| n > 4), "{fine_maps:?}");
 }

@@ -117,6 +117,12 @@ pub trait FederationHandler: Send + Sync + 'static {
     fn handshake_refused(&self, peer: std::net::SocketAddr, reason: &'static str) {
         let _ = (peer, reason);
     }
+
+    /// A call claiming `site` spoke another protocol revision and was refused before it reached the
+    /// handler (already logged; the caller got `Unimplemented`).
+    fn revision_refused(&self, site: &str, revision: u32) {
+        let _ = (site, revision);
+    }
 }
 
 /// What can stop the server from starting or serving.
@@ -317,11 +323,18 @@ fn caller<T>(request: &Request<T>) -> Caller {
 }
 
 /// Refuses a node of another protocol revision ([`crate::PROTOCOL_REVISION`]) before its request
-/// reaches the handler: `Unimplemented`, which the node treats as fatal.
-fn same_revision(site: &str, revision: u32, node_version: &str) -> Result<(), Status> {
+/// reaches the handler: `Unimplemented`, which the node treats as fatal; the handler is told
+/// ([`FederationHandler::revision_refused`]).
+fn same_revision(
+    handler: &impl FederationHandler,
+    site: &str,
+    revision: u32,
+    node_version: &str,
+) -> Result<(), Status> {
     if revision == crate::PROTOCOL_REVISION {
         return Ok(());
     }
+    handler.revision_refused(site, revision);
     tracing::warn!(
         site,
         revision,
@@ -346,7 +359,12 @@ impl<H: FederationHandler> Federation for Adapter<H> {
     ) -> Result<Response<pb::CheckInResponse>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
-        same_revision(&request.site, request.protocol_revision, &request.node_version)?;
+        same_revision(
+            self.handler.as_ref(),
+            &request.site,
+            request.protocol_revision,
+            &request.node_version,
+        )?;
         let check_in = CheckIn {
             claim: Claim::new(request.site, request.study),
             node_version: request.node_version,
@@ -358,7 +376,12 @@ impl<H: FederationHandler> Federation for Adapter<H> {
     async fn get_task(&self, request: Request<pb::TaskRequest>) -> Result<Response<pb::Task>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
-        same_revision(&request.site, request.protocol_revision, &request.node_version)?;
+        same_revision(
+            self.handler.as_ref(),
+            &request.site,
+            request.protocol_revision,
+            &request.node_version,
+        )?;
         let claim = Claim::new(request.site, request.study);
         let task = self.handler.get_task(caller, claim).await?;
         Ok(Response::new(task.into()))

@@ -254,9 +254,12 @@ async fn a_node_of_another_protocol_revision_is_refused_with_both_revisions_name
             );
         }
     }
+    // Each refusal is counted for the operators' dashboards (two revisions, two calls each).
+    assert_eq!(aggregator.service.telemetry().refusals("protocol-revision"), 4);
     // This release's own node is served on the same connection.
     let answer = client::check_in(&node).await.unwrap();
     assert_eq!(answer.site, "S1");
+    assert_eq!(aggregator.service.telemetry().refusals("protocol-revision"), 4);
     aggregator.shut_down().await;
 }
 
