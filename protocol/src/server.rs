@@ -322,31 +322,28 @@ fn caller<T>(request: &Request<T>) -> Caller {
     }
 }
 
-/// Refuses a node of another protocol revision ([`crate::PROTOCOL_REVISION`]) before its request
-/// reaches the handler: `Unimplemented`, which the node treats as fatal; the handler is told
-/// ([`FederationHandler::revision_refused`]).
-fn same_revision(
-    handler: &impl FederationHandler,
-    site: &str,
-    revision: u32,
-    node_version: &str,
-) -> Result<(), Status> {
-    if revision == crate::PROTOCOL_REVISION {
-        return Ok(());
+impl<H: FederationHandler> Adapter<H> {
+    /// Refuses a node of another protocol revision ([`crate::PROTOCOL_REVISION`]) before its request
+    /// reaches the handler: `Unimplemented`, which the node treats as fatal; the handler is told
+    /// ([`FederationHandler::revision_refused`]).
+    fn same_revision(&self, site: &str, revision: u32, node_version: &str) -> Result<(), Status> {
+        if revision == crate::PROTOCOL_REVISION {
+            return Ok(());
+        }
+        self.handler.revision_refused(site, revision);
+        tracing::warn!(
+            site,
+            revision,
+            node_version,
+            "refused a node of another protocol revision"
+        );
+        Err(Status::unimplemented(crate::revision_mismatch(
+            &format!("the node of site '{site}'"),
+            revision,
+            node_version,
+            "this aggregator",
+        )))
     }
-    handler.revision_refused(site, revision);
-    tracing::warn!(
-        site,
-        revision,
-        node_version,
-        "refused a node of another protocol revision"
-    );
-    Err(Status::unimplemented(crate::revision_mismatch(
-        &format!("the node of site '{site}'"),
-        revision,
-        node_version,
-        "this aggregator",
-    )))
 }
 
 type ModelStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ModelChunk, Status>> + Send>>;
@@ -359,12 +356,7 @@ impl<H: FederationHandler> Federation for Adapter<H> {
     ) -> Result<Response<pb::CheckInResponse>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
-        same_revision(
-            self.handler.as_ref(),
-            &request.site,
-            request.protocol_revision,
-            &request.node_version,
-        )?;
+        self.same_revision(&request.site, request.protocol_revision, &request.node_version)?;
         let check_in = CheckIn {
             claim: Claim::new(request.site, request.study),
             node_version: request.node_version,
@@ -376,12 +368,7 @@ impl<H: FederationHandler> Federation for Adapter<H> {
     async fn get_task(&self, request: Request<pb::TaskRequest>) -> Result<Response<pb::Task>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
-        same_revision(
-            self.handler.as_ref(),
-            &request.site,
-            request.protocol_revision,
-            &request.node_version,
-        )?;
+        self.same_revision(&request.site, request.protocol_revision, &request.node_version)?;
         let claim = Claim::new(request.site, request.study);
         let task = self.handler.get_task(caller, claim).await?;
         Ok(Response::new(task.into()))
