@@ -52,7 +52,8 @@ pub struct SimulateArgs {
     /// Patients per synthetic site.
     #[arg(long, default_value_t = 500)]
     pub patients: usize,
-    /// Model input size in pixels (the tiny ResNet; 64 trains in minutes on 2 cores).
+    /// Model input size in pixels (the tiny ResNet; 64 trains in minutes on 2 cores). The pictures
+    /// are generated at twice this, at least 128 px (`quality`'s size at the default).
     #[arg(long, default_value_t = 64)]
     pub image_size: u32,
     /// Width of the tiny ResNet's first stage (channels double per stage).
