@@ -420,6 +420,85 @@ fn cli_trains_evaluates_and_explains_a_site_folder() {
     let stated: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(adapted_out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(stated["normalisation"], "site_reestimated");
+    // --compare-with: the adapted model against the checkpoint's own statistics on the same patients,
+    // the statistics engine's paired DeLong test on the two files' scores (Δ = adapted − plain).
+    let reference = eval_out.join("predictions.csv");
+    let versus_out = dir.path().join("eval-versus");
+    evaluate(
+        &versus_out,
+        &[
+            "--adapt-normalisation",
+            "--compare-with",
+            reference.to_str().unwrap(),
+        ],
+    );
+    let labelled = |folder: &std::path::Path| -> Vec<(bool, f64)> {
+        let text = std::fs::read_to_string(folder.join("predictions.csv")).unwrap();
+        text.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(',').collect();
+                let truth = match fields[5] {
+                    "" => return None,
+                    t => t == "1",
+                };
+                Some((truth, fields[1].parse().unwrap()))
+            })
+            .collect()
+    };
+    let (mine, theirs) = (labelled(&versus_out), labelled(&eval_out));
+    let y: Vec<bool> = mine.iter().map(|p| p.0).collect();
+    assert_eq!(y, theirs.iter().map(|p| p.0).collect::<Vec<_>>());
+    let direct = fedlnm_shared::stats::binary::paired_delong(
+        &y,
+        &mine.iter().map(|p| p.1).collect::<Vec<_>>(),
+        &theirs.iter().map(|p| p.1).collect::<Vec<_>>(),
+    )
+    .unwrap()
+    .unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(versus_out.join("metrics.json")).unwrap()).unwrap();
+    let versus = &written["versus"][0];
+    assert_eq!(versus["reference"], reference.to_str().unwrap());
+    let stat = |key: &str| versus["paired_delong"][key].as_f64().unwrap();
+    assert!(
+        (stat("delta") - direct.delta).abs() < 1e-4,
+        "{versus} against {direct:?}"
+    );
+    assert!(
+        (stat("p") - direct.p.unwrap()).abs() < 1e-3,
+        "{versus} against {direct:?}"
+    );
+    assert!(
+        (stat("auc_b") - metrics["metrics"]["lnm"]["auc"].as_f64().unwrap()).abs() < 1e-4,
+        "the reference's AUC is the plain evaluation's"
+    );
+    // A reference of other patients is refused by name; a missing one before anything is scored.
+    let fewer = dir.path().join("fewer.csv");
+    let text = std::fs::read_to_string(&reference).unwrap();
+    std::fs::write(&fewer, text.lines().take(20).collect::<Vec<_>>().join("\n")).unwrap();
+    let refused = |file: &std::path::Path, folder: &std::path::Path| {
+        let output = std::process::Command::new(node)
+            .args(["evaluate", "--data", site_arg, "--checkpoint"])
+            .arg(&checkpoint)
+            .arg("--out")
+            .arg(folder)
+            .arg("--compare-with")
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let error = refused(&fewer, &dir.path().join("eval-fewer"));
+    assert!(
+        error.contains("different patients") && error.contains("fewer.csv"),
+        "{error}"
+    );
+    let absent_out = dir.path().join("eval-absent");
+    let error = refused(&dir.path().join("absent.csv"), &absent_out);
+    assert!(error.contains("absent.csv"), "{error}");
+    assert!(!absent_out.exists(), "nothing is scored or written");
     let explain_out = dir.path().join("cam");
     run(&[
         "explain",

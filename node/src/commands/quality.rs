@@ -185,6 +185,7 @@ pub fn quality(args: &QualityArgs) -> anyhow::Result<(QualityReport, String)> {
             out: dir.join("external"),
             device,
             adapt_normalisation: false,
+            compare_with: Vec::new(),
         })?
         .context("the external site has no labelled patient")?;
         let lnm = &evaluated.report.lnm;

@@ -1,7 +1,8 @@
 //! Scoring a site folder with a checkpoint: the predictions CSV and the metrics JSON of the statistics
-//! engine.
+//! engine, with the paired DeLong test against other models' predictions on the same patients.
 
 use super::examples::{LoadedExamples, load_examples};
+use crate::commands::compare::{PatientScore, paired_comparison, read_predictions};
 use anyhow::Context as _;
 use fedlnm_model::train;
 use fedlnm_shared::checkpoint::Checkpoint;
@@ -10,6 +11,7 @@ use fedlnm_shared::evaluation::{self, EvaluationReport};
 use fedlnm_shared::features::Example;
 use fedlnm_shared::federation::{LocalTensors, ScoringStatistics};
 use fedlnm_shared::staging::{NCategory, Stage, TCategory};
+use fedlnm_shared::stats::binary::PairedDelong;
 use std::path::PathBuf;
 
 /// One evaluation, as plain data (what `evaluate` builds from its command line).
@@ -27,6 +29,9 @@ pub struct EvaluationJob {
     /// (AdaBN; no label is read): a model trained by FedAvg, scored as a study with
     /// `rounds.normalisation_statistics = "site"` scored it.
     pub adapt_normalisation: bool,
+    /// Other models' `predictions.csv` on the same site: each compared with this model by the paired
+    /// DeLong test on the labelled patients (matched by patient id), written to metrics.json.
+    pub compare_with: Vec<PathBuf>,
 }
 
 /// The seed of `evaluate`'s AdaBN shuffles (any fixed value: the scores are then reproducible).
@@ -39,15 +44,23 @@ pub struct EvaluationSummary {
     /// The labelled patients' LNM truth and predicted probability, in file order.
     pub lnm_true: Vec<bool>,
     pub lnm_score: Vec<f64>,
+    /// This model against each of [`EvaluationJob::compare_with`], in order (Δ = this − that).
+    pub versus: Vec<(PathBuf, PairedDelong)>,
 }
 
 /// Writes `predictions.csv` for every patient and `metrics.json` for the labelled ones; returns the
 /// metrics and the labelled patients' scores (`None` when no patient is labelled).
 ///
 /// # Errors
-/// An unusable checkpoint or site folder, a device this build cannot use, or an output file that
-/// cannot be written (named).
+/// An unusable checkpoint or site folder, a device this build cannot use, an output file that
+/// cannot be written, or a `compare_with` file that is unreadable or holds other patients or
+/// outcomes (named; the files are read before anything is scored).
 pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSummary>> {
+    let references = job
+        .compare_with
+        .iter()
+        .map(|file| Ok((file.clone(), read_predictions(file)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let Checkpoint { config, weights } = Checkpoint::read(&job.checkpoint)?;
     let LoadedExamples { examples, stages, .. } = load_examples(&job.data, &config, false, false)?;
     // The study's rule for a site scoring a model without layers of its own (no FedBN).
@@ -114,12 +127,37 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
     let labelled_predictions: Vec<_> = labelled.iter().map(|&i| predictions[i].clone()).collect();
     let labelled_stages: Vec<Stage> = labelled.iter().filter_map(|&i| stages[i]).collect();
     let report = evaluation::evaluate(&labelled_examples, &labelled_predictions, &labelled_stages)?;
+    let own = PatientScore::of_predictions(&labelled_examples, &labelled_predictions);
+    let versus = references
+        .into_iter()
+        .map(|(file, theirs)| {
+            let test = paired_comparison(&own, &theirs)
+                .with_context(|| format!("this model against {}", file.display()))?;
+            tracing::info!(
+                delta = test.delta,
+                ci_lower = test.ci_lower,
+                ci_upper = test.ci_upper,
+                p = test.p,
+                "paired DeLong against {}",
+                file.display()
+            );
+            Ok((file, test))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let metrics = serde_json::json!({
         "checkpoint": job.checkpoint.display().to_string(),
         "config_digest": config.digest(),
         // Which normalisation statistics scored: part of what the figures measure.
         "normalisation": statistics,
         "metrics": report,
+        // Δ = this model's AUC minus the reference's, on the same labelled patients.
+        "versus": versus
+            .iter()
+            .map(|(file, test)| serde_json::json!({
+                "reference": file.display().to_string(),
+                "paired_delong": test,
+            }))
+            .collect::<Vec<_>>(),
     });
     let metrics_file = out.join("metrics.json");
     std::fs::write(&metrics_file, serde_json::to_string_pretty(&metrics)?)
@@ -137,5 +175,6 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
             .map(|e| e.targets.is_some_and(|t| t.lnm))
             .collect(),
         lnm_score: labelled_predictions.iter().map(|p| p.lnm_probability).collect(),
+        versus,
     }))
 }

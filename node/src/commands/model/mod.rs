@@ -90,6 +90,11 @@ pub struct EvaluateArgs {
     /// label is read), as a study with `normalisation_statistics = "site"` scores at every site.
     #[arg(long)]
     pub adapt_normalisation: bool,
+    /// Another model's predictions.csv on the same site (from `evaluate` or `quality`): the paired
+    /// DeLong test of this model against it on the labelled patients, matched by patient id, in
+    /// metrics.json ("versus"; Δ = this model's AUC minus that one's). Repeat for several.
+    #[arg(long, value_name = "PREDICTIONS_CSV")]
+    pub compare_with: Vec<PathBuf>,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -161,6 +166,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
         out: args.out.clone(),
         device: args.compute.prepare(),
         adapt_normalisation: args.adapt_normalisation,
+        compare_with: args.compare_with.clone(),
     })?;
     Ok(())
 }
