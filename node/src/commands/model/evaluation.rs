@@ -11,7 +11,6 @@ use fedlnm_shared::evaluation::{self, EvaluationReport};
 use fedlnm_shared::features::Example;
 use fedlnm_shared::federation::{LocalTensors, ScoringStatistics};
 use fedlnm_shared::staging::{NCategory, Stage, TCategory};
-use fedlnm_shared::stats::binary::PairedDelong;
 use std::path::PathBuf;
 
 /// One evaluation, as plain data (what `evaluate` builds from its command line).
@@ -44,8 +43,6 @@ pub struct EvaluationSummary {
     /// The labelled patients' LNM truth and predicted probability, in file order.
     pub lnm_true: Vec<bool>,
     pub lnm_score: Vec<f64>,
-    /// This model against each of [`EvaluationJob::compare_with`], in order (Δ = this − that).
-    pub versus: Vec<(PathBuf, PairedDelong)>,
 }
 
 /// Writes `predictions.csv` for every patient and `metrics.json` for the labelled ones; returns the
@@ -128,10 +125,11 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
     let labelled_stages: Vec<Stage> = labelled.iter().filter_map(|&i| stages[i]).collect();
     let report = evaluation::evaluate(&labelled_examples, &labelled_predictions, &labelled_stages)?;
     let own = PatientScore::of_predictions(&labelled_examples, &labelled_predictions);
+    // Δ = this model's AUC minus the reference's, on the same labelled patients.
     let versus = references
-        .into_iter()
+        .iter()
         .map(|(file, theirs)| {
-            let test = paired_comparison(&own, &theirs)
+            let test = paired_comparison(&own, theirs)
                 .with_context(|| format!("this model against {}", file.display()))?;
             tracing::info!(
                 delta = test.delta,
@@ -141,7 +139,10 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
                 "paired DeLong against {}",
                 file.display()
             );
-            Ok((file, test))
+            Ok(serde_json::json!({
+                "reference": file.display().to_string(),
+                "paired_delong": test,
+            }))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let metrics = serde_json::json!({
@@ -150,14 +151,7 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
         // Which normalisation statistics scored: part of what the figures measure.
         "normalisation": statistics,
         "metrics": report,
-        // Δ = this model's AUC minus the reference's, on the same labelled patients.
-        "versus": versus
-            .iter()
-            .map(|(file, test)| serde_json::json!({
-                "reference": file.display().to_string(),
-                "paired_delong": test,
-            }))
-            .collect::<Vec<_>>(),
+        "versus": versus,
     });
     let metrics_file = out.join("metrics.json");
     std::fs::write(&metrics_file, serde_json::to_string_pretty(&metrics)?)
@@ -175,6 +169,5 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
             .map(|e| e.targets.is_some_and(|t| t.lnm))
             .collect(),
         lnm_score: labelled_predictions.iter().map(|p| p.lnm_probability).collect(),
-        versus,
     }))
 }
