@@ -18,11 +18,12 @@ use fedlnm_shared::features::Example;
 use fedlnm_shared::federation::{
     LocalTensors, ScoringStatistics, SiteCohort, SiteRoundMetrics, SiteValidation, fedavg,
 };
+use fedlnm_shared::files::write_atomically;
 use fedlnm_shared::model_config::ModelConfig;
 use fedlnm_shared::secagg::{Authentication, InputKind};
 use fedlnm_shared::staging::Stage;
 use fedlnm_shared::weights::NamedTensors;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 mod analysis;
@@ -526,7 +527,8 @@ impl Node {
             &serde_json::to_vec(scores)?,
         )?;
         let bytes = serde_json::to_vec(record)?;
-        write_atomically(&folder.join(format!("round-{round:04}.json")), &bytes)
+        write_atomically(&folder.join(format!("round-{round:04}.json")), &bytes)?;
+        Ok(())
     }
 }
 
@@ -541,14 +543,6 @@ fn seed_of(site: &str) -> u64 {
     site.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// Writes a file via a temporary name and a rename, so that a reader never sees half of it.
-fn write_atomically(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let temporary = file.with_extension("partial");
-    std::fs::write(&temporary, bytes).with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, file).with_context(|| format!("cannot write {}", file.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

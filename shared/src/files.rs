@@ -1,7 +1,8 @@
 //! Opening the files that a site or a study hands over: regular files only. A FIFO given as an image,
 //! a manifest, a configuration or a checkpoint would block the reader forever, and a device could be
 //! endless; both are refused before anything is read, with an error that says what the path is.
-//! And writing the files that must never be overwritten (keys, certificates, secrets): [`write_new`].
+//! And writing the files that must never be overwritten (keys, certificates, secrets): [`write_new`];
+//! and the files a reader must never see half of (records of finished work): [`write_atomically`].
 
 use std::fs::File;
 use std::io;
@@ -68,6 +69,28 @@ pub fn write_new(path: &Path, contents: &[u8], private: bool) -> io::Result<()> 
     file.sync_all()
 }
 
+/// Writes `file` whole or not at all: the contents go to `<file name>.partial` beside it, are synced to disk, and
+/// the temporary is renamed over `file`, so a reader (or a crash) never sees half of it. The error
+/// names the file.
+///
+/// # Errors
+/// The temporary cannot be written or synced, or cannot be renamed to `file`.
+pub fn write_atomically(file: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let named = |path: &Path, error: io::Error| {
+        io::Error::new(error.kind(), format!("cannot write {}: {error}", path.display()))
+    };
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    let temporary = file.with_file_name(name);
+    let mut partial = File::create(&temporary).map_err(|e| named(&temporary, e))?;
+    partial
+        .write_all(contents)
+        .and_then(|()| partial.sync_all())
+        .map_err(|e| named(&temporary, e))?;
+    std::fs::rename(&temporary, file).map_err(|e| named(file, e))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -82,5 +105,22 @@ mod tests {
         let file = dir.path().join("x.txt");
         std::fs::write(&file, b"ok").unwrap();
         assert_eq!(read_regular(&file).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_whole_and_names_it_when_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("record.json");
+        write_atomically(&file, b"first").unwrap();
+        write_atomically(&file, b"second").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["record.json"], "no temporary left behind");
+        let missing = dir.path().join("no-such-folder").join("record.json");
+        let error = write_atomically(&missing, b"x").unwrap_err();
+        assert!(error.to_string().contains("no-such-folder"), "{error}");
     }
 }

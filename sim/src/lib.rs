@@ -10,6 +10,7 @@
 pub mod designs;
 pub mod methods;
 mod plan;
+pub mod resume;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -39,6 +40,11 @@ pub struct SimulateArgs {
     /// data/ (synthetic sites), results/ (tables and plots).
     #[arg(long, default_value = "fedlnm-simulation")]
     pub out: PathBuf,
+    /// `--design methods`: carry on the run in --out that stopped (a crash, a reboot, Ctrl-C),
+    /// given the same arguments: what it finished (the sites, each federated study, each single-shot
+    /// model) is reused and the rest made again. Refused, naming what differs, for other arguments.
+    #[arg(long)]
+    pub resume: bool,
     /// Federated rounds (24: the best external AUC these defaults reach in about 4 minutes on 2
     /// cores; see the README).
     #[arg(long, default_value_t = 24)]
@@ -251,6 +257,9 @@ fn oracle_auc(data: &Path, site: &str) -> anyhow::Result<Option<f64>> {
 /// As [`simulate`], [`designs::leave_one_site_out`], [`designs::k_fold`] and
 /// [`designs::model_comparison`].
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+    if args.resume && args.design != Design::Methods {
+        bail!("--resume carries on a `--design methods` run only (this one's design has no pieces to reuse)");
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     // A design of several studies prints what it made: (studies, seconds, page, summary).
     let design = match args.design {

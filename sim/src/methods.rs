@@ -19,11 +19,15 @@
 //! Every model is scored on all of the external site's patients; each is compared with the
 //! centralised model by the paired DeLong test on those patients, and with the generator's oracle AUC
 //! on them. Writes `design.html` (table and the external AUC by round), `design.json` and `design.md`.
+//!
+//! A run that stopped carries on with `--resume` ([`super::resume`]): the sites, each finished
+//! federated study and each trained single-shot model are reused.
 
 use super::designs::{DesignOutcome, write_design};
+use super::resume::Progress;
 use super::{
-    FederatedMethod, SimulateArgs, SimulationOutcome, oracle_auc, prepare, run_study, sites, study_model,
-    study_plan,
+    FederatedMethod, SimulateArgs, SimulationOutcome, generate_sites, oracle_auc, run_study, sites,
+    study_model, study_plan,
 };
 use anyhow::{Context as _, bail};
 use fedlnm_aggregator::report::html::{MethodRow, Versus, methods_markdown, methods_page};
@@ -37,6 +41,7 @@ use fedlnm_shared::features::Example;
 use fedlnm_shared::federation::SiteRoundMetrics;
 use fedlnm_shared::model_config::{Modality, ModelConfig, TrainPlan};
 use fedlnm_shared::staging::Stage;
+use fedlnm_shared::weights::NamedTensors;
 use std::path::Path;
 use std::time::Instant;
 
@@ -80,12 +85,12 @@ fn load_split(
 fn train_and_score(
     args: &SimulateArgs,
     model: &ModelConfig,
-    initial: &fedlnm_shared::weights::NamedTensors,
+    initial: &NamedTensors,
     train_set: &[Example],
     plan: &TrainPlan,
     external: &External,
     internal: &Internal<'_>,
-) -> anyhow::Result<(Scored, fedlnm_shared::weights::NamedTensors)> {
+) -> anyhow::Result<(Scored, NamedTensors)> {
     let validation = if plan.patience > 0 { internal.examples } else { &[] };
     let started = Instant::now();
     let outcome = train::train_local(
@@ -110,12 +115,37 @@ fn train_and_score(
     Ok((scored, outcome.weights))
 }
 
+/// [`train_and_score`] for the single-shot model `name`, or its weights kept by an earlier run of the
+/// same arguments (`--resume`), scored again; with the training's seconds. A model trained here is kept.
+#[allow(clippy::too_many_arguments)] // train_and_score's, and where its result is kept
+fn single_shot(
+    progress: &Progress,
+    name: &str,
+    args: &SimulateArgs,
+    model: &ModelConfig,
+    initial: &NamedTensors,
+    train_set: &[Example],
+    plan: &TrainPlan,
+    external: &External,
+    internal: &Internal<'_>,
+) -> anyhow::Result<(Scored, NamedTensors, f64)> {
+    if let Some((weights, seconds)) = progress.trained(name, model)? {
+        let scored = score(args, model, &weights, external, internal, false)?;
+        return Ok((scored, weights, seconds));
+    }
+    let timer = Instant::now();
+    let (scored, weights) = train_and_score(args, model, initial, train_set, plan, external, internal)?;
+    let seconds = timer.elapsed().as_secs_f64();
+    progress.keep_trained(name, model, &weights, seconds)?;
+    Ok((scored, weights, seconds))
+}
+
 /// Scores `weights` on the external site and on the held-out patients `internal`; with `adapt`, each
 /// site's normalisation statistics re-estimated on its own scored patients' images first (AdaBN).
 fn score(
     args: &SimulateArgs,
     model: &ModelConfig,
-    weights: &fedlnm_shared::weights::NamedTensors,
+    weights: &NamedTensors,
     external: &External,
     internal: &Internal<'_>,
     adapt: bool,
@@ -241,7 +271,13 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         bail!("--design methods needs at least 2 training sites and 1 validate-only (external) site");
     }
     let layout = sites(args);
-    let (out, data_dir) = prepare(args, &layout).await?;
+    let progress = Progress::open(args)?;
+    let out = progress.out().to_path_buf();
+    let data_dir = out.join("data");
+    if !progress.data_ready(&data_dir)? {
+        generate_sites(args, &layout, &data_dir).await?;
+        progress.data_done(&layout)?;
+    }
     let external_site = layout
         .iter()
         .find(|(_, _, train)| !*train)
@@ -289,9 +325,16 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
     for (k, (method, variant)) in variants.iter().enumerate() {
         tracing::info!(method, "methods: next study");
         let folder = out.join(format!("study-{}", k + 1));
-        let study = run_study(variant, &folder, &data_dir, &layout, None, Modality::Multimodal)
-            .await
-            .with_context(|| format!("the {method} study"))?;
+        let study = match progress.finished_study(&folder)? {
+            Some(study) => study,
+            None => {
+                let study = run_study(variant, &folder, &data_dir, &layout, None, Modality::Multimodal)
+                    .await
+                    .with_context(|| format!("the {method} study"))?;
+                progress.study_done(&folder, &study)?;
+                study
+            }
+        };
         let (row, scores, best_round) = federated_row(method, &study, &external_site, oracle)?;
         federated.push((row, scores));
         // FedBN's global model has no trained normalisation layers of its own: its sites' are local.
@@ -320,6 +363,7 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         NodeConfig::load(&kit.join("sites").join(site).join("node.toml"))?.validation_fraction
     };
     let baseline_args = args.clone();
+    let kept = progress.clone();
     let train_ids: Vec<String> = layout.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
     let data = data_dir.clone();
     let external_id = external_site.clone();
@@ -365,10 +409,7 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
         let mut results = Vec::new();
         // With --adabn: each model again, each scoring site with its own normalisation statistics.
         let mut adapted = Vec::new();
-        let mut adapt = |name: &str,
-                         federated: bool,
-                         weights: &fedlnm_shared::weights::NamedTensors,
-                         internal: &Internal<'_>| {
+        let mut adapt = |name: &str, federated: bool, weights: &NamedTensors, internal: &Internal<'_>| {
             if !args.adabn {
                 return Ok::<_, anyhow::Error>(());
             }
@@ -389,23 +430,40 @@ pub async fn methods(args: &SimulateArgs) -> anyhow::Result<DesignOutcome<Vec<Me
             Ok(())
         };
         let pooled: Vec<Example> = splits.iter().flat_map(|s| s.train.clone()).collect();
-        let timer = Instant::now();
-        let (scored, weights) =
-            train_and_score(&args, &model, &initial, &pooled, &plan, &external, &internal)?;
-        results.push(("centralised".to_owned(), scored, timer.elapsed().as_secs_f64()));
+        let (scored, weights, seconds) = single_shot(
+            &kept,
+            "centralised",
+            &args,
+            &model,
+            &initial,
+            &pooled,
+            &plan,
+            &external,
+            &internal,
+        )?;
+        results.push(("centralised".to_owned(), scored, seconds));
         adapt("centralised", false, &weights, &internal)?;
         for (id, split) in train_ids.iter().zip(&splits) {
-            let timer = Instant::now();
             // Each site alone is validated internally on its own held-out patients.
             let own = Internal {
                 examples: &split.validation,
                 stages: &split.validation_stages,
                 per_site: vec![split.validation.len()],
             };
-            let (scored, weights) =
-                train_and_score(&args, &model, &initial, &split.train, &plan, &external, &own)?;
-            results.push((format!("{id} alone"), scored, timer.elapsed().as_secs_f64()));
-            adapt(&format!("{id} alone"), false, &weights, &own)?;
+            let name = format!("{id} alone");
+            let (scored, weights, seconds) = single_shot(
+                &kept,
+                &name,
+                &args,
+                &model,
+                &initial,
+                &split.train,
+                &plan,
+                &external,
+                &own,
+            )?;
+            results.push((name.clone(), scored, seconds));
+            adapt(&name, false, &weights, &own)?;
         }
         for (method, state_dir, round) in finals {
             let committed = RoundStore::open_existing(&state_dir)?.load(round)?;

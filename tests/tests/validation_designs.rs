@@ -44,6 +44,7 @@ fn args(out: &Path, design: Design) -> SimulateArgs {
         site_statistics: false,
         lr_schedule: fedlnm_shared::config::LearningRateSchedule::EachRound,
         server_lr: 1.0,
+        resume: false,
     }
 }
 
