@@ -78,46 +78,13 @@ fn load_split(
     SiteExamples::split(load_examples(dir, model, true, false)?, role, fraction, None)
 }
 
-/// Trains `model` from `initial` on `train` for `plan.epochs` epochs and scores the external site and
-/// the held-out patients `internal`. With `plan.patience` (a `--model-config` plan) training stops
-/// early on `internal`'s AUC and keeps its best epoch; otherwise it runs every epoch, as a node's
-/// round does.
-fn train_and_score(
-    args: &SimulateArgs,
-    model: &ModelConfig,
-    initial: &NamedTensors,
-    train_set: &[Example],
-    plan: &TrainPlan,
-    external: &External,
-    internal: &Internal<'_>,
-) -> anyhow::Result<(Scored, NamedTensors)> {
-    let validation = if plan.patience > 0 { internal.examples } else { &[] };
-    let started = Instant::now();
-    let outcome = train::train_local(
-        args.device,
-        model,
-        initial,
-        train_set,
-        validation,
-        plan,
-        &mut |_| {},
-    )?;
-    let scored = score(args, model, &outcome.weights, external, internal, false)?;
-    // The table is written when every model is done; the log keeps each result as it comes.
-    tracing::info!(
-        patients = train_set.len(),
-        best_epoch = outcome.best_epoch,
-        external_auc = scored.external.auc,
-        internal_auc = scored.internal_auc,
-        seconds = started.elapsed().as_secs_f64(),
-        "methods: a single-shot model trained and scored"
-    );
-    Ok((scored, outcome.weights))
-}
-
-/// [`train_and_score`] for the single-shot model `name`, or its weights kept by an earlier run of the
-/// same arguments (`--resume`), scored again; with the training's seconds. A model trained here is kept.
-#[allow(clippy::too_many_arguments)] // train_and_score's, and where its result is kept
+/// The single-shot model `name`: trained from `initial` on `train_set` for `plan.epochs` epochs, then
+/// scored on the external site and the held-out patients `internal`; with the training's seconds.
+/// With `plan.patience` (a `--model-config` plan) training stops early on `internal`'s AUC and keeps
+/// its best epoch; otherwise it runs every epoch, as a node's round does. The trained model is kept in
+/// `progress`, and a model an earlier run of the same arguments kept (`--resume`) is scored again
+/// instead of trained.
+#[allow(clippy::too_many_arguments)] // what a training needs, and where its result is kept
 fn single_shot(
     progress: &Progress,
     name: &str,
@@ -133,11 +100,31 @@ fn single_shot(
         let scored = score(args, model, &weights, external, internal, false)?;
         return Ok((scored, weights, seconds));
     }
-    let timer = Instant::now();
-    let (scored, weights) = train_and_score(args, model, initial, train_set, plan, external, internal)?;
-    let seconds = timer.elapsed().as_secs_f64();
-    progress.keep_trained(name, model, &weights, seconds)?;
-    Ok((scored, weights, seconds))
+    let validation = if plan.patience > 0 { internal.examples } else { &[] };
+    let started = Instant::now();
+    let outcome = train::train_local(
+        args.device,
+        model,
+        initial,
+        train_set,
+        validation,
+        plan,
+        &mut |_| {},
+    )?;
+    let scored = score(args, model, &outcome.weights, external, internal, false)?;
+    let seconds = started.elapsed().as_secs_f64();
+    // The table is written when every model is done; the log keeps each result as it comes.
+    tracing::info!(
+        model = name,
+        patients = train_set.len(),
+        best_epoch = outcome.best_epoch,
+        external_auc = scored.external.auc,
+        internal_auc = scored.internal_auc,
+        seconds,
+        "methods: a single-shot model trained and scored"
+    );
+    progress.keep_trained(name, model, &outcome.weights, seconds)?;
+    Ok((scored, outcome.weights, seconds))
 }
 
 /// Scores `weights` on the external site and on the held-out patients `internal`; with `adapt`, each
