@@ -499,6 +499,32 @@ fn cli_trains_evaluates_and_explains_a_site_folder() {
     let error = refused(&dir.path().join("absent.csv"), &absent_out);
     assert!(error.contains("absent.csv"), "{error}");
     assert!(!absent_out.exists(), "nothing is scored or written");
+    // A site without labels has no patients to compare on: refused before anything is written.
+    let unlabelled_site = dir.path().join("site_unlabelled");
+    let mut patients = fixture::patients(12, 40, 9);
+    for patient in &mut patients {
+        patient.record.labels = None;
+    }
+    fixture::write_site(&unlabelled_site, &patients);
+    let unlabelled_out = dir.path().join("eval-unlabelled");
+    let output = std::process::Command::new(node)
+        .args(["evaluate", "--data"])
+        .arg(&unlabelled_site)
+        .arg("--checkpoint")
+        .arg(&checkpoint)
+        .arg("--out")
+        .arg(&unlabelled_out)
+        .arg("--compare-with")
+        .arg(&reference)
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        error.contains("labelled patients") && error.contains("site_unlabelled"),
+        "{error}"
+    );
+    assert!(!unlabelled_out.exists(), "nothing is scored or written");
     let explain_out = dir.path().join("cam");
     run(&[
         "explain",

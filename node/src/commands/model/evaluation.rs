@@ -3,7 +3,7 @@
 
 use super::examples::{LoadedExamples, load_examples};
 use crate::commands::compare::{PatientScore, paired_comparison, read_predictions};
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use fedlnm_model::train;
 use fedlnm_shared::checkpoint::Checkpoint;
 use fedlnm_shared::config::{ComputeDevice, SiteRole};
@@ -51,7 +51,8 @@ pub struct EvaluationSummary {
 /// # Errors
 /// An unusable checkpoint or site folder, a device this build cannot use, an output file that
 /// cannot be written, or a `compare_with` file that is unreadable or holds other patients or
-/// outcomes (named; the files are read before anything is scored).
+/// outcomes, or a site without labelled patients to compare on (named; checked before anything is
+/// scored).
 pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSummary>> {
     let references = job
         .compare_with
@@ -60,6 +61,13 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
         .collect::<anyhow::Result<Vec<_>>>()?;
     let Checkpoint { config, weights } = Checkpoint::read(&job.checkpoint)?;
     let LoadedExamples { examples, stages, .. } = load_examples(&job.data, &config, false, false)?;
+    if !references.is_empty() && examples.iter().all(|e| e.targets.is_none()) {
+        bail!(
+            "--compare-with compares the two models on labelled patients, and {} has none (no \
+             pathology labels): nothing was scored or written",
+            job.data.display()
+        );
+    }
     // The study's rule for a site scoring a model without layers of its own (no FedBN).
     let statistics = ScoringStatistics::for_site(
         &LocalTensors::default(),
