@@ -64,7 +64,11 @@ impl Progress {
     /// other arguments (the differing lines named); or the folder cannot be created or written.
     pub fn open(args: &SimulateArgs) -> anyhow::Result<Self> {
         let arguments = arguments_text(args);
-        let empty = !args.out.exists() || std::fs::read_dir(&args.out)?.next().is_none();
+        let empty = !args.out.exists()
+            || std::fs::read_dir(&args.out)
+                .with_context(|| format!("cannot read the folder {}", args.out.display()))?
+                .next()
+                .is_none();
         if !args.resume || empty {
             fedlnm_node::commands::create_output_dir(&args.out, "a simulation")?;
             let out = std::fs::canonicalize(&args.out)?;
