@@ -220,8 +220,10 @@ impl Progress {
         let record: ModelRecord =
             serde_json::from_slice(&bytes).with_context(|| format!("cannot read {}", file.display()))?;
         let weights_file = self.model_file(name);
-        let checkpoint = Checkpoint::read(&weights_file)?;
-        if checkpoint.config != *model || checkpoint.digest()? != record.digest {
+        let bytes = fedlnm_shared::files::read_regular(&weights_file)
+            .with_context(|| format!("cannot read {}", weights_file.display()))?;
+        let checkpoint = Checkpoint::from_bytes(&bytes, &weights_file)?;
+        if checkpoint.config != *model || fedlnm_shared::weights::sha256_hex(&bytes) != record.digest {
             bail!(
                 "{} is not the {name} model {} recorded; remove both to train it again",
                 weights_file.display(),
@@ -244,11 +246,7 @@ impl Progress {
         seconds: f64,
     ) -> anyhow::Result<()> {
         let bytes = checkpoint::to_bytes(model, weights)?;
-        let weights_file = self.model_file(name);
-        if let Some(parent) = weights_file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        write_atomically(&weights_file, &bytes)?;
+        write_creating_folder(&self.model_file(name), &bytes)?;
         let record = ModelRecord {
             seconds,
             digest: fedlnm_shared::weights::sha256_hex(&bytes),
@@ -266,13 +264,17 @@ impl Progress {
     }
 
     fn write_record(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let file = self.record(name);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        write_atomically(&file, bytes)?;
-        Ok(())
+        write_creating_folder(&self.record(name), bytes)
     }
+}
+
+/// [`write_atomically`] into `file`'s folder, created first if need be.
+fn write_creating_folder(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    write_atomically(file, bytes)?;
+    Ok(())
 }
 
 /// The text [`ARGUMENTS_FILE`] keeps: the version and every argument but `--out` and `--resume`.

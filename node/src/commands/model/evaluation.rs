@@ -61,7 +61,10 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
         .collect::<anyhow::Result<Vec<_>>>()?;
     let Checkpoint { config, weights } = Checkpoint::read(&job.checkpoint)?;
     let LoadedExamples { examples, stages, .. } = load_examples(&job.data, &config, false, false)?;
-    if !references.is_empty() && examples.iter().all(|e| e.targets.is_none()) {
+    let labelled: Vec<usize> = (0..examples.len())
+        .filter(|&i| examples[i].targets.is_some())
+        .collect();
+    if !references.is_empty() && labelled.is_empty() {
         bail!(
             "--compare-with compares the two models on labelled patients, and {} has none (no \
              pathology labels): nothing was scored or written",
@@ -120,9 +123,6 @@ pub fn evaluate_site(job: &EvaluationJob) -> anyhow::Result<Option<EvaluationSum
         writer.write_record(&record)?;
     }
     writer.flush()?;
-    let labelled: Vec<usize> = (0..examples.len())
-        .filter(|&i| examples[i].targets.is_some())
-        .collect();
     if labelled.is_empty() {
         tracing::warn!("no labelled patients: predictions written, no metrics");
         return Ok(None);
