@@ -36,7 +36,8 @@ fn memory() -> (u64, u64) {
 
 /// The peak resident memory of this process while `work` runs, in bytes.
 fn peak_during(work: impl FnOnce()) -> u64 {
-    std::fs::write("/proc/self/clear_refs", "5").expect("resetting VmHWM (/proc/self/clear_refs) needs Linux");
+    std::fs::write("/proc/self/clear_refs", "5")
+        .expect("resetting VmHWM (/proc/self/clear_refs) needs Linux");
     work();
     memory().0
 }
@@ -62,7 +63,9 @@ fn main() {
         .unwrap();
         let LoadedExamples { examples, .. } = load_examples(site, &config, false, false).unwrap();
         let scoring = peak_during(|| {
-            std::hint::black_box(train::predict(ComputeDevice::Cpu, &config, &weights, &examples, 32).unwrap());
+            std::hint::black_box(
+                train::predict(ComputeDevice::Cpu, &config, &weights, &examples, 32).unwrap(),
+            );
         });
         let adapting = peak_during(|| {
             std::hint::black_box(
