@@ -22,6 +22,7 @@ use fedlnm_protocol::payload;
 use fedlnm_protocol::{Client, RoundAggregation, SecAggStage, Task, UpdateFormat};
 use fedlnm_shared::config::{AggregatorConfig, NodeConfig, SiteRole, ThreatModel, write_toml};
 use fedlnm_shared::federation::{ScoringStatistics, SiteRoundMetrics};
+use fedlnm_shared::host::resident_memory;
 use fedlnm_shared::model_config::{Modality, ModelConfig};
 use fedlnm_shared::secagg::{KeyDirectory, SecAggClient, ShareDelivery, UnmaskRequest};
 use fedlnm_shared::weights::{NamedTensor, NamedTensors};
@@ -71,21 +72,6 @@ fn model(params: usize, scale: f32) -> NamedTensors {
             })
             .collect(),
     }
-}
-
-/// `VmHWM` and `VmRSS` of a process, in bytes.
-fn memory_of(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }
 
 /// User + system CPU seconds of a process.
@@ -320,7 +306,7 @@ fn run_case(case: &Case, params: usize, ticks: f64) -> Outcome {
         }
     });
     let cpu_seconds = cpu_of(pid, ticks) - cpu_before;
-    let (peak_rss, _) = memory_of(pid);
+    let peak_rss = resident_memory(Some(pid)).unwrap().peak;
     server.kill().unwrap();
     server.wait().unwrap();
     let round_seconds = rounds

@@ -14,32 +14,18 @@
 use fedlnm_model::train;
 use fedlnm_node::commands::model::{LoadedExamples, load_examples};
 use fedlnm_shared::config::ComputeDevice;
+use fedlnm_shared::host::{reset_peak_resident_memory, resident_memory};
 use fedlnm_shared::model_config::{Modality, ModelConfig};
 use fedlnm_shared::synth::{self, OutputFormat, SiteProfile, SynthConfig};
 
 const SMALL: usize = 250;
 
-/// `VmHWM` and `VmRSS` of this process, in bytes.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 /// The peak resident memory of this process while `work` runs, in bytes.
 fn peak_during(work: impl FnOnce()) -> u64 {
-    std::fs::write("/proc/self/clear_refs", "5")
-        .expect("resetting VmHWM (/proc/self/clear_refs) needs Linux");
+    reset_peak_resident_memory()
+        .expect("resetting the peak resident memory needs Linux's /proc/self/clear_refs");
     work();
-    memory().0
+    resident_memory(None).expect("reading /proc/self/status").peak
 }
 
 fn main() {
