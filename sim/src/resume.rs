@@ -213,7 +213,7 @@ impl Progress {
     /// A recorded model whose file is missing, unreadable, of another model than `model`, or not the
     /// weights recorded.
     pub fn trained(&self, name: &str, model: &ModelConfig) -> anyhow::Result<Option<(NamedTensors, f64)>> {
-        let file = self.record(&format!("{}.json", slug(name)));
+        let file = self.record(&model_record_name(name));
         let Ok(bytes) = std::fs::read(&file) else {
             return Ok(None);
         };
@@ -251,10 +251,7 @@ impl Progress {
             seconds,
             digest: fedlnm_shared::weights::sha256_hex(&bytes),
         };
-        self.write_record(
-            &format!("{}.json", slug(name)),
-            &serde_json::to_vec_pretty(&record)?,
-        )
+        self.write_record(&model_record_name(name), &serde_json::to_vec_pretty(&record)?)
     }
 
     fn model_file(&self, name: &str) -> PathBuf {
@@ -313,6 +310,11 @@ fn study_record_name(folder: &Path) -> anyhow::Result<String> {
         .and_then(|name| name.to_str())
         .with_context(|| format!("{} has no folder name", folder.display()))?;
     Ok(format!("{name}.json"))
+}
+
+/// The record of the single-shot model `name`, in [`PROGRESS_DIR`].
+fn model_record_name(name: &str) -> String {
+    format!("{}.json", slug(name))
 }
 
 /// A file name for a model's name: letters and digits kept, anything else a `-`.
